@@ -1,0 +1,5 @@
+"""The paper's analysis tools: the optimal KL-reward frontier (Figure 3) and study reports."""
+
+from .frontier import FrontierPoint, frontier_reward_at_kl, optimal_frontier, optimal_policy_stats
+
+__all__ = ["FrontierPoint", "frontier_reward_at_kl", "optimal_frontier", "optimal_policy_stats"]

@@ -1,0 +1,66 @@
+"""KL-penalty coefficient controllers (paper Section 2.2).
+
+The policy is trained on R(x, y) = r(x, y) - beta * log(pi(y|x) / rho(y|x)). beta is either fixed or
+adapted towards a target KL:
+
+    e_t    = clip(KL_t / KL_target - 1, -0.2, 0.2)
+    beta  <- beta * (1 + K_beta * e_t)          with K_beta = n_steps / horizon
+
+where n_steps is the number of episodes in the batch and horizon is 10,000 episodes in the paper.
+KL_t is the batch mean of the per-sequence summed log-ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FixedKLController", "AdaptiveKLController", "adaptive_kl_update"]
+
+
+def adaptive_kl_update(value: float, kl: float, target: float, n_steps: int, horizon: int) -> float:
+    """One step of the paper's proportional controller: ``beta * (1 + clip(kl/target - 1, ±0.2) * n/horizon)``."""
+    if target <= 0:
+        raise ValueError(f"KL target must be > 0, got {target}")
+    if horizon <= 0:
+        raise ValueError(f"KL horizon must be > 0, got {horizon}")
+    proportional_error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return value * (1.0 + proportional_error * n_steps / horizon)
+
+
+@dataclass
+class FixedKLController:
+    """beta stays constant."""
+
+    value: float
+
+    def update(self, kl: float, n_steps: int) -> float:
+        """Ignore the measured KL; return the unchanged coefficient."""
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+@dataclass
+class AdaptiveKLController:
+    """beta moves toward the value that keeps KL at ``target`` (see :func:`adaptive_kl_update`)."""
+
+    value: float
+    target: float
+    horizon: int = 10_000
+
+    def update(self, kl: float, n_steps: int) -> float:
+        """Update beta from the batch mean KL measured over ``n_steps`` episodes; return the new beta."""
+        self.value = adaptive_kl_update(self.value, kl, self.target, n_steps, self.horizon)
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+        self.target = float(state["target"])
+        self.horizon = int(state["horizon"])

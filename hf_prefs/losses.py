@@ -1,0 +1,51 @@
+"""The paper's reward-model loss: K-way softmax cross-entropy over a labeler's best-of-K choice.
+
+A labeler sees a query x and K samples y_0..y_{K-1} and picks the best, b. With the reward model's
+scores r_i = r(x, y_i) the loss of one label is
+
+    loss = -log( exp(r_b) / sum_i exp(r_i) ) = logsumexp_i(r_i) - r_b
+
+For K = 2 this is the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) that ``trl.RewardTrainer``
+uses, so a pairwise dataset is the special case K = 2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["kway_preference_loss", "kway_accuracy"]
+
+
+def kway_preference_loss(rewards: torch.Tensor, best: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Softmax cross-entropy of the best-of-K choice.
+
+    Args:
+        rewards: ``(B, K)`` scalar rewards r(x, y_i) of the K samples of each of B labels.
+        best: ``(B,)`` integer index b of the sample the labeler picked.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Returns:
+        ``logsumexp_i r_i - r_b`` reduced over the batch (a scalar) or per label (``(B,)``).
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must have shape (B, K) with K >= 2, got {tuple(rewards.shape)}")
+    if best.shape != rewards.shape[:1]:
+        raise ValueError(f"best must have shape ({rewards.shape[0]},), got {tuple(best.shape)}")
+    best = best.to(device=rewards.device, dtype=torch.long)
+    if best.numel() and (best.min() < 0 or best.max() >= rewards.shape[1]):
+        raise ValueError(f"best must lie in [0, {rewards.shape[1] - 1}], got values {best.tolist()}")
+    return F.cross_entropy(rewards.float(), best, reduction=reduction)
+
+
+def kway_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """Fraction of labels whose highest-reward sample is the labeler's pick.
+
+    Ties count fractionally: if the maximum reward is shared by m samples and b is among them, the
+    label scores 1/m (the expected accuracy of breaking the tie at random), so a constant reward model
+    has accuracy exactly 1/K.
+    """
+    best = best.to(device=rewards.device, dtype=torch.long)
+    is_max = rewards == rewards.max(dim=1, keepdim=True).values  # (B, K)
+    hit = is_max.gather(1, best[:, None]).squeeze(1).float()  # (B,)
+    return (hit / is_max.sum(dim=1).float()).mean()

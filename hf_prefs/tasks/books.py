@@ -1,0 +1,188 @@
+"""Book-passage queries for the paper's stylistic-continuation tasks (sentiment, descriptiveness).
+
+The paper samples 64-token queries from BookCorpus that start right after a '.' and end at a '.'.
+BookCorpus is not reachable here, so :func:`austen_queries` cuts the same kind of queries from Jane
+Austen's six novels (the ``austen`` offline asset); :func:`book_queries_from_texts` applies the cut to
+any list of passages and :func:`load_book_queries` loads a Hub dataset when one is named.
+
+A sentence boundary is a '.' followed by whitespace (or the end of the passage) that does not close a
+title or an initial ("Mr.", "Mrs.", "J."). A query is the text between two boundaries of one passage
+(leading whitespace stripped), so it always ends with '.', and its length in tokens of the given
+tokenizer (no special tokens) lies in ``[min_tokens, max_tokens]``. Each window is the longest run of
+whole sentences that fits ``max_tokens``; by default the windows of a passage do not overlap.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Sequence
+
+import datasets
+
+#: Words whose trailing '.' is not a sentence end.
+ABBREVIATIONS = frozenset(
+    "mr mrs ms messrs dr st esq col capt gen lieut lt rev sir jr sr no vol ch bart hon".split()
+)
+
+_BOUNDARY = re.compile(r"\.(?=\s|$)")
+_WORD_BEFORE = re.compile(r"([A-Za-z]+)$")
+
+
+def paragraphs_from_lines(lines: Sequence[str]) -> list[str]:
+    """Join runs of non-blank lines into paragraphs (lines joined with one space, whitespace collapsed)."""
+    paragraphs, current = [], []
+    for line in list(lines) + [""]:
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            paragraphs.append(" ".join(" ".join(current).split()))
+            current = []
+    return paragraphs
+
+
+def sentence_boundaries(text: str) -> list[int]:
+    """Character offsets just after each sentence-ending '.' in ``text``."""
+    ends = []
+    for match in _BOUNDARY.finditer(text):
+        word = _WORD_BEFORE.search(text, 0, match.start())
+        if word and (word.group(1).lower() in ABBREVIATIONS or (len(word.group(1)) == 1 and word.group(1).isupper())):
+            continue
+        ends.append(match.end())
+    return ends
+
+
+def _n_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _windows(piece_lens: list[int], bounds: list[int], max_tokens: int, overlap: bool) -> list[tuple[int, int]]:
+    """Greedy (start boundary index, end boundary index) pairs with estimated lengths ≤ max.
+
+    Without ``overlap`` the next window starts where the previous one ended; with it, at every boundary.
+    """
+    out, i = [], 0
+    while i < len(bounds) - 1:
+        total, j = 0, i
+        while j < len(bounds) - 1 and total + piece_lens[j] <= max_tokens:
+            total += piece_lens[j]
+            j += 1
+        if j == i:  # the next sentence alone is too long
+            i += 1
+            continue
+        out.append((i, j))
+        i = i + 1 if overlap else j
+    return out
+
+
+def _cut_passage(text: str, tokenizer: Any, min_tokens: int, max_tokens: int, overlap: bool = False) -> list[str]:
+    """All queries of one passage (see the module docstring)."""
+    bounds = sentence_boundaries(text)
+    pieces = [text[bounds[k] : bounds[k + 1]] for k in range(len(bounds) - 1)]
+    piece_lens = _n_tokens(tokenizer, pieces)  # BPE counts of space-led pieces add up (checked below)
+    queries = []
+    for i, j in _windows(piece_lens, bounds, max_tokens, overlap):
+        while j > i:  # verify the real token count; drop trailing sentences if the estimate was low
+            query = text[bounds[i] : bounds[j]].strip()
+            n = _n_tokens(tokenizer, [query])[0]
+            if n <= max_tokens:
+                break
+            j -= 1
+        if j > i and min_tokens <= n <= max_tokens:
+            queries.append(query)
+    return queries
+
+
+def book_queries_from_texts(
+    texts: Sequence[str],
+    tokenizer: Any,
+    n: int | None = None,
+    min_tokens: int = 32,
+    max_tokens: int = 64,
+    seed: int = 0,
+    sources: Sequence[str] | str = "text",
+    overlap: bool = False,
+) -> datasets.Dataset:
+    """Cut paper-style queries from passages and return a shuffled ``Dataset(query, source)``.
+
+    Args:
+        texts: passages (paragraphs); queries never cross a passage.
+        tokenizer: a Hugging Face tokenizer; lengths are measured without special tokens.
+        n: keep the first ``n`` queries after a seeded shuffle (``None``: all). Raises ``ValueError``
+            if fewer than ``n`` exist.
+        min_tokens, max_tokens: token-length window of a query (the paper used 64-token queries).
+        seed: shuffle seed; the result is a deterministic function of the inputs.
+        sources: one source name for all passages, or one per passage.
+        overlap: start a window at every sentence boundary (about 5x more, overlapping, queries)
+            instead of tiling each passage with non-overlapping windows.
+    """
+    if not 0 < min_tokens <= max_tokens:
+        raise ValueError(f"need 0 < min_tokens <= max_tokens, got {min_tokens}, {max_tokens}")
+    names = [sources] * len(texts) if isinstance(sources, str) else list(sources)
+    if len(names) != len(texts):
+        raise ValueError("sources must be a string or have one entry per text")
+    rows = [(q, src) for text, src in zip(texts, names) for q in _cut_passage(text, tokenizer, min_tokens, max_tokens, overlap)]
+    random.Random(seed).shuffle(rows)
+    if n is not None:
+        if n > len(rows):
+            raise ValueError(f"asked for {n} queries but only {len(rows)} fit {min_tokens}-{max_tokens} tokens")
+        rows = rows[:n]
+    return datasets.Dataset.from_dict({"query": [q for q, _ in rows], "source": [s for _, s in rows]})
+
+
+def austen_paragraphs() -> tuple[list[str], list[str]]:
+    """Paragraphs of the six Austen novels (italic underscores removed) and their novel names."""
+    from hf_prefs.assets import austen_novels
+
+    texts, sources = [], []
+    for name, lines in austen_novels().items():
+        for paragraph in paragraphs_from_lines([line.replace("_", "") for line in lines]):
+            texts.append(paragraph)
+            sources.append(name)
+    return texts, sources
+
+
+def austen_queries(
+    tokenizer: Any,
+    n: int | None = None,
+    min_tokens: int = 32,
+    max_tokens: int = 64,
+    seed: int = 0,
+    overlap: bool = False,
+) -> datasets.Dataset:
+    """Paper-style book queries from Jane Austen's novels (needs ``hf-prefs assets fetch --only austen``).
+
+    Returns a ``Dataset`` with columns ``query`` (text ending with '.') and ``source`` (novel name).
+    """
+    texts, sources = austen_paragraphs()
+    return book_queries_from_texts(texts, tokenizer, n, min_tokens, max_tokens, seed, sources, overlap)
+
+
+def load_book_queries(
+    dataset_name: str | None,
+    tokenizer: Any,
+    n: int | None = None,
+    min_tokens: int = 32,
+    max_tokens: int = 64,
+    seed: int = 0,
+    split: str = "train",
+    text_column: str = "text",
+    lines_per_passage: int = 1,
+    max_rows: int | None = None,
+) -> datasets.Dataset:
+    """Book queries from a Hub dataset (e.g. ``"bookcorpus"``) or, with ``dataset_name=None``, from Austen.
+
+    For a Hub dataset, rows of ``text_column`` (the first ``max_rows`` if given) are grouped by
+    ``lines_per_passage`` consecutive rows into passages (BookCorpus has one sentence per row, so use
+    e.g. 8), then cut like :func:`book_queries_from_texts`.
+    """
+    if dataset_name is None:
+        return austen_queries(tokenizer, n, min_tokens, max_tokens, seed)
+    ds = datasets.load_dataset(dataset_name, split=split)
+    if max_rows is not None:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    rows = [" ".join(str(t).split()) for t in ds[text_column]]
+    passages = [" ".join(rows[k : k + lines_per_passage]) for k in range(0, len(rows), lines_per_passage)]
+    return book_queries_from_texts(passages, tokenizer, n, min_tokens, max_tokens, seed, dataset_name)

@@ -1,0 +1,62 @@
+"""Summarization queries (paper: TL;DR and CNN/DM).
+
+A query is the article cut to fit ``max_tokens`` tokens *including* the task's prefix ("Article:\\n\\n" for
+CNN/DM) and suffix ("\\n\\nTL;DR:"); the cut drops tokens from the end of the article so the suffix always
+survives. Hub paths: TL;DR posts from ``trl-lib/tldr`` (column ``prompt`` already holds subreddit, title and
+post) and CNN/DM from ``abisee/cnn_dailymail`` (config ``3.0.0``, column ``article``). Any dataset with a text
+column works through :func:`summarization_queries`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from datasets import Dataset
+
+__all__ = ["format_summarization_query", "summarization_queries", "load_summarization_queries", "HUB_SOURCES"]
+
+#: task -> (dataset id, config, split, text column, text already ends with "TL;DR:")
+HUB_SOURCES: dict[str, tuple[str, str | None, str, str, bool]] = {
+    "tldr": ("trl-lib/tldr", None, "train", "prompt", True),
+    "cnndm": ("abisee/cnn_dailymail", "3.0.0", "train", "article", False),
+}
+
+
+def format_summarization_query(text: str, tokenizer: Any, max_tokens: int, prefix: str = "", suffix: str = "") -> str:
+    """``prefix + article + suffix`` with the article cut so the whole query has at most ``max_tokens`` tokens."""
+    fixed = len(tokenizer(prefix + suffix, add_special_tokens=False)["input_ids"])
+    budget = max_tokens - fixed
+    if budget <= 0:
+        raise ValueError(f"query_length={max_tokens} leaves no room for the prefix and suffix ({fixed} tokens)")
+    ids = tokenizer(text.strip(), add_special_tokens=False)["input_ids"][:budget]
+    query = prefix + tokenizer.decode(ids).strip() + suffix
+    # Re-tokenising a decoded cut can merge tokens differently; trim until it fits.
+    while len(tokenizer(query, add_special_tokens=False)["input_ids"]) > max_tokens and ids:
+        ids = ids[:-1]
+        query = prefix + tokenizer.decode(ids).strip() + suffix
+    return query
+
+
+def summarization_queries(
+    texts: Sequence[str], tokenizer: Any, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:"
+) -> Dataset:
+    """A ``query`` dataset from raw article texts (empty texts are dropped)."""
+    queries = [format_summarization_query(t, tokenizer, max_tokens, prefix, suffix) for t in texts if t and t.strip()]
+    return Dataset.from_dict({"query": queries})
+
+
+def load_summarization_queries(
+    task: str, tokenizer: Any, n: int | None = None, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:"
+) -> Dataset:
+    """Queries for ``task`` ("tldr" or "cnndm") from the Hugging Face Hub (needs network access)."""
+    from datasets import load_dataset
+
+    if task not in HUB_SOURCES:
+        raise ValueError(f"task: no summarization source for {task!r}; known: {sorted(HUB_SOURCES)}")
+    name, config, split, column, has_suffix = HUB_SOURCES[task]
+    ds = load_dataset(name, config, split=split if n is None else f"{split}[:{n}]")
+    texts = ds[column]
+    if has_suffix:  # trl-lib/tldr prompts already end with "\n\nTL;DR:"
+        texts = [t.rsplit("TL;DR:", 1)[0] for t in texts]
+    return summarization_queries(texts, tokenizer, max_tokens, prefix, suffix)

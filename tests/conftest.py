@@ -1,0 +1,36 @@
+"""Shared fixtures: the real GPT-2 tokenizer (fetched by `hf-prefs assets fetch`) and tiny random GPT-2 models."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """The real 50,257-token GPT-2 BPE (eos 50256); raises AssetMissingError naming the fetch command if absent."""
+    from hf_prefs.assets import load_gpt2_tokenizer
+
+    return load_gpt2_tokenizer()
+
+
+def tiny_gpt2_config(**overrides) -> GPT2Config:
+    """A 2-layer, 64-wide GPT-2 with the real vocabulary: fast enough for CPU tests."""
+    kw = dict(vocab_size=50257, n_positions=256, n_embd=64, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    kw.update(overrides)
+    return GPT2Config(**kw)
+
+
+@pytest.fixture
+def tiny_gpt2():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(tiny_gpt2_config()).eval()

@@ -1,0 +1,115 @@
+"""Book-passage queries: '.'-to-'.' windows within a token-length range, deterministic per seed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_prefs.tasks.books import (
+    austen_paragraphs,
+    austen_queries,
+    book_queries_from_texts,
+    load_book_queries,
+    paragraphs_from_lines,
+    sentence_boundaries,
+)
+
+SENTENCES = [
+    "The morning was grey and the road was long.",
+    "Mr. Knightley walked slowly towards the village, thinking of nothing in particular.",
+    "She had not expected him to call so early, nor to bring such news with him.",
+    "It was, everyone agreed afterwards, the most surprising event of the whole season.",
+    "Nobody spoke.",
+    "The clock on the mantelpiece struck eleven, and still the letter lay unopened on the table.",
+    "At last Harriet took it up, broke the seal, and read the first line aloud to the company.",
+]
+
+
+def _passages(k: int = 12) -> list[str]:
+    return [" ".join(SENTENCES[i % 3 :] + SENTENCES[: i % 3]) for i in range(k)]
+
+
+def _assert_valid(ds, texts, tokenizer, lo, hi):
+    for query in ds["query"]:
+        assert query.endswith(".") and query == query.strip()
+        assert any((". " + query) in text for text in texts), query  # starts right after a '.'
+        assert lo <= len(tokenizer(query, add_special_tokens=False)["input_ids"]) <= hi
+
+
+def test_paragraphs_from_lines():
+    lines = ["", "First line of", "  a paragraph.", "", "", "Second", "one.", ""]
+    assert paragraphs_from_lines(lines) == ["First line of a paragraph.", "Second one."]
+    assert paragraphs_from_lines(["no trailing blank"]) == ["no trailing blank"]
+
+
+def test_sentence_boundaries_skip_titles_and_initials():
+    text = 'Mr. Elton met J. Smith. They talked."Yes." End.'
+    cut = [text[:b] for b in sentence_boundaries(text)]
+    assert cut == ["Mr. Elton met J. Smith.", "Mr. Elton met J. Smith. They talked.\"Yes.\" End."]
+
+
+def test_queries_from_texts_window_boundaries_and_determinism(gpt2_tokenizer):
+    texts = _passages()
+    ds = book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=16, max_tokens=40, seed=3)
+    assert ds.column_names == ["query", "source"] and len(ds) > 12
+    assert set(ds["source"]) == {"text"}
+    _assert_valid(ds, texts, gpt2_tokenizer, 16, 40)
+    again = book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=16, max_tokens=40, seed=3)
+    assert again["query"] == ds["query"]
+    other = book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=16, max_tokens=40, seed=4)
+    assert sorted(other["query"]) == sorted(ds["query"]) and other["query"] != ds["query"]
+    first = book_queries_from_texts(texts, gpt2_tokenizer, n=5, min_tokens=16, max_tokens=40, seed=3)
+    assert first["query"] == ds["query"][:5]
+
+
+def test_queries_never_start_after_a_title(gpt2_tokenizer):
+    ds = book_queries_from_texts(_passages(), gpt2_tokenizer, min_tokens=8, max_tokens=64)
+    assert all(not q.startswith("Knightley") for q in ds["query"])
+
+
+def test_sources_overlap_and_errors(gpt2_tokenizer):
+    texts = _passages(4)
+    ds = book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=16, max_tokens=40, sources=["a", "b", "c", "d"])
+    assert set(ds["source"]) <= {"a", "b", "c", "d"}
+    dense = book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=16, max_tokens=40, overlap=True)
+    assert len(dense) > len(ds)
+    _assert_valid(dense, texts, gpt2_tokenizer, 16, 40)
+    with pytest.raises(ValueError, match="only"):
+        book_queries_from_texts(texts, gpt2_tokenizer, n=10_000)
+    with pytest.raises(ValueError):
+        book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=50, max_tokens=40)
+    with pytest.raises(ValueError):
+        book_queries_from_texts(texts, gpt2_tokenizer, sources=["a"])
+
+
+def test_austen_queries_paper_window(gpt2_tokenizer):
+    ds = austen_queries(gpt2_tokenizer, n=300, seed=0)
+    assert len(ds) == 300
+    assert set(ds["source"]) == {"emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice", "sensesensibility"}
+    texts, _ = austen_paragraphs()
+    _assert_valid(ds, texts, gpt2_tokenizer, 32, 64)
+    assert all("_" not in q for q in ds["query"])  # Gutenberg italics markers are removed
+    assert austen_queries(gpt2_tokenizer, n=300, seed=0)["query"] == ds["query"]
+    assert len(austen_queries(gpt2_tokenizer)) > 5000
+
+
+def test_austen_queries_with_smollm2_tokenizer():
+    from hf_prefs.assets import load_smollm2_tokenizer
+
+    tok = load_smollm2_tokenizer()
+    ds = austen_queries(tok, n=50, min_tokens=32, max_tokens=64, seed=1)
+    texts, _ = austen_paragraphs()
+    _assert_valid(ds, texts, tok, 32, 64)
+
+
+def test_load_book_queries_austen_and_local_dataset(gpt2_tokenizer, tmp_path):
+    assert load_book_queries(None, gpt2_tokenizer, n=20)["query"] == austen_queries(gpt2_tokenizer, n=20)["query"]
+    # The Hub path, exercised on a local dataset folder (one sentence per row, like BookCorpus).
+    folder = tmp_path / "mini_books"
+    folder.mkdir()
+    rows = [s.lower().replace(".", " .") for s in SENTENCES] * 6
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": r}) for r in rows) + "\n")
+    ds = load_book_queries(str(folder), gpt2_tokenizer, min_tokens=16, max_tokens=48, lines_per_passage=7)
+    assert len(ds) > 0 and set(ds["source"]) == {str(folder)}
+    assert all(q.endswith(" .") for q in ds["query"])

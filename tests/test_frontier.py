@@ -1,0 +1,67 @@
+"""The optimal frontier against the closed form on a discrete toy rho."""
+
+import numpy as np
+import pytest
+
+from hf_prefs.analysis import frontier_reward_at_kl, optimal_frontier, optimal_policy_stats
+
+# A discrete rho over 4 outcomes with known rewards.
+RHO = np.array([0.1, 0.2, 0.3, 0.4])
+R = np.array([2.0, 1.0, -0.5, 0.0])
+
+
+def exact(beta: float) -> tuple[float, float]:
+    """pi* = rho exp(r/beta) / Z: E_pi*[r] and KL(pi*, rho) = sum pi* log(pi*/rho)."""
+    pi = RHO * np.exp(R / beta)
+    pi /= pi.sum()
+    return float((pi * R).sum()), float((pi * np.log(pi / RHO)).sum())
+
+
+def test_exact_on_samples_that_reproduce_rho():
+    # 10 samples in rho's exact proportions: the self-normalised estimate is then exact.
+    samples = np.repeat(R, (RHO * 10).astype(int))
+    for beta in (0.1, 0.5, 1.0, 3.0):
+        reward, kl, ess = optimal_policy_stats(samples, beta)
+        er, ekl = exact(beta)
+        assert reward[0] == pytest.approx(er, rel=1e-12)
+        assert kl[0] == pytest.approx(ekl, rel=1e-10, abs=1e-12)
+        assert 1.0 <= ess[0] <= 10.0
+
+
+def test_monte_carlo_within_bootstrap_error():
+    rng = np.random.default_rng(1)
+    samples = rng.choice(R, size=(4, 5000), p=RHO)  # 4 queries with the same rho
+    front = optimal_frontier(samples, [0.3, 1.0], n_bootstrap=100)
+    for p in front:
+        er, ekl = exact(p.beta)
+        assert abs(p.reward - er) < 4 * p.reward_se + 1e-3
+        assert abs(p.kl - ekl) < 4 * p.kl_se + 1e-3
+        assert p.reward_se > 0 and p.kl_se > 0
+
+
+def test_large_rewards_do_not_overflow_and_frontier_is_monotone():
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(3, 256)) * 50.0  # r/beta up to ~1e4
+    front = optimal_frontier(r, np.geomspace(0.01, 100, 12), n_bootstrap=0)
+    kls = [p.kl for p in front]
+    rewards = [p.reward for p in front]
+    assert np.all(np.isfinite(kls)) and np.all(np.isfinite(rewards))
+    assert np.all(np.diff(rewards) >= -1e-9)  # more KL buys more reward
+    # KL of pi* can never exceed log N (it is at most the KL of a point mass on one sample).
+    assert max(kls) <= np.log(256) + 1e-9
+    assert frontier_reward_at_kl(front, kls[3]) == pytest.approx(rewards[3])
+
+
+def test_beta_to_infinity_is_rho():
+    r = np.array([[1.0, 2.0, 3.0, 6.0]])
+    reward, kl, ess = optimal_policy_stats(r, 1e9)
+    assert reward[0] == pytest.approx(3.0)
+    assert kl[0] == pytest.approx(0.0, abs=1e-9)
+    assert ess[0] == pytest.approx(4.0)
+
+
+def test_bad_input_names_position():
+    with pytest.raises(ValueError, match="query 1, sample 2"):
+        optimal_policy_stats(np.array([[0.0, 1.0, 2.0], [0.0, 1.0, np.nan]]), 1.0)
+    with pytest.raises(ValueError, match="beta"):
+        optimal_policy_stats(np.zeros(3), 0.0)
