@@ -14,6 +14,7 @@ import time
 from typing import Callable, Sequence
 
 from hf_prefs import __version__
+from hf_prefs.label_app.cli import add_label_parser
 
 
 def _cmd_assets_fetch(args: argparse.Namespace) -> int:
@@ -64,7 +65,7 @@ def _add_assets(subparsers: argparse._SubParsersAction) -> None:
 
 
 #: Functions that each register one command group on the top-level subparsers.
-COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_assets]
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_assets, add_label_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,157 @@
+"""``hf-prefs label ...``: serve the labeling page, fill a queue, export its labels.
+
+Wire into ``hf_prefs/cli.py`` with ``from hf_prefs.label_app.cli import add_label_parser`` and by
+appending ``add_label_parser`` to ``COMMAND_GROUPS``. Standalone: ``python -m hf_prefs.label_app.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["add_label_parser", "main"]
+
+
+def _queue(args: argparse.Namespace, **kwargs):
+    from hf_prefs.label_app.store import LabelQueue
+
+    return LabelQueue(args.queue, **kwargs)
+
+
+def _next_round(queue) -> str:
+    ints = [int(r) for r in queue.rounds() if r.isdigit()]
+    return str(max(ints) + 1 if ints else 0)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from hf_prefs.label_app.app import serve
+
+    queue = _queue(
+        args,
+        labels_per_item=args.labels_per_item,
+        repeat_fraction=args.repeat_fraction,
+        repeat_gap=args.repeat_gap,
+        lease_s=args.lease_minutes * 60.0,
+        seed=args.seed,
+    )
+    p = queue.progress()
+    print(f"queue {args.queue}: {p['done']}/{p['items']} items done, {p['labels']} labels", flush=True)
+    serve(
+        queue,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        password=args.password,
+        users=args.users,
+        default_labeler=args.labeler,
+        title=args.title,
+    )
+    return 0
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    round_id = args.round if args.round is not None else _next_round(queue)
+    ids = queue.put_round(round_id, args.source)
+    print(f"added {len(ids)} items to round {round_id!r} of {args.queue} ({ids[0]} .. {ids[-1]})")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    ids = queue.add_labels(args.source, round_id=args.round, labeler=args.labeler)
+    print(f"imported {len(ids)} labels into {args.queue}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    n = queue.export(args.out, round_id=args.round, include_repeats=args.include_repeats)
+    print(f"wrote {n} labels to {args.out}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    out = {
+        "progress": queue.progress(),
+        "agreement": queue.agreement(),
+        "rounds": {r: vars(queue.round_status(r)) for r in queue.rounds()},
+        "bad_lines": queue.bad_lines,
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _guard(func):
+    def run(args: argparse.Namespace) -> int:
+        from hf_prefs.label_app.store import LabelRequestError
+        from hf_prefs.labels import LabelValidationError
+
+        try:
+            return func(args)
+        except (LabelRequestError, LabelValidationError, FileNotFoundError, KeyError, ValueError) as exc:
+            print(f"hf-prefs label {args.label_command}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def add_label_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``label serve|add|import|export|status`` on the top-level ``hf-prefs`` subparsers."""
+    group = subparsers.add_parser("label", help="human labeling: serve the page, fill the queue, export labels")
+    sub = group.add_subparsers(dest="label_command", required=True)
+
+    def with_queue(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--queue", required=True, metavar="DIR", help="queue folder (holds queue.jsonl; created if missing)")
+        return p
+
+    serve = with_queue("serve", help="serve the labeling page (Gradio; needs the 'label' extra)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback); any other needs a login")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--share", action="store_true", help="make a public Gradio share link (needs a login)")
+    serve.add_argument("--password", default=None, help="shared password; any labeler name logs in (prefer $HF_PREFS_LABEL_PASSWORD)")
+    serve.add_argument("--users", default=None, metavar="FILE", help="file of 'name:password' lines allowed to log in")
+    serve.add_argument("--labeler", default="local", help="default labeler name on a local page without login")
+    serve.add_argument("--labels-per-item", type=int, default=None, help="distinct labelers per item (stored in the queue; default: keep, 1 for new)")
+    serve.add_argument("--repeat-fraction", type=float, default=0.1, help="probability of re-showing an answered item to measure agreement")
+    serve.add_argument("--repeat-gap", type=int, default=2, help="a repeat skips the labeler's last N answers")
+    serve.add_argument("--lease-minutes", type=float, default=15.0, help="how long a shown item stays reserved for its labeler")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the shown orders and repeat draws")
+    serve.add_argument("--title", default="hf-prefs labeling")
+    serve.set_defaults(func=_guard(_cmd_serve))
+
+    add = with_queue("add", help="enqueue items (query + samples) from a .jsonl/.json/.parquet/.csv file or dataset folder")
+    add.add_argument("--from", dest="source", required=True, metavar="FILE")
+    add.add_argument("--round", default=None, help="round id (default: the next free integer)")
+    add.set_defaults(func=_guard(_cmd_add))
+
+    imp = with_queue("import", help="fill the queue with labels collected elsewhere (query, samples, best[, item_id, labeler, round])")
+    imp.add_argument("--from", dest="source", required=True, metavar="FILE")
+    imp.add_argument("--round", default=None, help="round of rows that match no queued item and have no 'round' column")
+    imp.add_argument("--labeler", default=None, help="labeler of rows without a 'labeler' column (default 'file')")
+    imp.set_defaults(func=_guard(_cmd_import))
+
+    export = with_queue("export", help="write the labels in the project's label schema")
+    export.add_argument("--out", required=True, metavar="FILE", help=".jsonl, .json, .parquet, .csv or a folder (save_to_disk)")
+    export.add_argument("--round", default=None, help="only this round")
+    export.add_argument("--include-repeats", action="store_true", help="also the agreement-check repeats")
+    export.set_defaults(func=_guard(_cmd_export))
+
+    status = with_queue("status", help="print progress, agreement and per-round status as JSON")
+    status.set_defaults(func=_guard(_cmd_status))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hf_prefs.label_app.cli label ...`` without the top-level ``hf-prefs`` entry point."""
+    parser = argparse.ArgumentParser(prog="hf-prefs")
+    add_label_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""The durable label queue (hf_prefs/label_app/store.py): kill -9 mid-write, concurrent writers, bad
+requests, restart, leases, undo, agreement, rounds filled from files."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue as queue_mod
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hf_prefs.label_app import cli as label_cli
+from hf_prefs.label_app.store import LOG_NAME, LabelQueue, LabelRequestError
+from hf_prefs.labels import LabelValidationError, validate_labels
+
+K = 4
+
+
+def make_items(n: int, k: int = K, tag: str = "") -> list[tuple[str, list[str]]]:
+    return [(f"query {tag}{i}", [f"q{tag}{i} sample {j}" for j in range(k)]) for i in range(n)]
+
+
+def log_lines(path: Path) -> list[dict]:
+    """Every line of the log must be a complete JSON object (no torn or merged records)."""
+    data = (path / LOG_NAME).read_bytes()
+    assert data.endswith(b"\n"), "the log ends in a partial line"
+    events = []
+    for line in data.decode("utf-8").splitlines():
+        rec = json.loads(line)
+        events.extend(rec["events"] if rec["type"] == "batch" else [rec])
+    return events
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --------------------------------------------------------------------------- basic API and schema
+def test_put_round_lease_submit_labels_schema(tmp_path):
+    q = LabelQueue(tmp_path, seed=3)
+    ids = q.put_round(0, make_items(3))
+    assert ids == ["0-00000", "0-00001", "0-00002"]
+    assert q.put_round("extra", [{"query": "x", "samples": ["a", "b"], "item_id": "custom"}]) == ["custom"]
+
+    lease = q.next_item("alice")
+    assert lease.item_id == "0-00000" and sorted(lease.order) == list(range(K)) and not lease.repeat
+    # the position the labeler clicks maps back to the stored index through the shown order
+    position = lease.order.index(2)
+    assert lease.shown_samples[position] == "q0 sample 2"
+    rec = q.submit("alice", lease.item_id, lease.best_from_position(position))
+    assert rec["best"] == 2 and rec["shown_order"] == list(lease.order)
+
+    ds = q.labels()
+    assert len(ds) == 1
+    row = ds[0]
+    assert (row["query"], row["samples"], row["best"], row["labeler"], row["item_id"], row["round"]) == (
+        "query 0", [f"q0 sample {j}" for j in range(K)], 2, "alice", "0-00000", "0",
+    )
+    assert row["shown_at"] <= row["labeled_at"] and row["source"] == "api"
+    validate_labels(ds)  # the project's label schema
+    assert len(q.labels(round_id="extra")) == 0 and len(q.labels(round_id=0)) == 1
+    assert q.round_status(0).done == 1 and q.round_status(0).total == 3
+
+
+# --------------------------------------------------------------------------- bad requests
+def test_bad_requests_are_rejected_and_write_nothing(tmp_path):
+    q = LabelQueue(tmp_path)
+    q.put_round(0, make_items(2))
+    lease = q.next_item("alice")
+    q.submit("alice", lease.item_id, 1)
+    before = (tmp_path / LOG_NAME).read_bytes()
+
+    cases = [
+        (dict(item_id="0-99999", best=0), "unknown item_id '0-99999'"),
+        (dict(item_id="0-00001", best=4), "best=4 is out of range [0, 3]"),
+        (dict(item_id="0-00001", best=-1), "best=-1 is out of range [0, 3]"),
+        (dict(item_id="0-00001", best=True), "best must be an integer"),
+        (dict(item_id="0-00001", best=1.5), "best must be an integer"),
+        (dict(item_id="0-00001", best="2"), "best must be an integer"),
+        (dict(item_id=lease.item_id, best=0), "already answered item '0-00000'"),  # replay
+        (dict(item_id="0-00001", best=0, repeat=True), "a repeat needs a first answer"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(LabelRequestError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            q.submit("alice", **kwargs)
+    with pytest.raises(LabelRequestError, match="labeler must be a non-empty string"):
+        q.submit("", "0-00001", 0)
+    with pytest.raises(LabelRequestError, match="unknown item_id"):
+        q.skip("alice", "nope")
+    with pytest.raises(LabelRequestError, match="no answer to undo"):
+        q.undo("bob")
+    # a batch with one bad row writes none of it
+    with pytest.raises(LabelValidationError, match=r"row 1, field 'samples\[1\]': sample 1 is empty"):
+        q.put_round(1, [("ok", ["a", "b"]), ("bad", ["a", " "])])
+    with pytest.raises(LabelValidationError, match="row 0, field 'item_id'.*already in the queue"):
+        q.put_round(1, [{"query": "x", "samples": ["a", "b"], "item_id": "0-00000"}])
+    assert (tmp_path / LOG_NAME).read_bytes() == before
+    assert len(q.labels()) == 1 and q.rounds() == ["0"]
+
+
+def test_labels_per_item_full_item_refused(tmp_path):
+    q = LabelQueue(tmp_path)
+    q.put_round(0, make_items(1))
+    q.submit("alice", "0-00000", 0)
+    with pytest.raises(LabelRequestError, match=r"already has its 1 label\(s\)"):
+        q.submit("bob", "0-00000", 1)
+    q2 = LabelQueue(tmp_path, labels_per_item=2)  # stored in the log: every process sees it
+    assert LabelQueue(tmp_path).round_status(0).done == 0
+    q2.submit("bob", "0-00000", 1)
+    assert q.round_status(0).done == 1 and sorted(q.labels()["labeler"]) == ["alice", "bob"]
+
+
+# --------------------------------------------------------------------------- durability
+def test_every_submit_is_fsynced_before_it_returns(tmp_path, monkeypatch):
+    from hf_prefs.label_app import store
+
+    q = LabelQueue(tmp_path)
+    q.put_round(0, make_items(2))
+    synced: list[bytes] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        real_fsync(fd)
+        synced.append((tmp_path / LOG_NAME).read_bytes())
+
+    monkeypatch.setattr(store.os, "fsync", spy)
+    rec = q.submit("alice", "0-00001", 3)
+    assert len(synced) == 1 and rec["label_id"].encode() in synced[0]
+
+
+def test_torn_tail_and_corrupt_line_never_break_loading(tmp_path, caplog):
+    q = LabelQueue(tmp_path)
+    q.put_round(0, make_items(3))
+    first = q.submit("alice", "0-00000", 1)["label_id"]
+    q.close()
+    log = tmp_path / LOG_NAME
+    with open(log, "ab") as f:  # a complete line of garbage, then a record torn mid-write
+        f.write(b'{"type": "label", "label_id": "x", "item\n')
+        f.write(b'{"type":"label","label_id":"torn","item_id":"0-00001","labeler":"alice","be')
+    q = LabelQueue(tmp_path)
+    assert q.labels()["label_id"] == [first]
+    assert q.bad_lines == [3] and "line 3 skipped" in caplog.text
+    second = q.submit("alice", "0-00001", 2)["label_id"]  # the next writer drops the torn tail
+    assert "dropping a torn, unconfirmed tail" in caplog.text
+    lines = log.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and b"torn" not in log.read_bytes()
+    assert LabelQueue(tmp_path).labels()["label_id"] == [first, second]
+
+
+def test_a_round_torn_mid_write_is_all_or_nothing(tmp_path):
+    """put_round writes its items as one line: a crash mid-write enqueues none of them."""
+    q = LabelQueue(tmp_path)
+    q.put_round(0, make_items(2))
+    q.put_round(1, make_items(5, tag="b"))
+    q.close()
+    log = tmp_path / LOG_NAME
+    lines = log.read_bytes().split(b"\n")
+    assert len(lines) == 3  # two batch lines + the empty string after the last newline
+    log.write_bytes(lines[0] + b"\n" + lines[1][: len(lines[1]) // 2])  # torn inside round 1's line
+    q = LabelQueue(tmp_path)
+    assert q.rounds() == ["0"] and q.progress()["items"] == 2 and q.bad_lines == []
+    assert q.put_round(1, make_items(5, tag="b"))[0] == "1-00000"  # the retry gets the same ids
+
+
+KILL_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    from hf_prefs.label_app import store
+
+    stall_after = int(sys.argv[2])
+    writes = [0]
+    real = store._write_all
+
+    def slow_write_all(fd, data):
+        # write each record in two pieces: a kill between them leaves a torn line
+        writes[0] += 1
+        half = len(data) // 2
+        real(fd, data[:half])
+        if stall_after >= 0 and writes[0] > stall_after:
+            print("HALF", flush=True)
+            time.sleep(60)
+        real(fd, data[half:])
+
+    store._write_all = slow_write_all
+    q = store.LabelQueue(sys.argv[1])
+    print("READY", flush=True)
+    while True:
+        lease = q.next_item("killed")
+        if lease is None:
+            print("EMPTY", flush=True)
+            break
+        rec = q.submit("killed", lease.item_id, int(lease.item_id[-1]) % 4)
+        print("OK", rec["label_id"], rec["item_id"], rec["best"], flush=True)
+    """
+)
+
+
+def _reader(proc: subprocess.Popen) -> "queue_mod.Queue[str]":
+    lines: queue_mod.Queue[str] = queue_mod.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line.strip())
+        lines.put("EOF")
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+@pytest.mark.parametrize("mode", ["stalled_mid_record", "random_moment"])
+def test_kill_9_mid_write_loses_no_confirmed_label(tmp_path, mode):
+    """SIGKILL a writer (deterministically between the two halves of a record, or at a random
+    moment); every label whose confirmation it printed is present once, and loading never breaks."""
+    qdir = tmp_path / "q"
+    LabelQueue(qdir).put_round(0, make_items(400))
+    script = tmp_path / "label_kill_writer.py"
+    script.write_text(KILL_WRITER)
+    n_confirm = 15
+    # stall on the write after 2*n_confirm (lease + label per item) events: a half-written lease
+    stall_after = 1 + 2 * n_confirm if mode == "stalled_mid_record" else -1
+    proc = subprocess.Popen([sys.executable, str(script), str(qdir), str(stall_after)], stdout=subprocess.PIPE, text=True)
+    lines = _reader(proc)
+    confirmed: dict[str, tuple[str, int]] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line.startswith("OK"):
+                _, label_id, item_id, best = line.split()
+                confirmed[label_id] = (item_id, int(best))
+                if mode == "random_moment" and len(confirmed) == n_confirm:
+                    time.sleep(random.random() * 0.01)  # land somewhere in the writer's loop
+                    break
+            elif line == "HALF":
+                break
+            elif line in ("EOF", "EMPTY"):
+                pytest.fail(f"writer ended before the kill: {line}")
+        else:
+            pytest.fail("writer too slow")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    while True:  # confirmations printed before the kill
+        try:
+            line = lines.get(timeout=5)
+        except queue_mod.Empty:
+            break
+        if line == "EOF":
+            break
+        if line.startswith("OK"):
+            _, label_id, item_id, best = line.split()
+            confirmed[label_id] = (item_id, int(best))
+    assert len(confirmed) >= n_confirm
+    raw = (qdir / LOG_NAME).read_bytes()
+    if mode == "stalled_mid_record":
+        assert not raw.endswith(b"\n"), "the kill did not land mid-record"
+
+    q = LabelQueue(qdir)  # loading works with a torn tail
+    ds = q.labels()
+    stored = {r["label_id"]: (r["item_id"], r["best"]) for r in ds}
+    assert q.bad_lines == []
+    for label_id, value in confirmed.items():
+        assert stored.get(label_id) == value
+    assert len(set(ds["item_id"])) == len(ds)  # one label per item: nothing duplicated
+    # restart resumes: the queue continues after the labeled items, and writing repairs the tail
+    lease = q.next_item("killed")
+    assert lease is not None and lease.item_id not in set(ds["item_id"])
+    q.submit("killed", lease.item_id, 0)
+    lines_after = log_lines(qdir)
+    assert sum(r["type"] == "label" for r in lines_after) == len(ds) + 1
+
+
+CONCURRENT_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    from hf_prefs.label_app.store import LabelQueue, LabelRequestError
+
+    qdir, labeler, mode, go = sys.argv[1:5]
+    q = LabelQueue(qdir)
+    print("READY", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    if mode == "lease":
+        while (lease := q.next_item(labeler)) is not None:
+            rec = q.submit(labeler, lease.item_id, len(lease.item_id) % 4)
+            print("OK", rec["label_id"], rec["item_id"], flush=True)
+    else:  # race: both processes submit every item, in the same order
+        for item_id in [f"0-{i:05d}" for i in range(int(mode))]:
+            try:
+                rec = q.submit(labeler, item_id, 1)
+                print("OK", rec["label_id"], rec["item_id"], flush=True)
+            except LabelRequestError as exc:
+                print("REFUSED", item_id, flush=True)
+    print("DONE", flush=True)
+    """
+)
+
+
+def _run_pair(tmp_path: Path, qdir: Path, labelers: list[str], mode: str) -> list[list[str]]:
+    script = tmp_path / "label_concurrent_writer.py"
+    script.write_text(CONCURRENT_WRITER)
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(qdir), who, mode, str(go)], stdout=subprocess.PIPE, text=True)
+        for who in labelers
+    ]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "READY"
+        go.touch()  # both start together
+        outs = [p.communicate(timeout=120)[0].splitlines() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and out[-1] == "DONE"
+    return outs
+
+
+def test_two_processes_with_leases_label_each_item_exactly_once(tmp_path):
+    qdir = tmp_path / "q"
+    n = 120
+    LabelQueue(qdir).put_round(0, make_items(n))
+    outs = _run_pair(tmp_path, qdir, ["w0", "w1"], "lease")
+    confirmed = {line.split()[1]: (line.split()[2], who) for who, out in zip(["w0", "w1"], outs) for line in out if line.startswith("OK")}
+    ds = LabelQueue(qdir).labels()
+    assert len(ds) == n == len(confirmed)  # nothing lost, nothing duplicated
+    assert sorted(ds["item_id"]) == [f"0-{i:05d}" for i in range(n)]
+    assert {r["label_id"]: (r["item_id"], r["labeler"]) for r in ds} == confirmed
+    records = log_lines(qdir)  # nothing merged: every line is one whole record
+    assert sum(r["type"] == "label" for r in records) == n
+
+
+def test_two_processes_racing_on_the_same_items(tmp_path):
+    """Two tabs of one labeler submitting every item: exactly one answer per item is stored and
+    confirmed; the other is refused as a replay."""
+    qdir = tmp_path / "q"
+    n = 120
+    LabelQueue(qdir).put_round(0, make_items(n))
+    outs = _run_pair(tmp_path, qdir, ["same", "same"], str(n))
+    ok = [line.split() for out in outs for line in out if line.startswith("OK")]
+    refused = [line for out in outs for line in out if line.startswith("REFUSED")]
+    assert len(ok) == n and len(refused) == n
+    ds = LabelQueue(qdir).labels()
+    assert sorted(ds["item_id"]) == sorted(item for _, _, item in ok) == [f"0-{i:05d}" for i in range(n)]
+    assert set(ds["label_id"]) == {label_id for _, label_id, _ in ok}
+    assert sum(r["type"] == "label" for r in log_lines(qdir)) == n
+
+
+def test_threads_sharing_one_queue_object(tmp_path):
+    q = LabelQueue(tmp_path)
+    q.put_round(0, make_items(60))
+    got: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+
+    def work(who: str) -> None:
+        while (lease := q.next_item(who)) is not None:
+            got[who].append(q.submit(who, lease.item_id, 0)["item_id"])
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done = [i for items in got.values() for i in items]
+    assert sorted(done) == sorted(set(done)) == sorted(q.labels()["item_id"]) and len(done) == 60
+
+
+# --------------------------------------------------------------------------- restart, leases, undo, skip
+def test_restart_resumes_same_item_same_order(tmp_path):
+    q = LabelQueue(tmp_path, seed=5)
+    q.put_round(0, make_items(4))
+    q.submit("alice", q.next_item("alice").item_id, 0)
+    q.skip("alice", q.next_item("alice").item_id)
+    shown = q.next_item("alice")
+    q.close()
+    q = LabelQueue(tmp_path, seed=5)  # e.g. the server was restarted
+    again = q.next_item("alice")
+    assert (again.lease_id, again.item_id, again.order) == (shown.lease_id, "0-00002", shown.order)
+    q.submit("alice", again.item_id, again.best_from_position(0))
+    assert q.next_item("alice").item_id == "0-00003"
+    assert q.progress("alice") == {"items": 4, "done": 2, "labels": 2, "mine": 2, "repeats": 0, "skipped": 1, "left": 1}
+
+
+def test_leases_split_items_between_labelers_and_expire(tmp_path):
+    clock = FakeClock()
+    q = LabelQueue(tmp_path, lease_s=60, clock=clock)
+    q.put_round(0, make_items(2))
+    a = q.next_item("alice")
+    clock.t += 30
+    b = q.next_item("bob")
+    assert (a.item_id, b.item_id) == ("0-00000", "0-00001")
+    assert q.next_item("carol") is None  # both items are leased
+    assert q.round_status(0).leased == 2
+    clock.t += 31  # alice walked away: her lease expired, bob's holds
+    c = q.next_item("carol")
+    assert c.item_id == "0-00000"
+    q.submit("carol", c.item_id, 1)
+    with pytest.raises(LabelRequestError, match="already has its 1 label"):
+        q.submit("alice", a.item_id, 0)  # alice's late answer is refused, nothing duplicated
+    assert q.next_item("alice") is None
+
+
+def test_undo_is_append_only_and_reoffers_the_item(tmp_path):
+    q = LabelQueue(tmp_path)
+    q.put_round(0, make_items(3))
+    first = q.next_item("alice")
+    rec = q.submit("alice", first.item_id, 3)
+    second = q.next_item("alice")
+    back = q.undo("alice")
+    assert (back.item_id, back.order) == (first.item_id, first.order)
+    assert q.next_item("alice").lease_id == back.lease_id  # the undone item comes first
+    assert len(q.labels()) == 0
+    rec2 = q.submit("alice", back.item_id, 1)
+    assert q.next_item("alice").item_id == second.item_id  # then the item that was showing
+    assert q.labels()["label_id"] == [rec2["label_id"]]
+    assert [r["label_id"] for r in log_lines(tmp_path) if r["type"] == "label"] == [rec["label_id"], rec2["label_id"]]
+
+
+# --------------------------------------------------------------------------- agreement
+def test_repeats_and_agreement_counts(tmp_path):
+    q = LabelQueue(tmp_path, repeat_fraction=0.5, repeat_gap=1, seed=0, labels_per_item=2)
+    q.put_round(0, make_items(12))
+    firsts: dict[str, int] = {}
+    expect_self = [0, 0]
+    n_repeat = 0
+    while (lease := q.next_item("alice")) is not None:
+        if lease.repeat:
+            n_repeat += 1
+            best = firsts[lease.item_id] if n_repeat % 2 else (firsts[lease.item_id] + 1) % K  # agree, disagree, ...
+            expect_self[0] += 1
+            expect_self[1] += best == firsts[lease.item_id]
+        else:
+            best = int(lease.item_id[-1]) % K
+            firsts[lease.item_id] = best
+        q.submit("alice", lease.item_id, best)
+    assert n_repeat >= 2 and len(firsts) == 12
+    # bob answers the first 4 items: agrees on items 0 and 1, disagrees on 2 and 3
+    for i in range(4):
+        q.submit("bob", f"0-{i:05d}", i % K if i < 2 else (i + 1) % K)
+    agreement = q.agreement("alice")
+    assert (agreement["self_n"], agreement["self_agree"]) == tuple(expect_self)
+    assert (agreement["cross_n"], agreement["cross_agree"]) == (4, 2)
+    assert q.agreement("bob")["self_n"] == 0
+    assert len(q.labels()) == 16 and len(q.labels(include_repeats=True)) == 16 + n_repeat
+
+
+# --------------------------------------------------------------------------- rounds and files
+def test_wait_round_times_out_then_file_labels_fill_the_round(tmp_path):
+    q = LabelQueue(tmp_path)
+    ids = q.put_round(3, make_items(3, tag="r"))
+    with pytest.raises(TimeoutError, match=r"round '3': 0/3 items labeled"):
+        q.wait_round(3, timeout=0.05, poll_s=0.01)
+    labels_file = tmp_path / "elsewhere.jsonl"
+    rows = [
+        {"item_id": ids[0], "query": "query r0", "samples": [f"qr0 sample {j}" for j in range(K)], "best": 2, "labeler": "mturk-7"},
+        {"query": "query r1", "sample0": "qr1 sample 0", "sample1": "qr1 sample 1", "sample2": "qr1 sample 2", "sample3": "qr1 sample 3", "best": 0},
+    ]
+    labels_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    q.add_labels(labels_file, round_id=3)
+    assert q.round_status(3).done == 2
+
+    result: dict = {}
+    waiter = threading.Thread(target=lambda: result.setdefault("ds", LabelQueue(tmp_path).wait_round(3, timeout=30, poll_s=0.02)))
+    waiter.start()
+    LabelQueue(tmp_path).submit("alice", ids[2], 1)  # the last label arrives from another writer
+    waiter.join(30)
+    ds = result["ds"]
+    assert sorted(zip(ds["item_id"], ds["best"], ds["labeler"])) == [(ids[0], 2, "mturk-7"), (ids[1], 0, "file"), (ids[2], 1, "alice")]
+    # a whole round from a file: no matching items, so they become new items
+    q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 1}], round_id="ext", labeler="team-b")
+    assert q.wait_round("ext", timeout=1)["samples"] == [["a", "b"]]
+    before = (tmp_path / LOG_NAME).read_bytes()
+    with pytest.raises(LabelValidationError, match="row 0, field 'labeler'.*already answered"):
+        q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 0}], round_id="ext", labeler="team-b")
+    with pytest.raises(LabelValidationError, match="row 0, field 'item_id'.*different query"):
+        q.add_labels([{"item_id": ids[0], "query": "other", "samples": ["a", "b"], "best": 0}])
+    with pytest.raises(LabelValidationError, match="row 0, field 'best'"):
+        q.add_labels([{"query": "q", "samples": ["a", "b"], "best": 5}], round_id=4)
+    with pytest.raises(KeyError, match="round '9' has no items"):
+        q.wait_round(9, timeout=0)
+    assert (tmp_path / LOG_NAME).read_bytes() == before
+
+
+def test_cli_add_import_export_status(tmp_path, capsys):
+    qdir = tmp_path / "q"
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"query": q, "samples": s}) + "\n" for q, s in make_items(3)))
+    assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(items)]) == 0
+    assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(items)]) == 0  # next round: 1
+    assert "round '1'" in capsys.readouterr().out
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"item_id": "0-00001", "query": "query 1", "samples": make_items(2)[1][1], "best": 3}) + "\n")
+    assert label_cli.main(["label", "import", "--queue", str(qdir), "--from", str(labels), "--labeler", "ext"]) == 0
+    out = tmp_path / "out.jsonl"
+    assert label_cli.main(["label", "export", "--queue", str(qdir), "--out", str(out)]) == 0
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["item_id"], r["best"], r["labeler"]) for r in exported] == [("0-00001", 3, "ext")]
+    capsys.readouterr()
+    assert label_cli.main(["label", "status", "--queue", str(qdir)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["progress"] == {"items": 6, "done": 1, "labels": 1} and status["rounds"]["1"]["done"] == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "samples": ["only one"]}) + "\n")
+    assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(bad)]) == 2
+    assert "row 0, field 'samples': a comparison needs at least 2 samples" in capsys.readouterr().err
