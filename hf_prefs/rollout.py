@@ -19,6 +19,7 @@ __all__ = [
     "response_logprobs",
     "truncate_responses",
     "apply_truncation_penalty",
+    "truncated_lengths",
     "left_pad",
 ]
 
@@ -125,3 +126,16 @@ def truncate_responses(
 def apply_truncation_penalty(scores: torch.Tensor, valid: torch.Tensor, penalty_reward_value: float = -1.0) -> torch.Tensor:
     """Replace the score of each invalid row (no truncate token past ``truncate_after``) by the penalty."""
     return torch.where(valid, scores, torch.full_like(scores, penalty_reward_value))
+
+
+def truncated_lengths(response_ids: torch.Tensor, truncate_token_id: int | None, truncate_after: int) -> torch.Tensor:
+    """``(B,)`` tokens each response keeps under :func:`truncate_responses`: up to and including its first
+    ``truncate_token_id`` at index >= ``truncate_after``, else all of them. Counted from positions, so a sampled
+    token that equals the pad id is still counted."""
+    n, lr = response_ids.shape
+    if truncate_token_id is None:
+        return torch.full((n,), lr, dtype=torch.long, device=response_ids.device)
+    idx = torch.arange(lr, device=response_ids.device)
+    hit = (response_ids == truncate_token_id) & (idx >= truncate_after)
+    full = torch.full((n,), lr, dtype=torch.long, device=response_ids.device)
+    return torch.where(hit.any(1), hit.float().argmax(1) + 1, full)

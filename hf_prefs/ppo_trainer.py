@@ -1,0 +1,936 @@
+"""PPO with a KL penalty, as in Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences"), on TRL.
+
+TRL removed its PPOTrainer in 1.13; this is the paper's PPO on TRL's current trainer base, so TRL's model cards,
+tags, ``push_to_hub``, callbacks, ``report_to``, checkpointing and ``accelerate launch`` keep working. One PPO update
+("step") is a sequence of named methods that a subclass can override::
+
+    train()
+      for each update:
+        sample_queries         (B, Lq) left-padded query ids of this process
+        make_rollout           everything computed without gradients:
+          generate               (B, Lr) fixed-length samples at temperature T (KV cache, batched)
+          truncate               cut after the truncate token, mark rows without one
+          decode + score         reward model / reward callable on query text + TRUNCATED response text
+          apply_penalty          rows without a truncate token get the penalty score
+          policy_logprobs_and_values   log pi(y_t) at T, V_t and the entropy (shared trunk: one forward)
+          ref_logprobs           log rho(y_t) at T (frozen copy, or the PEFT policy with adapters disabled)
+          compute_rewards        -beta * kl_t at every token, the score added at the last token
+        ppo_epochs             num_ppo_epochs x num_mini_batches optimizer steps:
+          compute_advantages     whiten rewards (paper) -> GAE -> whiten advantages, per minibatch
+          compute_ppo_loss       clipped policy loss + vf_coef * clipped value loss
+        update_kl_controller   beta <- controller(mean KL over all processes, batch size)
+        log_step / log_samples metrics (TRL names), samples table
+        checkpoint             policy + value head + optimizer + scheduler + RNG + beta (resume continues)
+
+Every equation lives in :mod:`hf_prefs.ppo_math`, :mod:`hf_prefs.rollout` and :mod:`hf_prefs.kl`; this module
+only wires them. Shapes: B = episodes of this process, Lq = (left-padded) query length, Lr = response length,
+V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import textwrap
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from transformers.utils import logging
+from transformers.trainer_callback import ExportableState, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax, selective_log_softmax_and_entropy
+
+from .kl import AdaptiveKLController, FixedKLController
+from .ppo_config import PPOConfig
+from .ppo_math import (
+    compute_gae,
+    explained_variance,
+    kl_penalty,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+    whiten,
+)
+from .rollout import apply_truncation_penalty, left_pad, sample_responses, truncate_responses, truncated_lengths
+from .value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["PPOTrainer", "Rollout", "NonFiniteError", "RewardFunction", "PPO_STATE_FILE"]
+
+#: ``f(queries, responses) -> (B,)`` scores; receives decoded query texts and TRUNCATED response texts.
+RewardFunction = Callable[[list[str], list[str]], Any]
+
+#: Per-checkpoint PPO state: the KL controller (beta) and the sampling / shuffling generators.
+PPO_STATE_FILE = "ppo_state.json"
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN/inf met during PPO; ``step`` is the (1-based) PPO update and ``what`` names the tensor."""
+
+    def __init__(self, step: int, what: str, detail: str = "") -> None:
+        self.step, self.what = step, what
+        super().__init__(f"PPO update step {step}: non-finite values (NaN/inf) in {what}{detail}; training stopped")
+
+
+@dataclass
+class Rollout:
+    """One batch of episodes of this process, computed without gradients. Tensors are on the training device."""
+
+    query_ids: torch.Tensor  # (B, Lq) left-padded
+    query_mask: torch.Tensor  # (B, Lq) 0/1
+    response_ids: torch.Tensor  # (B, Lr) the raw sampled tokens (KL, values and PPO use these)
+    response_lengths: torch.Tensor  # (B,) tokens kept by truncation (what the reward saw)
+    valid: torch.Tensor  # (B,) bool: has a truncate token at index >= truncate_after
+    query_texts: list[str]
+    response_texts: list[str]  # truncated, decoded
+    raw_scores: torch.Tensor  # (B,) reward before the truncation penalty
+    scores: torch.Tensor  # (B,) after the penalty: r(x, y)
+    logprobs: torch.Tensor  # (B, Lr) log pi_old(y_t) at temperature T
+    ref_logprobs: torch.Tensor  # (B, Lr) log rho(y_t) at temperature T
+    values: torch.Tensor  # (B, Lr) V_old(s_t)
+    entropy: torch.Tensor  # (B, Lr) entropy of pi_old(.|s_t) at temperature T
+    kl: torch.Tensor  # (B, Lr) per-token KL estimate
+    non_score_rewards: torch.Tensor  # (B, Lr) -beta * kl
+    rewards: torch.Tensor  # (B, Lr) non-score rewards + score at the last token
+    kl_coef: float  # beta used for these rewards
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on the first real token of each left-padded row."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class PPOTrainer(_BaseTrainer):
+    """The paper's PPO: fixed-length sampling at T, per-token KL penalty, adaptive beta, value head on the trunk.
+
+    Args:
+        model: the policy: a model id/path or an ``AutoModelForCausalLM`` model (a ``PeftModel`` works too), or a
+            :class:`~hf_prefs.value_head.PolicyWithValueHead`.
+        reward_model: an hf_prefs reward model (a ``*ForSequenceClassification`` model, scored with
+            :func:`hf_prefs.reward_model.score_texts` at the last token, normalization gain/bias applied), a path to
+            one (loaded with :func:`hf_prefs.reward_model.load_reward_model`), or any callable
+            ``f(queries: list[str], responses: list[str]) -> (B,)`` (known rewards, direct RL).
+        args: a :class:`~hf_prefs.PPOConfig`.
+        train_dataset: a ``datasets.Dataset`` with a ``query`` column (text), or TRL-style ``input_ids``.
+        processing_class: the policy's tokenizer (loaded from ``model`` when omitted).
+        ref_model: the reference rho; default: a frozen copy of the policy, or, for a PEFT policy, the policy with
+            its adapters disabled (no second copy).
+        value_model: a separate value model (``*ForSequenceClassification``); default: ``args.value_model`` decides
+            between a zero-initialised head on the policy trunk ("shared", paper) and a copy of the reward model
+            ("separate", TRL's last PPOTrainer).
+        reward_processing_class: the reward model's tokenizer (default: ``processing_class``).
+        eval_dataset, data_collator: accepted for TRL API compatibility; not used.
+        callbacks, optimizers: as for ``transformers.Trainer``.
+        peft_config: a ``peft.PeftConfig``: the policy is wrapped with it (LoRA); the reference is then the policy
+            with adapters disabled.
+        kl_controller: an object with ``value``, ``update(kl, n_steps)``, ``state_dict()``, ``load_state_dict()``;
+            default: :class:`~hf_prefs.kl.AdaptiveKLController` (``args.adaptive_kl``) or
+            :class:`~hf_prefs.kl.FixedKLController`.
+    """
+
+    _tag_names = ["trl", "hf-prefs", "ppo"]
+    _name = "PPO"
+    _paper = {
+        "title": "Fine-Tuning Language Models from Human Preferences",
+        "id": "1909.08593",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{ziegler2019fine-tuning,
+                title        = {{Fine-Tuning Language Models from Human Preferences}},
+                author       = {Daniel M. Ziegler and Nisan Stiennon and Jeffrey Wu and Tom B. Brown and Alec Radford and Dario Amodei and Paul F. Christiano and Geoffrey Irving},
+                year         = 2019,
+                eprint       = {arXiv:1909.08593}
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: str | nn.Module,
+        reward_model: nn.Module | str | RewardFunction,
+        args: PPOConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Any = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        ref_model: nn.Module | None = None,
+        value_model: nn.Module | None = None,
+        reward_processing_class: PreTrainedTokenizerBase | None = None,
+        data_collator: Any = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        peft_config: Any = None,
+        kl_controller: Any = None,
+    ) -> None:
+        # ---- config -------------------------------------------------------------------------------------------
+        model_id = model if isinstance(model, str) else None
+        if args is None:
+            name = (model_id or "policy").rstrip("/").split("/")[-1]
+            args = PPOConfig(output_dir=f"{name}-PPO")
+        if not isinstance(args, PPOConfig):
+            raise TypeError(f"args must be an hf_prefs PPOConfig, got {type(args).__name__}")
+        if train_dataset is None:
+            raise ValueError("PPOTrainer needs a train_dataset with a `query` column")
+
+        # ---- policy (+ PEFT) ----------------------------------------------------------------------------------
+        wrapper: PolicyWithValueHead | None = None
+        if isinstance(model, PolicyWithValueHead):
+            wrapper, policy = model, model.policy
+        elif isinstance(model, str):
+            policy = AutoModelForCausalLM.from_pretrained(model)
+        else:
+            policy = model
+        if processing_class is None:
+            source = model_id or getattr(policy.config, "_name_or_path", None)
+            if not source:
+                raise ValueError("pass processing_class (the policy's tokenizer): it cannot be found from the model")
+            processing_class = AutoTokenizer.from_pretrained(source)
+        if peft_config is not None:
+            if wrapper is not None or hasattr(policy, "peft_config"):
+                raise ValueError("peft_config was given but the policy is already wrapped (PEFT or PolicyWithValueHead)")
+            from peft import get_peft_model
+
+            policy = get_peft_model(policy, peft_config)
+        is_peft = hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config")
+
+        # ---- reward: model or callable ------------------------------------------------------------------------
+        if isinstance(reward_model, (str, os.PathLike)):
+            from .reward_model import load_reward_model
+
+            reward_model, loaded_tokenizer = load_reward_model(reward_model)
+            reward_processing_class = reward_processing_class or loaded_tokenizer
+        if not isinstance(reward_model, nn.Module) and not callable(reward_model):
+            raise TypeError("reward_model must be a reward model (nn.Module), a path to one, or a callable f(queries, responses)")
+        self.reward_model = reward_model
+        self.reward_processing_class = reward_processing_class or processing_class
+        if args.normalize_reward and not isinstance(reward_model, nn.Module):
+            raise ValueError("PPOConfig.normalize_reward needs a reward model (nn.Module); a reward callable has no gain/bias")
+
+        # ---- value function -----------------------------------------------------------------------------------
+        if wrapper is None:
+            if value_model is None and args.value_model == "separate":
+                if not isinstance(reward_model, nn.Module):
+                    raise ValueError("PPOConfig.value_model='separate' needs a reward model to copy (or pass value_model=)")
+                value_model = value_model_from_reward_model(reward_model)
+            wrapper = PolicyWithValueHead(policy, value_model=value_model)
+        elif value_model is not None:
+            raise ValueError("value_model was given together with a PolicyWithValueHead; put it in the wrapper instead")
+
+        # ---- reference ----------------------------------------------------------------------------------------
+        if ref_model is policy:
+            raise ValueError("ref_model must not be the policy object itself (pass None to get a frozen copy)")
+        if ref_model is None and not is_peft:
+            ref_model = copy.deepcopy(policy)
+        if ref_model is not None:
+            ref_model.eval()
+            for p in ref_model.parameters():
+                p.requires_grad_(False)
+        self.ref_model = ref_model
+        self.is_peft_model = is_peft
+
+        # Dropout off everywhere (paper).
+        for module in (wrapper, ref_model, reward_model if isinstance(reward_model, nn.Module) else None):
+            if module is not None:
+                disable_dropout_in_model(module)
+
+        # ---- data: tokenize the queries ----------------------------------------------------------------------
+        if processing_class.pad_token_id is not None:
+            self.pad_token_id = int(processing_class.pad_token_id)
+        elif processing_class.eos_token_id is not None:
+            self.pad_token_id = int(processing_class.eos_token_id)  # only ever used under an explicit 0 mask
+        else:
+            self.pad_token_id = 0
+        train_dataset = self._prepare_dataset(train_dataset, processing_class, policy, args)
+
+        super().__init__(
+            model=wrapper,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.args: PPOConfig
+
+        # ---- batch sizes (TRL's definitions) -----------------------------------------------------------------
+        a = self.args
+        world_size = self.accelerator.num_processes
+        a.local_batch_size = a.per_device_train_batch_size * a.gradient_accumulation_steps
+        a.batch_size = a.local_batch_size * world_size
+        a.local_mini_batch_size = a.local_batch_size // a.num_mini_batches
+        a.mini_batch_size = a.local_mini_batch_size * world_size
+        if a.total_episodes is None:
+            a.total_episodes = int(a.num_train_epochs * len(train_dataset))
+        a.num_total_batches = math.ceil(a.total_episodes / a.batch_size)
+        self.sample_generations_freq = (
+            max(1, a.num_total_batches // a.num_sample_generations) if a.num_sample_generations > 0 else 0
+        )
+
+        # ---- truncation, KL control, RNG ----------------------------------------------------------------------
+        self.truncate_token_id = self._resolve_truncate_token_id(a, processing_class)
+        if kl_controller is None:
+            kl_controller = (
+                AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl else FixedKLController(a.kl_coef)
+            )
+        self.kl_ctl = kl_controller
+        device = self.accelerator.device
+        local_seed = a.seed + 100_003 * self.accelerator.process_index
+        self.sampling_generator = torch.Generator(device=device).manual_seed(local_seed)  # token sampling
+        self.shuffle_generator = torch.Generator().manual_seed(local_seed + 1)  # PPO minibatch shuffles
+        self._query_permutations: dict[int, torch.Tensor] = {}
+        self._prepared = False
+        self.last_samples: Any = None  # the last samples table (a pandas DataFrame)
+
+        if self.ref_model is not None:
+            self.ref_model.to(device)
+        if isinstance(self.reward_model, nn.Module):
+            self.reward_model.eval()
+            self.reward_model.to(device)
+        self.model.add_model_tags(self._tag_names)
+
+    # =========================================================================================================
+    # setup helpers
+    # =========================================================================================================
+    @staticmethod
+    def _prepare_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: PPOConfig) -> Dataset:
+        """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); check rows and lengths."""
+        if not isinstance(dataset, Dataset):
+            raise TypeError(f"train_dataset must be a datasets.Dataset, got {type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise ValueError("train_dataset is empty")
+        columns = dataset.column_names
+        if "query" in columns:
+            bad = [i for i, q in enumerate(dataset["query"]) if not isinstance(q, str) or not q]
+            if bad:
+                raise ValueError(f"train_dataset: column `query` must hold non-empty strings; bad rows {bad[:10]}")
+            if "input_ids" not in columns:
+                dataset = dataset.map(
+                    lambda batch: {"input_ids": tokenizer(batch["query"])["input_ids"]},
+                    batched=True,
+                    num_proc=args.dataset_num_proc,
+                    desc="Tokenizing queries",
+                )
+        elif "input_ids" in columns:
+            dataset = dataset.map(
+                lambda batch: {"query": tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)},
+                batched=True,
+                num_proc=args.dataset_num_proc,
+                desc="Decoding queries",
+            )
+        else:
+            raise ValueError(f"train_dataset needs a `query` (text) or `input_ids` column; it has {columns}")
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        empty = [i for i, n in enumerate(lengths) if n == 0]
+        if empty:
+            raise ValueError(f"train_dataset: rows {empty[:10]} tokenize to no tokens")
+        config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
+        max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if max_positions is not None:
+            longest = max(range(len(lengths)), key=lengths.__getitem__)
+            if lengths[longest] + args.response_length > max_positions:
+                raise ValueError(
+                    f"train_dataset row {longest}: query of {lengths[longest]} tokens + response_length "
+                    f"{args.response_length} exceeds the model's {max_positions} positions"
+                )
+        return dataset
+
+    @staticmethod
+    def _resolve_truncate_token_id(args: PPOConfig, tokenizer: Any) -> int | None:
+        """The token id responses are cut after: stop_token / stop_token_id (TRL names) or truncate_token(_id)."""
+        if args.stop_token == "eos":
+            if tokenizer.eos_token_id is None:
+                raise ValueError("PPOConfig.stop_token='eos' but the tokenizer has no eos token")
+            return int(tokenizer.eos_token_id)
+        if args.stop_token_id is not None:
+            return int(args.stop_token_id)
+        if args.truncate_token_id is not None:
+            return int(args.truncate_token_id)
+        if args.truncate_token is None:
+            return None
+        ids = tokenizer.encode(args.truncate_token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(
+                f"PPOConfig.truncate_token={args.truncate_token!r} is {len(ids)} tokens ({ids}) for this tokenizer; "
+                "it must be exactly one token (or set truncate_token_id)"
+            )
+        return int(ids[0])
+
+    def _unwrapped(self) -> PolicyWithValueHead:
+        return self.accelerator.unwrap_model(self.model)
+
+    @contextmanager
+    def reference_context(self):
+        """Inside: the module to use as rho. A PEFT policy with adapters disabled, or the frozen reference."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            policy = self._unwrapped().policy
+            with policy.disable_adapter():
+                yield policy
+
+    def _check_finite(self, tensor: torch.Tensor, what: str) -> None:
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = (~finite).reshape(tensor.shape[0], -1).any(-1).nonzero().flatten()[:10].tolist() if tensor.dim() else []
+            detail = f" (rows {bad} of this process)" if bad else ""
+            raise NonFiniteError(self.state.global_step + 1, what, detail)
+
+    # =========================================================================================================
+    # the PPO update, step by step
+    # =========================================================================================================
+    def sample_queries(self, update: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Queries of PPO update ``update`` (0-based) for this process.
+
+        The dataset is read as an endless stream of seeded shuffles (one per pass); update u takes stream positions
+        ``[u*batch_size, (u+1)*batch_size)`` and process r the r-th slice of ``local_batch_size`` of them. This is a
+        pure function of (seed, update), so resuming needs no data-loader state.
+
+        Returns:
+            ``(query_ids (B, Lq), query_mask (B, Lq), query_texts)``, left-padded, on the training device.
+        """
+        a, n = self.args, len(self.train_dataset)
+        start = update * a.batch_size + self.accelerator.process_index * a.local_batch_size
+        rows = []
+        for position in range(start, start + a.local_batch_size):
+            epoch, offset = divmod(position, n)
+            if epoch not in self._query_permutations:
+                seed = (a.data_seed if a.data_seed is not None else a.seed) + epoch
+                self._query_permutations = {
+                    e: p for e, p in self._query_permutations.items() if e >= epoch - 1
+                }  # keep memory bounded
+                self._query_permutations[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            rows.append(int(self._query_permutations[epoch][offset]))
+        batch = self.train_dataset[rows]
+        query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
+        device = self.accelerator.device
+        return query_ids.to(device), query_mask.to(device), list(batch["query"])
+
+    @torch.no_grad()
+    def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """``(B, Lr)`` responses: exactly ``response_length`` tokens at temperature T, no stop at EOS (paper).
+
+        Batched by ``local_rollout_forward_batch_size``, with a KV cache (:func:`hf_prefs.rollout.sample_responses`).
+        ``reference=True`` samples from rho instead of pi.
+        """
+        a = self.args
+        context = self.reference_context() if reference else nullcontext(self._unwrapped().policy)
+        chunks = []
+        with context as lm, self.accelerator.autocast():
+            for i in range(0, query_ids.shape[0], a.local_rollout_forward_batch_size):
+                sl = slice(i, i + a.local_rollout_forward_batch_size)
+                try:
+                    chunks.append(
+                        sample_responses(
+                            lm, query_ids[sl], query_mask[sl], a.response_length, a.temperature, self.sampling_generator
+                        )
+                    )
+                except RuntimeError as err:  # torch.multinomial on NaN/inf probabilities
+                    if "probability tensor contains" in str(err):
+                        who = "reference" if reference else "policy"
+                        raise NonFiniteError(self.state.global_step + 1, f"{who} logits while sampling") from err
+                    raise
+        return torch.cat(chunks, 0)
+
+    def truncate(self, response_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lengths (B,), valid (B,))``: tokens kept after cutting at the first truncate token at index >=
+        ``truncate_after`` (:func:`hf_prefs.rollout.truncated_lengths`, counted from positions so a sampled pad/EOS
+        id is never mistaken for padding), and which rows had such a token (:func:`truncate_responses`)."""
+        tid, after = self.truncate_token_id, self.args.truncate_after
+        _, valid = truncate_responses(response_ids, tid, after, pad_token_id=self.pad_token_id)
+        return truncated_lengths(response_ids, tid, after), valid
+
+    def decode_responses(self, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Text of each truncated response (special tokens such as a sampled EOS are dropped)."""
+        rows = [ids[:n].tolist() for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
+        return self.processing_class.batch_decode(rows, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def score(self, query_texts: list[str], response_texts: list[str]) -> torch.Tensor:
+        """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty."""
+        if isinstance(self.reward_model, nn.Module):
+            from .reward_model import score_texts
+
+            with self.accelerator.autocast():
+                scores = score_texts(
+                    self.reward_model,
+                    self.reward_processing_class,
+                    query_texts,
+                    response_texts,
+                    batch_size=self.args.local_rollout_forward_batch_size,
+                )
+        else:
+            scores = self.reward_model(list(query_texts), list(response_texts))
+        scores = torch.as_tensor(scores if not isinstance(scores, list) else [float(s) for s in scores])
+        if scores.dim() == 2 and scores.shape[1] == 1:
+            scores = scores[:, 0]
+        if scores.shape != (len(query_texts),):
+            raise ValueError(
+                f"the reward returned shape {tuple(scores.shape)}; expected ({len(query_texts)},): one score per response"
+            )
+        return scores.to(device=self.accelerator.device, dtype=torch.float32)
+
+    def apply_penalty(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Paper: replace the score of rows without a truncate token by ``penalty_reward_value``.
+
+        With ``missing_eos_penalty`` set (TRL semantics) that amount is subtracted instead.
+        """
+        if self.args.missing_eos_penalty is not None:
+            return torch.where(valid, scores, scores - self.args.missing_eos_penalty)
+        return apply_truncation_penalty(scores, valid, self.args.penalty_reward_value)
+
+    def _forward(
+        self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Temperature-scaled response logits ``(B, Lr, V)`` (float32) and values ``(B, Lr)`` (None for a plain LM).
+
+        Position ``Lq - 1 + t`` predicts response token t and holds the value of the state before it.
+        """
+        lr = response_ids.shape[1]
+        input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq + Lr)
+        mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=lr + 1)
+        logits = out.logits[:, -lr - 1 : -1].float() / self.args.temperature  # (B, Lr, V)
+        values = out.values[:, -lr - 1 : -1].float() if isinstance(out, PolicyValueOutput) else None  # (B, Lr)
+        return logits, values
+
+    @torch.no_grad()
+    def policy_logprobs_and_values(
+        self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log pi_old(y_t), V_old(s_t), H(pi_old(.|s_t)))``, each ``(B, Lr)``, at temperature T, in chunks of
+        ``local_rollout_forward_batch_size``."""
+        model, step = self._unwrapped(), self.args.local_rollout_forward_batch_size
+        logprobs, values, entropies = [], [], []
+        with self.accelerator.autocast():
+            for i in range(0, query_ids.shape[0], step):
+                sl = slice(i, i + step)
+                logits, v = self._forward(model, query_ids[sl], query_mask[sl], response_ids[sl])
+                logprob, entropy = selective_log_softmax_and_entropy(logits, response_ids[sl], entropy_requires_grad=False)
+                logprobs.append(logprob)
+                values.append(v)
+                entropies.append(entropy)
+        return torch.cat(logprobs), torch.cat(values), torch.cat(entropies)
+
+    @torch.no_grad()
+    def ref_logprobs(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, Lr)`` log rho(y_t) at temperature T."""
+        step = self.args.local_rollout_forward_batch_size
+        out = []
+        with self.reference_context() as ref, self.accelerator.autocast():
+            for i in range(0, query_ids.shape[0], step):
+                sl = slice(i, i + step)
+                logits, _ = self._forward(ref, query_ids[sl], query_mask[sl], response_ids[sl])
+                out.append(selective_log_softmax(logits, response_ids[sl]))
+        return torch.cat(out)
+
+    def compute_rewards(
+        self, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_coef: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(kl, non_score_rewards, rewards)``, each ``(B, Lr)``: ``-beta * kl_t`` per token, score on the last."""
+        kl = kl_penalty(logprobs, ref_logprobs, self.args.kl_estimator)
+        rewards, non_score = per_token_rewards(scores, kl, kl_coef)
+        return kl, non_score, rewards
+
+    @torch.no_grad()
+    def make_rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor, query_texts: list[str]) -> Rollout:
+        """Generate, truncate, score, penalise, compute log-probs, values and per-token rewards (no gradients)."""
+        self.model.eval()
+        response_ids = self.generate(query_ids, query_mask)  # (B, Lr)
+        lengths, valid = self.truncate(response_ids)  # (B,), (B,)
+        response_texts = self.decode_responses(response_ids, lengths)
+        raw_scores = self.score(query_texts, response_texts)  # (B,)
+        self._check_finite(raw_scores, "reward scores")
+        scores = self.apply_penalty(raw_scores, valid)  # (B,)
+        logprobs, values, entropy = self.policy_logprobs_and_values(query_ids, query_mask, response_ids)  # (B, Lr) x 3
+        self._check_finite(logprobs, "policy log-probabilities (logits)")
+        self._check_finite(values, "values")
+        ref_logprobs = self.ref_logprobs(query_ids, query_mask, response_ids)  # (B, Lr)
+        self._check_finite(ref_logprobs, "reference log-probabilities (logits)")
+        kl_coef = float(self.kl_ctl.value)
+        kl, non_score, rewards = self.compute_rewards(scores, logprobs, ref_logprobs, kl_coef)  # (B, Lr) x 3
+        self._check_finite(rewards, "per-token rewards")
+        return Rollout(
+            query_ids=query_ids,
+            query_mask=query_mask,
+            response_ids=response_ids,
+            response_lengths=lengths,
+            valid=valid,
+            query_texts=query_texts,
+            response_texts=response_texts,
+            raw_scores=raw_scores,
+            scores=scores,
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            values=values,
+            entropy=entropy,
+            kl=kl,
+            non_score_rewards=non_score,
+            rewards=rewards,
+            kl_coef=kl_coef,
+        )
+
+    def compute_advantages(self, rewards: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(advantages, returns)`` ``(b, Lr)`` of one minibatch: whiten rewards (paper: std only, mean kept), GAE,
+        then whiten advantages (mean removed). The value targets are the returns before advantage whitening."""
+        a = self.args
+        if a.whiten_rewards:
+            rewards = whiten(rewards, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, a.gamma, a.lam)
+        return whiten(advantages, shift_mean=True), returns
+
+    def compute_ppo_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``pg_loss + vf_coef * vf_loss`` on one micro-batch, and its statistics (detached scalars)."""
+        a = self.args
+        logits, values = self._forward(model, batch["query_ids"], batch["query_mask"], batch["response_ids"])
+        logprobs = selective_log_softmax(logits, batch["response_ids"])  # (b, Lr)
+        pg_loss, pg_clipfrac, approxkl = ppo_policy_loss(logprobs, batch["logprobs"], batch["advantages"], a.cliprange)
+        vf_loss, vf_clipfrac = ppo_value_loss(values, batch["values"], batch["returns"], a.cliprange_value)
+        loss = pg_loss + a.vf_coef * vf_loss
+        self._check_finite(loss.detach(), "the PPO loss")
+        with torch.no_grad():
+            stats = {
+                "loss/policy_avg": pg_loss.detach(),
+                "loss/value_avg": vf_loss.detach(),
+                "policy/approxkl_avg": approxkl,
+                "policy/clipfrac_avg": pg_clipfrac,
+                "val/clipfrac_avg": vf_clipfrac,
+                "val/error": ((values - batch["returns"]) ** 2).mean(),
+                "val/ratio": torch.exp(logprobs - batch["logprobs"]).mean(),
+            }
+        return loss, stats
+
+    def optimizer_step(self, model: nn.Module) -> None:
+        """Clip (if ``max_grad_norm > 0``), step the optimizer, zero the gradients."""
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+        self.control = self.callback_handler.on_pre_optimizer_step(self.args, self.state, self.control)
+        self.optimizer.step()
+        self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def ppo_epochs(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """``num_ppo_epochs`` passes over the batch in shuffled minibatches; one optimizer step per minibatch.
+
+        Returns the per-micro-batch statistics stacked, and ``returns`` (B, Lr) of the first epoch (for the
+        explained variance).
+        """
+        a = self.args
+        model = self.model_wrapped
+        model.train()
+        n_micro = a.local_mini_batch_size // a.per_device_train_batch_size
+        stats: dict[str, list[torch.Tensor]] = {}
+        first_returns = torch.zeros_like(rollout.values)
+        for epoch in range(a.num_ppo_epochs):
+            order = torch.randperm(len(rollout), generator=self.shuffle_generator).to(rollout.values.device)
+            for start in range(0, len(rollout), a.local_mini_batch_size):
+                mb = order[start : start + a.local_mini_batch_size]  # (b,)
+                advantages, returns = self.compute_advantages(rollout.rewards[mb], rollout.values[mb])  # (b, Lr) x 2
+                if epoch == 0:
+                    first_returns[mb] = returns
+                for k in range(n_micro):
+                    sl = slice(k * a.per_device_train_batch_size, (k + 1) * a.per_device_train_batch_size)
+                    idx = mb[sl]
+                    batch = {
+                        "query_ids": rollout.query_ids[idx],
+                        "query_mask": rollout.query_mask[idx],
+                        "response_ids": rollout.response_ids[idx],
+                        "logprobs": rollout.logprobs[idx],
+                        "values": rollout.values[idx],
+                        "advantages": advantages[sl],
+                        "returns": returns[sl],
+                    }
+                    last = k == n_micro - 1
+                    self.accelerator.gradient_state._set_sync_gradients(last)
+                    with nullcontext() if last else self.accelerator.no_sync(model):
+                        with self.accelerator.autocast():
+                            loss, micro_stats = self.compute_ppo_loss(model, batch)
+                        self.accelerator.backward(loss / n_micro)
+                    for key, value in micro_stats.items():
+                        stats.setdefault(key, []).append(value)
+                self.optimizer_step(model)
+        out = {key: torch.stack(values) for key, values in stats.items()}
+        out["returns"] = first_returns
+        return out
+
+    def update_kl_controller(self, rollout: Rollout) -> tuple[float, float]:
+        """beta <- controller(KL, n) with KL = mean over all processes' episodes of sum_t kl_t, n = batch_size.
+
+        Returns ``(mean_kl, new_beta)``.
+        """
+        mean_kl = self.accelerator.gather(rollout.kl.sum(dim=1)).mean().item()
+        return mean_kl, float(self.kl_ctl.update(mean_kl, self.args.batch_size))
+
+    # =========================================================================================================
+    # logging
+    # =========================================================================================================
+    def _mean(self, tensor: torch.Tensor) -> float:
+        return self.accelerator.gather(tensor.detach().float().reshape(-1)).mean().item()
+
+    def log_step(
+        self, rollout: Rollout, train_stats: dict[str, torch.Tensor], timings: dict[str, float], learning_rate: float
+    ) -> dict[str, float]:
+        """Metrics of one update (TRL names), averaged over all processes. Computed every update, logged per
+        ``logging_steps``. ``lr`` is the learning rate this update used."""
+        a = self.args
+        gather = self.accelerator.gather
+        kl_sum = gather(rollout.kl.sum(1))  # (B_all,)
+        non_score_sum = gather(rollout.non_score_rewards.sum(1))
+        scores = gather(rollout.scores)
+        returns = train_stats.pop("returns")
+        episodes = self.state.global_step * a.batch_size
+        elapsed = max(time.time() - self._train_start_time, 1e-9)
+        session_episodes = (self.state.global_step - self._initial_global_step) * a.batch_size
+        tokens_per_episode = gather(rollout.query_mask.sum(1).float()).mean().item() + a.response_length
+        metrics = {
+            "eps": session_episodes / elapsed,
+            "objective/tokens_per_second": session_episodes * tokens_per_episode / elapsed,
+            "objective/kl": kl_sum.mean().item(),
+            "objective/kl_coef": rollout.kl_coef,
+            "objective/entropy": self._mean((-rollout.logprobs).sum(1)),
+            "policy/entropy_avg": self._mean(rollout.entropy),
+            "objective/non_score_reward": non_score_sum.mean().item(),
+            "objective/rlhf_reward": (scores + non_score_sum).mean().item(),
+            "objective/scores": scores.mean().item(),
+            "objective/scores_std": scores.std(unbiased=False).item(),
+            "objective/raw_scores": self._mean(rollout.raw_scores),
+            "objective/penalized_frac": self._mean((~rollout.valid).float()),
+            "val/explained_variance": explained_variance(gather(rollout.values), gather(returns)),
+            "val/mean": self._mean(rollout.values),
+            "val/num_eos_tokens": float(
+                gather((rollout.response_ids == self.processing_class.eos_token_id).sum().reshape(1)).sum().item()
+            )
+            if self.processing_class.eos_token_id is not None
+            else 0.0,
+        }
+        for key, value in train_stats.items():
+            metrics[key] = self._mean(value)
+        metrics["lr"] = learning_rate
+        metrics["episode"] = episodes
+        for key, value in timings.items():
+            metrics[f"time/{key}"] = value
+        return metrics
+
+    def log_samples(self, rollout: Rollout, num_samples: int = 8) -> None:
+        """Print (and log to wandb / trackio when active) a table of query, truncated response and score."""
+        import pandas as pd
+
+        n = min(num_samples, len(rollout))
+        table = {
+            "query": gather_object(rollout.query_texts[:n]),
+            "response": gather_object(rollout.response_texts[:n]),
+            "score": gather_object(rollout.scores[:n].tolist()),
+            "penalized": gather_object((~rollout.valid[:n]).tolist()),
+        }
+        df = pd.DataFrame(table)
+        self.last_samples = df
+        if not self.accelerator.is_main_process:
+            return
+        try:
+            from trl.trainer.utils import print_prompt_completions_sample
+
+            print_prompt_completions_sample(
+                df["query"].tolist(), df["response"].tolist(), {"score": df["score"].tolist()}, None,
+                self.state.global_step, extra={"penalized": df["penalized"].tolist()},
+            )
+        except ImportError:  # rich is not installed
+            print(f"PPO samples at step {self.state.global_step}:\n{df.to_string()}")
+        report_to = self.args.report_to or []
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log({"samples": wandb.Table(dataframe=df)})
+        if "trackio" in report_to:
+            import trackio
+
+            trackio.log({"samples": trackio.Table(dataframe=df)})
+
+    # =========================================================================================================
+    # training loop
+    # =========================================================================================================
+    def _setup_training(self, resume_from_checkpoint: str | None) -> None:
+        """Prepare model/optimizer with the Trainer's Accelerator, create the scheduler (one step per update), build or
+        restore the TrainerState, and restore optimizer, scheduler, beta and generators when resuming."""
+        a = self.args
+        if resume_from_checkpoint is not None:
+            self._load_from_checkpoint(resume_from_checkpoint)  # weights before prepare()
+        if a.activation_checkpointing:
+            self._unwrapped().activation_checkpointing_enable(a.activation_checkpointing_kwargs)
+        if not self._prepared:
+            self.create_optimizer()
+            self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            self.create_scheduler(num_training_steps=a.num_total_batches)  # lr: linear to 0 over the updates
+            self._prepared = True
+
+        self.state = TrainerState(
+            stateful_callbacks=[
+                cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)
+            ]
+        )
+        self.state.train_batch_size = a.per_device_train_batch_size
+        self.state.compute_steps(a, a.num_total_batches)
+        if resume_from_checkpoint is not None:
+            self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+            self._load_callback_state()
+            self._load_optimizer_and_scheduler(resume_from_checkpoint)
+            self._load_rng_state(resume_from_checkpoint)  # global RNGs (e.g. used by a reward callable)
+            self._load_ppo_state(resume_from_checkpoint)  # beta and the sampling / shuffling generators
+        self.state.init_training_references(self, a.num_total_batches, a.total_episodes / len(self.train_dataset), None)
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, attr, getattr(self, attr))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> TrainOutput:
+        """Run ``num_total_batches`` PPO updates (or the remaining ones when resuming from a checkpoint)."""
+        a = self.args
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(a.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint found in {a.output_dir}")
+        elif resume_from_checkpoint is False:
+            resume_from_checkpoint = None
+        self.is_in_train = True
+        self._setup_training(resume_from_checkpoint)
+        if a.normalize_reward and resume_from_checkpoint is None:
+            self.normalize_reward_model()
+
+        self._train_start_time = time.time()
+        self._initial_global_step = self.state.global_step
+        losses = []
+        self.control = self.callback_handler.on_train_begin(a, self.state, self.control)
+        for update in range(self.state.global_step, a.num_total_batches):
+            self.control = self.callback_handler.on_step_begin(a, self.state, self.control)
+            t0 = time.time()
+            query_ids, query_mask, query_texts = self.sample_queries(update)
+            rollout = self.make_rollout(query_ids, query_mask, query_texts)
+            t1 = time.time()
+            train_stats = self.ppo_epochs(rollout)
+            t2 = time.time()
+            learning_rate = self._get_learning_rate()
+            self.lr_scheduler.step()
+            self.update_kl_controller(rollout)
+
+            self.state.global_step += 1
+            self.state.epoch = self.state.global_step * a.batch_size / len(self.train_dataset)
+            losses.append(float(train_stats["loss/policy_avg"].mean() + a.vf_coef * train_stats["loss/value_avg"].mean()))
+            metrics = self.log_step(rollout, train_stats, {"rollout": t1 - t0, "ppo": t2 - t1}, learning_rate)
+            self.control = self.callback_handler.on_step_end(a, self.state, self.control)
+            if self.control.should_log:
+                self.log(metrics)
+            if self.sample_generations_freq and update % self.sample_generations_freq == 0:
+                self.log_samples(rollout)
+            if self.control.should_save:
+                self._save_checkpoint(self.model, trial)
+                self.control = self.callback_handler.on_save(a, self.state, self.control)
+            if self.control.should_training_stop:
+                break
+
+        self.control = self.callback_handler.on_train_end(a, self.state, self.control)
+        self.is_in_train = False
+        train_loss = sum(losses) / max(len(losses), 1)
+        return TrainOutput(self.state.global_step, train_loss, {"train_loss": train_loss})
+
+    @torch.no_grad()
+    def normalize_reward_model(self) -> tuple[float, float]:
+        """Set the reward model's gain/bias so rewards of raw rho samples have mean 0 and std 1 (paper).
+
+        ``normalize_samples`` queries (split over processes) are answered by rho at temperature T without
+        truncation; the raw scores of all processes give ``(gain, bias)`` (:mod:`hf_prefs.normalization`).
+        """
+        from .normalization import reward_normalization, set_reward_normalization
+        from .reward_model import score_texts
+
+        a, n = self.args, len(self.train_dataset)
+        per_process = math.ceil(a.normalize_samples / self.accelerator.num_processes)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(a.seed + 7))
+        start = self.accelerator.process_index * per_process
+        rows = [int(order[i % n]) for i in range(start, start + per_process)]
+        batch = self.train_dataset[rows]
+        query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
+        device = self.accelerator.device
+        responses = self.generate(query_ids.to(device), query_mask.to(device), reference=True)
+        texts = self.processing_class.batch_decode(responses.tolist(), skip_special_tokens=True)
+        set_reward_normalization(self.reward_model, 1.0, 0.0)
+        raw = score_texts(self.reward_model, self.reward_processing_class, list(batch["query"]), texts, normalized=False)
+        raw = self.accelerator.gather(raw.to(device))[: a.normalize_samples]
+        gain, bias = reward_normalization(raw.cpu())
+        set_reward_normalization(self.reward_model, gain, bias)
+        return gain, bias
+
+    # =========================================================================================================
+    # saving, checkpoints, resume
+    # =========================================================================================================
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save the policy (full model or PEFT adapter) AND its value head / value model, plus tokenizer and args."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self._unwrapped().save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Load the policy weights (Trainer's loader: full or PEFT) and the value weights of a checkpoint."""
+        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model=wrapper.policy)
+        wrapper.load_value_weights(resume_from_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Like Trainer's, for the policy inside the wrapper: re-tie tied weights, warn about other mismatches."""
+        policy = self._unwrapped().policy
+        missing = set(load_result.missing_keys)
+        tied = set(getattr(policy, "_tied_weights_keys", None) or [])
+        if missing and hasattr(policy, "tie_weights"):
+            policy.tie_weights()
+        if missing - tied:
+            logger.warning(f"There were missing keys in the checkpoint policy: {sorted(missing - tied)}")
+        if load_result.unexpected_keys:
+            logger.warning(f"There were unexpected keys in the checkpoint policy: {load_result.unexpected_keys}")
+
+    def _ppo_state_path(self, checkpoint: str) -> str:
+        if self.accelerator.num_processes > 1:
+            return os.path.join(checkpoint, f"ppo_state_{self.accelerator.process_index}.json")
+        return os.path.join(checkpoint, PPO_STATE_FILE)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Trainer checkpoint (weights, optimizer, scheduler, RNG, trainer state) + model card + PPO state (beta,
+        generators), so that resuming continues with the same step count and beta."""
+        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
+        self.create_model_card(model_name=model_name)
+        super()._save_checkpoint(model, trial)
+        checkpoint = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(checkpoint, exist_ok=True)
+        state = {
+            "kl_controller": self.kl_ctl.state_dict(),
+            "sampling_generator": self.sampling_generator.get_state().tolist(),
+            "shuffle_generator": self.shuffle_generator.get_state().tolist(),
+        }
+        with open(self._ppo_state_path(checkpoint), "w", encoding="utf-8") as f:
+            json.dump(state, f)
+
+    def _load_ppo_state(self, checkpoint: str) -> None:
+        path = self._ppo_state_path(checkpoint)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.sampling_generator.set_state(torch.tensor(state["sampling_generator"], dtype=torch.uint8))
+        self.shuffle_generator.set_state(torch.tensor(state["shuffle_generator"], dtype=torch.uint8))

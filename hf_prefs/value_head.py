@@ -1,0 +1,263 @@
+"""The PPO policy: a causal LM with a value function.
+
+Paper (Section 2.2 and its code): the value function is a scalar head **on the policy's trunk**, reading the
+trunk's last hidden state (after the final layer norm) next to the LM head, initialised to **zero**. PPO trains
+both with ``loss = pg_loss + vf_coef * vf_loss``.
+
+TRL's last PPOTrainer used a **separate** value model (a copy of the reward model, trunk and head); that stays
+available: :func:`value_model_from_reward_model` and ``PolicyWithValueHead(policy, value_model=...)``.
+
+Works with any ``AutoModelForCausalLM`` (GPT-2, Llama/SmolLM2, ...) and with PEFT/LoRA policies (then the
+reference policy is the same model with its adapters disabled, see :mod:`hf_prefs.ppo_trainer`).
+
+Saved layout (``save_pretrained``): the policy exactly as ``policy.save_pretrained`` writes it (loadable on its own
+with ``AutoModelForCausalLM`` / ``PeftModel``), plus ``value_head.safetensors`` (shared trunk) or a
+``value_model/`` folder (separate value model), and ``value_head_config.json`` saying which.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+__all__ = [
+    "VALUE_HEAD_FILE",
+    "VALUE_MODEL_DIR",
+    "VALUE_CONFIG_FILE",
+    "ValueHead",
+    "PolicyValueOutput",
+    "PolicyWithValueHead",
+    "value_model_from_reward_model",
+]
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+VALUE_MODEL_DIR = "value_model"
+VALUE_CONFIG_FILE = "value_head_config.json"
+
+
+def _hidden_size(model: Any) -> int:
+    config = model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise ValueError(f"cannot find the hidden size in {type(config).__name__}; pass a model with config.hidden_size")
+
+
+def _ensure_pad_token_id(model: nn.Module) -> None:
+    """``*ForSequenceClassification`` refuses batches without ``config.pad_token_id``; its pad pooling is unused here."""
+    config = model.config
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = config.eos_token_id if getattr(config, "eos_token_id", None) is not None else 0
+
+
+class ValueHead(nn.Module):
+    """``V(h) = w·h + b`` on the trunk's last hidden state, ``w = 0, b = 0`` at initialisation (paper). Kept in fp32."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(B, L, H)`` hidden states -> ``(B, L)`` float32 values."""
+        return self.summary(hidden_states.to(self.summary.weight.dtype)).squeeze(-1).float()
+
+
+@dataclass
+class PolicyValueOutput:
+    """``logits``: ``(B, K, V)`` for the last K positions (``logits_to_keep``; all if 0); ``values``: ``(B, L)``."""
+
+    logits: torch.Tensor
+    values: torch.Tensor
+
+
+def value_model_from_reward_model(reward_model: nn.Module) -> nn.Module:
+    """A trainable copy of a sequence-classification reward model (trunk + score head) to use as value model.
+
+    This is how TRL's last PPOTrainer initialised its value model. A PEFT reward model is merged into a plain
+    model first. The copy's per-token head output (before the reward normalization gain/bias) is the value.
+    """
+    value_model = copy.deepcopy(reward_model)
+    if hasattr(value_model, "merge_and_unload"):
+        value_model = value_model.merge_and_unload()
+    from .reward_model import score_head
+
+    score_head(value_model)  # raises a clear error if this is not a *ForSequenceClassification model
+    _ensure_pad_token_id(value_model)
+    for p in value_model.parameters():
+        p.requires_grad_(True)
+    return value_model
+
+
+class PolicyWithValueHead(nn.Module):
+    """A causal-LM policy plus a value function (shared trunk by default).
+
+    Args:
+        policy: any ``AutoModelForCausalLM`` model, or a ``peft.PeftModel`` around one.
+        value_model: ``None`` (paper: a zero-initialised :class:`ValueHead` on the policy trunk) or a separate
+            ``*ForSequenceClassification`` model whose per-token head output is the value (TRL's way; see
+            :func:`value_model_from_reward_model`).
+    """
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        self.v_head = ValueHead(_hidden_size(policy)) if value_model is None else None
+        if value_model is not None:
+            _ensure_pad_token_id(value_model)
+
+    # --- what Trainer / TRL read from `model` -------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        """The policy's config (TRL's model card and telemetry read ``trainer.model.config``)."""
+        return self.policy.config
+
+    @property
+    def is_peft_model(self) -> bool:
+        return hasattr(self.policy, "disable_adapter") and hasattr(self.policy, "peft_config")
+
+    @property
+    def shares_trunk(self) -> bool:
+        return self.value_model is None
+
+    def add_model_tags(self, tags: list[str] | str) -> None:
+        if hasattr(self.policy, "add_model_tags"):
+            self.policy.add_model_tags(tags)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        """Activation (gradient) checkpointing on the policy trunk and the value model, if any."""
+        for model in (self.policy, self.value_model):
+            if model is None:
+                continue
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
+        if self.is_peft_model and hasattr(self.policy, "enable_input_require_grads"):
+            self.policy.enable_input_require_grads()
+
+    gradient_checkpointing_enable = activation_checkpointing_enable  # the older name
+
+    # --- forward ----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> PolicyValueOutput:
+        """Policy logits and values on ``(B, L)`` tokens.
+
+        The value at position i is the value of the state "tokens 0..i seen", i.e. before token i+1 is sampled
+        (read at the same positions as the logits that predict token i+1).
+        """
+        kwargs: dict[str, Any] = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=self.shares_trunk,
+            use_cache=False,
+            **kwargs,
+        )
+        if self.shares_trunk:
+            values = self.v_head(out.hidden_states[-1])  # (B, L)
+        else:
+            from .reward_model import per_token_scores
+
+            values = per_token_scores(
+                self.value_model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            ).float()
+        return PolicyValueOutput(logits=out.logits, values=values)
+
+    # --- saving / loading -------------------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        is_main_process: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Save the policy (``policy.save_pretrained``: full weights or the PEFT adapter) and the value function.
+
+        ``state_dict`` (a state dict of this whole module, e.g. gathered by FSDP/DeepSpeed) is split by prefix.
+        """
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
+        parts: dict[str, dict[str, torch.Tensor] | None] = {"policy": None, "v_head": None, "value_model": None}
+        if state_dict is not None:
+            for prefix in parts:
+                parts[prefix] = {k[len(prefix) + 1 :]: v for k, v in state_dict.items() if k.startswith(prefix + ".")}
+        self.policy.save_pretrained(save_directory, state_dict=parts["policy"], **kwargs)
+        if self.shares_trunk:
+            head = parts["v_head"] or self.v_head.state_dict()
+            safetensors.torch.save_file(
+                {k: v.detach().contiguous().cpu() for k, v in head.items()},
+                os.path.join(save_directory, VALUE_HEAD_FILE),
+                metadata={"format": "pt"},
+            )
+        else:
+            self.value_model.save_pretrained(
+                os.path.join(save_directory, VALUE_MODEL_DIR), state_dict=parts["value_model"], **kwargs
+            )
+        with open(os.path.join(save_directory, VALUE_CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump({"value_model": "shared" if self.shares_trunk else "separate"}, f, indent=2)
+
+    def load_value_weights(self, directory: str | os.PathLike) -> None:
+        """Load the value head (or separate value model) weights saved by :meth:`save_pretrained` in ``directory``."""
+        if self.shares_trunk:
+            path = os.path.join(directory, VALUE_HEAD_FILE)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no {VALUE_HEAD_FILE} in {directory}: it was not saved by hf_prefs PPO")
+            self.v_head.load_state_dict(safetensors.torch.load_file(path, device="cpu"))
+        else:
+            from transformers.trainer_utils import load_sharded_checkpoint
+
+            folder = os.path.join(directory, VALUE_MODEL_DIR)
+            single = os.path.join(folder, "model.safetensors")
+            if os.path.isfile(single):
+                missing, unexpected = self.value_model.load_state_dict(
+                    safetensors.torch.load_file(single, device="cpu"), strict=False
+                )
+                if unexpected or [k for k in missing if "score" in k]:
+                    raise ValueError(f"value model weights in {folder} do not match: missing {missing}, unexpected {unexpected}")
+            elif os.path.isdir(folder):
+                load_sharded_checkpoint(self.value_model, folder, strict=False)
+            else:
+                raise FileNotFoundError(f"no {VALUE_MODEL_DIR}/ folder in {directory}: it was not saved by hf_prefs PPO")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, is_trainable: bool = True, **kwargs: Any) -> "PolicyWithValueHead":
+        """Load a policy saved by :meth:`save_pretrained` (full model or PEFT adapter) with its value function.
+
+        A folder without saved value weights (e.g. a plain pretrained LM) gets a fresh zero value head.
+        ``kwargs`` go to ``from_pretrained`` of the policy (and of the value model).
+        """
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        path = os.fspath(path)
+        if os.path.isfile(os.path.join(path, "adapter_config.json")):
+            from peft import AutoPeftModelForCausalLM
+
+            policy = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=is_trainable, **kwargs)
+        else:
+            policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        value_model = None
+        if os.path.isdir(os.path.join(path, VALUE_MODEL_DIR)):
+            value_model = AutoModelForSequenceClassification.from_pretrained(os.path.join(path, VALUE_MODEL_DIR), **kwargs)
+        model = cls(policy, value_model=value_model)
+        if value_model is None and os.path.isfile(os.path.join(path, VALUE_HEAD_FILE)):
+            model.load_value_weights(path)
+        return model

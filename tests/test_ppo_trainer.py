@@ -1,0 +1,381 @@
+"""hf_prefs.PPOTrainer on tiny GPT-2 models with the real GPT-2 tokenizer (offline, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+from hf_prefs.ppo_config import PPOConfig
+from hf_prefs.ppo_trainer import NonFiniteError, PPOTrainer
+from hf_prefs.reward_model import per_token_scores, score_texts
+from hf_prefs.rollout import response_logprobs
+from hf_prefs.value_head import PolicyWithValueHead
+
+from conftest import tiny_gpt2_config
+
+DOT = 13  # GPT-2 "."
+THE = 262  # GPT-2 " the"
+QUERIES = [
+    "It is a truth universally acknowledged.",
+    "She was not a young lady of many words.",
+    "The weather was fine, and",
+    "Mr. Darcy said",
+    "Nothing could be more",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """PPO steps are many small ops: one thread is about as fast on an idle machine and avoids a >10x slowdown from
+    thread oversubscription when the two cores are shared (measured: 1.2 s vs 41 s for the same 4 updates)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_policy(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(tiny_gpt2_config()).eval()
+
+
+def boost_token(model: GPT2LMHeadModel, token: int, amount: float) -> None:
+    """Add ``amount`` to one token's logit (a forward hook on the LM head) so that the tiny random model samples
+    it often; the hook is copied with the model, so the reference gets it too."""
+
+    def hook(_module, _inputs, output):
+        output[..., token] += amount
+        return output
+
+    model.lm_head.register_forward_hook(hook)
+
+
+def length_reward(queries: list[str], responses: list[str]) -> torch.Tensor:
+    return torch.tensor([len(r) / 10.0 for r in responses])
+
+
+def make_config(tmp_path, **overrides) -> PPOConfig:
+    kw = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_mini_batches=1,
+        total_episodes=16,
+        response_length=6,
+        truncate_after=2,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        num_sample_generations=0,
+        disable_tqdm=True,
+        seed=0,
+    )
+    kw.update(overrides)
+    return PPOConfig(**kw)
+
+
+def make_trainer(tmp_path, gpt2_tokenizer, model=None, reward=length_reward, **overrides) -> PPOTrainer:
+    return PPOTrainer(
+        model=model if model is not None else make_policy(),
+        reward_model=reward,
+        args=make_config(tmp_path, **overrides),
+        train_dataset=Dataset.from_dict({"query": QUERIES * 2}),
+        processing_class=gpt2_tokenizer,
+    )
+
+
+def logged(trainer: PPOTrainer, key: str) -> list[float]:
+    return [h[key] for h in trainer.state.log_history if key in h]
+
+
+def test_first_rollout_kl_is_exactly_zero_and_rewards_land_on_the_right_tokens(tmp_path, gpt2_tokenizer):
+    policy = make_policy()
+    boost_token(policy, DOT, 6.0)  # '.' is sampled often, so truncation and the penalty both happen
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, model=policy, total_episodes=8, kl_horizon=100)
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    lr = trainer.args.response_length
+    assert rollout.response_ids.shape == (8, lr)
+
+    # pi = rho at step 0: KL exactly 0, so every token's reward is 0 except the last one, which is the score
+    assert torch.equal(rollout.logprobs, rollout.ref_logprobs)
+    assert (rollout.kl == 0).all()
+    assert (rollout.rewards[:, :-1] == 0).all()
+    assert torch.equal(rollout.rewards[:, -1], rollout.scores)
+
+    # log-probs are taken at the sampling temperature (paper), from the sampled tokens
+    ids = torch.cat([rollout.query_ids, rollout.response_ids], 1)
+    mask = torch.cat([rollout.query_mask, torch.ones_like(rollout.response_ids)], 1)
+    with torch.no_grad():
+        logits = policy(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+    assert torch.allclose(rollout.logprobs, response_logprobs(logits, rollout.response_ids, 0.7), atol=1e-4)
+    assert not torch.allclose(rollout.logprobs, response_logprobs(logits, rollout.response_ids, 1.0), atol=1e-2)
+
+    # truncation by hand: cut after the first '.' at index >= 2; rows without one get the -1 penalty
+    for i in range(8):
+        row = rollout.response_ids[i].tolist()
+        cuts = [t for t in range(2, lr) if row[t] == DOT]
+        keep = cuts[0] + 1 if cuts else lr
+        assert rollout.response_texts[i] == gpt2_tokenizer.decode(row[:keep], skip_special_tokens=True)
+        assert bool(rollout.valid[i]) == bool(cuts)
+        assert rollout.raw_scores[i].item() == pytest.approx(len(rollout.response_texts[i]) / 10.0)
+        assert rollout.scores[i].item() == pytest.approx(rollout.raw_scores[i].item() if cuts else -1.0)
+    assert 0 < int(rollout.valid.sum()) < 8, "the case should contain both truncated and penalised rows"
+
+    # one full update: the logged KL is exactly 0, beta moved by the paper's rule with KL = 0 (error clipped -0.2)
+    trainer.train()
+    assert logged(trainer, "objective/kl") == [0.0]
+    assert logged(trainer, "objective/kl_coef") == [0.15]
+    assert trainer.kl_ctl.value == pytest.approx(0.15 * (1 - 0.2 * 8 / 100))
+
+
+def test_lora_reference_is_the_policy_with_adapters_disabled(tmp_path, gpt2_tokenizer):
+    from peft import LoraConfig
+
+    policy = make_policy()
+    base_before = {k: v.clone() for k, v in policy.state_dict().items()}
+    trainer = PPOTrainer(
+        model=policy,
+        reward_model=length_reward,
+        args=make_config(tmp_path, save_strategy="steps", save_steps=2),
+        train_dataset=Dataset.from_dict({"query": QUERIES * 2}),
+        processing_class=gpt2_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM"),
+    )
+    assert trainer.ref_model is None and trainer.is_peft_model  # no second copy of the model
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    assert (rollout.kl == 0).all()
+    trainer.train()
+    kls = logged(trainer, "objective/kl")
+    assert kls[0] == 0.0 and kls[1] != 0.0  # the adapters moved pi away from rho
+    peft_model = trainer.model.policy
+    for name, value in peft_model.get_base_model().state_dict().items():
+        if "lora_" not in name:
+            original = name.replace(".base_layer", "")
+            assert torch.equal(value, base_before[original]), name  # the base (= the reference) is untouched
+    assert any(p.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n)
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    files = set(os.listdir(checkpoint))
+    assert {"adapter_model.safetensors", "adapter_config.json", "value_head.safetensors", "ppo_state.json"} <= files
+    assert "model.safetensors" not in files
+    # the adapter and the value head load back (the tiny base model has no Hub id to reload it from, so rebuild it)
+    from peft import PeftModel
+
+    reloaded = PolicyWithValueHead(PeftModel.from_pretrained(make_policy(), checkpoint))
+    reloaded.load_value_weights(checkpoint)
+    assert torch.equal(reloaded.v_head.summary.weight, trainer.model.v_head.summary.weight)
+    trained = dict(peft_model.named_parameters())
+    for name, value in reloaded.policy.named_parameters():
+        if "lora_" in name:
+            assert torch.equal(value, trained[name]), name
+
+
+def test_resume_continues_step_count_beta_and_weights(tmp_path, gpt2_tokenizer):
+    overrides = dict(total_episodes=32, num_mini_batches=2, save_strategy="steps", save_steps=2, kl_target=0.05, kl_horizon=50)
+    full = make_trainer(tmp_path / "a", gpt2_tokenizer, **overrides)
+    full.train()
+    assert full.state.global_step == 4
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
+    with open(checkpoint / "ppo_state.json") as f:
+        assert json.load(f)["kl_controller"]["value"] == pytest.approx(logged(full, "objective/kl_coef")[2])
+
+    resumed = make_trainer(tmp_path / "b", gpt2_tokenizer, **overrides)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 4
+    assert [h["step"] for h in resumed.state.log_history if "objective/kl" in h] == [1, 2, 3, 4]
+    assert resumed.kl_ctl.value == pytest.approx(full.kl_ctl.value, rel=1e-12)
+    for key in ("objective/kl", "objective/kl_coef", "objective/scores", "loss/policy_avg"):
+        assert logged(resumed, key) == pytest.approx(logged(full, key), rel=1e-5, abs=1e-6), key
+    full_params = dict(full.model.named_parameters())
+    for name, value in resumed.model.named_parameters():
+        assert torch.allclose(value, full_params[name], atol=1e-6), name
+
+
+def test_non_finite_reward_stops_training_and_names_the_step(tmp_path, gpt2_tokenizer):
+    calls = []
+
+    def flaky_reward(queries, responses):
+        calls.append(1)
+        scores = torch.ones(len(responses))
+        if len(calls) == 2:
+            scores[3] = float("nan")
+        return scores
+
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=flaky_reward)
+    with pytest.raises(NonFiniteError, match=r"step 2: non-finite .*reward scores.*rows \[3\]") as err:
+        trainer.train()
+    assert isinstance(err.value, FloatingPointError) and err.value.step == 2
+    assert trainer.state.global_step == 1
+
+
+def test_non_finite_logits_stop_training(tmp_path, gpt2_tokenizer):
+    policy = make_policy()
+    policy.lm_head.register_forward_hook(lambda _m, _i, out: out * float("nan"))
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, model=policy)
+    with pytest.raises(NonFiniteError, match="step 1: .*logits"):
+        trainer.train()
+
+
+def test_saves_policy_value_head_and_model_card(tmp_path, gpt2_tokenizer):
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, save_strategy="steps", save_steps=2)
+    trainer.train()
+    head = trainer.model.v_head.summary.weight.detach().clone()
+    assert head.abs().sum() > 0  # the zero-initialised value head was trained
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert {"model.safetensors", "value_head.safetensors", "optimizer.pt", "scheduler.pt", "ppo_state.json"} <= set(
+        os.listdir(checkpoint)
+    )
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "hf-prefs" in card and "ppo" in card and "ziegler2019fine-tuning" in card
+
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    reloaded = PolicyWithValueHead.from_pretrained(final)
+    assert torch.equal(reloaded.v_head.summary.weight, head)
+    plain = AutoModelForCausalLM.from_pretrained(final)  # the policy alone loads as an ordinary causal LM
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, trainer.model.policy.state_dict()[name]), name
+
+
+def test_separate_value_model_is_initialised_from_the_reward_model(tmp_path, gpt2_tokenizer):
+    torch.manual_seed(1)
+    reward_model = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, pad_token_id=50256)).eval()
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=reward_model, value_model="separate", save_strategy="steps", save_steps=2)
+    value_model = trainer.model.value_model
+    assert value_model is not reward_model and trainer.model.v_head is None
+    for (name, a), (_, b) in zip(value_model.named_parameters(), reward_model.named_parameters()):
+        assert torch.equal(a, b), name
+
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    expected_scores = score_texts(reward_model, gpt2_tokenizer, rollout.query_texts, rollout.response_texts)
+    assert torch.allclose(rollout.raw_scores, expected_scores, atol=1e-5)
+    ids = torch.cat([rollout.query_ids, rollout.response_ids], 1)
+    mask = torch.cat([rollout.query_mask, torch.ones_like(rollout.response_ids)], 1)
+    with torch.no_grad():
+        head = per_token_scores(reward_model, input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0))
+    lr = rollout.response_ids.shape[1]
+    assert torch.allclose(rollout.values, head[:, -lr - 1 : -1], atol=1e-5)  # V(s_t) read before token t
+
+    trainer.train()
+    assert os.path.isdir(tmp_path / "out" / "checkpoint-2" / "value_model")
+    assert any(not torch.equal(a, b) for a, b in zip(value_model.parameters(), reward_model.parameters()))
+
+
+def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):
+    with pytest.raises(ValueError, match="truncate_token='the end'"):
+        make_trainer(tmp_path, gpt2_tokenizer, truncate_token="the end")
+    with pytest.raises(ValueError, match="truncate_after"):
+        make_config(tmp_path, truncate_after=6)
+    with pytest.raises(ValueError, match="stop_token"):
+        make_config(tmp_path, stop_token="eos", stop_token_id=5)
+    with pytest.raises(ValueError, match=r"`query` .*rows \[1\]"):
+        PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"query": ["a", ""]}),
+                   processing_class=gpt2_tokenizer)
+    with pytest.raises(ValueError, match="has \\['text'\\]"):
+        PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"text": ["a"]}),
+                   processing_class=gpt2_tokenizer)
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=lambda q, r: torch.zeros(len(r), 2))
+    with pytest.raises(ValueError, match="one score per response"):
+        trainer.train()
+
+
+def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer):
+    policy = make_policy()
+    boost_token(policy, gpt2_tokenizer.eos_token_id, 6.0)
+    trainer = make_trainer(
+        tmp_path, gpt2_tokenizer, model=policy, stop_token="eos", truncate_after=0, missing_eos_penalty=2.0, total_episodes=8
+    )
+    assert trainer.truncate_token_id == gpt2_tokenizer.eos_token_id
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    eos = gpt2_tokenizer.eos_token_id
+    assert rollout.response_ids.shape[1] == 6  # generation does not stop at EOS
+    for i in range(8):
+        row = rollout.response_ids[i].tolist()
+        has_eos = eos in row
+        assert int(rollout.response_lengths[i]) == (row.index(eos) + 1 if has_eos else 6)
+        expected = rollout.raw_scores[i].item() - (0.0 if has_eos else 2.0)  # TRL: subtract, not replace
+        assert rollout.scores[i].item() == pytest.approx(expected)
+
+
+def test_learning_a_known_reward_with_kl_near_the_adaptive_target(tmp_path, gpt2_tokenizer):
+    """Direct RL on a known reward: the number of " the" tokens in the 8-token response.
+
+    The tiny random model would almost never sample " the" (p ~ 1/50257), so its logit is raised at init (a bias on
+    the final layer norm, aligned with the token's embedding; the reference starts from the same model). The mean
+    score must rise clearly while the adaptive controller keeps KL near its target.
+    """
+    policy = make_policy()
+    with torch.no_grad():
+        embedding = policy.transformer.wte.weight[THE]
+        policy.transformer.ln_f.bias.copy_(6.0 * embedding / embedding.norm() ** 2)
+
+    def count_the(queries, responses):
+        return torch.tensor([float(gpt2_tokenizer.encode(r).count(THE)) for r in responses])
+
+    target = 3.0
+    trainer = make_trainer(
+        tmp_path, gpt2_tokenizer, model=policy, reward=count_the, per_device_train_batch_size=16, total_episodes=32 * 12,
+        response_length=8, truncate_token=None, kl_coef=1.0, kl_target=target, kl_horizon=200,
+    )
+    trainer.train()
+    scores, kls, betas = logged(trainer, "objective/scores"), logged(trainer, "objective/kl"), logged(trainer, "objective/kl_coef")
+    before, after = scores[0], sum(scores[-4:]) / 4
+    print(f"learning test: mean score {before:.3f} (step 1) -> {after:.3f} (steps 9-12); KL last 4 {kls[-4:]}; "
+          f"beta {betas[0]:.3f} -> {trainer.kl_ctl.value:.3f}")
+    assert after > 2 * before and after > before + 0.5
+    mean_kl = sum(kls[-4:]) / 4
+    assert target / 3 < mean_kl < 2 * target
+    # beta follows the paper's controller on the logged KLs, i.e. it moves so as to bring KL to the target
+    for k in range(len(betas) - 1):
+        error = min(max(kls[k] / target - 1, -0.2), 0.2)
+        assert betas[k + 1] == pytest.approx(betas[k] * (1 + error * 32 / 200), rel=1e-9)
+        assert (betas[k + 1] > betas[k]) == (kls[k] > target)
+
+
+@pytest.mark.slow
+def test_smollm2_lora_vader_on_austen_queries(tmp_path):
+    """The paper's setup at small scale on a real pretrained Llama-family model: SmolLM2-135M + LoRA, Austen queries,
+    VADER log-odds as the known sentiment reward, 24-token responses cut after '.' at index >= 16, adaptive beta."""
+    from peft import LoraConfig
+
+    from hf_prefs.assets import load_smollm2_tokenizer, smollm2_path
+    from hf_prefs.scorers import vader_log_odds
+    from hf_prefs.tasks.books import austen_queries
+
+    tokenizer = load_smollm2_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32)
+    dataset = austen_queries(tokenizer, n=64, min_tokens=16, max_tokens=32, seed=0)
+    args = PPOConfig(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, gradient_accumulation_steps=2,
+        total_episodes=16 * 4, learning_rate=3e-4, report_to=[], save_strategy="steps", save_steps=4,
+        num_sample_generations=1, disable_tqdm=True, seed=0,
+    )
+    trainer = PPOTrainer(
+        model=model, reward_model=lambda q, r: torch.tensor(vader_log_odds(r)), args=args, train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"),
+    )
+    dot = tokenizer.encode(".", add_special_tokens=False)[0]
+    assert trainer.truncate_token_id == dot
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    assert (rollout.kl == 0).all() and rollout.response_ids.shape == (16, 24)
+    for i in range(16):
+        row = rollout.response_ids[i].tolist()
+        assert bool(rollout.valid[i]) == (dot in row[16:])
+        if not rollout.valid[i]:
+            assert rollout.scores[i].item() == -1.0
+    trainer.train()
+    scores, kls, betas = logged(trainer, "objective/scores"), logged(trainer, "objective/kl"), logged(trainer, "objective/kl_coef")
+    print(f"SmolLM2 + VADER: scores {scores}, penalized {logged(trainer, 'objective/penalized_frac')}, KL {kls}")
+    assert kls[0] == 0.0 and len(scores) == 4
+    for h in trainer.state.log_history:
+        assert all(v == v for v in h.values() if isinstance(v, float)), h  # no NaN in any metric
+    for k in range(3):
+        assert betas[k + 1] == pytest.approx(betas[k] * (1 + min(max(kls[k] / 6.0 - 1, -0.2), 0.2) * 16 / 10_000))
+    assert trainer.last_samples is not None and len(trainer.last_samples) == 8
+    files = set(os.listdir(tmp_path / "out" / "checkpoint-4"))
+    assert {"adapter_model.safetensors", "value_head.safetensors", "ppo_state.json"} <= files

@@ -1,0 +1,148 @@
+"""Rollout rules: fixed-length sampling at temperature T, truncation after the truncate token, the penalty."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from hf_prefs.rollout import (
+    apply_truncation_penalty,
+    left_pad,
+    response_logprobs,
+    sample_responses,
+    truncate_responses,
+    truncated_lengths,
+)
+
+DOT = 13  # GPT-2 id of "."
+P = 99  # pad id used in these hand cases
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One thread: as fast for these tiny models and immune to oversubscription when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_left_pad_by_hand():
+    ids, mask = left_pad([[5, 6, 7], [8], []], pad_token_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+
+
+def test_truncation_rules_by_hand():
+    responses = torch.tensor(
+        [
+            [5, DOT, 7, DOT, 9, DOT],  # '.' at 1 is before truncate_after=2; first one at >= 2 is index 3
+            [5, 6, DOT, 8, 9, 10],  # '.' exactly at index 2: cut right after it
+            [DOT, DOT, 7, 8, 9, 10],  # only '.'s before index 2: no valid cut -> whole row kept, invalid
+            [1, 2, 3, 4, 5, 6],  # no '.': invalid
+            [1, 2, 3, 4, 5, DOT],  # '.' at the last index: nothing to cut, valid
+        ]
+    )
+    truncated, valid = truncate_responses(responses, DOT, truncate_after=2, pad_token_id=P)
+    assert truncated.tolist() == [
+        [5, DOT, 7, DOT, P, P],
+        [5, 6, DOT, P, P, P],
+        [DOT, DOT, 7, 8, 9, 10],
+        [1, 2, 3, 4, 5, 6],
+        [1, 2, 3, 4, 5, DOT],
+    ]
+    assert valid.tolist() == [True, True, False, False, True]
+    assert truncated_lengths(responses, DOT, truncate_after=2).tolist() == [4, 3, 6, 6, 6]
+    # a sampled token equal to the pad id still counts: lengths come from positions, not from padding
+    assert truncated_lengths(torch.tensor([[P, P, DOT, P]]), DOT, truncate_after=0).tolist() == [3]
+    assert truncated_lengths(responses, None, truncate_after=0).tolist() == [6] * 5
+    # the input is not modified
+    assert responses[0].tolist() == [5, DOT, 7, DOT, 9, DOT]
+
+
+def test_no_truncate_token_keeps_everything_valid():
+    responses = torch.tensor([[1, 2, 3], [DOT, 5, 6]])
+    truncated, valid = truncate_responses(responses, None, truncate_after=0, pad_token_id=P)
+    assert torch.equal(truncated, responses)
+    assert valid.tolist() == [True, True]
+
+
+def test_penalty_replaces_the_score():
+    scores = torch.tensor([3.0, -0.5, 2.0, -7.0])
+    valid = torch.tensor([True, False, False, True])
+    assert apply_truncation_penalty(scores, valid).tolist() == [3.0, -1.0, -1.0, -7.0]
+    assert apply_truncation_penalty(scores, valid, penalty_reward_value=-4.0).tolist() == [3.0, -4.0, -4.0, -7.0]
+
+
+class _ConstantLogits(nn.Module):
+    """A fake LM whose next-token logits are always ``logits`` (V,), with a dummy KV cache."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("fixed", logits.float())
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False, **_):
+        b, length = input_ids.shape
+        return SimpleNamespace(logits=self.fixed.expand(b, length, -1).clone(), past_key_values=("cache",))
+
+
+class _ForceToken(nn.Module):
+    """Wraps an LM and adds +100 to one token's logit: it is (almost surely) always sampled."""
+
+    def __init__(self, lm: nn.Module, token: int) -> None:
+        super().__init__()
+        self.lm, self.token = lm, token
+
+    def forward(self, **kwargs):
+        out = self.lm(**kwargs)
+        out.logits[..., self.token] += 100.0
+        return out
+
+
+def test_sampling_is_fixed_length_and_does_not_stop_at_eos(tiny_gpt2, gpt2_tokenizer):
+    eos = gpt2_tokenizer.eos_token_id
+    ids, mask = left_pad([gpt2_tokenizer.encode("Hello there"), gpt2_tokenizer.encode("A much longer query, it is")], eos)
+    out = sample_responses(_ForceToken(tiny_gpt2, eos), ids, mask, response_length=7, temperature=0.7)
+    assert out.shape == (2, 7)
+    assert (out == eos).all()  # EOS sampled at every step and generation went on
+
+
+def test_sampling_uses_the_temperature():
+    logits = torch.tensor([0.0, 1.0, -1.0])
+    gen = torch.Generator().manual_seed(0)
+    ids, mask = torch.zeros(4000, 1, dtype=torch.long), torch.ones(4000, 1, dtype=torch.long)
+    for temperature in (0.5, 2.0):
+        out = sample_responses(_ConstantLogits(logits), ids, mask, 3, temperature=temperature, generator=gen)
+        freq = torch.bincount(out.flatten(), minlength=3).float() / out.numel()
+        expected = torch.softmax(logits / temperature, dim=0)  # T=0.5: [.117,.867,.016]; T=2: [.307,.506,.186]
+        assert torch.allclose(freq, expected, atol=0.015), (temperature, freq, expected)
+
+
+def test_kv_cached_sampling_matches_full_recomputation_and_padding(tiny_gpt2, gpt2_tokenizer):
+    """At a tiny temperature sampling is argmax: compare with a cache-free greedy loop on the unpadded query."""
+    queries = [gpt2_tokenizer.encode("It was a truth universally"), gpt2_tokenizer.encode("She")]
+    ids, mask = left_pad(queries, gpt2_tokenizer.eos_token_id)
+    out = sample_responses(tiny_gpt2, ids, mask, response_length=5, temperature=1e-4)
+    for row, query in enumerate(queries):
+        seq = torch.tensor([query])
+        for _ in range(5):
+            nxt = tiny_gpt2(input_ids=seq).logits[0, -1].argmax()
+            seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
+        assert out[row].tolist() == seq[0, len(query):].tolist()
+
+
+def test_response_logprobs_apply_the_temperature():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)  # (B, Lq + Lr, V) with Lq = 2, Lr = 3
+    response = torch.tensor([[1, 4, 6], [0, 0, 3]])
+    for temperature in (1.0, 0.7):
+        got = response_logprobs(logits, response, temperature)
+        for b in range(2):
+            for t in range(3):
+                row = logits[b, 1 + t] / temperature  # position Lq - 1 + t predicts response token t
+                expected = row[response[b, t]] - torch.logsumexp(row, dim=0)
+                assert got[b, t].item() == pytest.approx(expected.item(), abs=1e-6)
+    assert not torch.allclose(response_logprobs(logits, response, 1.0), response_logprobs(logits, response, 0.7))
