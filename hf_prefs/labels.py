@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, Value
 
 __all__ = [
     "LabelValidationError",
@@ -127,7 +127,8 @@ def validate_labels(dataset: Dataset, k: int | None = None) -> Dataset:
     for i, row in enumerate(dataset.select_columns(["query", "samples", "best"])):
         k = _check_row(i, row, k)
     if dataset.features["best"].dtype not in ("int64", "int32"):
-        dataset = dataset.map(lambda row: {"best": int(row["best"])})
+        # (a map returning ints keeps a float64 column; cast the feature itself)
+        dataset = dataset.cast_column("best", Value("int64"))
     return dataset
 
 

@@ -1,0 +1,376 @@
+"""Labelers and the construction of best-of-K label datasets from samples of ρ.
+
+- :class:`SimulatedLabeler` is the paper's mock human (§3.1.1): it knows a reward r_s (e.g. a sentiment
+  classifier's log-odds) and picks the sample with the highest r_s; ties are broken at random (seeded). With
+  ``noise = τ > 0`` it instead picks sample i with probability softmax(r_s / τ)_i, the Boltzmann-rational
+  labeler that the K-way loss models.
+- :func:`sample_candidates` samples K responses per query from ρ (fixed length, temperature T) and truncates them
+  after the first truncate token at index >= ``truncate_after``; a query with any sample lacking such a token is
+  dropped (the paper does not show those samples to labelers). :func:`sample_label_dataset` then lets a labeler
+  pick the best of each K.
+- :class:`ResponseSampler` draws one raw (untruncated) response per query from ρ; it is the sampler that
+  reward normalization (:mod:`hf_prefs.normalization`) takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from .labels import validate_labels
+from .rollout import left_pad, sample_responses, truncate_responses
+
+__all__ = [
+    "SimulatedLabeler",
+    "ResponseSampler",
+    "LabelSamplingStats",
+    "truncate_token_id",
+    "sample_candidates",
+    "sample_label_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A known reward: ``reward_fn(texts) -> rewards`` (a list or a 1D tensor, one per text), e.g.
+#: :func:`hf_prefs.scorers.vader_log_odds`.
+KnownReward = Callable[[list[str]], Sequence[float] | torch.Tensor]
+
+
+class SimulatedLabeler:
+    """The paper's mock human: picks the sample with the highest known reward.
+
+    Args:
+        reward_fn: ``reward_fn(texts) -> rewards``, one float per text.
+        seed: seed of the tie-breaking (and, with ``noise``, choice) randomness.
+        noise: Boltzmann temperature τ. 0 (default): always a sample with the highest reward, ties uniformly at
+            random. τ > 0: sample i with probability ``exp(r_i/τ) / Σ_j exp(r_j/τ)``.
+        score_with_query: score ``query + sample`` instead of the sample alone (default: the sample alone, so
+            the pick depends on what the policy wrote, not on the prompt).
+    """
+
+    def __init__(
+        self, reward_fn: KnownReward, seed: int | None = None, noise: float = 0.0, score_with_query: bool = False
+    ):
+        if noise < 0 or not math.isfinite(noise):
+            raise ValueError(f"noise must be a finite temperature >= 0, got {noise}")
+        self.reward_fn = reward_fn
+        self.noise = float(noise)
+        self.score_with_query = score_with_query
+        self._rng = random.Random(seed)
+
+    def score(self, queries: Sequence[str], samples: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Known rewards ``[[r(y_0), ..., r(y_{K-1})], ...]`` of each query's samples (one ``reward_fn`` call)."""
+        if len(queries) != len(samples):
+            raise ValueError(f"got {len(queries)} queries but {len(samples)} sample lists")
+        texts = [(q + s) if self.score_with_query else s for q, group in zip(queries, samples) for s in group]
+        flat = self.reward_fn(texts)
+        flat = flat.tolist() if isinstance(flat, torch.Tensor) else [float(r) for r in flat]
+        if len(flat) != len(texts):
+            raise ValueError(f"reward_fn returned {len(flat)} rewards for {len(texts)} texts")
+        out, i = [], 0
+        for j, group in enumerate(samples):
+            rewards = flat[i : i + len(group)]
+            if any(math.isnan(r) for r in rewards):
+                raise ValueError(f"reward_fn returned NaN for a sample of query {j}")
+            out.append(rewards)
+            i += len(group)
+        return out
+
+    def choose(self, rewards: Sequence[float]) -> int:
+        """The index picked among samples with known ``rewards``."""
+        if len(rewards) < 2:
+            raise ValueError(f"a comparison needs at least 2 samples, got {len(rewards)}")
+        if self.noise > 0:
+            top = max(rewards)
+            weights = [math.exp((r - top) / self.noise) for r in rewards]
+            return self._rng.choices(range(len(rewards)), weights=weights)[0]
+        top = max(rewards)
+        return self._rng.choice([i for i, r in enumerate(rewards) if r == top])
+
+    def label(self, query: str, samples: Sequence[str]) -> int:
+        """Index of the best of ``samples`` for ``query``."""
+        return self.label_batch([query], [samples])[0]
+
+    def label_batch(self, queries: Sequence[str], samples: Sequence[Sequence[str]]) -> list[int]:
+        """Best index per query (the known reward is computed in one call for all samples)."""
+        return [self.choose(r) for r in self.score(queries, samples)]
+
+    def __repr__(self) -> str:
+        return f"SimulatedLabeler(reward_fn={self.reward_fn!r}, noise={self.noise})"
+
+
+def truncate_token_id(tokenizer: Any, truncate_token: str | int | None) -> int | None:
+    """The id of the truncate token (paper: '.', GPT-2 id 13); it must be a single token of the vocabulary.
+
+    Tokens that merely contain a period (GPT-2's '."', '...', ' .') are other ids and do not truncate, as in the paper.
+    """
+    if truncate_token is None or isinstance(truncate_token, int):
+        return truncate_token
+    ids = tokenizer(truncate_token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"truncate_token {truncate_token!r} must be one token of the tokenizer, got ids {ids}")
+    return int(ids[0])
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token")
+    return int(pad)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _sample_ids(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    queries: Sequence[str],
+    n_per_query: int,
+    response_length: int,
+    temperature: float,
+    batch_size: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``(len(queries)·n, Lr)`` response ids, rows ``q·n + j``, sampled in batches of ``batch_size`` rows."""
+    pad_id, device = _pad_id(tokenizer), _device(policy)
+    query_ids = [list(tokenizer(q)["input_ids"]) for q in queries]
+    rows = [ids for ids in query_ids for _ in range(n_per_query)]
+    was_training = policy.training
+    policy.eval()
+    out = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            ids, mask = left_pad(rows[start : start + batch_size], pad_id)
+            out.append(
+                sample_responses(
+                    policy, ids.to(device), mask.to(device), response_length, temperature, generator=generator
+                ).cpu()
+            )
+    finally:
+        policy.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, response_length), dtype=torch.long)
+
+
+def _generator(policy: torch.nn.Module, seed: int | None) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=_device(policy)).manual_seed(seed)
+
+
+class ResponseSampler:
+    """``sampler(queries) -> responses``: one raw (untruncated) response per query from ρ at temperature T.
+
+    The paper's reward normalization scores such samples; pass an instance as ``normalization_samples`` to
+    :class:`hf_prefs.reward_trainer.PreferenceRewardTrainer`.
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        tokenizer: Any,
+        response_length: int = 24,
+        temperature: float = 0.7,
+        batch_size: int = 32,
+        seed: int | None = None,
+    ):
+        self.policy, self.tokenizer = policy, tokenizer
+        self.response_length, self.temperature, self.batch_size = response_length, temperature, batch_size
+        self.generator = _generator(policy, seed)
+
+    def __call__(self, queries: Sequence[str]) -> list[str]:
+        ids = _sample_ids(
+            self.policy,
+            self.tokenizer,
+            list(queries),
+            1,
+            self.response_length,
+            self.temperature,
+            self.batch_size,
+            self.generator,
+        )
+        return self.tokenizer.batch_decode(ids)
+
+
+@dataclass
+class LabelSamplingStats:
+    """What :func:`sample_label_dataset` kept and dropped."""
+
+    queries: int
+    labels: int
+    dropped_no_truncation: int
+    dropped_empty: int
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_no_truncation + self.dropped_empty
+
+
+def _cut_lengths(response_ids: torch.Tensor, token_id: int | None, truncate_after: int) -> torch.Tensor:
+    """``(N,)`` kept length of each response: up to and including its first ``token_id`` at index >= truncate_after."""
+    n, lr = response_ids.shape
+    if token_id is None:
+        return torch.full((n,), lr, dtype=torch.long)
+    idx = torch.arange(lr)
+    hit = (response_ids == token_id) & (idx >= truncate_after)
+    return torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.full((n,), lr, dtype=torch.long))
+
+
+def _queries_list(queries: Sequence[str] | Dataset) -> list[str]:
+    if isinstance(queries, Dataset):
+        if "query" not in queries.column_names:
+            raise ValueError(f"the query dataset needs a 'query' column; got {queries.column_names}")
+        queries = queries["query"]
+    queries = list(queries)
+    if not queries:
+        raise ValueError("no queries given")
+    return queries
+
+
+def _draw_candidates(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    queries: list[str],
+    k: int,
+    response_length: int,
+    temperature: float,
+    truncate_token: str | int | None,
+    truncate_after: int,
+    batch_size: int,
+    seed: int | None,
+    drop_untruncated: bool = True,
+) -> tuple[list[int], list[list[str]], LabelSamplingStats]:
+    """Indices of the kept queries, their K truncated samples, and the counts (see :func:`sample_candidates`)."""
+    if k < 2:
+        raise ValueError(f"k must be >= 2, got {k}")
+    if truncate_token is not None and not 0 <= truncate_after < response_length:
+        raise ValueError(f"truncate_after must lie in [0, {response_length}), got {truncate_after}")
+    token_id = truncate_token_id(tokenizer, truncate_token)
+    ids = _sample_ids(
+        policy, tokenizer, queries, k, response_length, temperature, batch_size, _generator(policy, seed)
+    )
+    _, valid = truncate_responses(ids, token_id, truncate_after, _pad_id(tokenizer))  # (N·K,)
+    lengths = _cut_lengths(ids, token_id, truncate_after)
+    texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(ids, lengths.tolist())]
+
+    kept_idx, kept_samples = [], []
+    no_trunc = empty = 0
+    for i in range(len(queries)):
+        group = texts[i * k : (i + 1) * k]
+        if drop_untruncated and not bool(valid[i * k : (i + 1) * k].all()):
+            no_trunc += 1
+        elif any(not s.strip() for s in group):
+            empty += 1
+        else:
+            kept_idx.append(i)
+            kept_samples.append(group)
+    stats = LabelSamplingStats(
+        queries=len(queries), labels=len(kept_idx), dropped_no_truncation=no_trunc, dropped_empty=empty
+    )
+    logger.info(
+        "%d of %d queries kept; dropped %d with a sample lacking a truncate token at index >= %d and %d with a "
+        "blank sample",
+        stats.labels,
+        stats.queries,
+        no_trunc,
+        truncate_after,
+        empty,
+    )
+    if not kept_idx:
+        raise ValueError(
+            f"all {len(queries)} queries were dropped ({no_trunc} had a sample without a truncate token "
+            f"{truncate_token!r} at index >= {truncate_after}); sample longer responses or lower truncate_after"
+        )
+    return kept_idx, kept_samples, stats
+
+
+def sample_candidates(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    queries: Sequence[str] | Dataset,
+    k: int = 4,
+    response_length: int = 24,
+    temperature: float = 0.7,
+    truncate_token: str | int | None = ".",
+    truncate_after: int = 16,
+    batch_size: int = 32,
+    seed: int | None = None,
+    drop_untruncated: bool = True,
+) -> tuple[list[str], list[list[str]], LabelSamplingStats]:
+    """Sample K responses per query from ρ and truncate them: the comparisons to show a labeler.
+
+    Paper defaults (books tasks): K=4, 24 tokens at T=0.7, cut after the first '.' at index >= 16. Every sample
+    is exactly ``response_length`` tokens drawn by :func:`hf_prefs.rollout.sample_responses` (no stop at EOS),
+    then cut by :func:`hf_prefs.rollout.truncate_responses`. A query is dropped when any of its K samples has no
+    truncate token at index >= ``truncate_after`` (the paper does not show those to labelers) or decodes to blank
+    text; the counts are logged and returned.
+
+    Args:
+        policy: ρ, a causal LM. tokenizer: its tokenizer.
+        queries: query texts, or a dataset with a ``query`` column.
+        truncate_token: a single token (text or id; ``None`` disables truncation).
+        batch_size: sampling batch size in rows (query copies).
+        seed: seed of the sampling generator.
+        drop_untruncated: ``True`` (paper) drops a query when a sample lacks the truncate token past
+            ``truncate_after``; ``False`` keeps such samples whole (uncut) — a CPU-budget deviation for small models
+            that rarely end a sentence inside the window; PPO still gives them the penalty.
+
+    Returns:
+        ``(kept_queries, samples, stats)``: the queries kept, their K truncated samples each, and a
+        :class:`LabelSamplingStats`.
+    """
+    queries = _queries_list(queries)
+    kept_idx, samples, stats = _draw_candidates(
+        policy, tokenizer, queries, k, response_length, temperature, truncate_token, truncate_after, batch_size, seed,
+        drop_untruncated,
+    )
+    return [queries[i] for i in kept_idx], samples, stats
+
+
+def sample_label_dataset(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    queries: Sequence[str] | Dataset,
+    labeler: SimulatedLabeler,
+    k: int = 4,
+    response_length: int = 24,
+    temperature: float = 0.7,
+    truncate_token: str | int | None = ".",
+    truncate_after: int = 16,
+    batch_size: int = 32,
+    seed: int | None = None,
+    return_stats: bool = False,
+    drop_untruncated: bool = True,
+) -> Dataset | tuple[Dataset, LabelSamplingStats]:
+    """:func:`sample_candidates`, then ``labeler`` picks the best of each K: a best-of-K label dataset.
+
+    Args: as :func:`sample_candidates`, plus ``labeler`` (``score`` + ``choose``, e.g. :class:`SimulatedLabeler`)
+    and ``return_stats`` (also return the :class:`LabelSamplingStats`).
+
+    Returns:
+        A dataset in the label schema (``query``, ``samples`` [K], ``best``) plus ``known_rewards`` [K] (the
+        labeler's rewards, for analysis) and ``query_index`` (position in ``queries``).
+    """
+    queries = _queries_list(queries)
+    kept_idx, samples, stats = _draw_candidates(
+        policy, tokenizer, queries, k, response_length, temperature, truncate_token, truncate_after, batch_size, seed,
+        drop_untruncated,
+    )
+    kept_q = [queries[i] for i in kept_idx]
+    known = labeler.score(kept_q, samples)
+    best = [labeler.choose(r) for r in known]
+    dataset = validate_labels(
+        Dataset.from_dict(
+            {"query": kept_q, "samples": samples, "best": best, "known_rewards": known, "query_index": kept_idx}
+        ),
+        k=k,
+    )
+    return (dataset, stats) if return_stats else dataset

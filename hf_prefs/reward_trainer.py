@@ -1,0 +1,479 @@
+"""PreferenceRewardTrainer: TRL's RewardTrainer trained on best-of-K labels with the paper's K-way loss.
+
+A thin subclass of ``trl.RewardTrainer``. It overrides only:
+
+- ``_prepare_dataset``: validate the label rows (:func:`hf_prefs.labels.validate_labels`; errors name the row),
+  tokenize ``query`` and each of the K ``samples`` separately (``query_ids``, ``samples_ids``);
+- ``_set_signature_columns_if_needed``: keep those columns;
+- the collator (:class:`DataCollatorForKWayPreference`): the K candidates of every label in one batch of B·K rows,
+  or, with ``share_query_prefix=True``, B packed rows that encode each query once;
+- ``compute_loss``: ONE forward pass for all K candidates of the batch, the reward read at the last real token
+  (:mod:`hf_prefs.reward_model`), ``r = gain · out + bias``, loss = :func:`hf_prefs.losses.kway_preference_loss`;
+  it returns ``{"logits": rewards}`` (B, K) so evaluation works;
+- ``train``: the paper's reward normalization before and after training (:mod:`hf_prefs.normalization`);
+- ``_save``: also writes the gain/bias next to a PEFT adapter (a full model carries them in ``config.json``).
+
+Everything else is TRL's: model loading from a string, PEFT (``peft_config=``; use ``task_type="SEQ_CLS"``),
+``push_to_hub``, checkpoints, model cards (tagged ``hf-prefs``, citing the paper), ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list, is_peft_model
+from datasets import Dataset, IterableDataset
+from transformers import TrainerCallback
+from transformers.data.data_collator import DataCollatorMixin
+from transformers.trainer_utils import get_last_checkpoint
+from trl import RewardConfig, RewardTrainer
+from trl.data_utils import get_dataset_column_names
+
+from .labels import LabelValidationError, _check_row, validate_labels
+from .losses import kway_accuracy, kway_preference_loss
+from .normalization import (
+    BIAS_KEY,
+    GAIN_KEY,
+    get_reward_normalization,
+    load_reward_normalization,
+    normalize_reward_model,
+    save_reward_normalization,
+    set_reward_normalization,
+)
+from .reward_model import last_token_rewards, pack_shared_prefix, packed_rewards, pad_right
+
+__all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorForKWayPreference"]
+
+#: ρ samples for reward normalization: a dataset with ``query`` and ``response`` columns, or a sampler
+#: ``sampler(queries) -> responses`` (one response from ρ per query).
+NormalizationSamples = Dataset | Callable[[list[str]], Sequence[str]]
+
+
+def _default_bf16() -> bool:
+    """bf16 mixed precision only where the hardware has it (TRL's configs default to bf16=True, which raises on CPU)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return hasattr(torch, "xpu") and torch.xpu.is_available()
+
+
+@dataclass
+class PreferenceRewardConfig(RewardConfig):
+    r"""Configuration of :class:`PreferenceRewardTrainer`: ``trl.RewardConfig`` plus the paper's K-way options.
+
+    Parameters:
+        num_candidates (`int`, *optional*):
+            K, the number of samples per label (paper: 4). Inferred from the training set when unset; when set,
+            every dataset must have exactly K samples per row.
+        normalize_before (`bool`, defaults to `True`):
+            Before training, reset gain/bias to 1/0 and set them so rewards on ρ's samples have mean
+            ``target_mean`` and std ``target_std`` (paper: on). Needs ``normalization_samples`` on the trainer.
+        normalize_after (`bool`, defaults to `True`):
+            The same after training (paper: on, targets 0/1, so the KL coefficient keeps its meaning).
+        normalize_samples (`int`, defaults to `256`):
+            Number of ρ samples scored for each normalization (paper: 256).
+        target_mean (`float`, defaults to `0.0`), target_std (`float`, defaults to `1.0`):
+            Targets of both normalizations (paper for best-of-N labels: 0 and 1).
+        share_query_prefix (`bool`, defaults to `False`):
+            Encode each query once and its K responses on top of it (one packed row per label with a block
+            attention mask) instead of K full rows. Same rewards (to float precision), fewer tokens; needs the
+            ``eager`` or ``sdpa`` attention implementation.
+
+    Differences from ``trl.RewardConfig`` defaults: ``bf16`` defaults to ``True`` only on hardware with bf16
+    (CUDA/XPU), else ``False``. The paper's books-task training (one epoch, batch 32, lr 5e-5 decayed linearly
+    to 0) is set by the recipes, not here.
+    """
+
+    num_candidates: int | None = field(
+        default=None,
+        metadata={"help": "K, samples per label (paper: 4). Inferred from the training set when unset."},
+    )
+    normalize_before: bool = field(
+        default=True,
+        metadata={"help": "Normalize rewards on ρ samples before training (paper: True)."},
+    )
+    normalize_after: bool = field(
+        default=True,
+        metadata={"help": "Normalize rewards on ρ samples after training (paper: True)."},
+    )
+    normalize_samples: int = field(
+        default=256,
+        metadata={"help": "Number of ρ samples used for each normalization (paper: 256)."},
+    )
+    target_mean: float = field(default=0.0, metadata={"help": "Target reward mean on ρ samples (paper: 0)."})
+    target_std: float = field(default=1.0, metadata={"help": "Target reward std on ρ samples (paper: 1)."})
+    share_query_prefix: bool = field(
+        default=False,
+        metadata={"help": "Encode each query once with its K responses in one packed row (fewer tokens)."},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = False if self.use_cpu else _default_bf16()
+        super().__post_init__()
+        if self.num_candidates is not None and self.num_candidates < 2:
+            raise ValueError(f"num_candidates must be >= 2, got {self.num_candidates}")
+        if self.normalize_samples < 2:
+            raise ValueError(f"normalize_samples must be >= 2, got {self.normalize_samples}")
+        if not self.target_std > 0:
+            raise ValueError(f"target_std must be > 0, got {self.target_std}")
+
+
+@dataclass
+class DataCollatorForKWayPreference(DataCollatorMixin):
+    """Batch tokenized K-way labels (``query_ids``, ``samples_ids``, ``best``) for one forward pass.
+
+    Plain (default): ``input_ids``/``attention_mask`` ``(B·K, L)``, right-padded, row ``b·K + k`` = query b +
+    sample k. With ``share_query_prefix``: ``(B, L)`` packed rows plus ``position_ids``, ``segment_ids`` and
+    ``last_index`` ``(B, K)`` (see :func:`hf_prefs.reward_model.pack_shared_prefix`). Always ``best`` ``(B,)``.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    share_query_prefix: bool = False
+    return_tensors: str = "pt"
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        k = len(examples[0]["samples_ids"])
+        for i, ex in enumerate(examples):
+            if len(ex["samples_ids"]) != k:
+                raise ValueError(f"batch row {i} has {len(ex['samples_ids'])} samples, row 0 has {k}: K must not vary")
+        best = torch.tensor([int(ex["best"]) for ex in examples], dtype=torch.long)
+        if self.share_query_prefix:
+            out = pack_shared_prefix(
+                [ex["query_ids"] for ex in examples],
+                [ex["samples_ids"] for ex in examples],
+                self.pad_token_id,
+                self.pad_to_multiple_of,
+            )
+        else:
+            seqs = [list(ex["query_ids"]) + list(s) for ex in examples for s in ex["samples_ids"]]
+            ids, mask = pad_right(seqs, self.pad_token_id, self.pad_to_multiple_of)
+            out = {"input_ids": ids, "attention_mask": mask}
+        out["best"] = best
+        return out
+
+
+class _LogPendingOnTrainBegin(TrainerCallback):
+    """Logs the gain/bias of ``normalize_before`` (computed before ``Trainer.train`` creates its state) at step 0."""
+
+    def __init__(self, trainer: PreferenceRewardTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer._pending_logs:
+            logs, self.trainer._pending_logs = self.trainer._pending_logs, None
+            self.trainer.log(logs)
+
+
+class PreferenceRewardTrainer(RewardTrainer):
+    """``trl.RewardTrainer`` on best-of-K labels (query, samples[K], best) with the K-way softmax loss.
+
+    Args (beyond ``trl.RewardTrainer``'s):
+        normalization_samples: ρ samples for ``normalize_before``/``normalize_after``: a ``datasets.Dataset`` with
+            ``query`` and ``response`` columns (raw samples of ρ at the task temperature), or a sampler
+            ``sampler(queries: list[str]) -> list[str]`` (e.g. :class:`hf_prefs.labelers.ResponseSampler`), fed
+            ``args.normalize_samples`` queries drawn from the training labels.
+
+    Logged (train and ``eval_``): ``loss``, ``accuracy`` (argmax reward = labeler's pick, ties count 1/m),
+    ``mean_reward``, ``std_reward``, ``min_reward``, ``max_reward``, ``num_tokens``; after each normalization
+    ``reward_gain_before``/``reward_bias_before`` (or ``_after``).
+    """
+
+    _tag_names = ["trl", "reward-trainer", "hf-prefs"]
+    _name = "hf_prefs PreferenceRewardTrainer (K-way preference loss)"
+    _paper = {
+        "title": "Fine-Tuning Language Models from Human Preferences",
+        "id": "1909.08593",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{ziegler2019finetuning,
+                title        = {{Fine-Tuning Language Models from Human Preferences}},
+                author       = {Daniel M. Ziegler and Nisan Stiennon and Jeffrey Wu and Tom B. Brown and Alec Radford and Dario Amodei and Paul Christiano and Geoffrey Irving},
+                year         = 2019,
+                eprint       = {arXiv:1909.08593}
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: Any,
+        args: PreferenceRewardConfig | None = None,
+        data_collator: Any = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        normalization_samples: NormalizationSamples | None = None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+            args = PreferenceRewardConfig(f"{name.rstrip('/').split('/')[-1]}-Reward")
+        elif not isinstance(args, PreferenceRewardConfig):
+            raise TypeError(f"args must be a PreferenceRewardConfig, got {type(args).__name__}")
+        self._check_normalization_samples(normalization_samples, args)
+        self.normalization_samples = normalization_samples
+        self.num_candidates: int | None = args.num_candidates  # read by _prepare_dataset (called in super().__init__)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        self._pending_logs: dict[str, float] | None = None
+        self.add_callback(_LogPendingOnTrainBegin(self))
+        if data_collator is None:  # TRL built its chosen/rejected collator; replace it with the K-way one
+            self.data_collator = DataCollatorForKWayPreference(
+                pad_token_id=self.processing_class.pad_token_id,
+                pad_to_multiple_of=self.args.pad_to_multiple_of,
+                share_query_prefix=self.args.share_query_prefix,
+            )
+
+    # ------------------------------------------------------------------ data
+    @staticmethod
+    def _check_normalization_samples(samples: Any, args: PreferenceRewardConfig) -> None:
+        if samples is None:
+            if args.normalize_before or args.normalize_after:
+                raise ValueError(
+                    "normalize_before/normalize_after need samples of ρ: pass normalization_samples= (a Dataset with "
+                    "'query' and 'response' columns, or a sampler(queries) -> responses), or set "
+                    "normalize_before=False and normalize_after=False"
+                )
+            return
+        if isinstance(samples, Dataset):
+            missing = {"query", "response"} - set(samples.column_names)
+            if missing:
+                raise ValueError(
+                    f"normalization_samples needs columns 'query' and 'response'; missing {sorted(missing)} "
+                    f"(columns: {samples.column_names})"
+                )
+            if len(samples) < 2:
+                raise ValueError(f"normalization_samples needs at least 2 rows, got {len(samples)}")
+        elif not callable(samples):
+            raise TypeError(
+                "normalization_samples must be a datasets.Dataset with 'query'/'response' columns or a callable "
+                f"sampler(queries) -> responses, got {type(samples).__name__}"
+            )
+
+    def _prepare_dataset(
+        self,
+        dataset: Dataset | IterableDataset,
+        processing_class: Any,
+        args: PreferenceRewardConfig,
+        dataset_name: str,
+    ) -> Dataset | IterableDataset:
+        """Validate label rows and tokenize them to ``query_ids`` and ``samples_ids`` (K lists); idempotent."""
+        columns = get_dataset_column_names(dataset)
+        expected_k = args.num_candidates  # None: inferred per dataset (an eval set may use another K)
+        if not {"query_ids", "samples_ids", "best"} <= set(columns):
+            if isinstance(dataset, Dataset):
+                dataset = validate_labels(dataset, k=expected_k)
+            else:  # IterableDataset: check each row as it streams (K fixed by num_candidates only)
+
+                def check(row: dict[str, Any], i: int) -> dict[str, Any]:
+                    _check_row(i, row, expected_k)
+                    return row
+
+                dataset = dataset.map(check, with_indices=True)
+
+            def tokenize(row: dict[str, Any]) -> dict[str, Any]:
+                return {
+                    "query_ids": processing_class(row["query"])["input_ids"],
+                    "samples_ids": [
+                        processing_class(s, add_special_tokens=False)["input_ids"] for s in row["samples"]
+                    ],
+                }
+
+            map_kwargs: dict[str, Any] = {}
+            if isinstance(dataset, Dataset):
+                map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Tokenizing {dataset_name} labels"}
+            dataset = dataset.map(tokenize, **map_kwargs)
+        elif isinstance(dataset, Dataset):  # already tokenized: check K and best
+            for i, row in enumerate(dataset.select_columns(["samples_ids", "best"])):
+                k = len(row["samples_ids"])
+                if k < 2 or (expected_k is not None and k != expected_k):
+                    raise LabelValidationError(f"has {k} samples, expected K={expected_k or '>=2'}", i, "samples_ids")
+                if not 0 <= int(row["best"]) < k:
+                    raise LabelValidationError(f"best={row['best']} is out of range [0, {k - 1}]", i, "best")
+                expected_k = k
+
+        if isinstance(dataset, Dataset) and len(dataset) > 0:
+            k = len(dataset[0]["samples_ids"])
+            if dataset_name == "train":
+                self.num_candidates = k
+
+        if args.max_length is not None and isinstance(dataset, Dataset):  # TRL drops (does not truncate) long rows
+            n = len(dataset)
+            dataset = dataset.filter(
+                lambda row: all(len(row["query_ids"]) + len(s) <= args.max_length for s in row["samples_ids"]),
+                num_proc=args.dataset_num_proc,
+                desc=f"Filtering {dataset_name} >{args.max_length} tokens",
+            )
+            if len(dataset) < n:
+                warnings.warn(
+                    f"{n - len(dataset)} of {n} {dataset_name} labels have a query+sample longer than max_length="
+                    f"{args.max_length} tokens and were dropped",
+                    stacklevel=2,
+                )
+            if len(dataset) == 0:
+                raise ValueError(f"no {dataset_name} label fits in max_length={args.max_length} tokens")
+        elif args.max_length is not None:
+            dataset = dataset.filter(
+                lambda row: all(len(row["query_ids"]) + len(s) <= args.max_length for s in row["samples_ids"])
+            )
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["query_ids", "samples_ids", "best"]
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """K-way softmax loss on rewards of all K candidates of the batch, computed in ONE forward pass."""
+        mode = "train" if self.model.training else "eval"
+        best = inputs["best"]  # (B,)
+        if "segment_ids" in inputs:  # packed: (B, L) rows, K rewards per row
+            rewards = packed_rewards(model, inputs)
+        else:  # (B·K, L) rows
+            rewards = last_token_rewards(model, inputs["input_ids"], inputs["attention_mask"])
+        rewards = rewards.view(best.shape[0], -1)  # (B, K)
+        loss = kway_preference_loss(rewards, best)
+        if self.args.center_rewards_coefficient is not None:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards**2)
+
+        if mode == "train":
+            n_tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += n_tokens // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        with torch.no_grad():
+            all_rewards = self.accelerator.gather_for_metrics(rewards.detach())
+            all_best = self.accelerator.gather_for_metrics(best)
+            self._metrics[mode]["accuracy"].append(kway_accuracy(all_rewards, all_best).item())
+            self._metrics[mode]["mean_reward"].append(all_rewards.mean().item())
+            self._metrics[mode]["std_reward"].append(all_rewards.std(unbiased=False).item())
+            self._metrics[mode]["min_reward"].append(all_rewards.min().item())
+            self._metrics[mode]["max_reward"].append(all_rewards.max().item())
+        return (loss, {"logits": rewards}) if return_outputs else loss
+
+    # ------------------------------------------------------------------ normalization
+    def _normalization_texts(self) -> tuple[list[str], list[str] | Callable]:
+        """``normalize_samples`` queries and their ρ responses (or the sampler to draw them)."""
+        n = self.args.normalize_samples
+        source = self.normalization_samples
+        gen = torch.Generator().manual_seed(self.args.seed)
+        if isinstance(source, Dataset):
+            if len(source) < n:
+                warnings.warn(
+                    f"normalization_samples has {len(source)} rows < normalize_samples={n}; using all", stacklevel=3
+                )
+            idx = torch.randperm(len(source), generator=gen)[: min(n, len(source))].tolist()
+            rows = source.select(idx)
+            return list(rows["query"]), list(rows["response"])
+        dataset = self.train_dataset
+        if not isinstance(dataset, Dataset):
+            raise ValueError("a normalization sampler needs queries from a (non-streaming) training Dataset")
+        if len(dataset) >= n:
+            idx = torch.randperm(len(dataset), generator=gen)[:n].tolist()
+        else:
+            idx = torch.randint(len(dataset), (n,), generator=gen).tolist()
+        if "query" in dataset.column_names:
+            queries = list(dataset.select(idx)["query"])
+        else:
+            queries = self.processing_class.batch_decode(dataset.select(idx)["query_ids"])
+        return queries, source
+
+    def normalize_rewards(self, stage: str = "before") -> tuple[float, float]:
+        """Set the model's gain/bias from rewards on ρ's samples (the paper's normalize_before/after).
+
+        Every process scores the samples; the main process's gain/bias are broadcast so all ranks agree.
+        """
+        queries, responses = self._normalization_texts()
+        model = self.accelerator.unwrap_model(self.model)
+        gain, bias = normalize_reward_model(
+            model,
+            self.processing_class,
+            queries,
+            responses,
+            target_mean=self.args.target_mean,
+            target_std=self.args.target_std,
+            batch_size=self.args.per_device_eval_batch_size,
+        )
+        gain, bias = broadcast_object_list([gain, bias], from_process=0)
+        set_reward_normalization(model, gain, bias)
+        logs = {f"reward_gain_{stage}": gain, f"reward_bias_{stage}": bias}
+        if stage == "before":  # Trainer.train() starts a fresh TrainerState: log once it exists
+            self._pending_logs = logs
+        else:
+            self.log(logs)
+        return gain, bias
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """TRL's training loop between the paper's normalizations.
+
+        On resume, the gain/bias saved in the checkpoint are restored instead of normalizing again.
+        """
+        if resume_from_checkpoint:
+            path = resume_from_checkpoint
+            if path is True:
+                path = get_last_checkpoint(self.args.output_dir)
+                if path is None:
+                    raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir}")
+            self._restore_normalization(path)
+        elif self.args.normalize_before:
+            self.normalize_rewards("before")
+        output = super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
+        if self.args.normalize_after:
+            self.normalize_rewards("after")
+        return output
+
+    def _restore_normalization(self, checkpoint: str) -> None:
+        """Gain/bias saved with a checkpoint (adapter json or config.json); left as they are if none were saved."""
+        stored = load_reward_normalization(checkpoint)
+        if stored is None:
+            config_path = os.path.join(checkpoint, "config.json")
+            if os.path.isfile(config_path):
+                with open(config_path, encoding="utf-8") as f:
+                    cfg = json.load(f)
+                if GAIN_KEY in cfg:
+                    stored = (cfg[GAIN_KEY], cfg.get(BIAS_KEY, 0.0))
+        if stored is not None:
+            set_reward_normalization(self.model, *stored)
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """TRL/transformers saving; a PEFT adapter folder also gets ``reward_normalization.json``."""
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and is_peft_model(self.accelerator.unwrap_model(self.model)):
+            save_reward_normalization(self.model, output_dir)
+
+    @property
+    def reward_normalization(self) -> tuple[float, float]:
+        """The model's current ``(gain, bias)``."""
+        return get_reward_normalization(self.model)

@@ -1,0 +1,176 @@
+"""The label schema: validation errors that name the row and field, and the converters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datasets import Dataset
+
+from hf_prefs.labels import (
+    OPENAI_PAD_ID,
+    LabelValidationError,
+    from_openai_json,
+    from_pairwise,
+    to_canonical,
+    to_pairwise,
+    validate_labels,
+)
+
+
+def _labels(**overrides) -> dict:
+    rows = {
+        "query": ["It was a dark night.", "She smiled.", "The house was old."],
+        "samples": [[" a", " b", " c", " d"], [" e", " f", " g", " h"], [" i", " j", " k", " l"]],
+        "best": [0, 3, 2],
+    }
+    rows.update(overrides)
+    return rows
+
+
+def _error(rows: dict, **kw) -> LabelValidationError:
+    with pytest.raises(LabelValidationError) as info:
+        validate_labels(Dataset.from_dict(rows), **kw)
+    return info.value
+
+
+def test_valid_labels_pass_and_keep_extra_columns():
+    ds = validate_labels(Dataset.from_dict({**_labels(), "labeler": ["a", "b", "c"]}), k=4)
+    assert ds["best"] == [0, 3, 2]
+    assert ds["labeler"] == ["a", "b", "c"]
+
+
+def test_best_out_of_range_names_row_and_field():
+    err = _error(_labels(best=[0, 4, 2]))
+    assert (err.row, err.field) == (1, "best")
+    assert "row 1" in str(err) and "'best'" in str(err) and "out of range" in str(err)
+    err = _error(_labels(best=[0, 1, -1]))
+    assert (err.row, err.field) == (2, "best")
+
+
+def test_wrong_number_of_samples_names_row():
+    err = _error(_labels(), k=2)
+    assert (err.row, err.field) == (0, "samples")
+    assert "K=2" in str(err)
+    samples = _labels()["samples"]
+    samples[2] = [" only one"]
+    err = _error(_labels(samples=samples))
+    assert (err.row, err.field) == (2, "samples")
+    assert "at least 2" in str(err)
+
+
+def test_mixed_k_names_the_first_row_that_differs():
+    samples = _labels()["samples"]
+    samples[1] = [" e", " f", " g"]
+    err = _error(_labels(samples=samples))
+    assert (err.row, err.field) == (1, "samples")
+    assert "K=4" in str(err) and "got 3" in str(err)
+
+
+def test_empty_sample_names_row_and_sample():
+    samples = _labels()["samples"]
+    samples[2][1] = "   "
+    err = _error(_labels(samples=samples))
+    assert (err.row, err.field) == (2, "samples[1]")
+    assert "empty" in str(err)
+
+
+def test_nan_and_missing_best_name_row():
+    err = _error(_labels(best=[0.0, float("nan"), 2.0]))
+    assert (err.row, err.field) == (1, "best")
+    assert "nan" in str(err).lower()
+    err = _error(_labels(best=[0, 1, None]))
+    assert (err.row, err.field) == (2, "best")
+    err = _error(_labels(best=[0.0, 1.5, 2.0]))
+    assert (err.row, err.field) == (1, "best")
+
+
+def test_float_best_is_cast_to_int():
+    ds = validate_labels(Dataset.from_dict(_labels(best=[0.0, 3.0, 2.0])))
+    assert ds["best"] == [0, 3, 2]
+    assert ds.features["best"].dtype == "int64"
+
+
+def test_non_string_query_and_missing_columns():
+    err = _error(_labels(query=["ok", None, "ok"]))
+    assert (err.row, err.field) == (1, "query")
+    with pytest.raises(LabelValidationError, match="'best' column"):
+        validate_labels(Dataset.from_dict({"query": ["q"], "samples": [["a", "b"]]}))
+    with pytest.raises(LabelValidationError, match="'samples' column"):
+        validate_labels(Dataset.from_dict({"query": ["q"], "best": [0]}))
+
+
+def test_flat_sample_columns_are_canonicalized():
+    flat = Dataset.from_dict({"query": ["q"], "sample0": [" a"], "sample1": [" b"], "sample2": [" c"], "best": [2]})
+    ds = validate_labels(flat)
+    assert ds["samples"] == [[" a", " b", " c"]]
+    assert "sample0" not in ds.column_names
+    with pytest.raises(LabelValidationError, match="without gaps"):
+        to_canonical(Dataset.from_dict({"query": ["q"], "sample0": ["a"], "sample2": ["b"], "best": [0]}))
+
+
+def test_from_pairwise_explicit_and_implicit_prompt():
+    explicit = Dataset.from_dict({"prompt": ["Q: hi."], "chosen": [" good answer"], "rejected": [" bad answer"]})
+    ds = from_pairwise(explicit)
+    assert ds[0] == {"query": "Q: hi.", "samples": [" good answer", " bad answer"], "best": 0}
+    implicit = Dataset.from_dict({"chosen": ["Q: hi. good"], "rejected": ["Q: hi. bad"]})
+    ds = from_pairwise(implicit)
+    assert ds[0]["query"] == "Q: hi. "
+    assert ds[0]["samples"] == ["good", "bad"]
+    with pytest.raises(LabelValidationError, match="'rejected'"):
+        from_pairwise(Dataset.from_dict({"prompt": ["q"], "chosen": ["a"]}))
+
+
+def test_to_pairwise_gives_the_k_minus_1_implied_pairs():
+    ds = to_pairwise(Dataset.from_dict(_labels()))
+    assert len(ds) == 3 * 3
+    first = ds.select(range(3))
+    assert first["prompt"] == ["It was a dark night."] * 3
+    assert first["chosen"] == [" a"] * 3
+    assert first["rejected"] == [" b", " c", " d"]
+    second = ds.select(range(3, 6))
+    assert second["chosen"] == [" h"] * 3 and second["rejected"] == [" e", " f", " g"]
+    # round trip of a K=2 dataset: chosen is always sample `best`
+    back = to_pairwise(from_pairwise(Dataset.from_dict({"prompt": ["p"], "chosen": [" x"], "rejected": [" y"]})))
+    assert back[0] == {"prompt": "p", "chosen": " x", "rejected": " y"}
+
+
+def _openai_records(tok, texts, best, query="The rain had stopped at last.", q_len=16, s_len=24):
+    def pad_to(ids, n, left=False):
+        pads = [OPENAI_PAD_ID] * (n - len(ids))
+        return pads + ids if left else ids + pads
+
+    rec = {"query": pad_to(tok.encode(query), q_len, left=True), "best": best}
+    for j, t in enumerate(texts):
+        rec[f"sample{j}"] = pad_to(tok.encode(t), s_len)
+    return rec
+
+
+def test_from_openai_json_decodes_gpt2_ids_and_drops_pad_50259(gpt2_tokenizer, tmp_path):
+    texts1 = [" She was very happy.", " He left the room.", " It rained all day.", " Nobody came."]
+    texts2 = [" A letter arrived.", " The dog barked.", " Tea was served.", " The end."]
+    records = [_openai_records(gpt2_tokenizer, texts1, 0), _openai_records(gpt2_tokenizer, texts2, 3)]
+    assert OPENAI_PAD_ID == 50259 and OPENAI_PAD_ID >= len(gpt2_tokenizer)
+    path = tmp_path / "offline_5k.json"
+    path.write_text(json.dumps(records))
+    ds = from_openai_json(path, gpt2_tokenizer)
+    assert ds["query"] == ["The rain had stopped at last."] * 2
+    assert ds["samples"] == [texts1, texts2]
+    assert ds["best"] == [0, 3]
+    assert len(from_openai_json(records, gpt2_tokenizer, limit=1)) == 1
+
+
+def test_from_openai_json_bad_records_name_row_and_field(gpt2_tokenizer):
+    good = _openai_records(gpt2_tokenizer, [" a.", " b.", " c.", " d."], 1)
+    bad_best = dict(good, best=7)
+    with pytest.raises(LabelValidationError) as info:
+        from_openai_json([good, bad_best], gpt2_tokenizer)
+    assert (info.value.row, info.value.field) == (1, "best")
+    missing = {k: v for k, v in good.items() if k != "sample2"}
+    with pytest.raises(LabelValidationError) as info:
+        from_openai_json([good, missing], gpt2_tokenizer)
+    assert (info.value.row, info.value.field) == (1, "sample2")
+    only_pad = dict(good, sample3=[OPENAI_PAD_ID] * 24)
+    with pytest.raises(LabelValidationError) as info:
+        from_openai_json([only_pad], gpt2_tokenizer)
+    assert (info.value.row, info.value.field) == (0, "samples[3]")

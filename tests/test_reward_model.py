@@ -1,0 +1,98 @@
+"""Reading rewards at explicit indices, and query-prefix sharing (packed rows) against plain rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+)
+
+from hf_prefs.reward_model import (
+    last_token_index,
+    last_token_rewards,
+    pack_shared_prefix,
+    packed_rewards,
+    pad_right,
+    score_head,
+    shared_prefix_attention_mask,
+)
+
+
+def _gpt2() -> GPT2ForSequenceClassification:
+    cfg = GPT2Config(vocab_size=500, n_positions=128, n_embd=32, n_layer=2, n_head=2, num_labels=1, pad_token_id=0)
+    return GPT2ForSequenceClassification(cfg)
+
+
+def _llama() -> LlamaForSequenceClassification:
+    cfg = LlamaConfig(
+        vocab_size=500,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForSequenceClassification(cfg)
+
+
+def test_last_token_index_any_padding_side():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [2, 4, 4]
+    with pytest.raises(ValueError, match="no attended token"):
+        last_token_index(torch.tensor([[0, 0]]))
+
+
+def test_score_head_requires_a_sequence_classification_model():
+    torch.manual_seed(0)
+    assert score_head(_gpt2()) is not None
+    with pytest.raises(TypeError, match="no `score` head"):
+        score_head(GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=1)))
+
+
+def test_shared_prefix_mask_structure():
+    packed = pack_shared_prefix([[5, 6]], [[[7], [8, 9]]], pad_token_id=0, pad_to_multiple_of=8)
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0]]
+    assert packed["position_ids"][0, :5].tolist() == [0, 1, 2, 2, 3]
+    assert packed["segment_ids"][0].tolist() == [0, 0, 1, 2, 2, -1, -1, -1]
+    assert packed["last_index"].tolist() == [[2, 4]]
+    allowed = (shared_prefix_attention_mask(packed["segment_ids"]) == 0)[0, 0].int()
+    assert allowed[:5, :5].tolist() == [
+        [1, 0, 0, 0, 0],  # query token 0
+        [1, 1, 0, 0, 0],  # query token 1
+        [1, 1, 1, 0, 0],  # response 0 sees the query and itself
+        [1, 1, 0, 1, 0],  # response 1 does not see response 0
+        [1, 1, 0, 1, 1],
+    ]
+    assert allowed[5:, :].sum(1).tolist() == [1, 1, 1]  # padding attends to itself only
+
+
+@pytest.mark.parametrize("make", [_gpt2, _llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_rows_give_the_same_rewards_as_plain_rows(make, attn):
+    torch.manual_seed(0)
+    model = make()
+    model.set_attn_implementation(attn)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    queries = [torch.randint(3, 500, (n,), generator=g).tolist() for n in (5, 9, 3)]
+    responses = [
+        [torch.randint(3, 500, (n,), generator=g).tolist() for n in lens]
+        for lens in ((4, 6, 2, 7), (3, 3, 8, 1), (5, 2, 2, 4))
+    ]
+    responses[1][2][-1] = 0  # a response ending in the pad id
+    plain_ids, plain_mask = pad_right([q + r for q, group in zip(queries, responses) for r in group], 0)
+    plain = last_token_rewards(model, plain_ids, plain_mask)
+    packed = packed_rewards(model, pack_shared_prefix(queries, responses, 0))
+    assert packed.shape == plain.shape == (12,)
+    assert torch.allclose(packed, plain, atol=1e-5)
+    with pytest.raises(ValueError, match="expected K=4"):
+        pack_shared_prefix(queries, [responses[0], responses[1][:3], responses[2]], 0)

@@ -1,0 +1,298 @@
+"""PreferenceRewardTrainer on a tiny GPT-2 with the real GPT-2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+
+import pytest
+import torch
+from conftest import tiny_gpt2_config
+from datasets import Dataset
+from transformers import GPT2ForSequenceClassification
+
+from hf_prefs.labels import LabelValidationError
+from hf_prefs.normalization import GAIN_KEY, NORMALIZATION_FILE, get_reward_normalization
+from hf_prefs.reward_model import load_reward_model, score_texts
+from hf_prefs.reward_trainer import DataCollatorForKWayPreference, PreferenceRewardConfig, PreferenceRewardTrainer
+
+GOOD = [" wonderful", " happy", " lovely", " delightful", " cheerful"]
+BAD = [" terrible", " sad", " awful", " dreadful", " gloomy"]
+
+
+def toy_labels(n: int, k: int = 4, seed: int = 0) -> Dataset:
+    """Best-of-K labels whose best sample is the only one with a positive word."""
+    rng = random.Random(seed)
+    rows = {"query": [], "samples": [], "best": [], "known_rewards": []}
+    for i in range(n):
+        best = rng.randrange(k)
+        rows["query"].append(f"Chapter {i}. After the ball she felt")
+        rows["samples"].append([(rng.choice(GOOD) if j == best else rng.choice(BAD)) + " all day." for j in range(k)])
+        rows["best"].append(best)
+        rows["known_rewards"].append([float(j == best) for j in range(k)])
+    return Dataset.from_dict(rows)
+
+
+def rho_samples(n: int = 32, seed: int = 1) -> Dataset:
+    rng = random.Random(seed)
+    words = GOOD + BAD + [" the", " a", " walk", " letter"]
+    return Dataset.from_dict(
+        {
+            "query": [f"Chapter {i}. She said" for i in range(n)],
+            "response": ["".join(rng.choices(words, k=5)) for _ in range(n)],
+        }
+    )
+
+
+def tiny_rm(tokenizer, seed: int = 0) -> GPT2ForSequenceClassification:
+    cfg = tiny_gpt2_config()
+    cfg.num_labels = 1
+    cfg.pad_token_id = tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    return GPT2ForSequenceClassification(cfg)
+
+
+def make_args(tmp_path, **kw) -> PreferenceRewardConfig:
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=3e-3,
+        num_train_epochs=1,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        gradient_checkpointing=False,
+        normalize_before=False,
+        normalize_after=False,
+        seed=0,
+    )
+    base.update(kw)
+    return PreferenceRewardConfig(**base)
+
+
+def test_config_defaults_are_cpu_friendly_and_paper_like(tmp_path):
+    args = PreferenceRewardConfig(output_dir=str(tmp_path))
+    assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert (args.normalize_before, args.normalize_after, args.normalize_samples) == (True, True, 256)
+    assert (args.target_mean, args.target_std) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="num_candidates"):
+        PreferenceRewardConfig(output_dir=str(tmp_path), num_candidates=1)
+
+
+@pytest.mark.parametrize("share_query_prefix", [False, True])
+def test_one_forward_pass_per_batch_for_all_k_candidates(gpt2_tokenizer, tmp_path, share_query_prefix):
+    model = tiny_rm(gpt2_tokenizer)
+    batch_rows = []
+    model.register_forward_hook(
+        lambda mod, args, kwargs, out: batch_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    args = make_args(tmp_path, max_steps=3, share_query_prefix=share_query_prefix)
+    trainer = PreferenceRewardTrainer(model, args, train_dataset=toy_labels(12), processing_class=gpt2_tokenizer)
+    trainer.train()
+    # 3 steps of B=4 labels x K=4 samples: one forward each, with B*K rows (or B packed rows)
+    expected_rows = 4 if share_query_prefix else 16
+    assert batch_rows == [expected_rows] * 3
+
+
+def test_packed_batch_gives_the_same_loss_and_gradients(gpt2_tokenizer, tmp_path):
+    model = tiny_rm(gpt2_tokenizer)
+    trainer = PreferenceRewardTrainer(
+        model, make_args(tmp_path), train_dataset=toy_labels(8), processing_class=gpt2_tokenizer
+    )
+    examples = [trainer.train_dataset[i] for i in range(6)]
+    model.train()
+    results = []
+    for packed in (False, True):
+        collator = DataCollatorForKWayPreference(pad_token_id=gpt2_tokenizer.eos_token_id, share_query_prefix=packed)
+        model.zero_grad()
+        loss, out = trainer.compute_loss(model, collator(examples), return_outputs=True)
+        loss.backward()
+        results.append((loss.item(), out["logits"].detach(), model.transformer.wte.weight.grad.clone()))
+    (l0, r0, g0), (l1, r1, g1) = results
+    assert r0.shape == r1.shape == (6, 4)
+    assert torch.allclose(r0, r1, atol=1e-5)
+    assert l0 == pytest.approx(l1, abs=1e-5)
+    assert torch.allclose(g0, g1, atol=1e-5)
+
+
+def test_training_lowers_loss_and_logs_metrics(gpt2_tokenizer, tmp_path):
+    model = tiny_rm(gpt2_tokenizer)
+    args = make_args(
+        tmp_path, num_train_epochs=3, per_device_train_batch_size=8, logging_steps=4, eval_strategy="epoch"
+    )
+    trainer = PreferenceRewardTrainer(
+        model, args, train_dataset=toy_labels(64), eval_dataset=toy_labels(32, seed=1), processing_class=gpt2_tokenizer
+    )
+    assert trainer.num_candidates == 4
+    start = trainer.evaluate()
+    assert start["eval_loss"] == pytest.approx(math.log(4), abs=0.05)  # a fresh head scores everything ~equally
+    trainer.train()
+    end = trainer.evaluate()
+    assert end["eval_loss"] < 0.5 * start["eval_loss"]
+    assert end["eval_accuracy"] > 0.9
+    train_logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert train_logs[-1]["loss"] < train_logs[0]["loss"]
+    for key in ("loss", "accuracy", "mean_reward", "std_reward", "min_reward", "max_reward", "num_tokens"):
+        assert key in train_logs[0], key
+        assert f"eval_{key}" in end, key
+    assert end["eval_std_reward"] > 0
+
+
+def test_bad_labels_and_k_mismatch_name_the_row(gpt2_tokenizer, tmp_path):
+    model = tiny_rm(gpt2_tokenizer)
+    with pytest.raises(LabelValidationError) as info:
+        PreferenceRewardTrainer(
+            model, make_args(tmp_path, num_candidates=3), train_dataset=toy_labels(4), processing_class=gpt2_tokenizer
+        )
+    assert (info.value.row, info.value.field) == (0, "samples") and "K=3" in str(info.value)
+
+    mixed = toy_labels(4).to_dict()
+    mixed["samples"][2] = mixed["samples"][2][:3]
+    with pytest.raises(LabelValidationError) as info:
+        PreferenceRewardTrainer(
+            model, make_args(tmp_path), train_dataset=Dataset.from_dict(mixed), processing_class=gpt2_tokenizer
+        )
+    assert (info.value.row, info.value.field) == (2, "samples")
+
+    bad_eval = toy_labels(4).to_dict()
+    bad_eval["best"][3] = 4
+    with pytest.raises(LabelValidationError) as info:
+        PreferenceRewardTrainer(
+            model,
+            make_args(tmp_path),
+            train_dataset=toy_labels(4),
+            eval_dataset=Dataset.from_dict(bad_eval),
+            processing_class=gpt2_tokenizer,
+        )
+    assert (info.value.row, info.value.field) == (3, "best")
+
+
+def test_normalization_needs_samples(gpt2_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="normalization_samples"):
+        PreferenceRewardTrainer(
+            tiny_rm(gpt2_tokenizer),
+            make_args(tmp_path, normalize_before=True),
+            train_dataset=toy_labels(4),
+            processing_class=gpt2_tokenizer,
+        )
+    with pytest.raises(ValueError, match="'response'"):
+        PreferenceRewardTrainer(
+            tiny_rm(gpt2_tokenizer),
+            make_args(tmp_path, normalize_before=True),
+            train_dataset=toy_labels(4),
+            processing_class=gpt2_tokenizer,
+            normalization_samples=Dataset.from_dict({"query": ["a", "b"]}),
+        )
+
+
+def test_normalize_before_and_after_then_save_and_load(gpt2_tokenizer, tmp_path):
+    rho = rho_samples(32)
+    args = make_args(tmp_path, normalize_before=True, normalize_after=True, normalize_samples=32, max_steps=6)
+    trainer = PreferenceRewardTrainer(
+        tiny_rm(gpt2_tokenizer),
+        args,
+        train_dataset=toy_labels(24),
+        processing_class=gpt2_tokenizer,
+        normalization_samples=rho,
+    )
+    trainer.train()
+    logs = {k: v for h in trainer.state.log_history for k, v in h.items()}
+    assert {"reward_gain_before", "reward_bias_before", "reward_gain_after", "reward_bias_after"} <= set(logs)
+    assert logs["reward_gain_after"] != pytest.approx(logs["reward_gain_before"])
+    assert get_reward_normalization(trainer.model) == (logs["reward_gain_after"], logs["reward_bias_after"])
+    scores = score_texts(trainer.model, gpt2_tokenizer, rho["query"], rho["response"])
+    assert scores.mean().item() == pytest.approx(0.0, abs=1e-4)
+    assert scores.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+    trainer.save_model(str(tmp_path / "rm"))
+    with open(tmp_path / "rm" / "config.json") as f:
+        assert json.load(f)[GAIN_KEY] == pytest.approx(logs["reward_gain_after"])
+    loaded, tok = load_reward_model(tmp_path / "rm")
+    assert torch.allclose(score_texts(loaded, tok, rho["query"], rho["response"]), scores, atol=1e-5)
+
+
+def test_normalization_with_a_sampler_uses_training_queries(gpt2_tokenizer, tmp_path):
+    seen = []
+
+    def sampler(queries):
+        seen.extend(queries)
+        return [f" reply {i} to it." for i in range(len(queries))]
+
+    args = make_args(tmp_path, normalize_before=True, normalize_samples=10, max_steps=1)
+    train = toy_labels(6)
+    trainer = PreferenceRewardTrainer(
+        tiny_rm(gpt2_tokenizer),
+        args,
+        train_dataset=train,
+        processing_class=gpt2_tokenizer,
+        normalization_samples=sampler,
+    )
+    trainer.train()
+    assert len(seen) == 10 and set(seen) <= set(train["query"])
+
+
+def test_resume_restores_the_checkpoints_gain(gpt2_tokenizer, tmp_path):
+    rho = rho_samples(16)
+    args = make_args(
+        tmp_path, normalize_before=True, normalize_samples=16, max_steps=4, save_strategy="steps", save_steps=2
+    )
+    first = PreferenceRewardTrainer(
+        tiny_rm(gpt2_tokenizer),
+        args,
+        train_dataset=toy_labels(16),
+        processing_class=gpt2_tokenizer,
+        normalization_samples=rho,
+    )
+    first.train()
+    gain = get_reward_normalization(first.model)
+    ckpt = os.path.join(args.output_dir, "checkpoint-2")
+    # resumed with other ρ samples: the checkpoint's gain wins, normalize_before is not redone
+    second = PreferenceRewardTrainer(
+        tiny_rm(gpt2_tokenizer, seed=5),
+        args,
+        train_dataset=toy_labels(16),
+        processing_class=gpt2_tokenizer,
+        normalization_samples=rho_samples(16, seed=9),
+    )
+    second.train(resume_from_checkpoint=ckpt)
+    assert get_reward_normalization(second.model) == pytest.approx(gain)
+
+
+def test_peft_lora_training_saves_adapter_with_gain(gpt2_tokenizer, tmp_path):
+    from peft import LoraConfig
+
+    base = tiny_rm(gpt2_tokenizer)
+    base.save_pretrained(tmp_path / "base")  # an adapter must name a base model that can be reloaded
+    base = GPT2ForSequenceClassification.from_pretrained(tmp_path / "base")
+    rho = rho_samples(16)
+    args = make_args(tmp_path, normalize_before=True, normalize_after=True, normalize_samples=16, max_steps=4)
+    trainer = PreferenceRewardTrainer(
+        base,
+        args,
+        train_dataset=toy_labels(16),
+        processing_class=gpt2_tokenizer,
+        normalization_samples=rho,
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["c_attn"]),
+    )
+    trainer.train()
+    scores = score_texts(trainer.model, gpt2_tokenizer, rho["query"], rho["response"])
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert os.path.isfile(tmp_path / "adapter" / NORMALIZATION_FILE)
+    assert os.path.isfile(tmp_path / "adapter" / "adapter_config.json")
+    loaded, tok = load_reward_model(tmp_path / "adapter")
+    assert torch.allclose(score_texts(loaded, tok, rho["query"], rho["response"]), scores, atol=1e-5)
+
+
+def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
+    args = make_args(tmp_path, max_steps=2, gradient_checkpointing=True)
+    trainer = PreferenceRewardTrainer(
+        tiny_rm(gpt2_tokenizer), args, train_dataset=toy_labels(8), processing_class=gpt2_tokenizer
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["loss"] > 0
+    trainer.create_model_card(model_name="tiny-rm")
+    card = open(os.path.join(args.output_dir, "README.md")).read()
+    assert "hf-prefs" in card and "1909.08593" in card and "reward-trainer" in card
