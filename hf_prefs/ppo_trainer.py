@@ -33,7 +33,6 @@ import copy
 import json
 import math
 import os
-import textwrap
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -52,6 +51,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_l
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax, selective_log_softmax_and_entropy
 
+from .citation import ZIEGLER_2019
 from .kl import AdaptiveKLController, FixedKLController
 from .ppo_config import PPOConfig
 from .ppo_math import (
@@ -146,18 +146,7 @@ class PPOTrainer(_BaseTrainer):
 
     _tag_names = ["trl", "hf-prefs", "ppo"]
     _name = "PPO"
-    _paper = {
-        "title": "Fine-Tuning Language Models from Human Preferences",
-        "id": "1909.08593",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{ziegler2019fine-tuning,
-                title        = {{Fine-Tuning Language Models from Human Preferences}},
-                author       = {Daniel M. Ziegler and Nisan Stiennon and Jeffrey Wu and Tom B. Brown and Alec Radford and Dario Amodei and Paul F. Christiano and Geoffrey Irving},
-                year         = 2019,
-                eprint       = {arXiv:1909.08593}
-            }"""),
-    }
+    _paper = ZIEGLER_2019
 
     def __init__(
         self,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
 from trl.data_utils import get_dataset_column_names
 
+from .citation import ZIEGLER_2019
 from .labels import LabelValidationError, _check_row, validate_labels
 from .losses import kway_accuracy, kway_preference_loss
 from .normalization import (
@@ -188,18 +188,7 @@ class PreferenceRewardTrainer(RewardTrainer):
 
     _tag_names = ["trl", "reward-trainer", "hf-prefs"]
     _name = "hf_prefs PreferenceRewardTrainer (K-way preference loss)"
-    _paper = {
-        "title": "Fine-Tuning Language Models from Human Preferences",
-        "id": "1909.08593",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{ziegler2019finetuning,
-                title        = {{Fine-Tuning Language Models from Human Preferences}},
-                author       = {Daniel M. Ziegler and Nisan Stiennon and Jeffrey Wu and Tom B. Brown and Alec Radford and Dario Amodei and Paul Christiano and Geoffrey Irving},
-                year         = 2019,
-                eprint       = {arXiv:1909.08593}
-            }"""),
-    }
+    _paper = ZIEGLER_2019
 
     def __init__(
         self,

@@ -170,6 +170,17 @@ def test_sample_label_dataset_truncates_drops_and_labels(gpt2_tokenizer):
         seed=11,
     )
     assert (kept, samples, stats2) == (expected_q, expected_samples, stats)
+    # drop_untruncated=False (CPU deviation): every query is kept; samples without a truncate token stay whole
+    kept_all, samples_all, stats3 = sample_candidates(
+        rho, tok, queries, k=k, response_length=length, temperature=1.0, truncate_after=after, batch_size=n_q * k,
+        seed=11, drop_untruncated=False,
+    )
+    assert kept_all == queries and stats3.dropped_no_truncation == 0
+    for i, row_samples in enumerate(samples_all):
+        for j, text in enumerate(row_samples):
+            row = drawn[i * k + j].tolist()
+            cut = next((t for t in range(after, length) if row[t] == 13), None)
+            assert text == tok.decode(row[: cut + 1] if cut is not None else row)
 
 
 def test_sample_label_dataset_without_truncation_keeps_every_query(gpt2_tokenizer):

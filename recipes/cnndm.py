@@ -1,0 +1,13 @@
+"""CNN/Daily Mail summarization (paper §3.2): summarize news articles. Use --label_source file
+(e.g. cnndm/online_45k.json) or --label_source human.
+
+    accelerate launch recipes/cnndm.py --config recipes/configs/cnndm.yaml [--any_field value ...]
+
+Every field of PipelineArguments, hf_prefs.PPOConfig and TRL's ModelConfig can be set in the YAML file or on the
+command line (the command line wins); see README.md.
+"""
+
+from hf_prefs.pipeline import main
+
+if __name__ == "__main__":
+    main(task="cnndm")

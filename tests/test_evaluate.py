@@ -1,0 +1,56 @@
+"""evaluate_policy: KL to the reference, known reward and RM score of held-out samples."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from hf_prefs.analysis.evaluate import evaluate_policy
+from hf_prefs.rollout import left_pad, response_logprobs, truncated_lengths
+
+QUERIES = ["It was a truth universally acknowledged.", "She smiled.", "The rain fell on the garden all night."]
+
+
+def test_kl_is_zero_for_the_reference_and_matches_a_hand_computation(tiny_gpt2, gpt2_tokenizer):
+    rho = tiny_gpt2
+    ev0 = evaluate_policy(rho, gpt2_tokenizer, QUERIES, ref_model=rho, response_length=6, temperature=0.7, seed=3)
+    assert ev0.kl == pytest.approx([0.0] * 3, abs=1e-6)
+    pi = copy.deepcopy(rho)
+    with torch.no_grad():
+        pi.lm_head.weight.add_(0.05 * torch.randn_like(pi.lm_head.weight))
+    ev = evaluate_policy(pi, gpt2_tokenizer, QUERIES, ref_model=rho, response_length=6, temperature=0.7, seed=3)
+    # Recompute by hand from the same seeded draw (same generator seed -> the same sampled tokens).
+    from hf_prefs.rollout import sample_responses
+
+    ids, mask = left_pad([gpt2_tokenizer(q)["input_ids"] for q in QUERIES], gpt2_tokenizer.eos_token_id)
+    resp = sample_responses(pi, ids, mask, 6, 0.7, torch.Generator().manual_seed(3))
+    full, fmask = torch.cat([ids, resp], 1), torch.cat([mask, torch.ones_like(resp)], 1)
+    pos = (fmask.cumsum(-1) - 1).clamp(min=0)
+    lp = response_logprobs(pi(full, attention_mask=fmask, position_ids=pos).logits, resp, 0.7).sum(1)
+    lr = response_logprobs(rho(full, attention_mask=fmask, position_ids=pos).logits, resp, 0.7).sum(1)
+    assert ev.kl == pytest.approx((lp - lr).tolist(), abs=1e-4)
+    assert ev.summary()["kl"] == pytest.approx(sum(ev.kl) / 3)
+
+
+def test_peft_reference_is_the_policy_without_adapters(tiny_gpt2, gpt2_tokenizer):
+    pi = get_peft_model(tiny_gpt2, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=True))
+    ev = evaluate_policy(pi, gpt2_tokenizer, QUERIES, response_length=5, known_reward=lambda t: [float(len(x)) for x in t])
+    assert ev.kl == pytest.approx([0.0] * 3, abs=1e-6)  # LoRA starts as the identity
+    assert ev.known_rewards == [float(len(x)) for x in ev.responses]
+
+
+def test_rm_score_gets_the_truncation_penalty(tiny_gpt2, gpt2_tokenizer):
+    dot = gpt2_tokenizer.convert_tokens_to_ids(".")
+    ev = evaluate_policy(
+        tiny_gpt2, gpt2_tokenizer, QUERIES, ref_model=tiny_gpt2, response_length=4, truncate_token_id=dot,
+        truncate_after=2, penalty_reward_value=-7.0, reward_fn=lambda q, r: torch.full((len(q),), 3.0),
+    )
+    assert ev.rm_scores == [(-7.0 if p else 3.0) for p in ev.penalized]
+
+
+def test_truncated_lengths_counts_positions_not_pad_ids():
+    resp = torch.tensor([[5, 0, 9, 7, 9, 1], [9, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0]])
+    # truncate after the first 9 at index >= 2; token 0 doubles as the pad id and must still be counted
+    assert truncated_lengths(resp, 9, 2).tolist() == [3, 6, 6]
+    assert truncated_lengths(resp, None, 2).tolist() == [6, 6, 6]

@@ -1,0 +1,147 @@
+"""The recipes end to end: artefacts, finite and consistent metrics, and bad configs rejected before training."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from hf_prefs.kl import adaptive_kl_update
+from hf_prefs.pipeline import main
+from conftest import tiny_gpt2_config
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, gpt2_tokenizer):
+    """A tiny random GPT-2 with the real tokenizer, saved like a Hub checkpoint."""
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _tiny_args(base: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config", OFFLINE, "--model_name_or_path", base, "--output_dir", str(out),
+        "--use_peft", "false", "--rm_freeze_layers", "0", "--num_label_queries", "24", "--num_eval_queries", "6",
+        "--num_ppo_queries", "40", "--rm_normalize_samples", "8", "--rm_batch_size", "8",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--total_episodes", "24",
+        "--num_ppo_epochs", "2", "--sampling_batch_size", "16", "--kl_horizon", "100", "--disable_tqdm", "true",
+        *extra,
+    ]
+
+
+def _check_run(out: Path, summary: dict, adaptive: bool, kl_target: float, horizon: int) -> None:
+    for name in ("metrics.jsonl", "metrics.csv", "rm_metrics.jsonl", "eval.json", "kl_vs_reward.png", "samples.md",
+                 "summary.json", "labels.jsonl", "policy/README.md", "reward_model/README.md",
+                 "reward_model/config.json", "policy/value_head.safetensors"):
+        assert (out / name).is_file(), name
+    assert (out / "kl_vs_reward.png").stat().st_size > 5_000
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["ppo_updates"] == 3
+    for row in rows:
+        for key in ("objective/kl", "objective/scores", "objective/non_score_reward", "objective/rlhf_reward",
+                    "objective/kl_coef", "objective/known_reward", "policy/approxkl_avg"):
+            assert math.isfinite(row[key]), (key, row)
+        # k1 estimator: the non-score reward is exactly -beta * KL, and the total is score + non-score
+        assert row["objective/non_score_reward"] == pytest.approx(-row["objective/kl_coef"] * row["objective/kl"], rel=1e-4, abs=1e-6)
+        assert row["objective/rlhf_reward"] == pytest.approx(row["objective/scores"] + row["objective/non_score_reward"], abs=1e-5)
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # pi = rho before the first update
+    # beta after each update follows the adaptive rule applied to the logged KL of that update
+    beta = rows[0]["objective/kl_coef"]
+    for row in rows:
+        assert row["objective/kl_coef"] == pytest.approx(beta, rel=1e-6)
+        beta = adaptive_kl_update(beta, row["objective/kl"], kl_target, 8, horizon) if adaptive else beta
+    assert summary["final_beta"] == pytest.approx(beta, rel=1e-6)
+    ev = json.loads((out / "eval.json").read_text())
+    for when in ("before", "after"):
+        kl = ev[when]["kl"]
+        assert ev[when]["summary"]["kl"] == pytest.approx(sum(kl) / len(kl))
+        assert summary[when]["known_reward"] == pytest.approx(sum(ev[when]["known_rewards"]) / len(kl))
+    assert summary["before"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    card = (out / "policy" / "README.md").read_text()
+    assert "hf-prefs" in card and "1909.08593" in card and "[None]" not in card
+    gain = summary["reward_model"]["gain"]
+    assert f"{gain:.4g}"[:4] in (out / "reward_model" / "README.md").read_text()
+
+
+def test_sentiment_recipe_tiny_end_to_end(tiny_base, tmp_path):
+    out = tmp_path / "run"
+    summary = main(task="sentiment", argv=_tiny_args(tiny_base, out, "--kl_target", "0.5"))
+    _check_run(out, summary, adaptive=True, kl_target=0.5, horizon=100)
+    assert summary["labels"]["labels"] == 24 and summary["labels"]["source"] == "simulated"
+
+
+def test_label_file_source_and_reload(tiny_base, tmp_path):
+    """Labels from the first run's file train the second run's reward model (label_source=file)."""
+    first = tmp_path / "first"
+    main(task="sentiment", argv=_tiny_args(tiny_base, first, "--adaptive_kl", "false"))
+    out = tmp_path / "second"
+    summary = main(task="sentiment", argv=_tiny_args(
+        tiny_base, out, "--label_source", "file", "--label_file", str(first / "labels.jsonl"), "--adaptive_kl", "false"))
+    _check_run(out, summary, adaptive=False, kl_target=6.0, horizon=100)
+    assert summary["labels"] == {"source": "file", "label_file": str(first / "labels.jsonl"), "labels": 24}
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (["--task", "poetry"], "task"),
+        (["--response_length", "16", "--truncate_after", "16"], "truncate_after"),
+        (["--label_source", "file", "--label_file", "/nonexistent/labels.jsonl"], "label_file"),
+        (["--label_source", "file"], "label_file"),
+        (["--label_source", "crowd"], "label_source"),
+        (["--label_source", "human"], "label_queue_dir"),
+    ],
+)
+def test_bad_configs_fail_before_training_naming_the_field(extra, field, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--config", OFFLINE, "--output_dir", str(out), *extra]
+    with pytest.raises((ValueError, FileNotFoundError)) as err:
+        main(task="poetry" if field == "task" else "sentiment", argv=argv)
+    assert field in str(err.value)
+    assert not (out / "reward_model").exists()
+
+
+def test_label_k_mismatch_fails_before_any_model_is_loaded(tmp_path, monkeypatch):
+    labels = tmp_path / "k2.jsonl"
+    labels.write_text(json.dumps({"query": "q", "samples": ["a", "b"], "best": 0}) + "\n")
+    import transformers
+
+    def no_model(*a, **k):  # any model load means validation came too late
+        raise AssertionError("a model was loaded before the label file was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model)
+    with pytest.raises(ValueError, match="num_candidates"):
+        main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path / "r"),
+                                     "--label_source", "file", "--label_file", str(labels)])
+
+
+@pytest.mark.slow
+def test_offline_default_shortened_with_accelerate_launch(tmp_path):
+    """The README's main command, shortened: SmolLM2-135M + LoRA, through `accelerate launch`."""
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "recipes" / "accelerate_configs" / "cpu.yaml"), str(ROOT / "recipes" / "sentiment.py"),
+        "--config", OFFLINE, "--output_dir", str(out), "--num_label_queries", "32", "--num_eval_queries", "8",
+        "--total_episodes", "64", "--rm_normalize_samples", "16", "--rm_num_train_epochs", "1", "--num_ppo_epochs", "1",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ppo_updates"] == 2 and summary["labels"]["labels"] == 32
+    assert (out / "policy" / "adapter_model.safetensors").is_file()
+    assert all(math.isfinite(summary[w][k]) for w in ("before", "after") for k in ("known_reward", "rm_score", "kl"))
