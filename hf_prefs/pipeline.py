@@ -43,6 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LABEL_SOURCES = ("simulated", "file", "human")
+LABEL_MODES = ("offline", "online")
 
 
 @dataclass
@@ -72,8 +73,9 @@ class PipelineArguments:
     num_candidates: int = field(default=4, metadata={"help": "K, samples per label (paper: 4)."})
     known_reward: str = field(
         default="vader",
-        metadata={"help": "Known reward of the simulated labeler: 'vader' (offline log-odds) or a Hub/local "
-                  "text-classification model id whose positive-class log-odds is the reward."},
+        metadata={"help": "Known reward of the simulated labeler (also tracked during PPO): 'vader' (offline "
+                  "log-odds), a Hub/local text-classification model id whose positive-class log-odds is the reward, "
+                  "or 'none' (tasks without one)."},
     )
     label_drop_untruncated: bool = field(
         default=True,
@@ -98,6 +100,28 @@ class PipelineArguments:
     sampling_batch_size: int = field(default=32, metadata={"help": "Rows per batch when sampling from rho."})
     push_reward_model_id: str | None = field(
         default=None, metadata={"help": "Hub id of the reward model (default: <hub_model_id>-reward-model)."}
+    )
+    # online label collection (hf_prefs.online): rounds of labels on the CURRENT policy's samples during PPO
+    label_mode: str = field(
+        default="offline",
+        metadata={"help": "offline: all labels on rho samples, then PPO | online: online_rounds rounds, the first "
+                  "before RL, the others evenly spaced over PPO (paper, summarization: 20)."},
+    )
+    online_rounds: int = field(default=20, metadata={"help": "label_mode=online: label rounds (paper: 20)."})
+    online_labels_per_round: list[int] | None = field(
+        default=None,
+        metadata={"help": "label_mode=online: comparisons per round, one value or one per round (default: "
+                  "num_label_queries split evenly over the rounds)."},
+    )
+    online_rm_init: str = field(
+        default="fresh",
+        metadata={"help": "label_mode=online: fresh = each round trains the RM from the base trunk with a fresh head "
+                  "on all labels so far (paper) | continue = train the current RM on the round's new labels."},
+    )
+    online_wait_for_labels: bool = field(
+        default=True,
+        metadata={"help": "label_mode=online, label_source=human: PPO waits for each round's labels (up to "
+                  "label_timeout); false: PPO goes on and late labels are used at the next round."},
     )
 
 
@@ -133,8 +157,22 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig) -> None:
             raise FileNotFoundError(f"label_file: {pa.label_file} does not exist")
     if pa.label_source == "human" and not pa.label_queue_dir:
         raise ValueError("label_queue_dir: label_source=human needs the labeling queue's folder")
-    if pa.label_source == "simulated" and pa.known_reward != "vader" and not pa.known_reward:
+    if pa.label_source == "simulated" and pa.known_reward in (None, "", "none"):
         raise ValueError("known_reward: the simulated labeler needs a known reward ('vader' or a model id)")
+    if pa.label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode: {pa.label_mode!r} is not one of {LABEL_MODES}")
+    if pa.label_mode == "online":
+        from hf_prefs.online import schedule_from_pipeline
+
+        if pa.online_rm_init not in ("fresh", "continue"):
+            raise ValueError(f"online_rm_init: {pa.online_rm_init!r} is not 'fresh' or 'continue'")
+        schedule = schedule_from_pipeline(pa)
+        if cfg.total_episodes is not None:
+            batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
+            try:
+                schedule.update_boundaries(cfg.total_episodes, batch)
+            except ValueError as err:
+                raise ValueError(f"online_rounds: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -265,8 +303,11 @@ def train_reward_model(
     tokenizer: Any,
     base_model: str,
     output_dir: str,
+    init_model: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
-    """Train the reward model on ``labels`` (held-out split for accuracy), normalized before and after on rho."""
+    """Train the reward model on ``labels`` (held-out split for accuracy), normalized before and after on rho.
+
+    ``init_model``: train this reward model further instead of a fresh one from the trunk (online ``continue``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from hf_prefs.labelers import ResponseSampler
@@ -277,8 +318,11 @@ def train_reward_model(
     config.num_labels = 1
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
-    model = AutoModelForSequenceClassification.from_pretrained(trunk, config=config, dtype=torch.float32)
-    _freeze_bottom_layers(model, pa.rm_freeze_layers)
+    if init_model is None:
+        model = AutoModelForSequenceClassification.from_pretrained(trunk, config=config, dtype=torch.float32)
+        _freeze_bottom_layers(model, pa.rm_freeze_layers)
+    else:
+        model = init_model
 
     split = labels.train_test_split(test_size=pa.rm_eval_fraction, seed=cfg.seed) if pa.rm_eval_fraction > 0 else None
     train, held_out = (split["train"], split["test"]) if split else (labels, None)
@@ -450,7 +494,14 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     # ---- labels ----
     t = time.time()
     label_source_q = label_q
-    if file_labels is not None:
+    online = None
+    if pa.label_mode == "online":  # round 0 on the policy before RL (= rho); the other rounds run inside PPO
+        from hf_prefs.online import pipeline_online_loop
+
+        online = pipeline_online_loop(pa, cfg, rho, tokenizer, base_model, out, label_q, file_labels)
+        reward_model = online.first_round(rho)
+        labels, label_info = online.labels_dataset(), {"source": pa.label_source, "mode": "online", "labels": len(online.rows)}
+    elif file_labels is not None:
         labels, label_info = file_labels, {"source": "file", "label_file": pa.label_file, "labels": len(file_labels)}
     else:
         labels, label_info = collect_labels(pa, cfg, rho, tokenizer, label_source_q)
@@ -460,12 +511,15 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
 
     # ---- reward model ----
     t = time.time()
-    reward_model, rm_metrics = train_reward_model(pa, cfg, labels, rho, tokenizer, base_model, out)
+    if online is None:
+        reward_model, rm_metrics = train_reward_model(pa, cfg, labels, rho, tokenizer, base_model, out)
+    else:
+        rm_metrics = online.rm_metrics
     timings["reward_model_s"] = time.time() - t
     gain, bias = get_reward_normalization(reward_model)
     print(f"[hf_prefs] reward model: held-out accuracy {rm_metrics.get('eval_accuracy')}, gain {gain:.3f}, bias {bias:.3f}")
 
-    known = make_known_reward(pa.known_reward) if pa.label_source == "simulated" or pa.known_reward else None
+    known = None if pa.known_reward in (None, "", "none") else make_known_reward(pa.known_reward)
     truncate_id = _truncate_id(cfg, tokenizer)
     eval_kw = dict(
         response_length=cfg.response_length, temperature=cfg.temperature, truncate_token_id=truncate_id,
@@ -489,7 +543,16 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
         processing_class=tokenizer, ref_model=None if peft_config else rho, peft_config=peft_config,
     )
     trainer.known_reward = known
-    trainer.train()
+    if online is None:
+        trainer.train()
+    else:  # the same trainer throughout: beta, optimizer and lr schedule carry over rounds; only the RM is swapped
+        online.train(trainer)
+        reward_model, rm_metrics = trainer.reward_model, online.rm_metrics  # the last round's (saved in out/reward_model)
+        gain, bias = get_reward_normalization(reward_model)
+        labels = online.labels_dataset()
+        labels.to_json(os.path.join(out, "labels.jsonl"))
+        label_info = {**label_info, "labels": len(labels), "rounds": len(online.rounds)}
+        before = evaluate_policy(rho, tokenizer, eval_q, ref_model=rho, **eval_kw)  # rho scored by the final RM too
     timings["ppo_s"] = time.time() - t
     pi = trainer.model.policy if hasattr(trainer.model, "policy") else trainer.model
     after = evaluate_policy(pi, tokenizer, eval_q, ref_model=None if peft_config else rho, **eval_kw)
@@ -540,6 +603,8 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
         "episodes": trainer.state.global_step * cfg.batch_size,
         "timings_s": {**timings, "total_s": time.time() - t_start},
     }
+    if online is not None:
+        summary["online"] = online.summary()
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(_samples_markdown(before, after, n=3))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "sample_categorical",
     "sample_responses",
     "response_logprobs",
     "truncate_responses",
@@ -41,6 +42,22 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def sample_categorical(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row from softmax(logits / T), by inverse CDF: ``u ~ U(0, 1)``, the first index whose cumulative
+    probability exceeds ``u``. Exact categorical sampling with one random number per row (``torch.multinomial``
+    spends most of its time drawing over the whole vocabulary).
+
+    Args:
+        logits: ``(B, V)``. Returns: ``(B, 1)`` token ids. Raises ``RuntimeError`` on NaN/inf logits.
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V); -inf logits give probability 0
+    if not torch.isfinite(probs).all():  # NaN or +inf logits (the same message as torch.multinomial's)
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+    cdf = probs.cumsum(-1)
+    u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample_responses(
     model: torch.nn.Module,
@@ -62,12 +79,11 @@ def sample_responses(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     mask = query_mask
-    out = model(input_ids=query_ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
+    # Only the last position's logits are needed from the prefill (logits_to_keep skips the rest of the LM head).
+    out = model(input_ids=query_ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
     tokens = []
     for step in range(response_length):
-        logits = out.logits[:, -1, :].float() / temperature  # (B, V)
-        probs = torch.softmax(logits, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        nxt = sample_categorical(out.logits[:, -1, :], temperature, generator)  # (B, 1)
         tokens.append(nxt)
         if step == response_length - 1:
             break

@@ -30,7 +30,7 @@ class ContextFreeLM(torch.nn.Module):
             logits[tok] = math.log(p)
         self.logits = torch.nn.Parameter(logits)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None, **_):
         b, length = input_ids.shape
         return SimpleNamespace(logits=self.logits.expand(b, length, -1), past_key_values=None)
 

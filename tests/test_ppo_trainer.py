@@ -230,7 +230,7 @@ def test_saves_policy_value_head_and_model_card(tmp_path, gpt2_tokenizer):
         os.listdir(checkpoint)
     )
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "hf-prefs" in card and "ppo" in card and "ziegler2019fine-tuning" in card
+    assert "hf-prefs" in card and "ppo" in card and "ziegler2019finetuning" in card
 
     final = tmp_path / "final"
     trainer.save_model(str(final))

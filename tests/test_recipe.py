@@ -145,3 +145,8 @@ def test_offline_default_shortened_with_accelerate_launch(tmp_path):
     assert summary["ppo_updates"] == 2 and summary["labels"]["labels"] == 32
     assert (out / "policy" / "adapter_model.safetensors").is_file()
     assert all(math.isfinite(summary[w][k]) for w in ("before", "after") for k in ("known_reward", "rm_score", "kl"))
+
+
+def test_simulated_labels_need_a_known_reward(tmp_path):
+    with pytest.raises(ValueError, match="known_reward"):
+        main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path), "--known_reward", "none"])

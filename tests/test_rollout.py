@@ -146,3 +146,18 @@ def test_response_logprobs_apply_the_temperature():
                 expected = row[response[b, t]] - torch.logsumexp(row, dim=0)
                 assert got[b, t].item() == pytest.approx(expected.item(), abs=1e-6)
     assert not torch.allclose(response_logprobs(logits, response, 1.0), response_logprobs(logits, response, 0.7))
+
+
+def test_sample_categorical_matches_the_softmax_at_temperature():
+    from hf_prefs.rollout import sample_categorical
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, 0.5]]).repeat(20_000, 1)
+    draws = sample_categorical(logits, 0.7, torch.Generator().manual_seed(0)).squeeze(1)
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    expected = torch.softmax(logits[0] / 0.7, -1)
+    assert torch.allclose(freq, expected, atol=0.01)  # ~3 standard errors at n=20k
+    # a zero-probability token is never drawn; NaN logits raise like torch.multinomial does
+    masked = torch.tensor([[0.0, float("-inf"), 0.0]]).repeat(5000, 1)
+    assert (sample_categorical(masked, 1.0) != 1).all()
+    with pytest.raises(RuntimeError, match="probability tensor contains"):
+        sample_categorical(torch.tensor([[0.0, float("nan")]]), 1.0)
