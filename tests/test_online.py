@@ -1,0 +1,382 @@
+"""The online label loop (hf_prefs/online.py): schedule, rounds during PPO on tiny GPT-2, label sources, recipe."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, GPT2LMHeadModel, TrainerCallback
+
+from hf_prefs import online
+from hf_prefs.kl import adaptive_kl_update
+from hf_prefs.label_app.store import LabelQueue
+from hf_prefs.labelers import SimulatedLabeler
+from hf_prefs.online import OnlineLabelSchedule, OnlinePreferenceLoop, QueueLabelSource
+from hf_prefs.pipeline import PipelineArguments, main, train_reward_model
+from hf_prefs.ppo_config import PPOConfig
+from hf_prefs.ppo_trainer import PPOTrainer
+
+from conftest import tiny_gpt2_config
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml")
+QUERIES = [f"Chapter {i}. The weather in the village was {w} that day." for i, w in
+           zip(range(40), ["fine", "grey", "cold", "warm", "wet"] * 8)]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, gpt2_tokenizer):
+    path = tmp_path_factory.mktemp("tiny_gpt2_online")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _tokenizer(base: str):
+    tok = AutoTokenizer.from_pretrained(base, padding_side="left")
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def _ppo_config(tmp_path, **kw) -> PPOConfig:
+    base = dict(
+        output_dir=str(tmp_path / "ppo"), per_device_train_batch_size=4, gradient_accumulation_steps=1,
+        total_episodes=24, response_length=6, truncate_token=None, num_ppo_epochs=1, learning_rate=1e-3,
+        kl_coef=0.2, adaptive_kl=True, kl_target=0.05, kl_horizon=20, report_to=[], save_strategy="no",
+        num_sample_generations=0, disable_tqdm=True, seed=0, use_cpu=True,
+    )
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def _char_count(texts):  # the simulated labeler's known reward
+    return [float(len(t)) for t in texts]
+
+
+class _RecordRewardModel(TrainerCallback):
+    """Appended after the loop's callback: sees the reward model each update's rollout will use."""
+
+    def __init__(self, trainer):
+        self.trainer, self.models = trainer, []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.models.append(self.trainer.reward_model)
+
+
+# --------------------------------------------------------------------------- schedule
+def test_schedule_boundaries_and_labels():
+    s = OnlineLabelSchedule(rounds=4, labels_per_round=[5, 3, 2, 2])
+    assert s.episode_boundaries(100) == [0, 25, 50, 75]
+    # first update starting at or after the episode: ceil(25/8)=4, ceil(50/8)=7, ceil(75/8)=10 (13 updates)
+    assert s.update_boundaries(100, 8) == [0, 4, 7, 10]
+    assert s.cumulative_labels() == [5, 8, 10, 12] and s.total_labels == 12
+    later = OnlineLabelSchedule(rounds=4, labels_per_round=3, first_round_before_rl=False)
+    assert later.episode_boundaries(100) == [20, 40, 60, 80] and later.labels_per_round == (3, 3, 3, 3)
+    paper = OnlineLabelSchedule.even(45_000, 20)  # 1 round before RL + 19 retrainings, evenly spaced
+    assert paper.episode_boundaries(1_000_000) == [r * 50_000 for r in range(20)]
+    assert paper.labels_per_round == (2250,) * 20
+    assert OnlineLabelSchedule.even(10, 3).labels_per_round == (4, 3, 3)
+    assert OnlineLabelSchedule.offline(4992).episode_boundaries(10) == [0]
+    with pytest.raises(ValueError, match="3 entries for 2 rounds"):
+        OnlineLabelSchedule(2, [1, 2, 3])
+    with pytest.raises(ValueError, match=r"labels_per_round\[1\]"):
+        OnlineLabelSchedule(2, [1, 0])
+    with pytest.raises(ValueError, match="rounds"):
+        OnlineLabelSchedule(0, 1)
+    with pytest.raises(ValueError, match="distinct PPO updates"):
+        OnlineLabelSchedule(3, 1).update_boundaries(16, 8)  # episodes 0, 5, 10 -> updates 0, 1, 2 of only 2
+    with pytest.raises(ValueError, match="do not fit"):
+        OnlineLabelSchedule(5, 1).episode_boundaries(3)
+
+
+# --------------------------------------------------------------------------- the loop with a simulated labeler
+def test_simulated_rounds_grow_labels_retrain_rm_keep_beta_and_sample_the_current_policy(tiny_base, tmp_path, monkeypatch):
+    tok = _tokenizer(tiny_base)
+    cfg = _ppo_config(tmp_path)
+    pa = PipelineArguments(task="sentiment", num_candidates=2, rm_batch_size=4, rm_learning_rate=1e-3,
+                           rm_eval_fraction=0.0, rm_normalize_samples=8, sampling_batch_size=16)
+    rho = GPT2LMHeadModel.from_pretrained(tiny_base).eval()
+    policy = GPT2LMHeadModel.from_pretrained(tiny_base)
+
+    trained = []  # (labels passed, init_model, returned model, its parameters)
+
+    def train_rm(labels, init_model, r):
+        model, metrics = train_reward_model(pa, cfg, labels.select_columns(["query", "samples", "best"]), rho, tok,
+                                            tiny_base, str(tmp_path / "rm"), init_model=init_model)
+        params = {n: p.detach().clone() for n, p in model.named_parameters() if "wte" not in n}
+        trained.append((labels, init_model, model, params))
+        return model, metrics
+
+    sampled = []  # (round seed, policy object, L1 distance of its weights to rho's)
+    real_sample = online.sample_candidates
+
+    def spy(policy, *args, **kwargs):
+        with torch.no_grad():
+            dist = sum((p - q).abs().sum().item() for p, q in zip(policy.parameters(), rho.parameters()))
+        sampled.append((policy, dist))
+        return real_sample(policy, *args, **kwargs)
+
+    monkeypatch.setattr(online, "sample_candidates", spy)
+    schedule = OnlineLabelSchedule(rounds=3, labels_per_round=[4, 3, 5])
+    loop = OnlinePreferenceLoop(schedule, SimulatedLabeler(_char_count, seed=0), train_rm, QUERIES[:20], tok,
+                                args=cfg, num_candidates=2, sampling_batch_size=16, output_dir=str(tmp_path / "out"))
+    trainer = PPOTrainer(policy, reward_model=lambda q, r: torch.zeros(len(q)), args=cfg,
+                         train_dataset=Dataset.from_dict({"query": QUERIES[20:]}), processing_class=tok)
+    recorder = _RecordRewardModel(trainer)
+    trainer.add_callback(recorder)
+    loop.train(trainer)
+
+    # 24 episodes / 4 per update = 6 updates; rounds at episodes 0, 8, 16 = before updates 0, 2, 4
+    assert trainer.state.global_step == 6
+    assert [r["step"] for r in loop.rounds] == [0, 2, 4] and [r["episode"] for r in loop.rounds] == [0, 8, 16]
+    # labels grow exactly as scheduled, and each fresh reward model is trained on ALL labels so far
+    assert [r["new_labels"] for r in loop.rounds] == [4, 3, 5]
+    assert [r["labels_total"] for r in loop.rounds] == [4, 7, 12] and len(loop.labels_dataset()) == 12
+    assert [len(labels) for labels, *_ in trained] == [4, 7, 12]
+    assert all(init is None for _, init, *_ in trained)
+    rows = loop.labels_dataset()
+    assert rows["round"] == [0] * 4 + [1] * 3 + [2] * 5 and rows["episode"] == [0] * 4 + [8] * 3 + [16] * 5
+    for labels, *_ in trained:  # the earlier labels come first, unchanged
+        assert labels["query"] == rows["query"][: len(labels)] and labels["best"] == rows["best"][: len(labels)]
+    saved = [json.loads(line) for line in (tmp_path / "out" / "online_labels.jsonl").read_text().splitlines()]
+    assert [r["query"] for r in saved] == rows["query"]
+
+    # a new reward model each round, with different weights, swapped into the rollouts at the scheduled updates
+    models = [m for _, _, m, _ in trained]
+    assert len({id(m) for m in models}) == 3
+    for (_, _, _, a), (_, _, _, b) in zip(trained, trained[1:]):
+        assert any(not torch.equal(a[n], b[n]) for n in a)
+        assert not torch.equal(a["score.weight"], b["score.weight"])
+    assert [id(m) for m in recorder.models] == [id(models[i]) for i in (0, 0, 1, 1, 2, 2)]
+    assert trainer.reward_model is models[-1]
+
+    # samples of each round come from the trainer's live policy: rho's weights at round 0, moved away after
+    policy_now = trainer.accelerator.unwrap_model(trainer.model).policy
+    assert all(p is policy_now for p, _ in sampled) and len(sampled) == 3
+    assert sampled[0][1] == 0.0 and sampled[1][1] > 0.0 and sampled[2][1] > 0.0
+
+    # beta: one adaptive rule over the whole run's logged KLs, never reset at a round
+    ppo_rows = [row for row in trainer.state.log_history if "objective/kl" in row]
+    assert len(ppo_rows) == 6
+    beta = cfg.kl_coef
+    for row in ppo_rows:
+        assert row["objective/kl_coef"] == pytest.approx(beta, rel=1e-9)
+        beta = adaptive_kl_update(beta, row["objective/kl"], cfg.kl_target, 4, cfg.kl_horizon)
+    assert trainer.kl_ctl.value == pytest.approx(beta, rel=1e-9)
+    assert ppo_rows[2]["objective/kl_coef"] != pytest.approx(cfg.kl_coef, rel=1e-3)  # not reset after round 1
+    # the lr schedule runs once over all 6 updates (linear to 0), not restarted per round
+    assert [row["lr"] for row in ppo_rows] == pytest.approx([1e-3 * (6 - u) / 6 for u in range(6)])
+    # every PPO row is tagged with its round and the labels its reward model saw; one extra row per round
+    assert [row["online/round"] for row in ppo_rows] == [0, 0, 1, 1, 2, 2]
+    assert [row["online/labels_total"] for row in ppo_rows] == [4, 4, 7, 7, 12, 12]
+    round_rows = [row for row in trainer.state.log_history if "online/new_labels" in row]
+    assert [row["online/round"] for row in round_rows] == [0, 1, 2]
+    assert all(math.isfinite(row["online/known_reward_of_samples"]) for row in round_rows)
+    records = [json.loads(line) for line in (tmp_path / "out" / "online_rounds.jsonl").read_text().splitlines()]
+    assert [r["labels_total"] for r in records] == [4, 7, 12]
+
+
+# --------------------------------------------------------------------------- label files and the human queue
+def _rm_stub(calls):
+    """A cheap 'reward model' per round (a reward callable), recording what it was trained on."""
+
+    def train(labels, init_model, r):
+        calls.append((r, len(labels), init_model, list(labels["query"])))
+        return lambda q, resp: torch.full((len(q),), float(r))
+
+    return train
+
+
+def _trainer(tiny_base, tmp_path, tok, **kw):
+    cfg = _ppo_config(tmp_path, **kw)
+    policy = GPT2LMHeadModel.from_pretrained(tiny_base)
+    trainer = PPOTrainer(policy, reward_model=lambda q, r: torch.zeros(len(q)), args=cfg,
+                         train_dataset=Dataset.from_dict({"query": QUERIES[20:]}), processing_class=tok)
+    return cfg, trainer
+
+
+def test_rounds_filled_from_a_label_file_and_continue_mode(tiny_base, tmp_path, monkeypatch):
+    tok = _tokenizer(tiny_base)
+    cfg, trainer = _trainer(tiny_base, tmp_path, tok)
+    file_labels = Dataset.from_list([{"query": f"q{i}", "samples": [f"a{i}", f"b{i}"], "best": i % 2} for i in range(10)])
+
+    def no_sampling(*a, **k):
+        raise AssertionError("a file round must not sample")
+
+    monkeypatch.setattr(online, "sample_candidates", no_sampling)
+    calls = []
+    loop = OnlinePreferenceLoop(OnlineLabelSchedule(3, [2, 3, 4]), file_labels, _rm_stub(calls), [], tok, args=cfg,
+                                num_candidates=2, rm_init="continue")
+    loop.train(trainer)
+    rows = loop.labels_dataset()
+    assert rows["query"] == [f"q{i}" for i in range(9)] and rows["best"] == [i % 2 for i in range(9)]
+    assert rows["round"] == [0, 0, 1, 1, 1, 2, 2, 2, 2]
+    # continue mode: each round trains the current reward model further on the round's new labels only
+    assert [(r, n) for r, n, _, _ in calls] == [(0, 2), (1, 3), (2, 4)]
+    assert calls[1][3] == ["q2", "q3", "q4"]
+    assert calls[0][2] is None and calls[1][2] is not None and calls[2][2] is not None
+    assert trainer.reward_model(["x"], ["y"]).tolist() == [2.0]
+
+
+def test_rounds_during_rl_only_start_from_the_trainers_reward(tiny_base, tmp_path):
+    """first_round_before_rl=False: PPO starts with the reward the trainer was built with; 2 rounds at episodes
+    8 and 16 (24 / 3) replace it before updates 2 and 4."""
+    tok = _tokenizer(tiny_base)
+    cfg, trainer = _trainer(tiny_base, tmp_path, tok)
+    initial = trainer.reward_model
+    recorder = _RecordRewardModel(trainer)
+    trainer.add_callback(recorder)
+    file_labels = Dataset.from_list([{"query": f"q{i}", "samples": [f"a{i}", f"b{i}"], "best": 0} for i in range(4)])
+    calls = []
+    schedule = OnlineLabelSchedule(2, 2, first_round_before_rl=False)
+    loop = OnlinePreferenceLoop(schedule, file_labels, _rm_stub(calls), [], tok, args=cfg, num_candidates=2)
+    with pytest.raises(ValueError, match="no round before RL"):
+        loop.first_round(None)
+    loop.train(trainer)
+    assert [r["step"] for r in loop.rounds] == [2, 4] and [(r, n) for r, n, _, _ in calls] == [(0, 2), (1, 4)]
+    assert recorder.models[:2] == [initial, initial] and recorder.models[2] is not initial
+    assert [m(["x"], ["y"]).tolist() for m in recorder.models[2:]] == [[0.0], [0.0], [1.0], [1.0]]
+
+
+class _FileFilledQueue(QueueLabelSource):
+    """The comparisons of each queued round are answered in a label FILE that is imported into the queue, by another
+    LabelQueue object on the same folder (like `hf-prefs label import` from another process)."""
+
+    def __init__(self, queue, folder, now: bool):
+        super().__init__(queue, poll_s=0.02)
+        self.folder, self.now, self.pending = Path(folder), now, []
+
+    def request(self, round, n, queries, samples):
+        out = super().request(round, n, queries, samples)
+        self.pending.append((round, queries, samples))
+        if self.now:
+            self.fill()
+        return out
+
+    def fill(self):
+        while self.pending:
+            r, queries, samples = self.pending.pop(0)
+            path = self.folder / f"labels_round{r}.jsonl"
+            with open(path, "w") as f:
+                for i, (q, s) in enumerate(zip(queries, samples)):
+                    f.write(json.dumps({"query": q, "samples": s, "best": i % 2, "round": f"online-{r}"}) + "\n")
+            LabelQueue(self.queue.path).add_labels(str(path))
+
+
+def test_human_queue_waits_for_each_round_filled_from_a_file(tiny_base, tmp_path):
+    tok = _tokenizer(tiny_base)
+    cfg, trainer = _trainer(tiny_base, tmp_path, tok)
+    source = _FileFilledQueue(LabelQueue(tmp_path / "queue"), tmp_path, now=False)
+    stop = threading.Event()
+
+    def labeler():  # fills each round from a file some time after it was queued
+        while not stop.is_set():
+            if source.pending:
+                stop.wait(0.1)
+                source.fill()
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=labeler, daemon=True)
+    thread.start()
+    calls = []
+    try:
+        loop = OnlinePreferenceLoop(OnlineLabelSchedule(3, 2), source, _rm_stub(calls), QUERIES[:20], tok, args=cfg,
+                                    num_candidates=2, label_timeout=60)
+        loop.train(trainer)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert [r["new_labels"] for r in loop.rounds] == [2, 2, 2]
+    assert [(r, n) for r, n, _, _ in calls] == [(0, 2), (1, 4), (2, 6)]  # fresh: all labels so far
+    rows = loop.labels_dataset()
+    assert rows["best"] == [0, 1] * 3 and rows["round"] == [0, 0, 1, 1, 2, 2]
+    assert len(LabelQueue(tmp_path / "queue").labels()) == 6
+
+
+def test_without_waiting_ppo_continues_and_late_labels_join_the_next_round(tiny_base, tmp_path):
+    tok = _tokenizer(tiny_base)
+    cfg, trainer = _trainer(tiny_base, tmp_path, tok)
+    source = _FileFilledQueue(LabelQueue(tmp_path / "queue"), tmp_path, now=False)
+
+    class FillAfterUpdate(TrainerCallback):  # labels of a queued round arrive after the next PPO update
+        def on_step_end(self, args, state, control, **kwargs):
+            source.fill()
+
+    trainer.add_callback(FillAfterUpdate())
+    source.now = True  # round 0 (before RL) is answered at once: it always waits, there is no reward model yet
+    calls = []
+    loop = OnlinePreferenceLoop(OnlineLabelSchedule(3, [3, 2, 2]), source, _rm_stub(calls), QUERIES[:20], tok,
+                                args=cfg, num_candidates=2, wait_for_labels=False)
+    loop.first_round(trainer.accelerator.unwrap_model(trainer.model).policy)
+    source.now = False
+    loop.train(trainer)
+    # round 1 found nothing new (its labels came after the update), round 2 picked up round 1's labels; round 2's
+    # own labels arrived after the last round and trained no reward model
+    assert [r["new_labels"] for r in loop.rounds] == [3, 0, 2]
+    assert [(r, n) for r, n, _, _ in calls] == [(0, 3), (2, 5)]
+    assert loop.labels_dataset()["round"] == [0, 0, 0, 1, 1]
+    rows = [row for row in trainer.state.log_history if "objective/kl" in row]
+    assert [row["online/round"] for row in rows] == [0, 0, 1, 1, 2, 2]
+    assert [row["online/labels_total"] for row in rows] == [3, 3, 3, 3, 5, 5]
+    assert trainer.reward_model(["x"], ["y"]).tolist() == [2.0]
+
+
+# --------------------------------------------------------------------------- the recipe flag
+def _recipe_args(base: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config", OFFLINE, "--model_name_or_path", base, "--output_dir", str(out),
+        "--use_peft", "false", "--rm_freeze_layers", "0", "--num_label_queries", "12", "--num_eval_queries", "4",
+        "--num_ppo_queries", "16", "--rm_normalize_samples", "8", "--rm_batch_size", "8", "--num_candidates", "2",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--total_episodes", "24",
+        "--num_ppo_epochs", "1", "--sampling_batch_size", "16", "--kl_horizon", "100", "--kl_target", "0.5",
+        "--response_length", "20", "--disable_tqdm", "true", "--label_mode", "online", "--online_rounds", "3",
+        *extra,
+    ]
+
+
+def test_recipe_label_mode_online(tiny_base, tmp_path):
+    out = tmp_path / "run"
+    summary = main(task="sentiment", argv=_recipe_args(tiny_base, out))
+    assert summary["online"]["rounds_run"] == 3 and summary["labels"]["labels"] == 12
+    records = [json.loads(line) for line in (out / "online_rounds.jsonl").read_text().splitlines()]
+    assert [r["labels_total"] for r in records] == [4, 8, 12] and [r["step"] for r in records] == [0, 1, 2]
+    assert len((out / "labels.jsonl").read_text().splitlines()) == 12
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["online/round"] for r in rows] == [0, 1, 2] and [r["online/labels_total"] for r in rows] == [4, 8, 12]
+    beta = 0.15  # the recipe's kl_coef, adapted over the whole run
+    for row in rows:
+        assert row["objective/kl_coef"] == pytest.approx(beta, rel=1e-9)
+        beta = adaptive_kl_update(beta, row["objective/kl"], 0.5, 8, 100)
+    assert summary["final_beta"] == pytest.approx(beta, rel=1e-9)
+    assert (out / "reward_model" / "config.json").is_file() and summary["reward_model"]["gain"] == pytest.approx(
+        records[-1]["reward_gain"])
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (["--label_mode", "sometimes"], "label_mode"),
+        (["--online_rounds", "5"], "online_rounds"),  # 5 rounds in 3 updates
+        (["--online_labels_per_round", "4", "4"], "online_labels_per_round"),  # 2 values for 3 rounds
+        (["--online_rm_init", "warm"], "online_rm_init"),
+    ],
+)
+def test_bad_online_configs_fail_before_training(extra, field, tmp_path):
+    argv = _recipe_args("unused-model", tmp_path / "run", *extra)
+    with pytest.raises(ValueError) as err:
+        main(task="sentiment", argv=argv)
+    assert field in str(err.value)
