@@ -5,7 +5,7 @@ Public API (import from ``hf_prefs``):
 - reward modeling: :class:`PreferenceRewardTrainer`, :class:`PreferenceRewardConfig`, :func:`kway_preference_loss`,
   :func:`kway_accuracy`, :func:`reward_normalization`, :func:`load_reward_model`, :func:`score_texts`;
 - labels: :func:`validate_labels`, :func:`from_pairwise`, :func:`to_pairwise`, :func:`from_openai_json`,
-  :class:`SimulatedLabeler`, :func:`sample_label_dataset`, :class:`LabelQueue`;
+  :class:`SimulatedLabeler`, :func:`sample_label_dataset`, :class:`LabelQueue`, :class:`OnlinePreferenceLoop`;
 - policy optimisation: :class:`PPOTrainer`, :class:`PPOConfig`, :class:`PolicyWithValueHead`,
   :class:`FixedKLController`, :class:`AdaptiveKLController`;
 - analysis: :func:`optimal_frontier`, :func:`evaluate_policy`;
@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "ResponseSampler": "hf_prefs.labelers",
     "sample_label_dataset": "hf_prefs.labelers",
     "LabelQueue": "hf_prefs.label_app.store",
+    "OnlineLabelSchedule": "hf_prefs.online",
+    "OnlinePreferenceLoop": "hf_prefs.online",
     # policy optimisation
     "PPOTrainer": "hf_prefs.ppo_trainer",
     "PPOConfig": "hf_prefs.ppo_config",
