@@ -25,7 +25,7 @@ import torch
 from datasets import Dataset
 
 from .labels import validate_labels
-from .rollout import left_pad, sample_responses, truncate_responses
+from .rollout import left_pad, sample_responses, truncate_responses, truncated_lengths
 
 __all__ = [
     "SimulatedLabeler",
@@ -214,16 +214,6 @@ class LabelSamplingStats:
         return self.dropped_no_truncation + self.dropped_empty
 
 
-def _cut_lengths(response_ids: torch.Tensor, token_id: int | None, truncate_after: int) -> torch.Tensor:
-    """``(N,)`` kept length of each response: up to and including its first ``token_id`` at index >= truncate_after."""
-    n, lr = response_ids.shape
-    if token_id is None:
-        return torch.full((n,), lr, dtype=torch.long)
-    idx = torch.arange(lr)
-    hit = (response_ids == token_id) & (idx >= truncate_after)
-    return torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.full((n,), lr, dtype=torch.long))
-
-
 def _queries_list(queries: Sequence[str] | Dataset) -> list[str]:
     if isinstance(queries, Dataset):
         if "query" not in queries.column_names:
@@ -258,7 +248,7 @@ def _draw_candidates(
         policy, tokenizer, queries, k, response_length, temperature, batch_size, _generator(policy, seed)
     )
     _, valid = truncate_responses(ids, token_id, truncate_after, _pad_id(tokenizer))  # (N·K,)
-    lengths = _cut_lengths(ids, token_id, truncate_after)
+    lengths = truncated_lengths(ids, token_id, truncate_after)
     texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(ids, lengths.tolist())]
 
     kept_idx, kept_samples = [], []
