@@ -325,12 +325,16 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple
     path = os.fspath(path_or_hub_id)
     kwargs.setdefault("dtype", torch.float32)
     revision = kwargs.get("revision")
-    try:
-        from peft import PeftConfig
+    from peft import PeftConfig
 
-        peft_config = PeftConfig.from_pretrained(path, revision=revision)
-    except Exception:  # not an adapter folder/repo (peft raises ValueError or a hub error)
-        peft_config = None
+    if os.path.isdir(path):  # a local folder is an adapter iff it has adapter_config.json (no network lookup)
+        is_adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
+        peft_config = PeftConfig.from_pretrained(path) if is_adapter else None
+    else:
+        try:
+            peft_config = PeftConfig.from_pretrained(path, revision=revision)
+        except Exception:  # not an adapter repo (peft raises ValueError or a hub error)
+            peft_config = None
 
     if peft_config is not None:
         from peft import PeftModel

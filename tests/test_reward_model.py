@@ -96,3 +96,29 @@ def test_packed_rows_give_the_same_rewards_as_plain_rows(make, attn):
     assert torch.allclose(packed, plain, atol=1e-5)
     with pytest.raises(ValueError, match="expected K=4"):
         pack_shared_prefix(queries, [responses[0], responses[1][:3], responses[2]], 0)
+
+
+def test_loading_a_local_full_model_folder_never_asks_the_hub(tmp_path, gpt2_tokenizer, monkeypatch):
+    """A local folder without adapter_config.json is a full model: no PEFT/Hub lookup (offline-safe, no retries)."""
+    import peft
+
+    from conftest import tiny_gpt2_config
+    from hf_prefs.normalization import set_reward_normalization
+    from hf_prefs.reward_model import load_reward_model, score_texts
+
+    model = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, pad_token_id=50256)).eval()
+    set_reward_normalization(model, 2.0, -0.5)
+    model.save_pretrained(tmp_path)
+    gpt2_tokenizer.save_pretrained(tmp_path)
+
+    lookups = []
+
+    def record_lookup(*args, **kwargs):
+        lookups.append(args)
+        raise ValueError("not an adapter")
+
+    monkeypatch.setattr(peft.PeftConfig, "from_pretrained", record_lookup)
+    loaded, tok = load_reward_model(str(tmp_path))
+    assert lookups == []
+    q, r = ["She opened the letter."], [" Good news!"]
+    assert torch.allclose(score_texts(loaded, tok, q, r), score_texts(model, tok, q, r), atol=1e-6)
