@@ -34,3 +34,13 @@ def tiny_gpt2_config(**overrides) -> GPT2Config:
 def tiny_gpt2():
     torch.manual_seed(0)
     return GPT2LMHeadModel(tiny_gpt2_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, gpt2_tokenizer) -> str:
+    """A tiny random GPT-2 with the real tokenizer, saved like a Hub checkpoint (a base model for the recipes)."""
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return str(path)

@@ -21,7 +21,6 @@ from hf_prefs.pipeline import PipelineArguments, main, train_reward_model
 from hf_prefs.ppo_config import PPOConfig
 from hf_prefs.ppo_trainer import PPOTrainer
 
-from conftest import tiny_gpt2_config
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml")
@@ -36,14 +35,6 @@ def _one_torch_thread():
     yield
     torch.set_num_threads(before)
 
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory, gpt2_tokenizer):
-    path = tmp_path_factory.mktemp("tiny_gpt2_online")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def _tokenizer(base: str):

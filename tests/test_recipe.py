@@ -10,25 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import GPT2LMHeadModel
 
 from hf_prefs.kl import adaptive_kl_update
 from hf_prefs.pipeline import main
-from conftest import tiny_gpt2_config
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml")
 
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory, gpt2_tokenizer):
-    """A tiny random GPT-2 with the real tokenizer, saved like a Hub checkpoint."""
-    path = tmp_path_factory.mktemp("tiny_gpt2")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def _tiny_args(base: str, out: Path, *extra: str) -> list[str]:
