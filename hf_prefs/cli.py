@@ -64,8 +64,21 @@ def _add_assets(subparsers: argparse._SubParsersAction) -> None:
     path.set_defaults(func=_cmd_assets_path)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from hf_prefs.analysis.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    report = subparsers.add_parser("report", help="write report.md for a pipeline run or study folder")
+    report.add_argument("run_dir", help="a results folder (summary.json or study.csv)")
+    report.set_defaults(func=_cmd_report)
+
+
 #: Functions that each register one command group on the top-level subparsers.
-COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_assets, add_label_parser]
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_assets, add_label_parser, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

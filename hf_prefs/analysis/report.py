@@ -1,0 +1,75 @@
+"""``report.md`` for a run folder: a pipeline run (``summary.json``, ``metrics.jsonl``) or a study (``study.csv``).
+
+The report has a summary table, links to the folder's PNG plots and the metrics of the last PPO update
+(one column per run for a study).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report"]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows
+    ]
+
+
+def _last_update(metrics: Path) -> dict[str, Any]:
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.md`` and return its path; raises FileNotFoundError if the folder holds neither
+    ``summary.json`` nor ``study.csv``."""
+    run = Path(run_dir)
+    lines = [f"# Report: {run.name}", ""]
+    last: dict[str, dict[str, Any]] = {}
+    if (run / "study.csv").is_file():
+        with open(run / "study.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        lines += ["## Study (known reward on held-out queries)", ""]
+        lines += _table(list(rows[0]), [[_num(v) for v in r.values()] for r in rows]) if rows else ["(no runs)"]
+        for d in sorted((run / "runs").glob("*/metrics.jsonl")):
+            last[d.parent.name] = _last_update(d)
+    elif (run / "summary.json").is_file():
+        s = json.loads((run / "summary.json").read_text())
+        lines += ["## Summary (held-out queries)", ""]
+        keys = ["known_reward", "rm_score", "kl", "penalized_frac", "n"]
+        lines += _table(["", *keys], [[w, *[s.get(w, {}).get(k) for k in keys]] for w in ("before", "after")])
+        lines += ["", f"- task: {s.get('task')}, base model: `{s.get('base_model')}`",
+                  f"- labels: {s.get('labels', {}).get('labels')} ({s.get('labels', {}).get('source')})",
+                  f"- PPO updates: {s.get('ppo_updates')}, final beta: {_fmt(s.get('final_beta'))}"]
+        last["run"] = _last_update(run / "metrics.jsonl")
+    else:
+        raise FileNotFoundError(f"run_dir: {run} has neither summary.json (pipeline run) nor study.csv (study)")
+    pngs = sorted(run.glob("*.png"))
+    if pngs:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
+    last = {k: v for k, v in last.items() if v}
+    if last:
+        keys = sorted({k for v in last.values() for k in v})
+        lines += ["", "## Last PPO update", ""]
+        lines += _table(["metric", *last], [[k, *[v.get(k) for v in last.values()]] for k in keys])
+    path = run / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _num(v: str) -> Any:
+    try:
+        return float(v) if any(c in v for c in ".en") else int(v)
+    except ValueError:
+        return v
