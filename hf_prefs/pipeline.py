@@ -36,6 +36,8 @@ __all__ = [
     "load_label_file",
     "collect_labels",
     "train_reward_model",
+    "load_base",
+    "split_queries",
     "run_pipeline",
     "main",
 ]
@@ -280,6 +282,39 @@ def collect_labels(
     return validate_labels(labels, k=pa.num_candidates), {"source": "human", "queue": pa.label_queue_dir, **asdict(stats)}
 
 
+def load_base(model_args: Any) -> tuple[str, Any, torch.nn.Module]:
+    """``(base_model, tokenizer, rho)``: ``ModelConfig.model_name_or_path`` or, unset, the offline SmolLM2 asset; the
+    tokenizer pads on the left (padding is always masked explicitly, never pooled on); rho in eval mode, fp32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_model = getattr(model_args, "model_name_or_path", None)
+    if base_model is None:
+        from hf_prefs.assets import smollm2_path
+
+        base_model = str(smollm2_path())
+    tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rho = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
+    return base_model, tokenizer, rho
+
+
+def split_queries(pa: PipelineArguments, cfg: PPOConfig, tokenizer: Any) -> tuple[list[str], list[str], Dataset]:
+    """Disjoint ``(eval, label, ppo)`` query sets: the first ``num_eval_queries`` held out, the next
+    ``num_label_queries`` for labels, the rest (or ``num_ppo_queries``) for PPO."""
+    n_total = pa.num_label_queries + pa.num_eval_queries + (pa.num_ppo_queries or 0)
+    queries = load_task_queries(pa, tokenizer, n=n_total if pa.num_ppo_queries else None, seed=cfg.seed)
+    if len(queries) < pa.num_label_queries + pa.num_eval_queries + 1:
+        raise ValueError(
+            f"num_label_queries: {pa.num_label_queries} + num_eval_queries {pa.num_eval_queries} exceed the "
+            f"{len(queries)} queries available"
+        )
+    eval_q = queries.select(range(pa.num_eval_queries))["query"]
+    label_q = queries.select(range(pa.num_eval_queries, pa.num_eval_queries + pa.num_label_queries))["query"]
+    ppo_q = queries.select(range(pa.num_eval_queries + pa.num_label_queries, len(queries)))
+    return eval_q, label_q, ppo_q
+
+
 def _freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
     """Freeze the input embeddings and the first ``n`` transformer blocks (GPT-2 ``h``, Llama ``layers``)."""
     if n <= 0:
@@ -453,7 +488,7 @@ def _samples_markdown(before, after, n: int = 8) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> dict[str, Any]:
     """Run every stage and write the results folder ``cfg.output_dir``; returns the summary dict."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from hf_prefs.analysis.evaluate import evaluate_policy
     from hf_prefs.model_cards import render_policy_card, render_reward_model_card, write_model_card
@@ -468,27 +503,8 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
-    base_model = getattr(model_args, "model_name_or_path", None)
-    if base_model is None:
-        from hf_prefs.assets import smollm2_path
-
-        base_model = str(smollm2_path())
-    tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is always masked explicitly (never pooled on)
-    rho = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
-
-    # ---- queries: labels / PPO / held-out evaluation, disjoint ----
-    n_total = pa.num_label_queries + pa.num_eval_queries + (pa.num_ppo_queries or 0)
-    queries = load_task_queries(pa, tokenizer, n=n_total if pa.num_ppo_queries else None, seed=cfg.seed)
-    if len(queries) < pa.num_label_queries + pa.num_eval_queries + 1:
-        raise ValueError(
-            f"num_label_queries: {pa.num_label_queries} + num_eval_queries {pa.num_eval_queries} exceed the "
-            f"{len(queries)} queries available"
-        )
-    eval_q = queries.select(range(pa.num_eval_queries))["query"]
-    label_q = queries.select(range(pa.num_eval_queries, pa.num_eval_queries + pa.num_label_queries))["query"]
-    ppo_q = queries.select(range(pa.num_eval_queries + pa.num_label_queries, len(queries)))
+    base_model, tokenizer, rho = load_base(model_args)
+    eval_q, label_q, ppo_q = split_queries(pa, cfg, tokenizer)
     timings: dict[str, float] = {}
 
     # ---- labels ----

@@ -145,14 +145,14 @@ def run_study(
     betas: Sequence[float] = DEFAULT_BETAS,
 ) -> list[dict[str, Any]]:
     """Run direct RL, RL on an RM per N in ``label_counts`` and the frontier; write the study folder; return the rows."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_prefs.analysis.evaluate import evaluate_policy
     from hf_prefs.pipeline import (
         _truncate_id,
         collect_labels,
-        load_task_queries,
+        load_base,
         make_known_reward,
+        split_queries,
         train_reward_model,
         validate_pipeline_config,
     )
@@ -171,23 +171,11 @@ def run_study(
     os.makedirs(output_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
-    base_model = getattr(model_args, "model_name_or_path", None)
-    if base_model is None:
-        from hf_prefs.assets import smollm2_path
-
-        base_model = str(smollm2_path())
-    tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    rho = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
-
-    n_total = pa.num_label_queries + pa.num_eval_queries + (pa.num_ppo_queries or 0)
-    queries = load_task_queries(pa, tokenizer, n=n_total if pa.num_ppo_queries else None, seed=cfg.seed)
-    if len(queries) < pa.num_label_queries + pa.num_eval_queries + 1:
-        raise ValueError(f"label_counts: max N {counts[-1]} + num_eval_queries exceed the {len(queries)} queries available")
-    eval_q = queries.select(range(pa.num_eval_queries))["query"]
-    label_q = queries.select(range(pa.num_eval_queries, pa.num_eval_queries + pa.num_label_queries))["query"]
-    ppo_q = queries.select(range(pa.num_eval_queries + pa.num_label_queries, len(queries)))
+    base_model, tokenizer, rho = load_base(model_args)
+    try:
+        eval_q, label_q, ppo_q = split_queries(pa, cfg, tokenizer)
+    except ValueError as err:
+        raise ValueError(f"label_counts: max N {counts[-1]} is too large: {err}") from None
 
     known = make_known_reward(pa.known_reward)
     eval_kw: dict[str, Any] = {
