@@ -177,6 +177,35 @@ def _render(template: str | os.PathLike, card_data: ModelCardData, **fields: Any
     card = ModelCard.from_template(card_data, template_path=os.fspath(template), **fields)
     return str(card)
 
+def _front_matter(
+    task: str,
+    model_name: str | None,
+    hub_model_id: str | None,
+    base_id: str | None,
+    base_display: str,
+    kind: str,
+    datasets: str | Sequence[str] | None,
+    license: str,
+    pipeline_tag: str,
+    default_tags: Sequence[str],
+    tags: Iterable[str] | None,
+) -> tuple[str, ModelCardData]:
+    """The card's name (given, the Hub repo's name, or ``<base>-<task>-<kind>``) and its YAML front matter."""
+    if not task:
+        raise ValueError("task: give the task's name (e.g. 'sentiment')")
+    model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else f"{base_display}-{task}-{kind}")
+    card_data = ModelCardData(
+        base_model=base_id,
+        datasets=_as_list(datasets),
+        library_name="transformers",
+        license=license,
+        model_name=model_name,
+        pipeline_tag=pipeline_tag,
+        tags=_tags(default_tags, tags),
+    )
+    return model_name, card_data
+
+
 
 def render_policy_card(
     *,
@@ -240,18 +269,8 @@ def render_policy_card(
         kl_target = _number("kl_target", kl_target, positive=True)
     if beta_initial is not None:
         beta_initial = _number("beta_initial", beta_initial)
-    if not task:
-        raise ValueError("task: give the task's name (e.g. 'sentiment')")
-    model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else f"{base_display}-{task}-ppo")
-
-    card_data = ModelCardData(
-        base_model=base_id,
-        datasets=_as_list(datasets),
-        library_name="transformers",
-        license=license,
-        model_name=model_name,
-        pipeline_tag="text-generation",
-        tags=_tags(POLICY_TAGS, tags),
+    model_name, card_data = _front_matter(
+        task, model_name, hub_model_id, base_id, base_display, "ppo", datasets, license, "text-generation", POLICY_TAGS, tags
     )
     return _render(
         template or template_path(POLICY_TEMPLATE),
@@ -312,18 +331,9 @@ def render_reward_model_card(
     base_id, base_display = resolve_base_model(base_model, base_model_name)
     reward_gain = _number("reward_gain", reward_gain)
     reward_bias = _number("reward_bias", reward_bias)
-    if not task:
-        raise ValueError("task: give the task's name (e.g. 'sentiment')")
-    model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else f"{base_display}-{task}-reward-model")
-
-    card_data = ModelCardData(
-        base_model=base_id,
-        datasets=_as_list(datasets),
-        library_name="transformers",
-        license=license,
-        model_name=model_name,
-        pipeline_tag="text-classification",
-        tags=_tags(REWARD_MODEL_TAGS, tags),
+    model_name, card_data = _front_matter(
+        task, model_name, hub_model_id, base_id, base_display, "reward-model", datasets, license, "text-classification",
+        REWARD_MODEL_TAGS, tags,
     )
     return _render(
         template or template_path(REWARD_MODEL_TEMPLATE),
