@@ -140,19 +140,21 @@ def _sample_ids(
     batch_size: int,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """``(len(queries)·n, Lr)`` response ids, rows ``q·n + j``, sampled in batches of ``batch_size`` rows."""
+    """``(len(queries)·n, Lr)`` response ids, rows ``q·n + j``, sampled in batches of about ``batch_size`` rows
+    (``batch_size // n`` queries, each encoded once for its n samples)."""
     pad_id, device = _pad_id(tokenizer), _device(policy)
     query_ids = [list(tokenizer(q)["input_ids"]) for q in queries]
-    rows = [ids for ids in query_ids for _ in range(n_per_query)]
+    per_batch = max(1, batch_size // n_per_query)
     was_training = policy.training
     policy.eval()
     out = []
     try:
-        for start in range(0, len(rows), batch_size):
-            ids, mask = left_pad(rows[start : start + batch_size], pad_id)
+        for start in range(0, len(query_ids), per_batch):
+            ids, mask = left_pad(query_ids[start : start + per_batch], pad_id)
             out.append(
                 sample_responses(
-                    policy, ids.to(device), mask.to(device), response_length, temperature, generator=generator
+                    policy, ids.to(device), mask.to(device), response_length, temperature, generator=generator,
+                    num_samples=n_per_query,
                 ).cpu()
             )
     finally:

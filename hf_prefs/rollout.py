@@ -66,6 +66,7 @@ def sample_responses(
     response_length: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    num_samples: int = 1,
 ) -> torch.Tensor:
     """Draw exactly ``response_length`` tokens per row from softmax(logits / T), with a KV cache.
 
@@ -73,14 +74,23 @@ def sample_responses(
         model: a causal LM (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache)``
             returning ``.logits`` and ``.past_key_values``); PEFT models work too.
         query_ids, query_mask: ``(B, Lq)`` left-padded queries and their mask.
+        num_samples: n responses per query. Each query is encoded once and its KV cache repeated n times, the same
+            draws as sampling from n copies of each query (rows ``b·n + j``) at a fraction of the prefill cost.
     Returns:
-        ``(B, Lr)`` sampled token ids. No early stop: EOS is an ordinary token here.
+        ``(B·n, Lr)`` sampled token ids. No early stop: EOS is an ordinary token here.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     mask = query_mask
     # Only the last position's logits are needed from the prefill (logits_to_keep skips the rest of the LM head).
     out = model(input_ids=query_ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
+    if num_samples > 1:
+        if out.past_key_values is not None:  # None: a model without a cache (test doubles)
+            out.past_key_values.batch_repeat_interleave(num_samples)
+        out.logits = out.logits.repeat_interleave(num_samples, dim=0)
+        mask = mask.repeat_interleave(num_samples, dim=0)
     tokens = []
     for step in range(response_length):
         nxt = sample_categorical(out.logits[:, -1, :], temperature, generator)  # (B, 1)

@@ -44,3 +44,16 @@ def tiny_base(tmp_path_factory, gpt2_tokenizer) -> str:
     GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(path)
     gpt2_tokenizer.save_pretrained(path)
     return str(path)
+
+
+class ForceToken(torch.nn.Module):
+    """Wraps an LM and adds +100 to one token's logit: it is (almost surely) always sampled."""
+
+    def __init__(self, lm: torch.nn.Module, token: int) -> None:
+        super().__init__()
+        self.lm, self.token = lm, token
+
+    def forward(self, **kwargs):
+        out = self.lm(**kwargs)
+        out.logits[..., self.token] += 100.0
+        return out

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ForceToken
 from hf_prefs.rollout import (
     apply_truncation_penalty,
     left_pad,
@@ -89,23 +90,10 @@ class _ConstantLogits(nn.Module):
         return SimpleNamespace(logits=self.fixed.expand(b, length, -1).clone(), past_key_values=("cache",))
 
 
-class _ForceToken(nn.Module):
-    """Wraps an LM and adds +100 to one token's logit: it is (almost surely) always sampled."""
-
-    def __init__(self, lm: nn.Module, token: int) -> None:
-        super().__init__()
-        self.lm, self.token = lm, token
-
-    def forward(self, **kwargs):
-        out = self.lm(**kwargs)
-        out.logits[..., self.token] += 100.0
-        return out
-
-
 def test_sampling_is_fixed_length_and_does_not_stop_at_eos(tiny_gpt2, gpt2_tokenizer):
     eos = gpt2_tokenizer.eos_token_id
     ids, mask = left_pad([gpt2_tokenizer.encode("Hello there"), gpt2_tokenizer.encode("A much longer query, it is")], eos)
-    out = sample_responses(_ForceToken(tiny_gpt2, eos), ids, mask, response_length=7, temperature=0.7)
+    out = sample_responses(ForceToken(tiny_gpt2, eos), ids, mask, response_length=7, temperature=0.7)
     assert out.shape == (2, 7)
     assert (out == eos).all()  # EOS sampled at every step and generation went on
 
@@ -119,6 +107,23 @@ def test_sampling_uses_the_temperature():
         freq = torch.bincount(out.flatten(), minlength=3).float() / out.numel()
         expected = torch.softmax(logits / temperature, dim=0)  # T=0.5: [.117,.867,.016]; T=2: [.307,.506,.186]
         assert torch.allclose(freq, expected, atol=0.015), (temperature, freq, expected)
+
+
+def test_num_samples_shares_the_prefill_and_draws_like_repeated_queries(tiny_gpt2, gpt2_tokenizer):
+    """num_samples=n encodes each query once and repeats its KV cache: the same draws (same generator state) as n
+    explicit copies of every query, rows q·n + j, with queries of different lengths (left padding)."""
+    eos = gpt2_tokenizer.eos_token_id
+    queries = [gpt2_tokenizer.encode("Hello there"), gpt2_tokenizer.encode("A much longer query, it is said, than")]
+    ids, mask = left_pad(queries, eos)
+    shared = sample_responses(tiny_gpt2, ids, mask, 6, temperature=1.0, generator=torch.Generator().manual_seed(3),
+                              num_samples=3)
+    rep_ids, rep_mask = left_pad([q for q in queries for _ in range(3)], eos)
+    repeated = sample_responses(tiny_gpt2, rep_ids, rep_mask, 6, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert shared.shape == (6, 6)
+    assert torch.equal(shared, repeated)
+    assert len({tuple(r) for r in shared[:3].tolist()}) > 1  # the copies of a query are independent draws
+    with pytest.raises(ValueError, match="num_samples"):
+        sample_responses(tiny_gpt2, ids, mask, 2, num_samples=0)
 
 
 def test_kv_cached_sampling_matches_full_recomputation_and_padding(tiny_gpt2, gpt2_tokenizer):
