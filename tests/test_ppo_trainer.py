@@ -174,6 +174,35 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(tmp_path, gpt2_toke
             assert torch.equal(value, trained[name]), name
 
 
+def test_lora_on_a_bf16_base_trains_fp32_adapters_under_bf16_autocast(tmp_path, gpt2_tokenizer):
+    """The offline default's setting (dtype bfloat16 + bf16): the frozen base stays bf16 and unchanged, the adapters and
+    the value head are fp32 and move, pi = rho exactly before the first update."""
+    from peft import LoraConfig
+
+    policy = make_policy().to(torch.bfloat16)
+    base_before = {k: v.clone() for k, v in policy.state_dict().items()}
+    trainer = PPOTrainer(
+        model=policy,
+        reward_model=length_reward,
+        args=make_config(tmp_path, bf16=True, use_cpu=True),
+        train_dataset=Dataset.from_dict({"query": QUERIES * 2}),
+        processing_class=gpt2_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM"),
+    )
+    trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
+    assert any("v_head" in n for n in trainable) and any("lora_B" in n for n in trainable)
+    head_before = {n: p.detach().clone() for n, p in trainable.items()}
+    trainer.train()
+    kls = logged(trainer, "objective/kl")
+    assert kls[0] == 0.0 and all(torch.isfinite(torch.tensor(kls)))
+    assert any(not torch.equal(p, head_before[n]) for n, p in trainer.model.named_parameters() if n in head_before)
+    for name, value in trainer.model.policy.get_base_model().state_dict().items():
+        if "lora_" not in name:
+            original = name.replace(".base_layer", "")
+            assert value.dtype == torch.bfloat16 and torch.equal(value, base_before[original]), name
+
+
 def test_resume_continues_step_count_beta_and_weights(tmp_path, gpt2_tokenizer):
     overrides = dict(total_episodes=32, num_mini_batches=2, save_strategy="steps", save_steps=2, kl_target=0.05, kl_horizon=50)
     full = make_trainer(tmp_path / "a", gpt2_tokenizer, **overrides)
