@@ -8,7 +8,8 @@ Public API (import from ``hf_prefs``):
   :class:`SimulatedLabeler`, :func:`sample_label_dataset`, :class:`LabelQueue`, :class:`OnlinePreferenceLoop`;
 - policy optimisation: :class:`PPOTrainer`, :class:`PPOConfig`, :class:`PolicyWithValueHead`,
   :class:`FixedKLController`, :class:`AdaptiveKLController`;
-- analysis: :func:`optimal_frontier`, :func:`evaluate_policy`, :func:`run_study`, :func:`write_report`;
+- analysis: :func:`optimal_frontier`, :func:`evaluate_policy`, :func:`run_study`, :func:`write_report`,
+  :func:`rouge`, :func:`win_rate`, :func:`paired_difference`, :func:`compare_policies`;
 - tasks and assets: :func:`austen_queries`, :func:`vader_log_odds`, :mod:`hf_prefs.assets`.
 
 Heavy modules are imported lazily, so ``import hf_prefs`` stays cheap.
@@ -54,6 +55,10 @@ _EXPORTS: dict[str, str] = {
     "optimal_policy_stats": "hf_prefs.analysis.frontier",
     "evaluate_policy": "hf_prefs.analysis.evaluate",
     "run_study": "hf_prefs.analysis.study",
+    "rouge": "hf_prefs.analysis.metrics",
+    "win_rate": "hf_prefs.analysis.metrics",
+    "paired_difference": "hf_prefs.analysis.metrics",
+    "compare_policies": "hf_prefs.analysis.metrics",
     "write_report": "hf_prefs.analysis.report",
     # tasks, known rewards, pipeline, model cards, hub
     "austen_queries": "hf_prefs.tasks.books",

@@ -1,4 +1,4 @@
-"""The paper's analysis tools: the optimal KL-reward frontier (Figure 3) and study reports."""
+"""The paper's analysis tools: the optimal KL-reward frontier (Figure 3), study reports, evaluation metrics."""
 
 from .frontier import FrontierPoint, frontier_reward_at_kl, optimal_frontier, optimal_policy_stats
 
