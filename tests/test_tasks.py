@@ -28,3 +28,29 @@ def test_tasks_and_unknown_task():
     assert get_task("tldr").query_length == 500 and get_task("sentiment").query_length == 64
     with pytest.raises(ValueError, match="task: unknown task 'poetry'"):
         get_task("poetry")
+
+
+def test_summarization_references_stay_aligned_with_their_queries(gpt2_tokenizer):
+    ds = summarization_queries(["One.", "", "Two."], gpt2_tokenizer, max_tokens=20, references=["r1", "r-empty", " r2 "])
+    assert ds["query"] == ["One.\n\nTL;DR:", "Two.\n\nTL;DR:"] and ds["reference"] == ["r1", "r2"]
+    with pytest.raises(ValueError, match="references"):
+        summarization_queries(["One."], gpt2_tokenizer, max_tokens=20, references=[])
+
+
+def test_hub_tldr_loader_keeps_the_reference_summaries(gpt2_tokenizer, monkeypatch):
+    """trl-lib/tldr rows (prompt ends with "TL;DR:", completion = the reference) -> query + reference columns."""
+    import datasets
+    from datasets import Dataset
+
+    from hf_prefs.tasks.summarization import load_summarization_queries
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return Dataset.from_dict({"prompt": ["SUBREDDIT: r/x\nPOST: My cat.\nTL;DR:"], "completion": [" cat is nice"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = load_summarization_queries("tldr", gpt2_tokenizer, n=1, max_tokens=64)
+    assert calls == [("trl-lib/tldr", None, "train[:1]")]
+    assert ds["query"] == ["SUBREDDIT: r/x\nPOST: My cat.\n\nTL;DR:"] and ds["reference"] == ["cat is nice"]

@@ -3,8 +3,9 @@
 A query is the article cut to fit ``max_tokens`` tokens *including* the task's prefix ("Article:\\n\\n" for
 CNN/DM) and suffix ("\\n\\nTL;DR:"); the cut drops tokens from the end of the article so the suffix always
 survives. Hub paths: TL;DR posts from ``trl-lib/tldr`` (column ``prompt`` already holds subreddit, title and
-post) and CNN/DM from ``abisee/cnn_dailymail`` (config ``3.0.0``, column ``article``). Any dataset with a text
-column works through :func:`summarization_queries`.
+post) and CNN/DM from ``abisee/cnn_dailymail`` (config ``3.0.0``, column ``article``); their reference summaries
+(``completion``, ``highlights``) are kept in a ``reference`` column for ROUGE. Any dataset with a text column works
+through :func:`summarization_queries`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from datasets import Dataset
 
 __all__ = ["format_summarization_query", "summarization_queries", "load_summarization_queries", "HUB_SOURCES"]
 
-#: task -> (dataset id, config, split, text column, text already ends with "TL;DR:")
-HUB_SOURCES: dict[str, tuple[str, str | None, str, str, bool]] = {
-    "tldr": ("trl-lib/tldr", None, "train", "prompt", True),
-    "cnndm": ("abisee/cnn_dailymail", "3.0.0", "train", "article", False),
+#: task -> (dataset id, config, split, text column, text already ends with "TL;DR:", reference-summary column)
+HUB_SOURCES: dict[str, tuple[str, str | None, str, str, bool, str]] = {
+    "tldr": ("trl-lib/tldr", None, "train", "prompt", True, "completion"),
+    "cnndm": ("abisee/cnn_dailymail", "3.0.0", "train", "article", False, "highlights"),
 }
 
 
@@ -39,11 +40,22 @@ def format_summarization_query(text: str, tokenizer: Any, max_tokens: int, prefi
 
 
 def summarization_queries(
-    texts: Sequence[str], tokenizer: Any, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:"
+    texts: Sequence[str],
+    tokenizer: Any,
+    max_tokens: int = 500,
+    prefix: str = "",
+    suffix: str = "\n\nTL;DR:",
+    references: Sequence[str] | None = None,
 ) -> Dataset:
-    """A ``query`` dataset from raw article texts (empty texts are dropped)."""
-    queries = [format_summarization_query(t, tokenizer, max_tokens, prefix, suffix) for t in texts if t and t.strip()]
-    return Dataset.from_dict({"query": queries})
+    """A ``query`` dataset from raw article texts (empty texts are dropped), with a ``reference`` column when
+    ``references`` (one reference summary per text) is given."""
+    if references is not None and len(references) != len(texts):
+        raise ValueError(f"references: {len(references)} references for {len(texts)} texts")
+    keep = [i for i, t in enumerate(texts) if t and t.strip()]
+    columns = {"query": [format_summarization_query(texts[i], tokenizer, max_tokens, prefix, suffix) for i in keep]}
+    if references is not None:
+        columns["reference"] = [str(references[i]).strip() for i in keep]
+    return Dataset.from_dict(columns)
 
 
 def load_summarization_queries(
@@ -54,9 +66,10 @@ def load_summarization_queries(
 
     if task not in HUB_SOURCES:
         raise ValueError(f"task: no summarization source for {task!r}; known: {sorted(HUB_SOURCES)}")
-    name, config, split, column, has_suffix = HUB_SOURCES[task]
+    name, config, split, column, has_suffix, ref_column = HUB_SOURCES[task]
     ds = load_dataset(name, config, split=split if n is None else f"{split}[:{n}]")
     texts = ds[column]
     if has_suffix:  # trl-lib/tldr prompts already end with "\n\nTL;DR:"
         texts = [t.rsplit("TL;DR:", 1)[0] for t in texts]
-    return summarization_queries(texts, tokenizer, max_tokens, prefix, suffix)
+    references = ds[ref_column] if ref_column in ds.column_names else None
+    return summarization_queries(texts, tokenizer, max_tokens, prefix, suffix, references=references)
