@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_prefs.kl import adaptive_kl_update
 from hf_prefs.pipeline import main
@@ -58,6 +59,10 @@ def _check_run(out: Path, summary: dict, adaptive: bool, kl_target: float, horiz
         assert ev[when]["summary"]["kl"] == pytest.approx(sum(kl) / len(kl))
         assert summary[when]["known_reward"] == pytest.approx(sum(ev[when]["known_rewards"]) / len(kl))
     assert summary["before"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    # the paired gain is the mean per-query difference of the known reward, after - before (same held-out queries)
+    diffs = [a - b for a, b in zip(ev["after"]["known_rewards"], ev["before"]["known_rewards"])]
+    assert summary["known_reward_gain"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    assert summary["known_reward_gain"]["n"] == len(diffs) and 0 <= summary["known_reward_gain"]["win_rate"] <= 1
     card = (out / "policy" / "README.md").read_text()
     assert "hf-prefs" in card and "1909.08593" in card and "[None]" not in card
     gain = summary["reward_model"]["gain"]
@@ -86,7 +91,7 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
     "extra, field",
     [
         (["--task", "poetry"], "task"),
-        (["--response_length", "16", "--truncate_after", "16"], "truncate_after"),
+        (["--response_length", "16", "--truncate_token", ".", "--truncate_after", "16"], "truncate_after"),
         (["--label_source", "file", "--label_file", "/nonexistent/labels.jsonl"], "label_file"),
         (["--label_source", "file"], "label_file"),
         (["--label_source", "crowd"], "label_source"),
@@ -135,6 +140,37 @@ def test_offline_default_shortened_with_accelerate_launch(tmp_path):
     assert all(math.isfinite(summary[w][k]) for w in ("before", "after") for k in ("known_reward", "rm_score", "kl"))
 
 
+def test_model_dtype_follows_trl_model_config():
+    from types import SimpleNamespace
+
+    from hf_prefs.pipeline import model_dtype
+
+    assert model_dtype(None) is torch.float32
+    assert model_dtype(SimpleNamespace(dtype="bfloat16")) is torch.bfloat16
+    assert model_dtype(SimpleNamespace(dtype="auto")) == "auto"
+    with pytest.raises(ValueError, match="dtype"):
+        model_dtype(SimpleNamespace(dtype="int8"))
+
+
 def test_simulated_labels_need_a_known_reward(tmp_path):
     with pytest.raises(ValueError, match="known_reward"):
         main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path), "--known_reward", "none"])
+
+
+def test_summarization_eval_references_and_rouge(monkeypatch):
+    """Held-out queries keep their reference summaries (split_queries) and the run reports ROUGE before/after."""
+    from datasets import Dataset
+
+    import hf_prefs.pipeline as pipeline
+    from hf_prefs.pipeline import PipelineArguments, rouge_before_after, split_queries
+    from hf_prefs.ppo_config import PPOConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = {"query": [f"article {i}\n\nTL;DR:" for i in range(10)], "reference": [f"summary {i}" for i in range(10)]}
+    monkeypatch.setattr(pipeline, "load_task_queries", lambda pa, tok, n=None, seed=0: Dataset.from_dict(rows))
+    pa = PipelineArguments(task="tldr", num_eval_queries=3, num_label_queries=4)
+    eval_q, label_q, ppo_q, refs = split_queries(pa, PPOConfig(output_dir="/tmp/unused", use_cpu=True), None)
+    assert eval_q == rows["query"][:3] and refs == ["summary 0", "summary 1", "summary 2"]
+    assert label_q == rows["query"][3:7] and len(ppo_q) == 3
+    scores = rouge_before_after(["summary 0", "x", "y"], ["summary 0", "summary 1", "summary 2"], refs)
+    assert scores["after"]["rouge1"] == pytest.approx(1.0) and scores["before"]["rouge1"] == pytest.approx(1 / 3)

@@ -14,7 +14,8 @@ over rho:
     frac_of_direct_rl = (R_run - R_rho) / (R_direct - R_rho)
 
 (NaN when the denominator is 0, e.g. a run whose one-sample KL estimate is <= 0 sits at the frontier's KL-0
-point). Outputs in ``output_dir``: ``study.csv``, ``frontier.csv``, ``study.json``,
+point). ``beyond_frontier_kl`` marks runs whose KL exceeds the largest KL the frontier reaches (at most log M with M
+samples per query); their frontier reward is read at the frontier's end, so their fraction is an upper bound. Outputs in ``output_dir``: ``study.csv``, ``frontier.csv``, ``study.json``,
 ``kl_vs_reward.png`` (Fig. 3 style), ``reward_vs_labels.png`` (Fig. 2 style) and ``runs/<name>/`` per run.
 """
 
@@ -43,7 +44,8 @@ __all__ = ["DEFAULT_BETAS", "StudyArguments", "gain_fraction", "run_study", "stu
 #: beta grid of the frontier; inf gives the KL = 0 point (rho itself).
 DEFAULT_BETAS: tuple[float, ...] = (math.inf, 100.0, 30.0, 10.0, 5.0, 3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1)
 
-STUDY_FIELDS = ["kind", "N", "known_reward", "kl", "frontier_reward_at_kl", "frac_of_frontier", "frac_of_direct_rl"]
+STUDY_FIELDS = ["kind", "N", "known_reward", "kl", "frontier_reward_at_kl", "frac_of_frontier", "frac_of_direct_rl",
+                "beyond_frontier_kl"]
 
 
 @dataclass
@@ -68,7 +70,7 @@ def _ppo_run(
     from transformers import AutoModelForCausalLM
 
     from hf_prefs.analysis.evaluate import evaluate_policy
-    from hf_prefs.pipeline import _tracking_trainer_class, _write_metrics
+    from hf_prefs.pipeline import _tracking_trainer_class, _write_metrics, model_dtype
 
     run_dir = os.path.join(output_dir, "runs", name)
     os.makedirs(run_dir, exist_ok=True)
@@ -80,7 +82,7 @@ def _ppo_run(
 
         peft_config = get_peft_config(model_args)
     torch.manual_seed(cfg.seed)
-    policy = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(base_model, dtype=model_dtype(model_args))
     trainer = _tracking_trainer_class()(
         model=policy, reward_model=reward, args=run_cfg, train_dataset=ppo_q.select_columns(["query"]),
         processing_class=tokenizer, ref_model=None if peft_config else rho, peft_config=peft_config,
@@ -167,13 +169,13 @@ def run_study(
         raise ValueError(f"frontier_samples: must be >= 1, got {frontier_samples}")
     pa = copy.deepcopy(pa)
     pa.label_source, pa.label_mode, pa.num_label_queries = "simulated", "offline", counts[-1]
-    validate_pipeline_config(pa, cfg)
+    validate_pipeline_config(pa, cfg, model_args)
     os.makedirs(output_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
     base_model, tokenizer, rho = load_base(model_args)
     try:
-        eval_q, label_q, ppo_q = split_queries(pa, cfg, tokenizer)
+        eval_q, label_q, ppo_q, _ = split_queries(pa, cfg, tokenizer)
     except ValueError as err:
         raise ValueError(f"label_counts: max N {counts[-1]} is too large: {err}") from None
 
@@ -215,6 +217,9 @@ def run_study(
         results.append({"kind": "rm", "N": n, "rm_eval_accuracy": rm_metrics.get("eval_accuracy"), **res})
 
     direct_reward = results[0]["known_reward"]
+    # With M samples per query the frontier's KL cannot exceed log M; past its largest KL the frontier is read at that
+    # end (an underestimate), flagged so that frac_of_frontier is not over-read.
+    frontier_kl_max = max(p.kl for p in frontier)
     rows = []
     for r in results:
         f_at = frontier_reward_at_kl(frontier, max(r["kl"], 0.0))
@@ -223,6 +228,7 @@ def run_study(
             "frontier_reward_at_kl": f_at,
             "frac_of_frontier": gain_fraction(r["known_reward"], f_at, rho_mean),
             "frac_of_direct_rl": gain_fraction(r["known_reward"], direct_reward, rho_mean),
+            "beyond_frontier_kl": bool(r["kl"] > frontier_kl_max),
         })
     with open(os.path.join(output_dir, "study.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
