@@ -309,7 +309,7 @@ def sample_candidates(
         policy: ρ, a causal LM. tokenizer: its tokenizer.
         queries: query texts, or a dataset with a ``query`` column.
         truncate_token: a single token (text or id; ``None`` disables truncation).
-        batch_size: sampling batch size in rows (query copies).
+        batch_size: sampling batch size in rows (``batch_size // k`` queries, each encoded once for its K samples).
         seed: seed of the sampling generator.
         drop_untruncated: ``True`` (paper) drops a query when a sample lacks the truncate token past
             ``truncate_after``; ``False`` keeps such samples whole (uncut) — a CPU-budget deviation for small models

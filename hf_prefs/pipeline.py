@@ -329,11 +329,11 @@ def split_queries(
             f"num_label_queries: {pa.num_label_queries} + num_eval_queries {pa.num_eval_queries} exceed the "
             f"{len(queries)} queries available"
         )
-    eval_q = queries.select(range(pa.num_eval_queries))["query"]
+    held_out = queries.select(range(pa.num_eval_queries))
     label_q = queries.select(range(pa.num_eval_queries, pa.num_eval_queries + pa.num_label_queries))["query"]
     ppo_q = queries.select(range(pa.num_eval_queries + pa.num_label_queries, len(queries)))
-    eval_refs = queries.select(range(pa.num_eval_queries))["reference"] if "reference" in queries.column_names else None
-    return eval_q, label_q, ppo_q, eval_refs
+    eval_refs = held_out["reference"] if "reference" in held_out.column_names else None
+    return held_out["query"], label_q, ppo_q, eval_refs
 
 
 def _freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:

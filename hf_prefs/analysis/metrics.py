@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -76,40 +75,42 @@ def rouge(
     unknown = [t for t in types if t not in ROUGE_TYPES and not (t.startswith("rouge") and t[5:].isdigit())]
     if unknown:
         raise ValueError(f"rouge_types: unknown {unknown}; use {ROUGE_TYPES} or rougeN")
-    scores = None
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "TRUE", "yes"):
-        try:
-            scores = _rouge_from_evaluate(predictions, references, types, use_stemmer)
-        except Exception as err:  # the metric script could not be fetched: same scorer, from the package
-            logger.info("evaluate.load('rouge') failed (%s); scoring with rouge_score directly", type(err).__name__)
-    if scores is None:
+    try:  # evaluate honours HF_HUB_OFFLINE itself and raises at once when the script cannot be fetched
+        scores = _rouge_from_evaluate(predictions, references, types, use_stemmer)
+    except Exception as err:  # the metric script could not be fetched: same scorer, from the package
+        logger.info("evaluate.load('rouge') failed (%s); scoring with rouge_score directly", type(err).__name__)
         scores = _rouge_from_package(predictions, references, types, use_stemmer)
     if per_example:
         return scores
     return {t: float(sum(v) / len(v)) for t, v in scores.items()}
 
 
+def _paired(a: Sequence[float], b: Sequence[float], field: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two equally long, non-empty 1-D float64 tensors, else a ValueError naming ``field``."""
+    ta = torch.as_tensor(list(a), dtype=torch.float64)
+    tb = torch.as_tensor(list(b), dtype=torch.float64)
+    if ta.shape != tb.shape or ta.ndim != 1 or ta.numel() == 0:
+        raise ValueError(f"{field}: need two equally long non-empty lists, got {tuple(ta.shape)} and {tuple(tb.shape)}")
+    return ta, tb
+
+
+def _mean_and_se(x: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error std(x) / √n (NaN for a single value)."""
+    n = x.numel()
+    se = float(x.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return float(x.mean()), se
+
+
 def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> tuple[float, float]:
     """Paired win rate of A over B, ties counted half, and its standard error (see the module docstring)."""
-    a = torch.as_tensor(list(scores_a), dtype=torch.float64)
-    b = torch.as_tensor(list(scores_b), dtype=torch.float64)
-    if a.shape != b.shape or a.ndim != 1 or a.numel() == 0:
-        raise ValueError(f"scores_b: need two equally long non-empty score lists, got {tuple(a.shape)} and {tuple(b.shape)}")
-    outcome = (a > b).double() + 0.5 * (a == b).double()
-    n = outcome.numel()
-    se = float(outcome.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    return float(outcome.mean()), se
+    a, b = _paired(scores_a, scores_b, "scores_b")
+    return _mean_and_se((a > b).double() + 0.5 * (a == b).double())
 
 
 def paired_difference(after: Sequence[float], before: Sequence[float]) -> tuple[float, float]:
     """Mean per-query difference ``after − before`` and its standard error (see the module docstring)."""
-    a = torch.as_tensor(list(after), dtype=torch.float64)
-    b = torch.as_tensor(list(before), dtype=torch.float64)
-    if a.shape != b.shape or a.ndim != 1 or a.numel() == 0:
-        raise ValueError(f"before: need two equally long non-empty lists, got {tuple(a.shape)} and {tuple(b.shape)}")
-    d = a - b
-    se = float(d.std(unbiased=True) / math.sqrt(d.numel())) if d.numel() > 1 else float("nan")
-    return float(d.mean()), se
+    a, b = _paired(after, before, "before")
+    return _mean_and_se(a - b)
 
 
 def compare_policies(

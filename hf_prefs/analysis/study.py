@@ -15,8 +15,8 @@ over rho:
 
 (NaN when the denominator is 0, e.g. a run whose one-sample KL estimate is <= 0 sits at the frontier's KL-0
 point). ``beyond_frontier_kl`` marks runs whose KL exceeds the largest KL the frontier reaches (at most log M with M
-samples per query); their frontier reward is read at the frontier's end, so their fraction is an upper bound. Outputs in ``output_dir``: ``study.csv``, ``frontier.csv``, ``study.json``,
-``kl_vs_reward.png`` (Fig. 3 style), ``reward_vs_labels.png`` (Fig. 2 style) and ``runs/<name>/`` per run.
+samples per query); their frontier reward is read at the frontier's end, so their fraction is an upper bound.
+Outputs in ``output_dir``: ``study.csv``, ``frontier.csv``, ``study.json``, ``kl_vs_reward.png`` (Fig. 3 style), ``reward_vs_labels.png`` (Fig. 2 style) and ``runs/<name>/`` per run.
 """
 
 from __future__ import annotations
