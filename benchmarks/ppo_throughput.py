@@ -103,8 +103,8 @@ def _run_trl(args, tokenizer, policy, reward_model, dataset):
 
 
 def _run_hf_prefs(args, tokenizer, policy, reward_model, dataset, separate: bool):
-    from hf_prefs.ppo_config import PPOConfig
-    from hf_prefs.ppo_trainer import PPOTrainer
+    from hf_prefs.trainers.ppo_config import PPOConfig
+    from hf_prefs.trainers.ppo_trainer import PPOTrainer
 
     config = PPOConfig(
         output_dir=args.output_dir, per_device_train_batch_size=args.micro_batch,

@@ -52,12 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bigram_rho import austen_bigram  # noqa: E402
 
 from hf_prefs.assets import load_gpt2_tokenizer  # noqa: E402
-from hf_prefs.labelers import SimulatedLabeler, sample_label_dataset  # noqa: E402
-from hf_prefs.labels import to_pairwise  # noqa: E402
-from hf_prefs.losses import kway_accuracy  # noqa: E402
-from hf_prefs.reward_model import score_texts  # noqa: E402
-from hf_prefs.reward_trainer import PreferenceRewardConfig, PreferenceRewardTrainer  # noqa: E402
-from hf_prefs.scorers import vader_log_odds  # noqa: E402
+from hf_prefs.labels.labelers import SimulatedLabeler, sample_label_dataset  # noqa: E402
+from hf_prefs.labels.schema import to_pairwise  # noqa: E402
+from hf_prefs.core.losses import kway_accuracy  # noqa: E402
+from hf_prefs.models.reward_model import score_texts  # noqa: E402
+from hf_prefs.trainers import PreferenceRewardConfig, PreferenceRewardTrainer  # noqa: E402
+from hf_prefs.tasks.known_rewards import vader_log_odds  # noqa: E402
 from hf_prefs.tasks.books import austen_queries  # noqa: E402
 
 

@@ -12,7 +12,17 @@ Public API (import from ``hf_prefs``):
   :func:`rouge`, :func:`win_rate`, :func:`paired_difference`, :func:`compare_policies`;
 - tasks and assets: :func:`austen_queries`, :func:`vader_log_odds`, :mod:`hf_prefs.assets`.
 
-Heavy modules are imported lazily, so ``import hf_prefs`` stays cheap.
+Heavy modules are imported lazily, so ``import hf_prefs`` stays cheap. The package is layered; each layer imports
+only from the layers before it (``tests/test_architecture.py`` checks it):
+
+0. ``assets``, ``citation``, ``model_cards``, ``hub``, ``_compat`` (every private TRL/transformers/accelerate name)
+1. ``core``: equations and rules (rollout spec, losses, KL control, PPO math, normalization, frontier, stats)
+2. ``models``: sampling, reward model, value head
+3. ``labels``: label schema, labelers, the label queue (event log + labeling policy), label sources
+4. ``trainers``: reward trainer, PPO trainer, online loop
+5. ``tasks``: queries, known rewards, ROUGE
+6. ``pipeline``: stage functions used by the recipes and the study
+7. ``analysis``, ``cli``, ``label_app``: study, report, metrics; the command line; the labeling page
 """
 
 from __future__ import annotations
@@ -20,51 +30,56 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS: dict[str, str] = {
     # reward modeling
-    "PreferenceRewardTrainer": "hf_prefs.reward_trainer",
-    "PreferenceRewardConfig": "hf_prefs.reward_trainer",
-    "kway_preference_loss": "hf_prefs.losses",
-    "kway_accuracy": "hf_prefs.losses",
-    "reward_normalization": "hf_prefs.normalization",
-    "load_reward_model": "hf_prefs.reward_model",
-    "score_texts": "hf_prefs.reward_model",
+    "PreferenceRewardTrainer": "hf_prefs.trainers.reward_trainer",
+    "PreferenceRewardConfig": "hf_prefs.trainers.reward_config",
+    "kway_preference_loss": "hf_prefs.core.losses",
+    "kway_accuracy": "hf_prefs.core.losses",
+    "reward_normalization": "hf_prefs.core.normalization",
+    "normalize_reward_model": "hf_prefs.models.reward_model",
+    "load_reward_model": "hf_prefs.models.loading",
+    "score_texts": "hf_prefs.models.reward_model",
+    # rollouts: what a response is
+    "RolloutSpec": "hf_prefs.core.rollout",
+    "cut_responses": "hf_prefs.core.rollout",
     # labels and labelers
-    "LabelValidationError": "hf_prefs.labels",
-    "validate_labels": "hf_prefs.labels",
-    "from_pairwise": "hf_prefs.labels",
-    "to_pairwise": "hf_prefs.labels",
-    "from_openai_json": "hf_prefs.labels",
-    "SimulatedLabeler": "hf_prefs.labelers",
-    "ResponseSampler": "hf_prefs.labelers",
-    "sample_label_dataset": "hf_prefs.labelers",
-    "LabelQueue": "hf_prefs.label_app.store",
-    "OnlineLabelSchedule": "hf_prefs.online",
-    "OnlinePreferenceLoop": "hf_prefs.online",
+    "LabelValidationError": "hf_prefs.labels.schema",
+    "validate_labels": "hf_prefs.labels.schema",
+    "load_label_file": "hf_prefs.labels.schema",
+    "from_pairwise": "hf_prefs.labels.schema",
+    "to_pairwise": "hf_prefs.labels.schema",
+    "from_openai_json": "hf_prefs.labels.schema",
+    "SimulatedLabeler": "hf_prefs.labels.labelers",
+    "ResponseSampler": "hf_prefs.models.generation",
+    "sample_label_dataset": "hf_prefs.labels.labelers",
+    "LabelQueue": "hf_prefs.labels.queue",
+    "OnlineLabelSchedule": "hf_prefs.core.online_schedule",
+    "OnlinePreferenceLoop": "hf_prefs.trainers.online",
     # policy optimisation
-    "PPOTrainer": "hf_prefs.ppo_trainer",
-    "PPOConfig": "hf_prefs.ppo_config",
-    "NonFiniteError": "hf_prefs.ppo_trainer",
-    "PolicyWithValueHead": "hf_prefs.value_head",
-    "FixedKLController": "hf_prefs.kl",
-    "AdaptiveKLController": "hf_prefs.kl",
+    "PPOTrainer": "hf_prefs.trainers.ppo_trainer",
+    "PPOConfig": "hf_prefs.trainers.ppo_config",
+    "NonFiniteError": "hf_prefs.trainers.ppo_data",
+    "PolicyWithValueHead": "hf_prefs.models.value_head",
+    "FixedKLController": "hf_prefs.core.kl",
+    "AdaptiveKLController": "hf_prefs.core.kl",
     # analysis
-    "optimal_frontier": "hf_prefs.analysis.frontier",
-    "optimal_policy_stats": "hf_prefs.analysis.frontier",
-    "evaluate_policy": "hf_prefs.analysis.evaluate",
+    "optimal_frontier": "hf_prefs.core.frontier",
+    "optimal_policy_stats": "hf_prefs.core.frontier",
+    "evaluate_policy": "hf_prefs.pipeline.evaluate",
     "run_study": "hf_prefs.analysis.study",
-    "rouge": "hf_prefs.analysis.metrics",
-    "win_rate": "hf_prefs.analysis.metrics",
-    "paired_difference": "hf_prefs.analysis.metrics",
-    "compare_policies": "hf_prefs.analysis.metrics",
+    "rouge": "hf_prefs.tasks.rouge",
+    "win_rate": "hf_prefs.core.stats",
+    "paired_difference": "hf_prefs.core.stats",
+    "compare_policies": "hf_prefs.pipeline.evaluate",
     "write_report": "hf_prefs.analysis.report",
     # tasks, known rewards, pipeline, model cards, hub
     "austen_queries": "hf_prefs.tasks.books",
-    "vader_log_odds": "hf_prefs.scorers",
-    "PipelineArguments": "hf_prefs.pipeline",
-    "run_pipeline": "hf_prefs.pipeline",
+    "vader_log_odds": "hf_prefs.tasks.known_rewards",
+    "PipelineArguments": "hf_prefs.pipeline.arguments",
+    "run_pipeline": "hf_prefs.pipeline.run",
     "render_policy_card": "hf_prefs.model_cards",
     "render_reward_model_card": "hf_prefs.model_cards",
     "write_model_card": "hf_prefs.model_cards",

@@ -220,16 +220,11 @@ def render_policy_card(
     response_length: int,
     kl_target: float | None = None,
     beta_initial: float | None = None,
-    labeler: str = "simulated",
-    known_reward: str | None = None,
-    labels_file: str | None = None,
+    labeler: str = "simulated", known_reward: str | None = None, labels_file: str | None = None,
     samples_per_label: int = 4,
-    metrics: Mapping[str, Any] | None = None,
-    hyperparameters: Mapping[str, Any] | None = None,
-    base_model_name: str | None = None,
-    model_name: str | None = None,
-    hub_model_id: str | None = None,
-    reward_model_id: str | None = None,
+    metrics: Mapping[str, Any] | None = None, hyperparameters: Mapping[str, Any] | None = None,
+    base_model_name: str | None = None, model_name: str | None = None,
+    hub_model_id: str | None = None, reward_model_id: str | None = None,
     task_description: str | None = None,
     datasets: str | Sequence[str] | None = None,
     license: str = "apache-2.0",
@@ -258,17 +253,15 @@ def render_policy_card(
         The card's text (YAML front matter with ``library_name: transformers`` and tags ``hf-prefs, trl, ppo, rlhf``).
     """
     base_id, base_display = resolve_base_model(base_model, base_model_name)
-    reward_gain = _number("reward_gain", reward_gain)
-    reward_bias = _number("reward_bias", reward_bias)
-    kl_final = _number("kl_final", kl_final)
-    beta_final = _number("beta_final", beta_final)
+    reward_gain, reward_bias, kl_final, beta_final = (
+        _number(name, value) for name, value in
+        (("reward_gain", reward_gain), ("reward_bias", reward_bias), ("kl_final", kl_final), ("beta_final", beta_final))
+    )
     temperature = _number("temperature", temperature, positive=True)
     if isinstance(response_length, bool) or not isinstance(response_length, int) or response_length < 1:
         raise ValueError(f"response_length: expected an int >= 1, got {response_length!r}")
-    if kl_target is not None:
-        kl_target = _number("kl_target", kl_target, positive=True)
-    if beta_initial is not None:
-        beta_initial = _number("beta_initial", beta_initial)
+    kl_target = None if kl_target is None else _number("kl_target", kl_target, positive=True)
+    beta_initial = None if beta_initial is None else _number("beta_initial", beta_initial)
     model_name, card_data = _front_matter(
         task, model_name, hub_model_id, base_id, base_display, "ppo", datasets, license, "text-generation", POLICY_TAGS, tags
     )
@@ -281,20 +274,14 @@ def render_policy_card(
         base_model_link=_link(base_id, base_display),
         reward_model_link=_link(reward_model_id, reward_model_id) if reward_model_id else "trained in the same run",
         labels_sentence=_labels_sentence(num_labels, samples_per_label, labeler, known_reward, labels_file),
-        reward_gain=_fmt(reward_gain),
-        reward_bias=_fmt(reward_bias),
+        reward_gain=_fmt(reward_gain), reward_bias=_fmt(reward_bias),
         kl_controller="adaptive" if kl_target is not None else "fixed",
         kl_target=_fmt(kl_target) if kl_target is not None else "none (fixed β)",
         beta_initial=_fmt(beta_initial) if beta_initial is not None else "not recorded",
-        beta_final=_fmt(beta_final),
-        kl_final=_fmt(kl_final),
-        metrics=_table("metrics", metrics),
-        hyperparameters=_table("hyperparameters", hyperparameters),
-        repo_ref=hub_model_id or f"./{model_name}",
-        temperature=_fmt(temperature),
-        response_length=response_length,
-        is_peft=is_peft,
-        framework_versions=_framework_versions(),
+        beta_final=_fmt(beta_final), kl_final=_fmt(kl_final),
+        metrics=_table("metrics", metrics), hyperparameters=_table("hyperparameters", hyperparameters),
+        repo_ref=hub_model_id or f"./{model_name}", temperature=_fmt(temperature), response_length=response_length,
+        is_peft=is_peft, framework_versions=_framework_versions(),
     )
 
 

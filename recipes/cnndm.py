@@ -1,13 +1,17 @@
-"""CNN/Daily Mail summarization (paper §3.2): summarize news articles. Use --label_source file
-(e.g. cnndm/online_45k.json) or --label_source human.
+"""CNN/Daily Mail summarization (paper §3.2): summarize news articles.
+
+The same flow as recipes/sentiment.py (base model -> labels -> reward model -> PPO -> evaluation -> save/push); what
+differs is the task's data — abisee/cnn_dailymail articles cut to fit 500 tokens as "Article:\n\n...\n\nTL;DR:",
+their highlights scored with ROUGE in summary.json — and the config, recipes/configs/cnndm.yaml (T=0.5, fixed beta).
+The paper's labels are human: --label_source file (e.g. cnndm/online_45k.json) or --label_source human.
 
     accelerate launch recipes/cnndm.py --config recipes/configs/cnndm.yaml [--any_field value ...]
-
-Every field of PipelineArguments, hf_prefs.PPOConfig and TRL's ModelConfig can be set in the YAML file or on the
-command line (the command line wins); see README.md.
 """
 
-from hf_prefs.pipeline import main
+import logging
+
+from sentiment import main  # the flow, stage by stage: recipes/sentiment.py
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     main(task="cnndm")

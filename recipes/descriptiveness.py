@@ -1,13 +1,17 @@
-"""Descriptiveness (paper §3.1): continue book passages in vividly descriptive language. The paper's labels
-are human; use --label_source file (e.g. its descriptiveness/offline_5k.json) or --label_source human.
+"""Descriptiveness (paper §3.1): continue book passages in vividly descriptive language.
+
+The same flow as recipes/sentiment.py (base model -> labels -> reward model -> PPO -> evaluation -> save/push) on the
+same kind of data, book passages; what differs is the config, recipes/configs/descriptiveness.yaml: the paper's
+labels are human, so use --label_source file (e.g. its descriptiveness/offline_5k.json) or --label_source human,
+and there is no known reward to track (known_reward: none).
 
     accelerate launch recipes/descriptiveness.py --config recipes/configs/descriptiveness.yaml [--any_field value ...]
-
-Every field of PipelineArguments, hf_prefs.PPOConfig and TRL's ModelConfig can be set in the YAML file or on the
-command line (the command line wins); see README.md.
 """
 
-from hf_prefs.pipeline import main
+import logging
+
+from sentiment import main  # the flow, stage by stage: recipes/sentiment.py
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     main(task="descriptiveness")

@@ -1,13 +1,111 @@
-"""Sentiment (paper §3.1.1): continue book passages with positive sentiment. Offline default: SmolLM2-135M as rho,
-Austen queries, VADER log-odds as the mock labeler's known reward, simulated best-of-4 labels.
+"""Sentiment (Ziegler et al. 2019, §3.1.1): continue book passages with positive sentiment, from best-of-4 labels.
 
-    accelerate launch recipes/sentiment.py --config recipes/configs/sentiment.yaml [--any_field value ...]
+Offline default (README command 1): SmolLM2-135M as rho, Austen passages as queries, a simulated labeler that picks
+the continuation VADER finds most positive, a LoRA policy, on a laptop CPU in about 15 minutes:
 
-Every field of PipelineArguments, hf_prefs.PPOConfig and TRL's ModelConfig can be set in the YAML file or on the
-command line (the command line wins); see README.md.
+    accelerate launch --config_file recipes/accelerate_configs/cpu.yaml recipes/sentiment.py \
+        --config recipes/configs/sentiment_offline.yaml
+
+The paper's settings (GPU scale) are in recipes/configs/sentiment.yaml. Every field of PipelineArguments,
+hf_prefs.PPOConfig and TRL's ModelConfig can be set in the YAML file or on the command line (the command line wins).
+Edit the stages below to change the flow; each is a function of hf_prefs.pipeline. The other tasks' recipes
+(descriptiveness.py, tldr.py, cnndm.py) run this same flow on their own data and config.
 """
 
-from hf_prefs.pipeline import main
+import logging
+
+import torch
+from trl import ModelConfig, TrlParser
+
+from hf_prefs import PPOConfig, RolloutSpec, evaluate_policy, score_texts
+from hf_prefs.pipeline import (
+    PipelineArguments,
+    StageTimer,
+    collect_labels,
+    load_base,
+    make_ppo_trainer,
+    online_label_loop,
+    push_results,
+    save_labels,
+    split_queries,
+    train_policy,
+    train_reward_model,
+    trained_policy,
+    validate_pipeline_config,
+    write_results,
+)
+from hf_prefs.tasks import make_known_reward
+
+def main(task="sentiment", argv=None):
+    ################
+    # Arguments
+    ################
+    parser = TrlParser((PipelineArguments, PPOConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    if script_args.task not in (None, task):
+        raise ValueError(f"task: this recipe runs {task!r}, got task={script_args.task!r}")
+    script_args.task = task
+    validate_pipeline_config(script_args, training_args, model_args)  # names a bad field before any model loads
+    out, timer = training_args.output_dir, StageTimer()
+    torch.manual_seed(training_args.seed)
+
+    ################
+    # Base model (rho), the rollout rule, queries
+    ################
+    base = load_base(model_args)  # SmolLM2-135M offline unless --model_name_or_path
+    spec = RolloutSpec.from_config(training_args, base.tokenizer)  # what a response is: length, T, cut, penalty
+    queries = split_queries(script_args, training_args, base.tokenizer)  # held-out / label / PPO queries
+    known_reward = make_known_reward(script_args.known_reward)  # mock labeler's reward (VADER log-odds); None: none
+
+    ################
+    # Labels and reward model
+    ################
+    online = None
+    with timer("labels"):
+        if script_args.label_mode == "online":  # round 0 now, the other rounds inside PPO
+            online = online_label_loop(script_args, training_args, base, queries.label, out)
+            online.first_round(base.rho)
+            labels, label_info = online.labels_dataset(), {"source": script_args.label_source, "mode": "online"}
+        else:  # best-of-K on rho's samples: simulated labeler, a label file, or people
+            labels, label_info = collect_labels(script_args, training_args, base.rho, base.tokenizer, queries.label, spec)
+        save_labels(labels, out)
+    with timer("reward_model"):
+        if online is None:
+            reward_model, rm_metrics = train_reward_model(
+                script_args, training_args, labels, base.rho, base.tokenizer, base.name, out, spec=spec
+            )
+        else:
+            reward_model, rm_metrics = online.reward_model, online.rm_metrics
+
+    ################
+    # PPO on r(x, y) - beta * KL
+    ################
+    trainer = make_ppo_trainer(training_args, model_args, base, reward_model, queries.ppo, known_reward=known_reward)
+    with timer("ppo"):
+        train_policy(trainer, online)
+    if online is not None:  # all rounds' labels; the last round's reward model
+        labels, rm_metrics, label_info["rounds"] = online.labels_dataset(), online.rm_metrics, len(online.rounds)
+        save_labels(labels, out)
+
+    ################
+    # Evaluation: rho and pi on the same held-out queries, same sampling seed
+    ################
+    judge = dict(known_reward=known_reward, batch_size=script_args.sampling_batch_size, seed=training_args.seed + 2,
+                 reward_fn=lambda q, r: score_texts(trainer.reward_model, base.tokenizer, q, r))
+    before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)
+    after = evaluate_policy(trained_policy(trainer), base.tokenizer, queries.eval, spec,
+                            ref_model=None if trainer.is_peft_model else base.rho, **judge)
+
+    ################
+    # Save results, models and cards; push to the Hub
+    ################
+    summary = write_results(out, script_args, training_args, base.name, trainer, labels, label_info, rm_metrics,
+                            before, after, queries.eval_references, timer.total(), online.summary() if online else None)
+    if training_args.push_to_hub:
+        summary["hub"] = push_results(out, training_args, script_args)
+    return summary
+
 
 if __name__ == "__main__":
-    main(task="sentiment")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    main()

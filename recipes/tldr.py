@@ -1,13 +1,18 @@
-"""TL;DR summarization (paper §3.2): summarize Reddit posts; online labels in the paper (60k offline / 45k online).
-Use --label_source file (e.g. tldr/online_45k.json) or --label_source human.
+"""TL;DR summarization (paper §3.2): summarize Reddit posts.
+
+The same flow as recipes/sentiment.py (base model -> labels -> reward model -> PPO -> evaluation -> save/push); what
+differs is the task's data — posts from trl-lib/tldr cut to fit 500 tokens with the suffix "\n\nTL;DR:", their
+reference summaries scored with ROUGE in summary.json — and the config, recipes/configs/tldr.yaml (75-token
+responses cut at a newline, fixed beta). The paper's labels are human: --label_source file (e.g. tldr/online_45k.json)
+or --label_source human, offline or with --label_mode online.
 
     accelerate launch recipes/tldr.py --config recipes/configs/tldr.yaml [--any_field value ...]
-
-Every field of PipelineArguments, hf_prefs.PPOConfig and TRL's ModelConfig can be set in the YAML file or on the
-command line (the command line wins); see README.md.
 """
 
-from hf_prefs.pipeline import main
+import logging
+
+from sentiment import main  # the flow, stage by stage: recipes/sentiment.py
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     main(task="tldr")

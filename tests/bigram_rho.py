@@ -7,7 +7,7 @@ few seconds, P(next word | previous word) on the six novels (top ``vocab_size`` 
 
     P(w_t | w_{t-1}) = (1 - s) · C(w_{t-1}, w_t) / C(w_{t-1}) + s · C(w_t) / N
 
-and exposes it with the causal-LM call interface that :func:`hf_prefs.rollout.sample_responses` uses
+and exposes it with the causal-LM call interface that :func:`hf_prefs.models.generation.sample_responses` uses
 (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache) -> .logits, .past_key_values``),
 together with a word-level ``PreTrainedTokenizerFast``. Its samples are Austen-flavoured word salad whose
 sentiment words come at their natural frequency, which is what a VADER-labelled test needs.

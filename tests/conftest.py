@@ -8,9 +8,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 torch.set_num_threads(1)  # tiny models gain nothing from more; and the suite stays fast on a busy machine
 
@@ -57,3 +63,13 @@ class ForceToken(torch.nn.Module):
         out = self.lm(**kwargs)
         out.logits[..., self.token] += 100.0
         return out
+
+
+def load_recipe(name: str):
+    """The module ``recipes/<name>.py`` (its ``main(task, argv)`` runs the recipe in-process)."""
+    if str(RECIPES) not in sys.path:
+        sys.path.insert(0, str(RECIPES))  # recipes import each other (tldr.py runs sentiment.py's flow)
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,8 +6,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from hf_prefs.analysis.evaluate import evaluate_policy
-from hf_prefs.rollout import left_pad, response_logprobs, truncated_lengths
+from hf_prefs.pipeline.evaluate import evaluate_policy
+from hf_prefs.core.rollout import RolloutSpec, cut_responses, left_pad
+from hf_prefs.models.generation import response_logprobs, sample_responses
 
 QUERIES = ["It was a truth universally acknowledged.", "She smiled.", "The rain fell on the garden all night."]
 
@@ -21,8 +22,6 @@ def test_kl_is_zero_for_the_reference_and_matches_a_hand_computation(tiny_gpt2, 
         pi.lm_head.weight.add_(0.05 * torch.randn_like(pi.lm_head.weight))
     ev = evaluate_policy(pi, gpt2_tokenizer, QUERIES, ref_model=rho, response_length=6, temperature=0.7, seed=3)
     # Recompute by hand from the same seeded draw (same generator seed -> the same sampled tokens).
-    from hf_prefs.rollout import sample_responses
-
     ids, mask = left_pad([gpt2_tokenizer(q)["input_ids"] for q in QUERIES], gpt2_tokenizer.eos_token_id)
     resp = sample_responses(pi, ids, mask, 6, 0.7, torch.Generator().manual_seed(3))
     full, fmask = torch.cat([ids, resp], 1), torch.cat([mask, torch.ones_like(resp)], 1)
@@ -52,5 +51,5 @@ def test_rm_score_gets_the_truncation_penalty(tiny_gpt2, gpt2_tokenizer):
 def test_truncated_lengths_counts_positions_not_pad_ids():
     resp = torch.tensor([[5, 0, 9, 7, 9, 1], [9, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0]])
     # truncate after the first 9 at index >= 2; token 0 doubles as the pad id and must still be counted
-    assert truncated_lengths(resp, 9, 2).tolist() == [3, 6, 6]
-    assert truncated_lengths(resp, None, 2).tolist() == [6, 6, 6]
+    assert cut_responses(resp, RolloutSpec(response_length=6, truncate_token_id=9, truncate_after=2)).lengths.tolist() == [3, 6, 6]
+    assert cut_responses(resp, RolloutSpec(response_length=6, truncate_token_id=None, truncate_after=2)).lengths.tolist() == [6, 6, 6]

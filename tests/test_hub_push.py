@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GP
 
 from hf_prefs.hub import push_folder_to_hub, push_run_to_hub
 from hf_prefs.model_cards import render_policy_card, write_model_card
-from hf_prefs.normalization import set_reward_normalization
+from hf_prefs.models.reward_model import set_reward_normalization
 from conftest import tiny_gpt2_config
 
 TOKEN = "hf_fake_write_token"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_prefs.kl import AdaptiveKLController, FixedKLController, adaptive_kl_update
+from hf_prefs.core.kl import AdaptiveKLController, FixedKLController, adaptive_kl_update
 
 
 def test_adaptive_sequence_matches_hand_computation():

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from hf_prefs.label_app.store import LOG_NAME, LabelQueue
+import hf_prefs
+from hf_prefs.labels.event_log import LOG_NAME
+from hf_prefs.labels.queue import LabelQueue
 
 pytestmark = pytest.mark.browser
 
@@ -99,7 +101,9 @@ def running_server(qdir: Path, log_path: Path, *args: str, env: dict | None = No
     """``hf-prefs label serve`` (via ``python -m hf_prefs.label_app.cli``) on a free loopback port."""
     port = _free_port()
     cmd = [sys.executable, "-m", "hf_prefs.label_app.cli", "label", "serve", "--queue", str(qdir), "--port", str(port), *args]
-    full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    root = str(Path(hf_prefs.__file__).resolve().parents[1])  # the server runs the same hf_prefs as this test
+    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": pythonpath, **(env or {})}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     url = f"http://127.0.0.1:{port}/"

@@ -1,5 +1,5 @@
-"""The durable label queue (hf_prefs/label_app/store.py): kill -9 mid-write, concurrent writers, bad
-requests, restart, leases, undo, agreement, rounds filled from files."""
+"""The durable label queue (hf_prefs/labels/queue.py on hf_prefs/labels/event_log.py): kill -9 mid-write,
+concurrent writers, bad requests, restart, leases, undo, agreement, rounds filled from files."""
 
 from __future__ import annotations
 
@@ -17,11 +17,20 @@ from pathlib import Path
 
 import pytest
 
+import hf_prefs
 from hf_prefs.label_app import cli as label_cli
-from hf_prefs.label_app.store import LOG_NAME, LabelQueue, LabelRequestError
-from hf_prefs.labels import LabelValidationError, validate_labels
+from hf_prefs.labels.event_log import LOG_NAME, EventLog
+from hf_prefs.labels.queue import LabelQueue, LabelRequestError
+from hf_prefs.labels.schema import LabelValidationError, validate_labels
 
 K = 4
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for writer subprocesses: they import the same ``hf_prefs`` as this test (a script
+    run from a temporary folder would otherwise get whatever checkout is installed)."""
+    root = str(Path(hf_prefs.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def make_items(n: int, k: int = K, tag: str = "") -> list[tuple[str, list[str]]]:
@@ -124,7 +133,7 @@ def test_labels_per_item_full_item_refused(tmp_path):
 
 # --------------------------------------------------------------------------- durability
 def test_every_submit_is_fsynced_before_it_returns(tmp_path, monkeypatch):
-    from hf_prefs.label_app import store
+    from hf_prefs.labels import event_log
 
     q = LabelQueue(tmp_path)
     q.put_round(0, make_items(2))
@@ -135,7 +144,7 @@ def test_every_submit_is_fsynced_before_it_returns(tmp_path, monkeypatch):
         real_fsync(fd)
         synced.append((tmp_path / LOG_NAME).read_bytes())
 
-    monkeypatch.setattr(store.os, "fsync", spy)
+    monkeypatch.setattr(event_log.os, "fsync", spy)
     rec = q.submit("alice", "0-00001", 3)
     assert len(synced) == 1 and rec["label_id"].encode() in synced[0]
 
@@ -174,14 +183,69 @@ def test_a_round_torn_mid_write_is_all_or_nothing(tmp_path):
     assert q.put_round(1, make_items(5, tag="b"))[0] == "1-00000"  # the retry gets the same ids
 
 
+class CountState:
+    """A toy state: the event log replays into anything with an ``apply(event)``."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def apply(self, event: dict) -> None:
+        if event["type"] != "n":
+            raise ValueError(f"unknown event type {event['type']!r}")
+        self.seen.append(event["n"])
+
+
+def test_event_log_is_generic_batches_one_line_refusals_write_nothing(tmp_path, caplog):
+    path = tmp_path / "events.jsonl"
+    a, b = EventLog(path, CountState()), EventLog(path, CountState())
+    assert a.append(lambda s: [{"type": "n", "n": len(s.seen)}]) == [{"type": "n", "n": 0}]
+    a.append(lambda s: [{"type": "n", "n": len(s.seen) + i} for i in range(2)])  # several events: one batch line
+    assert a.append(lambda s: []) == [] and a.state.seen == [0, 1, 2]
+    lines = path.read_bytes().split(b"\n")
+    assert len(lines) == 3 and json.loads(lines[1])["type"] == "batch"
+    b.append(lambda s: [{"type": "n", "n": len(s.seen)}])  # b catches up under the lock before it builds
+    assert b.state.seen == [0, 1, 2, 3]
+
+    def refuse(state: CountState) -> list[dict]:
+        raise LabelRequestError("no")
+
+    before = path.read_bytes()
+    with pytest.raises(LabelRequestError, match="no"):
+        a.append(refuse)
+    assert path.read_bytes() == before
+    with open(path, "ab") as f:  # a complete line the state cannot replay
+        f.write(b'{"type": "other"}\n')
+    a.refresh()
+    assert a.state.seen == [0, 1, 2, 3] and a.bad_lines == [4] and "line 4 skipped" in caplog.text
+    a.close()
+    b.close()
+
+
+def test_label_app_reexports_the_queue_and_its_name_check():
+    import importlib.util
+
+    import hf_prefs.label_app as label_app
+    from hf_prefs.labels import queue, schema
+
+    for name in ["LabelQueue", "LabelRequestError", "Lease", "RoundStatus", "LABEL_FEATURES"]:
+        assert getattr(label_app, name) is getattr(queue, name)
+    assert label_app.load_rows is schema.load_rows
+    assert importlib.util.find_spec("hf_prefs.label_app.store") is None  # no shim left behind
+    assert queue.check_name("alice", "labeler") == "alice"
+    for bad in ["", "   ", "a\nb", "x" * 201, 3]:
+        with pytest.raises(LabelRequestError, match="labeler must be a non-empty string") as info:
+            queue.check_name(bad, "labeler")
+        assert info.value.field == "labeler"
+
+
 KILL_WRITER = textwrap.dedent(
     """
     import os, sys, time
-    from hf_prefs.label_app import store
+    from hf_prefs.labels import event_log, queue
 
     stall_after = int(sys.argv[2])
     writes = [0]
-    real = store._write_all
+    real = event_log._write_all
 
     def slow_write_all(fd, data):
         # write each record in two pieces: a kill between them leaves a torn line
@@ -193,8 +257,8 @@ KILL_WRITER = textwrap.dedent(
             time.sleep(60)
         real(fd, data[half:])
 
-    store._write_all = slow_write_all
-    q = store.LabelQueue(sys.argv[1])
+    event_log._write_all = slow_write_all
+    q = queue.LabelQueue(sys.argv[1])
     print("READY", flush=True)
     while True:
         lease = q.next_item("killed")
@@ -230,7 +294,7 @@ def test_kill_9_mid_write_loses_no_confirmed_label(tmp_path, mode):
     n_confirm = 15
     # stall on the write after 2*n_confirm (lease + label per item) events: a half-written lease
     stall_after = 1 + 2 * n_confirm if mode == "stalled_mid_record" else -1
-    proc = subprocess.Popen([sys.executable, str(script), str(qdir), str(stall_after)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(qdir), str(stall_after)], stdout=subprocess.PIPE, text=True, env=subprocess_env())
     lines = _reader(proc)
     confirmed: dict[str, tuple[str, int]] = {}
     deadline = time.monotonic() + 60
@@ -285,7 +349,7 @@ def test_kill_9_mid_write_loses_no_confirmed_label(tmp_path, mode):
 CONCURRENT_WRITER = textwrap.dedent(
     """
     import os, sys, time
-    from hf_prefs.label_app.store import LabelQueue, LabelRequestError
+    from hf_prefs.labels.queue import LabelQueue, LabelRequestError
 
     qdir, labeler, mode, go = sys.argv[1:5]
     q = LabelQueue(qdir)
@@ -313,7 +377,7 @@ def _run_pair(tmp_path: Path, qdir: Path, labelers: list[str], mode: str) -> lis
     script.write_text(CONCURRENT_WRITER)
     go = tmp_path / "go"
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(qdir), who, mode, str(go)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, str(script), str(qdir), who, mode, str(go)], stdout=subprocess.PIPE, text=True, env=subprocess_env())
         for who in labelers
     ]
     try:

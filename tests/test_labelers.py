@@ -9,15 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_prefs.labelers import (
-    ResponseSampler,
-    SimulatedLabeler,
-    sample_candidates,
-    sample_label_dataset,
-    truncate_token_id,
-)
-from hf_prefs.labels import validate_labels
-from hf_prefs.rollout import left_pad, sample_responses
+from hf_prefs.core.rollout import left_pad, token_id_of
+from hf_prefs.labels.labelers import SimulatedLabeler, sample_candidates, sample_label_dataset
+from hf_prefs.labels.schema import validate_labels
+from hf_prefs.models.generation import ResponseSampler, sample_responses
 
 
 class ContextFreeLM(torch.nn.Module):
@@ -90,12 +85,12 @@ def test_label_batch_scores_all_samples_in_one_call_and_checks_output():
 
 
 # ---------------------------------------------------------------- sampling labels from ρ
-def test_truncate_token_id_is_the_single_period_token(gpt2_tokenizer):
-    assert truncate_token_id(gpt2_tokenizer, ".") == 13
-    assert truncate_token_id(gpt2_tokenizer, 13) == 13
-    assert truncate_token_id(gpt2_tokenizer, None) is None
+def test_token_id_of_is_the_single_period_token(gpt2_tokenizer):
+    assert token_id_of(gpt2_tokenizer, ".") == 13
+    assert token_id_of(gpt2_tokenizer, 13) == 13
+    assert token_id_of(gpt2_tokenizer, None) is None
     with pytest.raises(ValueError, match="one token"):
-        truncate_token_id(gpt2_tokenizer, ". Then")
+        token_id_of(gpt2_tokenizer, ". Then")
 
 
 def _rho(tok):
@@ -142,7 +137,8 @@ def test_sample_label_dataset_truncates_drops_and_labels(gpt2_tokenizer):
         for row in drawn[i * k : (i + 1) * k].tolist():
             cut = next((t for t in range(after, length) if row[t] == 13), None)  # only id 13 truncates, not '."'
             ok &= cut is not None
-            texts.append(tok.decode(row[: cut + 1]) if cut is not None else None)
+            # the one decoding rule (RolloutSpec.texts): special tokens such as a sampled EOS are not shown
+            texts.append(tok.decode(row[: cut + 1], skip_special_tokens=True) if cut is not None else None)
         if ok:
             expected_q.append(q)
             expected_samples.append(texts)
@@ -180,7 +176,7 @@ def test_sample_label_dataset_truncates_drops_and_labels(gpt2_tokenizer):
         for j, text in enumerate(row_samples):
             row = drawn[i * k + j].tolist()
             cut = next((t for t in range(after, length) if row[t] == 13), None)
-            assert text == tok.decode(row[: cut + 1] if cut is not None else row)
+            assert text == tok.decode(row[: cut + 1] if cut is not None else row, skip_special_tokens=True)
 
 
 def test_sample_label_dataset_without_truncation_keeps_every_query(gpt2_tokenizer):

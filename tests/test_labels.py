@@ -7,7 +7,7 @@ import json
 import pytest
 from datasets import Dataset
 
-from hf_prefs.labels import (
+from hf_prefs.labels.schema import (
     OPENAI_PAD_ID,
     LabelValidationError,
     from_openai_json,

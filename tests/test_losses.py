@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_prefs.losses import kway_accuracy, kway_preference_loss
+from hf_prefs.core.losses import kway_accuracy, kway_preference_loss
 
 
 def _hand_loss(rewards: list[float], best: int) -> float:

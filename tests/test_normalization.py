@@ -9,16 +9,17 @@ import torch
 from conftest import tiny_gpt2_config
 from transformers import GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
-from hf_prefs.labelers import ResponseSampler
-from hf_prefs.normalization import (
+from hf_prefs.core.normalization import reward_normalization
+from hf_prefs.models.generation import ResponseSampler
+from hf_prefs.models.loading import load_reward_model
+from hf_prefs.models.reward_model import (
     BIAS_KEY,
     GAIN_KEY,
     get_reward_normalization,
     normalize_reward_model,
-    reward_normalization,
+    score_texts,
     set_reward_normalization,
 )
-from hf_prefs.reward_model import load_reward_model, score_texts
 
 QUERIES = [
     "It is a truth universally acknowledged that a single man must be in want of a wife.",
@@ -201,7 +202,7 @@ def test_llama_reward_model_reads_last_token(smollm2_tokenizer):
 def test_peft_wrapped_model_scores_and_reloads_with_gain(gpt2_tokenizer, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from hf_prefs.normalization import save_reward_normalization
+    from hf_prefs.models.loading import save_reward_normalization
 
     base = _tiny_rm(gpt2_tokenizer)
     base_dir = tmp_path / "base"

@@ -12,14 +12,15 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, GPT2LMHeadModel, TrainerCallback
 
-from hf_prefs import online
-from hf_prefs.kl import adaptive_kl_update
-from hf_prefs.label_app.store import LabelQueue
-from hf_prefs.labelers import SimulatedLabeler
-from hf_prefs.online import OnlineLabelSchedule, OnlinePreferenceLoop, QueueLabelSource
+from hf_prefs.trainers import online
+from hf_prefs.core.kl import adaptive_kl_update
+from hf_prefs.labels.queue import LabelQueue
+from hf_prefs.labels.labelers import SimulatedLabeler
+from hf_prefs.labels.sources import QueueLabelSource
+from hf_prefs.trainers.online import OnlineLabelSchedule, OnlinePreferenceLoop
 from hf_prefs.pipeline import PipelineArguments, main, train_reward_model
-from hf_prefs.ppo_config import PPOConfig
-from hf_prefs.ppo_trainer import PPOTrainer
+from hf_prefs.trainers.ppo_config import PPOConfig
+from hf_prefs.trainers.ppo_trainer import PPOTrainer
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hf_prefs.ppo_math import (
+from hf_prefs.core.ppo_math import (
     compute_gae,
     explained_variance,
     kl_penalty,

@@ -10,11 +10,11 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from hf_prefs.ppo_config import PPOConfig
-from hf_prefs.ppo_trainer import NonFiniteError, PPOTrainer
-from hf_prefs.reward_model import per_token_scores, score_texts
-from hf_prefs.rollout import response_logprobs
-from hf_prefs.value_head import PolicyWithValueHead
+from hf_prefs.trainers.ppo_config import PPOConfig
+from hf_prefs.trainers.ppo_trainer import NonFiniteError, PPOTrainer
+from hf_prefs.models.reward_model import per_token_scores, score_texts
+from hf_prefs.models.generation import response_logprobs
+from hf_prefs.models.value_head import PolicyWithValueHead
 
 from conftest import tiny_gpt2_config
 
@@ -318,7 +318,7 @@ def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer):
     trainer = make_trainer(
         tmp_path, gpt2_tokenizer, model=policy, stop_token="eos", truncate_after=0, missing_eos_penalty=2.0, total_episodes=8
     )
-    assert trainer.truncate_token_id == gpt2_tokenizer.eos_token_id
+    assert trainer.rollout_spec.truncate_token_id == gpt2_tokenizer.eos_token_id
     rollout = trainer.make_rollout(*trainer.sample_queries(0))
     eos = gpt2_tokenizer.eos_token_id
     assert rollout.response_ids.shape[1] == 6  # generation does not stop at EOS
@@ -372,7 +372,7 @@ def test_smollm2_lora_vader_on_austen_queries(tmp_path):
     from peft import LoraConfig
 
     from hf_prefs.assets import load_smollm2_tokenizer, smollm2_path
-    from hf_prefs.scorers import vader_log_odds
+    from hf_prefs.tasks.known_rewards import vader_log_odds
     from hf_prefs.tasks.books import austen_queries
 
     tokenizer = load_smollm2_tokenizer()
@@ -389,7 +389,7 @@ def test_smollm2_lora_vader_on_austen_queries(tmp_path):
         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"),
     )
     dot = tokenizer.encode(".", add_special_tokens=False)[0]
-    assert trainer.truncate_token_id == dot
+    assert trainer.rollout_spec.truncate_token_id == dot
     rollout = trainer.make_rollout(*trainer.sample_queries(0))
     assert (rollout.kl == 0).all() and rollout.response_ids.shape == (16, 24)
     for i in range(16):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_prefs.kl import adaptive_kl_update
+from hf_prefs.core.kl import adaptive_kl_update
+from conftest import load_recipe
 from hf_prefs.pipeline import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,10 +71,27 @@ def _check_run(out: Path, summary: dict, adaptive: bool, kl_target: float, horiz
 
 
 def test_sentiment_recipe_tiny_end_to_end(tiny_base, tmp_path):
+    """recipes/sentiment.py itself (its stages top to bottom), in-process."""
     out = tmp_path / "run"
-    summary = main(task="sentiment", argv=_tiny_args(tiny_base, out, "--kl_target", "0.5"))
+    summary = load_recipe("sentiment").main(task="sentiment", argv=_tiny_args(tiny_base, out, "--kl_target", "0.5"))
     _check_run(out, summary, adaptive=True, kl_target=0.5, horizon=100)
     assert summary["labels"]["labels"] == 24 and summary["labels"]["source"] == "simulated"
+    # hf_prefs.run_pipeline (the same stages as one library call) gives the same run
+    lib = main(task="sentiment", argv=_tiny_args(tiny_base, tmp_path / "lib", "--kl_target", "0.5"))
+    for key in ("before", "after", "final_beta", "ppo_updates", "known_reward_gain", "labels"):
+        assert lib[key] == summary[key], key
+    untimed = lambda rm: {k: v for k, v in rm.items() if "runtime" not in k and "per_second" not in k}  # noqa: E731
+    assert untimed(lib["reward_model"]) == untimed(summary["reward_model"])
+
+
+def test_other_recipes_run_the_sentiment_flow_on_their_task(tiny_base, tmp_path):
+    """descriptiveness.py runs sentiment.py's stages with its own task (and refuses another task)."""
+    recipe = load_recipe("descriptiveness")
+    assert recipe.main.__module__ == "sentiment"  # no copy of the flow: the one in recipes/sentiment.py
+    summary = recipe.main(task="descriptiveness", argv=_tiny_args(tiny_base, tmp_path / "d", "--total_episodes", "8"))
+    assert summary["task"] == "descriptiveness" and summary["ppo_updates"] == 1
+    with pytest.raises(ValueError, match="task"):
+        recipe.main(task="descriptiveness", argv=_tiny_args(tiny_base, tmp_path / "x", "--task", "tldr"))
 
 
 def test_label_file_source_and_reload(tiny_base, tmp_path):
@@ -161,13 +179,13 @@ def test_summarization_eval_references_and_rouge(monkeypatch):
     """Held-out queries keep their reference summaries (split_queries) and the run reports ROUGE before/after."""
     from datasets import Dataset
 
-    import hf_prefs.pipeline as pipeline
+    import hf_prefs.pipeline.setup as setup
     from hf_prefs.pipeline import PipelineArguments, rouge_before_after, split_queries
-    from hf_prefs.ppo_config import PPOConfig
+    from hf_prefs.trainers.ppo_config import PPOConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rows = {"query": [f"article {i}\n\nTL;DR:" for i in range(10)], "reference": [f"summary {i}" for i in range(10)]}
-    monkeypatch.setattr(pipeline, "load_task_queries", lambda pa, tok, n=None, seed=0: Dataset.from_dict(rows))
+    monkeypatch.setattr(setup, "load_task_queries", lambda task, tok, n=None, seed=0, **_: Dataset.from_dict(rows))
     pa = PipelineArguments(task="tldr", num_eval_queries=3, num_label_queries=4)
     eval_q, label_q, ppo_q, refs = split_queries(pa, PPOConfig(output_dir="/tmp/unused", use_cpu=True), None)
     assert eval_q == rows["query"][:3] and refs == ["summary 0", "summary 1", "summary 2"]

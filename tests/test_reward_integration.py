@@ -24,10 +24,11 @@ from bigram_rho import austen_bigram
 from conftest import tiny_gpt2_config
 from transformers import GPT2ForSequenceClassification
 
-from hf_prefs.labelers import ResponseSampler, SimulatedLabeler, sample_label_dataset
-from hf_prefs.reward_model import load_reward_model, score_texts
-from hf_prefs.reward_trainer import PreferenceRewardConfig, PreferenceRewardTrainer
-from hf_prefs.scorers import vader_log_odds
+from hf_prefs.labels.labelers import SimulatedLabeler, sample_label_dataset
+from hf_prefs.models.generation import ResponseSampler
+from hf_prefs import load_reward_model, score_texts
+from hf_prefs.trainers import PreferenceRewardConfig, PreferenceRewardTrainer
+from hf_prefs.tasks.known_rewards import vader_log_odds
 from hf_prefs.tasks.books import austen_queries
 
 N_TRAIN, N_TEST = 2000, 400

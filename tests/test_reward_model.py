@@ -12,15 +12,8 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from hf_prefs.reward_model import (
-    last_token_index,
-    last_token_rewards,
-    pack_shared_prefix,
-    packed_rewards,
-    pad_right,
-    score_head,
-    shared_prefix_attention_mask,
-)
+from hf_prefs.core.packing import pack_shared_prefix, pad_right, shared_prefix_attention_mask
+from hf_prefs.models.reward_model import last_token_index, last_token_rewards, packed_rewards, score_head
 
 
 def _gpt2() -> GPT2ForSequenceClassification:
@@ -103,8 +96,8 @@ def test_loading_a_local_full_model_folder_never_asks_the_hub(tmp_path, gpt2_tok
     import peft
 
     from conftest import tiny_gpt2_config
-    from hf_prefs.normalization import set_reward_normalization
-    from hf_prefs.reward_model import load_reward_model, score_texts
+    from hf_prefs.models.reward_model import set_reward_normalization
+    from hf_prefs import load_reward_model, score_texts
 
     model = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, pad_token_id=50256)).eval()
     set_reward_normalization(model, 2.0, -0.5)

@@ -13,10 +13,11 @@ from conftest import tiny_gpt2_config
 from datasets import Dataset
 from transformers import GPT2ForSequenceClassification
 
-from hf_prefs.labels import LabelValidationError
-from hf_prefs.normalization import GAIN_KEY, NORMALIZATION_FILE, get_reward_normalization
-from hf_prefs.reward_model import load_reward_model, score_texts
-from hf_prefs.reward_trainer import DataCollatorForKWayPreference, PreferenceRewardConfig, PreferenceRewardTrainer
+from hf_prefs.labels.schema import LabelValidationError
+from hf_prefs.models.loading import NORMALIZATION_FILE
+from hf_prefs.models.reward_model import GAIN_KEY, get_reward_normalization
+from hf_prefs import load_reward_model, score_texts
+from hf_prefs.trainers import DataCollatorForKWayPreference, PreferenceRewardConfig, PreferenceRewardTrainer
 
 GOOD = [" wonderful", " happy", " lovely", " delightful", " cheerful"]
 BAD = [" terrible", " sad", " awful", " dreadful", " gloomy"]

@@ -1,4 +1,5 @@
-"""Rollout rules: fixed-length sampling at temperature T, truncation after the truncate token, the penalty."""
+"""Rollout rules: fixed-length sampling at temperature T, the cut after the truncate token, the penalty
+(:class:`hf_prefs.core.rollout.RolloutSpec`, one owner for PPO, labelers, evaluation, online loop, normalization)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,28 @@ import torch
 from torch import nn
 
 from conftest import ForceToken
-from hf_prefs.rollout import (
-    apply_truncation_penalty,
-    left_pad,
-    response_logprobs,
-    sample_responses,
-    truncate_responses,
-    truncated_lengths,
-)
+from hf_prefs.core.rollout import RolloutSpec, apply_penalty, cut_responses, left_pad
+from hf_prefs.models.generation import response_logprobs, sample_categorical, sample_responses
 
 DOT = 13  # GPT-2 id of "."
 P = 99  # pad id used in these hand cases
+
+
+def _spec(truncate_token_id, truncate_after, length=6):
+    """The paper's rule: cut after the first token at index >= truncate_after; rows without one are invalid."""
+    return RolloutSpec(response_length=length, truncate_token_id=truncate_token_id, truncate_after=truncate_after,
+                       penalty_token_id=truncate_token_id, pad_token_id=P)
+
+
+def truncate_responses(ids, tid, truncate_after, pad_token_id):
+    """The cut ids and the valid mask of the spec's rule (what the old truncate_responses returned)."""
+    spec = _spec(tid, truncate_after, ids.shape[1])
+    lengths, valid = cut_responses(ids, spec)
+    return spec.cut_ids(ids, lengths), valid
+
+
+def truncated_lengths(ids, tid, truncate_after):
+    return cut_responses(ids, _spec(tid, truncate_after, ids.shape[1])).lengths
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +86,10 @@ def test_no_truncate_token_keeps_everything_valid():
 def test_penalty_replaces_the_score():
     scores = torch.tensor([3.0, -0.5, 2.0, -7.0])
     valid = torch.tensor([True, False, False, True])
-    assert apply_truncation_penalty(scores, valid).tolist() == [3.0, -1.0, -1.0, -7.0]
-    assert apply_truncation_penalty(scores, valid, penalty_reward_value=-4.0).tolist() == [3.0, -4.0, -4.0, -7.0]
+    assert apply_penalty(scores, valid).tolist() == [3.0, -1.0, -1.0, -7.0]
+    assert apply_penalty(scores, valid, "replace", -4.0).tolist() == [3.0, -4.0, -4.0, -7.0]
+    # TRL's missing_eos_penalty subtracts instead
+    assert apply_penalty(scores, valid, "subtract", 2.0).tolist() == [3.0, -2.5, 0.0, -7.0]
 
 
 class _ConstantLogits(nn.Module):
@@ -154,8 +168,6 @@ def test_response_logprobs_apply_the_temperature():
 
 
 def test_sample_categorical_matches_the_softmax_at_temperature():
-    from hf_prefs.rollout import sample_categorical
-
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, 0.5]]).repeat(20_000, 1)
     draws = sample_categorical(logits, 0.7, torch.Generator().manual_seed(0)).squeeze(1)
     freq = torch.bincount(draws, minlength=5).float() / draws.numel()

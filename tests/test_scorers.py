@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from hf_prefs import scorers
-from hf_prefs.scorers import HubSentimentScorer, VaderScorer, vader_compound, vader_log_odds
+from hf_prefs.tasks import known_rewards as scorers
+from hf_prefs.tasks.known_rewards import HubSentimentScorer, VaderScorer, vader_compound, vader_log_odds
 
 POSITIVE = "I love this, wonderful!"
 NEGATIVE = "terrible, awful, I hate it"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hf_prefs.analysis.frontier import FrontierPoint, frontier_reward_at_kl
+from hf_prefs.core.frontier import FrontierPoint, frontier_reward_at_kl
 from hf_prefs.analysis.report import write_report
 from hf_prefs.analysis.study import gain_fraction, study_main
 from hf_prefs.cli import main as cli_main

@@ -1,6 +1,7 @@
 """The paper's label-count study (Figures 2 and 3) at machine scale, for a task with a known reward (mock sentiment).
 
-Runs, all evaluated by :func:`hf_prefs.analysis.evaluate.evaluate_policy` on the same held-out queries:
+Runs, all evaluated by :func:`hf_prefs.pipeline.evaluate_policy` on the same held-out queries, each made of the
+pipeline's stages (the recipes' labels, reward model and PPO):
 
 - ``direct``: PPO on the known reward itself (r = r_s of the truncated response);
 - ``rm`` for each N in ``label_counts``: PPO on a reward model trained from the first N simulated best-of-K labels;
@@ -32,12 +33,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from trl import ModelConfig, TrlParser
 
-from hf_prefs.analysis.frontier import (
-    FrontierPoint,
-    frontier_reward_at_kl,
-    optimal_frontier,
+from ..core.frontier import FrontierPoint, frontier_reward_at_kl, optimal_frontier
+from ..core.rollout import RolloutSpec
+from ..models.reward_model import score_texts
+from ..pipeline import (
+    Base,
+    PipelineArguments,
+    collect_labels,
+    evaluate_policy,
+    load_base,
+    make_ppo_trainer,
+    split_queries,
+    train_policy,
+    train_reward_model,
+    trained_policy,
+    validate_pipeline_config,
+    write_metrics,
 )
+from ..tasks.known_rewards import make_known_reward
+from ..trainers.ppo_config import PPOConfig
 
 __all__ = ["DEFAULT_BETAS", "StudyArguments", "gain_fraction", "run_study", "study_main"]
 
@@ -63,35 +80,18 @@ def gain_fraction(reward: float, reference: float, baseline: float) -> float:
 
 
 def _ppo_run(
-    name: str, reward: Any, pa: Any, cfg: Any, model_args: Any, base_model: str, rho: torch.nn.Module,
-    tokenizer: Any, ppo_q: Any, eval_q: list[str], known: Any, eval_kw: dict[str, Any], output_dir: str,
+    name: str, reward: Any, cfg: Any, model_args: Any, base: Base, ppo_q: Any, eval_q: list[str], known: Any,
+    eval_kw: dict[str, Any], output_dir: str,
 ) -> dict[str, Any]:
     """PPO (the pipeline's known-reward-tracking trainer) on ``reward``, then the held-out evaluation."""
-    from transformers import AutoModelForCausalLM
-
-    from hf_prefs.analysis.evaluate import evaluate_policy
-    from hf_prefs.pipeline import _tracking_trainer_class, _write_metrics, model_dtype
-
     run_dir = os.path.join(output_dir, "runs", name)
     os.makedirs(run_dir, exist_ok=True)
-    run_cfg = copy.deepcopy(cfg)
-    run_cfg.output_dir = run_dir
-    peft_config = None
-    if model_args is not None and getattr(model_args, "use_peft", False):
-        from trl import get_peft_config
-
-        peft_config = get_peft_config(model_args)
     torch.manual_seed(cfg.seed)
-    policy = AutoModelForCausalLM.from_pretrained(base_model, dtype=model_dtype(model_args))
-    trainer = _tracking_trainer_class()(
-        model=policy, reward_model=reward, args=run_cfg, train_dataset=ppo_q.select_columns(["query"]),
-        processing_class=tokenizer, ref_model=None if peft_config else rho, peft_config=peft_config,
-    )
-    trainer.known_reward = known
-    trainer.train()
-    _write_metrics(trainer.state.log_history, run_dir)
-    pi = trainer.model.policy if hasattr(trainer.model, "policy") else trainer.model
-    ev = evaluate_policy(pi, tokenizer, eval_q, ref_model=None if peft_config else rho, known_reward=known, **eval_kw)
+    trainer = make_ppo_trainer(cfg, model_args, base, reward, ppo_q, known_reward=known, output_dir=run_dir)
+    train_policy(trainer)
+    write_metrics(trainer.state.log_history, run_dir)
+    ref = None if trainer.is_peft_model else base.rho
+    ev = evaluate_policy(trained_policy(trainer), base.tokenizer, eval_q, ref_model=ref, known_reward=known, **eval_kw)
     summary = {**ev.summary(), "ppo_updates": trainer.state.global_step}
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(ev.to_dict(), f, indent=1)
@@ -99,14 +99,10 @@ def _ppo_run(
 
 
 def _plot(rows: list[dict[str, Any]], frontier: list[FrontierPoint], rho_mean: float, out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     direct = next(r for r in rows if r["kind"] == "direct")
     rm_rows = [r for r in rows if r["kind"] == "rm"]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))  # no pyplot: the caller's matplotlib backend is left alone
+    ax = fig.subplots()
     ax.plot([p.kl for p in frontier], [p.reward for p in frontier], "-", color="black", label="optimal frontier (rho samples)")
     ax.scatter([direct["kl"]], [direct["known_reward"]], s=70, marker="*", color="tab:red", zorder=5, label="direct RL")
     for r in rm_rows:
@@ -118,9 +114,9 @@ def _plot(rows: list[dict[str, Any]], frontier: list[FrontierPoint], rho_mean: f
     ax.set_title("KL vs known reward")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "kl_vs_reward.png"), dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     ax.plot([r["N"] for r in rm_rows], [r["known_reward"] for r in rm_rows], "-o", color="tab:blue", label="RL on reward model")
     ax.axhline(direct["known_reward"], color="tab:red", ls="--", label="direct RL on the known reward")
     ax.axhline(rho_mean, color="tab:gray", ls=":", label="rho")
@@ -134,88 +130,27 @@ def _plot(rows: list[dict[str, Any]], frontier: list[FrontierPoint], rho_mean: f
     ax.set_title("Known reward vs number of labels")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "reward_vs_labels.png"), dpi=110)
-    plt.close(fig)
 
 
-def run_study(
-    pa: Any,
-    cfg: Any,
-    model_args: Any,
-    label_counts: Sequence[int],
-    output_dir: str,
-    frontier_samples: int = 16,
-    betas: Sequence[float] = DEFAULT_BETAS,
-) -> list[dict[str, Any]]:
-    """Run direct RL, RL on an RM per N in ``label_counts`` and the frontier; write the study folder; return the rows."""
-
-    from hf_prefs.analysis.evaluate import evaluate_policy
-    from hf_prefs.pipeline import (
-        _truncate_id,
-        collect_labels,
-        load_base,
-        make_known_reward,
-        split_queries,
-        train_reward_model,
-        validate_pipeline_config,
-    )
-    from hf_prefs.reward_model import score_texts
-
-    counts = sorted(int(n) for n in label_counts)
-    if not counts or counts[0] < 2:
-        raise ValueError(f"label_counts: need N >= 2 labels per run, got {list(label_counts)}")
-    if pa.known_reward in (None, "", "none"):
-        raise ValueError("known_reward: the study needs a known reward (direct RL, simulated labels, frontier)")
-    if frontier_samples < 1:
-        raise ValueError(f"frontier_samples: must be >= 1, got {frontier_samples}")
-    pa = copy.deepcopy(pa)
-    pa.label_source, pa.label_mode, pa.num_label_queries = "simulated", "offline", counts[-1]
-    validate_pipeline_config(pa, cfg, model_args)
-    os.makedirs(output_dir, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-
-    base_model, tokenizer, rho = load_base(model_args)
-    try:
-        eval_q, label_q, ppo_q, _ = split_queries(pa, cfg, tokenizer)
-    except ValueError as err:
-        raise ValueError(f"label_counts: max N {counts[-1]} is too large: {err}") from None
-
-    known = make_known_reward(pa.known_reward)
-    eval_kw: dict[str, Any] = {
-        "response_length": cfg.response_length, "temperature": cfg.temperature,
-        "truncate_token_id": _truncate_id(cfg, tokenizer), "truncate_after": cfg.truncate_after,
-        "penalty_reward_value": cfg.penalty_reward_value, "batch_size": pa.sampling_batch_size, "seed": cfg.seed + 2,
-    }
-
-    # ---- (c) frontier: M rho samples per held-out query, known reward of each truncated sample ----
+def _frontier(
+    rho: torch.nn.Module, tokenizer: Any, eval_q: list[str], known: Any, eval_kw: dict[str, Any], samples: int,
+    betas: Sequence[float], seed: int, output_dir: str,
+) -> tuple[list[FrontierPoint], float]:
+    """The optimal frontier from ``samples`` rho samples per held-out query (``frontier.csv``) and rho's mean."""
     sample_rewards = np.array([
-        evaluate_policy(rho, tokenizer, eval_q, known_reward=known, **{**eval_kw, "seed": cfg.seed + 100 + m}).known_rewards
-        for m in range(frontier_samples)
+        evaluate_policy(rho, tokenizer, eval_q, known_reward=known, **{**eval_kw, "seed": seed + 100 + m}).known_rewards
+        for m in range(samples)
     ]).T  # (Q, M)
-    frontier = optimal_frontier(sample_rewards, list(betas), seed=cfg.seed)
-    rho_mean = float(sample_rewards.mean())
+    frontier = optimal_frontier(sample_rewards, list(betas), seed=seed)
     with open(os.path.join(output_dir, "frontier.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(frontier[0])))
         writer.writeheader()
         writer.writerows(asdict(p) for p in frontier)
+    return frontier, float(sample_rewards.mean())
 
-    # ---- (a) direct RL on the known reward ----
-    common = {"pa": pa, "cfg": cfg, "model_args": model_args, "base_model": base_model, "rho": rho,
-              "tokenizer": tokenizer, "ppo_q": ppo_q, "eval_q": eval_q, "known": known, "output_dir": output_dir}
-    results = [{"kind": "direct", "N": 0, **_ppo_run("direct", lambda q, r: known(list(r)), eval_kw=eval_kw, **common)}]
 
-    # ---- (b) RL on reward models from N labels (the first N of one labelled set) ----
-    labels, _ = collect_labels(pa, cfg, rho, tokenizer, label_q)
-    labels.to_json(os.path.join(output_dir, "labels.jsonl"))
-    for n in counts:
-        if n > len(labels):
-            raise ValueError(f"label_counts: N={n} exceeds the {len(labels)} labels kept (untruncated samples dropped)")
-        rm_dir = os.path.join(output_dir, "runs", f"rm_{n}")
-        os.makedirs(rm_dir, exist_ok=True)
-        rm, rm_metrics = train_reward_model(pa, cfg, labels.select(range(n)), rho, tokenizer, base_model, rm_dir)
-        rm_kw = {**eval_kw, "reward_fn": lambda q, r, rm=rm: score_texts(rm, tokenizer, q, r)}
-        res = _ppo_run(f"rm_{n}", rm, eval_kw=rm_kw, **common)
-        results.append({"kind": "rm", "N": n, "rm_eval_accuracy": rm_metrics.get("eval_accuracy"), **res})
-
+def _study_rows(results: list[dict[str, Any]], frontier: list[FrontierPoint], rho_mean: float) -> list[dict[str, Any]]:
+    """One row per run: its fraction of the frontier's gain at its KL and of direct RL's gain."""
     direct_reward = results[0]["known_reward"]
     # With M samples per query the frontier's KL cannot exceed log M; past its largest KL the frontier is read at that
     # end (an underestimate), flagged so that frac_of_frontier is not over-read.
@@ -230,24 +165,78 @@ def run_study(
             "frac_of_direct_rl": gain_fraction(r["known_reward"], direct_reward, rho_mean),
             "beyond_frontier_kl": bool(r["kl"] > frontier_kl_max),
         })
+    return rows
+
+
+def run_study(
+    pa: Any,
+    cfg: Any,
+    model_args: Any,
+    label_counts: Sequence[int],
+    output_dir: str,
+    frontier_samples: int = 16,
+    betas: Sequence[float] = DEFAULT_BETAS,
+) -> list[dict[str, Any]]:
+    """Run direct RL, RL on an RM per N in ``label_counts`` and the frontier; write the study folder; return the rows."""
+    counts = sorted(int(n) for n in label_counts)
+    if not counts or counts[0] < 2:
+        raise ValueError(f"label_counts: need N >= 2 labels per run, got {list(label_counts)}")
+    if pa.known_reward in (None, "", "none"):
+        raise ValueError("known_reward: the study needs a known reward (direct RL, simulated labels, frontier)")
+    if frontier_samples < 1:
+        raise ValueError(f"frontier_samples: must be >= 1, got {frontier_samples}")
+    pa = copy.deepcopy(pa)
+    pa.label_source, pa.label_mode, pa.num_label_queries = "simulated", "offline", counts[-1]
+    validate_pipeline_config(pa, cfg, model_args)
+    os.makedirs(output_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    base = load_base(model_args)
+    rho, tokenizer = base.rho, base.tokenizer
+    try:
+        eval_q, label_q, ppo_q, _ = split_queries(pa, cfg, tokenizer)
+    except ValueError as err:
+        raise ValueError(f"label_counts: max N {counts[-1]} is too large: {err}") from None
+
+    known = make_known_reward(pa.known_reward)
+    spec = RolloutSpec.from_config(cfg, tokenizer)
+    eval_kw: dict[str, Any] = {"spec": spec, "batch_size": pa.sampling_batch_size, "seed": cfg.seed + 2}
+
+    # ---- (c) frontier: M rho samples per held-out query, known reward of each cut sample ----
+    frontier, rho_mean = _frontier(rho, tokenizer, eval_q, known, eval_kw, frontier_samples, betas, cfg.seed, output_dir)
+
+    # ---- (a) direct RL on the known reward ----
+    common = {"cfg": cfg, "model_args": model_args, "base": base, "ppo_q": ppo_q, "eval_q": eval_q, "known": known,
+              "output_dir": output_dir}
+    results = [{"kind": "direct", "N": 0, **_ppo_run("direct", lambda q, r: known(list(r)), eval_kw=eval_kw, **common)}]
+
+    # ---- (b) RL on reward models from N labels (the first N of one labelled set) ----
+    labels, _ = collect_labels(pa, cfg, rho, tokenizer, label_q, spec)
+    labels.to_json(os.path.join(output_dir, "labels.jsonl"))
+    for n in counts:
+        if n > len(labels):
+            raise ValueError(f"label_counts: N={n} exceeds the {len(labels)} labels kept (untruncated samples dropped)")
+        rm_dir = os.path.join(output_dir, "runs", f"rm_{n}")
+        os.makedirs(rm_dir, exist_ok=True)
+        rm, rm_metrics = train_reward_model(pa, cfg, labels.select(range(n)), rho, tokenizer, base.name, rm_dir, spec=spec)
+        rm_kw = {**eval_kw, "reward_fn": lambda q, r, rm=rm: score_texts(rm, tokenizer, q, r)}
+        res = _ppo_run(f"rm_{n}", rm, eval_kw=rm_kw, **common)
+        results.append({"kind": "rm", "N": n, "rm_eval_accuracy": rm_metrics.get("eval_accuracy"), **res})
+
+    rows = _study_rows(results, frontier, rho_mean)
     with open(os.path.join(output_dir, "study.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     with open(os.path.join(output_dir, "study.json"), "w") as f:
         json.dump({"rho_known_reward": rho_mean, "frontier_samples": frontier_samples, "runs": results,
-                   "rows": rows, "task": pa.task, "base_model": base_model}, f, indent=1)
+                   "rows": rows, "task": pa.task, "base_model": base.name}, f, indent=1)
     _plot(rows, frontier, rho_mean, output_dir)
     return rows
 
 
 def study_main(argv: Sequence[str] | None = None, task: str = "sentiment") -> list[dict[str, Any]]:
     """Entry point of ``recipes/study_sentiment.py``: TrlParser over pipeline, study, PPO and model arguments."""
-    from trl import ModelConfig, TrlParser
-
-    from hf_prefs.pipeline import PipelineArguments
-    from hf_prefs.ppo_config import PPOConfig
-
     parser = TrlParser((PipelineArguments, StudyArguments, PPOConfig, ModelConfig))
     pa, sa, cfg, model_args = parser.parse_args_and_config(args=argv)
     pa.task = pa.task or task

@@ -15,6 +15,7 @@ Needs the ``label`` extra: ``pip install 'hf-prefs[label]'``.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import hmac
 import ipaddress
@@ -31,7 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the labeling app needs Gradio: pip install 'hf-prefs[label]'") from exc
 
-from hf_prefs.label_app.store import LabelQueue, LabelRequestError, Lease, _check_name
+from hf_prefs.labels.queue import LabelQueue, LabelRequestError, Lease, check_name
 
 __all__ = ["build_app", "serve", "make_auth", "is_loopback", "MAX_K", "KEYBOARD_JS"]
 
@@ -123,6 +124,96 @@ def _card(position: int, text: str) -> str:
     return f'<div class="hp-card"><span class="hp-num">{position + 1}</span><span class="hp-text">{html.escape(text)}</span></div>'
 
 
+def _progress_html(queue: LabelQueue, labeler: str) -> str:
+    """The labeler's progress line: their counts, the queue's, and their agreement so far."""
+    p = queue.progress(labeler)
+    a = queue.agreement(labeler)
+    parts = [
+        ("Labeler", html.escape(labeler)),
+        ("Labeled", p["mine"]),
+        ("Skipped", p["skipped"]),
+        ("Left for you", p["left"]),
+        ("Queue", f"{p['done']}/{p['items']} items done"),
+    ]
+    if a["self_n"]:
+        parts.append(("Self-agreement", f"{a['self_agree']}/{a['self_n']} ({100 * a['self_agree'] / a['self_n']:.0f}%)"))
+    if a["cross_n"]:
+        parts.append(("Agreement with others", f"{a['cross_agree']}/{a['cross_n']} ({100 * a['cross_agree'] / a['cross_n']:.0f}%)"))
+    return '<div class="hp-progress">' + "".join(f"<span><b>{k}:</b> {v}</span>" for k, v in parts) + "</div>"
+
+
+def _render(queue: LabelQueue, labeler: str, lease: Lease | None, message: str = "", error: bool = False) -> list[Any]:
+    """Values of the page's outputs (see :class:`_Page`) showing ``lease`` (or the all-done note) to ``labeler``."""
+    progress = _progress_html(queue, labeler)
+    status = f'<span class="{"hp-err" if error else "hp-ok"}">{html.escape(message)}</span>' if message else ""
+    if lease is None:
+        query = '<div class="hp-done">All done: nothing is left for you to label. Reload the page when new items arrive.</div>'
+        hidden = [gr.update(visible=False) for _ in range(MAX_K)]
+        return [labeler, "", progress, status, query, *hidden, *[""] * MAX_K, *hidden]
+    k = len(lease.samples)
+    if k > MAX_K:
+        query = f'<div class="hp-err">item {html.escape(lease.item_id)} has K={k} samples; this page shows at most {MAX_K}</div>'
+        hidden = [gr.update(visible=False) for _ in range(MAX_K)]
+        return [labeler, "", progress, status, query, *hidden, *[""] * MAX_K, *hidden]
+    query = (
+        f'<div class="hp-label">Query · item {html.escape(lease.item_id)}</div>'
+        f'<div class="hp-query" data-lease="{lease.lease_id}" data-item="{html.escape(lease.item_id)}">{html.escape(lease.query)}</div>'
+    )
+    shown = lease.shown_samples
+    visible = [gr.update(visible=p < k) for p in range(MAX_K)]
+    cards = [_card(p, shown[p]) if p < k else "" for p in range(MAX_K)]
+    return [labeler, lease.lease_id, progress, status, query, *visible, *cards, *[gr.update(visible=p < k) for p in range(MAX_K)]]
+
+
+@dataclasses.dataclass
+class _Page:
+    """The page's components; :attr:`outputs` is the order :func:`_render` fills."""
+
+    name: Any
+    shown_lease: Any
+    progress: Any
+    status: Any
+    query: Any
+    cols: list[Any]
+    cards: list[Any]
+    buttons: list[Any]
+    skip: Any
+    undo: Any
+
+    @property
+    def outputs(self) -> list[Any]:
+        return [self.name, self.shown_lease, self.progress, self.status, self.query, *self.cols, *self.cards, *self.buttons]
+
+
+def _layout(title: str, default_labeler: str, auth_enabled: bool) -> _Page:
+    """Create the page's components (inside an open ``gr.Blocks``)."""
+    gr.Markdown(
+        f"## {html.escape(title)}\nRead the query, then pick the **best** continuation: click its button or press "
+        "**1**–**K**. **S** skips the item, **U** undoes your last answer. Each pick is saved before it is confirmed below."
+    )
+    with gr.Row(equal_height=True):
+        # with a login the labeler is the login name: no field to type another one
+        name = gr.Textbox(label="Labeler", value=default_labeler, visible=not auth_enabled, scale=1, min_width=160, elem_id="labeler-name")
+        with gr.Column(scale=5):
+            progress = gr.HTML(elem_id="progress")
+            status = gr.HTML(elem_id="status")
+    query = gr.HTML(elem_id="query")
+    cols, cards, buttons = [], [], []
+    with gr.Row(equal_height=True):  # the K samples side by side ...
+        for p in range(MAX_K):
+            with gr.Column(visible=False, min_width=160) as col:
+                cards.append(gr.HTML(elem_id=f"card-{p + 1}"))
+            cols.append(col)
+    with gr.Row():  # ... and their buttons in one line under them
+        for p in range(MAX_K):
+            buttons.append(gr.Button(f"{p + 1}: this one is best", variant="primary", visible=False, min_width=160, elem_id=f"pick-{p + 1}"))
+    with gr.Row():
+        skip = gr.Button("Skip (S)", elem_id="skip-btn", variant="secondary")
+        undo = gr.Button("Undo last answer (U)", elem_id="undo-btn", variant="secondary")
+    shown_lease = gr.Textbox(visible=False, elem_id="shown-lease")
+    return _Page(name, shown_lease, progress, status, query, cols, cards, buttons, skip, undo)
+
+
 def build_app(queue: LabelQueue, *, default_labeler: str = "local", auth_enabled: bool = False, title: str = "hf-prefs labeling"):
     """The Gradio ``Blocks`` of the labeling page for ``queue`` (launch it with :func:`serve`)."""
 
@@ -134,114 +225,56 @@ def build_app(queue: LabelQueue, *, default_labeler: str = "local", auth_enabled
             raise gr.Error("log in first: this page requires a login")
         name = (typed or "").strip() or default_labeler
         try:
-            return _check_name(name, "labeler")
+            return check_name(name, "labeler")
         except LabelRequestError as exc:
             raise gr.Error(str(exc)) from None
-
-    def render(labeler: str, lease: Lease | None, message: str = "", error: bool = False) -> list[Any]:
-        p = queue.progress(labeler)
-        a = queue.agreement(labeler)
-        parts = [
-            ("Labeler", html.escape(labeler)),
-            ("Labeled", p["mine"]),
-            ("Skipped", p["skipped"]),
-            ("Left for you", p["left"]),
-            ("Queue", f"{p['done']}/{p['items']} items done"),
-        ]
-        if a["self_n"]:
-            parts.append(("Self-agreement", f"{a['self_agree']}/{a['self_n']} ({100 * a['self_agree'] / a['self_n']:.0f}%)"))
-        if a["cross_n"]:
-            parts.append(("Agreement with others", f"{a['cross_agree']}/{a['cross_n']} ({100 * a['cross_agree'] / a['cross_n']:.0f}%)"))
-        progress = '<div class="hp-progress">' + "".join(f"<span><b>{k}:</b> {v}</span>" for k, v in parts) + "</div>"
-        status = f'<span class="{"hp-err" if error else "hp-ok"}">{html.escape(message)}</span>' if message else ""
-        if lease is None:
-            query = '<div class="hp-done">All done: nothing is left for you to label. Reload the page when new items arrive.</div>'
-            hidden = [gr.update(visible=False) for _ in range(MAX_K)]
-            return [labeler, "", progress, status, query, *hidden, *[""] * MAX_K, *hidden]
-        k = len(lease.samples)
-        if k > MAX_K:
-            query = f'<div class="hp-err">item {html.escape(lease.item_id)} has K={k} samples; this page shows at most {MAX_K}</div>'
-            hidden = [gr.update(visible=False) for _ in range(MAX_K)]
-            return [labeler, "", progress, status, query, *hidden, *[""] * MAX_K, *hidden]
-        query = (
-            f'<div class="hp-label">Query · item {html.escape(lease.item_id)}</div>'
-            f'<div class="hp-query" data-lease="{lease.lease_id}" data-item="{html.escape(lease.item_id)}">{html.escape(lease.query)}</div>'
-        )
-        shown = lease.shown_samples
-        visible = [gr.update(visible=p < k) for p in range(MAX_K)]
-        cards = [_card(p, shown[p]) if p < k else "" for p in range(MAX_K)]
-        return [labeler, lease.lease_id, progress, status, query, *visible, *cards, *[gr.update(visible=p < k) for p in range(MAX_K)]]
 
     def act(action: str, position: int | None, typed: str, shown_lease: str, request: gr.Request) -> list[Any]:
         labeler = identity(request, typed)
         try:
             if action == "undo":
                 lease = queue.undo(labeler)
-                return render(labeler, lease, f"Undid your last answer (item {lease.item_id}); pick again.")
+                return _render(queue, labeler, lease, f"Undid your last answer (item {lease.item_id}); pick again.")
             lease = queue.next_item(labeler)
             if lease is None:
-                return render(labeler, None, "Nothing left to label.")
+                return _render(queue, labeler, None, "Nothing left to label.")
             if lease.lease_id != shown_lease:
-                return render(labeler, lease, "The page was out of date (expired or changed); nothing was saved. Here is your current item.", True)
+                return _render(queue, labeler, lease, "The page was out of date (expired or changed); nothing was saved. Here is your current item.", True)
             if action == "skip":
                 queue.skip(labeler, lease.item_id)
                 message = f"Skipped item {lease.item_id}."
             else:
                 rec = queue.submit(labeler, lease.item_id, lease.best_from_position(position), source="app")
                 message = f"Saved: item {lease.item_id}, you picked #{position + 1} (label {rec['label_id'][:8]})."
-            return render(labeler, queue.next_item(labeler), message)
+            return _render(queue, labeler, queue.next_item(labeler), message)
         except LabelRequestError as exc:
-            return render(labeler, queue.next_item(labeler), f"Refused, nothing saved: {exc}", True)
+            return _render(queue, labeler, queue.next_item(labeler), f"Refused, nothing saved: {exc}", True)
 
     def on_load(request: gr.Request) -> list[Any]:
         typed = None
         if request is not None and getattr(request, "query_params", None) is not None:
             typed = request.query_params.get("labeler")
         labeler = identity(request, typed)
-        return render(labeler, queue.next_item(labeler))
+        return _render(queue, labeler, queue.next_item(labeler))
 
     def on_name(typed: str, request: gr.Request) -> list[Any]:
         labeler = identity(request, typed)
-        return render(labeler, queue.next_item(labeler), f"Labeling as {labeler}.")
+        return _render(queue, labeler, queue.next_item(labeler), f"Labeling as {labeler}.")
+
+    def handler(action: str, position: int | None) -> Callable[..., list[Any]]:
+        def run(typed: str, shown: str, request: gr.Request) -> list[Any]:
+            return act(action, position, typed, shown, request)
+
+        return run
 
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(
-            f"## {html.escape(title)}\nRead the query, then pick the **best** continuation: click its button or press "
-            "**1**–**K**. **S** skips the item, **U** undoes your last answer. Each pick is saved before it is confirmed below."
-        )
-        with gr.Row(equal_height=True):
-            # with a login the labeler is the login name: no field to type another one
-            name = gr.Textbox(label="Labeler", value=default_labeler, visible=not auth_enabled, scale=1, min_width=160, elem_id="labeler-name")
-            with gr.Column(scale=5):
-                progress = gr.HTML(elem_id="progress")
-                status = gr.HTML(elem_id="status")
-        query = gr.HTML(elem_id="query")
-        cols, cards, buttons = [], [], []
-        with gr.Row(equal_height=True):  # the K samples side by side ...
-            for p in range(MAX_K):
-                with gr.Column(visible=False, min_width=160) as col:
-                    cards.append(gr.HTML(elem_id=f"card-{p + 1}"))
-                cols.append(col)
-        with gr.Row():  # ... and their buttons in one line under them
-            for p in range(MAX_K):
-                buttons.append(gr.Button(f"{p + 1}: this one is best", variant="primary", visible=False, min_width=160, elem_id=f"pick-{p + 1}"))
-        with gr.Row():
-            skip = gr.Button("Skip (S)", elem_id="skip-btn", variant="secondary")
-            undo = gr.Button("Undo last answer (U)", elem_id="undo-btn", variant="secondary")
-        shown_lease = gr.Textbox(visible=False, elem_id="shown-lease")
-
-        outputs = [name, shown_lease, progress, status, query, *cols, *cards, *buttons]
-        def handler(action: str, position: int | None) -> Callable[..., list[Any]]:
-            def run(typed: str, shown: str, request: gr.Request) -> list[Any]:
-                return act(action, position, typed, shown, request)
-
-            return run
-
-        for p, button in enumerate(buttons):
-            button.click(handler("pick", p), [name, shown_lease], outputs, api_visibility="private")
-        skip.click(handler("skip", None), [name, shown_lease], outputs, api_visibility="private")
-        undo.click(handler("undo", None), [name, shown_lease], outputs, api_visibility="private")
-        name.submit(on_name, [name], outputs, api_visibility="private")
+        page = _layout(title, default_labeler, auth_enabled)
+        inputs, outputs = [page.name, page.shown_lease], page.outputs
+        for p, button in enumerate(page.buttons):
+            button.click(handler("pick", p), inputs, outputs, api_visibility="private")
+        page.skip.click(handler("skip", None), inputs, outputs, api_visibility="private")
+        page.undo.click(handler("undo", None), inputs, outputs, api_visibility="private")
+        page.name.submit(on_name, [page.name], outputs, api_visibility="private")
         demo.load(on_load, None, outputs, api_visibility="private")
     return demo
 

@@ -10,23 +10,27 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hf_prefs.labels.queue import LabelQueue
 
 __all__ = ["add_label_parser", "main"]
 
 
-def _queue(args: argparse.Namespace, **kwargs):
-    from hf_prefs.label_app.store import LabelQueue
+def _queue(args: argparse.Namespace, **kwargs) -> LabelQueue:
+    from hf_prefs.labels.queue import LabelQueue  # lazy: `hf-prefs --help` should not import datasets (~2 s)
 
     return LabelQueue(args.queue, **kwargs)
 
 
-def _next_round(queue) -> str:
+def _next_round(queue: LabelQueue) -> str:
     ints = [int(r) for r in queue.rounds() if r.isdigit()]
     return str(max(ints) + 1 if ints else 0)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from hf_prefs.label_app.app import serve
+    from hf_prefs.label_app.app import serve  # lazy: Gradio is the optional 'label' extra
 
     queue = _queue(
         args,
@@ -87,8 +91,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _guard(func):
     def run(args: argparse.Namespace) -> int:
-        from hf_prefs.label_app.store import LabelRequestError
-        from hf_prefs.labels import LabelValidationError
+        from hf_prefs.labels.queue import LabelRequestError  # lazy, like _queue
+        from hf_prefs.labels.schema import LabelValidationError
 
         try:
             return func(args)

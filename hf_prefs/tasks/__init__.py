@@ -1,8 +1,11 @@
-"""Task data and the paper's per-task settings: books (sentiment, descriptiveness), TL;DR, CNN/DM."""
+"""Layer 5: the tasks' data — queries of books (sentiment, descriptiveness), TL;DR and CNN/DM cut like the paper's,
+their known rewards for mock labeling (VADER, a Hub classifier) and ROUGE (:mod:`hf_prefs.tasks.rouge`)."""
 
-from hf_prefs.tasks.books import austen_queries, book_queries_from_texts, load_book_queries
-from hf_prefs.tasks.specs import TASKS, TaskSpec, get_task
-from hf_prefs.tasks.summarization import format_summarization_query, load_summarization_queries, summarization_queries
+from .books import austen_queries, book_queries_from_texts, load_book_queries
+from .known_rewards import make_known_reward, vader_log_odds
+from .queries import load_task_queries
+from .specs import TASKS, TaskSpec, get_task
+from .summarization import format_summarization_query, load_summarization_queries, summarization_queries
 
 __all__ = [
     "austen_queries",
@@ -14,4 +17,7 @@ __all__ = [
     "format_summarization_query",
     "load_summarization_queries",
     "summarization_queries",
+    "make_known_reward",
+    "vader_log_odds",
+    "load_task_queries",
 ]

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import datasets
 
+from ..assets import austen_novels
+
 #: Words whose trailing '.' is not a sentence end.
 ABBREVIATIONS = frozenset(
     "mr mrs ms messrs dr st esq col capt gen lieut lt rev sir jr sr no vol ch bart hon".split()
@@ -134,8 +136,6 @@ def book_queries_from_texts(
 
 def austen_paragraphs() -> tuple[list[str], list[str]]:
     """Paragraphs of the six Austen novels (italic underscores removed) and their novel names."""
-    from hf_prefs.assets import austen_novels
-
     texts, sources = [], []
     for name, lines in austen_novels().items():
         for paragraph in paragraphs_from_lines([line.replace("_", "") for line in lines]):

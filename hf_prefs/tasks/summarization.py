@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import datasets
 from datasets import Dataset
 
 __all__ = ["format_summarization_query", "summarization_queries", "load_summarization_queries", "HUB_SOURCES"]
@@ -62,12 +63,10 @@ def load_summarization_queries(
     task: str, tokenizer: Any, n: int | None = None, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:"
 ) -> Dataset:
     """Queries for ``task`` ("tldr" or "cnndm") from the Hugging Face Hub (needs network access)."""
-    from datasets import load_dataset
-
     if task not in HUB_SOURCES:
         raise ValueError(f"task: no summarization source for {task!r}; known: {sorted(HUB_SOURCES)}")
     name, config, split, column, has_suffix, ref_column = HUB_SOURCES[task]
-    ds = load_dataset(name, config, split=split if n is None else f"{split}[:{n}]")
+    ds = datasets.load_dataset(name, config, split=split if n is None else f"{split}[:{n}]")
     texts = ds[column]
     if has_suffix:  # trl-lib/tldr prompts already end with "\n\nTL;DR:"
         texts = [t.rsplit("TL;DR:", 1)[0] for t in texts]

@@ -8,7 +8,7 @@ TRL's last PPOTrainer used a **separate** value model (a copy of the reward mode
 available: :func:`value_model_from_reward_model` and ``PolicyWithValueHead(policy, value_model=...)``.
 
 Works with any ``AutoModelForCausalLM`` (GPT-2, Llama/SmolLM2, ...) and with PEFT/LoRA policies (then the
-reference policy is the same model with its adapters disabled, see :mod:`hf_prefs.ppo_trainer`).
+reference policy is the same model with its adapters disabled, see :mod:`hf_prefs.trainers.ppo_trainer`).
 
 Saved layout (``save_pretrained``): the policy exactly as ``policy.save_pretrained`` writes it (loadable on its own
 with ``AutoModelForCausalLM`` / ``PeftModel``), plus ``value_head.safetensors`` (shared trunk) or a
@@ -25,7 +25,12 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from peft import AutoPeftModelForCausalLM
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers.trainer_utils import load_sharded_checkpoint
+
+from .reward_model import per_token_scores, score_head
 
 __all__ = [
     "VALUE_HEAD_FILE",
@@ -90,8 +95,6 @@ def value_model_from_reward_model(reward_model: nn.Module) -> nn.Module:
     value_model = copy.deepcopy(reward_model)
     if hasattr(value_model, "merge_and_unload"):
         value_model = value_model.merge_and_unload()
-    from .reward_model import score_head
-
     score_head(value_model)  # raises a clear error if this is not a *ForSequenceClassification model
     _ensure_pad_token_id(value_model)
     for p in value_model.parameters():
@@ -174,8 +177,6 @@ class PolicyWithValueHead(nn.Module):
         if self.shares_trunk:
             values = self.v_head(out.hidden_states[-1])  # (B, L)
         else:
-            from .reward_model import per_token_scores
-
             values = per_token_scores(
                 self.value_model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
             ).float()
@@ -223,8 +224,6 @@ class PolicyWithValueHead(nn.Module):
                 raise FileNotFoundError(f"no {VALUE_HEAD_FILE} in {directory}: it was not saved by hf_prefs PPO")
             self.v_head.load_state_dict(safetensors.torch.load_file(path, device="cpu"))
         else:
-            from transformers.trainer_utils import load_sharded_checkpoint
-
             folder = os.path.join(directory, VALUE_MODEL_DIR)
             single = os.path.join(folder, "model.safetensors")
             if os.path.isfile(single):
@@ -245,12 +244,8 @@ class PolicyWithValueHead(nn.Module):
         A folder without saved value weights (e.g. a plain pretrained LM) gets a fresh zero value head.
         ``kwargs`` go to ``from_pretrained`` of the policy (and of the value model).
         """
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
         path = os.fspath(path)
         if os.path.isfile(os.path.join(path, "adapter_config.json")):
-            from peft import AutoPeftModelForCausalLM
-
             policy = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=is_trainable, **kwargs)
         else:
             policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -9,7 +9,7 @@ Offline collection is the special case of one round before RL.
 - :class:`OnlinePreferenceLoop`: runs the rounds. It is a ``TrainerCallback`` on ONE :class:`~hf_prefs.PPOTrainer`
   whose single ``train()`` call runs every PPO update; at the start of an update at which a round is due
   (``on_step_begin``) it samples K responses per new query from the current policy, gets the labels (a
-  :class:`~hf_prefs.labelers.SimulatedLabeler`, the human :class:`~hf_prefs.label_app.store.LabelQueue`, or rows
+  :class:`~hf_prefs.labels.labelers.SimulatedLabeler`, the human :class:`~hf_prefs.labels.queue.LabelQueue`, or rows
   of a label file), appends them to the label dataset, retrains the reward model (with the paper's normalization,
   done by the training function) and swaps it into ``trainer.reward_model``.
 
@@ -34,28 +34,21 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from datasets import Dataset, Features, Value
 from torch import nn
 from transformers import TrainerCallback
 
-from .labelers import SimulatedLabeler, sample_candidates
+from .._compat import disable_dropout_in_model
+from ..core.online_schedule import OnlineLabelSchedule
+from ..core.rollout import RolloutSpec
+from ..labels.labelers import sample_candidates
+from ..labels.schema import LABEL_COLUMNS
+from ..labels.sources import as_label_source
+from ..models.reward_model import get_reward_normalization
 
-__all__ = [
-    "OnlineLabelSchedule",
-    "OnlinePreferenceLoop",
-    "LabelSource",
-    "SimulatedLabelSource",
-    "QueueLabelSource",
-    "FileLabelSource",
-    "as_label_source",
-    "RewardTrainFn",
-    "schedule_from_pipeline",
-    "pipeline_online_loop",
-    "ONLINE_LABEL_FEATURES",
-]
+__all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "RewardTrainFn", "ONLINE_LABEL_FEATURES"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +56,7 @@ logger = logging.getLogger(__name__)
 #: label and the PPO episode count at that time.
 ONLINE_LABEL_FEATURES = Features(
     {
-        "query": Value("string"),
-        "samples": [Value("string")],
-        "best": Value("int64"),
+        **LABEL_COLUMNS,
         "round": Value("int64"),
         "episode": Value("int64"),
     }
@@ -77,246 +68,8 @@ RewardTrainFn = Callable[[Dataset, "nn.Module | None", int], Any]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# schedule
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OnlineLabelSchedule:
-    """How many labels each round collects and at which episode counts the rounds happen.
-
-    With ``first_round_before_rl`` (paper) round r of R happens at episode ``floor(r·T/R)``: round 0 before the
-    first PPO episode, the others evenly spaced over the ``T = total_episodes`` (paper: R = 20, i.e. 19
-    retrainings during RL). Without it, the R rounds split (0, T) evenly: episode ``floor((r+1)·T/(R+1))`` (the
-    reward model used before round 0 must then come from elsewhere). ``rounds=1`` with the first round before RL is
-    offline collection.
-
-    Args:
-        rounds: R >= 1.
-        labels_per_round: comparisons per round: one int for every round, or one per round.
-        first_round_before_rl: round 0 at episode 0.
-    """
-
-    rounds: int
-    labels_per_round: int | Sequence[int]
-    first_round_before_rl: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ValueError(f"rounds must be an int >= 1, got {self.rounds!r}")
-        per = self.labels_per_round
-        per = [per] * self.rounds if isinstance(per, int) and not isinstance(per, bool) else list(per)
-        if len(per) != self.rounds:
-            raise ValueError(f"labels_per_round has {len(per)} entries for {self.rounds} rounds")
-        for r, n in enumerate(per):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"labels_per_round[{r}] must be an int >= 1, got {n!r}")
-        object.__setattr__(self, "labels_per_round", tuple(per))
-
-    @classmethod
-    def even(cls, total_labels: int, rounds: int, first_round_before_rl: bool = True) -> OnlineLabelSchedule:
-        """``total_labels`` split over ``rounds`` as evenly as possible (the first rounds get the remainder)."""
-        if total_labels < rounds:
-            raise ValueError(f"total_labels ({total_labels}) must be >= rounds ({rounds}): every round needs a label")
-        q, rem = divmod(total_labels, rounds)
-        return cls(rounds, [q + (r < rem) for r in range(rounds)], first_round_before_rl)
-
-    @classmethod
-    def offline(cls, labels: int) -> OnlineLabelSchedule:
-        """All labels in one round before RL."""
-        return cls(1, labels, True)
-
-    def labels_in_round(self, r: int) -> int:
-        return self.labels_per_round[r]  # type: ignore[index]
-
-    @property
-    def total_labels(self) -> int:
-        return sum(self.labels_per_round)  # type: ignore[arg-type]
-
-    def cumulative_labels(self) -> list[int]:
-        """Labels collected after each round: ``[n_0, n_0 + n_1, ...]``."""
-        out, total = [], 0
-        for n in self.labels_per_round:  # type: ignore[union-attr]
-            total += n
-            out.append(total)
-        return out
-
-    def episode_boundaries(self, total_episodes: int) -> list[int]:
-        """Episode count at which each round happens (strictly increasing, all < ``total_episodes``)."""
-        t, r_total = int(total_episodes), self.rounds
-        if t < 1:
-            raise ValueError(f"total_episodes must be >= 1, got {total_episodes}")
-        if self.first_round_before_rl:
-            out = [r * t // r_total for r in range(r_total)]
-        else:
-            out = [(r + 1) * t // (r_total + 1) for r in range(r_total)]
-        if any(b <= a for a, b in zip(out, out[1:])) or (not self.first_round_before_rl and out[0] == 0):
-            raise ValueError(f"rounds: {r_total} rounds do not fit in {t} episodes (boundaries {out})")
-        return out
-
-    def update_boundaries(self, total_episodes: int, batch_size: int) -> list[int]:
-        """PPO update (0-based) before which each round runs: the first update starting at or after the round's
-        episode, ``ceil(episode / batch_size)``. Raises when two rounds fall before the same update or a round
-        after the last one (``ceil(total_episodes / batch_size)`` updates)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        episodes = self.episode_boundaries(total_episodes)
-        updates = [-(-e // batch_size) for e in episodes]
-        n_updates = -(-int(total_episodes) // batch_size)
-        if any(b <= a for a, b in zip(updates, updates[1:])) or updates[-1] >= n_updates:
-            raise ValueError(
-                f"rounds: {self.rounds} rounds at episodes {episodes} do not fall before distinct PPO updates of "
-                f"{batch_size} episodes ({n_updates} updates in all; got updates {updates}); use fewer rounds or "
-                "more episodes"
-            )
-        return updates
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# label sources
-# ----------------------------------------------------------------------------------------------------------------
-class LabelSource(Protocol):
-    """Where a round's labels come from.
-
-    ``samples_from_policy``: whether the loop samples comparisons from the current policy for ``request``.
-    ``request(round, n, queries, samples)`` asks for the round's labels (``queries``/``samples`` are ``None`` when
-    ``samples_from_policy`` is False); ``collect(round, block, timeout)`` returns the label rows (``query``,
-    ``samples``, ``best``, ``round``) that became available since the last call, of this or earlier rounds; with
-    ``block`` it first waits for the round's labels (up to ``timeout`` seconds, then returns what is there).
-    """
-
-    samples_from_policy: bool
-
-    def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]: ...
-
-    def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]: ...
-
-
-class SimulatedLabelSource:
-    """A :class:`~hf_prefs.labelers.SimulatedLabeler` labels each round at once (the paper's mock human)."""
-
-    samples_from_policy = True
-
-    def __init__(self, labeler: SimulatedLabeler):
-        self.labeler = labeler
-        self._ready: list[dict[str, Any]] = []
-
-    def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]:
-        known = self.labeler.score(queries, samples)
-        best = [self.labeler.choose(r) for r in known]
-        self._ready += [{"query": q, "samples": list(s), "best": b, "round": round} for q, s, b in zip(queries, samples, best)]
-        flat = [x for r in known for x in r]
-        return {
-            "known_reward_of_samples": sum(flat) / len(flat),  # mean known reward of the current policy's samples
-            "known_reward_of_best": sum(r[b] for r, b in zip(known, best)) / len(best),
-        }
-
-    def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
-        out, self._ready = self._ready, []
-        return out
-
-
-class QueueLabelSource:
-    """Human labels through a :class:`~hf_prefs.label_app.store.LabelQueue`.
-
-    ``request`` enqueues the round's comparisons under the queue round ``round_format.format(round=r)``; ``collect``
-    returns every live label of this loop's rounds not returned before (labels that arrive late, or are added from
-    a file with ``LabelQueue.add_labels`` / ``hf-prefs label import``, are picked up at the next round). A round of
-    n comparisons yields n · ``labels_per_item`` labels once complete.
-    """
-
-    samples_from_policy = True
-
-    def __init__(self, queue: Any, round_format: str = "online-{round}", poll_s: float = 0.5):
-        self.queue, self.round_format, self.poll_s = queue, round_format, poll_s
-        self._rounds: dict[str, int] = {}
-        self._seen: set[str] = set()
-
-    def _key(self, round: int) -> str:
-        return self.round_format.format(round=round)
-
-    def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]:
-        key = self._key(round)
-        self._rounds[key] = round
-        self.queue.put_round(key, list(zip(queries, samples)))
-        print(f"[hf_prefs] round {round}: {n} comparisons queued as {key!r} in {self.queue.path}")
-        return {"queue_round": key}
-
-    def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
-        if block:
-            try:
-                self.queue.wait_round(self._key(round), timeout=timeout, poll_s=self.poll_s)
-            except TimeoutError as err:
-                logger.warning("%s; continuing with the labels given so far", err)
-        out = []
-        for row in self.queue.labels():
-            if row["round"] in self._rounds and row["label_id"] not in self._seen:
-                self._seen.add(row["label_id"])
-                out.append({"query": row["query"], "samples": list(row["samples"]), "best": int(row["best"]),
-                            "round": self._rounds[row["round"]]})
-        return out
-
-
-class FileLabelSource:
-    """Rows of a label dataset (e.g. a released ``online_45k.json``) fill the rounds in order: round r takes the
-    next ``labels_per_round[r]`` rows. Its samples were not drawn from this run's policy."""
-
-    samples_from_policy = False
-
-    def __init__(self, labels: Dataset):
-        self.labels = labels
-        self._next = 0
-        self._ready: list[dict[str, Any]] = []
-
-    def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]:
-        if self._next + n > len(self.labels):
-            raise ValueError(
-                f"labels_per_round: round {round} needs rows {self._next}..{self._next + n - 1} but the label file "
-                f"has {len(self.labels)} rows"
-            )
-        rows = self.labels.select(range(self._next, self._next + n))
-        self._ready += [{"query": r["query"], "samples": list(r["samples"]), "best": int(r["best"]), "round": round} for r in rows]
-        info = {"file_rows": [self._next, self._next + n]}
-        self._next += n
-        return info
-
-    def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
-        out, self._ready = self._ready, []
-        return out
-
-
-def as_label_source(source: Any) -> LabelSource:
-    """A :class:`LabelSource` from a ``SimulatedLabeler``, a ``LabelQueue``, a label ``Dataset`` or a source."""
-    if isinstance(source, SimulatedLabeler):
-        return SimulatedLabelSource(source)
-    if isinstance(source, Dataset):
-        from .labels import validate_labels
-
-        return FileLabelSource(validate_labels(source))
-    from .label_app.store import LabelQueue
-
-    if isinstance(source, LabelQueue):
-        return QueueLabelSource(source)
-    if hasattr(source, "request") and hasattr(source, "collect"):
-        return source
-    raise TypeError(
-        "label_source must be a SimulatedLabeler, a LabelQueue, a label Dataset or an object with request/collect, "
-        f"got {type(source).__name__}"
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class _Sampling:
-    k: int = 4
-    response_length: int = 24
-    temperature: float = 0.7
-    truncate_token: str | int | None = "."
-    truncate_after: int = 16
-    batch_size: int = 32
-    drop_untruncated: bool = True
-
-
 class OnlinePreferenceLoop(TrainerCallback):
     """The online label loop (see the module docstring).
 
@@ -333,16 +86,18 @@ class OnlinePreferenceLoop(TrainerCallback):
 
     Args:
         schedule: an :class:`OnlineLabelSchedule`.
-        label_source: a :class:`~hf_prefs.labelers.SimulatedLabeler`, a :class:`~hf_prefs.label_app.store.LabelQueue`
+        label_source: a :class:`~hf_prefs.labels.labelers.SimulatedLabeler`, a :class:`~hf_prefs.labels.queue.LabelQueue`
             (human labels), a label ``Dataset`` whose rows fill the rounds in order, or a :class:`LabelSource`.
         train_reward_model: ``fn(labels, init_model, round) -> reward_model | (reward_model, metrics)``; it should
             normalize the reward model (paper: before and after training, on ρ samples), as
-            :func:`hf_prefs.pipeline.train_reward_model` does.
+            :func:`hf_prefs.pipeline.reward.train_reward_model` does.
         queries: the pool of label queries (texts or a dataset with ``query``), used in order, new ones each round
             (wrapping around, with a warning, when exhausted).
         tokenizer: the policy's tokenizer.
-        args: a :class:`~hf_prefs.PPOConfig` giving the sampling settings (``response_length``, ``temperature``,
-            truncate token and ``truncate_after``) and ``seed``; keyword arguments below override it.
+        args: a :class:`~hf_prefs.PPOConfig`: its rollout settings (:meth:`RolloutSpec.from_config`: length,
+            temperature, the cut and the penalty rule, exactly as PPO applies them) and ``seed``.
+        spec: the :class:`~hf_prefs.core.rollout.RolloutSpec` to sample and cut comparisons with (default: the one of
+            ``args``; without ``args``, the paper's books rule).
         num_candidates: K samples per comparison.
         rm_init: ``"fresh"`` (paper): each round trains a reward model from the base trunk with a fresh head on ALL
             labels so far (``init_model=None``); ``"continue"``: the current reward model is trained further on the
@@ -371,10 +126,7 @@ class OnlinePreferenceLoop(TrainerCallback):
         label_timeout: float | None = None,
         drop_untruncated: bool = True,
         sampling_batch_size: int = 32,
-        response_length: int | None = None,
-        temperature: float | None = None,
-        truncate_token: str | int | None = None,
-        truncate_after: int | None = None,
+        spec: RolloutSpec | None = None,
         seed: int | None = None,
         output_dir: str | None = None,
     ):
@@ -395,21 +147,13 @@ class OnlinePreferenceLoop(TrainerCallback):
         if self.source.samples_from_policy and not self.queries:
             raise ValueError("queries: the online loop needs label queries to sample comparisons for")
         self.tokenizer = tokenizer
-        if args is not None:
-            tid = getattr(args, "truncate_token_id", None)
-            base = _Sampling(
-                k=num_candidates, response_length=args.response_length, temperature=args.temperature,
-                truncate_token=tid if tid is not None else args.truncate_token, truncate_after=args.truncate_after,
+        if spec is None:
+            spec = RolloutSpec.from_config(args, tokenizer) if args is not None else RolloutSpec.build(
+                tokenizer, truncate_token=".", truncate_after=16
             )
-            seed = args.seed if seed is None else seed
-        else:
-            base = _Sampling(k=num_candidates)
-        for name, value in (("response_length", response_length), ("temperature", temperature),
-                            ("truncate_token", truncate_token), ("truncate_after", truncate_after)):
-            if value is not None:
-                setattr(base, name, value)
-        base.batch_size, base.drop_untruncated = sampling_batch_size, drop_untruncated
-        self.sampling = base
+        self.spec, self.num_candidates = spec, num_candidates
+        self.sampling_batch_size, self.drop_untruncated = sampling_batch_size, drop_untruncated
+        seed = getattr(args, "seed", None) if seed is None else seed
         self.seed = 0 if seed is None else int(seed)
         self.rm_init = rm_init
         self.wait_for_labels = wait_for_labels
@@ -520,12 +264,8 @@ class OnlinePreferenceLoop(TrainerCallback):
             logger.warning("round %d: no new labels; PPO continues with the current reward model", r)
             record["rm_trained_on"] = 0
         record["rm_metrics"] = {k: v for k, v in self.rm_metrics.items() if isinstance(v, (int, float))}
-        try:
-            from .normalization import get_reward_normalization
-
+        if isinstance(self.reward_model, nn.Module):  # a reward callable has no gain/bias
             record["reward_gain"], record["reward_bias"] = get_reward_normalization(self.reward_model)
-        except Exception:  # a reward callable has no gain/bias
-            pass
         record["labels_s"], record["reward_model_s"] = t1 - t0, time.time() - t1
         self.rounds.append(record)
         self._write_record(record)
@@ -539,7 +279,6 @@ class OnlinePreferenceLoop(TrainerCallback):
     def _sample_comparisons(self, policy: nn.Module, n: int, r: int) -> tuple[list[str], list[list[str]], dict[str, int]]:
         """Exactly ``n`` comparisons (K samples each) from ``policy`` on new queries, drawing more queries when some
         are dropped (no truncate token)."""
-        s = self.sampling
         kept_q: list[str] = []
         kept_s: list[list[str]] = []
         drawn = dropped = 0
@@ -552,9 +291,8 @@ class OnlinePreferenceLoop(TrainerCallback):
             batch = self._next_queries(draw)
             try:
                 q, smp, stats = sample_candidates(
-                    policy, self.tokenizer, batch, k=s.k, response_length=s.response_length, temperature=s.temperature,
-                    truncate_token=s.truncate_token, truncate_after=s.truncate_after, batch_size=s.batch_size,
-                    seed=self.seed + 1_000 * (r + 1) + attempt, drop_untruncated=s.drop_untruncated,
+                    policy, self.tokenizer, batch, k=self.num_candidates, batch_size=self.sampling_batch_size,
+                    seed=self.seed + 1_000 * (r + 1) + attempt, drop_untruncated=self.drop_untruncated, spec=self.spec,
                 )
             except ValueError as err:
                 if "were dropped" not in str(err):
@@ -588,8 +326,6 @@ class OnlinePreferenceLoop(TrainerCallback):
     def _install(trainer: Any, model: Any) -> None:
         """Make ``model`` the reward of ``trainer``'s next rollouts (eval mode, dropout off, on its device)."""
         if isinstance(model, nn.Module):
-            from trl.trainer.utils import disable_dropout_in_model
-
             disable_dropout_in_model(model)
             model.eval()
             model.to(trainer.accelerator.device)
@@ -667,58 +403,3 @@ class OnlinePreferenceLoop(TrainerCallback):
         logs.update(extra)
         if state.log_history and state.log_history[-1].get("step") == state.global_step and "objective/kl" in state.log_history[-1]:
             state.log_history[-1].update(extra)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# pipeline (label_mode="online")
-# ----------------------------------------------------------------------------------------------------------------
-def schedule_from_pipeline(pa: Any) -> OnlineLabelSchedule:
-    """The schedule of a recipe: ``online_rounds`` rounds of ``online_labels_per_round`` comparisons (default:
-    ``num_label_queries`` split evenly), the first before RL. Errors name the field."""
-    per = pa.online_labels_per_round
-    try:
-        if per:
-            return OnlineLabelSchedule(pa.online_rounds, list(per) if len(per) > 1 else per[0])
-        return OnlineLabelSchedule.even(pa.num_label_queries, pa.online_rounds)
-    except ValueError as err:
-        name = "online_labels_per_round" if per else "online_rounds"
-        raise ValueError(f"{name}: {err}") from None
-
-
-def pipeline_online_loop(
-    pa: Any, cfg: Any, rho: nn.Module, tokenizer: Any, base_model: str, output_dir: str,
-    label_queries: Sequence[str], file_labels: Dataset | None = None,
-) -> OnlinePreferenceLoop:
-    """The loop a recipe runs with ``label_mode=online``: the label source of ``label_source`` (simulated labeler,
-    label file rows filling the rounds in order, or the human queue), reward models trained by
-    :func:`hf_prefs.pipeline.train_reward_model` (normalized on rho samples; the latest is saved to
-    ``output_dir/reward_model``)."""
-    import dataclasses
-
-    from .pipeline import make_known_reward, train_reward_model
-
-    schedule = schedule_from_pipeline(pa)
-    if pa.label_source == "simulated":
-        source: Any = SimulatedLabeler(make_known_reward(pa.known_reward), seed=cfg.seed, noise=pa.labeler_noise)
-    elif pa.label_source == "file":
-        if file_labels is None or len(file_labels) < schedule.total_labels:
-            have = 0 if file_labels is None else len(file_labels)
-            raise ValueError(f"online_labels_per_round: the rounds need {schedule.total_labels} labels, the label file has {have}")
-        source = file_labels
-    else:
-        from .label_app.store import LabelQueue
-
-        source = LabelQueue(pa.label_queue_dir)
-
-    def train_rm(labels: Dataset, init_model: nn.Module | None, round: int) -> tuple[nn.Module, dict[str, float]]:
-        run_pa = pa
-        if pa.rm_eval_fraction > 0 and len(labels) * pa.rm_eval_fraction < 1:  # too few to hold any out
-            run_pa = dataclasses.replace(pa, rm_eval_fraction=0.0)
-        return train_reward_model(run_pa, cfg, labels.select_columns(["query", "samples", "best"]), rho, tokenizer,
-                                  base_model, output_dir, init_model=init_model)
-
-    return OnlinePreferenceLoop(
-        schedule, source, train_rm, label_queries, tokenizer, args=cfg, num_candidates=pa.num_candidates,
-        rm_init=pa.online_rm_init, wait_for_labels=pa.online_wait_for_labels, label_timeout=pa.label_timeout,
-        drop_untruncated=pa.label_drop_untruncated, sampling_batch_size=pa.sampling_batch_size, output_dir=output_dir,
-    )

@@ -8,9 +8,9 @@ A thin subclass of ``trl.RewardTrainer``. It overrides only:
 - the collator (:class:`DataCollatorForKWayPreference`): the K candidates of every label in one batch of B·K rows,
   or, with ``share_query_prefix=True``, B packed rows that encode each query once;
 - ``compute_loss``: ONE forward pass for all K candidates of the batch, the reward read at the last real token
-  (:mod:`hf_prefs.reward_model`), ``r = gain · out + bias``, loss = :func:`hf_prefs.losses.kway_preference_loss`;
+  (:mod:`hf_prefs.models.reward_model`), ``r = gain · out + bias``, loss = :func:`hf_prefs.core.losses.kway_preference_loss`;
   it returns ``{"logits": rewards}`` (B, K) so evaluation works;
-- ``train``: the paper's reward normalization before and after training (:mod:`hf_prefs.normalization`);
+- ``train``: the paper's reward normalization before and after training (:mod:`hf_prefs.core.normalization`);
 - ``_save``: also writes the gain/bias next to a PEFT adapter (a full model carries them in ``config.json``).
 
 Everything else is TRL's: model loading from a string, PEFT (``peft_config=``; use ``task_type="SEQ_CLS"``),
@@ -23,7 +23,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,22 +32,24 @@ from datasets import Dataset, IterableDataset
 from transformers import TrainerCallback
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.trainer_utils import get_last_checkpoint
-from trl import RewardConfig, RewardTrainer
-from trl.data_utils import get_dataset_column_names
+from trl import RewardTrainer
 
-from .citation import ZIEGLER_2019
-from .labels import LabelValidationError, _check_row, validate_labels
-from .losses import kway_accuracy, kway_preference_loss
-from .normalization import (
+from .._compat import count_reward_trainer_tokens, get_dataset_column_names, reward_trainer_metrics
+from ..citation import ZIEGLER_2019
+from ..core.losses import kway_accuracy, kway_preference_loss
+from ..core.packing import pack_shared_prefix, pad_right
+from ..labels.schema import LabelValidationError, check_label_row, validate_labels
+from ..models.loading import load_reward_normalization, save_reward_normalization
+from ..models.reward_model import (
     BIAS_KEY,
     GAIN_KEY,
     get_reward_normalization,
-    load_reward_normalization,
+    last_token_rewards,
     normalize_reward_model,
-    save_reward_normalization,
+    packed_rewards,
     set_reward_normalization,
 )
-from .reward_model import last_token_rewards, pack_shared_prefix, packed_rewards, pad_right
+from .reward_config import PreferenceRewardConfig
 
 __all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorForKWayPreference"]
 
@@ -56,82 +58,13 @@ __all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorFor
 NormalizationSamples = Dataset | Callable[[list[str]], Sequence[str]]
 
 
-def _default_bf16() -> bool:
-    """bf16 mixed precision only where the hardware has it (TRL's configs default to bf16=True, which raises on CPU)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return hasattr(torch, "xpu") and torch.xpu.is_available()
-
-
-@dataclass
-class PreferenceRewardConfig(RewardConfig):
-    r"""Configuration of :class:`PreferenceRewardTrainer`: ``trl.RewardConfig`` plus the paper's K-way options.
-
-    Parameters:
-        num_candidates (`int`, *optional*):
-            K, the number of samples per label (paper: 4). Inferred from the training set when unset; when set,
-            every dataset must have exactly K samples per row.
-        normalize_before (`bool`, defaults to `True`):
-            Before training, reset gain/bias to 1/0 and set them so rewards on ρ's samples have mean
-            ``target_mean`` and std ``target_std`` (paper: on). Needs ``normalization_samples`` on the trainer.
-        normalize_after (`bool`, defaults to `True`):
-            The same after training (paper: on, targets 0/1, so the KL coefficient keeps its meaning).
-        normalize_samples (`int`, defaults to `256`):
-            Number of ρ samples scored for each normalization (paper: 256).
-        target_mean (`float`, defaults to `0.0`), target_std (`float`, defaults to `1.0`):
-            Targets of both normalizations (paper for best-of-N labels: 0 and 1).
-        share_query_prefix (`bool`, defaults to `False`):
-            Encode each query once and its K responses on top of it (one packed row per label with a block
-            attention mask) instead of K full rows. Same rewards (to float precision), fewer tokens; needs the
-            ``eager`` or ``sdpa`` attention implementation.
-
-    Differences from ``trl.RewardConfig`` defaults: ``bf16`` defaults to ``True`` only on hardware with bf16
-    (CUDA/XPU), else ``False``. The paper's books-task training (one epoch, batch 32, lr 5e-5 decayed linearly
-    to 0) is set by the recipes, not here.
-    """
-
-    num_candidates: int | None = field(
-        default=None,
-        metadata={"help": "K, samples per label (paper: 4). Inferred from the training set when unset."},
-    )
-    normalize_before: bool = field(
-        default=True,
-        metadata={"help": "Normalize rewards on ρ samples before training (paper: True)."},
-    )
-    normalize_after: bool = field(
-        default=True,
-        metadata={"help": "Normalize rewards on ρ samples after training (paper: True)."},
-    )
-    normalize_samples: int = field(
-        default=256,
-        metadata={"help": "Number of ρ samples used for each normalization (paper: 256)."},
-    )
-    target_mean: float = field(default=0.0, metadata={"help": "Target reward mean on ρ samples (paper: 0)."})
-    target_std: float = field(default=1.0, metadata={"help": "Target reward std on ρ samples (paper: 1)."})
-    share_query_prefix: bool = field(
-        default=False,
-        metadata={"help": "Encode each query once with its K responses in one packed row (fewer tokens)."},
-    )
-
-    def __post_init__(self):
-        if self.bf16 is None and not self.fp16:
-            self.bf16 = False if self.use_cpu else _default_bf16()
-        super().__post_init__()
-        if self.num_candidates is not None and self.num_candidates < 2:
-            raise ValueError(f"num_candidates must be >= 2, got {self.num_candidates}")
-        if self.normalize_samples < 2:
-            raise ValueError(f"normalize_samples must be >= 2, got {self.normalize_samples}")
-        if not self.target_std > 0:
-            raise ValueError(f"target_std must be > 0, got {self.target_std}")
-
-
 @dataclass
 class DataCollatorForKWayPreference(DataCollatorMixin):
     """Batch tokenized K-way labels (``query_ids``, ``samples_ids``, ``best``) for one forward pass.
 
     Plain (default): ``input_ids``/``attention_mask`` ``(B·K, L)``, right-padded, row ``b·K + k`` = query b +
     sample k. With ``share_query_prefix``: ``(B, L)`` packed rows plus ``position_ids``, ``segment_ids`` and
-    ``last_index`` ``(B, K)`` (see :func:`hf_prefs.reward_model.pack_shared_prefix`). Always ``best`` ``(B,)``.
+    ``last_index`` ``(B, K)`` (see :func:`hf_prefs.core.packing.pack_shared_prefix`). Always ``best`` ``(B,)``.
     """
 
     pad_token_id: int
@@ -178,7 +111,7 @@ class PreferenceRewardTrainer(RewardTrainer):
     Args (beyond ``trl.RewardTrainer``'s):
         normalization_samples: ρ samples for ``normalize_before``/``normalize_after``: a ``datasets.Dataset`` with
             ``query`` and ``response`` columns (raw samples of ρ at the task temperature), or a sampler
-            ``sampler(queries: list[str]) -> list[str]`` (e.g. :class:`hf_prefs.labelers.ResponseSampler`), fed
+            ``sampler(queries: list[str]) -> list[str]`` (e.g. :class:`hf_prefs.models.generation.ResponseSampler`), fed
             ``args.normalize_samples`` queries drawn from the training labels.
 
     Logged (train and ``eval_``): ``loss``, ``accuracy`` (argmax reward = labeler's pick, ties count 1/m),
@@ -281,7 +214,7 @@ class PreferenceRewardTrainer(RewardTrainer):
             else:  # IterableDataset: check each row as it streams (K fixed by num_candidates only)
 
                 def check(row: dict[str, Any], i: int) -> dict[str, Any]:
-                    _check_row(i, row, expected_k)
+                    check_label_row(i, row, expected_k)
                     return row
 
                 dataset = dataset.map(check, with_indices=True)
@@ -351,18 +284,17 @@ class PreferenceRewardTrainer(RewardTrainer):
         if self.args.center_rewards_coefficient is not None:
             loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards**2)
 
-        if mode == "train":
-            n_tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
-            self._total_train_tokens += n_tokens // self._tp_size
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        metrics = reward_trainer_metrics(self, mode)
+        n_tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item() if mode == "train" else 0
+        metrics["num_tokens"] = [count_reward_trainer_tokens(self, n_tokens)]
         with torch.no_grad():
             all_rewards = self.accelerator.gather_for_metrics(rewards.detach())
             all_best = self.accelerator.gather_for_metrics(best)
-            self._metrics[mode]["accuracy"].append(kway_accuracy(all_rewards, all_best).item())
-            self._metrics[mode]["mean_reward"].append(all_rewards.mean().item())
-            self._metrics[mode]["std_reward"].append(all_rewards.std(unbiased=False).item())
-            self._metrics[mode]["min_reward"].append(all_rewards.min().item())
-            self._metrics[mode]["max_reward"].append(all_rewards.max().item())
+            metrics["accuracy"].append(kway_accuracy(all_rewards, all_best).item())
+            metrics["mean_reward"].append(all_rewards.mean().item())
+            metrics["std_reward"].append(all_rewards.std(unbiased=False).item())
+            metrics["min_reward"].append(all_rewards.min().item())
+            metrics["max_reward"].append(all_rewards.max().item())
         return (loss, {"logits": rewards}) if return_outputs else loss
 
     # ------------------------------------------------------------------ normalization
@@ -392,7 +324,7 @@ class PreferenceRewardTrainer(RewardTrainer):
             queries = self.processing_class.batch_decode(dataset.select(idx)["query_ids"])
         return queries, source
 
-    def normalize_rewards(self, stage: str = "before") -> tuple[float, float]:
+    def normalize_reward_model(self, stage: str = "before") -> tuple[float, float]:
         """Set the model's gain/bias from rewards on ρ's samples (the paper's normalize_before/after).
 
         Every process scores the samples; the main process's gain/bias are broadcast so all ranks agree.
@@ -430,7 +362,7 @@ class PreferenceRewardTrainer(RewardTrainer):
                     raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir}")
             self._restore_normalization(path)
         elif self.args.normalize_before:
-            self.normalize_rewards("before")
+            self.normalize_reward_model("before")
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
@@ -438,7 +370,7 @@ class PreferenceRewardTrainer(RewardTrainer):
             **kwargs,
         )
         if self.args.normalize_after:
-            self.normalize_rewards("after")
+            self.normalize_reward_model("after")
         return output
 
     def _restore_normalization(self, checkpoint: str) -> None:

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from trl.trainer.base_config import _BaseConfig
+
+from .._compat import TrlBaseConfig
+from ..core.rollout import check_truncate_after
 
 __all__ = ["PPOConfig"]
 
 
 @dataclass
-class PPOConfig(_BaseConfig):
+class PPOConfig(TrlBaseConfig):
     r"""
     Configuration for [`hf_prefs.PPOTrainer`]. Subclasses TRL's config base ([`~transformers.TrainingArguments`]), so
     every Trainer option (output_dir, report_to, save_steps, push_to_hub, seed, ...) works and `TrlParser` can read it
@@ -185,11 +187,7 @@ class PPOConfig(_BaseConfig):
         truncating = any(
             v is not None for v in (self.truncate_token, self.truncate_token_id, self.stop_token, self.stop_token_id)
         )
-        if self.truncate_after < 0 or (truncating and self.truncate_after >= self.response_length):
-            raise ValueError(
-                f"PPOConfig.truncate_after must lie in [0, response_length={self.response_length}) (every response "
-                f"would get the penalty otherwise), got {self.truncate_after}"
-            )
+        check_truncate_after(self.truncate_after, self.response_length, truncating)
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise ValueError(f"PPOConfig.missing_eos_penalty must be >= 0 (it is subtracted), got {self.missing_eos_penalty}")
         if self.gradient_accumulation_steps % self.num_mini_batches != 0:

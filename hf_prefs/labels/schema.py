@@ -28,17 +28,32 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from datasets import Dataset, Value
+from pathlib import Path
+
+from datasets import Dataset, Value, load_dataset, load_from_disk
+
+from ..assets import load_gpt2_tokenizer
 
 __all__ = [
+    "LABEL_COLUMNS",
     "LabelValidationError",
     "to_canonical",
+    "check_comparison",
+    "check_best",
+    "merge_flat_samples",
+    "check_label_row",
     "validate_labels",
+    "load_rows",
+    "load_label_file",
     "from_pairwise",
     "to_pairwise",
     "from_openai_json",
     "OPENAI_PAD_ID",
 ]
+
+#: The schema's columns as ``datasets`` features; label sets with more columns (the queue's labeler and round, the
+#: online loop's round and episode) extend this mapping.
+LABEL_COLUMNS = {"query": Value("string"), "samples": [Value("string")], "best": Value("int64")}
 
 #: The id the paper's label files pad queries and samples with (outside GPT-2's 50,257-token vocab).
 OPENAI_PAD_ID = 50259
@@ -80,12 +95,11 @@ def to_canonical(dataset: Dataset) -> Dataset:
     return dataset.map(lambda row: {"samples": [row[c] for c in flat]}, remove_columns=flat)
 
 
-def _check_row(i: int, row: Mapping[str, Any], k: int | None) -> int:
-    query = row.get("query")
+def check_comparison(i: int, query: Any, samples: Any, k: int | None = None) -> tuple[str, tuple[str, ...]]:
+    """Row ``i``'s query (a string) and samples (at least 2 non-empty strings; exactly ``k`` when given)."""
     if not isinstance(query, str):
         raise LabelValidationError(f"query must be a string, got {type(query).__name__}", i, "query")
-    samples = row.get("samples")
-    if not isinstance(samples, (list, tuple)):
+    if isinstance(samples, str) or not isinstance(samples, Sequence):
         raise LabelValidationError(f"samples must be a list of strings, got {type(samples).__name__}", i, "samples")
     if len(samples) < 2:
         raise LabelValidationError(f"a comparison needs at least 2 samples, got {len(samples)}", i, "samples")
@@ -96,18 +110,42 @@ def _check_row(i: int, row: Mapping[str, Any], k: int | None) -> int:
             raise LabelValidationError(f"sample {j} must be a string, got {type(s).__name__}", i, f"samples[{j}]")
         if not s.strip():
             raise LabelValidationError(f"sample {j} is empty", i, f"samples[{j}]")
-    best = row.get("best")
-    if isinstance(best, bool) or best is None:
-        raise LabelValidationError(f"best must be an integer, got {best!r}", i, "best")
-    if isinstance(best, float):
-        if math.isnan(best) or not best.is_integer():
-            raise LabelValidationError(f"best must be an integer, got {best!r}", i, "best")
+    return query, tuple(samples)
+
+
+def check_best(i: int, best: Any, k: int) -> int:
+    """Row ``i``'s ``best`` as an int in ``[0, k)`` (an integral float is accepted; bool, NaN or text are not)."""
+    if isinstance(best, float) and math.isfinite(best) and best.is_integer():
         best = int(best)
-    if not isinstance(best, int):
-        raise LabelValidationError(f"best must be an integer, got {type(best).__name__}", i, "best")
-    if not 0 <= best < len(samples):
-        raise LabelValidationError(f"best={best} is out of range [0, {len(samples) - 1}]", i, "best")
-    return len(samples)
+    if isinstance(best, bool) or not isinstance(best, int):
+        raise LabelValidationError(f"best must be an integer, got {best!r}", i, "best")
+    if not 0 <= best < k:
+        raise LabelValidationError(f"best={best} is out of range [0, {k - 1}]", i, "best")
+    return best
+
+
+def merge_flat_samples(i: int, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The paper's flat ``sample0..sample{K-1}`` fields merged into ``samples`` (other rows unchanged)."""
+    row = dict(row)
+    if row.get("samples") is None:
+        flat = sorted((int(m.group(1)), key) for key in row if (m := _SAMPLE_COLUMN.match(key)))
+        if not flat:
+            raise LabelValidationError("a row needs 'samples' or 'sample0..sample{K-1}'", i, "samples")
+        if [n for n, _ in flat] != list(range(len(flat))):
+            raise LabelValidationError(
+                f"flat sample columns must be sample0..sample{{K-1}} without gaps, got {[k for _, k in flat]}", i, "samples"
+            )
+        row["samples"] = [row.pop(key) for _, key in flat]
+    return row
+
+
+def check_label_row(i: int, row: Mapping[str, Any], k: int | None = None) -> dict[str, Any]:
+    """Label row ``i`` checked and in canonical form: ``sample0..`` merged into ``samples``, ``best`` an int; K must be
+    ``k`` when given. Raises :class:`LabelValidationError` naming the row and field."""
+    row = merge_flat_samples(i, row)
+    query, samples = check_comparison(i, row.get("query"), row.get("samples"), k)
+    row["best"] = check_best(i, row.get("best"), len(samples))
+    return row
 
 
 def validate_labels(dataset: Dataset, k: int | None = None) -> Dataset:
@@ -125,11 +163,83 @@ def validate_labels(dataset: Dataset, k: int | None = None) -> Dataset:
     if len(dataset) == 0:
         raise LabelValidationError("the label dataset is empty")
     for i, row in enumerate(dataset.select_columns(["query", "samples", "best"])):
-        k = _check_row(i, row, k)
+        k = len(check_label_row(i, row, k)["samples"])
     if dataset.features["best"].dtype not in ("int64", "int32"):
         # (a map returning ints keeps a float64 column; cast the feature itself)
         dataset = dataset.cast_column("best", Value("int64"))
     return dataset
+
+
+def load_rows(source: Any) -> list[dict[str, Any]]:
+    """Rows of query+samples (and maybe labels), unchecked, from a ``Dataset``, a list of dicts or ``(query, samples)``
+    pairs, or a file: ``.jsonl`` / ``.json`` (a list of objects) / ``.parquet`` / ``.csv`` or a folder written by
+    ``Dataset.save_to_disk``."""
+    if isinstance(source, Dataset):
+        return source.to_list()
+    if isinstance(source, (str, os.PathLike)):
+        return _read_file(Path(source))
+    rows = []
+    for i, row in enumerate(source):
+        if isinstance(row, Mapping):
+            rows.append(dict(row))
+        elif isinstance(row, (tuple, list)) and len(row) == 2:
+            rows.append({"query": row[0], "samples": row[1]})
+        else:
+            raise LabelValidationError("rows must be dicts or (query, samples) pairs", i)
+    return rows
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.is_dir():
+        return load_from_disk(str(path)).to_list()
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise LabelValidationError(f"{path}:{n} is not valid JSON ({exc})") from None
+        return rows
+    if suffix == ".json":
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, list):
+            raise LabelValidationError(f"{path} must hold a JSON list of objects")
+        return data
+    if suffix == ".parquet":
+        return Dataset.from_parquet(str(path)).to_list()
+    if suffix == ".csv":
+        return Dataset.from_csv(str(path)).to_list()
+    raise LabelValidationError(f"unsupported file type {suffix!r} for {path}: use .jsonl, .json, .parquet, .csv or a dataset folder")
+
+
+def load_label_file(spec: str | os.PathLike, k: int | None = None, limit: int | None = None) -> Dataset:
+    """Labels from a file or folder (see :func:`load_rows`), the paper's token-id JSON (``offline_5k.json``, decoded
+    with GPT-2's tokenizer) or a Hub dataset id, validated (errors name the row); K must equal ``k`` when given.
+    ``limit`` keeps the first rows."""
+    path = Path(spec)
+    if path.exists():
+        rows = _read_file(path)
+        if not rows:
+            raise LabelValidationError(f"the label file {spec} holds no rows")
+        if isinstance(rows[0].get("query"), list):  # the paper's token-id files
+            labels = from_openai_json(rows, load_gpt2_tokenizer(), limit=limit)
+        else:
+            labels = Dataset.from_list(rows[:limit] if limit is not None else rows)
+    else:
+        labels = load_dataset(str(spec), split="train")
+        if limit is not None:
+            labels = labels.select(range(min(limit, len(labels))))
+    labels = validate_labels(labels)
+    got = len(labels[0]["samples"])
+    if k is not None and got != k:
+        raise LabelValidationError(f"the labels in {spec} have K={got} samples per row but num_candidates={k}", field="num_candidates")
+    return labels
 
 
 def from_pairwise(dataset: Dataset) -> Dataset:

@@ -4,12 +4,10 @@
   classifier's log-odds) and picks the sample with the highest r_s; ties are broken at random (seeded). With
   ``noise = τ > 0`` it instead picks sample i with probability softmax(r_s / τ)_i, the Boltzmann-rational
   labeler that the K-way loss models.
-- :func:`sample_candidates` samples K responses per query from ρ (fixed length, temperature T) and truncates them
-  after the first truncate token at index >= ``truncate_after``; a query with any sample lacking such a token is
-  dropped (the paper does not show those samples to labelers). :func:`sample_label_dataset` then lets a labeler
-  pick the best of each K.
-- :class:`ResponseSampler` draws one raw (untruncated) response per query from ρ; it is the sampler that
-  reward normalization (:mod:`hf_prefs.normalization`) takes.
+- :func:`sample_candidates` samples K responses per query from ρ and cuts them by the run's
+  :class:`~hf_prefs.core.rollout.RolloutSpec` (the same rule PPO, the evaluation and the online loop apply); a query
+  with an invalid sample (paper: no truncate token at index >= ``truncate_after``) is dropped (the paper does not
+  show those samples to labelers). :func:`sample_label_dataset` then lets a labeler pick the best of each K.
 """
 
 from __future__ import annotations
@@ -24,14 +22,14 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from .labels import validate_labels
-from .rollout import left_pad, sample_responses, truncate_responses, truncated_lengths
+from ..core.rollout import RolloutSpec
+from ..models.generation import sample_texts, seeded_generator
+from .schema import validate_labels
 
 __all__ = [
     "SimulatedLabeler",
-    "ResponseSampler",
     "LabelSamplingStats",
-    "truncate_token_id",
+    "rollout_spec_of",
     "sample_candidates",
     "sample_label_dataset",
 ]
@@ -39,7 +37,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: A known reward: ``reward_fn(texts) -> rewards`` (a list or a 1D tensor, one per text), e.g.
-#: :func:`hf_prefs.scorers.vader_log_odds`.
+#: :func:`hf_prefs.tasks.known_rewards.vader_log_odds`.
 KnownReward = Callable[[list[str]], Sequence[float] | torch.Tensor]
 
 
@@ -106,102 +104,6 @@ class SimulatedLabeler:
         return f"SimulatedLabeler(reward_fn={self.reward_fn!r}, noise={self.noise})"
 
 
-def truncate_token_id(tokenizer: Any, truncate_token: str | int | None) -> int | None:
-    """The id of the truncate token (paper: '.', GPT-2 id 13); it must be a single token of the vocabulary.
-
-    Tokens that merely contain a period (GPT-2's '."', '...', ' .') are other ids and do not truncate, as in the paper.
-    """
-    if truncate_token is None or isinstance(truncate_token, int):
-        return truncate_token
-    ids = tokenizer(truncate_token, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"truncate_token {truncate_token!r} must be one token of the tokenizer, got ids {ids}")
-    return int(ids[0])
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token")
-    return int(pad)
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _sample_ids(
-    policy: torch.nn.Module,
-    tokenizer: Any,
-    queries: Sequence[str],
-    n_per_query: int,
-    response_length: int,
-    temperature: float,
-    batch_size: int,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """``(len(queries)·n, Lr)`` response ids, rows ``q·n + j``, sampled in batches of about ``batch_size`` rows
-    (``batch_size // n`` queries, each encoded once for its n samples)."""
-    pad_id, device = _pad_id(tokenizer), _device(policy)
-    query_ids = [list(tokenizer(q)["input_ids"]) for q in queries]
-    per_batch = max(1, batch_size // n_per_query)
-    was_training = policy.training
-    policy.eval()
-    out = []
-    try:
-        for start in range(0, len(query_ids), per_batch):
-            ids, mask = left_pad(query_ids[start : start + per_batch], pad_id)
-            out.append(
-                sample_responses(
-                    policy, ids.to(device), mask.to(device), response_length, temperature, generator=generator,
-                    num_samples=n_per_query,
-                ).cpu()
-            )
-    finally:
-        policy.train(was_training)
-    return torch.cat(out) if out else torch.zeros((0, response_length), dtype=torch.long)
-
-
-def _generator(policy: torch.nn.Module, seed: int | None) -> torch.Generator | None:
-    if seed is None:
-        return None
-    return torch.Generator(device=_device(policy)).manual_seed(seed)
-
-
-class ResponseSampler:
-    """``sampler(queries) -> responses``: one raw (untruncated) response per query from ρ at temperature T.
-
-    The paper's reward normalization scores such samples; pass an instance as ``normalization_samples`` to
-    :class:`hf_prefs.reward_trainer.PreferenceRewardTrainer`.
-    """
-
-    def __init__(
-        self,
-        policy: torch.nn.Module,
-        tokenizer: Any,
-        response_length: int = 24,
-        temperature: float = 0.7,
-        batch_size: int = 32,
-        seed: int | None = None,
-    ):
-        self.policy, self.tokenizer = policy, tokenizer
-        self.response_length, self.temperature, self.batch_size = response_length, temperature, batch_size
-        self.generator = _generator(policy, seed)
-
-    def __call__(self, queries: Sequence[str]) -> list[str]:
-        ids = _sample_ids(
-            self.policy,
-            self.tokenizer,
-            list(queries),
-            1,
-            self.response_length,
-            self.temperature,
-            self.batch_size,
-            self.generator,
-        )
-        return self.tokenizer.batch_decode(ids)
-
-
 @dataclass
 class LabelSamplingStats:
     """What :func:`sample_label_dataset` kept and dropped."""
@@ -227,31 +129,40 @@ def _queries_list(queries: Sequence[str] | Dataset) -> list[str]:
     return queries
 
 
+def rollout_spec_of(
+    tokenizer: Any,
+    spec: RolloutSpec | None,
+    response_length: int = 24,
+    temperature: float = 0.7,
+    truncate_token: str | int | None = ".",
+    truncate_after: int = 16,
+) -> RolloutSpec:
+    """``spec`` itself, or (the keyword form of the labeling functions) the paper's rule built from the arguments:
+    cut after the first ``truncate_token`` at index >= ``truncate_after``, rows without one invalid."""
+    if spec is not None:
+        return spec
+    return RolloutSpec.build(
+        tokenizer, response_length=response_length, temperature=temperature, truncate_token=truncate_token,
+        truncate_after=truncate_after,
+    )
+
+
 def _draw_candidates(
     policy: torch.nn.Module,
     tokenizer: Any,
     queries: list[str],
     k: int,
-    response_length: int,
-    temperature: float,
-    truncate_token: str | int | None,
-    truncate_after: int,
+    spec: RolloutSpec,
     batch_size: int,
     seed: int | None,
     drop_untruncated: bool = True,
 ) -> tuple[list[int], list[list[str]], LabelSamplingStats]:
-    """Indices of the kept queries, their K truncated samples, and the counts (see :func:`sample_candidates`)."""
+    """Indices of the kept queries, their K cut samples, and the counts (see :func:`sample_candidates`)."""
     if k < 2:
         raise ValueError(f"k must be >= 2, got {k}")
-    if truncate_token is not None and not 0 <= truncate_after < response_length:
-        raise ValueError(f"truncate_after must lie in [0, {response_length}), got {truncate_after}")
-    token_id = truncate_token_id(tokenizer, truncate_token)
-    ids = _sample_ids(
-        policy, tokenizer, queries, k, response_length, temperature, batch_size, _generator(policy, seed)
-    )
-    _, valid = truncate_responses(ids, token_id, truncate_after, _pad_id(tokenizer))  # (N·K,)
-    lengths = truncated_lengths(ids, token_id, truncate_after)
-    texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(ids, lengths.tolist())]
+    ids = sample_texts(policy, tokenizer, queries, spec, k, batch_size, seeded_generator(policy, seed))  # (N·K, Lr)
+    lengths, valid = spec.cut(ids)  # (N·K,) x 2
+    texts = spec.texts(tokenizer, ids, lengths)
 
     kept_idx, kept_samples = [], []
     no_trunc = empty = 0
@@ -268,18 +179,14 @@ def _draw_candidates(
         queries=len(queries), labels=len(kept_idx), dropped_no_truncation=no_trunc, dropped_empty=empty
     )
     logger.info(
-        "%d of %d queries kept; dropped %d with a sample lacking a truncate token at index >= %d and %d with a "
-        "blank sample",
-        stats.labels,
-        stats.queries,
-        no_trunc,
-        truncate_after,
-        empty,
+        "%d of %d queries kept; dropped %d with an invalid sample (no truncate token at index >= %d) and %d with a "
+        "blank sample", stats.labels, stats.queries, no_trunc, spec.truncate_after, empty,
     )
     if not kept_idx:
         raise ValueError(
-            f"all {len(queries)} queries were dropped ({no_trunc} had a sample without a truncate token "
-            f"{truncate_token!r} at index >= {truncate_after}); sample longer responses or lower truncate_after"
+            f"all {len(queries)} queries were dropped ({no_trunc} had a sample without the truncate token "
+            f"{spec.truncate_token_id} at index >= {spec.truncate_after}); sample longer responses or lower "
+            "truncate_after"
         )
     return kept_idx, kept_samples, stats
 
@@ -296,34 +203,34 @@ def sample_candidates(
     batch_size: int = 32,
     seed: int | None = None,
     drop_untruncated: bool = True,
+    *,
+    spec: RolloutSpec | None = None,
 ) -> tuple[list[str], list[list[str]], LabelSamplingStats]:
-    """Sample K responses per query from ρ and truncate them: the comparisons to show a labeler.
+    """Sample K responses per query from ρ and cut them: the comparisons to show a labeler.
 
-    Paper defaults (books tasks): K=4, 24 tokens at T=0.7, cut after the first '.' at index >= 16. Every sample
-    is exactly ``response_length`` tokens drawn by :func:`hf_prefs.rollout.sample_responses` (no stop at EOS),
-    then cut by :func:`hf_prefs.rollout.truncate_responses`. A query is dropped when any of its K samples has no
-    truncate token at index >= ``truncate_after`` (the paper does not show those to labelers) or decodes to blank
+    The rule is ``spec`` (:class:`~hf_prefs.core.rollout.RolloutSpec`; what PPO and the evaluation use), or, without
+    one, the paper's books setting built from the keyword arguments (K=4, 24 tokens at T=0.7, cut after the first
+    '.' at index >= 16). Every sample is exactly ``response_length`` tokens (no stop at EOS), cut by
+    :func:`hf_prefs.core.rollout.cut_responses`. A query is dropped when any of its K samples is invalid (paper: no
+    truncate token at index >= ``truncate_after``; the paper does not show those to labelers) or decodes to blank
     text; the counts are logged and returned.
 
     Args:
         policy: ρ, a causal LM. tokenizer: its tokenizer.
         queries: query texts, or a dataset with a ``query`` column.
-        truncate_token: a single token (text or id; ``None`` disables truncation).
         batch_size: sampling batch size in rows (``batch_size // k`` queries, each encoded once for its K samples).
         seed: seed of the sampling generator.
-        drop_untruncated: ``True`` (paper) drops a query when a sample lacks the truncate token past
-            ``truncate_after``; ``False`` keeps such samples whole (uncut) — a CPU-budget deviation for small models
-            that rarely end a sentence inside the window; PPO still gives them the penalty.
+        drop_untruncated: ``True`` (paper) drops a query with an invalid sample; ``False`` keeps such samples whole
+            (uncut) — a CPU-budget deviation for small models that rarely end a sentence inside the window; PPO
+            still gives them the penalty.
 
     Returns:
-        ``(kept_queries, samples, stats)``: the queries kept, their K truncated samples each, and a
+        ``(kept_queries, samples, stats)``: the queries kept, their K cut samples each, and a
         :class:`LabelSamplingStats`.
     """
     queries = _queries_list(queries)
-    kept_idx, samples, stats = _draw_candidates(
-        policy, tokenizer, queries, k, response_length, temperature, truncate_token, truncate_after, batch_size, seed,
-        drop_untruncated,
-    )
+    spec = rollout_spec_of(tokenizer, spec, response_length, temperature, truncate_token, truncate_after)
+    kept_idx, samples, stats = _draw_candidates(policy, tokenizer, queries, k, spec, batch_size, seed, drop_untruncated)
     return [queries[i] for i in kept_idx], samples, stats
 
 
@@ -341,6 +248,8 @@ def sample_label_dataset(
     seed: int | None = None,
     return_stats: bool = False,
     drop_untruncated: bool = True,
+    *,
+    spec: RolloutSpec | None = None,
 ) -> Dataset | tuple[Dataset, LabelSamplingStats]:
     """:func:`sample_candidates`, then ``labeler`` picks the best of each K: a best-of-K label dataset.
 
@@ -352,10 +261,8 @@ def sample_label_dataset(
         labeler's rewards, for analysis) and ``query_index`` (position in ``queries``).
     """
     queries = _queries_list(queries)
-    kept_idx, samples, stats = _draw_candidates(
-        policy, tokenizer, queries, k, response_length, temperature, truncate_token, truncate_after, batch_size, seed,
-        drop_untruncated,
-    )
+    spec = rollout_spec_of(tokenizer, spec, response_length, temperature, truncate_token, truncate_after)
+    kept_idx, samples, stats = _draw_candidates(policy, tokenizer, queries, k, spec, batch_size, seed, drop_untruncated)
     kept_q = [queries[i] for i in kept_idx]
     known = labeler.score(kept_q, samples)
     best = [labeler.choose(r) for r in known]

@@ -22,8 +22,8 @@ tags, ``push_to_hub``, callbacks, ``report_to``, checkpointing and ``accelerate 
         log_step / log_samples metrics (TRL names), samples table
         checkpoint             policy + value head + optimizer + scheduler + RNG + beta (resume continues)
 
-Every equation lives in :mod:`hf_prefs.ppo_math`, :mod:`hf_prefs.rollout` and :mod:`hf_prefs.kl`; this module
-only wires them. Shapes: B = episodes of this process, Lq = (left-padded) query length, Lr = response length,
+Every equation lives in :mod:`hf_prefs.core.ppo_math` and :mod:`hf_prefs.core.kl`, every rollout rule in
+:mod:`hf_prefs.core.rollout` (one :class:`~hf_prefs.core.rollout.RolloutSpec`); this module only wires them. Shapes: B = episodes of this process, Lq = (left-padded) query length, Lr = response length,
 V = vocabulary.
 """
 
@@ -36,25 +36,34 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
+from peft import get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
-from transformers.utils import logging
 from transformers.trainer_callback import ExportableState, TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
-from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax, selective_log_softmax_and_entropy
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.utils import logging
 
-from .citation import ZIEGLER_2019
-from .kl import AdaptiveKLController, FixedKLController
-from .ppo_config import PPOConfig
-from .ppo_math import (
+from .._compat import (
+    TrlBaseTrainer,
+    checkpoint_folder,
+    disable_dropout_in_model,
+    print_prompt_completions_sample,
+    restore_trainer_checkpoint,
+    set_sync_gradients,
+    selective_log_softmax,
+    selective_log_softmax_and_entropy,
+    trainer_learning_rate,
+)
+from ..citation import ZIEGLER_2019
+from ..core.kl import AdaptiveKLController, FixedKLController
+from ..core.ppo_math import (
     compute_gae,
     explained_variance,
     kl_penalty,
@@ -63,8 +72,13 @@ from .ppo_math import (
     ppo_value_loss,
     whiten,
 )
-from .rollout import apply_truncation_penalty, left_pad, sample_responses, truncate_responses, truncated_lengths
-from .value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
+from ..core.rollout import RolloutSpec, left_pad, position_ids
+from ..models.generation import sample_responses
+from ..models.loading import load_reward_model
+from ..models.reward_model import normalize_reward_model, score_texts
+from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
+from .ppo_config import PPOConfig
+from .ppo_data import NonFiniteError, QueryStream, Rollout, prepare_query_dataset
 
 logger = logging.get_logger(__name__)
 
@@ -77,54 +91,15 @@ RewardFunction = Callable[[list[str], list[str]], Any]
 PPO_STATE_FILE = "ppo_state.json"
 
 
-class NonFiniteError(FloatingPointError):
-    """NaN/inf met during PPO; ``step`` is the (1-based) PPO update and ``what`` names the tensor."""
-
-    def __init__(self, step: int, what: str, detail: str = "") -> None:
-        self.step, self.what = step, what
-        super().__init__(f"PPO update step {step}: non-finite values (NaN/inf) in {what}{detail}; training stopped")
-
-
-@dataclass
-class Rollout:
-    """One batch of episodes of this process, computed without gradients. Tensors are on the training device."""
-
-    query_ids: torch.Tensor  # (B, Lq) left-padded
-    query_mask: torch.Tensor  # (B, Lq) 0/1
-    response_ids: torch.Tensor  # (B, Lr) the raw sampled tokens (KL, values and PPO use these)
-    response_lengths: torch.Tensor  # (B,) tokens kept by truncation (what the reward saw)
-    valid: torch.Tensor  # (B,) bool: has a truncate token at index >= truncate_after
-    query_texts: list[str]
-    response_texts: list[str]  # truncated, decoded
-    raw_scores: torch.Tensor  # (B,) reward before the truncation penalty
-    scores: torch.Tensor  # (B,) after the penalty: r(x, y)
-    logprobs: torch.Tensor  # (B, Lr) log pi_old(y_t) at temperature T
-    ref_logprobs: torch.Tensor  # (B, Lr) log rho(y_t) at temperature T
-    values: torch.Tensor  # (B, Lr) V_old(s_t)
-    entropy: torch.Tensor  # (B, Lr) entropy of pi_old(.|s_t) at temperature T
-    kl: torch.Tensor  # (B, Lr) per-token KL estimate
-    non_score_rewards: torch.Tensor  # (B, Lr) -beta * kl
-    rewards: torch.Tensor  # (B, Lr) non-score rewards + score at the last token
-    kl_coef: float  # beta used for these rewards
-
-    def __len__(self) -> int:
-        return self.response_ids.shape[0]
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on the first real token of each left-padded row."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-class PPOTrainer(_BaseTrainer):
+class PPOTrainer(TrlBaseTrainer):
     """The paper's PPO: fixed-length sampling at T, per-token KL penalty, adaptive beta, value head on the trunk.
 
     Args:
         model: the policy: a model id/path or an ``AutoModelForCausalLM`` model (a ``PeftModel`` works too), or a
-            :class:`~hf_prefs.value_head.PolicyWithValueHead`.
+            :class:`~hf_prefs.models.value_head.PolicyWithValueHead`.
         reward_model: an hf_prefs reward model (a ``*ForSequenceClassification`` model, scored with
-            :func:`hf_prefs.reward_model.score_texts` at the last token, normalization gain/bias applied), a path to
-            one (loaded with :func:`hf_prefs.reward_model.load_reward_model`), or any callable
+            :func:`hf_prefs.models.reward_model.score_texts` at the last token, normalization gain/bias applied), a path to
+            one (loaded with :func:`hf_prefs.models.loading.load_reward_model`), or any callable
             ``f(queries: list[str], responses: list[str]) -> (B,)`` (known rewards, direct RL).
         args: a :class:`~hf_prefs.PPOConfig`.
         train_dataset: a ``datasets.Dataset`` with a ``query`` column (text), or TRL-style ``input_ids``.
@@ -140,8 +115,8 @@ class PPOTrainer(_BaseTrainer):
         peft_config: a ``peft.PeftConfig``: the policy is wrapped with it (LoRA); the reference is then the policy
             with adapters disabled.
         kl_controller: an object with ``value``, ``update(kl, n_steps)``, ``state_dict()``, ``load_state_dict()``;
-            default: :class:`~hf_prefs.kl.AdaptiveKLController` (``args.adaptive_kl``) or
-            :class:`~hf_prefs.kl.FixedKLController`.
+            default: :class:`~hf_prefs.core.kl.AdaptiveKLController` (``args.adaptive_kl``) or
+            :class:`~hf_prefs.core.kl.FixedKLController`.
     """
 
     _tag_names = ["trl", "hf-prefs", "ppo"]
@@ -165,86 +140,17 @@ class PPOTrainer(_BaseTrainer):
         peft_config: Any = None,
         kl_controller: Any = None,
     ) -> None:
-        # ---- config -------------------------------------------------------------------------------------------
-        model_id = model if isinstance(model, str) else None
-        if args is None:
-            name = (model_id or "policy").rstrip("/").split("/")[-1]
-            args = PPOConfig(output_dir=f"{name}-PPO")
-        if not isinstance(args, PPOConfig):
-            raise TypeError(f"args must be an hf_prefs PPOConfig, got {type(args).__name__}")
-        if train_dataset is None:
-            raise ValueError("PPOTrainer needs a train_dataset with a `query` column")
-
-        # ---- policy (+ PEFT) ----------------------------------------------------------------------------------
-        wrapper: PolicyWithValueHead | None = None
-        if isinstance(model, PolicyWithValueHead):
-            wrapper, policy = model, model.policy
-        elif isinstance(model, str):
-            policy = AutoModelForCausalLM.from_pretrained(model)
-        else:
-            policy = model
-        if processing_class is None:
-            source = model_id or getattr(policy.config, "_name_or_path", None)
-            if not source:
-                raise ValueError("pass processing_class (the policy's tokenizer): it cannot be found from the model")
-            processing_class = AutoTokenizer.from_pretrained(source)
-        if peft_config is not None:
-            if wrapper is not None or hasattr(policy, "peft_config"):
-                raise ValueError("peft_config was given but the policy is already wrapped (PEFT or PolicyWithValueHead)")
-            from peft import get_peft_model
-
-            policy = get_peft_model(policy, peft_config)
-        is_peft = hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config")
-
-        # ---- reward: model or callable ------------------------------------------------------------------------
-        if isinstance(reward_model, (str, os.PathLike)):
-            from .reward_model import load_reward_model
-
-            reward_model, loaded_tokenizer = load_reward_model(reward_model)
-            reward_processing_class = reward_processing_class or loaded_tokenizer
-        if not isinstance(reward_model, nn.Module) and not callable(reward_model):
-            raise TypeError("reward_model must be a reward model (nn.Module), a path to one, or a callable f(queries, responses)")
-        self.reward_model = reward_model
-        self.reward_processing_class = reward_processing_class or processing_class
-        if args.normalize_reward and not isinstance(reward_model, nn.Module):
-            raise ValueError("PPOConfig.normalize_reward needs a reward model (nn.Module); a reward callable has no gain/bias")
-
-        # ---- value function -----------------------------------------------------------------------------------
-        if wrapper is None:
-            if value_model is None and args.value_model == "separate":
-                if not isinstance(reward_model, nn.Module):
-                    raise ValueError("PPOConfig.value_model='separate' needs a reward model to copy (or pass value_model=)")
-                value_model = value_model_from_reward_model(reward_model)
-            wrapper = PolicyWithValueHead(policy, value_model=value_model)
-        elif value_model is not None:
-            raise ValueError("value_model was given together with a PolicyWithValueHead; put it in the wrapper instead")
-
-        # ---- reference ----------------------------------------------------------------------------------------
-        if ref_model is policy:
-            raise ValueError("ref_model must not be the policy object itself (pass None to get a frozen copy)")
-        if ref_model is None and not is_peft:
-            ref_model = copy.deepcopy(policy)
-        if ref_model is not None:
-            ref_model.eval()
-            for p in ref_model.parameters():
-                p.requires_grad_(False)
-        self.ref_model = ref_model
-        self.is_peft_model = is_peft
-
-        # Dropout off everywhere (paper).
-        for module in (wrapper, ref_model, reward_model if isinstance(reward_model, nn.Module) else None):
+        args = self._check_args(model, args, train_dataset)
+        policy, wrapper, processing_class = self._build_policy(model, processing_class, peft_config)
+        self._build_reward(reward_model, reward_processing_class or processing_class, args)
+        wrapper = self._build_value_function(policy, wrapper, value_model, args)
+        self._build_reference(policy, ref_model)
+        for module in (wrapper, self.ref_model, self.reward_model if isinstance(self.reward_model, nn.Module) else None):
             if module is not None:
-                disable_dropout_in_model(module)
-
-        # ---- data: tokenize the queries ----------------------------------------------------------------------
-        if processing_class.pad_token_id is not None:
-            self.pad_token_id = int(processing_class.pad_token_id)
-        elif processing_class.eos_token_id is not None:
-            self.pad_token_id = int(processing_class.eos_token_id)  # only ever used under an explicit 0 mask
-        else:
-            self.pad_token_id = 0
-        train_dataset = self._prepare_dataset(train_dataset, processing_class, policy, args)
-
+                disable_dropout_in_model(module)  # dropout off everywhere (paper)
+        self.rollout_spec = RolloutSpec.from_config(args, processing_class)
+        self.pad_token_id = self.rollout_spec.pad_token_id  # only ever used under an explicit 0 mask
+        train_dataset = prepare_query_dataset(train_dataset, processing_class, policy, args)
         super().__init__(
             model=wrapper,
             args=args,
@@ -256,8 +162,90 @@ class PPOTrainer(_BaseTrainer):
             optimizers=optimizers,
         )
         self.args: PPOConfig
+        self._set_batch_sizes()
+        self._init_state(kl_controller)
 
-        # ---- batch sizes (TRL's definitions) -----------------------------------------------------------------
+    # =========================================================================================================
+    # construction, in named parts
+    # =========================================================================================================
+    @staticmethod
+    def _check_args(model: str | nn.Module, args: PPOConfig | None, train_dataset: Dataset | None) -> PPOConfig:
+        """``args`` (default: ``PPOConfig(output_dir="<model name>-PPO")``), checked; a train dataset is required."""
+        if args is None:
+            name = (model if isinstance(model, str) else "policy").rstrip("/").split("/")[-1]
+            args = PPOConfig(output_dir=f"{name}-PPO")
+        if not isinstance(args, PPOConfig):
+            raise TypeError(f"args must be an hf_prefs PPOConfig, got {type(args).__name__}")
+        if train_dataset is None:
+            raise ValueError("PPOTrainer needs a train_dataset with a `query` column")
+        return args
+
+    @staticmethod
+    def _build_policy(
+        model: str | nn.Module, processing_class: PreTrainedTokenizerBase | None, peft_config: Any
+    ) -> tuple[nn.Module, PolicyWithValueHead | None, PreTrainedTokenizerBase]:
+        """``(policy, wrapper or None, tokenizer)``: the policy loaded from a path/id or given (a
+        :class:`PolicyWithValueHead` is unpacked), wrapped with ``peft_config`` when given, and its tokenizer."""
+        wrapper: PolicyWithValueHead | None = None
+        if isinstance(model, PolicyWithValueHead):
+            wrapper, policy = model, model.policy
+        elif isinstance(model, str):
+            policy = AutoModelForCausalLM.from_pretrained(model)
+        else:
+            policy = model
+        if processing_class is None:
+            source = model if isinstance(model, str) else getattr(policy.config, "_name_or_path", None)
+            if not source:
+                raise ValueError("pass processing_class (the policy's tokenizer): it cannot be found from the model")
+            processing_class = AutoTokenizer.from_pretrained(source)
+        if peft_config is not None:
+            if wrapper is not None or hasattr(policy, "peft_config"):
+                raise ValueError("peft_config was given but the policy is already wrapped (PEFT or PolicyWithValueHead)")
+            policy = get_peft_model(policy, peft_config)
+        return policy, wrapper, processing_class
+
+    def _build_reward(self, reward_model: nn.Module | str | RewardFunction, tokenizer: Any, args: PPOConfig) -> None:
+        """``self.reward_model`` (a model, loaded from a path, or a callable) and its tokenizer."""
+        if isinstance(reward_model, (str, os.PathLike)):
+            reward_model, tokenizer = load_reward_model(reward_model)
+        if not isinstance(reward_model, nn.Module) and not callable(reward_model):
+            raise TypeError("reward_model must be a reward model (nn.Module), a path to one, or a callable f(queries, responses)")
+        if args.normalize_reward and not isinstance(reward_model, nn.Module):
+            raise ValueError("PPOConfig.normalize_reward needs a reward model (nn.Module); a reward callable has no gain/bias")
+        self.reward_model = reward_model
+        self.reward_processing_class = tokenizer
+
+    def _build_value_function(
+        self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | None, args: PPOConfig
+    ) -> PolicyWithValueHead:
+        """The policy with its value function: a head on the trunk (paper), ``value_model``, or a copy of the reward
+        model (``value_model="separate"``, TRL's way)."""
+        if wrapper is not None:
+            if value_model is not None:
+                raise ValueError("value_model was given together with a PolicyWithValueHead; put it in the wrapper instead")
+            return wrapper
+        if value_model is None and args.value_model == "separate":
+            if not isinstance(self.reward_model, nn.Module):
+                raise ValueError("PPOConfig.value_model='separate' needs a reward model to copy (or pass value_model=)")
+            value_model = value_model_from_reward_model(self.reward_model)
+        return PolicyWithValueHead(policy, value_model=value_model)
+
+    def _build_reference(self, policy: nn.Module, ref_model: nn.Module | None) -> None:
+        """``self.ref_model``: the given frozen model, a frozen copy of the policy, or None for a PEFT policy (rho is
+        then the policy with its adapters disabled)."""
+        if ref_model is policy:
+            raise ValueError("ref_model must not be the policy object itself (pass None to get a frozen copy)")
+        self.is_peft_model = hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config")
+        if ref_model is None and not self.is_peft_model:
+            ref_model = copy.deepcopy(policy)
+        if ref_model is not None:
+            ref_model.eval()
+            for p in ref_model.parameters():
+                p.requires_grad_(False)
+        self.ref_model = ref_model
+
+    def _set_batch_sizes(self) -> None:
+        """TRL's derived sizes: episodes per update (``batch_size``), per process, per minibatch; number of updates."""
         a = self.args
         world_size = self.accelerator.num_processes
         a.local_batch_size = a.per_device_train_batch_size * a.gradient_accumulation_steps
@@ -265,14 +253,15 @@ class PPOTrainer(_BaseTrainer):
         a.local_mini_batch_size = a.local_batch_size // a.num_mini_batches
         a.mini_batch_size = a.local_mini_batch_size * world_size
         if a.total_episodes is None:
-            a.total_episodes = int(a.num_train_epochs * len(train_dataset))
+            a.total_episodes = int(a.num_train_epochs * len(self.train_dataset))
         a.num_total_batches = math.ceil(a.total_episodes / a.batch_size)
         self.sample_generations_freq = (
             max(1, a.num_total_batches // a.num_sample_generations) if a.num_sample_generations > 0 else 0
         )
 
-        # ---- truncation, KL control, RNG ----------------------------------------------------------------------
-        self.truncate_token_id = self._resolve_truncate_token_id(a, processing_class)
+    def _init_state(self, kl_controller: Any) -> None:
+        """KL controller, the query stream, the sampling / shuffling generators (per process) and model placement."""
+        a = self.args
         if kl_controller is None:
             kl_controller = (
                 AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl else FixedKLController(a.kl_coef)
@@ -282,10 +271,9 @@ class PPOTrainer(_BaseTrainer):
         local_seed = a.seed + 100_003 * self.accelerator.process_index
         self.sampling_generator = torch.Generator(device=device).manual_seed(local_seed)  # token sampling
         self.shuffle_generator = torch.Generator().manual_seed(local_seed + 1)  # PPO minibatch shuffles
-        self._query_permutations: dict[int, torch.Tensor] = {}
+        self.query_stream = QueryStream(len(self.train_dataset), a.data_seed if a.data_seed is not None else a.seed)
         self._prepared = False
         self.last_samples: Any = None  # the last samples table (a pandas DataFrame)
-
         if self.ref_model is not None:
             self.ref_model.to(device)
         if isinstance(self.reward_model, nn.Module):
@@ -296,70 +284,6 @@ class PPOTrainer(_BaseTrainer):
     # =========================================================================================================
     # setup helpers
     # =========================================================================================================
-    @staticmethod
-    def _prepare_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: PPOConfig) -> Dataset:
-        """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); check rows and lengths."""
-        if not isinstance(dataset, Dataset):
-            raise TypeError(f"train_dataset must be a datasets.Dataset, got {type(dataset).__name__}")
-        if len(dataset) == 0:
-            raise ValueError("train_dataset is empty")
-        columns = dataset.column_names
-        if "query" in columns:
-            bad = [i for i, q in enumerate(dataset["query"]) if not isinstance(q, str) or not q]
-            if bad:
-                raise ValueError(f"train_dataset: column `query` must hold non-empty strings; bad rows {bad[:10]}")
-            if "input_ids" not in columns:
-                dataset = dataset.map(
-                    lambda batch: {"input_ids": tokenizer(batch["query"])["input_ids"]},
-                    batched=True,
-                    num_proc=args.dataset_num_proc,
-                    desc="Tokenizing queries",
-                )
-        elif "input_ids" in columns:
-            dataset = dataset.map(
-                lambda batch: {"query": tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)},
-                batched=True,
-                num_proc=args.dataset_num_proc,
-                desc="Decoding queries",
-            )
-        else:
-            raise ValueError(f"train_dataset needs a `query` (text) or `input_ids` column; it has {columns}")
-        lengths = [len(ids) for ids in dataset["input_ids"]]
-        empty = [i for i, n in enumerate(lengths) if n == 0]
-        if empty:
-            raise ValueError(f"train_dataset: rows {empty[:10]} tokenize to no tokens")
-        config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
-        max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if max_positions is not None:
-            longest = max(range(len(lengths)), key=lengths.__getitem__)
-            if lengths[longest] + args.response_length > max_positions:
-                raise ValueError(
-                    f"train_dataset row {longest}: query of {lengths[longest]} tokens + response_length "
-                    f"{args.response_length} exceeds the model's {max_positions} positions"
-                )
-        return dataset
-
-    @staticmethod
-    def _resolve_truncate_token_id(args: PPOConfig, tokenizer: Any) -> int | None:
-        """The token id responses are cut after: stop_token / stop_token_id (TRL names) or truncate_token(_id)."""
-        if args.stop_token == "eos":
-            if tokenizer.eos_token_id is None:
-                raise ValueError("PPOConfig.stop_token='eos' but the tokenizer has no eos token")
-            return int(tokenizer.eos_token_id)
-        if args.stop_token_id is not None:
-            return int(args.stop_token_id)
-        if args.truncate_token_id is not None:
-            return int(args.truncate_token_id)
-        if args.truncate_token is None:
-            return None
-        ids = tokenizer.encode(args.truncate_token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(
-                f"PPOConfig.truncate_token={args.truncate_token!r} is {len(ids)} tokens ({ids}) for this tokenizer; "
-                "it must be exactly one token (or set truncate_token_id)"
-            )
-        return int(ids[0])
-
     def _unwrapped(self) -> PolicyWithValueHead:
         return self.accelerator.unwrap_model(self.model)
 
@@ -384,28 +308,15 @@ class PPOTrainer(_BaseTrainer):
     # the PPO update, step by step
     # =========================================================================================================
     def sample_queries(self, update: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Queries of PPO update ``update`` (0-based) for this process.
-
-        The dataset is read as an endless stream of seeded shuffles (one per pass); update u takes stream positions
-        ``[u*batch_size, (u+1)*batch_size)`` and process r the r-th slice of ``local_batch_size`` of them. This is a
-        pure function of (seed, update), so resuming needs no data-loader state.
+        """Queries of PPO update ``update`` (0-based) for this process: a pure function of (seed, update), see
+        :class:`~hf_prefs.trainers.ppo_data.QueryStream`, so resuming needs no data-loader state.
 
         Returns:
             ``(query_ids (B, Lq), query_mask (B, Lq), query_texts)``, left-padded, on the training device.
         """
-        a, n = self.args, len(self.train_dataset)
+        a = self.args
         start = update * a.batch_size + self.accelerator.process_index * a.local_batch_size
-        rows = []
-        for position in range(start, start + a.local_batch_size):
-            epoch, offset = divmod(position, n)
-            if epoch not in self._query_permutations:
-                seed = (a.data_seed if a.data_seed is not None else a.seed) + epoch
-                self._query_permutations = {
-                    e: p for e, p in self._query_permutations.items() if e >= epoch - 1
-                }  # keep memory bounded
-                self._query_permutations[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-            rows.append(int(self._query_permutations[epoch][offset]))
-        batch = self.train_dataset[rows]
+        batch = self.train_dataset[self.query_stream.rows(start, a.local_batch_size)]
         query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
         device = self.accelerator.device
         return query_ids.to(device), query_mask.to(device), list(batch["query"])
@@ -414,7 +325,7 @@ class PPOTrainer(_BaseTrainer):
     def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, reference: bool = False) -> torch.Tensor:
         """``(B, Lr)`` responses: exactly ``response_length`` tokens at temperature T, no stop at EOS (paper).
 
-        Batched by ``local_rollout_forward_batch_size``, with a KV cache (:func:`hf_prefs.rollout.sample_responses`).
+        Batched by ``local_rollout_forward_batch_size``, with a KV cache (:func:`hf_prefs.models.generation.sample_responses`).
         ``reference=True`` samples from rho instead of pi.
         """
         a = self.args
@@ -437,24 +348,18 @@ class PPOTrainer(_BaseTrainer):
         return torch.cat(chunks, 0)
 
     def truncate(self, response_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(lengths (B,), valid (B,))``: tokens kept after cutting at the first truncate token at index >=
-        ``truncate_after`` (:func:`hf_prefs.rollout.truncated_lengths`, counted from positions so a sampled pad/EOS
-        id is never mistaken for padding), and which rows had such a token (:func:`truncate_responses`)."""
-        tid, after = self.truncate_token_id, self.args.truncate_after
-        _, valid = truncate_responses(response_ids, tid, after, pad_token_id=self.pad_token_id)
-        return truncated_lengths(response_ids, tid, after), valid
+        """``(lengths (B,), valid (B,))``: where each response is cut and whether it escapes the penalty, by the run's
+        :class:`~hf_prefs.core.rollout.RolloutSpec` (the rule the labelers and the evaluation apply too)."""
+        return self.rollout_spec.cut(response_ids)
 
     def decode_responses(self, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """Text of each truncated response (special tokens such as a sampled EOS are dropped)."""
-        rows = [ids[:n].tolist() for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
-        return self.processing_class.batch_decode(rows, skip_special_tokens=True)
+        """Text of each cut response, as the reward sees it (:meth:`RolloutSpec.texts`)."""
+        return self.rollout_spec.texts(self.processing_class, response_ids, lengths)
 
     @torch.no_grad()
     def score(self, query_texts: list[str], response_texts: list[str]) -> torch.Tensor:
         """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty."""
         if isinstance(self.reward_model, nn.Module):
-            from .reward_model import score_texts
-
             with self.accelerator.autocast():
                 scores = score_texts(
                     self.reward_model,
@@ -475,13 +380,9 @@ class PPOTrainer(_BaseTrainer):
         return scores.to(device=self.accelerator.device, dtype=torch.float32)
 
     def apply_penalty(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Paper: replace the score of rows without a truncate token by ``penalty_reward_value``.
-
-        With ``missing_eos_penalty`` set (TRL semantics) that amount is subtracted instead.
-        """
-        if self.args.missing_eos_penalty is not None:
-            return torch.where(valid, scores, scores - self.args.missing_eos_penalty)
-        return apply_truncation_penalty(scores, valid, self.args.penalty_reward_value)
+        """Paper: replace the score of invalid rows by ``penalty_reward_value``; with ``missing_eos_penalty`` (TRL)
+        subtract it instead (:meth:`RolloutSpec.penalize`)."""
+        return self.rollout_spec.penalize(scores, valid)
 
     def _forward(
         self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor
@@ -493,7 +394,7 @@ class PPOTrainer(_BaseTrainer):
         lr = response_ids.shape[1]
         input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq + Lr)
         mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=lr + 1)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=lr + 1)
         logits = out.logits[:, -lr - 1 : -1].float() / self.args.temperature  # (B, Lr, V)
         values = out.values[:, -lr - 1 : -1].float() if isinstance(out, PolicyValueOutput) else None  # (B, Lr)
         return logits, values
@@ -645,7 +546,7 @@ class PPOTrainer(_BaseTrainer):
                         "returns": returns[sl],
                     }
                     last = k == n_micro - 1
-                    self.accelerator.gradient_state._set_sync_gradients(last)
+                    set_sync_gradients(self.accelerator, last)
                     with nullcontext() if last else self.accelerator.no_sync(model):
                         with self.accelerator.autocast():
                             loss, micro_stats = self.compute_ppo_loss(model, batch)
@@ -717,8 +618,6 @@ class PPOTrainer(_BaseTrainer):
 
     def log_samples(self, rollout: Rollout, num_samples: int = 8) -> None:
         """Print (and log to wandb / trackio when active) a table of query, truncated response and score."""
-        import pandas as pd
-
         n = min(num_samples, len(rollout))
         table = {
             "query": gather_object(rollout.query_texts[:n]),
@@ -731,8 +630,6 @@ class PPOTrainer(_BaseTrainer):
         if not self.accelerator.is_main_process:
             return
         try:
-            from trl.trainer.utils import print_prompt_completions_sample
-
             print_prompt_completions_sample(
                 df["query"].tolist(), df["response"].tolist(), {"score": df["score"].tolist()}, None,
                 self.state.global_step, extra={"penalized": df["penalized"].tolist()},
@@ -776,9 +673,7 @@ class PPOTrainer(_BaseTrainer):
         self.state.compute_steps(a, a.num_total_batches)
         if resume_from_checkpoint is not None:
             self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
-            self._load_callback_state()
-            self._load_optimizer_and_scheduler(resume_from_checkpoint)
-            self._load_rng_state(resume_from_checkpoint)  # global RNGs (e.g. used by a reward callable)
+            restore_trainer_checkpoint(self, resume_from_checkpoint)  # optimizer, scheduler, global RNGs, callbacks
             self._load_ppo_state(resume_from_checkpoint)  # beta and the sampling / shuffling generators
         self.state.init_training_references(self, a.num_total_batches, a.total_episodes / len(self.train_dataset), None)
         for attr in ("model", "optimizer", "lr_scheduler"):
@@ -810,7 +705,7 @@ class PPOTrainer(_BaseTrainer):
             t1 = time.time()
             train_stats = self.ppo_epochs(rollout)
             t2 = time.time()
-            learning_rate = self._get_learning_rate()
+            learning_rate = trainer_learning_rate(self)
             self.lr_scheduler.step()
             self.update_kl_controller(rollout)
 
@@ -836,30 +731,25 @@ class PPOTrainer(_BaseTrainer):
 
     @torch.no_grad()
     def normalize_reward_model(self) -> tuple[float, float]:
-        """Set the reward model's gain/bias so rewards of raw rho samples have mean 0 and std 1 (paper).
+        """Set the reward model's gain/bias so rewards of raw rho samples have mean 0 and std 1 (paper), with
+        :func:`hf_prefs.models.reward_model.normalize_reward_model`.
 
-        ``normalize_samples`` queries (split over processes) are answered by rho at temperature T without
-        truncation; the raw scores of all processes give ``(gain, bias)`` (:mod:`hf_prefs.normalization`).
+        ``normalize_samples`` queries, split over processes, are answered by rho at temperature T, uncut; the raw
+        scores of all processes give the same ``(gain, bias)`` everywhere.
         """
-        from .normalization import reward_normalization, set_reward_normalization
-        from .reward_model import score_texts
-
         a, n = self.args, len(self.train_dataset)
         per_process = math.ceil(a.normalize_samples / self.accelerator.num_processes)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(a.seed + 7))
         start = self.accelerator.process_index * per_process
-        rows = [int(order[i % n]) for i in range(start, start + per_process)]
-        batch = self.train_dataset[rows]
+        batch = self.train_dataset[[int(order[i % n]) for i in range(start, start + per_process)]]
         query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
         device = self.accelerator.device
-        responses = self.generate(query_ids.to(device), query_mask.to(device), reference=True)
-        texts = self.processing_class.batch_decode(responses.tolist(), skip_special_tokens=True)
-        set_reward_normalization(self.reward_model, 1.0, 0.0)
-        raw = score_texts(self.reward_model, self.reward_processing_class, list(batch["query"]), texts, normalized=False)
-        raw = self.accelerator.gather(raw.to(device))[: a.normalize_samples]
-        gain, bias = reward_normalization(raw.cpu())
-        set_reward_normalization(self.reward_model, gain, bias)
-        return gain, bias
+        responses = self.generate(query_ids.to(device), query_mask.to(device), reference=True)  # (b, Lr), uncut
+        texts = self.decode_responses(responses, torch.full((len(responses),), responses.shape[1]))
+        return normalize_reward_model(
+            self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
+            gather=lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples],
+        )
 
     # =========================================================================================================
     # saving, checkpoints, resume
@@ -904,7 +794,7 @@ class PPOTrainer(_BaseTrainer):
         model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
         super()._save_checkpoint(model, trial)
-        checkpoint = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        checkpoint = checkpoint_folder(self, trial)
         os.makedirs(checkpoint, exist_ok=True)
         state = {
             "kl_controller": self.kl_ctl.state_dict(),

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+__all__ = ["VADER_CLIP", "vader_compound", "vader_log_odds", "VaderScorer", "HubSentimentScorer", "make_known_reward"]
 
 #: VADER compound scores are clipped to ±VADER_CLIP so that 2·atanh(c) stays finite (|r| ≤ ~14.5).
 VADER_CLIP = 0.999999
@@ -19,8 +24,6 @@ VADER_CLIP = 0.999999
 
 @functools.lru_cache(maxsize=1)
 def _vader() -> Any:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
     return SentimentIntensityAnalyzer()
 
 
@@ -78,8 +81,6 @@ class HubSentimentScorer:
         batch_size: int = 32,
         max_length: int = 512,
     ) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         self.device = torch.device(device) if device is not None else _default_device()
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_id)
@@ -125,3 +126,15 @@ class HubSentimentScorer:
             return logits[:, 0]
         others = torch.cat([logits[:, :positive_index], logits[:, positive_index + 1 :]], dim=-1)
         return logits[:, positive_index] - torch.logsumexp(others, dim=-1)
+
+
+def make_known_reward(spec: str | None) -> Callable[[list[str]], list[float]] | None:
+    """``'vader'``: VADER's compound c as log-odds 2·atanh(c) (offline); ``None``/``'none'``: no known reward (human
+    tasks); else a text-classification model (Hub id or folder) whose positive-class log-odds is the reward (the
+    paper's mock sentiment classifier)."""
+    if spec in (None, "", "none"):
+        return None
+    if spec == "vader":
+        return vader_log_odds
+    scorer = HubSentimentScorer(spec)
+    return lambda texts: scorer(texts).tolist()

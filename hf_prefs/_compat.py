@@ -1,0 +1,130 @@
+"""Every private (or unofficial) TRL / transformers / accelerate name hf_prefs uses, in one place.
+
+TRL has no public trainer base class (``_BaseTrainer`` was made private in trl#5169) and no public PPO pieces since
+1.13, and ``transformers.Trainer`` keeps its checkpoint helpers private. What hf_prefs needs of them is reached
+only through this module, so an upgrade that moves a name breaks here, loudly, and nowhere else.
+
+Tested with (CI runs the suite on the newest releases and a quick job on the oldest declared in pyproject.toml):
+:data:`TESTED_VERSIONS`. Private methods that hf_prefs *overrides* (hooks the base classes call) are listed in
+:data:`OVERRIDDEN_HOOKS`; ``tests/test_architecture.py`` checks that they still exist with the same parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from typing import Any
+
+from transformers import Trainer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import RewardTrainer
+from trl.data_utils import get_dataset_column_names
+from trl.trainer.base_config import _BaseConfig
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.utils import (
+    disable_dropout_in_model,
+    print_prompt_completions_sample,
+    selective_log_softmax,
+    selective_log_softmax_and_entropy,
+)
+
+__all__ = [
+    "TESTED_VERSIONS",
+    "OVERRIDDEN_HOOKS",
+    "TrlBaseTrainer",
+    "TrlBaseConfig",
+    "disable_dropout_in_model",
+    "get_dataset_column_names",
+    "print_prompt_completions_sample",
+    "selective_log_softmax",
+    "selective_log_softmax_and_entropy",
+    "trainer_learning_rate",
+    "set_sync_gradients",
+    "restore_trainer_checkpoint",
+    "checkpoint_folder",
+    "reward_trainer_metrics",
+    "cache_kwargs",
+    "output_cache",
+    "count_reward_trainer_tokens",
+]
+
+#: Package -> (oldest tested, newest tested). The oldest are the floors declared in pyproject.toml.
+TESTED_VERSIONS: dict[str, tuple[str, str]] = {
+    "trl": ("1.13.0", "1.16.0"),
+    "transformers": ("5.20.0", "5.24.0"),
+    "accelerate": ("1.10.0", "1.15.0"),
+}
+
+#: TRL's trainer base class (private: ``trl.trainer.base_trainer._BaseTrainer``): model cards, tags, telemetry.
+TrlBaseTrainer = _BaseTrainer
+#: TRL's config base class (private: ``trl.trainer.base_config._BaseConfig``): TrainingArguments + TRL defaults.
+TrlBaseConfig = _BaseConfig
+
+#: Private methods of the base classes that hf_prefs' trainers override (called by the base classes' loops).
+OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
+    Trainer: ("_save", "_load_from_checkpoint", "_save_checkpoint", "_issue_warnings_after_load"),
+    RewardTrainer: ("_prepare_dataset", "_set_signature_columns_if_needed"),
+}
+
+
+def trainer_learning_rate(trainer: Trainer) -> float:
+    """The learning rate of the optimizer's first group now (``Trainer._get_learning_rate``)."""
+    return trainer._get_learning_rate()
+
+
+def restore_trainer_checkpoint(trainer: Trainer, checkpoint: str) -> None:
+    """Restore callbacks' state, optimizer, scheduler and the global RNGs from a Trainer checkpoint folder."""
+    trainer._load_callback_state()
+    trainer._load_optimizer_and_scheduler(checkpoint)
+    trainer._load_rng_state(checkpoint)
+
+
+def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
+    """The folder ``Trainer._save_checkpoint`` writes for the current global step."""
+    return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+
+
+def set_sync_gradients(accelerator: Any, sync: bool) -> None:
+    """Tell accelerate whether this backward ends an accumulation (``GradientState._set_sync_gradients``), as
+    ``transformers.Trainer``'s own loop does: DeepSpeed's engine reads it; the Trainer builds its Accelerator with
+    ``num_steps=1``, so the public ``accelerator.accumulate`` cannot mark PPO's micro-batch boundaries."""
+    accelerator.gradient_state._set_sync_gradients(sync)
+
+
+def reward_trainer_metrics(trainer: RewardTrainer, mode: str) -> dict[str, list[float]]:
+    """The per-mode metric lists RewardTrainer averages into each log (``RewardTrainer._metrics[mode]``)."""
+    return trainer._metrics[mode]
+
+
+def count_reward_trainer_tokens(trainer: RewardTrainer, n_tokens: int) -> int:
+    """Add ``n_tokens`` (all processes; 0 to read) to RewardTrainer's ``num_tokens`` counter; returns the total."""
+    trainer._total_train_tokens += n_tokens // trainer._tp_size
+    return trainer._total_train_tokens
+
+
+#: transformers renamed the KV-cache argument and output field ``past_key_values`` -> ``cache`` in 5.24.
+_CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_argument(forward: Any) -> str:
+    """The name ``forward`` declares; a forward that takes only ``**kwargs`` (a wrapper) gets this version's name."""
+    params = inspect.signature(forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), _CACHE_NAME)
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV-cache keyword of ``model``'s forward: ``cache`` since transformers 5.24 (``past_key_values`` is
+    deprecated there and removed in 5.40), ``past_key_values`` before. PEFT wrappers are looked through."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {_cache_argument(type(base).forward): cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned: ``output.cache`` (transformers >= 5.24) or ``output.past_key_values``."""
+    for name in ("cache", "past_key_values"):
+        if name in getattr(output, "__dataclass_fields__", {}) or name in getattr(output, "__dict__", {}):
+            return getattr(output, name)
+    return None

@@ -1,0 +1,246 @@
+"""What a response is: the rollout spec (one owner of the cut and penalty rules), as lm-human-preferences'
+``TaskHParams``.
+
+Every user of a sampled response — PPO, the labelers, the reward-normalization sampler, the online label loop and
+the held-out evaluation — takes one :class:`RolloutSpec` and calls :func:`cut_responses` on it, so a sample is cut
+at the same place everywhere.
+
+- Sampling is fixed-length: exactly ``response_length`` tokens from softmax(logits / T), no stop at EOS (paper).
+- The cut: a response keeps its tokens up to and including the first ``truncate_token_id`` at index >=
+  ``truncate_after``; only the reward (and the labeler) sees the cut text. No such token: the row is kept whole.
+  The token is the paper's ``truncate_token`` (books: ".") or TRL's ``stop_token``/``stop_token_id`` ("eos" or an id).
+- Validity: a row is valid when its kept part holds ``penalty_token_id`` at index >= ``truncate_after``. Paper:
+  the penalty token is the truncate token (valid = "was cut"); TRL's ``missing_eos_penalty``: it is EOS.
+- The penalty of an invalid row: ``"replace"`` its score by ``penalty_value`` (paper: -1) or ``"subtract"``
+  ``penalty_value`` from it (TRL's ``missing_eos_penalty``).
+- Text: the kept tokens decoded with ``skip_special_tokens=True`` (a sampled EOS is not shown to the reward).
+
+Shapes: B = batch, Lr = response length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+__all__ = [
+    "RolloutSpec",
+    "Cut",
+    "cut_responses",
+    "apply_penalty",
+    "check_truncate_after",
+    "token_id_of",
+    "pad_token_id_of",
+    "left_pad",
+    "position_ids",
+]
+
+PenaltyMode = Literal["replace", "subtract"]
+
+
+class Cut(NamedTuple):
+    """Where each response is cut: ``lengths`` (B,) tokens kept, ``valid`` (B,) bool (no penalty)."""
+
+    lengths: torch.Tensor
+    valid: torch.Tensor
+
+
+def token_id_of(tokenizer: Any, token: str | int | None, field: str = "truncate_token") -> int | None:
+    """The id of a single-token string (``"."`` is GPT-2 id 13), an id as given, or None.
+
+    Tokens that merely contain the character (GPT-2's '."', '...', ' .') are other ids and do not count, as in the
+    paper. A string that is not exactly one token raises, naming ``field``.
+    """
+    if token is None or isinstance(token, int):
+        return token
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(
+            f"{field}={token!r} is {len(ids)} tokens ({ids}) for this tokenizer; it must be exactly one token "
+            "(or set truncate_token_id)"
+        )
+    return int(ids[0])
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """The settings that decide what a response is, resolved once (see the module docstring).
+
+    Build it with :meth:`from_config` (a ``PPOConfig`` or anything with its field names) or :meth:`build`.
+    """
+
+    response_length: int = 24
+    temperature: float = 0.7
+    truncate_token_id: int | None = None
+    truncate_after: int = 0
+    penalty_token_id: int | None = None
+    penalty: PenaltyMode = "replace"
+    penalty_value: float = -1.0
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.response_length < 1:
+            raise ValueError(f"response_length: must be >= 1, got {self.response_length}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        check_truncate_after(self.truncate_after, self.response_length, self.truncate_token_id is not None)
+        if self.penalty not in ("replace", "subtract"):
+            raise ValueError(f"penalty: must be 'replace' or 'subtract', got {self.penalty!r}")
+
+    @classmethod
+    def build(
+        cls,
+        tokenizer: Any,
+        *,
+        response_length: int = 24,
+        temperature: float = 0.7,
+        truncate_token: str | int | None = None,
+        truncate_token_id: int | None = None,
+        stop_token: str | None = None,
+        stop_token_id: int | None = None,
+        truncate_after: int = 0,
+        penalty_reward_value: float = -1.0,
+        missing_eos_penalty: float | None = None,
+    ) -> RolloutSpec:
+        """Resolve the paper's and TRL's names into one spec.
+
+        The cut token, first match wins: ``stop_token="eos"`` (TRL) -> the tokenizer's EOS; ``stop_token_id`` (TRL);
+        ``truncate_token_id``; ``truncate_token`` (one token of text, paper "."). None of them: no cut.
+        The penalty: ``missing_eos_penalty`` set (TRL) -> subtract it from rows without EOS; else the paper's rule,
+        replace the score of rows without the cut token by ``penalty_reward_value``.
+        """
+        if stop_token not in (None, "eos"):
+            raise ValueError(f"stop_token: must be 'eos' or None, got {stop_token!r}")
+        if stop_token is not None and stop_token_id is not None:
+            raise ValueError("stop_token: set either stop_token or stop_token_id, not both")
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if stop_token == "eos":
+            if eos is None:
+                raise ValueError("stop_token: 'eos' but the tokenizer has no eos token")
+            cut_id: int | None = int(eos)
+        elif stop_token_id is not None:
+            cut_id = int(stop_token_id)
+        elif truncate_token_id is not None:
+            cut_id = int(truncate_token_id)
+        else:
+            cut_id = token_id_of(tokenizer, truncate_token)
+        if missing_eos_penalty is not None:
+            if missing_eos_penalty < 0:
+                raise ValueError(f"missing_eos_penalty: must be >= 0 (it is subtracted), got {missing_eos_penalty}")
+            if eos is None:
+                raise ValueError("missing_eos_penalty: the tokenizer has no eos token")
+            penalty: PenaltyMode = "subtract"
+            penalty_token, value = int(eos), float(missing_eos_penalty)
+        else:
+            penalty, penalty_token, value = "replace", cut_id, float(penalty_reward_value)
+        return cls(
+            response_length=int(response_length),
+            temperature=float(temperature),
+            truncate_token_id=cut_id,
+            truncate_after=int(truncate_after),
+            penalty_token_id=penalty_token,
+            penalty=penalty,
+            penalty_value=value,
+            pad_token_id=pad_token_id_of(tokenizer),
+        )
+
+    @classmethod
+    def from_config(cls, args: Any, tokenizer: Any) -> RolloutSpec:
+        """The spec of a ``PPOConfig`` (or any object with its field names; missing fields take the defaults)."""
+        names = ("response_length", "temperature", "truncate_token", "truncate_token_id", "stop_token", "stop_token_id",
+                 "truncate_after", "penalty_reward_value", "missing_eos_penalty")
+        return cls.build(tokenizer, **{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+    # ---- the rules ---------------------------------------------------------------------------------------------
+    def cut(self, response_ids: torch.Tensor) -> Cut:
+        """:func:`cut_responses` with this spec."""
+        return cut_responses(response_ids, self)
+
+    def penalize(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """:func:`apply_penalty` with this spec."""
+        return apply_penalty(scores, valid, self.penalty, self.penalty_value)
+
+    def texts(self, tokenizer: Any, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """The text of each cut response (what the reward model and the labeler see)."""
+        rows = [ids[:n].tolist() for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
+        return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    def cut_ids(self, response_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, Lr)`` ids with every token after the cut set to ``pad_token_id``."""
+        keep = torch.arange(response_ids.shape[1], device=response_ids.device)[None, :] < lengths[:, None]
+        return torch.where(keep, response_ids, torch.full_like(response_ids, self.pad_token_id))
+
+
+def check_truncate_after(truncate_after: int, response_length: int, truncating: bool) -> None:
+    """``truncate_after`` must be >= 0, and below ``response_length`` when responses are cut (else no response could
+    ever be cut and every score would be the penalty)."""
+    if truncate_after < 0 or (truncating and truncate_after >= response_length):
+        raise ValueError(
+            f"truncate_after: must lie in [0, response_length={response_length}) (every response would get the "
+            f"penalty otherwise), got {truncate_after}"
+        )
+
+
+def _first_hit(response_ids: torch.Tensor, token_id: int, after: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(found (B,), index (B,))`` of the first ``token_id`` at index >= ``after`` (index 0 where not found)."""
+    idx = torch.arange(response_ids.shape[1], device=response_ids.device)
+    hit = (response_ids == token_id) & (idx >= after)  # (B, Lr)
+    return hit.any(dim=1), hit.float().argmax(dim=1)
+
+
+def cut_responses(response_ids: torch.Tensor, spec: RolloutSpec) -> Cut:
+    """Where each ``(B, Lr)`` response is cut and whether it is valid (the module docstring's rules).
+
+    ``lengths``: up to and including the first cut token at index >= ``truncate_after``, else ``Lr``; counted from
+    positions, so a sampled token equal to the pad id still counts. ``valid``: the kept part holds the penalty token
+    at index >= ``truncate_after`` (all rows valid when there is no penalty token).
+    """
+    n, lr = response_ids.shape
+    lengths = torch.full((n,), lr, dtype=torch.long, device=response_ids.device)
+    if spec.truncate_token_id is not None:
+        found, first = _first_hit(response_ids, spec.truncate_token_id, spec.truncate_after)
+        lengths = torch.where(found, first + 1, lengths)
+    if spec.penalty_token_id is None:
+        valid = torch.ones(n, dtype=torch.bool, device=response_ids.device)
+    else:
+        found, first = _first_hit(response_ids, spec.penalty_token_id, spec.truncate_after)
+        valid = found & (first < lengths)
+    return Cut(lengths, valid)
+
+
+def apply_penalty(scores: torch.Tensor, valid: torch.Tensor, mode: PenaltyMode = "replace", value: float = -1.0) -> torch.Tensor:
+    """Scores of invalid rows: ``"replace"``d by ``value`` (paper) or ``value`` ``"subtract"``ed (TRL)."""
+    if mode == "replace":
+        return torch.where(valid, scores, torch.full_like(scores, value))
+    if mode == "subtract":
+        return torch.where(valid, scores, scores - value)
+    raise ValueError(f"penalty mode must be 'replace' or 'subtract', got {mode!r}")
+
+
+def pad_token_id_of(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its EOS id (padding is always masked explicitly, never pooled on)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return int(pad)
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists to ``(B, L)`` ids and a 0/1 attention mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on the first real token of each left-padded row."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)

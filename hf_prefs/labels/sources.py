@@ -1,0 +1,148 @@
+"""Where the labels of an online round come from (:class:`hf_prefs.OnlinePreferenceLoop`).
+
+A :class:`LabelSource` is asked for a round's labels (``request``) and hands over the rows that became available
+(``collect``): a simulated labeler labels at once, the human queue when people have labeled, a label file fills the
+rounds with its rows in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from datasets import Dataset
+
+from .labelers import SimulatedLabeler
+from .queue import LabelQueue
+from .schema import validate_labels
+
+__all__ = ["LabelSource", "SimulatedLabelSource", "QueueLabelSource", "FileLabelSource", "as_label_source"]
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+class LabelSource(Protocol):
+    """Where a round's labels come from.
+
+    ``samples_from_policy``: whether the loop samples comparisons from the current policy for ``request``.
+    ``request(round, n, queries, samples)`` asks for the round's labels (``queries``/``samples`` are ``None`` when
+    ``samples_from_policy`` is False); ``collect(round, block, timeout)`` returns the label rows (``query``,
+    ``samples``, ``best``, ``round``) that became available since the last call, of this or earlier rounds; with
+    ``block`` it first waits for the round's labels (up to ``timeout`` seconds, then returns what is there).
+    """
+
+    samples_from_policy: bool
+
+    def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]: ...
+
+    def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]: ...
+
+
+class SimulatedLabelSource:
+    """A :class:`~hf_prefs.labels.labelers.SimulatedLabeler` labels each round at once (the paper's mock human)."""
+
+    samples_from_policy = True
+
+    def __init__(self, labeler: SimulatedLabeler):
+        self.labeler = labeler
+        self._ready: list[dict[str, Any]] = []
+
+    def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]:
+        known = self.labeler.score(queries, samples)
+        best = [self.labeler.choose(r) for r in known]
+        self._ready += [{"query": q, "samples": list(s), "best": b, "round": round} for q, s, b in zip(queries, samples, best)]
+        flat = [x for r in known for x in r]
+        return {
+            "known_reward_of_samples": sum(flat) / len(flat),  # mean known reward of the current policy's samples
+            "known_reward_of_best": sum(r[b] for r, b in zip(known, best)) / len(best),
+        }
+
+    def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
+        out, self._ready = self._ready, []
+        return out
+
+
+class QueueLabelSource:
+    """Human labels through a :class:`~hf_prefs.labels.queue.LabelQueue`.
+
+    ``request`` enqueues the round's comparisons under the queue round ``round_format.format(round=r)``; ``collect``
+    returns every live label of this loop's rounds not returned before (labels that arrive late, or are added from
+    a file with ``LabelQueue.add_labels`` / ``hf-prefs label import``, are picked up at the next round). A round of
+    n comparisons yields n · ``labels_per_item`` labels once complete.
+    """
+
+    samples_from_policy = True
+
+    def __init__(self, queue: Any, round_format: str = "online-{round}", poll_s: float = 0.5):
+        self.queue, self.round_format, self.poll_s = queue, round_format, poll_s
+        self._rounds: dict[str, int] = {}
+        self._seen: set[str] = set()
+
+    def _key(self, round: int) -> str:
+        return self.round_format.format(round=round)
+
+    def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]:
+        key = self._key(round)
+        self._rounds[key] = round
+        self.queue.put_round(key, list(zip(queries, samples)))
+        print(f"[hf_prefs] round {round}: {n} comparisons queued as {key!r} in {self.queue.path}")
+        return {"queue_round": key}
+
+    def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
+        if block:
+            try:
+                self.queue.wait_round(self._key(round), timeout=timeout, poll_s=self.poll_s)
+            except TimeoutError as err:
+                logger.warning("%s; continuing with the labels given so far", err)
+        out = []
+        for row in self.queue.labels():
+            if row["round"] in self._rounds and row["label_id"] not in self._seen:
+                self._seen.add(row["label_id"])
+                out.append({"query": row["query"], "samples": list(row["samples"]), "best": int(row["best"]),
+                            "round": self._rounds[row["round"]]})
+        return out
+
+
+class FileLabelSource:
+    """Rows of a label dataset (e.g. a released ``online_45k.json``) fill the rounds in order: round r takes the
+    next ``labels_per_round[r]`` rows. Its samples were not drawn from this run's policy."""
+
+    samples_from_policy = False
+
+    def __init__(self, labels: Dataset):
+        self.labels = labels
+        self._next = 0
+        self._ready: list[dict[str, Any]] = []
+
+    def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]:
+        if self._next + n > len(self.labels):
+            raise ValueError(
+                f"labels_per_round: round {round} needs rows {self._next}..{self._next + n - 1} but the label file "
+                f"has {len(self.labels)} rows"
+            )
+        rows = self.labels.select(range(self._next, self._next + n))
+        self._ready += [{"query": r["query"], "samples": list(r["samples"]), "best": int(r["best"]), "round": round} for r in rows]
+        info = {"file_rows": [self._next, self._next + n]}
+        self._next += n
+        return info
+
+    def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
+        out, self._ready = self._ready, []
+        return out
+
+
+def as_label_source(source: Any) -> LabelSource:
+    """A :class:`LabelSource` from a ``SimulatedLabeler``, a ``LabelQueue``, a label ``Dataset`` or a source."""
+    if isinstance(source, SimulatedLabeler):
+        return SimulatedLabelSource(source)
+    if isinstance(source, Dataset):
+        return FileLabelSource(validate_labels(source))
+    if isinstance(source, LabelQueue):
+        return QueueLabelSource(source)
+    if hasattr(source, "request") and hasattr(source, "collect"):
+        return source
+    raise TypeError(
+        "label_source must be a SimulatedLabeler, a LabelQueue, a label Dataset or an object with request/collect, "
+        f"got {type(source).__name__}"
+    )

@@ -1,0 +1,33 @@
+"""Layer 2: models. Sampling (:mod:`~hf_prefs.models.generation`), the reward model read at the last token with its
+normalization (:mod:`~hf_prefs.models.reward_model`, :mod:`~hf_prefs.models.loading`) and the policy with its value
+head (:mod:`~hf_prefs.models.value_head`)."""
+
+from .generation import ResponseSampler, response_logprobs, sample_categorical, sample_responses, sample_texts
+from .loading import load_reward_model, load_reward_normalization, save_reward_normalization
+from .reward_model import (
+    get_reward_normalization,
+    last_token_rewards,
+    normalize_reward_model,
+    score_texts,
+    set_reward_normalization,
+)
+from .value_head import PolicyWithValueHead, ValueHead, value_model_from_reward_model
+
+__all__ = [
+    "ResponseSampler",
+    "response_logprobs",
+    "sample_categorical",
+    "sample_responses",
+    "sample_texts",
+    "load_reward_model",
+    "load_reward_normalization",
+    "save_reward_normalization",
+    "get_reward_normalization",
+    "last_token_rewards",
+    "normalize_reward_model",
+    "score_texts",
+    "set_reward_normalization",
+    "PolicyWithValueHead",
+    "ValueHead",
+    "value_model_from_reward_model",
+]

@@ -1,0 +1,176 @@
+"""Sampling from a causal LM the paper's way, and log-probabilities of sampled tokens.
+
+- :func:`sample_responses`: exactly ``response_length`` tokens from softmax(logits / T) per row, with a KV cache;
+  no top-k, no top-p, no stop at EOS (an EOS may be sampled and generation goes on).
+- :func:`sample_texts`: queries (text) -> sampled token ids in batches, each query encoded once for its n samples.
+- :class:`ResponseSampler`: one response per query from rho under a :class:`~hf_prefs.core.rollout.RolloutSpec`;
+  the sampler that reward normalization takes.
+- :func:`response_logprobs`: log softmax(logits / T) of the sampled tokens.
+
+Shapes: B = batch, Lq = query length (left padded), Lr = response length, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._compat import cache_kwargs, output_cache
+from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
+
+__all__ = ["sample_categorical", "sample_responses", "sample_texts", "response_logprobs", "ResponseSampler", "model_device"]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter."""
+    return next(model.parameters()).device
+
+
+def sample_categorical(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row from softmax(logits / T), by inverse CDF: ``u ~ U(0, 1)``, the first index whose cumulative
+    probability exceeds ``u``. Exact categorical sampling with one random number per row (``torch.multinomial``
+    spends most of its time drawing over the whole vocabulary).
+
+    Args:
+        logits: ``(B, V)``. Returns: ``(B, 1)`` token ids. Raises ``RuntimeError`` on NaN/inf logits.
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V); -inf logits give probability 0
+    if not torch.isfinite(probs).all():  # NaN or +inf logits (the same message as torch.multinomial's)
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+    cdf = probs.cumsum(-1)
+    u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def sample_responses(
+    model: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_length: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    num_samples: int = 1,
+) -> torch.Tensor:
+    """Draw exactly ``response_length`` tokens per row from softmax(logits / T), with a KV cache.
+
+    Args:
+        model: a causal LM (``model(input_ids, attention_mask, position_ids, cache, use_cache)`` returning ``.logits``
+            and ``.cache``; ``past_key_values`` before transformers 5.24, see :func:`hf_prefs._compat.cache_kwargs`);
+            PEFT models work too.
+        query_ids, query_mask: ``(B, Lq)`` left-padded queries and their mask.
+        num_samples: n responses per query. Each query is encoded once and its KV cache repeated n times, the same
+            draws as sampling from n copies of each query (rows ``b·n + j``) at a fraction of the prefill cost.
+    Returns:
+        ``(B·n, Lr)`` sampled token ids. No early stop: EOS is an ordinary token here.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    mask = query_mask
+    # Only the last position's logits are needed from the prefill (logits_to_keep skips the rest of the LM head).
+    out = model(input_ids=query_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, logits_to_keep=1)
+    cache, logits = output_cache(out), out.logits[:, -1, :]  # the KV cache; (B, V)
+    if num_samples > 1:
+        if cache is not None:  # None: a model without a cache (test doubles)
+            cache.batch_repeat_interleave(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)
+        mask = mask.repeat_interleave(num_samples, dim=0)
+    tokens = []
+    for step in range(response_length):
+        nxt = sample_categorical(logits, temperature, generator)  # (B, 1)
+        tokens.append(nxt)
+        if step == response_length - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        out = model(
+            input_ids=nxt, attention_mask=mask, position_ids=position_ids(mask)[:, -1:], use_cache=True,
+            **cache_kwargs(model, cache),
+        )
+        cache, logits = output_cache(out), out.logits[:, -1, :]
+    return torch.cat(tokens, dim=1)
+
+
+def sample_texts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    queries: Sequence[str],
+    spec: RolloutSpec,
+    num_samples: int = 1,
+    batch_size: int = 32,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``(len(queries)·n, Lr)`` response ids (CPU), rows ``q·n + j``, in batches of about ``batch_size`` rows
+    (``batch_size // n`` queries, each encoded once for its n samples). The model runs in eval mode."""
+    pad_id, device = pad_token_id_of(tokenizer), model_device(model)
+    query_ids = [list(tokenizer(q)["input_ids"]) for q in queries]
+    per_batch = max(1, batch_size // num_samples)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(query_ids), per_batch):
+            ids, mask = left_pad(query_ids[start : start + per_batch], pad_id)
+            drawn = sample_responses(
+                model, ids.to(device), mask.to(device), spec.response_length, spec.temperature, generator, num_samples
+            )
+            out.append(drawn.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, spec.response_length), dtype=torch.long)
+
+
+def response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T) of the sampled response tokens.
+
+    Args:
+        logits: ``(B, Lq + Lr, V)`` logits of the model on query+response.
+        response_ids: ``(B, Lr)``.
+    Returns:
+        ``(B, Lr)`` log-probabilities; position t scores response token t, predicted at index Lq - 1 + t.
+    """
+    lr = response_ids.shape[1]
+    logits = logits[:, -lr - 1 : -1, :].float() / temperature
+    return torch.gather(logits.log_softmax(-1), 2, response_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def seeded_generator(model: torch.nn.Module, seed: int | None) -> torch.Generator | None:
+    """A generator on the model's device seeded with ``seed`` (None: the global RNG)."""
+    return None if seed is None else torch.Generator(device=model_device(model)).manual_seed(seed)
+
+
+class ResponseSampler:
+    """``sampler(queries) -> responses``: one response per query from rho under ``spec`` (length, temperature).
+
+    The paper's reward normalization scores *raw* samples (``cut=False``, the default: all ``response_length``
+    tokens); ``cut=True`` returns the text cut by the spec's rule, as PPO's reward sees it. Pass an instance as
+    ``normalization_samples`` to :class:`hf_prefs.PreferenceRewardTrainer`.
+
+    The older keyword form ``ResponseSampler(rho, tokenizer, response_length=24, temperature=0.7)`` builds a spec
+    without a cut.
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        tokenizer: Any,
+        response_length: int = 24,
+        temperature: float = 0.7,
+        batch_size: int = 32,
+        seed: int | None = None,
+        *,
+        spec: RolloutSpec | None = None,
+        cut: bool = False,
+    ):
+        if spec is None:
+            spec = RolloutSpec(response_length=response_length, temperature=temperature, pad_token_id=pad_token_id_of(tokenizer))
+        self.policy, self.tokenizer, self.spec, self.cut, self.batch_size = policy, tokenizer, spec, cut, batch_size
+        self.generator = seeded_generator(policy, seed)
+
+    def __call__(self, queries: Sequence[str]) -> list[str]:
+        ids = sample_texts(self.policy, self.tokenizer, list(queries), self.spec, 1, self.batch_size, self.generator)
+        lengths = self.spec.cut(ids).lengths if self.cut else torch.full((len(ids),), ids.shape[1], dtype=torch.long)
+        return self.spec.texts(self.tokenizer, ids, lengths)

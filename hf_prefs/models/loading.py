@@ -1,0 +1,110 @@
+"""Saving and loading reward models with their normalization.
+
+A full model carries its gain/bias in ``config.json`` (:mod:`hf_prefs.models.reward_model`). A PEFT adapter folder
+does not hold the base model's config, so for PEFT reward models the values are also written to
+``reward_normalization.json`` next to the adapter (:func:`save_reward_normalization`); :func:`load_reward_model`
+reads either, from a folder or the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from .reward_model import get_reward_normalization, set_reward_normalization, unwrap_model
+
+__all__ = ["NORMALIZATION_FILE", "save_reward_normalization", "load_reward_normalization", "load_reward_model"]
+
+#: File written next to a PEFT adapter (whose folder holds no base-model config).
+NORMALIZATION_FILE = "reward_normalization.json"
+
+
+def save_reward_normalization(model: Any, directory: str | os.PathLike) -> str:
+    """Write the model's gain and bias to ``directory/reward_normalization.json`` (for PEFT adapter folders)."""
+    gain, bias = get_reward_normalization(model)
+    path = os.path.join(directory, NORMALIZATION_FILE)
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"gain": gain, "bias": bias}, f, indent=2)
+    return path
+
+
+def load_reward_normalization(directory: str | os.PathLike) -> tuple[float, float] | None:
+    """Read ``reward_normalization.json`` from ``directory``; ``None`` if there is none."""
+    path = os.path.join(directory, NORMALIZATION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    try:
+        return float(data["gain"]), float(data["bias"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} must hold numbers 'gain' and 'bias', got {data!r}") from err
+
+
+def _adapter_normalization(path_or_hub_id: str, revision: str | None) -> tuple[float, float] | None:
+    if os.path.isdir(path_or_hub_id):
+        return load_reward_normalization(path_or_hub_id)
+    try:
+        local = hf_hub_download(path_or_hub_id, NORMALIZATION_FILE, revision=revision)
+    except EntryNotFoundError:
+        return None
+    return load_reward_normalization(os.path.dirname(local))
+
+
+def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple[Any, Any]:
+    """Load a saved reward model (a folder or a Hub id; full model or PEFT adapter) and its tokenizer.
+
+    The gain/bias saved with it (``config.json`` for full models, ``reward_normalization.json`` for adapters) are
+    restored, so :func:`score_texts` gives the same normalized rewards as before saving. ``kwargs`` go to
+    ``AutoModelForSequenceClassification.from_pretrained`` (``dtype`` defaults to float32, ``num_labels`` to 1).
+    The model is returned in eval mode; a missing pad token is set to EOS.
+    """
+    path = os.fspath(path_or_hub_id)
+    kwargs.setdefault("dtype", torch.float32)
+    revision = kwargs.get("revision")
+    if os.path.isdir(path):  # a local folder is an adapter iff it has adapter_config.json (no network lookup)
+        is_adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
+        peft_config = PeftConfig.from_pretrained(path) if is_adapter else None
+    else:
+        try:
+            peft_config = PeftConfig.from_pretrained(path, revision=revision)
+        except Exception:  # not an adapter repo (peft raises ValueError or a hub error)
+            peft_config = None
+
+    if peft_config is not None:
+        base_id = peft_config.base_model_name_or_path
+        if base_id is None:
+            raise ValueError(f"the adapter at {path} does not name its base model (base_model_name_or_path)")
+        base = AutoModelForSequenceClassification.from_pretrained(
+            base_id, num_labels=kwargs.pop("num_labels", 1), **kwargs
+        )
+        model = PeftModel.from_pretrained(base, path, revision=revision)
+        stored = _adapter_normalization(path, revision)
+        if stored is not None:
+            set_reward_normalization(model, *stored)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=kwargs.pop("num_labels", 1), **kwargs
+        )
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    except Exception:
+        if peft_config is None:
+            raise
+        tokenizer = AutoTokenizer.from_pretrained(peft_config.base_model_name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cfg = unwrap_model(model).config
+    if getattr(cfg, "pad_token_id", None) is None:
+        cfg.pad_token_id = tokenizer.pad_token_id  # the model's own pooling (unused here) refuses batches without it
+    model.eval()
+    return model, tokenizer

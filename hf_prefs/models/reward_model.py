@@ -1,0 +1,274 @@
+"""Reading the reward r(x, y) from a sequence-classification model, loading and scoring.
+
+The paper's reward model is an LM trunk plus a scalar head read at the **last token** of query+response,
+then ``r = gain · out + bias`` (see :mod:`hf_prefs.core.normalization`). Two details matter:
+
+- **Explicit last-token index.** ``*ForSequenceClassification`` models pool at "the rightmost token that is not
+  the pad token". With pad == eos (GPT-2, many Llama tokenizers) and sampled responses that may contain EOS, that
+  silently reads the wrong token. Here the score head's per-token output is captured while the model runs its
+  ordinary forward (so PEFT, accelerate/DDP wrappers and gradient checkpointing behave as usual) and the reward is
+  gathered at an explicit index: the last attended token of each row.
+- **Query-prefix sharing (optional).** :func:`packed_rewards` scores rows packed by
+  :func:`hf_prefs.core.packing.pack_shared_prefix` (each query encoded once for its K responses).
+- **Normalization.** ``r = gain · out + bias`` (:mod:`hf_prefs.core.normalization`). GPT-2 / Llama score heads have
+  no bias and a bias added at run time is lost on reload, so gain and bias live in the model's config
+  (``config.hf_prefs_reward_gain`` / ``config.hf_prefs_reward_bias``) and travel with ``save_pretrained`` /
+  ``push_to_hub`` (PEFT adapter folders get a file as well: :mod:`hf_prefs.models.loading`).
+  :func:`normalize_reward_model` is the paper's procedure (score rho's samples, set gain/bias), the only one.
+
+Shapes: N = rows, L = padded length, B = labels, K = samples per label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.normalization import reward_normalization
+from ..core.packing import pad_right, shared_prefix_attention_mask
+from ..core.rollout import pad_token_id_of
+from .generation import model_device
+
+__all__ = [
+    "GAIN_KEY",
+    "BIAS_KEY",
+    "unwrap_model",
+    "score_head",
+    "last_token_index",
+    "get_reward_normalization",
+    "set_reward_normalization",
+    "apply_reward_normalization",
+    "per_token_scores",
+    "last_token_rewards",
+    "tokenize_query_response",
+    "packed_rewards",
+    "score_texts",
+    "normalize_reward_model",
+]
+
+#: Config attribute holding the gain.
+GAIN_KEY = "hf_prefs_reward_gain"
+#: Config attribute holding the bias.
+BIAS_KEY = "hf_prefs_reward_bias"
+
+#: A source of responses from rho for given queries: ``sampler(queries) -> responses`` (one per query).
+ResponseSource = Callable[[list[str]], Sequence[str]]
+
+
+def unwrap_model(model: Any) -> Any:
+    """The underlying ``PreTrainedModel`` of a DDP/accelerate-wrapped and/or PEFT model."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def score_head(model: Any) -> nn.Module:
+    """The scalar head (``model.score``) of a sequence-classification model; PEFT wraps it in place."""
+    base = unwrap_model(model)
+    head = getattr(base, "score", None)
+    if not isinstance(head, nn.Module):
+        raise TypeError(
+            f"{type(base).__name__} has no `score` head; a reward model must be an `*ForSequenceClassification` "
+            "causal LM (e.g. GPT2ForSequenceClassification, LlamaForSequenceClassification) with num_labels=1"
+        )
+    return head
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` index of the last attended position of each row of a 2D ``(N, L)`` 0/1 mask (any padding side)."""
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be 2D (N, L), got shape {tuple(attention_mask.shape)}")
+    if (attention_mask.sum(-1) == 0).any():
+        raise ValueError("a row of the attention mask has no attended token")
+    idx = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (idx * (attention_mask != 0)).argmax(dim=-1)
+
+
+def get_reward_normalization(model: Any) -> tuple[float, float]:
+    """``(gain, bias)`` stored on ``model``'s config; ``(1.0, 0.0)`` if it was never normalized."""
+    cfg = unwrap_model(model).config
+    return float(getattr(cfg, GAIN_KEY, 1.0)), float(getattr(cfg, BIAS_KEY, 0.0))
+
+
+def set_reward_normalization(model: Any, gain: float, bias: float) -> None:
+    """Store ``gain`` and ``bias`` on ``model``'s config (saved by ``save_pretrained`` / ``push_to_hub``)."""
+    gain, bias = float(gain), float(bias)
+    if not (math.isfinite(gain) and math.isfinite(bias)):
+        raise ValueError(f"gain and bias must be finite, got gain={gain}, bias={bias}")
+    cfg = unwrap_model(model).config
+    setattr(cfg, GAIN_KEY, gain)
+    setattr(cfg, BIAS_KEY, bias)
+
+
+
+def apply_reward_normalization(raw: torch.Tensor, model: Any) -> torch.Tensor:
+    """``gain · raw + bias`` with the gain/bias stored on ``model``'s config."""
+    gain, bias = get_reward_normalization(model)
+    return raw * gain + bias
+
+
+def per_token_scores(model: Any, **inputs: Any) -> torch.Tensor:
+    """Run ``model(**inputs)`` and return the score head's output at every position, ``(N, L)``.
+
+    The head's output is captured with a forward hook, so the call goes through the model (and any DDP/PEFT
+    wrapper) exactly as in ordinary training; the model's own pad-based pooling is ignored.
+    """
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+        captured.append(output)
+
+    handle = score_head(model).register_forward_hook(hook)
+    try:
+        model(**inputs, use_cache=False)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"expected the score head to run once per forward, it ran {len(captured)} times")
+    out = captured[0]
+    if out.dim() != 3 or out.shape[-1] != 1:
+        raise ValueError(f"the score head must output (N, L, 1) (num_labels=1), got shape {tuple(out.shape)}")
+    return out.squeeze(-1)
+
+
+def last_token_rewards(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    last_index: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    normalized: bool = True,
+) -> torch.Tensor:
+    """Rewards ``(M,)`` read at explicit token indices, then ``gain · out + bias``.
+
+    Args:
+        input_ids: ``(N, L)`` token ids.
+        attention_mask: ``(N, L)`` 0/1 mask, or a 4D ``(N, 1, L, L)`` additive mask (see :func:`pack_shared_prefix`).
+        last_index: ``(N,)`` index of the token to read per row, or ``(N, K)`` for K rewards per row (packed
+            rows). Defaults to :func:`last_token_index` of a 2D mask.
+        position_ids: ``(N, L)``, needed for packed rows.
+        normalized: apply the stored gain/bias (``False`` gives the raw head output).
+    Returns:
+        ``(N,)`` or ``(N·K,)`` rewards (row-major: row 0's K rewards first), float32.
+    """
+    if last_index is None:
+        last_index = last_token_index(attention_mask)
+    inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
+    scores = per_token_scores(model, **inputs)  # (N, L)
+    index = last_index.to(scores.device).reshape(scores.shape[0], -1)  # (N, K)
+    raw = scores.gather(1, index).reshape(-1).float()  # (N·K,)
+    return apply_reward_normalization(raw, model) if normalized else raw
+
+
+def tokenize_query_response(tokenizer: Any, query: str, response: str) -> tuple[list[int], list[int]]:
+    """Token ids of the query (with the tokenizer's special tokens, e.g. BOS) and of the response (without).
+
+    The two are tokenized separately, as the paper works on query tokens followed by response tokens; the K
+    responses of one label then share identical query ids.
+    """
+    q = list(tokenizer(query)["input_ids"])
+    r = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+    if not q and not r:
+        raise ValueError("query and response are both empty")
+    return q, r
+
+
+def packed_rewards(model: Any, packed: dict[str, torch.Tensor], normalized: bool = True) -> torch.Tensor:
+    """Rewards ``(B·K,)`` of rows made by :func:`pack_shared_prefix` (one forward), row-major by label."""
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    mask = shared_prefix_attention_mask(packed["segment_ids"], dtype=dtype)
+    return last_token_rewards(
+        model,
+        packed["input_ids"],
+        mask,
+        last_index=packed["last_index"],
+        position_ids=packed["position_ids"],
+        normalized=normalized,
+    )
+
+
+@torch.no_grad()
+def score_texts(
+    model: Any,
+    tokenizer: Any,
+    queries: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 32,
+    normalized: bool = True,
+) -> torch.Tensor:
+    """Rewards ``(N,)`` (float32, CPU) of N (query, response) texts, in batches, read at the last real token.
+
+    ``normalized=True`` (default) applies the gain/bias stored with the model, so a model saved after
+    normalization scores the same after :func:`load_reward_model`. The model is put in eval mode for the call.
+    """
+    queries, responses = list(queries), list(responses)
+    if len(queries) != len(responses):
+        raise ValueError(f"got {len(queries)} queries but {len(responses)} responses")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pad_id, device = pad_token_id_of(tokenizer), model_device(model)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(queries), batch_size):
+            seqs = []
+            for q, r in zip(queries[start : start + batch_size], responses[start : start + batch_size]):
+                q_ids, r_ids = tokenize_query_response(tokenizer, q, r)
+                seqs.append(q_ids + r_ids)
+            ids, mask = pad_right(seqs, pad_id)
+            out.append(last_token_rewards(model, ids.to(device), mask.to(device), normalized=normalized).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+
+def normalize_reward_model(
+    model: Any,
+    tokenizer: Any,
+    queries: Sequence[str],
+    responses: Sequence[str] | ResponseSource,
+    target_mean: float = 0.0,
+    target_std: float = 1.0,
+    batch_size: int = 32,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[float, float]:
+    """The paper's normalization: reset gain/bias to 1/0, score rho's samples, store the gain/bias that map them to
+    mean ``target_mean`` and population std ``target_std`` (:func:`hf_prefs.core.normalization.reward_normalization`).
+
+    Args:
+        model: a sequence-classification reward model (plain or PEFT).
+        tokenizer: its tokenizer.
+        queries: the queries x (the paper uses ``normalize_samples`` = 256 of them).
+        responses: responses y ~ rho(.|x), one per query (e.g. the ``response`` column of a dataset of rho samples),
+            or a sampler ``responses(queries) -> list[str]`` that draws them (raw samples at the task temperature,
+            as the paper: :class:`hf_prefs.models.generation.ResponseSampler`).
+        target_mean, target_std: the targets (paper: 0 and 1).
+        batch_size: scoring batch size.
+        gather: on several processes, each scores its share of the samples and ``gather`` maps its raw scores to all
+            processes' (e.g. ``accelerator.gather``), so every process computes the same gain/bias.
+
+    Returns:
+        The new ``(gain, bias)``, also stored on the model's config.
+    """
+    queries = list(queries)
+    responses = list(responses(queries)) if callable(responses) else list(responses)
+    if len(responses) != len(queries):
+        raise ValueError(f"got {len(queries)} queries but {len(responses)} responses; need one response per query")
+    raw = score_texts(model, tokenizer, queries, responses, batch_size=batch_size, normalized=False)
+    if gather is not None:
+        raw = gather(raw)
+    gain, bias = reward_normalization(raw.cpu(), target_mean=target_mean, target_std=target_std)
+    set_reward_normalization(model, gain, bias)
+    return gain, bias

@@ -1,0 +1,68 @@
+"""The paper's pipeline as stage functions; ``recipes/*.py`` and :func:`run_pipeline` call them in this order:
+
+================================  =========================================================================
+stage                             function
+================================  =========================================================================
+arguments                         :class:`PipelineArguments`, :func:`validate_pipeline_config`
+base model, queries               :func:`load_base`, :func:`split_queries`
+labels                            :func:`collect_labels` (or :func:`online_label_loop` for online rounds)
+reward model                      :func:`train_reward_model`
+policy                            :func:`make_ppo_trainer`, :func:`train_policy`
+evaluation                        :func:`evaluate_policy` (rho and pi on the held-out queries)
+results, models, cards            :func:`write_results`, :func:`push_results`
+================================  =========================================================================
+"""
+
+from .arguments import LABEL_MODES, LABEL_SOURCES, PipelineArguments, model_dtype, online_schedule, validate_pipeline_config
+from .evaluate import PolicyEvaluation, compare_policies, evaluate_policy
+from .labels import collect_labels, label_source, make_labeler
+from .policy import KnownRewardTrackingPPOTrainer, make_ppo_trainer, online_label_loop, train_policy, trained_policy
+from .results import (
+    StageTimer,
+    plot_kl_vs_reward,
+    push_results,
+    rouge_before_after,
+    samples_markdown,
+    save_labels,
+    write_metrics,
+    write_results,
+)
+from .reward import train_reward_model
+from .run import main, parse_args, run_pipeline
+from .setup import Base, QuerySplit, load_base, split_queries
+
+__all__ = [
+    "LABEL_MODES",
+    "LABEL_SOURCES",
+    "PipelineArguments",
+    "model_dtype",
+    "online_schedule",
+    "validate_pipeline_config",
+    "PolicyEvaluation",
+    "compare_policies",
+    "evaluate_policy",
+    "collect_labels",
+    "label_source",
+    "make_labeler",
+    "KnownRewardTrackingPPOTrainer",
+    "make_ppo_trainer",
+    "online_label_loop",
+    "train_policy",
+    "trained_policy",
+    "StageTimer",
+    "plot_kl_vs_reward",
+    "push_results",
+    "rouge_before_after",
+    "samples_markdown",
+    "save_labels",
+    "write_metrics",
+    "write_results",
+    "train_reward_model",
+    "main",
+    "parse_args",
+    "run_pipeline",
+    "Base",
+    "QuerySplit",
+    "load_base",
+    "split_queries",
+]

@@ -1,0 +1,168 @@
+"""What a recipe adds to ``PPOConfig`` and TRL's ``ModelConfig``: the task, labels, reward model and online rounds,
+and the checks that name a bad field before any model is loaded."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.online_schedule import OnlineLabelSchedule
+from ..labels.schema import load_label_file
+from ..tasks.specs import get_task
+from ..trainers.ppo_config import PPOConfig
+
+__all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype"]
+
+LABEL_SOURCES = ("simulated", "file", "human")
+LABEL_MODES = ("offline", "online")
+
+
+@dataclass
+class PipelineArguments:
+    """What the recipes add to ``PPOConfig`` (the policy's settings) and TRL's ``ModelConfig`` (the base model).
+
+    The base model is ``ModelConfig.model_name_or_path``; left unset, the offline SmolLM2-135M asset is used.
+    """
+
+    task: str | None = field(default=None, metadata={"help": "sentiment | descriptiveness | tldr | cnndm (set by the recipe)"})
+    query_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset id of the task's texts; unset = offline Austen passages (books tasks) "
+                  "or the task's Hub source (tldr, cnndm)."},
+    )
+    query_min_tokens: int = field(default=32, metadata={"help": "Shortest book query in tokens (paper: 64 exactly)."})
+    num_label_queries: int = field(default=4992, metadata={"help": "Queries sent to the labeler (paper: 4,992)."})
+    num_ppo_queries: int | None = field(default=None, metadata={"help": "Queries PPO cycles over (None: all left)."})
+    num_eval_queries: int = field(default=64, metadata={"help": "Held-out queries for the before/after evaluation."})
+    label_source: str = field(default="simulated", metadata={"help": "simulated | file | human"})
+    label_file: str | None = field(
+        default=None,
+        metadata={"help": "Labels for label_source=file: .jsonl/.json/.parquet/.csv in the label schema, the "
+                  "paper's token-id JSON (offline_5k.json), a saved dataset folder, or a Hub dataset id."},
+    )
+    label_limit: int | None = field(default=None, metadata={"help": "Use the first N labels of the file."})
+    num_candidates: int = field(default=4, metadata={"help": "K, samples per label (paper: 4)."})
+    known_reward: str = field(
+        default="vader",
+        metadata={"help": "Known reward of the simulated labeler (also tracked during PPO): 'vader' (offline "
+                  "log-odds), a Hub/local text-classification model id whose positive-class log-odds is the reward, "
+                  "or 'none' (tasks without one)."},
+    )
+    label_drop_untruncated: bool = field(
+        default=True,
+        metadata={"help": "Drop queries with a sample lacking the truncate token past truncate_after (paper); False "
+                  "shows such samples uncut (CPU budget: small models rarely end a sentence in the window)."},
+    )
+    labeler_noise: float = field(default=0.0, metadata={"help": "Boltzmann temperature of the simulated labeler (0: argmax)."})
+    label_queue_dir: str | None = field(default=None, metadata={"help": "Queue folder for label_source=human."})
+    label_timeout: float | None = field(default=None, metadata={"help": "Seconds to wait for human labels (None: forever)."})
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Trunk of the reward model (default: the policy's base model, as the paper)."}
+    )
+    rm_learning_rate: float = field(default=5e-5, metadata={"help": "Reward-model lr, linear decay to 0 (paper: 5e-5)."})
+    rm_batch_size: int = field(default=32, metadata={"help": "Reward-model batch in labels (paper: 32)."})
+    rm_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the labels (paper: 1)."})
+    rm_eval_fraction: float = field(default=0.1, metadata={"help": "Labels held out for the RM's accuracy."})
+    rm_share_query_prefix: bool = field(default=True, metadata={"help": "Encode each query once for its K samples."})
+    rm_freeze_layers: int = field(
+        default=0, metadata={"help": "Freeze the embeddings and this many bottom trunk layers of the RM (CPU budget)."}
+    )
+    rm_normalize_samples: int = field(default=256, metadata={"help": "rho samples per reward-model normalization (paper: 256)."})
+    sampling_batch_size: int = field(default=32, metadata={"help": "Rows per batch when sampling from rho."})
+    push_reward_model_id: str | None = field(
+        default=None, metadata={"help": "Hub id of the reward model (default: <hub_model_id>-reward-model)."}
+    )
+    # online label collection (hf_prefs.trainers.online): rounds of labels on the CURRENT policy's samples during PPO
+    label_mode: str = field(
+        default="offline",
+        metadata={"help": "offline: all labels on rho samples, then PPO | online: online_rounds rounds, the first "
+                  "before RL, the others evenly spaced over PPO (paper, summarization: 20)."},
+    )
+    online_rounds: int = field(default=20, metadata={"help": "label_mode=online: label rounds (paper: 20)."})
+    online_labels_per_round: list[int] | None = field(
+        default=None,
+        metadata={"help": "label_mode=online: comparisons per round, one value or one per round (default: "
+                  "num_label_queries split evenly over the rounds)."},
+    )
+    online_rm_init: str = field(
+        default="fresh",
+        metadata={"help": "label_mode=online: fresh = each round trains the RM from the base trunk with a fresh head "
+                  "on all labels so far (paper) | continue = train the current RM on the round's new labels."},
+    )
+    online_wait_for_labels: bool = field(
+        default=True,
+        metadata={"help": "label_mode=online, label_source=human: PPO waits for each round's labels (up to "
+                  "label_timeout); false: PPO goes on and late labels are used at the next round."},
+    )
+
+
+def model_dtype(model_args: Any) -> torch.dtype | str:
+    """``ModelConfig.dtype`` as ``from_pretrained`` takes it (TRL's rule): ``'auto'`` stays a string, a name such as
+    ``'bfloat16'`` becomes ``torch.bfloat16``; no ModelConfig means float32."""
+    name = getattr(model_args, "dtype", None) or "float32"
+    if name == "auto" or isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype: {name!r} is not a floating torch dtype (float32, bfloat16, float16) or 'auto'")
+    return dtype
+
+
+def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:
+    """The schedule of ``label_mode=online``: ``online_rounds`` rounds of ``online_labels_per_round`` comparisons
+    (default: ``num_label_queries`` split evenly), the first before RL. Errors name the field."""
+    per = pa.online_labels_per_round
+    try:
+        if per:
+            return OnlineLabelSchedule(pa.online_rounds, list(per) if len(per) > 1 else per[0])
+        return OnlineLabelSchedule.even(pa.num_label_queries, pa.online_rounds)
+    except ValueError as err:
+        name = "online_labels_per_round" if per else "online_rounds"
+        raise ValueError(f"{name}: {err}") from None
+
+
+def _looks_like_path(spec: str) -> bool:
+    return os.path.sep in spec or spec.startswith(".") or Path(spec).suffix in {".json", ".jsonl", ".parquet", ".csv"}
+
+
+def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> None:
+    """Fail fast, naming the field: unknown task, label source or mode, a missing label file or one with a bad row or
+    the wrong K, a human run without a queue folder, a simulated labeler without a known reward, online rounds that do not fit the PPO updates, a
+    ``dtype`` that is not a floating torch dtype. (The rollout settings are checked by ``PPOConfig`` itself.)"""
+    model_dtype(model_args)
+    if pa.task is None:
+        raise ValueError("task: set the task (sentiment, descriptiveness, tldr or cnndm)")
+    get_task(pa.task)
+    if pa.label_source not in LABEL_SOURCES:
+        raise ValueError(f"label_source: {pa.label_source!r} is not one of {LABEL_SOURCES}")
+    if pa.num_candidates < 2:
+        raise ValueError(f"num_candidates: must be >= 2, got {pa.num_candidates}")
+    if not 0 <= pa.rm_eval_fraction < 1:
+        raise ValueError(f"rm_eval_fraction: must lie in [0, 1), got {pa.rm_eval_fraction}")
+    if pa.label_source == "file":
+        if not pa.label_file:
+            raise ValueError("label_file: label_source=file needs a label file or a Hub dataset id")
+        if _looks_like_path(pa.label_file) and not Path(pa.label_file).exists():
+            raise FileNotFoundError(f"label_file: {pa.label_file} does not exist")
+        if Path(pa.label_file).exists():  # every row and K checked now, not after the models are loaded
+            load_label_file(pa.label_file, pa.num_candidates, pa.label_limit)
+    if pa.label_source == "human" and not pa.label_queue_dir:
+        raise ValueError("label_queue_dir: label_source=human needs the labeling queue's folder")
+    if pa.label_source == "simulated" and pa.known_reward in (None, "", "none"):
+        raise ValueError("known_reward: the simulated labeler needs a known reward ('vader' or a model id)")
+    if pa.label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode: {pa.label_mode!r} is not one of {LABEL_MODES}")
+    if pa.label_mode == "online":
+        if pa.online_rm_init not in ("fresh", "continue"):
+            raise ValueError(f"online_rm_init: {pa.online_rm_init!r} is not 'fresh' or 'continue'")
+        schedule = online_schedule(pa)
+        if cfg.total_episodes is not None:
+            batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
+            try:
+                schedule.update_boundaries(cfg.total_episodes, batch)
+            except ValueError as err:
+                raise ValueError(f"online_rounds: {err}") from None

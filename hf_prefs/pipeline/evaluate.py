@@ -1,0 +1,154 @@
+"""Evaluating a policy against the reference: known reward, reward-model score and KL on held-out queries.
+
+For queries x_1..x_n, one response y_i ~ pi(.|x_i) each (fixed length, temperature T, the paper's truncation):
+
+    known reward   mean_i r_s(x_i, cut(y_i))      (cut = truncated text; penalised rows reported apart)
+    RM score       mean_i r(x_i, cut(y_i))         with the truncation penalty, as PPO sees it
+    KL(pi, rho)    mean_i sum_t [log pi(y_it | .) - log rho(y_it | .)]   both at temperature T
+
+Evaluating rho itself (``policy is ref_model``) gives KL = 0 and the "before" numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
+from ..core.stats import win_rate
+from ..models.generation import model_device, response_logprobs, sample_responses
+
+__all__ = ["PolicyEvaluation", "evaluate_policy", "compare_policies"]
+
+
+@dataclass
+class PolicyEvaluation:
+    """Per-sample results (lists) and their means."""
+
+    queries: list[str]
+    responses: list[str]
+    known_rewards: list[float] = field(default_factory=list)
+    rm_scores: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    penalized: list[bool] = field(default_factory=list)
+
+    @staticmethod
+    def _mean(xs: Sequence[float]) -> float | None:
+        return float(sum(xs) / len(xs)) if xs else None
+
+    def summary(self) -> dict[str, float | None]:
+        return {
+            "known_reward": self._mean(self.known_rewards),
+            "rm_score": self._mean(self.rm_scores),
+            "kl": self._mean(self.kl),
+            "penalized_frac": self._mean([float(p) for p in self.penalized]),
+            "n": len(self.queries),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.summary()}
+
+
+def _sequence_logprob(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, response: torch.Tensor, t: float) -> torch.Tensor:
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    return response_logprobs(logits, response, t).sum(1)  # (B,)
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    queries: Sequence[str],
+    spec: RolloutSpec | None = None,
+    *,
+    ref_model: torch.nn.Module | None = None,
+    known_reward: Callable[[list[str]], Sequence[float]] | None = None,
+    reward_fn: Callable[[list[str], list[str]], torch.Tensor] | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    response_length: int = 24,
+    temperature: float = 0.7,
+    truncate_token_id: int | None = None,
+    truncate_after: int = 0,
+    penalty_reward_value: float = -1.0,
+) -> PolicyEvaluation:
+    """Sample one response per query from ``policy`` and measure known reward, RM score and KL to ``ref_model``.
+
+    Responses are sampled and cut by ``spec`` (:class:`~hf_prefs.core.rollout.RolloutSpec`, the run's rule, as PPO
+    and the labelers apply it); without one, a spec is built from the keyword arguments ``response_length`` ..
+    ``penalty_reward_value`` (the paper's replace penalty). ``ref_model=None`` with a PEFT policy uses the policy
+    with its adapters disabled as rho; with a plain policy it skips the KL. ``reward_fn(queries, responses)`` is the
+    learned reward (e.g. a partial of :func:`hf_prefs.score_texts`); ``known_reward(texts)`` scores the cut
+    responses alone.
+    """
+    if spec is None:
+        spec = RolloutSpec(
+            response_length=response_length, temperature=temperature, truncate_token_id=truncate_token_id,
+            truncate_after=truncate_after, penalty_token_id=truncate_token_id, penalty_value=penalty_reward_value,
+            pad_token_id=pad_token_id_of(tokenizer),
+        )
+    device = model_device(policy)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = policy.training
+    policy.eval()
+    out = PolicyEvaluation(queries=list(queries), responses=[])
+    for start in range(0, len(queries), batch_size):
+        chunk = list(queries[start : start + batch_size])
+        q_ids, q_mask = left_pad([tokenizer(q)["input_ids"] for q in chunk], spec.pad_token_id)
+        q_ids, q_mask = q_ids.to(device), q_mask.to(device)
+        resp = sample_responses(policy, q_ids, q_mask, spec.response_length, spec.temperature, generator)  # (B, Lr)
+        lengths, valid = spec.cut(resp)
+        texts = spec.texts(tokenizer, resp, lengths)
+        out.responses += texts
+        out.penalized += (~valid).tolist()
+        if known_reward is not None:
+            out.known_rewards += [float(r) for r in known_reward(texts)]
+        if reward_fn is not None:
+            scores = torch.as_tensor(reward_fn(chunk, texts), dtype=torch.float32).cpu()
+            out.rm_scores += spec.penalize(scores, valid.cpu()).tolist()
+        out.kl += _kl(policy, ref_model, torch.cat([q_ids, resp], 1), torch.cat([q_mask, torch.ones_like(resp)], 1), resp, spec)
+    policy.train(was_training)
+    return out
+
+
+def _kl(
+    policy: torch.nn.Module, ref_model: torch.nn.Module | None, ids: torch.Tensor, mask: torch.Tensor,
+    resp: torch.Tensor, spec: RolloutSpec,
+) -> list[float]:
+    """Per-sample ``sum_t log pi - log rho`` at the spec's temperature; [] when there is no reference."""
+    ref_ctx: Any = contextlib.nullcontext()
+    ref = ref_model
+    if ref is None and hasattr(policy, "disable_adapter"):
+        ref, ref_ctx = policy, policy.disable_adapter()
+    if ref is None:
+        return []
+    logp = _sequence_logprob(policy, ids, mask, resp, spec.temperature)
+    with ref_ctx:
+        ref_logp = _sequence_logprob(ref, ids, mask, resp, spec.temperature)
+    return (logp - ref_logp).float().cpu().tolist()
+
+
+def compare_policies(
+    policy_a: torch.nn.Module,
+    policy_b: torch.nn.Module,
+    tokenizer: Any,
+    queries: Sequence[str],
+    judge: Callable[[list[str], list[str]], Sequence[float]],
+    **sampling: Any,
+) -> dict[str, float]:
+    """Sample one response per query from each policy (:func:`evaluate_policy`, same seed for both) and return the
+    win rate of A over B under ``judge(queries, responses)`` with its SE and both policies' mean judge scores.
+
+    ``sampling``: ``response_length``, ``temperature``, ``truncate_token_id``, ``truncate_after``, ``batch_size``,
+    ``seed`` (or ``spec=``) as in :func:`evaluate_policy` (the judge sees the cut texts).
+    """
+    sampling.setdefault("penalty_reward_value", -1.0)
+    runs = [evaluate_policy(p, tokenizer, queries, reward_fn=judge, **sampling) for p in (policy_a, policy_b)]
+    rate, se = win_rate(runs[0].rm_scores, runs[1].rm_scores)
+    n = len(runs[0].rm_scores)
+    return {"win_rate": rate, "win_rate_se": se, "judge_a": sum(runs[0].rm_scores) / n,
+            "judge_b": sum(runs[1].rm_scores) / n, "n": n}

@@ -1,0 +1,123 @@
+"""The policy stage: PPO on the reward model (or a known reward), with the known reward tracked alongside; with
+``label_mode=online`` the label rounds run inside PPO (:class:`hf_prefs.OnlinePreferenceLoop`)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import AutoModelForCausalLM
+from trl import get_peft_config
+
+from ..core.rollout import RolloutSpec
+from ..trainers.online import OnlinePreferenceLoop
+from ..trainers.ppo_config import PPOConfig
+from ..trainers.ppo_data import Rollout
+from ..trainers.ppo_trainer import PPOTrainer
+from .arguments import PipelineArguments, model_dtype, online_schedule
+from .labels import label_source
+from .reward import train_reward_model
+from .setup import Base
+
+__all__ = ["KnownRewardTrackingPPOTrainer", "make_ppo_trainer", "online_label_loop", "train_policy", "trained_policy"]
+
+
+class KnownRewardTrackingPPOTrainer(PPOTrainer):
+    """Logs ``objective/known_reward``: the known reward (e.g. VADER) of the same cut responses the learned reward
+    scores, so a run shows whether optimizing the reward model moved the true objective."""
+
+    known_reward: Callable[[list[str]], Sequence[float]] | None = None
+    _last_known: float | None = None
+
+    def score(self, query_texts: list[str], response_texts: list[str]) -> torch.Tensor:
+        scores = super().score(query_texts, response_texts)
+        if self.known_reward is not None:
+            known = torch.tensor([float(r) for r in self.known_reward(list(response_texts))], device=scores.device)
+            self._last_known = self.accelerator.gather(known).mean().item()
+        return scores
+
+    def log_step(self, rollout: Rollout, train_stats: dict, timings: dict, learning_rate: float) -> dict[str, float]:
+        metrics = super().log_step(rollout, train_stats, timings, learning_rate)
+        if self._last_known is not None:
+            metrics["objective/known_reward"] = self._last_known
+        return metrics
+
+
+def make_ppo_trainer(
+    cfg: PPOConfig,
+    model_args: Any,
+    base: Base,
+    reward_model: nn.Module | Callable[[list[str], list[str]], Any],
+    ppo_queries: Dataset,
+    known_reward: Callable[[list[str]], Sequence[float]] | None = None,
+    output_dir: str | None = None,
+) -> KnownRewardTrackingPPOTrainer:
+    """A PPO trainer on a fresh policy from the base model (``ModelConfig.dtype``; LoRA when ``use_peft``: the
+    reference is then the policy with its adapters disabled, else rho), tracking ``known_reward``.
+
+    ``output_dir`` (default: ``cfg.output_dir``) gets the trainer's checkpoints; ``cfg`` itself is not changed.
+    """
+    if output_dir is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.output_dir = output_dir
+    peft_config = get_peft_config(model_args) if getattr(model_args, "use_peft", False) else None
+    # ModelConfig.dtype, as TRL's scripts: with LoRA the frozen base may be bf16 (PEFT keeps the adapters in fp32)
+    policy = AutoModelForCausalLM.from_pretrained(base.name, dtype=model_dtype(model_args))
+    trainer = KnownRewardTrackingPPOTrainer(
+        model=policy, reward_model=reward_model, args=cfg, train_dataset=ppo_queries, processing_class=base.tokenizer,
+        ref_model=None if peft_config else base.rho, peft_config=peft_config,
+    )
+    trainer.known_reward = known_reward
+    return trainer
+
+
+def online_label_loop(
+    pa: PipelineArguments,
+    cfg: PPOConfig,
+    base: Base,
+    label_queries: Sequence[str],
+    output_dir: str,
+    file_labels: Dataset | None = None,
+) -> OnlinePreferenceLoop:
+    """The loop of ``label_mode=online``: the label source of ``label_source`` (simulated labeler, label file rows
+    filling the rounds in order, or the human queue), comparisons sampled and cut by the run's
+    :class:`~hf_prefs.core.rollout.RolloutSpec`, reward models trained by :func:`train_reward_model` (normalized on
+    rho samples; the latest is saved to ``output_dir/reward_model``)."""
+    schedule = online_schedule(pa)
+    source = label_source(pa, cfg.seed, file_labels)
+    if isinstance(source, Dataset) and len(source) < schedule.total_labels:
+        raise ValueError(f"online_labels_per_round: the rounds need {schedule.total_labels} labels, the label file has {len(source)}")
+    spec = RolloutSpec.from_config(cfg, base.tokenizer)
+
+    def train_rm(labels: Dataset, init_model: nn.Module | None, round: int) -> tuple[nn.Module, dict[str, float]]:
+        run_pa = pa
+        if pa.rm_eval_fraction > 0 and len(labels) * pa.rm_eval_fraction < 1:  # too few to hold any out
+            run_pa = dataclasses.replace(pa, rm_eval_fraction=0.0)
+        return train_reward_model(run_pa, cfg, labels.select_columns(["query", "samples", "best"]), base.rho,
+                                  base.tokenizer, base.name, output_dir, init_model=init_model, spec=spec)
+
+    return OnlinePreferenceLoop(
+        schedule, source, train_rm, label_queries, base.tokenizer, args=cfg, spec=spec, num_candidates=pa.num_candidates,
+        rm_init=pa.online_rm_init, wait_for_labels=pa.online_wait_for_labels, label_timeout=pa.label_timeout,
+        drop_untruncated=pa.label_drop_untruncated, sampling_batch_size=pa.sampling_batch_size, output_dir=output_dir,
+    )
+
+
+def train_policy(trainer: PPOTrainer, online_loop: OnlinePreferenceLoop | None = None) -> None:
+    """``trainer.train()``, or with an online loop its rounds in between (one ``train()``: beta, optimizer and
+    learning-rate schedule carry over the rounds; only the reward model is swapped)."""
+    if online_loop is None:
+        trainer.train()
+    else:
+        online_loop.train(trainer)
+
+
+def trained_policy(trainer: PPOTrainer) -> nn.Module:
+    """The trained causal LM (PEFT or full) inside the trainer's policy-with-value-head wrapper."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return model.policy if hasattr(model, "policy") else model

@@ -1,0 +1,227 @@
+"""The last stages: the results folder (metrics, plot, samples, evaluations, summary), the trained models with their
+model cards, and the push to the Hub."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from datasets import Dataset
+from matplotlib.figure import Figure
+
+from ..core.stats import paired_difference, win_rate
+from ..hub import push_run_to_hub
+from ..model_cards import render_policy_card, render_reward_model_card, write_model_card
+from ..models.reward_model import get_reward_normalization
+from ..tasks.rouge import rouge
+from ..trainers.ppo_trainer import PPOTrainer
+from .arguments import PipelineArguments
+from .evaluate import PolicyEvaluation
+
+__all__ = [
+    "StageTimer",
+    "save_labels",
+    "write_metrics",
+    "plot_kl_vs_reward",
+    "samples_markdown",
+    "rouge_before_after",
+    "write_results",
+    "push_results",
+]
+
+
+class StageTimer:
+    """Wall seconds per stage: ``with timer("labels"): ...`` records ``timer.seconds["labels_s"]``."""
+
+    def __init__(self) -> None:
+        self.start = time.time()
+        self.seconds: dict[str, float] = {}
+        self._name: str | None = None
+        self._t0 = 0.0
+
+    def __call__(self, name: str) -> StageTimer:
+        self._name = name
+        return self
+
+    def __enter__(self) -> StageTimer:
+        self._t0 = time.time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds[f"{self._name}_s"] = time.time() - self._t0
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total_s": time.time() - self.start}
+
+
+def save_labels(labels: Dataset, output_dir: str) -> None:
+    """``output_dir/labels.jsonl``: the labels the reward model was trained on."""
+    os.makedirs(output_dir, exist_ok=True)
+    labels.to_json(os.path.join(output_dir, "labels.jsonl"))
+
+
+def write_metrics(log_history: list[dict[str, Any]], output_dir: str) -> list[dict[str, Any]]:
+    """The PPO update rows of the log history as ``metrics.jsonl`` and ``metrics.csv``; returns them."""
+    rows = [log for log in log_history if "objective/kl" in log]
+    with open(os.path.join(output_dir, "metrics.jsonl"), "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    keys = sorted({k for row in rows for k in row})
+    with open(os.path.join(output_dir, "metrics.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def plot_kl_vs_reward(rows: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any], path: str) -> None:
+    """KL(pi, rho) against the known reward and the learned score over PPO updates, with the held-out evaluations."""
+    fig = Figure(figsize=(11, 4.2))  # no pyplot: the caller's matplotlib backend is left alone
+    axes = fig.subplots(1, 2)
+    kl = [r["objective/kl"] for r in rows]
+    for ax, key, label, ev_key in (
+        (axes[0], "objective/known_reward", "known reward (e.g. VADER log-odds)", "known_reward"),
+        (axes[1], "objective/scores", "reward-model score r(x, y)", "rm_score"),
+    ):
+        ys = [r.get(key) for r in rows]
+        if any(y is not None for y in ys):
+            ax.plot(kl, ys, "-o", ms=3, color="tab:blue", label="PPO rollouts (per update)")
+        for ev, name, color in ((before, "rho (held-out)", "tab:gray"), (after, "pi (held-out)", "tab:red")):
+            if ev.get(ev_key) is not None:
+                ax.scatter([ev["kl"] or 0.0], [ev[ev_key]], s=70, color=color, zorder=5, label=name)
+        ax.set_xlabel("KL(pi, rho) [nats per episode]")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("KL vs reward during PPO")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def samples_markdown(before: PolicyEvaluation, after: PolicyEvaluation, n: int = 8) -> str:
+    """Markdown of the first ``n`` held-out queries with rho's and pi's continuations."""
+    lines = ["# Sample continuations (held-out queries)", ""]
+    for i in range(min(n, len(before.queries))):
+        lines += [f"## Query {i}", "", f"> {before.queries[i]}", ""]
+        for name, ev in (("rho (before)", before), ("pi (after)", after)):
+            kr = f" — known reward {ev.known_rewards[i]:.2f}" if ev.known_rewards else ""
+            lines.append(f"- **{name}**{kr}: {ev.responses[i]}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def rouge_before_after(before: Sequence[str], after: Sequence[str], references: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{"before": {"rouge1": ..}, "after": {..}}``: :func:`hf_prefs.tasks.rouge.rouge` of rho's and pi's
+    responses against the same references."""
+    return {"before": rouge(before, references), "after": rouge(after, references)}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _fmt_gain(summary: dict[str, Any]) -> str:
+    g = summary.get("known_reward_gain")
+    if not g:
+        return ""
+    return f" (paired gain {g['mean']:+.3f} ± {g['se']:.3f} SE, win rate of pi over rho {g['win_rate']:.2f}, n={g['n']})"
+
+
+def _write_cards(output_dir: str, pa: PipelineArguments, cfg: Any, base_name: str, trainer: PPOTrainer,
+                 num_labels: int, label_info: dict[str, Any], rm_metrics: dict[str, Any], b: dict, a: dict) -> None:
+    gain, bias = get_reward_normalization(trainer.reward_model)
+    common = dict(
+        base_model=base_name, task=pa.task, num_labels=num_labels, reward_gain=gain, reward_bias=bias,
+        labeler=label_info["source"], samples_per_label=pa.num_candidates,
+        known_reward=pa.known_reward if label_info["source"] == "simulated" else None,
+        labels_file=pa.label_file if label_info["source"] == "file" else None,
+    )
+    write_model_card(
+        os.path.join(output_dir, "policy"),
+        render_policy_card(
+            **common, kl_final=float(a["kl"] or 0.0), beta_final=float(trainer.kl_ctl.value), beta_initial=cfg.kl_coef,
+            kl_target=cfg.kl_target if cfg.adaptive_kl else None, temperature=cfg.temperature,
+            response_length=cfg.response_length, hub_model_id=cfg.hub_model_id,
+            metrics={f"heldout/{k}_{when}": v for when, s in (("before", b), ("after", a)) for k, v in s.items()
+                     if isinstance(v, (int, float))},
+        ),
+    )
+    write_model_card(
+        os.path.join(output_dir, "reward_model"),
+        render_reward_model_card(**common, metrics={k: v for k, v in rm_metrics.items() if k.startswith("eval_")}),
+    )
+
+
+def write_results(
+    output_dir: str,
+    pa: PipelineArguments,
+    cfg: Any,
+    base_name: str,
+    trainer: PPOTrainer,
+    labels: Dataset,
+    label_info: dict[str, Any],
+    rm_metrics: dict[str, Any],
+    before: PolicyEvaluation,
+    after: PolicyEvaluation,
+    eval_references: Sequence[str] | None = None,
+    timings: dict[str, float] | None = None,
+    online: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the run's folder and return its summary (also ``summary.json``): ``metrics.jsonl``/``.csv``,
+    ``kl_vs_reward.png``, ``samples.md``, ``eval.json``, ``policy/`` (the trainer's model + tokenizer) and the model
+    cards of ``policy/`` and ``reward_model/``. The summary holds the held-out means before/after, the paired
+    known-reward gain with its SE and win rate, ROUGE (when ``eval_references``), beta, episodes and ``timings``."""
+    rows = write_metrics(trainer.state.log_history, output_dir)
+    b, a = before.summary(), after.summary()
+    plot_kl_vs_reward(rows, b, a, os.path.join(output_dir, "kl_vs_reward.png"))
+    with open(os.path.join(output_dir, "samples.md"), "w") as f:
+        f.write(samples_markdown(before, after))
+    with open(os.path.join(output_dir, "eval.json"), "w") as f:
+        json.dump({"before": before.to_dict(), "after": after.to_dict()}, f, indent=1)
+    trainer.save_model(os.path.join(output_dir, "policy"))
+    trainer.processing_class.save_pretrained(os.path.join(output_dir, "policy"))
+    _write_cards(output_dir, pa, cfg, base_name, trainer, len(labels), label_info, rm_metrics, b, a)
+    gain, bias = get_reward_normalization(trainer.reward_model)
+    summary: dict[str, Any] = {
+        "task": pa.task,
+        "base_model": base_name,
+        "labels": {**label_info, "labels": len(labels)},
+        "reward_model": {"gain": gain, "bias": bias, **{k: v for k, v in rm_metrics.items() if k.startswith("eval_")}},
+        "before": b,
+        "after": a,
+        "final_beta": float(trainer.kl_ctl.value),
+        "ppo_updates": trainer.state.global_step,
+        "episodes": trainer.state.global_step * cfg.batch_size,
+        "timings_s": timings or {},
+    }
+    if before.known_rewards and after.known_rewards:  # paired: same held-out queries, same sampling seed
+        gain_mean, gain_se = paired_difference(after.known_rewards, before.known_rewards)
+        rate, rate_se = win_rate(after.known_rewards, before.known_rewards)
+        summary["known_reward_gain"] = {"mean": gain_mean, "se": gain_se, "n": len(after.known_rewards),
+                                        "win_rate": rate, "win_rate_se": rate_se}
+    if eval_references is not None:  # summarization: ROUGE F1 of rho's and pi's held-out summaries
+        summary["rouge"] = rouge_before_after(before.responses, after.responses, eval_references)
+    if online is not None:
+        summary["online"] = online
+    with open(os.path.join(output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(samples_markdown(before, after, n=3))
+    print(
+        f"[hf_prefs] known reward {_fmt(b['known_reward'])} -> {_fmt(a['known_reward'])}{_fmt_gain(summary)}, "
+        f"RM score {b['rm_score']:.3f} -> {a['rm_score']:.3f}, KL {a['kl']:.2f} nats, beta {summary['final_beta']:.4f}, "
+        f"{summary['timings_s'].get('total_s', 0.0):.0f} s; results in {output_dir}"
+    )
+    return summary
+
+
+def push_results(output_dir: str, cfg: Any, pa: PipelineArguments) -> dict[str, str]:
+    """Push ``policy/`` to ``cfg.hub_model_id`` and ``reward_model/`` to ``pa.push_reward_model_id`` (default: the
+    policy's id + ``-reward-model``), each with its card."""
+    if not cfg.hub_model_id:
+        raise ValueError("hub_model_id: --push_to_hub needs --hub_model_id")
+    return push_run_to_hub(output_dir, cfg.hub_model_id, reward_model_id=pa.push_reward_model_id, token=cfg.hub_token,
+                           private=cfg.hub_private_repo)

@@ -1,0 +1,104 @@
+"""The reward-model stage: the paper's K-way reward model trained on best-of-K labels, normalized on rho."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from ..core.rollout import RolloutSpec
+from ..models.generation import ResponseSampler
+from ..trainers.reward_config import PreferenceRewardConfig
+from ..trainers.reward_trainer import PreferenceRewardTrainer
+from .arguments import PipelineArguments
+
+__all__ = ["train_reward_model"]
+
+
+def _freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
+    """Freeze the input embeddings and the first ``n`` transformer blocks (GPT-2 ``h``, Llama ``layers``)."""
+    if n <= 0:
+        return
+    base = getattr(model, model.base_model_prefix)
+    blocks = getattr(base, "h", None) or getattr(base, "layers", None)
+    if blocks is None:
+        raise ValueError("rm_freeze_layers: cannot find the transformer blocks of this architecture")
+    if n > len(blocks):
+        raise ValueError(f"rm_freeze_layers: {n} exceeds the model's {len(blocks)} layers")
+    for module in [base.get_input_embeddings(), *list(blocks)[:n]]:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def train_reward_model(
+    pa: PipelineArguments,
+    cfg: Any,
+    labels: Dataset,
+    rho: torch.nn.Module,
+    tokenizer: Any,
+    base_model: str,
+    output_dir: str,
+    init_model: torch.nn.Module | None = None,
+    spec: RolloutSpec | None = None,
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Train the reward model on ``labels`` (held-out split for accuracy), normalized before and after on raw samples
+    of rho drawn under ``spec`` (default: the run's ``RolloutSpec.from_config(cfg, tokenizer)``); it is saved with
+    its tokenizer to ``output_dir/reward_model`` and its log to ``output_dir/rm_metrics.jsonl``.
+
+    ``init_model``: train this reward model further instead of a fresh one from the trunk (online ``continue``)."""
+    trunk = pa.reward_model_name_or_path or base_model
+    config = AutoConfig.from_pretrained(trunk)
+    config.num_labels = 1
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    if init_model is None:
+        model = AutoModelForSequenceClassification.from_pretrained(trunk, config=config, dtype=torch.float32)
+        _freeze_bottom_layers(model, pa.rm_freeze_layers)
+    else:
+        model = init_model
+
+    split = labels.train_test_split(test_size=pa.rm_eval_fraction, seed=cfg.seed) if pa.rm_eval_fraction > 0 else None
+    train, held_out = (split["train"], split["test"]) if split else (labels, None)
+    rm_args = PreferenceRewardConfig(
+        output_dir=os.path.join(output_dir, "reward_model_training"),
+        learning_rate=pa.rm_learning_rate,
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=pa.rm_batch_size,
+        per_device_eval_batch_size=pa.rm_batch_size,
+        num_train_epochs=pa.rm_num_train_epochs,
+        num_candidates=pa.num_candidates,
+        normalize_samples=pa.rm_normalize_samples,
+        share_query_prefix=pa.rm_share_query_prefix,
+        # the policy's switch (PPOConfig: off by default), not RewardConfig's default (on): recomputation costs time
+        activation_checkpointing=bool(getattr(cfg, "activation_checkpointing", False)),
+        bf16=cfg.bf16,
+        use_cpu=cfg.use_cpu,
+        seed=cfg.seed,
+        logging_steps=max(1, math.ceil(len(train) / pa.rm_batch_size / 20)),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=cfg.report_to,
+        max_length=None,
+        disable_tqdm=cfg.disable_tqdm,
+    )
+    spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
+    sampler = ResponseSampler(rho, tokenizer, batch_size=pa.sampling_batch_size, seed=cfg.seed + 1, spec=spec)
+    trainer = PreferenceRewardTrainer(
+        model=model, args=rm_args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
+        normalization_samples=sampler,
+    )
+    trainer.train()
+    metrics = {k: v for log in trainer.state.log_history for k, v in log.items() if isinstance(v, (int, float))}
+    if held_out is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(os.path.join(output_dir, "reward_model"))
+    tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))
+    with open(os.path.join(output_dir, "rm_metrics.jsonl"), "w") as f:
+        for log in trainer.state.log_history:
+            f.write(json.dumps(log) + "\n")
+    return trainer.model, metrics

@@ -1,0 +1,68 @@
+"""The first stages: the base model rho with its tokenizer, and the task's queries split into disjoint sets."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..assets import smollm2_path
+from ..tasks.queries import load_task_queries
+from .arguments import PipelineArguments, model_dtype
+
+__all__ = ["Base", "QuerySplit", "load_base", "split_queries"]
+
+
+class Base(NamedTuple):
+    """The base model of a run: its name or path, its tokenizer (left padding) and rho (frozen, eval mode)."""
+
+    name: str
+    tokenizer: Any
+    rho: torch.nn.Module
+
+
+class QuerySplit(NamedTuple):
+    """Disjoint query sets: held-out ``eval`` queries, ``label`` queries, the ``ppo`` dataset, and the held-out
+    queries' reference summaries (``eval_references``; None when the task's data has none)."""
+
+    eval: list[str]
+    label: list[str]
+    ppo: Dataset
+    eval_references: list[str] | None
+
+
+def load_base(model_args: Any) -> Base:
+    """rho and its tokenizer from ``ModelConfig.model_name_or_path`` or, unset, the offline SmolLM2 asset.
+
+    The tokenizer pads on the left (padding is always masked explicitly, never pooled on; a missing pad token is set
+    to EOS); rho is in eval mode, in ``ModelConfig.dtype`` (rho is never trained: bfloat16 makes sampling ~2.5x
+    faster on CPUs with bf16 units).
+    """
+    name = getattr(model_args, "model_name_or_path", None) or str(smollm2_path())
+    tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rho = AutoModelForCausalLM.from_pretrained(name, dtype=model_dtype(model_args)).eval()
+    return Base(name, tokenizer, rho)
+
+
+def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit:
+    """The first ``num_eval_queries`` held out, the next ``num_label_queries`` for labels, the rest (or
+    ``num_ppo_queries``) for PPO; the order is the task loader's shuffle with ``cfg.seed``."""
+    n_total = pa.num_label_queries + pa.num_eval_queries + (pa.num_ppo_queries or 0)
+    queries = load_task_queries(
+        pa.task, tokenizer, n=n_total if pa.num_ppo_queries else None, seed=cfg.seed, query_dataset=pa.query_dataset,
+        min_tokens=pa.query_min_tokens,
+    )
+    if len(queries) < pa.num_label_queries + pa.num_eval_queries + 1:
+        raise ValueError(
+            f"num_label_queries: {pa.num_label_queries} + num_eval_queries {pa.num_eval_queries} exceed the "
+            f"{len(queries)} queries available"
+        )
+    held_out = queries.select(range(pa.num_eval_queries))
+    label_q = queries.select(range(pa.num_eval_queries, pa.num_eval_queries + pa.num_label_queries))["query"]
+    ppo_q = queries.select(range(pa.num_eval_queries + pa.num_label_queries, len(queries)))
+    refs = held_out["reference"] if "reference" in held_out.column_names else None
+    return QuerySplit(held_out["query"], label_q, ppo_q.select_columns(["query"]), refs)

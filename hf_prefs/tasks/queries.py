@@ -1,0 +1,36 @@
+"""The queries of each task, cut like the paper's: book passages (sentiment, descriptiveness) and articles with the
+task's prefix/suffix (TL;DR, CNN/DM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+
+from .books import austen_queries, load_book_queries
+from .specs import get_task
+from .summarization import load_summarization_queries, summarization_queries
+
+__all__ = ["load_task_queries"]
+
+
+def load_task_queries(
+    task: str, tokenizer: Any, n: int | None = None, seed: int = 0, query_dataset: str | None = None, min_tokens: int = 32
+) -> Dataset:
+    """The task's queries (``query`` column; ``reference`` summaries when the source has them).
+
+    Books tasks: passages that start after a '.' and end at a '.', ``min_tokens``..64 tokens, from
+    ``query_dataset`` (a BookCorpus-style Hub id) or, unset / ``"austen"``, the offline Austen novels. TL;DR and
+    CNN/DM: articles from the task's Hub source cut to fit ``query_length`` with the task's prefix/suffix;
+    ``query_dataset="austen"`` uses Austen passages as offline stand-in articles.
+    """
+    spec = get_task(task)
+    if task in ("sentiment", "descriptiveness"):
+        name = None if query_dataset in (None, "austen") else query_dataset
+        return load_book_queries(name, tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed)
+    if query_dataset == "austen":
+        texts = austen_queries(tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed)["query"]
+        return summarization_queries(texts, tokenizer, spec.query_length, spec.query_prefix, spec.query_suffix)
+    return load_summarization_queries(
+        task, tokenizer, n=n, max_tokens=spec.query_length, prefix=spec.query_prefix, suffix=spec.query_suffix
+    )

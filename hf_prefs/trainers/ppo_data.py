@@ -1,0 +1,118 @@
+"""The data side of PPO: the query dataset, the stream of queries per update, one batch of episodes.
+
+- :func:`prepare_query_dataset`: a ``query`` (text) and/or TRL-style ``input_ids`` dataset made to hold both,
+  checked (empty rows, rows too long for the model's positions), errors naming the row.
+- :class:`QueryStream`: the dataset read as an endless stream of seeded shuffles; a pure function of (seed,
+  position), so a resumed run draws the same queries without data-loader state.
+- :class:`Rollout`: one batch of episodes computed without gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import nn
+
+__all__ = ["NonFiniteError", "Rollout", "QueryStream", "prepare_query_dataset"]
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN/inf met during PPO; ``step`` is the (1-based) PPO update and ``what`` names the tensor."""
+
+    def __init__(self, step: int, what: str, detail: str = "") -> None:
+        self.step, self.what = step, what
+        super().__init__(f"PPO update step {step}: non-finite values (NaN/inf) in {what}{detail}; training stopped")
+
+
+@dataclass
+class Rollout:
+    """One batch of episodes of this process, computed without gradients. Tensors are on the training device."""
+
+    query_ids: torch.Tensor  # (B, Lq) left-padded
+    query_mask: torch.Tensor  # (B, Lq) 0/1
+    response_ids: torch.Tensor  # (B, Lr) the raw sampled tokens (KL, values and PPO use these)
+    response_lengths: torch.Tensor  # (B,) tokens kept by truncation (what the reward saw)
+    valid: torch.Tensor  # (B,) bool: no penalty (RolloutSpec: has the truncate/penalty token)
+    query_texts: list[str]
+    response_texts: list[str]  # truncated, decoded
+    raw_scores: torch.Tensor  # (B,) reward before the truncation penalty
+    scores: torch.Tensor  # (B,) after the penalty: r(x, y)
+    logprobs: torch.Tensor  # (B, Lr) log pi_old(y_t) at temperature T
+    ref_logprobs: torch.Tensor  # (B, Lr) log rho(y_t) at temperature T
+    values: torch.Tensor  # (B, Lr) V_old(s_t)
+    entropy: torch.Tensor  # (B, Lr) entropy of pi_old(.|s_t) at temperature T
+    kl: torch.Tensor  # (B, Lr) per-token KL estimate
+    non_score_rewards: torch.Tensor  # (B, Lr) -beta * kl
+    rewards: torch.Tensor  # (B, Lr) non-score rewards + score at the last token
+    kl_coef: float  # beta used for these rewards
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+
+class QueryStream:
+    """The rows of an ``n``-row dataset as an endless stream of shuffles: pass e is ``randperm(n)`` seeded with
+    ``seed + e``. Only the last two passes' permutations are kept (memory stays bounded)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._permutations: dict[int, torch.Tensor] = {}
+
+    def row(self, position: int) -> int:
+        """The dataset row at stream ``position``."""
+        epoch, offset = divmod(position, self.n)
+        if epoch not in self._permutations:
+            self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
+            self._permutations[epoch] = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        return int(self._permutations[epoch][offset])
+
+    def rows(self, start: int, count: int) -> list[int]:
+        """The rows at stream positions ``[start, start + count)``."""
+        return [self.row(p) for p in range(start, start + count)]
+
+
+def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any) -> Dataset:
+    """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); check rows and lengths."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"train_dataset must be a datasets.Dataset, got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("train_dataset is empty")
+    columns = dataset.column_names
+    if "query" in columns:
+        bad = [i for i, q in enumerate(dataset["query"]) if not isinstance(q, str) or not q]
+        if bad:
+            raise ValueError(f"train_dataset: column `query` must hold non-empty strings; bad rows {bad[:10]}")
+        if "input_ids" not in columns:
+            dataset = dataset.map(
+                lambda batch: {"input_ids": tokenizer(batch["query"])["input_ids"]},
+                batched=True,
+                num_proc=args.dataset_num_proc,
+                desc="Tokenizing queries",
+            )
+    elif "input_ids" in columns:
+        dataset = dataset.map(
+            lambda batch: {"query": tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)},
+            batched=True,
+            num_proc=args.dataset_num_proc,
+            desc="Decoding queries",
+        )
+    else:
+        raise ValueError(f"train_dataset needs a `query` (text) or `input_ids` column; it has {columns}")
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    empty = [i for i, n in enumerate(lengths) if n == 0]
+    if empty:
+        raise ValueError(f"train_dataset: rows {empty[:10]} tokenize to no tokens")
+    config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
+    max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if max_positions is not None:
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] + args.response_length > max_positions:
+            raise ValueError(
+                f"train_dataset row {longest}: query of {lengths[longest]} tokens + response_length "
+                f"{args.response_length} exceeds the model's {max_positions} positions"
+            )
+    return dataset
+
