@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ResponseSampler": "hf_prefs.models.generation",
     "sample_label_dataset": "hf_prefs.labels.labelers",
     "LabelQueue": "hf_prefs.labels.queue",
+    "push_labels_to_hub": "hf_prefs.labels.hub",
     "OnlineLabelSchedule": "hf_prefs.core.online_schedule",
     "OnlinePreferenceLoop": "hf_prefs.trainers.online",
     # policy optimisation

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trackio keeps its runs under TRACKIO_DIR, read once when it is imported (TRL imports it whenever it is installed):
+# the tests' runs go to a temporary folder, never to ~/.cache/huggingface/trackio or a folder set for real runs.
+TRACKIO_DIR = tempfile.mkdtemp(prefix="hf_prefs_tests_trackio_")
+os.environ["TRACKIO_DIR"] = TRACKIO_DIR
+atexit.register(shutil.rmtree, TRACKIO_DIR, ignore_errors=True)
 
 import importlib.util
 import sys
@@ -63,6 +71,40 @@ class ForceToken(torch.nn.Module):
         out = self.lm(**kwargs)
         out.logits[..., self.token] += 100.0
         return out
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """A :class:`fake_hub.FakeHub` on 127.0.0.1 that huggingface_hub, datasets and transformers talk to.
+
+    Points the default endpoint of ``HfApi()`` / ``hf_hub_download`` / ``datasets`` / ``transformers.Trainer`` at the
+    fake, sets ``HF_TOKEN`` to :data:`fake_hub.TOKEN`, turns offline mode off (this conftest sets HF_HUB_OFFLINE=1 and
+    the libraries read it at import) and Xet off (the fake speaks LFS), keeps the Hub download cache in ``tmp_path``.
+    After the test: every request was one the fake implements, and carried the token.
+    """
+    import datasets
+    import transformers.utils.hub
+    from huggingface_hub import constants
+
+    from fake_hub import TOKEN, FakeHub
+
+    with FakeHub() as hub:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.url)
+        monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # its shared HfApi() read the endpoint when made
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_hub_cache"))
+        yield hub
+    assert hub.unhandled == [], f"requests the fake hub does not implement: {hub.unhandled}"
+    assert hub.auth_failures == [], f"requests without the token: {hub.auth_failures}"
 
 
 def load_recipe(name: str):

@@ -1,30 +1,14 @@
-"""Pushing to the Hub through huggingface_hub's real upload code, against a fake Hub on 127.0.0.1.
+"""Pushing to the Hub through huggingface_hub's real upload code, against the fake Hub on 127.0.0.1 of
+``tests/fake_hub.py`` (the ``fake_hub`` fixture of conftest.py; the fake's docstring lists the endpoints it speaks).
 
-The fake implements, in memory, only the HTTP endpoints huggingface_hub 2.x calls for ``create_repo`` +
-``upload_folder`` (found by logging its requests):
-
-- ``POST /api/repos/create``                              create a repo (409 + its url if it exists)
-- ``POST /api/validate-yaml``                             README.md front matter check (parsed with PyYAML)
-- ``POST /api/models/{repo}/preupload/{rev}``             per file: "regular" (inline) or "lfs" upload mode
-- ``POST /{repo}.git/info/lfs/objects/batch``             LFS batch API, "basic" transfer (no actions if stored)
-- ``PUT  /_lfs/upload/{oid}``                              LFS object upload (sha256 checked against the oid)
-- ``POST /_lfs/verify``                                   LFS verify (oid + size)
-- ``POST /api/models/{repo}/commit/{rev}``                NDJSON commit: header, base64 "file", "lfsFile" pointers
-
-Every /api and LFS batch call must carry the test's bearer token. Any other request gets a 404 and is recorded, and
-the tests assert there were none. huggingface_hub uses Xet storage instead of LFS when ``hf_xet`` is installed;
-the fake does not speak Xet's CAS protocol, so the tests switch Xet off (``constants.HF_HUB_DISABLE_XET``) and
-cover the LFS path: preupload, batch, upload, verify, commit.
+Xet storage is switched off by the fixture (the fake does not speak Xet's CAS protocol), so these tests cover the LFS
+path: preupload, batch, upload, verify, commit.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -38,212 +22,10 @@ from hf_prefs.hub import push_folder_to_hub, push_run_to_hub
 from hf_prefs.model_cards import render_policy_card, write_model_card
 from hf_prefs.models.reward_model import set_reward_normalization
 from conftest import tiny_gpt2_config
+from fake_hub import TOKEN
 
-TOKEN = "hf_fake_write_token"
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # A ~90 KB GPT-2: its safetensors still goes through LFS like a real one.
 TINY = dict(vocab_size=256, n_positions=32, n_embd=32, n_layer=1, n_head=2, bos_token_id=255, eos_token_id=255)
-
-
-class FakeHub:
-    """An in-memory Hub: ``repos[repo_id][path] = bytes``, ``lfs[oid] = bytes``, ``requests`` = [(method, path)]."""
-
-    def __init__(self) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
-        self.lfs: dict[str, bytes] = {}
-        self.lfs_puts: list[str] = []  # oids uploaded, in order
-        self.inline_paths: dict[str, set[str]] = {}  # repo -> paths committed inline (base64)
-        self.lfs_paths: dict[str, set[str]] = {}  # repo -> paths committed as LFS pointers
-        self.commits: dict[str, list[dict]] = {}  # repo -> commit headers
-        self.requests: list[tuple[str, str]] = []
-        self.unhandled: list[tuple[str, str]] = []
-        self.auth_failures: list[str] = []
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> FakeHub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-    # -- request handling -------------------------------------------------------------------------------------------
-
-    def _handler_class(self):
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # keep pytest output clean
-                pass
-
-            def _body(self) -> bytes:
-                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                    data = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass  # trailers
-                            return data
-                        data += self.rfile.read(size)
-                        self.rfile.readline()  # CRLF after each chunk
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _send(self, status: int, payload=None, headers: dict | None = None) -> None:
-                body = b"" if payload is None else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _dispatch(self) -> None:
-                body = self._body()
-                path = self.path.split("?")[0]
-                with hub.lock:
-                    hub.requests.append((self.command, path))
-                needs_auth = path.startswith("/api/") or path.endswith("/info/lfs/objects/batch")
-                if needs_auth and self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    hub.auth_failures.append(path)
-                    return self._send(401, {"error": "Invalid credentials"})
-                status, payload, headers = hub.route(self.command, path, body)
-                self._send(status, payload, headers)
-
-            do_GET = do_POST = do_PUT = do_HEAD = _dispatch
-
-        return Handler
-
-    def route(self, method: str, path: str, body: bytes) -> tuple[int, object, dict | None]:
-        repo = r"(?P<repo>[\w.-]+/[\w.-]+)"
-        routes = [
-            ("POST", r"/api/repos/create", self.create_repo),
-            ("POST", r"/api/validate-yaml", self.validate_yaml),
-            ("POST", rf"/api/models/{repo}/preupload/(?P<rev>[^/]+)", self.preupload),
-            ("POST", rf"/{repo}\.git/info/lfs/objects/batch", self.lfs_batch),
-            ("PUT", r"/_lfs/upload/(?P<oid>[0-9a-f]{64})", self.lfs_upload),
-            ("POST", r"/_lfs/verify", self.lfs_verify),
-            ("POST", rf"/api/models/{repo}/commit/(?P<rev>[^/]+)", self.commit),
-        ]
-        for verb, pattern, handler in routes:
-            match = re.fullmatch(pattern, path)
-            if verb == method and match:
-                if "repo" in match.groupdict() and match["repo"] not in self.repos:
-                    return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-                return handler(body, **match.groupdict())
-        with self.lock:
-            self.unhandled.append((method, path))
-        return 404, {"error": f"fake hub: no route for {method} {path}"}, None
-
-    def create_repo(self, body: bytes):
-        payload = json.loads(body)
-        if payload.get("type", "model") != "model":
-            return 400, {"error": "the fake hub only holds model repos"}, None
-        repo_id = f"{payload.get('organization') or 'fake-user'}/{payload['name']}"
-        url = f"{self.url}/{repo_id}"
-        with self.lock:
-            if repo_id in self.repos:
-                return 409, {"error": "You already created this model repo", "url": url}, None
-            self.repos[repo_id] = {}
-        return 200, {"url": url, "name": repo_id}, None
-
-    def validate_yaml(self, body: bytes):
-        content = json.loads(body)["content"]
-        match = re.match(r"---\n(.*?)\n---\n", content, re.S)
-        try:
-            meta = yaml.safe_load(match[1]) if match else None
-        except yaml.YAMLError as err:
-            return 400, {"errors": [{"message": str(err)}], "warnings": []}, None
-        warnings = [] if isinstance(meta, dict) else [{"message": "empty or missing metadata"}]
-        return 200, {"errors": [], "warnings": warnings}, None
-
-    def preupload(self, body: bytes, repo: str, rev: str):
-        files = []
-        for f in json.loads(body)["files"]:
-            sample = base64.b64decode(f["sample"])
-            lfs = f["path"].endswith(LFS_SUFFIXES) or b"\x00" in sample
-            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False})
-        return 200, {"files": files}, None
-
-    def lfs_batch(self, body: bytes, repo: str):
-        payload = json.loads(body)
-        assert payload["operation"] == "upload" and "basic" in payload["transfers"]
-        objects = []
-        for obj in payload["objects"]:
-            entry = {"oid": obj["oid"], "size": obj["size"]}
-            if obj["oid"] not in self.lfs:  # already stored objects get no actions: the client skips them
-                entry["authenticated"] = True
-                entry["actions"] = {
-                    "upload": {"href": f"{self.url}/_lfs/upload/{obj['oid']}"},
-                    "verify": {"href": f"{self.url}/_lfs/verify"},
-                }
-            objects.append(entry)
-        return 200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
-
-    def lfs_upload(self, body: bytes, oid: str):
-        if hashlib.sha256(body).hexdigest() != oid:
-            return 400, {"error": "sha256 of the uploaded bytes does not match the oid"}, None
-        with self.lock:
-            self.lfs[oid] = body
-            self.lfs_puts.append(oid)
-        return 200, None, None
-
-    def lfs_verify(self, body: bytes):
-        obj = json.loads(body)
-        if obj["oid"] not in self.lfs or len(self.lfs[obj["oid"]]) != obj["size"]:
-            return 404, {"error": "object not found"}, None
-        return 200, {}, None
-
-    def commit(self, body: bytes, repo: str, rev: str):
-        if rev != "main":
-            return 404, {"error": f"revision {rev} not found"}, {"X-Error-Code": "RevisionNotFound"}
-        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-        if not lines or lines[0]["key"] != "header":
-            return 400, {"error": "the commit must start with a header line"}, None
-        changes, inline, lfs = {}, set(), set()
-        for line in lines[1:]:
-            value = line["value"]
-            if line["key"] == "file":
-                assert value["encoding"] == "base64"
-                changes[value["path"]] = base64.b64decode(value["content"])
-                inline.add(value["path"])
-            elif line["key"] == "lfsFile":
-                blob = self.lfs.get(value["oid"])
-                if blob is None or len(blob) != value["size"] or value["algo"] != "sha256":
-                    return 400, {"error": f"LFS object for {value['path']} was not uploaded"}, None
-                changes[value["path"]] = blob
-                lfs.add(value["path"])
-            else:
-                return 400, {"error": f"fake hub: unsupported commit operation {line['key']}"}, None
-        with self.lock:
-            self.repos[repo].update(changes)
-            self.inline_paths.setdefault(repo, set()).update(inline)
-            self.lfs_paths.setdefault(repo, set()).update(lfs)
-            self.commits.setdefault(repo, []).append(lines[0]["value"])
-            oid = hashlib.sha1(f"{repo}:{len(self.commits[repo])}".encode()).hexdigest()
-        return 200, {"commitUrl": f"{self.url}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}, None
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    # conftest sets HF_HUB_OFFLINE=1 and huggingface_hub caches it at import: undo both for this test only.
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    # The fake speaks LFS, not Xet's CAS protocol (see the module docstring).
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    with FakeHub() as hub:
-        yield hub
-    assert hub.unhandled == [], f"requests the fake hub does not implement: {hub.unhandled}"
-    assert hub.auth_failures == [], f"requests without the token: {hub.auth_failures}"
 
 
 def _tiny_policy_folder(folder: Path) -> GPT2LMHeadModel:
@@ -294,8 +76,7 @@ def test_push_folder_uploads_every_file_byte_identical(fake_hub, tmp_path):
     assert {"README.md", "config.json", "generation_config.json"} <= fake_hub.inline_paths["alice/tiny-policy"]
     assert len(fake_hub.lfs_puts) == 2
     assert fake_hub.commits["alice/tiny-policy"] == [{"summary": "first push", "description": ""}]
-    called = {(m, re.sub(r"[0-9a-f]{64}", "{oid}", p)) for m, p in fake_hub.requests}
-    assert called == {
+    assert fake_hub.called() == {
         ("POST", "/api/repos/create"),
         ("POST", "/api/validate-yaml"),
         ("POST", "/api/models/alice/tiny-policy/preupload/main"),
@@ -392,3 +173,38 @@ def test_push_fails_before_any_request(fake_hub, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
         push_folder_to_hub(folder, "alice/tiny-policy", token=TOKEN, endpoint=fake_hub.url)
     assert fake_hub.requests == []
+
+
+def test_trainer_push_to_hub_then_load_reward_model_from_the_hub(fake_hub, tmp_path, gpt2_tokenizer):
+    """``transformers.Trainer.push_to_hub`` (its shared ``HfApi()``, token from HF_TOKEN) goes to the fake, and
+    ``load_reward_model("alice/rm")`` downloads it back (config, weights, tokenizer; the gain/bias restored)."""
+    from datasets import Dataset
+
+    from hf_prefs import PreferenceRewardConfig, PreferenceRewardTrainer, load_reward_model, score_texts
+
+    torch.manual_seed(0)
+    rm = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, pad_token_id=gpt2_tokenizer.eos_token_id))
+    labels = Dataset.from_dict({"query": ["She read the letter and", "He opened the door and"],
+                                "samples": [[" smiled.", " wept."], [" sighed.", " laughed."]], "best": [0, 1]})
+    args = PreferenceRewardConfig(output_dir=str(tmp_path / "rm"), hub_model_id="alice/rm", max_steps=1,
+                                  per_device_train_batch_size=2, report_to=[], save_strategy="no",
+                                  normalize_before=False, normalize_after=False)
+    trainer = PreferenceRewardTrainer(model=rm, args=args, train_dataset=labels, processing_class=gpt2_tokenizer)
+    trainer.train()
+    set_reward_normalization(trainer.model, 2.0, -0.5)
+
+    commit = trainer.push_to_hub(commit_message="End of training")
+
+    assert commit.commit_url.startswith(f"{fake_hub.url}/alice/rm/commit/")
+    repo = fake_hub.repos["alice/rm"]
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "training_args.bin"} <= set(repo)
+    assert repo["model.safetensors"] == (tmp_path / "rm" / "model.safetensors").read_bytes()
+    assert "model.safetensors" in fake_hub.lfs_paths["alice/rm"]
+    assert fake_hub.commits["alice/rm"] == [{"summary": "End of training", "description": ""}]
+
+    fake_hub.requests.clear()
+    loaded, tokenizer = load_reward_model("alice/rm")
+    queries, responses = ["It was a dark night."], [" The sun came out."]
+    torch.testing.assert_close(score_texts(loaded, tokenizer, queries, responses),
+                               score_texts(trainer.model.eval(), gpt2_tokenizer, queries, responses))
+    assert ("GET", f"/alice/rm/resolve/{fake_hub.heads['alice/rm']}/model.safetensors") in fake_hub.called()

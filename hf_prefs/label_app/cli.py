@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -74,6 +75,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     queue = _queue(args)
     n = queue.export(args.out, round_id=args.round, include_repeats=args.include_repeats)
     print(f"wrote {n} labels to {args.out}")
+    if args.push_to_hub:
+        return _push_export(args, queue)
+    return 0
+
+
+def _push_export(args: argparse.Namespace, queue: LabelQueue) -> int:
+    """``export --push_to_hub ID``: the exported labels to the dataset repo ID, with their dataset card."""
+    from huggingface_hub.errors import HfHubHTTPError  # lazy, like _queue
+
+    from hf_prefs.labels.hub import push_labels_to_hub
+
+    labels = queue.labels(args.round, include_repeats=args.include_repeats)
+    source = args.source or (
+        f"the hf-prefs label queue `{Path(args.queue).name}`"
+        + (f", round {args.round}" if args.round is not None else ", all rounds")
+        + (", with the agreement-check repeats" if args.include_repeats else "")
+    )
+    try:
+        url = push_labels_to_hub(
+            labels, args.push_to_hub, token=args.token, private=True if args.private else None,
+            labeler=args.labeler, source=source, task=args.task,
+        )
+    except (HfHubHTTPError, RuntimeError) as exc:  # Hub refusals, offline mode
+        print(f"hf-prefs label export: error: pushing to {args.push_to_hub} failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"pushed {len(labels)} labels to the dataset repo {args.push_to_hub}: {url}")
     return 0
 
 
@@ -143,6 +170,14 @@ def add_label_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, metavar="FILE", help=".jsonl, .json, .parquet, .csv or a folder (save_to_disk)")
     export.add_argument("--round", default=None, help="only this round")
     export.add_argument("--include-repeats", action="store_true", help="also the agreement-check repeats")
+    hub = export.add_argument_group("Hub", "also push the labels to a Hub dataset repo, with a dataset card")
+    hub.add_argument("--push_to_hub", "--push-to-hub", dest="push_to_hub", default=None, metavar="ID",
+                     help="dataset repo id ('user/name') to push the exported labels to")
+    hub.add_argument("--private", action="store_true", help="create the dataset repo as private (an existing repo keeps its own)")
+    hub.add_argument("--token", default=None, help="Hub token with write access (default: the saved login or $HF_TOKEN)")
+    hub.add_argument("--labeler", default=None, help="who labeled, for the card (default: the labeler names in the labels)")
+    hub.add_argument("--source", default=None, help="where the queries and samples came from, for the card (default: the queue)")
+    hub.add_argument("--task", default=None, help="the task's name, for the card (e.g. sentiment)")
     export.set_defaults(func=_guard(_cmd_export))
 
     status = with_queue("status", help="print progress, agreement and per-round status as JSON")

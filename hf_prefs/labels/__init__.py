@@ -1,8 +1,10 @@
 """Layer 3: labels. The label schema and its files (:mod:`~hf_prefs.labels.schema`, the one owner of what a label row
 is), the labelers that make best-of-K labels from samples of rho (:mod:`~hf_prefs.labels.labelers`), the human label
 queue (:mod:`~hf_prefs.labels.queue`: the labeling policy, on the durable :mod:`~hf_prefs.labels.event_log`) and the
-label sources of online rounds (:mod:`~hf_prefs.labels.sources`)."""
+label sources of online rounds (:mod:`~hf_prefs.labels.sources`), and a label set as a Hub dataset with its card
+(:mod:`~hf_prefs.labels.hub`)."""
 
+from .hub import push_labels_to_hub, render_label_card
 from .labelers import LabelSamplingStats, SimulatedLabeler, sample_candidates, sample_label_dataset
 from .queue import LABEL_FEATURES, LabelQueue, LabelRequestError, Lease, RoundStatus
 from .schema import (
@@ -40,4 +42,6 @@ __all__ = [
     "QueueLabelSource",
     "SimulatedLabelSource",
     "as_label_source",
+    "push_labels_to_hub",
+    "render_label_card",
 ]
