@@ -16,7 +16,7 @@ import inspect
 import os
 from typing import Any
 
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import RewardTrainer
@@ -40,6 +40,8 @@ __all__ = [
     "print_prompt_completions_sample",
     "selective_log_softmax",
     "selective_log_softmax_and_entropy",
+    "default_world_size",
+    "tied_weights_keys",
     "trainer_learning_rate",
     "set_sync_gradients",
     "restore_trainer_checkpoint",
@@ -67,6 +69,17 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
     Trainer: ("_save", "_load_from_checkpoint", "_save_checkpoint", "_issue_warnings_after_load"),
     RewardTrainer: ("_prepare_dataset", "_set_signature_columns_if_needed"),
 }
+
+
+def default_world_size(args: Any) -> int:
+    """``TrainingArguments.world_size`` (the number of processes), for a config that shadows it with TRL's field."""
+    return TrainingArguments.world_size.fget(args)
+
+
+def tied_weights_keys(model: Any) -> set[str]:
+    """The parameter names a transformers model ties to others (``PreTrainedModel._tied_weights_keys``)."""
+    keys = getattr(model, "_tied_weights_keys", None) or []
+    return set(keys) if not isinstance(keys, dict) else set(keys)
 
 
 def trainer_learning_rate(trainer: Trainer) -> float:

@@ -26,6 +26,7 @@ from hf_prefs.pipeline import (
     make_ppo_trainer,
     online_label_loop,
     push_results,
+    resume_checkpoint,
     save_labels,
     split_queries,
     train_policy,
@@ -47,6 +48,7 @@ def main(task="sentiment", argv=None):
     script_args.task = task
     validate_pipeline_config(script_args, training_args, model_args)  # names a bad field before any model loads
     out, timer = training_args.output_dir, StageTimer()
+    resume = resume_checkpoint(training_args)  # --resume_from_checkpoint: a checkpoint folder of this run, or None
     torch.manual_seed(training_args.seed)
 
     ################
@@ -64,7 +66,7 @@ def main(task="sentiment", argv=None):
     with timer("labels"):
         if script_args.label_mode == "online":  # round 0 now, the other rounds inside PPO
             online = online_label_loop(script_args, training_args, base, queries.label, out)
-            online.first_round(base.rho)
+            online.restore(resume) if resume else online.first_round(base.rho)  # resume: labels + RM so far
             labels, label_info = online.labels_dataset(), {"source": script_args.label_source, "mode": "online"}
         else:  # best-of-K on rho's samples: simulated labeler, a label file, or people
             labels, label_info = collect_labels(script_args, training_args, base.rho, base.tokenizer, queries.label, spec)
@@ -82,7 +84,7 @@ def main(task="sentiment", argv=None):
     ################
     trainer = make_ppo_trainer(training_args, model_args, base, reward_model, queries.ppo, known_reward=known_reward)
     with timer("ppo"):
-        train_policy(trainer, online)
+        train_policy(trainer, online, resume)
     if online is not None:  # all rounds' labels; the last round's reward model
         labels, rm_metrics, label_info["rounds"] = online.labels_dataset(), online.rm_metrics, len(online.rounds)
         save_labels(labels, out)

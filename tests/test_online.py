@@ -372,3 +372,59 @@ def test_bad_online_configs_fail_before_training(extra, field, tmp_path):
     with pytest.raises(ValueError) as err:
         main(task="sentiment", argv=argv)
     assert field in str(err.value)
+
+
+class _StopAt(TrainerCallback):
+    """Ends training after update ``step`` (as if the process were killed right after that checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _online_run(tiny_base, out, stop_at=None, resume=None):
+    """A simulated-label online run with real reward models (tiny GPT-2): 3 rounds before updates 0, 2, 4 of 6,
+    checkpoints every 2 updates; returns (trainer, loop)."""
+    tok = _tokenizer(tiny_base)
+    cfg = _ppo_config(out, save_strategy="steps", save_steps=2, output_dir=str(out / "ppo"))
+    pa = PipelineArguments(task="sentiment", num_candidates=2, rm_batch_size=4, rm_learning_rate=1e-3,
+                           rm_eval_fraction=0.0, rm_normalize_samples=8, sampling_batch_size=16)
+    rho = GPT2LMHeadModel.from_pretrained(tiny_base).eval()
+
+    def train_rm(labels, init_model, r):
+        return train_reward_model(pa, cfg, labels.select_columns(["query", "samples", "best"]), rho, tok, tiny_base,
+                                  str(out / "rm"), init_model=init_model)
+
+    torch.manual_seed(0)
+    loop = OnlinePreferenceLoop(OnlineLabelSchedule(3, [4, 3, 5]), SimulatedLabeler(_char_count, seed=0), train_rm,
+                                QUERIES[:20], tok, args=cfg, num_candidates=2, sampling_batch_size=16,
+                                output_dir=str(out / "labels"))
+    trainer = PPOTrainer(GPT2LMHeadModel.from_pretrained(tiny_base), reward_model=lambda q, r: torch.zeros(len(q)),
+                         args=cfg, train_dataset=Dataset.from_dict({"query": QUERIES[20:]}), processing_class=tok)
+    if stop_at is not None:
+        trainer.add_callback(_StopAt(stop_at))
+    loop.train(trainer, resume_from_checkpoint=resume)
+    return trainer, loop
+
+
+def test_online_run_resumes_from_a_checkpoint_like_an_uninterrupted_run(tiny_base, tmp_path):
+    full_trainer, full_loop = _online_run(tiny_base, tmp_path / "full")
+    # killed after update 4 (rounds 0 and 1 done, checkpoint-4 written), then a new process resumes from it
+    first_trainer, first_loop = _online_run(tiny_base, tmp_path / "cut", stop_at=4)
+    assert first_trainer.state.global_step == 4 and len(first_loop.rounds) == 2
+    ckpt = str(tmp_path / "cut" / "ppo" / "checkpoint-4")
+    assert {"online_state.json", "online_reward_model"} <= set(p.name for p in Path(ckpt).iterdir())
+    trainer, loop = _online_run(tiny_base, tmp_path / "cut", resume=ckpt)
+    assert trainer.state.global_step == full_trainer.state.global_step == 6
+    assert loop.labels_dataset().to_list() == full_loop.labels_dataset().to_list()  # same labels, written once
+    assert [r["labels_total"] for r in loop.rounds] == [r["labels_total"] for r in full_loop.rounds] == [4, 7, 12]
+    assert trainer.kl_ctl.value == pytest.approx(full_trainer.kl_ctl.value, rel=1e-6)
+    for (name, a), (_, b) in zip(trainer.model.named_parameters(), full_trainer.model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    for (name, a), (_, b) in zip(loop.reward_model.named_parameters(), full_loop.reward_model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    lines = (tmp_path / "cut" / "labels" / "online_labels.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == loop.rows  # the file holds each label once

@@ -56,8 +56,10 @@ def test_kl_penalty_estimators():
     assert kl_penalty(logp, ref, "k1").tolist()[0] == pytest.approx([0.5, 0.0, -1.0])
     d = [-0.5, 0.0, 1.0]  # ref - logp
     assert kl_penalty(logp, ref, "k3").tolist()[0] == pytest.approx([math.exp(v) - 1 - v for v in d])
+    # k2 (issue 12: beside k1/k3): half the squared log-ratio
+    assert kl_penalty(logp, ref, "k2").tolist()[0] == pytest.approx([0.5 * 0.25, 0.0, 0.5 * 1.0])
     with pytest.raises(ValueError, match="k1"):
-        kl_penalty(logp, ref, "k2")
+        kl_penalty(logp, ref, "k4")
 
 
 def test_kl_penalty_on_every_token_and_score_on_the_last():

@@ -60,7 +60,14 @@ def length_reward(queries: list[str], responses: list[str]) -> torch.Tensor:
 
 
 def make_config(tmp_path, **overrides) -> PPOConfig:
+    """The paper's rules (these tests were written for them; PPOConfig's own defaults are TRL 1.12's) at toy size."""
     kw = dict(
+        truncate_token=".",
+        kl_coef=0.15,
+        adaptive_kl=True,
+        kl_target=6.0,
+        whiten_rewards=True,
+        adam_epsilon=1e-5,
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
@@ -378,8 +385,8 @@ def test_smollm2_lora_vader_on_austen_queries(tmp_path):
     tokenizer = load_smollm2_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32)
     dataset = austen_queries(tokenizer, n=64, min_tokens=16, max_tokens=32, seed=0)
-    args = PPOConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, gradient_accumulation_steps=2,
+    args = PPOConfig.paper(  # the paper's books settings: 24 tokens, "." after 16, adaptive beta from 0.15
+        "books", output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, gradient_accumulation_steps=2,
         total_episodes=16 * 4, learning_rate=3e-4, report_to=[], save_strategy="steps", save_steps=4,
         num_sample_generations=1, disable_tqdm=True, seed=0,
     )
@@ -408,3 +415,24 @@ def test_smollm2_lora_vader_on_austen_queries(tmp_path):
     assert trainer.last_samples is not None and len(trainer.last_samples) == 8
     files = set(os.listdir(tmp_path / "out" / "checkpoint-4"))
     assert {"adapter_model.safetensors", "value_head.safetensors", "ppo_state.json"} <= files
+
+
+def test_micro_batches_accumulate_to_the_minibatch_gradient(tmp_path, gpt2_tokenizer):
+    """One minibatch of 8 episodes in 4 micro-batches of 2 (DDP no_sync between them; no private accelerate API)
+    moves the parameters exactly like one micro-batch of 8: the same rollout, SGD, fp32, one PPO epoch."""
+    trainers = []
+    for per_device, accumulation in ((2, 4), (8, 1)):
+        trainer = make_trainer(tmp_path / str(per_device), gpt2_tokenizer, per_device_train_batch_size=per_device,
+                               gradient_accumulation_steps=accumulation, num_ppo_epochs=1, total_episodes=8)
+        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.5)
+        trainer._setup_training(None)
+        trainers.append(trainer)
+    rollout = trainers[0].make_rollout(*trainers[0].sample_queries(0))
+    before = {n: p.detach().clone() for n, p in trainers[0].model.named_parameters()}
+    for trainer in trainers:
+        trainer.ppo_epochs(rollout)
+    moved = 0
+    for (name, a), (_, b) in zip(trainers[0].model.named_parameters(), trainers[1].model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+        moved += int(not torch.equal(a, before[name]))
+    assert moved > 0

@@ -14,6 +14,10 @@ at the same place everywhere.
 - The penalty of an invalid row: ``"replace"`` its score by ``penalty_value`` (paper: -1) or ``"subtract"``
   ``penalty_value`` from it (TRL's ``missing_eos_penalty``).
 - Text: the kept tokens decoded with ``skip_special_tokens=True`` (a sampled EOS is not shown to the reward).
+- What PPO learns from (:meth:`RolloutSpec.masks`): the paper's cut is for the reward only — KL, values and the PPO
+  losses use every sampled token and the score sits on the last one. TRL's stop token ends the episode
+  (``mask_after_cut``): tokens after it are masked out of the KL and the policy loss, the value mask reaches one
+  step further, and the score sits one position after the stop token (on the last token when there is no room).
 
 Shapes: B = batch, Lr = response length.
 """
@@ -79,6 +83,7 @@ class RolloutSpec:
     penalty: PenaltyMode = "replace"
     penalty_value: float = -1.0
     pad_token_id: int = 0
+    mask_after_cut: bool = False
 
     def __post_init__(self) -> None:
         if self.response_length < 1:
@@ -116,6 +121,7 @@ class RolloutSpec:
         if stop_token is not None and stop_token_id is not None:
             raise ValueError("stop_token: set either stop_token or stop_token_id, not both")
         eos = getattr(tokenizer, "eos_token_id", None)
+        stop = stop_token is not None or stop_token_id is not None  # TRL's stop token ends the episode (masks)
         if stop_token == "eos":
             if eos is None:
                 raise ValueError("stop_token: 'eos' but the tokenizer has no eos token")
@@ -144,6 +150,7 @@ class RolloutSpec:
             penalty=penalty,
             penalty_value=value,
             pad_token_id=pad_token_id_of(tokenizer),
+            mask_after_cut=stop,
         )
 
     @classmethod
@@ -166,6 +173,21 @@ class RolloutSpec:
         """The text of each cut response (what the reward model and the labeler see)."""
         rows = [ids[:n].tolist() for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
         return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    def masks(self, lengths: torch.Tensor, response_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(token_mask, value_mask, score_index)`` for PPO from the cut ``lengths`` (B,): ``(B, Lr)`` bool masks of
+        the tokens whose log-probs, KL and policy loss count and of the steps whose values and returns count, and
+        ``(B,)`` the position that receives the score. Without ``mask_after_cut`` (the paper): all tokens, score on
+        the last one. With it (TRL's stop token): tokens up to the stop token, values one step further, the score one
+        position after the stop token (the last position when the response fills the length)."""
+        n = lengths.shape[0]
+        last = torch.full((n,), response_length - 1, dtype=torch.long, device=lengths.device)
+        if not self.mask_after_cut:
+            ones = torch.ones((n, response_length), dtype=torch.bool, device=lengths.device)
+            return ones, ones, last
+        idx = torch.arange(response_length, device=lengths.device)[None, :]
+        score_index = torch.minimum(lengths, last)
+        return idx < lengths[:, None], idx <= score_index[:, None], score_index
 
     def cut_ids(self, response_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``(B, Lr)`` ids with every token after the cut set to ``pad_token_id``."""

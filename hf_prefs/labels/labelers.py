@@ -30,6 +30,7 @@ __all__ = [
     "SimulatedLabeler",
     "LabelSamplingStats",
     "rollout_spec_of",
+    "draw_candidates",
     "sample_candidates",
     "sample_label_dataset",
 ]
@@ -100,6 +101,15 @@ class SimulatedLabeler:
         """Best index per query (the known reward is computed in one call for all samples)."""
         return [self.choose(r) for r in self.score(queries, samples)]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The tie-breaking / choice RNG's state (JSON-serialisable), for resuming a run."""
+        version, internal, gauss = self._rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+
     def __repr__(self) -> str:
         return f"SimulatedLabeler(reward_fn={self.reward_fn!r}, noise={self.noise})"
 
@@ -147,7 +157,7 @@ def rollout_spec_of(
     )
 
 
-def _draw_candidates(
+def draw_candidates(
     policy: torch.nn.Module,
     tokenizer: Any,
     queries: list[str],
@@ -157,7 +167,8 @@ def _draw_candidates(
     seed: int | None,
     drop_untruncated: bool = True,
 ) -> tuple[list[int], list[list[str]], LabelSamplingStats]:
-    """Indices of the kept queries, their K cut samples, and the counts (see :func:`sample_candidates`)."""
+    """``(kept_indices, samples, stats)``: the positions in ``queries`` of the kept queries, their K cut samples, and
+    the counts (see :func:`sample_candidates`)."""
     if k < 2:
         raise ValueError(f"k must be >= 2, got {k}")
     ids = sample_texts(policy, tokenizer, queries, spec, k, batch_size, seeded_generator(policy, seed))  # (N·K, Lr)
@@ -230,7 +241,7 @@ def sample_candidates(
     """
     queries = _queries_list(queries)
     spec = rollout_spec_of(tokenizer, spec, response_length, temperature, truncate_token, truncate_after)
-    kept_idx, samples, stats = _draw_candidates(policy, tokenizer, queries, k, spec, batch_size, seed, drop_untruncated)
+    kept_idx, samples, stats = draw_candidates(policy, tokenizer, queries, k, spec, batch_size, seed, drop_untruncated)
     return [queries[i] for i in kept_idx], samples, stats
 
 
@@ -262,7 +273,7 @@ def sample_label_dataset(
     """
     queries = _queries_list(queries)
     spec = rollout_spec_of(tokenizer, spec, response_length, temperature, truncate_token, truncate_after)
-    kept_idx, samples, stats = _draw_candidates(policy, tokenizer, queries, k, spec, batch_size, seed, drop_untruncated)
+    kept_idx, samples, stats = draw_candidates(policy, tokenizer, queries, k, spec, batch_size, seed, drop_untruncated)
     kept_q = [queries[i] for i in kept_idx]
     known = labeler.score(kept_q, samples)
     best = [labeler.choose(r) for r in known]

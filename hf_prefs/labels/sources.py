@@ -38,6 +38,10 @@ class LabelSource(Protocol):
 
     def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]: ...
 
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 class SimulatedLabelSource:
     """A :class:`~hf_prefs.labels.labelers.SimulatedLabeler` labels each round at once (the paper's mock human)."""
@@ -61,6 +65,13 @@ class SimulatedLabelSource:
     def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
         out, self._ready = self._ready, []
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the labeler's RNG."""
+        return {"labeler": self.labeler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.labeler.load_state_dict(state["labeler"])
 
 
 class QueueLabelSource:
@@ -103,6 +114,13 @@ class QueueLabelSource:
                             "round": self._rounds[row["round"]]})
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: this loop's queue rounds and the labels already handed over."""
+        return {"rounds": dict(self._rounds), "seen": sorted(self._seen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rounds, self._seen = dict(state["rounds"]), set(state["seen"])
+
 
 class FileLabelSource:
     """Rows of a label dataset (e.g. a released ``online_45k.json``) fill the rounds in order: round r takes the
@@ -130,6 +148,13 @@ class FileLabelSource:
     def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
         out, self._ready = self._ready, []
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the next row of the file."""
+        return {"next": self._next}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._next = int(state["next"])
 
 
 def as_label_source(source: Any) -> LabelSource:

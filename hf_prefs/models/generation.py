@@ -20,12 +20,43 @@ import torch
 from .._compat import cache_kwargs, output_cache
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
 
-__all__ = ["sample_categorical", "sample_responses", "sample_texts", "response_logprobs", "ResponseSampler", "model_device"]
+__all__ = [
+    "sample_categorical",
+    "sample_responses",
+    "sample_texts",
+    "response_logprobs",
+    "ResponseSampler",
+    "model_device",
+    "input_pad_id",
+    "ensure_pad_token_id",
+]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter."""
     return next(model.parameters()).device
+
+
+def input_pad_id(model: torch.nn.Module, tokenizer: Any) -> int:
+    """The id to pad ``model``'s inputs with (always under a 0 attention mask): the tokenizer's pad id, or, when that
+    id lies outside the model's embedding (a pad token added to the tokenizer only, as TRL's PPO scripts do), its EOS
+    id or 0. The model never attends to it; it must only be embeddable."""
+    pad = pad_token_id_of(tokenizer)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is None or pad < rows:
+        return pad
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return int(eos) if eos is not None and eos < rows else 0
+
+
+def ensure_pad_token_id(model: torch.nn.Module, tokenizer: Any) -> None:
+    """Give a ``*ForSequenceClassification`` model a ``config.pad_token_id`` when it has none (its pooling refuses
+    batches without one; hf_prefs reads rewards at explicit indices, so the value only has to exist): the
+    tokenizer's pad id, as TRL's PPOTrainer assumed."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_token_id_of(tokenizer)
 
 
 def sample_categorical(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -105,7 +136,7 @@ def sample_texts(
 ) -> torch.Tensor:
     """``(len(queries)·n, Lr)`` response ids (CPU), rows ``q·n + j``, in batches of about ``batch_size`` rows
     (``batch_size // n`` queries, each encoded once for its n samples). The model runs in eval mode."""
-    pad_id, device = pad_token_id_of(tokenizer), model_device(model)
+    pad_id, device = input_pad_id(model, tokenizer), model_device(model)
     query_ids = [list(tokenizer(q)["input_ids"]) for q in queries]
     per_batch = max(1, batch_size // num_samples)
     was_training = model.training

@@ -30,8 +30,7 @@ from torch import nn
 
 from ..core.normalization import reward_normalization
 from ..core.packing import pad_right, shared_prefix_attention_mask
-from ..core.rollout import pad_token_id_of
-from .generation import model_device
+from .generation import ensure_pad_token_id, input_pad_id, model_device
 
 __all__ = [
     "GAIN_KEY",
@@ -216,7 +215,8 @@ def score_texts(
         raise ValueError(f"got {len(queries)} queries but {len(responses)} responses")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pad_id, device = pad_token_id_of(tokenizer), model_device(model)
+    pad_id, device = input_pad_id(model, tokenizer), model_device(model)
+    ensure_pad_token_id(model, tokenizer)
     was_training = model.training
     model.eval()
     out = []

@@ -16,7 +16,14 @@ results, models, cards            :func:`write_results`, :func:`push_results`
 from .arguments import LABEL_MODES, LABEL_SOURCES, PipelineArguments, model_dtype, online_schedule, validate_pipeline_config
 from .evaluate import PolicyEvaluation, compare_policies, evaluate_policy
 from .labels import collect_labels, label_source, make_labeler
-from .policy import KnownRewardTrackingPPOTrainer, make_ppo_trainer, online_label_loop, train_policy, trained_policy
+from .policy import (
+    KnownRewardTrackingPPOTrainer,
+    make_ppo_trainer,
+    online_label_loop,
+    resume_checkpoint,
+    train_policy,
+    trained_policy,
+)
 from .results import (
     StageTimer,
     plot_kl_vs_reward,
@@ -47,6 +54,7 @@ __all__ = [
     "KnownRewardTrackingPPOTrainer",
     "make_ppo_trainer",
     "online_label_loop",
+    "resume_checkpoint",
     "train_policy",
     "trained_policy",
     "StageTimer",

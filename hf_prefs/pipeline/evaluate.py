@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
 from ..core.stats import win_rate
-from ..models.generation import model_device, response_logprobs, sample_responses
+from ..models.generation import input_pad_id, model_device, response_logprobs, sample_responses
 
 __all__ = ["PolicyEvaluation", "evaluate_policy", "compare_policies"]
 
@@ -53,9 +55,11 @@ class PolicyEvaluation:
         return {**asdict(self), "summary": self.summary()}
 
 
-def _sequence_logprob(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, response: torch.Tensor, t: float) -> torch.Tensor:
+def _sequence_logprob(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, response: torch.Tensor, token_mask: torch.Tensor, t: float
+) -> torch.Tensor:
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    return response_logprobs(logits, response, t).sum(1)  # (B,)
+    return (response_logprobs(logits, response, t) * token_mask).sum(1)  # (B,)
 
 
 @torch.no_grad()
@@ -83,7 +87,8 @@ def evaluate_policy(
     ``penalty_reward_value`` (the paper's replace penalty). ``ref_model=None`` with a PEFT policy uses the policy
     with its adapters disabled as rho; with a plain policy it skips the KL. ``reward_fn(queries, responses)`` is the
     learned reward (e.g. a partial of :func:`hf_prefs.score_texts`); ``known_reward(texts)`` scores the cut
-    responses alone.
+    responses alone. On N processes each evaluates every N-th query (its own sampling seed) and all get the whole
+    evaluation, in query order.
     """
     if spec is None:
         spec = RolloutSpec(
@@ -91,14 +96,39 @@ def evaluate_policy(
             truncate_after=truncate_after, penalty_token_id=truncate_token_id, penalty_value=penalty_reward_value,
             pad_token_id=pad_token_id_of(tokenizer),
         )
-    device = model_device(policy)
+    state = PartialState()
+    mine = list(range(len(queries)))[state.process_index :: state.num_processes]  # every process its share
+    local = _evaluate(policy, tokenizer, [queries[i] for i in mine], spec, ref_model, known_reward, reward_fn,
+                      batch_size, seed + 1_000_003 * state.process_index)
+    if state.num_processes == 1:
+        return local
+    shards = gather_object([(mine, asdict(local))])  # back in query order
+    out = PolicyEvaluation(queries=list(queries), responses=[None] * len(queries))
+    names = ("responses", "known_rewards", "rm_scores", "kl", "penalized")
+    merged = {name: [None] * len(queries) for name in names}
+    for indices, part in shards:
+        for name in names:
+            for i, value in zip(indices, part[name]):
+                merged[name][i] = value
+    for name in names:
+        setattr(out, name, merged[name] if all(v is not None for v in merged[name]) else [])
+    return out
+
+
+@torch.no_grad()
+def _evaluate(
+    policy: torch.nn.Module, tokenizer: Any, queries: list[str], spec: RolloutSpec, ref_model: torch.nn.Module | None,
+    known_reward: Callable | None, reward_fn: Callable | None, batch_size: int, seed: int,
+) -> PolicyEvaluation:
+    """:func:`evaluate_policy` on this process's queries."""
+    device, pad_id = model_device(policy), input_pad_id(policy, tokenizer)
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = policy.training
     policy.eval()
     out = PolicyEvaluation(queries=list(queries), responses=[])
     for start in range(0, len(queries), batch_size):
         chunk = list(queries[start : start + batch_size])
-        q_ids, q_mask = left_pad([tokenizer(q)["input_ids"] for q in chunk], spec.pad_token_id)
+        q_ids, q_mask = left_pad([tokenizer(q)["input_ids"] for q in chunk], pad_id)
         q_ids, q_mask = q_ids.to(device), q_mask.to(device)
         resp = sample_responses(policy, q_ids, q_mask, spec.response_length, spec.temperature, generator)  # (B, Lr)
         lengths, valid = spec.cut(resp)
@@ -110,25 +140,27 @@ def evaluate_policy(
         if reward_fn is not None:
             scores = torch.as_tensor(reward_fn(chunk, texts), dtype=torch.float32).cpu()
             out.rm_scores += spec.penalize(scores, valid.cpu()).tolist()
-        out.kl += _kl(policy, ref_model, torch.cat([q_ids, resp], 1), torch.cat([q_mask, torch.ones_like(resp)], 1), resp, spec)
+        token_mask = spec.masks(lengths, resp.shape[1])[0]  # all tokens, or up to TRL's stop token
+        ids, mask = torch.cat([q_ids, resp], 1), torch.cat([q_mask, torch.ones_like(resp)], 1)
+        out.kl += _kl(policy, ref_model, ids, mask, resp, token_mask, spec.temperature)
     policy.train(was_training)
     return out
 
 
 def _kl(
     policy: torch.nn.Module, ref_model: torch.nn.Module | None, ids: torch.Tensor, mask: torch.Tensor,
-    resp: torch.Tensor, spec: RolloutSpec,
+    resp: torch.Tensor, token_mask: torch.Tensor, temperature: float,
 ) -> list[float]:
-    """Per-sample ``sum_t log pi - log rho`` at the spec's temperature; [] when there is no reference."""
+    """Per-sample ``sum_t log pi - log rho`` over ``token_mask`` at ``temperature``; [] when there is no reference."""
     ref_ctx: Any = contextlib.nullcontext()
     ref = ref_model
     if ref is None and hasattr(policy, "disable_adapter"):
         ref, ref_ctx = policy, policy.disable_adapter()
     if ref is None:
         return []
-    logp = _sequence_logprob(policy, ids, mask, resp, spec.temperature)
+    logp = _sequence_logprob(policy, ids, mask, resp, token_mask, temperature)
     with ref_ctx:
-        ref_logp = _sequence_logprob(ref, ids, mask, resp, spec.temperature)
+        ref_logp = _sequence_logprob(ref, ids, mask, resp, token_mask, temperature)
     return (logp - ref_logp).float().cpu().tolist()
 
 

@@ -8,10 +8,12 @@ from dataclasses import asdict
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 
 from ..core.rollout import RolloutSpec
-from ..labels.labelers import SimulatedLabeler, sample_candidates, sample_label_dataset
+from ..labels.labelers import LabelSamplingStats, SimulatedLabeler, draw_candidates
 from ..labels.queue import LabelQueue
 from ..labels.schema import load_label_file, validate_labels
 from ..tasks.known_rewards import make_known_reward
@@ -47,20 +49,53 @@ def collect_labels(
     ``simulated``/``human``: K samples per query from rho, cut by ``spec`` (default: the run's
     ``RolloutSpec.from_config(cfg, tokenizer)``, the rule PPO applies), then picked by the labeler or by people
     through the queue (this waits for the round, up to ``label_timeout``). ``file``: the label file's rows.
+    On N processes each samples its share of the queries; the main process labels them and every process gets the
+    same label set.
     """
     if pa.label_source == "file":
         labels = load_label_file(pa.label_file, pa.num_candidates, pa.label_limit)
         return labels, {"source": "file", "label_file": pa.label_file, "labels": len(labels)}
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
-    sampling = dict(k=pa.num_candidates, batch_size=pa.sampling_batch_size, seed=cfg.seed,
-                    drop_untruncated=pa.label_drop_untruncated, spec=spec)
+    kept, samples, stats = _sample_shards(pa, cfg, rho, tokenizer, list(queries), spec)
+    rows, info = _label(pa, cfg, queries, kept, samples, stats) if PartialState().is_main_process else (None, None)
+    rows, info = broadcast_object_list([rows, info], from_process=0)
+    return validate_labels(Dataset.from_list(rows), k=pa.num_candidates), info
+
+
+def _sample_shards(
+    pa: PipelineArguments, cfg: Any, rho: torch.nn.Module, tokenizer: Any, queries: list[str], spec: RolloutSpec
+) -> tuple[list[int], list[list[str]], LabelSamplingStats]:
+    """This process's share of the queries (every N-th) sampled and cut; then every process's, in query order:
+    ``(kept query indices, their K samples, counts)``."""
+    state = PartialState()
+    mine = list(range(len(queries)))[state.process_index :: state.num_processes]
+    kept, samples, stats = draw_candidates(
+        rho, tokenizer, [queries[i] for i in mine], pa.num_candidates, spec, pa.sampling_batch_size,
+        cfg.seed + 1_000_003 * state.process_index, pa.label_drop_untruncated,
+    )
+    kept = [mine[j] for j in kept]
+    if state.num_processes == 1:
+        return kept, samples, stats
+    shards = gather_object([(kept, samples, asdict(stats))])
+    order = sorted((i, s) for idx, smp, _ in shards for i, s in zip(idx, smp))
+    totals = {key: sum(shard[2][key] for shard in shards) for key in asdict(stats)}
+    return [i for i, _ in order], [s for _, s in order], LabelSamplingStats(**totals)
+
+
+def _label(
+    pa: PipelineArguments, cfg: Any, queries: Sequence[str], kept: list[int], samples: list[list[str]],
+    stats: LabelSamplingStats,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The label rows of the sampled comparisons: the simulated labeler's picks, or the human queue's (waits)."""
+    kept_q = [queries[i] for i in kept]
     if pa.label_source == "simulated":
-        labels, stats = sample_label_dataset(rho, tokenizer, list(queries), make_labeler(pa, cfg.seed), return_stats=True,
-                                             **sampling)
-        return labels, {"source": "simulated", "known_reward": pa.known_reward, **asdict(stats)}
-    kept_queries, samples, stats = sample_candidates(rho, tokenizer, list(queries), **sampling)
+        labeler = make_labeler(pa, cfg.seed)
+        known = labeler.score(kept_q, samples)
+        rows = [{"query": q, "samples": s, "best": labeler.choose(r), "known_rewards": r, "query_index": i}
+                for q, s, r, i in zip(kept_q, samples, known, kept)]
+        return rows, {"source": "simulated", "known_reward": pa.known_reward, **asdict(stats)}
     queue = LabelQueue(pa.label_queue_dir)
-    queue.put_round(0, list(zip(kept_queries, samples)))
+    queue.put_round(0, list(zip(kept_q, samples)))
     print(f"Waiting for human labels: serve the page with `hf-prefs label serve --queue {pa.label_queue_dir}`")
     labels = queue.wait_round(0, timeout=pa.label_timeout)
-    return validate_labels(labels, k=pa.num_candidates), {"source": "human", "queue": pa.label_queue_dir, **asdict(stats)}
+    return labels.to_list(), {"source": "human", "queue": pa.label_queue_dir, **asdict(stats)}

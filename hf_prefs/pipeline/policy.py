@@ -12,6 +12,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import AutoModelForCausalLM
+from transformers.trainer_utils import get_last_checkpoint
 from trl import get_peft_config
 
 from ..core.rollout import RolloutSpec
@@ -24,7 +25,14 @@ from .labels import label_source
 from .reward import train_reward_model
 from .setup import Base
 
-__all__ = ["KnownRewardTrackingPPOTrainer", "make_ppo_trainer", "online_label_loop", "train_policy", "trained_policy"]
+__all__ = [
+    "KnownRewardTrackingPPOTrainer",
+    "make_ppo_trainer",
+    "online_label_loop",
+    "resume_checkpoint",
+    "train_policy",
+    "trained_policy",
+]
 
 
 class KnownRewardTrackingPPOTrainer(PPOTrainer):
@@ -108,13 +116,29 @@ def online_label_loop(
     )
 
 
-def train_policy(trainer: PPOTrainer, online_loop: OnlinePreferenceLoop | None = None) -> None:
+def resume_checkpoint(cfg: PPOConfig) -> str | None:
+    """The checkpoint ``--resume_from_checkpoint`` names: a folder, or ``true``/``last`` for the newest one in
+    ``output_dir``; None without the flag."""
+    spec = cfg.resume_from_checkpoint
+    if spec in (None, "", False, "false", "False"):
+        return None
+    if spec in (True, "true", "True", "last"):
+        found = get_last_checkpoint(cfg.output_dir)
+        if found is None:
+            raise ValueError(f"resume_from_checkpoint: no checkpoint in {cfg.output_dir}")
+        return found
+    return str(spec)
+
+
+def train_policy(
+    trainer: PPOTrainer, online_loop: OnlinePreferenceLoop | None = None, resume_from_checkpoint: str | None = None
+) -> None:
     """``trainer.train()``, or with an online loop its rounds in between (one ``train()``: beta, optimizer and
-    learning-rate schedule carry over the rounds; only the reward model is swapped)."""
+    learning-rate schedule carry over the rounds; only the reward model is swapped); from a checkpoint when given."""
     if online_loop is None:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     else:
-        online_loop.train(trainer)
+        online_loop.train(trainer, resume_from_checkpoint=resume_from_checkpoint)
 
 
 def trained_policy(trainer: PPOTrainer) -> nn.Module:

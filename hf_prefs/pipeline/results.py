@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from accelerate import PartialState
 from datasets import Dataset
 from matplotlib.figure import Figure
 
@@ -59,9 +60,10 @@ class StageTimer:
 
 
 def save_labels(labels: Dataset, output_dir: str) -> None:
-    """``output_dir/labels.jsonl``: the labels the reward model was trained on."""
-    os.makedirs(output_dir, exist_ok=True)
-    labels.to_json(os.path.join(output_dir, "labels.jsonl"))
+    """``output_dir/labels.jsonl``: the labels the reward model was trained on (written by the main process)."""
+    if PartialState().is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        labels.to_json(os.path.join(output_dir, "labels.jsonl"))
 
 
 def write_metrics(log_history: list[dict[str, Any]], output_dir: str) -> list[dict[str, Any]]:
@@ -174,17 +176,40 @@ def write_results(
     """Write the run's folder and return its summary (also ``summary.json``): ``metrics.jsonl``/``.csv``,
     ``kl_vs_reward.png``, ``samples.md``, ``eval.json``, ``policy/`` (the trainer's model + tokenizer) and the model
     cards of ``policy/`` and ``reward_model/``. The summary holds the held-out means before/after, the paired
-    known-reward gain with its SE and win rate, ROUGE (when ``eval_references``), beta, episodes and ``timings``."""
+    known-reward gain with its SE and win rate, ROUGE (when ``eval_references``), beta, episodes and ``timings``.
+    Every process computes the summary; the main process writes the files and prints."""
+    trainer.save_model(os.path.join(output_dir, "policy"))  # every process calls it (sharded setups gather)
+    summary = _summary(pa, cfg, base_name, trainer, labels, label_info, rm_metrics, before, after, eval_references,
+                       timings, online)
+    if not trainer.is_world_process_zero():
+        return summary
     rows = write_metrics(trainer.state.log_history, output_dir)
-    b, a = before.summary(), after.summary()
-    plot_kl_vs_reward(rows, b, a, os.path.join(output_dir, "kl_vs_reward.png"))
+    plot_kl_vs_reward(rows, summary["before"], summary["after"], os.path.join(output_dir, "kl_vs_reward.png"))
     with open(os.path.join(output_dir, "samples.md"), "w") as f:
         f.write(samples_markdown(before, after))
     with open(os.path.join(output_dir, "eval.json"), "w") as f:
         json.dump({"before": before.to_dict(), "after": after.to_dict()}, f, indent=1)
-    trainer.save_model(os.path.join(output_dir, "policy"))
     trainer.processing_class.save_pretrained(os.path.join(output_dir, "policy"))
-    _write_cards(output_dir, pa, cfg, base_name, trainer, len(labels), label_info, rm_metrics, b, a)
+    _write_cards(output_dir, pa, cfg, base_name, trainer, len(labels), label_info, rm_metrics, summary["before"],
+                 summary["after"])
+    with open(os.path.join(output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(samples_markdown(before, after, n=3))
+    b, a = summary["before"], summary["after"]
+    print(
+        f"[hf_prefs] known reward {_fmt(b['known_reward'])} -> {_fmt(a['known_reward'])}{_fmt_gain(summary)}, "
+        f"RM score {b['rm_score']:.3f} -> {a['rm_score']:.3f}, KL {a['kl']:.2f} nats, beta {summary['final_beta']:.4f}, "
+        f"{summary['timings_s'].get('total_s', 0.0):.0f} s; results in {output_dir}"
+    )
+    return summary
+
+
+def _summary(
+    pa: PipelineArguments, cfg: Any, base_name: str, trainer: PPOTrainer, labels: Dataset, label_info: dict[str, Any],
+    rm_metrics: dict[str, Any], before: PolicyEvaluation, after: PolicyEvaluation,
+    eval_references: Sequence[str] | None, timings: dict[str, float] | None, online: dict[str, Any] | None,
+) -> dict[str, Any]:
+    b, a = before.summary(), after.summary()
     gain, bias = get_reward_normalization(trainer.reward_model)
     summary: dict[str, Any] = {
         "task": pa.task,
@@ -207,21 +232,15 @@ def write_results(
         summary["rouge"] = rouge_before_after(before.responses, after.responses, eval_references)
     if online is not None:
         summary["online"] = online
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print(samples_markdown(before, after, n=3))
-    print(
-        f"[hf_prefs] known reward {_fmt(b['known_reward'])} -> {_fmt(a['known_reward'])}{_fmt_gain(summary)}, "
-        f"RM score {b['rm_score']:.3f} -> {a['rm_score']:.3f}, KL {a['kl']:.2f} nats, beta {summary['final_beta']:.4f}, "
-        f"{summary['timings_s'].get('total_s', 0.0):.0f} s; results in {output_dir}"
-    )
     return summary
 
 
 def push_results(output_dir: str, cfg: Any, pa: PipelineArguments) -> dict[str, str]:
     """Push ``policy/`` to ``cfg.hub_model_id`` and ``reward_model/`` to ``pa.push_reward_model_id`` (default: the
-    policy's id + ``-reward-model``), each with its card."""
+    policy's id + ``-reward-model``), each with its card (from the main process)."""
     if not cfg.hub_model_id:
         raise ValueError("hub_model_id: --push_to_hub needs --hub_model_id")
+    if not PartialState().is_main_process:
+        return {}
     return push_run_to_hub(output_dir, cfg.hub_model_id, reward_model_id=pa.push_reward_model_id, token=cfg.hub_token,
                            private=cfg.hub_private_repo)

@@ -96,9 +96,10 @@ def train_reward_model(
     metrics = {k: v for log in trainer.state.log_history for k, v in log.items() if isinstance(v, (int, float))}
     if held_out is not None:
         metrics.update(trainer.evaluate())
-    trainer.save_model(os.path.join(output_dir, "reward_model"))
-    tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))
-    with open(os.path.join(output_dir, "rm_metrics.jsonl"), "w") as f:
-        for log in trainer.state.log_history:
-            f.write(json.dumps(log) + "\n")
+    trainer.save_model(os.path.join(output_dir, "reward_model"))  # every process calls it; the main one writes
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))
+        with open(os.path.join(output_dir, "rm_metrics.jsonl"), "w") as f:
+            for log in trainer.state.log_history:
+                f.write(json.dumps(log) + "\n")
     return trainer.model, metrics

@@ -22,7 +22,7 @@ from ..trainers.ppo_config import PPOConfig
 from .arguments import PipelineArguments, validate_pipeline_config
 from .evaluate import evaluate_policy
 from .labels import collect_labels
-from .policy import make_ppo_trainer, online_label_loop, train_policy, trained_policy
+from .policy import make_ppo_trainer, online_label_loop, resume_checkpoint, train_policy, trained_policy
 from .results import StageTimer, push_results, save_labels, write_results
 from .reward import train_reward_model
 from .setup import load_base, split_queries
@@ -34,6 +34,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     """Run every stage and write the results folder ``cfg.output_dir``; returns the summary dict."""
     validate_pipeline_config(pa, cfg, model_args)
     out, timer = cfg.output_dir, StageTimer()
+    resume = resume_checkpoint(cfg)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(cfg.seed)
     base = load_base(model_args)
@@ -44,7 +45,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     with timer("labels"):
         if pa.label_mode == "online":  # round 0 on rho now; the other rounds run inside PPO
             online = online_label_loop(pa, cfg, base, queries.label, out)
-            online.first_round(base.rho)
+            online.restore(resume) if resume else online.first_round(base.rho)
             labels, label_info = online.labels_dataset(), {"source": pa.label_source, "mode": "online"}
         else:
             labels, label_info = collect_labels(pa, cfg, base.rho, base.tokenizer, queries.label, spec)
@@ -59,7 +60,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     known = make_known_reward(pa.known_reward)
     trainer = make_ppo_trainer(cfg, model_args, base, reward_model, queries.ppo, known_reward=known)
     with timer("ppo"):
-        train_policy(trainer, online)
+        train_policy(trainer, online, resume)
     if online is not None:  # the last round's labels and reward model
         labels, rm_metrics = online.labels_dataset(), online.rm_metrics
         save_labels(labels, out)

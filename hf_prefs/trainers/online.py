@@ -16,9 +16,13 @@ Offline collection is the special case of one round before RL.
 What carries across rounds: since ``train()`` is never restarted, everything of PPO does — the policy and value
 head, the KL controller ``trainer.kl_ctl`` (β is not reset to ``kl_coef``), the Adam state, the learning-rate
 schedule (linear decay over ALL updates of the run), ``state.global_step`` and the log history, the sampling and
-minibatch-shuffle generators and the query stream. Only ``trainer.reward_model`` changes. Not supported: several
-processes (each would label and train its own reward model) and resuming an online run from a PPO checkpoint
-(the labels are written to ``output_dir`` after each round, but the loop does not reload them).
+minibatch-shuffle generators and the query stream. Only ``trainer.reward_model`` changes.
+
+On N processes the main process samples each round's comparisons (from its copy of the policy, the same on every
+process), gets the labels and writes them; the round's rows are broadcast, and every process trains the reward model
+on them together (the reward trainer runs data-parallel), so all hold the same reward model. At every PPO checkpoint
+the loop saves its state (labels so far, rounds, the query position, the label source's state) and the current
+reward model into the checkpoint; ``loop.train(trainer, resume_from_checkpoint=...)`` continues from there.
 
 Logged (``trainer.log``): one row per round with ``online/round``, ``online/labels_total``, ``online/new_labels``,
 the reward model's gain/bias/accuracy and (simulated labels) ``online/known_reward_of_samples``; and every PPO
@@ -36,19 +40,26 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset, Features, Value
 from torch import nn
 from transformers import TrainerCallback
 
-from .._compat import disable_dropout_in_model
+from .._compat import checkpoint_folder, disable_dropout_in_model
 from ..core.online_schedule import OnlineLabelSchedule
 from ..core.rollout import RolloutSpec
 from ..labels.labelers import sample_candidates
 from ..labels.schema import LABEL_COLUMNS
 from ..labels.sources import as_label_source
+from ..models.loading import load_reward_model
 from ..models.reward_model import get_reward_normalization
 
-__all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "RewardTrainFn", "ONLINE_LABEL_FEATURES"]
+__all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "RewardTrainFn", "ONLINE_LABEL_FEATURES", "ONLINE_STATE_FILE"]
+
+#: The loop's state in a PPO checkpoint; the reward model of the last round sits next to it in ONLINE_REWARD_MODEL_DIR.
+ONLINE_STATE_FILE = "online_state.json"
+ONLINE_REWARD_MODEL_DIR = "online_reward_model"
 
 logger = logging.getLogger(__name__)
 
@@ -166,15 +177,14 @@ class OnlinePreferenceLoop(TrainerCallback):
         self.rm_metrics: dict[str, float] = {}
         self.labels_in_reward_model = 0
         self.trainer: Any = None
+        self.restored_from: str | None = None
         self._query_pos = 0
         self._wrapped = False
         self._update_boundaries: list[int] | None = None
         self._pending_logs: list[dict[str, float]] = []
         self._round_episode: dict[int, int] = {}
-        if output_dir:  # a new run starts new files (they are appended to after every round)
-            os.makedirs(output_dir, exist_ok=True)
-            for name in ("online_labels.jsonl", "online_rounds.jsonl"):
-                open(os.path.join(output_dir, name), "w").close()
+        self._main = PartialState().is_main_process
+        self._rewrite_files()  # a new run starts new files (they are appended to after every round)
 
     # ------------------------------------------------------------------ public
     @property
@@ -197,14 +207,14 @@ class OnlinePreferenceLoop(TrainerCallback):
         self.run_round(policy, step=0, episode=0)
         return self.reward_model
 
-    def train(self, trainer: Any, **train_kwargs: Any) -> Any:
-        """Run PPO with ``trainer`` (one ``train()`` call) and the schedule's rounds at their updates."""
-        if train_kwargs.get("resume_from_checkpoint"):
-            raise NotImplementedError("resuming an online run from a PPO checkpoint is not supported")
-        if trainer.accelerator.num_processes > 1:
-            raise NotImplementedError(
-                "the online loop runs in one process (several would each label and train their own reward model)"
-            )
+    def train(self, trainer: Any, resume_from_checkpoint: str | None = None, **train_kwargs: Any) -> Any:
+        """Run PPO with ``trainer`` (one ``train()`` call) and the schedule's rounds at their updates; with
+        ``resume_from_checkpoint`` (a checkpoint folder of this run) the loop's state and reward model are restored
+        from it first and PPO continues from it."""
+        if resume_from_checkpoint:
+            if self.restored_from != resume_from_checkpoint:
+                self.restore(resume_from_checkpoint)
+            train_kwargs["resume_from_checkpoint"] = resume_from_checkpoint
         a = trainer.args
         self._update_boundaries = self.schedule.update_boundaries(a.total_episodes, a.batch_size)
         self.trainer = trainer
@@ -228,15 +238,10 @@ class OnlinePreferenceLoop(TrainerCallback):
         t0 = time.time()
         n = self.schedule.labels_in_round(r)
         record: dict[str, Any] = {"round": r, "step": step, "episode": episode, "requested": n}
-        queries = samples = None
-        if self.source.samples_from_policy:
-            if policy is None:
-                raise ValueError("run_round: this label source needs the current policy to sample comparisons")
-            queries, samples, stats = self._sample_comparisons(policy, n, r)
-            record["sampling"] = stats
-        record.update(self.source.request(r, n, queries, samples) or {})
-        block = self.wait_for_labels or self.reward_model is None
-        new = self.source.collect(r, block=block, timeout=self.label_timeout)
+        # the main process samples and labels; the round's rows reach every process
+        new, info = self._label_round(policy, r, n) if self._main else (None, None)
+        new, info = broadcast_object_list([new, info], from_process=0)
+        record.update(info)
         self._round_episode[r] = episode
         for row in new:  # the episode at which the row's round sampled it (late labels keep their round's)
             row["episode"] = self._round_episode.get(row["round"], episode)
@@ -270,11 +275,25 @@ class OnlinePreferenceLoop(TrainerCallback):
         self.rounds.append(record)
         self._write_record(record)
         self._log_round(record)
-        print(
-            f"[hf_prefs] online round {r} at episode {episode}: {len(new)} new labels, {len(self.rows)} in all; "
-            f"reward model {'retrained' if new else 'kept'} ({time.time() - t0:.0f} s)"
-        )
+        if self._main:
+            print(
+                f"[hf_prefs] online round {r} at episode {episode}: {len(new)} new labels, {len(self.rows)} in all; "
+                f"reward model {'retrained' if new else 'kept'} ({time.time() - t0:.0f} s)"
+            )
         return record
+
+    def _label_round(self, policy: nn.Module | None, r: int, n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Round ``r``'s comparisons sampled from ``policy`` (when the source needs them), asked for, and the label rows
+        that came back (main process only)."""
+        info: dict[str, Any] = {}
+        queries = samples = None
+        if self.source.samples_from_policy:
+            if policy is None:
+                raise ValueError("run_round: this label source needs the current policy to sample comparisons")
+            queries, samples, info["sampling"] = self._sample_comparisons(policy, n, r)
+        info.update(self.source.request(r, n, queries, samples) or {})
+        block = self.wait_for_labels or self.reward_model is None
+        return self.source.collect(r, block=block, timeout=self.label_timeout), info
 
     def _sample_comparisons(self, policy: nn.Module, n: int, r: int) -> tuple[list[str], list[list[str]], dict[str, int]]:
         """Exactly ``n`` comparisons (K samples each) from ``policy`` on new queries, drawing more queries when some
@@ -358,18 +377,71 @@ class OnlinePreferenceLoop(TrainerCallback):
         else:  # before train(): its TrainerState does not exist yet; log at on_train_begin
             self._pending_logs.append(logs)
 
-    def _append_labels(self, rows: list[dict[str, Any]]) -> None:
-        if self.output_dir and rows:
+    def _append(self, name: str, rows: list[dict[str, Any]], mode: str = "a") -> None:
+        """Append JSON lines to ``output_dir/name`` (main process only: files are written once)."""
+        if self.output_dir and self._main:
             os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, "online_labels.jsonl"), "a", encoding="utf-8") as f:
+            with open(os.path.join(self.output_dir, name), mode, encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
+    def _append_labels(self, rows: list[dict[str, Any]]) -> None:
+        self._append("online_labels.jsonl", rows)
+
     def _write_record(self, record: dict[str, Any]) -> None:
-        if self.output_dir:
-            os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, "online_rounds.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        self._append("online_rounds.jsonl", [record])
+
+    def _rewrite_files(self) -> None:
+        """``online_labels.jsonl`` / ``online_rounds.jsonl`` holding exactly the labels and rounds so far."""
+        self._append("online_labels.jsonl", self.rows, mode="w")
+        self._append("online_rounds.jsonl", self.rounds, mode="w")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs besides PPO's own checkpoint and the reward model's weights."""
+        source = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+        return {"rows": self.rows, "rounds": self.rounds, "rm_metrics": self.rm_metrics,
+                "labels_in_reward_model": self.labels_in_reward_model, "query_pos": self._query_pos,
+                "wrapped": self._wrapped, "round_episode": self._round_episode, "source": source}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows, self.rounds, self.rm_metrics = state["rows"], state["rounds"], state["rm_metrics"]
+        self.labels_in_reward_model, self._query_pos = state["labels_in_reward_model"], state["query_pos"]
+        self._wrapped = state["wrapped"]
+        self._round_episode = {int(k): v for k, v in state["round_episode"].items()}
+        if state.get("source") is not None and hasattr(self.source, "load_state_dict"):
+            self.source.load_state_dict(state["source"])
+
+    def save(self, checkpoint: str) -> None:
+        """Write the loop's state and its current reward model into ``checkpoint`` (main process)."""
+        if not self._main:
+            return
+        os.makedirs(checkpoint, exist_ok=True)
+        with open(os.path.join(checkpoint, ONLINE_STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(self.state_dict(), f)
+        if isinstance(self.reward_model, nn.Module):
+            self.reward_model.save_pretrained(os.path.join(checkpoint, ONLINE_REWARD_MODEL_DIR))
+            self.tokenizer.save_pretrained(os.path.join(checkpoint, ONLINE_REWARD_MODEL_DIR))
+
+    def restore(self, checkpoint: str) -> Any:
+        """Load the state and reward model :meth:`save` wrote into ``checkpoint``; returns the reward model (None when
+        the run used a reward callable, which the caller must pass again)."""
+        path = os.path.join(checkpoint, ONLINE_STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by an online hf_prefs run")
+        with open(path, encoding="utf-8") as f:
+            self.load_state_dict(json.load(f))
+        folder = os.path.join(checkpoint, ONLINE_REWARD_MODEL_DIR)
+        if os.path.isdir(folder):
+            self.reward_model, _ = load_reward_model(folder)
+        self.restored_from = checkpoint
+        self._rewrite_files()
+        return self.reward_model
+
+    def on_save(self, args, state, control, **kwargs):
+        """Into every PPO checkpoint: the loop's state and the reward model in use."""
+        if self.trainer is not None:
+            self.save(checkpoint_folder(self.trainer))
 
     def summary(self) -> dict[str, Any]:
         """Rounds run, labels in all, and the per-round records."""
@@ -385,8 +457,8 @@ class OnlinePreferenceLoop(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer is None or self._update_boundaries is None:
             raise RuntimeError("run the online loop with loop.train(trainer), not as a plain callback")
-        if state.global_step != 0:
-            raise NotImplementedError("resuming an online run from a PPO checkpoint is not supported")
+        if state.global_step != 0 and self.restored_from is None:
+            raise ValueError("resuming an online run: pass resume_from_checkpoint to loop.train (it restores the labels)")
         logs, self._pending_logs = self._pending_logs, []
         for entry in logs:
             self.trainer.log(entry)

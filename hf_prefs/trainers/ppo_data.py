@@ -48,6 +48,8 @@ class Rollout:
     non_score_rewards: torch.Tensor  # (B, Lr) -beta * kl
     rewards: torch.Tensor  # (B, Lr) non-score rewards + score at the last token
     kl_coef: float  # beta used for these rewards
+    token_mask: torch.Tensor | None = None  # (B, Lr) bool: tokens in the KL and policy loss (all, unless a stop token)
+    value_mask: torch.Tensor | None = None  # (B, Lr) bool: steps in the value loss (all, unless a stop token)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -74,17 +76,17 @@ class QueryStream:
         return [self.row(p) for p in range(start, start + count)]
 
 
-def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any) -> Dataset:
+def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:
     """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); check rows and lengths."""
     if not isinstance(dataset, Dataset):
-        raise TypeError(f"train_dataset must be a datasets.Dataset, got {type(dataset).__name__}")
+        raise TypeError(f"{name} must be a datasets.Dataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
-        raise ValueError("train_dataset is empty")
+        raise ValueError(f"{name} is empty")
     columns = dataset.column_names
     if "query" in columns:
         bad = [i for i, q in enumerate(dataset["query"]) if not isinstance(q, str) or not q]
         if bad:
-            raise ValueError(f"train_dataset: column `query` must hold non-empty strings; bad rows {bad[:10]}")
+            raise ValueError(f"{name}: column `query` must hold non-empty strings; bad rows {bad[:10]}")
         if "input_ids" not in columns:
             dataset = dataset.map(
                 lambda batch: {"input_ids": tokenizer(batch["query"])["input_ids"]},
@@ -100,18 +102,18 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
             desc="Decoding queries",
         )
     else:
-        raise ValueError(f"train_dataset needs a `query` (text) or `input_ids` column; it has {columns}")
+        raise ValueError(f"{name} needs a `query` (text) or `input_ids` column; it has {columns}")
     lengths = [len(ids) for ids in dataset["input_ids"]]
     empty = [i for i, n in enumerate(lengths) if n == 0]
     if empty:
-        raise ValueError(f"train_dataset: rows {empty[:10]} tokenize to no tokens")
+        raise ValueError(f"{name}: rows {empty[:10]} tokenize to no tokens")
     config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
     max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if max_positions is not None:
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] + args.response_length > max_positions:
             raise ValueError(
-                f"train_dataset row {longest}: query of {lengths[longest]} tokens + response_length "
+                f"{name} row {longest}: query of {lengths[longest]} tokens + response_length "
                 f"{args.response_length} exceeds the model's {max_positions} positions"
             )
     return dataset

@@ -23,25 +23,23 @@ tags, ``push_to_hub``, callbacks, ``report_to``, checkpointing and ``accelerate 
         checkpoint             policy + value head + optimizer + scheduler + RNG + beta (resume continues)
 
 Every equation lives in :mod:`hf_prefs.core.ppo_math` and :mod:`hf_prefs.core.kl`, every rollout rule in
-:mod:`hf_prefs.core.rollout` (one :class:`~hf_prefs.core.rollout.RolloutSpec`); this module only wires them. Shapes: B = episodes of this process, Lq = (left-padded) query length, Lr = response length,
-V = vocabulary.
+:mod:`hf_prefs.core.rollout` (one :class:`~hf_prefs.core.rollout.RolloutSpec`); this module only wires them. What
+the trainer reports (metrics, samples, TRL's ``generate_completions``) is in :mod:`~hf_prefs.trainers.ppo_reporting`,
+saving and resuming in :mod:`~hf_prefs.trainers.ppo_checkpoints`. Shapes: B = episodes of this process,
+Lq = (left-padded) query length, Lr = response length, V = vocabulary.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
-from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import get_peft_model
 from torch import nn
@@ -52,33 +50,26 @@ from transformers.utils import logging
 
 from .._compat import (
     TrlBaseTrainer,
-    checkpoint_folder,
     disable_dropout_in_model,
-    print_prompt_completions_sample,
     restore_trainer_checkpoint,
-    set_sync_gradients,
     selective_log_softmax,
     selective_log_softmax_and_entropy,
+    set_sync_gradients,
     trainer_learning_rate,
 )
 from ..citation import ZIEGLER_2019
 from ..core.kl import AdaptiveKLController, FixedKLController
-from ..core.ppo_math import (
-    compute_gae,
-    explained_variance,
-    kl_penalty,
-    per_token_rewards,
-    ppo_policy_loss,
-    ppo_value_loss,
-    whiten,
-)
+from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
 from ..core.rollout import RolloutSpec, left_pad, position_ids
-from ..models.generation import sample_responses
+from ..models.generation import ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import load_reward_model
 from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
+from .launch import check_process_count
+from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig
 from .ppo_data import NonFiniteError, QueryStream, Rollout, prepare_query_dataset
+from .ppo_reporting import PPOReportingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -87,11 +78,22 @@ __all__ = ["PPOTrainer", "Rollout", "NonFiniteError", "RewardFunction", "PPO_STA
 #: ``f(queries, responses) -> (B,)`` scores; receives decoded query texts and TRUNCATED response texts.
 RewardFunction = Callable[[list[str], list[str]], Any]
 
-#: Per-checkpoint PPO state: the KL controller (beta) and the sampling / shuffling generators.
-PPO_STATE_FILE = "ppo_state.json"
+def _from_trl_positional(*values: Any) -> tuple[Any, ...]:
+    """Arguments given in TRL 1.12's positional order ``(args, processing_class, model, ref_model, reward_model,
+    train_dataset, value_model, data_collator, eval_dataset, optimizers, callbacks)`` (they arrived in this class's
+    parameter slots), returned in that order plus ``reward_processing_class`` (None)."""
+    (args, processing_class, model, ref_model, reward_model, train_dataset, value_model, data_collator, eval_dataset,
+     optimizers, callbacks, peft_or_default) = values
+    if isinstance(peft_or_default, tuple):  # the 12th slot is this class's `optimizers` default when not given
+        peft_or_default = None
+    if peft_or_default is not None:
+        raise TypeError("pass peft_config by keyword when calling PPOTrainer with TRL's positional order")
+    optimizers = optimizers if optimizers is not None else (None, None)
+    return (args, processing_class, model, ref_model, reward_model, train_dataset, value_model, data_collator,
+            eval_dataset, optimizers, callbacks, None)
 
 
-class PPOTrainer(TrlBaseTrainer):
+class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     """The paper's PPO: fixed-length sampling at T, per-token KL penalty, adaptive beta, value head on the trunk.
 
     Args:
@@ -125,8 +127,8 @@ class PPOTrainer(TrlBaseTrainer):
 
     def __init__(
         self,
-        model: str | nn.Module,
-        reward_model: nn.Module | str | RewardFunction,
+        model: str | nn.Module | None = None,
+        reward_model: nn.Module | str | RewardFunction | None = None,
         args: PPOConfig | None = None,
         train_dataset: Dataset | None = None,
         eval_dataset: Any = None,
@@ -140,17 +142,30 @@ class PPOTrainer(TrlBaseTrainer):
         peft_config: Any = None,
         kl_controller: Any = None,
     ) -> None:
+        if isinstance(model, PPOConfig):  # TRL 1.12's positional order: PPOTrainer(args, processing_class, model, ...)
+            named = _from_trl_positional(model, reward_model, args, train_dataset, eval_dataset, processing_class,
+                                         ref_model, value_model, reward_processing_class, data_collator, callbacks,
+                                         optimizers)
+            (args, processing_class, model, ref_model, reward_model, train_dataset, value_model, data_collator,
+             eval_dataset, optimizers, callbacks, reward_processing_class) = named
         args = self._check_args(model, args, train_dataset)
-        policy, wrapper, processing_class = self._build_policy(model, processing_class, peft_config)
-        self._build_reward(reward_model, reward_processing_class or processing_class, args)
-        wrapper = self._build_value_function(policy, wrapper, value_model, args)
+        policy, wrapper, processing_class = self._build_policy(
+            model if model is not None else args.sft_model_path, processing_class, peft_config
+        )
+        self._build_reward(reward_model if reward_model is not None else args.reward_model_path,
+                           reward_processing_class or processing_class, args)
+        wrapper = self._build_value_function(policy, wrapper, value_model, args, processing_class)
         self._build_reference(policy, ref_model)
         for module in (wrapper, self.ref_model, self.reward_model if isinstance(self.reward_model, nn.Module) else None):
             if module is not None:
                 disable_dropout_in_model(module)  # dropout off everywhere (paper)
         self.rollout_spec = RolloutSpec.from_config(args, processing_class)
-        self.pad_token_id = self.rollout_spec.pad_token_id  # only ever used under an explicit 0 mask
+        # the id that pads queries fed to the policy (masked out): the tokenizer's, unless it lies outside the
+        # policy's embedding (TRL's scripts add a "[PAD]" token without resizing the embedding)
+        self.pad_token_id = input_pad_id(policy, processing_class)
         train_dataset = prepare_query_dataset(train_dataset, processing_class, policy, args)
+        if eval_dataset is not None:
+            eval_dataset = prepare_query_dataset(eval_dataset, processing_class, policy, args, name="eval_dataset")
         super().__init__(
             model=wrapper,
             args=args,
@@ -177,7 +192,7 @@ class PPOTrainer(TrlBaseTrainer):
         if not isinstance(args, PPOConfig):
             raise TypeError(f"args must be an hf_prefs PPOConfig, got {type(args).__name__}")
         if train_dataset is None:
-            raise ValueError("PPOTrainer needs a train_dataset with a `query` column")
+            raise ValueError("PPOTrainer needs a train_dataset with a `query` column (or TRL's `input_ids`)")
         return args
 
     @staticmethod
@@ -212,11 +227,14 @@ class PPOTrainer(TrlBaseTrainer):
             raise TypeError("reward_model must be a reward model (nn.Module), a path to one, or a callable f(queries, responses)")
         if args.normalize_reward and not isinstance(reward_model, nn.Module):
             raise ValueError("PPOConfig.normalize_reward needs a reward model (nn.Module); a reward callable has no gain/bias")
+        if isinstance(reward_model, nn.Module):
+            ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
         self.reward_model = reward_model
         self.reward_processing_class = tokenizer
 
     def _build_value_function(
-        self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | None, args: PPOConfig
+        self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | None, args: PPOConfig,
+        tokenizer: Any,
     ) -> PolicyWithValueHead:
         """The policy with its value function: a head on the trunk (paper), ``value_model``, or a copy of the reward
         model (``value_model="separate"``, TRL's way)."""
@@ -228,6 +246,8 @@ class PPOTrainer(TrlBaseTrainer):
             if not isinstance(self.reward_model, nn.Module):
                 raise ValueError("PPOConfig.value_model='separate' needs a reward model to copy (or pass value_model=)")
             value_model = value_model_from_reward_model(self.reward_model)
+        if value_model is not None:
+            ensure_pad_token_id(value_model, tokenizer)
         return PolicyWithValueHead(policy, value_model=value_model)
 
     def _build_reference(self, policy: nn.Module, ref_model: nn.Module | None) -> None:
@@ -247,7 +267,8 @@ class PPOTrainer(TrlBaseTrainer):
     def _set_batch_sizes(self) -> None:
         """TRL's derived sizes: episodes per update (``batch_size``), per process, per minibatch; number of updates."""
         a = self.args
-        world_size = self.accelerator.num_processes
+        a.world_size = world_size = self.accelerator.num_processes
+        a.micro_batch_size = a.per_device_train_batch_size * world_size
         a.local_batch_size = a.per_device_train_batch_size * a.gradient_accumulation_steps
         a.batch_size = a.local_batch_size * world_size
         a.local_mini_batch_size = a.local_batch_size // a.num_mini_batches
@@ -261,6 +282,7 @@ class PPOTrainer(TrlBaseTrainer):
 
     def _init_state(self, kl_controller: Any) -> None:
         """KL controller, the query stream, the sampling / shuffling generators (per process) and model placement."""
+        check_process_count(self.accelerator)
         a = self.args
         if kl_controller is None:
             kl_controller = (
@@ -284,16 +306,21 @@ class PPOTrainer(TrlBaseTrainer):
     # =========================================================================================================
     # setup helpers
     # =========================================================================================================
-    def _unwrapped(self) -> PolicyWithValueHead:
-        return self.accelerator.unwrap_model(self.model)
-
     @contextmanager
     def reference_context(self):
-        """Inside: the module to use as rho. A PEFT policy with adapters disabled, or the frozen reference."""
+        """Inside: the module to use as rho: the frozen reference; or, for a PEFT policy, the adapter named
+        ``ref_adapter_name`` (then back to ``model_adapter_name``, TRL's rule) or the policy with adapters disabled."""
         if self.ref_model is not None:
             yield self.ref_model
+            return
+        policy = self._unwrapped().policy
+        if self.args.ref_adapter_name:
+            policy.set_adapter(self.args.ref_adapter_name)
+            try:
+                yield policy
+            finally:
+                policy.set_adapter(self.args.model_adapter_name or "default")
         else:
-            policy = self._unwrapped().policy
             with policy.disable_adapter():
                 yield policy
 
@@ -430,11 +457,15 @@ class PPOTrainer(TrlBaseTrainer):
         return torch.cat(out)
 
     def compute_rewards(
-        self, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_coef: float
+        self, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_coef: float,
+        token_mask: torch.Tensor | None = None, score_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(kl, non_score_rewards, rewards)``, each ``(B, Lr)``: ``-beta * kl_t`` per token, score on the last."""
+        """``(kl, non_score_rewards, rewards)``, each ``(B, Lr)``: ``-beta * kl_t`` per token (0 outside
+        ``token_mask``), the score on the last token or at ``score_index`` (TRL's stop token)."""
         kl = kl_penalty(logprobs, ref_logprobs, self.args.kl_estimator)
-        rewards, non_score = per_token_rewards(scores, kl, kl_coef)
+        if token_mask is not None:
+            kl = kl * token_mask
+        rewards, non_score = per_token_rewards(scores, kl, kl_coef, score_index)
         return kl, non_score, rewards
 
     @torch.no_grad()
@@ -453,7 +484,11 @@ class PPOTrainer(TrlBaseTrainer):
         ref_logprobs = self.ref_logprobs(query_ids, query_mask, response_ids)  # (B, Lr)
         self._check_finite(ref_logprobs, "reference log-probabilities (logits)")
         kl_coef = float(self.kl_ctl.value)
-        kl, non_score, rewards = self.compute_rewards(scores, logprobs, ref_logprobs, kl_coef)  # (B, Lr) x 3
+        token_mask, value_mask, score_index = self.rollout_spec.masks(lengths, response_ids.shape[1])  # all-true: paper
+        kl, non_score, rewards = self.compute_rewards(  # (B, Lr) x 3
+            scores, logprobs, ref_logprobs, kl_coef, token_mask, score_index
+        )
+        values = values * value_mask  # (B, Lr); TRL's stop token: no value past the step after it
         self._check_finite(rewards, "per-token rewards")
         return Rollout(
             query_ids=query_ids,
@@ -473,24 +508,38 @@ class PPOTrainer(TrlBaseTrainer):
             non_score_rewards=non_score,
             rewards=rewards,
             kl_coef=kl_coef,
+            token_mask=token_mask,
+            value_mask=value_mask,
         )
 
-    def compute_advantages(self, rewards: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_advantages(
+        self, rewards: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor | None = None,
+        value_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(advantages, returns)`` ``(b, Lr)`` of one minibatch: whiten rewards (paper: std only, mean kept), GAE,
-        then whiten advantages (mean removed). The value targets are the returns before advantage whitening."""
+        then whiten advantages (mean removed). The value targets are the returns before advantage whitening.
+        With TRL's stop token the masks keep the steps after it out of every mean (their advantages are 0). On N
+        processes the whitening statistics are those of the whole minibatch (all processes' episodes)."""
         a = self.args
+        reduce = self._sum_over_processes if self.accelerator.num_processes > 1 else None  # the global minibatch's stats
         if a.whiten_rewards:
-            rewards = whiten(rewards, shift_mean=False)
+            rewards = whiten(rewards, shift_mean=False, mask=value_mask, reduce=reduce)
         advantages, returns = compute_gae(rewards, values, a.gamma, a.lam)
-        return whiten(advantages, shift_mean=True), returns
+        return whiten(advantages, shift_mean=True, mask=token_mask, reduce=reduce), returns
+
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="sum")
 
     def compute_ppo_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``pg_loss + vf_coef * vf_loss`` on one micro-batch, and its statistics (detached scalars)."""
         a = self.args
         logits, values = self._forward(model, batch["query_ids"], batch["query_mask"], batch["response_ids"])
         logprobs = selective_log_softmax(logits, batch["response_ids"])  # (b, Lr)
-        pg_loss, pg_clipfrac, approxkl = ppo_policy_loss(logprobs, batch["logprobs"], batch["advantages"], a.cliprange)
-        vf_loss, vf_clipfrac = ppo_value_loss(values, batch["values"], batch["returns"], a.cliprange_value)
+        token_mask, value_mask = batch["token_mask"], batch["value_mask"]
+        pg_loss, pg_clipfrac, approxkl = ppo_policy_loss(
+            logprobs, batch["logprobs"], batch["advantages"], a.cliprange, token_mask
+        )
+        vf_loss, vf_clipfrac = ppo_value_loss(values, batch["values"], batch["returns"], a.cliprange_value, value_mask)
         loss = pg_loss + a.vf_coef * vf_loss
         self._check_finite(loss.detach(), "the PPO loss")
         with torch.no_grad():
@@ -500,8 +549,8 @@ class PPOTrainer(TrlBaseTrainer):
                 "policy/approxkl_avg": approxkl,
                 "policy/clipfrac_avg": pg_clipfrac,
                 "val/clipfrac_avg": vf_clipfrac,
-                "val/error": ((values - batch["returns"]) ** 2).mean(),
-                "val/ratio": torch.exp(logprobs - batch["logprobs"]).mean(),
+                "val/error": masked_mean((values - batch["returns"]) ** 2, value_mask),
+                "val/ratio": masked_mean(torch.exp(logprobs - batch["logprobs"]), token_mask),
             }
         return loss, stats
 
@@ -526,11 +575,16 @@ class PPOTrainer(TrlBaseTrainer):
         n_micro = a.local_mini_batch_size // a.per_device_train_batch_size
         stats: dict[str, list[torch.Tensor]] = {}
         first_returns = torch.zeros_like(rollout.values)
+        ones = torch.ones_like(rollout.values, dtype=torch.bool)
+        token_mask = rollout.token_mask if rollout.token_mask is not None else ones  # (B, Lr)
+        value_mask = rollout.value_mask if rollout.value_mask is not None else ones  # (B, Lr)
         for epoch in range(a.num_ppo_epochs):
             order = torch.randperm(len(rollout), generator=self.shuffle_generator).to(rollout.values.device)
             for start in range(0, len(rollout), a.local_mini_batch_size):
                 mb = order[start : start + a.local_mini_batch_size]  # (b,)
-                advantages, returns = self.compute_advantages(rollout.rewards[mb], rollout.values[mb])  # (b, Lr) x 2
+                advantages, returns = self.compute_advantages(  # (b, Lr) x 2
+                    rollout.rewards[mb], rollout.values[mb], token_mask[mb], value_mask[mb]
+                )
                 if epoch == 0:
                     first_returns[mb] = returns
                 for k in range(n_micro):
@@ -544,10 +598,13 @@ class PPOTrainer(TrlBaseTrainer):
                         "values": rollout.values[idx],
                         "advantages": advantages[sl],
                         "returns": returns[sl],
+                        "token_mask": token_mask[idx],
+                        "value_mask": value_mask[idx],
                     }
                     last = k == n_micro - 1
-                    set_sync_gradients(self.accelerator, last)
-                    with nullcontext() if last else self.accelerator.no_sync(model):
+                    if self.is_deepspeed_enabled:  # its engine reads the accumulation boundary from accelerate
+                        set_sync_gradients(self.accelerator, last)
+                    with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
                         with self.accelerator.autocast():
                             loss, micro_stats = self.compute_ppo_loss(model, batch)
                         self.accelerator.backward(loss / n_micro)
@@ -565,87 +622,6 @@ class PPOTrainer(TrlBaseTrainer):
         """
         mean_kl = self.accelerator.gather(rollout.kl.sum(dim=1)).mean().item()
         return mean_kl, float(self.kl_ctl.update(mean_kl, self.args.batch_size))
-
-    # =========================================================================================================
-    # logging
-    # =========================================================================================================
-    def _mean(self, tensor: torch.Tensor) -> float:
-        return self.accelerator.gather(tensor.detach().float().reshape(-1)).mean().item()
-
-    def log_step(
-        self, rollout: Rollout, train_stats: dict[str, torch.Tensor], timings: dict[str, float], learning_rate: float
-    ) -> dict[str, float]:
-        """Metrics of one update (TRL names), averaged over all processes. Computed every update, logged per
-        ``logging_steps``. ``lr`` is the learning rate this update used."""
-        a = self.args
-        gather = self.accelerator.gather
-        kl_sum = gather(rollout.kl.sum(1))  # (B_all,)
-        non_score_sum = gather(rollout.non_score_rewards.sum(1))
-        scores = gather(rollout.scores)
-        returns = train_stats.pop("returns")
-        episodes = self.state.global_step * a.batch_size
-        elapsed = max(time.time() - self._train_start_time, 1e-9)
-        session_episodes = (self.state.global_step - self._initial_global_step) * a.batch_size
-        tokens_per_episode = gather(rollout.query_mask.sum(1).float()).mean().item() + a.response_length
-        metrics = {
-            "eps": session_episodes / elapsed,
-            "objective/tokens_per_second": session_episodes * tokens_per_episode / elapsed,
-            "objective/kl": kl_sum.mean().item(),
-            "objective/kl_coef": rollout.kl_coef,
-            "objective/entropy": self._mean((-rollout.logprobs).sum(1)),
-            "policy/entropy_avg": self._mean(rollout.entropy),
-            "objective/non_score_reward": non_score_sum.mean().item(),
-            "objective/rlhf_reward": (scores + non_score_sum).mean().item(),
-            "objective/scores": scores.mean().item(),
-            "objective/scores_std": scores.std(unbiased=False).item(),
-            "objective/raw_scores": self._mean(rollout.raw_scores),
-            "objective/penalized_frac": self._mean((~rollout.valid).float()),
-            "val/explained_variance": explained_variance(gather(rollout.values), gather(returns)),
-            "val/mean": self._mean(rollout.values),
-            "val/num_eos_tokens": float(
-                gather((rollout.response_ids == self.processing_class.eos_token_id).sum().reshape(1)).sum().item()
-            )
-            if self.processing_class.eos_token_id is not None
-            else 0.0,
-        }
-        for key, value in train_stats.items():
-            metrics[key] = self._mean(value)
-        metrics["lr"] = learning_rate
-        metrics["episode"] = episodes
-        for key, value in timings.items():
-            metrics[f"time/{key}"] = value
-        return metrics
-
-    def log_samples(self, rollout: Rollout, num_samples: int = 8) -> None:
-        """Print (and log to wandb / trackio when active) a table of query, truncated response and score."""
-        n = min(num_samples, len(rollout))
-        table = {
-            "query": gather_object(rollout.query_texts[:n]),
-            "response": gather_object(rollout.response_texts[:n]),
-            "score": gather_object(rollout.scores[:n].tolist()),
-            "penalized": gather_object((~rollout.valid[:n]).tolist()),
-        }
-        df = pd.DataFrame(table)
-        self.last_samples = df
-        if not self.accelerator.is_main_process:
-            return
-        try:
-            print_prompt_completions_sample(
-                df["query"].tolist(), df["response"].tolist(), {"score": df["score"].tolist()}, None,
-                self.state.global_step, extra={"penalized": df["penalized"].tolist()},
-            )
-        except ImportError:  # rich is not installed
-            print(f"PPO samples at step {self.state.global_step}:\n{df.to_string()}")
-        report_to = self.args.report_to or []
-        if "wandb" in report_to:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"samples": wandb.Table(dataframe=df)})
-        if "trackio" in report_to:
-            import trackio
-
-            trackio.log({"samples": trackio.Table(dataframe=df)})
 
     # =========================================================================================================
     # training loop
@@ -717,7 +693,7 @@ class PPOTrainer(TrlBaseTrainer):
             if self.control.should_log:
                 self.log(metrics)
             if self.sample_generations_freq and update % self.sample_generations_freq == 0:
-                self.log_samples(rollout)
+                self.show_samples(rollout)
             if self.control.should_save:
                 self._save_checkpoint(self.model, trial)
                 self.control = self.callback_handler.on_save(a, self.state, self.control)
@@ -728,6 +704,14 @@ class PPOTrainer(TrlBaseTrainer):
         self.is_in_train = False
         train_loss = sum(losses) / max(len(losses), 1)
         return TrainOutput(self.state.global_step, train_loss, {"train_loss": train_loss})
+
+    def show_samples(self, rollout: Rollout) -> None:
+        """Every ``num_sample_generations``-th time: completions on ``eval_dataset`` (TRL's
+        ``generate_completions(sampling=True)``) or, without one, a table of this rollout's samples."""
+        if self.eval_dataset is not None:
+            self.generate_completions(sampling=True)
+        else:
+            self.log_samples(rollout)
 
     @torch.no_grad()
     def normalize_reward_model(self) -> tuple[float, float]:
@@ -750,66 +734,3 @@ class PPOTrainer(TrlBaseTrainer):
             self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
             gather=lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples],
         )
-
-    # =========================================================================================================
-    # saving, checkpoints, resume
-    # =========================================================================================================
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the policy (full model or PEFT adapter) AND its value head / value model, plus tokenizer and args."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        self._unwrapped().save_pretrained(output_dir, state_dict=state_dict)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Load the policy weights (Trainer's loader: full or PEFT) and the value weights of a checkpoint."""
-        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
-        super()._load_from_checkpoint(resume_from_checkpoint, model=wrapper.policy)
-        wrapper.load_value_weights(resume_from_checkpoint)
-
-    def _issue_warnings_after_load(self, load_result: Any) -> None:
-        """Like Trainer's, for the policy inside the wrapper: re-tie tied weights, warn about other mismatches."""
-        policy = self._unwrapped().policy
-        missing = set(load_result.missing_keys)
-        tied = set(getattr(policy, "_tied_weights_keys", None) or [])
-        if missing and hasattr(policy, "tie_weights"):
-            policy.tie_weights()
-        if missing - tied:
-            logger.warning(f"There were missing keys in the checkpoint policy: {sorted(missing - tied)}")
-        if load_result.unexpected_keys:
-            logger.warning(f"There were unexpected keys in the checkpoint policy: {load_result.unexpected_keys}")
-
-    def _ppo_state_path(self, checkpoint: str) -> str:
-        if self.accelerator.num_processes > 1:
-            return os.path.join(checkpoint, f"ppo_state_{self.accelerator.process_index}.json")
-        return os.path.join(checkpoint, PPO_STATE_FILE)
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Trainer checkpoint (weights, optimizer, scheduler, RNG, trainer state) + model card + PPO state (beta,
-        generators), so that resuming continues with the same step count and beta."""
-        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
-        self.create_model_card(model_name=model_name)
-        super()._save_checkpoint(model, trial)
-        checkpoint = checkpoint_folder(self, trial)
-        os.makedirs(checkpoint, exist_ok=True)
-        state = {
-            "kl_controller": self.kl_ctl.state_dict(),
-            "sampling_generator": self.sampling_generator.get_state().tolist(),
-            "shuffle_generator": self.shuffle_generator.get_state().tolist(),
-        }
-        with open(self._ppo_state_path(checkpoint), "w", encoding="utf-8") as f:
-            json.dump(state, f)
-
-    def _load_ppo_state(self, checkpoint: str) -> None:
-        path = self._ppo_state_path(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-        self.kl_ctl.load_state_dict(state["kl_controller"])
-        self.sampling_generator.set_state(torch.tensor(state["sampling_generator"], dtype=torch.uint8))
-        self.shuffle_generator.set_state(torch.tensor(state["shuffle_generator"], dtype=torch.uint8))

@@ -39,6 +39,7 @@ from ..citation import ZIEGLER_2019
 from ..core.losses import kway_accuracy, kway_preference_loss
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, validate_labels
+from ..models.generation import input_pad_id
 from ..models.loading import load_reward_normalization, save_reward_normalization
 from ..models.reward_model import (
     BIAS_KEY,
@@ -49,6 +50,7 @@ from ..models.reward_model import (
     packed_rewards,
     set_reward_normalization,
 )
+from .launch import check_process_count
 from .reward_config import PreferenceRewardConfig
 
 __all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorForKWayPreference"]
@@ -163,11 +165,12 @@ class PreferenceRewardTrainer(RewardTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        check_process_count(self.accelerator)
         self._pending_logs: dict[str, float] | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
         if data_collator is None:  # TRL built its chosen/rejected collator; replace it with the K-way one
             self.data_collator = DataCollatorForKWayPreference(
-                pad_token_id=self.processing_class.pad_token_id,
+                pad_token_id=input_pad_id(self.model, self.processing_class),
                 pad_to_multiple_of=self.args.pad_to_multiple_of,
                 share_query_prefix=self.args.share_query_prefix,
             )

@@ -1,0 +1,96 @@
+"""Saving, checkpoints and resume of :class:`hf_prefs.PPOTrainer` (a mixin on its TRL/Trainer base).
+
+A saved policy folder holds the policy as ``policy.save_pretrained`` writes it (full model or PEFT adapter) AND its
+value function (``value_head.safetensors`` or a ``value_model/`` folder; TRL 1.12 dropped the value model, trl#3293),
+so ``PolicyWithValueHead.from_pretrained`` reloads both. A checkpoint adds the Trainer's optimizer, scheduler, RNG and
+trainer state, and ``ppo_state.json`` (beta and the sampling / shuffling generators), so a resumed run continues
+exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from .._compat import checkpoint_folder, tied_weights_keys
+from ..models.value_head import PolicyWithValueHead
+
+__all__ = ["PPO_STATE_FILE", "PPOCheckpointMixin"]
+
+logger = logging.get_logger(__name__)
+
+#: Per-checkpoint PPO state: the KL controller (beta) and the sampling / shuffling generators.
+PPO_STATE_FILE = "ppo_state.json"
+
+
+class PPOCheckpointMixin:
+    """The Trainer hooks that save and load a policy with its value function, and the PPO state of checkpoints."""
+
+    def _unwrapped(self) -> PolicyWithValueHead:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save the policy (full model or PEFT adapter) AND its value head / value model, plus tokenizer and args."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self._unwrapped().save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Load the policy weights (Trainer's loader: full or PEFT) and the value weights of a checkpoint."""
+        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model=wrapper.policy)
+        wrapper.load_value_weights(resume_from_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Like Trainer's, for the policy inside the wrapper: re-tie tied weights, warn about other mismatches."""
+        policy = self._unwrapped().policy
+        missing = set(load_result.missing_keys)
+        tied = tied_weights_keys(policy)
+        if missing and hasattr(policy, "tie_weights"):
+            policy.tie_weights()
+        if missing - tied:
+            logger.warning(f"There were missing keys in the checkpoint policy: {sorted(missing - tied)}")
+        if load_result.unexpected_keys:
+            logger.warning(f"There were unexpected keys in the checkpoint policy: {load_result.unexpected_keys}")
+
+    def _ppo_state_path(self, checkpoint: str) -> str:
+        if self.accelerator.num_processes > 1:
+            return os.path.join(checkpoint, f"ppo_state_{self.accelerator.process_index}.json")
+        return os.path.join(checkpoint, PPO_STATE_FILE)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:  # noqa: D401 (Trainer hook)
+        """Trainer checkpoint (weights, optimizer, scheduler, RNG, trainer state) + model card + PPO state (beta,
+        generators), so that resuming continues with the same step count and beta."""
+        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
+        self.create_model_card(model_name=model_name)
+        super()._save_checkpoint(model, trial)
+        checkpoint = checkpoint_folder(self, trial)
+        os.makedirs(checkpoint, exist_ok=True)
+        state = {
+            "kl_controller": self.kl_ctl.state_dict(),
+            "sampling_generator": self.sampling_generator.get_state().tolist(),
+            "shuffle_generator": self.shuffle_generator.get_state().tolist(),
+        }
+        with open(self._ppo_state_path(checkpoint), "w", encoding="utf-8") as f:
+            json.dump(state, f)
+
+    def _load_ppo_state(self, checkpoint: str) -> None:
+        path = self._ppo_state_path(checkpoint)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.sampling_generator.set_state(torch.tensor(state["sampling_generator"], dtype=torch.uint8))
+        self.shuffle_generator.set_state(torch.tensor(state["shuffle_generator"], dtype=torch.uint8))

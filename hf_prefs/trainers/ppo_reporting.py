@@ -1,0 +1,143 @@
+"""What :class:`hf_prefs.PPOTrainer` reports: the metrics of each update (TRL's names), tables of samples, and
+TRL's ``generate_completions`` on the evaluation set (a mixin on its TRL/Trainer base)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+from accelerate.utils import gather_object
+
+from .._compat import print_prompt_completions_sample
+from ..core.ppo_math import explained_variance, masked_mean
+from ..core.rollout import left_pad
+from ..models.generation import sample_responses
+from .ppo_data import Rollout
+
+__all__ = ["PPOReportingMixin", "COMPLETIONS_TEMPERATURE"]
+
+#: TRL 1.12's generate_completions samples at T = 0.01 (near-greedy).
+COMPLETIONS_TEMPERATURE = 0.01
+
+
+class PPOReportingMixin:
+    """Metrics, sample tables and completions on ``eval_dataset``."""
+
+    def _mean(self, tensor: torch.Tensor) -> float:
+        return self.accelerator.gather(tensor.detach().float().reshape(-1)).mean().item()
+
+    def log_step(
+        self, rollout: Rollout, train_stats: dict[str, torch.Tensor], timings: dict[str, float], learning_rate: float
+    ) -> dict[str, float]:
+        """Metrics of one update (TRL names), averaged over all processes. Computed every update, logged per
+        ``logging_steps``. ``lr`` is the learning rate this update used."""
+        a = self.args
+        gather = self.accelerator.gather
+        token_mask = rollout.token_mask if rollout.token_mask is not None else torch.ones_like(rollout.kl, dtype=torch.bool)
+        kl_sum = gather(rollout.kl.sum(1))  # (B_all,)
+        non_score_sum = gather(rollout.non_score_rewards.sum(1))
+        scores = gather(rollout.scores)
+        returns = train_stats.pop("returns")
+        episodes = self.state.global_step * a.batch_size
+        elapsed = max(time.time() - self._train_start_time, 1e-9)
+        session_episodes = (self.state.global_step - self._initial_global_step) * a.batch_size
+        tokens_per_episode = gather(rollout.query_mask.sum(1).float()).mean().item() + a.response_length
+        metrics = {
+            "eps": session_episodes / elapsed,
+            "objective/tokens_per_second": session_episodes * tokens_per_episode / elapsed,
+            "objective/kl": kl_sum.mean().item(),
+            "objective/kl_coef": rollout.kl_coef,
+            "objective/entropy": self._mean((-rollout.logprobs * token_mask).sum(1)),
+            "policy/entropy_avg": gather(masked_mean(rollout.entropy, token_mask).reshape(1)).mean().item(),
+            "objective/non_score_reward": non_score_sum.mean().item(),
+            "objective/rlhf_reward": (scores + non_score_sum).mean().item(),
+            "objective/scores": scores.mean().item(),
+            "objective/scores_std": scores.std(unbiased=False).item(),
+            "objective/raw_scores": self._mean(rollout.raw_scores),
+            "objective/penalized_frac": self._mean((~rollout.valid).float()),
+            "val/explained_variance": explained_variance(gather(rollout.values), gather(returns)),
+            "val/mean": self._mean(rollout.values),
+            "val/num_eos_tokens": float(
+                gather((rollout.response_ids == self.processing_class.eos_token_id).sum().reshape(1)).sum().item()
+            )
+            if self.processing_class.eos_token_id is not None
+            else 0.0,
+        }
+        for key, value in train_stats.items():
+            metrics[key] = self._mean(value)
+        metrics["lr"] = learning_rate
+        metrics["episode"] = episodes
+        for key, value in timings.items():
+            metrics[f"time/{key}"] = value
+        return metrics
+
+    def log_samples(self, rollout: Rollout, num_samples: int = 8) -> None:
+        """Print (and log to wandb / trackio when active) a table of query, truncated response and score."""
+        n = min(num_samples, len(rollout))
+        table = {
+            "query": gather_object(rollout.query_texts[:n]),
+            "response": gather_object(rollout.response_texts[:n]),
+            "score": gather_object(rollout.scores[:n].tolist()),
+            "penalized": gather_object((~rollout.valid[:n]).tolist()),
+        }
+        df = pd.DataFrame(table)
+        self.last_samples = df
+        if not self.accelerator.is_main_process:
+            return
+        try:
+            print_prompt_completions_sample(
+                df["query"].tolist(), df["response"].tolist(), {"score": df["score"].tolist()}, None,
+                self.state.global_step, extra={"penalized": df["penalized"].tolist()},
+            )
+        except ImportError:  # rich is not installed
+            print(f"PPO samples at step {self.state.global_step}:\n{df.to_string()}")
+        self._log_table("samples", df)
+
+    def _log_table(self, name: str, df: pd.DataFrame) -> None:
+        """Log a table to the active wandb / trackio run (``report_to``), on the main process."""
+        report_to = self.args.report_to or []
+        if "wandb" in report_to:
+            import wandb  # optional integration
+
+            if wandb.run is not None:
+                wandb.log({name: wandb.Table(dataframe=df)})
+        if "trackio" in report_to:
+            import trackio  # optional integration
+
+            trackio.log({name: trackio.Table(dataframe=df)})
+
+    @torch.no_grad()
+    def generate_completions(self, sampling: bool = False) -> pd.DataFrame | None:
+        """TRL 1.12's completions table on ``eval_dataset``: near-greedy responses (T = 0.01), cut by the run's rule,
+        scored by the reward (no penalty); ``sampling=True`` stops after the first batch of
+        ``per_device_eval_batch_size`` queries (what training shows every ``num_sample_generations``-th time).
+        Prints the first 5 rows, logs the table to wandb / trackio; returns it (None without an eval set)."""
+        if self.eval_dataset is None:
+            return None
+        a, spec, device = self.args, self.rollout_spec, self.accelerator.device
+        rows = list(range(len(self.eval_dataset)))[self.accelerator.process_index :: self.accelerator.num_processes]
+        table: dict[str, list[Any]] = {"query": [], "model response": [], "score": []}
+        # its own generator: showing completions never changes what training samples
+        generator = torch.Generator(device=device).manual_seed(a.seed + 17 + 1_000_003 * self.accelerator.process_index)
+        self.model.eval()
+        for start in range(0, len(rows), a.per_device_eval_batch_size):
+            batch = self.eval_dataset[rows[start : start + a.per_device_eval_batch_size]]
+            query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
+            with self.accelerator.autocast():
+                responses = sample_responses(
+                    self._unwrapped().policy, query_ids.to(device), query_mask.to(device), spec.response_length,
+                    COMPLETIONS_TEMPERATURE, generator,
+                )
+            texts = self.decode_responses(responses, spec.cut(responses).lengths)
+            table["query"] += list(batch["query"])
+            table["model response"] += texts
+            table["score"] += self.score(list(batch["query"]), texts).tolist()
+            if sampling:
+                break
+        df = pd.DataFrame({key: gather_object(values) for key, values in table.items()})
+        if self.accelerator.is_main_process:
+            print(df.iloc[:5].to_string())
+            self._log_table("completions", df)
+        return df
