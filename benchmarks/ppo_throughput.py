@@ -1,8 +1,8 @@
 """Episodes/second and peak memory of hf_prefs PPO vs TRL's last PPOTrainer (trl.experimental.ppo, TRL 1.12).
 
-TRL removed PPOTrainer in 1.13, so the baseline runs from TRL 1.12 installed (``--no-deps``) in a virtual environment
-that this script builds on top of the current one (``python -m venv --system-site-packages``); every measurement
-runs in its own subprocess, one after the other, in the same invocation.
+TRL removed PPOTrainer in 1.13, so the baseline runs from TRL 1.12 installed (``--no-deps``) into a folder of its own
+that is put first on that subprocess's ``PYTHONPATH`` (same interpreter and packages, so it works from any venv);
+every measurement runs in its own subprocess, one after the other, in the same invocation.
 
 Same work on every side (printed at start):
   - the same tiny GPT-2 policy (real GPT-2 vocabulary), the same tiny GPT-2 reward model (sequence classification),
@@ -23,7 +23,7 @@ honest number on CPU.
 
 Usage::
 
-    python benchmarks/ppo_throughput.py                      # builds the venv once (pip: trl==1.12.0 --no-deps)
+    python benchmarks/ppo_throughput.py                      # installs trl==1.12.0 --no-deps once, into the cache
     python benchmarks/ppo_throughput.py --updates 6 --threads 1
 """
 
@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 
 
-def default_venv() -> Path:
-    """``<hf_prefs cache>/bench/trl-1.12-venv`` (the cache folder of :mod:`hf_prefs.assets`)."""
+def default_trl_dir() -> Path:
+    """``<hf_prefs cache>/bench/trl-1.12`` (the cache folder of :mod:`hf_prefs.assets`): TRL 1.12 alone."""
     from hf_prefs.assets import cache_dir
 
-    return Path(cache_dir()) / "bench" / "trl-1.12-venv"
+    return Path(cache_dir()) / "bench" / "trl-1.12"
 
 SIDES = ("trl-1.12", "hf_prefs", "hf_prefs-separate")
 
@@ -148,25 +148,27 @@ def worker(args) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # the driver
 # ---------------------------------------------------------------------------------------------------------------------
-def ensure_venv(venv: Path) -> Path:
-    """A venv that sees this environment's packages, with trl==1.12.0 installed over them (no dependencies)."""
-    python = venv / "bin" / "python"
-    check = [str(python), "-c", "import trl, sys; sys.exit(trl.__version__ != '1.12.0')"]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    print(f"building {venv} (python -m venv --system-site-packages; pip install trl==1.12.0 --no-deps)", flush=True)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "trl==1.12.0", "--no-deps"], check=True)
-    subprocess.run(check, check=True)
-    return python
+def ensure_trl_112(target: Path) -> Path:
+    """A folder holding trl==1.12.0 alone (``pip install --target --no-deps``); put first on ``PYTHONPATH`` it shadows
+    the installed TRL for that process only, with this interpreter and its packages (a venv of its own would need
+    ``--system-site-packages`` from a base interpreter that may have no torch)."""
+    check = [sys.executable, "-c", "import trl, sys; sys.exit(trl.__version__ != '1.12.0')"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    if target.is_dir() and subprocess.run(check, env=env, capture_output=True).returncode == 0:
+        return target
+    print(f"installing trl==1.12.0 --no-deps into {target}", flush=True)
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(target), "--no-deps", "--upgrade",
+                    "trl==1.12.0"], check=True)
+    subprocess.run(check, env=env, check=True)
+    return target
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # worker mode
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
-    parser.add_argument("--venv", type=Path, default=None, help="where to build the TRL 1.12 venv (default: in the hf_prefs cache)")
+    parser.add_argument("--trl-dir", type=Path, default=None, help="where to install TRL 1.12 (default: in the hf_prefs cache)")
     parser.add_argument("--updates", type=int, default=6)
     parser.add_argument("--batch", type=int, default=32, help="episodes per PPO update")
     parser.add_argument("--micro-batch", type=int, default=8)
@@ -182,7 +184,7 @@ def main() -> None:
     parser.add_argument("--n-head", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per measurement (1: stable on shared CPUs)")
     parser.add_argument("--output-dir", default="/tmp/hf_prefs_ppo_bench")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.batch % args.micro_batch or (args.batch // args.micro_batch) % args.mini_batches:
         parser.error("--batch must be a multiple of --micro-batch, and batch/micro-batch a multiple of --mini-batches")
 
@@ -192,7 +194,7 @@ def main() -> None:
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    trl_python = ensure_venv(args.venv or default_venv()) if "trl-1.12" in args.sides else None
+    trl_dir = ensure_trl_112(args.trl_dir or default_trl_dir()) if "trl-1.12" in args.sides else None
     print(
         f"PPO throughput: tiny GPT-2 (n_layer={args.n_layer}, n_embd={args.n_embd}, vocab 50257), {args.updates} updates "
         f"x {args.batch} episodes, {args.mini_batches} minibatch(es), {args.epochs} PPO epochs, micro-batch "
@@ -207,9 +209,11 @@ def main() -> None:
         forwarded += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     results = {}
     for side in args.sides:
-        python = str(trl_python) if side == "trl-1.12" else sys.executable
-        cmd = [python, str(Path(__file__).resolve()), "--side", side, *forwarded]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        side_env = dict(env)
+        if side == "trl-1.12":  # this interpreter, with TRL 1.12 first on the path
+            side_env["PYTHONPATH"] = os.pathsep.join([str(trl_dir), env["PYTHONPATH"]])
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, *forwarded]
+        proc = subprocess.run(cmd, env=side_env, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             print(proc.stdout[-3000:], proc.stderr[-5000:], sep="\n")

@@ -23,12 +23,7 @@ from trl import RewardTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.base_config import _BaseConfig
 from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import (
-    disable_dropout_in_model,
-    print_prompt_completions_sample,
-    selective_log_softmax,
-    selective_log_softmax_and_entropy,
-)
+from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
 
 __all__ = [
     "TESTED_VERSIONS",
@@ -38,8 +33,6 @@ __all__ = [
     "disable_dropout_in_model",
     "get_dataset_column_names",
     "print_prompt_completions_sample",
-    "selective_log_softmax",
-    "selective_log_softmax_and_entropy",
     "default_world_size",
     "tied_weights_keys",
     "trainer_learning_rate",

@@ -1,11 +1,13 @@
-"""Label-count study on mock sentiment (paper Figures 2-3): direct RL on the known reward, RL on reward models from
-N simulated best-of-4 labels for each N in --label_counts, and the optimal KL-reward frontier of rho.
+"""Label-count study on mock sentiment (paper Figures 2-3) with seeds: direct RL on the known reward and RL on reward
+models from N simulated best-of-4 labels for each N in --label_counts, each for every seed in --seeds, evaluated on
+the same held-out queries, with the optimal KL-reward frontier read at each run's KL where its ESS >= --min_ess.
 
-    python recipes/study_sentiment.py --config recipes/configs/sentiment_offline.yaml --label_counts 64 128 256 \
-        --output_dir runs/study_sentiment
+    python recipes/study_sentiment.py --config recipes/configs/study_sentiment.yaml --output_dir docs/study
 
-Fields: hf_prefs.pipeline.PipelineArguments, hf_prefs.analysis.study.StudyArguments (label_counts,
-frontier_samples), hf_prefs.PPOConfig and TRL's ModelConfig. Then `hf-prefs report runs/study_sentiment`.
+Resumable: runs already in <output_dir>/study.csv are skipped, so the same command finishes an interrupted study.
+Fields: hf_prefs.pipeline.PipelineArguments, hf_prefs.analysis.study.StudyArguments (label_counts, seeds,
+frontier_queries, frontier_samples, policy_samples, min_ess), hf_prefs.PPOConfig and TRL's ModelConfig.
+Then `hf-prefs report docs/study`.
 """
 
 from hf_prefs.analysis.study import study_main

@@ -65,3 +65,28 @@ def test_bad_input_names_position():
         optimal_policy_stats(np.array([[0.0, 1.0, 2.0], [0.0, 1.0, np.nan]]), 1.0)
     with pytest.raises(ValueError, match="beta"):
         optimal_policy_stats(np.zeros(3), 0.0)
+
+
+def test_importance_sampling_from_another_policy_matches_the_closed_form():
+    """Samples of q (not rho) weighted by rho/q: exact when they reproduce q; and at high KL, where rho's samples
+    are too few (ESS ~ 1), samples of a policy near pi* keep a large effective sample size."""
+    q_probs = np.array([0.55, 0.25, 0.1, 0.1])  # a proposal that favours the high-reward outcome
+    samples = np.repeat(np.arange(4), (q_probs * 20).astype(int))  # 20 samples in q's exact proportions
+    log_ratio = np.log(RHO[samples]) - np.log(q_probs[samples])
+    for beta in (0.2, 0.5, 2.0):
+        reward, kl, _ = optimal_policy_stats(R[samples], beta, log_ratio)
+        er, ekl = exact(beta)
+        assert reward[0] == pytest.approx(er, rel=1e-10) and kl[0] == pytest.approx(ekl, rel=1e-9, abs=1e-12)
+    rng = np.random.default_rng(0)
+    rho_draws = rng.choice(4, size=(50, 8), p=RHO)
+    pi_draws = rng.choice(4, size=(50, 8), p=q_probs)
+    from hf_prefs.core.frontier import frontier_at_kl, mixture_log_ratio
+
+    pooled = np.concatenate([rho_draws, pi_draws], axis=1)  # (Q, 16): 8 from rho, 8 from the policy
+    lr = mixture_log_ratio(np.log(RHO[pooled]), [np.log(RHO[pooled]), np.log(q_probs[pooled])], [8, 8])
+    rho_only = optimal_frontier(R[rho_draws], [0.15], n_bootstrap=0)[0]
+    mixed = optimal_frontier(R[pooled], [0.15], n_bootstrap=0, log_ratio=lr)[0]
+    assert mixed.mean_ess > 2 * rho_only.mean_ess
+    assert abs(mixed.reward - exact(0.15)[0]) < 0.05
+    reward, se, ess = frontier_at_kl(optimal_frontier(R[pooled], [0.15, 1.0], n_bootstrap=20, log_ratio=lr), 0.3)
+    assert np.isfinite(reward) and se >= 0 and ess > 1

@@ -1,4 +1,5 @@
-"""The label-count study (paper Figs. 2-3) and run reports, end to end on a tiny GPT-2."""
+"""The label-count study (paper Figs. 2-3, with seeds and a frontier read where its ESS allows), its resume, and run
+reports, end to end on a tiny GPT-2."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import numpy as np
 import pytest
 import yaml
 
-from hf_prefs.core.frontier import FrontierPoint, frontier_reward_at_kl
+import hf_prefs.analysis.study as study_mod
 from hf_prefs.analysis.report import write_report
-from hf_prefs.analysis.study import gain_fraction, study_main
+from hf_prefs.analysis.study import STUDY_FIELDS, gain_fraction, study_main, summarize
 from hf_prefs.cli import main as cli_main
+from hf_prefs.core.frontier import FrontierPoint, frontier_at_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml")
+REQUIRED = ["run", "seed", "labels", "known_reward", "kl", "frontier_reward_at_kl", "frontier_ess_at_kl",
+            "frac_frontier", "frac_direct"]
 
 
 @pytest.fixture(scope="module")
@@ -43,63 +47,108 @@ def _tiny_args(config: str, base: str, out: Path, *extra: str) -> list[str]:
     ]
 
 
+STUDY_ARGS = ("--label_counts", "8", "16", "--seeds", "0", "1", "--frontier_queries", "3", "--frontier_samples", "6",
+              "--policy_samples", "4", "--min_ess", "2")
+
+
+def _rows(out: Path, name: str = "study.csv") -> list[dict[str, str]]:
+    with open(out / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 @pytest.fixture(scope="module")
 def study(config, tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    rows = study_main(argv=_tiny_args(config, tiny_base, out, "--label_counts", "8", "16", "--frontier_samples", "4"))
-    return out, rows
+    summary = study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))
+    return out, summary
 
 
-def test_study_outputs_and_consistent_frontier(study):
-    out, rows = study
-    for name in ("study.csv", "frontier.csv", "study.json", "labels.jsonl", "runs/direct/metrics.jsonl",
-                 "runs/rm_8/metrics.jsonl", "runs/rm_16/reward_model/config.json"):
+def test_study_rows_follow_their_definitions(study):
+    out, _ = study
+    for name in ("study.csv", "study_summary.csv", "frontier_rho.csv", "labels_s0.jsonl", "labels_s1.jsonl",
+                 "runs/direct_s0/metrics.jsonl", "runs/rm8_s1/eval.json", "runs/rm16_s0/reward_model/config.json"):
         assert (out / name).is_file(), name
     for png in ("kl_vs_reward.png", "reward_vs_labels.png"):
         assert (out / png).stat().st_size > 5_000, png
-    with open(out / "study.csv", newline="") as f:
-        csv_rows = list(csv.DictReader(f))
-    assert [(r["kind"], int(r["N"])) for r in csv_rows] == [("direct", 0), ("rm", 8), ("rm", 16)]
-    info = json.loads((out / "study.json").read_text())
-    for run in info["runs"]:  # each run: 2 PPO updates, evaluated on the 6 held-out queries
-        assert run["ppo_updates"] == 2 and run["n"] == 6
-        ev = json.loads((out / "runs" / ("direct" if run["kind"] == "direct" else f"rm_{run['N']}") / "eval.json").read_text())
-        assert run["known_reward"] == pytest.approx(np.mean(ev["known_rewards"])) and run["kl"] == pytest.approx(np.mean(ev["kl"]))
-    with open(out / "frontier.csv", newline="") as f:
-        frontier = [FrontierPoint(**{k: float(v) for k, v in r.items()}) for r in csv.DictReader(f)]
-    assert math.isinf(frontier[0].beta) and frontier[0].kl == 0.0
-    kls = [p.kl for p in frontier]
-    assert kls == sorted(kls) and kls[-1] > 0
-    rho = info["rho_known_reward"]  # the beta -> inf point is rho's mean known reward
-    assert frontier_reward_at_kl(frontier, 0.0) == pytest.approx(rho, abs=1e-6)
-    assert [p.reward for p in frontier] == sorted(p.reward for p in frontier)  # more KL buys more reward
-    direct = rows[0]["known_reward"]
-    for r, c in zip(rows, csv_rows):
-        f_at = frontier_reward_at_kl(frontier, r["kl"])
-        assert float(c["frontier_reward_at_kl"]) == pytest.approx(f_at, abs=1e-9)
-        # a run whose KL estimate is <= 0 sits at the frontier's KL-0 point (rho): its fraction is undefined (NaN)
-        expected = (r["known_reward"] - rho) / (f_at - rho) if f_at != rho else math.nan
-        assert r["frac_of_frontier"] == pytest.approx(expected, nan_ok=True)
-        assert r["frac_of_direct_rl"] == pytest.approx((r["known_reward"] - rho) / (direct - rho))
-    assert rows[0]["frac_of_direct_rl"] == pytest.approx(1.0)
+    rows = _rows(out)
+    assert set(REQUIRED) <= set(rows[0]) and list(rows[0]) == STUDY_FIELDS
+    assert sorted((r["run"], int(r["seed"]), int(r["labels"])) for r in rows) == [
+        ("direct", 0, 0), ("direct", 1, 0), ("rm", 0, 8), ("rm", 0, 16), ("rm", 1, 8), ("rm", 1, 16)]
+    # a seed changes the labels
+    assert (out / "labels_s0.jsonl").read_text() != (out / "labels_s1.jsonl").read_text()
+    direct = {int(r["seed"]): float(r["gain"]) for r in rows if r["run"] == "direct"}
+    for r in rows:
+        name = "direct" if r["run"] == "direct" else f"rm{r['labels']}"
+        ev = json.loads((out / "runs" / f"{name}_s{r['seed']}" / "eval.json").read_text())
+        kl, known, rho = float(r["kl"]), float(r["known_reward"]), float(r["rho_known_reward"])
+        assert int(r["ppo_updates"]) == 2 and len(ev["known_rewards"]) == 6
+        assert known == pytest.approx(np.mean(ev["known_rewards"])) and kl == pytest.approx(np.mean(ev["kl"]))
+        assert float(r["gain"]) == pytest.approx(known - rho, abs=1e-9)  # paired mean difference = difference of means
+        frontier = [FrontierPoint(**p) for p in ev["frontier"]]
+        f_reward, _, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
+        assert float(r["frontier_reward_at_kl"]) == pytest.approx(f_reward)
+        assert float(r["frontier_ess_at_kl"]) == pytest.approx(f_ess)
+        assert (r["frontier_qualified"] == "True") == (f_ess >= 2 and kl <= max(p.kl for p in frontier))
+        rho_f = frontier_at_kl(frontier, 0.0)[0]
+        assert float(r["frac_frontier"]) == pytest.approx(gain_fraction(float(r["gain"]), f_reward - rho_f), nan_ok=True)
+        assert float(r["frac_direct"]) == pytest.approx(float(r["gain"]) / direct[int(r["seed"])])
+        # the frontier pools rho's samples with the policy's: KL grows along it, and at KL 0 it is rho's mean
+        assert [p.kl for p in frontier] == sorted(p.kl for p in frontier) and math.isinf(frontier[0].beta)
     # untruncated responses: every run is scored by its own reward, so the RM runs are not copies of direct RL
-    last = [json.loads((out / "runs" / n / "metrics.jsonl").read_text().splitlines()[-1]) for n in ("direct", "rm_8")]
-    assert all(m["objective/penalized_frac"] == 0 for m in last)
+    last = [json.loads((out / "runs" / n / "metrics.jsonl").read_text().splitlines()[-1]) for n in ("direct_s0", "rm8_s0")]
     assert last[0]["objective/scores"] == pytest.approx(last[0]["objective/known_reward"])
     assert last[1]["objective/scores"] != pytest.approx(last[1]["objective/known_reward"])
 
 
-def test_gain_fraction():
-    assert gain_fraction(3.0, 5.0, 1.0) == 0.5 and gain_fraction(-1.0, 1.0, -3.0) == 0.5
-    assert math.isnan(gain_fraction(2.0, 1.0, 1.0))
+def test_summary_is_mean_and_se_over_seeds(study):
+    out, summary = study
+    rows = _rows(out)
+    assert [(s["run"], s["labels"], s["seeds"]) for s in summary] == [("direct", 0, 2), ("rm", 8, 2), ("rm", 16, 2)]
+    for s in summary:
+        mine = [r for r in rows if r["run"] == s["run"] and int(r["labels"]) == s["labels"]]
+        for key in ("known_reward", "kl", "gain"):
+            v = np.array([float(r[key]) for r in mine])
+            assert s[key] == pytest.approx(v.mean()) and s[f"{key}_se"] == pytest.approx(v.std(ddof=1) / math.sqrt(2))
+        qualified = [float(r["frac_frontier"]) for r in mine if r["frontier_qualified"] == "True"]
+        assert s["frontier_qualified_runs"] == len(qualified)
+        if qualified:
+            assert s["frac_frontier"] == pytest.approx(np.mean(qualified))
+    assert _rows(out, "study_summary.csv")[0]["run"] == "direct"
+
+
+def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
+    out, _ = study
+    before = (out / "study.csv").read_text().splitlines()
+    kept = [line for line in before if not line.startswith("rm,1,16,")]
+    assert len(kept) == len(before) - 1
+    (out / "study.csv").write_text("\n".join(kept) + "\n")
+    ran: list[str] = []
+    real = study_mod._ppo_run
+    monkeypatch.setattr(study_mod, "_ppo_run", lambda ctx, name, *a: ran.append(name) or real(ctx, name, *a))
+    study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))
+    assert ran == ["rm16_s1"]
+    after = (out / "study.csv").read_text().splitlines()
+    assert after[: len(kept)] == kept and len(after) == len(before) and after[-1].startswith("rm,1,16,")
+    ran.clear()
+    study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))  # complete: nothing runs
+    assert ran == []
+
+
+def test_gain_fraction_and_summarize_skip_unqualified():
+    assert gain_fraction(1.0, 2.0) == 0.5 and math.isnan(gain_fraction(1.0, 0.0))
+    rows = [{"run": "rm", "labels": "8", "known_reward": "1", "kl": "2", "gain": "0.5", "frac_direct": "0.5",
+             "frontier_ess_at_kl": e, "frac_frontier": f, "frontier_qualified": q}
+            for e, f, q in (("40", "0.8", "True"), ("3", "0.1", "False"), ("50", "0.6", "True"))]
+    (s,) = summarize(rows)
+    assert s["seeds"] == 3 and s["frontier_qualified_runs"] == 2 and s["frac_frontier"] == pytest.approx(0.7)
 
 
 def test_report_for_study_and_pipeline_run_and_cli(study, config, tiny_base, tmp_path):
     out, _ = study
     text = write_report(out).read_text()
     assert "![kl_vs_reward](kl_vs_reward.png)" in text and "![reward_vs_labels](reward_vs_labels.png)" in text
-    assert "| kind | N |" in text and text.count("| rm |") == 2 and "| direct |" in text
-    assert "## Last PPO update" in text and "| objective/kl |" in text
+    assert "## Study summary (mean ± SE over seeds)" in text and text.count("| rm | 8 | 2 |") == 1
+    assert "| run | seed | labels |" in text and text.count("| rm |") >= 4 and "## Last PPO update" in text
 
     from hf_prefs.pipeline import main
 

@@ -1,6 +1,6 @@
 """``report.md`` for a run folder: a pipeline run (``summary.json``, ``metrics.jsonl``) or a study (``study.csv``).
 
-The report has a summary table, links to the folder's PNG plots and the metrics of the last PPO update
+The report has a summary table (for a study: each point's mean ± SE over seeds, then one row per run), links to the folder's PNG plots and the metrics of the last PPO update
 (one column per run for a study).
 """
 
@@ -40,7 +40,8 @@ def write_report(run_dir: str | Path) -> Path:
     if (run / "study.csv").is_file():
         with open(run / "study.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-        lines += ["## Study (known reward on held-out queries)", ""]
+        lines += _study_summary(run / "study_summary.csv")
+        lines += ["", "## Runs (known reward on held-out queries)", ""]
         lines += _table(list(rows[0]), [[_num(v) for v in r.values()] for r in rows]) if rows else ["(no runs)"]
         for d in sorted((run / "runs").glob("*/metrics.jsonl")):
             last[d.parent.name] = _last_update(d)
@@ -66,6 +67,22 @@ def write_report(run_dir: str | Path) -> Path:
     path = run / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _study_summary(path: Path) -> list[str]:
+    """The study's points as ``mean +- SE (seeds)``: known reward, KL, gain over rho and the two fractions."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = ["known_reward", "kl", "gain", "frac_frontier", "frac_direct", "frontier_ess_at_kl"]
+
+    def cell(r: dict[str, str], k: str) -> str:
+        return f"{float(r[k]):.3g} ± {float(r[k + '_se']):.2g}"
+
+    header = ["run", "labels", "seeds", *keys, "frontier_qualified_runs"]
+    body = [[r["run"], r["labels"], r["seeds"], *[cell(r, k) for k in keys], r["frontier_qualified_runs"]] for r in rows]
+    return ["## Study summary (mean ± SE over seeds)", "", *_table(header, body)]
 
 
 def _num(v: str) -> Any:

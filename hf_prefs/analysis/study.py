@@ -1,34 +1,39 @@
-"""The paper's label-count study (Figures 2 and 3) at machine scale, for a task with a known reward (mock sentiment).
+"""The paper's label-count study (Figures 2 and 3) at machine scale, with seeds, error bars and a frontier read only
+where it is trustworthy, for a task with a known reward (mock sentiment).
 
-Runs, all evaluated by :func:`hf_prefs.pipeline.evaluate_policy` on the same held-out queries, each made of the
-pipeline's stages (the recipes' labels, reward model and PPO):
+Runs, each made of the pipeline's stages and evaluated on the same held-out queries with the same sampling seed:
 
-- ``direct``: PPO on the known reward itself (r = r_s of the truncated response);
+- ``direct``: PPO on the known reward itself;
 - ``rm`` for each N in ``label_counts``: PPO on a reward model trained from the first N simulated best-of-K labels;
-- the optimal frontier of the known reward from M samples of rho per held-out query
-  (:func:`hf_prefs.analysis.frontier.optimal_frontier` over a beta grid that includes beta = inf, i.e. KL = 0).
 
-With R_rho the mean known reward of the rho samples (the frontier at KL 0), each run's fractions are of the gain
-over rho:
+for every seed in ``seeds`` (a seed changes the labels, the reward model and PPO). Each run's gain over rho (known
+reward after minus rho's, paired on the held-out queries) is compared with
 
-    frac_of_frontier  = (R_run - R_rho) / (R_frontier(KL_run) - R_rho)
-    frac_of_direct_rl = (R_run - R_rho) / (R_direct - R_rho)
+    frac_frontier = gain / (R_frontier(KL_run) - R_rho)      the optimal KL-reward frontier at the run's KL
+    frac_direct   = gain / gain_direct(same seed)            direct RL with the same seed
 
-(NaN when the denominator is 0, e.g. a run whose one-sample KL estimate is <= 0 sits at the frontier's KL-0
-point). ``beyond_frontier_kl`` marks runs whose KL exceeds the largest KL the frontier reaches (at most log M with M
-samples per query); their frontier reward is read at the frontier's end, so their fraction is an upper bound.
-Outputs in ``output_dir``: ``study.csv``, ``frontier.csv``, ``study.json``, ``kl_vs_reward.png`` (Fig. 3 style), ``reward_vs_labels.png`` (Fig. 2 style) and ``runs/<name>/`` per run.
+The frontier (:mod:`hf_prefs.core.frontier`) of a run is estimated on the first ``frontier_queries`` held-out queries
+from ``frontier_samples`` samples of rho per query pooled with ``policy_samples`` samples of the run's own policy per
+query, weighted by multiple importance sampling (the policy's samples reach the high-KL end that rho's samples do
+not), and read at the run's KL with its effective sample size: ``frontier_ess_at_kl`` (mean over queries);
+``frontier_qualified`` says whether it is >= ``min_ess`` and the run's KL lies inside the frontier's grid (past it the
+read is clamped). ``frac_frontier`` is averaged over qualified runs only.
+
+Resumable: ``study.csv`` gets a row as soon as a run is done, and a run whose (run, seed, labels) row is already
+there is skipped, so a long study can be finished across several invocations. Outputs in ``output_dir``:
+``study.csv`` (one row per run), ``study_summary.csv`` (mean and standard error across seeds per point),
+``frontier_rho.csv`` (the rho-only frontier), ``kl_vs_reward.png`` (Fig. 3 style), ``reward_vs_labels.png``
+(Fig. 2 style), ``runs/<run>/`` per run.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,8 +41,9 @@ import torch
 from matplotlib.figure import Figure
 from trl import ModelConfig, TrlParser
 
-from ..core.frontier import FrontierPoint, frontier_reward_at_kl, optimal_frontier
+from ..core.frontier import FrontierPoint, frontier_at_kl, mixture_log_ratio, optimal_frontier
 from ..core.rollout import RolloutSpec
+from ..core.stats import mean_and_se
 from ..models.reward_model import score_texts
 from ..pipeline import (
     Base,
@@ -53,16 +59,20 @@ from ..pipeline import (
     validate_pipeline_config,
     write_metrics,
 )
+from ..pipeline.evaluate import sample_with_logprobs, sequence_logprobs
 from ..tasks.known_rewards import make_known_reward
 from ..trainers.ppo_config import PPOConfig
 
-__all__ = ["DEFAULT_BETAS", "StudyArguments", "gain_fraction", "run_study", "study_main"]
+__all__ = ["DEFAULT_BETAS", "STUDY_FIELDS", "StudyArguments", "gain_fraction", "run_study", "study_main", "summarize"]
 
 #: beta grid of the frontier; inf gives the KL = 0 point (rho itself).
-DEFAULT_BETAS: tuple[float, ...] = (math.inf, 100.0, 30.0, 10.0, 5.0, 3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1)
+DEFAULT_BETAS: tuple[float, ...] = (
+    math.inf, 100.0, 30.0, 10.0, 5.0, 3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.07, 0.05,
+)
 
-STUDY_FIELDS = ["kind", "N", "known_reward", "kl", "frontier_reward_at_kl", "frac_of_frontier", "frac_of_direct_rl",
-                "beyond_frontier_kl"]
+STUDY_FIELDS = ["run", "seed", "labels", "known_reward", "kl", "gain", "gain_se", "frontier_reward_at_kl",
+                "frontier_ess_at_kl", "frontier_qualified", "frac_frontier", "frac_direct", "rho_known_reward",
+                "rm_eval_accuracy", "ppo_updates"]
 
 
 @dataclass
@@ -70,169 +80,278 @@ class StudyArguments:
     """What the study recipe adds to the pipeline's arguments."""
 
     label_counts: list[int] = field(default_factory=lambda: [64, 128, 256], metadata={"help": "N values (labels per RM)."})
-    frontier_samples: int = field(default=16, metadata={"help": "rho samples per held-out query for the frontier."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds per point (labels, RM, PPO)."})
+    frontier_queries: int = field(default=40, metadata={"help": "Held-out queries the frontier is estimated on."})
+    frontier_samples: int = field(default=64, metadata={"help": "rho samples per frontier query."})
+    policy_samples: int = field(default=48, metadata={"help": "Samples of each run's policy per frontier query."})
+    min_ess: float = field(default=30.0, metadata={"help": "Read the frontier only where its effective sample size is this."})
 
 
-def gain_fraction(reward: float, reference: float, baseline: float) -> float:
-    """(reward - baseline) / (reference - baseline); NaN when reference == baseline."""
-    denom = reference - baseline
-    return float((reward - baseline) / denom) if denom != 0 else float("nan")
+def gain_fraction(gain: float, reference_gain: float) -> float:
+    """gain / reference_gain; NaN when the reference gain is 0."""
+    return float(gain / reference_gain) if reference_gain != 0 else float("nan")
 
 
-def _ppo_run(
-    name: str, reward: Any, cfg: Any, model_args: Any, base: Base, ppo_q: Any, eval_q: list[str], known: Any,
-    eval_kw: dict[str, Any], output_dir: str,
-) -> dict[str, Any]:
-    """PPO (the pipeline's known-reward-tracking trainer) on ``reward``, then the held-out evaluation."""
-    run_dir = os.path.join(output_dir, "runs", name)
+# ---------------------------------------------------------------------------------------------------------------------
+# the frontier of one run: rho's samples pooled with the run's own
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class RhoSamples:
+    """``frontier_samples`` rho samples per frontier query: token ids, known rewards, log rho; (Q*M, ...)."""
+
+    queries: list[str]
+    per_query: int
+    ids: torch.Tensor
+    known: torch.Tensor
+    logp: torch.Tensor
+
+
+def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int) -> RhoSamples:
+    s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known)
+    return RhoSamples(list(queries), m, s["ids"], s["known"], s["logp"])
+
+
+def run_frontier(
+    policy: torch.nn.Module, base: Base, spec: RolloutSpec, rho: RhoSamples, p: int, known: Any, seed: int,
+    betas: Sequence[float], ref_model: torch.nn.Module | None,
+) -> list[FrontierPoint]:
+    """The frontier from rho's samples and ``p`` samples of ``policy`` per query, weighted by the balance heuristic
+    of multiple importance sampling over the two proposals (log-probabilities of every sample under both)."""
+    q, m = len(rho.queries), rho.per_query
+    mine = sample_with_logprobs(policy, base.tokenizer, rho.queries, spec, p, seed, known, ref_model=ref_model)
+    rows = [x for x in rho.queries for _ in range(m)]
+    logp_pi_on_rho = sequence_logprobs(policy, base.tokenizer, rows, rho.ids, spec)  # the policy on rho's samples
+    rewards = torch.cat([rho.known.view(q, m), mine["known"].view(q, p)], 1).numpy()  # (Q, M + P)
+    log_rho = torch.cat([rho.logp.view(q, m), mine["logp_ref"].view(q, p)], 1).numpy()
+    log_pi = torch.cat([logp_pi_on_rho.view(q, m), mine["logp"].view(q, p)], 1).numpy()
+    log_ratio = mixture_log_ratio(log_rho, [log_rho, log_pi], [m, p])
+    return optimal_frontier(rewards, list(betas), n_bootstrap=100, seed=seed, log_ratio=log_ratio)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class StudyContext:
+    """What every run of the study shares."""
+
+    pa: PipelineArguments
+    cfg: PPOConfig
+    model_args: Any
+    sa: StudyArguments
+    base: Base
+    spec: RolloutSpec
+    eval_q: list[str]
+    ppo_q: Any
+    known: Any
+    rho_eval: list[float]
+    rho_samples: RhoSamples
+    betas: Sequence[float]
+    output_dir: str
+
+
+def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, Any]:
+    """PPO (the pipeline's known-reward-tracking trainer) with ``seed`` on ``reward``, its held-out evaluation (paired
+    with rho's) and its frontier."""
+    run_dir = os.path.join(ctx.output_dir, "runs", name)
     os.makedirs(run_dir, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    trainer = make_ppo_trainer(cfg, model_args, base, reward, ppo_q, known_reward=known, output_dir=run_dir)
+    cfg = replace(ctx.cfg, seed=seed, output_dir=run_dir)
+    torch.manual_seed(seed)
+    trainer = make_ppo_trainer(cfg, ctx.model_args, ctx.base, reward, ctx.ppo_q, known_reward=ctx.known, output_dir=run_dir)
     train_policy(trainer)
     write_metrics(trainer.state.log_history, run_dir)
-    ref = None if trainer.is_peft_model else base.rho
-    ev = evaluate_policy(trained_policy(trainer), base.tokenizer, eval_q, ref_model=ref, known_reward=known, **eval_kw)
-    summary = {**ev.summary(), "ppo_updates": trainer.state.global_step}
+    ref = None if trainer.is_peft_model else ctx.base.rho
+    policy = trained_policy(trainer)
+    ev = evaluate_policy(policy, ctx.base.tokenizer, ctx.eval_q, ctx.spec, ref_model=ref, known_reward=ctx.known,
+                         batch_size=ctx.pa.sampling_batch_size, seed=ctx.cfg.seed + 2)
+    gain, gain_se = mean_and_se(torch.tensor(ev.known_rewards, dtype=torch.float64) - torch.tensor(ctx.rho_eval, dtype=torch.float64))
+    kl = float(np.mean(ev.kl))
+    frontier = run_frontier(policy, ctx.base, ctx.spec, ctx.rho_samples, ctx.sa.policy_samples, ctx.known, seed + 7,
+                            ctx.betas, ref)
+    f_reward, _, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
+    rho_frontier = frontier_at_kl(frontier, 0.0)[0]
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump(ev.to_dict(), f, indent=1)
+        json.dump({**ev.to_dict(), "frontier": [asdict(p) for p in frontier]}, f, indent=1)
+    return {"known_reward": float(np.mean(ev.known_rewards)), "kl": kl, "gain": gain, "gain_se": gain_se,
+            "frontier_reward_at_kl": f_reward, "frontier_ess_at_kl": f_ess,
+            "frontier_qualified": bool(f_ess >= ctx.sa.min_ess and kl <= max(p.kl for p in frontier)),
+            "frac_frontier": gain_fraction(gain, f_reward - rho_frontier), "ppo_updates": trainer.state.global_step}
+
+
+def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], dict[str, Any]], label_q: list[str]) -> None:
+    """The direct-RL run and the reward-model runs of one seed that ``study.csv`` does not have yet."""
+    rho_mean = float(np.mean(ctx.rho_eval))
+    if ("direct", seed, 0) not in done:
+        result = _ppo_run(ctx, f"direct_s{seed}", lambda q, r: ctx.known(list(r)), seed)
+        _append(ctx, {"run": "direct", "seed": seed, "labels": 0, **result, "frac_direct": 1.0, "rho_known_reward": rho_mean}, done)
+    direct_gain = float(done[("direct", seed, 0)]["gain"])
+    todo = [n for n in ctx.sa.label_counts if ("rm", seed, n) not in done]
+    if not todo:
+        return
+    labels_path = os.path.join(ctx.output_dir, f"labels_s{seed}.jsonl")
+    cfg = replace(ctx.cfg, seed=seed)
+    labels, _ = collect_labels(ctx.pa, cfg, ctx.base.rho, ctx.base.tokenizer, label_q, ctx.spec)
+    labels.to_json(labels_path)
+    for n in todo:
+        if n > len(labels):
+            raise ValueError(f"label_counts: N={n} exceeds the {len(labels)} labels kept")
+        rm_dir = os.path.join(ctx.output_dir, "runs", f"rm{n}_s{seed}")
+        rm, rm_metrics = train_reward_model(ctx.pa, cfg, labels.select(range(n)), ctx.base.rho, ctx.base.tokenizer,
+                                            ctx.base.name, rm_dir, spec=ctx.spec)
+        result = _ppo_run(ctx, f"rm{n}_s{seed}", rm, seed)
+        _append(ctx, {"run": "rm", "seed": seed, "labels": n, **result, "frac_direct": gain_fraction(result["gain"], direct_gain),
+                      "rho_known_reward": rho_mean, "rm_eval_accuracy": rm_metrics.get("eval_accuracy")}, done)
+
+
+def _append(ctx: StudyContext, row: dict[str, Any], done: dict) -> None:
+    """One row more in ``study.csv`` (written at once: a crash loses no finished run)."""
+    path = os.path.join(ctx.output_dir, "study.csv")
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k) for k in STUDY_FIELDS})
+    done[(row["run"], int(row["seed"]), int(row["labels"]))] = row
+
+
+def _read_done(output_dir: str) -> dict[tuple[str, int, int], dict[str, Any]]:
+    path = os.path.join(output_dir, "study.csv")
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        return {(r["run"], int(r["seed"]), int(r["labels"])): r for r in csv.DictReader(f)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the study
+# ---------------------------------------------------------------------------------------------------------------------
+def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyArguments, output_dir: str,
+             betas: Sequence[float]) -> tuple[StudyContext, list[str]]:
+    base = load_base(model_args)
+    try:
+        eval_q, label_q, ppo_q, _ = split_queries(pa, cfg, base.tokenizer)
+    except ValueError as err:
+        raise ValueError(f"label_counts: max N {max(sa.label_counts)} is too large: {err}") from None
+    known = make_known_reward(pa.known_reward)
+    spec = RolloutSpec.from_config(cfg, base.tokenizer)
+    rho_ev = evaluate_policy(base.rho, base.tokenizer, eval_q, spec, ref_model=base.rho, known_reward=known,
+                             batch_size=pa.sampling_batch_size, seed=cfg.seed + 2)
+    rho_samples = _rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100)
+    q, m = len(rho_samples.queries), rho_samples.per_query
+    rho_frontier = optimal_frontier(rho_samples.known.view(q, m).numpy(), list(betas), n_bootstrap=100, seed=cfg.seed)
+    with open(os.path.join(output_dir, "frontier_rho.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rho_frontier[0])))
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in rho_frontier)
+    ctx = StudyContext(pa, cfg, model_args, sa, base, spec, eval_q, ppo_q, known, rho_ev.known_rewards, rho_samples,
+                       betas, output_dir)
+    return ctx, list(label_q)
+
+
+def run_study(
+    pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyArguments, output_dir: str,
+    betas: Sequence[float] = DEFAULT_BETAS,
+) -> list[dict[str, Any]]:
+    """Run what ``study.csv`` lacks of direct RL and RL on an RM per N in ``label_counts``, for every seed; write the
+    summary and the plots; return the summary rows (mean and SE per point)."""
+    counts = sorted(int(n) for n in sa.label_counts)
+    if not counts or counts[0] < 2:
+        raise ValueError(f"label_counts: need N >= 2 labels per run, got {list(sa.label_counts)}")
+    if not sa.seeds:
+        raise ValueError("seeds: give at least one seed")
+    if pa.known_reward in (None, "", "none"):
+        raise ValueError("known_reward: the study needs a known reward (direct RL, simulated labels, frontier)")
+    if min(sa.frontier_queries, sa.frontier_samples, sa.policy_samples) < 1:
+        raise ValueError("frontier_queries, frontier_samples and policy_samples must be >= 1")
+    pa = replace(pa, label_source="simulated", label_mode="offline", num_label_queries=counts[-1])
+    sa = replace(sa, label_counts=counts)
+    validate_pipeline_config(pa, cfg, model_args)
+    os.makedirs(output_dir, exist_ok=True)
+    done = _read_done(output_dir)
+    todo = [s for s in sa.seeds if any(k not in done for k in [("direct", s, 0)] + [("rm", s, n) for n in counts])]
+    if todo:
+        torch.manual_seed(cfg.seed)
+        ctx, label_q = _context(pa, cfg, model_args, sa, output_dir, betas)
+        for seed in todo:
+            _seed_runs(ctx, seed, done, label_q)
+    rows = [r for k, r in _read_done(output_dir).items() if k[1] in sa.seeds and (k[0] == "direct" or k[2] in counts)]
+    summary = summarize(rows)
+    with open(os.path.join(output_dir, "study_summary.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
+    _plot(summary, rows, output_dir)
     return summary
 
 
-def _plot(rows: list[dict[str, Any]], frontier: list[FrontierPoint], rho_mean: float, out: str) -> None:
-    direct = next(r for r in rows if r["kind"] == "direct")
-    rm_rows = [r for r in rows if r["kind"] == "rm"]
-    fig = Figure(figsize=(6, 4.2))  # no pyplot: the caller's matplotlib backend is left alone
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard error across seeds per point (direct RL; RM with N labels) of the known reward, KL, gain and
+    the fractions (``frac_frontier`` over the runs whose frontier read is ESS-qualified only)."""
+    points: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        points.setdefault((r["run"], int(r["labels"])), []).append(r)
+    out = []
+    for (run, labels), rs in sorted(points.items(), key=lambda kv: (kv[0][0] != "direct", kv[0][1])):
+        entry: dict[str, Any] = {"run": run, "labels": labels, "seeds": len(rs)}
+        for key in ("known_reward", "kl", "gain", "frac_direct", "frontier_ess_at_kl"):
+            entry[key], entry[f"{key}_se"] = _mean_se([float(r[key]) for r in rs])
+        qualified = [float(r["frac_frontier"]) for r in rs if str(r["frontier_qualified"]) in ("True", "true", "1")]
+        entry["frac_frontier"], entry["frac_frontier_se"] = _mean_se(qualified)
+        entry["frontier_qualified_runs"] = len(qualified)
+        out.append(entry)
+    return out
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return mean_and_se(torch.tensor(values, dtype=torch.float64))
+
+
+def _plot(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: str) -> None:
+    """Fig. 3 style (KL vs known reward, each point mean +- SE over seeds, with rho's frontier) and Fig. 2 style
+    (known reward vs labels, with direct RL's band)."""
+    with open(os.path.join(out, "frontier_rho.csv"), newline="") as f:
+        frontier = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    direct = next((s for s in summary if s["run"] == "direct"), None)
+    rm = [s for s in summary if s["run"] == "rm"]
+    rho = float(rows[0]["rho_known_reward"])
+    fig = Figure(figsize=(6.4, 4.4))  # no pyplot: the caller's matplotlib backend is left alone
     ax = fig.subplots()
-    ax.plot([p.kl for p in frontier], [p.reward for p in frontier], "-", color="black", label="optimal frontier (rho samples)")
-    ax.scatter([direct["kl"]], [direct["known_reward"]], s=70, marker="*", color="tab:red", zorder=5, label="direct RL")
-    for r in rm_rows:
-        ax.scatter([r["kl"]], [r["known_reward"]], s=40, zorder=5, label=f"RM, N={r['N']}")
+    ax.plot([p["kl"] for p in frontier], [p["reward"] for p in frontier], "-", color="black", label="optimal frontier (rho samples)")
+    for s, style, name in ([(direct, "*", "direct RL")] if direct else []) + [(s, "o", f"RM, N={s['labels']}") for s in rm]:
+        ax.errorbar([s["kl"]], [s["known_reward"]], xerr=[s["kl_se"]], yerr=[s["known_reward_se"]], fmt=style, ms=8,
+                    capsize=3, label=f"{name} ({s['seeds']} seeds)")
+    ax.axhline(rho, color="tab:gray", ls=":", lw=1, label="rho")
     ax.set_xlabel("KL(pi, rho) [nats]")
-    ax.set_ylabel("known reward")
+    ax.set_ylabel("known reward (held-out)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("KL vs known reward")
+    ax.legend(fontsize=7)
+    ax.set_title("KL vs known reward (mean +- SE over seeds)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "kl_vs_reward.png"), dpi=110)
-
-    fig = Figure(figsize=(6, 4.2))
+    fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
-    ax.plot([r["N"] for r in rm_rows], [r["known_reward"] for r in rm_rows], "-o", color="tab:blue", label="RL on reward model")
-    ax.axhline(direct["known_reward"], color="tab:red", ls="--", label="direct RL on the known reward")
-    ax.axhline(rho_mean, color="tab:gray", ls=":", label="rho")
-    ax.set_xscale("log")
-    ax.set_xticks([r["N"] for r in rm_rows], [str(r["N"]) for r in rm_rows])
-    ax.minorticks_off()
+    if rm:
+        ax.errorbar([s["labels"] for s in rm], [s["known_reward"] for s in rm], yerr=[s["known_reward_se"] for s in rm],
+                    fmt="-o", capsize=3, color="tab:blue", label="RL on reward model")
+        ax.set_xscale("log")
+        ax.set_xticks([s["labels"] for s in rm], [str(s["labels"]) for s in rm])
+        ax.minorticks_off()
+    if direct:
+        ax.axhspan(direct["known_reward"] - direct["known_reward_se"], direct["known_reward"] + direct["known_reward_se"],
+                   color="tab:red", alpha=0.2)
+        ax.axhline(direct["known_reward"], color="tab:red", ls="--", label="direct RL on the known reward")
+    ax.axhline(rho, color="tab:gray", ls=":", label="rho")
     ax.set_xlabel("labels N")
     ax.set_ylabel("known reward (held-out)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Known reward vs number of labels")
+    ax.set_title("Known reward vs number of labels (mean +- SE over seeds)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "reward_vs_labels.png"), dpi=110)
-
-
-def _frontier(
-    rho: torch.nn.Module, tokenizer: Any, eval_q: list[str], known: Any, eval_kw: dict[str, Any], samples: int,
-    betas: Sequence[float], seed: int, output_dir: str,
-) -> tuple[list[FrontierPoint], float]:
-    """The optimal frontier from ``samples`` rho samples per held-out query (``frontier.csv``) and rho's mean."""
-    sample_rewards = np.array([
-        evaluate_policy(rho, tokenizer, eval_q, known_reward=known, **{**eval_kw, "seed": seed + 100 + m}).known_rewards
-        for m in range(samples)
-    ]).T  # (Q, M)
-    frontier = optimal_frontier(sample_rewards, list(betas), seed=seed)
-    with open(os.path.join(output_dir, "frontier.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(frontier[0])))
-        writer.writeheader()
-        writer.writerows(asdict(p) for p in frontier)
-    return frontier, float(sample_rewards.mean())
-
-
-def _study_rows(results: list[dict[str, Any]], frontier: list[FrontierPoint], rho_mean: float) -> list[dict[str, Any]]:
-    """One row per run: its fraction of the frontier's gain at its KL and of direct RL's gain."""
-    direct_reward = results[0]["known_reward"]
-    # With M samples per query the frontier's KL cannot exceed log M; past its largest KL the frontier is read at that
-    # end (an underestimate), flagged so that frac_of_frontier is not over-read.
-    frontier_kl_max = max(p.kl for p in frontier)
-    rows = []
-    for r in results:
-        f_at = frontier_reward_at_kl(frontier, max(r["kl"], 0.0))
-        rows.append({
-            "kind": r["kind"], "N": r["N"], "known_reward": r["known_reward"], "kl": r["kl"],
-            "frontier_reward_at_kl": f_at,
-            "frac_of_frontier": gain_fraction(r["known_reward"], f_at, rho_mean),
-            "frac_of_direct_rl": gain_fraction(r["known_reward"], direct_reward, rho_mean),
-            "beyond_frontier_kl": bool(r["kl"] > frontier_kl_max),
-        })
-    return rows
-
-
-def run_study(
-    pa: Any,
-    cfg: Any,
-    model_args: Any,
-    label_counts: Sequence[int],
-    output_dir: str,
-    frontier_samples: int = 16,
-    betas: Sequence[float] = DEFAULT_BETAS,
-) -> list[dict[str, Any]]:
-    """Run direct RL, RL on an RM per N in ``label_counts`` and the frontier; write the study folder; return the rows."""
-    counts = sorted(int(n) for n in label_counts)
-    if not counts or counts[0] < 2:
-        raise ValueError(f"label_counts: need N >= 2 labels per run, got {list(label_counts)}")
-    if pa.known_reward in (None, "", "none"):
-        raise ValueError("known_reward: the study needs a known reward (direct RL, simulated labels, frontier)")
-    if frontier_samples < 1:
-        raise ValueError(f"frontier_samples: must be >= 1, got {frontier_samples}")
-    pa = copy.deepcopy(pa)
-    pa.label_source, pa.label_mode, pa.num_label_queries = "simulated", "offline", counts[-1]
-    validate_pipeline_config(pa, cfg, model_args)
-    os.makedirs(output_dir, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-
-    base = load_base(model_args)
-    rho, tokenizer = base.rho, base.tokenizer
-    try:
-        eval_q, label_q, ppo_q, _ = split_queries(pa, cfg, tokenizer)
-    except ValueError as err:
-        raise ValueError(f"label_counts: max N {counts[-1]} is too large: {err}") from None
-
-    known = make_known_reward(pa.known_reward)
-    spec = RolloutSpec.from_config(cfg, tokenizer)
-    eval_kw: dict[str, Any] = {"spec": spec, "batch_size": pa.sampling_batch_size, "seed": cfg.seed + 2}
-
-    # ---- (c) frontier: M rho samples per held-out query, known reward of each cut sample ----
-    frontier, rho_mean = _frontier(rho, tokenizer, eval_q, known, eval_kw, frontier_samples, betas, cfg.seed, output_dir)
-
-    # ---- (a) direct RL on the known reward ----
-    common = {"cfg": cfg, "model_args": model_args, "base": base, "ppo_q": ppo_q, "eval_q": eval_q, "known": known,
-              "output_dir": output_dir}
-    results = [{"kind": "direct", "N": 0, **_ppo_run("direct", lambda q, r: known(list(r)), eval_kw=eval_kw, **common)}]
-
-    # ---- (b) RL on reward models from N labels (the first N of one labelled set) ----
-    labels, _ = collect_labels(pa, cfg, rho, tokenizer, label_q, spec)
-    labels.to_json(os.path.join(output_dir, "labels.jsonl"))
-    for n in counts:
-        if n > len(labels):
-            raise ValueError(f"label_counts: N={n} exceeds the {len(labels)} labels kept (untruncated samples dropped)")
-        rm_dir = os.path.join(output_dir, "runs", f"rm_{n}")
-        os.makedirs(rm_dir, exist_ok=True)
-        rm, rm_metrics = train_reward_model(pa, cfg, labels.select(range(n)), rho, tokenizer, base.name, rm_dir, spec=spec)
-        rm_kw = {**eval_kw, "reward_fn": lambda q, r, rm=rm: score_texts(rm, tokenizer, q, r)}
-        res = _ppo_run(f"rm_{n}", rm, eval_kw=rm_kw, **common)
-        results.append({"kind": "rm", "N": n, "rm_eval_accuracy": rm_metrics.get("eval_accuracy"), **res})
-
-    rows = _study_rows(results, frontier, rho_mean)
-    with open(os.path.join(output_dir, "study.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(output_dir, "study.json"), "w") as f:
-        json.dump({"rho_known_reward": rho_mean, "frontier_samples": frontier_samples, "runs": results,
-                   "rows": rows, "task": pa.task, "base_model": base.name}, f, indent=1)
-    _plot(rows, frontier, rho_mean, output_dir)
-    return rows
 
 
 def study_main(argv: Sequence[str] | None = None, task: str = "sentiment") -> list[dict[str, Any]]:
@@ -240,4 +359,4 @@ def study_main(argv: Sequence[str] | None = None, task: str = "sentiment") -> li
     parser = TrlParser((PipelineArguments, StudyArguments, PPOConfig, ModelConfig))
     pa, sa, cfg, model_args = parser.parse_args_and_config(args=argv)
     pa.task = pa.task or task
-    return run_study(pa, cfg, model_args, sa.label_counts, cfg.output_dir, frontier_samples=sa.frontier_samples)
+    return run_study(pa, cfg, model_args, sa, cfg.output_dir)

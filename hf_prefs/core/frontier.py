@@ -9,6 +9,12 @@ With samples y_1..y_N ~ rho and self-normalised importance weights p_i = softmax
 computed with log-sum-exp so large r/beta never overflows. Per-query estimates are averaged over queries.
 The estimate's own sampling error is reported as the Kish effective sample size 1 / sum_i p_i^2 (small
 ESS: the frontier at that beta rests on a few samples) and as bootstrap standard errors.
+
+Samples from another policy q (e.g. a policy PPO trained, which sits near pi* at high KL, where samples of rho are
+too few to reach) enter by importance sampling: with ``log_ratio_i = log rho(y_i) - log q(y_i)`` the weights are
+w_i = exp(log_ratio_i + r_i / beta) and the same formulas hold (Z = E_rho[exp(r/beta)] = E_q[(rho/q) exp(r/beta)]).
+With samples of several proposals, ``log_ratio_i = log rho(y_i) - log q_mix(y_i)`` for the mixture
+q_mix = sum_j (n_j/n) q_j (multiple importance sampling, balance heuristic).
 """
 
 from __future__ import annotations
@@ -17,15 +23,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["optimal_policy_stats", "optimal_frontier", "FrontierPoint", "frontier_reward_at_kl"]
+__all__ = [
+    "optimal_policy_stats",
+    "optimal_frontier",
+    "FrontierPoint",
+    "frontier_reward_at_kl",
+    "frontier_at_kl",
+    "mixture_log_ratio",
+]
 
 
-def optimal_policy_stats(rewards: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def optimal_policy_stats(
+    rewards: np.ndarray, beta: float, log_ratio: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """E_pi*[r], KL(pi*, rho) and effective sample size for each row of samples.
 
     Args:
-        rewards: ``(Q, N)`` rewards of N samples from rho for each of Q queries (or ``(N,)`` pooled).
+        rewards: ``(Q, N)`` rewards of N samples for each of Q queries (or ``(N,)`` pooled).
         beta: KL coefficient > 0.
+        log_ratio: ``(Q, N)`` ``log rho(y) - log q(y)`` when the samples come from q instead of rho (None: rho).
     Returns:
         ``(reward, kl, ess)``, each of shape ``(Q,)``.
     """
@@ -36,6 +52,11 @@ def optimal_policy_stats(rewards: np.ndarray, beta: float) -> tuple[np.ndarray, 
         bad = np.argwhere(~np.isfinite(r))[0]
         raise ValueError(f"rewards must be finite; query {bad[0]}, sample {bad[-1]} is {r[tuple(bad)]}")
     z = r / beta  # (Q, N)
+    if log_ratio is not None:
+        lr = np.atleast_2d(np.asarray(log_ratio, dtype=np.float64))
+        if lr.shape != r.shape or not np.all(np.isfinite(lr)):
+            raise ValueError(f"log_ratio must be finite with the rewards' shape {r.shape}, got {lr.shape}")
+        z = z + lr
     zmax = z.max(axis=1, keepdims=True)
     w = np.exp(z - zmax)  # (Q, N), max weight 1
     p = w / w.sum(axis=1, keepdims=True)
@@ -60,29 +81,33 @@ class FrontierPoint:
 
 
 def optimal_frontier(
-    rewards: np.ndarray, betas: np.ndarray | list[float], n_bootstrap: int = 200, seed: int = 0
+    rewards: np.ndarray, betas: np.ndarray | list[float], n_bootstrap: int = 200, seed: int = 0,
+    log_ratio: np.ndarray | None = None,
 ) -> list[FrontierPoint]:
     """The optimal KL-reward frontier over a grid of beta.
 
     Args:
-        rewards: ``(Q, N)`` or ``(N,)`` rewards of samples from rho.
+        rewards: ``(Q, N)`` or ``(N,)`` rewards of samples from rho (or from q, with ``log_ratio``).
         betas: grid of KL coefficients.
         n_bootstrap: resamples (samples within each query, with replacement) for the standard errors; 0 = none.
+        log_ratio: ``log rho(y) - log q(y)`` per sample when they come from q (see the module docstring).
     Returns:
         A :class:`FrontierPoint` per beta, sorted by increasing KL (decreasing beta).
     """
     r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
+    lr = np.zeros_like(r) if log_ratio is None else np.atleast_2d(np.asarray(log_ratio, dtype=np.float64))
     rng = np.random.default_rng(seed)
     q, n = r.shape
     boot_idx = [rng.integers(0, n, size=(q, n)) for _ in range(n_bootstrap)]
     points = []
     for beta in betas:
-        reward, kl, ess = optimal_policy_stats(r, float(beta))
+        reward, kl, ess = optimal_policy_stats(r, float(beta), lr)
         r_se = kl_se = 0.0
         if n_bootstrap:
-            boots = np.array(
-                [[m.mean() for m in optimal_policy_stats(np.take_along_axis(r, idx, 1), float(beta))[:2]] for idx in boot_idx]
-            )  # (n_bootstrap, 2)
+            boots = np.array([
+                [m.mean() for m in optimal_policy_stats(np.take_along_axis(r, i, 1), float(beta), np.take_along_axis(lr, i, 1))[:2]]
+                for i in boot_idx
+            ])  # (n_bootstrap, 2)
             r_se, kl_se = boots.std(axis=0, ddof=1)
         points.append(
             FrontierPoint(float(beta), float(reward.mean()), float(kl.mean()), float(r_se), float(kl_se), float(ess.min()), float(ess.mean()))
@@ -92,7 +117,24 @@ def optimal_frontier(
 
 def frontier_reward_at_kl(frontier: list[FrontierPoint], kl: float) -> float:
     """The frontier's reward at a given KL, by linear interpolation (clamped to the grid's ends)."""
-    kls = np.array([p.kl for p in frontier])
-    rewards = np.array([p.reward for p in frontier])
-    order = np.argsort(kls)
-    return float(np.interp(kl, kls[order], rewards[order]))
+    return frontier_at_kl(frontier, kl)[0]
+
+
+def frontier_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float, float, float]:
+    """``(reward, reward_se, mean_ess)`` of the frontier at ``kl``, linearly interpolated (clamped to the grid's
+    ends; past its largest KL the ESS read is that of the end point, so a caller can see the end is unreliable)."""
+    order = np.argsort([p.kl for p in frontier])
+    kls = np.array([frontier[i].kl for i in order])
+    values = [np.interp(kl, kls, [getattr(frontier[i], key) for i in order]) for key in ("reward", "reward_se", "mean_ess")]
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def mixture_log_ratio(log_rho: np.ndarray, log_q: list[np.ndarray], counts: list[int]) -> np.ndarray:
+    """``log rho(y) - log q_mix(y)`` for q_mix = sum_j (n_j / n) q_j (the balance heuristic of multiple importance
+    sampling): ``log_rho`` ``(Q, N)`` and each ``log_q[j]`` ``(Q, N)`` are the log-probabilities of the same N
+    pooled samples under rho and under proposal j, which drew ``counts[j]`` of them (rho itself may be a proposal)."""
+    n = float(sum(counts))
+    stacked = np.stack([np.log(c / n) + lq for c, lq in zip(counts, log_q)])  # (J, Q, N)
+    top = stacked.max(axis=0)
+    log_mix = top + np.log(np.exp(stacked - top).sum(axis=0))
+    return np.asarray(log_rho, dtype=np.float64) - log_mix

@@ -37,6 +37,7 @@ __all__ = [
     "BIAS_KEY",
     "unwrap_model",
     "score_head",
+    "init_score_head",
     "last_token_index",
     "get_reward_normalization",
     "set_reward_normalization",
@@ -77,6 +78,20 @@ def score_head(model: Any) -> nn.Module:
             "causal LM (e.g. GPT2ForSequenceClassification, LlamaForSequenceClassification) with num_labels=1"
         )
     return head
+
+
+def init_score_head(model: Any, std: float | None = None) -> float:
+    """Re-initialise the scalar head as the paper's code does: weights ~ N(0, std^2) with std = 1/sqrt(d + 1)
+    (d = the trunk's width; transformers' default is N(0, 0.02^2)), bias 0 where there is one. Returns the std."""
+    head = score_head(model)
+    weight = head.weight if hasattr(head, "weight") else head.base_layer.weight  # PEFT wraps it in place
+    std = 1.0 / math.sqrt(weight.shape[-1] + 1) if std is None else float(std)
+    with torch.no_grad():
+        weight.normal_(0.0, std)
+        bias = getattr(head, "bias", None)
+        if bias is not None:
+            bias.zero_()
+    return std
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -134,6 +134,10 @@ class PolicyWithValueHead(nn.Module):
     def shares_trunk(self) -> bool:
         return self.value_model is None
 
+    def value_parameters(self) -> list[nn.Parameter]:
+        """The value function's own parameters: the head on the trunk, or the separate value model's."""
+        return list((self.v_head if self.shares_trunk else self.value_model).parameters())
+
     def add_model_tags(self, tags: list[str] | str) -> None:
         if hasattr(self.policy, "add_model_tags"):
             self.policy.add_model_tags(tags)

@@ -71,6 +71,11 @@ class PipelineArguments:
     rm_freeze_layers: int = field(
         default=0, metadata={"help": "Freeze the embeddings and this many bottom trunk layers of the RM (CPU budget)."}
     )
+    rm_head_init: str = field(
+        default="default",
+        metadata={"help": "default: transformers' N(0, 0.02) for the reward head | paper: N(0, 1/sqrt(d_model + 1)), as "
+                  "the paper's code."},
+    )
     rm_normalize_samples: int = field(default=256, metadata={"help": "rho samples per reward-model normalization (paper: 256)."})
     sampling_batch_size: int = field(default=32, metadata={"help": "Rows per batch when sampling from rho."})
     push_reward_model_id: str | None = field(
@@ -141,6 +146,8 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         raise ValueError(f"label_source: {pa.label_source!r} is not one of {LABEL_SOURCES}")
     if pa.num_candidates < 2:
         raise ValueError(f"num_candidates: must be >= 2, got {pa.num_candidates}")
+    if pa.rm_head_init not in ("default", "paper"):
+        raise ValueError(f"rm_head_init: {pa.rm_head_init!r} is not 'default' or 'paper'")
     if not 0 <= pa.rm_eval_fraction < 1:
         raise ValueError(f"rm_eval_fraction: must lie in [0, 1), got {pa.rm_eval_fraction}")
     if pa.label_source == "file":

@@ -22,9 +22,10 @@ from accelerate.utils import gather_object
 
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
 from ..core.stats import win_rate
-from ..models.generation import input_pad_id, model_device, response_logprobs, sample_responses
+from ..models.generation import input_pad_id, model_device, sample_responses, sample_texts
+from ..models.logprobs import token_logprobs
 
-__all__ = ["PolicyEvaluation", "evaluate_policy", "compare_policies"]
+__all__ = ["PolicyEvaluation", "evaluate_policy", "compare_policies", "sequence_logprobs", "sample_with_logprobs"]
 
 
 @dataclass
@@ -58,8 +59,9 @@ class PolicyEvaluation:
 def _sequence_logprob(
     model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, response: torch.Tensor, token_mask: torch.Tensor, t: float
 ) -> torch.Tensor:
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    return (response_logprobs(logits, response, t) * token_mask).sum(1)  # (B,)
+    lr = response.shape[1]  # only the positions that predict the response: logits_to_keep
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=lr + 1).logits
+    return (token_logprobs(logits[:, -lr - 1 : -1], response, t)[0] * token_mask).sum(1)  # (B,)
 
 
 @torch.no_grad()
@@ -184,3 +186,45 @@ def compare_policies(
     n = len(runs[0].rm_scores)
     return {"win_rate": rate, "win_rate_se": se, "judge_a": sum(runs[0].rm_scores) / n,
             "judge_b": sum(runs[1].rm_scores) / n, "n": n}
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: torch.nn.Module, tokenizer: Any, queries: Sequence[str], response_ids: torch.Tensor, spec: RolloutSpec,
+    batch_size: int = 32, reference: bool = False,
+) -> torch.Tensor:
+    """``(N,)`` ``sum_t log model(y_t | x, y_<t)`` at the spec's temperature over the tokens PPO counts
+    (:meth:`RolloutSpec.masks`) of the given responses ``(N, Lr)`` to ``queries`` (N). ``reference=True`` with a
+    PEFT model scores with its adapters disabled (rho)."""
+    device, pad_id = model_device(model), input_pad_id(model, tokenizer)
+    context = model.disable_adapter() if reference and hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    out = []
+    with context:
+        for start in range(0, len(queries), batch_size):
+            q_ids, q_mask = left_pad([tokenizer(q)["input_ids"] for q in queries[start : start + batch_size]], pad_id)
+            resp = response_ids[start : start + batch_size].to(device)
+            token_mask = spec.masks(spec.cut(resp).lengths, resp.shape[1])[0]
+            ids, mask = torch.cat([q_ids.to(device), resp], 1), torch.cat([q_mask.to(device), torch.ones_like(resp)], 1)
+            out.append(_sequence_logprob(model, ids, mask, resp, token_mask, spec.temperature).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def sample_with_logprobs(
+    policy: torch.nn.Module, tokenizer: Any, queries: Sequence[str], spec: RolloutSpec, n: int, seed: int,
+    known_reward: Callable[[list[str]], Sequence[float]], ref_model: torch.nn.Module | None = None,
+    batch_size: int = 32,
+) -> dict[str, torch.Tensor]:
+    """``n`` responses per query from ``policy`` with what importance sampling needs: ``ids`` ``(Q·n, Lr)`` (rows
+    ``q·n + j``), ``known`` their known rewards, ``logp`` their log-probability under ``policy`` and ``logp_ref``
+    under rho (``ref_model``; None: the policy itself, or a PEFT policy with adapters disabled), all ``(Q·n,)``."""
+    ids = sample_texts(policy, tokenizer, list(queries), spec, n, batch_size, torch.Generator(device=model_device(policy)).manual_seed(seed))
+    texts = spec.texts(tokenizer, ids, spec.cut(ids).lengths)
+    rows = [q for q in queries for _ in range(n)]
+    logp = sequence_logprobs(policy, tokenizer, rows, ids, spec, batch_size)
+    if ref_model is None and not hasattr(policy, "disable_adapter"):
+        logp_ref = logp
+    else:
+        reference = ref_model if ref_model is not None else policy
+        logp_ref = sequence_logprobs(reference, tokenizer, rows, ids, spec, batch_size, reference=ref_model is None)
+    return {"ids": ids, "known": torch.tensor([float(r) for r in known_reward(texts)]), "logp": logp, "logp_ref": logp_ref}

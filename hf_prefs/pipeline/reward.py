@@ -13,14 +13,15 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ..core.rollout import RolloutSpec
 from ..models.generation import ResponseSampler
+from ..models.reward_model import init_score_head
 from ..trainers.reward_config import PreferenceRewardConfig
 from ..trainers.reward_trainer import PreferenceRewardTrainer
 from .arguments import PipelineArguments
 
-__all__ = ["train_reward_model"]
+__all__ = ["train_reward_model", "freeze_bottom_layers"]
 
 
-def _freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
+def freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
     """Freeze the input embeddings and the first ``n`` transformer blocks (GPT-2 ``h``, Llama ``layers``)."""
     if n <= 0:
         return
@@ -58,7 +59,10 @@ def train_reward_model(
         config.pad_token_id = tokenizer.pad_token_id
     if init_model is None:
         model = AutoModelForSequenceClassification.from_pretrained(trunk, config=config, dtype=torch.float32)
-        _freeze_bottom_layers(model, pa.rm_freeze_layers)
+        freeze_bottom_layers(model, pa.rm_freeze_layers)
+        if pa.rm_head_init == "paper":
+            torch.manual_seed(cfg.seed)
+            init_score_head(model)
     else:
         model = init_model
 

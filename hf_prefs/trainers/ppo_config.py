@@ -87,6 +87,8 @@ class PPOConfig(TrlBaseConfig):
             value head on the policy trunk (paper) or a copy of the reward model (`"separate"`, TRL's architecture).
         normalize_reward (`bool`, defaults to False), normalize_samples (`int`, defaults to 256): before training,
             set the reward model's gain/bias so rewards of rho's samples have mean 0 and std 1.
+        tf1_adam (`bool`, defaults to False): TF1's Adam, as the paper's code (epsilon before the bias correction).
+        critic_warmup_updates (`int`, defaults to 0): value-function-only updates at the start.
 
     `max_grad_norm` defaults to 0 (no clipping; TRL 1.12 never clipped, whatever its value) and `logging_steps` to 1
     (TRL 1.12 logged every update). `bf16` defaults to True only on a CUDA device that supports it (False on CPU).
@@ -182,6 +184,18 @@ class PPOConfig(TrlBaseConfig):
     )
     normalize_samples: int = field(default=256, metadata={"help": "rho samples used by normalize_reward."})
 
+    # ---- options of fidelity to the paper's code and of its reproductions (off by default) ----
+    tf1_adam: bool = field(
+        default=False,
+        metadata={"help": "TF1's Adam (the paper's): epsilon added to sqrt(v) before the bias correction "
+                  "(hf_prefs.core.optim.TF1Adam) instead of PyTorch's after it."},
+    )
+    critic_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "The first N updates train only the value function (policy loss off, policy weights "
+                  "unchanged), as OpenRLHF's critic freezing steps / verl's critic_warmup."},
+    )
+
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = bool(
@@ -225,6 +239,8 @@ class PPOConfig(TrlBaseConfig):
                 f"PPOConfig: gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a multiple of "
                 f"num_mini_batches ({self.num_mini_batches}): each minibatch is a whole number of micro-batches"
             )
+        if self.critic_warmup_updates < 0:
+            raise ValueError(f"PPOConfig.critic_warmup_updates must be >= 0, got {self.critic_warmup_updates}")
         if self.total_episodes is not None and self.total_episodes < 1:
             raise ValueError(f"PPOConfig.total_episodes must be >= 1, got {self.total_episodes}")
 

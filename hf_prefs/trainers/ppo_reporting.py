@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pandas as pd
+import psutil
 import torch
 from accelerate.utils import gather_object
 
@@ -68,6 +69,9 @@ class PPOReportingMixin:
         for key, value in train_stats.items():
             metrics[key] = self._mean(value)
         metrics["lr"] = learning_rate
+        metrics["memory/rss_gb"] = psutil.Process().memory_info().rss / 2**30  # this process, now
+        if torch.cuda.is_available():  # this process's peak since the start
+            metrics["memory/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
         metrics["episode"] = episodes
         for key, value in timings.items():
             metrics[f"time/{key}"] = value

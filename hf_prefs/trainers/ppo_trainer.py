@@ -52,17 +52,17 @@ from .._compat import (
     TrlBaseTrainer,
     disable_dropout_in_model,
     restore_trainer_checkpoint,
-    selective_log_softmax,
-    selective_log_softmax_and_entropy,
     set_sync_gradients,
     trainer_learning_rate,
 )
 from ..citation import ZIEGLER_2019
 from ..core.kl import AdaptiveKLController, FixedKLController
+from ..core.optim import TF1Adam
 from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
 from ..core.rollout import RolloutSpec, left_pad, position_ids
 from ..models.generation import ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import load_reward_model
+from ..models.logprobs import token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
 from .launch import check_process_count
@@ -296,6 +296,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         self.query_stream = QueryStream(len(self.train_dataset), a.data_seed if a.data_seed is not None else a.seed)
         self._prepared = False
         self.last_samples: Any = None  # the last samples table (a pandas DataFrame)
+        self.timings: dict[str, float] = {}  # seconds of the parts of the last rollout
         if self.ref_model is not None:
             self.ref_model.to(device)
         if isinstance(self.reward_model, nn.Module):
@@ -412,19 +413,25 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         return self.rollout_spec.penalize(scores, valid)
 
     def _forward(
-        self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Temperature-scaled response logits ``(B, Lr, V)`` (float32) and values ``(B, Lr)`` (None for a plain LM).
+        self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(logprobs, values, entropy)``, each ``(B, Lr)`` float32: log pi(y_t) at temperature T, the values (None
+        for a plain LM) and, ``with_entropy``, the entropy of pi(.|s_t) at T.
 
-        Position ``Lq - 1 + t`` predicts response token t and holds the value of the state before it.
+        Position ``Lq - 1 + t`` predicts response token t and holds the value of the state before it. The model's
+        logits stay in its dtype; their log-softmax is taken in chunks (:func:`hf_prefs.models.logprobs.token_logprobs`).
         """
         lr = response_ids.shape[1]
+        width = int(query_mask.sum(1).max())  # left padding no row of this batch needs
+        query_ids, query_mask = query_ids[:, -width:], query_mask[:, -width:]
         input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq + Lr)
         mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=lr + 1)
-        logits = out.logits[:, -lr - 1 : -1].float() / self.args.temperature  # (B, Lr, V)
+        logits = out.logits[:, -lr - 1 : -1]  # (B, Lr, V) in the model's dtype
+        logprobs, entropy = token_logprobs(logits, response_ids, self.args.temperature, with_entropy)
         values = out.values[:, -lr - 1 : -1].float() if isinstance(out, PolicyValueOutput) else None  # (B, Lr)
-        return logits, values
+        return logprobs, values, entropy
 
     @torch.no_grad()
     def policy_logprobs_and_values(
@@ -437,8 +444,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         with self.accelerator.autocast():
             for i in range(0, query_ids.shape[0], step):
                 sl = slice(i, i + step)
-                logits, v = self._forward(model, query_ids[sl], query_mask[sl], response_ids[sl])
-                logprob, entropy = selective_log_softmax_and_entropy(logits, response_ids[sl], entropy_requires_grad=False)
+                logprob, v, entropy = self._forward(model, query_ids[sl], query_mask[sl], response_ids[sl], True)
                 logprobs.append(logprob)
                 values.append(v)
                 entropies.append(entropy)
@@ -452,8 +458,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         with self.reference_context() as ref, self.accelerator.autocast():
             for i in range(0, query_ids.shape[0], step):
                 sl = slice(i, i + step)
-                logits, _ = self._forward(ref, query_ids[sl], query_mask[sl], response_ids[sl])
-                out.append(selective_log_softmax(logits, response_ids[sl]))
+                out.append(self._forward(ref, query_ids[sl], query_mask[sl], response_ids[sl])[0])
         return torch.cat(out)
 
     def compute_rewards(
@@ -470,18 +475,23 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
 
     @torch.no_grad()
     def make_rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor, query_texts: list[str]) -> Rollout:
-        """Generate, truncate, score, penalise, compute log-probs, values and per-token rewards (no gradients)."""
+        """Generate, truncate, score, penalise, compute log-probs, values and per-token rewards (no gradients).
+        The seconds of each part are in ``self.timings`` (logged as ``time/<part>``)."""
         self.model.eval()
-        response_ids = self.generate(query_ids, query_mask)  # (B, Lr)
+        with self._timed("generate"):
+            response_ids = self.generate(query_ids, query_mask)  # (B, Lr)
         lengths, valid = self.truncate(response_ids)  # (B,), (B,)
         response_texts = self.decode_responses(response_ids, lengths)
-        raw_scores = self.score(query_texts, response_texts)  # (B,)
+        with self._timed("score"):
+            raw_scores = self.score(query_texts, response_texts)  # (B,)
         self._check_finite(raw_scores, "reward scores")
         scores = self.apply_penalty(raw_scores, valid)  # (B,)
-        logprobs, values, entropy = self.policy_logprobs_and_values(query_ids, query_mask, response_ids)  # (B, Lr) x 3
+        with self._timed("policy_forward"):
+            logprobs, values, entropy = self.policy_logprobs_and_values(query_ids, query_mask, response_ids)  # (B, Lr) x 3
         self._check_finite(logprobs, "policy log-probabilities (logits)")
         self._check_finite(values, "values")
-        ref_logprobs = self.ref_logprobs(query_ids, query_mask, response_ids)  # (B, Lr)
+        with self._timed("ref_forward"):
+            ref_logprobs = self.ref_logprobs(query_ids, query_mask, response_ids)  # (B, Lr)
         self._check_finite(ref_logprobs, "reference log-probabilities (logits)")
         kl_coef = float(self.kl_ctl.value)
         token_mask, value_mask, score_index = self.rollout_spec.masks(lengths, response_ids.shape[1])  # all-true: paper
@@ -527,20 +537,25 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         advantages, returns = compute_gae(rewards, values, a.gamma, a.lam)
         return whiten(advantages, shift_mean=True, mask=token_mask, reduce=reduce), returns
 
+    @contextmanager
+    def _timed(self, part: str):
+        start = time.perf_counter()
+        yield
+        self.timings[part] = time.perf_counter() - start
+
     def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum")
 
     def compute_ppo_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``pg_loss + vf_coef * vf_loss`` on one micro-batch, and its statistics (detached scalars)."""
         a = self.args
-        logits, values = self._forward(model, batch["query_ids"], batch["query_mask"], batch["response_ids"])
-        logprobs = selective_log_softmax(logits, batch["response_ids"])  # (b, Lr)
+        logprobs, values, _ = self._forward(model, batch["query_ids"], batch["query_mask"], batch["response_ids"])
         token_mask, value_mask = batch["token_mask"], batch["value_mask"]
         pg_loss, pg_clipfrac, approxkl = ppo_policy_loss(
             logprobs, batch["logprobs"], batch["advantages"], a.cliprange, token_mask
         )
         vf_loss, vf_clipfrac = ppo_value_loss(values, batch["values"], batch["returns"], a.cliprange_value, value_mask)
-        loss = pg_loss + a.vf_coef * vf_loss
+        loss = a.vf_coef * vf_loss if self.in_critic_warmup() else pg_loss + a.vf_coef * vf_loss
         self._check_finite(loss.detach(), "the PPO loss")
         with torch.no_grad():
             stats = {
@@ -554,8 +569,26 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
             }
         return loss, stats
 
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer (``optim``, AdamW by default), or TF1's Adam with ``tf1_adam`` (the paper's code)."""
+        if self.args.tf1_adam and self.optimizer is None:
+            a = self.args
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = TF1Adam(params, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon)
+        return super().create_optimizer(model)
+
+    def in_critic_warmup(self) -> bool:
+        """Whether this update trains only the value function (the first ``critic_warmup_updates``)."""
+        return self.state.global_step < self.args.critic_warmup_updates
+
     def optimizer_step(self, model: nn.Module) -> None:
-        """Clip (if ``max_grad_norm > 0``), step the optimizer, zero the gradients."""
+        """Clip (if ``max_grad_norm > 0``), step the optimizer, zero the gradients. During the critic warm-up only
+        the value function's parameters move (the policy's gradients are dropped)."""
+        if self.in_critic_warmup():
+            keep = {id(p) for p in self._unwrapped().value_parameters()}
+            for p in model.parameters():
+                if id(p) not in keep:
+                    p.grad = None
         if self.args.max_grad_norm and self.args.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
         self.control = self.callback_handler.on_pre_optimizer_step(self.args, self.state, self.control)
@@ -566,8 +599,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     def ppo_epochs(self, rollout: Rollout) -> dict[str, torch.Tensor]:
         """``num_ppo_epochs`` passes over the batch in shuffled minibatches; one optimizer step per minibatch.
 
-        Returns the per-micro-batch statistics stacked, and ``returns`` (B, Lr) of the first epoch (for the
-        explained variance).
+        A minibatch's micro-batches take its episodes in order of query length, so each is padded only to its own
+        longest query (the minibatch's gradient is their sum, whatever the split). Returns the per-micro-batch
+        statistics stacked, and ``returns`` (B, Lr) of the first epoch (for the explained variance).
         """
         a = self.args
         model = self.model_wrapped
@@ -587,6 +621,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
                 )
                 if epoch == 0:
                     first_returns[mb] = returns
+                by_length = torch.argsort(rollout.query_mask[mb].sum(1), stable=True)  # (b,)
+                mb, advantages, returns = mb[by_length], advantages[by_length], returns[by_length]
                 for k in range(n_micro):
                     sl = slice(k * a.per_device_train_batch_size, (k + 1) * a.per_device_train_batch_size)
                     idx = mb[sl]
@@ -688,7 +724,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
             self.state.global_step += 1
             self.state.epoch = self.state.global_step * a.batch_size / len(self.train_dataset)
             losses.append(float(train_stats["loss/policy_avg"].mean() + a.vf_coef * train_stats["loss/value_avg"].mean()))
-            metrics = self.log_step(rollout, train_stats, {"rollout": t1 - t0, "ppo": t2 - t1}, learning_rate)
+            self.timings.update(rollout=t1 - t0, ppo=t2 - t1)
+            timings = dict(self.timings)
+            metrics = self.log_step(rollout, train_stats, timings, learning_rate)
             self.control = self.callback_handler.on_step_end(a, self.state, self.control)
             if self.control.should_log:
                 self.log(metrics)

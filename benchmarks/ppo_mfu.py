@@ -1,0 +1,150 @@
+"""How much of this CPU's bf16 matmul rate the PPO phase of the offline default uses, and PPO episodes/s against TRL
+1.12's PPOTrainer.
+
+1. Peak: ``torch.matmul`` of two 2048 x 2048 bf16 matrices (2 * 2048^3 FLOPs), median of repeated runs, with the
+   same number of torch threads as the PPO run, measured in this run.
+2. PPO phase of the offline default (recipes/configs/sentiment_offline.yaml): SmolLM2-135M in bf16 with LoRA r=16 on
+   all attention/MLP projections, bf16 autocast, 32 episodes per update (micro-batches of 8), 24-token responses at
+   T=0.7, 4 PPO epochs, Austen queries of 24-64 tokens, VADER as the reward. Measured: the seconds of ``ppo_epochs``
+   (``time/ppo``) of the updates after the first, and the tokens the forward/backward passes processed.
+   FLOPs per processed token (LoRA: the frozen weights get no weight gradient): 2*N forward + 2*N for the input
+   gradients = 4*N, N = the trunk's matmul parameters (embeddings are a lookup); the LM head (V x d) only on the
+   Lr + 1 positions kept (``logits_to_keep``): 4 * V * d per kept position; LoRA's own matmuls are left out (<2%).
+   Printed: FLOP/s on the tokens processed (padding included) and on the real ones, each as a fraction of the peak.
+   The issue's first estimate counted 4 * N_total per real token; that figure is printed too, for comparison.
+3. ``benchmarks/ppo_throughput.py``'s comparison with TRL 1.12 (tiny GPT-2, the same work on both sides).
+
+    python benchmarks/ppo_mfu.py                       # ~5 minutes on 2 cores
+    python benchmarks/ppo_mfu.py --tiny                # a tiny GPT-2 instead of SmolLM2 (seconds; for the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 7) -> float:
+    """Median FLOP/s of a ``size`` x ``size`` bf16 matmul with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+    torch.matmul(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+class TokenCounter:
+    """Counts the tokens of every training forward of the policy (a forward pre-hook on the wrapper)."""
+
+    def __init__(self) -> None:
+        self.processed = self.real = 0
+        self.active = False
+
+    def __call__(self, module, args, kwargs) -> None:
+        if self.active and torch.is_grad_enabled():
+            mask = kwargs["attention_mask"]
+            self.processed += mask.numel()
+            self.real += int(mask.sum())
+
+
+def ppo_phase(tiny: bool, updates: int, threads: int) -> dict:
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainerCallback
+
+    from hf_prefs import PPOConfig, PPOTrainer
+    from hf_prefs.assets import load_gpt2_tokenizer, smollm2_path
+    from hf_prefs.tasks import austen_queries, vader_log_odds
+
+    torch.set_num_threads(threads)
+    if tiny:
+        tok, dtype = load_gpt2_tokenizer(), torch.float32
+        policy = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2))
+        targets = ["c_attn", "c_proj"]
+    else:
+        tok = AutoTokenizer.from_pretrained(smollm2_path(), padding_side="left")
+        dtype = torch.bfloat16
+        policy = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=dtype)
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    config = policy.config
+    embed = policy.get_input_embeddings().weight.numel()
+    head = policy.get_output_embeddings().weight.numel()
+    trunk = sum(p.numel() for p in policy.parameters()) - embed - (0 if config.tie_word_embeddings else head)
+    total = sum(p.numel() for p in policy.parameters())
+    args = PPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8, gradient_accumulation_steps=4, num_ppo_epochs=4,
+        total_episodes=32 * updates, response_length=24, temperature=0.7, learning_rate=3e-4,
+        local_rollout_forward_batch_size=32, report_to=[], save_strategy="no", num_sample_generations=0,
+        disable_tqdm=True, use_cpu=True, bf16=not tiny, seed=0,
+    )
+    queries = austen_queries(tok, n=256, min_tokens=24, max_tokens=64, seed=0)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
+    counter, per_update = TokenCounter(), []
+
+    class Measure(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            counter.processed = counter.real = 0
+
+        def on_step_end(self, *a, **k):
+            per_update.append((trainer.timings["ppo"], counter.processed, counter.real))
+
+    trainer = PPOTrainer(model=policy, reward_model=lambda q, r: torch.tensor(vader_log_odds(r)), args=args,
+                         train_dataset=queries, processing_class=tok, peft_config=lora, callbacks=[Measure()])
+    trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
+    counter.active = True
+    trainer.train()
+    steady = per_update[1:] or per_update
+    seconds = sum(s for s, _, _ in steady)
+    processed, real = sum(p for _, p, _ in steady), sum(r for _, _, r in steady)
+    kept = 25 * 32 * 4 * len(steady)  # Lr + 1 logits per episode, 32 episodes, 4 epochs
+    d, vocab = config.hidden_size, config.vocab_size
+    return {
+        "seconds": seconds, "updates": len(steady), "processed_tokens": processed, "real_tokens": real,
+        "flops_processed": 4 * trunk * processed + 4 * d * vocab * kept, "flops_real": 4 * trunk * real + 4 * d * vocab * kept,
+        "flops_issue_count": 4 * total * real, "rollout_seconds": trainer.state.log_history[-1].get("time/rollout"),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="a tiny GPT-2 (for the tests)")
+    p.add_argument("--updates", type=int, default=3, help="PPO updates; the first is a warm-up")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--skip-trl", action="store_true", help="leave out the comparison with TRL 1.12")
+    a = p.parse_args()
+    peak = matmul_peak(a.threads)
+    r = ppo_phase(a.tiny, a.updates, a.threads)
+    print(f"bf16 matmul 2048^2, {a.threads} threads: {peak / 1e12:.3f} TFLOP/s (measured in this run)")
+    print(f"PPO phase ({'tiny GPT-2' if a.tiny else 'SmolLM2-135M bf16 + LoRA'}, {r['updates']} updates x 32 episodes x "
+          f"4 epochs): {r['seconds']:.1f} s, {r['processed_tokens']} tokens processed ({r['real_tokens']} real, "
+          f"{1 - r['real_tokens'] / r['processed_tokens']:.1%} padding)")
+    for name, key in (("on processed tokens", "flops_processed"), ("on real tokens", "flops_real"),
+                      ("the issue's count (4 N_total per real token)", "flops_issue_count")):
+        rate = r[key] / r["seconds"]
+        print(f"  {name}: {rate / 1e12:.3f} TFLOP/s = {rate / peak:.1%} of the matmul peak")
+    if not a.skip_trl:
+        import ppo_throughput
+
+        ppo_throughput.main(["--sides", "trl-1.12", "hf_prefs", "--updates", "3" if a.tiny else "6"])
+
+
+if __name__ == "__main__":
+    main()

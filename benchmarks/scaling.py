@@ -1,0 +1,175 @@
+"""Data-parallel scaling on the CPU: 1 process x 1 thread against 2 processes x 1 thread on the same global batch.
+
+PPO: the offline default's PPO phase (SmolLM2-135M in bfloat16 with LoRA, 32 episodes per update of 24 tokens,
+4 PPO epochs, micro-batches of 8): episodes per second of rollout + PPO epochs, measured over the updates after the
+first (warm-up). Reward model: the K-way reward trainer (top 2 layers + head of SmolLM2, batches of 16 best-of-4
+labels): labels per second of training. Both sides run the same global batch; the 2-process side through
+`accelerate launch --config_file recipes/accelerate_configs/multi_cpu.yaml` (gloo), each process with one thread.
+The ratio is printed (the goal is >= 1.8x on 2 cores).
+
+    python benchmarks/scaling.py                 # SmolLM2 (the offline assets), ~6 minutes on 2 cores
+    python benchmarks/scaling.py --model tiny    # tiny GPT-2: seconds; overhead-bound, ratios are not meaningful
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
+
+
+def _base(model: str, work: Path) -> tuple[str, str]:
+    """``(model folder, torch dtype name)``: the offline SmolLM2 (bf16, as the offline default) or a tiny GPT-2."""
+    from hf_prefs.assets import load_gpt2_tokenizer, smollm2_path
+
+    if model == "smollm2":
+        return str(smollm2_path()), "bfloat16"
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = work / "tiny"
+    if not folder.exists():
+        GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2)).save_pretrained(folder)
+        load_gpt2_tokenizer().save_pretrained(folder)
+    return str(folder), "float32"
+
+
+def _ppo_worker(base: str, dtype: str, episodes: int, updates: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from hf_prefs import PPOConfig, PPOTrainer
+    from hf_prefs.tasks import austen_queries, vader_log_odds
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    tok = AutoTokenizer.from_pretrained(base, padding_side="left")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    micro = min(8, episodes // world)
+    args = PPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=micro, gradient_accumulation_steps=episodes // world // micro,
+        total_episodes=episodes * updates, response_length=24, temperature=0.7, num_ppo_epochs=4, learning_rate=3e-4,
+        local_rollout_forward_batch_size=32, report_to=[], save_strategy="no", num_sample_generations=0,
+        disable_tqdm=True, use_cpu=True, bf16=dtype == "bfloat16", seed=0,
+    )
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    policy = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    queries = austen_queries(tok, n=256, min_tokens=24, max_tokens=64, seed=0)
+    trainer = PPOTrainer(model=policy, reward_model=lambda q, r: torch.tensor(vader_log_odds(r)), args=args,
+                         train_dataset=queries, processing_class=tok, peft_config=lora, callbacks=[Clock()])
+    trainer.train()
+    timed = times[1:] or times
+    return {"world": trainer.accelerator.num_processes, "episodes_per_s": episodes * len(timed) / sum(timed),
+            "seconds_per_update": sum(timed) / len(timed), "threads": torch.get_num_threads()}
+
+
+def _rm_worker(base: str, labels: int) -> dict:
+    import random
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_prefs import PreferenceRewardConfig, PreferenceRewardTrainer
+    from hf_prefs.pipeline.reward import freeze_bottom_layers
+    from hf_prefs.tasks import austen_queries
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    tok = AutoTokenizer.from_pretrained(base)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    rng = random.Random(0)
+    queries = austen_queries(tok, n=labels, min_tokens=24, max_tokens=64, seed=1)["query"]
+    words = " the a happy sad letter walk said she he was".split(" ")
+    rows = {"query": queries, "samples": [[" ".join(rng.choices(words, k=18)) + "." for _ in range(4)] for _ in queries],
+            "best": [rng.randrange(4) for _ in queries]}
+    config = AutoConfig.from_pretrained(base)
+    config.num_labels, config.pad_token_id = 1, tok.pad_token_id
+    model = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=torch.float32)
+    blocks = getattr(getattr(model, model.base_model_prefix), "layers", None) or getattr(model.transformer, "h")
+    freeze_bottom_layers(model, max(0, len(blocks) - 2))
+    args = PreferenceRewardConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=16 // world, learning_rate=1e-3, num_train_epochs=1,
+        normalize_before=False, normalize_after=False, share_query_prefix=True, report_to=[], save_strategy="no",
+        gradient_checkpointing=False, use_cpu=True, bf16=True, disable_tqdm=True, logging_steps=1000, seed=0,
+    )
+    trainer = PreferenceRewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tok)
+    start = time.perf_counter()
+    trainer.train()
+    return {"world": trainer.accelerator.num_processes, "labels_per_s": labels / (time.perf_counter() - start)}
+
+
+def _run(n: int, worker: list[str], out: Path) -> dict:
+    """The worker on ``n`` processes of one thread each; its main process's JSON result."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    script = [str(Path(__file__).resolve()), *worker, "--result", str(out)]
+    if n == 1:
+        cmd = [sys.executable, *script]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU), "--num_processes",
+               str(n), *script]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    p.add_argument("--episodes", type=int, default=32, help="PPO episodes per update (the global batch)")
+    p.add_argument("--updates", type=int, default=3, help="PPO updates; the first is a warm-up")
+    p.add_argument("--labels", type=int, default=96, help="labels for the reward-model timing")
+    p.add_argument("--worker", choices=["ppo", "rm"], help=argparse.SUPPRESS)
+    p.add_argument("--base", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:  # inside one process of a measured run
+        import torch
+
+        torch.set_num_threads(1)
+        result = _ppo_worker(a.base, a.dtype, a.episodes, a.updates) if a.worker == "ppo" else _rm_worker(a.base, a.labels)
+        if int(os.environ.get("RANK", "0")) == 0:
+            Path(a.result).write_text(json.dumps(result))
+        return
+    work = Path(tempfile.mkdtemp())
+    base, dtype = _base(a.model, work)
+    common = ["--base", base, "--dtype", dtype, "--episodes", str(a.episodes), "--updates", str(a.updates),
+              "--labels", str(a.labels)]
+    rows = []
+    for name, key in (("ppo", "episodes_per_s"), ("rm", "labels_per_s")):
+        one = _run(1, ["--worker", name, *common], work / f"{name}1.json")
+        two = _run(2, ["--worker", name, *common], work / f"{name}2.json")
+        assert one["world"] == 1 and two["world"] == 2, (one, two)
+        rows.append((name, key, one[key], two[key]))
+    print(f"model {a.model}: global batch {a.episodes} episodes per PPO update, 16 labels per reward-model step")
+    print(f"{'phase':6} {'unit':16} {'1 proc x 1 thread':>18} {'2 procs x 1 thread':>19} {'ratio':>7}")
+    for name, key, one, two in rows:
+        print(f"{name:6} {key:16} {one:18.3f} {two:19.3f} {two / one:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Log-probabilities (and entropies) of chosen tokens from logits, without full-vocabulary fp32 tensors for the batch.
+
+PPO only needs ``log softmax(logits / T)`` at the sampled token of every position (and, for a metric, the entropy).
+Upcasting the ``(B, L, V)`` logits to float32, dividing by T and taking ``log_softmax`` would make three more
+``(B, L, V)`` float32 tensors (SmolLM2: V = 49,152, so 32 x 25 positions take 157 MB each) and keep them for the
+backward pass. Here the rows are processed in chunks: each chunk is upcast, reduced to its ``logsumexp`` and its
+chosen logit, and dropped; under autograd each chunk is recomputed in the backward pass (activation checkpointing)
+instead of being kept, so the only full-vocabulary tensor alive is the model's own (bf16 under autocast) logits.
+
+    log p(y_t) = z_t[y_t] / T - logsumexp(z_t / T)
+    H_t        = logsumexp(z_t / T) - sum_v softmax(z_t / T)_v * z_t[v] / T
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["token_logprobs", "DEFAULT_CHUNK_ROWS"]
+
+#: Rows (positions) per chunk: 64 x 49,152 float32 = 12.6 MB per temporary.
+DEFAULT_CHUNK_ROWS = 64
+
+
+def _chunk(logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    z = logits.float() / temperature  # (n, V)
+    lse = torch.logsumexp(z, dim=-1)  # (n,)
+    chosen = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (n,)
+    if not with_entropy:
+        return chosen, torch.zeros_like(chosen)
+    entropy = lse - (torch.softmax(z, dim=-1) * z).sum(-1)  # (n,)
+    return chosen, entropy
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logprobs, entropy)`` ``(B, L)`` float32 of ``targets`` ``(B, L)`` under ``softmax(logits / T)``, ``logits``
+    ``(B, L, V)`` in any float dtype; ``entropy`` is None unless ``with_entropy``. Chunks of ``chunk_rows`` positions;
+    differentiable (each chunk recomputed in backward when gradients are needed)."""
+    b, length, vocab = logits.shape
+    flat_logits, flat_targets = logits.reshape(-1, vocab), targets.reshape(-1)
+    out_lp, out_h = [], []
+    needs_grad = torch.is_grad_enabled() and logits.requires_grad
+    for start in range(0, flat_logits.shape[0], chunk_rows):
+        part = (flat_logits[start : start + chunk_rows], flat_targets[start : start + chunk_rows], temperature, with_entropy)
+        lp, h = checkpoint(_chunk, *part, use_reentrant=False) if needs_grad else _chunk(*part)
+        out_lp.append(lp)
+        out_h.append(h)
+    logprobs = torch.cat(out_lp).reshape(b, length)
+    return logprobs, (torch.cat(out_h).reshape(b, length) if with_entropy else None)

@@ -1,0 +1,120 @@
+"""PPO on tiny GPT-2, run in-process by the tests (1 process) or under `accelerate launch` with
+recipes/accelerate_configs/multi_cpu.yaml (2 processes), so that their results can be compared.
+
+    update: one PPO update on given episodes (a saved Rollout of the GLOBAL batch; process r takes its r-th share)
+    train:  `steps` real updates (sampling differs by process by design), checkpoints every update, optionally
+            stopping early or resuming from a checkpoint.
+Writes `out/result_<rank>.json` (world size, beta per update, KL per update) and, on the main process,
+`out/params.pt` (the policy-with-value-head state dict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+from hf_prefs import PPOConfig, PPOTrainer
+from hf_prefs.trainers.ppo_data import Rollout
+
+QUERIES = [f"Chapter {i}. The weather in the village was {w} that day." for i, w in
+           zip(range(32), ["fine", "grey", "cold", "warm", "wet"] * 8)]
+
+
+def length_reward(queries, responses):
+    return torch.tensor([len(r) / 10.0 for r in responses])
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def make_trainer(base: str, out: str, variant: str, per_device: int, steps: int = 1, save: bool = False) -> PPOTrainer:
+    """The same trainer on every process: weights from `base`, LoRA / value model initialised after a fixed seed."""
+    tok = AutoTokenizer.from_pretrained(base, padding_side="left")
+    tok.pad_token = tok.eos_token
+    args = PPOConfig(
+        output_dir=out, per_device_train_batch_size=per_device, gradient_accumulation_steps=1, num_mini_batches=1,
+        num_ppo_epochs=2, total_episodes=steps * per_device * int(os.environ.get("WORLD_SIZE", "1")),
+        response_length=6, learning_rate=1e-3, kl_coef=0.2, adaptive_kl=True, kl_target=0.05, kl_horizon=20,
+        whiten_rewards=True, report_to=[], save_strategy="steps" if save else "no", save_steps=1,
+        num_sample_generations=0, disable_tqdm=True, seed=0, use_cpu=True, dataloader_num_workers=0,
+    )
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(base)
+    value_model = None
+    if variant == "separate":
+        value_model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    peft = LoraConfig(r=4, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM") if variant == "lora" else None
+    return PPOTrainer(model=policy, reward_model=length_reward, args=args, processing_class=tok,
+                      train_dataset=Dataset.from_dict({"query": QUERIES}), value_model=value_model, peft_config=peft)
+
+
+def shard(rollout: Rollout, rank: int, world: int) -> Rollout:
+    """Process `rank`'s share (a contiguous block) of a global batch of episodes."""
+    n = len(rollout) // world
+    sl = slice(rank * n, (rank + 1) * n)
+    fields = {k: (v[sl] if isinstance(v, (torch.Tensor, list)) else v) for k, v in vars(rollout).items()}
+    return Rollout(**fields)
+
+
+def run_update(trainer: PPOTrainer, rollout: Rollout) -> dict:
+    """One PPO update (epochs + KL controller) on this process's share of `rollout`."""
+    trainer._setup_training(None)
+    rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
+    stats = trainer.ppo_epochs(shard(rollout, rank, world))
+    kl, beta = trainer.update_kl_controller(shard(rollout, rank, world))
+    loss = trainer._mean(stats["loss/policy_avg"]) + trainer.args.vf_coef * trainer._mean(stats["loss/value_avg"])
+    return {"world": world, "kl": [kl], "beta": [beta], "loss": loss}
+
+
+def write(trainer: PPOTrainer, out: Path, result: dict) -> None:
+    rank = trainer.accelerator.process_index
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"result_{rank}.json").write_text(json.dumps(result))
+    if trainer.accelerator.is_main_process:
+        state = {k: v.detach().cpu() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+        torch.save(state, out / "params.pt")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["update", "train"])
+    p.add_argument("--base", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--variant", default="full", choices=["full", "lora", "separate"])
+    p.add_argument("--per_device", type=int, default=4)
+    p.add_argument("--rollout")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--stop_at", type=int)
+    p.add_argument("--resume")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    if a.mode == "update":
+        trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device)
+        write(trainer, out, run_update(trainer, torch.load(a.rollout, weights_only=False)))
+        return
+    trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, a.steps, save=True)
+    if a.stop_at:
+        trainer.add_callback(StopAt(a.stop_at))
+    trainer.train(resume_from_checkpoint=a.resume)
+    logs = [h for h in trainer.state.log_history if "objective/kl" in h]
+    write(trainer, out, {"world": trainer.accelerator.num_processes, "kl": [h["objective/kl"] for h in logs],
+                         "beta": [h["objective/kl_coef"] for h in logs] + [trainer.kl_ctl.value],
+                         "batch_size": trainer.args.batch_size, "steps": trainer.state.global_step})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

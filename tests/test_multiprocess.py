@@ -1,0 +1,141 @@
+"""N processes compute what 1 does: real 2-process runs through `accelerate launch --config_file
+recipes/accelerate_configs/multi_cpu.yaml` (gloo on the CPU), compared with the same work in one process.
+
+Equivalence (fp32): 2 processes x local batch b against 1 process x 2b on the SAME episodes (sampling differs by
+process by design, so a saved global batch of episodes is fed to both sides): the parameters after one PPO update,
+the loss, the batch's mean KL and the next beta; the K-way reward trainer's loss and parameters after one step and
+its normalization gain/bias. Tolerance: 1e-5 absolute on parameters (float32 sums in another order), 1e-6 relative
+on beta.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import RECIPES
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
+SCRIPTS = Path(__file__).resolve().parent / "multiproc"
+sys.path.insert(0, str(SCRIPTS))
+
+import ppo_run  # noqa: E402
+import rm_run  # noqa: E402
+
+pytestmark = pytest.mark.multiprocess
+
+
+def launch(script: str, *args: str, processes: int = 2) -> None:
+    """`accelerate launch --config_file multi_cpu.yaml` with `processes` processes; fails the test on an error."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU), "--num_processes",
+           str(processes), str(SCRIPTS / script), *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def results(out: Path) -> list[dict]:
+    return [json.loads((out / f"result_{r}.json").read_text()) for r in range(2) if (out / f"result_{r}.json").exists()]
+
+
+def assert_same_params(a: dict, b: dict, atol: float = 1e-5) -> float:
+    worst = 0.0
+    assert a.keys() == b.keys()
+    for name in a:
+        diff = (a[name].float() - b[name].float()).abs().max().item()
+        worst = max(worst, diff)
+        assert diff <= atol, (name, diff)
+    return worst
+
+
+@pytest.fixture(scope="module")
+def global_rollout(tiny_base, tmp_path_factory):
+    """8 episodes sampled once by one process: the global batch both sides train on."""
+    trainer = ppo_run.make_trainer(tiny_base, str(tmp_path_factory.mktemp("roll") / "ppo"), "full", per_device=8)
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    path = tmp_path_factory.mktemp("rollout") / "rollout.pt"
+    torch.save(rollout, path)
+    return path
+
+
+@pytest.mark.parametrize("variant", ["full", "lora", "separate"])
+def test_ppo_update_on_two_processes_equals_one_process(tiny_base, tmp_path, global_rollout, variant):
+    one = ppo_run.make_trainer(tiny_base, str(tmp_path / "one"), variant, per_device=8)
+    single = ppo_run.run_update(one, torch.load(global_rollout, weights_only=False))
+    launch("ppo_run.py", "update", "--base", tiny_base, "--out", str(tmp_path / "two"), "--variant", variant,
+           "--per_device", "4", "--rollout", str(global_rollout))
+    ranks = results(tmp_path / "two")
+    assert [r["world"] for r in ranks] == [2, 2]  # really two processes
+    for r in ranks:  # every process saw the global batch's mean KL and moved beta by the global batch size
+        assert r["kl"] == pytest.approx(single["kl"], rel=1e-6) and r["beta"] == pytest.approx(single["beta"], rel=1e-6)
+        assert r["loss"] == pytest.approx(single["loss"], rel=1e-5, abs=1e-6)
+    single_params = {k: v.detach() for k, v in one.accelerator.unwrap_model(one.model).state_dict().items()}
+    worst = assert_same_params(single_params, torch.load(tmp_path / "two" / "params.pt"))
+    print(f"{variant}: max |param difference| after one update = {worst:.2e}")
+
+
+def test_two_process_training_keeps_beta_identical_on_all_processes(tiny_base, tmp_path):
+    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "run"), "--steps", "3")
+    ranks = results(tmp_path / "run")
+    assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["batch_size"] == 8
+    assert ranks[0]["kl"] == ranks[1]["kl"] and ranks[0]["beta"] == ranks[1]["beta"]
+    beta = ranks[0]["beta"][0]
+    for kl, nxt in zip(ranks[0]["kl"], ranks[0]["beta"][1:]):  # the adaptive rule with the global batch of 8
+        beta = beta * (1 + min(max(kl / 0.05 - 1, -0.2), 0.2) * 8 / 20)
+        assert nxt == pytest.approx(beta, rel=1e-6)
+
+
+def test_two_process_resume_equals_an_uninterrupted_two_process_run(tiny_base, tmp_path):
+    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "full"), "--steps", "3")
+    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "cut"), "--steps", "3", "--stop_at", "2")
+    checkpoint = tmp_path / "cut" / "ppo" / "checkpoint-2"
+    assert {"ppo_state_0.json", "ppo_state_1.json"} <= {p.name for p in checkpoint.iterdir()}
+    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "cut"), "--steps", "3",
+           "--resume", str(checkpoint))
+    full, resumed = results(tmp_path / "full"), results(tmp_path / "cut")
+    assert resumed[0]["steps"] == full[0]["steps"] == 3
+    assert resumed[0]["beta"][-1] == pytest.approx(full[0]["beta"][-1], rel=1e-6)
+    worst = assert_same_params(torch.load(tmp_path / "full" / "params.pt"), torch.load(tmp_path / "cut" / "params.pt"))
+    print(f"resume on 2 processes: max |param difference| vs uninterrupted = {worst:.2e}")
+
+
+def test_reward_trainer_on_two_processes_equals_one_process(tiny_base, tmp_path):
+    single = rm_run.run(tiny_base, str(tmp_path / "one"), per_device=8)
+    launch("rm_run.py", "--base", tiny_base, "--out", str(tmp_path / "two"), "--per_device", "4")
+    ranks = results(tmp_path / "two")
+    assert [r["world"] for r in ranks] == [2, 2]
+    for r in ranks:
+        assert r["loss"] == pytest.approx(single["loss"], rel=1e-5)
+        assert r["gain"] == ranks[0]["gain"] and r["bias"] == ranks[0]["bias"]  # identical on all ranks
+    worst = assert_same_params(torch.load(tmp_path / "one" / "params.pt"), torch.load(tmp_path / "two" / "params.pt"))
+    print(f"reward trainer: max |param difference| after one step = {worst:.2e}")
+
+
+def test_multi_cpu_config_really_starts_two_processes_and_the_recipe_runs_online(tiny_base, tmp_path):
+    """The shortened recipe with online labels on 2 processes: files written once, labels as scheduled."""
+    out = tmp_path / "run"
+    args = [
+        "--config", str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml"), "--model_name_or_path", tiny_base,
+        "--output_dir", str(out), "--use_peft", "false", "--rm_freeze_layers", "0", "--num_label_queries", "24",
+        "--num_eval_queries", "6", "--num_ppo_queries", "40", "--rm_normalize_samples", "8", "--rm_batch_size", "4",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--total_episodes", "24",
+        "--num_ppo_epochs", "1", "--sampling_batch_size", "16", "--kl_horizon", "100", "--disable_tqdm", "true",
+        "--label_mode", "online", "--online_rounds", "2", "--rm_eval_fraction", "0", "--save_strategy", "steps",
+        "--save_steps", "1",
+    ]
+    launch(str(RECIPES / "sentiment.py"), *args)
+    summary = json.loads((out / "summary.json").read_text())
+    labels = (out / "labels.jsonl").read_text().splitlines()
+    assert len(labels) == 24 and summary["labels"]["labels"] == 24 and summary["online"]["rounds_run"] == 2
+    assert summary["after"]["n"] == 6 and summary["ppo_updates"] == 3  # 24 episodes / (4 x 2 processes)
+    betas = [[json.loads((out / f"checkpoint-{s}" / f"ppo_state_{r}.json").read_text())["kl_controller"]["value"]
+              for s in (1, 2, 3)] for r in (0, 1)]
+    assert betas[0] == betas[1]  # beta after each update, on both processes
+    print(f"online recipe on 2 processes: {len(labels)} labels, eval n={summary['after']['n']}, beta per update {betas}")
