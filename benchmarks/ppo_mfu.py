@@ -63,7 +63,7 @@ class TokenCounter:
             self.real += int(mask.sum())
 
 
-def ppo_phase(tiny: bool, updates: int, threads: int) -> dict:
+def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainerCallback
 
@@ -90,7 +90,8 @@ def ppo_phase(tiny: bool, updates: int, threads: int) -> dict:
     trunk = sum(p.numel() for p in policy.parameters()) - embed - (0 if config.tie_word_embeddings else head)
     total = sum(p.numel() for p in policy.parameters())
     args = PPOConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8, gradient_accumulation_steps=4, num_ppo_epochs=4,
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=micro_batch, gradient_accumulation_steps=32 // micro_batch,
+        num_ppo_epochs=4,
         total_episodes=32 * updates, response_length=24, temperature=0.7, learning_rate=3e-4,
         local_rollout_forward_batch_size=32, report_to=[], save_strategy="no", num_sample_generations=0,
         disable_tqdm=True, use_cpu=True, bf16=not tiny, seed=0,
@@ -129,17 +130,21 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=3, help="PPO updates; the first is a warm-up")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip-trl", action="store_true", help="leave out the comparison with TRL 1.12")
+    p.add_argument("--micro-batch", type=int, nargs="+", default=[8],
+                   help="per_device_train_batch_size (32 episodes per update: accumulation 32 / this); several: a sweep")
     a = p.parse_args()
     peak = matmul_peak(a.threads)
-    r = ppo_phase(a.tiny, a.updates, a.threads)
     print(f"bf16 matmul 2048^2, {a.threads} threads: {peak / 1e12:.3f} TFLOP/s (measured in this run)")
-    print(f"PPO phase ({'tiny GPT-2' if a.tiny else 'SmolLM2-135M bf16 + LoRA'}, {r['updates']} updates x 32 episodes x "
-          f"4 epochs): {r['seconds']:.1f} s, {r['processed_tokens']} tokens processed ({r['real_tokens']} real, "
-          f"{1 - r['real_tokens'] / r['processed_tokens']:.1%} padding)")
-    for name, key in (("on processed tokens", "flops_processed"), ("on real tokens", "flops_real"),
-                      ("the issue's count (4 N_total per real token)", "flops_issue_count")):
-        rate = r[key] / r["seconds"]
-        print(f"  {name}: {rate / 1e12:.3f} TFLOP/s = {rate / peak:.1%} of the matmul peak")
+    for micro in a.micro_batch:
+        r = ppo_phase(a.tiny, a.updates, a.threads, micro)
+        print(f"PPO phase ({'tiny GPT-2' if a.tiny else 'SmolLM2-135M bf16 + LoRA'}, micro-batch {micro}, {r['updates']} "
+              f"updates x 32 episodes x 4 epochs): {r['seconds']:.1f} s, {r['processed_tokens']} tokens processed "
+              f"({r['real_tokens']} real, {1 - r['real_tokens'] / r['processed_tokens']:.1%} padding); rollout "
+              f"{r['rollout_seconds']:.1f} s per update")
+        for name, key in (("on processed tokens", "flops_processed"), ("on real tokens", "flops_real"),
+                          ("the issue's count (4 N_total per real token)", "flops_issue_count")):
+            rate = r[key] / r["seconds"]
+            print(f"  {name}: {rate / 1e12:.3f} TFLOP/s = {rate / peak:.1%} of the matmul peak", flush=True)
     if not a.skip_trl:
         import ppo_throughput
 

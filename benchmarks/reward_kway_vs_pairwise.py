@@ -12,8 +12,8 @@ tokenizer. Arms:
   ties dropped) — information a human best-of-4 label does not contain.
 
 Every arm uses ``--rows-per-step`` sequences per forward (K-way: rows/4 labels, pairwise: rows/2 pairs) and the
-same learning rate. Throughput: ``--rounds`` timed segments of ``--timing-steps`` optimizer steps per arm, run
-interleaved (so load from other processes hits all arms alike), median labels/second (a pair counts as 1/3 or
+same learning rate. Throughput: ``--rounds`` timed segments of ``--timing-steps`` optimizer steps per arm (after one
+untimed step), run interleaved (so load from other processes hits all arms alike), median labels/second (a pair counts as 1/3 or
 1/(pairs per label) of a label). Accuracy: one full training run per arm (``--epochs`` over all labels), held-out
 best-of-4 accuracy, each model read as it was trained (K-way: last response token; TRL: its own pooling of
 query+sample+EOS).
@@ -45,7 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import GPT2Config, GPT2ForSequenceClassification  # noqa: E402
+from transformers import GPT2Config, GPT2ForSequenceClassification, TrainerCallback  # noqa: E402
 from trl import RewardConfig, RewardTrainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -59,6 +59,20 @@ from hf_prefs.models.reward_model import score_texts  # noqa: E402
 from hf_prefs.trainers import PreferenceRewardConfig, PreferenceRewardTrainer  # noqa: E402
 from hf_prefs.tasks.known_rewards import vader_log_odds  # noqa: E402
 from hf_prefs.tasks.books import austen_queries  # noqa: E402
+
+
+class StepTimer(TrainerCallback):
+    """Wall seconds of each optimizer step (forward, backward, optimizer), step begin to step end."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._t0 = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._t0)
 
 
 def build_labels(tokenizer, n_train: int, n_test: int, seed: int) -> tuple[Dataset, Dataset]:
@@ -224,15 +238,19 @@ def main() -> None:
     for name, pairs in pair_sets.items():
         labels_per_step[name] = (args.rows_per_step / 2) * len(train) / len(pairs)  # labels' worth of pairs per step
 
-    # 1) throughput: interleaved timed segments (robust to other load on the machine), median per arm
+    # 1) throughput: interleaved timed segments (robust to other load on the machine), median per arm. Each
+    # segment's rate is over its optimizer steps after the first (a callback times step begin -> end), so the
+    # trainer's per-call set-up (optimizer, data loader) does not count against the arm with the shorter steps.
     arms["kway"](max_steps=3).train()  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.rounds):
         for name, make in arms.items():
-            trainer = make(max_steps=args.timing_steps)
-            runtime = trainer.train().metrics["train_runtime"]
-            rates[name].append(args.timing_steps * labels_per_step[name] / runtime)
-            tokens_per_label[name] = trainer._total_train_tokens / (args.timing_steps * labels_per_step[name])
+            timer = StepTimer()
+            trainer = make(max_steps=args.timing_steps + 1)
+            trainer.add_callback(timer)
+            trainer.train()
+            rates[name].append(labels_per_step[name] / statistics.median(timer.seconds[1:]))
+            tokens_per_label[name] = trainer._total_train_tokens / ((args.timing_steps + 1) * labels_per_step[name])
     lps = {name: statistics.median(r) for name, r in rates.items()}
 
     # 2) accuracy: one full training run per arm on all labels, held-out best-of-4 accuracy

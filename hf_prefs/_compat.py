@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from transformers import Trainer, TrainingArguments
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import RewardTrainer
@@ -81,8 +82,13 @@ def trainer_learning_rate(trainer: Trainer) -> float:
 
 
 def restore_trainer_checkpoint(trainer: Trainer, checkpoint: str) -> None:
-    """Restore callbacks' state, optimizer, scheduler and the global RNGs from a Trainer checkpoint folder."""
+    """Restore callbacks' state, optimizer, scheduler and the global RNGs from a Trainer checkpoint folder. Under
+    DeepSpeed the weights and optimizer come from the engine's own checkpoint (``global_step*/``), as
+    ``Trainer.train`` does after ``prepare``; ``_load_optimizer_and_scheduler`` then restores only the scheduler."""
     trainer._load_callback_state()
+    if trainer.is_deepspeed_enabled:
+        peft = getattr(trainer.accelerator.unwrap_model(trainer.model), "is_peft_model", False)
+        deepspeed_load_checkpoint(trainer.model_wrapped, checkpoint, load_module_strict=not peft)
     trainer._load_optimizer_and_scheduler(checkpoint)
     trainer._load_rng_state(checkpoint)
 

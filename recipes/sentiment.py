@@ -94,9 +94,10 @@ def main(task="sentiment", argv=None):
     ################
     judge = dict(known_reward=known_reward, batch_size=script_args.sampling_batch_size, seed=training_args.seed + 2,
                  reward_fn=lambda q, r: score_texts(trainer.reward_model, base.tokenizer, q, r))
-    before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)
-    after = evaluate_policy(trained_policy(trainer), base.tokenizer, queries.eval, spec,
-                            ref_model=None if trainer.is_peft_model else base.rho, **judge)
+    with timer("evaluation"):
+        before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)
+        after = evaluate_policy(trained_policy(trainer), base.tokenizer, queries.eval, spec,
+                                ref_model=None if trainer.is_peft_model else base.rho, **judge)
 
     ################
     # Save results, models and cards; push to the Hub

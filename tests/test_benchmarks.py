@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -47,3 +48,38 @@ def test_scaling_tiny():
     out = run(str(BENCH / "scaling.py"), "--model", "tiny", "--episodes", "8", "--updates", "2", "--labels", "32")
     assert re.search(r"ppo\s+episodes_per_s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
     assert re.search(r"rm\s+labels_per_s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
+
+
+def _tiny_recipe_flags(base: str) -> list[str]:
+    """The offline recipe shrunk to a tiny GPT-2 (full fine-tuning: its modules are not SmolLM2's LoRA targets)."""
+    return ["--model_name_or_path", base, "--use_peft", "false", "--rm_freeze_layers", "0", "--dtype", "float32",
+            "--bf16", "false", "--num_ppo_queries", "64", "--sampling_batch_size", "16", "--rm_batch_size", "8",
+            "--rm_num_train_epochs", "1", "--num_ppo_epochs", "1", "--per_device_train_batch_size", "8",
+            "--gradient_accumulation_steps", "4"]
+
+
+def test_memory_scaling_tiny(tmp_path, tiny_base):
+    out = run(str(BENCH / "memory_scaling.py"), "--scale", "0.5", "--output-dir", str(tmp_path),
+              "--extra", *_tiny_recipe_flags(tiny_base))
+    peaks = [float(x) for x in re.findall(r"peak RSS ([0-9.]+) GiB", out)]
+    assert len(peaks) == 2 and all(p > 0.1 for p in peaks)
+    assert re.search(r"peak RSS ratio large / small: [0-9.]+x", out)
+    summary = json.loads((tmp_path / "large" / "summary.json").read_text())
+    assert summary["ppo_updates"] == 3 and summary["timings_s"]["evaluation_peak_rss_gb"] > 0
+
+
+def test_fidelity_options_tiny(tmp_path, tiny_base):
+    flags = ["--variants", "baseline", "k2", "--output-dir", str(tmp_path), "--extra", *_tiny_recipe_flags(tiny_base),
+             "--num_label_queries", "16", "--num_eval_queries", "8", "--total_episodes", "32", "--rm_normalize_samples", "8"]
+    out = run(str(BENCH / "fidelity_options.py"), *flags)
+    assert re.search(r"baseline\s+[+-][0-9.]+ ± [0-9.]+", out) and re.search(r"k2\s+[+-][0-9.]+ ± [0-9.]+", out)
+    k2 = json.loads((tmp_path / "k2" / "summary.json").read_text())
+    assert (tmp_path / "k2" / "policy").is_dir() and k2["ppo_updates"] == 1
+    rerun = run(str(BENCH / "fidelity_options.py"), *flags)  # resumable: both read back, nothing re-run
+    assert rerun.splitlines()[1:] == out.splitlines()[1:]
+
+
+def test_value_function_tiny():
+    out = run(str(BENCH / "value_function.py"), "--tiny", "--updates", "2", "--variants", "baseline", "head_lr_x10")
+    assert re.search(r"^baseline\s+-?[0-9.]+\s+-?[0-9.]+\s+-?[0-9.]+", out, re.M)
+    assert re.search(r"^head_lr_x10\s+", out, re.M)

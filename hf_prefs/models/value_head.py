@@ -17,7 +17,6 @@ with ``AutoModelForCausalLM`` / ``PeftModel``), plus ``value_head.safetensors`` 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.trainer_utils import load_sharded_checkpoint
 
 from .reward_model import per_token_scores, score_head
+from .sharding import copy_module
 
 __all__ = [
     "VALUE_HEAD_FILE",
@@ -92,7 +92,7 @@ def value_model_from_reward_model(reward_model: nn.Module) -> nn.Module:
     This is how TRL's last PPOTrainer initialised its value model. A PEFT reward model is merged into a plain
     model first. The copy's per-token head output (before the reward normalization gain/bias) is the value.
     """
-    value_model = copy.deepcopy(reward_model)
+    value_model = copy_module(reward_model)  # also when ZeRO-3 partitioned it at load
     if hasattr(value_model, "merge_and_unload"):
         value_model = value_model.merge_and_unload()
     score_head(value_model)  # raises a clear error if this is not a *ForSequenceClassification model

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import resource
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +27,7 @@ from .evaluate import PolicyEvaluation
 
 __all__ = [
     "StageTimer",
+    "peak_rss_gb",
     "save_labels",
     "write_metrics",
     "plot_kl_vs_reward",
@@ -36,7 +39,9 @@ __all__ = [
 
 
 class StageTimer:
-    """Wall seconds per stage: ``with timer("labels"): ...`` records ``timer.seconds["labels_s"]``."""
+    """Wall seconds and memory per stage: ``with timer("labels"): ...`` records ``timer.seconds["labels_s"]`` and
+    the process's peak resident memory so far, ``timer.seconds["labels_peak_rss_gb"]`` (a running maximum: the
+    first stage whose value jumps is the one that set it)."""
 
     def __init__(self) -> None:
         self.start = time.time()
@@ -54,9 +59,16 @@ class StageTimer:
 
     def __exit__(self, *exc: Any) -> None:
         self.seconds[f"{self._name}_s"] = time.time() - self._t0
+        self.seconds[f"{self._name}_peak_rss_gb"] = peak_rss_gb()
 
     def total(self) -> dict[str, float]:
-        return {**self.seconds, "total_s": time.time() - self.start}
+        return {**self.seconds, "total_s": time.time() - self.start, "peak_rss_gb": peak_rss_gb()}
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set size so far, in GiB (``getrusage``; Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def save_labels(labels: Dataset, output_dir: str) -> None:

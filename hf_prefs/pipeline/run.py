@@ -68,9 +68,10 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
 
     judge = {"known_reward": known, "batch_size": pa.sampling_batch_size, "seed": cfg.seed + 2,
              "reward_fn": lambda q, r: score_texts(trainer.reward_model, base.tokenizer, q, r)}
-    before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)
-    after = evaluate_policy(trained_policy(trainer), base.tokenizer, queries.eval, spec,
-                            ref_model=None if trainer.is_peft_model else base.rho, **judge)
+    with timer("evaluation"):
+        before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)
+        after = evaluate_policy(trained_policy(trainer), base.tokenizer, queries.eval, spec,
+                                ref_model=None if trainer.is_peft_model else base.rho, **judge)
     summary = write_results(out, pa, cfg, base.name, trainer, labels, label_info, rm_metrics, before, after,
                             queries.eval_references, timer.total(), online.summary() if online else None)
     if cfg.push_to_hub:

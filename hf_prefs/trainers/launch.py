@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["check_process_count"]
+import accelerate
+from accelerate.utils import DistributedType
+
+__all__ = ["check_process_count", "check_sharding_active"]
 
 
 def check_process_count(accelerator: Any) -> None:
@@ -18,3 +21,23 @@ def check_process_count(accelerator: Any) -> None:
             f"{accelerator.num_processes}: on a CPU machine set use_cpu: true (TrainingArguments / the recipe's YAML, "
             "or export ACCELERATE_USE_CPU=1) so that they train together over gloo"
         )
+
+
+def check_sharding_active(accelerator: Any) -> None:
+    """Stop when the launcher asked for FSDP or DeepSpeed (``distributed_type: FSDP`` / ``DEEPSPEED`` in the accelerate
+    config, which exports ``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED``) but accelerate runs without it: it
+    then silently trains plain DDP with the whole model on every process. accelerate (1.15, ``AcceleratorState``)
+    turns FSDP on only for GPU-like process groups (MULTI_GPU/NPU/XPU/...), never for MULTI_CPU (gloo), and drops
+    DeepSpeed when ``cpu`` is forced (``ACCELERATE_USE_CPU=1``)."""
+    for name, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" and accelerator.distributed_type != kind:
+            raise RuntimeError(
+                f"the accelerate config asks for {name} (ACCELERATE_USE_{name}=true) but accelerate "
+                f"{accelerate.__version__} runs {accelerator.distributed_type.value}: every process would train the "
+                "whole model as plain data parallel. "
+                + ("accelerate never enables FSDP on the CPU (gloo), only on GPU-like devices; on the CPU use "
+                   "recipes/accelerate_configs/multi_cpu.yaml (DDP) or a DeepSpeed ZeRO config"
+                   if name == "FSDP" else
+                   "accelerate drops DeepSpeed when the CPU is forced (ACCELERATE_USE_CPU=1 or cpu=True); unset it "
+                   "and pass use_cpu=True / ddp_backend='gloo' in the training arguments instead")
+            )

@@ -15,6 +15,7 @@ from .._compat import print_prompt_completions_sample
 from ..core.ppo_math import explained_variance, masked_mean
 from ..core.rollout import left_pad
 from ..models.generation import sample_responses
+from ..models.sharding import generation_model
 from .ppo_data import Rollout
 
 __all__ = ["PPOReportingMixin", "COMPLETIONS_TEMPERATURE"]
@@ -121,26 +122,30 @@ class PPOReportingMixin:
         if self.eval_dataset is None:
             return None
         a, spec, device = self.args, self.rollout_spec, self.accelerator.device
-        rows = list(range(len(self.eval_dataset)))[self.accelerator.process_index :: self.accelerator.num_processes]
+        mine = list(range(len(self.eval_dataset)))[self.accelerator.process_index :: self.accelerator.num_processes]
+        # every process runs as many batches (sharded forwards are collectives): short ones repeat a row, dropped below
+        per_process = -(-len(self.eval_dataset) // self.accelerator.num_processes)
+        rows = (mine + (mine or [0])[-1:] * per_process)[:per_process]
         table: dict[str, list[Any]] = {"query": [], "model response": [], "score": []}
         # its own generator: showing completions never changes what training samples
         generator = torch.Generator(device=device).manual_seed(a.seed + 17 + 1_000_003 * self.accelerator.process_index)
         self.model.eval()
-        for start in range(0, len(rows), a.per_device_eval_batch_size):
-            batch = self.eval_dataset[rows[start : start + a.per_device_eval_batch_size]]
-            query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
-            with self.accelerator.autocast():
-                responses = sample_responses(
-                    self._unwrapped().policy, query_ids.to(device), query_mask.to(device), spec.response_length,
-                    COMPLETIONS_TEMPERATURE, generator,
-                )
-            texts = self.decode_responses(responses, spec.cut(responses).lengths)
-            table["query"] += list(batch["query"])
-            table["model response"] += texts
-            table["score"] += self.score(list(batch["query"]), texts).tolist()
-            if sampling:
-                break
-        df = pd.DataFrame({key: gather_object(values) for key, values in table.items()})
+        with generation_model(self.model_wrapped, self.accelerator, a.ds3_gather_for_generation) as wrapper:
+            for start in range(0, len(rows), a.per_device_eval_batch_size):
+                batch = self.eval_dataset[rows[start : start + a.per_device_eval_batch_size]]
+                query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
+                with self.accelerator.autocast():
+                    responses = sample_responses(
+                        wrapper.policy, query_ids.to(device), query_mask.to(device), spec.response_length,
+                        COMPLETIONS_TEMPERATURE, generator,
+                    )
+                texts = self.decode_responses(responses, spec.cut(responses).lengths)
+                table["query"] += list(batch["query"])
+                table["model response"] += texts
+                table["score"] += self.score(list(batch["query"]), texts).tolist()
+                if sampling:
+                    break
+        df = pd.DataFrame({key: gather_object(values[: len(mine)]) for key, values in table.items()})
         if self.accelerator.is_main_process:
             print(df.iloc[:5].to_string())
             self._log_table("completions", df)

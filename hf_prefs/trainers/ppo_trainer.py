@@ -31,7 +31,6 @@ Lq = (left-padded) query length, Lr = response length, V = vocabulary.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -64,8 +63,9 @@ from ..models.generation import ensure_pad_token_id, input_pad_id, sample_respon
 from ..models.loading import load_reward_model
 from ..models.logprobs import token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
+from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
-from .launch import check_process_count
+from .launch import check_process_count, check_sharding_active
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig
 from .ppo_data import NonFiniteError, QueryStream, Rollout, prepare_query_dataset
@@ -257,7 +257,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
             raise ValueError("ref_model must not be the policy object itself (pass None to get a frozen copy)")
         self.is_peft_model = hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config")
         if ref_model is None and not self.is_peft_model:
-            ref_model = copy.deepcopy(policy)
+            ref_model = copy_module(policy)  # also when ZeRO-3 partitioned the policy at load
         if ref_model is not None:
             ref_model.eval()
             for p in ref_model.parameters():
@@ -283,6 +283,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     def _init_state(self, kl_controller: Any) -> None:
         """KL controller, the query stream, the sampling / shuffling generators (per process) and model placement."""
         check_process_count(self.accelerator)
+        check_sharding_active(self.accelerator)
         a = self.args
         if kl_controller is None:
             kl_controller = (
@@ -297,16 +298,24 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         self._prepared = False
         self.last_samples: Any = None  # the last samples table (a pandas DataFrame)
         self.timings: dict[str, float] = {}  # seconds of the parts of the last rollout
+        self._frozen_engines: list[Any] = []  # DeepSpeed engines of the frozen models (their modules are used)
         if self.ref_model is not None:
-            self.ref_model.to(device)
+            self.ref_model = self._place_frozen(self.ref_model)
         if isinstance(self.reward_model, nn.Module):
             self.reward_model.eval()
-            self.reward_model.to(device)
+            self.reward_model = self._place_frozen(self.reward_model)
         self.model.add_model_tags(self._tag_names)
 
     # =========================================================================================================
     # setup helpers
     # =========================================================================================================
+    def _place_frozen(self, module: nn.Module) -> nn.Module:
+        """A frozen model on the device; under DeepSpeed prepared as TRL does (ZeRO-3: sharded like the policy)."""
+        module, engine = prepare_frozen(module, self.accelerator)
+        if engine is not None:
+            self._frozen_engines.append(engine)
+        return module
+
     @contextmanager
     def reference_context(self):
         """Inside: the module to use as rho: the frozen reference; or, for a PEFT policy, the adapter named
@@ -357,9 +366,15 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         ``reference=True`` samples from rho instead of pi.
         """
         a = self.args
-        context = self.reference_context() if reference else nullcontext(self._unwrapped().policy)
+        # ZeRO-3: the policy's weights are gathered once for all chunks (ds3_gather_for_generation), or every forward
+        # gathers its layers; a separate reference model samples sharded
+        gather = a.ds3_gather_for_generation and (not reference or self.ref_model is None)
         chunks = []
-        with context as lm, self.accelerator.autocast():
+        with (
+            generation_model(self.model_wrapped, self.accelerator, gather) as wrapper,
+            self.reference_context() if reference else nullcontext(wrapper.policy) as lm,
+            self.accelerator.autocast(),
+        ):
             for i in range(0, query_ids.shape[0], a.local_rollout_forward_batch_size):
                 sl = slice(i, i + a.local_rollout_forward_batch_size)
                 try:
@@ -612,6 +627,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         ones = torch.ones_like(rollout.values, dtype=torch.bool)
         token_mask = rollout.token_mask if rollout.token_mask is not None else ones  # (B, Lr)
         value_mask = rollout.value_mask if rollout.value_mask is not None else ones  # (B, Lr)
+        # DeepSpeed's engine divides every loss by ITS gradient_accumulation_steps; here the loss is already divided
+        # by the micro-batches of one minibatch (n_micro = gradient_accumulation_steps / num_mini_batches)
+        backward_kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
         for epoch in range(a.num_ppo_epochs):
             order = torch.randperm(len(rollout), generator=self.shuffle_generator).to(rollout.values.device)
             for start in range(0, len(rollout), a.local_mini_batch_size):
@@ -643,7 +661,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
                     with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
                         with self.accelerator.autocast():
                             loss, micro_stats = self.compute_ppo_loss(model, batch)
-                        self.accelerator.backward(loss / n_micro)
+                        self.accelerator.backward(loss / n_micro, **backward_kwargs)
                     for key, value in micro_stats.items():
                         stats.setdefault(key, []).append(value)
                 self.optimizer_step(model)
@@ -666,13 +684,16 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         """Prepare model/optimizer with the Trainer's Accelerator, create the scheduler (one step per update), build or
         restore the TrainerState, and restore optimizer, scheduler, beta and generators when resuming."""
         a = self.args
-        if resume_from_checkpoint is not None:
-            self._load_from_checkpoint(resume_from_checkpoint)  # weights before prepare()
+        if resume_from_checkpoint is not None and not self.is_deepspeed_enabled:
+            self._load_from_checkpoint(resume_from_checkpoint)  # weights before prepare(); DeepSpeed: its checkpoint after
         if a.activation_checkpointing:
             self._unwrapped().activation_checkpointing_enable(a.activation_checkpointing_kwargs)
         if not self._prepared:
+            match_partitioned_dtype(self.model)  # ZeRO-3 + zero.Init in bf16/fp16: the value head / LoRA too
             self.create_optimizer()
             self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            if self.is_deepspeed_enabled:  # Trainer.save_model / _save_checkpoint read the engine here
+                self.deepspeed = self.model_wrapped
             self.create_scheduler(num_training_steps=a.num_total_batches)  # lr: linear to 0 over the updates
             self._prepared = True
 

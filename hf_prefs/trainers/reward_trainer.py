@@ -50,7 +50,7 @@ from ..models.reward_model import (
     packed_rewards,
     set_reward_normalization,
 )
-from .launch import check_process_count
+from .launch import check_process_count, check_sharding_active
 from .reward_config import PreferenceRewardConfig
 
 __all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorForKWayPreference"]
@@ -166,6 +166,7 @@ class PreferenceRewardTrainer(RewardTrainer):
             peft_config=peft_config,
         )
         check_process_count(self.accelerator)
+        check_sharding_active(self.accelerator)
         self._pending_logs: dict[str, float] | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
         if data_collator is None:  # TRL built its chosen/rejected collator; replace it with the K-way one

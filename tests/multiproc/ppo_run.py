@@ -41,24 +41,32 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def make_trainer(base: str, out: str, variant: str, per_device: int, steps: int = 1, save: bool = False) -> PPOTrainer:
+def make_trainer(base: str, out: str, variant: str, per_device: int, steps: int = 1, save: bool = False,
+                 reward_model: bool = False, **overrides) -> PPOTrainer:
     """The same trainer on every process: weights from `base`, LoRA / value model initialised after a fixed seed."""
     tok = AutoTokenizer.from_pretrained(base, padding_side="left")
     tok.pad_token = tok.eos_token
-    args = PPOConfig(
+    kwargs = dict(
         output_dir=out, per_device_train_batch_size=per_device, gradient_accumulation_steps=1, num_mini_batches=1,
-        num_ppo_epochs=2, total_episodes=steps * per_device * int(os.environ.get("WORLD_SIZE", "1")),
-        response_length=6, learning_rate=1e-3, kl_coef=0.2, adaptive_kl=True, kl_target=0.05, kl_horizon=20,
-        whiten_rewards=True, report_to=[], save_strategy="steps" if save else "no", save_steps=1,
+        num_ppo_epochs=2, response_length=6, learning_rate=1e-3, kl_coef=0.2, adaptive_kl=True, kl_target=0.05,
+        kl_horizon=20, whiten_rewards=True, report_to=[], save_strategy="steps" if save else "no", save_steps=1,
         num_sample_generations=0, disable_tqdm=True, seed=0, use_cpu=True, dataloader_num_workers=0,
     )
+    kwargs.update(overrides)
+    kwargs["total_episodes"] = (steps * kwargs["per_device_train_batch_size"] * kwargs["gradient_accumulation_steps"]
+                                * int(os.environ.get("WORLD_SIZE", "1")))
+    args = PPOConfig(**kwargs)
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_pretrained(base)
     value_model = None
     if variant == "separate":
         value_model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     peft = LoraConfig(r=4, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM") if variant == "lora" else None
-    return PPOTrainer(model=policy, reward_model=length_reward, args=args, processing_class=tok,
+    reward = length_reward
+    if reward_model:  # a random sequence-classification model on the same trunk (loaded after the config, as a recipe does)
+        torch.manual_seed(1)
+        reward = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    return PPOTrainer(model=policy, reward_model=reward, args=args, processing_class=tok,
                       train_dataset=Dataset.from_dict({"query": QUERIES}), value_model=value_model, peft_config=peft)
 
 
@@ -84,9 +92,10 @@ def write(trainer: PPOTrainer, out: Path, result: dict) -> None:
     rank = trainer.accelerator.process_index
     out.mkdir(parents=True, exist_ok=True)
     (out / f"result_{rank}.json").write_text(json.dumps(result))
+    # every process takes part: under DeepSpeed ZeRO-3 the state dict is gathered from all of them
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.accelerator.is_main_process:
-        state = {k: v.detach().cpu() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
-        torch.save(state, out / "params.pt")
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, out / "params.pt")
 
 
 def main(argv=None) -> None:
@@ -100,13 +109,15 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--stop_at", type=int)
     p.add_argument("--resume")
+    p.add_argument("--set", nargs="*", default=[], help="PPOConfig overrides key=json_value")
     a = p.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
     out = Path(a.out)
     if a.mode == "update":
-        trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device)
+        trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, **overrides)
         write(trainer, out, run_update(trainer, torch.load(a.rollout, weights_only=False)))
         return
-    trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, a.steps, save=True)
+    trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, a.steps, save=True, **overrides)
     if a.stop_at:
         trainer.add_callback(StopAt(a.stop_at))
     trainer.train(resume_from_checkpoint=a.resume)

@@ -1,0 +1,70 @@
+"""The paper-fidelity options, each measured on the offline default: known-reward gain (paired, with SE) and KL.
+
+One full run of README command 1's recipe and config (``recipes/sentiment.py --config
+recipes/configs/sentiment_offline.yaml``) per variant, the same seed, each in ``<output-dir>/<variant>/``; a variant
+whose ``summary.json`` is already there is not run again (resumable). Variants:
+
+- ``baseline``:      the offline default as committed;
+- ``tf1_adam``:      ``--tf1_adam true`` (TF1's Adam: epsilon added to sqrt(v) before the bias correction);
+- ``rm_head_paper``: ``--rm_head_init paper`` (reward head ~ N(0, 1/sqrt(d_model + 1)), as the paper's code);
+- ``critic_warmup``: ``--critic_warmup_updates 2`` (2 value-only PPO updates first);
+- ``k2``:            ``--kl_estimator k2`` (0.5 * (log pi - log rho)^2 per token in the reward);
+- ``k3``:            ``--kl_estimator k3``.
+
+    python benchmarks/fidelity_options.py --output-dir runs/fidelity          # ~15 minutes per variant on 2 cores
+    python benchmarks/fidelity_options.py --variants baseline k2 --extra --total_episodes 64   # shorter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "recipes" / "configs" / "sentiment_offline.yaml"
+VARIANTS: dict[str, list[str]] = {
+    "baseline": [],
+    "tf1_adam": ["--tf1_adam", "true"],
+    "rm_head_paper": ["--rm_head_init", "paper"],
+    "critic_warmup": ["--critic_warmup_updates", "2"],
+    "k2": ["--kl_estimator", "k2"],
+    "k3": ["--kl_estimator", "k3"],
+}
+
+
+def run(name: str, out: Path, extra: list[str]) -> dict:
+    folder = out / name
+    if not (folder / "summary.json").is_file():
+        cmd = [sys.executable, str(ROOT / "recipes" / "sentiment.py"), "--config", str(CONFIG), "--output_dir",
+               str(folder), "--disable_tqdm", "true", *VARIANTS[name], *extra]
+        with open(out / f"{name}.log", "w") as log:
+            code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            sys.exit(f"{name} failed ({code}); see {out / name}.log")
+    return json.loads((folder / "summary.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", default="runs/fidelity")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more recipe flags for every variant (last)")
+    a = p.parse_args(argv)
+    out = Path(a.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    print(f"{'variant':<15}{'known reward gain':>22}{'KL (nats)':>11}{'final beta':>12}{'RM eval acc':>13}{'wall s':>8}")
+    for name in a.variants:
+        s = results[name] = run(name, out, a.extra)
+        gain = s["known_reward_gain"]
+        acc = s["reward_model"].get("eval_accuracy")
+        print(f"{name:<15}{gain['mean']:>+14.3f} ± {gain['se']:.3f}{s['after']['kl']:>11.2f}{s['final_beta']:>12.4f}"
+              f"{'-' if acc is None else f'{acc:.3f}':>13}{s['timings_s']['total_s']:>8.0f}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

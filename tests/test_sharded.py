@@ -1,0 +1,178 @@
+"""Sharded training on the CPU: DeepSpeed ZeRO-2 / ZeRO-3 with 2 gloo processes through `accelerate launch` and the
+recipes' DeepSpeed configs, compared with the same work in one process; and the check that a requested FSDP (which
+accelerate never enables on the CPU) stops the run instead of silently training plain DDP.
+
+The DeepSpeed tests need `deepspeed` (`pip install wheel && pip install --no-build-isolation deepspeed`; on a CPU
+machine it installs from the sdist in about 30 s) and are skipped without it. Every launch is a real 2-process run
+(about 20-40 s each on 2 cores: DeepSpeed's import and engine set-up dominate).
+
+What is compared (fp32):
+- one PPO update on the same saved global batch (ZeRO-2 / ZeRO-3, full / LoRA / separate value model) against one
+  process with the whole batch: parameters within 1e-5 (float32 sums in another order, as for DDP), loss, KL, beta;
+  with gradient accumulation and SGD the update size too (DeepSpeed divides the loss by its accumulation steps);
+- update 0's rollout of process 0 under ZeRO-3 against one process with the same queries and seed: the same tokens,
+  scores, log-probs, reference log-probs and values; with `ds3_gather_for_generation=True` the weights are gathered
+  in ONE block per `generate` call and no forward inside gathers again, with False every forward gathers;
+- 3 updates against a run stopped after 2 and resumed from its checkpoint (optimizer state from DeepSpeed's own
+  checkpoint): identical parameters and beta;
+- bf16 ZeRO-3 (the recipes' precision) with LoRA: the adapters and value head created after the sharded load train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "recipes" / "accelerate_configs"
+SCRIPTS = Path(__file__).resolve().parent / "multiproc"
+sys.path.insert(0, str(SCRIPTS))
+
+import ppo_run  # noqa: E402
+import sharded_run  # noqa: E402
+
+pytestmark = pytest.mark.multiprocess
+
+PARAM_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def deepspeed():
+    return pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install wheel; pip install --no-build-isolation deepspeed)")
+
+
+def launch(config: str, script: str, *args: str, mixed_precision: str = "no", check: bool = True):
+    """`accelerate launch --config_file recipes/accelerate_configs/<config>` with 2 processes on the CPU."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
+           "--num_processes", "2", "--main_process_port", "0", "--mixed_precision", mixed_precision,
+           str(SCRIPTS / script), *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS), os.environ.get("PYTHONPATH", "")])}
+    env.pop("ACCELERATE_USE_CPU", None)  # it would make accelerate drop DeepSpeed; the scripts pass use_cpu=True
+    env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed on the CPU even where a GPU is visible
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def zero_config(stage: int) -> str:
+    return f"deepspeed_zero{stage}.yaml"
+
+
+def results(out: Path) -> list[dict]:
+    return [json.loads((out / f"result_{r}.json").read_text()) for r in range(2)]
+
+
+def max_param_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def one_process_update(base: str, out: Path, rollout: Path, variant: str = "full", **overrides) -> tuple[dict, dict]:
+    trainer = ppo_run.make_trainer(base, str(out), variant, per_device=8, **overrides)
+    result = ppo_run.run_update(trainer, torch.load(rollout, weights_only=False))
+    params = {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+    return result, params
+
+
+@pytest.fixture(scope="module")
+def global_rollout(tiny_base, tmp_path_factory):
+    """8 episodes sampled once by one process: the global batch both sides train on."""
+    trainer = ppo_run.make_trainer(tiny_base, str(tmp_path_factory.mktemp("roll") / "ppo"), "full", per_device=8)
+    path = tmp_path_factory.mktemp("rollout") / "rollout.pt"
+    torch.save(trainer.make_rollout(*trainer.sample_queries(0)), path)
+    return path
+
+
+@pytest.mark.parametrize("stage,variant", [(2, "full"), (3, "full"), (3, "lora"), (3, "separate")])
+def test_zero_update_equals_one_process(deepspeed, tiny_base, tmp_path, global_rollout, stage, variant):
+    single, single_params = one_process_update(tiny_base, tmp_path / "one", global_rollout, variant)
+    launch(zero_config(stage), "ppo_run.py", "update", "--base", tiny_base, "--out", str(tmp_path / "two"),
+           "--variant", variant, "--per_device", "4", "--rollout", str(global_rollout))
+    for r in results(tmp_path / "two"):
+        assert r["world"] == 2
+        assert r["kl"] == pytest.approx(single["kl"], rel=1e-6) and r["beta"] == pytest.approx(single["beta"], rel=1e-6)
+        assert r["loss"] == pytest.approx(single["loss"], rel=1e-5, abs=1e-6)
+    worst = max_param_difference(single_params, torch.load(tmp_path / "two" / "params.pt"))
+    print(f"ZeRO-{stage} {variant}: max |param difference| after one update = {worst:.2e}")
+    assert worst <= PARAM_ATOL
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_gradient_accumulation_scales_the_loss_once(deepspeed, tiny_base, tmp_path, global_rollout, stage):
+    """2 micro-batches per step: DeepSpeed must not divide the (already averaged) loss by its accumulation steps
+    again. SGD, so that a wrong gradient scale shows in the parameters (Adam would hide it)."""
+    sgd = {"optim": "sgd", "learning_rate": 0.5}
+    _, single_params = one_process_update(tiny_base, tmp_path / "one", global_rollout, **sgd)
+    launch(zero_config(stage), "ppo_run.py", "update", "--base", tiny_base, "--out", str(tmp_path / "two"),
+           "--per_device", "2", "--rollout", str(global_rollout),
+           "--set", 'optim="sgd"', "learning_rate=0.5", "gradient_accumulation_steps=2")
+    worst = max_param_difference(single_params, torch.load(tmp_path / "two" / "params.pt"))
+    print(f"ZeRO-{stage}, 2 micro-batches, SGD: max |param difference| = {worst:.2e}")
+    assert worst <= PARAM_ATOL
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_zero3_rollout_equals_one_process_and_gathers_once_per_generate(deepspeed, tiny_base, tmp_path, gather):
+    """Process 0 samples the same queries with the same seed as one process with 4 episodes; a reward MODEL (sharded
+    too under ZeRO-3) scores them."""
+    one = ppo_run.make_trainer(tiny_base, str(tmp_path / "one"), "full", per_device=4, reward_model=True)
+    sharded_run.run_rollout(one, tmp_path / "one")
+    launch(zero_config(3), "sharded_run.py", "rollout", "--base", tiny_base, "--out", str(tmp_path / "two"),
+           "--per_device", "4", "--reward_model", "--set", f"ds3_gather_for_generation={json.dumps(gather)}")
+    expected = torch.load(tmp_path / "one" / "rollout_0.pt", weights_only=False)
+    got = torch.load(tmp_path / "two" / "rollout_0.pt", weights_only=False)
+    assert torch.equal(got.response_ids, expected.response_ids) and got.response_texts == expected.response_texts
+    for field in ("scores", "logprobs", "ref_logprobs", "values", "kl", "rewards"):
+        torch.testing.assert_close(getattr(got, field), getattr(expected, field), atol=1e-5, rtol=1e-5, msg=field)
+    for r in results(tmp_path / "two"):
+        assert r["world"] == 2 and r["zero_stage"] == 3
+        (calls,) = r["generate_calls"]  # one generate call per rollout
+        print(f"ds3_gather_for_generation={gather}: {calls}")
+        if gather:  # one gathered block; every all-gather is made on entering it, none by the sampling forwards
+            assert calls["gathered_blocks"] == 1 and calls["all_gathers"] == calls["all_gathers_of_blocks"] > 0
+        else:  # sharded: each forward fetches its layers
+            assert calls["gathered_blocks"] == 0 and calls["all_gathers"] > 0
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_resume_equals_an_uninterrupted_run(deepspeed, tiny_base, tmp_path, stage):
+    common = ["--base", tiny_base, "--steps", "3"]
+    launch(zero_config(stage), "ppo_run.py", "train", *common, "--out", str(tmp_path / "full"))
+    launch(zero_config(stage), "ppo_run.py", "train", *common, "--out", str(tmp_path / "cut"), "--stop_at", "2")
+    checkpoint = tmp_path / "cut" / "ppo" / "checkpoint-2"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"model.safetensors", "value_head.safetensors", "ppo_state_0.json", "ppo_state_1.json"} <= names
+    assert any(name.startswith("global_step") for name in names)  # DeepSpeed's engine checkpoint (optimizer)
+    launch(zero_config(stage), "ppo_run.py", "train", *common, "--out", str(tmp_path / "cut"), "--resume", str(checkpoint))
+    full, resumed = results(tmp_path / "full"), results(tmp_path / "cut")
+    assert resumed[0]["steps"] == full[0]["steps"] == 3
+    assert resumed[0]["beta"][-1] == pytest.approx(full[0]["beta"][-1], rel=1e-6)
+    worst = max_param_difference(torch.load(tmp_path / "full" / "params.pt"), torch.load(tmp_path / "cut" / "params.pt"))
+    print(f"ZeRO-{stage} resume: max |param difference| vs uninterrupted = {worst:.2e}")
+    assert worst <= PARAM_ATOL
+
+
+def test_zero3_bf16_with_lora_trains(deepspeed, tiny_base, tmp_path):
+    """The recipes' precision: zero.Init loads the weights as bf16 shards; LoRA adapters and the value head, created
+    afterwards in fp32, must join them in one dtype."""
+    launch(zero_config(3), "ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "run"), "--steps", "2",
+           "--variant", "lora", "--set", "bf16=true", mixed_precision="bf16")
+    ranks = results(tmp_path / "run")
+    assert [r["steps"] for r in ranks] == [2, 2] and ranks[0]["beta"] == ranks[1]["beta"]
+    assert ranks[0]["kl"][0] == pytest.approx(0.0, abs=1e-6)  # the reference starts equal to the policy, same dtype
+
+
+def test_fsdp_config_on_the_cpu_stops_instead_of_training_ddp(tiny_base, tmp_path):
+    """accelerate never enables FSDP for gloo processes (it would silently train DDP): the trainer says so."""
+    proc = launch("fsdp.yaml", "ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "run"), "--steps", "1",
+                  check=False)
+    assert proc.returncode != 0
+    assert "asks for FSDP (ACCELERATE_USE_FSDP=true) but accelerate" in proc.stderr
+    assert "runs MULTI_CPU" in proc.stderr
