@@ -47,10 +47,13 @@ __all__ = [
 ]
 
 #: Package -> (oldest tested, newest tested). The oldest are the floors declared in pyproject.toml.
+#: The oldest are checked by ``scripts/ci_oldest.sh`` (CI), the newest by the suite on the newest releases.
 TESTED_VERSIONS: dict[str, tuple[str, str]] = {
     "trl": ("1.13.0", "1.16.0"),
-    "transformers": ("5.20.0", "5.24.0"),
-    "accelerate": ("1.10.0", "1.15.0"),
+    "transformers": ("5.23.0", "5.24.0"),  # 5.23: TrainingArguments.activation_checkpointing
+    "accelerate": ("1.7.0", "1.15.0"),
+    "peft": ("0.13.0", "0.21.2"),
+    "datasets": ("4.7.0", "5.2.0"),
 }
 
 #: TRL's trainer base class (private: ``trl.trainer.base_trainer._BaseTrainer``): model cards, tags, telemetry.

@@ -173,3 +173,21 @@ def test_recipes_are_short_and_share_one_flow():
         assert len(path.read_text().splitlines()) <= MAX_RECIPE_LINES, path.name
     flows = [p.name for p in (ROOT / "recipes").glob("*.py") if "def main(" in p.read_text()]
     assert flows == ["sentiment.py"]  # the other task recipes run its flow on their own task
+
+
+def test_tested_versions_start_at_the_floors_pyproject_declares():
+    """`_compat.TESTED_VERSIONS`' oldest are exactly pyproject.toml's `>=` floors (what scripts/ci_oldest.sh installs),
+    and the installed versions lie inside the tested range."""
+    import re
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    from hf_prefs._compat import TESTED_VERSIONS
+
+    text = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.S | re.M).group(1)
+    floors = dict(re.findall(r'"([A-Za-z0-9_.-]+)>=([0-9][0-9A-Za-z.]*)"', deps))
+    for name, (oldest, newest) in TESTED_VERSIONS.items():
+        assert floors[name] == oldest, (name, floors.get(name), oldest)
+        assert Version(oldest) <= Version(version(name)), (name, version(name))

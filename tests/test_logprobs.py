@@ -23,3 +23,26 @@ def test_chunked_logprobs_and_entropy_equal_the_plain_log_softmax(dtype):
     (plain_grad,) = torch.autograd.grad(plain_lp.sum(), logits)
     assert torch.allclose(grad.float(), plain_grad.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
     assert token_logprobs(logits.detach(), targets)[1] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_last_positions_keeps_the_same_logits_as_the_int_and_a_contiguous_head_input(dtype):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf_prefs.models.logprobs import last_positions
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300)).to(dtype).eval()
+    ids = torch.randint(0, 300, (3, 11))
+    seen = []
+    model.lm_head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    keep = last_positions(11, 4)
+    assert keep.tolist() == [7, 8, 9, 10]
+    with torch.no_grad():
+        by_index = model(input_ids=ids, logits_to_keep=keep).logits
+        by_int = model(input_ids=ids, logits_to_keep=4).logits
+        full = model(input_ids=ids).logits
+    assert by_index.shape == (3, 4, 300)
+    assert torch.equal(by_index, by_int) and torch.equal(by_index, full[:, -4:])
+    # the LM head gets a contiguous (B, k, d) input from the index (a strided slice from the int)
+    assert seen == [True, False, True]

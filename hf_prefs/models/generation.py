@@ -19,6 +19,7 @@ import torch
 
 from .._compat import cache_kwargs, output_cache
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
+from .logprobs import last_positions
 
 __all__ = [
     "sample_categorical",
@@ -103,7 +104,8 @@ def sample_responses(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     mask = query_mask
     # Only the last position's logits are needed from the prefill (logits_to_keep skips the rest of the LM head).
-    out = model(input_ids=query_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, logits_to_keep=1)
+    keep = last_positions(query_ids.shape[1], 1, query_ids.device)
+    out = model(input_ids=query_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, logits_to_keep=keep)
     cache, logits = output_cache(out), out.logits[:, -1, :]  # the KV cache; (B, V)
     if num_samples > 1:
         if cache is not None:  # None: a model without a cache (test doubles)

@@ -162,14 +162,15 @@ class PolicyWithValueHead(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> PolicyValueOutput:
         """Policy logits and values on ``(B, L)`` tokens.
 
         The value at position i is the value of the state "tokens 0..i seen", i.e. before token i+1 is sampled
         (read at the same positions as the logits that predict token i+1).
         """
-        kwargs: dict[str, Any] = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+        keep_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
+        kwargs: dict[str, Any] = {} if keep_all else {"logits_to_keep": logits_to_keep}
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
