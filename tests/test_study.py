@@ -20,6 +20,8 @@ from hf_prefs.analysis.study import STUDY_FIELDS, gain_fraction, study_main, sum
 from hf_prefs.cli import main as cli_main
 from hf_prefs.core.frontier import FrontierPoint, frontier_at_kl
 
+pytestmark = pytest.mark.slow  # a tiny study end to end: minutes
+
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml")
 REQUIRED = ["run", "seed", "labels", "known_reward", "kl", "frontier_reward_at_kl", "frontier_ess_at_kl",
