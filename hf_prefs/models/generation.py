@@ -19,7 +19,7 @@ import torch
 
 from .._compat import cache_kwargs, output_cache
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
-from .logprobs import last_positions
+from .logprobs import forward_last
 
 __all__ = [
     "sample_categorical",
@@ -104,8 +104,7 @@ def sample_responses(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     mask = query_mask
     # Only the last position's logits are needed from the prefill (logits_to_keep skips the rest of the LM head).
-    keep = last_positions(query_ids.shape[1], 1, query_ids.device)
-    out = model(input_ids=query_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, logits_to_keep=keep)
+    out = forward_last(model, query_ids, mask, 1, use_cache=True)
     cache, logits = output_cache(out), out.logits[:, -1, :]  # the KV cache; (B, V)
     if num_samples > 1:
         if cache is not None:  # None: a model without a cache (test doubles)

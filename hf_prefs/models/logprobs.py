@@ -13,10 +13,14 @@ instead of being kept, so the only full-vocabulary tensor alive is the model's o
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["token_logprobs", "last_positions", "DEFAULT_CHUNK_ROWS"]
+from ..core.rollout import position_ids
+
+__all__ = ["token_logprobs", "last_positions", "forward_last", "DEFAULT_CHUNK_ROWS"]
 
 #: Rows (positions) per chunk: 64 x 49,152 float32 = 12.6 MB per temporary.
 DEFAULT_CHUNK_ROWS = 64
@@ -33,6 +37,15 @@ def last_positions(length: int, k: int, device: torch.device | str | None = None
     copy and ~14x the time, also in the backward pass. Same logits either way.
     """
     return torch.arange(length - k, length, device=device)
+
+
+def forward_last(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, **kwargs: Any) -> Any:
+    """``model(...)`` on left-padded ``(B, L)`` tokens with the LM head on the last ``k`` positions only (``logits``
+    ``(B, k, V)``, asked for by :func:`last_positions`) and position ids counted from each row's first real token;
+    ``kwargs`` go to the model (e.g. ``use_cache``)."""
+    keep = last_positions(input_ids.shape[1], k, input_ids.device)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                 logits_to_keep=keep, **kwargs)
 
 
 def _chunk(logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:

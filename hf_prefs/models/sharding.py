@@ -54,9 +54,9 @@ def match_partitioned_dtype(module: nn.Module) -> None:
 def copy_module(module: nn.Module) -> nn.Module:
     """``copy.deepcopy(module)``; for a ZeRO-3-partitioned module the full weights are gathered once (a collective:
     call it on every process) and the copy gets plain, unpartitioned parameters (shared ones stay shared)."""
-    params = list(module.parameters())
-    if not any(hasattr(p, "ds_id") for p in params):
+    if not is_partitioned(module):
         return copy.deepcopy(module)
+    params = list(module.parameters())
     import deepspeed
 
     with deepspeed.zero.GatheredParameters(params):

@@ -20,10 +20,10 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
+from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of
 from ..core.stats import win_rate
 from ..models.generation import input_pad_id, model_device, sample_responses, sample_texts
-from ..models.logprobs import last_positions, token_logprobs
+from ..models.logprobs import forward_last, token_logprobs
 
 __all__ = ["PolicyEvaluation", "evaluate_policy", "compare_policies", "sequence_logprobs", "sample_with_logprobs"]
 
@@ -60,8 +60,7 @@ def _sequence_logprob(
     model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, response: torch.Tensor, token_mask: torch.Tensor, t: float
 ) -> torch.Tensor:
     lr = response.shape[1]  # only the positions that predict the response: logits_to_keep
-    keep = last_positions(ids.shape[1], lr + 1, ids.device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=keep).logits
+    logits = forward_last(model, ids, mask, lr + 1).logits
     return (token_logprobs(logits[:, -lr - 1 : -1], response, t)[0] * token_mask).sum(1)  # (B,)
 
 
@@ -161,6 +160,8 @@ def _kl(
         ref, ref_ctx = policy, policy.disable_adapter()
     if ref is None:
         return []
+    if ref is policy and ref_model is not None:  # rho against itself (the "before" evaluation): 0 without two forwards
+        return [0.0] * ids.shape[0]
     logp = _sequence_logprob(policy, ids, mask, resp, token_mask, temperature)
     with ref_ctx:
         ref_logp = _sequence_logprob(ref, ids, mask, resp, token_mask, temperature)

@@ -58,10 +58,10 @@ from ..citation import ZIEGLER_2019
 from ..core.kl import AdaptiveKLController, FixedKLController
 from ..core.optim import TF1Adam
 from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
-from ..core.rollout import RolloutSpec, left_pad, position_ids
+from ..core.rollout import RolloutSpec, left_pad
 from ..models.generation import ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import load_reward_model
-from ..models.logprobs import last_positions, token_logprobs
+from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
@@ -442,8 +442,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         query_ids, query_mask = query_ids[:, -width:], query_mask[:, -width:]
         input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq + Lr)
         mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)
-        keep = last_positions(input_ids.shape[1], lr + 1, input_ids.device)  # contiguous rows for the LM head
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=keep)
+        out = forward_last(model, input_ids, mask, lr + 1)
         logits = out.logits[:, -lr - 1 : -1]  # (B, Lr, V) in the model's dtype
         logprobs, entropy = token_logprobs(logits, response_ids, self.args.temperature, with_entropy)
         values = out.values[:, -lr - 1 : -1].float() if isinstance(out, PolicyValueOutput) else None  # (B, Lr)
