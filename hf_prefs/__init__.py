@@ -15,7 +15,7 @@ Public API (import from ``hf_prefs``):
 Heavy modules are imported lazily, so ``import hf_prefs`` stays cheap. The package is layered; each layer imports
 only from the layers before it (``tests/test_architecture.py`` checks it):
 
-0. ``assets``, ``citation``, ``model_cards``, ``hub``, ``_compat`` (every private TRL/transformers/accelerate name)
+0. ``assets``, ``citation``, ``model_cards``, ``hub``, ``memory``, ``_compat`` (every private TRL/transformers/accelerate name)
 1. ``core``: equations and rules (rollout spec, losses, KL control, PPO math, normalization, frontier, stats)
 2. ``models``: sampling, reward model, value head
 3. ``labels``: label schema, labelers, the label queue (event log + labeling policy), label sources
@@ -86,6 +86,7 @@ _EXPORTS: dict[str, str] = {
     "write_model_card": "hf_prefs.model_cards",
     "push_folder_to_hub": "hf_prefs.hub",
     "push_run_to_hub": "hf_prefs.hub",
+    "release_free_memory": "hf_prefs.memory",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

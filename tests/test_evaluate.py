@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+import hf_prefs.pipeline.evaluate as evaluate_module
 from hf_prefs.pipeline.evaluate import evaluate_policy
 from hf_prefs.core.rollout import RolloutSpec, cut_responses, left_pad
 from hf_prefs.models.generation import response_logprobs, sample_responses
@@ -13,7 +14,9 @@ from hf_prefs.models.generation import response_logprobs, sample_responses
 QUERIES = ["It was a truth universally acknowledged.", "She smiled.", "The rain fell on the garden all night."]
 
 
-def test_kl_is_zero_for_the_reference_and_matches_a_hand_computation(tiny_gpt2, gpt2_tokenizer):
+@pytest.mark.parametrize("forward_rows", [2, 32])  # 3 queries: two log-prob passes, or one
+def test_kl_is_zero_for_the_reference_and_matches_a_hand_computation(tiny_gpt2, gpt2_tokenizer, monkeypatch, forward_rows):
+    monkeypatch.setattr(evaluate_module, "FORWARD_ROWS", forward_rows)
     rho = tiny_gpt2
     ev0 = evaluate_policy(rho, gpt2_tokenizer, QUERIES, ref_model=rho, response_length=6, temperature=0.7, seed=3)
     assert ev0.kl == pytest.approx([0.0] * 3, abs=1e-6)

@@ -436,3 +436,23 @@ def test_micro_batches_accumulate_to_the_minibatch_gradient(tmp_path, gpt2_token
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
         moved += int(not torch.equal(a, before[name]))
     assert moved > 0
+
+
+def test_query_width_rounding_leaves_logprobs_and_values_unchanged(tmp_path, gpt2_tokenizer, monkeypatch):
+    """The log-prob passes cut the query padding to the longest query rounded up to WIDTH_MULTIPLE (few kernel
+    shapes); extra left padding is masked, so log pi, V and the entropy equal those of the tightest cut (fp32)."""
+    import hf_prefs.trainers.ppo_trainer as ppo_module
+
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=8)
+    query_ids, query_mask, _ = trainer.sample_queries(0)
+    response = torch.randint(0, 1000, (query_ids.shape[0], trainer.args.response_length))
+    extra = torch.full((query_ids.shape[0], 11), trainer.pad_token_id)  # more left padding than any rounding needs
+    ids, mask = torch.cat([extra, query_ids], 1), torch.cat([torch.zeros_like(extra), query_mask], 1)
+    outs = {}
+    for multiple in (1, 8):
+        monkeypatch.setattr(ppo_module, "WIDTH_MULTIPLE", multiple)
+        outs[multiple] = trainer.policy_logprobs_and_values(ids, mask, response)
+    width = int(query_mask.sum(1).max())
+    assert width % 8 != 0  # the rounding adds padding here (the QUERIES are 5-10 GPT-2 tokens)
+    for tight, rounded in zip(outs[1], outs[8]):
+        torch.testing.assert_close(rounded, tight, atol=1e-5, rtol=1e-5)

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from ..core.stats import paired_difference, win_rate
 from ..hub import push_run_to_hub
 from ..model_cards import render_policy_card, render_reward_model_card, write_model_card
+from ..memory import release_free_memory
 from ..models.reward_model import get_reward_normalization
 from ..tasks.rouge import rouge
 from ..trainers.ppo_trainer import PPOTrainer
@@ -41,7 +42,8 @@ __all__ = [
 class StageTimer:
     """Wall seconds and memory per stage: ``with timer("labels"): ...`` records ``timer.seconds["labels_s"]`` and
     the process's peak resident memory so far, ``timer.seconds["labels_peak_rss_gb"]`` (a running maximum: the
-    first stage whose value jumps is the one that set it)."""
+    first stage whose value jumps is the one that set it); then frees what the stage left
+    (:func:`hf_prefs.memory.release_free_memory`)."""
 
     def __init__(self) -> None:
         self.start = time.time()
@@ -60,6 +62,7 @@ class StageTimer:
     def __exit__(self, *exc: Any) -> None:
         self.seconds[f"{self._name}_s"] = time.time() - self._t0
         self.seconds[f"{self._name}_peak_rss_gb"] = peak_rss_gb()
+        release_free_memory()  # the next stage starts from what is live
 
     def total(self) -> dict[str, float]:
         return {**self.seconds, "total_s": time.time() - self.start, "peak_rss_gb": peak_rss_gb()}
