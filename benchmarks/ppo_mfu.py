@@ -4,7 +4,7 @@
 1. Peak: ``torch.matmul`` of two 2048 x 2048 bf16 matrices (2 * 2048^3 FLOPs), median of repeated runs, with the
    same number of torch threads as the PPO run, measured in this run.
 2. PPO phase of the offline default (recipes/configs/sentiment_offline.yaml): SmolLM2-135M in bf16 with LoRA r=16 on
-   all attention/MLP projections, bf16 autocast, 32 episodes per update (micro-batches of 8), 24-token responses at
+   all attention/MLP projections, bf16 autocast, 32 episodes per update (micro-batches of 4), 24-token responses at
    T=0.7, 4 PPO epochs, Austen queries of 24-64 tokens, VADER as the reward. Measured: the seconds of ``ppo_epochs``
    (``time/ppo``) of the updates after the first, and the tokens the forward/backward passes processed.
    FLOPs per processed token (LoRA: the frozen weights get no weight gradient): 2*N forward + 2*N for the input
@@ -130,7 +130,7 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=3, help="PPO updates; the first is a warm-up")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip-trl", action="store_true", help="leave out the comparison with TRL 1.12")
-    p.add_argument("--micro-batch", type=int, nargs="+", default=[8],
+    p.add_argument("--micro-batch", type=int, nargs="+", default=[4],
                    help="per_device_train_batch_size (32 episodes per update: accumulation 32 / this); several: a sweep")
     a = p.parse_args()
     peak = matmul_peak(a.threads)

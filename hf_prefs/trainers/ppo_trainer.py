@@ -673,6 +673,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
                     for key, value in micro_stats.items():
                         stats.setdefault(key, []).append(value)
                 self.optimizer_step(model)
+            release_free_memory(collect_garbage=False)  # each epoch starts from what is live
         out = {key: torch.stack(values) for key, values in stats.items()}
         out["returns"] = first_returns
         return out
@@ -743,6 +744,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
             t0 = time.time()
             query_ids, query_mask, query_texts = self.sample_queries(update)
             rollout = self.make_rollout(query_ids, query_mask, query_texts)
+            release_free_memory(collect_garbage=False)  # sampling and scoring leave a fragmented heap
             t1 = time.time()
             train_stats = self.ppo_epochs(rollout)
             t2 = time.time()
