@@ -445,8 +445,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         logits stay in its dtype; their log-softmax is taken in chunks (:func:`hf_prefs.models.logprobs.token_logprobs`).
         """
         lr = response_ids.shape[1]
-        width = int(query_mask.sum(1).max())  # left padding no row of this batch needs, up to a multiple of 8:
-        width = min(query_ids.shape[1], -(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)  # few distinct shapes (below)
+        width = int(query_mask.sum(1).max())  # cut the left padding no row of this batch needs, rounded up to a
+        width = min(query_ids.shape[1], -(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)  # multiple (WIDTH_MULTIPLE)
         query_ids, query_mask = query_ids[:, -width:], query_mask[:, -width:]
         input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq + Lr)
         mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)
