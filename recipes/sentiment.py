@@ -17,11 +17,12 @@ import logging
 import torch
 from trl import ModelConfig, TrlParser
 
-from hf_prefs import PPOConfig, RolloutSpec, evaluate_policy, score_texts
+from hf_prefs import PPOConfig, RolloutSpec, evaluate_policy
 from hf_prefs.pipeline import (
     PipelineArguments,
     StageTimer,
     collect_labels,
+    learned_reward,
     load_base,
     make_ppo_trainer,
     online_label_loop,
@@ -93,7 +94,7 @@ def main(task="sentiment", argv=None):
     # Evaluation: rho and pi on the same held-out queries, same sampling seed
     ################
     judge = dict(known_reward=known_reward, batch_size=script_args.sampling_batch_size, seed=training_args.seed + 2,
-                 reward_fn=lambda q, r: score_texts(trainer.reward_model, base.tokenizer, q, r))
+                 reward_fn=learned_reward(trainer))
     with timer("evaluation"):
         before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)
         after = evaluate_policy(trained_policy(trainer), base.tokenizer, queries.eval, spec,

@@ -7,8 +7,8 @@ arguments                         :class:`PipelineArguments`, :func:`validate_pi
 base model, queries               :func:`load_base`, :func:`split_queries`
 labels                            :func:`collect_labels` (or :func:`online_label_loop` for online rounds)
 reward model                      :func:`train_reward_model`
-policy                            :func:`make_ppo_trainer`, :func:`train_policy`
-evaluation                        :func:`evaluate_policy` (rho and pi on the held-out queries)
+policy                            :func:`make_ppo_trainer`, :func:`train_policy`, :func:`share_rho_weights`
+evaluation                        :func:`evaluate_policy` (rho and pi on the held-out queries), :func:`learned_reward`
 results, models, cards            :func:`write_results`, :func:`push_results`
 ================================  =========================================================================
 """
@@ -18,9 +18,11 @@ from .evaluate import PolicyEvaluation, compare_policies, evaluate_policy
 from .labels import collect_labels, label_source, make_labeler
 from .policy import (
     KnownRewardTrackingPPOTrainer,
+    learned_reward,
     make_ppo_trainer,
     online_label_loop,
     resume_checkpoint,
+    share_rho_weights,
     train_policy,
     trained_policy,
 )
@@ -52,9 +54,11 @@ __all__ = [
     "label_source",
     "make_labeler",
     "KnownRewardTrackingPPOTrainer",
+    "learned_reward",
     "make_ppo_trainer",
     "online_label_loop",
     "resume_checkpoint",
+    "share_rho_weights",
     "train_policy",
     "trained_policy",
     "StageTimer",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from datasets import Dataset
 from torch import nn
 from transformers import AutoModelForCausalLM
@@ -16,6 +17,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import get_peft_config
 
 from ..core.rollout import RolloutSpec
+from ..models.reward_model import score_texts
+from ..models.weight_sharing import share_frozen_weights
 from ..trainers.online import OnlinePreferenceLoop
 from ..trainers.ppo_config import PPOConfig
 from ..trainers.ppo_data import Rollout
@@ -27,9 +30,11 @@ from .setup import Base
 
 __all__ = [
     "KnownRewardTrackingPPOTrainer",
+    "learned_reward",
     "make_ppo_trainer",
     "online_label_loop",
     "resume_checkpoint",
+    "share_rho_weights",
     "train_policy",
     "trained_policy",
 ]
@@ -66,7 +71,8 @@ def make_ppo_trainer(
     output_dir: str | None = None,
 ) -> KnownRewardTrackingPPOTrainer:
     """A PPO trainer on a fresh policy from the base model (``ModelConfig.dtype``; LoRA when ``use_peft``: the
-    reference is then the policy with its adapters disabled, else rho), tracking ``known_reward``.
+    reference is then the policy with its adapters disabled, else rho), tracking ``known_reward``; the frozen
+    weights of the policy and the reward model are rho's own tensors (:func:`share_rho_weights`).
 
     ``output_dir`` (default: ``cfg.output_dir``) gets the trainer's checkpoints; ``cfg`` itself is not changed.
     """
@@ -81,7 +87,27 @@ def make_ppo_trainer(
         ref_model=None if peft_config else base.rho, peft_config=peft_config,
     )
     trainer.known_reward = known_reward
+    share_rho_weights(trainer, base.rho)
     return trainer
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def share_rho_weights(trainer: PPOTrainer, rho: nn.Module) -> int:
+    """Hold the checkpoint's frozen weights once (:func:`hf_prefs.models.weight_sharing.share_frozen_weights`): the
+    LoRA policy's frozen base and the reward model's frozen matmul weights become rho's tensors where equal (the
+    reward model is scored under the trainer's autocast, so its fp32 frozen layers may share rho's bf16 weights:
+    the same products). Skipped under DeepSpeed and FSDP (flat, sharded parameters). Returns the bytes freed."""
+    if trainer.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        return 0
+    freed = 0
+    if trainer.is_peft_model:
+        freed += share_frozen_weights(trained_policy(trainer), rho)
+    if isinstance(trainer.reward_model, nn.Module):
+        autocast = _AUTOCAST_DTYPES.get(str(trainer.accelerator.mixed_precision))
+        freed += share_frozen_weights(trainer.reward_model, rho, autocast_dtype=autocast)
+    return freed
 
 
 def online_label_loop(
@@ -139,6 +165,17 @@ def train_policy(
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     else:
         online_loop.train(trainer, resume_from_checkpoint=resume_from_checkpoint)
+
+
+def learned_reward(trainer: PPOTrainer) -> Callable[[list[str], list[str]], torch.Tensor]:
+    """``f(queries, responses)``: the trainer's reward model scored as PPO scores it — under the trainer's autocast,
+    which a reward model sharing rho's bf16 weights needs (:func:`share_rho_weights`) — for evaluation."""
+
+    def reward(queries: list[str], responses: list[str]) -> torch.Tensor:
+        with trainer.accelerator.autocast():
+            return score_texts(trainer.reward_model, trainer.reward_processing_class, queries, responses)
+
+    return reward
 
 
 def trained_policy(trainer: PPOTrainer) -> nn.Module:

@@ -16,13 +16,12 @@ import torch
 from trl import ModelConfig, TrlParser
 
 from ..core.rollout import RolloutSpec
-from ..models.reward_model import score_texts
 from ..tasks.known_rewards import make_known_reward
 from ..trainers.ppo_config import PPOConfig
 from .arguments import PipelineArguments, validate_pipeline_config
 from .evaluate import evaluate_policy
 from .labels import collect_labels
-from .policy import make_ppo_trainer, online_label_loop, resume_checkpoint, train_policy, trained_policy
+from .policy import learned_reward, make_ppo_trainer, online_label_loop, resume_checkpoint, train_policy, trained_policy
 from .results import StageTimer, push_results, save_labels, write_results
 from .reward import train_reward_model
 from .setup import load_base, split_queries
@@ -67,7 +66,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
         label_info["rounds"] = len(online.rounds)
 
     judge = {"known_reward": known, "batch_size": pa.sampling_batch_size, "seed": cfg.seed + 2,
-             "reward_fn": lambda q, r: score_texts(trainer.reward_model, base.tokenizer, q, r)}
+             "reward_fn": learned_reward(trainer)}
     with timer("evaluation"):
         before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)
         after = evaluate_policy(trained_policy(trainer), base.tokenizer, queries.eval, spec,
