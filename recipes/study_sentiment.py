@@ -2,7 +2,8 @@
 models from N simulated best-of-4 labels for each N in --label_counts, each for every seed in --seeds, evaluated on
 the same held-out queries, with the optimal KL-reward frontier read at each run's KL where its ESS >= --min_ess.
 
-    python recipes/study_sentiment.py --config recipes/configs/study_sentiment.yaml --output_dir docs/study
+    python recipes/study_sentiment.py --config recipes/configs/sentiment_offline.yaml \
+        --label_counts 300 1200 5000 --seeds 0 1 2 --output_dir docs/study
 
 Resumable: runs already in <output_dir>/study.csv are skipped, so the same command finishes an interrupted study.
 Fields: hf_prefs.pipeline.PipelineArguments, hf_prefs.analysis.study.StudyArguments (label_counts, seeds,

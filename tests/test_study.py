@@ -127,8 +127,13 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     ran: list[str] = []
     real = study_mod._ppo_run
     monkeypatch.setattr(study_mod, "_ppo_run", lambda ctx, name, *a: ran.append(name) or real(ctx, name, *a))
+    collected: list[int] = []
+    real_labels = study_mod.collect_labels
+    monkeypatch.setattr(study_mod, "collect_labels", lambda *a, **k: collected.append(1) or real_labels(*a, **k))
+    labels_file = (out / "labels_s1.jsonl").read_text()
     study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))
     assert ran == ["rm16_s1"]
+    assert collected == [] and (out / "labels_s1.jsonl").read_text() == labels_file  # the seed's labels read back
     after = (out / "study.csv").read_text().splitlines()
     assert after[: len(kept)] == kept and len(after) == len(before) and after[-1].startswith("rm,1,16,")
     ran.clear()

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset
 from matplotlib.figure import Figure
 from trl import ModelConfig, TrlParser
 
@@ -188,10 +189,8 @@ def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], di
     todo = [n for n in ctx.sa.label_counts if ("rm", seed, n) not in done]
     if not todo:
         return
-    labels_path = os.path.join(ctx.output_dir, f"labels_s{seed}.jsonl")
     cfg = replace(ctx.cfg, seed=seed)
-    labels, _ = collect_labels(ctx.pa, cfg, ctx.base.rho, ctx.base.tokenizer, label_q, ctx.spec)
-    labels.to_json(labels_path)
+    labels = _seed_labels(ctx, cfg, label_q)
     for n in todo:
         if n > len(labels):
             raise ValueError(f"label_counts: N={n} exceeds the {len(labels)} labels kept")
@@ -201,6 +200,19 @@ def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], di
         result = _ppo_run(ctx, f"rm{n}_s{seed}", rm, seed)
         _append(ctx, {"run": "rm", "seed": seed, "labels": n, **result, "frac_direct": gain_fraction(result["gain"], direct_gain),
                       "rho_known_reward": rho_mean, "rm_eval_accuracy": rm_metrics.get("eval_accuracy")}, done)
+
+
+def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str]) -> Dataset:
+    """The seed's simulated labels (``labels_s<seed>.jsonl``): read back when an earlier, interrupted run of the
+    study wrote them (collecting thousands takes tens of minutes on a CPU), else collected and written."""
+    path = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.jsonl")
+    if os.path.exists(path):
+        labels = Dataset.from_json(path)
+        if len(labels) >= max(ctx.sa.label_counts):
+            return labels
+    labels, _ = collect_labels(ctx.pa, cfg, ctx.base.rho, ctx.base.tokenizer, label_q, ctx.spec)
+    labels.to_json(path)
+    return labels
 
 
 def _append(ctx: StudyContext, row: dict[str, Any], done: dict) -> None:
