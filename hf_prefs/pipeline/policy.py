@@ -91,9 +91,6 @@ def make_ppo_trainer(
     return trainer
 
 
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def share_rho_weights(trainer: PPOTrainer, rho: nn.Module) -> int:
     """Hold the checkpoint's frozen weights once (:func:`hf_prefs.models.weight_sharing.share_frozen_weights`): the
     LoRA policy's frozen base and the reward model's frozen matmul weights become rho's tensors where equal (the
@@ -105,7 +102,9 @@ def share_rho_weights(trainer: PPOTrainer, rho: nn.Module) -> int:
     if trainer.is_peft_model:
         freed += share_frozen_weights(trained_policy(trainer), rho)
     if isinstance(trainer.reward_model, nn.Module):
-        autocast = _AUTOCAST_DTYPES.get(str(trainer.accelerator.mixed_precision))
+        device = trainer.accelerator.device.type
+        with trainer.accelerator.autocast():  # the context PPO and learned_reward score in: its dtype, or None
+            autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         freed += share_frozen_weights(trainer.reward_model, rho, autocast_dtype=autocast)
     return freed
 
