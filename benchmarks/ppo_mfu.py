@@ -93,7 +93,8 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8) -> d
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=micro_batch, gradient_accumulation_steps=32 // micro_batch,
         num_ppo_epochs=4,
         total_episodes=32 * updates, response_length=24, temperature=0.7, learning_rate=3e-4,
-        local_rollout_forward_batch_size=32, report_to=[], save_strategy="no", num_sample_generations=0,
+        local_rollout_forward_batch_size=8, local_rollout_generation_batch_size=32,  # as the offline default
+        report_to=[], save_strategy="no", num_sample_generations=0,
         disable_tqdm=True, use_cpu=True, bf16=not tiny, seed=0,
     )
     queries = austen_queries(tok, n=256, min_tokens=24, max_tokens=64, seed=0)

@@ -64,7 +64,8 @@ def _ppo_worker(base: str, dtype: str, episodes: int, updates: int) -> dict:
     args = PPOConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=micro, gradient_accumulation_steps=episodes // world // micro,
         total_episodes=episodes * updates, response_length=24, temperature=0.7, num_ppo_epochs=4, learning_rate=3e-4,
-        local_rollout_forward_batch_size=32, report_to=[], save_strategy="no", num_sample_generations=0,
+        local_rollout_forward_batch_size=8, local_rollout_generation_batch_size=32,  # as the offline default
+        report_to=[], save_strategy="no", num_sample_generations=0,
         disable_tqdm=True, use_cpu=True, bf16=dtype == "bfloat16", seed=0,
     )
     times: list[float] = []

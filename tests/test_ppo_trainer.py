@@ -456,3 +456,35 @@ def test_query_width_rounding_leaves_logprobs_and_values_unchanged(tmp_path, gpt
     assert width % 8 != 0  # the rounding adds padding here (the QUERIES are 5-10 GPT-2 tokens)
     for tight, rounded in zip(outs[1], outs[8]):
         torch.testing.assert_close(rounded, tight, atol=1e-5, rtol=1e-5)
+
+
+def test_generation_and_logprob_passes_have_their_own_chunk_sizes(tmp_path, gpt2_tokenizer, monkeypatch):
+    """``local_rollout_generation_batch_size`` chunks the sampling, ``local_rollout_forward_batch_size`` the no-grad
+    log-prob passes (TRL 1.12's one size for both when the former is None); the chunking leaves log pi, V, the
+    entropy and log rho unchanged (fp32)."""
+    import hf_prefs.trainers.ppo_trainer as ppo_module
+
+    sampled_rows, forward_rows = [], []
+    real_sample, real_forward = ppo_module.sample_responses, PPOTrainer._forward
+    monkeypatch.setattr(ppo_module, "sample_responses", lambda m, q, *a: sampled_rows.append(len(q)) or real_sample(m, q, *a))
+    monkeypatch.setattr(PPOTrainer, "_forward", lambda self, m, q, *a: forward_rows.append(len(q)) or real_forward(self, m, q, *a))
+    split = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=8, local_rollout_forward_batch_size=3,
+                         local_rollout_generation_batch_size=8)
+    assert split.args.generation_chunk_size == 8
+    query_ids, query_mask, _ = split.sample_queries(0)  # 8 queries
+    response = split.generate(query_ids, query_mask)
+    assert sampled_rows == [8] and response.shape == (8, split.args.response_length)
+    chunked = (*split.policy_logprobs_and_values(query_ids, query_mask, response),
+               split.ref_logprobs(query_ids, query_mask, response))
+    assert forward_rows == [3, 3, 2, 3, 3, 2]  # policy pass, then reference pass
+
+    sampled_rows.clear(), forward_rows.clear()
+    same = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=8, local_rollout_forward_batch_size=8)
+    assert same.args.local_rollout_generation_batch_size is None and same.args.generation_chunk_size == 8
+    whole = (*same.policy_logprobs_and_values(query_ids, query_mask, response), same.ref_logprobs(query_ids, query_mask, response))
+    same.generate(query_ids, query_mask)
+    assert forward_rows == [8, 8] and sampled_rows == [8]
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="local_rollout_generation_batch_size"):
+        make_config(tmp_path, local_rollout_generation_batch_size=0)

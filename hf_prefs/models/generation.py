@@ -19,6 +19,7 @@ import torch
 
 from .._compat import cache_kwargs, output_cache
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
+from ..memory import release_free_memory
 from .logprobs import forward_last
 
 __all__ = [
@@ -97,6 +98,12 @@ def sample_responses(
             draws as sampling from n copies of each query (rows ``b·n + j``) at a fraction of the prefill cost.
     Returns:
         ``(B·n, Lr)`` sampled token ids. No early stop: EOS is an ordinary token here.
+
+    Memory: every decode step copies each layer's growing key/value cache into a new, slightly larger tensor. On a
+    heap left fragmented by an earlier phase (a PPO epoch) these copies land in its free holes, which then stay
+    resident; the free pages are handed back after every step (:func:`hf_prefs.memory.release_free_memory`,
+    milliseconds). Measured in a PPO run (SmolLM2, 32 rows): the heap after sampling +0.09 instead of +0.33-0.72 GiB
+    over what is live, so the log-prob passes that follow start lower; the peak during sampling is unchanged.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -123,6 +130,7 @@ def sample_responses(
             **cache_kwargs(model, cache),
         )
         cache, logits = output_cache(out), out.logits[:, -1, :]
+        release_free_memory(collect_garbage=False)  # each step re-allocates the growing cache (docstring)
     return torch.cat(tokens, dim=1)
 
 

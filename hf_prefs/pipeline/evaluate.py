@@ -22,6 +22,7 @@ from accelerate.utils import gather_object
 
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of
 from ..core.stats import win_rate
+from ..memory import release_free_memory
 from ..models.generation import input_pad_id, model_device, sample_responses, sample_texts
 from ..models.logprobs import forward_last, token_logprobs
 
@@ -71,6 +72,8 @@ def _sequence_logprob(
         rows = slice(start, start + FORWARD_ROWS)
         logits = forward_last(model, ids[rows], mask[rows], lr + 1).logits
         out.append((token_logprobs(logits[:, -lr - 1 : -1], response[rows], t)[0] * token_mask[rows]).sum(1))
+        del logits
+        release_free_memory(collect_garbage=False)  # the next pass starts from what is live (hf_prefs.memory)
     return torch.cat(out)
 
 
@@ -155,6 +158,7 @@ def _evaluate(
         token_mask = spec.masks(lengths, resp.shape[1])[0]  # all tokens, or up to TRL's stop token
         ids, mask = torch.cat([q_ids, resp], 1), torch.cat([q_mask, torch.ones_like(resp)], 1)
         out.kl += _kl(policy, ref_model, ids, mask, resp, token_mask, spec.temperature)
+        release_free_memory(collect_garbage=False)
     policy.train(was_training)
     return out
 

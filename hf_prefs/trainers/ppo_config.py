@@ -55,6 +55,10 @@ class PPOConfig(TrlBaseConfig):
         num_mini_batches (`int`, defaults to 1), num_ppo_epochs (`int`, defaults to 4).
         local_rollout_forward_batch_size (`int`, defaults to 64): per-process chunk for generation and the no-grad
             forward passes of the rollout.
+        local_rollout_generation_batch_size (`int`, *optional*): hf_prefs: a separate per-process chunk for
+            generation only; `None` (default) = `local_rollout_forward_batch_size`, TRL's one size for both. Sampling
+            is bound by reading the weights once per token for the whole chunk (wants wide chunks), the log-prob passes
+            by their activations (memory grows with the chunk).
         num_sample_generations (`int`, defaults to 10): how many times during training completions are shown: on
             `eval_dataset` (`generate_completions`, as TRL) or, without one, a table of the rollout's samples.
         response_length (`int`, defaults to 53): tokens sampled per episode (TRL's `max_new_tokens`).
@@ -164,6 +168,12 @@ class PPOConfig(TrlBaseConfig):
         default=True, metadata={"help": "ZeRO-3: gather the policy's weights for generation (fast) or generate sharded."}
     )
 
+    # ---- hf_prefs's additions ----
+    local_rollout_generation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Per-process chunk for generation only (None: local_rollout_forward_batch_size, as TRL)."},
+    )
+
     # ---- the paper's additions (off by default) ----
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt beta toward kl_target (paper: True)."})
     kl_target: float = field(default=6.0, metadata={"help": "Target KL in nats per episode for adaptive beta."})
@@ -212,11 +222,20 @@ class PPOConfig(TrlBaseConfig):
             raise ValueError(f"task: the paper's settings exist for {sorted(PAPER_SETTINGS)}, got {task!r}")
         return cls(**{**PAPER_SETTINGS[task], **overrides})
 
+    @property
+    def generation_chunk_size(self) -> int:
+        """Rows per generation chunk: ``local_rollout_generation_batch_size``, else ``local_rollout_forward_batch_size``."""
+        return self.local_rollout_generation_batch_size or self.local_rollout_forward_batch_size
+
     def _validate_ppo_fields(self) -> None:
         for name in ("temperature", "response_length", "num_ppo_epochs", "num_mini_batches", "kl_target", "kl_horizon",
                      "local_rollout_forward_batch_size", "normalize_samples"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.local_rollout_generation_batch_size is not None and self.local_rollout_generation_batch_size < 1:
+            raise ValueError(
+                f"PPOConfig.local_rollout_generation_batch_size must be >= 1 or None, got {self.local_rollout_generation_batch_size}"
+            )
         for name in ("kl_coef", "cliprange", "cliprange_value", "vf_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)}")

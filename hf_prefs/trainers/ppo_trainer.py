@@ -369,7 +369,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, reference: bool = False) -> torch.Tensor:
         """``(B, Lr)`` responses: exactly ``response_length`` tokens at temperature T, no stop at EOS (paper).
 
-        Batched by ``local_rollout_forward_batch_size``, with a KV cache (:func:`hf_prefs.models.generation.sample_responses`).
+        In chunks of ``local_rollout_generation_batch_size`` rows (default: ``local_rollout_forward_batch_size``), with
+        a KV cache (:func:`hf_prefs.models.generation.sample_responses`).
         ``reference=True`` samples from rho instead of pi.
         """
         a = self.args
@@ -382,8 +383,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
             self.reference_context() if reference else nullcontext(wrapper.policy) as lm,
             self.accelerator.autocast(),
         ):
-            for i in range(0, query_ids.shape[0], a.local_rollout_forward_batch_size):
-                sl = slice(i, i + a.local_rollout_forward_batch_size)
+            step = a.generation_chunk_size
+            for i in range(0, query_ids.shape[0], step):
+                sl = slice(i, i + step)
                 try:
                     chunks.append(
                         sample_responses(
@@ -471,6 +473,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
                 logprobs.append(logprob)
                 values.append(v)
                 entropies.append(entropy)
+                release_free_memory(collect_garbage=False)  # the next chunk starts from what is live (module docs)
         return torch.cat(logprobs), torch.cat(values), torch.cat(entropies)
 
     @torch.no_grad()
@@ -482,6 +485,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
             for i in range(0, query_ids.shape[0], step):
                 sl = slice(i, i + step)
                 out.append(self._forward(ref, query_ids[sl], query_mask[sl], response_ids[sl])[0])
+                release_free_memory(collect_garbage=False)
         return torch.cat(out)
 
     def compute_rewards(
