@@ -50,7 +50,8 @@ def _tiny_args(config: str, base: str, out: Path, *extra: str) -> list[str]:
 
 
 STUDY_ARGS = ("--label_counts", "8", "16", "--seeds", "0", "1", "--frontier_queries", "3", "--frontier_samples", "6",
-              "--policy_samples", "4", "--min_ess", "2")
+              "--policy_samples", "4", "--min_ess", "2",
+              "--label_chunk", "6")
 
 
 def _rows(out: Path, name: str = "study.csv") -> list[dict[str, str]]:
@@ -130,12 +131,20 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     collected: list[int] = []
     real_labels = study_mod.collect_labels
     monkeypatch.setattr(study_mod, "collect_labels", lambda *a, **k: collected.append(1) or real_labels(*a, **k))
+    trained: list[int] = []
+    real_rm = study_mod.train_reward_model
+    monkeypatch.setattr(study_mod, "train_reward_model", lambda *a, **k: trained.append(1) or real_rm(*a, **k))
     labels_file = (out / "labels_s1.jsonl").read_text()
     study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))
     assert ran == ["rm16_s1"]
     assert collected == [] and (out / "labels_s1.jsonl").read_text() == labels_file  # the seed's labels read back
+    assert trained == []  # the finished reward model of rm16_s1 read back from runs/rm16_s1/
     after = (out / "study.csv").read_text().splitlines()
     assert after[: len(kept)] == kept and len(after) == len(before) and after[-1].startswith("rm,1,16,")
+    old = next(r for r in csv.DictReader(before) if r["run"] == "rm" and r["seed"] == "1" and r["labels"] == "16")
+    new = next(csv.DictReader([before[0], after[-1]]))
+    assert new["rm_eval_accuracy"] == old["rm_eval_accuracy"]
+    assert float(new["known_reward"]) == pytest.approx(float(old["known_reward"]), abs=1e-6)  # same RM, same PPO seed
     ran.clear()
     study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))  # complete: nothing runs
     assert ran == []

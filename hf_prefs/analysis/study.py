@@ -38,13 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from matplotlib.figure import Figure
 from trl import ModelConfig, TrlParser
 
 from ..core.frontier import FrontierPoint, frontier_at_kl, mixture_log_ratio, optimal_frontier
 from ..core.rollout import RolloutSpec
 from ..core.stats import mean_and_se
+from ..models.loading import load_reward_model
 from ..models.reward_model import score_texts
 from ..pipeline import (
     Base,
@@ -86,6 +87,8 @@ class StudyArguments:
     frontier_samples: int = field(default=64, metadata={"help": "rho samples per frontier query."})
     policy_samples: int = field(default=48, metadata={"help": "Samples of each run's policy per frontier query."})
     min_ess: float = field(default=30.0, metadata={"help": "Read the frontier only where its effective sample size is this."})
+    label_chunk: int = field(default=512, metadata={"help": "Label queries per chunk; each chunk's labels are written "
+                                                             "when done, so an interrupted study resumes after it."})
 
 
 def gain_fraction(gain: float, reference_gain: float) -> float:
@@ -195,24 +198,53 @@ def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], di
         if n > len(labels):
             raise ValueError(f"label_counts: N={n} exceeds the {len(labels)} labels kept")
         rm_dir = os.path.join(ctx.output_dir, "runs", f"rm{n}_s{seed}")
-        rm, rm_metrics = train_reward_model(ctx.pa, cfg, labels.select(range(n)), ctx.base.rho, ctx.base.tokenizer,
-                                            ctx.base.name, rm_dir, spec=ctx.spec)
+        rm, rm_metrics = _reward_model(ctx, cfg, labels.select(range(n)), rm_dir)
         result = _ppo_run(ctx, f"rm{n}_s{seed}", rm, seed)
         _append(ctx, {"run": "rm", "seed": seed, "labels": n, **result, "frac_direct": gain_fraction(result["gain"], direct_gain),
                       "rho_known_reward": rho_mean, "rm_eval_accuracy": rm_metrics.get("eval_accuracy")}, done)
 
 
 def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str]) -> Dataset:
-    """The seed's simulated labels (``labels_s<seed>.jsonl``): read back when an earlier, interrupted run of the
-    study wrote them (collecting thousands takes tens of minutes on a CPU), else collected and written."""
+    """The seed's simulated labels (``labels_s<seed>.jsonl``), collected in chunks of ``label_chunk`` queries, each
+    written to ``labels_s<seed>.part<c>.jsonl`` when done (collecting thousands takes tens of minutes on a CPU, so an
+    interrupted study loses at most one chunk); chunk ``c`` samples and labels with seed ``seed + 100_003 * c``, so a
+    resumed collection gives the labels an uninterrupted one does. ``query_index`` counts over all label queries."""
     path = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.jsonl")
     if os.path.exists(path):
         labels = Dataset.from_json(path)
         if len(labels) >= max(ctx.sa.label_counts):
             return labels
-    labels, _ = collect_labels(ctx.pa, cfg, ctx.base.rho, ctx.base.tokenizer, label_q, ctx.spec)
+    size = max(1, ctx.sa.label_chunk)
+    parts = []
+    for c, start in enumerate(range(0, len(label_q), size)):
+        part = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl")
+        if os.path.exists(part):
+            parts.append(Dataset.from_json(part))
+            continue
+        chunk, _ = collect_labels(ctx.pa, replace(cfg, seed=cfg.seed + 100_003 * c), ctx.base.rho, ctx.base.tokenizer,
+                                  label_q[start : start + size], ctx.spec)
+        chunk = chunk.map(lambda row: {"query_index": row["query_index"] + start})
+        chunk.to_json(part + ".tmp")
+        os.replace(part + ".tmp", part)  # a part file exists only whole
+        parts.append(chunk)
+    labels = concatenate_datasets(parts)
     labels.to_json(path)
+    for c in range(len(parts)):
+        os.remove(os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl"))
     return labels
+
+
+def _reward_model(ctx: StudyContext, cfg: PPOConfig, labels: Dataset, rm_dir: str) -> tuple[Any, dict[str, Any]]:
+    """The reward model on ``labels``: trained, or read back from ``rm_dir`` when an interrupted study finished it
+    (``rm_metrics.jsonl`` is written after the model, so its presence means both are whole)."""
+    log = os.path.join(rm_dir, "rm_metrics.jsonl")
+    if os.path.exists(log) and os.path.isdir(os.path.join(rm_dir, "reward_model")):
+        model, _ = load_reward_model(os.path.join(rm_dir, "reward_model"))
+        model.requires_grad_(False)  # scoring only; frozen, its bottom layers share rho's tensors as a trained one's do
+        with open(log) as f:
+            history = [json.loads(line) for line in f if line.strip()]
+        return model, {k: v for entry in history for k, v in entry.items() if isinstance(v, (int, float))}
+    return train_reward_model(ctx.pa, cfg, labels, ctx.base.rho, ctx.base.tokenizer, ctx.base.name, rm_dir, spec=ctx.spec)
 
 
 def _append(ctx: StudyContext, row: dict[str, Any], done: dict) -> None:

@@ -1,0 +1,61 @@
+"""The study's label collection resumes chunk by chunk: an interruption loses at most the chunk being collected, and
+the resumed labels are the ones an uninterrupted collection gives."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from datasets import Dataset
+
+import hf_prefs.analysis.study as study_mod
+from hf_prefs.trainers.ppo_config import PPOConfig
+
+
+def _fake_collect(calls: list[tuple[int, int]], fail_on: int | None = None):
+    """Stands in for ``collect_labels``: rows that depend on the chunk's seed and its queries (chunk-relative
+    ``query_index``, as the real one writes); raises on call number ``fail_on``."""
+
+    def collect(pa, cfg, rho, tokenizer, queries, spec):
+        calls.append((cfg.seed, len(queries)))
+        if fail_on is not None and len(calls) == fail_on:
+            raise KeyboardInterrupt("killed")
+        rows = [{"query": q, "samples": [f"{q}{k}" for k in range(4)], "best": (cfg.seed + i) % 4, "query_index": i}
+                for i, q in enumerate(queries)]
+        return Dataset.from_list(rows), {}
+
+    return collect
+
+
+def _ctx(tmp_path, chunk: int) -> SimpleNamespace:
+    sa = SimpleNamespace(label_counts=[5, 10], label_chunk=chunk)
+    return SimpleNamespace(output_dir=str(tmp_path), sa=sa, pa=None, base=SimpleNamespace(rho=None, tokenizer=None),
+                           spec=None)
+
+
+def test_labels_resume_after_the_last_whole_chunk(tmp_path, monkeypatch):
+    queries = [f"q{i}" for i in range(10)]
+    cfg = PPOConfig(output_dir=str(tmp_path), seed=3)
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(study_mod, "collect_labels", _fake_collect(calls))
+    whole = study_mod._seed_labels(_ctx(tmp_path / "a", 4), cfg, queries)
+    assert calls == [(3, 4), (3 + 100_003, 4), (3 + 2 * 100_003, 2)]
+    assert whole["query_index"] == list(range(10)) and whole["query"] == queries
+
+    calls.clear()
+    monkeypatch.setattr(study_mod, "collect_labels", _fake_collect(calls, fail_on=2))
+    with pytest.raises(KeyboardInterrupt):
+        study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.part000.jsonl"]  # the whole chunk kept
+
+    calls.clear()
+    monkeypatch.setattr(study_mod, "collect_labels", _fake_collect(calls))
+    resumed = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries)
+    assert calls == [(3 + 100_003, 4), (3 + 2 * 100_003, 2)]  # chunk 0 read back, not sampled again
+    assert resumed.to_list() == whole.to_list()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.jsonl"]  # parts merged, then removed
+
+    calls.clear()
+    again = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries)
+    assert calls == [] and again.to_list() == whole.to_list()
