@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import hf_prefs.analysis.study as study_mod
@@ -134,9 +135,13 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     trained: list[int] = []
     real_rm = study_mod.train_reward_model
     monkeypatch.setattr(study_mod, "train_reward_model", lambda *a, **k: trained.append(1) or real_rm(*a, **k))
+    sampled: list[int] = []
+    real_sample = study_mod.sample_with_logprobs
+    monkeypatch.setattr(study_mod, "sample_with_logprobs", lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
     labels_file = (out / "labels_s1.jsonl").read_text()
     study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))
     assert ran == ["rm16_s1"]
+    assert sampled == [1]  # the run's own policy samples; rho's frontier samples read back from rho_samples.pt
     assert collected == [] and (out / "labels_s1.jsonl").read_text() == labels_file  # the seed's labels read back
     assert trained == []  # the finished reward model of rm16_s1 read back from runs/rm16_s1/
     after = (out / "study.csv").read_text().splitlines()
@@ -148,6 +153,36 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     ran.clear()
     study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))  # complete: nothing runs
     assert ran == []
+
+
+def test_every_run_reads_rhos_frontier_without_policy_samples(config, tiny_base, tmp_path, monkeypatch):
+    """``--policy_samples 0``: no per-run frontier sampling; each run reads rho's frontier (frontier_rho.csv) at its
+    KL, and rho's samples carry no log-probabilities (none needed)."""
+    monkeypatch.setattr(study_mod, "run_frontier", lambda *a, **k: pytest.fail("pooled frontier with policy_samples 0"))
+    args = [a if a != "4" else "0" for a in STUDY_ARGS]  # --policy_samples 4 -> 0
+    args[args.index("--seeds") + 1 : args.index("--seeds") + 3] = ["0"]
+    study_main(argv=_tiny_args(config, tiny_base, tmp_path, *args))
+    with open(tmp_path / "frontier_rho.csv", newline="") as f:
+        rho = [FrontierPoint(**{k: float(v) for k, v in r.items()}) for r in csv.DictReader(f)]
+    rows = _rows(tmp_path)
+    assert len(rows) == 3
+    for r in rows:
+        name = "direct" if r["run"] == "direct" else f"rm{r['labels']}"
+        ev = json.loads((tmp_path / "runs" / f"{name}_s0" / "eval.json").read_text())
+        assert [FrontierPoint(**p) for p in ev["frontier"]] == rho
+        f_reward, _, f_ess = frontier_at_kl(rho, max(float(r["kl"]), 0.0))
+        assert float(r["frontier_reward_at_kl"]) == pytest.approx(f_reward) and float(r["frontier_ess_at_kl"]) == pytest.approx(f_ess)
+    stored = torch.load(tmp_path / "rho_samples.pt", weights_only=True)
+    assert stored["known"].shape == (3 * 6,) and torch.isnan(stored["logp"]).all()
+    # rows written with another frontier are read again at rho's: the columns follow from KL and gain alone
+    lines = (tmp_path / "study.csv").read_text().splitlines()
+    stale = dict(rows[0], frontier_reward_at_kl="9", frontier_ess_at_kl="999", frontier_qualified="True", frac_frontier="0.01")
+    with open(tmp_path / "study.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
+        writer.writeheader()
+        writer.writerows([stale, *rows[1:]])
+    study_main(argv=_tiny_args(config, tiny_base, tmp_path, *args))  # nothing to run
+    assert (tmp_path / "study.csv").read_text().splitlines() == lines
 
 
 def test_gain_fraction_and_summarize_skip_unqualified():

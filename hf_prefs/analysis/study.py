@@ -12,12 +12,16 @@ reward after minus rho's, paired on the held-out queries) is compared with
     frac_frontier = gain / (R_frontier(KL_run) - R_rho)      the optimal KL-reward frontier at the run's KL
     frac_direct   = gain / gain_direct(same seed)            direct RL with the same seed
 
-The frontier (:mod:`hf_prefs.core.frontier`) of a run is estimated on the first ``frontier_queries`` held-out queries
-from ``frontier_samples`` samples of rho per query pooled with ``policy_samples`` samples of the run's own policy per
-query, weighted by multiple importance sampling (the policy's samples reach the high-KL end that rho's samples do
-not), and read at the run's KL with its effective sample size: ``frontier_ess_at_kl`` (mean over queries);
-``frontier_qualified`` says whether it is >= ``min_ess`` and the run's KL lies inside the frontier's grid (past it the
-read is clamped). ``frac_frontier`` is averaged over qualified runs only.
+The frontier (:mod:`hf_prefs.core.frontier`) is estimated on the first ``frontier_queries`` held-out queries from
+``frontier_samples`` samples of rho per query (drawn once, cached in ``rho_samples.pt``), and read at each run's KL with
+its effective sample size: ``frontier_ess_at_kl`` (mean over queries); ``frontier_qualified`` says whether it is >=
+``min_ess`` and the run's KL lies inside the frontier's grid (past it the read is clamped). ``frac_frontier`` is
+averaged over qualified runs only. The ESS at a given KL grows about in proportion to the samples per query, and a
+frontier from few samples per query reads too low a reward at a given KL (its KL is bounded by log M), so the default
+spends the samples on few queries: 10 x 2,048 (measured on the offline default: ESS >= 30 up to KL ~3, where 64 per
+query give ESS ~3). With ``policy_samples`` > 0, each run's frontier pools rho's samples with that many samples of the
+run's own policy per query, weighted by multiple importance sampling (balance heuristic; log pi of every rho sample is
+computed, so it costs a pass over all of rho's samples per run).
 
 Resumable: ``study.csv`` gets a row as soon as a run is done, and a run whose (run, seed, labels) row is already
 there is skipped, so a long study can be finished across several invocations. Outputs in ``output_dir``:
@@ -45,6 +49,7 @@ from trl import ModelConfig, TrlParser
 from ..core.frontier import FrontierPoint, frontier_at_kl, mixture_log_ratio, optimal_frontier
 from ..core.rollout import RolloutSpec
 from ..core.stats import mean_and_se
+from ..models.generation import model_device, sample_texts
 from ..models.loading import load_reward_model
 from ..models.reward_model import score_texts
 from ..pipeline import (
@@ -65,7 +70,8 @@ from ..pipeline.evaluate import sample_with_logprobs, sequence_logprobs
 from ..tasks.known_rewards import make_known_reward
 from ..trainers.ppo_config import PPOConfig
 
-__all__ = ["DEFAULT_BETAS", "STUDY_FIELDS", "StudyArguments", "gain_fraction", "run_study", "study_main", "summarize"]
+__all__ = ["DEFAULT_BETAS", "STUDY_FIELDS", "StudyArguments", "frontier_read", "gain_fraction", "run_study", "study_main",
+           "summarize"]
 
 #: beta grid of the frontier; inf gives the KL = 0 point (rho itself).
 DEFAULT_BETAS: tuple[float, ...] = (
@@ -83,9 +89,10 @@ class StudyArguments:
 
     label_counts: list[int] = field(default_factory=lambda: [64, 128, 256], metadata={"help": "N values (labels per RM)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds per point (labels, RM, PPO)."})
-    frontier_queries: int = field(default=40, metadata={"help": "Held-out queries the frontier is estimated on."})
-    frontier_samples: int = field(default=64, metadata={"help": "rho samples per frontier query."})
-    policy_samples: int = field(default=48, metadata={"help": "Samples of each run's policy per frontier query."})
+    frontier_queries: int = field(default=10, metadata={"help": "Held-out queries the frontier is estimated on."})
+    frontier_samples: int = field(default=2048, metadata={"help": "rho samples per frontier query (drawn once)."})
+    policy_samples: int = field(default=0, metadata={"help": "Samples of each run's policy per frontier query pooled with "
+                                                              "rho's (0: every run reads rho's frontier)."})
     min_ess: float = field(default=30.0, metadata={"help": "Read the frontier only where its effective sample size is this."})
     label_chunk: int = field(default=512, metadata={"help": "Label queries per chunk; each chunk's labels are written "
                                                              "when done, so an interrupted study resumes after it."})
@@ -110,9 +117,28 @@ class RhoSamples:
     logp: torch.Tensor
 
 
-def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int) -> RhoSamples:
-    s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known)
-    return RhoSamples(list(queries), m, s["ids"], s["known"], s["logp"])
+def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int, with_logp: bool,
+                 cache: str | None = None) -> RhoSamples:
+    """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
+    needs it). Cached in ``cache`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
+    them back when the queries, the count, the seed, the model and the response rule are the same)."""
+    key = {"queries": list(queries), "m": m, "seed": seed, "model": base.name, "spec": repr(spec), "with_logp": with_logp}
+    if cache is not None and os.path.exists(cache):
+        stored = torch.load(cache, weights_only=True)
+        if stored["key"] == json.dumps(key):
+            return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
+    if with_logp:
+        s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known)
+        ids, rewards, logp = s["ids"], s["known"], s["logp"]
+    else:
+        gen = torch.Generator(device=model_device(base.rho)).manual_seed(seed)
+        ids = sample_texts(base.rho, base.tokenizer, list(queries), spec, m, 64, gen)
+        rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
+        logp = torch.full((len(queries) * m,), float("nan"))
+    if cache is not None:
+        torch.save({"key": json.dumps(key), "ids": ids, "known": rewards, "logp": logp}, cache + ".tmp")
+        os.replace(cache + ".tmp", cache)
+    return RhoSamples(list(queries), m, ids, rewards, logp)
 
 
 def run_frontier(
@@ -150,6 +176,7 @@ class StudyContext:
     known: Any
     rho_eval: list[float]
     rho_samples: RhoSamples
+    rho_frontier: list[FrontierPoint]
     betas: Sequence[float]
     output_dir: str
 
@@ -170,16 +197,42 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
                          batch_size=ctx.pa.sampling_batch_size, seed=ctx.cfg.seed + 2)
     gain, gain_se = mean_and_se(torch.tensor(ev.known_rewards, dtype=torch.float64) - torch.tensor(ctx.rho_eval, dtype=torch.float64))
     kl = float(np.mean(ev.kl))
-    frontier = run_frontier(policy, ctx.base, ctx.spec, ctx.rho_samples, ctx.sa.policy_samples, ctx.known, seed + 7,
-                            ctx.betas, ref)
-    f_reward, _, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
-    rho_frontier = frontier_at_kl(frontier, 0.0)[0]
+    if ctx.sa.policy_samples > 0:
+        frontier = run_frontier(policy, ctx.base, ctx.spec, ctx.rho_samples, ctx.sa.policy_samples, ctx.known, seed + 7,
+                                ctx.betas, ref)
+    else:  # rho's frontier: the same for every run
+        frontier = ctx.rho_frontier
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump({**ev.to_dict(), "frontier": [asdict(p) for p in frontier]}, f, indent=1)
     return {"known_reward": float(np.mean(ev.known_rewards)), "kl": kl, "gain": gain, "gain_se": gain_se,
-            "frontier_reward_at_kl": f_reward, "frontier_ess_at_kl": f_ess,
-            "frontier_qualified": bool(f_ess >= ctx.sa.min_ess and kl <= max(p.kl for p in frontier)),
-            "frac_frontier": gain_fraction(gain, f_reward - rho_frontier), "ppo_updates": trainer.state.global_step}
+            **frontier_read(frontier, kl, gain, ctx.sa.min_ess), "ppo_updates": trainer.state.global_step}
+
+
+def frontier_read(frontier: list[FrontierPoint], kl: float, gain: float, min_ess: float) -> dict[str, Any]:
+    """A run's frontier columns: the frontier's reward and ESS at the run's KL, whether that read qualifies (ESS >=
+    ``min_ess`` and the KL inside the grid), and ``frac_frontier = gain / (R_frontier(KL) - R_frontier(0))``."""
+    f_reward, _, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
+    return {"frontier_reward_at_kl": f_reward, "frontier_ess_at_kl": f_ess,
+            "frontier_qualified": bool(f_ess >= min_ess and kl <= max(p.kl for p in frontier)),
+            "frac_frontier": gain_fraction(gain, f_reward - frontier_at_kl(frontier, 0.0)[0])}
+
+
+def _reread_rho_frontier(output_dir: str, min_ess: float) -> None:
+    """Every row of ``study.csv`` read at rho's frontier (``frontier_rho.csv``): with ``policy_samples`` 0 the frontier
+    columns depend only on the run's KL and gain, so rows written before rho's frontier was redrawn (other
+    ``frontier_*`` settings) or with a pooled frontier are brought to the one every run reads now."""
+    with open(os.path.join(output_dir, "frontier_rho.csv"), newline="") as f:
+        frontier = [FrontierPoint(**{k: float(v) for k, v in r.items()}) for r in csv.DictReader(f)]
+    path = os.path.join(output_dir, "study.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row.update(frontier_read(frontier, float(row["kl"]), float(row["gain"]), min_ess))
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: row.get(k) for k in STUDY_FIELDS} for row in rows)
+    os.replace(path + ".tmp", path)
 
 
 def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], dict[str, Any]], label_q: list[str]) -> None:
@@ -281,7 +334,8 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
     rho_ev = evaluate_policy(base.rho, base.tokenizer, eval_q, spec, ref_model=base.rho, known_reward=known,
                              batch_size=pa.sampling_batch_size, seed=cfg.seed + 2)
-    rho_samples = _rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100)
+    rho_samples = _rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100,
+                               with_logp=sa.policy_samples > 0, cache=os.path.join(output_dir, "rho_samples.pt"))
     q, m = len(rho_samples.queries), rho_samples.per_query
     rho_frontier = optimal_frontier(rho_samples.known.view(q, m).numpy(), list(betas), n_bootstrap=100, seed=cfg.seed)
     with open(os.path.join(output_dir, "frontier_rho.csv"), "w", newline="") as f:
@@ -289,7 +343,7 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
         writer.writeheader()
         writer.writerows(asdict(p) for p in rho_frontier)
     ctx = StudyContext(pa, cfg, model_args, sa, base, spec, eval_q, ppo_q, known, rho_ev.known_rewards, rho_samples,
-                       betas, output_dir)
+                       rho_frontier, betas, output_dir)
     return ctx, list(label_q)
 
 
@@ -306,8 +360,8 @@ def run_study(
         raise ValueError("seeds: give at least one seed")
     if pa.known_reward in (None, "", "none"):
         raise ValueError("known_reward: the study needs a known reward (direct RL, simulated labels, frontier)")
-    if min(sa.frontier_queries, sa.frontier_samples, sa.policy_samples) < 1:
-        raise ValueError("frontier_queries, frontier_samples and policy_samples must be >= 1")
+    if min(sa.frontier_queries, sa.frontier_samples) < 1 or sa.policy_samples < 0:
+        raise ValueError("frontier_queries and frontier_samples must be >= 1, policy_samples >= 0")
     pa = replace(pa, label_source="simulated", label_mode="offline", num_label_queries=counts[-1])
     sa = replace(sa, label_counts=counts)
     validate_pipeline_config(pa, cfg, model_args)
@@ -319,6 +373,8 @@ def run_study(
         ctx, label_q = _context(pa, cfg, model_args, sa, output_dir, betas)
         for seed in todo:
             _seed_runs(ctx, seed, done, label_q)
+    if sa.policy_samples == 0:
+        _reread_rho_frontier(output_dir, sa.min_ess)
     rows = [r for k, r in _read_done(output_dir).items() if k[1] in sa.seeds and (k[0] == "direct" or k[2] in counts)]
     summary = summarize(rows)
     with open(os.path.join(output_dir, "study_summary.csv"), "w", newline="") as f:
