@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from transformers import TrainerCallback
 
 import hf_prefs.analysis.study as study_mod
 from hf_prefs.analysis.report import write_report
@@ -155,13 +156,27 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     assert ran == []
 
 
-def test_every_run_reads_rhos_frontier_without_policy_samples(config, tiny_base, tmp_path, monkeypatch):
+RHO_ARGS = [a if a != "4" else "0" for a in STUDY_ARGS]  # --policy_samples 4 -> 0
+RHO_ARGS[RHO_ARGS.index("--seeds") + 1 : RHO_ARGS.index("--seeds") + 3] = ["0"]
+
+
+@pytest.fixture(scope="module")
+def rho_study(config, tiny_base, tmp_path_factory):
+    """One seed with ``--policy_samples 0``: every run reads rho's frontier."""
+    out = tmp_path_factory.mktemp("rho_study")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(study_mod, "run_frontier", lambda *a, **k: pytest.fail("pooled frontier with policy_samples 0"))
+    try:
+        study_main(argv=_tiny_args(config, tiny_base, out, *RHO_ARGS))
+    finally:
+        mp.undo()
+    return out
+
+
+def test_every_run_reads_rhos_frontier_without_policy_samples(rho_study, config, tiny_base):
     """``--policy_samples 0``: no per-run frontier sampling; each run reads rho's frontier (frontier_rho.csv) at its
     KL, and rho's samples carry no log-probabilities (none needed)."""
-    monkeypatch.setattr(study_mod, "run_frontier", lambda *a, **k: pytest.fail("pooled frontier with policy_samples 0"))
-    args = [a if a != "4" else "0" for a in STUDY_ARGS]  # --policy_samples 4 -> 0
-    args[args.index("--seeds") + 1 : args.index("--seeds") + 3] = ["0"]
-    study_main(argv=_tiny_args(config, tiny_base, tmp_path, *args))
+    tmp_path, args = rho_study, RHO_ARGS
     with open(tmp_path / "frontier_rho.csv", newline="") as f:
         rho = [FrontierPoint(**{k: float(v) for k, v in r.items()}) for r in csv.DictReader(f)]
     rows = _rows(tmp_path)
@@ -183,6 +198,39 @@ def test_every_run_reads_rhos_frontier_without_policy_samples(config, tiny_base,
         writer.writerows([stale, *rows[1:]])
     study_main(argv=_tiny_args(config, tiny_base, tmp_path, *args))  # nothing to run
     assert (tmp_path / "study.csv").read_text().splitlines() == lines
+
+
+def test_an_interrupted_ppo_run_continues_from_its_last_update(rho_study, config, tiny_base, tmp_path, monkeypatch):
+    """Killed after its first PPO update (checkpoint written), the run resumes there on the next invocation and ends
+    as the uninterrupted one; its checkpoints are dropped once its row is written."""
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                raise KeyboardInterrupt("killed after update 1")
+
+    real = study_mod.train_policy
+    resumed_from: list[str | None] = []
+
+    def train(trainer, resume_from_checkpoint=None):
+        resumed_from.append(resume_from_checkpoint)
+        if len(resumed_from) == 1:
+            trainer.add_callback(Kill())
+        return real(trainer, resume_from_checkpoint=resume_from_checkpoint)
+
+    monkeypatch.setattr(study_mod, "train_policy", train)
+    with pytest.raises(KeyboardInterrupt):
+        study_main(argv=_tiny_args(config, tiny_base, tmp_path, *RHO_ARGS))
+    assert (tmp_path / "runs" / "direct_s0" / "checkpoint-1").is_dir() and not (tmp_path / "study.csv").exists()
+    study_main(argv=_tiny_args(config, tiny_base, tmp_path, *RHO_ARGS))
+    assert resumed_from[:2] == [None, str(tmp_path / "runs" / "direct_s0" / "checkpoint-1")]
+    assert not [p for p in (tmp_path / "runs").glob("*/checkpoint-*")]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "direct_s0" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    for got, want in zip(_rows(tmp_path), _rows(rho_study)):
+        assert (got["run"], got["labels"]) == (want["run"], want["labels"])
+        for key in ("known_reward", "kl", "gain"):
+            assert float(got[key]) == pytest.approx(float(want[key]), abs=1e-5), (got["run"], got["labels"], key)
 
 
 def test_gain_fraction_and_summarize_skip_unqualified():

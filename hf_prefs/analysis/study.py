@@ -36,6 +36,7 @@ import csv
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
 from matplotlib.figure import Figure
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import ModelConfig, TrlParser
 
 from ..core.frontier import FrontierPoint, frontier_at_kl, mixture_log_ratio, optimal_frontier
@@ -183,13 +185,14 @@ class StudyContext:
 
 def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, Any]:
     """PPO (the pipeline's known-reward-tracking trainer) with ``seed`` on ``reward``, its held-out evaluation (paired
-    with rho's) and its frontier."""
+    with rho's) and its frontier. A checkpoint is kept after every update (only the last), and a run interrupted
+    mid-way continues from it exactly (the trainer's resume: weights, optimizer, beta, generators)."""
     run_dir = os.path.join(ctx.output_dir, "runs", name)
     os.makedirs(run_dir, exist_ok=True)
-    cfg = replace(ctx.cfg, seed=seed, output_dir=run_dir)
+    cfg = replace(ctx.cfg, seed=seed, output_dir=run_dir, save_strategy="steps", save_steps=1, save_total_limit=1)
     torch.manual_seed(seed)
     trainer = make_ppo_trainer(cfg, ctx.model_args, ctx.base, reward, ctx.ppo_q, known_reward=ctx.known, output_dir=run_dir)
-    train_policy(trainer)
+    train_policy(trainer, resume_from_checkpoint=get_last_checkpoint(run_dir))
     write_metrics(trainer.state.log_history, run_dir)
     ref = None if trainer.is_peft_model else ctx.base.rho
     policy = trained_policy(trainer)
@@ -241,6 +244,7 @@ def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], di
     if ("direct", seed, 0) not in done:
         result = _ppo_run(ctx, f"direct_s{seed}", lambda q, r: ctx.known(list(r)), seed)
         _append(ctx, {"run": "direct", "seed": seed, "labels": 0, **result, "frac_direct": 1.0, "rho_known_reward": rho_mean}, done)
+        _drop_checkpoints(ctx, f"direct_s{seed}")
     direct_gain = float(done[("direct", seed, 0)]["gain"])
     todo = [n for n in ctx.sa.label_counts if ("rm", seed, n) not in done]
     if not todo:
@@ -255,6 +259,15 @@ def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], di
         result = _ppo_run(ctx, f"rm{n}_s{seed}", rm, seed)
         _append(ctx, {"run": "rm", "seed": seed, "labels": n, **result, "frac_direct": gain_fraction(result["gain"], direct_gain),
                       "rho_known_reward": rho_mean, "rm_eval_accuracy": rm_metrics.get("eval_accuracy")}, done)
+        _drop_checkpoints(ctx, f"rm{n}_s{seed}")
+
+
+def _drop_checkpoints(ctx: StudyContext, name: str) -> None:
+    """A finished run's PPO checkpoints (its row is in ``study.csv``; they only served a resume)."""
+    run_dir = os.path.join(ctx.output_dir, "runs", name)
+    for entry in os.listdir(run_dir):
+        if entry.startswith(PREFIX_CHECKPOINT_DIR + "-"):
+            shutil.rmtree(os.path.join(run_dir, entry))
 
 
 def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str]) -> Dataset:
