@@ -13,14 +13,18 @@ def test_chunked_logprobs_and_entropy_equal_the_plain_log_softmax(dtype):
     torch.manual_seed(0)
     logits = (3 * torch.randn(3, 7, 50)).to(dtype).requires_grad_(True)  # (B, L, V)
     targets = torch.randint(0, 50, (3, 7))
+    before = logits.detach().clone()
     lp, h = token_logprobs(logits, targets, temperature=0.7, with_entropy=True, chunk_rows=4)  # 21 rows, 6 chunks
     z = logits.float() / 0.7
     plain_lp = z.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     plain_h = -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
     assert lp.dtype == torch.float32 and torch.allclose(lp, plain_lp, atol=1e-5)
     assert torch.allclose(h, plain_h, atol=1e-5)
-    (grad,) = torch.autograd.grad(lp.sum(), logits)  # recomputed chunk by chunk in backward
-    (plain_grad,) = torch.autograd.grad(plain_lp.sum(), logits)
+    weights = torch.randn(3, 7)  # a different upstream gradient per position
+    (grad,) = torch.autograd.grad((lp * weights).sum(), logits)  # recomputed chunk by chunk in backward
+    (plain_grad,) = torch.autograd.grad((plain_lp * weights).sum(), logits)
+    assert grad.dtype == dtype and not h.requires_grad  # the entropy is a metric: no gradient
+    assert torch.equal(logits.detach(), before)  # the logits are read, never written (fp32: no copy by .float())
     assert torch.allclose(grad.float(), plain_grad.float(), atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
     assert token_logprobs(logits.detach(), targets)[1] is None
 

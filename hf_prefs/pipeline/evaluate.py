@@ -70,8 +70,8 @@ def _sequence_logprob(
     out = []
     for start in range(0, ids.shape[0], FORWARD_ROWS):
         rows = slice(start, start + FORWARD_ROWS)
-        logits = forward_last(model, ids[rows], mask[rows], lr + 1).logits
-        out.append((token_logprobs(logits[:, -lr - 1 : -1], response[rows], t)[0] * token_mask[rows]).sum(1))
+        logits = forward_last(model, ids[rows], mask[rows], lr, skip_last=1).logits  # the Lr positions predicting the response
+        out.append((token_logprobs(logits, response[rows], t)[0] * token_mask[rows]).sum(1))
         del logits
         release_free_memory(collect_garbage=False)  # the next pass starts from what is live (hf_prefs.memory)
     return torch.cat(out)

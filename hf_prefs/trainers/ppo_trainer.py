@@ -452,8 +452,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         query_ids, query_mask = query_ids[:, -width:], query_mask[:, -width:]
         input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq + Lr)
         mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)
-        out = forward_last(model, input_ids, mask, lr + 1)
-        logits = out.logits[:, -lr - 1 : -1]  # (B, Lr, V) in the model's dtype
+        out = forward_last(model, input_ids, mask, lr, skip_last=1)
+        logits = out.logits  # (B, Lr, V) in the model's dtype: positions Lq - 1 .. Lq + Lr - 2
         logprobs, entropy = token_logprobs(logits, response_ids, self.args.temperature, with_entropy)
         values = out.values[:, -lr - 1 : -1].float() if isinstance(out, PolicyValueOutput) else None  # (B, Lr)
         return logprobs, values, entropy
