@@ -9,7 +9,7 @@
    (``time/ppo``) of the updates after the first, and the tokens the forward/backward passes processed.
    FLOPs per processed token (LoRA: the frozen weights get no weight gradient): 2*N forward + 2*N for the input
    gradients = 4*N, N = the trunk's matmul parameters (embeddings are a lookup); the LM head (V x d) only on the
-   Lr + 1 positions kept (``logits_to_keep``): 4 * V * d per kept position; LoRA's own matmuls are left out (<2%).
+   Lr positions that predict the response (``logits_to_keep``): 4 * V * d per kept position; LoRA's own matmuls are left out (<2%).
    Printed: FLOP/s on the tokens processed (padding included) and on the real ones, each as a fraction of the peak.
    The issue's first estimate counted 4 * N_total per real token; that figure is printed too, for comparison.
 3. ``benchmarks/ppo_throughput.py``'s comparison with TRL 1.12 (tiny GPT-2, the same work on both sides).
@@ -116,7 +116,7 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8) -> d
     steady = per_update[1:] or per_update
     seconds = sum(s for s, _, _ in steady)
     processed, real = sum(p for _, p, _ in steady), sum(r for _, _, r in steady)
-    kept = 25 * 32 * 4 * len(steady)  # Lr + 1 logits per episode, 32 episodes, 4 epochs
+    kept = 24 * 32 * 4 * len(steady)  # Lr logits per episode (the positions predicting the response), 32 episodes, 4 epochs
     d, vocab = config.hidden_size, config.vocab_size
     return {
         "seconds": seconds, "updates": len(steady), "processed_tokens": processed, "real_tokens": real,

@@ -60,6 +60,7 @@ from ..core.kl import AdaptiveKLController, FixedKLController
 from ..core.optim import TF1Adam
 from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
 from ..core.rollout import RolloutSpec, left_pad
+from ..models.attention import training_attention
 from ..models.generation import ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
@@ -671,7 +672,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
                     if self.is_deepspeed_enabled:  # its engine reads the accumulation boundary from accelerate
                         set_sync_gradients(self.accelerator, last)
                     with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
-                        with self.accelerator.autocast():
+                        length = batch["query_ids"].shape[1] + batch["response_ids"].shape[1]
+                        with self.accelerator.autocast(), training_attention(self.accelerator.device, length):
                             loss, micro_stats = self.compute_ppo_loss(model, batch)
                         self.accelerator.backward(loss / n_micro, **backward_kwargs)
                     for key, value in micro_stats.items():
