@@ -9,7 +9,9 @@ whose ``summary.json`` is already there is not run again (resumable). Variants:
 - ``rm_head_paper``: ``--rm_head_init paper`` (reward head ~ N(0, 1/sqrt(d_model + 1)), as the paper's code);
 - ``critic_warmup``: ``--critic_warmup_updates 2`` (2 value-only PPO updates first);
 - ``k2``:            ``--kl_estimator k2`` (0.5 * (log pi - log rho)^2 per token in the reward);
-- ``k3``:            ``--kl_estimator k3``.
+- ``k3``:            ``--kl_estimator k3``;
+- ``no_whiten``:     ``--whiten_rewards false`` (not a fidelity option: the value-function study's candidate, measured
+  here on the same footing).
 
     python benchmarks/fidelity_options.py --output-dir runs/fidelity          # ~15 minutes per variant on 2 cores
     python benchmarks/fidelity_options.py --variants baseline k2 --extra --total_episodes 64   # shorter
@@ -32,6 +34,7 @@ VARIANTS: dict[str, list[str]] = {
     "critic_warmup": ["--critic_warmup_updates", "2"],
     "k2": ["--kl_estimator", "k2"],
     "k3": ["--kl_estimator", "k3"],
+    "no_whiten": ["--whiten_rewards", "false"],
 }
 
 

@@ -77,7 +77,10 @@ def test_ppo_update_on_two_processes_equals_one_process(tiny_base, tmp_path, glo
         assert r["kl"] == pytest.approx(single["kl"], rel=1e-6) and r["beta"] == pytest.approx(single["beta"], rel=1e-6)
         assert r["loss"] == pytest.approx(single["loss"], rel=1e-5, abs=1e-6)
     single_params = {k: v.detach() for k, v in one.accelerator.unwrap_model(one.model).state_dict().items()}
-    worst = assert_same_params(single_params, torch.load(tmp_path / "two" / "params.pt"))
+    # 2 PPO epochs of Adam at lr 1e-3: gradients summed in another order (two halves all-reduced) differ by ~1e-7
+    # relative, and Adam's per-coordinate normalization can carry that into its step where a gradient is near epsilon;
+    # allowed: 2 % of one step (2e-5; the largest difference seen on this machine was 1.03e-5, in 'separate')
+    worst = assert_same_params(single_params, torch.load(tmp_path / "two" / "params.pt"), atol=0.02 * 1e-3)
     print(f"{variant}: max |param difference| after one update = {worst:.2e}")
 
 

@@ -115,9 +115,9 @@ def test_summary_is_mean_and_se_over_seeds(study):
             v = np.array([float(r[key]) for r in mine])
             assert s[key] == pytest.approx(v.mean()) and s[f"{key}_se"] == pytest.approx(v.std(ddof=1) / math.sqrt(2))
         qualified = [float(r["frac_frontier"]) for r in mine if r["frontier_qualified"] == "True"]
-        assert s["frontier_qualified_runs"] == len(qualified)
-        if qualified:
-            assert s["frac_frontier"] == pytest.approx(np.mean(qualified), nan_ok=True)  # a row of 0/0 gives nan: so must the mean
+        defined = [v for v in qualified if math.isfinite(v)]  # a run at KL <= 0 has no frontier gain: no share
+        assert s["frontier_qualified_runs"] == len(defined)
+        assert s["frac_frontier"] == pytest.approx(np.mean(defined) if defined else float("nan"), nan_ok=True)
     assert _rows(out, "study_summary.csv")[0]["run"] == "direct"
 
 
@@ -188,7 +188,7 @@ def test_every_run_reads_rhos_frontier_without_policy_samples(rho_study, config,
         f_reward, _, f_ess = frontier_at_kl(rho, max(float(r["kl"]), 0.0))
         assert float(r["frontier_reward_at_kl"]) == pytest.approx(f_reward) and float(r["frontier_ess_at_kl"]) == pytest.approx(f_ess)
     stored = torch.load(tmp_path / "rho_samples.pt", weights_only=True)
-    assert stored["known"].shape == (3 * 6,) and torch.isnan(stored["logp"]).all()
+    assert stored["known"].shape == (3 * 6,) and torch.isnan(stored["logp"]).all() and stored["ids"].numel() == 0
     # rows written with another frontier are read again at rho's: the columns follow from KL and gain alone
     lines = (tmp_path / "study.csv").read_text().splitlines()
     stale = dict(rows[0], frontier_reward_at_kl="9", frontier_ess_at_kl="999", frontier_qualified="True", frac_frontier="0.01")
@@ -237,9 +237,9 @@ def test_gain_fraction_and_summarize_skip_unqualified():
     assert gain_fraction(1.0, 2.0) == 0.5 and math.isnan(gain_fraction(1.0, 0.0))
     rows = [{"run": "rm", "labels": "8", "known_reward": "1", "kl": "2", "gain": "0.5", "frac_direct": "0.5",
              "frontier_ess_at_kl": e, "frac_frontier": f, "frontier_qualified": q}
-            for e, f, q in (("40", "0.8", "True"), ("3", "0.1", "False"), ("50", "0.6", "True"))]
+            for e, f, q in (("40", "0.8", "True"), ("3", "0.1", "False"), ("50", "0.6", "True"), ("2048", "nan", "True"))]
     (s,) = summarize(rows)
-    assert s["seeds"] == 3 and s["frontier_qualified_runs"] == 2 and s["frac_frontier"] == pytest.approx(0.7)
+    assert s["seeds"] == 4 and s["frontier_qualified_runs"] == 2 and s["frac_frontier"] == pytest.approx(0.7)
 
 
 def test_report_for_study_and_pipeline_run_and_cli(study, config, tiny_base, tmp_path):

@@ -123,7 +123,9 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
                  cache: str | None = None) -> RhoSamples:
     """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
     needs it). Cached in ``cache`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
-    them back when the queries, the count, the seed, the model and the response rule are the same)."""
+    them back when the queries, the count, the seed, the model and the response rule are the same). Without
+    ``with_logp`` only the rewards are kept (the token ids serve only the pooled frontier), so the cache is small
+    enough to commit with the study (``docs/study/rho_samples.pt``, ~0.2 MB for 20,480 samples)."""
     key = {"queries": list(queries), "m": m, "seed": seed, "model": base.name, "spec": repr(spec), "with_logp": with_logp}
     if cache is not None and os.path.exists(cache):
         stored = torch.load(cache, weights_only=True)
@@ -137,6 +139,7 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
         ids = sample_texts(base.rho, base.tokenizer, list(queries), spec, m, 64, gen)
         rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
         logp = torch.full((len(queries) * m,), float("nan"))
+        ids = ids.new_empty((ids.shape[0], 0))  # not kept (a view would save the whole storage): rewards suffice
     if cache is not None:
         torch.save({"key": json.dumps(key), "ids": ids, "known": rewards, "logp": logp}, cache + ".tmp")
         os.replace(cache + ".tmp", cache)
@@ -400,7 +403,8 @@ def run_study(
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard error across seeds per point (direct RL; RM with N labels) of the known reward, KL, gain and
-    the fractions (``frac_frontier`` over the runs whose frontier read is ESS-qualified only)."""
+    the fractions (``frac_frontier`` over the runs whose frontier read is ESS-qualified and whose share is defined: a
+    run at KL <= 0 has no frontier gain to divide by; ``frontier_qualified_runs`` counts the runs in that mean)."""
     points: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         points.setdefault((r["run"], int(r["labels"])), []).append(r)
@@ -410,6 +414,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("known_reward", "kl", "gain", "frac_direct", "frontier_ess_at_kl"):
             entry[key], entry[f"{key}_se"] = _mean_se([float(r[key]) for r in rs])
         qualified = [float(r["frac_frontier"]) for r in rs if str(r["frontier_qualified"]) in ("True", "true", "1")]
+        qualified = [v for v in qualified if math.isfinite(v)]
         entry["frac_frontier"], entry["frac_frontier_se"] = _mean_se(qualified)
         entry["frontier_qualified_runs"] = len(qualified)
         out.append(entry)
