@@ -2,7 +2,9 @@
 
 One full run of README command 1's recipe and config (``recipes/sentiment.py --config
 recipes/configs/sentiment_offline.yaml``) per variant, the same seed, each in ``<output-dir>/<variant>/``; a variant
-whose ``summary.json`` is already there is not run again (resumable). Variants:
+whose ``summary.json`` is already there is not run again (resumable: each variant's ``summary.json`` and
+``metrics.csv`` are committed under ``docs/fidelity/``, the rest of its run folder is ignored by git, so a set of
+variants can be finished across sessions). ``results.csv`` there has one row per variant measured. Variants:
 
 - ``baseline``:      the offline default as committed;
 - ``tf1_adam``:      ``--tf1_adam true`` (TF1's Adam: epsilon added to sqrt(v) before the bias correction);
@@ -13,14 +15,16 @@ whose ``summary.json`` is already there is not run again (resumable). Variants:
 - ``no_whiten``:     ``--whiten_rewards false`` (not a fidelity option: the value-function study's candidate, measured
   here on the same footing).
 
-    python benchmarks/fidelity_options.py --output-dir runs/fidelity          # ~15 minutes per variant on 2 cores
+    python benchmarks/fidelity_options.py                # ~22 minutes per variant on 2 cores, into docs/fidelity/
     python benchmarks/fidelity_options.py --variants baseline k2 --extra --total_episodes 64   # shorter
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +56,7 @@ def run(name: str, out: Path, extra: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="runs/fidelity")
+    p.add_argument("--output-dir", default=str(ROOT / "docs" / "fidelity"))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more recipe flags for every variant (last)")
     a = p.parse_args(argv)
@@ -66,7 +70,32 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         acc = s["reward_model"].get("eval_accuracy")
         print(f"{name:<15}{gain['mean']:>+14.3f} ± {gain['se']:.3f}{s['after']['kl']:>11.2f}{s['final_beta']:>12.4f}"
               f"{'-' if acc is None else f'{acc:.3f}':>13}{s['timings_s']['total_s']:>8.0f}", flush=True)
+    write_results(out, results)
     return results
+
+
+def write_results(out: Path, results: dict[str, dict]) -> None:
+    """``results.csv``: one row per variant in ``out`` with a ``summary.json`` (this call's and earlier ones'), with the
+    value function's explained variance over the last half of the run's updates (from its ``metrics.csv``)."""
+    for folder in sorted(out.iterdir()):
+        if folder.name in VARIANTS and folder.name not in results and (folder / "summary.json").is_file():
+            results[folder.name] = json.loads((folder / "summary.json").read_text())
+    rows = []
+    for name in [v for v in VARIANTS if v in results]:
+        s = results[name]
+        ev = float("nan")
+        if (out / name / "metrics.csv").is_file():
+            with open(out / name / "metrics.csv", newline="") as f:
+                values = [float(r["val/explained_variance"]) for r in csv.DictReader(f) if r.get("val/explained_variance")]
+            ev = statistics.mean(values[len(values) // 2 :]) if values else ev
+        rows.append({"variant": name, "flags": " ".join(VARIANTS[name]), "gain": s["known_reward_gain"]["mean"],
+                     "gain_se": s["known_reward_gain"]["se"], "kl": s["after"]["kl"], "final_beta": s["final_beta"],
+                     "rm_eval_accuracy": s["reward_model"].get("eval_accuracy"), "explained_variance_last_half": ev,
+                     "wall_s": s["timings_s"]["total_s"]})
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 if __name__ == "__main__":

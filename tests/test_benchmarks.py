@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -78,6 +79,10 @@ def test_fidelity_options_tiny(tmp_path, tiny_base):
     assert (tmp_path / "k2" / "policy").is_dir() and k2["ppo_updates"] == 1
     rerun = run(str(BENCH / "fidelity_options.py"), *flags)  # resumable: both read back, nothing re-run
     assert rerun.splitlines()[1:] == out.splitlines()[1:]
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ["baseline", "k2"] and rows[1]["flags"] == "--kl_estimator k2"
+    assert float(rows[1]["gain"]) == pytest.approx(k2["known_reward_gain"]["mean"])
 
 
 def test_value_function_tiny():
