@@ -12,8 +12,10 @@ variants can be finished across sessions). ``results.csv`` there has one row per
 - ``critic_warmup``: ``--critic_warmup_updates 2`` (2 value-only PPO updates first);
 - ``k2``:            ``--kl_estimator k2`` (0.5 * (log pi - log rho)^2 per token in the reward);
 - ``k3``:            ``--kl_estimator k3``;
-- ``no_whiten``:     ``--whiten_rewards false`` (not a fidelity option: the value-function study's candidate, measured
-  here on the same footing).
+- ``no_whiten``:     ``--whiten_rewards false``;
+- ``value_lr_x10``:  ``--value_learning_rate 3e-3`` (the value head at 10x the policy's learning rate). These two are
+  not fidelity options: they are what moved the value function's explained variance in ``value_function.py``,
+  measured here on the same footing.
 
     python benchmarks/fidelity_options.py                # ~22 minutes per variant on 2 cores, into docs/fidelity/
     python benchmarks/fidelity_options.py --variants baseline k2 --extra --total_episodes 64   # shorter
@@ -39,6 +41,7 @@ VARIANTS: dict[str, list[str]] = {
     "k2": ["--kl_estimator", "k2"],
     "k3": ["--kl_estimator", "k3"],
     "no_whiten": ["--whiten_rewards", "false"],
+    "value_lr_x10": ["--value_learning_rate", "3e-3"],
 }
 
 

@@ -11,7 +11,7 @@ from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, Trainer
 
 from conftest import tiny_gpt2_config
 from hf_prefs import PPOConfig, PPOTrainer
-from hf_prefs.core.optim import TF1Adam
+from hf_prefs.core.optim import TF1Adam, set_group_learning_rate
 from hf_prefs.models.reward_model import init_score_head
 
 
@@ -86,3 +86,31 @@ def test_k2_estimator_reaches_the_rewards(tmp_path, gpt2_tokenizer):
     logp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
     kl, non_score, _ = trainer.compute_rewards(torch.zeros(1), logp, ref, 0.5)
     assert kl[0].tolist() == pytest.approx([0.125, 0.5]) and non_score[0].tolist() == pytest.approx([-0.0625, -0.25])
+
+
+def test_set_group_learning_rate_gives_params_their_own_rate_and_keeps_group_settings():
+    a, b, c = (torch.zeros(2, requires_grad=True) for _ in range(3))
+    opt = torch.optim.SGD([{"params": [a, b], "weight_decay": 0.0}, {"params": [c], "weight_decay": 0.5}], lr=0.1)
+    set_group_learning_rate(opt, [b, c], 0.7)
+    set_group_learning_rate(opt, [b, c], 0.7)  # a second call changes nothing
+    groups = [([id(p) for p in g["params"]], g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    assert groups == [([id(a)], 0.1, 0.0), ([id(b)], 0.7, 0.0), ([id(c)], 0.7, 0.5)]
+    for p in (a, b, c):
+        p.grad = torch.ones(2)
+    opt.step()
+    assert a.tolist() == pytest.approx([-0.1] * 2) and b.tolist() == pytest.approx([-0.7] * 2) and c.tolist() == pytest.approx([-0.7] * 2)
+
+
+def test_value_learning_rate_is_the_value_heads_own(tmp_path, gpt2_tokenizer):
+    """value_learning_rate: the value head's parameters (and only they) in groups of their own at that rate, which
+    the linear scheduler starts from."""
+    trainer = _trainer(tmp_path, gpt2_tokenizer, value_learning_rate=0.1)
+    trainer.train()
+    opt = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    head = {id(p) for p in trainer.model.v_head.parameters()}
+    own = [g for g in opt.param_groups if g.get("own_lr")]
+    assert {id(p) for g in own for p in g["params"]} == head
+    assert not any(id(p) in head for g in opt.param_groups if not g.get("own_lr") for p in g["params"])
+    assert {g["initial_lr"] for g in own} == {0.1} and {g["initial_lr"] for g in opt.param_groups if not g.get("own_lr")} == {1e-2}
+    with pytest.raises(ValueError, match="value_learning_rate"):
+        PPOConfig(output_dir="x", value_learning_rate=0.0)

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["TF1Adam"]
+__all__ = ["TF1Adam", "set_group_learning_rate"]
 
 
 class TF1Adam(torch.optim.Optimizer):
@@ -55,3 +55,20 @@ class TF1Adam(torch.optim.Optimizer):
                 lr_t = group["lr"] * math.sqrt(1 - b2**t) / (1 - b1**t)
                 p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-lr_t)
         return loss
+
+
+def set_group_learning_rate(optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], lr: float) -> None:
+    """Give ``params`` their own learning rate ``lr``: they leave the groups they are in (before any step, so no state
+    moves) for groups of their own that keep every other setting of the group they came from (weight decay, betas),
+    marked ``own_lr``. A second call changes nothing. A scheduler made afterwards scales each group from its own lr."""
+    wanted = {id(p) for p in params}
+    for group in list(optimizer.param_groups):
+        if group.get("own_lr"):
+            continue
+        moved = [p for p in group["params"] if id(p) in wanted]
+        if not moved:
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in wanted]
+        optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": moved, "lr": lr,
+                                   "own_lr": True})
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]

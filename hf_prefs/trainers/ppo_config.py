@@ -92,6 +92,8 @@ class PPOConfig(TrlBaseConfig):
         normalize_reward (`bool`, defaults to False), normalize_samples (`int`, defaults to 256): before training,
             set the reward model's gain/bias so rewards of rho's samples have mean 0 and std 1.
         tf1_adam (`bool`, defaults to False): TF1's Adam, as the paper's code (epsilon before the bias correction).
+        value_learning_rate (`float` or `None`, defaults to None): the value function's own parameters' learning rate
+            (None: ``learning_rate``).
         critic_warmup_updates (`int`, defaults to 0): value-function-only updates at the start.
 
     `max_grad_norm` defaults to 0 (no clipping; TRL 1.12 never clipped, whatever its value) and `logging_steps` to 1
@@ -200,6 +202,11 @@ class PPOConfig(TrlBaseConfig):
         metadata={"help": "TF1's Adam (the paper's): epsilon added to sqrt(v) before the bias correction "
                   "(hf_prefs.core.optim.TF1Adam) instead of PyTorch's after it."},
     )
+    value_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the value function's own parameters (the head on the shared trunk, or "
+                  "the separate value model); None: learning_rate. The scheduler scales it as it scales the rest."},
+    )
     critic_warmup_updates: int = field(
         default=0,
         metadata={"help": "The first N updates train only the value function (policy loss off, policy weights "
@@ -239,6 +246,8 @@ class PPOConfig(TrlBaseConfig):
         for name in ("kl_coef", "cliprange", "cliprange_value", "vf_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.value_learning_rate is not None and not self.value_learning_rate > 0:
+            raise ValueError(f"PPOConfig.value_learning_rate must be > 0 or None, got {self.value_learning_rate!r}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"PPOConfig.gamma and lam must lie in [0, 1], got gamma={self.gamma}, lam={self.lam}")
         for name, allowed in (("kl_estimator", ("k1", "k2", "k3")), ("value_model", ("shared", "separate")),

@@ -57,7 +57,7 @@ from .._compat import (
 from ..citation import ZIEGLER_2019
 from ..memory import release_free_memory
 from ..core.kl import AdaptiveKLController, FixedKLController
-from ..core.optim import TF1Adam
+from ..core.optim import TF1Adam, set_group_learning_rate
 from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
 from ..core.rollout import RolloutSpec, left_pad
 from ..models.attention import training_attention
@@ -598,12 +598,16 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         return loss, stats
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer (``optim``, AdamW by default), or TF1's Adam with ``tf1_adam`` (the paper's code)."""
+        """Trainer's optimizer (``optim``, AdamW by default), or TF1's Adam with ``tf1_adam`` (the paper's code); the
+        value function's own parameters at ``value_learning_rate`` when it is set."""
         if self.args.tf1_adam and self.optimizer is None:
             a = self.args
             params = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = TF1Adam(params, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon)
-        return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        if self.args.value_learning_rate is not None:
+            set_group_learning_rate(optimizer, self._unwrapped().value_parameters(), self.args.value_learning_rate)
+        return optimizer
 
     def in_critic_warmup(self) -> bool:
         """Whether this update trains only the value function (the first ``critic_warmup_updates``)."""
