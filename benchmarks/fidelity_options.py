@@ -17,7 +17,7 @@ variants can be finished across sessions). ``results.csv`` there has one row per
   not fidelity options: they are what moved the value function's explained variance in ``value_function.py``,
   measured here on the same footing.
 
-    python benchmarks/fidelity_options.py                # ~22 minutes per variant on 2 cores, into docs/fidelity/
+    python benchmarks/fidelity_options.py                # 11-22 minutes per variant on 2 cores (by VM), into docs/fidelity/
     python benchmarks/fidelity_options.py --variants baseline k2 --extra --total_episodes 64   # shorter
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def run(name: str, out: Path, extra: list[str]) -> dict:
         cmd = [sys.executable, str(ROOT / "recipes" / "sentiment.py"), "--config", str(CONFIG), "--output_dir",
                str(folder), "--disable_tqdm", "true", *VARIANTS[name], *extra]
         with open(out / f"{name}.log", "w") as log:
-            code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the log follows the run
         if code != 0:
             sys.exit(f"{name} failed ({code}); see {out / name}.log")
     return json.loads((folder / "summary.json").read_text())
