@@ -124,8 +124,7 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
     """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
     needs it). Cached in ``cache`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
     them back when the queries, the count, the seed, the model and the response rule are the same). Without
-    ``with_logp`` only the rewards are kept (the token ids serve only the pooled frontier), so the cache is small
-    enough to commit with the study (``docs/study/rho_samples.pt``, ~0.2 MB for 20,480 samples)."""
+    ``with_logp`` only the rewards are kept (the token ids serve only the pooled frontier): ~0.2 MB for 20,480 samples."""
     key = {"queries": list(queries), "m": m, "seed": seed, "model": base.name, "spec": repr(spec), "with_logp": with_logp}
     if cache is not None and os.path.exists(cache):
         stored = torch.load(cache, weights_only=True)
