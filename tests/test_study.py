@@ -187,8 +187,10 @@ def test_every_run_reads_rhos_frontier_without_policy_samples(rho_study, config,
         assert [FrontierPoint(**p) for p in ev["frontier"]] == rho
         f_reward, _, f_ess = frontier_at_kl(rho, max(float(r["kl"]), 0.0))
         assert float(r["frontier_reward_at_kl"]) == pytest.approx(f_reward) and float(r["frontier_ess_at_kl"]) == pytest.approx(f_ess)
-    stored = torch.load(tmp_path / "rho_samples.pt", weights_only=True)
-    assert stored["known"].shape == (3 * 6,) and torch.isnan(stored["logp"]).all() and stored["ids"].numel() == 0
+    assert not (tmp_path / "rho_samples.pt").exists()  # no ids or log rho needed: the rewards alone, as text
+    text = (tmp_path / "rho_rewards.csv").read_text().splitlines()
+    assert text[0].startswith("# key: ") and json.loads(text[0][7:])["m"] == 6 and text[1] == "known"
+    assert len(text) == 2 + 3 * 6 and all(math.isfinite(float(x)) for x in text[2:])
     # rows written with another frontier are read again at rho's: the columns follow from KL and gain alone
     lines = (tmp_path / "study.csv").read_text().splitlines()
     stale = dict(rows[0], frontier_reward_at_kl="9", frontier_ess_at_kl="999", frontier_qualified="True", frac_frontier="0.01")
@@ -198,6 +200,30 @@ def test_every_run_reads_rhos_frontier_without_policy_samples(rho_study, config,
         writer.writerows([stale, *rows[1:]])
     study_main(argv=_tiny_args(config, tiny_base, tmp_path, *args))  # nothing to run
     assert (tmp_path / "study.csv").read_text().splitlines() == lines
+
+
+def test_frac_direct_follows_the_direct_row_now_in_the_file(rho_study, config, tiny_base):
+    """A direct run re-made after its seed's RM runs (e.g. for a uniform table): every RM row's ``frac_direct`` is
+    computed again against the direct row now in ``study.csv``, and written over whatever it held."""
+    path = rho_study / "study.csv"
+    original = path.read_text()
+    rows = _rows(rho_study)
+    new_gain = 2 * float(next(r for r in rows if r["run"] == "direct")["gain"]) + 0.5
+    edited = [dict(r, gain=repr(new_gain)) if r["run"] == "direct" else dict(r, frac_direct="7") for r in rows]
+    try:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
+            writer.writeheader()
+            writer.writerows(edited)
+        study_main(argv=_tiny_args(config, tiny_base, rho_study, *RHO_ARGS))  # nothing to run
+        after = _rows(rho_study)
+        assert len(after) == len(rows) == 3
+        for r in after:
+            expected = 1.0 if r["run"] == "direct" else float(r["gain"]) / new_gain
+            assert float(r["frac_direct"]) == pytest.approx(expected, rel=1e-12)
+    finally:
+        path.write_text(original)
+        study_main(argv=_tiny_args(config, tiny_base, rho_study, *RHO_ARGS))
 
 
 def test_an_interrupted_ppo_run_continues_from_its_last_update(rho_study, config, tiny_base, tmp_path, monkeypatch):

@@ -13,10 +13,10 @@ reward after minus rho's, paired on the held-out queries) is compared with
     frac_direct   = gain / gain_direct(same seed)            direct RL with the same seed
 
 The frontier (:mod:`hf_prefs.core.frontier`) is estimated on the first ``frontier_queries`` held-out queries from
-``frontier_samples`` samples of rho per query (drawn once, cached in ``rho_samples.pt``), and read at each run's KL with
-its effective sample size: ``frontier_ess_at_kl`` (mean over queries); ``frontier_qualified`` says whether it is >=
-``min_ess`` and the run's KL lies inside the frontier's grid (past it the read is clamped). ``frac_frontier`` is
-averaged over qualified runs only. The ESS at a given KL grows about in proportion to the samples per query, and a
+``frontier_samples`` samples of rho per query (drawn once; their rewards cached in ``rho_rewards.csv``), and read at
+each run's KL with its effective sample size: ``frontier_ess_at_kl`` (mean over queries); ``frontier_qualified`` says
+whether it is >= ``min_ess`` and the run's KL lies inside the frontier's grid (past it the read is clamped).
+``frac_frontier`` is averaged over qualified runs only. The ESS at a given KL grows about in proportion to the samples per query, and a
 frontier from few samples per query reads too low a reward at a given KL (its KL is bounded by log M), so the default
 spends the samples on few queries: 10 x 2,048 (measured on the offline default: ESS >= 30 up to KL ~3, where 64 per
 query give ESS ~3). With ``policy_samples`` > 0, each run's frontier pools rho's samples with that many samples of the
@@ -119,16 +119,49 @@ class RhoSamples:
     logp: torch.Tensor
 
 
+RHO_SAMPLES_CACHE = "rho_samples.pt"
+RHO_REWARDS_CACHE = "rho_rewards.csv"
+
+
+def _write_rho_rewards(path: str, key: str, rewards: torch.Tensor) -> None:
+    """rho's known rewards as text: a ``# key: <json>`` line, a ``known`` header, one ``%.9g`` value per line (exact
+    for float32), so the cache can be committed beside ``study.csv`` and a new checkout skips the redraw."""
+    with open(path + ".tmp", "w") as f:
+        f.write(f"# key: {key}\nknown\n")
+        f.writelines(f"{x:.9g}\n" for x in rewards.tolist())
+    os.replace(path + ".tmp", path)
+
+
+def _read_rho_rewards(path: str, key: str) -> torch.Tensor | None:
+    """The rewards of :func:`_write_rho_rewards` when the file's key is ``key``; None otherwise."""
+    with open(path) as f:
+        if f.readline().rstrip("\n") != f"# key: {key}":
+            return None
+        if f.readline().strip() != "known":
+            raise ValueError(f"{path}: line 2 must be the header 'known'")
+        return torch.tensor([float(line) for line in f if line.strip()], dtype=torch.float32)
+
+
 def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int, with_logp: bool,
-                 cache: str | None = None) -> RhoSamples:
+                 cache_dir: str | None = None) -> RhoSamples:
     """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
-    needs it). Cached in ``cache`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
+    needs it). Cached in ``cache_dir`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
     them back when the queries, the count, the seed, the model and the response rule are the same). Without
-    ``with_logp`` only the rewards are kept (the token ids serve only the pooled frontier): ~0.2 MB for 20,480 samples."""
-    key = {"queries": list(queries), "m": m, "seed": seed, "model": base.name, "spec": repr(spec), "with_logp": with_logp}
-    if cache is not None and os.path.exists(cache):
-        stored = torch.load(cache, weights_only=True)
-        if stored["key"] == json.dumps(key):
+    ``with_logp`` only the rewards are kept (the token ids serve only the pooled frontier), as text in
+    ``rho_rewards.csv`` (~0.25 MB for 20,480 samples; committed with the study); with it, ids and log rho in
+    ``rho_samples.pt``."""
+    key = json.dumps({"queries": list(queries), "m": m, "seed": seed, "model": base.name, "spec": repr(spec),
+                      "with_logp": with_logp})
+    text_cache = None if cache_dir is None or with_logp else os.path.join(cache_dir, RHO_REWARDS_CACHE)
+    pt_cache = None if cache_dir is None or not with_logp else os.path.join(cache_dir, RHO_SAMPLES_CACHE)
+    if text_cache is not None and os.path.exists(text_cache):
+        rewards = _read_rho_rewards(text_cache, key)
+        if rewards is not None:
+            return RhoSamples(list(queries), m, torch.empty((len(rewards), 0), dtype=torch.long), rewards,
+                              torch.full((len(rewards),), float("nan")))
+    if pt_cache is not None and os.path.exists(pt_cache):
+        stored = torch.load(pt_cache, weights_only=True)
+        if stored["key"] == key:
             return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
     if with_logp:
         s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known)
@@ -139,9 +172,11 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
         rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
         logp = torch.full((len(queries) * m,), float("nan"))
         ids = ids.new_empty((ids.shape[0], 0))  # not kept (a view would save the whole storage): rewards suffice
-    if cache is not None:
-        torch.save({"key": json.dumps(key), "ids": ids, "known": rewards, "logp": logp}, cache + ".tmp")
-        os.replace(cache + ".tmp", cache)
+    if text_cache is not None:
+        _write_rho_rewards(text_cache, key, rewards)
+    if pt_cache is not None:
+        torch.save({"key": key, "ids": ids, "known": rewards, "logp": logp}, pt_cache + ".tmp")
+        os.replace(pt_cache + ".tmp", pt_cache)
     return RhoSamples(list(queries), m, ids, rewards, logp)
 
 
@@ -222,17 +257,28 @@ def frontier_read(frontier: list[FrontierPoint], kl: float, gain: float, min_ess
             "frac_frontier": gain_fraction(gain, f_reward - frontier_at_kl(frontier, 0.0)[0])}
 
 
-def _reread_rho_frontier(output_dir: str, min_ess: float) -> None:
-    """Every row of ``study.csv`` read at rho's frontier (``frontier_rho.csv``): with ``policy_samples`` 0 the frontier
-    columns depend only on the run's KL and gain, so rows written before rho's frontier was redrawn (other
-    ``frontier_*`` settings) or with a pooled frontier are brought to the one every run reads now."""
-    with open(os.path.join(output_dir, "frontier_rho.csv"), newline="") as f:
-        frontier = [FrontierPoint(**{k: float(v) for k, v in r.items()}) for r in csv.DictReader(f)]
+def _reread_rows(output_dir: str, min_ess: float, rho_frontier: bool) -> None:
+    """Columns of ``study.csv`` that follow from other rows, computed again for every row: ``frac_direct`` against the
+    direct-RL row of the same seed now in the file (a direct run re-made after the RM runs of its seed, e.g. for a
+    uniform table, changes their share), and with ``rho_frontier`` (``policy_samples`` 0) the frontier columns read at
+    rho's frontier (``frontier_rho.csv``), which depend only on the run's KL and gain, so rows written before rho's
+    frontier was redrawn (other ``frontier_*`` settings) or with a pooled frontier are brought to the one every run
+    reads now."""
     path = os.path.join(output_dir, "study.csv")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    frontier = None
+    if rho_frontier:
+        with open(os.path.join(output_dir, "frontier_rho.csv"), newline="") as f:
+            frontier = [FrontierPoint(**{k: float(v) for k, v in r.items()}) for r in csv.DictReader(f)]
+    direct = {int(r["seed"]): float(r["gain"]) for r in rows if r["run"] == "direct"}
     for row in rows:
-        row.update(frontier_read(frontier, float(row["kl"]), float(row["gain"]), min_ess))
+        if frontier is not None:
+            row.update(frontier_read(frontier, float(row["kl"]), float(row["gain"]), min_ess))
+        if row["run"] == "direct":
+            row["frac_direct"] = 1.0
+        elif int(row["seed"]) in direct:
+            row["frac_direct"] = gain_fraction(float(row["gain"]), direct[int(row["seed"])])
     with open(path + ".tmp", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
         writer.writeheader()
@@ -350,7 +396,7 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
     rho_ev = evaluate_policy(base.rho, base.tokenizer, eval_q, spec, ref_model=base.rho, known_reward=known,
                              batch_size=pa.sampling_batch_size, seed=cfg.seed + 2)
     rho_samples = _rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100,
-                               with_logp=sa.policy_samples > 0, cache=os.path.join(output_dir, "rho_samples.pt"))
+                               with_logp=sa.policy_samples > 0, cache_dir=output_dir)
     q, m = len(rho_samples.queries), rho_samples.per_query
     rho_frontier = optimal_frontier(rho_samples.known.view(q, m).numpy(), list(betas), n_bootstrap=100, seed=cfg.seed)
     with open(os.path.join(output_dir, "frontier_rho.csv"), "w", newline="") as f:
@@ -388,8 +434,8 @@ def run_study(
         ctx, label_q = _context(pa, cfg, model_args, sa, output_dir, betas)
         for seed in todo:
             _seed_runs(ctx, seed, done, label_q)
-    if sa.policy_samples == 0:
-        _reread_rho_frontier(output_dir, sa.min_ess)
+    if os.path.exists(os.path.join(output_dir, "study.csv")):
+        _reread_rows(output_dir, sa.min_ess, rho_frontier=sa.policy_samples == 0)
     rows = [r for k, r in _read_done(output_dir).items() if k[1] in sa.seeds and (k[0] == "direct" or k[2] in counts)]
     summary = summarize(rows)
     with open(os.path.join(output_dir, "study_summary.csv"), "w", newline="") as f:
