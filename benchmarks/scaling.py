@@ -3,7 +3,8 @@
 PPO: the offline default's PPO phase (SmolLM2-135M in bfloat16 with LoRA, 32 episodes per update of 24 tokens,
 4 PPO epochs, micro-batches of 8): episodes per second of rollout + PPO epochs, measured over the updates after the
 first (warm-up). Reward model: the K-way reward trainer (top 2 layers + head of SmolLM2, batches of 16 best-of-4
-labels): labels per second of training. Both sides run the same global batch; the 2-process side through
+labels): labels per second of training over the steps after the first (train()'s set-up and the first step, which
+include DDP's broadcast of the module and do not scale, are printed apart as "+ set-up"). Both sides run the same global batch; the 2-process side through
 `accelerate launch --config_file recipes/accelerate_configs/multi_cpu.yaml` (gloo), each process with one thread.
 The ratio is printed (the goal is >= 1.8x on 2 cores), beside the hardware's own: a bf16 matmul on one thread, one
 process alone against two at once (on a 2-core VM this is 1.8-1.93x, shared caches and memory bandwidth), and the PPO
@@ -96,7 +97,7 @@ def _rm_worker(base: str, labels: int) -> dict:
 
     import torch
     from datasets import Dataset
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
     from hf_prefs import PreferenceRewardConfig, PreferenceRewardTrainer
     from hf_prefs.pipeline.reward import freeze_bottom_layers
@@ -121,10 +122,23 @@ def _rm_worker(base: str, labels: int) -> dict:
         normalize_before=False, normalize_after=False, share_query_prefix=True, report_to=[], save_strategy="no",
         gradient_checkpointing=False, use_cpu=True, bf16=True, disable_tqdm=True, logging_steps=1000, seed=0,
     )
-    trainer = PreferenceRewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tok)
+    ends: list[float] = []
+
+    class Clock(TrainerCallback):  # the end of every optimizer step (data loading included)
+        def on_step_end(self, *a, **k):
+            ends.append(time.perf_counter())
+
+    trainer = PreferenceRewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tok,
+                                      callbacks=[Clock()])
     start = time.perf_counter()
     trainer.train()
-    return {"world": trainer.accelerator.num_processes, "labels_per_s": labels / (time.perf_counter() - start)}
+    total = time.perf_counter() - start
+    if len(ends) < 3:
+        raise ValueError(f"--labels {labels}: need >= 3 steps of 16 labels (one warm-up, two timed)")
+    # steady state: the steps after the first, as for PPO (the first carries train()'s set-up: DDP's broadcast of the
+    # whole module, dataloader workers, first-call allocations, which do not scale with the processes)
+    return {"world": trainer.accelerator.num_processes, "labels_per_s": 16 * (len(ends) - 1) / (ends[-1] - ends[0]),
+            "labels_per_s_with_setup": labels / total}
 
 
 def _matmul_worker(seconds: float = 8.0) -> dict:
@@ -172,7 +186,8 @@ def main() -> None:
     p.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     p.add_argument("--episodes", type=int, default=32, help="PPO episodes per update (the global batch)")
     p.add_argument("--updates", type=int, default=3, help="PPO updates; the first is a warm-up")
-    p.add_argument("--labels", type=int, default=96, help="labels for the reward-model timing")
+    p.add_argument("--labels", type=int, default=160, help="labels for the reward-model timing (16 per step; the first "
+                   "step is a warm-up)")
     p.add_argument("--repeats", type=int, default=2, help="measurements per side (alternating order); mean reported")
     p.add_argument("--worker", choices=["ppo", "rm", "matmul"], help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
@@ -212,10 +227,14 @@ def main() -> None:
           f"{a.repeats} repeat(s), sides alternating which runs first")
     print(f"{'phase':6} {'unit':16} {'1 proc x 1 thread':>18} {'2 procs x 1 thread':>19} {'ratio':>7}   each repeat")
     rows = [(name, key, [x[key] for x in results[name][1]], [x[key] for x in results[name][2]]) for name, key in phases]
+    rows.append(("rm", "+ set-up, /s", [x["labels_per_s_with_setup"] for x in results["rm"][1]],
+                 [x["labels_per_s_with_setup"] for x in results["rm"][2]]))
     rows.append(("matmul", "TFLOP/s (bf16)", hardware[1], hardware[2]))
     for name, key, ones, twos in rows:
         each = " ".join(f"{t / o:.2f}x" for o, t in zip(ones, twos))
         print(f"{name:6} {key:16} {mean(ones):18.3f} {mean(twos):19.3f} {mean(twos) / mean(ones):6.2f}x   {each}")
+    print("(rm + set-up: labels over the whole train() call, the first step and the set-up included; "
+          "the rm row times the steps after the first)")
     print("(matmul: the hardware's own ratio, a bf16 matmul in two independent processes at once against one alone)")
     parts = {n: [x["parts"] for x in results["ppo"][n]] for n in (1, 2)}
     print("PPO seconds per update by part (main process, mean; ratio = 1 proc / 2 procs, 2.00 would be perfect):")

@@ -46,9 +46,10 @@ def test_reward_kway_vs_pairwise_tiny(tmp_path):
 
 @pytest.mark.multiprocess
 def test_scaling_tiny():
-    out = run(str(BENCH / "scaling.py"), "--model", "tiny", "--episodes", "8", "--updates", "2", "--labels", "32", "--repeats", "1")
+    out = run(str(BENCH / "scaling.py"), "--model", "tiny", "--episodes", "8", "--updates", "2", "--labels", "48", "--repeats", "1")
     assert re.search(r"ppo\s+episodes_per_s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
     assert re.search(r"rm\s+labels_per_s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
+    assert re.search(r"rm\s+\+ set-up, /s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
     assert re.search(r"matmul\s+TFLOP/s \(bf16\)\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out) and "generate" in out
 
 
