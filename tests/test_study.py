@@ -139,9 +139,13 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     sampled: list[int] = []
     real_sample = study_mod.sample_with_logprobs
     monkeypatch.setattr(study_mod, "sample_with_logprobs", lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
+    evaluated: list[int] = []
+    real_eval = study_mod.evaluate_policy
+    monkeypatch.setattr(study_mod, "evaluate_policy", lambda *a, **k: evaluated.append(1) or real_eval(*a, **k))
     labels_file = (out / "labels_s1.jsonl").read_text()
     study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))
     assert ran == ["rm16_s1"]
+    assert evaluated == [1]  # the run's own evaluation; rho's held-out rewards read back from rho_eval.json
     assert sampled == [1]  # the run's own policy samples; rho's frontier samples read back from rho_samples.pt
     assert collected == [] and (out / "labels_s1.jsonl").read_text() == labels_file  # the seed's labels read back
     assert trained == []  # the finished reward model of rm16_s1 read back from runs/rm16_s1/

@@ -121,6 +121,26 @@ class RhoSamples:
 
 RHO_SAMPLES_CACHE = "rho_samples.pt"
 RHO_REWARDS_CACHE = "rho_rewards.csv"
+RHO_EVAL_CACHE = "rho_eval.json"
+
+
+def _rho_eval(base: Base, spec: RolloutSpec, eval_q: list[str], known: Any, batch_size: int, seed: int,
+              cache: str) -> list[float]:
+    """rho's known reward on each held-out query (the pairing of every run's gain), sampled as every run's evaluation
+    is (same queries, batch size and seed). Cached as JSON in ``cache`` with what it depends on, so a resumed study
+    does not sample it again (minutes on a CPU); committed with the study."""
+    key = {"queries": list(eval_q), "batch_size": batch_size, "seed": seed, "model": base.name, "spec": repr(spec)}
+    if os.path.exists(cache):
+        with open(cache) as f:
+            stored = json.load(f)
+        if stored.get("key") == key:
+            return [float(x) for x in stored["known_rewards"]]
+    ev = evaluate_policy(base.rho, base.tokenizer, eval_q, spec, ref_model=base.rho, known_reward=known,
+                         batch_size=batch_size, seed=seed)
+    with open(cache + ".tmp", "w") as f:
+        json.dump({"key": key, "known_rewards": [float(x) for x in ev.known_rewards]}, f)
+    os.replace(cache + ".tmp", cache)
+    return [float(x) for x in ev.known_rewards]
 
 
 def _write_rho_rewards(path: str, key: str, rewards: torch.Tensor) -> None:
@@ -393,8 +413,8 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
         raise ValueError(f"label_counts: max N {max(sa.label_counts)} is too large: {err}") from None
     known = make_known_reward(pa.known_reward)
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
-    rho_ev = evaluate_policy(base.rho, base.tokenizer, eval_q, spec, ref_model=base.rho, known_reward=known,
-                             batch_size=pa.sampling_batch_size, seed=cfg.seed + 2)
+    rho_eval = _rho_eval(base, spec, eval_q, known, pa.sampling_batch_size, cfg.seed + 2,
+                         os.path.join(output_dir, RHO_EVAL_CACHE))
     rho_samples = _rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100,
                                with_logp=sa.policy_samples > 0, cache_dir=output_dir)
     q, m = len(rho_samples.queries), rho_samples.per_query
@@ -403,7 +423,7 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
         writer = csv.DictWriter(f, fieldnames=list(asdict(rho_frontier[0])))
         writer.writeheader()
         writer.writerows(asdict(p) for p in rho_frontier)
-    ctx = StudyContext(pa, cfg, model_args, sa, base, spec, eval_q, ppo_q, known, rho_ev.known_rewards, rho_samples,
+    ctx = StudyContext(pa, cfg, model_args, sa, base, spec, eval_q, ppo_q, known, rho_eval, rho_samples,
                        rho_frontier, betas, output_dir)
     return ctx, list(label_q)
 
