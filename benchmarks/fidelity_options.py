@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
 def write_results(out: Path, results: dict[str, dict]) -> None:
     """``results.csv``: one row per variant in ``out`` with a ``summary.json`` (this call's and earlier ones'), with the
-    value function's explained variance over the last half of the run's updates (from its ``metrics.csv``)."""
+    value function's explained variance over the last half of the run's updates (from its ``metrics.csv``). The
+    caller's ``results`` is left as it was."""
+    results = dict(results)
     for folder in sorted(out.iterdir()):
         if folder.name in VARIANTS and folder.name not in results and (folder / "summary.json").is_file():
             results[folder.name] = json.loads((folder / "summary.json").read_text())

@@ -217,11 +217,13 @@ def main() -> None:
         one, two = _hardware(work)
         hardware[1].append(one)
         hardware[2].append(two)
-        for name, _ in phases:
+        print(f"repeat {r + 1}: matmul TFLOP/s 1 process {one:.3f}, 2 at once {two:.3f}", flush=True)
+        for name, key in phases:
             for n in order:
                 res = _run(n, ["--worker", name, *common], work / f"{name}{n}_{r}.json")
                 assert res["world"] == n, res
                 results[name][n].append(res)
+                print(f"repeat {r + 1}: {name} on {n} process(es): {key} {res[key]:.3f}", flush=True)  # as it goes
     mean = lambda xs: sum(xs) / len(xs)
     print(f"model {a.model}: global batch {a.episodes} episodes per PPO update, 16 labels per reward-model step; "
           f"{a.repeats} repeat(s), sides alternating which runs first")
