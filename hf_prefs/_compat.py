@@ -16,6 +16,8 @@ import inspect
 import os
 from typing import Any
 
+import torch
+
 from transformers import Trainer, TrainingArguments
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -44,6 +46,7 @@ __all__ = [
     "cache_kwargs",
     "output_cache",
     "count_reward_trainer_tokens",
+    "cpu_bf16_supported",
 ]
 
 #: Package -> (oldest tested, newest tested). The oldest are the floors declared in pyproject.toml.
@@ -143,3 +146,12 @@ def output_cache(output: Any) -> Any:
         if name in getattr(output, "__dataclass_fields__", {}) or name in getattr(output, "__dict__", {}):
             return getattr(output, name)
     return None
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (oneDNN's bf16 kernels: AVX512-BF16 or AMX; private torch
+    name ``torch.ops.mkldnn._is_mkldnn_bf16_supported``). Where it does not (e.g. AVX2-only CPUs), torch falls back to
+    a reference bf16 GEMM: measured on a 2-vCPU AVX2 AMD EPYC VM, a 1024^2 matmul at 0.0008 TFLOP/s in bf16 against
+    0.10 in float32."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe()) if probe is not None else True

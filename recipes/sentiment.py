@@ -27,6 +27,7 @@ from hf_prefs.pipeline import (
     make_ppo_trainer,
     online_label_loop,
     push_results,
+    resolve_cpu_precision,
     resume_checkpoint,
     save_labels,
     split_queries,
@@ -48,6 +49,7 @@ def main(task="sentiment", argv=None):
         raise ValueError(f"task: this recipe runs {task!r}, got task={script_args.task!r}")
     script_args.task = task
     validate_pipeline_config(script_args, training_args, model_args)  # names a bad field before any model loads
+    resolve_cpu_precision(script_args, training_args, model_args)  # float32 on a CPU without bf16 matmul units
     out, timer = training_args.output_dir, StageTimer()
     resume = resume_checkpoint(training_args)  # --resume_from_checkpoint: a checkpoint folder of this run, or None
     torch.manual_seed(training_args.seed)

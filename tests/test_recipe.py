@@ -156,6 +156,53 @@ def test_offline_default_shortened_with_accelerate_launch(tmp_path):
     assert summary["ppo_updates"] == 2 and summary["labels"]["labels"] == 32
     assert (out / "policy" / "adapter_model.safetensors").is_file()
     assert all(math.isfinite(summary[w][k]) for w in ("before", "after") for k in ("known_reward", "rm_score", "kl"))
+    from hf_prefs._compat import cpu_bf16_supported
+
+    native = cpu_bf16_supported()  # the YAML asks for bf16: kept where the CPU has it, float32 where it does not
+    assert summary["precision"] == {"bf16": native, "policy_dtype": "bfloat16" if native else "float32"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+@pytest.mark.skipif(not _cpu_flags(), reason="needs /proc/cpuinfo (Linux)")
+def test_cpu_bf16_probe_follows_the_cpu_flags():
+    from hf_prefs._compat import cpu_bf16_supported
+
+    flags = _cpu_flags()
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        assert cpu_bf16_supported()
+    if "avx512bw" not in flags:  # AVX2-only: torch's bf16 GEMM is a slow reference loop
+        assert not cpu_bf16_supported()
+
+
+def test_bf16_falls_back_to_float32_on_a_cpu_without_bf16(tmp_path):
+    from trl import ModelConfig
+
+    from hf_prefs import PPOConfig
+    from hf_prefs.pipeline import PipelineArguments, resolve_cpu_precision
+
+    def fresh(**pa):
+        cfg = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to=[])
+        return PipelineArguments(task="sentiment", **pa), cfg, ModelConfig(dtype="bfloat16")
+
+    pa, cfg, ma = fresh()
+    assert cfg.mixed_precision == "bf16"
+    assert resolve_cpu_precision(pa, cfg, ma, bf16_supported=False)
+    assert (ma.dtype, cfg.bf16, cfg.mixed_precision) == ("float32", False, "no")
+    for supported, pa_kwargs in ((True, {}), (False, {"cpu_bf16_fallback": False})):  # kept: the CPU has bf16 / asked to
+        pa, cfg, ma = fresh(**pa_kwargs)
+        assert not resolve_cpu_precision(pa, cfg, ma, bf16_supported=supported)
+        assert (ma.dtype, cfg.bf16, cfg.mixed_precision) == ("bfloat16", True, "bf16")
+    cfg = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[])
+    ma = ModelConfig(dtype="float32")
+    assert not resolve_cpu_precision(PipelineArguments(task="sentiment"), cfg, ma, bf16_supported=False)
+    assert (ma.dtype, cfg.bf16) == ("float32", False)
 
 
 def test_model_dtype_follows_trl_model_config():

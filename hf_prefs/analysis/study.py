@@ -61,6 +61,7 @@ from ..pipeline import (
     evaluate_policy,
     load_base,
     make_ppo_trainer,
+    resolve_cpu_precision,
     split_queries,
     train_policy,
     train_reward_model,
@@ -446,6 +447,7 @@ def run_study(
     pa = replace(pa, label_source="simulated", label_mode="offline", num_label_queries=counts[-1])
     sa = replace(sa, label_counts=counts)
     validate_pipeline_config(pa, cfg, model_args)
+    resolve_cpu_precision(pa, cfg, model_args)  # float32 on a CPU without bf16 matmul units (cpu_bf16_fallback)
     os.makedirs(output_dir, exist_ok=True)
     done = _read_done(output_dir)
     todo = [s for s in sa.seeds if any(k not in done for k in [("direct", s, 0)] + [("rm", s, n) for n in counts])]

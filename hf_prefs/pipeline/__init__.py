@@ -3,7 +3,8 @@
 ================================  =========================================================================
 stage                             function
 ================================  =========================================================================
-arguments                         :class:`PipelineArguments`, :func:`validate_pipeline_config`
+arguments                         :class:`PipelineArguments`, :func:`validate_pipeline_config`,
+                                  :func:`resolve_cpu_precision`
 base model, queries               :func:`load_base`, :func:`split_queries`
 labels                            :func:`collect_labels` (or :func:`online_label_loop` for online rounds)
 reward model                      :func:`train_reward_model`
@@ -13,7 +14,15 @@ results, models, cards            :func:`write_results`, :func:`push_results`
 ================================  =========================================================================
 """
 
-from .arguments import LABEL_MODES, LABEL_SOURCES, PipelineArguments, model_dtype, online_schedule, validate_pipeline_config
+from .arguments import (
+    LABEL_MODES,
+    LABEL_SOURCES,
+    PipelineArguments,
+    model_dtype,
+    online_schedule,
+    resolve_cpu_precision,
+    validate_pipeline_config,
+)
 from .evaluate import PolicyEvaluation, compare_policies, evaluate_policy
 from .labels import collect_labels, label_source, make_labeler
 from .policy import (
@@ -47,6 +56,7 @@ __all__ = [
     "model_dtype",
     "online_schedule",
     "validate_pipeline_config",
+    "resolve_cpu_precision",
     "PolicyEvaluation",
     "compare_policies",
     "evaluate_policy",

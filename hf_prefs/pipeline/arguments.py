@@ -3,6 +3,7 @@ and the checks that name a bad field before any model is loaded."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +11,16 @@ from typing import Any
 
 import torch
 
+from .._compat import cpu_bf16_supported
 from ..core.online_schedule import OnlineLabelSchedule
 from ..labels.schema import load_label_file
 from ..tasks.specs import get_task
 from ..trainers.ppo_config import PPOConfig
 
-__all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype"]
+__all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype",
+           "resolve_cpu_precision"]
+
+logger = logging.getLogger(__name__)
 
 LABEL_SOURCES = ("simulated", "file", "human")
 LABEL_MODES = ("offline", "online")
@@ -103,6 +108,11 @@ class PipelineArguments:
         metadata={"help": "label_mode=online, label_source=human: PPO waits for each round's labels (up to "
                   "label_timeout); false: PPO goes on and late labels are used at the next round."},
     )
+    cpu_bf16_fallback: bool = field(
+        default=True,
+        metadata={"help": "On a CPU without native bf16 matmuls (no AVX512-BF16/AMX, e.g. AVX2-only), run "
+                  "dtype=bfloat16 / bf16=true in float32 instead (bf16 runs ~100x slower there); false keeps bf16."},
+    )
 
 
 def model_dtype(model_args: Any) -> torch.dtype | str:
@@ -115,6 +125,28 @@ def model_dtype(model_args: Any) -> torch.dtype | str:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype: {name!r} is not a floating torch dtype (float32, bfloat16, float16) or 'auto'")
     return dtype
+
+
+def resolve_cpu_precision(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, bf16_supported: bool | None = None) -> bool:
+    """bf16 only where the CPU computes it: on a CPU run (``use_cpu`` or no CUDA) that asks for bfloat16 weights
+    (``ModelConfig.dtype``) or bf16 autocast (``bf16``) on a CPU without native bf16 matmuls
+    (:func:`hf_prefs._compat.cpu_bf16_supported`, or ``bf16_supported`` given), and with ``cpu_bf16_fallback`` on,
+    sets ``dtype`` to float32 and ``bf16`` to False in place, logs it, and returns True; otherwise changes nothing and
+    returns False. A bf16 default sized for CPUs with bf16 units would otherwise take ~100x longer per matmul."""
+    wants = cfg.bf16 or model_dtype(model_args) == torch.bfloat16
+    on_cpu = cfg.use_cpu or not torch.cuda.is_available()
+    if not (pa.cpu_bf16_fallback and wants and on_cpu):
+        return False
+    if cpu_bf16_supported() if bf16_supported is None else bf16_supported:
+        return False
+    logger.warning("This CPU has no native bf16 matmuls (AVX512-BF16/AMX): running in float32 instead of dtype=%s, "
+                   "bf16=%s (--cpu_bf16_fallback false keeps bf16)", getattr(model_args, "dtype", None), cfg.bf16)
+    if model_args is not None and model_dtype(model_args) == torch.bfloat16:
+        model_args.dtype = "float32"
+    cfg.bf16 = False
+    if cfg.mixed_precision == "bf16":  # TrainingArguments derived it from bf16 in __post_init__; the Trainer reads it
+        cfg.mixed_precision = "no"
+    return True
 
 
 def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:

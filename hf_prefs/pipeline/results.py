@@ -236,6 +236,8 @@ def _summary(
         "final_beta": float(trainer.kl_ctl.value),
         "ppo_updates": trainer.state.global_step,
         "episodes": trainer.state.global_step * cfg.batch_size,
+        "precision": {"bf16": bool(cfg.bf16),  # after resolve_cpu_precision: what ran, not what was asked
+                      "policy_dtype": str(next(trainer.model.parameters()).dtype).removeprefix("torch.")},
         "timings_s": timings or {},
     }
     if before.known_rewards and after.known_rewards:  # paired: same held-out queries, same sampling seed

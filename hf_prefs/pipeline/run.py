@@ -18,7 +18,7 @@ from trl import ModelConfig, TrlParser
 from ..core.rollout import RolloutSpec
 from ..tasks.known_rewards import make_known_reward
 from ..trainers.ppo_config import PPOConfig
-from .arguments import PipelineArguments, validate_pipeline_config
+from .arguments import PipelineArguments, validate_pipeline_config, resolve_cpu_precision
 from .evaluate import evaluate_policy
 from .labels import collect_labels
 from .policy import learned_reward, make_ppo_trainer, online_label_loop, resume_checkpoint, train_policy, trained_policy
@@ -32,6 +32,7 @@ __all__ = ["run_pipeline", "parse_args", "main"]
 def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> dict[str, Any]:
     """Run every stage and write the results folder ``cfg.output_dir``; returns the summary dict."""
     validate_pipeline_config(pa, cfg, model_args)
+    resolve_cpu_precision(pa, cfg, model_args)  # float32 on a CPU without bf16 units (cpu_bf16_fallback)
     out, timer = cfg.output_dir, StageTimer()
     resume = resume_checkpoint(cfg)
     os.makedirs(out, exist_ok=True)
