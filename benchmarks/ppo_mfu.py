@@ -1,10 +1,11 @@
-"""How much of this CPU's bf16 matmul rate the PPO phase of the offline default uses, and PPO episodes/s against TRL
-1.12's PPOTrainer.
+"""How much of this CPU's matmul rate the PPO phase of the offline default uses, and PPO episodes/s against TRL
+1.12's PPOTrainer. The precision is the offline default's on this CPU (``--dtype auto``): bf16 where the CPU has bf16
+matmul units, float32 where it does not (the recipe's ``cpu_bf16_fallback``); the peak is measured in that precision.
 
-1. Peak: ``torch.matmul`` of two 2048 x 2048 bf16 matrices (2 * 2048^3 FLOPs), median of repeated runs, with the
-   same number of torch threads as the PPO run, measured in this run.
-2. PPO phase of the offline default (recipes/configs/sentiment_offline.yaml): SmolLM2-135M in bf16 with LoRA r=16 on
-   all attention/MLP projections, bf16 autocast, 32 episodes per update (micro-batches of 4), 24-token responses at
+1. Peak: ``torch.matmul`` of two 2048 x 2048 matrices in that dtype (2 * 2048^3 FLOPs), median of repeated runs, with
+   the same number of torch threads as the PPO run, measured in this run.
+2. PPO phase of the offline default (recipes/configs/sentiment_offline.yaml): SmolLM2-135M in bf16 (or float32) with
+   LoRA r=16 on all attention/MLP projections, bf16 autocast (bf16 only), 32 episodes per update (micro-batches of 4), 24-token responses at
    T=0.7, 4 PPO epochs, Austen queries of 24-64 tokens, VADER as the reward. Measured: the seconds of ``ppo_epochs``
    (``time/ppo``) of the updates after the first, and the tokens the forward/backward passes processed.
    FLOPs per processed token (LoRA: the frozen weights get no weight gradient): 2*N forward + 2*N for the input
@@ -35,11 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from hf_prefs._compat import cpu_bf16_supported  # noqa: E402
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 7) -> float:
-    """Median FLOP/s of a ``size`` x ``size`` bf16 matmul with ``threads`` torch threads."""
+
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 7, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Median FLOP/s of a ``size`` x ``size`` matmul in ``dtype`` with ``threads`` torch threads."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.matmul(a, b)  # warm-up
     times = []
     for _ in range(repeats):
@@ -63,7 +66,7 @@ class TokenCounter:
             self.real += int(mask.sum())
 
 
-def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8) -> dict:
+def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtype: torch.dtype = torch.bfloat16) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainerCallback
 
@@ -73,12 +76,11 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8) -> d
 
     torch.set_num_threads(threads)
     if tiny:
-        tok, dtype = load_gpt2_tokenizer(), torch.float32
+        tok, dtype = load_gpt2_tokenizer(), torch.float32  # tiny: float32 whatever was asked
         policy = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2))
         targets = ["c_attn", "c_proj"]
     else:
         tok = AutoTokenizer.from_pretrained(smollm2_path(), padding_side="left")
-        dtype = torch.bfloat16
         policy = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=dtype)
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     tok.padding_side = "left"
@@ -95,7 +97,7 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8) -> d
         total_episodes=32 * updates, response_length=24, temperature=0.7, learning_rate=3e-4,
         local_rollout_forward_batch_size=8, local_rollout_generation_batch_size=32,  # as the offline default
         report_to=[], save_strategy="no", num_sample_generations=0,
-        disable_tqdm=True, use_cpu=True, bf16=not tiny, seed=0,
+        disable_tqdm=True, use_cpu=True, bf16=not tiny and dtype == torch.bfloat16, seed=0,
     )
     queries = austen_queries(tok, n=256, min_tokens=24, max_tokens=64, seed=0)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
@@ -133,12 +135,16 @@ def main() -> None:
     p.add_argument("--skip-trl", action="store_true", help="leave out the comparison with TRL 1.12")
     p.add_argument("--micro-batch", type=int, nargs="+", default=[4],
                    help="per_device_train_batch_size (32 episodes per update: accumulation 32 / this); several: a sweep")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="auto: the offline default's on this CPU (bf16 where it has bf16 units, else float32)")
     a = p.parse_args()
-    peak = matmul_peak(a.threads)
-    print(f"bf16 matmul 2048^2, {a.threads} threads: {peak / 1e12:.3f} TFLOP/s (measured in this run)")
+    name = a.dtype if a.dtype != "auto" else "bfloat16" if cpu_bf16_supported() else "float32"
+    dtype = getattr(torch, name)
+    peak = matmul_peak(a.threads, dtype=dtype)
+    print(f"{name} matmul 2048^2, {a.threads} threads: {peak / 1e12:.3f} TFLOP/s (measured in this run)")
     for micro in a.micro_batch:
-        r = ppo_phase(a.tiny, a.updates, a.threads, micro)
-        print(f"PPO phase ({'tiny GPT-2' if a.tiny else 'SmolLM2-135M bf16 + LoRA'}, micro-batch {micro}, {r['updates']} "
+        r = ppo_phase(a.tiny, a.updates, a.threads, micro, dtype)
+        print(f"PPO phase ({'tiny GPT-2' if a.tiny else f'SmolLM2-135M {name} + LoRA'}, micro-batch {micro}, {r['updates']} "
               f"updates x 32 episodes x 4 epochs): {r['seconds']:.1f} s, {r['processed_tokens']} tokens processed "
               f"({r['real_tokens']} real, {1 - r['real_tokens'] / r['processed_tokens']:.1%} padding); rollout "
               f"{r['rollout_seconds']:.1f} s per update")

@@ -1,12 +1,13 @@
 """Data-parallel scaling on the CPU: 1 process x 1 thread against 2 processes x 1 thread on the same global batch.
 
-PPO: the offline default's PPO phase (SmolLM2-135M in bfloat16 with LoRA, 32 episodes per update of 24 tokens,
+PPO: the offline default's PPO phase (SmolLM2-135M with LoRA, in bfloat16 on a CPU with bf16 units and float32
+otherwise, as the offline default's cpu_bf16_fallback; 32 episodes per update of 24 tokens,
 4 PPO epochs, micro-batches of 8): episodes per second of rollout + PPO epochs, measured over the updates after the
 first (warm-up). Reward model: the K-way reward trainer (top 2 layers + head of SmolLM2, batches of 16 best-of-4
 labels): labels per second of training over the steps after the first (train()'s set-up and the first step, which
 include DDP's broadcast of the module and do not scale, are printed apart as "+ set-up"). Both sides run the same global batch; the 2-process side through
 `accelerate launch --config_file recipes/accelerate_configs/multi_cpu.yaml` (gloo), each process with one thread.
-The ratio is printed (the goal is >= 1.8x on 2 cores), beside the hardware's own: a bf16 matmul on one thread, one
+The ratio is printed (the goal is >= 1.8x on 2 cores), beside the hardware's own: a matmul (the models' dtype) on one thread, one
 process alone against two at once (on a 2-core VM this is 1.8-1.93x, shared caches and memory bandwidth), and the PPO
 update's seconds by part (generation, scoring, the log-prob passes, the PPO epochs) on each side.
 
@@ -34,11 +35,13 @@ MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
 
 
 def _base(model: str, work: Path) -> tuple[str, str]:
-    """``(model folder, torch dtype name)``: the offline SmolLM2 (bf16, as the offline default) or a tiny GPT-2."""
+    """``(model folder, torch dtype name)``: the offline SmolLM2 in the offline default's precision on this CPU (bf16
+    where it has bf16 units, else float32) or a tiny GPT-2 (float32)."""
+    from hf_prefs._compat import cpu_bf16_supported
     from hf_prefs.assets import load_gpt2_tokenizer, smollm2_path
 
     if model == "smollm2":
-        return str(smollm2_path()), "bfloat16"
+        return str(smollm2_path()), "bfloat16" if cpu_bf16_supported() else "float32"
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = work / "tiny"
@@ -92,7 +95,7 @@ def _ppo_worker(base: str, dtype: str, episodes: int, updates: int) -> dict:
             "seconds_per_update": sum(timed) / len(timed), "threads": torch.get_num_threads(), "parts": seconds}
 
 
-def _rm_worker(base: str, labels: int) -> dict:
+def _rm_worker(base: str, labels: int, dtype: str) -> dict:
     import random
 
     import torch
@@ -120,7 +123,7 @@ def _rm_worker(base: str, labels: int) -> dict:
     args = PreferenceRewardConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=16 // world, learning_rate=1e-3, num_train_epochs=1,
         normalize_before=False, normalize_after=False, share_query_prefix=True, report_to=[], save_strategy="no",
-        gradient_checkpointing=False, use_cpu=True, bf16=True, disable_tqdm=True, logging_steps=1000, seed=0,
+        gradient_checkpointing=False, use_cpu=True, bf16=dtype == "bfloat16", disable_tqdm=True, logging_steps=1000, seed=0,
     )
     ends: list[float] = []
 
@@ -141,11 +144,11 @@ def _rm_worker(base: str, labels: int) -> dict:
             "labels_per_s_with_setup": labels / total}
 
 
-def _matmul_worker(seconds: float = 8.0) -> dict:
-    """bf16 matmul TFLOP/s of one thread: what the hardware gives a process (the ceiling of the ratios)."""
+def _matmul_worker(dtype: str, seconds: float = 8.0) -> dict:
+    """Matmul TFLOP/s of one thread in ``dtype``: what the hardware gives a process (the ceiling of the ratios)."""
     import torch
 
-    a, b = torch.randn(1024, 1024, dtype=torch.bfloat16), torch.randn(1024, 1024, dtype=torch.bfloat16)
+    a, b = torch.randn(1024, 1024, dtype=getattr(torch, dtype)), torch.randn(1024, 1024, dtype=getattr(torch, dtype))
     for _ in range(3):
         a @ b
     start, n = time.perf_counter(), 0
@@ -155,10 +158,11 @@ def _matmul_worker(seconds: float = 8.0) -> dict:
     return {"tflops": 2 * 1024**3 * n / (time.perf_counter() - start) / 1e12}
 
 
-def _hardware(work: Path) -> tuple[float, float]:
+def _hardware(work: Path, dtype: str) -> tuple[float, float]:
     """``(one, two)``: matmul TFLOP/s of 1 process alone, and the sum of 2 processes running at once."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = lambda i: [sys.executable, str(Path(__file__).resolve()), "--worker", "matmul", "--result", str(work / f"mm{i}.json")]
+    cmd = lambda i: [sys.executable, str(Path(__file__).resolve()), "--worker", "matmul", "--dtype", dtype, "--result",
+                      str(work / f"mm{i}.json")]
     subprocess.run(cmd(0), env=env, check=True)
     one = json.loads((work / "mm0.json").read_text())["tflops"]
     procs = [subprocess.Popen(cmd(i), env=env) for i in (1, 2)]
@@ -199,9 +203,9 @@ def main() -> None:
 
         torch.set_num_threads(1)
         if a.worker == "matmul":
-            result = _matmul_worker()
+            result = _matmul_worker(a.dtype)
         else:
-            result = _ppo_worker(a.base, a.dtype, a.episodes, a.updates) if a.worker == "ppo" else _rm_worker(a.base, a.labels)
+            result = _ppo_worker(a.base, a.dtype, a.episodes, a.updates) if a.worker == "ppo" else _rm_worker(a.base, a.labels, a.dtype)
         if int(os.environ.get("RANK", "0")) == 0:
             Path(a.result).write_text(json.dumps(result))
         return
@@ -214,7 +218,7 @@ def main() -> None:
     hardware: dict[int, list[float]] = {1: [], 2: []}
     for r in range(a.repeats):  # the VM's speed drifts: alternate which side runs first, report the mean and each
         order = (1, 2) if r % 2 == 0 else (2, 1)
-        one, two = _hardware(work)
+        one, two = _hardware(work, dtype)
         hardware[1].append(one)
         hardware[2].append(two)
         print(f"repeat {r + 1}: matmul TFLOP/s 1 process {one:.3f}, 2 at once {two:.3f}", flush=True)
@@ -231,13 +235,13 @@ def main() -> None:
     rows = [(name, key, [x[key] for x in results[name][1]], [x[key] for x in results[name][2]]) for name, key in phases]
     rows.append(("rm", "+ set-up, /s", [x["labels_per_s_with_setup"] for x in results["rm"][1]],
                  [x["labels_per_s_with_setup"] for x in results["rm"][2]]))
-    rows.append(("matmul", "TFLOP/s (bf16)", hardware[1], hardware[2]))
+    rows.append(("matmul", f"TFLOP/s ({'bf16' if dtype == 'bfloat16' else 'fp32'})", hardware[1], hardware[2]))
     for name, key, ones, twos in rows:
         each = " ".join(f"{t / o:.2f}x" for o, t in zip(ones, twos))
         print(f"{name:6} {key:16} {mean(ones):18.3f} {mean(twos):19.3f} {mean(twos) / mean(ones):6.2f}x   {each}")
     print("(rm + set-up: labels over the whole train() call, the first step and the set-up included; "
           "the rm row times the steps after the first)")
-    print("(matmul: the hardware's own ratio, a bf16 matmul in two independent processes at once against one alone)")
+    print(f"(models in {dtype}; matmul: the hardware's own ratio, a {dtype} matmul in two independent processes at once against one alone)")
     parts = {n: [x["parts"] for x in results["ppo"][n]] for n in (1, 2)}
     print("PPO seconds per update by part (main process, mean; ratio = 1 proc / 2 procs, 2.00 would be perfect):")
     for part in parts[1][0]:

@@ -1,6 +1,6 @@
 """Why does the value function explain so little of the return variance, and what moves it?
 
-PPO of the offline default's shape (SmolLM2-135M bf16 + LoRA r=16, value head on the trunk, 32 episodes x 4 PPO
+PPO of the offline default's shape (SmolLM2-135M bf16 — float32 on a CPU without bf16 units — + LoRA r=16, value head on the trunk, 32 episodes x 4 PPO
 epochs per update, 24-token responses at T=0.7, Austen queries) on the known reward (VADER log-odds, direct RL: no
 reward model to train, so the runs are short), one run per variant, the same seed. Per update it records
 ``val/explained_variance`` = 1 - Var(G - V) / Var(G) over all response positions (as the trainer logs it), and the
@@ -49,17 +49,19 @@ def run_variant(name: str, tiny: bool, updates: int) -> list[dict[str, float]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from hf_prefs import PPOConfig, PPOTrainer
+    from hf_prefs._compat import cpu_bf16_supported
     from hf_prefs.assets import load_gpt2_tokenizer, smollm2_path
     from hf_prefs.tasks import austen_queries, vader_log_odds
 
     overrides = dict(VARIANTS[name])
+    bf16 = not tiny and cpu_bf16_supported()  # the offline default's precision on this CPU (float32 without bf16 units)
     torch.manual_seed(0)
     if tiny:
         tok, targets = load_gpt2_tokenizer(), ["c_attn", "c_proj"]
         policy = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2))
     else:
         tok = AutoTokenizer.from_pretrained(smollm2_path(), padding_side="left")
-        policy = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.bfloat16)
+        policy = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.bfloat16 if bf16 else torch.float32)
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     tok.padding_side = "left"
     if tok.pad_token is None:
@@ -69,7 +71,7 @@ def run_variant(name: str, tiny: bool, updates: int) -> list[dict[str, float]]:
         total_episodes=32 * updates, response_length=24, temperature=0.7, learning_rate=3e-4, kl_coef=0.15,
         adaptive_kl=True, kl_target=6.0, kl_horizon=10000, whiten_rewards=True, adam_epsilon=1e-5,
         local_rollout_forward_batch_size=32, report_to=[], save_strategy="no", num_sample_generations=0,
-        disable_tqdm=True, use_cpu=True, bf16=not tiny, seed=0,
+        disable_tqdm=True, use_cpu=True, bf16=bf16, seed=0,
     )
     args = PPOConfig(**{**settings, **overrides})
     queries = austen_queries(tok, n=512, min_tokens=24, max_tokens=64, seed=0)
