@@ -205,6 +205,21 @@ def test_bf16_falls_back_to_float32_on_a_cpu_without_bf16(tmp_path):
     assert (ma.dtype, cfg.bf16) == ("float32", False)
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_ppo_config_warns_of_bf16_on_a_cpu_without_bf16(tmp_path, monkeypatch, native):
+    """PPOConfig used directly (TRL's drop-in) keeps the user's bf16 but warns where the CPU lacks bf16 units."""
+    import warnings
+
+    import hf_prefs.trainers.ppo_config as ppo_config
+
+    monkeypatch.setattr(ppo_config, "cpu_bf16_supported", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = ppo_config.PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to=[])
+    assert cfg.bf16 is True
+    assert any("bf16 matmul units" in str(w.message) for w in caught) == (not native)
+
+
 def test_model_dtype_follows_trl_model_config():
     from types import SimpleNamespace
 

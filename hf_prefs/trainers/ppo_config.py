@@ -8,12 +8,13 @@ migration table says otherwise and why. The paper's settings (Ziegler et al. 201
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
-from .._compat import TrlBaseConfig, default_world_size
+from .._compat import TrlBaseConfig, cpu_bf16_supported, default_world_size
 from ..core.rollout import check_truncate_after
 
 __all__ = ["PPOConfig", "PAPER_SETTINGS"]
@@ -220,6 +221,11 @@ class PPOConfig(TrlBaseConfig):
             )
         super().__post_init__()
         self._validate_ppo_fields()
+        if self.bf16 and (self.use_cpu or not torch.cuda.is_available()) and not cpu_bf16_supported():
+            warnings.warn(
+                "bf16=True on a CPU without bf16 matmul units (no AVX512-BF16/AMX): bf16 matmuls run ~100x slower than "
+                "float32 there. Pass bf16=False and load the model in float32 (hf_prefs' recipes do so themselves: "
+                "cpu_bf16_fallback).", stacklevel=2)
 
     @classmethod
     def paper(cls, task: str = "books", **overrides: Any) -> PPOConfig:
