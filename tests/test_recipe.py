@@ -181,27 +181,30 @@ def test_cpu_bf16_probe_follows_the_cpu_flags():
         assert not cpu_bf16_supported()
 
 
-def test_bf16_falls_back_to_float32_on_a_cpu_without_bf16(tmp_path):
+def test_bf16_falls_back_to_float32_on_a_cpu_without_bf16(tmp_path, monkeypatch):
     from trl import ModelConfig
 
+    import hf_prefs.trainers.ppo_config as ppo_config
     from hf_prefs import PPOConfig
     from hf_prefs.pipeline import PipelineArguments, resolve_cpu_precision
 
-    def fresh(**pa):
+    def fresh(supported: bool, **pa):
+        monkeypatch.setattr(ppo_config, "cpu_bf16_supported", lambda: supported)
         cfg = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to=[])
         return PipelineArguments(task="sentiment", **pa), cfg, ModelConfig(dtype="bfloat16")
 
-    pa, cfg, ma = fresh()
+    pa, cfg, ma = fresh(False)
     assert cfg.mixed_precision == "bf16"
-    assert resolve_cpu_precision(pa, cfg, ma, bf16_supported=False)
+    assert resolve_cpu_precision(pa, cfg, ma)
     assert (ma.dtype, cfg.bf16, cfg.mixed_precision) == ("float32", False, "no")
     for supported, pa_kwargs in ((True, {}), (False, {"cpu_bf16_fallback": False})):  # kept: the CPU has bf16 / asked to
-        pa, cfg, ma = fresh(**pa_kwargs)
-        assert not resolve_cpu_precision(pa, cfg, ma, bf16_supported=supported)
+        pa, cfg, ma = fresh(supported, **pa_kwargs)
+        assert not resolve_cpu_precision(pa, cfg, ma)
         assert (ma.dtype, cfg.bf16, cfg.mixed_precision) == ("bfloat16", True, "bf16")
+    monkeypatch.setattr(ppo_config, "cpu_bf16_supported", lambda: False)
     cfg = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[])
     ma = ModelConfig(dtype="float32")
-    assert not resolve_cpu_precision(PipelineArguments(task="sentiment"), cfg, ma, bf16_supported=False)
+    assert not resolve_cpu_precision(PipelineArguments(task="sentiment"), cfg, ma)
     assert (ma.dtype, cfg.bf16) == ("float32", False)
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from .._compat import cpu_bf16_supported
 from ..core.online_schedule import OnlineLabelSchedule
 from ..labels.schema import load_label_file
 from ..tasks.specs import get_task
@@ -127,21 +126,18 @@ def model_dtype(model_args: Any) -> torch.dtype | str:
     return dtype
 
 
-def resolve_cpu_precision(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, bf16_supported: bool | None = None) -> bool:
-    """bf16 only where the CPU computes it: on a CPU run (``use_cpu`` or no CUDA) that asks for bfloat16 weights
-    (``ModelConfig.dtype``) or bf16 autocast (``bf16``) on a CPU without native bf16 matmuls
-    (:func:`hf_prefs._compat.cpu_bf16_supported`, or ``bf16_supported`` given), and with ``cpu_bf16_fallback`` on,
-    sets ``dtype`` to float32 and ``bf16`` to False in place, logs it, and returns True; otherwise changes nothing and
-    returns False. A bf16 default sized for CPUs with bf16 units would otherwise take ~100x longer per matmul."""
-    wants = cfg.bf16 or model_dtype(model_args) == torch.bfloat16
-    on_cpu = cfg.use_cpu or not torch.cuda.is_available()
-    if not (pa.cpu_bf16_fallback and wants and on_cpu):
-        return False
-    if cpu_bf16_supported() if bf16_supported is None else bf16_supported:
+def resolve_cpu_precision(pa: PipelineArguments, cfg: PPOConfig, model_args: Any) -> bool:
+    """bf16 only where the CPU computes it: on a run that asks for bfloat16 weights (``ModelConfig.dtype``) or bf16
+    autocast (``bf16``) on a CPU without native bf16 matmuls (:attr:`PPOConfig.cpu_lacks_bf16`), and with
+    ``cpu_bf16_fallback`` on, sets ``dtype`` to float32 and ``bf16`` to False in place, logs it, and returns True;
+    otherwise changes nothing and returns False. A bf16 default sized for CPUs with bf16 units would otherwise take
+    ~100x longer per matmul."""
+    bf16_weights = model_dtype(model_args) == torch.bfloat16
+    if not (pa.cpu_bf16_fallback and (cfg.bf16 or bf16_weights) and cfg.cpu_lacks_bf16):
         return False
     logger.warning("This CPU has no native bf16 matmuls (AVX512-BF16/AMX): running in float32 instead of dtype=%s, "
                    "bf16=%s (--cpu_bf16_fallback false keeps bf16)", getattr(model_args, "dtype", None), cfg.bf16)
-    if model_args is not None and model_dtype(model_args) == torch.bfloat16:
+    if bf16_weights:  # model_dtype(None) is float32: model_args is set here
         model_args.dtype = "float32"
     cfg.bf16 = False
     if cfg.mixed_precision == "bf16":  # TrainingArguments derived it from bf16 in __post_init__; the Trainer reads it

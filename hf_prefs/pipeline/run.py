@@ -18,7 +18,7 @@ from trl import ModelConfig, TrlParser
 from ..core.rollout import RolloutSpec
 from ..tasks.known_rewards import make_known_reward
 from ..trainers.ppo_config import PPOConfig
-from .arguments import PipelineArguments, validate_pipeline_config, resolve_cpu_precision
+from .arguments import PipelineArguments, resolve_cpu_precision, validate_pipeline_config
 from .evaluate import evaluate_policy
 from .labels import collect_labels
 from .policy import learned_reward, make_ppo_trainer, online_label_loop, resume_checkpoint, train_policy, trained_policy

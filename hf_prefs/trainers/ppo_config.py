@@ -221,7 +221,7 @@ class PPOConfig(TrlBaseConfig):
             )
         super().__post_init__()
         self._validate_ppo_fields()
-        if self.bf16 and (self.use_cpu or not torch.cuda.is_available()) and not cpu_bf16_supported():
+        if self.bf16 and self.cpu_lacks_bf16:
             warnings.warn(
                 "bf16=True on a CPU without bf16 matmul units (no AVX512-BF16/AMX): bf16 matmuls run ~100x slower than "
                 "float32 there. Pass bf16=False and load the model in float32 (hf_prefs' recipes do so themselves: "
@@ -234,6 +234,12 @@ class PPOConfig(TrlBaseConfig):
         if task not in PAPER_SETTINGS:
             raise ValueError(f"task: the paper's settings exist for {sorted(PAPER_SETTINGS)}, got {task!r}")
         return cls(**{**PAPER_SETTINGS[task], **overrides})
+
+    @property
+    def cpu_lacks_bf16(self) -> bool:
+        """Whether this run is on a CPU (``use_cpu`` or no CUDA) without native bf16 matmuls
+        (:func:`hf_prefs._compat.cpu_bf16_supported`), where bf16 runs ~100x slower than float32."""
+        return (self.use_cpu or not torch.cuda.is_available()) and not cpu_bf16_supported()
 
     @property
     def generation_chunk_size(self) -> int:
