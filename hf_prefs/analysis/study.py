@@ -138,10 +138,11 @@ def _rho_eval(base: Base, spec: RolloutSpec, eval_q: list[str], known: Any, batc
             return [float(x) for x in stored["known_rewards"]]
     ev = evaluate_policy(base.rho, base.tokenizer, eval_q, spec, ref_model=base.rho, known_reward=known,
                          batch_size=batch_size, seed=seed)
+    rewards = [float(x) for x in ev.known_rewards]
     with open(cache + ".tmp", "w") as f:
-        json.dump({"key": key, "known_rewards": [float(x) for x in ev.known_rewards]}, f)
+        json.dump({"key": key, "known_rewards": rewards}, f)
     os.replace(cache + ".tmp", cache)
-    return [float(x) for x in ev.known_rewards]
+    return rewards
 
 
 def _write_rho_rewards(path: str, key: str, rewards: torch.Tensor) -> None:
@@ -173,32 +174,27 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
     ``rho_samples.pt``."""
     key = json.dumps({"queries": list(queries), "m": m, "seed": seed, "model": base.name, "spec": repr(spec),
                       "with_logp": with_logp})
-    text_cache = None if cache_dir is None or with_logp else os.path.join(cache_dir, RHO_REWARDS_CACHE)
-    pt_cache = None if cache_dir is None or not with_logp else os.path.join(cache_dir, RHO_SAMPLES_CACHE)
-    if text_cache is not None and os.path.exists(text_cache):
-        rewards = _read_rho_rewards(text_cache, key)
-        if rewards is not None:
-            return RhoSamples(list(queries), m, torch.empty((len(rewards), 0), dtype=torch.long), rewards,
-                              torch.full((len(rewards),), float("nan")))
-    if pt_cache is not None and os.path.exists(pt_cache):
-        stored = torch.load(pt_cache, weights_only=True)
-        if stored["key"] == key:
-            return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
     if with_logp:
+        cache = None if cache_dir is None else os.path.join(cache_dir, RHO_SAMPLES_CACHE)
+        if cache is not None and os.path.exists(cache):
+            stored = torch.load(cache, weights_only=True)
+            if stored["key"] == key:
+                return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
         s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known)
-        ids, rewards, logp = s["ids"], s["known"], s["logp"]
-    else:
+        if cache is not None:
+            torch.save({"key": key, "ids": s["ids"], "known": s["known"], "logp": s["logp"]}, cache + ".tmp")
+            os.replace(cache + ".tmp", cache)
+        return RhoSamples(list(queries), m, s["ids"], s["known"], s["logp"])
+    cache = None if cache_dir is None else os.path.join(cache_dir, RHO_REWARDS_CACHE)
+    rewards = _read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
+    if rewards is None:
         gen = torch.Generator(device=model_device(base.rho)).manual_seed(seed)
         ids = sample_texts(base.rho, base.tokenizer, list(queries), spec, m, 64, gen)
         rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
-        logp = torch.full((len(queries) * m,), float("nan"))
-        ids = ids.new_empty((ids.shape[0], 0))  # not kept (a view would save the whole storage): rewards suffice
-    if text_cache is not None:
-        _write_rho_rewards(text_cache, key, rewards)
-    if pt_cache is not None:
-        torch.save({"key": key, "ids": ids, "known": rewards, "logp": logp}, pt_cache + ".tmp")
-        os.replace(pt_cache + ".tmp", pt_cache)
-    return RhoSamples(list(queries), m, ids, rewards, logp)
+        if cache is not None:
+            _write_rho_rewards(cache, key, rewards)
+    n = len(rewards)  # no token ids or log rho: the rewards suffice
+    return RhoSamples(list(queries), m, torch.empty((n, 0), dtype=torch.long), rewards, torch.full((n,), float("nan")))
 
 
 def run_frontier(
@@ -456,8 +452,7 @@ def run_study(
         ctx, label_q = _context(pa, cfg, model_args, sa, output_dir, betas)
         for seed in todo:
             _seed_runs(ctx, seed, done, label_q)
-    if os.path.exists(os.path.join(output_dir, "study.csv")):
-        _reread_rows(output_dir, sa.min_ess, rho_frontier=sa.policy_samples == 0)
+    _reread_rows(output_dir, sa.min_ess, rho_frontier=sa.policy_samples == 0)
     rows = [r for k, r in _read_done(output_dir).items() if k[1] in sa.seeds and (k[0] == "direct" or k[2] in counts)]
     summary = summarize(rows)
     with open(os.path.join(output_dir, "study_summary.csv"), "w", newline="") as f:
