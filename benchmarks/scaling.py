@@ -46,7 +46,7 @@ def _base(model: str, work: Path) -> tuple[str, str]:
 
     folder = work / "tiny"
     if not folder.exists():
-        GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2)).save_pretrained(folder)
+        GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).save_pretrained(folder)
         load_gpt2_tokenizer().save_pretrained(folder)
     return str(folder), "float32"
 
@@ -95,18 +95,20 @@ def _ppo_worker(base: str, dtype: str, episodes: int, updates: int) -> dict:
             "seconds_per_update": sum(timed) / len(timed), "threads": torch.get_num_threads(), "parts": seconds}
 
 
-def _rm_worker(base: str, labels: int, dtype: str) -> dict:
+def rm_setup(base: str, labels: int, dtype: str, batch_size: int = 16, **config: object) -> tuple:
+    """``(model, tokenizer, label dataset, PreferenceRewardConfig)``: the offline default's reward model (the trunk in
+    float32, its top 2 blocks + head trained (tiny: 1 of 2), packed rows; bf16 autocast where ``dtype`` is bfloat16) and ``labels``
+    best-of-4 labels (Austen queries of 24-64 tokens, 4 samples of 18 random words); ``config`` overrides."""
     import random
 
     import torch
     from datasets import Dataset
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from hf_prefs import PreferenceRewardConfig, PreferenceRewardTrainer
-    from hf_prefs.pipeline.reward import freeze_bottom_layers
+    from hf_prefs import PreferenceRewardConfig
+    from hf_prefs.models.frozen_features import freeze_bottom_layers, transformer_blocks
     from hf_prefs.tasks import austen_queries
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     tok = AutoTokenizer.from_pretrained(base)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -115,23 +117,34 @@ def _rm_worker(base: str, labels: int, dtype: str) -> dict:
     words = " the a happy sad letter walk said she he was".split(" ")
     rows = {"query": queries, "samples": [[" ".join(rng.choices(words, k=18)) + "." for _ in range(4)] for _ in queries],
             "best": [rng.randrange(4) for _ in queries]}
-    config = AutoConfig.from_pretrained(base)
-    config.num_labels, config.pad_token_id = 1, tok.pad_token_id
-    model = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=torch.float32)
-    blocks = getattr(getattr(model, model.base_model_prefix), "layers", None) or getattr(model.transformer, "h")
-    freeze_bottom_layers(model, max(0, len(blocks) - 2))
-    args = PreferenceRewardConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=16 // world, learning_rate=1e-3, num_train_epochs=1,
+    model_config = AutoConfig.from_pretrained(base)
+    model_config.num_labels, model_config.pad_token_id = 1, tok.pad_token_id
+    torch.manual_seed(0)  # the score head's initialisation: the same model on every call
+    model = AutoModelForSequenceClassification.from_pretrained(base, config=model_config, dtype=torch.float32)
+    freeze_bottom_layers(model, max(1, len(transformer_blocks(model)[2]) - 2))  # tiny GPT-2: 1 of 2
+    kw = dict(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, learning_rate=1e-3, num_train_epochs=1,
         normalize_before=False, normalize_after=False, share_query_prefix=True, report_to=[], save_strategy="no",
         gradient_checkpointing=False, use_cpu=True, bf16=dtype == "bfloat16", disable_tqdm=True, logging_steps=1000, seed=0,
     )
+    kw.update(config)
+    return model, tok, Dataset.from_dict(rows), PreferenceRewardConfig(**kw)
+
+
+def _rm_worker(base: str, labels: int, dtype: str) -> dict:
+    from transformers import TrainerCallback
+
+    from hf_prefs import PreferenceRewardTrainer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    model, tok, dataset, args = rm_setup(base, labels, dtype, batch_size=16 // world)
     ends: list[float] = []
 
     class Clock(TrainerCallback):  # the end of every optimizer step (data loading included)
         def on_step_end(self, *a, **k):
             ends.append(time.perf_counter())
 
-    trainer = PreferenceRewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tok,
+    trainer = PreferenceRewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                                       callbacks=[Clock()])
     start = time.perf_counter()
     trainer.train()

@@ -44,6 +44,14 @@ def test_reward_kway_vs_pairwise_tiny(tmp_path):
     assert "kway+prefix" in out and "pairs-implied" in out
 
 
+def test_rm_frozen_cache_tiny():
+    """The cache leaves the trained reward model as it is and skips the frozen block after the first epoch."""
+    out = run(str(BENCH / "rm_frozen_cache.py"), "--model", "tiny", "--labels", "48")
+    assert re.search(r"plain : .* frozen blocks ran 6 times", out) and re.search(r"cached: .* frozen blocks ran 3 times", out)
+    m = re.search(r"cached / plain = [0-9.]+x labels/s; train loss ([0-9.]+) vs ([0-9.]+); max \|parameter difference\| (\S+)", out)
+    assert m and float(m[1]) == pytest.approx(float(m[2]), rel=1e-5) and float(m[3]) < 1e-5  # 0.0 on the AVX2 VM
+
+
 @pytest.mark.multiprocess
 def test_scaling_tiny():
     out = run(str(BENCH / "scaling.py"), "--model", "tiny", "--episodes", "8", "--updates", "2", "--labels", "48", "--repeats", "1")

@@ -75,6 +75,12 @@ class PipelineArguments:
     rm_freeze_layers: int = field(
         default=0, metadata={"help": "Freeze the embeddings and this many bottom trunk layers of the RM (CPU budget)."}
     )
+    rm_cache_frozen_features: bool = field(
+        default=True,
+        metadata={"help": "With rm_freeze_layers > 0: compute the frozen layers' output once per label and train the "
+                  "top on it (PreferenceRewardConfig.cache_frozen_features; same result, epochs after the first "
+                  "skip the frozen layers)."},
+    )
     rm_head_init: str = field(
         default="default",
         metadata={"help": "default: transformers' N(0, 0.02) for the reward head | paper: N(0, 1/sqrt(d_model + 1)), as "

@@ -12,6 +12,7 @@ from datasets import Dataset
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ..core.rollout import RolloutSpec
+from ..models.frozen_features import freeze_bottom_layers
 from ..models.generation import ResponseSampler
 from ..models.reward_model import init_score_head
 from ..trainers.reward_config import PreferenceRewardConfig
@@ -19,21 +20,6 @@ from ..trainers.reward_trainer import PreferenceRewardTrainer
 from .arguments import PipelineArguments
 
 __all__ = ["train_reward_model", "freeze_bottom_layers"]
-
-
-def freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
-    """Freeze the input embeddings and the first ``n`` transformer blocks (GPT-2 ``h``, Llama ``layers``)."""
-    if n <= 0:
-        return
-    base = getattr(model, model.base_model_prefix)
-    blocks = getattr(base, "h", None) or getattr(base, "layers", None)
-    if blocks is None:
-        raise ValueError("rm_freeze_layers: cannot find the transformer blocks of this architecture")
-    if n > len(blocks):
-        raise ValueError(f"rm_freeze_layers: {n} exceeds the model's {len(blocks)} layers")
-    for module in [base.get_input_embeddings(), *list(blocks)[:n]]:
-        for p in module.parameters():
-            p.requires_grad_(False)
 
 
 def train_reward_model(
@@ -78,6 +64,7 @@ def train_reward_model(
         num_candidates=pa.num_candidates,
         normalize_samples=pa.rm_normalize_samples,
         share_query_prefix=pa.rm_share_query_prefix,
+        cache_frozen_features=pa.rm_cache_frozen_features and pa.rm_freeze_layers > 0,
         # the policy's switch (PPOConfig: off by default), not RewardConfig's default (on): recomputation costs time
         activation_checkpointing=bool(getattr(cfg, "activation_checkpointing", False)),
         bf16=cfg.bf16,

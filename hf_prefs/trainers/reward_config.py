@@ -38,6 +38,12 @@ class PreferenceRewardConfig(RewardConfig):
             Encode each query once and its K responses on top of it (one packed row per label with a block
             attention mask) instead of K full rows. Same rewards (to float precision), fewer tokens; needs the
             ``eager`` or ``sdpa`` attention implementation.
+        cache_frozen_features (`bool`, defaults to `False`):
+            When the embeddings and the bottom blocks are frozen (e.g. to train only the top layers on a CPU),
+            compute the frozen blocks' output once per label and train the top on the stored output
+            (:class:`hf_prefs.models.frozen_features.FrozenFeatureCache`, an anonymous file in ``output_dir``):
+            the same result to float rounding, and epochs after the first skip the frozen blocks. Ignored, with a
+            warning saying why, where it could change the result (dropout in the frozen part, nothing frozen).
 
     Differences from ``trl.RewardConfig`` defaults: ``bf16`` defaults to ``True`` only on hardware with bf16
     (CUDA/XPU), else ``False``. The paper's books-task training (one epoch, batch 32, lr 5e-5 decayed linearly
@@ -65,6 +71,11 @@ class PreferenceRewardConfig(RewardConfig):
     share_query_prefix: bool = field(
         default=False,
         metadata={"help": "Encode each query once with its K responses in one packed row (fewer tokens)."},
+    )
+
+    cache_frozen_features: bool = field(
+        default=False,
+        metadata={"help": "Compute the frozen bottom layers' output once per label and train the top on it."},
     )
 
     def __post_init__(self):

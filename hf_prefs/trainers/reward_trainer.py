@@ -9,7 +9,9 @@ A thin subclass of ``trl.RewardTrainer``. It overrides only:
   or, with ``share_query_prefix=True``, B packed rows that encode each query once;
 - ``compute_loss``: ONE forward pass for all K candidates of the batch, the reward read at the last real token
   (:mod:`hf_prefs.models.reward_model`), ``r = gain · out + bias``, loss = :func:`hf_prefs.core.losses.kway_preference_loss`;
-  it returns ``{"logits": rewards}`` (B, K) so evaluation works;
+  it returns ``{"logits": rewards}`` (B, K) so evaluation works; with ``cache_frozen_features`` the training
+  forward runs only the trainable top blocks on stored outputs of the frozen ones
+  (:mod:`hf_prefs.models.frozen_features`);
 - ``train``: the paper's reward normalization before and after training (:mod:`hf_prefs.core.normalization`);
 - ``_save``: also writes the gain/bias next to a PEFT adapter (a full model carries them in ``config.json``).
 
@@ -39,6 +41,7 @@ from ..citation import ZIEGLER_2019
 from ..core.losses import kway_accuracy, kway_preference_loss
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, validate_labels
+from ..models.frozen_features import FrozenFeatureCache, frozen_prefix_length
 from ..models.generation import input_pad_id
 from ..models.loading import load_reward_normalization, save_reward_normalization
 from ..models.reward_model import (
@@ -93,6 +96,13 @@ class DataCollatorForKWayPreference(DataCollatorMixin):
             out = {"input_ids": ids, "attention_mask": mask}
         out["best"] = best
         return out
+
+
+def _batch_rewards(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rewards of a collated batch: ``(B·K,)``, packed rows (``segment_ids``) or one row per candidate."""
+    if "segment_ids" in inputs:  # packed: (B, L) rows, K rewards per row
+        return packed_rewards(model, inputs)
+    return last_token_rewards(model, inputs["input_ids"], inputs["attention_mask"])  # (B·K, L) rows
 
 
 class _LogPendingOnTrainBegin(TrainerCallback):
@@ -168,6 +178,7 @@ class PreferenceRewardTrainer(RewardTrainer):
         check_process_count(self.accelerator)
         check_sharding_active(self.accelerator)
         self._pending_logs: dict[str, float] | None = None
+        self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
         if data_collator is None:  # TRL built its chosen/rejected collator; replace it with the K-way one
             self.data_collator = DataCollatorForKWayPreference(
@@ -279,10 +290,8 @@ class PreferenceRewardTrainer(RewardTrainer):
         """K-way softmax loss on rewards of all K candidates of the batch, computed in ONE forward pass."""
         mode = "train" if self.model.training else "eval"
         best = inputs["best"]  # (B,)
-        if "segment_ids" in inputs:  # packed: (B, L) rows, K rewards per row
-            rewards = packed_rewards(model, inputs)
-        else:  # (B·K, L) rows
-            rewards = last_token_rewards(model, inputs["input_ids"], inputs["attention_mask"])
+        cache = self._frozen_cache if mode == "train" else None
+        rewards = cache.forward(model, _batch_rewards, inputs) if cache is not None else _batch_rewards(model, inputs)
         rewards = rewards.view(best.shape[0], -1)  # (B, K)
         loss = kway_preference_loss(rewards, best)
         if self.args.center_rewards_coefficient is not None:
@@ -367,15 +376,35 @@ class PreferenceRewardTrainer(RewardTrainer):
             self._restore_normalization(path)
         elif self.args.normalize_before:
             self.normalize_reward_model("before")
-        output = super().train(
-            resume_from_checkpoint=resume_from_checkpoint,
-            trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval,
-            **kwargs,
-        )
+        self._frozen_cache = self._open_frozen_cache() if self.args.cache_frozen_features else None
+        try:
+            output = super().train(
+                resume_from_checkpoint=resume_from_checkpoint,
+                trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+                **kwargs,
+            )
+            if self._frozen_cache is not None:
+                cache = self._frozen_cache
+                self.log({"frozen_features_layers": cache.n, "frozen_features_rows_computed": cache.rows_computed,
+                          "frozen_features_rows_read": cache.rows_read})
+        finally:
+            if self._frozen_cache is not None:
+                self._frozen_cache.close()
+                self._frozen_cache = None
         if self.args.normalize_after:
             self.normalize_reward_model("after")
         return output
+
+    def _open_frozen_cache(self) -> FrozenFeatureCache | None:
+        """The store of the frozen bottom blocks' outputs (``cache_frozen_features``), or None with a warning when
+        :func:`frozen_prefix_length` finds nothing it can serve."""
+        n, why = frozen_prefix_length(self.model)
+        if n == 0:
+            warnings.warn(f"cache_frozen_features is not used: {why}", stacklevel=3)
+            return None
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        return FrozenFeatureCache(self.model, n, directory=self.args.output_dir)
 
     def _restore_normalization(self, checkpoint: str) -> None:
         """Gain/bias saved with a checkpoint (adapter json or config.json); left as they are if none were saved."""
