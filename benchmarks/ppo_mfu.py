@@ -17,6 +17,7 @@ matmul units, float32 where it does not (the recipe's ``cpu_bf16_fallback``); th
 
     python benchmarks/ppo_mfu.py                       # ~5 minutes on 2 cores
     python benchmarks/ppo_mfu.py --tiny                # a tiny GPT-2 instead of SmolLM2 (seconds; for the tests)
+    python benchmarks/ppo_mfu.py --skip-trl --profile 30   # + where the PPO epochs' CPU time goes, op by op
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class TokenCounter:
             self.real += int(mask.sum())
 
 
-def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtype: torch.dtype = torch.bfloat16) -> dict:
+def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtype: torch.dtype = torch.bfloat16,
+              profile: int = 0) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainerCallback
 
@@ -114,6 +116,8 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtyp
                          train_dataset=queries, processing_class=tok, peft_config=lora, callbacks=[Measure()])
     trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
     counter.active = True
+    if profile:
+        trainer.ppo_epochs = profiled(trainer.ppo_epochs, lambda: len(per_update) == 1, profile)
     trainer.train()
     steady = per_update[1:] or per_update
     seconds = sum(s for s, _, _ in steady)
@@ -127,6 +131,23 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtyp
     }
 
 
+def profiled(ppo_epochs, now, rows: int):
+    """``ppo_epochs`` traced by ``torch.profiler`` when ``now()`` (the update after the warm-up): prints the ``rows``
+    ops with the most self CPU time, and per input shape. That update's time includes the profiler's overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def run(rollout):
+        if not now():
+            return ppo_epochs(rollout)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            out = ppo_epochs(rollout)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows))
+        return out
+
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="a tiny GPT-2 (for the tests)")
@@ -137,13 +158,16 @@ def main() -> None:
                    help="per_device_train_batch_size (32 episodes per update: accumulation 32 / this); several: a sweep")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                    help="auto: the offline default's on this CPU (bf16 where it has bf16 units, else float32)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="trace the PPO epochs of the update after the warm-up with torch.profiler and print the ROWS "
+                        "ops with the most CPU time (that update's time then includes the profiler's overhead)")
     a = p.parse_args()
     name = a.dtype if a.dtype != "auto" else "bfloat16" if cpu_bf16_supported() else "float32"
     dtype = getattr(torch, name)
     peak = matmul_peak(a.threads, dtype=dtype)
     print(f"{name} matmul 2048^2, {a.threads} threads: {peak / 1e12:.3f} TFLOP/s (measured in this run)")
     for micro in a.micro_batch:
-        r = ppo_phase(a.tiny, a.updates, a.threads, micro, dtype)
+        r = ppo_phase(a.tiny, a.updates, a.threads, micro, dtype, a.profile)
         print(f"PPO phase ({'tiny GPT-2' if a.tiny else f'SmolLM2-135M {name} + LoRA'}, micro-batch {micro}, {r['updates']} "
               f"updates x 32 episodes x 4 epochs): {r['seconds']:.1f} s, {r['processed_tokens']} tokens processed "
               f"({r['real_tokens']} real, {1 - r['real_tokens'] / r['processed_tokens']:.1%} padding); rollout "

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     for cache in (True, False) if a.labels % 2 else (False, True):  # which goes first alternates with --labels
         runs[cache] = train_once(base, dtype, a.labels, a.epochs, cache)
         r = runs[cache]
-        print(f"{'cached' if cache else 'plain '}: {r['seconds']:.1f} s, {r['labels_per_s']:.2f} labels/s, frozen blocks "
-              f"ran {r['bottom_forwards']} times, train loss {r['loss']:.6f}", flush=True)
+        print(f"{'cached' if cache else 'plain '}: {r['seconds']:.1f} s, {r['labels_per_s']:.2f} labels/s, frozen "
+              f"blocks ran {r['bottom_forwards']} times, train loss {r['loss']:.6f}", flush=True)
     diff = max((runs[True]["params"][k] - v).abs().max().item() for k, v in runs[False]["params"].items())
     print(f"{a.model} ({dtype}), {a.labels} labels x {a.epochs} epochs, batch 16, {torch.get_num_threads()} threads: "
           f"cached / plain = {runs[True]['labels_per_s'] / runs[False]['labels_per_s']:.2f}x labels/s; train loss "

@@ -33,7 +33,8 @@ def test_ppo_throughput_against_trl_112(tmp_path):
 
 
 def test_ppo_mfu_tiny(tmp_path):
-    out = run(str(BENCH / "ppo_mfu.py"), "--tiny", "--updates", "2", "--skip-trl")
+    out = run(str(BENCH / "ppo_mfu.py"), "--tiny", "--updates", "2", "--skip-trl", "--profile", "10")
+    assert "aten::mm" in out and "Input Shapes" in out  # the profile of the second update's PPO epochs
     assert re.search(r"(bfloat16|float32) matmul 2048\^2, \d+ threads: [0-9.]+ TFLOP/s", out)
     assert re.search(r"on processed tokens: [0-9.]+ TFLOP/s = [0-9.]+% of the matmul peak", out)
 

@@ -125,9 +125,25 @@ def test_trainer_with_cache_trains_the_same_parameters(gpt2_tokenizer, tmp_path)
         torch.testing.assert_close(trained[1][name], before, rtol=1e-4, atol=1e-5)
 
 
-def test_cache_is_not_used_where_nothing_is_frozen(gpt2_tokenizer, tmp_path):
+def test_cache_is_not_used_where_nothing_is_frozen_or_with_activation_checkpointing(gpt2_tokenizer, tmp_path):
     model = tiny_llama_rm(gpt2_tokenizer)
     args = make_args(tmp_path, max_steps=1, cache_frozen_features=True)
     trainer = PreferenceRewardTrainer(model, args, train_dataset=toy_labels(8), processing_class=gpt2_tokenizer)
     with pytest.warns(UserWarning, match="cache_frozen_features is not used: the first block has trainable"):
         trainer.train()
+    freeze_bottom_layers(model, 2)  # TRL's default: activation checkpointing, which would recompute without the store
+    args = make_args(tmp_path, max_steps=1, cache_frozen_features=True, gradient_checkpointing=True)
+    trainer = PreferenceRewardTrainer(model, args, train_dataset=toy_labels(8), processing_class=gpt2_tokenizer)
+    with pytest.warns(UserWarning, match="cache_frozen_features is not used: activation checkpointing is on"):
+        trainer.train()
+
+
+def test_rows_must_be_right_padded_with_a_2d_mask():
+    ids = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    keys, lengths = FrozenFeatureCache.row_keys({"input_ids": ids, "attention_mask": mask})
+    assert lengths == [3, 2] and keys[1] == torch.tensor([8, 9]).numpy().tobytes()
+    with pytest.raises(ValueError, match="right-padded rows .* row 1 is not"):
+        FrozenFeatureCache.row_keys({"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1]])})
+    with pytest.raises(ValueError, match="2D 0/1 attention_mask"):
+        FrozenFeatureCache.row_keys({"input_ids": ids, "attention_mask": torch.ones(2, 1, 3, 3)})

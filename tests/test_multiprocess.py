@@ -112,11 +112,19 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tiny_base, t
     print(f"resume on 2 processes: max |param difference| vs uninterrupted = {worst:.2e}")
 
 
-def test_reward_trainer_on_two_processes_equals_one_process(tiny_base, tmp_path):
-    single = rm_run.run(tiny_base, str(tmp_path / "one"), per_device=8)
-    launch("rm_run.py", "--base", tiny_base, "--out", str(tmp_path / "two"), "--per_device", "4")
+@pytest.mark.parametrize("frozen_cache", [False, True])
+def test_reward_trainer_on_two_processes_equals_one_process(tiny_base, tmp_path, frozen_cache):
+    """frozen_cache: the bottom block frozen, 2 epochs; 2 processes serve it from stored outputs
+    (cache_frozen_features), 1 process runs it plainly: the same parameters."""
+    single = rm_run.run(tiny_base, str(tmp_path / "one"), per_device=8, frozen=frozen_cache)
+    flags = ["--frozen", "--cache"] if frozen_cache else []
+    launch("rm_run.py", "--base", tiny_base, "--out", str(tmp_path / "two"), "--per_device", "4", *flags)
     ranks = results(tmp_path / "two")
     assert [r["world"] for r in ranks] == [2, 2]
+    if frozen_cache:  # each rank: 4 labels x 4 rows per epoch read back, each distinct row computed once
+        assert single["steps"] == 2 and single["rows_read"] is None
+        for r in ranks:
+            assert r["steps"] == 2 and r["rows_read"] == 2 * 16 and 0 < r["rows_computed"] < r["rows_read"]
     for r in ranks:
         assert r["loss"] == pytest.approx(single["loss"], rel=1e-5)
         assert r["gain"] == ranks[0]["gain"] and r["bias"] == ranks[0]["bias"]  # identical on all ranks

@@ -58,7 +58,8 @@ def _before_blocks(base: nn.Module, blocks: nn.ModuleList) -> list[tuple[str, nn
     """The base model's parameters outside the blocks that run before them: all but the final norms'
     (embeddings, GPT-2's position embeddings)."""
     in_blocks = {id(p) for p in blocks.parameters()}
-    return [(name, p) for name, p in base.named_parameters() if id(p) not in in_blocks and not name.startswith(_AFTER_BLOCKS)]
+    return [(name, p) for name, p in base.named_parameters()
+            if id(p) not in in_blocks and not name.startswith(_AFTER_BLOCKS)]
 
 
 def freeze_bottom_layers(model: nn.Module, n: int) -> None:
@@ -156,8 +157,16 @@ class FrozenFeatureCache:
     def row_keys(batch: Mapping[str, torch.Tensor]) -> tuple[list[bytes], list[int]]:
         """``(keys, lengths)`` of the rows of ``batch``: each row's real tokens (the 0/1 ``attention_mask``'s count,
         right padding) and, when packed, their segment ids."""
-        ids = batch["input_ids"].cpu()
-        lengths = batch["attention_mask"].sum(1).tolist()
+        ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu()
+        if mask.dim() != 2:
+            raise ValueError(f"stored outputs need a 2D 0/1 attention_mask per row, got shape {tuple(mask.shape)}")
+        real = mask.bool()
+        lengths_t = real.sum(1)
+        wrong = (real != (torch.arange(mask.shape[1]) < lengths_t[:, None])).any(1)
+        if wrong.any():
+            row = int(wrong.nonzero()[0, 0])
+            raise ValueError(f"stored outputs need right-padded rows (real tokens first); row {row} is not")
+        lengths = lengths_t.tolist()
         segments = batch["segment_ids"].cpu() if "segment_ids" in batch else None
         keys = []
         for i, n in enumerate(lengths):

@@ -43,7 +43,8 @@ class PreferenceRewardConfig(RewardConfig):
             compute the frozen blocks' output once per label and train the top on the stored output
             (:class:`hf_prefs.models.frozen_features.FrozenFeatureCache`, an anonymous file in ``output_dir``):
             the same result to float rounding, and epochs after the first skip the frozen blocks. Ignored, with a
-            warning saying why, where it could change the result (dropout in the frozen part, nothing frozen).
+            warning saying why, where it could change the result (dropout in the frozen part, nothing frozen,
+            activation checkpointing — TRL's default: set ``activation_checkpointing=False``).
 
     Differences from ``trl.RewardConfig`` defaults: ``bf16`` defaults to ``True`` only on hardware with bf16
     (CUDA/XPU), else ``False``. The paper's books-task training (one epoch, batch 32, lr 5e-5 decayed linearly

@@ -291,7 +291,10 @@ class PreferenceRewardTrainer(RewardTrainer):
         mode = "train" if self.model.training else "eval"
         best = inputs["best"]  # (B,)
         cache = self._frozen_cache if mode == "train" else None
-        rewards = cache.forward(model, _batch_rewards, inputs) if cache is not None else _batch_rewards(model, inputs)
+        if cache is not None:  # the frozen bottom served from stored outputs
+            rewards = cache.forward(model, _batch_rewards, inputs)
+        else:
+            rewards = _batch_rewards(model, inputs)
         rewards = rewards.view(best.shape[0], -1)  # (B, K)
         loss = kway_preference_loss(rewards, best)
         if self.args.center_rewards_coefficient is not None:
@@ -400,6 +403,9 @@ class PreferenceRewardTrainer(RewardTrainer):
         """The store of the frozen bottom blocks' outputs (``cache_frozen_features``), or None with a warning when
         :func:`frozen_prefix_length` finds nothing it can serve."""
         n, why = frozen_prefix_length(self.model)
+        if self.args.activation_checkpointing or getattr(self.model, "is_activation_checkpointing", False):
+            n, why = 0, ("activation checkpointing is on: it recomputes the trainable blocks in the backward pass from "
+                         "their original inputs, not the stored ones (set activation_checkpointing=False)")
         if n == 0:
             warnings.warn(f"cache_frozen_features is not used: {why}", stacklevel=3)
             return None
