@@ -2,11 +2,12 @@
 
 The offline default's reward model (SmolLM2-135M, the trunk in float32, its top 2 of 30 blocks + head trained, packed
 rows of best-of-4 labels, batches of 16, 2 epochs; bf16 autocast on a CPU with bf16 units, as the offline default):
-``--labels`` labels trained twice in this run, without and with the cache (alternating which goes first). Printed:
-labels/s over the whole ``train()`` call of each, the ratio, the frozen blocks' forwards each did, and how far apart
-the two trained models are (train loss, max |parameter difference|): the cache must not change the result.
+``--labels`` labels trained without and with the cache, ``--repeats`` pairs of runs alternating which goes first.
+Printed: labels/s over the whole ``train()`` call of each, the mean ratio (and each pair's), the frozen blocks'
+forwards each did, and how far apart the two trained models are (train loss, max |parameter difference|): the cache
+must not change the result.
 
-    python benchmarks/rm_frozen_cache.py               # 128 labels: ~6 minutes on an AVX2-only 2-core VM (float32)
+    python benchmarks/rm_frozen_cache.py               # 128 labels, 2 repeats: ~7 minutes on an AVX2-only 2-core VM
     python benchmarks/rm_frozen_cache.py --model tiny  # tiny GPT-2 (seconds; for the tests)
 """
 
@@ -49,20 +50,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     p.add_argument("--labels", type=int, default=128)
     p.add_argument("--epochs", type=int, default=2, help="the offline default's rm_num_train_epochs")
+    p.add_argument("--repeats", type=int, default=2, help="pairs of runs; the first pair runs plain first, the next "
+                   "cached first, and so on")
     a = p.parse_args(argv)
     import tempfile
 
     base, dtype = _base(a.model, Path(tempfile.mkdtemp()))
-    runs = {}
-    for cache in (True, False) if a.labels % 2 else (False, True):  # which goes first alternates with --labels
-        runs[cache] = train_once(base, dtype, a.labels, a.epochs, cache)
-        r = runs[cache]
-        print(f"{'cached' if cache else 'plain '}: {r['seconds']:.1f} s, {r['labels_per_s']:.2f} labels/s, frozen "
-              f"blocks ran {r['bottom_forwards']} times, train loss {r['loss']:.6f}", flush=True)
-    diff = max((runs[True]["params"][k] - v).abs().max().item() for k, v in runs[False]["params"].items())
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for repeat in range(a.repeats):
+        for cache in (False, True) if repeat % 2 == 0 else (True, False):
+            r = train_once(base, dtype, a.labels, a.epochs, cache)
+            runs[cache].append(r)
+            print(f"repeat {repeat + 1}, {'cached' if cache else 'plain '}: {r['seconds']:.1f} s, "
+                  f"{r['labels_per_s']:.2f} labels/s, frozen blocks ran {r['bottom_forwards']} times, train loss "
+                  f"{r['loss']:.6f}", flush=True)
+    rate = {c: sum(r["labels_per_s"] for r in runs[c]) / len(runs[c]) for c in runs}
+    each = ", ".join(f"{c['labels_per_s'] / p['labels_per_s']:.2f}x" for p, c in zip(runs[False], runs[True]))
+    plain, cached = runs[False][0], runs[True][0]
+    diff = max((cached["params"][k] - v).abs().max().item() for k, v in plain["params"].items())
     print(f"{a.model} ({dtype}), {a.labels} labels x {a.epochs} epochs, batch 16, {torch.get_num_threads()} threads: "
-          f"cached / plain = {runs[True]['labels_per_s'] / runs[False]['labels_per_s']:.2f}x labels/s; train loss "
-          f"{runs[False]['loss']:.6f} vs {runs[True]['loss']:.6f}; max |parameter difference| {diff:.2e}")
+          f"cached / plain = {rate[True] / rate[False]:.2f}x labels/s (each repeat: {each}); train loss "
+          f"{plain['loss']:.6f} vs {cached['loss']:.6f}; max |parameter difference| {diff:.2e}")
 
 
 if __name__ == "__main__":

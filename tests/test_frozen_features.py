@@ -73,7 +73,8 @@ def test_stored_outputs_give_the_same_rewards_and_gradients(gpt2_tokenizer, tmp_
     assert calls == {"bottom": 2 + 2, "top": 2 + 2}
     keys = [set(FrozenFeatureCache.row_keys(b)[0]) for b in _batches(trainer, gpt2_tokenizer, packed)]
     assert cache.rows_computed == len(keys[0] | keys[1])  # each distinct row once (a label may repeat a sample)
-    assert cache.rows_computed == (6 if packed else len(keys[0]) + len(keys[1] - keys[0]))
+    if packed:
+        assert cache.rows_computed == 6  # 6 distinct labels
     assert cache.rows_read == 2 * rows
     assert transformer_blocks(model)[2] is blocks and len(blocks) == (3 if arch == "gpt2" else 4)  # restored
     cache.close()
@@ -99,6 +100,41 @@ def test_what_cannot_be_served_from_stored_outputs(gpt2_tokenizer):
     assert n == 0 and "attention types" in why
     with pytest.raises(ValueError, match="n_frozen must be in"):
         FrozenFeatureCache(llama, 4)
+    llama.config.layer_types = None
+    assert frozen_prefix_length(llama) == (2, "")
+    llama.config.hidden_dropout = 0.1  # applied functionally (BLOOM/Falcon style): no module shows it
+    assert frozen_prefix_length(llama) == (0, "dropout is active in the frozen part: config.hidden_dropout = 0.1")
+    llama.config.hidden_dropout = 0.0
+    llama.gradient_checkpointing_enable()
+    n, why = frozen_prefix_length(llama)
+    assert n == 0 and why.startswith("activation checkpointing is on")
+    assert frozen_prefix_length(torch.nn.Linear(2, 2)) == (0, "cannot find the transformer blocks of Linear (no `layers` "
+                                                            "or `h` module list)")
+
+
+def test_block_list_and_hook_are_restored_when_the_forward_fails(gpt2_tokenizer, tmp_path):
+    model = tiny_llama_rm(gpt2_tokenizer)
+    freeze_bottom_layers(model, 2)
+    trainer = PreferenceRewardTrainer(model, make_args(tmp_path), train_dataset=toy_labels(8),
+                                      processing_class=gpt2_tokenizer)
+    batch = _batches(trainer, gpt2_tokenizer, True)[0]
+    cache = FrozenFeatureCache(model, 2, directory=str(tmp_path))
+    blocks = transformer_blocks(model)[2]
+
+    def fails_in_the_top(m, b):
+        if len(transformer_blocks(m)[2]) == 2 and cache.rows_computed:  # the top pass
+            raise KeyError("boom")
+        return _batch_rewards(m, b)
+
+    with pytest.raises(KeyError, match="boom"):
+        cache.forward(model, fails_in_the_top, batch)
+    assert transformer_blocks(model)[2] is blocks and not blocks[2]._forward_pre_hooks
+    torch.testing.assert_close(cache.forward(model, _batch_rewards, batch), _batch_rewards(model, batch))
+    model.gradient_checkpointing_enable()
+    model.train()
+    with pytest.raises(RuntimeError, match="activation checkpointing is on"):
+        cache.forward(model, _batch_rewards, batch)
+    cache.close()
 
 
 def test_trainer_with_cache_trains_the_same_parameters(gpt2_tokenizer, tmp_path):

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from hf_prefs.models.weight_sharing import parameter_key, share_frozen_weights
 from hf_prefs.pipeline import main
-from hf_prefs.pipeline.reward import freeze_bottom_layers
+from hf_prefs.models.frozen_features import freeze_bottom_layers
 from test_recipe import _tiny_args
 
 import hf_prefs.pipeline.policy as policy_stage

@@ -11,11 +11,21 @@ gradients) and stores it; a step whose rows are all stored runs only blocks ``n+
   positions (causal or block-diagonal attention never reads it), so a row's stored ``h_n`` serves it in any batch.
 - The stored rows live in an anonymous temporary file (deleted when closed or when the process ends), read back
   into fresh tensors: resident memory does not grow with the number of labels.
-- The model runs its ordinary forward (DDP/accelerate wrappers, the score-head hook of
-  :func:`hf_prefs.models.reward_model.per_token_scores`) with its block list temporarily cut: to ``blocks[:n]``
-  (with ``h_n`` captured) to fill the store, to ``blocks[n:]`` (with ``h_n`` fed to block ``n+1``) to train.
+- The model runs its ordinary forward (the score-head hook of :func:`hf_prefs.models.reward_model.per_token_scores`)
+  with its block list temporarily cut: to ``blocks[:n]`` (with ``h_n`` captured; inside DDP/accelerate wrappers,
+  which have nothing to synchronise there) to fill the store, to ``blocks[n:]`` (with ``h_n`` fed to block ``n+1``;
+  through the wrappers, which all-reduce the top's gradients) to train.
 - Not used (:func:`frozen_prefix_length` returns 0, with the reason) where it could change the result: dropout
-  active in the frozen part, a trainable parameter before the blocks, per-layer attention types (sliding windows).
+  active in the frozen part, a trainable parameter before the blocks, per-layer attention types (sliding windows),
+  activation checkpointing (its backward recomputes the blocks from their original inputs), an architecture whose
+  blocks it cannot find. The trainer also leaves it off under ZeRO-3/FSDP, where the frozen blocks' forward is a
+  collective that every process must run together.
+- On one process every distinct row is computed once. On W processes each process stores the rows it has seen; the
+  sampler reshuffles every epoch, so about (1 - 1/W) of a later epoch's rows on a process are new to it and computed
+  then (with 2 processes and 2 epochs ~3/4 of the plain forward's frozen work is left; a process's store holds the
+  rows it has seen).
+- Disk: ``d`` values per token in the frozen output's dtype (SmolLM2-135M, float32: 2.3 KB per token, ~0.33 MB per
+  packed best-of-4 label of ~140 tokens, ~1.6 GB for 5,000 labels), per process; logged as ``frozen_features_gb``.
 
 Equal to the uncached forward up to float rounding (matmuls over other batch shapes); tests compare loss and
 gradients.
@@ -23,6 +33,7 @@ gradients.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,13 +42,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from .reward_model import unwrap_model
+from .reward_model import unwrap_distributed, unwrap_model
 
-__all__ = ["transformer_blocks", "freeze_bottom_layers", "frozen_prefix_length", "FrozenFeatureCache"]
+__all__ = ["transformer_blocks", "freeze_bottom_layers", "frozen_prefix_length", "FrozenFeatureCache", "CHECKPOINTING"]
+
+#: Why stored outputs and activation checkpointing do not mix.
+CHECKPOINTING = ("activation checkpointing is on: it recomputes the trainable blocks in the backward pass from their "
+                 "original inputs, not the stored ones (set activation_checkpointing=False)")
 
 #: Trainable modules outside the blocks that run after them (final norms): they do not stop the caching.
 _AFTER_BLOCKS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+#: Config rates of randomness applied functionally in the trunk (BLOOM/Falcon ``hidden_dropout``, MoE router jitter).
+_CONFIG_RATES = re.compile(r"^(dropout|(hidden|attention|attn|resid|embd|embed|activation|ffn|mlp)_(dropout|pdrop)|"
+                           r"router_jitter_noise)$")
 #: The tensors of a batch that are per row (``(N, L)`` or ``(N, K)``), sliced when rows are computed apart.
 ROW_KEYS = ("input_ids", "attention_mask", "position_ids", "segment_ids", "last_index")
 
@@ -103,7 +121,13 @@ def frozen_prefix_length(model: Any) -> tuple[int, str]:
     the frozen part (blocks ``1..n`` and the modules around the blocks) and all layers share one attention type.
     ``n == 0`` means no caching; ``reason`` says why (empty when ``n`` > 0 and the next block is trainable).
     """
-    base, name, blocks = transformer_blocks(model)
+    try:
+        base, name, blocks = transformer_blocks(model)
+    except ValueError as err:
+        return 0, str(err)
+    config = unwrap_model(model).config
+    if getattr(unwrap_model(model), "is_activation_checkpointing", False):
+        return 0, CHECKPOINTING
     n = 0
     while n < len(blocks) and _frozen(blocks[n]):
         n += 1
@@ -118,7 +142,10 @@ def frozen_prefix_length(model: Any) -> tuple[int, str]:
     for module in [*blocks[:n], *around]:
         if (drop := _active_dropout(module)) is not None:
             return 0, f"dropout is active in the frozen part: {drop}"
-    layer_types = getattr(unwrap_model(model).config, "layer_types", None)
+    for key, rate in config.to_dict().items():
+        if _CONFIG_RATES.match(key) and isinstance(rate, (int, float)) and rate > 0:
+            return 0, f"dropout is active in the frozen part: config.{key} = {rate}"
+    layer_types = getattr(config, "layer_types", None)
     if layer_types and len(set(layer_types)) > 1:
         return 0, f"the layers have different attention types ({sorted(set(layer_types))})"
     return n, ""
@@ -135,7 +162,7 @@ class FrozenFeatureCache:
     ``rows_computed`` / ``rows_read`` count the rows whose ``h_n`` was computed / read back.
     """
 
-    def __init__(self, model: Any, n_frozen: int, directory: str | None = None):
+    def __init__(self, model: Any, n_frozen: int, directory: str | None = None) -> None:
         self.base, self.attr, self.blocks = transformer_blocks(model)
         if not 1 <= n_frozen < len(self.blocks):
             raise ValueError(f"n_frozen must be in [1, {len(self.blocks) - 1}], got {n_frozen}")
@@ -146,6 +173,11 @@ class FrozenFeatureCache:
         self.width: int | None = None
         self.end = 0
         self.rows_computed = self.rows_read = 0
+
+    @property
+    def bytes_stored(self) -> int:
+        """Size of the stored outputs on disk."""
+        return self.end
 
     def close(self) -> None:
         """Delete the stored outputs."""
@@ -177,7 +209,7 @@ class FrozenFeatureCache:
         return keys, [int(n) for n in lengths]
 
     def _write(self, key: bytes, features: torch.Tensor) -> None:
-        data = features.detach().contiguous().cpu()
+        data = features.contiguous()
         self.file.seek(self.end)
         self.file.write(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
         self.index[key] = (self.end, data.shape[0])
@@ -187,7 +219,8 @@ class FrozenFeatureCache:
         offset, length = self.index[key]
         buf = torch.empty(length * self.width * out.element_size(), dtype=torch.uint8)
         self.file.seek(offset)
-        self.file.readinto(buf.numpy())
+        if self.file.readinto(buf.numpy()) != buf.numel():
+            raise OSError(f"short read of the stored outputs at byte {offset}")
         out[:length] = buf.view(self.dtype).view(length, self.width)
 
     # ------------------------------------------------------------------ forward passes
@@ -208,8 +241,7 @@ class FrozenFeatureCache:
         def capture(_module: nn.Module, _args: Any, output: Any) -> None:
             captured.append(output[0] if isinstance(output, tuple) else output)
 
-        while hasattr(model, "module") and not hasattr(model, "config"):  # DDP/accelerate: no gradients to sync here
-            model = model.module
+        model = unwrap_distributed(model)  # DDP/accelerate: no gradients to synchronise in a no-grad pass
         handle = self.blocks[self.n - 1].register_forward_hook(capture)
         try:
             with torch.no_grad(), self._blocks(list(self.blocks[: self.n])):
@@ -218,11 +250,12 @@ class FrozenFeatureCache:
             handle.remove()
         if len(captured) != 1:
             raise RuntimeError(f"expected block {self.n} to run once, it ran {len(captured)} times")
-        h = captured[0]  # (N, L, d)
+        h = captured[0].detach()  # (N, L, d)
         if self.dtype is None:
             self.dtype, self.width = h.dtype, h.shape[-1]
+        h = h.to("cpu", self.dtype)  # one transfer for all rows
         for i, (key, length) in enumerate(zip(keys, lengths)):
-            self._write(key, h[i, :length].to(self.dtype))
+            self._write(key, h[i, :length])
         self.rows_computed += len(keys)
 
     def forward(self, model: Any, run: Callable[[Any, dict[str, torch.Tensor]], Any],
@@ -230,6 +263,8 @@ class FrozenFeatureCache:
         """``run(model, batch)`` (a forward that returns what the caller needs, e.g. rewards) with blocks ``1..n``
         served from the store: rows not stored yet are computed first (by ``run`` on those rows, cut to the frozen
         blocks), then ``run`` goes through blocks ``n+1..`` only, fed the stored ``h_n`` (zeros at padding)."""
+        if model.training and getattr(unwrap_model(model), "is_activation_checkpointing", False):
+            raise RuntimeError(f"stored outputs cannot be used: {CHECKPOINTING}")
         keys, lengths = self.row_keys(batch)
         first: dict[bytes, int] = {}  # each row not stored yet, once (a batch may hold the same label twice)
         for i, key in enumerate(keys):

@@ -35,6 +35,7 @@ from .generation import ensure_pad_token_id, input_pad_id, model_device
 __all__ = [
     "GAIN_KEY",
     "BIAS_KEY",
+    "unwrap_distributed",
     "unwrap_model",
     "score_head",
     "init_score_head",
@@ -59,10 +60,16 @@ BIAS_KEY = "hf_prefs_reward_bias"
 ResponseSource = Callable[[list[str]], Sequence[str]]
 
 
-def unwrap_model(model: Any) -> Any:
-    """The underlying ``PreTrainedModel`` of a DDP/accelerate-wrapped and/or PEFT model."""
+def unwrap_distributed(model: Any) -> Any:
+    """The module inside DDP/accelerate wrappers (a PEFT model stays one)."""
     while hasattr(model, "module") and not hasattr(model, "config"):
         model = model.module
+    return model
+
+
+def unwrap_model(model: Any) -> Any:
+    """The underlying ``PreTrainedModel`` of a DDP/accelerate-wrapped and/or PEFT model."""
+    model = unwrap_distributed(model)
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model

@@ -19,7 +19,7 @@ from ..trainers.reward_config import PreferenceRewardConfig
 from ..trainers.reward_trainer import PreferenceRewardTrainer
 from .arguments import PipelineArguments
 
-__all__ = ["train_reward_model", "freeze_bottom_layers"]
+__all__ = ["train_reward_model"]
 
 
 def train_reward_model(

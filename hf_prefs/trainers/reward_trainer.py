@@ -41,7 +41,7 @@ from ..citation import ZIEGLER_2019
 from ..core.losses import kway_accuracy, kway_preference_loss
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, validate_labels
-from ..models.frozen_features import FrozenFeatureCache, frozen_prefix_length
+from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
 from ..models.generation import input_pad_id
 from ..models.loading import load_reward_normalization, save_reward_normalization
 from ..models.reward_model import (
@@ -390,7 +390,7 @@ class PreferenceRewardTrainer(RewardTrainer):
             if self._frozen_cache is not None:
                 cache = self._frozen_cache
                 self.log({"frozen_features_layers": cache.n, "frozen_features_rows_computed": cache.rows_computed,
-                          "frozen_features_rows_read": cache.rows_read})
+                          "frozen_features_rows_read": cache.rows_read, "frozen_features_gb": cache.bytes_stored / 1e9})
         finally:
             if self._frozen_cache is not None:
                 self._frozen_cache.close()
@@ -403,9 +403,13 @@ class PreferenceRewardTrainer(RewardTrainer):
         """The store of the frozen bottom blocks' outputs (``cache_frozen_features``), or None with a warning when
         :func:`frozen_prefix_length` finds nothing it can serve."""
         n, why = frozen_prefix_length(self.model)
-        if self.args.activation_checkpointing or getattr(self.model, "is_activation_checkpointing", False):
-            n, why = 0, ("activation checkpointing is on: it recomputes the trainable blocks in the backward pass from "
-                         "their original inputs, not the stored ones (set activation_checkpointing=False)")
+        if n and self.args.activation_checkpointing:  # Trainer.train() turns it on in the model after this
+            n, why = 0, CHECKPOINTING
+        if n and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            n, why = 0, ("ZeRO/FSDP shard the frozen blocks: their forward gathers weights on every process together, "
+                         "and processes would compute different rows at different steps")
+        if n and self.args.n_gpu > 1:
+            n, why = 0, "torch.nn.DataParallel (several GPUs in one process) splits a batch the stored outputs are not"
         if n == 0:
             warnings.warn(f"cache_frozen_features is not used: {why}", stacklevel=3)
             return None
