@@ -125,8 +125,8 @@ def frozen_prefix_length(model: Any) -> tuple[int, str]:
         base, name, blocks = transformer_blocks(model)
     except ValueError as err:
         return 0, str(err)
-    config = unwrap_model(model).config
-    if getattr(unwrap_model(model), "is_activation_checkpointing", False):
+    inner = unwrap_model(model)
+    if getattr(inner, "is_activation_checkpointing", False):
         return 0, CHECKPOINTING
     n = 0
     while n < len(blocks) and _frozen(blocks[n]):
@@ -142,10 +142,10 @@ def frozen_prefix_length(model: Any) -> tuple[int, str]:
     for module in [*blocks[:n], *around]:
         if (drop := _active_dropout(module)) is not None:
             return 0, f"dropout is active in the frozen part: {drop}"
-    for key, rate in config.to_dict().items():
+    for key, rate in inner.config.to_dict().items():
         if _CONFIG_RATES.match(key) and isinstance(rate, (int, float)) and rate > 0:
             return 0, f"dropout is active in the frozen part: config.{key} = {rate}"
-    layer_types = getattr(config, "layer_types", None)
+    layer_types = getattr(inner.config, "layer_types", None)
     if layer_types and len(set(layer_types)) > 1:
         return 0, f"the layers have different attention types ({sorted(set(layer_types))})"
     return n, ""
@@ -193,12 +193,12 @@ class FrozenFeatureCache:
         if mask.dim() != 2:
             raise ValueError(f"stored outputs need a 2D 0/1 attention_mask per row, got shape {tuple(mask.shape)}")
         real = mask.bool()
-        lengths_t = real.sum(1)
-        wrong = (real != (torch.arange(mask.shape[1]) < lengths_t[:, None])).any(1)
+        counts = real.sum(1)
+        wrong = (real != (torch.arange(mask.shape[1]) < counts[:, None])).any(1)
         if wrong.any():
             row = int(wrong.nonzero()[0, 0])
             raise ValueError(f"stored outputs need right-padded rows (real tokens first); row {row} is not")
-        lengths = lengths_t.tolist()
+        lengths: list[int] = counts.tolist()
         segments = batch["segment_ids"].cpu() if "segment_ids" in batch else None
         keys = []
         for i, n in enumerate(lengths):
@@ -206,22 +206,22 @@ class FrozenFeatureCache:
             if segments is not None:
                 key += b"|" + segments[i, :n].numpy().tobytes()
             keys.append(key)
-        return keys, [int(n) for n in lengths]
+        return keys, lengths
 
     def _write(self, key: bytes, features: torch.Tensor) -> None:
         data = features.contiguous()
         self.file.seek(self.end)
-        self.file.write(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        self.file.write(data.view(torch.uint8).numpy())  # the tensor's own bytes, no copy
         self.index[key] = (self.end, data.shape[0])
         self.end += data.numel() * data.element_size()
 
     def _read(self, key: bytes, out: torch.Tensor) -> None:
+        """Row ``key``'s stored ``h_n`` read straight into the first rows of ``out`` (contiguous, the stored dtype)."""
         offset, length = self.index[key]
-        buf = torch.empty(length * self.width * out.element_size(), dtype=torch.uint8)
+        target = out[:length].view(torch.uint8)
         self.file.seek(offset)
-        if self.file.readinto(buf.numpy()) != buf.numel():
+        if self.file.readinto(target.numpy()) != target.numel():
             raise OSError(f"short read of the stored outputs at byte {offset}")
-        out[:length] = buf.view(self.dtype).view(length, self.width)
 
     # ------------------------------------------------------------------ forward passes
     @contextmanager
