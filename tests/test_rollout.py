@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import ForceToken
 from hf_prefs.core.rollout import RolloutSpec, apply_penalty, cut_responses, left_pad
-from hf_prefs.models.generation import response_logprobs, sample_categorical, sample_responses
+from hf_prefs.models.generation import response_logprobs, sample_categorical, sample_responses, sample_texts
 
 DOT = 13  # GPT-2 id of "."
 P = 99  # pad id used in these hand cases
@@ -138,6 +138,32 @@ def test_num_samples_shares_the_prefill_and_draws_like_repeated_queries(tiny_gpt
     assert len({tuple(r) for r in shared[:3].tolist()}) > 1  # the copies of a query are independent draws
     with pytest.raises(ValueError, match="num_samples"):
         sample_responses(tiny_gpt2, ids, mask, 2, num_samples=0)
+
+
+def test_sample_texts_draws_more_samples_than_the_batch_in_batches(tiny_gpt2, gpt2_tokenizer):
+    """n samples per query above batch_size (a frontier's thousands) are drawn batch_size rows at a time: no forward
+    sees more rows (the KV cache is what grows with them), rows stay q·n + j, and with batch_size >= n the result is
+    the single-batch draw."""
+    spec = RolloutSpec(response_length=4, temperature=1e-4, pad_token_id=gpt2_tokenizer.eos_token_id)  # ~argmax
+    queries = ["It was a truth universally", "She"]
+    rows_seen = []
+    hook = tiny_gpt2.register_forward_pre_hook(lambda m, args, kw: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = sample_texts(tiny_gpt2, gpt2_tokenizer, queries, spec, num_samples=7, batch_size=3)
+    finally:
+        hook.remove()
+    assert out.shape == (14, 4)
+    assert max(rows_seen) == 3 and 1 in rows_seen  # batches of 3, 3 and 1 rows per query
+    for q, query in enumerate(queries):  # every row of query q is q's greedy continuation
+        ids, mask = left_pad([gpt2_tokenizer.encode(query)], gpt2_tokenizer.eos_token_id)
+        greedy = sample_responses(tiny_gpt2, ids, mask, 4, temperature=1e-4)[0]
+        assert (out[q * 7 : (q + 1) * 7] == greedy).all()
+    spec = RolloutSpec(response_length=4, temperature=1.0, pad_token_id=gpt2_tokenizer.eos_token_id)
+    one = sample_texts(tiny_gpt2, gpt2_tokenizer, queries[:1], spec, 5, 8, torch.Generator().manual_seed(1))
+    ids, mask = left_pad([gpt2_tokenizer.encode(queries[0])], gpt2_tokenizer.eos_token_id)
+    assert torch.equal(one, sample_responses(tiny_gpt2, ids, mask, 4, 1.0, torch.Generator().manual_seed(1), 5))
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_texts(tiny_gpt2, gpt2_tokenizer, queries, spec, num_samples=2, batch_size=0)
 
 
 def test_kv_cached_sampling_matches_full_recomputation_and_padding(tiny_gpt2, gpt2_tokenizer):

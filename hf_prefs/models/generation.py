@@ -143,21 +143,28 @@ def sample_texts(
     batch_size: int = 32,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``(len(queries)·n, Lr)`` response ids (CPU), rows ``q·n + j``, in batches of about ``batch_size`` rows
-    (``batch_size // n`` queries, each encoded once for its n samples). The model runs in eval mode."""
+    """``(len(queries)·n, Lr)`` response ids (CPU), rows ``q·n + j``, in batches of at most ``batch_size`` rows
+    (``batch_size // n`` queries, each encoded once for its n samples). When n exceeds ``batch_size`` (a frontier's
+    thousands of samples of one query) a query's samples are drawn ``batch_size`` rows at a time, each batch encoding
+    the query again: the KV cache, not the prefill, is what grows with the rows (a study drawing 2,048 rows of SmolLM2 at
+    once was 7.4 GB resident). The model runs in eval mode."""
+    if batch_size < 1 or num_samples < 1:
+        raise ValueError(f"batch_size and num_samples must be >= 1, got {batch_size} and {num_samples}")
     pad_id, device = input_pad_id(model, tokenizer), model_device(model)
     query_ids = [list(tokenizer(q)["input_ids"]) for q in queries]
-    per_batch = max(1, batch_size // num_samples)
+    per_batch = max(1, batch_size // num_samples)  # queries per batch
+    per_call = min(num_samples, batch_size)  # samples of each query per batch
     was_training = model.training
     model.eval()
     out = []
     try:
         for start in range(0, len(query_ids), per_batch):
             ids, mask = left_pad(query_ids[start : start + per_batch], pad_id)
-            drawn = sample_responses(
-                model, ids.to(device), mask.to(device), spec.response_length, spec.temperature, generator, num_samples
-            )
-            out.append(drawn.cpu())
+            ids, mask = ids.to(device), mask.to(device)
+            for first in range(0, num_samples, per_call):  # one pass unless n > batch_size (then one query's rows)
+                n = min(per_call, num_samples - first)
+                drawn = sample_responses(model, ids, mask, spec.response_length, spec.temperature, generator, n)
+                out.append(drawn.cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, spec.response_length), dtype=torch.long)
