@@ -119,6 +119,8 @@ def test_from_pairwise_explicit_and_implicit_prompt():
     assert ds[0]["samples"] == ["good", "bad"]
     with pytest.raises(LabelValidationError, match="'rejected'"):
         from_pairwise(Dataset.from_dict({"prompt": ["q"], "chosen": ["a"]}))
+    with pytest.raises(LabelValidationError, match="TRL's pairwise preference format: convert it with hf_prefs.from_pairwise"):
+        validate_labels(explicit)  # passed where K-way labels are expected: the error says what to do
 
 
 def test_to_pairwise_gives_the_k_minus_1_implied_pairs():

@@ -89,8 +89,12 @@ def to_canonical(dataset: Dataset) -> Dataset:
         return dataset
     flat = _flat_sample_columns(cols)
     if not flat:
+        hint = ""
+        if {"chosen", "rejected"} <= set(cols):
+            hint = (" — this is TRL's pairwise preference format: convert it with hf_prefs.from_pairwise (K = 2 labels; "
+                    "conversational rows rendered with the chat template first) or train on it with trl.RewardTrainer")
         raise LabelValidationError(
-            f"a label dataset needs a 'samples' column or 'sample0..sample{{K-1}}' columns; got columns {cols}"
+            f"a label dataset needs a 'samples' column or 'sample0..sample{{K-1}}' columns; got columns {cols}{hint}"
         )
     return dataset.map(lambda row: {"samples": [row[c] for c in flat]}, remove_columns=flat)
 
