@@ -87,6 +87,7 @@ def test_study_rows_follow_their_definitions(study):
         ev = json.loads((out / "runs" / f"{name}_s{r['seed']}" / "eval.json").read_text())
         kl, known, rho = float(r["kl"]), float(r["known_reward"]), float(r["rho_known_reward"])
         assert int(r["ppo_updates"]) == 2 and len(ev["known_rewards"]) == 6
+        assert r["precision"] == "float32"  # the tiny study's float32 policy, no autocast
         assert known == pytest.approx(np.mean(ev["known_rewards"])) and kl == pytest.approx(np.mean(ev["kl"]))
         assert float(r["gain"]) == pytest.approx(known - rho, abs=1e-9)  # paired mean difference = difference of means
         frontier = [FrontierPoint(**p) for p in ev["frontier"]]

@@ -62,6 +62,7 @@ from ..pipeline import (
     load_base,
     make_ppo_trainer,
     resolve_cpu_precision,
+    run_precision,
     split_queries,
     train_policy,
     train_reward_model,
@@ -83,7 +84,7 @@ DEFAULT_BETAS: tuple[float, ...] = (
 
 STUDY_FIELDS = ["run", "seed", "labels", "known_reward", "kl", "gain", "gain_se", "frontier_reward_at_kl",
                 "frontier_ess_at_kl", "frontier_qualified", "frac_frontier", "frac_direct", "rho_known_reward",
-                "rm_eval_accuracy", "ppo_updates"]
+                "rm_eval_accuracy", "ppo_updates", "precision"]
 
 
 @dataclass
@@ -265,7 +266,14 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump({**ev.to_dict(), "frontier": [asdict(p) for p in frontier]}, f, indent=1)
     return {"known_reward": float(np.mean(ev.known_rewards)), "kl": kl, "gain": gain, "gain_se": gain_se,
-            **frontier_read(frontier, kl, gain, ctx.sa.min_ess), "ppo_updates": trainer.state.global_step}
+            **frontier_read(frontier, kl, gain, ctx.sa.min_ess), "ppo_updates": trainer.state.global_step,
+            "precision": precision_label(run_precision(trainer, cfg))}
+
+
+def precision_label(precision: dict[str, Any]) -> str:
+    """``study.csv``'s precision of a run: the policy's dtype, ``+bf16 autocast`` when on (a long study may be
+    finished on machines whose CPUs differ: the bf16 fallback runs float32 where bf16 matmuls are slow)."""
+    return precision["policy_dtype"] + ("+bf16 autocast" if precision["bf16"] else "")
 
 
 def frontier_read(frontier: list[FrontierPoint], kl: float, gain: float, min_ess: float) -> dict[str, Any]:

@@ -36,7 +36,14 @@ __all__ = [
     "rouge_before_after",
     "write_results",
     "push_results",
+    "run_precision",
 ]
+
+
+def run_precision(trainer: Any, cfg: Any) -> dict[str, Any]:
+    """What a PPO run computed in, read after :func:`~hf_prefs.pipeline.arguments.resolve_cpu_precision` (what ran,
+    not what was asked): ``bf16`` autocast on or off and the policy's parameter dtype."""
+    return {"bf16": bool(cfg.bf16), "policy_dtype": str(next(trainer.model.parameters()).dtype).removeprefix("torch.")}
 
 
 class StageTimer:
@@ -236,8 +243,7 @@ def _summary(
         "final_beta": float(trainer.kl_ctl.value),
         "ppo_updates": trainer.state.global_step,
         "episodes": trainer.state.global_step * cfg.batch_size,
-        "precision": {"bf16": bool(cfg.bf16),  # after resolve_cpu_precision: what ran, not what was asked
-                      "policy_dtype": str(next(trainer.model.parameters()).dtype).removeprefix("torch.")},
+        "precision": run_precision(trainer, cfg),
         "timings_s": timings or {},
     }
     if before.known_rewards and after.known_rewards:  # paired: same held-out queries, same sampling seed
