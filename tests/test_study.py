@@ -125,9 +125,13 @@ def test_summary_is_mean_and_se_over_seeds(study):
 def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     out, _ = study
     before = (out / "study.csv").read_text().splitlines()
-    kept = [line for line in before if not line.startswith("rm,1,16,")]
-    assert len(kept) == len(before) - 1
-    (out / "study.csv").write_text("\n".join(kept) + "\n")
+    kept = [r for r in csv.DictReader(before) if (r["run"], r["seed"], r["labels"]) != ("rm", "1", "16")]
+    assert len(kept) == len(before) - 2
+    older = [k for k in STUDY_FIELDS if k != "precision"]  # a study.csv written before the precision column
+    with open(out / "study.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=older)
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in older} for r in kept)
     ran: list[str] = []
     real = study_mod._ppo_run
     monkeypatch.setattr(study_mod, "_ppo_run", lambda ctx, name, *a: ran.append(name) or real(ctx, name, *a))
@@ -151,7 +155,10 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     assert collected == [] and (out / "labels_s1.jsonl").read_text() == labels_file  # the seed's labels read back
     assert trained == []  # the finished reward model of rm16_s1 read back from runs/rm16_s1/
     after = (out / "study.csv").read_text().splitlines()
-    assert after[: len(kept)] == kept and len(after) == len(before) and after[-1].startswith("rm,1,16,")
+    assert after[0] == before[0] and len(after) == len(before) and after[-1].startswith("rm,1,16,")  # today's header
+    rows = list(csv.DictReader(after))
+    assert [{k: r[k] for k in older} for r in rows[:-1]] == [{k: r[k] for k in older} for r in kept]  # kept as they were
+    assert [r["precision"] for r in rows] == [""] * len(kept) + ["float32"]  # unknown for the older rows
     old = next(r for r in csv.DictReader(before) if r["run"] == "rm" and r["seed"] == "1" and r["labels"] == "16")
     new = next(csv.DictReader([before[0], after[-1]]))
     assert new["rm_eval_accuracy"] == old["rm_eval_accuracy"]

@@ -307,6 +307,11 @@ def _reread_rows(output_dir: str, min_ess: float, rho_frontier: bool) -> None:
             row["frac_direct"] = 1.0
         elif int(row["seed"]) in direct:
             row["frac_direct"] = gain_fraction(float(row["gain"]), direct[int(row["seed"])])
+    _write_rows(path, rows)
+
+
+def _write_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    """``study.csv`` rewritten whole (through a temporary file) with today's columns; values a row lacks are blank."""
     with open(path + ".tmp", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
         writer.writeheader()
@@ -390,9 +395,17 @@ def _reward_model(ctx: StudyContext, cfg: PPOConfig, labels: Dataset, rm_dir: st
 
 
 def _append(ctx: StudyContext, row: dict[str, Any], done: dict) -> None:
-    """One row more in ``study.csv`` (written at once: a crash loses no finished run)."""
+    """One row more in ``study.csv`` (written at once: a crash loses no finished run). A file written with other
+    columns (an older version's) is first rewritten with today's, its rows' missing values blank, so the new row
+    lands under its own header."""
     path = os.path.join(ctx.output_dir, "study.csv")
     new = not os.path.exists(path)
+    if not new:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old_rows = list(reader) if reader.fieldnames != STUDY_FIELDS else None
+        if old_rows is not None:
+            _write_rows(path, old_rows)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
         if new:
