@@ -145,20 +145,26 @@ def test_sample_texts_draws_more_samples_than_the_batch_in_batches(tiny_gpt2, gp
     sees more rows (the KV cache is what grows with them), rows stay q·n + j, and with batch_size >= n the result is
     the single-batch draw."""
     spec = RolloutSpec(response_length=4, temperature=1e-4, pad_token_id=gpt2_tokenizer.eos_token_id)  # ~argmax
-    queries = ["It was a truth universally", "She"]
-    rows_seen = []
-    hook = tiny_gpt2.register_forward_pre_hook(lambda m, args, kw: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    queries = ["It was a truth universally", "She said"]  # prefills of >= 2 tokens, told apart from decode steps
+    rows_seen = []  # rows of each decode step (one new token per row; the prefills encode one query each)
+    hook = tiny_gpt2.register_forward_pre_hook(
+        lambda m, args, kw: rows_seen.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None,
+        with_kwargs=True)
     try:
         out = sample_texts(tiny_gpt2, gpt2_tokenizer, queries, spec, num_samples=7, batch_size=3)
     finally:
         hook.remove()
     assert out.shape == (14, 4)
-    assert max(rows_seen) == 3 and 1 in rows_seen  # batches of 3, 3 and 1 rows per query
+    assert rows_seen == ([3] * 3 + [3] * 3 + [1] * 3) * 2  # per query: batches of 3, 3 and 1 rows, 3 decode steps each
     for q, query in enumerate(queries):  # every row of query q is q's greedy continuation
         ids, mask = left_pad([gpt2_tokenizer.encode(query)], gpt2_tokenizer.eos_token_id)
         greedy = sample_responses(tiny_gpt2, ids, mask, 4, temperature=1e-4)[0]
         assert (out[q * 7 : (q + 1) * 7] == greedy).all()
     spec = RolloutSpec(response_length=4, temperature=1.0, pad_token_id=gpt2_tokenizer.eos_token_id)
+    chunked = sample_texts(tiny_gpt2, gpt2_tokenizer, queries[:1], spec, 7, 3, torch.Generator().manual_seed(2))
+    ids, mask = left_pad([gpt2_tokenizer.encode(queries[0])], gpt2_tokenizer.eos_token_id)
+    gen = torch.Generator().manual_seed(2)  # the same draws as three calls of 3, 3 and 1 samples in turn
+    assert torch.equal(chunked, torch.cat([sample_responses(tiny_gpt2, ids, mask, 4, 1.0, gen, n) for n in (3, 3, 1)]))
     one = sample_texts(tiny_gpt2, gpt2_tokenizer, queries[:1], spec, 5, 8, torch.Generator().manual_seed(1))
     ids, mask = left_pad([gpt2_tokenizer.encode(queries[0])], gpt2_tokenizer.eos_token_id)
     assert torch.equal(one, sample_responses(tiny_gpt2, ids, mask, 4, 1.0, torch.Generator().manual_seed(1), 5))

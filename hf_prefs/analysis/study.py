@@ -175,7 +175,9 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
     them back when the queries, the count, the seed, the model and the response rule are the same). Without
     ``with_logp`` only the rewards are kept (the token ids serve only the pooled frontier), as text in
     ``rho_rewards.csv`` (~0.25 MB for 20,480 samples; committed with the study); with it, ids and log rho in
-    ``rho_samples.pt``."""
+    ``rho_samples.pt``. The frontier needs samples of rho, not particular ones: the rows per sampling batch, which
+    change the random stream but not the distribution, are not part of the key (unlike ``rho_eval.json``, whose
+    samples must be the very ones every run's paired evaluation draws)."""
     key = json.dumps({"queries": list(queries), "m": m, "seed": seed, "model": base.name, "spec": repr(spec),
                       "with_logp": with_logp})
     if with_logp:
@@ -184,7 +186,8 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
             stored = torch.load(cache, weights_only=True)
             if stored["key"] == key:
                 return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
-        s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known)
+        s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known,
+                                 sampling_batch_size=FRONTIER_SAMPLING_ROWS)
         if cache is not None:
             torch.save({"key": key, "ids": s["ids"], "known": s["known"], "logp": s["logp"]}, cache + ".tmp")
             os.replace(cache + ".tmp", cache)
@@ -208,7 +211,8 @@ def run_frontier(
     """The frontier from rho's samples and ``p`` samples of ``policy`` per query, weighted by the balance heuristic
     of multiple importance sampling over the two proposals (log-probabilities of every sample under both)."""
     q, m = len(rho.queries), rho.per_query
-    mine = sample_with_logprobs(policy, base.tokenizer, rho.queries, spec, p, seed, known, ref_model=ref_model)
+    mine = sample_with_logprobs(policy, base.tokenizer, rho.queries, spec, p, seed, known, ref_model=ref_model,
+                                sampling_batch_size=FRONTIER_SAMPLING_ROWS)
     rows = [x for x in rho.queries for _ in range(m)]
     logp_pi_on_rho = sequence_logprobs(policy, base.tokenizer, rows, rho.ids, spec)  # the policy on rho's samples
     rewards = torch.cat([rho.known.view(q, m), mine["known"].view(q, p)], 1).numpy()  # (Q, M + P)
@@ -267,10 +271,10 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
         json.dump({**ev.to_dict(), "frontier": [asdict(p) for p in frontier]}, f, indent=1)
     return {"known_reward": float(np.mean(ev.known_rewards)), "kl": kl, "gain": gain, "gain_se": gain_se,
             **frontier_read(frontier, kl, gain, ctx.sa.min_ess), "ppo_updates": trainer.state.global_step,
-            "precision": precision_label(run_precision(trainer, cfg))}
+            "precision": _precision_label(run_precision(trainer, cfg))}
 
 
-def precision_label(precision: dict[str, Any]) -> str:
+def _precision_label(precision: dict[str, Any]) -> str:
     """``study.csv``'s precision of a run: the policy's dtype, ``+bf16 autocast`` when on (a long study may be
     finished on machines whose CPUs differ: the bf16 fallback runs float32 where bf16 matmuls are slow)."""
     return precision["policy_dtype"] + ("+bf16 autocast" if precision["bf16"] else "")
@@ -454,7 +458,8 @@ def run_study(
     betas: Sequence[float] = DEFAULT_BETAS,
 ) -> list[dict[str, Any]]:
     """Run what ``study.csv`` lacks of direct RL and RL on an RM per N in ``label_counts``, for every seed; write the
-    summary and the plots; return the summary rows (mean and SE per point)."""
+    summary and the plots; return the summary rows (mean and SE per point). One study process per ``output_dir``
+    at a time: ``study.csv`` is appended to and rewritten without a lock."""
     counts = sorted(int(n) for n in sa.label_counts)
     if not counts or counts[0] < 2:
         raise ValueError(f"label_counts: need N >= 2 labels per run, got {list(sa.label_counts)}")

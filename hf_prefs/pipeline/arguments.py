@@ -180,6 +180,8 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         raise ValueError(f"label_source: {pa.label_source!r} is not one of {LABEL_SOURCES}")
     if pa.num_candidates < 2:
         raise ValueError(f"num_candidates: must be >= 2, got {pa.num_candidates}")
+    if pa.sampling_batch_size < 1:
+        raise ValueError(f"sampling_batch_size: must be >= 1, got {pa.sampling_batch_size}")
     if pa.rm_head_init not in ("default", "paper"):
         raise ValueError(f"rm_head_init: {pa.rm_head_init!r} is not 'default' or 'paper'")
     if not 0 <= pa.rm_eval_fraction < 1:

@@ -230,11 +230,15 @@ def sample_with_logprobs(
     policy: torch.nn.Module, tokenizer: Any, queries: Sequence[str], spec: RolloutSpec, n: int, seed: int,
     known_reward: Callable[[list[str]], Sequence[float]], ref_model: torch.nn.Module | None = None,
     batch_size: int = 32,
+    sampling_batch_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """``n`` responses per query from ``policy`` with what importance sampling needs: ``ids`` ``(Q·n, Lr)`` (rows
     ``q·n + j``), ``known`` their known rewards, ``logp`` their log-probability under ``policy`` and ``logp_ref``
-    under rho (``ref_model``; None: the policy itself, or a PEFT policy with adapters disabled), all ``(Q·n,)``."""
-    ids = sample_texts(policy, tokenizer, list(queries), spec, n, batch_size, torch.Generator(device=model_device(policy)).manual_seed(seed))
+    under rho (``ref_model``; None: the policy itself, or a PEFT policy with adapters disabled), all ``(Q·n,)``.
+    Rows per batch: ``sampling_batch_size`` when sampling (None: ``batch_size``), ``batch_size`` in the log-prob
+    passes (whose full forward holds a batch's activations over query + response)."""
+    gen = torch.Generator(device=model_device(policy)).manual_seed(seed)
+    ids = sample_texts(policy, tokenizer, list(queries), spec, n, sampling_batch_size or batch_size, gen)
     texts = spec.texts(tokenizer, ids, spec.cut(ids).lengths)
     rows = [q for q in queries for _ in range(n)]
     logp = sequence_logprobs(policy, tokenizer, rows, ids, spec, batch_size)
