@@ -2,8 +2,8 @@
 
 One full run of README command 1's recipe and config (``recipes/sentiment.py --config
 recipes/configs/sentiment_offline.yaml``) per variant, the same seed, each in ``<output-dir>/<variant>/``; a variant
-whose ``summary.json`` is already there is not run again (resumable: each variant's ``summary.json`` and
-``metrics.csv`` are committed under ``docs/fidelity/``, the rest of its run folder is ignored by git, so a set of
+whose ``summary.json`` is already there is not run again (resumable: each variant's ``summary.json``,
+``metrics.csv`` and ``eval.json`` are committed under ``docs/fidelity/``, the rest of its run folder is ignored by git, so a set of
 variants can be finished across sessions). ``results.csv`` there has one row per variant measured. Variants:
 
 - ``baseline``:      the offline default as committed;
@@ -31,6 +31,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from hf_prefs.core.stats import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "configs" / "sentiment_offline.yaml"
@@ -79,10 +81,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     return results
 
 
+def vs_baseline(out: Path, name: str) -> tuple[float, float]:
+    """The variant's paired difference from the baseline on the same held-out queries: mean and SE over queries of
+    pi_variant's known reward minus pi_baseline's (both runs' ``eval.json``; their rho samples are the same draws, so
+    this is the difference of the two gains, paired). NaN where either ``eval.json`` is missing or the runs were not
+    evaluated on the same queries with the same rho rewards."""
+    files = [out / v / "eval.json" for v in ("baseline", name)]
+    if name == "baseline" or not all(f.is_file() for f in files):
+        return float("nan"), float("nan")
+    base, var = (json.loads(f.read_text()) for f in files)
+    if base["before"]["queries"] != var["before"]["queries"] or base["before"]["known_rewards"] != var["before"]["known_rewards"]:
+        return float("nan"), float("nan")
+    return paired_difference(var["after"]["known_rewards"], base["after"]["known_rewards"])
+
+
 def write_results(out: Path, results: dict[str, dict]) -> None:
     """``results.csv``: one row per variant in ``out`` with a ``summary.json`` (this call's and earlier ones'), with the
-    value function's explained variance over the last half of the run's updates (from its ``metrics.csv``). The
-    caller's ``results`` is left as it was."""
+    value function's explained variance over the last half of the run's updates (from its ``metrics.csv``) and the
+    paired difference from the baseline (:func:`vs_baseline`). The caller's ``results`` is left as it was."""
     results = dict(results)
     for folder in sorted(out.iterdir()):
         if folder.name in VARIANTS and folder.name not in results and (folder / "summary.json").is_file():
@@ -95,10 +111,11 @@ def write_results(out: Path, results: dict[str, dict]) -> None:
             with open(out / name / "metrics.csv", newline="") as f:
                 values = [float(r["val/explained_variance"]) for r in csv.DictReader(f) if r.get("val/explained_variance")]
             ev = statistics.mean(values[len(values) // 2 :]) if values else ev
+        diff, diff_se = vs_baseline(out, name)
         rows.append({"variant": name, "flags": " ".join(VARIANTS[name]), "gain": s["known_reward_gain"]["mean"],
                      "gain_se": s["known_reward_gain"]["se"], "kl": s["after"]["kl"], "final_beta": s["final_beta"],
                      "rm_eval_accuracy": s["reward_model"].get("eval_accuracy"), "explained_variance_last_half": ev,
-                     "wall_s": s["timings_s"]["total_s"]})
+                     "vs_baseline": diff, "vs_baseline_se": diff_se, "wall_s": s["timings_s"]["total_s"]})
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

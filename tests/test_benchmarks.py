@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,12 @@ def test_fidelity_options_tiny(tmp_path, tiny_base):
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["baseline", "k2"] and rows[1]["flags"] == "--kl_estimator k2"
     assert float(rows[1]["gain"]) == pytest.approx(k2["known_reward_gain"]["mean"])
+    ev = {v: json.loads((tmp_path / v / "eval.json").read_text()) for v in ("baseline", "k2")}
+    assert ev["k2"]["before"]["known_rewards"] == ev["baseline"]["before"]["known_rewards"]  # the same rho draws
+    diffs = [a - b for a, b in zip(ev["k2"]["after"]["known_rewards"], ev["baseline"]["after"]["known_rewards"])]
+    assert float(rows[1]["vs_baseline"]) == pytest.approx(sum(diffs) / len(diffs))  # paired by query, by hand
+    assert float(rows[1]["vs_baseline_se"]) == pytest.approx(statistics.stdev(diffs) / len(diffs) ** 0.5)
+    assert rows[0]["vs_baseline"] == "nan"
 
 
 def test_value_function_tiny():
