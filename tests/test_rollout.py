@@ -166,7 +166,6 @@ def test_sample_texts_draws_more_samples_than_the_batch_in_batches(tiny_gpt2, gp
     gen = torch.Generator().manual_seed(2)  # the same draws as three calls of 3, 3 and 1 samples in turn
     assert torch.equal(chunked, torch.cat([sample_responses(tiny_gpt2, ids, mask, 4, 1.0, gen, n) for n in (3, 3, 1)]))
     one = sample_texts(tiny_gpt2, gpt2_tokenizer, queries[:1], spec, 5, 8, torch.Generator().manual_seed(1))
-    ids, mask = left_pad([gpt2_tokenizer.encode(queries[0])], gpt2_tokenizer.eos_token_id)
     assert torch.equal(one, sample_responses(tiny_gpt2, ids, mask, 4, 1.0, torch.Generator().manual_seed(1), 5))
     with pytest.raises(ValueError, match="batch_size"):
         sample_texts(tiny_gpt2, gpt2_tokenizer, queries, spec, num_samples=2, batch_size=0)
