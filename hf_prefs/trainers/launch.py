@@ -46,7 +46,6 @@ def check_sharding_active(accelerator: Any) -> None:
             )
 
 
-
 _EXIT = {"registered": False, "failed": False}
 
 
