@@ -11,7 +11,7 @@ import accelerate
 import torch.distributed as dist
 from accelerate.utils import DistributedType
 
-__all__ = ["check_process_count", "check_sharding_active", "destroy_process_group_at_exit"]
+__all__ = ["check_launch", "check_process_count", "check_sharding_active", "destroy_process_group_at_exit"]
 
 
 def check_process_count(accelerator: Any) -> None:
@@ -81,3 +81,11 @@ def destroy_process_group_at_exit() -> None:
     sys.excepthook = note_failure
     atexit.register(_end_process_group)
     _EXIT["registered"] = True
+
+
+def check_launch(accelerator: Any) -> None:
+    """What every trainer runs once its accelerator exists: the process count and the sharding the launcher asked for
+    are the ones accelerate runs (else a clear error), and the process group is ended cleanly at a normal exit."""
+    check_process_count(accelerator)
+    check_sharding_active(accelerator)
+    destroy_process_group_at_exit()  # gloo aborts now and then at exit without it

@@ -67,7 +67,7 @@ from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
-from .launch import check_process_count, check_sharding_active, destroy_process_group_at_exit
+from .launch import check_launch
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig
 from .ppo_data import NonFiniteError, QueryStream, Rollout, prepare_query_dataset
@@ -290,9 +290,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
 
     def _init_state(self, kl_controller: Any) -> None:
         """KL controller, the query stream, the sampling / shuffling generators (per process) and model placement."""
-        check_process_count(self.accelerator)
-        check_sharding_active(self.accelerator)
-        destroy_process_group_at_exit()  # gloo aborts at exit without it
+        check_launch(self.accelerator)
         a = self.args
         if kl_controller is None:
             kl_controller = (

@@ -53,7 +53,7 @@ from ..models.reward_model import (
     packed_rewards,
     set_reward_normalization,
 )
-from .launch import check_process_count, check_sharding_active, destroy_process_group_at_exit
+from .launch import check_launch
 from .reward_config import PreferenceRewardConfig
 
 __all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorForKWayPreference"]
@@ -175,9 +175,7 @@ class PreferenceRewardTrainer(RewardTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        check_process_count(self.accelerator)
-        check_sharding_active(self.accelerator)
-        destroy_process_group_at_exit()  # gloo aborts at exit without it
+        check_launch(self.accelerator)
         self._pending_logs: dict[str, float] | None = None
         self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
