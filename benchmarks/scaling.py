@@ -9,7 +9,10 @@ include DDP's broadcast of the module and do not scale, are printed apart as "+ 
 `accelerate launch --config_file recipes/accelerate_configs/multi_cpu.yaml` (gloo), each process with one thread.
 The ratio is printed (the goal is >= 1.8x on 2 cores), beside the hardware's own: a matmul (the models' dtype) on one thread, one
 process alone against two at once (on a 2-core VM this is 1.8-1.93x, shared caches and memory bandwidth), and the PPO
-update's seconds by part (generation, scoring, the log-prob passes, the PPO epochs) on each side.
+update's seconds by part (generation, scoring, the log-prob passes, the PPO epochs) on each side. A third PPO side,
+"apart", runs two independent single processes at once, each on half the global batch: a DDP rank's work without its
+gradient all-reduce, its collectives and its waiting for the slower rank — the most this CPU gives this workload on 2
+processes, so that what the 2-process run loses to the library and what to the hardware are told apart.
 
     python benchmarks/scaling.py                 # SmolLM2 (the offline assets), ~16 minutes on 2 cores (2 repeats)
     python benchmarks/scaling.py --model tiny --repeats 1   # tiny GPT-2: seconds; overhead-bound, ratios are not meaningful
@@ -198,6 +201,23 @@ def _run(n: int, worker: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def _run_apart(worker: list[str], episodes: int, outs: tuple[Path, Path]) -> dict:
+    """The PPO worker as two independent single processes at once, each on half the global batch (the work of one DDP
+    rank, without communication or synchronisation): what this CPU allows the 2-process run at best. Their summed
+    episodes/s, and the per-part seconds of the slower one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    half = [*worker, "--episodes", str(episodes // 2)]
+    cmds = [[sys.executable, str(Path(__file__).resolve()), *half, "--result", str(out)] for out in outs]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in cmds]
+    for cmd, proc in zip(cmds, procs):
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    res = [json.loads(out.read_text()) for out in outs]
+    slower = max(res, key=lambda r: r["seconds_per_update"])
+    return {"world": 2, "episodes_per_s": sum(r["episodes_per_s"] for r in res), "parts": slower["parts"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
@@ -229,6 +249,7 @@ def main() -> None:
     phases = (("ppo", "episodes_per_s"), ("rm", "labels_per_s"))
     results: dict[str, dict[int, list[dict]]] = {name: {1: [], 2: []} for name, _ in phases}
     hardware: dict[int, list[float]] = {1: [], 2: []}
+    apart: list[dict] = []  # PPO as two independent processes on half the batch each: the ceiling of the 2-process run
     for r in range(a.repeats):  # the VM's speed drifts: alternate which side runs first, report the mean and each
         order = (1, 2) if r % 2 == 0 else (2, 1)
         one, two = _hardware(work, dtype)
@@ -241,6 +262,9 @@ def main() -> None:
                 assert res["world"] == n, res
                 results[name][n].append(res)
                 print(f"repeat {r + 1}: {name} on {n} process(es): {key} {res[key]:.3f}", flush=True)  # as it goes
+        apart.append(_run_apart(["--worker", "ppo", *common], a.episodes, (work / f"apart0_{r}.json", work / f"apart1_{r}.json")))
+        print(f"repeat {r + 1}: ppo as 2 independent processes on half the batch each: episodes_per_s "
+              f"{apart[-1]['episodes_per_s']:.3f}", flush=True)
     mean = lambda xs: sum(xs) / len(xs)
     print(f"model {a.model}: global batch {a.episodes} episodes per PPO update, 16 labels per reward-model step; "
           f"{a.repeats} repeat(s), sides alternating which runs first")
@@ -248,18 +272,26 @@ def main() -> None:
     rows = [(name, key, [x[key] for x in results[name][1]], [x[key] for x in results[name][2]]) for name, key in phases]
     rows.append(("rm", "+ set-up, /s", [x["labels_per_s_with_setup"] for x in results["rm"][1]],
                  [x["labels_per_s_with_setup"] for x in results["rm"][2]]))
+    rows.append(("ppo", "apart, ep/s", [x["episodes_per_s"] for x in results["ppo"][1]], [x["episodes_per_s"] for x in apart]))
     rows.append(("matmul", f"TFLOP/s ({'bf16' if dtype == 'bfloat16' else 'fp32'})", hardware[1], hardware[2]))
     for name, key, ones, twos in rows:
         each = " ".join(f"{t / o:.2f}x" for o, t in zip(ones, twos))
         print(f"{name:6} {key:16} {mean(ones):18.3f} {mean(twos):19.3f} {mean(twos) / mean(ones):6.2f}x   {each}")
     print("(rm + set-up: labels over the whole train() call, the first step and the set-up included; "
           "the rm row times the steps after the first)")
+    share = mean([x["episodes_per_s"] for x in results["ppo"][2]]) / mean([x["episodes_per_s"] for x in apart])
+    print(f"(ppo apart: two independent single processes at once, each on half the global batch — a DDP rank's work "
+          f"without its communication and waiting: what this CPU allows 2 processes at best; the 2-process run reaches "
+          f"{share:.0%} of it)")
     print(f"(models in {dtype}; matmul: the hardware's own ratio, a {dtype} matmul in two independent processes at once against one alone)")
     parts = {n: [x["parts"] for x in results["ppo"][n]] for n in (1, 2)}
-    print("PPO seconds per update by part (main process, mean; ratio = 1 proc / 2 procs, 2.00 would be perfect):")
+    parts["apart"] = [x["parts"] for x in apart]
+    print("PPO seconds per update by part (main process, mean; ratio = 1 proc / 2 procs, 2.00 would be perfect; "
+          "apart: the slower of the 2 independent processes):")
+    print(f"  {'part':16} {'1 proc':>8} {'2 procs':>8} {'ratio':>7} {'apart':>8} {'ratio':>7}")
     for part in parts[1][0]:
-        one, two = mean([p[part] for p in parts[1]]), mean([p.get(part, float("nan")) for p in parts[2]])
-        print(f"  {part:16} {one:8.2f} {two:8.2f} {one / two:6.2f}x")
+        one, two, alone = (mean([p.get(part, float("nan")) for p in parts[k]]) for k in (1, 2, "apart"))
+        print(f"  {part:16} {one:8.2f} {two:8.2f} {one / two:6.2f}x {alone:8.2f} {one / alone:6.2f}x")
 
 if __name__ == "__main__":
     main()
