@@ -458,6 +458,16 @@ def test_query_width_rounding_leaves_logprobs_and_values_unchanged(tmp_path, gpt
         torch.testing.assert_close(rounded, tight, atol=1e-5, rtol=1e-5)
 
 
+def test_an_update_takes_the_streams_next_batch_in_ascending_query_length(tmp_path, gpt2_tokenizer):
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=16)
+    for update in range(2):
+        query_ids, query_mask, texts = trainer.sample_queries(update)
+        rows = trainer.query_stream.rows(update * 8, 8)
+        assert sorted(texts) == sorted(trainer.train_dataset[rows]["query"])
+        lengths = query_mask.sum(1).tolist()
+        assert lengths == sorted(lengths) and lengths[0] < lengths[-1]  # the QUERIES differ in length
+
+
 def test_generation_and_logprob_passes_have_their_own_chunk_sizes(tmp_path, gpt2_tokenizer, monkeypatch):
     """``local_rollout_generation_batch_size`` chunks the sampling, ``local_rollout_forward_batch_size`` the no-grad
     log-prob passes (TRL 1.12's one size for both when the former is None); the chunking leaves log pi, V, the

@@ -4,6 +4,7 @@
   checked (empty rows, rows too long for the model's positions), errors naming the row.
 - :class:`QueryStream`: the dataset read as an endless stream of seeded shuffles; a pure function of (seed,
   position), so a resumed run draws the same queries without data-loader state.
+- :func:`deal_by_length`: which of an update's queries each process takes (equal work per process).
 - :class:`Rollout`: one batch of episodes computed without gradients.
 """
 
@@ -16,7 +17,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-__all__ = ["NonFiniteError", "Rollout", "QueryStream", "prepare_query_dataset"]
+__all__ = ["NonFiniteError", "Rollout", "QueryStream", "deal_by_length", "prepare_query_dataset"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -74,6 +75,30 @@ class QueryStream:
     def rows(self, start: int, count: int) -> list[int]:
         """The rows at stream positions ``[start, start + count)``."""
         return [self.row(p) for p in range(start, start + count)]
+
+
+def deal_by_length(rows: list[int], lengths: list[int], world: int, rank: int) -> list[int]:
+    """The rows process ``rank`` of ``world`` takes from an update's global batch ``rows`` (query ``lengths`` in
+    tokens, one per row): the rows sorted by length (ties in stream order), dealt in groups of ``world`` in snake
+    order (group 0 to ranks 0..w-1, group 1 to ranks w-1..0, ...).
+
+    Every process gets ``len(rows) / world`` rows; the total query tokens of any two processes differ by at most
+    ``max(lengths) - min(lengths)`` (each pair of groups adds the same to all), and their longest queries by at most the
+    spread of the last group, so no process waits at the gradient all-reduce for one that drew the long queries, as
+    contiguous slices of the shuffled batch would make it. Each process's rows come in ascending length: the
+    rollout's chunks hold similar lengths (less padding). With ``world == 1``: the batch sorted by length.
+    """
+    if len(rows) != len(lengths):
+        raise ValueError(f"{len(rows)} rows but {len(lengths)} lengths")
+    if world < 1 or not 0 <= rank < world or len(rows) % world:
+        raise ValueError(f"cannot deal {len(rows)} rows to process {rank} of {world}: need 0 <= rank < world and "
+                         f"the batch a multiple of the process count")
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])  # stable: ties keep the stream's order
+    mine = []
+    for group in range(len(rows) // world):
+        seat = rank if group % 2 == 0 else world - 1 - rank
+        mine.append(rows[order[group * world + seat]])
+    return mine
 
 
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:

@@ -70,7 +70,7 @@ from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_mo
 from .launch import check_launch
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig
-from .ppo_data import NonFiniteError, QueryStream, Rollout, prepare_query_dataset
+from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
 from .ppo_reporting import PPOReportingMixin
 
 logger = logging.get_logger(__name__)
@@ -353,14 +353,18 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     # =========================================================================================================
     def sample_queries(self, update: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Queries of PPO update ``update`` (0-based) for this process: a pure function of (seed, update), see
-        :class:`~hf_prefs.trainers.ppo_data.QueryStream`, so resuming needs no data-loader state.
+        :class:`~hf_prefs.trainers.ppo_data.QueryStream`, so resuming needs no data-loader state. The update's
+        ``batch_size`` queries are dealt to the processes by length (:func:`~hf_prefs.trainers.ppo_data.deal_by_length`):
+        equal work on every process, each process's queries in ascending length.
 
         Returns:
             ``(query_ids (B, Lq), query_mask (B, Lq), query_texts)``, left-padded, on the training device.
         """
         a = self.args
-        start = update * a.batch_size + self.accelerator.process_index * a.local_batch_size
-        batch = self.train_dataset[self.query_stream.rows(start, a.local_batch_size)]
+        rows = self.query_stream.rows(update * a.batch_size, a.batch_size)
+        lengths = [len(ids) for ids in self.train_dataset[rows]["input_ids"]]
+        mine = deal_by_length(rows, lengths, self.accelerator.num_processes, self.accelerator.process_index)
+        batch = self.train_dataset[mine]
         query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
         device = self.accelerator.device
         return query_ids.to(device), query_mask.to(device), list(batch["query"])

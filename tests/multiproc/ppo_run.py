@@ -4,7 +4,8 @@ recipes/accelerate_configs/multi_cpu.yaml (2 processes), so that their results c
     update: one PPO update on given episodes (a saved Rollout of the GLOBAL batch; process r takes its r-th share)
     train:  `steps` real updates (sampling differs by process by design), checkpoints every update, optionally
             stopping early or resuming from a checkpoint.
-Writes `out/result_<rank>.json` (world size, beta per update, KL per update) and, on the main process,
+Writes `out/result_<rank>.json` (world size, beta per update, KL per update, train: the process's queries per
+update) and, on the main process,
 `out/params.pt` (the policy-with-value-head state dict).
 """
 
@@ -124,7 +125,8 @@ def main(argv=None) -> None:
     logs = [h for h in trainer.state.log_history if "objective/kl" in h]
     write(trainer, out, {"world": trainer.accelerator.num_processes, "kl": [h["objective/kl"] for h in logs],
                          "beta": [h["objective/kl_coef"] for h in logs] + [trainer.kl_ctl.value],
-                         "batch_size": trainer.args.batch_size, "steps": trainer.state.global_step})
+                         "batch_size": trainer.args.batch_size, "steps": trainer.state.global_step,
+                         "queries": [trainer.sample_queries(u)[2] for u in range(a.steps)]})  # this process's share
 
 
 if __name__ == "__main__":

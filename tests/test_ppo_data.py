@@ -1,0 +1,48 @@
+"""The data side of PPO: how an update's queries are dealt to the processes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hf_prefs.trainers.ppo_data import deal_by_length
+
+
+def test_deal_by_length_hand_example():
+    rows = [10, 11, 12, 13, 14, 15, 16, 17]
+    lengths = [5, 60, 7, 30, 61, 8, 29, 6]
+    # sorted by length: rows 10(5) 17(6) 12(7) 15(8) 16(29) 13(30) 11(60) 14(61); snake over 2 processes:
+    # groups (10,17) (12,15) (16,13) (11,14) -> rank 0 takes 10, 15, 16, 14; rank 1 takes 17, 12, 13, 11
+    assert deal_by_length(rows, lengths, 2, 0) == [10, 15, 16, 14]
+    assert deal_by_length(rows, lengths, 2, 1) == [17, 12, 13, 11]
+    assert deal_by_length(rows, lengths, 1, 0) == [10, 17, 12, 15, 16, 13, 11, 14]  # one process: sorted
+    # equal query tokens (5+8+29+61 = 6+7+30+60 = 103) where contiguous halves put both 60s on one process if shuffled so
+    assert sum(lengths[rows.index(r)] for r in deal_by_length(rows, lengths, 2, 0)) == 103
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_deal_by_length_partitions_the_batch_with_equal_work(world):
+    rng = random.Random(world)
+    for _ in range(200):
+        n = world * rng.randint(1, 12)
+        rows = rng.sample(range(1000), n)
+        lengths = [rng.randint(1, 200) for _ in rows]
+        length = dict(zip(rows, lengths))
+        shares = [deal_by_length(rows, lengths, world, r) for r in range(world)]
+        assert sorted(sum(shares, [])) == sorted(rows)  # every row exactly once
+        assert all(len(s) == n // world for s in shares)
+        for share in shares:
+            assert [length[r] for r in share] == sorted(length[r] for r in share)  # ascending on each process
+        totals = [sum(length[r] for r in s) for s in shares]
+        assert max(totals) - min(totals) <= max(lengths) - min(lengths)
+        longest = [max(length[r] for r in s) for s in shares]
+        last_group = sorted(lengths)[-world:]
+        assert max(longest) - min(longest) <= last_group[-1] - last_group[0]
+
+
+def test_deal_by_length_rejects_a_batch_it_cannot_split():
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        deal_by_length([1, 2, 3], [4, 5, 6], 2, 0)
+    with pytest.raises(ValueError, match="3 rows but 2 lengths"):
+        deal_by_length([1, 2, 3], [4, 5], 1, 0)
