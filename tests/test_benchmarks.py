@@ -46,6 +46,16 @@ def test_reward_kway_vs_pairwise_tiny(tmp_path):
     assert "kway+prefix" in out and "pairs-implied" in out
 
 
+def test_query_padding_tiny():
+    """Sorted chunks never pad more than stream-order chunks (the sorted split minimises the sum of chunk maxima)."""
+    out = run(str(BENCH / "query_padding.py"), "--tokenizer", "gpt2", "--queries", "64", "--updates", "6", "--batch", "8",
+              "--chunk", "2")
+    one = re.search(r"1 process: pass tokens / real tokens: stream ([0-9.]+), dealt ([0-9.]+)", out)
+    assert one and 1.0 <= float(one[2]) <= float(one[1])
+    two = re.search(r"mean gap between processes / an even share: stream ([0-9.]+), dealt ([0-9.]+)", out)
+    assert two
+
+
 def test_rm_frozen_cache_tiny():
     """The cache leaves the trained reward model as it is and skips the frozen block after the first epoch."""
     out = run(str(BENCH / "rm_frozen_cache.py"), "--model", "tiny", "--labels", "48", "--repeats", "1")
