@@ -83,7 +83,8 @@ def deal_by_length(rows: list[int], lengths: list[int], world: int, rank: int) -
     order (group 0 to ranks 0..w-1, group 1 to ranks w-1..0, ...).
 
     Every process gets ``len(rows) / world`` rows; the total query tokens of any two processes differ by at most
-    ``max(lengths) - min(lengths)`` (each pair of groups adds the same to all), and their longest queries by at most the
+    ``max(lengths) - min(lengths)`` (each group adds at most its own spread to the gap, and the sorted groups' spreads
+    sum to at most the whole spread), and their longest queries by at most the
     spread of the last group, so no process waits at the gradient all-reduce for one that drew the long queries, as
     contiguous slices of the shuffled batch would make it. Each process's rows come in ascending length: the
     rollout's chunks hold similar lengths (less padding). With ``world == 1``: the batch sorted by length.
