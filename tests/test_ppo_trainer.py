@@ -498,3 +498,23 @@ def test_generation_and_logprob_passes_have_their_own_chunk_sizes(tmp_path, gpt2
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="local_rollout_generation_batch_size"):
         make_config(tmp_path, local_rollout_generation_batch_size=0)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_when_the_trainer_is_built_not_the_config(tmp_path, gpt2_tokenizer, monkeypatch):
+    """The recipes build the config from the YAML (bf16: true) and then switch such a CPU to float32 themselves, so
+    only a trainer that will really train in bf16 there warns (before: the config warned, then the recipe fell back)."""
+    import warnings
+
+    import hf_prefs.trainers.ppo_config as config_module
+
+    monkeypatch.setattr(config_module, "cpu_bf16_supported", lambda: False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        config = make_config(tmp_path, bf16=True, use_cpu=True, total_episodes=8)
+    assert config.cpu_lacks_bf16 and not [w for w in seen if "bf16 matmul units" in str(w.message)]
+    with pytest.warns(UserWarning, match="without bf16 matmul units"):
+        make_trainer(tmp_path, gpt2_tokenizer, bf16=True, use_cpu=True, total_episodes=8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, gpt2_tokenizer, bf16=False, use_cpu=True, total_episodes=8)  # what the fallback leaves
+    assert not [w for w in seen if "bf16 matmul units" in str(w.message)]

@@ -221,11 +221,17 @@ class PPOConfig(TrlBaseConfig):
             )
         super().__post_init__()
         self._validate_ppo_fields()
+
+    def warn_if_cpu_lacks_bf16(self) -> None:
+        """Warn when this run trains in bf16 on a CPU without bf16 matmul units (:attr:`cpu_lacks_bf16`). Called by
+        the trainer, not at construction: the recipes build the config with the YAML's bf16 and then switch a CPU
+        without bf16 units to float32 themselves (``cpu_bf16_fallback``), so a warning here would name a run that
+        never happens."""
         if self.bf16 and self.cpu_lacks_bf16:
             warnings.warn(
                 "bf16=True on a CPU without bf16 matmul units (no AVX512-BF16/AMX): bf16 matmuls run ~100x slower than "
                 "float32 there. Pass bf16=False and load the model in float32 (hf_prefs' recipes do so themselves: "
-                "cpu_bf16_fallback).", stacklevel=2)
+                "cpu_bf16_fallback).", stacklevel=3)
 
     @classmethod
     def paper(cls, task: str = "books", **overrides: Any) -> PPOConfig:

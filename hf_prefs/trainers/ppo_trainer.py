@@ -291,6 +291,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     def _init_state(self, kl_controller: Any) -> None:
         """KL controller, the query stream, the sampling / shuffling generators (per process) and model placement."""
         check_launch(self.accelerator)
+        self.args.warn_if_cpu_lacks_bf16()
         a = self.args
         if kl_controller is None:
             kl_controller = (
