@@ -20,12 +20,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pass_tokens(lengths: list[int], chunk: int, response: int, multiple: int) -> int:
-    """Tokens of a chunked pass over queries of ``lengths`` (in this order): each chunk padded to its longest query,
-    rounded up to ``multiple``, plus the response."""
-    total = 0
+    """Tokens of a chunked pass over one process's queries of ``lengths`` (in this order): each chunk padded to its
+    longest query rounded up to ``multiple``, at most the process's longest (the width of its padded batch), plus the
+    response — as ``PPOTrainer._forward`` cuts the padding."""
+    total, widest = 0, max(lengths)
     for i in range(0, len(lengths), chunk):
         part = lengths[i : i + chunk]
-        total += len(part) * (-(-max(part) // multiple) * multiple + response)
+        total += len(part) * (min(widest, -(-max(part) // multiple) * multiple) + response)
     return total
 
 

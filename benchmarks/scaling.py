@@ -10,8 +10,9 @@ include DDP's broadcast of the module and do not scale, are printed apart as "+ 
 The ratio is printed (the goal is >= 1.8x on 2 cores), beside the hardware's own: a matmul (the models' dtype) on one thread, one
 process alone against two at once (on a 2-core VM this is 1.8-1.93x, shared caches and memory bandwidth), and the PPO
 update's seconds by part (generation, scoring, the log-prob passes, the PPO epochs) on each side. A third PPO side,
-"apart", runs two independent single processes at once, each on half the global batch: a DDP rank's work without its
-gradient all-reduce, its collectives and its waiting for the slower rank — the most this CPU gives this workload on 2
+"apart", runs two independent single processes at once, process r doing what rank r does (its dealt half of each
+update's queries, its sampling seed): a DDP rank's work without its gradient all-reduce, its collectives and its
+waiting for the slower rank — the most this CPU gives this workload on 2
 processes, so that what the 2-process run loses to the library and what to the hardware are told apart.
 
     python benchmarks/scaling.py                 # SmolLM2 (the offline assets), ~16 minutes on 2 cores (2 repeats)
@@ -54,7 +55,10 @@ def _base(model: str, work: Path) -> tuple[str, str]:
     return str(folder), "float32"
 
 
-def _ppo_worker(base: str, dtype: str, episodes: int, updates: int) -> dict:
+def _ppo_worker(base: str, dtype: str, episodes: int, updates: int, share: int | None = None) -> dict:
+    """The offline default's PPO phase on this process (of a DDP run when launched so); with ``share`` = r, one
+    process alone doing what process r of a 2-process run does: its dealt half of each update's ``episodes`` queries,
+    its sampling seed, the same micro-batches."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -63,18 +67,26 @@ def _ppo_worker(base: str, dtype: str, episodes: int, updates: int) -> dict:
     from hf_prefs import PPOConfig, PPOTrainer
     from hf_prefs.tasks import austen_queries, vader_log_odds
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = 2 if share is not None else int(os.environ.get("WORLD_SIZE", "1"))
     tok = AutoTokenizer.from_pretrained(base, padding_side="left")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     micro = min(8, episodes // world)
-    args = PPOConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=micro, gradient_accumulation_steps=episodes // world // micro,
-        total_episodes=episodes * updates, response_length=24, temperature=0.7, num_ppo_epochs=4, learning_rate=3e-4,
-        local_rollout_forward_batch_size=8, local_rollout_generation_batch_size=32,  # as the offline default
-        report_to=[], save_strategy="no", num_sample_generations=0,
-        disable_tqdm=True, use_cpu=True, bf16=dtype == "bfloat16", seed=0,
-    )
+    # alone as rank r: this process's batch is a rank's half; the query stream is the run's (data_seed), the sampling
+    # seed rank r's (the trainer adds 100_003 x its process index, 0 here)
+    alone = {} if share is None else {"total_episodes": episodes // world * updates, "data_seed": 0, "seed": 100_003 * share}
+    args = PPOConfig(**{
+        "output_dir": tempfile.mkdtemp(), "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": episodes // world // micro, "total_episodes": episodes * updates,
+        "response_length": 24, "temperature": 0.7, "num_ppo_epochs": 4, "learning_rate": 3e-4,
+        "local_rollout_forward_batch_size": 8, "local_rollout_generation_batch_size": 32,  # as the offline default
+        "report_to": [], "save_strategy": "no", "num_sample_generations": 0,
+        "disable_tqdm": True, "use_cpu": True, "bf16": dtype == "bfloat16", "seed": 0, **alone,
+    })
+
+    class Trainer(PPOTrainer):
+        def sample_queries(self, update: int):  # alone as rank r: rank r's dealt share of the 2-process batch
+            return super().sample_queries(update) if share is None else self.queries_for(update, world, share)
     times: list[float] = []
     parts: list[dict[str, float]] = []
 
@@ -89,12 +101,12 @@ def _ppo_worker(base: str, dtype: str, episodes: int, updates: int) -> dict:
     policy = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     queries = austen_queries(tok, n=256, min_tokens=24, max_tokens=64, seed=0)
-    trainer = PPOTrainer(model=policy, reward_model=lambda q, r: torch.tensor(vader_log_odds(r)), args=args,
+    trainer = Trainer(model=policy, reward_model=lambda q, r: torch.tensor(vader_log_odds(r)), args=args,
                          train_dataset=queries, processing_class=tok, peft_config=lora, callbacks=[Clock()])
     trainer.train()
     timed, parts = (times[1:], parts[1:]) if len(times) > 1 else (times, parts)
     seconds = {key: sum(p.get(key, 0.0) for p in parts) / len(parts) for key in parts[0]}  # of the main process
-    return {"world": trainer.accelerator.num_processes, "episodes_per_s": episodes * len(timed) / sum(timed),
+    return {"world": trainer.accelerator.num_processes, "episodes_per_s": trainer.args.batch_size * len(timed) / sum(timed),
             "seconds_per_update": sum(timed) / len(timed), "threads": torch.get_num_threads(), "parts": seconds}
 
 
@@ -201,21 +213,21 @@ def _run(n: int, worker: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def _run_apart(worker: list[str], episodes: int, outs: tuple[Path, Path]) -> dict:
-    """The PPO worker as two independent single processes at once, each on half the global batch (the work of one DDP
-    rank, without communication or synchronisation): what this CPU allows the 2-process run at best. Their summed
-    episodes/s, and the per-part seconds of the slower one."""
+def _run_apart(worker: list[str], outs: tuple[Path, Path]) -> dict:
+    """The PPO worker as two independent single processes at once, process r doing what rank r of the 2-process run
+    does (its dealt half of each update's queries, its sampling seed) without communication or synchronisation: what
+    this CPU allows the 2-process run at best. The global episodes/s set by the slower of the two (as the DDP run's
+    ranks are), and its per-part seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    half = [*worker, "--episodes", str(episodes // 2)]
-    cmds = [[sys.executable, str(Path(__file__).resolve()), *half, "--result", str(out)] for out in outs]
+    cmds = [[sys.executable, str(Path(__file__).resolve()), *worker, "--share", str(r), "--result", str(out)]
+            for r, out in enumerate(outs)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in cmds]
     for cmd, proc in zip(cmds, procs):
         stdout, stderr = proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    res = [json.loads(out.read_text()) for out in outs]
-    slower = max(res, key=lambda r: r["seconds_per_update"])
-    return {"world": 2, "episodes_per_s": sum(r["episodes_per_s"] for r in res), "parts": slower["parts"]}
+    slower = max((json.loads(out.read_text()) for out in outs), key=lambda r: r["seconds_per_update"])
+    return {"episodes_per_s": 2 * slower["episodes_per_s"], "parts": slower["parts"]}
 
 
 def main() -> None:
@@ -230,6 +242,7 @@ def main() -> None:
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--share", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:  # inside one process of a measured run
         import torch
@@ -238,7 +251,7 @@ def main() -> None:
         if a.worker == "matmul":
             result = _matmul_worker(a.dtype)
         else:
-            result = _ppo_worker(a.base, a.dtype, a.episodes, a.updates) if a.worker == "ppo" else _rm_worker(a.base, a.labels, a.dtype)
+            result = _ppo_worker(a.base, a.dtype, a.episodes, a.updates, a.share) if a.worker == "ppo" else _rm_worker(a.base, a.labels, a.dtype)
         if int(os.environ.get("RANK", "0")) == 0:
             Path(a.result).write_text(json.dumps(result))
         return
@@ -251,20 +264,22 @@ def main() -> None:
     hardware: dict[int, list[float]] = {1: [], 2: []}
     apart: list[dict] = []  # PPO as two independent processes on half the batch each: the ceiling of the 2-process run
     for r in range(a.repeats):  # the VM's speed drifts: alternate which side runs first, report the mean and each
-        order = (1, 2) if r % 2 == 0 else (2, 1)
         one, two = _hardware(work, dtype)
         hardware[1].append(one)
         hardware[2].append(two)
         print(f"repeat {r + 1}: matmul TFLOP/s 1 process {one:.3f}, 2 at once {two:.3f}", flush=True)
         for name, key in phases:
-            for n in order:
+            sides = [1, 2, "apart"] if name == "ppo" else [1, 2]
+            for n in sides if r % 2 == 0 else sides[::-1]:
+                if n == "apart":
+                    apart.append(_run_apart(["--worker", "ppo", *common], (work / f"apart0_{r}.json", work / f"apart1_{r}.json")))
+                    print(f"repeat {r + 1}: ppo as 2 independent processes, each a rank's half: episodes_per_s "
+                          f"{apart[-1]['episodes_per_s']:.3f}", flush=True)
+                    continue
                 res = _run(n, ["--worker", name, *common], work / f"{name}{n}_{r}.json")
                 assert res["world"] == n, res
                 results[name][n].append(res)
                 print(f"repeat {r + 1}: {name} on {n} process(es): {key} {res[key]:.3f}", flush=True)  # as it goes
-        apart.append(_run_apart(["--worker", "ppo", *common], a.episodes, (work / f"apart0_{r}.json", work / f"apart1_{r}.json")))
-        print(f"repeat {r + 1}: ppo as 2 independent processes on half the batch each: episodes_per_s "
-              f"{apart[-1]['episodes_per_s']:.3f}", flush=True)
     mean = lambda xs: sum(xs) / len(xs)
     print(f"model {a.model}: global batch {a.episodes} episodes per PPO update, 16 labels per reward-model step; "
           f"{a.repeats} repeat(s), sides alternating which runs first")
@@ -280,9 +295,9 @@ def main() -> None:
     print("(rm + set-up: labels over the whole train() call, the first step and the set-up included; "
           "the rm row times the steps after the first)")
     share = mean([x["episodes_per_s"] for x in results["ppo"][2]]) / mean([x["episodes_per_s"] for x in apart])
-    print(f"(ppo apart: two independent single processes at once, each on half the global batch — a DDP rank's work "
-          f"without its communication and waiting: what this CPU allows 2 processes at best; the 2-process run reaches "
-          f"{share:.0%} of it)")
+    print(f"(ppo apart: two independent single processes at once, process r doing rank r's half of each update (its "
+          f"queries, its sampling seed) without communication or waiting, episodes/s set by the slower: what this CPU "
+          f"allows 2 processes at best; the 2-process run reaches {share:.0%} of it)")
     print(f"(models in {dtype}; matmul: the hardware's own ratio, a {dtype} matmul in two independent processes at once against one alone)")
     parts = {n: [x["parts"] for x in results["ppo"][n]] for n in (1, 2)}
     parts["apart"] = [x["parts"] for x in apart]

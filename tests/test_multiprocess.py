@@ -93,11 +93,14 @@ def test_two_process_training_keeps_beta_identical_on_all_processes(tiny_base, t
     launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "run"), "--steps", "3")
     ranks = results(tmp_path / "run")
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["batch_size"] == 8
-    # the processes split each update's global batch (the one process of the same batch size draws) between them
+    # the processes split each update's global batch (the one process of the same batch size draws) between them,
+    # dealt by length: each process the share queries_for computes for it
     one = ppo_run.make_trainer(tiny_base, str(tmp_path / "one"), "full", per_device=8, steps=3)
+    half = ppo_run.make_trainer(tiny_base, str(tmp_path / "half"), "full", per_device=4, steps=3)
     for update in range(3):
         mine, theirs = ranks[0]["queries"][update], ranks[1]["queries"][update]
         assert len(mine) == len(theirs) == 4 and sorted(mine + theirs) == sorted(one.sample_queries(update)[2])
+        assert [half.queries_for(update, 2, r)[2] for r in (0, 1)] == [mine, theirs]
     assert ranks[0]["kl"] == ranks[1]["kl"] and ranks[0]["beta"] == ranks[1]["beta"]
     beta = ranks[0]["beta"][0]
     for kl, nxt in zip(ranks[0]["kl"], ranks[0]["beta"][1:]):  # the adaptive rule with the global batch of 8

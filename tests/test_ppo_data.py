@@ -17,7 +17,7 @@ def test_deal_by_length_hand_example():
     assert deal_by_length(rows, lengths, 2, 0) == [10, 15, 16, 14]
     assert deal_by_length(rows, lengths, 2, 1) == [17, 12, 13, 11]
     assert deal_by_length(rows, lengths, 1, 0) == [10, 17, 12, 15, 16, 13, 11, 14]  # one process: sorted
-    # equal query tokens (5+8+29+61 = 6+7+30+60 = 103) where contiguous halves put both 60s on one process if shuffled so
+    # equal query tokens: 5+8+29+61 = 6+7+30+60 = 103 (contiguous halves of this order: 102 and 104)
     assert sum(lengths[rows.index(r)] for r in deal_by_length(rows, lengths, 2, 0)) == 103
 
 

@@ -10,7 +10,7 @@ What is compared (fp32):
 - one PPO update on the same saved global batch (ZeRO-2 / ZeRO-3, full / LoRA / separate value model) against one
   process with the whole batch: parameters within 1e-5 (float32 sums in another order, as for DDP), loss, KL, beta;
   with gradient accumulation and SGD the update size too (DeepSpeed divides the loss by its accumulation steps);
-- update 0's rollout of process 0 under ZeRO-3 against one process with the same queries and seed: the same tokens,
+- update 0's rollout of process 0 under ZeRO-3 against one process with process 0's queries and seed: the same tokens,
   scores, log-probs, reference log-probs and values; with `ds3_gather_for_generation=True` the weights are gathered
   in ONE block per `generate` call and no forward inside gathers again, with False every forward gathers;
 - 3 updates against a run stopped after 2 and resumed from its checkpoint (optimizer state from DeepSpeed's own
@@ -120,10 +120,10 @@ def test_zero_gradient_accumulation_scales_the_loss_once(deepspeed, tiny_base, t
 
 @pytest.mark.parametrize("gather", [True, False])
 def test_zero3_rollout_equals_one_process_and_gathers_once_per_generate(deepspeed, tiny_base, tmp_path, gather):
-    """Process 0 samples the same queries with the same seed as one process with 4 episodes; a reward MODEL (sharded
-    too under ZeRO-3) scores them."""
+    """Process 0 samples the same queries with the same seed as one process with 4 episodes given process 0's share
+    (queries_for(0, 2, 0)); a reward MODEL (sharded too under ZeRO-3) scores them."""
     one = ppo_run.make_trainer(tiny_base, str(tmp_path / "one"), "full", per_device=4, reward_model=True)
-    sharded_run.run_rollout(one, tmp_path / "one")
+    sharded_run.run_rollout(one, tmp_path / "one", share=(2, 0))
     launch(zero_config(3), "sharded_run.py", "rollout", "--base", tiny_base, "--out", str(tmp_path / "two"),
            "--per_device", "4", "--reward_model", "--set", f"ds3_gather_for_generation={json.dumps(gather)}")
     expected = torch.load(tmp_path / "one" / "rollout_0.pt", weights_only=False)

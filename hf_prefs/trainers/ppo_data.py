@@ -84,10 +84,11 @@ def deal_by_length(rows: list[int], lengths: list[int], world: int, rank: int) -
 
     Every process gets ``len(rows) / world`` rows; the total query tokens of any two processes differ by at most
     ``max(lengths) - min(lengths)`` (each group adds at most its own spread to the gap, and the sorted groups' spreads
-    sum to at most the whole spread), and their longest queries by at most the
-    spread of the last group, so no process waits at the gradient all-reduce for one that drew the long queries, as
-    contiguous slices of the shuffled batch would make it. Each process's rows come in ascending length: the
-    rollout's chunks hold similar lengths (less padding). With ``world == 1``: the batch sorted by length.
+    sum to at most the whole spread), and their longest queries by at most the spread of the last group. So a process
+    that drew the long queries does not hold the others up at the collectives after the rollout (nor, with one
+    minibatch per PPO epoch, at each epoch's gradient all-reduce), as contiguous slices of the shuffled batch can make
+    it. Each process's rows come in ascending length: the rollout's chunks hold similar lengths (less padding). With
+    ``world == 1``: the batch sorted by length.
     """
     if len(rows) != len(lengths):
         raise ValueError(f"{len(rows)} rows but {len(lengths)} lengths")

@@ -353,22 +353,31 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     # the PPO update, step by step
     # =========================================================================================================
     def sample_queries(self, update: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Queries of PPO update ``update`` (0-based) for this process: a pure function of (seed, update), see
-        :class:`~hf_prefs.trainers.ppo_data.QueryStream`, so resuming needs no data-loader state. The update's
-        ``batch_size`` queries are dealt to the processes by length (:func:`~hf_prefs.trainers.ppo_data.deal_by_length`):
-        equal work on every process, each process's queries in ascending length.
+        """Queries of PPO update ``update`` (0-based) for this process: :meth:`queries_for` this process of the run's
+        processes.
 
         Returns:
             ``(query_ids (B, Lq), query_mask (B, Lq), query_texts)``, left-padded, on the training device.
         """
-        a = self.args
-        rows = self.query_stream.rows(update * a.batch_size, a.batch_size)
-        lengths = [len(ids) for ids in self.train_dataset[rows]["input_ids"]]
-        mine = deal_by_length(rows, lengths, self.accelerator.num_processes, self.accelerator.process_index)
-        batch = self.train_dataset[mine]
-        query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
+        return self.queries_for(update, self.accelerator.num_processes, self.accelerator.process_index)
+
+    def queries_for(self, update: int, world: int, rank: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Process ``rank`` of ``world``'s queries of update ``update``: a pure function of (seed, update, world,
+        rank), see :class:`~hf_prefs.trainers.ppo_data.QueryStream`, so resuming needs no data-loader state. The
+        update's ``world * local_batch_size`` queries are dealt by length
+        (:func:`~hf_prefs.trainers.ppo_data.deal_by_length`): the same number on every process, their query tokens
+        within the batch's length spread of each other, each process's in ascending length.
+
+        Returns:
+            ``(query_ids (B, Lq), query_mask (B, Lq), query_texts)``, left-padded, on the training device.
+        """
+        count = self.args.local_batch_size * world
+        batch = self.train_dataset.select_columns(["input_ids", "query"])[self.query_stream.rows(update * count, count)]
+        lengths = [len(ids) for ids in batch["input_ids"]]
+        mine = deal_by_length(list(range(count)), lengths, world, rank)
+        query_ids, query_mask = left_pad([batch["input_ids"][i] for i in mine], self.pad_token_id)
         device = self.accelerator.device
-        return query_ids.to(device), query_mask.to(device), list(batch["query"])
+        return query_ids.to(device), query_mask.to(device), [batch["query"][i] for i in mine]
 
     @torch.no_grad()
     def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, reference: bool = False) -> torch.Tensor:

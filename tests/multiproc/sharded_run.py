@@ -54,7 +54,8 @@ def gather_counter(counts: dict[str, int]):
         yield counts
 
 
-def run_rollout(trainer, out: Path) -> dict:
+def run_rollout(trainer, out: Path, share: tuple[int, int] | None = None) -> dict:
+    """Update 0's rollout of this process, or (``share`` = (world, rank)) of process ``rank`` of ``world``."""
     trainer._setup_training(None)
     acc = trainer.accelerator
     calls = []
@@ -68,7 +69,8 @@ def run_rollout(trainer, out: Path) -> dict:
         return result
 
     trainer.generate = counted_generate
-    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    queries = trainer.sample_queries(0) if share is None else trainer.queries_for(0, *share)
+    rollout = trainer.make_rollout(*queries)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(rollout, out / f"rollout_{acc.process_index}.pt")
     plugin = getattr(acc.state, "deepspeed_plugin", None)
