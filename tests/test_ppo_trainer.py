@@ -518,3 +518,11 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_when_the_trainer_is_built_not_th
         warnings.simplefilter("always")
         make_trainer(tmp_path, gpt2_tokenizer, bf16=False, use_cpu=True, total_episodes=8)  # what the fallback leaves
     assert not [w for w in seen if "bf16 matmul units" in str(w.message)]
+
+
+def test_the_sample_table_spreads_its_rows_over_the_length_sorted_batch(tmp_path, gpt2_tokenizer):
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=8)
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    trainer.log_samples(rollout, num_samples=3)
+    assert trainer.last_samples["query"].tolist() == [rollout.query_texts[i] for i in (0, 4, 7)]  # first, middle, last
+    assert trainer.last_samples["score"].tolist() == pytest.approx([rollout.scores[i].item() for i in (0, 4, 7)])

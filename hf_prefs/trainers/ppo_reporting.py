@@ -79,13 +79,16 @@ class PPOReportingMixin:
         return metrics
 
     def log_samples(self, rollout: Rollout, num_samples: int = 8) -> None:
-        """Print (and log to wandb / trackio when active) a table of query, truncated response and score."""
+        """Print (and log to wandb / trackio when active) a table of query, truncated response and score: ``num_samples``
+        rows of each process spread evenly over its batch (which is in ascending query length, so the table shows
+        short and long queries alike)."""
         n = min(num_samples, len(rollout))
+        rows = [round(i * (len(rollout) - 1) / max(n - 1, 1)) for i in range(n)]
         table = {
-            "query": gather_object(rollout.query_texts[:n]),
-            "response": gather_object(rollout.response_texts[:n]),
-            "score": gather_object(rollout.scores[:n].tolist()),
-            "penalized": gather_object((~rollout.valid[:n]).tolist()),
+            "query": gather_object([rollout.query_texts[i] for i in rows]),
+            "response": gather_object([rollout.response_texts[i] for i in rows]),
+            "score": gather_object(rollout.scores[rows].tolist()),
+            "penalized": gather_object((~rollout.valid[rows]).tolist()),
         }
         df = pd.DataFrame(table)
         self.last_samples = df
