@@ -18,15 +18,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from hf_prefs.trainers.ppo_trainer import WIDTH_MULTIPLE, query_width  # noqa: E402 (after the offline environment)
 
-def pass_tokens(lengths: list[int], chunk: int, response: int, multiple: int) -> int:
-    """Tokens of a chunked pass over one process's queries of ``lengths`` (in this order): each chunk padded to its
-    longest query rounded up to ``multiple``, at most the process's longest (the width of its padded batch), plus the
-    response — as ``PPOTrainer._forward`` cuts the padding."""
+
+def pass_tokens(lengths: list[int], chunk: int, response: int) -> int:
+    """Tokens of a chunked pass over one process's queries of ``lengths`` (in this order): each chunk's query width as
+    ``PPOTrainer._forward`` cuts it (``query_width``: its longest query rounded up, at most the process's longest, the
+    width of its padded batch), plus the response."""
     total, widest = 0, max(lengths)
     for i in range(0, len(lengths), chunk):
         part = lengths[i : i + chunk]
-        total += len(part) * (min(widest, -(-max(part) // multiple) * multiple) + response)
+        total += len(part) * (query_width(max(part), widest) + response)
     return total
 
 
@@ -48,13 +50,12 @@ def main() -> None:
     from hf_prefs.assets import load_gpt2_tokenizer, smollm2_path
     from hf_prefs.tasks import austen_queries
     from hf_prefs.trainers.ppo_data import QueryStream, deal_by_length
-    from hf_prefs.trainers.ppo_trainer import WIDTH_MULTIPLE
 
     tok = AutoTokenizer.from_pretrained(str(smollm2_path())) if a.tokenizer == "smollm2" else load_gpt2_tokenizer()
     queries = austen_queries(tok, n=a.queries, min_tokens=a.min_tokens, max_tokens=a.max_tokens, seed=0)["query"]
     length = [len(ids) for ids in tok(list(queries))["input_ids"]]
     stream, n, share = QueryStream(len(length), 0), a.processes, a.batch // a.processes
-    count = lambda ls: pass_tokens(ls, a.chunk, a.response, WIDTH_MULTIPLE)
+    count = lambda ls: pass_tokens(ls, a.chunk, a.response)
     real, one, slower, gap = 0, {"stream": 0, "dealt": 0}, {"stream": 0, "dealt": 0}, {"stream": 0, "dealt": 0}
     for update in range(a.updates):
         rows = stream.rows(update * a.batch, a.batch)

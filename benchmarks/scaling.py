@@ -12,8 +12,8 @@ process alone against two at once (on a 2-core VM this is 1.8-1.93x, shared cach
 update's seconds by part (generation, scoring, the log-prob passes, the PPO epochs) on each side. A third PPO side,
 "apart", runs two independent single processes at once, process r doing what rank r does (its dealt half of each
 update's queries, its sampling seed): a DDP rank's work without its gradient all-reduce, its collectives and its
-waiting for the slower rank — the most this CPU gives this workload on 2
-processes, so that what the 2-process run loses to the library and what to the hardware are told apart.
+waiting for the slower rank — the most this CPU gives this workload on 2 processes, so that what the 2-process run
+loses to the library and what to the hardware are told apart.
 
     python benchmarks/scaling.py                 # SmolLM2 (the offline assets), ~16 minutes on 2 cores (2 repeats)
     python benchmarks/scaling.py --model tiny --repeats 1   # tiny GPT-2: seconds; overhead-bound, ratios are not meaningful
@@ -186,9 +186,14 @@ def _matmul_worker(dtype: str, seconds: float = 8.0) -> dict:
     return {"tflops": 2 * 1024**3 * n / (time.perf_counter() - start) / 1e12}
 
 
+def _worker_env() -> dict[str, str]:
+    """The environment of every measured process: one thread, this checkout importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 def _hardware(work: Path, dtype: str) -> tuple[float, float]:
     """``(one, two)``: matmul TFLOP/s of 1 process alone, and the sum of 2 processes running at once."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _worker_env()
     cmd = lambda i: [sys.executable, str(Path(__file__).resolve()), "--worker", "matmul", "--dtype", dtype, "--result",
                       str(work / f"mm{i}.json")]
     subprocess.run(cmd(0), env=env, check=True)
@@ -200,7 +205,7 @@ def _hardware(work: Path, dtype: str) -> tuple[float, float]:
 
 def _run(n: int, worker: list[str], out: Path) -> dict:
     """The worker on ``n`` processes of one thread each; its main process's JSON result."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = _worker_env()
     script = [str(Path(__file__).resolve()), *worker, "--result", str(out)]
     if n == 1:
         cmd = [sys.executable, *script]
@@ -218,7 +223,7 @@ def _run_apart(worker: list[str], outs: tuple[Path, Path]) -> dict:
     does (its dealt half of each update's queries, its sampling seed) without communication or synchronisation: what
     this CPU allows the 2-process run at best. The global episodes/s set by the slower of the two (as the DDP run's
     ranks are), and its per-part seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = _worker_env()
     cmds = [[sys.executable, str(Path(__file__).resolve()), *worker, "--share", str(r), "--result", str(out)]
             for r, out in enumerate(outs)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in cmds]

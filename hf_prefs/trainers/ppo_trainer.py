@@ -101,6 +101,12 @@ def _from_trl_positional(*values: Any) -> tuple[Any, ...]:
 WIDTH_MULTIPLE = 8
 
 
+def query_width(longest: int, padded: int) -> int:
+    """The query width a log-prob pass keeps of a batch left-padded to ``padded`` whose longest query has ``longest``
+    tokens: ``longest`` rounded up to :data:`WIDTH_MULTIPLE`, at most ``padded`` (the left padding no row needs is cut)."""
+    return min(padded, -(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)
+
+
 class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     """The paper's PPO: fixed-length sampling at T, per-token KL penalty, adaptive beta, value head on the trunk.
 
@@ -461,8 +467,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         logits stay in its dtype; their log-softmax is taken in chunks (:func:`hf_prefs.models.logprobs.token_logprobs`).
         """
         lr = response_ids.shape[1]
-        width = int(query_mask.sum(1).max())  # cut the left padding no row of this batch needs, rounded up to a
-        width = min(query_ids.shape[1], -(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)  # multiple (WIDTH_MULTIPLE)
+        width = query_width(int(query_mask.sum(1).max()), query_ids.shape[1])
         query_ids, query_mask = query_ids[:, -width:], query_mask[:, -width:]
         input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Lq + Lr)
         mask = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)
