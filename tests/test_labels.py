@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 from datasets import Dataset
+from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
 
 from hf_prefs.labels.schema import (
     OPENAI_PAD_ID,
@@ -121,6 +123,32 @@ def test_from_pairwise_explicit_and_implicit_prompt():
         from_pairwise(Dataset.from_dict({"prompt": ["q"], "chosen": ["a"]}))
     with pytest.raises(LabelValidationError, match="TRL's pairwise preference format: convert it with hf_prefs.from_pairwise"):
         validate_labels(explicit)  # passed where K-way labels are expected: the error says what to do
+
+
+_CHATML = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+           "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_from_pairwise_renders_conversational_rows_as_trl_does(gpt2_tokenizer):
+    tok = copy.deepcopy(gpt2_tokenizer)
+    tok.chat_template = _CHATML
+    user = [{"role": "user", "content": "Is the sky blue?"}]
+    good, bad = [{"role": "assistant", "content": "Yes."}], [{"role": "assistant", "content": "No."}]
+    explicit = Dataset.from_dict({"prompt": [user], "chosen": [good], "rejected": [bad]})
+    implicit = Dataset.from_dict({"chosen": [user + good], "rejected": [user + bad]})
+    for ds in (explicit, implicit):
+        row = from_pairwise(ds, tok)[0]
+        assert row == {"query": "<|user|>Is the sky blue?<|end|><|assistant|>",
+                       "samples": ["Yes.<|end|>", "No.<|end|>"], "best": 0}
+        # what trl.RewardTrainer trains on for the same row: the prompt followed by the chosen/rejected turn
+        trl_row = maybe_apply_chat_template(maybe_extract_prompt(ds[0]), tok)
+        assert row["query"] == trl_row["prompt"]
+        assert [row["query"] + s for s in row["samples"]] == [trl_row["prompt"] + trl_row["chosen"],
+                                                                trl_row["prompt"] + trl_row["rejected"]]
+    with pytest.raises(LabelValidationError, match="row 0, field 'chosen': is conversational .* pass the tokenizer"):
+        from_pairwise(explicit)
+    with pytest.raises(LabelValidationError, match="row 0, field 'chosen': could not be rendered.*chat_template is not set"):
+        from_pairwise(explicit, gpt2_tokenizer)  # GPT-2's tokenizer has no chat template
 
 
 def test_to_pairwise_gives_the_k_minus_1_implied_pairs():

@@ -31,6 +31,7 @@ from typing import Any
 from pathlib import Path
 
 from datasets import Dataset, Value, load_dataset, load_from_disk
+from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_extract_prompt
 
 from ..assets import load_gpt2_tokenizer
 
@@ -92,7 +93,7 @@ def to_canonical(dataset: Dataset) -> Dataset:
         hint = ""
         if {"chosen", "rejected"} <= set(cols):
             hint = (" — this is TRL's pairwise preference format: convert it with hf_prefs.from_pairwise (K = 2 labels; "
-                    "conversational rows rendered with the chat template first) or train on it with trl.RewardTrainer")
+                    "conversational rows: from_pairwise(dataset, tokenizer)) or train on it with trl.RewardTrainer")
         raise LabelValidationError(
             f"a label dataset needs a 'samples' column or 'sample0..sample{{K-1}}' columns; got columns {cols}{hint}"
         )
@@ -246,25 +247,35 @@ def load_label_file(spec: str | os.PathLike, k: int | None = None, limit: int | 
     return labels
 
 
-def from_pairwise(dataset: Dataset) -> Dataset:
-    """TRL's preference format (``prompt``/``chosen``/``rejected``, text) -> K = 2 labels.
+def from_pairwise(dataset: Dataset, processing_class: Any | None = None) -> Dataset:
+    """TRL's preference format (``prompt``/``chosen``/``rejected``) -> K = 2 labels.
 
     Rows become ``query = prompt``, ``samples = [chosen, rejected]``, ``best = 0``. Without a ``prompt``
     column (TRL's implicit-prompt format) the longest common prefix of chosen and rejected is the query.
-    Conversational rows (lists of messages) must be rendered to text with a chat template first.
+    Conversational rows (lists of ``{"role", "content"}`` messages, explicit or implicit prompt) are rendered to text
+    as ``trl.RewardTrainer`` renders them — TRL's ``maybe_extract_prompt`` then ``maybe_apply_chat_template`` with
+    ``processing_class`` (a tokenizer with a chat template), so the query is the templated prompt (with the generation
+    prompt) and each sample the rest of the templated conversation (the assistant turn after the generation prompt).
     """
     for col in ("chosen", "rejected"):
         if col not in dataset.column_names:
             raise LabelValidationError(f"a pairwise dataset needs '{col}'; got columns {dataset.column_names}")
 
     def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
+        row = {c: row[c] for c in ("prompt", "chosen", "rejected") if c in row}
+        if is_conversational(row):
+            if processing_class is None:
+                raise LabelValidationError(
+                    "is conversational (lists of messages): pass the tokenizer, from_pairwise(dataset, tokenizer), "
+                    "so its chat template renders the rows to text", idx, "chosen")
+            try:
+                row = maybe_apply_chat_template(maybe_extract_prompt(row), processing_class)
+            except (ValueError, TypeError, KeyError) as err:  # no chat template, malformed messages
+                raise LabelValidationError(f"could not be rendered with the chat template: {err}", idx, "chosen") from err
         chosen, rejected = row["chosen"], row["rejected"]
-        if not isinstance(chosen, str) or not isinstance(rejected, str):
-            raise LabelValidationError(
-                "conversational (message list) rows are not text: apply the tokenizer's chat template first",
-                idx,
-                "chosen",
-            )
+        for col, value in (("chosen", chosen), ("rejected", rejected), ("prompt", row.get("prompt", ""))):
+            if not isinstance(value, str):
+                raise LabelValidationError(f"must be text or a list of messages, got {type(value).__name__}", idx, col)
         if "prompt" in row:
             query = row["prompt"]
         else:
