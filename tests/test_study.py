@@ -201,7 +201,11 @@ def test_every_run_reads_rhos_frontier_without_policy_samples(rho_study, config,
         assert float(r["frontier_reward_at_kl"]) == pytest.approx(f_reward) and float(r["frontier_ess_at_kl"]) == pytest.approx(f_ess)
     assert not (tmp_path / "rho_samples.pt").exists()  # no ids or log rho needed: the rewards alone, as text
     text = (tmp_path / "rho_rewards.csv").read_text().splitlines()
-    assert text[0].startswith("# key: ") and json.loads(text[0][7:])["m"] == 6 and text[1] == "known"
+    key = json.loads(text[0][7:])
+    assert text[0].startswith("# key: ") and key["m"] == 6 and key["dtype"] == "float32" and text[1] == "known"
+    # rho's paired evaluation is cached under the same description of rho (a bf16 rho draws other samples)
+    eval_key = json.loads((tmp_path / "rho_eval.json").read_text())["key"]
+    assert {k: eval_key[k] for k in ("model", "dtype", "spec")} == {k: key[k] for k in ("model", "dtype", "spec")}
     assert len(text) == 2 + 3 * 6 and all(math.isfinite(float(x)) for x in text[2:])
     # rows written with another frontier are read again at rho's: the columns follow from KL and gain alone
     lines = (tmp_path / "study.csv").read_text().splitlines()
@@ -302,3 +306,31 @@ def test_report_for_study_and_pipeline_run_and_cli(study, config, tiny_base, tmp
     proc = subprocess.run([sys.executable, "-m", "hf_prefs.cli", "report", str(tmp_path)], capture_output=True, text=True,
                           check=False)
     assert proc.returncode != 0 and "summary.json" in proc.stderr
+
+
+def test_rhos_cached_samples_are_drawn_again_for_rho_in_another_dtype(tiny_base, gpt2_tokenizer, tmp_path):
+    """A study resumed on a CPU of another kind may load rho in bf16 instead of float32: its samples differ, so
+    neither cache (rho's paired evaluation, the frontier's rewards) is read back; the same dtype reads both back."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_prefs.core.rollout import RolloutSpec
+    from hf_prefs.pipeline.setup import Base
+
+    tok = gpt2_tokenizer
+    rho = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    spec = RolloutSpec(response_length=4, pad_token_id=tok.eos_token_id)
+    queries, known = ["It was a fine day.", "She wrote a letter."], (lambda texts: [float(len(t)) for t in texts])
+    cache = str(tmp_path / "rho_eval.json")
+
+    def draws(model: torch.nn.Module) -> tuple[list[float], list[float]]:
+        base = Base(tiny_base, tok, model)
+        evaluated = study_mod._rho_eval(base, spec, queries, known, batch_size=2, seed=0, cache=cache)
+        frontier = study_mod._rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path))
+        return evaluated, frontier.known.tolist()
+
+    first = draws(rho)
+    files = {p: (tmp_path / p).read_text() for p in ("rho_eval.json", "rho_rewards.csv")}
+    assert draws(rho) == first and all((tmp_path / p).read_text() == t for p, t in files.items())  # read back
+    draws(rho.to(torch.bfloat16))
+    for p, text in files.items():  # drawn again and cached under the new key
+        assert (tmp_path / p).read_text() != text and '"dtype": "bfloat16"' in (tmp_path / p).read_text()

@@ -129,12 +129,20 @@ RHO_EVAL_CACHE = "rho_eval.json"
 FRONTIER_SAMPLING_ROWS = 256
 
 
+def _rho_cache_key(base: Base, spec: RolloutSpec, queries: Sequence[str], **draw: Any) -> dict[str, Any]:
+    """What a cache of rho's samples depends on: the queries, how they are drawn (``draw``: seed, count...), the model
+    and its weights' dtype (a study resumed on a CPU of another kind may run rho in bf16 instead of float32, which
+    changes the samples) and the response rule."""
+    dtype = str(next(base.rho.parameters()).dtype).removeprefix("torch.")
+    return {"queries": list(queries), **draw, "model": base.name, "dtype": dtype, "spec": repr(spec)}
+
+
 def _rho_eval(base: Base, spec: RolloutSpec, eval_q: list[str], known: Any, batch_size: int, seed: int,
               cache: str) -> list[float]:
     """rho's known reward on each held-out query (the pairing of every run's gain), sampled as every run's evaluation
     is (same queries, batch size and seed). Cached as JSON in ``cache`` with what it depends on, so a resumed study
     does not sample it again (minutes on a CPU); committed with the study."""
-    key = {"queries": list(eval_q), "batch_size": batch_size, "seed": seed, "model": base.name, "spec": repr(spec)}
+    key = _rho_cache_key(base, spec, eval_q, batch_size=batch_size, seed=seed)
     if os.path.exists(cache):
         with open(cache) as f:
             stored = json.load(f)
@@ -172,14 +180,13 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
                  cache_dir: str | None = None) -> RhoSamples:
     """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
     needs it). Cached in ``cache_dir`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
-    them back when the queries, the count, the seed, the model and the response rule are the same). Without
+    them back when the queries, the count, the seed, the model, its dtype and the response rule are the same). Without
     ``with_logp`` only the rewards are kept (the token ids serve only the pooled frontier), as text in
     ``rho_rewards.csv`` (~0.25 MB for 20,480 samples; committed with the study); with it, ids and log rho in
     ``rho_samples.pt``. The frontier needs samples of rho, not particular ones: the rows per sampling batch, which
     change the random stream but not the distribution, are not part of the key (unlike ``rho_eval.json``, whose
     samples must be the very ones every run's paired evaluation draws)."""
-    key = json.dumps({"queries": list(queries), "m": m, "seed": seed, "model": base.name, "spec": repr(spec),
-                      "with_logp": with_logp})
+    key = json.dumps(_rho_cache_key(base, spec, queries, m=m, seed=seed, with_logp=with_logp))
     if with_logp:
         cache = None if cache_dir is None else os.path.join(cache_dir, RHO_SAMPLES_CACHE)
         if cache is not None and os.path.exists(cache):
