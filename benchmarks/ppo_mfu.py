@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from hf_prefs._compat import cpu_bf16_supported  # noqa: E402
+from hf_prefs._compat import cpu_matmul_dtype  # noqa: E402
 
 
 def matmul_peak(threads: int, size: int = 2048, repeats: int = 7, dtype: torch.dtype = torch.bfloat16) -> float:
@@ -162,8 +162,8 @@ def main() -> None:
                    help="trace the PPO epochs of the update after the warm-up with torch.profiler and print the ROWS "
                         "ops with the most CPU time (that update's time then includes the profiler's overhead)")
     a = p.parse_args()
-    name = a.dtype if a.dtype != "auto" else "bfloat16" if cpu_bf16_supported() else "float32"
-    dtype = getattr(torch, name)
+    dtype = cpu_matmul_dtype() if a.dtype == "auto" else getattr(torch, a.dtype)
+    name = str(dtype).removeprefix("torch.")
     peak = matmul_peak(a.threads, dtype=dtype)
     print(f"{name} matmul 2048^2, {a.threads} threads: {peak / 1e12:.3f} TFLOP/s (measured in this run)")
     for micro in a.micro_batch:

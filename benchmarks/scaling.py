@@ -41,11 +41,11 @@ MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
 def _base(model: str, work: Path) -> tuple[str, str]:
     """``(model folder, torch dtype name)``: the offline SmolLM2 in the offline default's precision on this CPU (bf16
     where it has bf16 units, else float32) or a tiny GPT-2 (float32)."""
-    from hf_prefs._compat import cpu_bf16_supported
+    from hf_prefs._compat import cpu_matmul_dtype
     from hf_prefs.assets import load_gpt2_tokenizer, smollm2_path
 
     if model == "smollm2":
-        return str(smollm2_path()), "bfloat16" if cpu_bf16_supported() else "float32"
+        return str(smollm2_path()), str(cpu_matmul_dtype()).removeprefix("torch.")
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = work / "tiny"

@@ -49,19 +49,19 @@ def run_variant(name: str, tiny: bool, updates: int) -> list[dict[str, float]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from hf_prefs import PPOConfig, PPOTrainer
-    from hf_prefs._compat import cpu_bf16_supported
+    from hf_prefs._compat import cpu_matmul_dtype
     from hf_prefs.assets import load_gpt2_tokenizer, smollm2_path
     from hf_prefs.tasks import austen_queries, vader_log_odds
 
     overrides = dict(VARIANTS[name])
-    bf16 = not tiny and cpu_bf16_supported()  # the offline default's precision on this CPU (float32 without bf16 units)
+    bf16 = not tiny and cpu_matmul_dtype() == torch.bfloat16  # the offline default's precision on this CPU
     torch.manual_seed(0)
     if tiny:
         tok, targets = load_gpt2_tokenizer(), ["c_attn", "c_proj"]
         policy = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2))
     else:
         tok = AutoTokenizer.from_pretrained(smollm2_path(), padding_side="left")
-        policy = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.bfloat16 if bf16 else torch.float32)
+        policy = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=cpu_matmul_dtype())
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     tok.padding_side = "left"
     if tok.pad_token is None:

@@ -155,3 +155,10 @@ def cpu_bf16_supported() -> bool:
     0.10 in float32."""
     probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(probe()) if probe is not None else True
+
+
+def cpu_matmul_dtype() -> torch.dtype:
+    """``torch.bfloat16`` where this CPU has bf16 matmul units (:func:`cpu_bf16_supported`), else ``torch.float32``:
+    the precision the offline default runs in on this CPU (its YAML asks bf16; ``cpu_bf16_fallback`` switches a CPU
+    without the units to float32) and so the one its benchmarks measure."""
+    return torch.bfloat16 if cpu_bf16_supported() else torch.float32

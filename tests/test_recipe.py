@@ -174,13 +174,15 @@ def _cpu_flags() -> set[str]:
 
 @pytest.mark.skipif(not _cpu_flags(), reason="needs /proc/cpuinfo (Linux)")
 def test_cpu_bf16_probe_follows_the_cpu_flags():
-    from hf_prefs._compat import cpu_bf16_supported
+    import torch
+
+    from hf_prefs._compat import cpu_bf16_supported, cpu_matmul_dtype
 
     flags = _cpu_flags()
     if flags & {"avx512_bf16", "amx_bf16"}:
-        assert cpu_bf16_supported()
+        assert cpu_bf16_supported() and cpu_matmul_dtype() == torch.bfloat16
     if "avx512bw" not in flags:  # AVX2-only: torch's bf16 GEMM is a slow reference loop
-        assert not cpu_bf16_supported()
+        assert not cpu_bf16_supported() and cpu_matmul_dtype() == torch.float32
 
 
 def test_bf16_falls_back_to_float32_on_a_cpu_without_bf16(tmp_path, monkeypatch):
