@@ -7,8 +7,9 @@ first (warm-up). Reward model: the K-way reward trainer (top 2 layers + head of 
 labels): labels per second of training over the steps after the first (train()'s set-up and the first step, which
 include DDP's broadcast of the module and do not scale, are printed apart as "+ set-up"). Both sides run the same global batch; the 2-process side through
 `accelerate launch --config_file recipes/accelerate_configs/multi_cpu.yaml` (gloo), each process with one thread.
-The ratio is printed (the goal is >= 1.8x on 2 cores), beside the hardware's own: a matmul (the models' dtype) on one thread, one
-process alone against two at once (on a 2-core VM this is 1.8-1.93x, shared caches and memory bandwidth), and the PPO
+The ratio is printed (the goal is >= 1.8x on 2 cores), beside the hardware's own, one process alone against two at once:
+a matmul in the models' dtype on one thread (compute; 1.8-1.97x on the project's 2-vCPU VMs) and an add over 64 MB
+arrays (memory bandwidth, shared by the two: 1.38x on a 2-vCPU AVX2 AMD EPYC VM), and the PPO
 update's seconds by part (generation, scoring, the log-prob passes, the PPO epochs) on each side. A third PPO side,
 "apart", runs two independent single processes at once, process r doing what rank r does (its dealt half of each
 update's queries, its sampling seed): a DDP rank's work without its gradient all-reduce, its collectives and its
@@ -172,18 +173,26 @@ def _rm_worker(base: str, labels: int, dtype: str) -> dict:
             "labels_per_s_with_setup": labels / total}
 
 
-def _matmul_worker(dtype: str, seconds: float = 8.0) -> dict:
-    """Matmul TFLOP/s of one thread in ``dtype``: what the hardware gives a process (the ceiling of the ratios)."""
+def _hardware_worker(kind: str, dtype: str, seconds: float = 8.0) -> dict:
+    """What the hardware gives one thread: ``matmul``, TFLOP/s of a 1024^2 matmul in ``dtype`` (compute-bound, the
+    ceiling of the ratios for the matmul-heavy parts); ``memory``, GB/s of an elementwise add over float32 arrays of
+    64 MB (read a and b, write a: beyond any cache, bound by memory bandwidth, as decoding a token reads every
+    weight)."""
     import torch
 
-    a, b = torch.randn(1024, 1024, dtype=getattr(torch, dtype)), torch.randn(1024, 1024, dtype=getattr(torch, dtype))
+    if kind == "matmul":
+        a, b = torch.randn(1024, 1024, dtype=getattr(torch, dtype)), torch.randn(1024, 1024, dtype=getattr(torch, dtype))
+        step, unit, per_step = (lambda: a @ b), "tflops", 2 * 1024**3 / 1e12
+    else:
+        a, b = torch.randn(16 * 2**20), torch.randn(16 * 2**20)
+        step, unit, per_step = (lambda: torch.add(a, b, out=a)), "gbps", 3 * a.numel() * a.element_size() / 1e9
     for _ in range(3):
-        a @ b
+        step()
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
-        a @ b
+        step()
         n += 1
-    return {"tflops": 2 * 1024**3 * n / (time.perf_counter() - start) / 1e12}
+    return {unit: per_step * n / (time.perf_counter() - start)}
 
 
 def _worker_env() -> dict[str, str]:
@@ -191,16 +200,19 @@ def _worker_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
-def _hardware(work: Path, dtype: str) -> tuple[float, float]:
-    """``(one, two)``: matmul TFLOP/s of 1 process alone, and the sum of 2 processes running at once."""
-    env = _worker_env()
-    cmd = lambda i: [sys.executable, str(Path(__file__).resolve()), "--worker", "matmul", "--dtype", dtype, "--result",
-                      str(work / f"mm{i}.json")]
-    subprocess.run(cmd(0), env=env, check=True)
-    one = json.loads((work / "mm0.json").read_text())["tflops"]
-    procs = [subprocess.Popen(cmd(i), env=env) for i in (1, 2)]
-    assert all(p.wait() == 0 for p in procs)
-    return one, sum(json.loads((work / f"mm{i}.json").read_text())["tflops"] for i in (1, 2))
+def _hardware(work: Path, dtype: str) -> dict[str, tuple[float, float]]:
+    """Per kind of :func:`_hardware_worker` (``matmul``: TFLOP/s, ``memory``: GB/s), ``(one, two)``: 1 process alone,
+    and the sum of 2 processes running at once."""
+    env, out = _worker_env(), {}
+    for kind, unit in (("matmul", "tflops"), ("memory", "gbps")):
+        cmd = lambda i: [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--dtype", dtype, "--result",
+                          str(work / f"{kind}{i}.json")]
+        subprocess.run(cmd(0), env=env, check=True)
+        one = json.loads((work / f"{kind}0.json").read_text())[unit]
+        procs = [subprocess.Popen(cmd(i), env=env) for i in (1, 2)]
+        assert all(p.wait() == 0 for p in procs)
+        out[kind] = (one, sum(json.loads((work / f"{kind}{i}.json").read_text())[unit] for i in (1, 2)))
+    return out
 
 
 def _run(n: int, worker: list[str], out: Path) -> dict:
@@ -243,7 +255,7 @@ def main() -> None:
     p.add_argument("--labels", type=int, default=160, help="labels for the reward-model timing (16 per step; the first "
                    "step is a warm-up)")
     p.add_argument("--repeats", type=int, default=2, help="measurements per side (alternating order); mean reported")
-    p.add_argument("--worker", choices=["ppo", "rm", "matmul"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ppo", "rm", "matmul", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -253,8 +265,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-        if a.worker == "matmul":
-            result = _matmul_worker(a.dtype)
+        if a.worker in ("matmul", "memory"):
+            result = _hardware_worker(a.worker, a.dtype)
         else:
             result = _ppo_worker(a.base, a.dtype, a.episodes, a.updates, a.share) if a.worker == "ppo" else _rm_worker(a.base, a.labels, a.dtype)
         if int(os.environ.get("RANK", "0")) == 0:
@@ -266,13 +278,14 @@ def main() -> None:
               "--labels", str(a.labels)]
     phases = (("ppo", "episodes_per_s"), ("rm", "labels_per_s"))
     results: dict[str, dict[int, list[dict]]] = {name: {1: [], 2: []} for name, _ in phases}
-    hardware: dict[int, list[float]] = {1: [], 2: []}
+    hardware: dict[str, dict[int, list[float]]] = {kind: {1: [], 2: []} for kind in ("matmul", "memory")}
     apart: list[dict] = []  # PPO as two independent processes on half the batch each: the ceiling of the 2-process run
     for r in range(a.repeats):  # the VM's speed drifts: alternate which side runs first, report the mean and each
-        one, two = _hardware(work, dtype)
-        hardware[1].append(one)
-        hardware[2].append(two)
-        print(f"repeat {r + 1}: matmul TFLOP/s 1 process {one:.3f}, 2 at once {two:.3f}", flush=True)
+        for kind, (one, two) in _hardware(work, dtype).items():
+            hardware[kind][1].append(one)
+            hardware[kind][2].append(two)
+            unit = "TFLOP/s" if kind == "matmul" else "GB/s"
+            print(f"repeat {r + 1}: {kind} {unit} 1 process {one:.3f}, 2 at once {two:.3f}", flush=True)
         for name, key in phases:
             sides = [1, 2, "apart"] if name == "ppo" else [1, 2]
             for n in sides if r % 2 == 0 else sides[::-1]:
@@ -293,7 +306,8 @@ def main() -> None:
     rows.append(("rm", "+ set-up, /s", [x["labels_per_s_with_setup"] for x in results["rm"][1]],
                  [x["labels_per_s_with_setup"] for x in results["rm"][2]]))
     rows.append(("ppo", "apart, ep/s", [x["episodes_per_s"] for x in results["ppo"][1]], [x["episodes_per_s"] for x in apart]))
-    rows.append(("matmul", f"TFLOP/s ({'bf16' if dtype == 'bfloat16' else 'fp32'})", hardware[1], hardware[2]))
+    rows.append(("matmul", f"TFLOP/s ({'bf16' if dtype == 'bfloat16' else 'fp32'})", hardware["matmul"][1], hardware["matmul"][2]))
+    rows.append(("memory", "GB/s (add)", hardware["memory"][1], hardware["memory"][2]))
     for name, key, ones, twos in rows:
         each = " ".join(f"{t / o:.2f}x" for o, t in zip(ones, twos))
         print(f"{name:6} {key:16} {mean(ones):18.3f} {mean(twos):19.3f} {mean(twos) / mean(ones):6.2f}x   {each}")
@@ -303,7 +317,9 @@ def main() -> None:
     print(f"(ppo apart: two independent single processes at once, process r doing rank r's half of each update (its "
           f"queries, its sampling seed) without communication or waiting, episodes/s set by the slower: what this CPU "
           f"allows 2 processes at best; the 2-process run reaches {share:.0%} of it)")
-    print(f"(models in {dtype}; matmul: the hardware's own ratio, a {dtype} matmul in two independent processes at once against one alone)")
+    print(f"(models in {dtype}; matmul and memory: the hardware's own ratios, two independent processes at once against "
+          f"one alone, of a {dtype} matmul (compute) and of an add over 64 MB float32 arrays (memory bandwidth, what "
+          f"decoding a token — every weight read for a few rows — leans on))")
     parts = {n: [x["parts"] for x in results["ppo"][n]] for n in (1, 2)}
     parts["apart"] = [x["parts"] for x in apart]
     print("PPO seconds per update by part (main process, mean; ratio = 1 proc / 2 procs, 2.00 would be perfect; "

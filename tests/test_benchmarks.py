@@ -71,6 +71,7 @@ def test_scaling_tiny():
     assert re.search(r"rm\s+labels_per_s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
     assert re.search(r"rm\s+\+ set-up, /s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
     assert re.search(r"matmul\s+TFLOP/s \((bf16|fp32)\)\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out) and "generate" in out
+    assert re.search(r"memory\s+GB/s \(add\)\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
 
 
 def _tiny_recipe_flags(base: str) -> list[str]:
