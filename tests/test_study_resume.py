@@ -59,3 +59,25 @@ def test_labels_resume_after_the_last_whole_chunk(tmp_path, monkeypatch):
     calls.clear()
     again = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries)
     assert calls == [] and again.to_list() == whole.to_list()
+
+
+def test_a_run_on_the_first_n_labels_needs_only_the_chunks_that_hold_them(tmp_path, monkeypatch):
+    """``need``: chunks are collected until there are that many labels (the parts stay, unmerged); asked for more
+    later, the collection goes on from the next chunk and ends with the labels of an uninterrupted collection."""
+    queries = [f"q{i}" for i in range(10)]
+    cfg = PPOConfig(output_dir=str(tmp_path), seed=3)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(study_mod, "collect_labels", _fake_collect(calls))
+    whole = study_mod._seed_labels(_ctx(tmp_path / "a", 4), cfg, queries)
+
+    calls.clear()
+    first = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries, need=5)
+    assert calls == [(3, 4), (3 + 100_003, 4)] and len(first) == 8  # two chunks hold the first 5 labels
+    assert first.to_list() == whole.select(range(8)).to_list()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.part000.jsonl", "labels_s3.part001.jsonl"]
+    calls.clear()
+    assert study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries, need=8).to_list() == first.to_list()
+    assert calls == []  # enough already: nothing sampled
+    rest = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries, need=10)
+    assert calls == [(3 + 2 * 100_003, 2)] and rest.to_list() == whole.to_list()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.jsonl"]  # all in: merged, parts removed

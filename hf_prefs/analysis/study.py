@@ -342,8 +342,8 @@ def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], di
     if not todo:
         return
     cfg = replace(ctx.cfg, seed=seed)
-    labels = _seed_labels(ctx, cfg, label_q)
-    for n in todo:
+    for n in todo:  # ascending: each run's labels are collected just before it (the first n of the seed's pool)
+        labels = _seed_labels(ctx, cfg, label_q, need=n)
         if n > len(labels):
             raise ValueError(f"label_counts: N={n} exceeds the {len(labels)} labels kept")
         rm_dir = os.path.join(ctx.output_dir, "runs", f"rm{n}_s{seed}")
@@ -362,19 +362,26 @@ def _drop_checkpoints(ctx: StudyContext, name: str) -> None:
             shutil.rmtree(os.path.join(run_dir, entry))
 
 
-def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str]) -> Dataset:
-    """The seed's simulated labels (``labels_s<seed>.jsonl``), collected in chunks of ``label_chunk`` queries, each
-    written to ``labels_s<seed>.part<c>.jsonl`` when done (collecting thousands takes tens of minutes on a CPU, so an
-    interrupted study loses at most one chunk); chunk ``c`` samples and labels with seed ``seed + 100_003 * c``, so a
-    resumed collection gives the labels an uninterrupted one does. ``query_index`` counts over all label queries."""
+def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: int | None = None) -> Dataset:
+    """The seed's simulated labels, collected in chunks of ``label_chunk`` queries, each written to
+    ``labels_s<seed>.part<c>.jsonl`` when done (collecting thousands takes tens of minutes on a CPU, so an interrupted
+    study loses at most one chunk); chunk ``c`` samples and labels with seed ``seed + 100_003 * c``, so a resumed
+    collection gives the labels an uninterrupted one does. ``query_index`` counts over all label queries.
+
+    With ``need``, chunks are collected only until there are ``need`` labels: a run on the first N labels can start
+    before the pool for the largest N is complete (its first N labels are the same either way). Once every chunk is
+    in, the parts are merged into ``labels_s<seed>.jsonl`` and removed."""
     path = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.jsonl")
     if os.path.exists(path):
         labels = Dataset.from_json(path)
         if len(labels) >= max(ctx.sa.label_counts):
             return labels
     size = max(1, ctx.sa.label_chunk)
-    parts = []
-    for c, start in enumerate(range(0, len(label_q), size)):
+    parts: list[Dataset] = []
+    starts = range(0, len(label_q), size)
+    for c, start in enumerate(starts):
+        if need is not None and sum(len(p) for p in parts) >= need:
+            return concatenate_datasets(parts)
         part = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl")
         if os.path.exists(part):
             parts.append(Dataset.from_json(part))
