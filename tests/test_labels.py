@@ -117,11 +117,14 @@ def test_from_pairwise_explicit_and_implicit_prompt():
     assert ds[0] == {"query": "Q: hi.", "samples": [" good answer", " bad answer"], "best": 0}
     implicit = Dataset.from_dict({"chosen": ["Q: hi. good"], "rejected": ["Q: hi. bad"]})
     ds = from_pairwise(implicit)
-    assert ds[0]["query"] == "Q: hi. "
-    assert ds[0]["samples"] == ["good", "bad"]
+    assert ds[0]["query"] == "Q: hi."  # TRL's split: the space stays with the words it precedes
+    assert ds[0]["samples"] == [" good", " bad"]
+    assert from_pairwise(implicit, eos_token="<|endoftext|>")[0]["samples"] == [" good<|endoftext|>", " bad<|endoftext|>"]
+    with pytest.raises(LabelValidationError, match="field 'margin'"):
+        from_pairwise(explicit.add_column("margin", [1.0]))
     with pytest.raises(LabelValidationError, match="'rejected'"):
         from_pairwise(Dataset.from_dict({"prompt": ["q"], "chosen": ["a"]}))
-    with pytest.raises(LabelValidationError, match="TRL's pairwise preference format: convert it with hf_prefs.from_pairwise"):
+    with pytest.raises(LabelValidationError, match="TRL's pairwise preference format: PreferenceRewardTrainer takes it as it is, or convert it with hf_prefs.from_pairwise"):
         validate_labels(explicit)  # passed where K-way labels are expected: the error says what to do
 
 

@@ -297,3 +297,46 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
     trainer.create_model_card(model_name="tiny-rm")
     card = open(os.path.join(args.output_dir, "README.md")).read()
     assert "hf-prefs" in card and "1909.08593" in card and "reward-trainer" in card
+
+
+def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path):
+    """TRL's pairwise format passed straight to the trainer: K = 2 labels prepared as trl.RewardTrainer prepares the
+    rows (EOS appended, reward at the last token), so two steps from the same weights give TRL's losses and weights."""
+    import copy
+
+    from trl import RewardConfig, RewardTrainer
+
+    tok = copy.deepcopy(gpt2_tokenizer)
+    tok.add_special_tokens({"pad_token": "[PAD]"})  # pad != eos: GPT-2's head reads the last non-pad token
+    cfg = tiny_gpt2_config()
+    cfg.num_labels, cfg.vocab_size, cfg.pad_token_id = 1, len(tok), tok.pad_token_id
+    torch.manual_seed(0)
+    ours_model = GPT2ForSequenceClassification(cfg)
+    trl_model, initial = copy.deepcopy(ours_model), copy.deepcopy(ours_model)
+    rng = random.Random(0)
+    pairs = Dataset.from_dict({
+        "prompt": [f"Chapter {i}. After the ball she felt" for i in range(8)],
+        "chosen": [rng.choice(GOOD) + " all day." for _ in range(8)],
+        "rejected": [rng.choice(BAD) + " for a" * rng.randrange(1, 4) + " week." for _ in range(8)],
+    })
+    # plain SGD: Adam's first steps move every weight by ~lr whatever its gradient, so float noise in a ~0 gradient
+    # would show as an lr-sized difference
+    common = dict(per_device_train_batch_size=4, optim="sgd", learning_rate=0.1, max_steps=2, logging_steps=1, report_to=[],
+                  save_strategy="no", gradient_checkpointing=False, seed=0, use_cpu=True, bf16=False,
+                  disable_tqdm=True)
+    trl_trainer = RewardTrainer(trl_model, RewardConfig(output_dir=str(tmp_path / "trl"), **common),
+                                train_dataset=pairs, processing_class=tok)
+    ours = PreferenceRewardTrainer(ours_model, make_args(tmp_path, **common), train_dataset=pairs, processing_class=tok)
+    row = ours.train_dataset[0]
+    assert len(row["samples_ids"]) == 2 and row["best"] == 0
+    assert row["query_ids"] + row["samples_ids"][0] == trl_trainer.train_dataset[0]["chosen_ids"]  # same tokens
+    assert row["query_ids"] + row["samples_ids"][1] == trl_trainer.train_dataset[0]["rejected_ids"]
+    trl_trainer.train()
+    ours.train()
+    trl_losses = [h["loss"] for h in trl_trainer.state.log_history if "loss" in h]
+    our_losses = [h["loss"] for h in ours.state.log_history if "loss" in h]
+    assert len(our_losses) == 2 and our_losses == pytest.approx(trl_losses, abs=1e-5)
+    moved = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), initial.parameters()))
+    diff = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), trl_model.parameters()))
+    print(f"max |ours - TRL| after 2 steps: {diff:.2e} (weights moved up to {moved:.2e})")
+    assert diff < 1e-6 and moved > 1e-3

@@ -92,8 +92,8 @@ def to_canonical(dataset: Dataset) -> Dataset:
     if not flat:
         hint = ""
         if {"chosen", "rejected"} <= set(cols):
-            hint = (" — this is TRL's pairwise preference format: convert it with hf_prefs.from_pairwise (K = 2 labels; "
-                    "conversational rows: from_pairwise(dataset, tokenizer)) or train on it with trl.RewardTrainer")
+            hint = (" — this is TRL's pairwise preference format: PreferenceRewardTrainer takes it as it is, or convert it "
+                    "with hf_prefs.from_pairwise (K = 2 labels; conversational rows: from_pairwise(dataset, tokenizer))")
         raise LabelValidationError(
             f"a label dataset needs a 'samples' column or 'sample0..sample{{K-1}}' columns; got columns {cols}{hint}"
         )
@@ -247,41 +247,44 @@ def load_label_file(spec: str | os.PathLike, k: int | None = None, limit: int | 
     return labels
 
 
-def from_pairwise(dataset: Dataset, processing_class: Any | None = None) -> Dataset:
+def from_pairwise(dataset: Dataset, processing_class: Any | None = None, eos_token: str | None = None) -> Dataset:
     """TRL's preference format (``prompt``/``chosen``/``rejected``) -> K = 2 labels.
 
-    Rows become ``query = prompt``, ``samples = [chosen, rejected]``, ``best = 0``. Without a ``prompt``
-    column (TRL's implicit-prompt format) the longest common prefix of chosen and rejected is the query.
+    Rows become ``query = prompt``, ``samples = [chosen, rejected]``, ``best = 0``. Without a ``prompt`` column (TRL's
+    implicit-prompt format) TRL's ``maybe_extract_prompt`` splits off the shared beginning as the query (for text, the
+    space before the first differing character goes with the samples, as BPE tokenizers join it to the next word).
     Conversational rows (lists of ``{"role", "content"}`` messages, explicit or implicit prompt) are rendered to text
-    as ``trl.RewardTrainer`` renders them — TRL's ``maybe_extract_prompt`` then ``maybe_apply_chat_template`` with
-    ``processing_class`` (a tokenizer with a chat template), so the query is the templated prompt (with the generation
-    prompt) and each sample the rest of the templated conversation (the assistant turn after the generation prompt).
+    with TRL's ``maybe_apply_chat_template`` and ``processing_class`` (a tokenizer with a chat template): the query is
+    the templated prompt (with the generation prompt), each sample the rest of the templated conversation (the
+    assistant turn after the generation prompt). ``eos_token``: appended to text samples that do not end with it, as
+    ``trl.RewardTrainer`` appends the tokenizer's to text (not conversational) completions.
     """
     for col in ("chosen", "rejected"):
         if col not in dataset.column_names:
             raise LabelValidationError(f"a pairwise dataset needs '{col}'; got columns {dataset.column_names}")
+    if "margin" in dataset.column_names:
+        raise LabelValidationError("TRL's per-pair margin has no place in the best-of-K loss: drop the column, or train "
+                                   "with trl.RewardTrainer, whose loss uses it", field="margin")
 
     def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
-        row = {c: row[c] for c in ("prompt", "chosen", "rejected") if c in row}
-        if is_conversational(row):
+        row = maybe_extract_prompt({c: row[c] for c in ("prompt", "chosen", "rejected") if c in row})
+        conversational = is_conversational(row)
+        if conversational:
             if processing_class is None:
                 raise LabelValidationError(
                     "is conversational (lists of messages): pass the tokenizer, from_pairwise(dataset, tokenizer), "
                     "so its chat template renders the rows to text", idx, "chosen")
             try:
-                row = maybe_apply_chat_template(maybe_extract_prompt(row), processing_class)
+                row = maybe_apply_chat_template(row, processing_class)
             except (ValueError, TypeError, KeyError) as err:  # no chat template, malformed messages
                 raise LabelValidationError(f"could not be rendered with the chat template: {err}", idx, "chosen") from err
-        chosen, rejected = row["chosen"], row["rejected"]
-        for col, value in (("chosen", chosen), ("rejected", rejected), ("prompt", row.get("prompt", ""))):
-            if not isinstance(value, str):
-                raise LabelValidationError(f"must be text or a list of messages, got {type(value).__name__}", idx, col)
-        if "prompt" in row:
-            query = row["prompt"]
-        else:
-            query = os.path.commonprefix([chosen, rejected])
-            chosen, rejected = chosen[len(query) :], rejected[len(query) :]
-        return {"query": query, "samples": [chosen, rejected], "best": 0}
+        for col in ("prompt", "chosen", "rejected"):
+            if not isinstance(row[col], str):
+                raise LabelValidationError(f"must be text or a list of messages, got {type(row[col]).__name__}", idx, col)
+        samples = [row["chosen"], row["rejected"]]
+        if eos_token and not conversational:
+            samples = [s if s.endswith(eos_token) else s + eos_token for s in samples]
+        return {"query": row["prompt"], "samples": samples, "best": 0}
 
     drop = [c for c in ("prompt", "chosen", "rejected") if c in dataset.column_names]
     return validate_labels(dataset.map(convert, with_indices=True, remove_columns=drop), k=2)
