@@ -9,7 +9,7 @@ include DDP's broadcast of the module and do not scale, are printed apart as "+ 
 `accelerate launch --config_file recipes/accelerate_configs/multi_cpu.yaml` (gloo), each process with one thread.
 The ratio is printed (the goal is >= 1.8x on 2 cores), beside the hardware's own, one process alone against two at once:
 a matmul in the models' dtype on one thread (compute; 1.8-1.97x on the project's 2-vCPU VMs) and an add over 64 MB
-arrays (memory bandwidth, shared by the two: 1.38x on a 2-vCPU AVX2 AMD EPYC VM), and the PPO
+arrays (memory bandwidth, shared by the two: 1.33-1.38x on a 2-vCPU AVX2 AMD EPYC VM), and the PPO
 update's seconds by part (generation, scoring, the log-prob passes, the PPO epochs) on each side. A third PPO side,
 "apart", runs two independent single processes at once, process r doing what rank r does (its dealt half of each
 update's queries, its sampling seed): a DDP rank's work without its gradient all-reduce, its collectives and its
