@@ -37,6 +37,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
+#: The hardware probes of :func:`_hardware_worker` and the unit of their rate.
+HARDWARE_UNITS = {"matmul": "TFLOP/s", "memory": "GB/s"}
 
 
 def _base(model: str, work: Path) -> tuple[str, str]:
@@ -174,7 +176,7 @@ def _rm_worker(base: str, labels: int, dtype: str) -> dict:
 
 
 def _hardware_worker(kind: str, dtype: str, seconds: float = 8.0) -> dict:
-    """What the hardware gives one thread: ``matmul``, TFLOP/s of a 1024^2 matmul in ``dtype`` (compute-bound, the
+    """What the hardware gives one thread (``{"rate": ...}``): ``matmul``, TFLOP/s of a 1024^2 matmul in ``dtype`` (compute-bound, the
     ceiling of the ratios for the matmul-heavy parts); ``memory``, GB/s of an elementwise add over float32 arrays of
     64 MB (read a and b, write a: beyond any cache, bound by memory bandwidth, as decoding a token reads every
     weight)."""
@@ -182,17 +184,17 @@ def _hardware_worker(kind: str, dtype: str, seconds: float = 8.0) -> dict:
 
     if kind == "matmul":
         a, b = torch.randn(1024, 1024, dtype=getattr(torch, dtype)), torch.randn(1024, 1024, dtype=getattr(torch, dtype))
-        step, unit, per_step = (lambda: a @ b), "tflops", 2 * 1024**3 / 1e12
+        step, per_step = (lambda: a @ b), 2 * 1024**3 / 1e12
     else:
         a, b = torch.randn(16 * 2**20), torch.randn(16 * 2**20)
-        step, unit, per_step = (lambda: torch.add(a, b, out=a)), "gbps", 3 * a.numel() * a.element_size() / 1e9
+        step, per_step = (lambda: torch.add(a, b, out=a)), 3 * a.numel() * a.element_size() / 1e9
     for _ in range(3):
         step()
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         step()
         n += 1
-    return {unit: per_step * n / (time.perf_counter() - start)}
+    return {"rate": per_step * n / (time.perf_counter() - start)}
 
 
 def _worker_env() -> dict[str, str]:
@@ -204,14 +206,14 @@ def _hardware(work: Path, dtype: str) -> dict[str, tuple[float, float]]:
     """Per kind of :func:`_hardware_worker` (``matmul``: TFLOP/s, ``memory``: GB/s), ``(one, two)``: 1 process alone,
     and the sum of 2 processes running at once."""
     env, out = _worker_env(), {}
-    for kind, unit in (("matmul", "tflops"), ("memory", "gbps")):
+    for kind in HARDWARE_UNITS:
         cmd = lambda i: [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--dtype", dtype, "--result",
                           str(work / f"{kind}{i}.json")]
         subprocess.run(cmd(0), env=env, check=True)
-        one = json.loads((work / f"{kind}0.json").read_text())[unit]
+        one = json.loads((work / f"{kind}0.json").read_text())["rate"]
         procs = [subprocess.Popen(cmd(i), env=env) for i in (1, 2)]
         assert all(p.wait() == 0 for p in procs)
-        out[kind] = (one, sum(json.loads((work / f"{kind}{i}.json").read_text())[unit] for i in (1, 2)))
+        out[kind] = (one, sum(json.loads((work / f"{kind}{i}.json").read_text())["rate"] for i in (1, 2)))
     return out
 
 
@@ -255,7 +257,7 @@ def main() -> None:
     p.add_argument("--labels", type=int, default=160, help="labels for the reward-model timing (16 per step; the first "
                    "step is a warm-up)")
     p.add_argument("--repeats", type=int, default=2, help="measurements per side (alternating order); mean reported")
-    p.add_argument("--worker", choices=["ppo", "rm", "matmul", "memory"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ppo", "rm", *HARDWARE_UNITS], help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -265,7 +267,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-        if a.worker in ("matmul", "memory"):
+        if a.worker in HARDWARE_UNITS:
             result = _hardware_worker(a.worker, a.dtype)
         else:
             result = _ppo_worker(a.base, a.dtype, a.episodes, a.updates, a.share) if a.worker == "ppo" else _rm_worker(a.base, a.labels, a.dtype)
@@ -278,14 +280,13 @@ def main() -> None:
               "--labels", str(a.labels)]
     phases = (("ppo", "episodes_per_s"), ("rm", "labels_per_s"))
     results: dict[str, dict[int, list[dict]]] = {name: {1: [], 2: []} for name, _ in phases}
-    hardware: dict[str, dict[int, list[float]]] = {kind: {1: [], 2: []} for kind in ("matmul", "memory")}
+    hardware: dict[str, dict[int, list[float]]] = {kind: {1: [], 2: []} for kind in HARDWARE_UNITS}
     apart: list[dict] = []  # PPO as two independent processes on half the batch each: the ceiling of the 2-process run
     for r in range(a.repeats):  # the VM's speed drifts: alternate which side runs first, report the mean and each
         for kind, (one, two) in _hardware(work, dtype).items():
             hardware[kind][1].append(one)
             hardware[kind][2].append(two)
-            unit = "TFLOP/s" if kind == "matmul" else "GB/s"
-            print(f"repeat {r + 1}: {kind} {unit} 1 process {one:.3f}, 2 at once {two:.3f}", flush=True)
+            print(f"repeat {r + 1}: {kind} {HARDWARE_UNITS[kind]} 1 process {one:.3f}, 2 at once {two:.3f}", flush=True)
         for name, key in phases:
             sides = [1, 2, "apart"] if name == "ppo" else [1, 2]
             for n in sides if r % 2 == 0 else sides[::-1]:
