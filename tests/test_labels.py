@@ -14,6 +14,7 @@ from hf_prefs.labels.schema import (
     LabelValidationError,
     from_openai_json,
     from_pairwise,
+    load_label_file,
     to_canonical,
     to_pairwise,
     validate_labels,
@@ -152,6 +153,37 @@ def test_from_pairwise_renders_conversational_rows_as_trl_does(gpt2_tokenizer):
         from_pairwise(explicit)
     with pytest.raises(LabelValidationError, match="row 0, field 'chosen': could not be rendered.*chat_template is not set"):
         from_pairwise(explicit, gpt2_tokenizer)  # GPT-2's tokenizer has no chat template
+
+
+def test_load_label_file_takes_trl_pairwise_files(gpt2_tokenizer, tmp_path):
+    """A recipe's label_file in TRL's pairwise format: K = 2 labels, samples as the text (no EOS: the reward model then
+    scores policy responses, which are text too); conversational rows need the tokenizer's chat template."""
+    text = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "Q: hi.", "chosen": " good", "rejected": " bad"}, {"prompt": "It rained.", "chosen": " Sad", "rejected": " Fun"}]
+    text.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_label_file(text, k=2)
+    assert ds.to_list() == [{"query": "Q: hi.", "samples": [" good", " bad"], "best": 0},
+                            {"query": "It rained.", "samples": [" Sad", " Fun"], "best": 0}]
+    assert len(load_label_file(text, k=2, limit=1)) == 1
+    implicit = tmp_path / "implicit.jsonl"
+    implicit.write_text(json.dumps({"chosen": "It rained. Sad", "rejected": "It rained. Fun"}) + "\n")
+    assert load_label_file(implicit, k=2)[0] == {"query": "It rained.", "samples": [" Sad", " Fun"], "best": 0}
+    mixed = tmp_path / "mixed.jsonl"  # a row without the prompt the others have: named
+    mixed.write_text(text.read_text() + implicit.read_text())
+    with pytest.raises(LabelValidationError, match="row 2, field 'prompt'"):
+        load_label_file(mixed, k=2)
+    with pytest.raises(LabelValidationError, match="K=2 samples per row but num_candidates=4 .*set num_candidates 2"):
+        load_label_file(text, k=4)
+    chat = tmp_path / "chat.jsonl"
+    user = [{"role": "user", "content": "Is the sky blue?"}]
+    chat.write_text(json.dumps({"prompt": user, "chosen": [{"role": "assistant", "content": "Yes."}],
+                                "rejected": [{"role": "assistant", "content": "No."}]}) + "\n")
+    tok = copy.deepcopy(gpt2_tokenizer)
+    tok.chat_template = _CHATML
+    assert load_label_file(chat, k=2, processing_class=tok)[0] == {
+        "query": "<|user|>Is the sky blue?<|end|><|assistant|>", "samples": ["Yes.<|end|>", "No.<|end|>"], "best": 0}
+    with pytest.raises(LabelValidationError, match="row 0, field 'chosen': is conversational"):
+        load_label_file(chat, k=2)
 
 
 def test_to_pairwise_gives_the_k_minus_1_implied_pairs():

@@ -14,6 +14,7 @@ import torch
 
 from hf_prefs.core.kl import adaptive_kl_update
 from conftest import load_recipe
+from hf_prefs.labels.schema import load_label_file, to_pairwise
 from hf_prefs.pipeline import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,18 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         tiny_base, out, "--label_source", "file", "--label_file", str(first / "labels.jsonl"), "--adaptive_kl", "false"))
     _check_run(out, summary, adaptive=False, kl_target=6.0, horizon=100)
     assert summary["labels"] == {"source": "file", "label_file": str(first / "labels.jsonl"), "labels": 24}
+    # the same labels as TRL pairwise rows (each best-of-4 label's 3 implied pairs) with K = 2
+    pairs = tmp_path / "pairs.jsonl"
+    to_pairwise(load_label_file(first / "labels.jsonl")).to_json(pairs)
+    out = tmp_path / "pairwise"
+    summary = main(task="sentiment", argv=_tiny_args(
+        tiny_base, out, "--label_source", "file", "--label_file", str(pairs), "--num_candidates", "2", "--adaptive_kl", "false"))
+    _check_run(out, summary, adaptive=False, kl_target=6.0, horizon=100)
+    assert summary["labels"]["labels"] == 72
+    saved = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    first_rows = [json.loads(line) for line in (first / "labels.jsonl").read_text().splitlines()]
+    assert saved[0]["query"] == first_rows[0]["query"] and saved[0]["best"] == 0
+    assert saved[0]["samples"][0] == first_rows[0]["samples"][first_rows[0]["best"]]
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ __all__ = [
     "LABEL_COLUMNS",
     "LabelValidationError",
     "to_canonical",
+    "is_pairwise",
     "check_comparison",
     "check_best",
     "merge_flat_samples",
@@ -83,6 +84,12 @@ def _flat_sample_columns(column_names: Sequence[str]) -> list[str]:
     return names
 
 
+def is_pairwise(column_names: Iterable[str]) -> bool:
+    """Whether columns are TRL's pairwise preference format (``chosen`` and ``rejected``, no K-way ``samples``)."""
+    cols = list(column_names)
+    return {"chosen", "rejected"} <= set(cols) and "samples" not in cols and not _flat_sample_columns(cols)
+
+
 def to_canonical(dataset: Dataset) -> Dataset:
     """Return ``dataset`` with a ``samples`` list column (merging ``sample0..sample{K-1}`` if needed)."""
     cols = dataset.column_names
@@ -91,7 +98,7 @@ def to_canonical(dataset: Dataset) -> Dataset:
     flat = _flat_sample_columns(cols)
     if not flat:
         hint = ""
-        if {"chosen", "rejected"} <= set(cols):
+        if is_pairwise(cols):
             hint = (" — this is TRL's pairwise preference format: PreferenceRewardTrainer takes it as it is, or convert it "
                     "with hf_prefs.from_pairwise (K = 2 labels; conversational rows: from_pairwise(dataset, tokenizer))")
         raise LabelValidationError(
@@ -223,27 +230,37 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     raise LabelValidationError(f"unsupported file type {suffix!r} for {path}: use .jsonl, .json, .parquet, .csv or a dataset folder")
 
 
-def load_label_file(spec: str | os.PathLike, k: int | None = None, limit: int | None = None) -> Dataset:
+def load_label_file(
+    spec: str | os.PathLike, k: int | None = None, limit: int | None = None, processing_class: Any | None = None
+) -> Dataset:
     """Labels from a file or folder (see :func:`load_rows`), the paper's token-id JSON (``offline_5k.json``, decoded
     with GPT-2's tokenizer) or a Hub dataset id, validated (errors name the row); K must equal ``k`` when given.
-    ``limit`` keeps the first rows."""
+    ``limit`` keeps the first rows.
+
+    Rows in TRL's pairwise format (``chosen``/``rejected``, explicit or implicit prompt) become K = 2 labels through
+    :func:`from_pairwise` without an EOS appended (the samples are scored as the policy's responses are, as text);
+    conversational rows are rendered with ``processing_class``'s chat template."""
     path = Path(spec)
     if path.exists():
         rows = _read_file(path)
         if not rows:
             raise LabelValidationError(f"the label file {spec} holds no rows")
+        rows = rows[:limit] if limit is not None else rows
         if isinstance(rows[0].get("query"), list):  # the paper's token-id files
-            labels = from_openai_json(rows, load_gpt2_tokenizer(), limit=limit)
+            labels = from_openai_json(rows, load_gpt2_tokenizer())
         else:
-            labels = Dataset.from_list(rows[:limit] if limit is not None else rows)
+            labels = Dataset.from_list(rows)
     else:
         labels = load_dataset(str(spec), split="train")
         if limit is not None:
             labels = labels.select(range(min(limit, len(labels))))
-    labels = validate_labels(labels)
+    pairwise = is_pairwise(labels.column_names)
+    labels = from_pairwise(labels, processing_class) if pairwise else validate_labels(labels)
     got = len(labels[0]["samples"])
     if k is not None and got != k:
-        raise LabelValidationError(f"the labels in {spec} have K={got} samples per row but num_candidates={k}", field="num_candidates")
+        hint = " (TRL's pairwise rows: one chosen and one rejected sample; set num_candidates 2)" if pairwise else ""
+        raise LabelValidationError(f"the labels in {spec} have K={got} samples per row but num_candidates={k}{hint}",
+                                   field="num_candidates")
     return labels
 
 

@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
+from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
 from ..labels.schema import load_label_file
 from ..tasks.specs import get_task
 from ..trainers.ppo_config import PPOConfig
 
 __all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype",
-           "resolve_cpu_precision"]
+           "base_model_name", "resolve_cpu_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ class PipelineArguments:
     label_file: str | None = field(
         default=None,
         metadata={"help": "Labels for label_source=file: .jsonl/.json/.parquet/.csv in the label schema, the "
-                  "paper's token-id JSON (offline_5k.json), a saved dataset folder, or a Hub dataset id."},
+                  "paper's token-id JSON (offline_5k.json), TRL's pairwise prompt/chosen/rejected rows (K = 2: set "
+                  "num_candidates 2), a saved dataset folder, or a Hub dataset id."},
     )
     label_limit: int | None = field(default=None, metadata={"help": "Use the first N labels of the file."})
     num_candidates: int = field(default=4, metadata={"help": "K, samples per label (paper: 4)."})
@@ -118,6 +121,11 @@ class PipelineArguments:
         metadata={"help": "On a CPU without native bf16 matmuls (no AVX512-BF16/AMX, e.g. AVX2-only), run "
                   "dtype=bfloat16 / bf16=true in float32 instead (bf16 runs ~100x slower there); false keeps bf16."},
     )
+
+
+def base_model_name(model_args: Any) -> str:
+    """The base model rho's name or path: ``ModelConfig.model_name_or_path`` or, unset, the offline SmolLM2 asset."""
+    return getattr(model_args, "model_name_or_path", None) or str(smollm2_path())
 
 
 def model_dtype(model_args: Any) -> torch.dtype | str:
@@ -192,7 +200,8 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         if _looks_like_path(pa.label_file) and not Path(pa.label_file).exists():
             raise FileNotFoundError(f"label_file: {pa.label_file} does not exist")
         if Path(pa.label_file).exists():  # every row and K checked now, not after the models are loaded
-            load_label_file(pa.label_file, pa.num_candidates, pa.label_limit)
+            tokenizer = AutoTokenizer.from_pretrained(base_model_name(model_args))  # renders conversational pairs
+            load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
     if pa.label_source == "human" and not pa.label_queue_dir:
         raise ValueError("label_queue_dir: label_source=human needs the labeling queue's folder")
     if pa.label_source == "simulated" and pa.known_reward in (None, "", "none"):

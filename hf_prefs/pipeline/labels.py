@@ -27,12 +27,15 @@ def make_labeler(pa: PipelineArguments, seed: int) -> SimulatedLabeler:
     return SimulatedLabeler(make_known_reward(pa.known_reward), seed=seed, noise=pa.labeler_noise)
 
 
-def label_source(pa: PipelineArguments, seed: int, file_labels: Dataset | None = None) -> SimulatedLabeler | LabelQueue | Dataset:
-    """What ``label_source`` names: the simulated labeler, the label file's rows, or the human queue."""
+def label_source(
+    pa: PipelineArguments, seed: int, file_labels: Dataset | None = None, tokenizer: Any = None
+) -> SimulatedLabeler | LabelQueue | Dataset:
+    """What ``label_source`` names: the simulated labeler, the label file's rows (``tokenizer`` renders conversational
+    pairwise rows), or the human queue."""
     if pa.label_source == "simulated":
         return make_labeler(pa, seed)
     if pa.label_source == "file":
-        return file_labels if file_labels is not None else load_label_file(pa.label_file, pa.num_candidates, pa.label_limit)
+        return file_labels if file_labels is not None else load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
     return LabelQueue(pa.label_queue_dir)
 
 
@@ -53,7 +56,7 @@ def collect_labels(
     same label set.
     """
     if pa.label_source == "file":
-        labels = load_label_file(pa.label_file, pa.num_candidates, pa.label_limit)
+        labels = load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
         return labels, {"source": "file", "label_file": pa.label_file, "labels": len(labels)}
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
     kept, samples, stats = _sample_shards(pa, cfg, rho, tokenizer, list(queries), spec)

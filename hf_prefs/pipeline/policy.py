@@ -122,7 +122,7 @@ def online_label_loop(
     :class:`~hf_prefs.core.rollout.RolloutSpec`, reward models trained by :func:`train_reward_model` (normalized on
     rho samples; the latest is saved to ``output_dir/reward_model``)."""
     schedule = online_schedule(pa)
-    source = label_source(pa, cfg.seed, file_labels)
+    source = label_source(pa, cfg.seed, file_labels, base.tokenizer)
     if isinstance(source, Dataset) and len(source) < schedule.total_labels:
         raise ValueError(f"online_labels_per_round: the rounds need {schedule.total_labels} labels, the label file has {len(source)}")
     spec = RolloutSpec.from_config(cfg, base.tokenizer)

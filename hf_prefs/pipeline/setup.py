@@ -8,9 +8,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..assets import smollm2_path
 from ..tasks.queries import load_task_queries
-from .arguments import PipelineArguments, model_dtype
+from .arguments import PipelineArguments, base_model_name, model_dtype
 
 __all__ = ["Base", "QuerySplit", "load_base", "split_queries"]
 
@@ -40,7 +39,7 @@ def load_base(model_args: Any) -> Base:
     to EOS); rho is in eval mode, in ``ModelConfig.dtype`` (rho is never trained: bfloat16 makes sampling ~2.5x
     faster on CPUs with bf16 units).
     """
-    name = getattr(model_args, "model_name_or_path", None) or str(smollm2_path())
+    name = base_model_name(model_args)
     tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

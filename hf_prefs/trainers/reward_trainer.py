@@ -40,7 +40,7 @@ from .._compat import count_reward_trainer_tokens, get_dataset_column_names, rew
 from ..citation import ZIEGLER_2019
 from ..core.losses import kway_accuracy, kway_preference_loss
 from ..core.packing import pack_shared_prefix, pad_right
-from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, validate_labels
+from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
 from ..models.generation import input_pad_id
 from ..models.loading import load_reward_normalization, save_reward_normalization
@@ -225,7 +225,7 @@ class PreferenceRewardTrainer(RewardTrainer):
         ``trl.RewardTrainer`` prepares it (EOS appended to text completions, chat template for conversations); the
         K = 2 loss is TRL's pairwise loss ``-log sigmoid(r_chosen - r_rejected)``."""
         columns = get_dataset_column_names(dataset)
-        if isinstance(dataset, Dataset) and {"chosen", "rejected"} <= set(columns) and "samples" not in columns:
+        if isinstance(dataset, Dataset) and is_pairwise(columns):
             dataset = from_pairwise(dataset, processing_class, eos_token=getattr(processing_class, "eos_token", None))
             columns = get_dataset_column_names(dataset)
         expected_k = args.num_candidates  # None: inferred per dataset (an eval set may use another K)
