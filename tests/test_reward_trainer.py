@@ -300,8 +300,9 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
 
 
 def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path):
-    """TRL's pairwise format passed straight to the trainer: K = 2 labels prepared as trl.RewardTrainer prepares the
-    rows (EOS appended, reward at the last token), so two steps from the same weights give TRL's losses and weights."""
+    """A TRL reward script with the trainer's import changed: TRL's RewardConfig and pairwise rows passed straight to
+    the trainer: K = 2 labels prepared as trl.RewardTrainer prepares the rows (EOS appended, reward at the last token),
+    so two steps from the same weights give TRL's losses and weights."""
     import copy
 
     from trl import RewardConfig, RewardTrainer
@@ -326,7 +327,10 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
                   disable_tqdm=True)
     trl_trainer = RewardTrainer(trl_model, RewardConfig(output_dir=str(tmp_path / "trl"), **common),
                                 train_dataset=pairs, processing_class=tok)
-    ours = PreferenceRewardTrainer(ours_model, make_args(tmp_path, **common), train_dataset=pairs, processing_class=tok)
+    ours = PreferenceRewardTrainer(ours_model, RewardConfig(output_dir=str(tmp_path / "ours"), **common),
+                                   train_dataset=pairs, processing_class=tok)
+    assert isinstance(ours.args, PreferenceRewardConfig) and ours.args.optim == trl_trainer.args.optim
+    assert not ours.args.normalize_before and not ours.args.normalize_after  # TRL's config: no rho samples, no normalization
     row = ours.train_dataset[0]
     assert len(row["samples_ids"]) == 2 and row["best"] == 0
     assert row["query_ids"] + row["samples_ids"][0] == trl_trainer.train_dataset[0]["chosen_ids"]  # same tokens
@@ -340,3 +344,25 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
     diff = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), trl_model.parameters()))
     print(f"max |ours - TRL| after 2 steps: {diff:.2e} (weights moved up to {moved:.2e})")
     assert diff < 1e-6 and moved > 1e-3
+
+
+def test_trl_reward_config_is_taken_field_for_field(gpt2_tokenizer, tmp_path, monkeypatch):
+    """A trl.RewardConfig becomes a PreferenceRewardConfig with every field of it; normalization (which needs rho
+    samples) is on only when the trainer gets them; anything else is refused."""
+    from dataclasses import fields
+
+    from trl import RewardConfig
+
+    trl_args = RewardConfig(output_dir=str(tmp_path), learning_rate=1e-5, lr_scheduler_type="cosine", max_length=64,
+                            center_rewards_coefficient=0.01, hub_token="t", report_to=[], use_cpu=True, bf16=False)
+    ours = PreferenceRewardConfig.from_reward_config(trl_args, normalize_before=False)
+    assert all(getattr(ours, f.name) == getattr(trl_args, f.name) for f in fields(trl_args))
+    assert not ours.normalize_before and ours.normalize_after
+    trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), trl_args, train_dataset=toy_labels(8),
+                                      processing_class=gpt2_tokenizer, normalization_samples=rho_samples())
+    assert trainer.args.normalize_before and trainer.args.normalize_after and trainer.args.center_rewards_coefficient == 0.01
+    monkeypatch.chdir(tmp_path)  # args=None: TRL's default output_dir "<model>-Reward", here without rho samples
+    default = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), train_dataset=toy_labels(8), processing_class=gpt2_tokenizer)
+    assert not default.args.normalize_before and default.args.output_dir.endswith("-Reward")
+    with pytest.raises(TypeError, match="PreferenceRewardConfig or trl.RewardConfig, got dict"):
+        PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), {"output_dir": str(tmp_path)}, train_dataset=toy_labels(8))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from trl import RewardConfig
@@ -78,6 +79,12 @@ class PreferenceRewardConfig(RewardConfig):
         default=False,
         metadata={"help": "Compute the frozen bottom layers' output once per label and train the top on it."},
     )
+
+    @classmethod
+    def from_reward_config(cls, args: RewardConfig, **overrides: Any) -> PreferenceRewardConfig:
+        """``trl.RewardConfig`` ``args`` as a ``PreferenceRewardConfig``: every field of ``args`` as it is, the K-way
+        options at their defaults, then ``overrides``."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(args) if f.init}, **overrides)
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:

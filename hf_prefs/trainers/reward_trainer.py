@@ -34,7 +34,7 @@ from datasets import Dataset, IterableDataset
 from transformers import TrainerCallback
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.trainer_utils import get_last_checkpoint
-from trl import RewardTrainer
+from trl import RewardConfig, RewardTrainer
 
 from .._compat import count_reward_trainer_tokens, get_dataset_column_names, reward_trainer_metrics
 from ..citation import ZIEGLER_2019
@@ -126,6 +126,11 @@ class PreferenceRewardTrainer(RewardTrainer):
             ``sampler(queries: list[str]) -> list[str]`` (e.g. :class:`hf_prefs.models.generation.ResponseSampler`), fed
             ``args.normalize_samples`` queries drawn from the training labels.
 
+    ``args`` may be TRL's own ``RewardConfig`` (a TRL reward script with the trainer's import changed): its fields are
+    kept (:meth:`PreferenceRewardConfig.from_reward_config`) and ρ-normalization runs only when
+    ``normalization_samples`` are given, as with ``args=None``; a ``PreferenceRewardConfig`` normalizes by default
+    (the paper's rule) and then needs them.
+
     Logged (train and ``eval_``): ``loss``, ``accuracy`` (argmax reward = labeler's pick, ties count 1/m),
     ``mean_reward``, ``std_reward``, ``min_reward``, ``max_reward``, ``num_tokens``; after each normalization
     ``reward_gain_before``/``reward_bias_before`` (or ``_after``).
@@ -152,11 +157,14 @@ class PreferenceRewardTrainer(RewardTrainer):
         peft_config: Any = None,
         normalization_samples: NormalizationSamples | None = None,
     ):
+        normalize = {"normalize_before": normalization_samples is not None, "normalize_after": normalization_samples is not None}
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
-            args = PreferenceRewardConfig(f"{name.rstrip('/').split('/')[-1]}-Reward")
+            args = PreferenceRewardConfig(f"{name.rstrip('/').split('/')[-1]}-Reward", **normalize)
         elif not isinstance(args, PreferenceRewardConfig):
-            raise TypeError(f"args must be a PreferenceRewardConfig, got {type(args).__name__}")
+            if not isinstance(args, RewardConfig):
+                raise TypeError(f"args must be a PreferenceRewardConfig or trl.RewardConfig, got {type(args).__name__}")
+            args = PreferenceRewardConfig.from_reward_config(args, **normalize)
         self._check_normalization_samples(normalization_samples, args)
         self.normalization_samples = normalization_samples
         self.num_candidates: int | None = args.num_candidates  # read by _prepare_dataset (called in super().__init__)
