@@ -7,7 +7,8 @@ tokenizer with padding on the left and a "[PAD]" token added to the tokenizer on
 and reference from ``sft_model_path``; the ``prompt`` column tokenized to ``input_ids`` (TL;DR: prompts of <= 512
 tokens); ``PPOTrainer(args=, processing_class=, model=, ref_model=, reward_model=, value_model=, train_dataset=,
 eval_dataset=, peft_config=)``; ``train()``; ``save_model(output_dir)``; ``push_to_hub(dataset_name=)``;
-``generate_completions()``. Each stage is asserted.
+``generate_completions()``. Each stage is asserted. And TRL's reward-modeling script ``trl/scripts/reward.py`` with its
+trainer imported from hf_prefs.
 """
 
 from __future__ import annotations
@@ -248,3 +249,49 @@ def test_trl_ppo_tldr_flow_with_the_import_changed(local_hub, tmp_path, use_peft
     trainer.train()
     _check_trained_and_saved(trainer, training_args, n_updates=2)
     assert len(trainer.generate_completions()) == len(eval_dataset)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# trl/scripts/reward.py (TRL's reward-modeling script, as installed)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_trl_reward_script_with_the_import_changed(local_hub, tmp_path):
+    """The installed TRL's own ``trl/scripts/reward.py`` with one line changed (its trainer imported from hf_prefs), run
+    as a user runs it: a model path, a local pairwise dataset, TRL's RewardConfig flags; trains, saves, and the saved
+    model scores the chosen completions above the rejected ones more often than before."""
+    import subprocess
+    import sys
+
+    import trl.scripts.reward as trl_reward
+
+    source = Path(trl_reward.__file__).read_text()
+    old = "from trl import RewardTrainer, "
+    assert source.count(old) == 1, "TRL's reward script imports its trainer differently now"
+    script = tmp_path / "reward.py"
+    script.write_text(source.replace(old, "from hf_prefs import PreferenceRewardTrainer as RewardTrainer\n    from trl import "))
+    data = tmp_path / "pairs"
+    (data / "data").mkdir(parents=True)
+    good, bad = [" wonderful", " happy", " lovely"], [" terrible", " sad", " awful"]
+    rows = {"chosen": [f"Day {i}. She felt{good[i % 3]}." for i in range(32)],
+            "rejected": [f"Day {i}. She felt{bad[i % 3]}." for i in range(32)]}  # implicit prompt, as TRL's datasets
+    Dataset.from_dict(rows).to_parquet(data / "data" / "train-00000-of-00001.parquet")
+    out = tmp_path / "rm"
+    cmd = [sys.executable, str(script), "--model_name_or_path", local_hub["rm"], "--dataset_name", str(data),
+           "--output_dir", str(out), "--per_device_train_batch_size", "8", "--num_train_epochs", "3",
+           "--learning_rate", "3e-3", "--use_cpu", "true", "--bf16", "false", "--report_to", "none",
+           "--save_strategy", "no", "--disable_tqdm", "true", "--gradient_checkpointing", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Training completed" in proc.stdout + proc.stderr
+
+    from hf_prefs import load_reward_model, score_texts
+
+    def margin(path: str) -> float:  # mean r(chosen) - r(rejected), EOS appended as TRL's trainer appends it
+        model, tok = load_reward_model(path)
+        prompts = [c.split(" She")[0] for c in rows["chosen"]]
+        chosen, rejected = ([t[len(p):] + tok.eos_token for t, p in zip(rows[col], prompts)] for col in ("chosen", "rejected"))
+        return float((torch.as_tensor(score_texts(model, tok, prompts, chosen))
+                      - torch.as_tensor(score_texts(model, tok, prompts, rejected))).mean())
+
+    before, after = margin(local_hub["rm"]), margin(str(out))
+    print(f"mean reward margin chosen - rejected: {before:.3f} before, {after:.3f} after")
+    assert after > before + 1.0
