@@ -299,7 +299,8 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
     assert "hf-prefs" in card and "1909.08593" in card and "reward-trainer" in card
 
 
-def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path, streaming):
     """A TRL reward script with the trainer's import changed: TRL's RewardConfig and pairwise rows passed straight to
     the trainer: K = 2 labels prepared as trl.RewardTrainer prepares the rows (EOS appended, reward at the last token),
     so two steps from the same weights give TRL's losses and weights."""
@@ -325,16 +326,17 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
     common = dict(per_device_train_batch_size=4, optim="sgd", learning_rate=0.1, max_steps=2, logging_steps=1, report_to=[],
                   save_strategy="no", gradient_checkpointing=False, seed=0, use_cpu=True, bf16=False,
                   disable_tqdm=True)
+    data = pairs.to_iterable_dataset() if streaming else pairs  # a stream: TRL's --dataset_streaming, rows in order
     trl_trainer = RewardTrainer(trl_model, RewardConfig(output_dir=str(tmp_path / "trl"), **common),
-                                train_dataset=pairs, processing_class=tok)
+                                train_dataset=data, processing_class=tok)
     ours = PreferenceRewardTrainer(ours_model, RewardConfig(output_dir=str(tmp_path / "ours"), **common),
-                                   train_dataset=pairs, processing_class=tok)
+                                   train_dataset=data, processing_class=tok)
     assert isinstance(ours.args, PreferenceRewardConfig) and ours.args.optim == trl_trainer.args.optim
     assert not ours.args.normalize_before and not ours.args.normalize_after  # TRL's config: no rho samples, no normalization
-    row = ours.train_dataset[0]
+    row, trl_row = next(iter(ours.train_dataset)), next(iter(trl_trainer.train_dataset))
     assert len(row["samples_ids"]) == 2 and row["best"] == 0
-    assert row["query_ids"] + row["samples_ids"][0] == trl_trainer.train_dataset[0]["chosen_ids"]  # same tokens
-    assert row["query_ids"] + row["samples_ids"][1] == trl_trainer.train_dataset[0]["rejected_ids"]
+    assert row["query_ids"] + row["samples_ids"][0] == trl_row["chosen_ids"]  # same tokens
+    assert row["query_ids"] + row["samples_ids"][1] == trl_row["rejected_ids"]
     trl_trainer.train()
     ours.train()
     trl_losses = [h["loss"] for h in trl_trainer.state.log_history if "loss" in h]
@@ -344,6 +346,12 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
     diff = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), trl_model.parameters()))
     print(f"max |ours - TRL| after 2 steps: {diff:.2e} (weights moved up to {moved:.2e})")
     assert diff < 1e-6 and moved > 1e-3
+    if streaming:  # a bad row of a stream is named when it is read
+        bad = Dataset.from_dict({"prompt": ["q", "q"], "chosen": [" a", None], "rejected": [" b", " c"]}).to_iterable_dataset()
+        stream = PreferenceRewardTrainer(copy.deepcopy(initial), RewardConfig(output_dir=str(tmp_path / "bad"), **common),
+                                         train_dataset=bad, processing_class=tok).train_dataset
+        with pytest.raises(LabelValidationError, match="row 1, field 'chosen': must be text or a list of messages, got NoneType"):
+            list(stream)
 
 
 def test_trl_reward_config_is_taken_field_for_field(gpt2_tokenizer, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ Converters: :func:`from_pairwise` (TRL's ``prompt``/``chosen``/``rejected`` pref
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -30,9 +31,10 @@ from typing import Any
 
 from pathlib import Path
 
-from datasets import Dataset, Value, load_dataset, load_from_disk
+from datasets import Dataset, IterableDataset, Value, load_dataset, load_from_disk
 from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_extract_prompt
 
+from .._compat import get_dataset_column_names
 from ..assets import load_gpt2_tokenizer
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "validate_labels",
     "load_rows",
     "load_label_file",
+    "pairwise_label",
     "from_pairwise",
     "to_pairwise",
     "from_openai_json",
@@ -264,7 +267,34 @@ def load_label_file(
     return labels
 
 
-def from_pairwise(dataset: Dataset, processing_class: Any | None = None, eos_token: str | None = None) -> Dataset:
+def pairwise_label(
+    row: Mapping[str, Any], idx: int, processing_class: Any | None = None, eos_token: str | None = None
+) -> dict[str, Any]:
+    """Row ``idx`` of TRL's preference format as a K = 2 label ``{query, samples: [chosen, rejected], best: 0}`` (the
+    rules: :func:`from_pairwise`). Raises :class:`LabelValidationError` naming the row and field."""
+    row = maybe_extract_prompt({c: row[c] for c in ("prompt", "chosen", "rejected") if c in row})
+    conversational = is_conversational(row)
+    if conversational:
+        if processing_class is None:
+            raise LabelValidationError(
+                "is conversational (lists of messages): pass the tokenizer, from_pairwise(dataset, tokenizer), "
+                "so its chat template renders the rows to text", idx, "chosen")
+        try:
+            row = maybe_apply_chat_template(row, processing_class)
+        except (ValueError, TypeError, KeyError) as err:  # no chat template, malformed messages
+            raise LabelValidationError(f"could not be rendered with the chat template: {err}", idx, "chosen") from err
+    for col in ("prompt", "chosen", "rejected"):
+        if not isinstance(row[col], str):
+            raise LabelValidationError(f"must be text or a list of messages, got {type(row[col]).__name__}", idx, col)
+    samples = [row["chosen"], row["rejected"]]
+    if eos_token and not conversational:
+        samples = [s if s.endswith(eos_token) else s + eos_token for s in samples]
+    return check_label_row(idx, {"query": row["prompt"], "samples": samples, "best": 0}, k=2)
+
+
+def from_pairwise(
+    dataset: Dataset | IterableDataset, processing_class: Any | None = None, eos_token: str | None = None
+) -> Dataset | IterableDataset:
     """TRL's preference format (``prompt``/``chosen``/``rejected``) -> K = 2 labels.
 
     Rows become ``query = prompt``, ``samples = [chosen, rejected]``, ``best = 0``. Without a ``prompt`` column (TRL's
@@ -274,37 +304,19 @@ def from_pairwise(dataset: Dataset, processing_class: Any | None = None, eos_tok
     with TRL's ``maybe_apply_chat_template`` and ``processing_class`` (a tokenizer with a chat template): the query is
     the templated prompt (with the generation prompt), each sample the rest of the templated conversation (the
     assistant turn after the generation prompt). ``eos_token``: appended to text samples that do not end with it, as
-    ``trl.RewardTrainer`` appends the tokenizer's to text (not conversational) completions.
+    ``trl.RewardTrainer`` appends the tokenizer's to text (not conversational) completions. An ``IterableDataset`` is
+    converted as it streams (a bad row raises when it is read).
     """
+    columns = get_dataset_column_names(dataset)
     for col in ("chosen", "rejected"):
-        if col not in dataset.column_names:
-            raise LabelValidationError(f"a pairwise dataset needs '{col}'; got columns {dataset.column_names}")
-    if "margin" in dataset.column_names:
+        if col not in columns:
+            raise LabelValidationError(f"a pairwise dataset needs '{col}'; got columns {columns}")
+    if "margin" in columns:
         raise LabelValidationError("TRL's per-pair margin has no place in the best-of-K loss: drop the column, or train "
                                    "with trl.RewardTrainer, whose loss uses it", field="margin")
-
-    def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
-        row = maybe_extract_prompt({c: row[c] for c in ("prompt", "chosen", "rejected") if c in row})
-        conversational = is_conversational(row)
-        if conversational:
-            if processing_class is None:
-                raise LabelValidationError(
-                    "is conversational (lists of messages): pass the tokenizer, from_pairwise(dataset, tokenizer), "
-                    "so its chat template renders the rows to text", idx, "chosen")
-            try:
-                row = maybe_apply_chat_template(row, processing_class)
-            except (ValueError, TypeError, KeyError) as err:  # no chat template, malformed messages
-                raise LabelValidationError(f"could not be rendered with the chat template: {err}", idx, "chosen") from err
-        for col in ("prompt", "chosen", "rejected"):
-            if not isinstance(row[col], str):
-                raise LabelValidationError(f"must be text or a list of messages, got {type(row[col]).__name__}", idx, col)
-        samples = [row["chosen"], row["rejected"]]
-        if eos_token and not conversational:
-            samples = [s if s.endswith(eos_token) else s + eos_token for s in samples]
-        return {"query": row["prompt"], "samples": samples, "best": 0}
-
-    drop = [c for c in ("prompt", "chosen", "rejected") if c in dataset.column_names]
-    return validate_labels(dataset.map(convert, with_indices=True, remove_columns=drop), k=2)
+    convert = functools.partial(pairwise_label, processing_class=processing_class, eos_token=eos_token)
+    labels = dataset.map(convert, with_indices=True, remove_columns=[c for c in ("prompt", "chosen", "rejected") if c in columns])
+    return validate_labels(labels, k=2) if isinstance(labels, Dataset) else labels
 
 
 def to_pairwise(dataset: Dataset) -> Dataset:

@@ -227,73 +227,22 @@ class PreferenceRewardTrainer(RewardTrainer):
         args: PreferenceRewardConfig,
         dataset_name: str,
     ) -> Dataset | IterableDataset:
-        """Validate label rows and tokenize them to ``query_ids`` and ``samples_ids`` (K lists); idempotent. A
-        ``datasets.Dataset`` in TRL's pairwise format (``chosen``/``rejected``, text or conversational, explicit or
-        implicit prompt) becomes K = 2 labels through :func:`~hf_prefs.labels.schema.from_pairwise`, prepared as
-        ``trl.RewardTrainer`` prepares it (EOS appended to text completions, chat template for conversations); the
-        K = 2 loss is TRL's pairwise loss ``-log sigmoid(r_chosen - r_rejected)``."""
-        columns = get_dataset_column_names(dataset)
-        if isinstance(dataset, Dataset) and is_pairwise(columns):
+        """Validate label rows and tokenize them to ``query_ids`` and ``samples_ids`` (K lists); idempotent. A dataset in
+        TRL's pairwise format (``chosen``/``rejected``, text or conversational, explicit or implicit prompt; a
+        ``Dataset`` or a stream) becomes K = 2 labels through :func:`~hf_prefs.labels.schema.from_pairwise`, prepared
+        as ``trl.RewardTrainer`` prepares it (EOS appended to text completions, chat template for conversations); the
+        K = 2 loss is TRL's pairwise loss ``-log sigmoid(r_chosen - r_rejected)``. Rows longer than ``max_length``
+        are dropped, as TRL drops them."""
+        if is_pairwise(get_dataset_column_names(dataset)):
             dataset = from_pairwise(dataset, processing_class, eos_token=getattr(processing_class, "eos_token", None))
-            columns = get_dataset_column_names(dataset)
         expected_k = args.num_candidates  # None: inferred per dataset (an eval set may use another K)
-        if not {"query_ids", "samples_ids", "best"} <= set(columns):
-            if isinstance(dataset, Dataset):
-                dataset = validate_labels(dataset, k=expected_k)
-            else:  # IterableDataset: check each row as it streams (K fixed by num_candidates only)
-
-                def check(row: dict[str, Any], i: int) -> dict[str, Any]:
-                    check_label_row(i, row, expected_k)
-                    return row
-
-                dataset = dataset.map(check, with_indices=True)
-
-            def tokenize(row: dict[str, Any]) -> dict[str, Any]:
-                return {
-                    "query_ids": processing_class(row["query"])["input_ids"],
-                    "samples_ids": [
-                        processing_class(s, add_special_tokens=False)["input_ids"] for s in row["samples"]
-                    ],
-                }
-
-            map_kwargs: dict[str, Any] = {}
-            if isinstance(dataset, Dataset):
-                map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Tokenizing {dataset_name} labels"}
-            dataset = dataset.map(tokenize, **map_kwargs)
-        elif isinstance(dataset, Dataset):  # already tokenized: check K and best
-            for i, row in enumerate(dataset.select_columns(["samples_ids", "best"])):
-                k = len(row["samples_ids"])
-                if k < 2 or (expected_k is not None and k != expected_k):
-                    raise LabelValidationError(f"has {k} samples, expected K={expected_k or '>=2'}", i, "samples_ids")
-                if not 0 <= int(row["best"]) < k:
-                    raise LabelValidationError(f"best={row['best']} is out of range [0, {k - 1}]", i, "best")
-                expected_k = k
-
-        if isinstance(dataset, Dataset) and len(dataset) > 0:
-            k = len(dataset[0]["samples_ids"])
-            if dataset_name == "train":
-                self.num_candidates = k
-
-        if args.max_length is not None and isinstance(dataset, Dataset):  # TRL drops (does not truncate) long rows
-            n = len(dataset)
-            dataset = dataset.filter(
-                lambda row: all(len(row["query_ids"]) + len(s) <= args.max_length for s in row["samples_ids"]),
-                num_proc=args.dataset_num_proc,
-                desc=f"Filtering {dataset_name} >{args.max_length} tokens",
-            )
-            if len(dataset) < n:
-                warnings.warn(
-                    f"{n - len(dataset)} of {n} {dataset_name} labels have a query+sample longer than max_length="
-                    f"{args.max_length} tokens and were dropped",
-                    stacklevel=2,
-                )
-            if len(dataset) == 0:
-                raise ValueError(f"no {dataset_name} label fits in max_length={args.max_length} tokens")
-        elif args.max_length is not None:
-            dataset = dataset.filter(
-                lambda row: all(len(row["query_ids"]) + len(s) <= args.max_length for s in row["samples_ids"])
-            )
-        return dataset
+        if {"query_ids", "samples_ids", "best"} <= set(get_dataset_column_names(dataset)):
+            _check_tokenized(dataset, expected_k)
+        else:
+            dataset = _tokenize_labels(_checked_labels(dataset, expected_k), processing_class, args, dataset_name)
+        if isinstance(dataset, Dataset) and len(dataset) > 0 and dataset_name == "train":
+            self.num_candidates = len(dataset[0]["samples_ids"])
+        return _drop_long(dataset, args, dataset_name) if args.max_length is not None else dataset
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -455,3 +404,59 @@ class PreferenceRewardTrainer(RewardTrainer):
     def reward_normalization(self) -> tuple[float, float]:
         """The model's current ``(gain, bias)``."""
         return get_reward_normalization(self.model)
+
+
+def _checked_labels(dataset: Dataset | IterableDataset, k: int | None) -> Dataset | IterableDataset:
+    """Label rows checked (errors name the row and field): a ``Dataset`` at once, a stream row by row as it is read
+    (its K fixed by ``k`` only)."""
+    if isinstance(dataset, Dataset):
+        return validate_labels(dataset, k=k)
+    return dataset.map(lambda row, i: check_label_row(i, row, k), with_indices=True)
+
+
+def _tokenize_labels(
+    dataset: Dataset | IterableDataset, processing_class: Any, args: PreferenceRewardConfig, name: str
+) -> Dataset | IterableDataset:
+    """``query_ids`` (the tokenizer's special tokens included) and ``samples_ids`` (K lists, none added) of each row."""
+
+    def tokenize(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "query_ids": processing_class(row["query"])["input_ids"],
+            "samples_ids": [processing_class(s, add_special_tokens=False)["input_ids"] for s in row["samples"]],
+        }
+
+    if isinstance(dataset, Dataset):
+        return dataset.map(tokenize, num_proc=args.dataset_num_proc, desc=f"Tokenizing {name} labels")
+    return dataset.map(tokenize)
+
+
+def _check_tokenized(dataset: Dataset | IterableDataset, k: int | None) -> None:
+    """An already tokenized ``Dataset``: every row has the same K >= 2 (``k`` when given) and ``best`` in ``[0, K)``."""
+    if not isinstance(dataset, Dataset):
+        return
+    for i, row in enumerate(dataset.select_columns(["samples_ids", "best"])):
+        got = len(row["samples_ids"])
+        if got < 2 or (k is not None and got != k):
+            raise LabelValidationError(f"has {got} samples, expected K={k or '>=2'}", i, "samples_ids")
+        if not 0 <= int(row["best"]) < got:
+            raise LabelValidationError(f"best={row['best']} is out of range [0, {got - 1}]", i, "best")
+        k = got
+
+
+def _drop_long(dataset: Dataset | IterableDataset, args: PreferenceRewardConfig, name: str) -> Dataset | IterableDataset:
+    """Labels with a query+sample longer than ``max_length`` tokens dropped (TRL drops, does not truncate, long rows);
+    a warning counts them, an error says when none is left."""
+
+    def fits(row: dict[str, Any]) -> bool:
+        return all(len(row["query_ids"]) + len(s) <= args.max_length for s in row["samples_ids"])
+
+    if not isinstance(dataset, Dataset):
+        return dataset.filter(fits)
+    n = len(dataset)
+    dataset = dataset.filter(fits, num_proc=args.dataset_num_proc, desc=f"Filtering {name} >{args.max_length} tokens")
+    if len(dataset) < n:
+        warnings.warn(f"{n - len(dataset)} of {n} {name} labels have a query+sample longer than max_length="
+                      f"{args.max_length} tokens and were dropped", stacklevel=3)
+    if len(dataset) == 0:
+        raise ValueError(f"no {name} label fits in max_length={args.max_length} tokens")
+    return dataset
