@@ -4,6 +4,7 @@ reports, end to end on a tiny GPT-2."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import subprocess
@@ -70,7 +71,7 @@ def study(config, tiny_base, tmp_path_factory):
 
 def test_study_rows_follow_their_definitions(study):
     out, _ = study
-    for name in ("study.csv", "study_summary.csv", "frontier_rho.csv", "labels_s0.jsonl", "labels_s1.jsonl",
+    for name in ("study.csv", "study_summary.csv", "frontier_rho.csv", "labels_s0.jsonl.gz", "labels_s1.jsonl.gz",
                  "runs/direct_s0/metrics.jsonl", "runs/rm8_s1/eval.json", "runs/rm16_s0/reward_model/config.json"):
         assert (out / name).is_file(), name
     for png in ("kl_vs_reward.png", "reward_vs_labels.png"):
@@ -80,7 +81,7 @@ def test_study_rows_follow_their_definitions(study):
     assert sorted((r["run"], int(r["seed"]), int(r["labels"])) for r in rows) == [
         ("direct", 0, 0), ("direct", 1, 0), ("rm", 0, 8), ("rm", 0, 16), ("rm", 1, 8), ("rm", 1, 16)]
     # a seed changes the labels
-    assert (out / "labels_s0.jsonl").read_text() != (out / "labels_s1.jsonl").read_text()
+    assert gzip.decompress((out / "labels_s0.jsonl.gz").read_bytes()) != gzip.decompress((out / "labels_s1.jsonl.gz").read_bytes())
     direct = {int(r["seed"]): float(r["gain"]) for r in rows if r["run"] == "direct"}
     for r in rows:
         name = "direct" if r["run"] == "direct" else f"rm{r['labels']}"
@@ -147,12 +148,12 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     evaluated: list[int] = []
     real_eval = study_mod.evaluate_policy
     monkeypatch.setattr(study_mod, "evaluate_policy", lambda *a, **k: evaluated.append(1) or real_eval(*a, **k))
-    labels_file = (out / "labels_s1.jsonl").read_text()
+    labels_file = (out / "labels_s1.jsonl.gz").read_bytes()
     study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))
     assert ran == ["rm16_s1"]
     assert evaluated == [1]  # the run's own evaluation; rho's held-out rewards read back from rho_eval.json
     assert sampled == [1]  # the run's own policy samples; rho's frontier samples read back from rho_samples.pt
-    assert collected == [] and (out / "labels_s1.jsonl").read_text() == labels_file  # the seed's labels read back
+    assert collected == [] and (out / "labels_s1.jsonl.gz").read_bytes() == labels_file  # the seed's labels read back
     assert trained == []  # the finished reward model of rm16_s1 read back from runs/rm16_s1/
     after = (out / "study.csv").read_text().splitlines()
     assert after[0] == before[0] and len(after) == len(before) and after[-1].startswith("rm,1,16,")  # today's header

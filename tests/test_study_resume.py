@@ -47,14 +47,14 @@ def test_labels_resume_after_the_last_whole_chunk(tmp_path, monkeypatch):
     monkeypatch.setattr(study_mod, "collect_labels", _fake_collect(calls, fail_on=2))
     with pytest.raises(KeyboardInterrupt):
         study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.part000.jsonl"]  # the whole chunk kept
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.part000.jsonl.gz"]  # the whole chunk kept
 
     calls.clear()
     monkeypatch.setattr(study_mod, "collect_labels", _fake_collect(calls))
     resumed = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries)
     assert calls == [(3 + 100_003, 4), (3 + 2 * 100_003, 2)]  # chunk 0 read back, not sampled again
     assert resumed.to_list() == whole.to_list()
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.jsonl"]  # parts merged, then removed
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.jsonl.gz"]  # parts merged, then removed
 
     calls.clear()
     again = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries)
@@ -74,10 +74,10 @@ def test_a_run_on_the_first_n_labels_needs_only_the_chunks_that_hold_them(tmp_pa
     first = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries, need=5)
     assert calls == [(3, 4), (3 + 100_003, 4)] and len(first) == 8  # two chunks hold the first 5 labels
     assert first.to_list() == whole.select(range(8)).to_list()
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.part000.jsonl", "labels_s3.part001.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.part000.jsonl.gz", "labels_s3.part001.jsonl.gz"]
     calls.clear()
     assert study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries, need=8).to_list() == first.to_list()
     assert calls == []  # enough already: nothing sampled
     rest = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries, need=10)
     assert calls == [(3 + 2 * 100_003, 2)] and rest.to_list() == whole.to_list()
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.jsonl"]  # all in: merged, parts removed
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.jsonl.gz"]  # all in: merged, parts removed

@@ -364,14 +364,15 @@ def _drop_checkpoints(ctx: StudyContext, name: str) -> None:
 
 def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: int | None = None) -> Dataset:
     """The seed's simulated labels, collected in chunks of ``label_chunk`` queries, each written to
-    ``labels_s<seed>.part<c>.jsonl`` when done (collecting thousands takes tens of minutes on a CPU, so an interrupted
-    study loses at most one chunk); chunk ``c`` samples and labels with seed ``seed + 100_003 * c``, so a resumed
-    collection gives the labels an uninterrupted one does. ``query_index`` counts over all label queries.
+    ``labels_s<seed>.part<c>.jsonl.gz`` when done (collecting thousands takes tens of minutes on a CPU, so an
+    interrupted study loses at most one chunk; the files are small enough to commit, so a study carried on on another
+    machine reads them back); chunk ``c`` samples and labels with seed ``seed + 100_003 * c``, so a resumed collection
+    gives the labels an uninterrupted one does. ``query_index`` counts over all label queries.
 
     With ``need``, chunks are collected only until there are ``need`` labels: a run on the first N labels can start
     before the pool for the largest N is complete (its first N labels are the same either way). Once every chunk is
-    in, the parts are merged into ``labels_s<seed>.jsonl`` and removed."""
-    path = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.jsonl")
+    in, the parts are merged into ``labels_s<seed>.jsonl.gz`` and removed."""
+    path = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.jsonl.gz")
     if os.path.exists(path):
         labels = Dataset.from_json(path)
         if len(labels) >= max(ctx.sa.label_counts):
@@ -382,21 +383,26 @@ def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: in
     for c, start in enumerate(starts):
         if need is not None and sum(len(p) for p in parts) >= need:
             return concatenate_datasets(parts)
-        part = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl")
+        part = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl.gz")
         if os.path.exists(part):
             parts.append(Dataset.from_json(part))
             continue
         chunk, _ = collect_labels(ctx.pa, replace(cfg, seed=cfg.seed + 100_003 * c), ctx.base.rho, ctx.base.tokenizer,
                                   label_q[start : start + size], ctx.spec)
         chunk = chunk.map(lambda row: {"query_index": row["query_index"] + start})
-        chunk.to_json(part + ".tmp")
-        os.replace(part + ".tmp", part)  # a part file exists only whole
+        _write_jsonl_gz(chunk, part)
         parts.append(chunk)
     labels = concatenate_datasets(parts)
-    labels.to_json(path)
+    _write_jsonl_gz(labels, path)
     for c in range(len(parts)):
-        os.remove(os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl"))
+        os.remove(os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl.gz"))
     return labels
+
+
+def _write_jsonl_gz(dataset: Dataset, path: str) -> None:
+    """``dataset`` as gzipped JSON lines at ``path``, which exists only whole (written aside, then renamed)."""
+    dataset.to_json(path + ".tmp", compression="gzip")
+    os.replace(path + ".tmp", path)
 
 
 def _reward_model(ctx: StudyContext, cfg: PPOConfig, labels: Dataset, rm_dir: str) -> tuple[Any, dict[str, Any]]:
