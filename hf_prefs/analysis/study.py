@@ -378,12 +378,16 @@ def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: in
         if len(labels) >= max(ctx.sa.label_counts):
             return labels
     size = max(1, ctx.sa.label_chunk)
+
+    def part_path(c: int) -> str:
+        return os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl.gz")
+
     parts: list[Dataset] = []
     starts = range(0, len(label_q), size)
     for c, start in enumerate(starts):
         if need is not None and sum(len(p) for p in parts) >= need:
             return concatenate_datasets(parts)
-        part = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl.gz")
+        part = part_path(c)
         if os.path.exists(part):
             parts.append(Dataset.from_json(part))
             continue
@@ -395,7 +399,7 @@ def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: in
     labels = concatenate_datasets(parts)
     _write_jsonl_gz(labels, path)
     for c in range(len(parts)):
-        os.remove(os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.part{c:03d}.jsonl.gz"))
+        os.remove(part_path(c))
     return labels
 
 

@@ -271,7 +271,9 @@ def pairwise_label(
     row: Mapping[str, Any], idx: int, processing_class: Any | None = None, eos_token: str | None = None
 ) -> dict[str, Any]:
     """Row ``idx`` of TRL's preference format as a K = 2 label ``{query, samples: [chosen, rejected], best: 0}`` (the
-    rules: :func:`from_pairwise`). Raises :class:`LabelValidationError` naming the row and field."""
+    rules: :func:`from_pairwise`). Raises :class:`LabelValidationError` naming the row and field for a row it cannot
+    convert; the label's own checks (non-empty samples...) are :func:`check_label_row`'s, which :func:`from_pairwise`
+    runs once per row."""
     row = maybe_extract_prompt({c: row[c] for c in ("prompt", "chosen", "rejected") if c in row})
     conversational = is_conversational(row)
     if conversational:
@@ -289,7 +291,7 @@ def pairwise_label(
     samples = [row["chosen"], row["rejected"]]
     if eos_token and not conversational:
         samples = [s if s.endswith(eos_token) else s + eos_token for s in samples]
-    return check_label_row(idx, {"query": row["prompt"], "samples": samples, "best": 0}, k=2)
+    return {"query": row["prompt"], "samples": samples, "best": 0}
 
 
 def from_pairwise(
@@ -314,9 +316,15 @@ def from_pairwise(
     if "margin" in columns:
         raise LabelValidationError("TRL's per-pair margin has no place in the best-of-K loss: drop the column, or train "
                                    "with trl.RewardTrainer, whose loss uses it", field="margin")
-    convert = functools.partial(pairwise_label, processing_class=processing_class, eos_token=eos_token)
-    labels = dataset.map(convert, with_indices=True, remove_columns=[c for c in ("prompt", "chosen", "rejected") if c in columns])
-    return validate_labels(labels, k=2) if isinstance(labels, Dataset) else labels
+    drop = [c for c in ("prompt", "chosen", "rejected") if c in columns]
+    if isinstance(dataset, Dataset):  # converted, then every row checked at once (validate_labels)
+        convert = functools.partial(pairwise_label, processing_class=processing_class, eos_token=eos_token)
+        return validate_labels(dataset.map(convert, with_indices=True, remove_columns=drop), k=2)
+
+    def convert_and_check(row: dict[str, Any], idx: int) -> dict[str, Any]:  # a stream: each row as it is read
+        return check_label_row(idx, pairwise_label(row, idx, processing_class, eos_token), k=2)
+
+    return dataset.map(convert_and_check, with_indices=True, remove_columns=drop)
 
 
 def to_pairwise(dataset: Dataset) -> Dataset:
