@@ -48,7 +48,7 @@ VPY=$venv/bin/python
 # torch first, from the same spec as setup.sh, so the package's `torch>=` is already met by that build.
 "$VPY" -m pip install --quiet "${HF_PREFS_TORCH_SPEC:-torch==2.13.0}"
 # shellcheck disable=SC2086  # $pins is a list of requirement words
-"$VPY" -m pip install --quiet -e . "pytest>=8" $pins
+"$VPY" -m pip install --quiet -e . "pytest>=8" "pytest-xdist>=3.6" $pins
 
 # What was tested (and a check that pip installed exactly the floors).
 "$VPY" - $pins <<'EOF'
@@ -68,4 +68,4 @@ if wrong:
 EOF
 
 # shellcheck disable=SC2086
-"$VPY" -m pytest -p no:cacheprovider -q -m "not slow" $TESTS
+"$VPY" -m pytest -p no:cacheprovider -q -n 2 -m "not slow" $TESTS

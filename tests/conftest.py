@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # trackio keeps its runs under TRACKIO_DIR, read once when it is imported (TRL imports it whenever it is installed):
 # the tests' runs go to a temporary folder, never to ~/.cache/huggingface/trackio or a folder set for real runs.
+# `pytest -n 2` (pytest-xdist, as README and CI run the suite): each worker runs one thread (below), and so do the
+# recipes and benchmarks it starts in subprocesses — two workers with two threads each on two cores run ~10x slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 TRACKIO_DIR = tempfile.mkdtemp(prefix="hf_prefs_tests_trackio_")
 os.environ["TRACKIO_DIR"] = TRACKIO_DIR
 atexit.register(shutil.rmtree, TRACKIO_DIR, ignore_errors=True)

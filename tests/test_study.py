@@ -23,7 +23,9 @@ from hf_prefs.analysis.study import STUDY_FIELDS, gain_fraction, study_main, sum
 from hf_prefs.cli import main as cli_main
 from hf_prefs.core.frontier import FrontierPoint, frontier_at_kl
 
-pytestmark = pytest.mark.slow  # a tiny study end to end: minutes
+# A tiny study end to end: minutes. One xdist worker runs the whole module (`--dist loadgroup`), so each module
+# fixture (a study) runs once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("study")]
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml")
