@@ -3,8 +3,9 @@
 One full run of README command 1's recipe and config (``recipes/sentiment.py --config
 recipes/configs/sentiment_offline.yaml``) per variant, the same seed, each in ``<output-dir>/<variant>/``; a variant
 whose ``summary.json`` is already there is not run again (resumable: each variant's ``summary.json``,
-``metrics.csv`` and ``eval.json`` are committed under ``docs/fidelity/``, the rest of its run folder is ignored by git, so a set of
-variants can be finished across sessions). ``results.csv`` there has one row per variant measured. Variants:
+``metrics.csv`` and ``eval.json`` — its queries by digest, :mod:`hf_prefs.analysis.study_files` — are committed
+under ``docs/fidelity/``, the rest of its run folder is ignored by git, so a set of variants can be finished across
+sessions). ``results.csv`` there has one row per variant measured. Variants:
 
 - ``baseline``:      the offline default as committed;
 - ``tf1_adam``:      ``--tf1_adam true`` (TF1's Adam: epsilon added to sqrt(v) before the bias correction);
@@ -32,6 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hf_prefs.analysis.study_files import eval_without_query_text, query_digests
 from hf_prefs.core.stats import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,9 @@ def run(name: str, out: Path, extra: list[str]) -> dict:
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the log follows the run
         if code != 0:
             sys.exit(f"{name} failed ({code}); see {out / name}.log")
+    evaluation = folder / "eval.json"  # committed: its queries (Austen's text) by digest only
+    if evaluation.is_file():
+        evaluation.write_text(json.dumps(eval_without_query_text(json.loads(evaluation.read_text())), indent=1))
     return json.loads((folder / "summary.json").read_text())
 
 
@@ -90,7 +95,7 @@ def vs_baseline(out: Path, name: str) -> tuple[float, float]:
     if name == "baseline" or not all(f.is_file() for f in files):
         return float("nan"), float("nan")
     base, var = (json.loads(f.read_text()) for f in files)
-    if base["before"]["queries"] != var["before"]["queries"] or base["before"]["known_rewards"] != var["before"]["known_rewards"]:
+    if query_digests(base["before"]) != query_digests(var["before"]) or base["before"]["known_rewards"] != var["before"]["known_rewards"]:
         return float("nan"), float("nan")
     return paired_difference(var["after"]["known_rewards"], base["after"]["known_rewards"])
 

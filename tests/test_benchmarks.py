@@ -107,6 +107,7 @@ def test_fidelity_options_tiny(tmp_path, tiny_base):
     assert float(rows[1]["gain"]) == pytest.approx(k2["known_reward_gain"]["mean"])
     ev = {v: json.loads((tmp_path / v / "eval.json").read_text()) for v in ("baseline", "k2")}
     assert ev["k2"]["before"]["known_rewards"] == ev["baseline"]["before"]["known_rewards"]  # the same rho draws
+    assert "queries" not in ev["k2"]["before"] and len(ev["k2"]["after"]["query_sha256"]) == 8  # no query text kept
     diffs = [a - b for a, b in zip(ev["k2"]["after"]["known_rewards"], ev["baseline"]["after"]["known_rewards"])]
     assert float(rows[1]["vs_baseline"]) == pytest.approx(sum(diffs) / len(diffs))  # paired by query, by hand
     assert float(rows[1]["vs_baseline_se"]) == pytest.approx(statistics.stdev(diffs) / len(diffs) ** 0.5)

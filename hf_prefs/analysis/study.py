@@ -73,6 +73,7 @@ from ..pipeline import (
 from ..pipeline.evaluate import sample_with_logprobs, sequence_logprobs
 from ..tasks.known_rewards import make_known_reward
 from ..trainers.ppo_config import PPOConfig
+from .study_files import read_label_file, texts_digest, write_label_file
 
 __all__ = ["DEFAULT_BETAS", "STUDY_FIELDS", "StudyArguments", "frontier_read", "gain_fraction", "run_study", "study_main",
            "summarize"]
@@ -130,11 +131,11 @@ FRONTIER_SAMPLING_ROWS = 256
 
 
 def _rho_cache_key(base: Base, spec: RolloutSpec, queries: Sequence[str], **draw: Any) -> dict[str, Any]:
-    """What a cache of rho's samples depends on: the queries, how they are drawn (``draw``: seed, count...), the model
-    and its weights' dtype (a study resumed on a CPU of another kind may run rho in bf16 instead of float32, which
-    changes the samples) and the response rule."""
+    """What a cache of rho's samples depends on: the queries (by digest: the caches are committed), how they are drawn
+    (``draw``: seed, count...), the model and its weights' dtype (a study resumed on a CPU of another kind may run rho
+    in bf16 instead of float32, which changes the samples) and the response rule."""
     dtype = str(next(base.rho.parameters()).dtype).removeprefix("torch.")
-    return {"queries": list(queries), **draw, "model": base.name, "dtype": dtype, "spec": repr(spec)}
+    return {"queries_sha256": texts_digest(queries), **draw, "model": base.name, "dtype": dtype, "spec": repr(spec)}
 
 
 def _rho_eval(base: Base, spec: RolloutSpec, eval_q: list[str], known: Any, batch_size: int, seed: int,
@@ -366,15 +367,16 @@ def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: in
     """The seed's simulated labels, collected in chunks of ``label_chunk`` queries, each written to
     ``labels_s<seed>.part<c>.jsonl.gz`` when done (collecting thousands takes tens of minutes on a CPU, so an
     interrupted study loses at most one chunk; the files are small enough to commit, so a study carried on on another
-    machine reads them back); chunk ``c`` samples and labels with seed ``seed + 100_003 * c``, so a resumed collection
-    gives the labels an uninterrupted one does. ``query_index`` counts over all label queries.
+    machine reads them back; they name each query by ``query_index`` and digest, not text: :mod:`.study_files`);
+    chunk ``c`` samples and labels with seed ``seed + 100_003 * c``, so a resumed collection gives the labels an
+    uninterrupted one does. ``query_index`` counts over all label queries.
 
     With ``need``, chunks are collected only until there are ``need`` labels: a run on the first N labels can start
     before the pool for the largest N is complete (its first N labels are the same either way). Once every chunk is
     in, the parts are merged into ``labels_s<seed>.jsonl.gz`` and removed."""
     path = os.path.join(ctx.output_dir, f"labels_s{cfg.seed}.jsonl.gz")
     if os.path.exists(path):
-        labels = Dataset.from_json(path)
+        labels = read_label_file(path, label_q)
         if len(labels) >= max(ctx.sa.label_counts):
             return labels
     size = max(1, ctx.sa.label_chunk)
@@ -389,24 +391,18 @@ def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: in
             return concatenate_datasets(parts)
         part = part_path(c)
         if os.path.exists(part):
-            parts.append(Dataset.from_json(part))
+            parts.append(read_label_file(part, label_q))
             continue
         chunk, _ = collect_labels(ctx.pa, replace(cfg, seed=cfg.seed + 100_003 * c), ctx.base.rho, ctx.base.tokenizer,
                                   label_q[start : start + size], ctx.spec)
         chunk = chunk.map(lambda row: {"query_index": row["query_index"] + start})
-        _write_jsonl_gz(chunk, part)
+        write_label_file(chunk, part)
         parts.append(chunk)
     labels = concatenate_datasets(parts)
-    _write_jsonl_gz(labels, path)
+    write_label_file(labels, path)
     for c in range(len(parts)):
         os.remove(part_path(c))
     return labels
-
-
-def _write_jsonl_gz(dataset: Dataset, path: str) -> None:
-    """``dataset`` as gzipped JSON lines at ``path``, which exists only whole (written aside, then renamed)."""
-    dataset.to_json(path + ".tmp", compression="gzip")
-    os.replace(path + ".tmp", path)
 
 
 def _reward_model(ctx: StudyContext, cfg: PPOConfig, labels: Dataset, rm_dir: str) -> tuple[Any, dict[str, Any]]:
