@@ -81,3 +81,26 @@ def test_a_run_on_the_first_n_labels_needs_only_the_chunks_that_hold_them(tmp_pa
     rest = study_mod._seed_labels(_ctx(tmp_path / "b", 4), cfg, queries, need=10)
     assert calls == [(3 + 2 * 100_003, 2)] and rest.to_list() == whole.to_list()
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["labels_s3.jsonl.gz"]  # all in: merged, parts removed
+
+
+def test_rows_another_process_wrote_are_skipped_before_each_seed(tmp_path, monkeypatch):
+    """``study.csv`` is read again before each seed: a row a second process (given other ``--seeds``) appended while
+    this one ran seed 0 is in ``done`` when seed 1 starts, so that run is not made twice."""
+    from hf_prefs.pipeline import PipelineArguments
+
+    out = tmp_path / "study"
+    seen: dict[int, set] = {}
+
+    def fake_seed_runs(ctx, seed, done, label_q):
+        seen[seed] = set(done)
+        if seed == 0:  # meanwhile, another process finished seed 1's direct run
+            study_mod._append(SimpleNamespace(output_dir=str(out)), {"run": "direct", "seed": 1, "labels": 0}, {})
+
+    monkeypatch.setattr(study_mod, "_context", lambda *a, **k: (SimpleNamespace(), []))
+    monkeypatch.setattr(study_mod, "_seed_runs", fake_seed_runs)
+    for name in ("validate_pipeline_config", "resolve_cpu_precision", "_reread_rows", "_plot"):
+        monkeypatch.setattr(study_mod, name, lambda *a, **k: None)
+    monkeypatch.setattr(study_mod, "summarize", lambda rows: [{"run": "direct"}])
+    sa = study_mod.StudyArguments(label_counts=[4], seeds=[0, 1])
+    study_mod.run_study(PipelineArguments(known_reward="vader"), PPOConfig(output_dir=str(out)), None, sa, str(out))
+    assert ("direct", 1, 0) not in seen[0] and ("direct", 1, 0) in seen[1]

@@ -478,8 +478,9 @@ def run_study(
     betas: Sequence[float] = DEFAULT_BETAS,
 ) -> list[dict[str, Any]]:
     """Run what ``study.csv`` lacks of direct RL and RL on an RM per N in ``label_counts``, for every seed; write the
-    summary and the plots; return the summary rows (mean and SE per point). One study process per ``output_dir``
-    at a time: ``study.csv`` is appended to and rewritten without a lock."""
+    summary and the plots; return the summary rows (mean and SE per point). ``study.csv`` is read again before each
+    seed, so a second process given other ``seeds`` may work in the same ``output_dir`` (rows are appended whole); two
+    processes must not work on the same seed (nothing locks a run)."""
     counts = sorted(int(n) for n in sa.label_counts)
     if not counts or counts[0] < 2:
         raise ValueError(f"label_counts: need N >= 2 labels per run, got {list(sa.label_counts)}")
@@ -499,7 +500,8 @@ def run_study(
     if todo:
         torch.manual_seed(cfg.seed)
         ctx, label_q = _context(pa, cfg, model_args, sa, output_dir, betas)
-        for seed in todo:
+        for seed in todo:  # rows another study process wrote since (one on other --seeds) are skipped, not re-run
+            done.update(_read_done(output_dir))
             _seed_runs(ctx, seed, done, label_q)
     _reread_rows(output_dir, sa.min_ess, rho_frontier=sa.policy_samples == 0)
     rows = [r for k, r in _read_done(output_dir).items() if k[1] in sa.seeds and (k[0] == "direct" or k[2] in counts)]
