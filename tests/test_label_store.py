@@ -276,7 +276,10 @@ def _reader(proc: subprocess.Popen) -> "queue_mod.Queue[str]":
 
     def pump() -> None:
         for line in proc.stdout:
-            lines.put(line.strip())
+            # only whole lines: with PYTHONUNBUFFERED (CI sets it) print writes its pieces one by one, so a kill can
+            # cut a confirmation to "OK" — a line that never ended is no confirmation
+            if line.endswith("\n"):
+                lines.put(line.strip())
         lines.put("EOF")
 
     threading.Thread(target=pump, daemon=True).start()
