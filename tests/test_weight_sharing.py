@@ -129,7 +129,8 @@ def test_pipeline_run_is_the_same_with_and_without_sharing(tiny_base, tmp_path, 
     """The offline recipe (bf16, LoRA policy, reward model with a frozen layer) gives identical results when the
     policy's base and the reward model's frozen matmuls are rho's tensors; sharing freed the expected bytes."""
     args = ("--use_peft", "true", "--lora_target_modules", "c_attn", "c_fc", "--rm_freeze_layers", "1",
-            "--total_episodes", "16", "--cpu_bf16_fallback", "false")  # bf16 on any CPU: the path under test
+            "--total_episodes", "8", "--num_ppo_epochs", "1", "--num_label_queries", "12", "--num_eval_queries", "4",
+            "--rm_normalize_samples", "4", "--cpu_bf16_fallback", "false")  # bf16 on any CPU: the path under test
     freed: list[int] = []
     share = policy_stage.share_rho_weights
     monkeypatch.setattr(policy_stage, "share_rho_weights", lambda trainer, rho: freed.append(share(trainer, rho)) or freed[-1])
