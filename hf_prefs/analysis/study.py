@@ -406,8 +406,9 @@ def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: in
 
 
 def _reward_model(ctx: StudyContext, cfg: PPOConfig, labels: Dataset, rm_dir: str) -> tuple[Any, dict[str, Any]]:
-    """The reward model on ``labels``: trained, or read back from ``rm_dir`` when an interrupted study finished it
-    (``rm_metrics.jsonl`` is written after the model, so its presence means both are whole)."""
+    """The reward model on ``labels``: trained (continued from its newest training checkpoint when an interrupted
+    study left one), or read back from ``rm_dir`` when an interrupted study finished it (``rm_metrics.jsonl`` is
+    written after the model, so its presence means both are whole)."""
     log = os.path.join(rm_dir, "rm_metrics.jsonl")
     if os.path.exists(log) and os.path.isdir(os.path.join(rm_dir, "reward_model")):
         model, _ = load_reward_model(os.path.join(rm_dir, "reward_model"))
@@ -415,7 +416,8 @@ def _reward_model(ctx: StudyContext, cfg: PPOConfig, labels: Dataset, rm_dir: st
         with open(log) as f:
             history = [json.loads(line) for line in f if line.strip()]
         return model, {k: v for entry in history for k, v in entry.items() if isinstance(v, (int, float))}
-    return train_reward_model(ctx.pa, cfg, labels, ctx.base.rho, ctx.base.tokenizer, ctx.base.name, rm_dir, spec=ctx.spec)
+    return train_reward_model(ctx.pa, cfg, labels, ctx.base.rho, ctx.base.tokenizer, ctx.base.name, rm_dir, spec=ctx.spec,
+                              resumable=True)
 
 
 def _append(ctx: StudyContext, row: dict[str, Any], done: dict) -> None:

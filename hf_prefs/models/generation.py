@@ -217,6 +217,15 @@ class ResponseSampler:
         self.policy, self.tokenizer, self.spec, self.cut, self.batch_size = policy, tokenizer, spec, cut, batch_size
         self.generator = seeded_generator(policy, seed)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state of its generator (none with ``seed=None``: the global RNG's, which a Trainer checkpoints)."""
+        return {"generator": None if self.generator is None else self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (:meth:`state_dict`): the next call draws what it would have drawn then."""
+        if self.generator is not None and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+
     def __call__(self, queries: Sequence[str]) -> list[str]:
         ids = sample_texts(self.policy, self.tokenizer, list(queries), self.spec, 1, self.batch_size, self.generator)
         lengths = self.spec.cut(ids).lengths if self.cut else torch.full((len(ids),), ids.shape[1], dtype=torch.long)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from typing import Any
 
 import torch
 from datasets import Dataset
 from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..core.rollout import RolloutSpec
 from ..models.frozen_features import freeze_bottom_layers
@@ -32,30 +34,67 @@ def train_reward_model(
     output_dir: str,
     init_model: torch.nn.Module | None = None,
     spec: RolloutSpec | None = None,
+    resumable: bool = False,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """Train the reward model on ``labels`` (held-out split for accuracy), normalized before and after on raw samples
     of rho drawn under ``spec`` (default: the run's ``RolloutSpec.from_config(cfg, tokenizer)``); it is saved with
     its tokenizer to ``output_dir/reward_model`` and its log to ``output_dir/rm_metrics.jsonl``.
 
-    ``init_model``: train this reward model further instead of a fresh one from the trunk (online ``continue``)."""
-    trunk = pa.reward_model_name_or_path or base_model
+    ``init_model``: train this reward model further instead of a fresh one from the trunk (online ``continue``).
+
+    ``resumable``: save a checkpoint at every tenth of the training steps into ``output_dir/reward_model_training``
+    (the newest one kept) and continue from the newest one found there, so a killed training resumes where it
+    stopped (the trainer restores the checkpoint's gain/bias instead of normalizing again); the checkpoints are
+    removed once the reward model and its log are saved."""
+    if init_model is None:
+        init_model = _fresh_reward_model(pa, cfg, pa.reward_model_name_or_path or base_model, tokenizer)
+    split = labels.train_test_split(test_size=pa.rm_eval_fraction, seed=cfg.seed) if pa.rm_eval_fraction > 0 else None
+    train, held_out = (split["train"], split["test"]) if split else (labels, None)
+    training_dir = os.path.join(output_dir, "reward_model_training")
+    rm_args = _reward_config(pa, cfg, training_dir, len(train), resumable)
+    spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
+    sampler = ResponseSampler(rho, tokenizer, batch_size=pa.sampling_batch_size, seed=cfg.seed + 1, spec=spec)
+    trainer = PreferenceRewardTrainer(
+        model=init_model, args=rm_args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
+        normalization_samples=sampler,
+    )
+    last = get_last_checkpoint(training_dir) if resumable and os.path.isdir(training_dir) else None
+    trainer.train(resume_from_checkpoint=last)
+    metrics = {k: v for log in trainer.state.log_history for k, v in log.items() if isinstance(v, (int, float))}
+    if held_out is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(os.path.join(output_dir, "reward_model"))  # every process calls it; the main one writes
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))
+        with open(os.path.join(output_dir, "rm_metrics.jsonl"), "w") as f:
+            for log in trainer.state.log_history:
+                f.write(json.dumps(log) + "\n")
+        if resumable:  # they only served a resume; the saved model and its log are whole now
+            for name in os.listdir(training_dir):
+                if name.startswith(PREFIX_CHECKPOINT_DIR):
+                    shutil.rmtree(os.path.join(training_dir, name))
+    return trainer.model, metrics
+
+
+def _fresh_reward_model(pa: PipelineArguments, cfg: Any, trunk: str, tokenizer: Any) -> torch.nn.Module:
+    """The trunk with a new scalar head (its init drawn after ``torch.manual_seed(cfg.seed)``: it follows the run's
+    seed, not what ran before in the process), its bottom ``rm_freeze_layers`` blocks frozen."""
     config = AutoConfig.from_pretrained(trunk)
     config.num_labels = 1
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
-    if init_model is None:
-        model = AutoModelForSequenceClassification.from_pretrained(trunk, config=config, dtype=torch.float32)
-        freeze_bottom_layers(model, pa.rm_freeze_layers)
-        if pa.rm_head_init == "paper":
-            torch.manual_seed(cfg.seed)
-            init_score_head(model)
-    else:
-        model = init_model
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(trunk, config=config, dtype=torch.float32)
+    freeze_bottom_layers(model, pa.rm_freeze_layers)
+    if pa.rm_head_init == "paper":
+        init_score_head(model)
+    return model
 
-    split = labels.train_test_split(test_size=pa.rm_eval_fraction, seed=cfg.seed) if pa.rm_eval_fraction > 0 else None
-    train, held_out = (split["train"], split["test"]) if split else (labels, None)
-    rm_args = PreferenceRewardConfig(
-        output_dir=os.path.join(output_dir, "reward_model_training"),
+
+def _reward_config(pa: PipelineArguments, cfg: Any, training_dir: str, n_train: int, resumable: bool) -> PreferenceRewardConfig:
+    """The reward trainer's arguments from the pipeline's ``rm_*`` fields and the run's (seed, precision, logging)."""
+    return PreferenceRewardConfig(
+        output_dir=training_dir,
         learning_rate=pa.rm_learning_rate,
         lr_scheduler_type="linear",
         per_device_train_batch_size=pa.rm_batch_size,
@@ -70,27 +109,12 @@ def train_reward_model(
         bf16=cfg.bf16,
         use_cpu=cfg.use_cpu,
         seed=cfg.seed,
-        logging_steps=max(1, math.ceil(len(train) / pa.rm_batch_size / 20)),
-        save_strategy="no",
+        logging_steps=max(1, math.ceil(n_train / pa.rm_batch_size / 20)),
+        save_strategy="steps" if resumable else "no",
+        save_steps=0.1,  # a fraction: of the run's steps
+        save_total_limit=1,
         eval_strategy="no",
         report_to=cfg.report_to,
         max_length=None,
         disable_tqdm=cfg.disable_tqdm,
     )
-    spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
-    sampler = ResponseSampler(rho, tokenizer, batch_size=pa.sampling_batch_size, seed=cfg.seed + 1, spec=spec)
-    trainer = PreferenceRewardTrainer(
-        model=model, args=rm_args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
-        normalization_samples=sampler,
-    )
-    trainer.train()
-    metrics = {k: v for log in trainer.state.log_history for k, v in log.items() if isinstance(v, (int, float))}
-    if held_out is not None:
-        metrics.update(trainer.evaluate())
-    trainer.save_model(os.path.join(output_dir, "reward_model"))  # every process calls it; the main one writes
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))
-        with open(os.path.join(output_dir, "rm_metrics.jsonl"), "w") as f:
-            for log in trainer.state.log_history:
-                f.write(json.dumps(log) + "\n")
-    return trainer.model, metrics

@@ -13,7 +13,10 @@ A thin subclass of ``trl.RewardTrainer``. It overrides only:
   forward runs only the trainable top blocks on stored outputs of the frozen ones
   (:mod:`hf_prefs.models.frozen_features`);
 - ``train``: the paper's reward normalization before and after training (:mod:`hf_prefs.core.normalization`);
-- ``_save``: also writes the gain/bias next to a PEFT adapter (a full model carries them in ``config.json``).
+- ``_save``: also writes the gain/bias next to a PEFT adapter (a full model carries them in ``config.json``);
+- ``_save_rng_state``/``_load_rng_state``: a checkpoint also holds the state of a stateful ρ sampler (one with
+  ``state_dict``/``load_state_dict``, as :class:`hf_prefs.models.generation.ResponseSampler`), so a resumed
+  training's ``normalize_after`` scores the samples an uninterrupted one would.
 
 Everything else is TRL's: model loading from a string, PEFT (``peft_config=``; use ``task_type="SEQ_CLS"``),
 ``push_to_hub``, checkpoints, model cards (tagged ``hf-prefs``, citing the paper), ``accelerate launch``.
@@ -57,6 +60,9 @@ from .launch import check_launch
 from .reward_config import PreferenceRewardConfig
 
 __all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorForKWayPreference"]
+
+#: a checkpoint's file with the ρ sampler's state of process ``{}`` (its generator: where its draws continue)
+SAMPLER_STATE = "normalization_sampler_{}.pt"
 
 #: ρ samples for reward normalization: a dataset with ``query`` and ``response`` columns, or a sampler
 #: ``sampler(queries) -> responses`` (one response from ρ per query).
@@ -391,6 +397,26 @@ class PreferenceRewardTrainer(RewardTrainer):
                     stored = (cfg[GAIN_KEY], cfg.get(BIAS_KEY, 0.0))
         if stored is not None:
             set_reward_normalization(self.model, *stored)
+
+    # ------------------------------------------------------------------ the ρ sampler's state in checkpoints
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        state_dict = getattr(self.normalization_samples, "state_dict", None)
+        if callable(state_dict):
+            os.makedirs(output_dir, exist_ok=True)
+            torch.save(state_dict(), os.path.join(output_dir, SAMPLER_STATE.format(self.args.process_index)))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        load_state_dict = getattr(self.normalization_samples, "load_state_dict", None)
+        if checkpoint is None or not callable(load_state_dict):
+            return
+        path = os.path.join(checkpoint, SAMPLER_STATE.format(self.args.process_index))
+        if os.path.isfile(path):
+            load_state_dict(torch.load(path, weights_only=True))
+        elif self.args.normalize_after:
+            warnings.warn(f"{checkpoint} holds no ρ sampler state ({os.path.basename(path)}): normalize_after draws "
+                          "other ρ samples than the uninterrupted training would have", stacklevel=2)
 
     # ------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
