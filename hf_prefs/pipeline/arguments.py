@@ -150,7 +150,9 @@ def resolve_cpu_precision(pa: PipelineArguments, cfg: PPOConfig, model_args: Any
     if not (pa.cpu_bf16_fallback and (cfg.bf16 or bf16_weights) and cfg.cpu_lacks_bf16):
         return False
     logger.warning("This CPU has no native bf16 matmuls (AVX512-BF16/AMX): running in float32 instead of dtype=%s, "
-                   "bf16=%s (--cpu_bf16_fallback false keeps bf16)", getattr(model_args, "dtype", None), cfg.bf16)
+                   "bf16=%s (--cpu_bf16_fallback false keeps bf16). A run sized for bf16 units takes several times "
+                   "longer in float32 (the README's table of measured runs names the CPUs)",
+                   getattr(model_args, "dtype", None), cfg.bf16)
     if bf16_weights:  # model_dtype(None) is float32: model_args is set here
         model_args.dtype = "float32"
     cfg.bf16 = False
