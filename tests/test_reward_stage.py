@@ -71,27 +71,34 @@ def _train(tiny_base: str, out: str, steps: _Steps, monkeypatch) -> tuple[torch.
         monkeypatch.setattr(reward_stage, "PreferenceRewardTrainer", trainer_cls)
 
 
-def test_a_killed_reward_model_training_resumes_to_the_uninterrupted_model(tiny_base, tmp_path, monkeypatch):
-    torch.set_num_threads(1)
-    whole_steps, killed_steps, resumed_steps = _Steps(None), _Steps(4), _Steps(None)
-    whole, whole_metrics = _train(tiny_base, str(tmp_path / "whole"), whole_steps, monkeypatch)
-    assert whole_steps.ran == list(range(1, 10))  # 36 training labels / 4 per step; a checkpoint after each step
-    out = str(tmp_path / "killed")
-    with pytest.raises(_Killed):
-        _train(tiny_base, out, killed_steps, monkeypatch)
-    training = os.path.join(out, "reward_model_training")
-    checkpoints = lambda: sorted(n for n in os.listdir(training) if n.startswith("checkpoint-"))  # noqa: E731
-    assert killed_steps.ran == [1, 2, 3, 4] and checkpoints() == ["checkpoint-4"]  # the newest kept
-    assert SAMPLER_STATE.format(0) in os.listdir(os.path.join(training, "checkpoint-4"))
-    assert not os.path.exists(os.path.join(out, "reward_model"))
-    resumed, metrics = _train(tiny_base, out, resumed_steps, monkeypatch)
-    assert resumed_steps.ran == [5, 6, 7, 8, 9]  # went on from the checkpoint
-    # ... to the model the uninterrupted training gave: the checkpoint's weights, optimizer, schedule, data order,
-    # gain/bias (normalize_before not redone) and the ρ sampler's generator (normalize_after's samples) restored
+def _assert_same_model(resumed: torch.nn.Module, whole: torch.nn.Module) -> None:
     for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=name)
     assert get_reward_normalization(resumed) == pytest.approx(get_reward_normalization(whole), abs=1e-6)
-    assert metrics["eval_accuracy"] == whole_metrics["eval_accuracy"]
-    assert checkpoints() == []  # removed once the model was saved
-    assert os.path.isfile(os.path.join(out, "rm_metrics.jsonl"))
-    assert os.path.isfile(os.path.join(out, "reward_model", "config.json"))
+
+
+def test_a_killed_reward_model_training_resumes_to_the_uninterrupted_model(tiny_base, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    whole_steps = _Steps(None)
+    whole, whole_metrics = _train(tiny_base, str(tmp_path / "whole"), whole_steps, monkeypatch)
+    assert whole_steps.ran == list(range(1, 10))  # 36 training labels / 4 per step; a checkpoint after each step
+    # killed mid-way, and killed after the last step's checkpoint (normalize_after, evaluation and saving not done)
+    for kill_at, left in ((4, [5, 6, 7, 8, 9]), (9, [])):
+        out = str(tmp_path / f"killed_at_{kill_at}")
+        killed_steps, resumed_steps = _Steps(kill_at), _Steps(None)
+        with pytest.raises(_Killed):
+            _train(tiny_base, out, killed_steps, monkeypatch)
+        training = os.path.join(out, "reward_model_training")
+        checkpoints = lambda: sorted(n for n in os.listdir(training) if n.startswith("checkpoint-"))  # noqa: E731
+        assert killed_steps.ran == list(range(1, kill_at + 1)) and checkpoints() == [f"checkpoint-{kill_at}"]
+        assert SAMPLER_STATE.format(0) in os.listdir(os.path.join(training, f"checkpoint-{kill_at}"))
+        assert not os.path.exists(os.path.join(out, "reward_model"))
+        resumed, metrics = _train(tiny_base, out, resumed_steps, monkeypatch)
+        assert resumed_steps.ran == left  # went on from the checkpoint ...
+        # ... to the model the uninterrupted training gave: the checkpoint's weights, optimizer, schedule, data
+        # order, gain/bias (normalize_before not redone) and the ρ sampler's generator (normalize_after's samples)
+        _assert_same_model(resumed, whole)
+        assert metrics["eval_accuracy"] == whole_metrics["eval_accuracy"]
+        assert checkpoints() == []  # removed once the model was saved
+        assert os.path.isfile(os.path.join(out, "rm_metrics.jsonl"))
+        assert os.path.isfile(os.path.join(out, "reward_model", "config.json"))

@@ -14,9 +14,9 @@ A thin subclass of ``trl.RewardTrainer``. It overrides only:
   (:mod:`hf_prefs.models.frozen_features`);
 - ``train``: the paper's reward normalization before and after training (:mod:`hf_prefs.core.normalization`);
 - ``_save``: also writes the gain/bias next to a PEFT adapter (a full model carries them in ``config.json``);
-- ``_save_rng_state``/``_load_rng_state``: a checkpoint also holds the state of a stateful ρ sampler (one with
-  ``state_dict``/``load_state_dict``, as :class:`hf_prefs.models.generation.ResponseSampler`), so a resumed
-  training's ``normalize_after`` scores the samples an uninterrupted one would.
+- ``_save_rng_state``: a checkpoint also holds the state of a stateful ρ sampler (one with
+  ``state_dict``/``load_state_dict``, as :class:`hf_prefs.models.generation.ResponseSampler`), restored by ``train``
+  on resume, so a resumed training's ``normalize_after`` scores the samples an uninterrupted one would.
 
 Everything else is TRL's: model loading from a string, PEFT (``peft_config=``; use ``task_type="SEQ_CLS"``),
 ``push_to_hub``, checkpoints, model cards (tagged ``hf-prefs``, citing the paper), ``accelerate launch``.
@@ -346,6 +346,7 @@ class PreferenceRewardTrainer(RewardTrainer):
                 if path is None:
                     raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir}")
             self._restore_normalization(path)
+            self._restore_sampler(path)
         elif self.args.normalize_before:
             self.normalize_reward_model("before")
         self._frozen_cache = self._open_frozen_cache() if self.args.cache_frozen_features else None
@@ -406,17 +407,18 @@ class PreferenceRewardTrainer(RewardTrainer):
             os.makedirs(output_dir, exist_ok=True)
             torch.save(state_dict(), os.path.join(output_dir, SAMPLER_STATE.format(self.args.process_index)))
 
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        super()._load_rng_state(checkpoint)
+    def _restore_sampler(self, checkpoint: str) -> None:
+        """The ρ sampler's state saved with ``checkpoint`` (also when the checkpoint is the run's last step and no
+        training step is left: ``normalize_after`` still draws what the uninterrupted training drew)."""
         load_state_dict = getattr(self.normalization_samples, "load_state_dict", None)
-        if checkpoint is None or not callable(load_state_dict):
+        if not callable(load_state_dict):
             return
         path = os.path.join(checkpoint, SAMPLER_STATE.format(self.args.process_index))
         if os.path.isfile(path):
             load_state_dict(torch.load(path, weights_only=True))
         elif self.args.normalize_after:
             warnings.warn(f"{checkpoint} holds no ρ sampler state ({os.path.basename(path)}): normalize_after draws "
-                          "other ρ samples than the uninterrupted training would have", stacklevel=2)
+                          "other ρ samples than the uninterrupted training would have", stacklevel=3)
 
     # ------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
