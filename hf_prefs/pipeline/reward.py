@@ -92,8 +92,10 @@ def _fresh_reward_model(pa: PipelineArguments, cfg: Any, trunk: str, tokenizer: 
 
 
 def _reward_config(pa: PipelineArguments, cfg: Any, training_dir: str, n_train: int, resumable: bool) -> PreferenceRewardConfig:
-    """The reward trainer's arguments from the pipeline's ``rm_*`` fields and the run's (seed, precision, logging)."""
-    return PreferenceRewardConfig(
+    """The reward trainer's arguments from the pipeline's ``rm_*`` fields and the run's (seed, precision, logging);
+    ``resumable``: a checkpoint every tenth of the optimizer steps (counted as ``Trainer`` does, so a resumed run's
+    ``save_steps`` equals the one in its checkpoint's state)."""
+    args = PreferenceRewardConfig(
         output_dir=training_dir,
         learning_rate=pa.rm_learning_rate,
         lr_scheduler_type="linear",
@@ -111,10 +113,13 @@ def _reward_config(pa: PipelineArguments, cfg: Any, training_dir: str, n_train: 
         seed=cfg.seed,
         logging_steps=max(1, math.ceil(n_train / pa.rm_batch_size / 20)),
         save_strategy="steps" if resumable else "no",
-        save_steps=0.1,  # a fraction: of the run's steps
         save_total_limit=1,
         eval_strategy="no",
         report_to=cfg.report_to,
         max_length=None,
         disable_tqdm=cfg.disable_tqdm,
     )
+    batches = math.ceil(n_train / (args.per_device_train_batch_size * args.world_size))
+    steps = math.ceil(args.num_train_epochs * math.ceil(batches / args.gradient_accumulation_steps))
+    args.save_steps = max(1, math.ceil(steps / 10))
+    return args
