@@ -95,7 +95,9 @@ def test_all_five_users_cut_the_same_sample_at_the_same_place(tmp_path, gpt2_tok
         ({"stop_token": "eos", "truncate_after": 0}, 5, True),  # TRL: after the first EOS
         ({"truncate_token": ".", "truncate_after": 0}, 3, True),  # paper's token: after the first "."
         ({"truncate_token": ".", "truncate_after": 3}, 8, True),  # "." again at index 7 (the last token)
-        ({"stop_token_id": 13, "truncate_after": 4, "response_length": 7}, 7, False),  # no "." at index >= 4: whole, penalized
+        ({"stop_token_id": 13, "truncate_after": 4, "response_length": 7}, 7, True),  # no "." at index >= 4: whole;
+        # TRL's stop token penalizes nothing without missing_eos_penalty (TRL 1.12 applies no penalty then)
+        ({"truncate_token_id": 13, "truncate_after": 4, "response_length": 7}, 7, False),  # the paper's: penalized
         ({"truncate_token": None, "missing_eos_penalty": 1.0}, 8, True),  # TRL: no cut; EOS present -> no penalty
     ],
 )
@@ -105,3 +107,18 @@ def test_the_spec_resolves_trl_and_paper_names_once(gpt2_tokenizer, settings, cu
     ids = torch.tensor([tok.encode(" the cat. sat")[:4] + [tok.eos_token_id] + tok.encode(" the cat.")[:3]])
     lengths, ok = spec.cut(ids[:, : spec.response_length])
     assert lengths.tolist() == [cut] and ok.tolist() == [valid]
+
+
+def test_trl_stop_token_alone_keeps_every_score(gpt2_tokenizer):
+    """TRL 1.12 penalizes a response without EOS only when ``missing_eos_penalty`` is set; the paper's −1
+    (``penalty_reward_value``) belongs to ``truncate_token``."""
+    tok = gpt2_tokenizer
+    ids = torch.tensor([tok.encode(" the cat sat on the")[:5], tok.encode(" the cat")[:2] + [tok.eos_token_id] * 3])
+    scores = torch.tensor([3.0, 3.0])
+    trl = RolloutSpec.build(tok, response_length=5, stop_token="eos")
+    lengths, valid = trl.cut(ids)
+    assert lengths.tolist() == [5, 3] and trl.penalize(scores, valid).tolist() == [3.0, 3.0]
+    with_penalty = RolloutSpec.build(tok, response_length=5, stop_token="eos", missing_eos_penalty=1.0)
+    assert with_penalty.penalize(scores, with_penalty.cut(ids).valid).tolist() == [2.0, 3.0]  # subtracted
+    paper = RolloutSpec.build(tok, response_length=5, truncate_token_id=tok.eos_token_id)
+    assert paper.penalize(scores, paper.cut(ids).valid).tolist() == [-1.0, 3.0]  # replaced

@@ -10,7 +10,8 @@ at the same place everywhere.
   ``truncate_after``; only the reward (and the labeler) sees the cut text. No such token: the row is kept whole.
   The token is the paper's ``truncate_token`` (books: ".") or TRL's ``stop_token``/``stop_token_id`` ("eos" or an id).
 - Validity: a row is valid when its kept part holds ``penalty_token_id`` at index >= ``truncate_after``. Paper:
-  the penalty token is the truncate token (valid = "was cut"); TRL's ``missing_eos_penalty``: it is EOS.
+  the penalty token is the truncate token (valid = "was cut"); TRL's ``missing_eos_penalty``: it is EOS; TRL's stop
+  token without ``missing_eos_penalty``: none (every row valid, as in TRL).
 - The penalty of an invalid row: ``"replace"`` its score by ``penalty_value`` (paper: -1) or ``"subtract"``
   ``penalty_value`` from it (TRL's ``missing_eos_penalty``).
 - Text: the kept tokens decoded with ``skip_special_tokens=True`` (a sampled EOS is not shown to the reward).
@@ -113,8 +114,9 @@ class RolloutSpec:
 
         The cut token, first match wins: ``stop_token="eos"`` (TRL) -> the tokenizer's EOS; ``stop_token_id`` (TRL);
         ``truncate_token_id``; ``truncate_token`` (one token of text, paper "."). None of them: no cut.
-        The penalty: ``missing_eos_penalty`` set (TRL) -> subtract it from rows without EOS; else the paper's rule,
-        replace the score of rows without the cut token by ``penalty_reward_value``.
+        The penalty: ``missing_eos_penalty`` set (TRL) -> subtract it from rows without EOS; else with TRL's stop
+        token none (TRL applies none without ``missing_eos_penalty``); else the paper's rule, replace the score of
+        rows without the cut token by ``penalty_reward_value``.
         """
         if stop_token not in (None, "eos"):
             raise ValueError(f"stop_token: must be 'eos' or None, got {stop_token!r}")
@@ -139,8 +141,8 @@ class RolloutSpec:
                 raise ValueError("missing_eos_penalty: the tokenizer has no eos token")
             penalty: PenaltyMode = "subtract"
             penalty_token, value = int(eos), float(missing_eos_penalty)
-        else:
-            penalty, penalty_token, value = "replace", cut_id, float(penalty_reward_value)
+        else:  # TRL's stop token alone penalizes nothing; the paper's truncate token replaces
+            penalty, penalty_token, value = "replace", None if stop else cut_id, float(penalty_reward_value)
         return cls(
             response_length=int(response_length),
             temperature=float(temperature),
