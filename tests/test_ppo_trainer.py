@@ -526,3 +526,24 @@ def test_the_sample_table_spreads_its_rows_over_the_length_sorted_batch(tmp_path
     trainer.log_samples(rollout, num_samples=3)
     assert trainer.last_samples["query"].tolist() == [rollout.query_texts[i] for i in (0, 4, 7)]  # first, middle, last
     assert trainer.last_samples["score"].tolist() == pytest.approx([rollout.scores[i].item() for i in (0, 4, 7)])
+
+
+def test_resume_keeps_the_gain_and_bias_normalize_reward_set(tmp_path, gpt2_tokenizer):
+    """``normalize_reward`` runs once, at the start of training; a resumed run (which does not run it again) scores
+    with the gain/bias the checkpoint holds, not with those of the reward model it was given."""
+
+    def reward_model() -> GPT2ForSequenceClassification:
+        torch.manual_seed(1)
+        return GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, pad_token_id=gpt2_tokenizer.eos_token_id)).eval()
+
+    overrides = dict(normalize_reward=True, normalize_samples=8, save_strategy="steps", save_steps=1)
+    full = make_trainer(tmp_path / "a", gpt2_tokenizer, reward=reward_model(), **overrides)
+    full.train()
+    gain = full.reward_model.config.hf_prefs_reward_gain
+    assert gain != 1.0
+    fresh = reward_model()  # as loaded again from its folder: never normalized
+    resumed = make_trainer(tmp_path / "b", gpt2_tokenizer, reward=fresh, **overrides)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-1"))
+    assert fresh.config.hf_prefs_reward_gain == pytest.approx(gain, rel=1e-12)
+    assert fresh.config.hf_prefs_reward_bias == pytest.approx(full.reward_model.config.hf_prefs_reward_bias, rel=1e-12)
+    assert logged(resumed, "objective/scores") == pytest.approx(logged(full, "objective/scores"), rel=1e-5, abs=1e-6)

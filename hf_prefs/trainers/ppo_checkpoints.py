@@ -3,8 +3,8 @@
 A saved policy folder holds the policy as ``policy.save_pretrained`` writes it (full model or PEFT adapter) AND its
 value function (``value_head.safetensors`` or a ``value_model/`` folder; TRL 1.12 dropped the value model, trl#3293),
 so ``PolicyWithValueHead.from_pretrained`` reloads both. A checkpoint adds the Trainer's optimizer, scheduler, RNG and
-trainer state, and ``ppo_state.json`` (beta and the sampling / shuffling generators), so a resumed run continues
-exactly.
+trainer state, and ``ppo_state.json`` (beta, the sampling / shuffling generators and the gain/bias ``normalize_reward``
+set), so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from torch import nn
 from transformers.utils import logging
 
 from .._compat import checkpoint_folder, tied_weights_keys
+from ..models.reward_model import get_reward_normalization, set_reward_normalization
 from ..models.value_head import PolicyWithValueHead
 
 __all__ = ["PPO_STATE_FILE", "PPOCheckpointMixin"]
 
 logger = logging.get_logger(__name__)
 
-#: Per-checkpoint PPO state: the KL controller (beta) and the sampling / shuffling generators.
+#: Per-checkpoint PPO state: the KL controller (beta), the sampling / shuffling generators and, with
+#: ``normalize_reward``, the reward model's gain/bias.
 PPO_STATE_FILE = "ppo_state.json"
 
 
@@ -82,6 +84,8 @@ class PPOCheckpointMixin:
             "sampling_generator": self.sampling_generator.get_state().tolist(),
             "shuffle_generator": self.shuffle_generator.get_state().tolist(),
         }
+        if self.args.normalize_reward and isinstance(self.reward_model, nn.Module):  # set by train(), not by a load
+            state["reward_normalization"] = list(get_reward_normalization(self.reward_model))
         with open(self._ppo_state_path(checkpoint), "w", encoding="utf-8") as f:
             json.dump(state, f)
 
@@ -94,3 +98,5 @@ class PPOCheckpointMixin:
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.sampling_generator.set_state(torch.tensor(state["sampling_generator"], dtype=torch.uint8))
         self.shuffle_generator.set_state(torch.tensor(state["shuffle_generator"], dtype=torch.uint8))
+        if "reward_normalization" in state:  # normalize_reward: the gain/bias train() set (it does not set them again)
+            set_reward_normalization(self.reward_model, *state["reward_normalization"])
