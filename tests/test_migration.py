@@ -207,6 +207,13 @@ def test_trl_positional_order_and_defaults_from_the_config_paths(local_hub, tmp_
     rm = AutoModelForSequenceClassification.from_pretrained(local_hub["rm"], num_labels=1)
     trainer = PPOTrainer(training_args, tok, policy, None, rm, ds, None)
     assert trainer.model.policy is policy and trainer.reward_model is rm and trainer.train_dataset["query"][0]
+    # TRL's positional order with TRL's keywords after it: each binds to its own TRL parameter
+    vm = AutoModelForSequenceClassification.from_pretrained(local_hub["rm"], num_labels=1)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
+    mixed = PPOTrainer(training_args, tok, policy, None, rm, ds, value_model=vm, optimizers=(optimizer, None))
+    assert mixed.model.value_model is vm and mixed.optimizer is optimizer and mixed.reward_model is rm
+    with pytest.raises(TypeError, match="multiple values for reward_model"):
+        PPOTrainer(training_args, tok, policy, None, rm, ds, reward_model=rm)
     by_path = PPOTrainer(args=training_args, processing_class=tok, train_dataset=ds)
     assert by_path.model.policy.config.n_layer == 2 and by_path.reward_model.config.num_labels == 1
 

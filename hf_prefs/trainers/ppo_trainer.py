@@ -31,6 +31,7 @@ Lq = (left-padded) query length, Lr = response length, V = vocabulary.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -80,19 +81,34 @@ __all__ = ["PPOTrainer", "Rollout", "NonFiniteError", "RewardFunction", "PPO_STA
 #: ``f(queries, responses) -> (B,)`` scores; receives decoded query texts and TRUNCATED response texts.
 RewardFunction = Callable[[list[str], list[str]], Any]
 
-def _from_trl_positional(*values: Any) -> tuple[Any, ...]:
-    """Arguments given in TRL 1.12's positional order ``(args, processing_class, model, ref_model, reward_model,
-    train_dataset, value_model, data_collator, eval_dataset, optimizers, callbacks)`` (they arrived in this class's
-    parameter slots), returned in that order plus ``reward_processing_class`` (None)."""
-    (args, processing_class, model, ref_model, reward_model, train_dataset, value_model, data_collator, eval_dataset,
-     optimizers, callbacks, peft_or_default) = values
-    if isinstance(peft_or_default, tuple):  # the 12th slot is this class's `optimizers` default when not given
-        peft_or_default = None
-    if peft_or_default is not None:
-        raise TypeError("pass peft_config by keyword when calling PPOTrainer with TRL's positional order")
-    optimizers = optimizers if optimizers is not None else (None, None)
-    return (args, processing_class, model, ref_model, reward_model, train_dataset, value_model, data_collator,
-            eval_dataset, optimizers, callbacks, None)
+#: TRL 1.12's ``PPOTrainer`` parameters in its positional order (``args`` first; this class takes ``model`` first).
+TRL_POSITIONAL_ORDER = ("args", "processing_class", "model", "ref_model", "reward_model", "train_dataset", "value_model",
+                        "data_collator", "eval_dataset", "optimizers", "callbacks", "peft_config")
+
+
+def _trl_positional_order(init: Callable[..., None]) -> Callable[..., None]:
+    """``__init__`` also takes TRL 1.12's positional order: a call whose first positional argument is a
+    :class:`PPOConfig` has its positional arguments named by :data:`TRL_POSITIONAL_ORDER`, and its keywords (TRL's
+    names are this class's) keep theirs, so ``PPOTrainer(cfg, tok, policy, ref, rm, ds, value_model=vm)`` binds as
+    in TRL. A name given both ways, or too many positional arguments, raise ``TypeError`` as Python would."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not (args and isinstance(args[0], PPOConfig)):
+            return init(self, *args, **kwargs)
+        if len(args) > len(TRL_POSITIONAL_ORDER):
+            raise TypeError(f"PPOTrainer takes at most {len(TRL_POSITIONAL_ORDER)} positional arguments in TRL's order "
+                            f"({', '.join(TRL_POSITIONAL_ORDER)}), got {len(args)}")
+        named = dict(zip(TRL_POSITIONAL_ORDER, args))
+        both = sorted(set(named) & set(kwargs))
+        if both:
+            raise TypeError(f"PPOTrainer got multiple values for {', '.join(both)} (TRL's positional order names "
+                            f"the first {len(args)}: {', '.join(TRL_POSITIONAL_ORDER[:len(args)])})")
+        if named.get("optimizers") is None:
+            named.pop("optimizers", None)
+        return init(self, **named, **kwargs)
+
+    return wrapper
 
 
 #: The query part of a log-prob pass is cut to its longest query rounded up to this multiple: CPU matmul kernels
@@ -139,6 +155,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     _name = "PPO"
     _paper = ZIEGLER_2019
 
+    @_trl_positional_order
     def __init__(
         self,
         model: str | nn.Module | None = None,
@@ -156,12 +173,6 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         peft_config: Any = None,
         kl_controller: Any = None,
     ) -> None:
-        if isinstance(model, PPOConfig):  # TRL 1.12's positional order: PPOTrainer(args, processing_class, model, ...)
-            named = _from_trl_positional(model, reward_model, args, train_dataset, eval_dataset, processing_class,
-                                         ref_model, value_model, reward_processing_class, data_collator, callbacks,
-                                         optimizers)
-            (args, processing_class, model, ref_model, reward_model, train_dataset, value_model, data_collator,
-             eval_dataset, optimizers, callbacks, reward_processing_class) = named
         args = self._check_args(model, args, train_dataset)
         policy, wrapper, processing_class = self._build_policy(
             model if model is not None else args.sft_model_path, processing_class, peft_config
