@@ -189,9 +189,12 @@ def test_normalization_needs_samples(gpt2_tokenizer, tmp_path):
         )
 
 
-def test_normalize_before_and_after_then_save_and_load(gpt2_tokenizer, tmp_path):
+@pytest.mark.parametrize("targets", [(0.0, 1.0), (2.0, 0.5)])
+def test_normalize_before_and_after_then_save_and_load(gpt2_tokenizer, tmp_path, targets):
+    """Before training to (target_mean, target_std); after it to mean 0, std 1 whatever the targets (paper)."""
     rho = rho_samples(32)
-    args = make_args(tmp_path, normalize_before=True, normalize_after=True, normalize_samples=32, max_steps=6)
+    args = make_args(tmp_path, normalize_before=True, normalize_after=True, normalize_samples=32, max_steps=6,
+                     target_mean=targets[0], target_std=targets[1])
     trainer = PreferenceRewardTrainer(
         tiny_rm(gpt2_tokenizer),
         args,
@@ -204,6 +207,10 @@ def test_normalize_before_and_after_then_save_and_load(gpt2_tokenizer, tmp_path)
     assert {"reward_gain_before", "reward_bias_before", "reward_gain_after", "reward_bias_after"} <= set(logs)
     assert logs["reward_gain_after"] != pytest.approx(logs["reward_gain_before"])
     assert get_reward_normalization(trainer.model) == (logs["reward_gain_after"], logs["reward_bias_after"])
+    raw = score_texts(tiny_rm(gpt2_tokenizer), gpt2_tokenizer, rho["query"], rho["response"])  # the untrained model
+    before = raw * logs["reward_gain_before"] + logs["reward_bias_before"]
+    assert before.mean().item() == pytest.approx(targets[0], abs=1e-4)
+    assert before.std(unbiased=False).item() == pytest.approx(targets[1], abs=1e-4)
     scores = score_texts(trainer.model, gpt2_tokenizer, rho["query"], rho["response"])
     assert scores.mean().item() == pytest.approx(0.0, abs=1e-4)
     assert scores.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)

@@ -71,7 +71,7 @@ class PipelineArguments:
         default=None, metadata={"help": "Trunk of the reward model (default: the policy's base model, as the paper)."}
     )
     rm_learning_rate: float = field(default=5e-5, metadata={"help": "Reward-model lr, linear decay to 0 (paper: 5e-5)."})
-    rm_batch_size: int = field(default=32, metadata={"help": "Reward-model batch in labels (paper: 32)."})
+    rm_batch_size: int = field(default=32, metadata={"help": "Reward-model batch in labels per process, as TRL's per_device_train_batch_size (paper: 32 in all)."})
     rm_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the labels (paper: 1)."})
     rm_eval_fraction: float = field(default=0.1, metadata={"help": "Labels held out for the RM's accuracy."})
     rm_share_query_prefix: bool = field(default=True, metadata={"help": "Encode each query once for its K samples."})

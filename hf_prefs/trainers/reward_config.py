@@ -34,7 +34,8 @@ class PreferenceRewardConfig(RewardConfig):
         normalize_samples (`int`, defaults to `256`):
             Number of ρ samples scored for each normalization (paper: 256).
         target_mean (`float`, defaults to `0.0`), target_std (`float`, defaults to `1.0`):
-            Targets of both normalizations (paper for best-of-N labels: 0 and 1).
+            Targets of ``normalize_before`` (paper for best-of-N labels: 0 and 1); ``normalize_after`` always
+            targets 0 and 1.
         share_query_prefix (`bool`, defaults to `False`):
             Encode each query once and its K responses on top of it (one packed row per label with a block
             attention mask) instead of K full rows. Same rewards (to float precision), fewer tokens; needs the
@@ -68,8 +69,8 @@ class PreferenceRewardConfig(RewardConfig):
         default=256,
         metadata={"help": "Number of ρ samples used for each normalization (paper: 256)."},
     )
-    target_mean: float = field(default=0.0, metadata={"help": "Target reward mean on ρ samples (paper: 0)."})
-    target_std: float = field(default=1.0, metadata={"help": "Target reward std on ρ samples (paper: 1)."})
+    target_mean: float = field(default=0.0, metadata={"help": "Target reward mean on ρ samples before training (paper: 0; after: always 0)."})
+    target_std: float = field(default=1.0, metadata={"help": "Target reward std on ρ samples before training (paper: 1; after: always 1)."})
     share_query_prefix: bool = field(
         default=False,
         metadata={"help": "Encode each query once with its K responses in one packed row (fewer tokens)."},

@@ -310,7 +310,9 @@ class PreferenceRewardTrainer(RewardTrainer):
         return queries, source
 
     def normalize_reward_model(self, stage: str = "before") -> tuple[float, float]:
-        """Set the model's gain/bias from rewards on ρ's samples (the paper's normalize_before/after).
+        """Set the model's gain/bias from rewards on ρ's samples (the paper's normalize_before/after): to mean
+        ``target_mean`` and std ``target_std`` before training, to mean 0 and std 1 after it (the paper's code: the
+        KL coefficient then always has the same meaning).
 
         Every process scores the samples; the main process's gain/bias are broadcast so all ranks agree.
         """
@@ -321,8 +323,8 @@ class PreferenceRewardTrainer(RewardTrainer):
             self.processing_class,
             queries,
             responses,
-            target_mean=self.args.target_mean,
-            target_std=self.args.target_std,
+            target_mean=self.args.target_mean if stage == "before" else 0.0,
+            target_std=self.args.target_std if stage == "before" else 1.0,
             batch_size=self.args.per_device_eval_batch_size,
         )
         gain, bias = broadcast_object_list([gain, bias], from_process=0)
