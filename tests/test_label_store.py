@@ -583,3 +583,31 @@ def test_cli_add_import_export_status(tmp_path, capsys):
     bad.write_text(json.dumps({"query": "q", "samples": ["only one"]}) + "\n")
     assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(bad)]) == 2
     assert "row 0, field 'samples': a comparison needs at least 2 samples" in capsys.readouterr().err
+
+
+def test_generated_item_ids_step_over_explicit_ones(tmp_path):
+    """An item given the id the next generated one would take: the generated id moves on, and the label added
+    through it is kept (it was written, then dropped on replay as a duplicate item)."""
+    q = LabelQueue(tmp_path)
+    assert q.put_round("r", [{"query": "x", "samples": ["a", "b"], "item_id": "r-00001"}]) == ["r-00001"]
+    label_ids = q.add_labels([{"query": "y", "samples": ["c", "d"], "best": 1}], round_id="r")
+    assert len(label_ids) == 1
+    for queue in (q, LabelQueue(tmp_path)):  # this process, and the log replayed
+        rows = queue.labels(round_id="r").to_list()
+        assert [(r["query"], r["best"], r["item_id"]) for r in rows] == [("y", 1, "r-00002")]
+    # put_round in the same way: a generated id never takes an explicit one (given earlier or later in the batch)
+    assert q.put_round("s", [{"query": "p", "samples": ["a", "b"]}, {"query": "q", "samples": ["a", "b"],
+                                                                        "item_id": "s-00000"}]) == ["s-00001", "s-00000"]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".jsonl", ".parquet"])
+def test_export_reads_back_in_every_format(tmp_path, suffix):
+    q = LabelQueue(tmp_path / "q")
+    rows = [{"query": f"query {i}", "samples": [f"a{i}", f"b{i}", f"c{i}"], "best": i % 3} for i in range(1500)]
+    q.add_labels(rows, round_id=0)
+    out = tmp_path / f"labels{suffix}"
+    assert q.export(out) == 1500  # a .json list of more than 1,000 rows too
+    back = LabelQueue(tmp_path / "back")
+    back.add_labels(str(out))  # the rows carry their round
+    got = back.labels().to_list()
+    assert [(r["query"], r["samples"], r["best"]) for r in got] == [(r["query"], r["samples"], r["best"]) for r in rows]

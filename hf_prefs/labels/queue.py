@@ -31,6 +31,7 @@ The label schema itself (rows, files, ``query``/``samples``/``best``) is :mod:`h
 from __future__ import annotations
 
 import functools
+import json
 import math
 import operator
 import os
@@ -207,11 +208,13 @@ class LabelQueue:
                     raise LabelValidationError(str(exc), i, "item_id") from None
             checked.append((item_id, query, samples))
 
+        explicit = {item_id for item_id, _, _ in checked if item_id is not None}
+
         def build(state: QueueState) -> list[Event]:
             n0, now, seen, out = len(state.rounds.get(key, [])), self.clock(), set(), []
             for i, (item_id, query, samples) in enumerate(checked):
                 if item_id is None:
-                    item_id = f"{key}-{n0 + i:05d}"
+                    item_id = _new_item_id(key, n0 + i, state.items, seen, explicit)
                 if item_id in state.items or item_id in seen:
                     raise LabelValidationError(f"item_id {item_id!r} is already in the queue", i, "item_id")
                 seen.add(item_id)
@@ -263,12 +266,15 @@ class LabelQueue:
         ds = self.labels(round_id, include_repeats=include_repeats)
         out = Path(out)
         suffix = out.suffix.lower()
-        if suffix in (".jsonl", ".json"):
-            ds.to_json(str(out), lines=suffix == ".jsonl", force_ascii=False)
+        if suffix == ".jsonl":
+            ds.to_json(str(out), lines=True, force_ascii=False)
+        elif suffix == ".json":  # one JSON list (datasets writes lists of at most 1,000 rows only)
+            with open(out, "w", encoding="utf-8") as f:
+                json.dump(ds.to_list(), f, ensure_ascii=False)
         elif suffix == ".parquet":
             ds.to_parquet(str(out))
-        elif suffix == ".csv":
-            ds.to_csv(str(out))
+        elif suffix == ".csv":  # a column per sample (sample0..), which the label readers take back
+            Dataset.from_list([_flat_samples(row) for row in ds.to_list()]).to_csv(str(out), index=False)
         elif suffix == "":
             ds.save_to_disk(str(out))
         else:
@@ -291,6 +297,7 @@ class LabelQueue:
             raise LabelValidationError("the label source holds no rows")
         default_round = None if round_id is None else round_key(round_id)
         default_labeler = check_name(labeler, "labeler") if labeler is not None else "file"
+        explicit = {str(row["item_id"]) for row in rows if row.get("item_id") not in (None, "")}
 
         def build(state: QueueState) -> list[Event]:
             now, out, new_items, taken = self.clock(), [], {}, set()
@@ -310,7 +317,7 @@ class LabelQueue:
                         raise LabelValidationError("no queued item matches; give a round (column 'round' or round_id) for new items", i, "round")
                     if not item_id:
                         n = len(state.rounds.get(rnd, [])) + sum(r["round"] == rnd for r in new_items.values())
-                        item_id = f"{rnd}-{n:05d}"
+                        item_id = _new_item_id(rnd, n, state.items, new_items, explicit)
                     item = {"type": "item", "item_id": item_id, "round": rnd, "query": query, "samples": list(samples), "t": now}
                     new_items[item_id] = item
                     by_content[(rnd, query, samples)] = item_id
@@ -456,3 +463,17 @@ class LabelQueue:
         different labelers' first answers on the same item (pairs involving ``labeler``, if given)."""
         return self._state.agreement(labeler)
 
+
+def _new_item_id(round_id: str, n: int, *taken: Any) -> str:
+    """``<round>-<n:05d>`` for the first ``n`` on from the given one whose id no collection in ``taken`` holds (an
+    item given an explicit id may hold the next generated one)."""
+    while any(f"{round_id}-{n:05d}" in ids for ids in taken):
+        n += 1
+    return f"{round_id}-{n:05d}"
+
+
+def _flat_samples(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its ``samples`` list as ``sample0..sample{K-1}`` columns (CSV holds no lists)."""
+    flat = {k: v for k, v in row.items() if k != "samples"}
+    flat.update({f"sample{k}": text for k, text in enumerate(row["samples"])})
+    return flat
