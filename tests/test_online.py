@@ -428,3 +428,23 @@ def test_online_run_resumes_from_a_checkpoint_like_an_uninterrupted_run(tiny_bas
         assert torch.allclose(a, b, atol=1e-5), name
     lines = (tmp_path / "cut" / "labels" / "online_labels.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == loop.rows  # the file holds each label once
+
+
+def test_a_new_loop_keeps_the_label_files_until_it_writes(tiny_base, tmp_path):
+    """Building the loop writes nothing: a resume that fails (no online state in the checkpoint) leaves the earlier
+    run's labels as they were."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "online_labels.jsonl").write_text('{"query": "q", "samples": ["a", "b"], "best": 0}\n')
+    before = (out / "online_labels.jsonl").read_text()
+    loop = OnlinePreferenceLoop(OnlineLabelSchedule(rounds=2, labels_per_round=2), SimulatedLabeler(_char_count, seed=0),
+                                lambda *a: None, QUERIES[:8], _tokenizer(tiny_base), args=_ppo_config(tmp_path),
+                                num_candidates=2, output_dir=str(out))
+    with pytest.raises(FileNotFoundError, match="online_state"):
+        loop.restore(str(tmp_path / "checkpoint-3"))
+    assert (out / "online_labels.jsonl").read_text() == before
+    new = [{"query": "new", "samples": ["c", "d"], "best": 1}]
+    loop.rows += new
+    loop._append_labels(new)  # the run's first write: new files
+    assert [json.loads(x)["query"] for x in (out / "online_labels.jsonl").read_text().splitlines()] == ["new"]
+    assert (out / "online_rounds.jsonl").read_text() == "" and not (out / "online_labels.jsonl.tmp").exists()

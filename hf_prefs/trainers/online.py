@@ -184,7 +184,8 @@ class OnlinePreferenceLoop(TrainerCallback):
         self._pending_logs: list[dict[str, float]] = []
         self._round_episode: dict[int, int] = {}
         self._main = PartialState().is_main_process
-        self._rewrite_files()  # a new run starts new files (they are appended to after every round)
+        # a new run starts new files at its first write (not here: a run that fails to restore keeps the old ones)
+        self._files_current = False
 
     # ------------------------------------------------------------------ public
     @property
@@ -386,15 +387,28 @@ class OnlinePreferenceLoop(TrainerCallback):
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def _append_labels(self, rows: list[dict[str, Any]]) -> None:
-        self._append("online_labels.jsonl", rows)
+        """Write ``rows``, already added to ``self.rows`` (the run's first write rewrites the files whole)."""
+        if self._files_current:
+            self._append("online_labels.jsonl", rows)
+        else:
+            self._rewrite_files()
 
     def _write_record(self, record: dict[str, Any]) -> None:
-        self._append("online_rounds.jsonl", [record])
+        """Write ``record``, already added to ``self.rounds`` (the run's first write rewrites the files whole)."""
+        if self._files_current:
+            self._append("online_rounds.jsonl", [record])
+        else:
+            self._rewrite_files()
 
     def _rewrite_files(self) -> None:
-        """``online_labels.jsonl`` / ``online_rounds.jsonl`` holding exactly the labels and rounds so far."""
-        self._append("online_labels.jsonl", self.rows, mode="w")
-        self._append("online_rounds.jsonl", self.rounds, mode="w")
+        """``online_labels.jsonl`` / ``online_rounds.jsonl`` holding exactly the labels and rounds so far (of this
+        run, or of the checkpoint it resumed), each written to a temporary file and moved over the old one (a kill
+        mid-way leaves the old file whole)."""
+        for name, rows in (("online_labels.jsonl", self.rows), ("online_rounds.jsonl", self.rounds)):
+            self._append(name + ".tmp", rows, mode="w")
+            if self.output_dir and self._main:
+                os.replace(os.path.join(self.output_dir, name + ".tmp"), os.path.join(self.output_dir, name))
+        self._files_current = True
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
