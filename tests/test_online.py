@@ -18,7 +18,7 @@ from hf_prefs.labels.queue import LabelQueue
 from hf_prefs.labels.labelers import SimulatedLabeler
 from hf_prefs.labels.sources import QueueLabelSource
 from hf_prefs.trainers.online import OnlineLabelSchedule, OnlinePreferenceLoop
-from hf_prefs.pipeline import PipelineArguments, main, train_reward_model
+from hf_prefs.pipeline import PipelineArguments, main, train_reward_model, validate_pipeline_config
 from hf_prefs.trainers.ppo_config import PPOConfig
 from hf_prefs.trainers.ppo_trainer import PPOTrainer
 
@@ -365,6 +365,7 @@ def test_recipe_label_mode_online(tiny_base, tmp_path):
         (["--online_rounds", "5"], "online_rounds"),  # 5 rounds in 3 updates
         (["--online_labels_per_round", "4", "4"], "online_labels_per_round"),  # 2 values for 3 rounds
         (["--online_rm_init", "warm"], "online_rm_init"),
+        (["--num_label_queries", "0"], "num_label_queries"),  # 0 labels for 3 rounds: names the field to set
     ],
 )
 def test_bad_online_configs_fail_before_training(extra, field, tmp_path):
@@ -448,3 +449,16 @@ def test_a_new_loop_keeps_the_label_files_until_it_writes(tiny_base, tmp_path):
     loop._append_labels(new)  # the run's first write: new files
     assert [json.loads(x)["query"] for x in (out / "online_labels.jsonl").read_text().splitlines()] == ["new"]
     assert (out / "online_rounds.jsonl").read_text() == "" and not (out / "online_labels.jsonl.tmp").exists()
+
+
+def test_summarization_tasks_refuse_another_query_dataset(tmp_path):
+    """TL;DR and CNN/DM read their own Hub source (or Austen offline): another id fails, naming the field, instead of
+    being ignored."""
+    cfg = _ppo_config(tmp_path)
+    for task, ok in (("tldr", "trl-lib/tldr"), ("cnndm", "abisee/cnn_dailymail")):
+        for name in (None, "austen", ok):
+            validate_pipeline_config(PipelineArguments(task=task, label_source="human", label_queue_dir="q",
+                                                       query_dataset=name), cfg)
+        with pytest.raises(ValueError, match="query_dataset: .*my/texts"):
+            validate_pipeline_config(PipelineArguments(task=task, label_source="human", label_queue_dir="q",
+                                                       query_dataset="my/texts"), cfg)

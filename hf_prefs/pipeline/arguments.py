@@ -16,6 +16,7 @@ from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
 from ..labels.schema import load_label_file
 from ..tasks.specs import get_task
+from ..tasks.summarization import HUB_SOURCES
 from ..trainers.ppo_config import PPOConfig
 
 __all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype",
@@ -37,8 +38,8 @@ class PipelineArguments:
     task: str | None = field(default=None, metadata={"help": "sentiment | descriptiveness | tldr | cnndm (set by the recipe)"})
     query_dataset: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset id of the task's texts; unset = offline Austen passages (books tasks) "
-                  "or the task's Hub source (tldr, cnndm)."},
+        metadata={"help": "Hub dataset id of the task's texts (books tasks; tldr and cnndm read their own Hub "
+                  "source); unset = offline Austen passages (books tasks) or that source; 'austen' = Austen offline."},
     )
     query_min_tokens: int = field(default=32, metadata={"help": "Shortest book query in tokens (paper: 64 exactly)."})
     num_label_queries: int = field(default=4992, metadata={"help": "Queries sent to the labeler (paper: 4,992)."})
@@ -170,8 +171,10 @@ def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:
             return OnlineLabelSchedule(pa.online_rounds, list(per) if len(per) > 1 else per[0])
         return OnlineLabelSchedule.even(pa.num_label_queries, pa.online_rounds)
     except ValueError as err:
-        name = "online_labels_per_round" if per else "online_rounds"
-        raise ValueError(f"{name}: {err}") from None
+        if per:
+            raise ValueError(f"online_labels_per_round: {err}") from None
+        raise ValueError(f"online_rounds / num_label_queries: {pa.num_label_queries} labels in {pa.online_rounds} "
+                         f"rounds: {err} (set num_label_queries, or online_labels_per_round)") from None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -186,6 +189,9 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     if pa.task is None:
         raise ValueError("task: set the task (sentiment, descriptiveness, tldr or cnndm)")
     get_task(pa.task)
+    if pa.task in HUB_SOURCES and pa.query_dataset not in (None, "austen", HUB_SOURCES[pa.task][0]):
+        raise ValueError(f"query_dataset: {pa.task} reads its texts from {HUB_SOURCES[pa.task][0]} (or Austen's "
+                         f"novels with 'austen', offline); another dataset is not supported, got {pa.query_dataset!r}")
     if pa.label_source not in LABEL_SOURCES:
         raise ValueError(f"label_source: {pa.label_source!r} is not one of {LABEL_SOURCES}")
     if pa.num_candidates < 2:
