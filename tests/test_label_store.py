@@ -611,3 +611,19 @@ def test_export_reads_back_in_every_format(tmp_path, suffix):
     back.add_labels(str(out))  # the rows carry their round
     got = back.labels().to_list()
     assert [(r["query"], r["samples"], r["best"]) for r in got] == [(r["query"], r["samples"], r["best"]) for r in rows]
+
+
+def test_putting_a_round_again_reuses_its_items(tmp_path):
+    """A restarted run puts the same round again: its items are the queued ones (no second copy to label), labels
+    already given stay the round's only labels, and new comparisons are still added."""
+    q = LabelQueue(tmp_path)
+    items = make_items(3)
+    ids = q.put_round(0, items)
+    for item_id in ids:
+        q.submit("alice", item_id, 1)
+    assert q.put_round(0, items) == ids  # nothing new
+    assert q.round_status(0).total == 3 and q.round_status(0).complete
+    assert len(q.wait_round(0, timeout=1)) == 3
+    more = q.put_round(0, items + make_items(1, tag="x"))
+    assert more[:3] == ids and more[3] == "0-00003" and q.round_status(0).total == 4
+    assert q.put_round(1, items) == ["1-00000", "1-00001", "1-00002"]  # another round: its own items

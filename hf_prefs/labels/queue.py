@@ -190,7 +190,9 @@ class LabelQueue:
 
         ``items``: ``(query, samples)`` pairs, dicts with ``query``/``samples`` (and optionally
         ``item_id``), a ``Dataset`` or a file (see :func:`~hf_prefs.labels.schema.load_rows`).
-        Generated ids are ``"{round}-{n:05d}"``. All items are checked first; one bad row writes nothing.
+        Generated ids are ``"{round}-{n:05d}"``. A comparison (query and samples) the round already holds, given
+        without an ``item_id``, is that item (its id is returned, nothing is added): a run that puts its round again
+        after a restart does not ask for its labels twice. All items are checked first; one bad row writes nothing.
         """
         key = round_key(round_id)
         rows = load_rows(items)
@@ -209,19 +211,29 @@ class LabelQueue:
             checked.append((item_id, query, samples))
 
         explicit = {item_id for item_id, _, _ in checked if item_id is not None}
+        ids: list[str] = []
 
         def build(state: QueueState) -> list[Event]:
             n0, now, seen, out = len(state.rounds.get(key, [])), self.clock(), set(), []
+            queued = {}  # the round's items so far by content: the same comparison put again is that item
+            for queued_id in state.rounds.get(key, []):
+                queued.setdefault((state.items[queued_id]["query"], tuple(state.items[queued_id]["samples"])), queued_id)
+            ids.clear()
             for i, (item_id, query, samples) in enumerate(checked):
+                if item_id is None and (query, tuple(samples)) in queued:
+                    ids.append(queued[(query, tuple(samples))])
+                    continue
                 if item_id is None:
-                    item_id = _new_item_id(key, n0 + i, state.items, seen, explicit)
+                    item_id = _new_item_id(key, n0 + len(out), state.items, seen, explicit)
                 if item_id in state.items or item_id in seen:
                     raise LabelValidationError(f"item_id {item_id!r} is already in the queue", i, "item_id")
                 seen.add(item_id)
+                ids.append(item_id)
                 out.append({"type": "item", "item_id": item_id, "round": key, "query": query, "samples": list(samples), "t": now})
             return out
 
-        return [r["item_id"] for r in self._log.append(build)]
+        self._log.append(build)
+        return list(ids)
 
     @_reads_state
     def rounds(self) -> list[str]:
