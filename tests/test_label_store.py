@@ -627,3 +627,22 @@ def test_putting_a_round_again_reuses_its_items(tmp_path):
     more = q.put_round(0, items + make_items(1, tag="x"))
     assert more[:3] == ids and more[3] == "0-00003" and q.round_status(0).total == 4
     assert q.put_round(1, items) == ["1-00000", "1-00001", "1-00002"]  # another round: its own items
+
+
+def test_bad_round_or_labeler_and_non_object_rows_name_the_row(tmp_path):
+    q = LabelQueue(tmp_path / "q")
+    row = {"query": "q", "samples": ["a", "b"], "best": 0}
+    with pytest.raises(LabelValidationError) as info:
+        q.add_labels([{**row, "round": 0}, {**row, "query": "p", "round": 1.5}])
+    assert (info.value.row, info.value.field) == (1, "round")
+    with pytest.raises(LabelValidationError) as info:
+        q.add_labels([{**row, "round": 0, "labeler": "two\nlines"}])
+    assert (info.value.row, info.value.field) == (0, "labeler")
+    q.add_labels([{**row, "round": 2.0}])  # a whole float (pandas, parquet) is its int
+    assert q.rounds() == ["2"] and len(q.labels(round_id=2)) == 1
+    for name, text in (("rows.json", json.dumps([row, ["not", "an", "object"]])),
+                       ("rows.jsonl", json.dumps(row) + "\n" + json.dumps([1, 2]) + "\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(LabelValidationError, match="row 1") as info:
+            q.add_labels(str(tmp_path / name), round_id=3)
+        assert "object" in str(info.value)

@@ -320,9 +320,15 @@ class LabelQueue:
                 query, samples = row["query"], tuple(row["samples"])
                 who = row.get("labeler") or default_labeler
                 rnd = row.get("round")
-                rnd = round_key(rnd) if rnd not in (None, "") else default_round
                 item_id = str(row["item_id"]) if row.get("item_id") not in (None, "") else None
-                who = check_name(str(who), "labeler")
+                try:
+                    rnd = round_key(rnd) if rnd not in (None, "") else default_round
+                except LabelRequestError as exc:
+                    raise LabelValidationError(str(exc), i, "round") from None
+                try:
+                    who = check_name(str(who), "labeler")
+                except LabelRequestError as exc:
+                    raise LabelValidationError(str(exc), i, "labeler") from None
                 item_id, item = state.match_item(item_id, rnd, query, samples, new_items, by_content)
                 if item is None:
                     if rnd is None:

@@ -42,7 +42,10 @@ def check_name(value: Any, field: str) -> str:
 
 
 def round_key(round_id: Any) -> str:
-    """The stored form of a round id (an int or a string): its string, checked like a name."""
+    """The stored form of a round id (an int or a string; a whole float, as pandas/parquet give an int column with
+    gaps, counts as its int): its string, checked like a name."""
+    if isinstance(round_id, float) and round_id.is_integer():
+        round_id = int(round_id)
     if isinstance(round_id, bool) or not isinstance(round_id, (int, str)):
         raise LabelRequestError(f"round ids are ints or strings, got {type(round_id).__name__}", "round")
     return check_name(str(round_id), "round")

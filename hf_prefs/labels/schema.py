@@ -219,12 +219,17 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
                         rows.append(json.loads(line))
                     except ValueError as exc:
                         raise LabelValidationError(f"{path}:{n} is not valid JSON ({exc})") from None
+                    if not isinstance(rows[-1], dict):
+                        raise LabelValidationError(f"{path}:{n} is not a JSON object", len(rows) - 1)
         return rows
     if suffix == ".json":
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         if not isinstance(data, list):
             raise LabelValidationError(f"{path} must hold a JSON list of objects")
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise LabelValidationError(f"{path} must hold a JSON list of objects, got {type(row).__name__}", i)
         return data
     if suffix == ".parquet":
         return Dataset.from_parquet(str(path)).to_list()
