@@ -14,6 +14,7 @@ from hf_prefs.tasks.books import (
     paragraphs_from_lines,
     sentence_boundaries,
 )
+from hf_prefs.tasks.queries import load_task_queries
 
 SENTENCES = [
     "The morning was grey and the road was long.",
@@ -113,3 +114,19 @@ def test_load_book_queries_austen_and_local_dataset(gpt2_tokenizer, tmp_path):
     ds = load_book_queries(str(folder), gpt2_tokenizer, min_tokens=16, max_tokens=48, lines_per_passage=7)
     assert len(ds) > 0 and set(ds["source"]) == {str(folder)}
     assert all(q.endswith(" .") for q in ds["query"])
+
+
+def test_task_queries_from_a_sentence_per_row_dataset(gpt2_tokenizer, tmp_path):
+    """The recipes' query_dataset on a BookCorpus-style dataset (one sentence per row): rows are joined into
+    passages, so queries spanning sentences exist; a source holding none raises naming query_dataset."""
+    folder = tmp_path / "mini_books"
+    folder.mkdir()
+    rows = [s.lower().replace(".", " .") for s in SENTENCES] * 6
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": r}) for r in rows) + "\n")
+    ds = load_task_queries("sentiment", gpt2_tokenizer, query_dataset=str(folder), min_tokens=16)
+    assert len(ds) > 0 and all(q.endswith(" .") for q in ds["query"])
+    plain = tmp_path / "no_periods"
+    plain.mkdir()
+    (plain / "train.jsonl").write_text("\n".join(json.dumps({"text": r.replace(".", "")}) for r in rows) + "\n")
+    with pytest.raises(ValueError, match="query_dataset: no passage"):
+        load_task_queries("sentiment", gpt2_tokenizer, query_dataset=str(plain), min_tokens=16)

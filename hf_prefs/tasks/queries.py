@@ -11,7 +11,11 @@ from .books import austen_queries, load_book_queries
 from .specs import get_task
 from .summarization import load_summarization_queries, summarization_queries
 
-__all__ = ["load_task_queries"]
+__all__ = ["load_task_queries", "HUB_LINES_PER_PASSAGE"]
+
+#: Rows of a Hub book dataset joined into one passage before queries are cut from it (BookCorpus has a sentence per
+#: row: a query spans sentences, so one row alone would hold none)
+HUB_LINES_PER_PASSAGE = 8
 
 
 def load_task_queries(
@@ -20,14 +24,20 @@ def load_task_queries(
     """The task's queries (``query`` column; ``reference`` summaries when the source has them).
 
     Books tasks: passages that start after a '.' and end at a '.', ``min_tokens``..64 tokens, from
-    ``query_dataset`` (a BookCorpus-style Hub id) or, unset / ``"austen"``, the offline Austen novels. TL;DR and
+    ``query_dataset`` (a BookCorpus-style Hub id, :data:`HUB_LINES_PER_PASSAGE` rows to a passage) or, unset /
+    ``"austen"``, the offline Austen novels; none found raises naming ``query_dataset``. TL;DR and
     CNN/DM: articles from the task's Hub source cut to fit ``query_length`` with the task's prefix/suffix;
     ``query_dataset="austen"`` uses Austen passages as offline stand-in articles.
     """
     spec = get_task(task)
     if task in ("sentiment", "descriptiveness"):
         name = None if query_dataset in (None, "austen") else query_dataset
-        return load_book_queries(name, tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed)
+        queries = load_book_queries(name, tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed,
+                                    lines_per_passage=HUB_LINES_PER_PASSAGE)
+        if len(queries) == 0:
+            raise ValueError(f"query_dataset: no passage of {name or 'austen'} holds a query of {min_tokens}.."
+                             f"{spec.query_length} tokens between two '.' (query_min_tokens, the task's query length)")
+        return queries
     if query_dataset == "austen":
         texts = austen_queries(tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed)["query"]
         return summarization_queries(texts, tokenizer, spec.query_length, spec.query_prefix, spec.query_suffix)
