@@ -366,6 +366,7 @@ def test_recipe_label_mode_online(tiny_base, tmp_path):
         (["--online_labels_per_round", "4", "4"], "online_labels_per_round"),  # 2 values for 3 rounds
         (["--online_rm_init", "warm"], "online_rm_init"),
         (["--num_label_queries", "0"], "num_label_queries"),  # 0 labels for 3 rounds: names the field to set
+        (["--query_min_tokens", "100"], "query_min_tokens"),  # longer than the sentiment task's 64-token queries
     ],
 )
 def test_bad_online_configs_fail_before_training(extra, field, tmp_path):

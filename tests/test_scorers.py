@@ -9,7 +9,13 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from hf_prefs.tasks import known_rewards as scorers
-from hf_prefs.tasks.known_rewards import HubSentimentScorer, VaderScorer, vader_compound, vader_log_odds
+from hf_prefs.tasks.known_rewards import (
+    HubSentimentScorer,
+    VaderScorer,
+    make_known_reward,
+    vader_compound,
+    vader_log_odds,
+)
 
 POSITIVE = "I love this, wonderful!"
 NEGATIVE = "terrible, awful, I hate it"
@@ -67,6 +73,12 @@ def test_hub_scorer_is_logit_difference(tiny_classifier_dir):
 def test_hub_scorer_unknown_label(tiny_classifier_dir):
     with pytest.raises(ValueError, match="not in the model's labels"):
         HubSentimentScorer(str(tiny_classifier_dir), positive_label="joy", device="cpu")
+    # the recipes' known_reward: a classifier without a POSITIVE class names the field
+    config = GPT2Config.from_pretrained(tiny_classifier_dir)
+    config.id2label, config.label2id = {0: "sad", 1: "happy"}, {"sad": 0, "happy": 1}
+    config.save_pretrained(tiny_classifier_dir)
+    with pytest.raises(ValueError, match=r"known_reward: .*not in the model's labels \['happy', 'sad'\]"):
+        make_known_reward(str(tiny_classifier_dir))
 
 
 def test_log_odds_multiclass_and_single_logit():

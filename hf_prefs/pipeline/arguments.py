@@ -188,7 +188,10 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     model_dtype(model_args)
     if pa.task is None:
         raise ValueError("task: set the task (sentiment, descriptiveness, tldr or cnndm)")
-    get_task(pa.task)
+    spec = get_task(pa.task)
+    if pa.task not in HUB_SOURCES and not 0 < pa.query_min_tokens <= spec.query_length:
+        raise ValueError(f"query_min_tokens: must lie in [1, {spec.query_length}] (the {pa.task} task's query length), "
+                         f"got {pa.query_min_tokens}")
     if pa.task in HUB_SOURCES and pa.query_dataset not in (None, "austen", HUB_SOURCES[pa.task][0]):
         raise ValueError(f"query_dataset: {pa.task} reads its texts from {HUB_SOURCES[pa.task][0]} (or Austen's "
                          f"novels with 'austen', offline); another dataset is not supported, got {pa.query_dataset!r}")

@@ -136,5 +136,8 @@ def make_known_reward(spec: str | None) -> Callable[[list[str]], list[float]] | 
         return None
     if spec == "vader":
         return vader_log_odds
-    scorer = HubSentimentScorer(spec)
+    try:
+        scorer = HubSentimentScorer(spec)
+    except ValueError as err:  # e.g. a classifier without a POSITIVE class
+        raise ValueError(f"known_reward: {spec}: {err} (the known reward is the log-odds of its POSITIVE class)") from None
     return lambda texts: scorer(texts).tolist()
