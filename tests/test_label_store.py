@@ -646,3 +646,18 @@ def test_bad_round_or_labeler_and_non_object_rows_name_the_row(tmp_path):
         with pytest.raises(LabelValidationError, match="row 1") as info:
             q.add_labels(str(tmp_path / name), round_id=3)
         assert "object" in str(info.value)
+
+
+def test_a_batch_line_that_fails_on_replay_applies_none_of_its_events(tmp_path):
+    """A batch is one line, all or nothing: when one of its events cannot be replayed, the earlier ones are not
+    applied either (the line is reported in bad_lines)."""
+    q = LabelQueue(tmp_path)
+    q.put_round("r", [{"query": "x", "samples": ["a", "b"], "item_id": "keep"}])
+    item = {"type": "item", "round": "r", "query": "y", "samples": ["c", "d"], "t": 0.0}
+    batch = {"type": "batch", "events": [{**item, "item_id": "new"}, {**item, "item_id": "keep"}]}  # 2nd: duplicate
+    with open(tmp_path / LOG_NAME, "a") as f:
+        f.write(json.dumps(batch) + "\n")
+    reopened = LabelQueue(tmp_path)
+    assert reopened.round_status("r").total == 1 and reopened._log.bad_lines == [2]
+    q.refresh()  # the process that was already open replays it the same way
+    assert q.round_status("r").total == 1 and q._log.bad_lines == [2]

@@ -35,6 +35,7 @@ file that other tools speak. ``flock`` needs a local POSIX filesystem (not NFS).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -157,9 +158,11 @@ class EventLog(Generic[S]):
             logger.warning("%s line %d skipped: %s", self.path, self._lines, exc)
 
     def _apply(self, rec: Event) -> None:
-        if rec["type"] == "batch":  # events written together (one line: all or nothing)
+        if rec["type"] == "batch":  # events written together (one line): all applied, or none if one fails
+            trial = copy.deepcopy(self.state)  # batches are few (a round put, a file of labels added)
             for event in rec["events"]:
-                self._apply(event)
+                trial.apply(event)
+            self.state = trial
         else:
             self.state.apply(rec)
 
