@@ -215,13 +215,11 @@ class LabelQueue:
 
         def build(state: QueueState) -> list[Event]:
             n0, now, seen, out = len(state.rounds.get(key, [])), self.clock(), set(), []
-            queued = {}  # the round's items so far by content: the same comparison put again is that item
-            for queued_id in state.rounds.get(key, []):
-                queued.setdefault((state.items[queued_id]["query"], tuple(state.items[queued_id]["samples"])), queued_id)
+            queued = state.items_by_content()  # the same comparison put again is that item
             ids.clear()
             for i, (item_id, query, samples) in enumerate(checked):
-                if item_id is None and (query, tuple(samples)) in queued:
-                    ids.append(queued[(query, tuple(samples))])
+                if item_id is None and (key, query, tuple(samples)) in queued:
+                    ids.append(queued[(key, query, tuple(samples))])
                     continue
                 if item_id is None:
                     item_id = _new_item_id(key, n0 + len(out), state.items, seen, explicit)
@@ -313,9 +311,7 @@ class LabelQueue:
 
         def build(state: QueueState) -> list[Event]:
             now, out, new_items, taken = self.clock(), [], {}, set()
-            by_content: dict[tuple[str, str, tuple[str, ...]], str] = {}
-            for item_id, item in state.items.items():
-                by_content.setdefault((item["round"], item["query"], tuple(item["samples"])), item_id)
+            by_content = state.items_by_content()
             for i, row in enumerate(rows):
                 query, samples = row["query"], tuple(row["samples"])
                 who = row.get("labeler") or default_labeler

@@ -222,6 +222,13 @@ class QueueState:
         recent = {r["item_id"] for r in live[max(0, len(live) - gap) :]}
         return [r["item_id"] for r in live if r["item_id"] not in recent and (r["item_id"], labeler, True) not in self.answers]
 
+    def items_by_content(self) -> dict[tuple[str, str, tuple[str, ...]], str]:
+        """``(round, query, samples) -> item_id`` of every queued item (the first one where a comparison repeats)."""
+        by_content: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        for item_id, item in self.items.items():
+            by_content.setdefault((item["round"], item["query"], tuple(item["samples"])), item_id)
+        return by_content
+
     def match_item(
         self,
         item_id: str | None,

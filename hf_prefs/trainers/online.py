@@ -386,19 +386,19 @@ class OnlinePreferenceLoop(TrainerCallback):
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    def _append_labels(self, rows: list[dict[str, Any]]) -> None:
-        """Write ``rows``, already added to ``self.rows`` (the run's first write rewrites the files whole)."""
+    def _append_new(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows``, already added to ``self.rows``/``self.rounds``; the run's first write rewrites both files
+        whole instead (:meth:`_rewrite_files`, which writes them)."""
         if self._files_current:
-            self._append("online_labels.jsonl", rows)
+            self._append(name, rows)
         else:
             self._rewrite_files()
 
+    def _append_labels(self, rows: list[dict[str, Any]]) -> None:
+        self._append_new("online_labels.jsonl", rows)
+
     def _write_record(self, record: dict[str, Any]) -> None:
-        """Write ``record``, already added to ``self.rounds`` (the run's first write rewrites the files whole)."""
-        if self._files_current:
-            self._append("online_rounds.jsonl", [record])
-        else:
-            self._rewrite_files()
+        self._append_new("online_rounds.jsonl", [record])
 
     def _rewrite_files(self) -> None:
         """``online_labels.jsonl`` / ``online_rounds.jsonl`` holding exactly the labels and rounds so far (of this
