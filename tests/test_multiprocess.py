@@ -176,3 +176,22 @@ def test_processes_end_their_process_group_at_a_normal_exit_and_leave_it_after_a
     assert proc.returncode != 0 and "rank 1 fails on purpose" in proc.stderr
     # the failed rank skipped the barrier (its peer may be inside a collective): its group was left as it was
     assert json.loads((tmp_path / "fail" / "exit_1.json").read_text()) == {"world": 2, "initialized": True}
+
+
+def test_main_process_work_longer_than_the_group_timeout_reaches_every_process(tmp_path):
+    """A human label round outlasts ``ddp_timeout``: a plain broadcast after it times the other process out (gloo, 3 s
+    group timeout, 8 s of work); ``result_from_main_process`` delivers the result, and the main process's error."""
+    runs = {how: tmp_path / how for how in ("plain", "heartbeat", "fail")}
+    for d in runs.values():
+        d.mkdir()
+    proc = launch("wait_run.py", "--out", str(runs["plain"]), "--how", "plain", must_pass=False)
+    assert proc.returncode != 0
+    assert "Timed out" in json.loads((runs["plain"] / "wait_1.json").read_text())["error"]
+    launch("wait_run.py", "--out", str(runs["heartbeat"]))
+    got = [json.loads((runs["heartbeat"] / f"wait_{r}.json").read_text()) for r in range(2)]
+    assert got == [{"result": {"labels": [1, 2, 3], "by": 0}}] * 2
+    proc = launch("wait_run.py", "--out", str(runs["fail"]), "--fail", must_pass=False)
+    assert proc.returncode != 0
+    errors = [json.loads((runs["fail"] / f"wait_{r}.json").read_text())["error"] for r in range(2)]
+    assert errors[0] == "ValueError: no labels today"
+    assert errors[1] == "RuntimeError: the main process failed while this process waited for it: ValueError('no labels today')"

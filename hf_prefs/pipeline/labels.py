@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from datasets import Dataset
 
 from ..core.rollout import RolloutSpec
@@ -17,6 +17,7 @@ from ..labels.labelers import LabelSamplingStats, SimulatedLabeler, draw_candida
 from ..labels.queue import LabelQueue
 from ..labels.schema import load_label_file, validate_labels
 from ..tasks.known_rewards import make_known_reward
+from ..trainers.main_process import result_from_main_process
 from .arguments import PipelineArguments
 
 __all__ = ["make_labeler", "label_source", "collect_labels"]
@@ -60,8 +61,8 @@ def collect_labels(
         return labels, {"source": "file", "label_file": pa.label_file, "labels": len(labels)}
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
     kept, samples, stats = _sample_shards(pa, cfg, rho, tokenizer, list(queries), spec)
-    rows, info = _label(pa, cfg, queries, kept, samples, stats) if PartialState().is_main_process else (None, None)
-    rows, info = broadcast_object_list([rows, info], from_process=0)
+    # people may take longer than the process group's timeout: the others wait in short collectives
+    rows, info = result_from_main_process(lambda: _label(pa, cfg, queries, kept, samples, stats))
     return validate_labels(Dataset.from_list(rows), k=pa.num_candidates), info
 
 

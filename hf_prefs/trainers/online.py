@@ -41,7 +41,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
 from datasets import Dataset, Features, Value
 from torch import nn
 from transformers import TrainerCallback
@@ -54,6 +53,7 @@ from ..labels.schema import LABEL_COLUMNS
 from ..labels.sources import as_label_source
 from ..models.loading import load_reward_model
 from ..models.reward_model import get_reward_normalization
+from .main_process import result_from_main_process
 
 __all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "RewardTrainFn", "ONLINE_LABEL_FEATURES", "ONLINE_STATE_FILE"]
 
@@ -239,9 +239,8 @@ class OnlinePreferenceLoop(TrainerCallback):
         t0 = time.time()
         n = self.schedule.labels_in_round(r)
         record: dict[str, Any] = {"round": r, "step": step, "episode": episode, "requested": n}
-        # the main process samples and labels; the round's rows reach every process
-        new, info = self._label_round(policy, r, n) if self._main else (None, None)
-        new, info = broadcast_object_list([new, info], from_process=0)
+        # the main process samples and labels (people may take hours); the round's rows reach every process
+        new, info = result_from_main_process(lambda: self._label_round(policy, r, n))
         record.update(info)
         self._round_episode[r] = episode
         for row in new:  # the episode at which the row's round sampled it (late labels keep their round's)
