@@ -1,7 +1,10 @@
 """Task specs and summarization query cutting (paper: <= 500 tokens including prefix and suffix)."""
 
+import json
+
 import pytest
 
+from hf_prefs.pipeline import PipelineArguments, collect_labels
 from hf_prefs.tasks import TASKS, format_summarization_query, get_task, summarization_queries
 
 
@@ -54,3 +57,23 @@ def test_hub_tldr_loader_keeps_the_reference_summaries(gpt2_tokenizer, monkeypat
     ds = load_summarization_queries("tldr", gpt2_tokenizer, n=1, max_tokens=64)
     assert calls == [("trl-lib/tldr", None, "train[:1]")]
     assert ds["query"] == ["SUBREDDIT: r/x\nPOST: My cat.\n\nTL;DR:"] and ds["reference"] == ["cat is nice"]
+
+
+def test_policy_query_wraps_a_raw_query_once():
+    cnndm, sentiment = get_task("cnndm"), get_task("sentiment")
+    assert cnndm.policy_query(" The article. ") == "Article:\n\nThe article.\n\nTL;DR:"
+    assert cnndm.policy_query("Article:\n\nThe article.\n\nTL;DR:") == "Article:\n\nThe article.\n\nTL;DR:"
+    assert sentiment.policy_query("A passage.") == "A passage."
+
+
+def test_label_file_queries_take_the_policys_form(tmp_path):
+    """The paper's files hold the raw query, while PPO scores prefix + query + suffix: the reward model must train on
+    the latter (labels written by hf_prefs already are in that form and stay as they are)."""
+    rows = [{"query": "My cat ate my homework.", "samples": [" a", " b", " c", " d"], "best": 1},
+            {"query": "Dogs.\n\nTL;DR:", "samples": [" e", " f", " g", " h"], "best": 0}]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    for task, first in (("tldr", "My cat ate my homework.\n\nTL;DR:"), ("sentiment", "My cat ate my homework.")):
+        pa = PipelineArguments(task=task, label_source="file", label_file=str(path))
+        labels, info = collect_labels(pa, None, None, None, [])
+        assert labels["query"] == [first, "Dogs.\n\nTL;DR:"] and labels["best"] == [1, 0] and info["labels"] == 2

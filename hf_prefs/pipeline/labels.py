@@ -3,6 +3,7 @@ and the label source of the online loop. The labeler is set up here once for bot
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -17,10 +18,13 @@ from ..labels.labelers import LabelSamplingStats, SimulatedLabeler, draw_candida
 from ..labels.queue import LabelQueue
 from ..labels.schema import load_label_file, validate_labels
 from ..tasks.known_rewards import make_known_reward
+from ..tasks.specs import get_task
 from ..trainers.main_process import result_from_main_process
 from .arguments import PipelineArguments
 
 __all__ = ["make_labeler", "label_source", "collect_labels"]
+
+logger = logging.getLogger(__name__)
 
 
 def make_labeler(pa: PipelineArguments, seed: int) -> SimulatedLabeler:
@@ -36,8 +40,23 @@ def label_source(
     if pa.label_source == "simulated":
         return make_labeler(pa, seed)
     if pa.label_source == "file":
-        return file_labels if file_labels is not None else load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
+        return file_labels if file_labels is not None else _load_label_file(pa, tokenizer)
     return LabelQueue(pa.label_queue_dir)
+
+
+def _load_label_file(pa: PipelineArguments, tokenizer: Any) -> Dataset:
+    """The label file's rows, each query in the form the policy's queries have (:meth:`TaskSpec.policy_query`: the
+    summarization tasks wrap it in their prefix and suffix), so the reward model trains on what PPO scores."""
+    labels = load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
+    spec = get_task(pa.task)
+    if not (spec.query_prefix or spec.query_suffix):
+        return labels
+    wrapped = labels.map(lambda row: {"query": spec.policy_query(row["query"])})
+    changed = sum(a != b for a, b in zip(labels["query"], wrapped["query"]))
+    if changed:
+        logger.info("label_file: %d of %d queries wrapped in the %s task's query prefix/suffix", changed, len(labels),
+                    pa.task)
+    return wrapped
 
 
 def collect_labels(
@@ -57,7 +76,7 @@ def collect_labels(
     same label set.
     """
     if pa.label_source == "file":
-        labels = load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
+        labels = _load_label_file(pa, tokenizer)
         return labels, {"source": "file", "label_file": pa.label_file, "labels": len(labels)}
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
     kept, samples, stats = _sample_shards(pa, cfg, rho, tokenizer, list(queries), spec)

@@ -22,6 +22,14 @@ class TaskSpec:
     query_prefix: str = ""
     query_suffix: str = ""
 
+    def policy_query(self, query: str) -> str:
+        """``query`` as the policy and the reward model see it: ``query_prefix + query + query_suffix``, unchanged
+        when it already has them. hf_prefs' own label files hold queries in this form; the paper's released files
+        hold the raw query (its reward model read the raw query, its policy the wrapped one)."""
+        if query.startswith(self.query_prefix) and query.rstrip().endswith(self.query_suffix.rstrip()):
+            return query
+        return self.query_prefix + query.strip() + self.query_suffix
+
 
 TASKS: dict[str, TaskSpec] = {
     "sentiment": TaskSpec("sentiment", query_length=64),
