@@ -195,3 +195,18 @@ def test_main_process_work_longer_than_the_group_timeout_reaches_every_process(t
     errors = [json.loads((runs["fail"] / f"wait_{r}.json").read_text())["error"] for r in range(2)]
     assert errors[0] == "ValueError: no labels today"
     assert errors[1] == "RuntimeError: the main process failed while this process waited for it: ValueError('no labels today')"
+
+
+def test_label_stage_on_two_processes_with_an_empty_or_fully_dropped_share(tiny_base, tmp_path):
+    """One label query on 2 processes (one process samples nothing): both get the query's label row (before: that
+    process raised "all 0 queries were dropped" alone). Every query dropped: both raise the same error."""
+    one, dropped = tmp_path / "one", tmp_path / "dropped"
+    one.mkdir(), dropped.mkdir()
+    launch("labels_run.py", "--base", tiny_base, "--out", str(one), "--case", "one_query")
+    got = [json.loads((one / f"labels_{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1] and got[0]["queries"] == 1 and len(got[0]["rows"]) == 1
+    assert got[0]["rows"][0]["query_index"] == 0 and len(got[0]["rows"][0]["samples"]) == 4
+    proc = launch("labels_run.py", "--base", tiny_base, "--out", str(dropped), "--case", "all_dropped", must_pass=False)
+    assert proc.returncode != 0
+    errors = [json.loads((dropped / f"labels_{r}.json").read_text())["error"] for r in range(2)]
+    assert errors[0] == errors[1] and errors[0].startswith("ValueError: all 3 queries were dropped")

@@ -31,6 +31,7 @@ __all__ = [
     "LabelSamplingStats",
     "rollout_spec_of",
     "draw_candidates",
+    "check_some_kept",
     "sample_candidates",
     "sample_label_dataset",
 ]
@@ -166,11 +167,15 @@ def draw_candidates(
     batch_size: int,
     seed: int | None,
     drop_untruncated: bool = True,
+    require_kept: bool = True,
 ) -> tuple[list[int], list[list[str]], LabelSamplingStats]:
     """``(kept_indices, samples, stats)``: the positions in ``queries`` of the kept queries, their K cut samples, and
-    the counts (see :func:`sample_candidates`)."""
+    the counts (see :func:`sample_candidates`). ``require_kept``: raise when no query is kept (one process of
+    several passes False and checks the total of all processes with :func:`check_some_kept`)."""
     if k < 2:
         raise ValueError(f"k must be >= 2, got {k}")
+    if not queries and not require_kept:  # a process with no share of the queries
+        return [], [], LabelSamplingStats(queries=0, labels=0, dropped_no_truncation=0, dropped_empty=0)
     ids = sample_texts(policy, tokenizer, queries, spec, k, batch_size, seeded_generator(policy, seed))  # (N·K, Lr)
     lengths, valid = spec.cut(ids)  # (N·K,) x 2
     texts = spec.texts(tokenizer, ids, lengths)
@@ -193,13 +198,19 @@ def draw_candidates(
         "%d of %d queries kept; dropped %d with an invalid sample (no truncate token at index >= %d) and %d with a "
         "blank sample", stats.labels, stats.queries, no_trunc, spec.truncate_after, empty,
     )
-    if not kept_idx:
+    if require_kept:
+        check_some_kept(stats, spec)
+    return kept_idx, kept_samples, stats
+
+
+def check_some_kept(stats: LabelSamplingStats, spec: RolloutSpec) -> None:
+    """Raise when every query was dropped (``stats``: the counts of one process, or the sum over all of them)."""
+    if not stats.labels:
         raise ValueError(
-            f"all {len(queries)} queries were dropped ({no_trunc} had a sample without the truncate token "
-            f"{spec.truncate_token_id} at index >= {spec.truncate_after}); sample longer responses or lower "
+            f"all {stats.queries} queries were dropped ({stats.dropped_no_truncation} had a sample without the truncate "
+            f"token {spec.truncate_token_id} at index >= {spec.truncate_after}); sample longer responses or lower "
             "truncate_after"
         )
-    return kept_idx, kept_samples, stats
 
 
 def sample_candidates(

@@ -14,7 +14,7 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 
 from ..core.rollout import RolloutSpec
-from ..labels.labelers import LabelSamplingStats, SimulatedLabeler, draw_candidates
+from ..labels.labelers import LabelSamplingStats, SimulatedLabeler, check_some_kept, draw_candidates
 from ..labels.queue import LabelQueue
 from ..labels.schema import load_label_file, validate_labels
 from ..tasks.known_rewards import make_known_reward
@@ -94,15 +94,17 @@ def _sample_shards(
     mine = list(range(len(queries)))[state.process_index :: state.num_processes]
     kept, samples, stats = draw_candidates(
         rho, tokenizer, [queries[i] for i in mine], pa.num_candidates, spec, pa.sampling_batch_size,
-        cfg.seed + 1_000_003 * state.process_index, pa.label_drop_untruncated,
+        cfg.seed + 1_000_003 * state.process_index, pa.label_drop_untruncated, require_kept=state.num_processes == 1,
     )
     kept = [mine[j] for j in kept]
     if state.num_processes == 1:
         return kept, samples, stats
+    # a process whose share is empty or all dropped must not raise alone (the others would wait here for it)
     shards = gather_object([(kept, samples, asdict(stats))])
     order = sorted((i, s) for idx, smp, _ in shards for i, s in zip(idx, smp))
-    totals = {key: sum(shard[2][key] for shard in shards) for key in asdict(stats)}
-    return [i for i, _ in order], [s for _, s in order], LabelSamplingStats(**totals)
+    totals = LabelSamplingStats(**{key: sum(shard[2][key] for shard in shards) for key in asdict(stats)})
+    check_some_kept(totals, spec)
+    return [i for i, _ in order], [s for _, s in order], totals
 
 
 def _label(
