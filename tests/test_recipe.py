@@ -127,6 +127,7 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         (["--label_source", "file"], "label_file"),
         (["--label_source", "crowd"], "label_source"),
         (["--label_source", "human"], "label_queue_dir"),
+        (["--num_ppo_queries", "1000000"], "num_ppo_queries"),
     ],
 )
 def test_bad_configs_fail_before_training_naming_the_field(extra, field, tmp_path):

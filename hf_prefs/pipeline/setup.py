@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..tasks.books import TooFewQueriesError
 from ..tasks.queries import load_task_queries
 from .arguments import PipelineArguments, base_model_name, model_dtype
 
@@ -51,10 +52,14 @@ def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit
     """The first ``num_eval_queries`` held out, the next ``num_label_queries`` for labels, the rest (or
     ``num_ppo_queries``) for PPO; the order is the task loader's shuffle with ``cfg.seed``."""
     n_total = pa.num_label_queries + pa.num_eval_queries + (pa.num_ppo_queries or 0)
-    queries = load_task_queries(
-        pa.task, tokenizer, n=n_total if pa.num_ppo_queries else None, seed=cfg.seed, query_dataset=pa.query_dataset,
-        min_tokens=pa.query_min_tokens,
-    )
+    try:
+        queries = load_task_queries(
+            pa.task, tokenizer, n=n_total if pa.num_ppo_queries else None, seed=cfg.seed, query_dataset=pa.query_dataset,
+            min_tokens=pa.query_min_tokens,
+        )
+    except TooFewQueriesError as e:
+        raise ValueError(f"num_ppo_queries: num_eval_queries {pa.num_eval_queries} + num_label_queries "
+                         f"{pa.num_label_queries} + num_ppo_queries {pa.num_ppo_queries} = {n_total} queries, but {e}") from e
     if len(queries) < pa.num_label_queries + pa.num_eval_queries + 1:
         raise ValueError(
             f"num_label_queries: {pa.num_label_queries} + num_eval_queries {pa.num_eval_queries} exceed the "

@@ -97,6 +97,10 @@ def _cut_passage(text: str, tokenizer: Any, min_tokens: int, max_tokens: int, ov
     return queries
 
 
+class TooFewQueriesError(ValueError):
+    """The texts hold fewer queries than were asked for."""
+
+
 def book_queries_from_texts(
     texts: Sequence[str],
     tokenizer: Any,
@@ -112,8 +116,8 @@ def book_queries_from_texts(
     Args:
         texts: passages (paragraphs); queries never cross a passage.
         tokenizer: a Hugging Face tokenizer; lengths are measured without special tokens.
-        n: keep the first ``n`` queries after a seeded shuffle (``None``: all). Raises ``ValueError``
-            if fewer than ``n`` exist.
+        n: keep the first ``n`` queries after a seeded shuffle (``None``: all). Raises :class:`TooFewQueriesError`
+            (a ``ValueError``) if fewer than ``n`` exist.
         min_tokens, max_tokens: token-length window of a query (the paper used 64-token queries).
         seed: shuffle seed; the result is a deterministic function of the inputs.
         sources: one source name for all passages, or one per passage.
@@ -129,7 +133,7 @@ def book_queries_from_texts(
     random.Random(seed).shuffle(rows)
     if n is not None:
         if n > len(rows):
-            raise ValueError(f"asked for {n} queries but only {len(rows)} fit {min_tokens}-{max_tokens} tokens")
+            raise TooFewQueriesError(f"asked for {n} queries but only {len(rows)} fit {min_tokens}-{max_tokens} tokens")
         rows = rows[:n]
     return datasets.Dataset.from_dict({"query": [q for q, _ in rows], "source": [s for _, s in rows]})
 
