@@ -60,7 +60,8 @@ def main(task="sentiment", argv=None):
     base = load_base(model_args)  # SmolLM2-135M offline unless --model_name_or_path
     spec = RolloutSpec.from_config(training_args, base.tokenizer)  # what a response is: length, T, cut, penalty
     queries = split_queries(script_args, training_args, base.tokenizer)  # held-out / label / PPO queries
-    known_reward = make_known_reward(script_args.known_reward)  # mock labeler's reward (VADER log-odds); None: none
+    # the mock labeler's reward (VADER log-odds, or a classifier's positive-class log-odds); None: none
+    known_reward = make_known_reward(script_args.known_reward, script_args.known_reward_positive_label)
 
     ################
     # Labels and reward model

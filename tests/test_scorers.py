@@ -8,6 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
+from hf_prefs.pipeline import PipelineArguments
+from hf_prefs.pipeline.labels import make_labeler
 from hf_prefs.tasks import known_rewards as scorers
 from hf_prefs.tasks.known_rewards import (
     HubSentimentScorer,
@@ -77,8 +79,13 @@ def test_hub_scorer_unknown_label(tiny_classifier_dir):
     config = GPT2Config.from_pretrained(tiny_classifier_dir)
     config.id2label, config.label2id = {0: "sad", 1: "happy"}, {"sad": 0, "happy": 1}
     config.save_pretrained(tiny_classifier_dir)
-    with pytest.raises(ValueError, match=r"known_reward: .*not in the model's labels \['happy', 'sad'\]"):
+    with pytest.raises(ValueError, match=r"known_reward: .*not in the model's labels \['happy', 'sad'\].*known_reward_positive_label"):
         make_known_reward(str(tiny_classifier_dir))
+    happy = make_known_reward(str(tiny_classifier_dir), positive_label="Happy")  # the recipes' known_reward_positive_label
+    sad = make_known_reward(str(tiny_classifier_dir), positive_label="sad")
+    assert happy([POSITIVE, NEGATIVE]) == pytest.approx([-x for x in sad([POSITIVE, NEGATIVE])], abs=1e-5)
+    pa = PipelineArguments(task="sentiment", known_reward=str(tiny_classifier_dir), known_reward_positive_label="sad")
+    assert make_labeler(pa, seed=0).score([""], [[POSITIVE, NEGATIVE]])[0] == pytest.approx(sad([POSITIVE, NEGATIVE]))
 
 
 def test_log_odds_multiclass_and_single_logit():

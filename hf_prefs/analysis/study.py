@@ -458,7 +458,7 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
         eval_q, label_q, ppo_q, _ = split_queries(pa, cfg, base.tokenizer)
     except ValueError as err:
         raise ValueError(f"label_counts: max N {max(sa.label_counts)} is too large: {err}") from None
-    known = make_known_reward(pa.known_reward)
+    known = make_known_reward(pa.known_reward, pa.known_reward_positive_label)
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
     rho_eval = _rho_eval(base, spec, eval_q, known, pa.sampling_batch_size, cfg.seed + 2,
                          os.path.join(output_dir, RHO_EVAL_CACHE))

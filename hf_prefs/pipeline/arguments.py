@@ -60,6 +60,11 @@ class PipelineArguments:
                   "log-odds), a Hub/local text-classification model id whose positive-class log-odds is the reward, "
                   "or 'none' (tasks without one)."},
     )
+    known_reward_positive_label: str = field(
+        default="POSITIVE",
+        metadata={"help": "The class of a known_reward classifier whose log-odds is the reward (its config.id2label "
+                  "name, any case; e.g. 'positive' or 'LABEL_1')."},
+    )
     label_drop_untruncated: bool = field(
         default=True,
         metadata={"help": "Drop queries with a sample lacking the truncate token past truncate_after (paper); False "

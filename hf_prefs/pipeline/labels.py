@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 def make_labeler(pa: PipelineArguments, seed: int) -> SimulatedLabeler:
     """The paper's mock human on ``known_reward`` (argmax, or Boltzmann with ``labeler_noise``), seeded."""
-    return SimulatedLabeler(make_known_reward(pa.known_reward), seed=seed, noise=pa.labeler_noise)
+    return SimulatedLabeler(make_known_reward(pa.known_reward, pa.known_reward_positive_label), seed=seed, noise=pa.labeler_noise)
 
 
 def label_source(

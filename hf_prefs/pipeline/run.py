@@ -57,7 +57,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
         else:
             reward_model, rm_metrics = online.reward_model, online.rm_metrics
 
-    known = make_known_reward(pa.known_reward)
+    known = make_known_reward(pa.known_reward, pa.known_reward_positive_label)
     trainer = make_ppo_trainer(cfg, model_args, base, reward_model, queries.ppo, known_reward=known)
     with timer("ppo"):
         train_policy(trainer, online, resume)

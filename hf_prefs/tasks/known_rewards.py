@@ -128,16 +128,17 @@ class HubSentimentScorer:
         return logits[:, positive_index] - torch.logsumexp(others, dim=-1)
 
 
-def make_known_reward(spec: str | None) -> Callable[[list[str]], list[float]] | None:
+def make_known_reward(spec: str | None, positive_label: str = "POSITIVE") -> Callable[[list[str]], list[float]] | None:
     """``'vader'``: VADER's compound c as log-odds 2·atanh(c) (offline); ``None``/``'none'``: no known reward (human
-    tasks); else a text-classification model (Hub id or folder) whose positive-class log-odds is the reward (the
-    paper's mock sentiment classifier)."""
+    tasks); else a text-classification model (Hub id or folder) whose ``positive_label`` class log-odds is the reward
+    (the paper's mock sentiment classifier)."""
     if spec in (None, "", "none"):
         return None
     if spec == "vader":
         return vader_log_odds
     try:
-        scorer = HubSentimentScorer(spec)
-    except ValueError as err:  # e.g. a classifier without a POSITIVE class
-        raise ValueError(f"known_reward: {spec}: {err} (the known reward is the log-odds of its POSITIVE class)") from None
+        scorer = HubSentimentScorer(spec, positive_label=positive_label)
+    except ValueError as err:  # e.g. a classifier without that class
+        raise ValueError(f"known_reward: {spec}: {err} (the known reward is the log-odds of its {positive_label!r} "
+                         "class: set known_reward_positive_label)") from None
     return lambda texts: scorer(texts).tolist()
