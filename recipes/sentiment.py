@@ -19,25 +19,12 @@ from trl import ModelConfig, TrlParser
 
 from hf_prefs import PPOConfig, RolloutSpec, evaluate_policy
 from hf_prefs.pipeline import (
-    PipelineArguments,
-    StageTimer,
-    collect_labels,
-    learned_reward,
-    load_base,
-    make_ppo_trainer,
-    online_label_loop,
-    push_results,
-    resolve_cpu_precision,
-    resume_checkpoint,
-    save_labels,
-    split_queries,
-    train_policy,
-    train_reward_model,
-    trained_policy,
-    validate_pipeline_config,
-    write_results,
+    PipelineArguments, StageTimer, collect_labels, learned_reward, load_base, make_ppo_trainer, online_label_loop,
+    push_results, resolve_cpu_precision, resume_checkpoint, save_labels, saved_labels, saved_reward_model,
+    split_queries, train_policy, train_reward_model, trained_policy, validate_pipeline_config, write_results,
 )
 from hf_prefs.tasks import make_known_reward
+
 
 def main(task="sentiment", argv=None):
     ################
@@ -72,12 +59,15 @@ def main(task="sentiment", argv=None):
             online = online_label_loop(script_args, training_args, base, queries.label, out)
             online.restore(resume) if resume else online.first_round(base.rho)  # resume: labels + RM so far
             labels, label_info = online.labels_dataset(), {"source": script_args.label_source, "mode": "online"}
+            save_labels(labels, out, label_info)
+        elif resume and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO
+            labels, label_info = saved
         else:  # best-of-K on rho's samples: simulated labeler, a label file, or people
             labels, label_info = collect_labels(script_args, training_args, base.rho, base.tokenizer, queries.label, spec)
-        save_labels(labels, out)
+            save_labels(labels, out, label_info)
     with timer("reward_model"):
-        if online is None:
-            reward_model, rm_metrics = train_reward_model(
+        if online is None:  # a resumed run: the reward model it saved
+            reward_model, rm_metrics = (saved_reward_model(out) if resume else None) or train_reward_model(
                 script_args, training_args, labels, base.rho, base.tokenizer, base.name, out, spec=spec
             )
         else:
@@ -91,7 +81,7 @@ def main(task="sentiment", argv=None):
         train_policy(trainer, online, resume)
     if online is not None:  # all rounds' labels; the last round's reward model
         labels, rm_metrics, label_info["rounds"] = online.labels_dataset(), online.rm_metrics, len(online.rounds)
-        save_labels(labels, out)
+        save_labels(labels, out, label_info)
 
     ################
     # Evaluation: rho and pi on the same held-out queries, same sampling seed

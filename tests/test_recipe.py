@@ -277,3 +277,31 @@ def test_summarization_eval_references_and_rouge(monkeypatch):
     assert label_q == rows["query"][3:7] and len(ppo_q) == 3
     scores = rouge_before_after(["summary 0", "x", "y"], ["summary 0", "summary 1", "summary 2"], refs)
     assert scores["after"]["rouge1"] == pytest.approx(1.0) and scores["before"]["rouge1"] == pytest.approx(1 / 3)
+
+
+def test_resumed_run_takes_the_labels_and_reward_model_it_saved(tiny_base, tmp_path, monkeypatch):
+    """``--resume_from_checkpoint``: the labels and reward model saved before PPO are read back, not made again
+    (sampling and labeling and the reward model's training raise here), and the run ends where the uninterrupted
+    one did."""
+    recipe = load_recipe("sentiment")
+    out = tmp_path / "run"
+    argv = _tiny_args(tiny_base, out, "--save_strategy", "steps", "--save_steps", "1")
+    full = recipe.main(task="sentiment", argv=argv)
+    info = json.loads((out / "labels_info.json").read_text())
+    assert info["source"] == "simulated" and info["labels"] == 24
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a resumed run made its labels or reward model again")
+
+    monkeypatch.setattr(recipe, "collect_labels", boom)
+    monkeypatch.setattr(recipe, "train_reward_model", boom)
+    labels_before = (out / "labels.jsonl").read_text()
+    resumed = recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", str(out / "checkpoint-2")])
+    assert (out / "labels.jsonl").read_text() == labels_before
+    assert resumed["labels"] == full["labels"]
+    untimed = lambda rm: {k: v for k, v in rm.items() if "runtime" not in k and "per_second" not in k}  # noqa: E731
+    assert untimed(resumed["reward_model"]) == untimed(full["reward_model"])
+    assert resumed["final_beta"] == pytest.approx(full["final_beta"], rel=1e-9)
+    for when in ("before", "after"):
+        assert resumed[when]["known_reward"] == pytest.approx(full[when]["known_reward"], rel=1e-4, abs=1e-5)
+        assert resumed[when]["kl"] == pytest.approx(full[when]["kl"], rel=1e-4, abs=1e-5)

@@ -6,8 +6,9 @@ stage                             function
 arguments                         :class:`PipelineArguments`, :func:`validate_pipeline_config`,
                                   :func:`resolve_cpu_precision`
 base model, queries               :func:`load_base`, :func:`split_queries`
-labels                            :func:`collect_labels` (or :func:`online_label_loop` for online rounds)
-reward model                      :func:`train_reward_model`
+labels                            :func:`collect_labels` (or :func:`online_label_loop` for online rounds),
+                                  :func:`save_labels`; a resumed run: :func:`saved_labels`
+reward model                      :func:`train_reward_model`; a resumed run: :func:`saved_reward_model`
 policy                            :func:`make_ppo_trainer`, :func:`train_policy`, :func:`share_rho_weights`
 evaluation                        :func:`evaluate_policy` (rho and pi on the held-out queries), :func:`learned_reward`
 results, models, cards            :func:`write_results`, :func:`push_results`
@@ -42,11 +43,11 @@ from .results import (
     rouge_before_after,
     run_precision,
     samples_markdown,
-    save_labels,
     write_metrics,
     write_results,
 )
 from .reward import train_reward_model
+from .saved_stages import save_labels, saved_labels, saved_reward_model
 from .run import main, parse_args, run_pipeline
 from .setup import Base, QuerySplit, load_base, split_queries
 
@@ -79,6 +80,8 @@ __all__ = [
     "rouge_before_after",
     "samples_markdown",
     "save_labels",
+    "saved_labels",
+    "saved_reward_model",
     "write_metrics",
     "write_results",
     "train_reward_model",

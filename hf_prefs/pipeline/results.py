@@ -29,7 +29,6 @@ from .evaluate import PolicyEvaluation
 __all__ = [
     "StageTimer",
     "peak_rss_gb",
-    "save_labels",
     "write_metrics",
     "plot_kl_vs_reward",
     "samples_markdown",
@@ -79,13 +78,6 @@ def peak_rss_gb() -> float:
     """This process's peak resident set size so far, in GiB (``getrusage``; Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**30 if sys.platform == "darwin" else 2**20)
-
-
-def save_labels(labels: Dataset, output_dir: str) -> None:
-    """``output_dir/labels.jsonl``: the labels the reward model was trained on (written by the main process)."""
-    if PartialState().is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
-        labels.to_json(os.path.join(output_dir, "labels.jsonl"))
 
 
 def write_metrics(log_history: list[dict[str, Any]], output_dir: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import shutil
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -54,6 +55,9 @@ def train_reward_model(
     rm_args = _reward_config(pa, cfg, training_dir, len(train), resumable)
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
     sampler = ResponseSampler(rho, tokenizer, batch_size=pa.sampling_batch_size, seed=cfg.seed + 1, spec=spec)
+    log_path = os.path.join(output_dir, "rm_metrics.jsonl")  # written last: a whole reward model is saved before it
+    if PartialState().is_main_process and os.path.exists(log_path):
+        os.remove(log_path)
     trainer = PreferenceRewardTrainer(
         model=init_model, args=rm_args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
         normalization_samples=sampler,
@@ -66,7 +70,7 @@ def train_reward_model(
     trainer.save_model(os.path.join(output_dir, "reward_model"))  # every process calls it; the main one writes
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))
-        with open(os.path.join(output_dir, "rm_metrics.jsonl"), "w") as f:
+        with open(log_path, "w") as f:
             for log in trainer.state.log_history:
                 f.write(json.dumps(log) + "\n")
         if resumable:  # they only served a resume; the saved model and its log are whole now

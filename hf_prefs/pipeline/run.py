@@ -22,8 +22,9 @@ from .arguments import PipelineArguments, resolve_cpu_precision, validate_pipeli
 from .evaluate import evaluate_policy
 from .labels import collect_labels
 from .policy import learned_reward, make_ppo_trainer, online_label_loop, resume_checkpoint, train_policy, trained_policy
-from .results import StageTimer, push_results, save_labels, write_results
+from .results import StageTimer, push_results, write_results
 from .reward import train_reward_model
+from .saved_stages import save_labels, saved_labels, saved_reward_model
 from .setup import load_base, split_queries
 
 __all__ = ["run_pipeline", "parse_args", "main"]
@@ -47,13 +48,17 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
             online = online_label_loop(pa, cfg, base, queries.label, out)
             online.restore(resume) if resume else online.first_round(base.rho)
             labels, label_info = online.labels_dataset(), {"source": pa.label_source, "mode": "online"}
+            save_labels(labels, out, label_info)
+        elif resume and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO (saved_stages)
+            labels, label_info = saved
         else:
             labels, label_info = collect_labels(pa, cfg, base.rho, base.tokenizer, queries.label, spec)
-        save_labels(labels, out)
+            save_labels(labels, out, label_info)
     print(f"[hf_prefs] {len(labels)} labels ({label_info['source']}) in {timer.seconds['labels_s']:.0f} s")
     with timer("reward_model"):
         if online is None:
-            reward_model, rm_metrics = train_reward_model(pa, cfg, labels, base.rho, base.tokenizer, base.name, out, spec=spec)
+            reward_model, rm_metrics = (saved_reward_model(out) if resume else None) or train_reward_model(
+                pa, cfg, labels, base.rho, base.tokenizer, base.name, out, spec=spec)
         else:
             reward_model, rm_metrics = online.reward_model, online.rm_metrics
 
@@ -62,9 +67,8 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     with timer("ppo"):
         train_policy(trainer, online, resume)
     if online is not None:  # the last round's labels and reward model
-        labels, rm_metrics = online.labels_dataset(), online.rm_metrics
-        save_labels(labels, out)
-        label_info["rounds"] = len(online.rounds)
+        labels, rm_metrics, label_info["rounds"] = online.labels_dataset(), online.rm_metrics, len(online.rounds)
+        save_labels(labels, out, label_info)
 
     judge = {"known_reward": known, "batch_size": pa.sampling_batch_size, "seed": cfg.seed + 2,
              "reward_fn": learned_reward(trainer)}

@@ -1,0 +1,61 @@
+"""What a resumed offline run takes from its output folder instead of doing it again: the labels and the reward model
+the interrupted run saved before PPO began (``--resume_from_checkpoint`` continues PPO from its checkpoint; without
+these, the run would sample and label again and retrain the reward model first: on a float32 CPU a third of README
+command 1's time). A stage is taken only when it was saved whole: ``labels_info.json`` is written after
+``labels.jsonl``, ``rm_metrics.jsonl`` after the reward model."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+
+from ..models.loading import load_reward_model
+
+__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "save_labels", "saved_labels", "saved_reward_model"]
+
+LABELS_FILE = "labels.jsonl"
+LABELS_INFO_FILE = "labels_info.json"
+
+
+def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = None) -> None:
+    """``output_dir/labels.jsonl``: the labels the reward model was trained on, then ``labels_info.json`` (how they
+    were made) when ``info`` is given (written by the main process)."""
+    if PartialState().is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        info_path = os.path.join(output_dir, LABELS_INFO_FILE)
+        if os.path.exists(info_path):  # an older run's: the labels being written are not whole until the new one is
+            os.remove(info_path)
+        labels.to_json(os.path.join(output_dir, LABELS_FILE))
+        if info is not None:
+            with open(info_path, "w") as f:
+                json.dump(info, f, indent=1)
+
+
+def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
+    """The labels and their info a run saved in ``output_dir`` with :func:`save_labels`; None when not saved whole."""
+    path, info_path = os.path.join(output_dir, LABELS_FILE), os.path.join(output_dir, LABELS_INFO_FILE)
+    if not (os.path.isfile(path) and os.path.isfile(info_path)):
+        return None
+    with open(info_path) as f:
+        info = json.load(f)
+    print(f"[hf_prefs] resume: the {info.get('labels', '?')} labels saved in {path}")
+    return Dataset.from_json(path), info
+
+
+def saved_reward_model(output_dir: str) -> tuple[torch.nn.Module, dict[str, float]] | None:
+    """The normalized reward model a run saved in ``output_dir/reward_model`` and its metrics (the numbers of
+    ``rm_metrics.jsonl``, later entries over earlier ones, as the training returned them); None when not saved whole."""
+    model_dir, log_path = os.path.join(output_dir, "reward_model"), os.path.join(output_dir, "rm_metrics.jsonl")
+    if not (os.path.isfile(log_path) and os.path.isfile(os.path.join(model_dir, "config.json"))):
+        return None
+    with open(log_path) as f:
+        logs = [json.loads(line) for line in f if line.strip()]
+    metrics = {k: v for log in logs for k, v in log.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    model, _ = load_reward_model(model_dir)
+    print(f"[hf_prefs] resume: the reward model saved in {model_dir}")
+    return model, metrics
