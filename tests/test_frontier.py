@@ -90,3 +90,25 @@ def test_importance_sampling_from_another_policy_matches_the_closed_form():
     assert abs(mixed.reward - exact(0.15)[0]) < 0.05
     reward, se, ess = frontier_at_kl(optimal_frontier(R[pooled], [0.15, 1.0], n_bootstrap=20, log_ratio=lr), 0.3)
     assert np.isfinite(reward) and se >= 0 and ess > 1
+
+
+def test_frontier_ess_read_between_grid_points_is_geometric():
+    """Between two grid points the ESS is read on a straight line in log ESS (it falls about geometrically with KL):
+    halfway between ESS 100 and 4 it is 20, not the 52 a straight line gives; min and mean are both read."""
+    from hf_prefs.core.frontier import FrontierPoint, frontier_at_kl, frontier_ess_at_kl
+
+    grid = [FrontierPoint(1.0, 1.0, 1.0, 0.1, 0.0, 50.0, 100.0), FrontierPoint(0.5, 2.0, 3.0, 0.3, 0.0, 2.0, 4.0)]
+    assert frontier_ess_at_kl(grid, 2.0) == pytest.approx((20.0, 10.0))
+    assert frontier_at_kl(grid, 2.0) == pytest.approx((1.5, 0.2, 20.0))
+    assert frontier_ess_at_kl(grid, 9.0) == pytest.approx((4.0, 2.0))  # clamped past the grid's end
+
+
+def test_frontier_bootstrap_can_resample_queries():
+    """Queries whose samples all share one reward: resampling samples within them sees no error at all, resampling
+    the queries too gives about the standard error of the query means (here std 1.5 over 4 queries: ~0.75 x
+    sqrt(3/4))."""
+    rewards = np.repeat(np.array([[0.0], [1.0], [2.0], [4.0]]), 16, axis=1)  # (4, 16)
+    within = optimal_frontier(rewards, [1.0], n_bootstrap=400, seed=0)[0]
+    both = optimal_frontier(rewards, [1.0], n_bootstrap=400, seed=0, resample_queries=True)[0]
+    assert within.reward_se == 0.0 and within.reward == pytest.approx(1.75)
+    assert both.reward_se == pytest.approx(np.std([0.0, 1.0, 2.0, 4.0]) / 2, rel=0.15)

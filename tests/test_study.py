@@ -327,7 +327,7 @@ def test_rhos_cached_samples_are_drawn_again_for_rho_in_another_dtype(tiny_base,
 
     def draws(model: torch.nn.Module) -> tuple[list[float], list[float]]:
         base = Base(tiny_base, tok, model)
-        evaluated = study_mod._rho_eval(base, spec, queries, known, batch_size=2, seed=0, cache=cache)
+        evaluated = study_mod._rho_eval(base, spec, queries, known, batch_size=2, seed=0, cache=cache, known_name="vader")
         frontier = study_mod._rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path))
         return evaluated, frontier.known.tolist()
 
@@ -337,3 +337,43 @@ def test_rhos_cached_samples_are_drawn_again_for_rho_in_another_dtype(tiny_base,
     draws(rho.to(torch.bfloat16))
     for p, text in files.items():  # drawn again and cached under the new key
         assert (tmp_path / p).read_text() != text and '"dtype": "bfloat16"' in (tmp_path / p).read_text()
+
+
+def test_rhos_caches_follow_the_known_reward_and_move_between_machines(tiny_base, gpt2_tokenizer, tmp_path):
+    """The caches hold known rewards: another known reward draws them again. The offline SmolLM2 asset is keyed by its
+    folder's name, so a cache written on a machine whose asset cache lies elsewhere (the committed ones: /root/...,
+    written before the known reward was in the key) is read back."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_prefs.core.rollout import RolloutSpec
+    from hf_prefs.pipeline.setup import Base
+
+    tok = gpt2_tokenizer
+    base = Base("/somewhere/else/hf_prefs/smollm2-135m", tok, AutoModelForCausalLM.from_pretrained(tiny_base).eval())
+    spec = RolloutSpec(response_length=4, pad_token_id=tok.eos_token_id)
+    queries, known = ["It was a fine day.", "She wrote a letter."], (lambda texts: [float(len(t)) for t in texts])
+    cache = tmp_path / "rho_eval.json"
+
+    def draws(known_name: str) -> tuple[list[float], list[float]]:
+        evaluated = study_mod._rho_eval(base, spec, queries, known, 2, 0, str(cache), known_name)
+        frontier = study_mod._rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path),
+                                          known_name=known_name)
+        return evaluated, frontier.known.tolist()
+
+    first = draws("vader")
+    # rewrite both keys as an older version on another machine wrote them: the asset's path, no known reward
+    stored = json.loads(cache.read_text())
+    assert stored["key"].pop("known_reward") == "vader" and stored["key"]["model"] == "hf_prefs asset smollm2-135m"
+    stored["key"]["model"] = "/root/.cache/hf_prefs/smollm2-135m"
+    cache.write_text(json.dumps(stored))
+    rewards = tmp_path / "rho_rewards.csv"
+    head, rest = rewards.read_text().split("\n", 1)
+    key = json.loads(head.removeprefix("# key: "))
+    del key["known_reward"]
+    key["model"] = "/root/.cache/hf_prefs/smollm2-135m"
+    rewards.write_text(f"# key: {json.dumps(key)}\n{rest}")
+    old = {p: (tmp_path / p).read_text() for p in ("rho_eval.json", "rho_rewards.csv")}
+    assert draws("vader") == first and all((tmp_path / p).read_text() == t for p, t in old.items())  # read back
+    draws("my/classifier:POSITIVE")
+    for p in old:  # another known reward: drawn again, cached under its key
+        assert '"known_reward": "my/classifier:POSITIVE"' in (tmp_path / p).read_text()

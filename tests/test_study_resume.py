@@ -104,3 +104,48 @@ def test_rows_another_process_wrote_are_skipped_before_each_seed(tmp_path, monke
     sa = study_mod.StudyArguments(label_counts=[4], seeds=[0, 1])
     study_mod.run_study(PipelineArguments(known_reward="vader"), PPOConfig(output_dir=str(out)), None, sa, str(out))
     assert ("direct", 1, 0) not in seen[0] and ("direct", 1, 0) in seen[1]
+
+
+def test_the_summary_holds_every_seed_in_study_csv(tmp_path, monkeypatch):
+    """A process run with ``--seeds 0`` in a folder where another one ran seed 1 summarizes both seeds' rows (it
+    summarized only its own, and whichever process ended last decided the summary)."""
+    from hf_prefs.pipeline import PipelineArguments
+
+    out = tmp_path / "study"
+    out.mkdir()
+    for seed in (0, 1):
+        for run, labels in (("direct", 0), ("rm", 4)):
+            study_mod._append(SimpleNamespace(output_dir=str(out)), {"run": run, "seed": seed, "labels": labels}, {})
+    summarized = []
+    for name in ("validate_pipeline_config", "resolve_cpu_precision", "_reread_rows", "_plot"):
+        monkeypatch.setattr(study_mod, name, lambda *a, **k: None)
+    monkeypatch.setattr(study_mod, "summarize", lambda rows: summarized.extend(rows) or [{"run": "direct"}])
+    sa = study_mod.StudyArguments(label_counts=[4], seeds=[0])
+    study_mod.run_study(PipelineArguments(known_reward="vader"), PPOConfig(output_dir=str(out)), None, sa, str(out))
+    assert sorted((r["run"], r["seed"]) for r in summarized) == [("direct", "0"), ("direct", "1"), ("rm", "0"), ("rm", "1")]
+
+
+def test_a_row_appended_while_another_process_rewrites_study_csv_is_kept(tmp_path, monkeypatch):
+    """``_reread_rows`` reads, recomputes and rewrites ``study.csv``; a row the other study process appends meanwhile
+    waits for the lock and lands in the rewritten file (without the lock the rewrite dropped it)."""
+    import threading
+    import time
+
+    out = str(tmp_path)
+    study_mod._append(SimpleNamespace(output_dir=out), {"run": "direct", "seed": 0, "labels": 0, "gain": 1.0}, {})
+    other: list[threading.Thread] = []
+    original = study_mod._recompute_columns
+
+    def recompute_while_another_appends(output_dir, rows, min_ess, rho_frontier):
+        thread = threading.Thread(target=study_mod._append, args=(
+            SimpleNamespace(output_dir=out), {"run": "direct", "seed": 1, "labels": 0, "gain": 2.0}, {}))
+        thread.start()
+        other.append(thread)
+        time.sleep(0.3)
+        assert thread.is_alive()  # waiting for the lock
+        original(output_dir, rows, min_ess, rho_frontier)
+
+    monkeypatch.setattr(study_mod, "_recompute_columns", recompute_while_another_appends)
+    study_mod._reread_rows(out, 30.0, rho_frontier=False)
+    other[0].join(timeout=10)
+    assert sorted(study_mod._read_done(out)) == [("direct", 0, 0), ("direct", 1, 0)]

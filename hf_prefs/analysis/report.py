@@ -75,7 +75,7 @@ def _study_summary(path: Path) -> list[str]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    keys = ["known_reward", "kl", "gain", "frac_frontier", "frac_direct", "frontier_ess_at_kl"]
+    keys = ["known_reward", "kl", "gain", "frac_frontier", "frac_direct", "frontier_ess_at_kl", "frontier_min_ess_at_kl"]
 
     def cell(r: dict[str, str], k: str) -> str:
         return f"{float(r[k]):.3g} ± {float(r[k + '_se']):.2g}"

@@ -37,9 +37,15 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -48,7 +54,8 @@ from matplotlib.figure import Figure
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import ModelConfig, TrlParser
 
-from ..core.frontier import FrontierPoint, frontier_at_kl, mixture_log_ratio, optimal_frontier
+from ..core.frontier import FrontierPoint, frontier_at_kl, frontier_ess_at_kl, mixture_log_ratio, optimal_frontier
+from ..assets import asset_dir
 from ..core.rollout import RolloutSpec
 from ..core.stats import mean_and_se
 from ..models.generation import model_device, sample_texts
@@ -78,13 +85,15 @@ from .study_files import read_label_file, texts_digest, write_label_file
 __all__ = ["DEFAULT_BETAS", "STUDY_FIELDS", "StudyArguments", "frontier_read", "gain_fraction", "run_study", "study_main",
            "summarize"]
 
-#: beta grid of the frontier; inf gives the KL = 0 point (rho itself).
+#: beta grid of the frontier; inf gives the KL = 0 point (rho itself). Dense where runs land (KL ~1-6): between grid
+#: points the frontier is read by interpolation, and a chord under the concave curve reads its reward too low.
 DEFAULT_BETAS: tuple[float, ...] = (
-    math.inf, 100.0, 30.0, 10.0, 5.0, 3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.07, 0.05,
+    math.inf, 100.0, 30.0, 10.0, 5.0, 3.0, 2.0, 1.5, 1.25, 1.0, 0.85, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.275, 0.25,
+    0.225, 0.2, 0.175, 0.15, 0.125, 0.1, 0.07, 0.05,
 )
 
 STUDY_FIELDS = ["run", "seed", "labels", "known_reward", "kl", "gain", "gain_se", "frontier_reward_at_kl",
-                "frontier_ess_at_kl", "frontier_qualified", "frac_frontier", "frac_direct", "rho_known_reward",
+                "frontier_reward_se_at_kl", "frontier_ess_at_kl", "frontier_min_ess_at_kl", "frontier_qualified", "frac_frontier", "frac_direct", "rho_known_reward",
                 "rm_eval_accuracy", "ppo_updates", "precision"]
 
 
@@ -130,24 +139,49 @@ RHO_EVAL_CACHE = "rho_eval.json"
 FRONTIER_SAMPLING_ROWS = 256
 
 
-def _rho_cache_key(base: Base, spec: RolloutSpec, queries: Sequence[str], **draw: Any) -> dict[str, Any]:
+def _rho_cache_key(base: Base, spec: RolloutSpec, queries: Sequence[str], known_reward: str, **draw: Any) -> dict[str, Any]:
     """What a cache of rho's samples depends on: the queries (by digest: the caches are committed), how they are drawn
     (``draw``: seed, count...), the model and its weights' dtype (a study resumed on a CPU of another kind may run rho
-    in bf16 instead of float32, which changes the samples) and the response rule."""
+    in bf16 instead of float32, which changes the samples), the response rule and the known reward that scored them
+    (``known_reward`` and, for a classifier, its positive class)."""
     dtype = str(next(base.rho.parameters()).dtype).removeprefix("torch.")
-    return {"queries_sha256": texts_digest(queries), **draw, "model": base.name, "dtype": dtype, "spec": repr(spec)}
+    return {"queries_sha256": texts_digest(queries), **draw, "model": _model_id(base.name), "dtype": dtype,
+            "spec": repr(spec), "known_reward": known_reward}
+
+
+def _known_reward_name(pa: PipelineArguments) -> str:
+    """The known reward in a cache key: ``vader``, or a classifier with its positive class (``id:LABEL``)."""
+    if pa.known_reward == "vader":
+        return "vader"
+    return f"{pa.known_reward}:{pa.known_reward_positive_label}"
+
+
+def _model_id(name: str) -> str:
+    """The model in a cache key: the offline SmolLM2 asset by its asset folder's name (the folder lies in each
+    machine's own cache: ``~/.cache/hf_prefs`` or ``$HF_PREFS_CACHE``), any other model by the name it was given."""
+    asset = asset_dir("smollm2").name
+    return f"hf_prefs asset {asset}" if os.path.isabs(name) and os.path.basename(os.path.normpath(name)) == asset else name
+
+
+def _same_key(stored: dict[str, Any], key: dict[str, Any]) -> bool:
+    """Whether a cache written under ``stored`` serves ``key``. Keys written before the model was named by
+    :func:`_model_id` (a path) and before the known reward was in the key (VADER's: the only known reward the
+    studies that wrote them used) are read as they would be written now."""
+    stored = {**stored, "model": _model_id(str(stored.get("model", "")))}
+    stored.setdefault("known_reward", "vader")
+    return stored == key
 
 
 def _rho_eval(base: Base, spec: RolloutSpec, eval_q: list[str], known: Any, batch_size: int, seed: int,
-              cache: str) -> list[float]:
+              cache: str, known_name: str) -> list[float]:
     """rho's known reward on each held-out query (the pairing of every run's gain), sampled as every run's evaluation
     is (same queries, batch size and seed). Cached as JSON in ``cache`` with what it depends on, so a resumed study
     does not sample it again (minutes on a CPU); committed with the study."""
-    key = _rho_cache_key(base, spec, eval_q, batch_size=batch_size, seed=seed)
+    key = _rho_cache_key(base, spec, eval_q, known_name, batch_size=batch_size, seed=seed)
     if os.path.exists(cache):
         with open(cache) as f:
             stored = json.load(f)
-        if stored.get("key") == key:
+        if _same_key(stored.get("key", {}), key):
             return [float(x) for x in stored["known_rewards"]]
     ev = evaluate_policy(base.rho, base.tokenizer, eval_q, spec, ref_model=base.rho, known_reward=known,
                          batch_size=batch_size, seed=seed)
@@ -168,9 +202,11 @@ def _write_rho_rewards(path: str, key: str, rewards: torch.Tensor) -> None:
 
 
 def _read_rho_rewards(path: str, key: str) -> torch.Tensor | None:
-    """The rewards of :func:`_write_rho_rewards` when the file's key is ``key``; None otherwise."""
+    """The rewards of :func:`_write_rho_rewards` when the file's key serves ``key`` (:func:`_same_key`); None
+    otherwise."""
     with open(path) as f:
-        if f.readline().rstrip("\n") != f"# key: {key}":
+        first = f.readline().rstrip("\n")
+        if not first.startswith("# key: ") or not _same_key(json.loads(first.removeprefix("# key: ")), json.loads(key)):
             return None
         if f.readline().strip() != "known":
             raise ValueError(f"{path}: line 2 must be the header 'known'")
@@ -178,7 +214,7 @@ def _read_rho_rewards(path: str, key: str) -> torch.Tensor | None:
 
 
 def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int, with_logp: bool,
-                 cache_dir: str | None = None) -> RhoSamples:
+                 cache_dir: str | None = None, known_name: str = "vader") -> RhoSamples:
     """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
     needs it). Cached in ``cache_dir`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
     them back when the queries, the count, the seed, the model, its dtype and the response rule are the same). Without
@@ -187,12 +223,12 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
     ``rho_samples.pt``. The frontier needs samples of rho, not particular ones: the rows per sampling batch, which
     change the random stream but not the distribution, are not part of the key (unlike ``rho_eval.json``, whose
     samples must be the very ones every run's paired evaluation draws)."""
-    key = json.dumps(_rho_cache_key(base, spec, queries, m=m, seed=seed, with_logp=with_logp))
+    key = json.dumps(_rho_cache_key(base, spec, queries, known_name, m=m, seed=seed, with_logp=with_logp))
     if with_logp:
         cache = None if cache_dir is None else os.path.join(cache_dir, RHO_SAMPLES_CACHE)
         if cache is not None and os.path.exists(cache):
             stored = torch.load(cache, weights_only=True)
-            if stored["key"] == key:
+            if _same_key(json.loads(stored["key"]), json.loads(key)):
                 return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
         s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known,
                                  sampling_batch_size=FRONTIER_SAMPLING_ROWS)
@@ -227,7 +263,7 @@ def run_frontier(
     log_rho = torch.cat([rho.logp.view(q, m), mine["logp_ref"].view(q, p)], 1).numpy()
     log_pi = torch.cat([logp_pi_on_rho.view(q, m), mine["logp"].view(q, p)], 1).numpy()
     log_ratio = mixture_log_ratio(log_rho, [log_rho, log_pi], [m, p])
-    return optimal_frontier(rewards, list(betas), n_bootstrap=100, seed=seed, log_ratio=log_ratio)
+    return optimal_frontier(rewards, list(betas), n_bootstrap=100, seed=seed, log_ratio=log_ratio, resample_queries=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -289,12 +325,29 @@ def _precision_label(precision: dict[str, Any]) -> str:
 
 
 def frontier_read(frontier: list[FrontierPoint], kl: float, gain: float, min_ess: float) -> dict[str, Any]:
-    """A run's frontier columns: the frontier's reward and ESS at the run's KL, whether that read qualifies (ESS >=
-    ``min_ess`` and the KL inside the grid), and ``frac_frontier = gain / (R_frontier(KL) - R_frontier(0))``."""
-    f_reward, _, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
-    return {"frontier_reward_at_kl": f_reward, "frontier_ess_at_kl": f_ess,
+    """A run's frontier columns: the frontier's reward and ESS at the run's KL (the mean over the frontier's queries,
+    and the least-sampled query's), whether that read qualifies (mean ESS >= ``min_ess`` and the KL inside the grid),
+    and ``frac_frontier = gain / (R_frontier(KL) - R_frontier(0))``."""
+    f_reward, f_se, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
+    return {"frontier_reward_at_kl": f_reward, "frontier_reward_se_at_kl": f_se, "frontier_ess_at_kl": f_ess,
+            "frontier_min_ess_at_kl": frontier_ess_at_kl(frontier, max(kl, 0.0))[1],
             "frontier_qualified": bool(f_ess >= min_ess and kl <= max(p.kl for p in frontier)),
             "frac_frontier": gain_fraction(gain, f_reward - frontier_at_kl(frontier, 0.0)[0])}
+
+
+@contextmanager
+def _study_csv_lock(output_dir: str) -> Iterator[None]:
+    """Held around every read and write of ``study.csv``: two study processes on other seeds share the folder, and a
+    row one appends while the other rewrites the file would be lost (``fcntl`` advisory lock on ``study.lock``;
+    where there is no ``fcntl``, no lock)."""
+    with open(os.path.join(output_dir, "study.lock"), "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _reread_rows(output_dir: str, min_ess: float, rho_frontier: bool) -> None:
@@ -305,8 +358,15 @@ def _reread_rows(output_dir: str, min_ess: float, rho_frontier: bool) -> None:
     frontier was redrawn (other ``frontier_*`` settings) or with a pooled frontier are brought to the one every run
     reads now."""
     path = os.path.join(output_dir, "study.csv")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    with _study_csv_lock(output_dir):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        _recompute_columns(output_dir, rows, min_ess, rho_frontier)
+        _write_rows(path, rows)
+
+
+def _recompute_columns(output_dir: str, rows: list[dict[str, Any]], min_ess: float, rho_frontier: bool) -> None:
+    """:func:`_reread_rows`'s columns of ``rows``, in place."""
     frontier = None
     if rho_frontier:
         with open(os.path.join(output_dir, "frontier_rho.csv"), newline="") as f:
@@ -319,16 +379,17 @@ def _reread_rows(output_dir: str, min_ess: float, rho_frontier: bool) -> None:
             row["frac_direct"] = 1.0
         elif int(row["seed"]) in direct:
             row["frac_direct"] = gain_fraction(float(row["gain"]), direct[int(row["seed"])])
-    _write_rows(path, rows)
 
 
 def _write_rows(path: str, rows: list[dict[str, Any]]) -> None:
-    """``study.csv`` rewritten whole (through a temporary file) with today's columns; values a row lacks are blank."""
-    with open(path + ".tmp", "w", newline="") as f:
+    """``study.csv`` rewritten whole (through this process's temporary file) with today's columns; values a row lacks
+    are blank."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
         writer.writeheader()
         writer.writerows({k: row.get(k) for k in STUDY_FIELDS} for row in rows)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 def _seed_runs(ctx: StudyContext, seed: int, done: dict[tuple[str, int, int], dict[str, Any]], label_q: list[str]) -> None:
@@ -425,18 +486,19 @@ def _append(ctx: StudyContext, row: dict[str, Any], done: dict) -> None:
     columns (an older version's) is first rewritten with today's, its rows' missing values blank, so the new row
     lands under its own header."""
     path = os.path.join(ctx.output_dir, "study.csv")
-    new = not os.path.exists(path)
-    if not new:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            old_rows = list(reader) if reader.fieldnames != STUDY_FIELDS else None
-        if old_rows is not None:
-            _write_rows(path, old_rows)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k) for k in STUDY_FIELDS})
+    with _study_csv_lock(ctx.output_dir):
+        new = not os.path.exists(path)
+        if not new:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                old_rows = list(reader) if reader.fieldnames != STUDY_FIELDS else None
+            if old_rows is not None:
+                _write_rows(path, old_rows)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=STUDY_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k) for k in STUDY_FIELDS})
     done[(row["run"], int(row["seed"]), int(row["labels"]))] = row
 
 
@@ -444,7 +506,7 @@ def _read_done(output_dir: str) -> dict[tuple[str, int, int], dict[str, Any]]:
     path = os.path.join(output_dir, "study.csv")
     if not os.path.exists(path):
         return {}
-    with open(path, newline="") as f:
+    with _study_csv_lock(output_dir), open(path, newline="") as f:
         return {(r["run"], int(r["seed"]), int(r["labels"])): r for r in csv.DictReader(f)}
 
 
@@ -460,16 +522,20 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
         raise ValueError(f"label_counts: max N {max(sa.label_counts)} is too large: {err}") from None
     known = make_known_reward(pa.known_reward, pa.known_reward_positive_label)
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
+    known_name = _known_reward_name(pa)
     rho_eval = _rho_eval(base, spec, eval_q, known, pa.sampling_batch_size, cfg.seed + 2,
-                         os.path.join(output_dir, RHO_EVAL_CACHE))
+                         os.path.join(output_dir, RHO_EVAL_CACHE), known_name)
     rho_samples = _rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100,
-                               with_logp=sa.policy_samples > 0, cache_dir=output_dir)
+                               with_logp=sa.policy_samples > 0, cache_dir=output_dir, known_name=known_name)
     q, m = len(rho_samples.queries), rho_samples.per_query
-    rho_frontier = optimal_frontier(rho_samples.known.view(q, m).numpy(), list(betas), n_bootstrap=100, seed=cfg.seed)
-    with open(os.path.join(output_dir, "frontier_rho.csv"), "w", newline="") as f:
+    rho_frontier = optimal_frontier(rho_samples.known.view(q, m).numpy(), list(betas), n_bootstrap=100, seed=cfg.seed,
+                                    resample_queries=True)
+    path = os.path.join(output_dir, "frontier_rho.csv")
+    with open(f"{path}.{os.getpid()}.tmp", "w", newline="") as f:  # whole or not at all: another process may read it
         writer = csv.DictWriter(f, fieldnames=list(asdict(rho_frontier[0])))
         writer.writeheader()
         writer.writerows(asdict(p) for p in rho_frontier)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
     ctx = StudyContext(pa, cfg, model_args, sa, base, spec, eval_q, ppo_q, known, rho_eval, rho_samples,
                        rho_frontier, betas, output_dir)
     return ctx, list(label_q)
@@ -506,7 +572,8 @@ def run_study(
             done.update(_read_done(output_dir))
             _seed_runs(ctx, seed, done, label_q)
     _reread_rows(output_dir, sa.min_ess, rho_frontier=sa.policy_samples == 0)
-    rows = [r for k, r in _read_done(output_dir).items() if k[1] in sa.seeds and (k[0] == "direct" or k[2] in counts)]
+    # every seed in study.csv, not only this process's (a second process may have run other seeds)
+    rows = [r for k, r in _read_done(output_dir).items() if k[0] == "direct" or k[2] in counts]
     summary = summarize(rows)
     with open(os.path.join(output_dir, "study_summary.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(summary[0]))
@@ -526,8 +593,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (run, labels), rs in sorted(points.items(), key=lambda kv: (kv[0][0] != "direct", kv[0][1])):
         entry: dict[str, Any] = {"run": run, "labels": labels, "seeds": len(rs)}
-        for key in ("known_reward", "kl", "gain", "frac_direct", "frontier_ess_at_kl"):
-            entry[key], entry[f"{key}_se"] = _mean_se([float(r[key]) for r in rs])
+        for key in ("known_reward", "kl", "gain", "frac_direct", "frontier_ess_at_kl", "frontier_min_ess_at_kl"):
+            entry[key], entry[f"{key}_se"] = _mean_se([float(r[key]) for r in rs if r.get(key) not in (None, "")])
         qualified = [float(r["frac_frontier"]) for r in rs if str(r["frontier_qualified"]) in ("True", "true", "1")]
         qualified = [v for v in qualified if math.isfinite(v)]
         entry["frac_frontier"], entry["frac_frontier_se"] = _mean_se(qualified)

@@ -19,6 +19,8 @@ q_mix = sum_j (n_j/n) q_j (multiple importance sampling, balance heuristic).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +31,7 @@ __all__ = [
     "FrontierPoint",
     "frontier_reward_at_kl",
     "frontier_at_kl",
+    "frontier_ess_at_kl",
     "mixture_log_ratio",
 ]
 
@@ -82,7 +85,7 @@ class FrontierPoint:
 
 def optimal_frontier(
     rewards: np.ndarray, betas: np.ndarray | list[float], n_bootstrap: int = 200, seed: int = 0,
-    log_ratio: np.ndarray | None = None,
+    log_ratio: np.ndarray | None = None, resample_queries: bool = False,
 ) -> list[FrontierPoint]:
     """The optimal KL-reward frontier over a grid of beta.
 
@@ -91,6 +94,9 @@ def optimal_frontier(
         betas: grid of KL coefficients.
         n_bootstrap: resamples (samples within each query, with replacement) for the standard errors; 0 = none.
         log_ratio: ``log rho(y) - log q(y)`` per sample when they come from q (see the module docstring).
+        resample_queries: the bootstrap also draws the Q queries with replacement (two-stage), so the standard errors
+            hold the error of estimating the frontier of the query distribution from Q of its queries, not only that
+            of the samples within them.
     Returns:
         A :class:`FrontierPoint` per beta, sorted by increasing KL (decreasing beta).
     """
@@ -99,14 +105,16 @@ def optimal_frontier(
     rng = np.random.default_rng(seed)
     q, n = r.shape
     boot_idx = [rng.integers(0, n, size=(q, n)) for _ in range(n_bootstrap)]
+    boot_q = [rng.integers(0, q, size=q) if resample_queries else np.arange(q) for _ in range(n_bootstrap)]
     points = []
     for beta in betas:
         reward, kl, ess = optimal_policy_stats(r, float(beta), lr)
         r_se = kl_se = 0.0
         if n_bootstrap:
             boots = np.array([
-                [m.mean() for m in optimal_policy_stats(np.take_along_axis(r, i, 1), float(beta), np.take_along_axis(lr, i, 1))[:2]]
-                for i in boot_idx
+                [m.mean() for m in optimal_policy_stats(np.take_along_axis(r[qi], i, 1), float(beta),
+                                                        np.take_along_axis(lr[qi], i, 1))[:2]]
+                for qi, i in zip(boot_q, boot_idx)
             ])  # (n_bootstrap, 2)
             r_se, kl_se = boots.std(axis=0, ddof=1)
         points.append(
@@ -121,12 +129,23 @@ def frontier_reward_at_kl(frontier: list[FrontierPoint], kl: float) -> float:
 
 
 def frontier_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float, float, float]:
-    """``(reward, reward_se, mean_ess)`` of the frontier at ``kl``, linearly interpolated (clamped to the grid's
-    ends; past its largest KL the ESS read is that of the end point, so a caller can see the end is unreliable)."""
+    """``(reward, reward_se, mean_ess)`` of the frontier at ``kl``: reward and SE linearly interpolated, the ESS as
+    :func:`frontier_ess_at_kl` (all clamped to the grid's ends; past its largest KL the ESS read is that of the end
+    point, so a caller can see the end is unreliable)."""
     order = np.argsort([p.kl for p in frontier])
     kls = np.array([frontier[i].kl for i in order])
-    values = [np.interp(kl, kls, [getattr(frontier[i], key) for i in order]) for key in ("reward", "reward_se", "mean_ess")]
-    return float(values[0]), float(values[1]), float(values[2])
+    reward, reward_se = (np.interp(kl, kls, [getattr(frontier[i], key) for i in order]) for key in ("reward", "reward_se"))
+    return float(reward), float(reward_se), frontier_ess_at_kl(frontier, kl)[0]
+
+
+def frontier_ess_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float, float]:
+    """``(mean_ess, min_ess)`` over the queries at ``kl``, interpolated linearly in log ESS between grid points: the
+    ESS falls about geometrically with the KL, so a straight line between two points would overstate it (clamped to
+    the grid's ends)."""
+    order = np.argsort([p.kl for p in frontier])
+    kls = np.array([frontier[i].kl for i in order])
+    return tuple(float(np.exp(np.interp(kl, kls, [math.log(getattr(frontier[i], key)) for i in order])))
+                 for key in ("mean_ess", "min_ess"))  # type: ignore[return-value]
 
 
 def mixture_log_ratio(log_rho: np.ndarray, log_q: list[np.ndarray], counts: list[int]) -> np.ndarray:
