@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 
 import pytest
@@ -547,3 +548,31 @@ def test_resume_keeps_the_gain_and_bias_normalize_reward_set(tmp_path, gpt2_toke
     assert fresh.config.hf_prefs_reward_gain == pytest.approx(gain, rel=1e-12)
     assert fresh.config.hf_prefs_reward_bias == pytest.approx(full.reward_model.config.hf_prefs_reward_bias, rel=1e-12)
     assert logged(resumed, "objective/scores") == pytest.approx(logged(full, "objective/scores"), rel=1e-5, abs=1e-6)
+
+
+def test_the_ppo_state_is_in_a_checkpoint_before_older_checkpoints_are_deleted(tmp_path, gpt2_tokenizer, monkeypatch):
+    """With ``save_total_limit`` Trainer deletes the older checkpoints once it has written the new one: the PPO state
+    must already be there (a process stopped in between left a newest checkpoint that could not resume). A
+    checkpoint resumed on another process count says so."""
+    import transformers.trainer
+
+    seen = []
+    rotate = transformers.trainer.rotate_checkpoints
+
+    def spy(output_dir, **kwargs):
+        newest = max((p for p in Path(output_dir).glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
+        seen.append((newest.name, (newest / "ppo_state.json").is_file()))
+        return rotate(output_dir=output_dir, **kwargs)
+
+    monkeypatch.setattr(transformers.trainer, "rotate_checkpoints", spy)
+    trainer = make_trainer(tmp_path / "a", gpt2_tokenizer, total_episodes=24, save_strategy="steps", save_steps=1,
+                           save_total_limit=1)
+    trainer.train()
+    assert seen == [("checkpoint-1", True), ("checkpoint-2", True), ("checkpoint-3", True)]
+    state = json.loads((tmp_path / "a" / "out" / "checkpoint-3" / "ppo_state.json").read_text())
+    assert state["num_processes"] == 1
+    (tmp_path / "a" / "out" / "checkpoint-3" / "ppo_state.json").rename(tmp_path / "a" / "out" / "checkpoint-3" / "ppo_state_0.json")
+    (tmp_path / "a" / "out" / "checkpoint-3" / "ppo_state_1.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="saved by 2 process"):
+        make_trainer(tmp_path / "b", gpt2_tokenizer, total_episodes=24).train(
+            resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-3"))

@@ -45,7 +45,7 @@ from datasets import Dataset, Features, Value
 from torch import nn
 from transformers import TrainerCallback
 
-from .._compat import checkpoint_folder, disable_dropout_in_model
+from .._compat import disable_dropout_in_model
 from ..core.online_schedule import OnlineLabelSchedule
 from ..core.rollout import RolloutSpec
 from ..labels.labelers import sample_candidates
@@ -451,10 +451,10 @@ class OnlinePreferenceLoop(TrainerCallback):
         self._rewrite_files()
         return self.reward_model
 
-    def on_save(self, args, state, control, **kwargs):
-        """Into every PPO checkpoint: the loop's state and the reward model in use."""
-        if self.trainer is not None:
-            self.save(checkpoint_folder(self.trainer))
+    def save_into_checkpoint(self, checkpoint: str) -> None:
+        """Into every PPO checkpoint (the trainer calls it before Trainer writes the checkpoint's own files and deletes
+        the older ones): the loop's state and the reward model in use."""
+        self.save(checkpoint)
 
     def summary(self) -> dict[str, Any]:
         """Rounds run, labels in all, and the per-round records."""

@@ -72,26 +72,39 @@ class PPOCheckpointMixin:
         return os.path.join(checkpoint, PPO_STATE_FILE)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:  # noqa: D401 (Trainer hook)
-        """Trainer checkpoint (weights, optimizer, scheduler, RNG, trainer state) + model card + PPO state (beta,
-        generators), so that resuming continues with the same step count and beta."""
-        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
-        self.create_model_card(model_name=model_name)
-        super()._save_checkpoint(model, trial)
+        """PPO state (beta, generators; and a callback's ``save_into_checkpoint(folder)``, e.g. the online label loop's
+        rounds and reward model) + model card + Trainer checkpoint (weights, optimizer, scheduler, RNG, trainer
+        state), so that resuming continues with the same step count and beta. The PPO state of every process is
+        written first: Trainer deletes the older checkpoints (``save_total_limit``) once it has written its own
+        files, and a process stopped before the PPO state was there left a newest checkpoint that could not resume."""
         checkpoint = checkpoint_folder(self, trial)
         os.makedirs(checkpoint, exist_ok=True)
         state = {
             "kl_controller": self.kl_ctl.state_dict(),
             "sampling_generator": self.sampling_generator.get_state().tolist(),
             "shuffle_generator": self.shuffle_generator.get_state().tolist(),
+            "num_processes": self.accelerator.num_processes,
         }
         if self.args.normalize_reward and isinstance(self.reward_model, nn.Module):  # set by train(), not by a load
             state["reward_normalization"] = list(get_reward_normalization(self.reward_model))
         with open(self._ppo_state_path(checkpoint), "w", encoding="utf-8") as f:
             json.dump(state, f)
+        for callback in self.callback_handler.callbacks:  # callbacks with state of their own (the online label loop)
+            if hasattr(callback, "save_into_checkpoint"):
+                callback.save_into_checkpoint(checkpoint)
+        self.accelerator.wait_for_everyone()  # every process's state is written before any rotation
+        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
+        self.create_model_card(model_name=model_name)
+        super()._save_checkpoint(model, trial)
 
     def _load_ppo_state(self, checkpoint: str) -> None:
         path = self._ppo_state_path(checkpoint)
         if not os.path.isfile(path):
+            written = sorted(f for f in os.listdir(checkpoint) if f.startswith("ppo_state")) if os.path.isdir(checkpoint) else []
+            if written:  # ppo_state.json on one process, ppo_state_<rank>.json on N
+                n = len(written) if written != [PPO_STATE_FILE] else 1
+                raise ValueError(f"{checkpoint} was saved by {n} process(es) and is resumed on "
+                                 f"{self.accelerator.num_processes}: resume with the process count it was saved with")
             raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
