@@ -463,3 +463,26 @@ def test_summarization_tasks_refuse_another_query_dataset(tmp_path):
         with pytest.raises(ValueError, match="query_dataset: .*my/texts"):
             validate_pipeline_config(PipelineArguments(task=task, label_source="human", label_queue_dir="q",
                                                        query_dataset="my/texts"), cfg)
+
+
+def test_online_rounds_that_sample_the_policy_refuse_zero3_and_ppo_refuses_fsdp():
+    """Checks that stop a run before it would hang or crash: later online rounds sample the policy on the main process
+    alone (a ZeRO-3 forward needs every process); PPO's rollout bypasses an FSDP root module."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from hf_prefs.trainers.launch import check_ppo_sharding
+    from hf_prefs.trainers.online import check_round_sampling
+
+    def acc(stage=None, kind=DistributedType.MULTI_GPU):
+        plugin = None if stage is None else SimpleNamespace(zero_stage=stage)
+        return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), distributed_type=kind)
+
+    with pytest.raises(NotImplementedError, match="ZeRO-3"):
+        check_round_sampling(acc(3), rounds=2, samples_from_policy=True)
+    for ok in [(acc(3), 1, True), (acc(3), 2, False), (acc(2), 2, True), (acc(None), 2, True)]:
+        check_round_sampling(*ok)  # one round (rho only), a label file, ZeRO-2, DDP
+    with pytest.raises(NotImplementedError, match="FSDP"):
+        check_ppo_sharding(acc(kind=DistributedType.FSDP))
+    check_ppo_sharding(acc(3, DistributedType.DEEPSPEED))

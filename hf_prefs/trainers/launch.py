@@ -11,7 +11,7 @@ import accelerate
 import torch.distributed as dist
 from accelerate.utils import DistributedType
 
-__all__ = ["check_launch", "check_process_count", "check_sharding_active", "destroy_process_group_at_exit"]
+__all__ = ["check_launch", "check_process_count", "check_sharding_active", "check_ppo_sharding", "destroy_process_group_at_exit"]
 
 
 def check_process_count(accelerator: Any) -> None:
@@ -44,6 +44,18 @@ def check_sharding_active(accelerator: Any) -> None:
                    "accelerate drops DeepSpeed when the CPU is forced (ACCELERATE_USE_CPU=1 or cpu=True); unset it "
                    "and pass use_cpu=True / ddp_backend='gloo' in the training arguments instead")
             )
+
+
+def check_ppo_sharding(accelerator: Any) -> None:
+    """Stop PPO under FSDP: its rollout runs forward passes of the unwrapped policy (sampling, log-probs, values)
+    outside the training step, which under FSDP skip the root module's all-gather of the sharded weights and fail
+    on the first rollout. DeepSpeed ZeRO-3 is supported (the rollout gathers the weights:
+    :func:`hf_prefs.models.sharding.generation_model`); the reward trainer runs under FSDP as TRL's does."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise NotImplementedError(
+            "PPOTrainer does not run under FSDP (its rollout's forward passes bypass the FSDP root module): use "
+            "DeepSpeed ZeRO-2/3 (recipes/accelerate_configs/deepspeed_zero3.yaml) or DDP"
+        )
 
 
 _EXIT = {"registered": False, "failed": False}

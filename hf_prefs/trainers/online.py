@@ -53,9 +53,10 @@ from ..labels.schema import LABEL_COLUMNS
 from ..labels.sources import as_label_source
 from ..models.loading import load_reward_model
 from ..models.reward_model import get_reward_normalization
+from ..models.sharding import zero_stage
 from .main_process import result_from_main_process
 
-__all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "RewardTrainFn", "ONLINE_LABEL_FEATURES", "ONLINE_STATE_FILE"]
+__all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "check_round_sampling", "RewardTrainFn", "ONLINE_LABEL_FEATURES", "ONLINE_STATE_FILE"]
 
 #: The loop's state in a PPO checkpoint; the reward model of the last round sits next to it in ONLINE_REWARD_MODEL_DIR.
 ONLINE_STATE_FILE = "online_state.json"
@@ -81,6 +82,18 @@ RewardTrainFn = Callable[[Dataset, "nn.Module | None", int], Any]
 # ----------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------
+def check_round_sampling(accelerator: Any, rounds: int, samples_from_policy: bool) -> None:
+    """Stop an online run whose rounds after the first would sample the current policy under DeepSpeed ZeRO-3: the
+    main process samples alone while the others wait, and a ZeRO-3 forward gathers the sharded weights from every
+    process, so it would wait forever (round 0 samples rho before PPO)."""
+    if rounds > 1 and samples_from_policy and zero_stage(accelerator) == 3:
+        raise NotImplementedError(
+            "online label rounds sample the current policy on the main process only, which deadlocks under DeepSpeed "
+            "ZeRO-3: use ZeRO-2 or DDP for label_mode=online, or offline labels (or a label source that does not "
+            "sample, e.g. a label file)"
+        )
+
+
 class OnlinePreferenceLoop(TrainerCallback):
     """The online label loop (see the module docstring).
 
@@ -216,6 +229,7 @@ class OnlinePreferenceLoop(TrainerCallback):
             if self.restored_from != resume_from_checkpoint:
                 self.restore(resume_from_checkpoint)
             train_kwargs["resume_from_checkpoint"] = resume_from_checkpoint
+        check_round_sampling(trainer.accelerator, self.schedule.rounds, self.source.samples_from_policy)
         a = trainer.args
         self._update_boundaries = self.schedule.update_boundaries(a.total_episodes, a.batch_size)
         self.trainer = trainer
