@@ -210,3 +210,28 @@ def test_label_stage_on_two_processes_with_an_empty_or_fully_dropped_share(tiny_
     assert proc.returncode != 0
     errors = [json.loads((dropped / f"labels_{r}.json").read_text())["error"] for r in range(2)]
     assert errors[0] == errors[1] and errors[0].startswith("ValueError: all 3 queries were dropped")
+
+
+def test_evaluation_runs_equal_forward_passes_on_every_process(tiny_base, gpt2_tokenizer, tmp_path):
+    """3 held-out queries on 2 processes (shares of 2 and 1): each process runs the same number of forward passes
+    (under ZeRO-3 a forward needs every process; the shorter share is padded), and the merged evaluation is each
+    share's own evaluation, the padding dropped."""
+    from transformers import AutoModelForCausalLM
+
+    import eval_run
+    from hf_prefs.core.rollout import RolloutSpec
+    from hf_prefs.pipeline.evaluate import _evaluate
+
+    launch("eval_run.py", "--base", tiny_base, "--out", str(tmp_path))
+    got = [json.loads((tmp_path / f"eval_{r}.json").read_text()) for r in range(2)]
+    assert got[0]["forwards"] == got[1]["forwards"] > 0 and got[0]["eval"] == got[1]["eval"]
+    merged = got[0]["eval"]
+    assert merged["queries"] == eval_run.QUERIES and len(merged["known_rewards"]) == len(merged["responses"]) == 3
+    policy = AutoModelForCausalLM.from_pretrained(tiny_base)
+    spec = RolloutSpec(response_length=4, pad_token_id=gpt2_tokenizer.eos_token_id)
+    known = lambda texts: [float(len(t)) for t in texts]  # noqa: E731
+    for rank, indices in ((0, [0, 2]), (1, [1])):
+        alone = _evaluate(policy, gpt2_tokenizer, [eval_run.QUERIES[i] for i in indices], spec, None, known, None, 1,
+                          5 + 1_000_003 * rank)
+        assert [merged["responses"][i] for i in indices] == alone.responses
+        assert [merged["known_rewards"][i] for i in indices] == alone.known_rewards

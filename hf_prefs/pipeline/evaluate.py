@@ -113,11 +113,15 @@ def evaluate_policy(
         )
     state = PartialState()
     mine = list(range(len(queries)))[state.process_index :: state.num_processes]  # every process its share
-    local = _evaluate(policy, tokenizer, [queries[i] for i in mine], spec, ref_model, known_reward, reward_fn,
+    # the same number of forward passes on every process (a ZeRO-3 forward gathers the weights from all of them): a
+    # shorter share is padded with its last query (evaluated after the real ones; dropped below)
+    share = -(-len(queries) // state.num_processes)
+    padded = mine + [mine[-1] if mine else 0] * (share - len(mine)) if queries else mine
+    local = _evaluate(policy, tokenizer, [queries[i] for i in padded], spec, ref_model, known_reward, reward_fn,
                       batch_size, seed + 1_000_003 * state.process_index)
     if state.num_processes == 1:
         return local
-    shards = gather_object([(mine, asdict(local))])  # back in query order
+    shards = gather_object([(mine, asdict(local))])  # back in query order (zip drops the padding)
     out = PolicyEvaluation(queries=list(queries), responses=[None] * len(queries))
     names = ("responses", "known_rewards", "rm_scores", "kl", "penalized")
     merged = {name: [None] * len(queries) for name in names}

@@ -1,0 +1,38 @@
+"""The held-out evaluation (``evaluate_policy``) of 3 queries on the processes it is launched with (2: shares of 2 and
+1 queries), one query per batch, on a tiny base. Each rank writes ``eval_<rank>.json``: the merged evaluation and the
+number of forward passes its policy ran."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_prefs.core.rollout import RolloutSpec
+from hf_prefs.pipeline import evaluate_policy
+
+QUERIES = ["It was a fine morning and", "She walked to the window", "The letter said"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--base", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    rank = PartialState(cpu=True).process_index
+    tok = AutoTokenizer.from_pretrained(a.base)
+    policy = AutoModelForCausalLM.from_pretrained(a.base)
+    forwards = [0]
+    policy.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    spec = RolloutSpec(response_length=4, pad_token_id=tok.eos_token_id)
+    ev = evaluate_policy(policy, tok, QUERIES, spec, known_reward=lambda texts: [float(len(t)) for t in texts],
+                         batch_size=1, seed=5)
+    (Path(a.out) / f"eval_{rank}.json").write_text(json.dumps({"eval": asdict(ev), "forwards": forwards[0]}))
+
+
+if __name__ == "__main__":
+    main()
