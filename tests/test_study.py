@@ -74,7 +74,8 @@ def study(config, tiny_base, tmp_path_factory):
 def test_study_rows_follow_their_definitions(study):
     out, _ = study
     for name in ("study.csv", "study_summary.csv", "frontier_rho.csv", "labels_s0.jsonl.gz", "labels_s1.jsonl.gz",
-                 "runs/direct_s0/metrics.jsonl", "runs/rm8_s1/eval.json", "runs/rm16_s0/reward_model/config.json"):
+                 "runs/direct_s0/metrics.jsonl", "runs/rm8_s1/eval.json", "runs/rm16_s0/reward_model/config.json",
+                 "runs/direct_s1/policy/config.json", "runs/rm8_s0/policy/config.json"):  # each run's policy kept
         assert (out / name).is_file(), name
     for png in ("kl_vs_reward.png", "reward_vs_labels.png"):
         assert (out / png).stat().st_size > 5_000, png

@@ -291,7 +291,7 @@ class StudyContext:
 
 def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, Any]:
     """PPO (the pipeline's known-reward-tracking trainer) with ``seed`` on ``reward``, its held-out evaluation (paired
-    with rho's) and its frontier. A checkpoint is kept after every update (only the last), and a run interrupted
+    with rho's) and its frontier; the trained policy is saved in ``runs/<name>/policy``. A checkpoint is kept after every update (only the last), and a run interrupted
     mid-way continues from it exactly (the trainer's resume: weights, optimizer, beta, generators)."""
     run_dir = os.path.join(ctx.output_dir, "runs", name)
     os.makedirs(run_dir, exist_ok=True)
@@ -302,6 +302,9 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
     write_metrics(trainer.state.log_history, run_dir)
     ref = None if trainer.is_peft_model else ctx.base.rho
     policy = trained_policy(trainer)
+    # kept after the run's checkpoints are dropped (a LoRA policy's adapter: megabytes), so that its frontier can be
+    # estimated later with samples of the policy itself (policy_samples)
+    policy.save_pretrained(os.path.join(run_dir, "policy"))
     ev = evaluate_policy(policy, ctx.base.tokenizer, ctx.eval_q, ctx.spec, ref_model=ref, known_reward=ctx.known,
                          batch_size=ctx.pa.sampling_batch_size, seed=ctx.cfg.seed + 2)
     gain, gain_se = mean_and_se(torch.tensor(ev.known_rewards, dtype=torch.float64) - torch.tensor(ctx.rho_eval, dtype=torch.float64))
