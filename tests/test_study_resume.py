@@ -149,3 +149,15 @@ def test_a_row_appended_while_another_process_rewrites_study_csv_is_kept(tmp_pat
     study_mod._reread_rows(out, 30.0, rho_frontier=False)
     other[0].join(timeout=10)
     assert sorted(study_mod._read_done(out)) == [("direct", 0, 0), ("direct", 1, 0)]
+
+
+def test_a_part_written_with_another_label_chunk_is_refused(tmp_path, monkeypatch):
+    """Parts of 4 queries, resumed with label_chunk 2: part 0 holds queries 0-3, not chunk 0's 0-1 (taken as they
+    were, part 1 would give queries 4-7 for chunk 1, and the pool would hold them twice)."""
+    queries = [f"q{i}" for i in range(10)]
+    cfg = PPOConfig(output_dir=str(tmp_path), seed=3)
+    monkeypatch.setattr(study_mod, "collect_labels", _fake_collect([], fail_on=3))
+    with pytest.raises(KeyboardInterrupt):
+        study_mod._seed_labels(_ctx(tmp_path, 4), cfg, queries)  # parts 0 and 1 written
+    with pytest.raises(ValueError, match=r"part000.*query_index 2 lies outside its chunk \[0, 2\).*label_chunk"):
+        study_mod._seed_labels(_ctx(tmp_path, 2), cfg, queries)

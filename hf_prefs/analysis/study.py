@@ -455,7 +455,7 @@ def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: in
             return concatenate_datasets(parts)
         part = part_path(c)
         if os.path.exists(part):
-            parts.append(read_label_file(part, label_q))
+            parts.append(_read_part(part, label_q, start, size))
             continue
         chunk, _ = collect_labels(ctx.pa, replace(cfg, seed=cfg.seed + 100_003 * c), ctx.base.rho, ctx.base.tokenizer,
                                   label_q[start : start + size], ctx.spec)
@@ -467,6 +467,17 @@ def _seed_labels(ctx: StudyContext, cfg: PPOConfig, label_q: list[str], need: in
     for c in range(len(parts)):
         os.remove(part_path(c))
     return labels
+
+
+def _read_part(path: str, label_q: list[str], start: int, size: int) -> Dataset:
+    """A label part file, which must hold only queries of its chunk ``[start, start + size)`` (a study resumed with
+    another ``label_chunk`` would otherwise take a part of other chunks for this one: labels twice, or none)."""
+    part = read_label_file(path, label_q)
+    outside = [i for i in part["query_index"] if not start <= i < start + size]
+    if outside:
+        raise ValueError(f"{path}: query_index {outside[0]} lies outside its chunk [{start}, {start + size}): it was "
+                         f"written with another label_chunk; resume with the label_chunk it was written with")
+    return part
 
 
 def _reward_model(ctx: StudyContext, cfg: PPOConfig, labels: Dataset, rm_dir: str) -> tuple[Any, dict[str, Any]]:
