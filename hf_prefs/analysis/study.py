@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -84,6 +85,8 @@ from .study_files import read_label_file, texts_digest, write_label_file
 
 __all__ = ["DEFAULT_BETAS", "STUDY_FIELDS", "StudyArguments", "frontier_read", "gain_fraction", "run_study", "study_main",
            "summarize"]
+
+logger = logging.getLogger(__name__)
 
 #: beta grid of the frontier; inf gives the KL = 0 point (rho itself). Dense where runs land (KL ~1-6): between grid
 #: points the frontier is read by interpolation, and a chord under the concave curve reads its reward too low.
@@ -303,8 +306,11 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
     ref = None if trainer.is_peft_model else ctx.base.rho
     policy = trained_policy(trainer)
     # kept after the run's checkpoints are dropped (a LoRA policy's adapter: megabytes), so that its frontier can be
-    # estimated later with samples of the policy itself (policy_samples)
-    policy.save_pretrained(os.path.join(run_dir, "policy"))
+    # estimated later with samples of the policy itself (policy_samples); an extra, never worth the run's row
+    try:
+        policy.save_pretrained(os.path.join(run_dir, "policy"))
+    except Exception as err:  # noqa: BLE001
+        logger.warning("%s: the trained policy could not be saved (%s); the run's row is written all the same", name, err)
     ev = evaluate_policy(policy, ctx.base.tokenizer, ctx.eval_q, ctx.spec, ref_model=ref, known_reward=ctx.known,
                          batch_size=ctx.pa.sampling_batch_size, seed=ctx.cfg.seed + 2)
     gain, gain_se = mean_and_se(torch.tensor(ev.known_rewards, dtype=torch.float64) - torch.tensor(ctx.rho_eval, dtype=torch.float64))
