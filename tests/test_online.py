@@ -480,9 +480,9 @@ def test_online_rounds_that_sample_the_policy_refuse_zero3_and_ppo_refuses_fsdp(
         return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), distributed_type=kind)
 
     with pytest.raises(NotImplementedError, match="ZeRO-3"):
-        check_round_sampling(acc(3), rounds=2, samples_from_policy=True)
-    for ok in [(acc(3), 1, True), (acc(3), 2, False), (acc(2), 2, True), (acc(None), 2, True)]:
-        check_round_sampling(*ok)  # one round (rho only), a label file, ZeRO-2, DDP
+        check_round_sampling(acc(3), rounds_on_policy=1, samples_from_policy=True)
+    for ok in [(acc(3), 0, True), (acc(3), 2, False), (acc(2), 2, True), (acc(None), 2, True)]:
+        check_round_sampling(*ok)  # no round on the policy (rho only), a label file, ZeRO-2, DDP
     with pytest.raises(NotImplementedError, match="FSDP"):
         check_ppo_sharding(acc(kind=DistributedType.FSDP))
     check_ppo_sharding(acc(3, DistributedType.DEEPSPEED))

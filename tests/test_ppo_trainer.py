@@ -576,3 +576,15 @@ def test_the_ppo_state_is_in_a_checkpoint_before_older_checkpoints_are_deleted(t
     with pytest.raises(ValueError, match="saved by 2 process"):
         make_trainer(tmp_path / "b", gpt2_tokenizer, total_episodes=24).train(
             resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-3"))
+    (tmp_path / "a" / "out" / "checkpoint-3" / "ppo_state.json").write_text(json.dumps({**state, "num_processes": 2}))
+    with pytest.raises(ValueError, match="saved by 2 process"):  # this process's own file there, another count in it
+        make_trainer(tmp_path / "c", gpt2_tokenizer, total_episodes=24).train(
+            resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-3"))
+    # a newest checkpoint a stopped process left half-written is passed over for the one before it
+    from hf_prefs.trainers.ppo_checkpoints import last_complete_checkpoint
+
+    out = tmp_path / "a" / "out"
+    (out / "checkpoint-4").mkdir()
+    (out / "checkpoint-4" / "ppo_state.json").write_text(json.dumps(state))
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
+    assert last_complete_checkpoint(str(tmp_path / "none")) is None

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
 from matplotlib.figure import Figure
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig, TrlParser
 
 from ..core.frontier import FrontierPoint, frontier_at_kl, frontier_ess_at_kl, mixture_log_ratio, optimal_frontier
@@ -80,6 +80,7 @@ from ..pipeline import (
 )
 from ..pipeline.evaluate import sample_with_logprobs, sequence_logprobs
 from ..tasks.known_rewards import make_known_reward
+from ..trainers.ppo_checkpoints import last_complete_checkpoint
 from ..trainers.ppo_config import PPOConfig
 from .study_files import read_label_file, texts_digest, write_label_file
 
@@ -301,7 +302,7 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
     cfg = replace(ctx.cfg, seed=seed, output_dir=run_dir, save_strategy="steps", save_steps=1, save_total_limit=1)
     torch.manual_seed(seed)
     trainer = make_ppo_trainer(cfg, ctx.model_args, ctx.base, reward, ctx.ppo_q, known_reward=ctx.known, output_dir=run_dir)
-    train_policy(trainer, resume_from_checkpoint=get_last_checkpoint(run_dir))
+    train_policy(trainer, resume_from_checkpoint=last_complete_checkpoint(run_dir))
     write_metrics(trainer.state.log_history, run_dir)
     ref = None if trainer.is_peft_model else ctx.base.rho
     policy = trained_policy(trainer)

@@ -13,13 +13,13 @@ from accelerate.utils import DistributedType
 from datasets import Dataset
 from torch import nn
 from transformers import AutoModelForCausalLM
-from transformers.trainer_utils import get_last_checkpoint
 from trl import get_peft_config
 
 from ..core.rollout import RolloutSpec
 from ..models.reward_model import score_texts
 from ..models.weight_sharing import share_frozen_weights
 from ..trainers.online import OnlinePreferenceLoop
+from ..trainers.ppo_checkpoints import last_complete_checkpoint
 from ..trainers.ppo_config import PPOConfig
 from ..trainers.ppo_data import Rollout
 from ..trainers.ppo_trainer import PPOTrainer
@@ -148,7 +148,7 @@ def resume_checkpoint(cfg: PPOConfig) -> str | None:
     if spec in (None, "", False, "false", "False"):
         return None
     if spec in (True, "true", "True", "last"):
-        found = get_last_checkpoint(cfg.output_dir)
+        found = last_complete_checkpoint(cfg.output_dir)
         if found is None:
             raise ValueError(f"resume_from_checkpoint: no checkpoint in {cfg.output_dir}")
         return found

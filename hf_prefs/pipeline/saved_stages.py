@@ -57,5 +57,6 @@ def saved_reward_model(output_dir: str) -> tuple[torch.nn.Module, dict[str, floa
         logs = [json.loads(line) for line in f if line.strip()]
     metrics = {k: v for log in logs for k, v in log.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     model, _ = load_reward_model(model_dir)
+    model.requires_grad_(False)  # PPO only scores with it; frozen, its layers can share rho's tensors as a trained one's
     print(f"[hf_prefs] resume: the reward model saved in {model_dir}")
     return model, metrics

@@ -82,11 +82,11 @@ RewardTrainFn = Callable[[Dataset, "nn.Module | None", int], Any]
 # ----------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------
-def check_round_sampling(accelerator: Any, rounds: int, samples_from_policy: bool) -> None:
-    """Stop an online run whose rounds after the first would sample the current policy under DeepSpeed ZeRO-3: the
-    main process samples alone while the others wait, and a ZeRO-3 forward gathers the sharded weights from every
-    process, so it would wait forever (round 0 samples rho before PPO)."""
-    if rounds > 1 and samples_from_policy and zero_stage(accelerator) == 3:
+def check_round_sampling(accelerator: Any, rounds_on_policy: int, samples_from_policy: bool) -> None:
+    """Stop an online run with rounds that would sample the trainer's policy under DeepSpeed ZeRO-3
+    (``rounds_on_policy``: all rounds but one that runs on rho before RL): the main process samples alone while the
+    others wait, and a ZeRO-3 forward gathers the sharded weights from every process, so it would wait forever."""
+    if rounds_on_policy > 0 and samples_from_policy and zero_stage(accelerator) == 3:
         raise NotImplementedError(
             "online label rounds sample the current policy on the main process only, which deadlocks under DeepSpeed "
             "ZeRO-3: use ZeRO-2 or DDP for label_mode=online, or offline labels (or a label source that does not "
@@ -229,7 +229,8 @@ class OnlinePreferenceLoop(TrainerCallback):
             if self.restored_from != resume_from_checkpoint:
                 self.restore(resume_from_checkpoint)
             train_kwargs["resume_from_checkpoint"] = resume_from_checkpoint
-        check_round_sampling(trainer.accelerator, self.schedule.rounds, self.source.samples_from_policy)
+        on_policy = self.schedule.rounds - (1 if self.schedule.first_round_before_rl else 0)
+        check_round_sampling(trainer.accelerator, on_policy, self.source.samples_from_policy)
         a = trainer.args
         self._update_boundaries = self.schedule.update_boundaries(a.total_episodes, a.batch_size)
         self.trainer = trainer

@@ -22,13 +22,29 @@ from .._compat import checkpoint_folder, tied_weights_keys
 from ..models.reward_model import get_reward_normalization, set_reward_normalization
 from ..models.value_head import PolicyWithValueHead
 
-__all__ = ["PPO_STATE_FILE", "PPOCheckpointMixin"]
+__all__ = ["PPO_STATE_FILE", "PPOCheckpointMixin", "last_complete_checkpoint"]
 
 logger = logging.get_logger(__name__)
 
 #: Per-checkpoint PPO state: the KL controller (beta), the sampling / shuffling generators and, with
 #: ``normalize_reward``, the reward model's gain/bias.
 PPO_STATE_FILE = "ppo_state.json"
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` that a run can resume from: it holds the PPO state and
+    Trainer's ``trainer_state.json`` (written last before Trainer deletes older checkpoints), so a checkpoint a stopped
+    process left half-written is passed over for the one before it; None when there is none."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        folder = os.path.join(output_dir, name)
+        if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit() and os.path.isdir(folder):
+            files = os.listdir(folder)
+            if "trainer_state.json" in files and any(f.startswith("ppo_state") for f in files):
+                found.append((int(name[len("checkpoint-"):]), folder))
+    return max(found)[1] if found else None
 
 
 class PPOCheckpointMixin:
@@ -108,6 +124,10 @@ class PPOCheckpointMixin:
             raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
+        saved_on = state.get("num_processes", 1 if path.endswith(PPO_STATE_FILE) else None)
+        if saved_on is not None and saved_on != self.accelerator.num_processes:  # every process checks: all stop
+            raise ValueError(f"{checkpoint} was saved by {saved_on} process(es) and is resumed on "
+                             f"{self.accelerator.num_processes}: resume with the process count it was saved with")
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.sampling_generator.set_state(torch.tensor(state["sampling_generator"], dtype=torch.uint8))
         self.shuffle_generator.set_state(torch.tensor(state["shuffle_generator"], dtype=torch.uint8))
