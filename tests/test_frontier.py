@@ -1,9 +1,12 @@
 """The optimal frontier against the closed form on a discrete toy rho."""
 
+import math
+
 import numpy as np
 import pytest
 
 from hf_prefs.analysis import frontier_reward_at_kl, optimal_frontier, optimal_policy_stats
+from hf_prefs.core.frontier import mixture_log_ratio
 
 # A discrete rho over 4 outcomes with known rewards.
 RHO = np.array([0.1, 0.2, 0.3, 0.4])
@@ -112,3 +115,38 @@ def test_frontier_bootstrap_can_resample_queries():
     both = optimal_frontier(rewards, [1.0], n_bootstrap=400, seed=0, resample_queries=True)[0]
     assert within.reward_se == 0.0 and within.reward == pytest.approx(1.75)
     assert both.reward_se == pytest.approx(np.std([0.0, 1.0, 2.0, 4.0]) / 2, rel=0.15)
+
+
+def test_pooled_rho_and_policy_stay_right_where_the_policy_misses_rhos_mass():
+    """A policy sharply tilted towards the best outcome (it almost never samples the others) pooled with rho by the
+    balance heuristic: near rho (beta 3) the policy's samples alone would read E[r] ~ 2 with a perfect-looking ESS,
+    but rho's share of the mixture keeps every weight bounded, so the pooled frontier stays within its bootstrap
+    error of the closed form there and far out (beta 0.1), where it lifts the ESS over rho's samples alone. The
+    bootstrap resamples within each proposal's block (``strata``)."""
+    from hf_prefs.core.frontier import best_frontier, frontier_ess_at_kl
+
+    rng = np.random.default_rng(3)
+    tilt = RHO * np.exp(R / 0.1)
+    tilt /= tilt.sum()
+    draws = np.concatenate([rng.choice(4, size=(40, 64), p=RHO), rng.choice(4, size=(40, 64), p=tilt)], axis=1)
+    policy_only = optimal_policy_stats(R[draws[:, 64:]], 3.0, np.log(RHO[draws[:, 64:]]) - np.log(tilt[draws[:, 64:]]))
+    assert abs(policy_only[0].mean() - exact(3.0)[0]) > 1.0 and policy_only[2].mean() > 60  # wrong, yet "ESS 64"
+    lr = mixture_log_ratio(np.log(RHO[draws]), [np.log(RHO[draws]), np.log(tilt[draws])], [64, 64])
+    rho_only = optimal_frontier(R[draws[:, :64]], [0.1, 0.5, 3.0], n_bootstrap=0)
+    pooled = optimal_frontier(R[draws], [0.1, 0.5, 3.0], n_bootstrap=100, log_ratio=lr, strata=[64, 64])
+    for p in pooled:
+        er, ekl = exact(p.beta)
+        assert abs(p.reward - er) < 4 * p.reward_se + 1e-3 and abs(p.kl - ekl) < 4 * p.kl_se + 1e-3
+    assert pooled[-1].beta == 0.1 and pooled[-1].mean_ess > 2 * rho_only[-1].mean_ess
+    # each estimate is read where it rests on more samples
+    far = pooled[-1].kl
+    assert frontier_ess_at_kl(pooled, far)[0] > frontier_ess_at_kl(rho_only, far)[0]
+    assert best_frontier([rho_only, pooled], far) == 1 and best_frontier([pooled, rho_only], far) == 0
+    with pytest.raises(ValueError, match="strata"):
+        optimal_frontier(R[draws], [0.5], n_bootstrap=2, log_ratio=lr, strata=[64, 60])
+
+
+def test_one_stratum_bootstrap_is_the_plain_bootstrap():
+    rng = np.random.default_rng(5)
+    r = rng.normal(size=(3, 32))
+    assert optimal_frontier(r, [0.5, 2.0], n_bootstrap=30, seed=1) == optimal_frontier(r, [0.5, 2.0], n_bootstrap=30, seed=1, strata=[32])

@@ -174,6 +174,8 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
 
 RHO_ARGS = [a if a != "4" else "0" for a in STUDY_ARGS]  # --policy_samples 4 -> 0
 RHO_ARGS[RHO_ARGS.index("--seeds") + 1 : RHO_ARGS.index("--seeds") + 3] = ["0"]
+POOLED_ARGS = [*RHO_ARGS, "--frontier_policy", "auto", "--frontier_policy_samples", "8"]  # direct_s0's policy
+RHO_ARGS += ["--frontier_policy", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +281,73 @@ def test_an_interrupted_ppo_run_continues_from_its_last_update(rho_study, config
             assert float(got[key]) == pytest.approx(float(want[key]), abs=1e-5), (got["run"], got["labels"], key)
 
 
+def test_rhos_frontier_pooled_with_the_direct_policy(rho_study, config, tiny_base, tmp_path, monkeypatch):
+    """``frontier_policy auto``: rho's frontier is estimated a second time from 8 samples of rho and 8 of the direct
+    run's saved policy per frontier query (balance heuristic), cached with the policy's digest; each row reads the
+    estimate with the larger ESS at its KL (``frontier_source``). A rerun reads the cache back, a checkout without
+    the policy too; another policy's cache is drawn again; ``none`` goes back to rho's alone."""
+    import shutil
+
+    from hf_prefs.analysis.pooled_frontier import POOLED_FRONTIER, POOLED_SAMPLES, policy_digest, pooled_frontier, read_pooled_samples
+    from hf_prefs.analysis.study import frontier_read
+
+    out = tmp_path / "pooled"
+    shutil.copytree(rho_study, out)
+    drawn: list[int] = []
+    real_draw = study_mod.draw_pooled_samples
+    monkeypatch.setattr(study_mod, "draw_pooled_samples", lambda *a, **k: drawn.append(1) or real_draw(*a, **k))
+    study_main(argv=_tiny_args(config, tiny_base, out, *POOLED_ARGS))
+    assert drawn == [1]
+    key, samples = read_pooled_samples(str(out / POOLED_SAMPLES))
+    assert key["run"] == "direct_s0" and key["policy_sha256"] == policy_digest(str(out / "runs" / "direct_s0" / "policy"))
+    assert key["m"] == key["p"] == 8 and samples.known.shape == samples.log_rho.shape == samples.log_pi.shape == (3, 16)
+    assert np.all(samples.log_rho < 0) and np.all(samples.log_pi < 0)
+    assert not np.allclose(samples.log_rho, samples.log_pi)  # the trained policy is not rho
+    pooled = study_mod._read_frontier(str(out / POOLED_FRONTIER))
+    assert pooled == pooled_frontier(samples, study_mod.DEFAULT_BETAS, seed=key["seed"] - 400)
+    frontiers = {"rho": study_mod._read_frontier(str(out / "frontier_rho.csv")), "rho+direct_s0": pooled}
+    rows = _rows(out)
+    for r in rows:
+        want = frontier_read(frontiers, float(r["kl"]), float(r["gain"]), 2.0)
+        assert r["frontier_source"] == want["frontier_source"]
+        assert float(r["frontier_reward_at_kl"]) == pytest.approx(want["frontier_reward_at_kl"])
+        assert float(r["frontier_ess_at_kl"]) == pytest.approx(want["frontier_ess_at_kl"])
+    cache = (out / POOLED_SAMPLES).read_text()
+    study_main(argv=_tiny_args(config, tiny_base, out, *POOLED_ARGS))  # read back
+    shutil.rmtree(out / "runs" / "direct_s0" / "policy")  # a checkout: the cache, not the policy
+    study_main(argv=_tiny_args(config, tiny_base, out, *POOLED_ARGS))
+    assert drawn == [1] and (out / POOLED_SAMPLES).read_text() == cache and _rows(out) == rows
+    # a cache of other weights is no cache of this policy: drawn again
+    shutil.copytree(rho_study / "runs" / "direct_s0" / "policy", out / "runs" / "direct_s0" / "policy")
+    (out / POOLED_SAMPLES).write_text(cache.replace(key["policy_sha256"], "0" * 64, 1))
+    study_main(argv=_tiny_args(config, tiny_base, out, *POOLED_ARGS))
+    assert drawn == [1, 1] and (out / POOLED_SAMPLES).read_text() == cache  # the same samples again (same seed)
+    study_main(argv=_tiny_args(config, tiny_base, out, *RHO_ARGS))
+    assert {r["frontier_source"] for r in _rows(out)} == {"rho"}
+
+
+def test_a_saved_lora_policy_loads_on_a_copy_of_rho(tiny_base, tmp_path):
+    """A LoRA policy is read back as the same function on a copy of rho; rho keeps no adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hf_prefs.analysis.pooled_frontier import load_saved_policy
+
+    rho = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    torch.manual_seed(0)
+    trained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(r=4, target_modules=["c_attn"],
+                                                                                          init_lora_weights=False))
+    trained.save_pretrained(tmp_path / "policy")
+    ids = torch.tensor([[464, 3290, 318, 257]])
+    policy, ref = load_saved_policy(rho, str(tmp_path / "policy"))
+    assert ref is None and not any("lora" in n for n, _ in rho.named_parameters())
+    with torch.no_grad():
+        got, want, base = policy(ids).logits, trained.eval()(ids).logits, rho(ids).logits
+        with policy.disable_adapter():
+            assert torch.allclose(policy(ids).logits, base)
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, base, atol=1e-3)
+
+
 def test_gain_fraction_and_summarize_skip_unqualified():
     assert gain_fraction(1.0, 2.0) == 0.5 and math.isnan(gain_fraction(1.0, 0.0))
     rows = [{"run": "rm", "labels": "8", "known_reward": "1", "kl": "2", "gain": "0.5", "frac_direct": "0.5",
@@ -338,6 +407,34 @@ def test_rhos_cached_samples_are_drawn_again_for_rho_in_another_dtype(tiny_base,
     draws(rho.to(torch.bfloat16))
     for p, text in files.items():  # drawn again and cached under the new key
         assert (tmp_path / p).read_text() != text and '"dtype": "bfloat16"' in (tmp_path / p).read_text()
+
+
+def test_rhos_frontier_samples_grow_by_chunks(tiny_base, gpt2_tokenizer, tmp_path, monkeypatch):
+    """rho's frontier rewards are drawn and cached a chunk per query at a time: asking for 6 per query after 3 keeps
+    the 3 already drawn (rho_rewards.csv, the old single-draw cache) as each query's first 3 and draws one chunk more
+    (rho_rewards.part001.csv, another seed); asking again reads both back; a count that is no multiple is refused."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_prefs.core.rollout import RolloutSpec
+    from hf_prefs.pipeline.setup import Base
+
+    base = Base(tiny_base, gpt2_tokenizer, AutoModelForCausalLM.from_pretrained(tiny_base).eval())
+    spec = RolloutSpec(response_length=4, pad_token_id=gpt2_tokenizer.eos_token_id)
+    queries, known = ["It was a fine day.", "She wrote a letter."], (lambda texts: [float(len(t)) for t in texts])
+    drawn: list[int] = []
+    real = study_mod.sample_texts
+    monkeypatch.setattr(study_mod, "sample_texts", lambda *a, **k: drawn.append(a[4]) or real(*a, **k))
+    three = study_mod._rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
+    six = study_mod._rho_samples(base, spec, queries, 6, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
+    assert drawn == [3, 3] and sorted(p.name for p in tmp_path.iterdir()) == ["rho_rewards.csv", "rho_rewards.part001.csv"]
+    assert six.known.shape == (12,) and six.per_query == 6
+    assert torch.equal(six.known.view(2, 6)[:, :3], three.known.view(2, 3))  # each query's first chunk kept
+    key = json.loads((tmp_path / "rho_rewards.part001.csv").read_text().splitlines()[0][7:])
+    assert key["m"] == 3 and key["seed"] == 1 + 7919
+    again = study_mod._rho_samples(base, spec, queries, 6, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
+    assert drawn == [3, 3] and torch.equal(again.known, six.known)
+    with pytest.raises(ValueError, match="frontier_samples 5 must be a multiple of 3"):
+        study_mod._rho_samples(base, spec, queries, 5, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
 
 
 def test_rhos_caches_follow_the_known_reward_and_move_between_machines(tiny_base, gpt2_tokenizer, tmp_path):

@@ -117,6 +117,7 @@ def test_the_summary_holds_every_seed_in_study_csv(tmp_path, monkeypatch):
         for run, labels in (("direct", 0), ("rm", 4)):
             study_mod._append(SimpleNamespace(output_dir=str(out)), {"run": run, "seed": seed, "labels": labels}, {})
     summarized = []
+    monkeypatch.setattr(study_mod, "_context", lambda *a, **k: (SimpleNamespace(), []))
     for name in ("validate_pipeline_config", "resolve_cpu_precision", "_reread_rows", "_plot"):
         monkeypatch.setattr(study_mod, name, lambda *a, **k: None)
     monkeypatch.setattr(study_mod, "summarize", lambda rows: summarized.extend(rows) or [{"run": "direct"}])
@@ -146,7 +147,7 @@ def test_a_row_appended_while_another_process_rewrites_study_csv_is_kept(tmp_pat
         original(output_dir, rows, min_ess, rho_frontier)
 
     monkeypatch.setattr(study_mod, "_recompute_columns", recompute_while_another_appends)
-    study_mod._reread_rows(out, 30.0, rho_frontier=False)
+    study_mod._reread_rows(out, 30.0, None)
     other[0].join(timeout=10)
     assert sorted(study_mod._read_done(out)) == [("direct", 0, 0), ("direct", 1, 0)]
 
@@ -161,3 +162,25 @@ def test_a_part_written_with_another_label_chunk_is_refused(tmp_path, monkeypatc
         study_mod._seed_labels(_ctx(tmp_path, 4), cfg, queries)  # parts 0 and 1 written
     with pytest.raises(ValueError, match=r"part000.*query_index 2 lies outside its chunk \[0, 2\).*label_chunk"):
         study_mod._seed_labels(_ctx(tmp_path, 2), cfg, queries)
+
+
+def test_pooled_samples_round_trip_and_a_bad_line_is_named(tmp_path):
+    """The pooled frontier's cache reads back the float32 values it was drawn with; a row out of place names its line."""
+    import numpy as np
+
+    from hf_prefs.analysis.pooled_frontier import PooledSamples, pooled_frontier, read_pooled_samples, write_pooled_samples
+
+    rng = np.random.default_rng(0)
+    arrays = [(rng.normal(size=(2, 5)) - 20.0 * (i > 0)).astype(np.float32).astype(np.float64) for i in range(3)]
+    s = PooledSamples(3, 2, *arrays)
+    path = str(tmp_path / "pooled.csv")
+    write_pooled_samples(path, {"m": 3, "p": 2, "run": "direct_s1"}, s)
+    key, back = read_pooled_samples(path)
+    assert key == {"m": 3, "p": 2, "run": "direct_s1"}
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, (back.known, back.log_rho, back.log_pi)))
+    assert pooled_frontier(back, [1.0], seed=0, n_bootstrap=5) == pooled_frontier(s, [1.0], seed=0, n_bootstrap=5)
+    lines = open(path).read().splitlines()
+    lines[4], lines[5] = lines[5], lines[4]  # query 0's third rho sample and its first policy sample swapped
+    open(path, "w").write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="line 5 should be query 0, rho"):
+        read_pooled_samples(path)

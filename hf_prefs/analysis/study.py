@@ -21,12 +21,17 @@ frontier from few samples per query reads too low a reward at a given KL (its KL
 spends the samples on few queries: 10 x 2,048 (measured on the offline default: ESS >= 30 up to KL ~3, where 64 per
 query give ESS ~3). With ``policy_samples`` > 0, each run's frontier pools rho's samples with that many samples of the
 run's own policy per query, weighted by multiple importance sampling (balance heuristic; log pi of every rho sample is
-computed, so it costs a pass over all of rho's samples per run).
+computed, so it costs a pass over all of rho's samples per run). With ``policy_samples`` 0 and ``frontier_policy``
+(default ``auto``: the direct-RL run of largest KL whose policy is saved), the frontier is estimated a second time from
+``frontier_policy_samples`` samples of rho and as many of that policy per query, pooled by the balance heuristic
+(:mod:`.pooled_frontier`, ``frontier_pooled.csv``); every run reads the estimate with the larger ESS at its KL
+(``frontier_source``): rho's 2,048 samples near rho, the pooled ones where rho's samples run out.
 
 Resumable: ``study.csv`` gets a row as soon as a run is done, and a run whose (run, seed, labels) row is already
 there is skipped, so a long study can be finished across several invocations. Outputs in ``output_dir``:
 ``study.csv`` (one row per run), ``study_summary.csv`` (mean and standard error across seeds per point),
-``frontier_rho.csv`` (the rho-only frontier), ``kl_vs_reward.png`` (Fig. 3 style), ``reward_vs_labels.png``
+``frontier_rho.csv`` (the rho-only frontier), ``frontier_pooled.csv`` and ``frontier_pooled_samples.csv`` (the pooled
+one and its samples' rewards and log-probabilities), ``kl_vs_reward.png`` (Fig. 3 style), ``reward_vs_labels.png``
 (Fig. 2 style), ``runs/<run>/`` per run.
 """
 
@@ -55,7 +60,14 @@ from matplotlib.figure import Figure
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig, TrlParser
 
-from ..core.frontier import FrontierPoint, frontier_at_kl, frontier_ess_at_kl, mixture_log_ratio, optimal_frontier
+from ..core.frontier import (
+    FrontierPoint,
+    best_frontier,
+    frontier_at_kl,
+    frontier_ess_at_kl,
+    mixture_log_ratio,
+    optimal_frontier,
+)
 from ..assets import asset_dir
 from ..core.rollout import RolloutSpec
 from ..core.stats import mean_and_se
@@ -82,6 +94,16 @@ from ..pipeline.evaluate import sample_with_logprobs, sequence_logprobs
 from ..tasks.known_rewards import make_known_reward
 from ..trainers.ppo_checkpoints import last_complete_checkpoint
 from ..trainers.ppo_config import PPOConfig
+from .pooled_frontier import (
+    POOLED_FRONTIER,
+    POOLED_SAMPLES,
+    draw_pooled_samples,
+    load_saved_policy,
+    policy_digest,
+    pooled_frontier,
+    read_pooled_samples,
+    write_pooled_samples,
+)
 from .study_files import read_label_file, texts_digest, write_label_file
 
 __all__ = ["DEFAULT_BETAS", "STUDY_FIELDS", "StudyArguments", "frontier_read", "gain_fraction", "run_study", "study_main",
@@ -97,7 +119,7 @@ DEFAULT_BETAS: tuple[float, ...] = (
 )
 
 STUDY_FIELDS = ["run", "seed", "labels", "known_reward", "kl", "gain", "gain_se", "frontier_reward_at_kl",
-                "frontier_reward_se_at_kl", "frontier_ess_at_kl", "frontier_min_ess_at_kl", "frontier_qualified", "frac_frontier", "frac_direct", "rho_known_reward",
+                "frontier_reward_se_at_kl", "frontier_ess_at_kl", "frontier_min_ess_at_kl", "frontier_qualified", "frontier_source", "frac_frontier", "frac_direct", "rho_known_reward",
                 "rm_eval_accuracy", "ppo_updates", "precision"]
 
 
@@ -111,6 +133,12 @@ class StudyArguments:
     frontier_samples: int = field(default=2048, metadata={"help": "rho samples per frontier query (drawn once)."})
     policy_samples: int = field(default=0, metadata={"help": "Samples of each run's policy per frontier query pooled with "
                                                               "rho's (0: every run reads rho's frontier)."})
+    frontier_policy: str = field(default="none", metadata={"help": "Run whose saved policy (runs/<run>/policy) is pooled "
+        "with rho into a second frontier estimate that reaches higher KL (frontier_pooled.csv); each run reads the "
+        "estimate with the larger ESS at its KL. 'auto': the direct-RL run of largest KL with a saved policy (or "
+        "cached samples); 'none' (default): rho's alone. Unused with policy_samples > 0."})
+    frontier_policy_samples: int = field(default=256, metadata={"help": "Samples of rho and of frontier_policy each, "
+                                                                        "per frontier query, for the pooled estimate."})
     min_ess: float = field(default=30.0, metadata={"help": "Read the frontier only where its effective sample size is this."})
     label_chunk: int = field(default=512, metadata={"help": "Label queries per chunk; each chunk's labels are written "
                                                              "when done, so an interrupted study resumes after it."})
@@ -138,6 +166,9 @@ class RhoSamples:
 RHO_SAMPLES_CACHE = "rho_samples.pt"
 RHO_REWARDS_CACHE = "rho_rewards.csv"
 RHO_EVAL_CACHE = "rho_eval.json"
+#: rho's frontier samples per query per cache file (rho_rewards.csv, then rho_rewards.part<c>.csv): 20,480 samples, ~35
+#: minutes at 2 threads on the AVX2 VM, at most that lost to an interruption
+RHO_REWARDS_CHUNK = 2048
 # rows per batch when drawing a frontier query's thousands of rho samples: SmolLM2 (float32, 2 threads, one query x 512
 # samples) drew 14.8 samples/s at 256 rows and 14.9 at 512, 11.7 at 64; peak 1.9 GiB at 256 against 2.8 at 512
 FRONTIER_SAMPLING_ROWS = 256
@@ -218,7 +249,7 @@ def _read_rho_rewards(path: str, key: str) -> torch.Tensor | None:
 
 
 def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int, with_logp: bool,
-                 cache_dir: str | None = None, known_name: str = "vader") -> RhoSamples:
+                 cache_dir: str | None = None, known_name: str = "vader", chunk: int = RHO_REWARDS_CHUNK) -> RhoSamples:
     """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
     needs it). Cached in ``cache_dir`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
     them back when the queries, the count, the seed, the model, its dtype and the response rule are the same). Without
@@ -226,28 +257,49 @@ def _rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
     ``rho_rewards.csv`` (~0.25 MB for 20,480 samples; committed with the study); with it, ids and log rho in
     ``rho_samples.pt``. The frontier needs samples of rho, not particular ones: the rows per sampling batch, which
     change the random stream but not the distribution, are not part of the key (unlike ``rho_eval.json``, whose
-    samples must be the very ones every run's paired evaluation draws)."""
+    samples must be the very ones every run's paired evaluation draws). The rewards are drawn and cached ``chunk``
+    samples per query at a time (each chunk its own file and seed, the first ``rho_rewards.csv``, the next
+    ``rho_rewards.part<c>.csv``), so a larger ``m`` adds chunks to those already drawn and an interrupted draw loses at
+    most one chunk."""
+    if not with_logp:
+        return _rho_rewards(base, spec, queries, m, known, seed, cache_dir, known_name, chunk)
     key = json.dumps(_rho_cache_key(base, spec, queries, known_name, m=m, seed=seed, with_logp=with_logp))
-    if with_logp:
-        cache = None if cache_dir is None else os.path.join(cache_dir, RHO_SAMPLES_CACHE)
-        if cache is not None and os.path.exists(cache):
-            stored = torch.load(cache, weights_only=True)
-            if _same_key(json.loads(stored["key"]), json.loads(key)):
-                return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
-        s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known,
-                                 sampling_batch_size=FRONTIER_SAMPLING_ROWS)
-        if cache is not None:
-            torch.save({"key": key, "ids": s["ids"], "known": s["known"], "logp": s["logp"]}, cache + ".tmp")
-            os.replace(cache + ".tmp", cache)
-        return RhoSamples(list(queries), m, s["ids"], s["known"], s["logp"])
-    cache = None if cache_dir is None else os.path.join(cache_dir, RHO_REWARDS_CACHE)
-    rewards = _read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
-    if rewards is None:
-        gen = torch.Generator(device=model_device(base.rho)).manual_seed(seed)
-        ids = sample_texts(base.rho, base.tokenizer, list(queries), spec, m, FRONTIER_SAMPLING_ROWS, gen)
-        rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
-        if cache is not None:
-            _write_rho_rewards(cache, key, rewards)
+    cache = None if cache_dir is None else os.path.join(cache_dir, RHO_SAMPLES_CACHE)
+    if cache is not None and os.path.exists(cache):
+        stored = torch.load(cache, weights_only=True)
+        if _same_key(json.loads(stored["key"]), json.loads(key)):
+            return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
+    s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known,
+                             sampling_batch_size=FRONTIER_SAMPLING_ROWS)
+    if cache is not None:
+        torch.save({"key": key, "ids": s["ids"], "known": s["known"], "logp": s["logp"]}, cache + ".tmp")
+        os.replace(cache + ".tmp", cache)
+    return RhoSamples(list(queries), m, s["ids"], s["known"], s["logp"])
+
+
+def _rho_rewards(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int,
+                 cache_dir: str | None, known_name: str, chunk: int) -> RhoSamples:
+    """:func:`_rho_samples` without log rho: the known rewards alone, drawn and cached a chunk at a time (chunk ``c``
+    with seed ``seed + 7919 c``; the first chunk's key is what a single draw of ``chunk`` samples had, so a cache
+    written before chunks existed is chunk 0)."""
+    size = min(m, chunk)
+    if m % size:
+        raise ValueError(f"frontier_samples {m} must be a multiple of {size}: rho's samples are drawn and cached "
+                         f"{size} per query at a time")
+    blocks = []
+    for c in range(m // size):
+        key = json.dumps(_rho_cache_key(base, spec, queries, known_name, m=size, seed=seed + 7919 * c, with_logp=False))
+        name = RHO_REWARDS_CACHE if c == 0 else RHO_REWARDS_CACHE.replace(".csv", f".part{c:03d}.csv")
+        cache = None if cache_dir is None else os.path.join(cache_dir, name)
+        rewards = _read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
+        if rewards is None:
+            gen = torch.Generator(device=model_device(base.rho)).manual_seed(seed + 7919 * c)
+            ids = sample_texts(base.rho, base.tokenizer, list(queries), spec, size, FRONTIER_SAMPLING_ROWS, gen)
+            rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
+            if cache is not None:
+                _write_rho_rewards(cache, key, rewards)
+        blocks.append(rewards.view(len(queries), size))
+    rewards = torch.cat(blocks, 1).reshape(-1)  # query-major: (Q * m,)
     n = len(rewards)  # no token ids or log rho: the rewards suffice
     return RhoSamples(list(queries), m, torch.empty((n, 0), dtype=torch.long), rewards, torch.full((n,), float("nan")))
 
@@ -317,14 +369,14 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
     gain, gain_se = mean_and_se(torch.tensor(ev.known_rewards, dtype=torch.float64) - torch.tensor(ctx.rho_eval, dtype=torch.float64))
     kl = float(np.mean(ev.kl))
     if ctx.sa.policy_samples > 0:
-        frontier = run_frontier(policy, ctx.base, ctx.spec, ctx.rho_samples, ctx.sa.policy_samples, ctx.known, seed + 7,
-                                ctx.betas, ref)
-    else:  # rho's frontier: the same for every run
-        frontier = ctx.rho_frontier
+        frontier, source = run_frontier(policy, ctx.base, ctx.spec, ctx.rho_samples, ctx.sa.policy_samples, ctx.known,
+                                        seed + 7, ctx.betas, ref), f"rho+{name}"
+    else:  # rho's frontier: the same for every run (read again at the study's end with the pooled one, if any)
+        frontier, source = ctx.rho_frontier, "rho"
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump({**ev.to_dict(), "frontier": [asdict(p) for p in frontier]}, f, indent=1)
     return {"known_reward": float(np.mean(ev.known_rewards)), "kl": kl, "gain": gain, "gain_se": gain_se,
-            **frontier_read(frontier, kl, gain, ctx.sa.min_ess), "ppo_updates": trainer.state.global_step,
+            **frontier_read({source: frontier}, kl, gain, ctx.sa.min_ess), "ppo_updates": trainer.state.global_step,
             "precision": _precision_label(run_precision(trainer, cfg))}
 
 
@@ -334,15 +386,20 @@ def _precision_label(precision: dict[str, Any]) -> str:
     return precision["policy_dtype"] + ("+bf16 autocast" if precision["bf16"] else "")
 
 
-def frontier_read(frontier: list[FrontierPoint], kl: float, gain: float, min_ess: float) -> dict[str, Any]:
-    """A run's frontier columns: the frontier's reward and ESS at the run's KL (the mean over the frontier's queries,
-    and the least-sampled query's), whether that read qualifies (mean ESS >= ``min_ess`` and the KL inside the grid),
-    and ``frac_frontier = gain / (R_frontier(KL) - R_frontier(0))``."""
+def frontier_read(frontiers: dict[str, list[FrontierPoint]], kl: float, gain: float, min_ess: float) -> dict[str, Any]:
+    """A run's frontier columns, from the estimate (of those given by name: rho's; rho's pooled with a policy's) with
+    the largest mean ESS at the run's KL (:func:`best_frontier`): its reward and ESS there (the mean over the
+    frontier's queries, and the least-sampled query's), whether that read qualifies (mean ESS >= ``min_ess`` and the
+    KL inside the grid), its name (``frontier_source``) and ``frac_frontier = gain / (R_frontier(KL) - R_frontier(0))``
+    (both read on that estimate)."""
+    names = list(frontiers)
+    source = names[best_frontier([frontiers[n] for n in names], max(kl, 0.0))]
+    frontier = frontiers[source]
     f_reward, f_se, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
     return {"frontier_reward_at_kl": f_reward, "frontier_reward_se_at_kl": f_se, "frontier_ess_at_kl": f_ess,
             "frontier_min_ess_at_kl": frontier_ess_at_kl(frontier, max(kl, 0.0))[1],
             "frontier_qualified": bool(f_ess >= min_ess and kl <= max(p.kl for p in frontier)),
-            "frac_frontier": gain_fraction(gain, f_reward - frontier_at_kl(frontier, 0.0)[0])}
+            "frontier_source": source, "frac_frontier": gain_fraction(gain, f_reward - frontier_at_kl(frontier, 0.0)[0])}
 
 
 @contextmanager
@@ -360,31 +417,45 @@ def _study_csv_lock(output_dir: str) -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _reread_rows(output_dir: str, min_ess: float, rho_frontier: bool) -> None:
+def _reread_rows(output_dir: str, min_ess: float, frontier_files: dict[str, str] | None) -> None:
     """Columns of ``study.csv`` that follow from other rows, computed again for every row: ``frac_direct`` against the
     direct-RL row of the same seed now in the file (a direct run re-made after the RM runs of its seed, e.g. for a
-    uniform table, changes their share), and with ``rho_frontier`` (``policy_samples`` 0) the frontier columns read at
-    rho's frontier (``frontier_rho.csv``), which depend only on the run's KL and gain, so rows written before rho's
-    frontier was redrawn (other ``frontier_*`` settings) or with a pooled frontier are brought to the one every run
-    reads now."""
+    uniform table, changes their share), and with ``frontier_files`` (``policy_samples`` 0: name -> file in
+    ``output_dir``, rho's and the pooled one) the frontier columns read at those estimates, which depend only on the
+    run's KL and gain, so rows written before a frontier was redrawn or added are brought to what every run reads
+    now."""
     path = os.path.join(output_dir, "study.csv")
     with _study_csv_lock(output_dir):
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        _recompute_columns(output_dir, rows, min_ess, rho_frontier)
+        _recompute_columns(output_dir, rows, min_ess, frontier_files)
         _write_rows(path, rows)
 
 
-def _recompute_columns(output_dir: str, rows: list[dict[str, Any]], min_ess: float, rho_frontier: bool) -> None:
+def _read_frontier(path: str) -> list[FrontierPoint]:
+    with open(path, newline="") as f:
+        return [FrontierPoint(**{k: float(v) for k, v in r.items()}) for r in csv.DictReader(f)]
+
+
+def _write_frontier(path: str, frontier: list[FrontierPoint]) -> None:
+    """Whole or not at all (through this process's temporary file): another study process may read it."""
+    with open(f"{path}.{os.getpid()}.tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(frontier[0])))
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in frontier)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
+
+
+def _recompute_columns(output_dir: str, rows: list[dict[str, Any]], min_ess: float,
+                       frontier_files: dict[str, str] | None) -> None:
     """:func:`_reread_rows`'s columns of ``rows``, in place."""
-    frontier = None
-    if rho_frontier:
-        with open(os.path.join(output_dir, "frontier_rho.csv"), newline="") as f:
-            frontier = [FrontierPoint(**{k: float(v) for k, v in r.items()}) for r in csv.DictReader(f)]
+    frontiers = None
+    if frontier_files:
+        frontiers = {name: _read_frontier(os.path.join(output_dir, file)) for name, file in frontier_files.items()}
     direct = {int(r["seed"]): float(r["gain"]) for r in rows if r["run"] == "direct"}
     for row in rows:
-        if frontier is not None:
-            row.update(frontier_read(frontier, float(row["kl"]), float(row["gain"]), min_ess))
+        if frontiers is not None:
+            row.update(frontier_read(frontiers, float(row["kl"]), float(row["gain"]), min_ess))
         if row["run"] == "direct":
             row["frac_direct"] = 1.0
         elif int(row["seed"]) in direct:
@@ -532,6 +603,54 @@ def _read_done(output_dir: str) -> dict[tuple[str, int, int], dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# rho's frontier pooled with a trained policy's samples (one estimate for every run, beside rho's own)
+# ---------------------------------------------------------------------------------------------------------------------
+def _frontier_policy_run(sa: StudyArguments, output_dir: str) -> str | None:
+    """The run whose policy the pooled frontier uses: ``frontier_policy``, or for ``auto`` the direct-RL row of largest
+    KL in ``study.csv`` whose policy is saved or whose samples are cached (a checkout has the cache, not the policy);
+    None for ``none``, with ``policy_samples`` > 0 (each run's own frontier) or when there is none."""
+    if sa.frontier_policy == "none" or sa.policy_samples > 0:
+        return None
+    if sa.frontier_policy != "auto":
+        return sa.frontier_policy
+    cache = os.path.join(output_dir, POOLED_SAMPLES)
+    cached = read_pooled_samples(cache)[0].get("run") if os.path.exists(cache) else None
+    kls = {f"direct_s{r['seed']}": float(r["kl"]) for r in _read_done(output_dir).values()
+           if r["run"] == "direct" and r.get("kl") not in (None, "")}
+    usable = [n for n in kls if n == cached or os.path.isdir(os.path.join(output_dir, "runs", n, "policy"))]
+    return max(usable, key=kls.__getitem__, default=None)
+
+
+def _pooled_frontier(ctx: StudyContext, run: str) -> list[FrontierPoint] | None:
+    """rho's frontier pooled with ``run``'s saved policy (:mod:`.pooled_frontier`), written to ``frontier_pooled.csv``.
+    The samples are drawn once and cached (``frontier_pooled_samples.csv``) under what they depend on: rho's key, the
+    counts, the seed, the run and its policy's weights (a cache without the policy beside it is used as it is). None,
+    with a warning, when there is neither the policy nor a cache of it."""
+    n, seed = ctx.sa.frontier_policy_samples, ctx.cfg.seed + 400
+    policy_dir = os.path.join(ctx.output_dir, "runs", run, "policy")
+    path = os.path.join(ctx.output_dir, POOLED_SAMPLES)
+    stored = read_pooled_samples(path) if os.path.exists(path) else None
+    have_policy = os.path.isdir(policy_dir)
+    digest = policy_digest(policy_dir) if have_policy else (stored[0].get("policy_sha256") if stored else None)
+    key = _rho_cache_key(ctx.base, ctx.spec, ctx.rho_samples.queries, _known_reward_name(ctx.pa), m=n, p=n, seed=seed,
+                         run=run, policy_sha256=digest)
+    if stored is not None and _same_key(stored[0], key):
+        samples = stored[1]
+    elif have_policy:
+        policy, ref = load_saved_policy(ctx.base.rho, policy_dir)
+        samples = draw_pooled_samples(policy, ref, ctx.base.rho, ctx.base.tokenizer, ctx.rho_samples.queries, ctx.spec,
+                                      n, n, ctx.known, seed, FRONTIER_SAMPLING_ROWS)
+        write_pooled_samples(path, key, samples)
+    else:
+        logger.warning("frontier_policy %s: no saved policy (%s) and no cached samples of it: rho's frontier alone",
+                       run, policy_dir)
+        return None
+    frontier = pooled_frontier(samples, ctx.betas, ctx.cfg.seed)
+    _write_frontier(os.path.join(ctx.output_dir, POOLED_FRONTIER), frontier)
+    return frontier
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------------------------------------
 def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyArguments, output_dir: str,
@@ -551,12 +670,7 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
     q, m = len(rho_samples.queries), rho_samples.per_query
     rho_frontier = optimal_frontier(rho_samples.known.view(q, m).numpy(), list(betas), n_bootstrap=100, seed=cfg.seed,
                                     resample_queries=True)
-    path = os.path.join(output_dir, "frontier_rho.csv")
-    with open(f"{path}.{os.getpid()}.tmp", "w", newline="") as f:  # whole or not at all: another process may read it
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rho_frontier[0])))
-        writer.writeheader()
-        writer.writerows(asdict(p) for p in rho_frontier)
-    os.replace(f"{path}.{os.getpid()}.tmp", path)
+    _write_frontier(os.path.join(output_dir, "frontier_rho.csv"), rho_frontier)
     ctx = StudyContext(pa, cfg, model_args, sa, base, spec, eval_q, ppo_q, known, rho_eval, rho_samples,
                        rho_frontier, betas, output_dir)
     return ctx, list(label_q)
@@ -586,13 +700,19 @@ def run_study(
     os.makedirs(output_dir, exist_ok=True)
     done = _read_done(output_dir)
     todo = [s for s in sa.seeds if any(k not in done for k in [("direct", s, 0)] + [("rm", s, n) for n in counts])]
-    if todo:
-        torch.manual_seed(cfg.seed)
-        ctx, label_q = _context(pa, cfg, model_args, sa, output_dir, betas)
-        for seed in todo:  # rows another study process wrote since (one on other --seeds) are skipped, not re-run
-            done.update(_read_done(output_dir))
-            _seed_runs(ctx, seed, done, label_q)
-    _reread_rows(output_dir, sa.min_ess, rho_frontier=sa.policy_samples == 0)
+    # also for a finished study: rho's frontier is estimated (from its cached samples) with today's frontier settings,
+    # e.g. a larger --frontier_samples, and every row is read at it below
+    torch.manual_seed(cfg.seed)
+    ctx, label_q = _context(pa, cfg, model_args, sa, output_dir, betas)
+    for seed in todo:  # rows another study process wrote since (one on other --seeds) are skipped, not re-run
+        done.update(_read_done(output_dir))
+        _seed_runs(ctx, seed, done, label_q)
+    frontier_files = None if sa.policy_samples > 0 else {"rho": "frontier_rho.csv"}
+    pool_run = _frontier_policy_run(sa, output_dir)
+    if pool_run is not None:
+        if _pooled_frontier(ctx, pool_run) is not None:
+            frontier_files[f"rho+{pool_run}"] = POOLED_FRONTIER  # type: ignore[index]
+    _reread_rows(output_dir, sa.min_ess, frontier_files)
     # every seed in study.csv, not only this process's (a second process may have run other seeds)
     rows = [r for k, r in _read_done(output_dir).items() if k[0] == "direct" or k[2] in counts]
     summary = summarize(rows)
@@ -600,7 +720,7 @@ def run_study(
         writer = csv.DictWriter(f, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
-    _plot(summary, rows, output_dir)
+    _plot(summary, rows, output_dir, pooled=next((name for name in frontier_files or {} if name != "rho"), None))
     return summary
 
 
@@ -631,17 +751,19 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean_and_se(torch.tensor(values, dtype=torch.float64))
 
 
-def _plot(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: str) -> None:
-    """Fig. 3 style (KL vs known reward, each point mean +- SE over seeds, with rho's frontier) and Fig. 2 style
-    (known reward vs labels, with direct RL's band)."""
-    with open(os.path.join(out, "frontier_rho.csv"), newline="") as f:
-        frontier = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+def _plot(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: str, pooled: str | None = None) -> None:
+    """Fig. 3 style (KL vs known reward, each point mean +- SE over seeds, with rho's frontier and, named ``pooled``,
+    the pooled one) and Fig. 2 style (known reward vs labels, with direct RL's band)."""
+    frontier = [asdict(p) for p in _read_frontier(os.path.join(out, "frontier_rho.csv"))]
     direct = next((s for s in summary if s["run"] == "direct"), None)
     rm = [s for s in summary if s["run"] == "rm"]
     rho = float(rows[0]["rho_known_reward"])
     fig = Figure(figsize=(6.4, 4.4))  # no pyplot: the caller's matplotlib backend is left alone
     ax = fig.subplots()
     ax.plot([p["kl"] for p in frontier], [p["reward"] for p in frontier], "-", color="black", label="optimal frontier (rho samples)")
+    if pooled:
+        other = _read_frontier(os.path.join(out, POOLED_FRONTIER))
+        ax.plot([p.kl for p in other], [p.reward for p in other], "--", color="black", label=f"optimal frontier ({pooled} samples)")
     for s, style, name in ([(direct, "*", "direct RL")] if direct else []) + [(s, "o", f"RM, N={s['labels']}") for s in rm]:
         ax.errorbar([s["kl"]], [s["known_reward"]], xerr=[s["kl_se"]], yerr=[s["known_reward_se"]], fmt=style, ms=8,
                     capsize=3, label=f"{name} ({s['seeds']} seeds)")

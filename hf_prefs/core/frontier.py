@@ -33,6 +33,7 @@ __all__ = [
     "frontier_at_kl",
     "frontier_ess_at_kl",
     "mixture_log_ratio",
+    "best_frontier",
 ]
 
 
@@ -86,6 +87,7 @@ class FrontierPoint:
 def optimal_frontier(
     rewards: np.ndarray, betas: np.ndarray | list[float], n_bootstrap: int = 200, seed: int = 0,
     log_ratio: np.ndarray | None = None, resample_queries: bool = False,
+    strata: list[int] | tuple[int, ...] | None = None,
 ) -> list[FrontierPoint]:
     """The optimal KL-reward frontier over a grid of beta.
 
@@ -97,6 +99,9 @@ def optimal_frontier(
         resample_queries: the bootstrap also draws the Q queries with replacement (two-stage), so the standard errors
             hold the error of estimating the frontier of the query distribution from Q of its queries, not only that
             of the samples within them.
+        strata: the columns are the samples of several proposals in consecutive blocks of these sizes (pooled by
+            :func:`mixture_log_ratio`, whose weights hold for these counts): the bootstrap resamples within each block,
+            so every resample keeps them (None: one block).
     Returns:
         A :class:`FrontierPoint` per beta, sorted by increasing KL (decreasing beta).
     """
@@ -104,7 +109,11 @@ def optimal_frontier(
     lr = np.zeros_like(r) if log_ratio is None else np.atleast_2d(np.asarray(log_ratio, dtype=np.float64))
     rng = np.random.default_rng(seed)
     q, n = r.shape
-    boot_idx = [rng.integers(0, n, size=(q, n)) for _ in range(n_bootstrap)]
+    if strata is not None and (min(strata, default=0) < 1 or sum(strata) != n):
+        raise ValueError(f"strata {list(strata)} must be >= 1 each and sum to the {n} samples per query")
+    bounds = np.cumsum([0, *(strata or [n])])
+    boot_idx = [np.concatenate([rng.integers(a, b, size=(q, b - a)) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+                for _ in range(n_bootstrap)]
     boot_q = [rng.integers(0, q, size=q) if resample_queries else np.arange(q) for _ in range(n_bootstrap)]
     points = []
     for beta in betas:
@@ -146,6 +155,16 @@ def frontier_ess_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float,
     kls = np.array([frontier[i].kl for i in order])
     return tuple(float(np.exp(np.interp(kl, kls, [math.log(getattr(frontier[i], key)) for i in order])))
                  for key in ("mean_ess", "min_ess"))  # type: ignore[return-value]
+
+
+def best_frontier(frontiers: list[list[FrontierPoint]], kl: float) -> int:
+    """Index of the frontier estimate whose mean ESS at ``kl`` is largest: estimates of the same frontier from other
+    samples (rho's alone; rho's pooled with a trained policy's, which reach further) are each read where they rest
+    on the most samples (ties: the first)."""
+    if not frontiers:
+        raise ValueError("best_frontier: no frontier given")
+    ess = [frontier_ess_at_kl(f, kl)[0] for f in frontiers]
+    return int(np.argmax(ess))
 
 
 def mixture_log_ratio(log_rho: np.ndarray, log_q: list[np.ndarray], counts: list[int]) -> np.ndarray:
