@@ -22,7 +22,7 @@ spends the samples on few queries: 10 x 2,048 (measured on the offline default: 
 query give ESS ~3). With ``policy_samples`` > 0, each run's frontier pools rho's samples with that many samples of the
 run's own policy per query, weighted by multiple importance sampling (balance heuristic; log pi of every rho sample is
 computed, so it costs a pass over all of rho's samples per run). With ``policy_samples`` 0 and ``frontier_policy``
-(default ``auto``: the direct-RL run of largest KL whose policy is saved), the frontier is estimated a second time from
+(``auto``: the direct-RL run of largest KL whose policy is saved; default ``none``), the frontier is estimated a second time from
 ``frontier_policy_samples`` samples of rho and as many of that policy per query, pooled by the balance heuristic
 (:mod:`.pooled_frontier`, ``frontier_pooled.csv``); every run reads the estimate with the larger ESS at its KL
 (``frontier_source``): rho's 2,048 samples near rho, the pooled ones where rho's samples run out.
@@ -288,12 +288,13 @@ def _rho_rewards(base: Base, spec: RolloutSpec, queries: list[str], m: int, know
                          f"{size} per query at a time")
     blocks = []
     for c in range(m // size):
-        key = json.dumps(_rho_cache_key(base, spec, queries, known_name, m=size, seed=seed + 7919 * c, with_logp=False))
+        chunk_seed = seed + 7919 * c
+        key = json.dumps(_rho_cache_key(base, spec, queries, known_name, m=size, seed=chunk_seed, with_logp=False))
         name = RHO_REWARDS_CACHE if c == 0 else RHO_REWARDS_CACHE.replace(".csv", f".part{c:03d}.csv")
         cache = None if cache_dir is None else os.path.join(cache_dir, name)
         rewards = _read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
         if rewards is None:
-            gen = torch.Generator(device=model_device(base.rho)).manual_seed(seed + 7919 * c)
+            gen = torch.Generator(device=model_device(base.rho)).manual_seed(chunk_seed)
             ids = sample_texts(base.rho, base.tokenizer, list(queries), spec, size, FRONTIER_SAMPLING_ROWS, gen)
             rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
             if cache is not None:
@@ -709,9 +710,8 @@ def run_study(
         _seed_runs(ctx, seed, done, label_q)
     frontier_files = None if sa.policy_samples > 0 else {"rho": "frontier_rho.csv"}
     pool_run = _frontier_policy_run(sa, output_dir)
-    if pool_run is not None:
-        if _pooled_frontier(ctx, pool_run) is not None:
-            frontier_files[f"rho+{pool_run}"] = POOLED_FRONTIER  # type: ignore[index]
+    if pool_run is not None and _pooled_frontier(ctx, pool_run) is not None:
+        frontier_files[f"rho+{pool_run}"] = POOLED_FRONTIER  # type: ignore[index]
     _reread_rows(output_dir, sa.min_ess, frontier_files)
     # every seed in study.csv, not only this process's (a second process may have run other seeds)
     rows = [r for k, r in _read_done(output_dir).items() if k[0] == "direct" or k[2] in counts]
