@@ -63,7 +63,6 @@ def _ppo_worker(base: str, dtype: str, episodes: int, updates: int, share: int |
     process alone doing what process r of a 2-process run does: its dealt half of each update's ``episodes`` queries,
     its sampling seed, the same micro-batches."""
     import torch
-    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 

@@ -1,6 +1,5 @@
 """The optimal frontier against the closed form on a discrete toy rho."""
 
-import math
 
 import numpy as np
 import pytest

@@ -17,9 +17,11 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
+import hf_prefs.analysis.rho_samples as rho_mod
 import hf_prefs.analysis.study as study_mod
 from hf_prefs.analysis.report import write_report
 from hf_prefs.analysis.study import STUDY_FIELDS, gain_fraction, study_main, summarize
+from hf_prefs.analysis.study_table import read_frontier
 from hf_prefs.cli import main as cli_main
 from hf_prefs.core.frontier import FrontierPoint, frontier_at_kl
 
@@ -146,8 +148,8 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     real_rm = study_mod.train_reward_model
     monkeypatch.setattr(study_mod, "train_reward_model", lambda *a, **k: trained.append(1) or real_rm(*a, **k))
     sampled: list[int] = []
-    real_sample = study_mod.sample_with_logprobs
-    monkeypatch.setattr(study_mod, "sample_with_logprobs", lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
+    real_sample = rho_mod.sample_with_logprobs
+    monkeypatch.setattr(rho_mod, "sample_with_logprobs", lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
     evaluated: list[int] = []
     real_eval = study_mod.evaluate_policy
     monkeypatch.setattr(study_mod, "evaluate_policy", lambda *a, **k: evaluated.append(1) or real_eval(*a, **k))
@@ -303,9 +305,9 @@ def test_rhos_frontier_pooled_with_the_direct_policy(rho_study, config, tiny_bas
     assert key["m"] == key["p"] == 8 and samples.known.shape == samples.log_rho.shape == samples.log_pi.shape == (3, 16)
     assert np.all(samples.log_rho < 0) and np.all(samples.log_pi < 0)
     assert not np.allclose(samples.log_rho, samples.log_pi)  # the trained policy is not rho
-    pooled = study_mod._read_frontier(str(out / POOLED_FRONTIER))
+    pooled = read_frontier(str(out / POOLED_FRONTIER))
     assert pooled == pooled_frontier(samples, study_mod.DEFAULT_BETAS, seed=key["seed"] - 400)
-    frontiers = {"rho": study_mod._read_frontier(str(out / "frontier_rho.csv")), "rho+direct_s0": pooled}
+    frontiers = {"rho": read_frontier(str(out / "frontier_rho.csv")), "rho+direct_s0": pooled}
     rows = _rows(out)
     for r in rows:
         want = frontier_read(frontiers, float(r["kl"]), float(r["gain"]), 2.0)
@@ -397,8 +399,8 @@ def test_rhos_cached_samples_are_drawn_again_for_rho_in_another_dtype(tiny_base,
 
     def draws(model: torch.nn.Module) -> tuple[list[float], list[float]]:
         base = Base(tiny_base, tok, model)
-        evaluated = study_mod._rho_eval(base, spec, queries, known, batch_size=2, seed=0, cache=cache, known_name="vader")
-        frontier = study_mod._rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path))
+        evaluated = rho_mod.cached_rho_eval(base, spec, queries, known, batch_size=2, seed=0, cache=cache, known_name="vader")
+        frontier = rho_mod.draw_rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path))
         return evaluated, frontier.known.tolist()
 
     first = draws(rho)
@@ -422,19 +424,19 @@ def test_rhos_frontier_samples_grow_by_chunks(tiny_base, gpt2_tokenizer, tmp_pat
     spec = RolloutSpec(response_length=4, pad_token_id=gpt2_tokenizer.eos_token_id)
     queries, known = ["It was a fine day.", "She wrote a letter."], (lambda texts: [float(len(t)) for t in texts])
     drawn: list[int] = []
-    real = study_mod.sample_texts
-    monkeypatch.setattr(study_mod, "sample_texts", lambda *a, **k: drawn.append(a[4]) or real(*a, **k))
-    three = study_mod._rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
-    six = study_mod._rho_samples(base, spec, queries, 6, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
+    real = rho_mod.sample_texts
+    monkeypatch.setattr(rho_mod, "sample_texts", lambda *a, **k: drawn.append(a[4]) or real(*a, **k))
+    three = rho_mod.draw_rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
+    six = rho_mod.draw_rho_samples(base, spec, queries, 6, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
     assert drawn == [3, 3] and sorted(p.name for p in tmp_path.iterdir()) == ["rho_rewards.csv", "rho_rewards.part001.csv"]
     assert six.known.shape == (12,) and six.per_query == 6
     assert torch.equal(six.known.view(2, 6)[:, :3], three.known.view(2, 3))  # each query's first chunk kept
     key = json.loads((tmp_path / "rho_rewards.part001.csv").read_text().splitlines()[0][7:])
     assert key["m"] == 3 and key["seed"] == 1 + 7919
-    again = study_mod._rho_samples(base, spec, queries, 6, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
+    again = rho_mod.draw_rho_samples(base, spec, queries, 6, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
     assert drawn == [3, 3] and torch.equal(again.known, six.known)
     with pytest.raises(ValueError, match="frontier_samples 5 must be a multiple of 3"):
-        study_mod._rho_samples(base, spec, queries, 5, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
+        rho_mod.draw_rho_samples(base, spec, queries, 5, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
 
 
 def test_rhos_caches_follow_the_known_reward_and_move_between_machines(tiny_base, gpt2_tokenizer, tmp_path):
@@ -453,8 +455,8 @@ def test_rhos_caches_follow_the_known_reward_and_move_between_machines(tiny_base
     cache = tmp_path / "rho_eval.json"
 
     def draws(known_name: str) -> tuple[list[float], list[float]]:
-        evaluated = study_mod._rho_eval(base, spec, queries, known, 2, 0, str(cache), known_name)
-        frontier = study_mod._rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path),
+        evaluated = rho_mod.cached_rho_eval(base, spec, queries, known, 2, 0, str(cache), known_name)
+        frontier = rho_mod.draw_rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path),
                                           known_name=known_name)
         return evaluated, frontier.known.tolist()
 

@@ -9,6 +9,7 @@ import pytest
 from datasets import Dataset
 
 import hf_prefs.analysis.study as study_mod
+import hf_prefs.analysis.study_table as table_mod
 from hf_prefs.trainers.ppo_config import PPOConfig
 
 
@@ -94,11 +95,11 @@ def test_rows_another_process_wrote_are_skipped_before_each_seed(tmp_path, monke
     def fake_seed_runs(ctx, seed, done, label_q):
         seen[seed] = set(done)
         if seed == 0:  # meanwhile, another process finished seed 1's direct run
-            study_mod._append(SimpleNamespace(output_dir=str(out)), {"run": "direct", "seed": 1, "labels": 0}, {})
+            table_mod.append_row(str(out), {"run": "direct", "seed": 1, "labels": 0}, {})
 
     monkeypatch.setattr(study_mod, "_context", lambda *a, **k: (SimpleNamespace(), []))
     monkeypatch.setattr(study_mod, "_seed_runs", fake_seed_runs)
-    for name in ("validate_pipeline_config", "resolve_cpu_precision", "_reread_rows", "_plot"):
+    for name in ("validate_pipeline_config", "resolve_cpu_precision", "reread_rows", "plot_study"):
         monkeypatch.setattr(study_mod, name, lambda *a, **k: None)
     monkeypatch.setattr(study_mod, "summarize", lambda rows: [{"run": "direct"}])
     sa = study_mod.StudyArguments(label_counts=[4], seeds=[0, 1])
@@ -115,10 +116,10 @@ def test_the_summary_holds_every_seed_in_study_csv(tmp_path, monkeypatch):
     out.mkdir()
     for seed in (0, 1):
         for run, labels in (("direct", 0), ("rm", 4)):
-            study_mod._append(SimpleNamespace(output_dir=str(out)), {"run": run, "seed": seed, "labels": labels}, {})
+            table_mod.append_row(str(out), {"run": run, "seed": seed, "labels": labels}, {})
     summarized = []
     monkeypatch.setattr(study_mod, "_context", lambda *a, **k: (SimpleNamespace(), []))
-    for name in ("validate_pipeline_config", "resolve_cpu_precision", "_reread_rows", "_plot"):
+    for name in ("validate_pipeline_config", "resolve_cpu_precision", "reread_rows", "plot_study"):
         monkeypatch.setattr(study_mod, name, lambda *a, **k: None)
     monkeypatch.setattr(study_mod, "summarize", lambda rows: summarized.extend(rows) or [{"run": "direct"}])
     sa = study_mod.StudyArguments(label_counts=[4], seeds=[0])
@@ -127,29 +128,29 @@ def test_the_summary_holds_every_seed_in_study_csv(tmp_path, monkeypatch):
 
 
 def test_a_row_appended_while_another_process_rewrites_study_csv_is_kept(tmp_path, monkeypatch):
-    """``_reread_rows`` reads, recomputes and rewrites ``study.csv``; a row the other study process appends meanwhile
+    """``reread_rows`` reads, recomputes and rewrites ``study.csv``; a row the other study process appends meanwhile
     waits for the lock and lands in the rewritten file (without the lock the rewrite dropped it)."""
     import threading
     import time
 
     out = str(tmp_path)
-    study_mod._append(SimpleNamespace(output_dir=out), {"run": "direct", "seed": 0, "labels": 0, "gain": 1.0}, {})
+    table_mod.append_row(out, {"run": "direct", "seed": 0, "labels": 0, "gain": 1.0}, {})
     other: list[threading.Thread] = []
-    original = study_mod._recompute_columns
+    original = table_mod.recompute_columns
 
     def recompute_while_another_appends(output_dir, rows, min_ess, rho_frontier):
-        thread = threading.Thread(target=study_mod._append, args=(
-            SimpleNamespace(output_dir=out), {"run": "direct", "seed": 1, "labels": 0, "gain": 2.0}, {}))
+        thread = threading.Thread(target=table_mod.append_row, args=(
+            out, {"run": "direct", "seed": 1, "labels": 0, "gain": 2.0}, {}))
         thread.start()
         other.append(thread)
         time.sleep(0.3)
         assert thread.is_alive()  # waiting for the lock
         original(output_dir, rows, min_ess, rho_frontier)
 
-    monkeypatch.setattr(study_mod, "_recompute_columns", recompute_while_another_appends)
-    study_mod._reread_rows(out, 30.0, None)
+    monkeypatch.setattr(table_mod, "recompute_columns", recompute_while_another_appends)
+    table_mod.reread_rows(out, 30.0, None)
     other[0].join(timeout=10)
-    assert sorted(study_mod._read_done(out)) == [("direct", 0, 0), ("direct", 1, 0)]
+    assert sorted(table_mod.read_done(out)) == [("direct", 0, 0), ("direct", 1, 0)]
 
 
 def test_a_part_written_with_another_label_chunk_is_refused(tmp_path, monkeypatch):

@@ -1,0 +1,200 @@
+"""rho's samples for the study, drawn once and cached: the held-out evaluation every run is paired with
+(``rho_eval.json``) and the frontier's thousands of samples per query (``rho_rewards.csv`` and its chunks, or with log rho
+``rho_samples.pt``), each keyed by what it depends on (queries by digest, seed, count, model, dtype, response rule, known
+reward) so that a resumed study, or a checkout on another machine, reads them back instead of sampling again; and
+:func:`run_frontier`, a run's frontier from rho's samples pooled with the run's own policy's (balance heuristic)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..assets import asset_dir
+from ..core.frontier import FrontierPoint, mixture_log_ratio, optimal_frontier
+from ..core.rollout import RolloutSpec
+from ..models.generation import model_device, sample_texts
+from ..pipeline import Base, PipelineArguments, evaluate_policy
+from ..pipeline.evaluate import sample_with_logprobs, sequence_logprobs
+from .study_files import texts_digest
+
+__all__ = [
+    "FRONTIER_SAMPLING_ROWS", "RHO_EVAL_CACHE", "RHO_REWARDS_CACHE", "RHO_REWARDS_CHUNK", "RHO_SAMPLES_CACHE", "RhoSamples",
+    "cached_rho_eval", "draw_rho_rewards", "draw_rho_samples", "known_reward_name", "read_rho_rewards", "rho_cache_key",
+    "run_frontier", "same_key", "write_rho_rewards",
+]
+
+
+@dataclass
+class RhoSamples:
+    """``frontier_samples`` rho samples per frontier query: token ids, known rewards, log rho; (Q*M, ...)."""
+
+    queries: list[str]
+    per_query: int
+    ids: torch.Tensor
+    known: torch.Tensor
+    logp: torch.Tensor
+
+
+RHO_SAMPLES_CACHE = "rho_samples.pt"
+RHO_REWARDS_CACHE = "rho_rewards.csv"
+RHO_EVAL_CACHE = "rho_eval.json"
+#: rho's frontier samples per query per cache file (rho_rewards.csv, then rho_rewards.part<c>.csv): 20,480 samples, ~35
+#: minutes at 2 threads on the AVX2 VM, at most that lost to an interruption
+RHO_REWARDS_CHUNK = 2048
+# rows per batch when drawing a frontier query's thousands of rho samples: SmolLM2 (float32, 2 threads, one query x 512
+# samples) drew 14.8 samples/s at 256 rows and 14.9 at 512, 11.7 at 64; peak 1.9 GiB at 256 against 2.8 at 512
+FRONTIER_SAMPLING_ROWS = 256
+
+
+def rho_cache_key(base: Base, spec: RolloutSpec, queries: Sequence[str], known_reward: str, **draw: Any) -> dict[str, Any]:
+    """What a cache of rho's samples depends on: the queries (by digest: the caches are committed), how they are drawn
+    (``draw``: seed, count...), the model and its weights' dtype (a study resumed on a CPU of another kind may run rho
+    in bf16 instead of float32, which changes the samples), the response rule and the known reward that scored them
+    (``known_reward`` and, for a classifier, its positive class)."""
+    dtype = str(next(base.rho.parameters()).dtype).removeprefix("torch.")
+    return {"queries_sha256": texts_digest(queries), **draw, "model": model_id(base.name), "dtype": dtype,
+            "spec": repr(spec), "known_reward": known_reward}
+
+
+def known_reward_name(pa: PipelineArguments) -> str:
+    """The known reward in a cache key: ``vader``, or a classifier with its positive class (``id:LABEL``)."""
+    if pa.known_reward == "vader":
+        return "vader"
+    return f"{pa.known_reward}:{pa.known_reward_positive_label}"
+
+
+def model_id(name: str) -> str:
+    """The model in a cache key: the offline SmolLM2 asset by its asset folder's name (the folder lies in each
+    machine's own cache: ``~/.cache/hf_prefs`` or ``$HF_PREFS_CACHE``), any other model by the name it was given."""
+    asset = asset_dir("smollm2").name
+    return f"hf_prefs asset {asset}" if os.path.isabs(name) and os.path.basename(os.path.normpath(name)) == asset else name
+
+
+def same_key(stored: dict[str, Any], key: dict[str, Any]) -> bool:
+    """Whether a cache written under ``stored`` serves ``key``. Keys written before the model was named by
+    :func:`model_id` (a path) and before the known reward was in the key (VADER's: the only known reward the
+    studies that wrote them used) are read as they would be written now."""
+    stored = {**stored, "model": model_id(str(stored.get("model", "")))}
+    stored.setdefault("known_reward", "vader")
+    return stored == key
+
+
+def cached_rho_eval(base: Base, spec: RolloutSpec, eval_q: list[str], known: Any, batch_size: int, seed: int,
+              cache: str, known_name: str) -> list[float]:
+    """rho's known reward on each held-out query (the pairing of every run's gain), sampled as every run's evaluation
+    is (same queries, batch size and seed). Cached as JSON in ``cache`` with what it depends on, so a resumed study
+    does not sample it again (minutes on a CPU); committed with the study."""
+    key = rho_cache_key(base, spec, eval_q, known_name, batch_size=batch_size, seed=seed)
+    if os.path.exists(cache):
+        with open(cache) as f:
+            stored = json.load(f)
+        if same_key(stored.get("key", {}), key):
+            return [float(x) for x in stored["known_rewards"]]
+    ev = evaluate_policy(base.rho, base.tokenizer, eval_q, spec, ref_model=base.rho, known_reward=known,
+                         batch_size=batch_size, seed=seed)
+    rewards = [float(x) for x in ev.known_rewards]
+    with open(cache + ".tmp", "w") as f:
+        json.dump({"key": key, "known_rewards": rewards}, f)
+    os.replace(cache + ".tmp", cache)
+    return rewards
+
+
+def write_rho_rewards(path: str, key: str, rewards: torch.Tensor) -> None:
+    """rho's known rewards as text: a ``# key: <json>`` line, a ``known`` header, one ``%.9g`` value per line (exact
+    for float32), so the cache can be committed beside ``study.csv`` and a new checkout skips the redraw."""
+    with open(path + ".tmp", "w") as f:
+        f.write(f"# key: {key}\nknown\n")
+        f.writelines(f"{x:.9g}\n" for x in rewards.tolist())
+    os.replace(path + ".tmp", path)
+
+
+def read_rho_rewards(path: str, key: str) -> torch.Tensor | None:
+    """The rewards of :func:`write_rho_rewards` when the file's key serves ``key`` (:func:`same_key`); None
+    otherwise."""
+    with open(path) as f:
+        first = f.readline().rstrip("\n")
+        if not first.startswith("# key: ") or not same_key(json.loads(first.removeprefix("# key: ")), json.loads(key)):
+            return None
+        if f.readline().strip() != "known":
+            raise ValueError(f"{path}: line 2 must be the header 'known'")
+        return torch.tensor([float(line) for line in f if line.strip()], dtype=torch.float32)
+
+
+def draw_rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int, with_logp: bool,
+                 cache_dir: str | None = None, known_name: str = "vader", chunk: int = RHO_REWARDS_CHUNK) -> RhoSamples:
+    """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
+    needs it). Cached in ``cache_dir`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
+    them back when the queries, the count, the seed, the model, its dtype and the response rule are the same). Without
+    ``with_logp`` only the rewards are kept (the token ids serve only the pooled frontier), as text in
+    ``rho_rewards.csv`` (~0.25 MB for 20,480 samples; committed with the study); with it, ids and log rho in
+    ``rho_samples.pt``. The frontier needs samples of rho, not particular ones: the rows per sampling batch, which
+    change the random stream but not the distribution, are not part of the key (unlike ``rho_eval.json``, whose
+    samples must be the very ones every run's paired evaluation draws). The rewards are drawn and cached ``chunk``
+    samples per query at a time (each chunk its own file and seed, the first ``rho_rewards.csv``, the next
+    ``rho_rewards.part<c>.csv``), so a larger ``m`` adds chunks to those already drawn and an interrupted draw loses at
+    most one chunk."""
+    if not with_logp:
+        return draw_rho_rewards(base, spec, queries, m, known, seed, cache_dir, known_name, chunk)
+    key = json.dumps(rho_cache_key(base, spec, queries, known_name, m=m, seed=seed, with_logp=with_logp))
+    cache = None if cache_dir is None else os.path.join(cache_dir, RHO_SAMPLES_CACHE)
+    if cache is not None and os.path.exists(cache):
+        stored = torch.load(cache, weights_only=True)
+        if same_key(json.loads(stored["key"]), json.loads(key)):
+            return RhoSamples(list(queries), m, stored["ids"], stored["known"], stored["logp"])
+    s = sample_with_logprobs(base.rho, base.tokenizer, queries, spec, m, seed, known,
+                             sampling_batch_size=FRONTIER_SAMPLING_ROWS)
+    if cache is not None:
+        torch.save({"key": key, "ids": s["ids"], "known": s["known"], "logp": s["logp"]}, cache + ".tmp")
+        os.replace(cache + ".tmp", cache)
+    return RhoSamples(list(queries), m, s["ids"], s["known"], s["logp"])
+
+
+def draw_rho_rewards(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int,
+                 cache_dir: str | None, known_name: str, chunk: int) -> RhoSamples:
+    """:func:`draw_rho_samples` without log rho: the known rewards alone, drawn and cached a chunk at a time (chunk ``c``
+    with seed ``seed + 7919 c``; the first chunk's key is what a single draw of ``chunk`` samples had, so a cache
+    written before chunks existed is chunk 0)."""
+    size = min(m, chunk)
+    if m % size:
+        raise ValueError(f"frontier_samples {m} must be a multiple of {size}: rho's samples are drawn and cached "
+                         f"{size} per query at a time")
+    blocks = []
+    for c in range(m // size):
+        chunk_seed = seed + 7919 * c
+        key = json.dumps(rho_cache_key(base, spec, queries, known_name, m=size, seed=chunk_seed, with_logp=False))
+        name = RHO_REWARDS_CACHE if c == 0 else RHO_REWARDS_CACHE.replace(".csv", f".part{c:03d}.csv")
+        cache = None if cache_dir is None else os.path.join(cache_dir, name)
+        rewards = read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
+        if rewards is None:
+            gen = torch.Generator(device=model_device(base.rho)).manual_seed(chunk_seed)
+            ids = sample_texts(base.rho, base.tokenizer, list(queries), spec, size, FRONTIER_SAMPLING_ROWS, gen)
+            rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
+            if cache is not None:
+                write_rho_rewards(cache, key, rewards)
+        blocks.append(rewards.view(len(queries), size))
+    rewards = torch.cat(blocks, 1).reshape(-1)  # query-major: (Q * m,)
+    n = len(rewards)  # no token ids or log rho: the rewards suffice
+    return RhoSamples(list(queries), m, torch.empty((n, 0), dtype=torch.long), rewards, torch.full((n,), float("nan")))
+
+
+def run_frontier(
+    policy: torch.nn.Module, base: Base, spec: RolloutSpec, rho: RhoSamples, p: int, known: Any, seed: int,
+    betas: Sequence[float], ref_model: torch.nn.Module | None,
+) -> list[FrontierPoint]:
+    """The frontier from rho's samples and ``p`` samples of ``policy`` per query, weighted by the balance heuristic
+    of multiple importance sampling over the two proposals (log-probabilities of every sample under both)."""
+    q, m = len(rho.queries), rho.per_query
+    mine = sample_with_logprobs(policy, base.tokenizer, rho.queries, spec, p, seed, known, ref_model=ref_model,
+                                sampling_batch_size=FRONTIER_SAMPLING_ROWS)
+    rows = [x for x in rho.queries for _ in range(m)]
+    logp_pi_on_rho = sequence_logprobs(policy, base.tokenizer, rows, rho.ids, spec)  # the policy on rho's samples
+    rewards = torch.cat([rho.known.view(q, m), mine["known"].view(q, p)], 1).numpy()  # (Q, M + P)
+    log_rho = torch.cat([rho.logp.view(q, m), mine["logp_ref"].view(q, p)], 1).numpy()
+    log_pi = torch.cat([logp_pi_on_rho.view(q, m), mine["logp"].view(q, p)], 1).numpy()
+    log_ratio = mixture_log_ratio(log_rho, [log_rho, log_pi], [m, p])
+    return optimal_frontier(rewards, list(betas), n_bootstrap=100, seed=seed, log_ratio=log_ratio, resample_queries=True)

@@ -1,0 +1,62 @@
+"""The study's figures: Fig. 3 style (KL vs known reward, with the frontier) and Fig. 2 style (known reward vs
+labels, with direct RL's band), each point mean +- SE over seeds. No pyplot: the caller's matplotlib backend is left
+alone."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from .pooled_frontier import POOLED_FRONTIER
+from .study_table import read_frontier
+
+__all__ = ["plot_study"]
+
+
+def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: str, pooled: str | None = None) -> None:
+    """Fig. 3 style (KL vs known reward, each point mean +- SE over seeds, with rho's frontier and, named ``pooled``,
+    the pooled one) and Fig. 2 style (known reward vs labels, with direct RL's band)."""
+    frontier = [asdict(p) for p in read_frontier(os.path.join(out, "frontier_rho.csv"))]
+    direct = next((s for s in summary if s["run"] == "direct"), None)
+    rm = [s for s in summary if s["run"] == "rm"]
+    rho = float(rows[0]["rho_known_reward"])
+    fig = Figure(figsize=(6.4, 4.4))  # no pyplot: the caller's matplotlib backend is left alone
+    ax = fig.subplots()
+    ax.plot([p["kl"] for p in frontier], [p["reward"] for p in frontier], "-", color="black", label="optimal frontier (rho samples)")
+    if pooled:
+        other = read_frontier(os.path.join(out, POOLED_FRONTIER))
+        ax.plot([p.kl for p in other], [p.reward for p in other], "--", color="black", label=f"optimal frontier ({pooled} samples)")
+    for s, style, name in ([(direct, "*", "direct RL")] if direct else []) + [(s, "o", f"RM, N={s['labels']}") for s in rm]:
+        ax.errorbar([s["kl"]], [s["known_reward"]], xerr=[s["kl_se"]], yerr=[s["known_reward_se"]], fmt=style, ms=8,
+                    capsize=3, label=f"{name} ({s['seeds']} seeds)")
+    ax.axhline(rho, color="tab:gray", ls=":", lw=1, label="rho")
+    ax.set_xlabel("KL(pi, rho) [nats]")
+    ax.set_ylabel("known reward (held-out)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("KL vs known reward (mean +- SE over seeds)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "kl_vs_reward.png"), dpi=110)
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    if rm:
+        ax.errorbar([s["labels"] for s in rm], [s["known_reward"] for s in rm], yerr=[s["known_reward_se"] for s in rm],
+                    fmt="-o", capsize=3, color="tab:blue", label="RL on reward model")
+        ax.set_xscale("log")
+        ax.set_xticks([s["labels"] for s in rm], [str(s["labels"]) for s in rm])
+        ax.minorticks_off()
+    if direct:
+        ax.axhspan(direct["known_reward"] - direct["known_reward_se"], direct["known_reward"] + direct["known_reward_se"],
+                   color="tab:red", alpha=0.2)
+        ax.axhline(direct["known_reward"], color="tab:red", ls="--", label="direct RL on the known reward")
+    ax.axhline(rho, color="tab:gray", ls=":", label="rho")
+    ax.set_xlabel("labels N")
+    ax.set_ylabel("known reward (held-out)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Known reward vs number of labels (mean +- SE over seeds)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "reward_vs_labels.png"), dpi=110)
