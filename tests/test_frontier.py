@@ -1,5 +1,6 @@
 """The optimal frontier against the closed form on a discrete toy rho."""
 
+import math
 
 import numpy as np
 import pytest
@@ -114,6 +115,28 @@ def test_frontier_bootstrap_can_resample_queries():
     both = optimal_frontier(rewards, [1.0], n_bootstrap=400, seed=0, resample_queries=True)[0]
     assert within.reward_se == 0.0 and within.reward == pytest.approx(1.75)
     assert both.reward_se == pytest.approx(np.std([0.0, 1.0, 2.0, 4.0]) / 2, rel=0.15)
+    assert both.gain_se == 0.0  # every query's pi* is its rho: no gain over rho in any resample
+
+
+def test_frontier_gain_se_ignores_what_a_query_adds_to_all_its_samples():
+    """The gain over rho, E_pi*[r] - E_rho[r], is the same for a query whose rewards all move by a constant (pi* and
+    rho move alike); with the queries resampled, query offsets blow up the reward's SE but leave the gain's SE as it
+    is, bit for bit for the same resamples; at beta = inf (pi* = rho) the gain and its SE are 0; between grid points
+    it is read by linear interpolation."""
+    from hf_prefs.core.frontier import frontier_gain_se_at_kl
+
+    rng = np.random.default_rng(3)
+    rewards = rng.normal(size=(6, 200))
+    offsets = np.array([[-5.0], [0.0], [3.0], [8.0], [-2.0], [11.0]])
+    betas = [math.inf, 2.0, 0.5]
+    plain = optimal_frontier(rewards, betas, n_bootstrap=50, seed=1, resample_queries=True)
+    moved = optimal_frontier(rewards + offsets, betas, n_bootstrap=50, seed=1, resample_queries=True)
+    assert plain[0].beta == math.inf and plain[0].gain_se == moved[0].gain_se == 0.0
+    for a, b in zip(plain[1:], moved[1:]):
+        assert a.gain_se > 0 and b.gain_se == pytest.approx(a.gain_se, rel=1e-9)
+        assert b.reward_se > 5 * a.reward_se  # the offsets' spread (std ~5.5 over 6 queries) dominates the reward's
+    mid = (plain[1].kl + plain[2].kl) / 2
+    assert frontier_gain_se_at_kl(plain, mid) == pytest.approx((plain[1].gain_se + plain[2].gain_se) / 2)
 
 
 def test_pooled_rho_and_policy_stay_right_where_the_policy_misses_rhos_mass():

@@ -20,8 +20,8 @@ from transformers import TrainerCallback
 import hf_prefs.analysis.rho_samples as rho_mod
 import hf_prefs.analysis.study as study_mod
 from hf_prefs.analysis.report import write_report
-from hf_prefs.analysis.study import STUDY_FIELDS, gain_fraction, study_main, summarize
-from hf_prefs.analysis.study_table import read_frontier
+from hf_prefs.analysis.study import STUDY_FIELDS, gain_fraction, study_main
+from hf_prefs.analysis.study_table import gain_fraction_se, read_frontier
 from hf_prefs.cli import main as cli_main
 from hf_prefs.core.frontier import FrontierPoint, frontier_at_kl
 
@@ -126,6 +126,10 @@ def test_summary_is_mean_and_se_over_seeds(study):
         assert s["frontier_qualified_runs"] == len(defined)
         assert s["frac_frontier"] == pytest.approx(np.mean(defined) if defined else float("nan"), nan_ok=True)
     assert _rows(out, "study_summary.csv")[0]["run"] == "direct"
+    for r in rows:  # each run's share of the frontier carries its own gain's error and the frontier's
+        g, g_se, f_gain, f_gain_se = (float(r[k]) for k in ("gain", "gain_se", "frontier_gain_at_kl", "frontier_gain_se_at_kl"))
+        assert f_gain_se > 0 or float(r["kl"]) <= 0  # a tiny policy may read KL < 0: the frontier at 0
+        assert float(r["frac_frontier_se"]) == pytest.approx(gain_fraction_se(g, g_se, f_gain, f_gain_se), nan_ok=True)
 
 
 def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
@@ -310,7 +314,7 @@ def test_rhos_frontier_pooled_with_the_direct_policy(rho_study, config, tiny_bas
     frontiers = {"rho": read_frontier(str(out / "frontier_rho.csv")), "rho+direct_s0": pooled}
     rows = _rows(out)
     for r in rows:
-        want = frontier_read(frontiers, float(r["kl"]), float(r["gain"]), 2.0)
+        want = frontier_read(frontiers, float(r["kl"]), float(r["gain"]), float(r["gain_se"]), 2.0)
         assert r["frontier_source"] == want["frontier_source"]
         assert float(r["frontier_reward_at_kl"]) == pytest.approx(want["frontier_reward_at_kl"])
         assert float(r["frontier_ess_at_kl"]) == pytest.approx(want["frontier_ess_at_kl"])
@@ -348,15 +352,6 @@ def test_a_saved_lora_policy_loads_on_a_copy_of_rho(tiny_base, tmp_path):
         with policy.disable_adapter():
             assert torch.allclose(policy(ids).logits, base)
     assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, base, atol=1e-3)
-
-
-def test_gain_fraction_and_summarize_skip_unqualified():
-    assert gain_fraction(1.0, 2.0) == 0.5 and math.isnan(gain_fraction(1.0, 0.0))
-    rows = [{"run": "rm", "labels": "8", "known_reward": "1", "kl": "2", "gain": "0.5", "frac_direct": "0.5",
-             "frontier_ess_at_kl": e, "frac_frontier": f, "frontier_qualified": q}
-            for e, f, q in (("40", "0.8", "True"), ("3", "0.1", "False"), ("50", "0.6", "True"), ("2048", "nan", "True"))]
-    (s,) = summarize(rows)
-    assert s["seeds"] == 4 and s["frontier_qualified_runs"] == 2 and s["frac_frontier"] == pytest.approx(0.7)
 
 
 def test_report_for_study_and_pipeline_run_and_cli(study, config, tiny_base, tmp_path):

@@ -16,7 +16,8 @@ The frontier (:mod:`hf_prefs.core.frontier`) is estimated on the first ``frontie
 ``frontier_samples`` samples of rho per query (drawn once; their rewards cached in ``rho_rewards.csv``), and read at
 each run's KL with its effective sample size: ``frontier_ess_at_kl`` (mean over queries); ``frontier_qualified`` says
 whether it is >= ``min_ess`` and the run's KL lies inside the frontier's grid (past it the read is clamped).
-``frac_frontier`` is averaged over qualified runs only. The ESS at a given KL grows about in proportion to the samples per query, and a
+``frac_frontier`` is averaged over qualified runs only; its SE holds the run's gain error and the frontier's
+(``frac_frontier_se``; across seeds the frontier's shared error is added in quadrature: :func:`.study_table.summarize`). The ESS at a given KL grows about in proportion to the samples per query, and a
 frontier from few samples per query reads too low a reward at a given KL (its KL is bounded by log M), so the default
 spends the samples on few queries: 10 x 2,048 (measured on the offline default: ESS >= 30 up to KL ~3, where 64 per
 query give ESS ~3). With ``policy_samples`` > 0, each run's frontier pools rho's samples with that many samples of the
@@ -202,7 +203,7 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump({**ev.to_dict(), "frontier": [asdict(p) for p in frontier]}, f, indent=1)
     return {"known_reward": float(np.mean(ev.known_rewards)), "kl": kl, "gain": gain, "gain_se": gain_se,
-            **frontier_read({source: frontier}, kl, gain, ctx.sa.min_ess), "ppo_updates": trainer.state.global_step,
+            **frontier_read({source: frontier}, kl, gain, gain_se, ctx.sa.min_ess), "ppo_updates": trainer.state.global_step,
             "precision": _precision_label(run_precision(trainer, cfg))}
 
 

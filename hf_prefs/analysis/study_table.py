@@ -19,15 +19,16 @@ except ImportError:  # pragma: no cover - Windows: no lock
 
 import torch
 
-from ..core.frontier import FrontierPoint, best_frontier, frontier_at_kl, frontier_ess_at_kl
+from ..core.frontier import FrontierPoint, best_frontier, frontier_at_kl, frontier_ess_at_kl, frontier_gain_se_at_kl
 from ..core.stats import mean_and_se
 
-__all__ = ["STUDY_FIELDS", "append_row", "frontier_read", "gain_fraction", "read_done", "read_frontier",
+__all__ = ["STUDY_FIELDS", "append_row", "frontier_read", "frontier_share_error", "gain_fraction", "gain_fraction_se", "read_done", "read_frontier",
            "recompute_columns", "reread_rows", "study_csv_lock", "summarize", "write_frontier", "write_rows"]
 
 STUDY_FIELDS = ["run", "seed", "labels", "known_reward", "kl", "gain", "gain_se", "frontier_reward_at_kl",
-                "frontier_reward_se_at_kl", "frontier_ess_at_kl", "frontier_min_ess_at_kl", "frontier_qualified", "frontier_source", "frac_frontier", "frac_direct", "rho_known_reward",
-                "rm_eval_accuracy", "ppo_updates", "precision"]
+                "frontier_reward_se_at_kl", "frontier_gain_at_kl", "frontier_gain_se_at_kl", "frontier_ess_at_kl",
+                "frontier_min_ess_at_kl", "frontier_qualified", "frontier_source", "frac_frontier", "frac_frontier_se",
+                "frac_direct", "rho_known_reward", "rm_eval_accuracy", "ppo_updates", "precision"]
 
 
 def gain_fraction(gain: float, reference_gain: float) -> float:
@@ -35,20 +36,38 @@ def gain_fraction(gain: float, reference_gain: float) -> float:
     return float(gain / reference_gain) if reference_gain != 0 else float("nan")
 
 
-def frontier_read(frontiers: dict[str, list[FrontierPoint]], kl: float, gain: float, min_ess: float) -> dict[str, Any]:
+def gain_fraction_se(gain: float, gain_se: float, reference_gain: float, reference_se: float) -> float:
+    """The standard error of f = g / G from independent errors of g and G (delta method):
+
+        SE(f) = sqrt( SE(g)^2 + f^2 SE(G)^2 ) / |G|
+
+    (a run's gain, measured on its own samples, and the frontier's gain over rho, estimated from rho's); NaN when
+    G is 0."""
+    if reference_gain == 0:
+        return float("nan")
+    f = gain / reference_gain
+    return float(math.sqrt(gain_se**2 + f**2 * reference_se**2) / abs(reference_gain))
+
+
+def frontier_read(frontiers: dict[str, list[FrontierPoint]], kl: float, gain: float, gain_se: float,
+                  min_ess: float) -> dict[str, Any]:
     """A run's frontier columns, from the estimate (of those given by name: rho's; rho's pooled with a policy's) with
     the largest mean ESS at the run's KL (:func:`best_frontier`): its reward and ESS there (the mean over the
     frontier's queries, and the least-sampled query's), whether that read qualifies (mean ESS >= ``min_ess`` and the
-    KL inside the grid), its name (``frontier_source``) and ``frac_frontier = gain / (R_frontier(KL) - R_frontier(0))``
-    (both read on that estimate)."""
+    KL inside the grid), its name (``frontier_source``), the frontier's gain over rho there ``R_frontier(KL) -
+    R_frontier(0)`` with its bootstrap SE, and ``frac_frontier = gain / (R_frontier(KL) - R_frontier(0))`` with its SE
+    from the run's ``gain_se`` and the frontier's (:func:`gain_fraction_se`)."""
     names = list(frontiers)
     source = names[best_frontier([frontiers[n] for n in names], max(kl, 0.0))]
     frontier = frontiers[source]
     f_reward, f_se, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
-    return {"frontier_reward_at_kl": f_reward, "frontier_reward_se_at_kl": f_se, "frontier_ess_at_kl": f_ess,
+    f_gain, f_gain_se = f_reward - frontier_at_kl(frontier, 0.0)[0], frontier_gain_se_at_kl(frontier, max(kl, 0.0))
+    return {"frontier_reward_at_kl": f_reward, "frontier_reward_se_at_kl": f_se, "frontier_gain_at_kl": f_gain,
+            "frontier_gain_se_at_kl": f_gain_se, "frontier_ess_at_kl": f_ess,
             "frontier_min_ess_at_kl": frontier_ess_at_kl(frontier, max(kl, 0.0))[1],
             "frontier_qualified": bool(f_ess >= min_ess and kl <= max(p.kl for p in frontier)),
-            "frontier_source": source, "frac_frontier": gain_fraction(gain, f_reward - frontier_at_kl(frontier, 0.0)[0])}
+            "frontier_source": source, "frac_frontier": gain_fraction(gain, f_gain),
+            "frac_frontier_se": gain_fraction_se(gain, gain_se, f_gain, f_gain_se)}
 
 
 @contextmanager
@@ -104,7 +123,8 @@ def recompute_columns(output_dir: str, rows: list[dict[str, Any]], min_ess: floa
     direct = {int(r["seed"]): float(r["gain"]) for r in rows if r["run"] == "direct"}
     for row in rows:
         if frontiers is not None:
-            row.update(frontier_read(frontiers, float(row["kl"]), float(row["gain"]), min_ess))
+            row.update(frontier_read(frontiers, float(row["kl"]), float(row["gain"]), _float(row.get("gain_se")),
+                                     min_ess))
         if row["run"] == "direct":
             row["frac_direct"] = 1.0
         elif int(row["seed"]) in direct:
@@ -154,7 +174,14 @@ def read_done(output_dir: str) -> dict[tuple[str, int, int], dict[str, Any]]:
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard error across seeds per point (direct RL; RM with N labels) of the known reward, KL, gain and
     the fractions (``frac_frontier`` over the runs whose frontier read is ESS-qualified and whose share is defined: a
-    run at KL <= 0 has no frontier gain to divide by; ``frontier_qualified_runs`` counts the runs in that mean)."""
+    run at KL <= 0 has no frontier gain to divide by; ``frontier_qualified_runs`` counts the runs in that mean).
+
+    ``frac_frontier``'s SE holds two errors: the spread across seeds (SE_seeds, which holds each run's own evaluation
+    error) and the frontier's, which every seed shares (all read the same estimate, so it does not average out over
+    seeds): SE_frontier = mean over the runs of f_i SE(G_i) / G_i (:func:`frontier_share_error`; taken as fully
+    correlated across the runs' KLs, an upper bound), and SE = sqrt(SE_seeds^2 + SE_frontier^2)
+    (``frac_frontier_se``; ``frac_frontier_se_frontier`` is SE_frontier alone; rows without the frontier's gain SE,
+    from an older study.csv, give SE_seeds alone)."""
     points: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         points.setdefault((r["run"], int(r["labels"])), []).append(r)
@@ -163,12 +190,27 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"run": run, "labels": labels, "seeds": len(rs)}
         for key in ("known_reward", "kl", "gain", "frac_direct", "frontier_ess_at_kl", "frontier_min_ess_at_kl"):
             entry[key], entry[f"{key}_se"] = mean_se([float(r[key]) for r in rs if r.get(key) not in (None, "")])
-        qualified = [float(r["frac_frontier"]) for r in rs if str(r["frontier_qualified"]) in ("True", "true", "1")]
-        qualified = [v for v in qualified if math.isfinite(v)]
-        entry["frac_frontier"], entry["frac_frontier_se"] = mean_se(qualified)
+        qualified = [r for r in rs if str(r["frontier_qualified"]) in ("True", "true", "1")
+                     and math.isfinite(_float(r.get("frac_frontier")))]
+        entry["frac_frontier"], seeds_se = mean_se([_float(r["frac_frontier"]) for r in qualified])
+        frontier_se = mean_se([frontier_share_error(r) for r in qualified])[0]
+        entry["frac_frontier_se"] = seeds_se if math.isnan(frontier_se) else math.hypot(seeds_se, frontier_se)
+        entry["frac_frontier_se_frontier"] = frontier_se
         entry["frontier_qualified_runs"] = len(qualified)
         out.append(entry)
     return out
+
+
+def frontier_share_error(row: dict[str, Any]) -> float:
+    """A run's share of the frontier's error, f SE(G) / |G| (``frac_frontier``, ``frontier_gain_se_at_kl``,
+    ``frontier_gain_at_kl``): what the frontier's own error moves the share by; NaN where a column is missing."""
+    f, g, g_se = (_float(row.get(k)) for k in ("frac_frontier", "frontier_gain_at_kl", "frontier_gain_se_at_kl"))
+    return abs(f) * g_se / abs(g) if g else float("nan")
+
+
+def _float(value: Any) -> float:
+    """A study.csv cell as a float; NaN when blank or missing (a row written before its column existed)."""
+    return float("nan") if value in (None, "") else float(value)
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:

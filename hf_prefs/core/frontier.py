@@ -8,7 +8,9 @@ With samples y_1..y_N ~ rho and self-normalised importance weights p_i = softmax
 
 computed with log-sum-exp so large r/beta never overflows. Per-query estimates are averaged over queries.
 The estimate's own sampling error is reported as the Kish effective sample size 1 / sum_i p_i^2 (small
-ESS: the frontier at that beta rests on a few samples) and as bootstrap standard errors.
+ESS: the frontier at that beta rests on a few samples) and as bootstrap standard errors: of the reward, and of the
+gain over rho, E_pi*[r] - E_rho[r], from the same resamples (a query's offset, shared by all its samples, moves both
+terms alike: the gain's error is what a share of the frontier's gain over rho divides by).
 
 Samples from another policy q (e.g. a policy PPO trained, which sits near pi* at high KL, where samples of rho are
 too few to reach) enter by importance sampling: with ``log_ratio_i = log rho(y_i) - log q(y_i)`` the weights are
@@ -32,6 +34,7 @@ __all__ = [
     "frontier_reward_at_kl",
     "frontier_at_kl",
     "frontier_ess_at_kl",
+    "frontier_gain_se_at_kl",
     "mixture_log_ratio",
     "best_frontier",
 ]
@@ -82,6 +85,8 @@ class FrontierPoint:
     kl_se: float
     min_ess: float
     mean_ess: float
+    #: bootstrap SE of the gain over rho, reward - E_rho[r] (NaN: a file written before it was kept)
+    gain_se: float = math.nan
 
 
 def optimal_frontier(
@@ -115,20 +120,18 @@ def optimal_frontier(
     boot_idx = [np.concatenate([rng.integers(a, b, size=(q, b - a)) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
                 for _ in range(n_bootstrap)]
     boot_q = [rng.integers(0, q, size=q) if resample_queries else np.arange(q) for _ in range(n_bootstrap)]
+    resampled = [(np.take_along_axis(r[qi], i, 1), np.take_along_axis(lr[qi], i, 1)) for qi, i in zip(boot_q, boot_idx)]
+    rho_boot = np.array([optimal_policy_stats(rb, math.inf, lb)[0].mean() for rb, lb in resampled])  # E_rho[r] each
     points = []
     for beta in betas:
         reward, kl, ess = optimal_policy_stats(r, float(beta), lr)
-        r_se = kl_se = 0.0
+        r_se = kl_se = g_se = 0.0
         if n_bootstrap:
-            boots = np.array([
-                [m.mean() for m in optimal_policy_stats(np.take_along_axis(r[qi], i, 1), float(beta),
-                                                        np.take_along_axis(lr[qi], i, 1))[:2]]
-                for qi, i in zip(boot_q, boot_idx)
-            ])  # (n_bootstrap, 2)
-            r_se, kl_se = boots.std(axis=0, ddof=1)
-        points.append(
-            FrontierPoint(float(beta), float(reward.mean()), float(kl.mean()), float(r_se), float(kl_se), float(ess.min()), float(ess.mean()))
-        )
+            boots = np.array([[m.mean() for m in optimal_policy_stats(rb, float(beta), lb)[:2]] for rb, lb in resampled])
+            r_se, kl_se = boots.std(axis=0, ddof=1)  # boots: (n_bootstrap, 2)
+            g_se = (boots[:, 0] - rho_boot).std(ddof=1)
+        points.append(FrontierPoint(float(beta), float(reward.mean()), float(kl.mean()), float(r_se), float(kl_se),
+                                    float(ess.min()), float(ess.mean()), float(g_se)))
     return sorted(points, key=lambda p: p.kl)
 
 
@@ -145,6 +148,13 @@ def frontier_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float, flo
     kls = np.array([frontier[i].kl for i in order])
     reward, reward_se = (np.interp(kl, kls, [getattr(frontier[i], key) for i in order]) for key in ("reward", "reward_se"))
     return float(reward), float(reward_se), frontier_ess_at_kl(frontier, kl)[0]
+
+
+def frontier_gain_se_at_kl(frontier: list[FrontierPoint], kl: float) -> float:
+    """The bootstrap SE of the frontier's gain over rho at ``kl`` (linearly interpolated, clamped to the grid's
+    ends; NaN for a frontier read from a file without it)."""
+    order = np.argsort([p.kl for p in frontier])
+    return float(np.interp(kl, [frontier[i].kl for i in order], [frontier[i].gain_se for i in order]))
 
 
 def frontier_ess_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float, float]:
