@@ -423,16 +423,55 @@ def test_rhos_frontier_samples_grow_by_chunks(tiny_base, gpt2_tokenizer, tmp_pat
     monkeypatch.setattr(rho_mod, "sample_texts", lambda *a, **k: drawn.append(a[4]) or real(*a, **k))
     three = rho_mod.draw_rho_samples(base, spec, queries, 3, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
     six = rho_mod.draw_rho_samples(base, spec, queries, 6, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
-    assert drawn == [3, 3] and sorted(p.name for p in tmp_path.iterdir()) == ["rho_rewards.csv", "rho_rewards.part001.csv"]
+    assert drawn == [3, 3, 3, 3]  # per chunk, a draw per query
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rho_rewards.csv", "rho_rewards.part001.csv"]
     assert six.known.shape == (12,) and six.per_query == 6
     assert torch.equal(six.known.view(2, 6)[:, :3], three.known.view(2, 3))  # each query's first chunk kept
     key = json.loads((tmp_path / "rho_rewards.part001.csv").read_text().splitlines()[0][7:])
     assert key["m"] == 3 and key["seed"] == 1 + 7919
     again = rho_mod.draw_rho_samples(base, spec, queries, 6, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
-    assert drawn == [3, 3] and torch.equal(again.known, six.known)
+    assert drawn == [3, 3, 3, 3] and torch.equal(again.known, six.known)
     with pytest.raises(ValueError, match="frontier_samples 5 must be a multiple of 3"):
         rho_mod.draw_rho_samples(base, spec, queries, 5, known, seed=1, with_logp=False, cache_dir=str(tmp_path), chunk=3)
 
+
+
+def test_an_interrupted_chunk_of_rhos_samples_keeps_its_finished_queries(tiny_base, gpt2_tokenizer, tmp_path, monkeypatch):
+    """A chunk of rho's frontier samples is drawn query by query, the finished queries kept in
+    ``rho_rewards.csv.partial``: a draw interrupted in its second query resumes at that query (the first is not drawn
+    again) and gives what an uninterrupted draw gives; the partial file is gone once the chunk is written."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_prefs.core.rollout import RolloutSpec
+    from hf_prefs.pipeline.setup import Base
+
+    base = Base(tiny_base, gpt2_tokenizer, AutoModelForCausalLM.from_pretrained(tiny_base).eval())
+    spec = RolloutSpec(response_length=4, pad_token_id=gpt2_tokenizer.eos_token_id)
+    queries = ["It was a fine day.", "She wrote a letter.", "The rain had stopped."]
+    known = (lambda texts: [float(len(t)) + 0.01 * sum(map(ord, t)) for t in texts])
+    (tmp_path / "a").mkdir()
+    whole = rho_mod.draw_rho_samples(base, spec, queries, 4, known, seed=5, with_logp=False, cache_dir=str(tmp_path / "a"))
+    real, drawn = rho_mod.sample_texts, []
+
+    def interrupted_at_second_query(*a, **k):
+        drawn.append(a[2][0])
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    out = tmp_path / "b"
+    out.mkdir()
+    monkeypatch.setattr(rho_mod, "sample_texts", interrupted_at_second_query)
+    with pytest.raises(KeyboardInterrupt):
+        rho_mod.draw_rho_samples(base, spec, queries, 4, known, seed=5, with_logp=False, cache_dir=str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["rho_rewards.csv.partial"]
+    assert (out / "rho_rewards.csv.partial").read_text().splitlines()[1:] == ["known"] + [
+        f"{x:.9g}" for x in whole.known[:4].tolist()]  # the first query's 4 rewards, as drawn uninterrupted
+    drawn.clear()
+    monkeypatch.setattr(rho_mod, "sample_texts", lambda *a, **k: drawn.append(a[2][0]) or real(*a, **k))
+    resumed = rho_mod.draw_rho_samples(base, spec, queries, 4, known, seed=5, with_logp=False, cache_dir=str(out))
+    assert drawn == queries[1:] and torch.equal(resumed.known, whole.known)
+    assert sorted(p.name for p in out.iterdir()) == ["rho_rewards.csv"]
 
 def test_rhos_caches_follow_the_known_reward_and_move_between_machines(tiny_base, gpt2_tokenizer, tmp_path):
     """The caches hold known rewards: another known reward draws them again. The offline SmolLM2 asset is keyed by its

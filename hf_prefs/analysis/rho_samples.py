@@ -43,8 +43,8 @@ class RhoSamples:
 RHO_SAMPLES_CACHE = "rho_samples.pt"
 RHO_REWARDS_CACHE = "rho_rewards.csv"
 RHO_EVAL_CACHE = "rho_eval.json"
-#: rho's frontier samples per query per cache file (rho_rewards.csv, then rho_rewards.part<c>.csv): 20,480 samples, ~35
-#: minutes at 2 threads on the AVX2 VM, at most that lost to an interruption
+#: rho's frontier samples per query per cache file (rho_rewards.csv, then rho_rewards.part<c>.csv): 20,480 samples for
+#: 10 queries, ~35 minutes at 2 threads (~64 at 1) on the AVX2 VM; an interruption loses at most one query's share
 RHO_REWARDS_CHUNK = 2048
 # rows per batch when drawing a frontier query's thousands of rho samples: SmolLM2 (float32, 2 threads, one query x 512
 # samples) drew 14.8 samples/s at 256 rows and 14.9 at 512, 11.7 at 64; peak 1.9 GiB at 256 against 2.8 at 512
@@ -155,10 +155,11 @@ def draw_rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, 
 
 
 def draw_rho_rewards(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int,
-                 cache_dir: str | None, known_name: str, chunk: int) -> RhoSamples:
+                     cache_dir: str | None, known_name: str, chunk: int) -> RhoSamples:
     """:func:`draw_rho_samples` without log rho: the known rewards alone, drawn and cached a chunk at a time (chunk ``c``
     with seed ``seed + 7919 c``; the first chunk's key is what a single draw of ``chunk`` samples had, so a cache
-    written before chunks existed is chunk 0)."""
+    written before chunks existed is chunk 0). Within a chunk each query is drawn on its own (:func:`_draw_rho_chunk`),
+    so an interrupted draw keeps the queries it finished."""
     size = min(m, chunk)
     if m % size:
         raise ValueError(f"frontier_samples {m} must be a multiple of {size}: rho's samples are drawn and cached "
@@ -171,15 +172,35 @@ def draw_rho_rewards(base: Base, spec: RolloutSpec, queries: list[str], m: int, 
         cache = None if cache_dir is None else os.path.join(cache_dir, name)
         rewards = read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
         if rewards is None:
-            gen = torch.Generator(device=model_device(base.rho)).manual_seed(chunk_seed)
-            ids = sample_texts(base.rho, base.tokenizer, list(queries), spec, size, FRONTIER_SAMPLING_ROWS, gen)
-            rewards = torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))])
-            if cache is not None:
-                write_rho_rewards(cache, key, rewards)
+            rewards = _draw_rho_chunk(base, spec, queries, size, known, chunk_seed, cache, key)
         blocks.append(rewards.view(len(queries), size))
     rewards = torch.cat(blocks, 1).reshape(-1)  # query-major: (Q * m,)
     n = len(rewards)  # no token ids or log rho: the rewards suffice
     return RhoSamples(list(queries), m, torch.empty((n, 0), dtype=torch.long), rewards, torch.full((n,), float("nan")))
+
+
+def _draw_rho_chunk(base: Base, spec: RolloutSpec, queries: list[str], size: int, known: Any, chunk_seed: int,
+                    cache: str | None, key: str) -> torch.Tensor:
+    """One chunk of :func:`draw_rho_rewards`: ``size`` samples of rho per query and their known rewards, query by
+    query, query ``q`` from its own generator (seed ``chunk_seed + 104729 (q + 1)``), so a draw resumed after query
+    ``q`` gives what an uninterrupted one does. With ``cache``, the queries done so far are kept in
+    ``<cache>.partial`` (the cache's format and key, whole queries only; ~6 minutes of sampling each at 1 thread on the
+    AVX2 VM) and read back by a draw under the same key; it is removed once the chunk's file is written."""
+    partial = None if cache is None else cache + ".partial"
+    done = read_rho_rewards(partial, key) if partial is not None and os.path.exists(partial) else None
+    blocks = [] if done is None else list(done[: len(done) // size * size].view(-1, size))
+    for q in range(len(blocks), len(queries)):
+        gen = torch.Generator(device=model_device(base.rho)).manual_seed(chunk_seed + 104729 * (q + 1))
+        ids = sample_texts(base.rho, base.tokenizer, [queries[q]], spec, size, FRONTIER_SAMPLING_ROWS, gen)
+        blocks.append(torch.tensor([float(r) for r in known(spec.texts(base.tokenizer, ids, spec.cut(ids).lengths))]))
+        if partial is not None and q + 1 < len(queries):
+            write_rho_rewards(partial, key, torch.cat(blocks))
+    rewards = torch.cat(blocks)
+    if cache is not None:
+        write_rho_rewards(cache, key, rewards)
+        if os.path.exists(partial):  # type: ignore[arg-type]
+            os.remove(partial)  # type: ignore[arg-type]
+    return rewards
 
 
 def run_frontier(
