@@ -128,7 +128,7 @@ def test_summary_is_mean_and_se_over_seeds(study):
     assert _rows(out, "study_summary.csv")[0]["run"] == "direct"
     for r in rows:  # each run's share of the frontier carries its own gain's error and the frontier's
         g, g_se, f_gain, f_gain_se = (float(r[k]) for k in ("gain", "gain_se", "frontier_gain_at_kl", "frontier_gain_se_at_kl"))
-        assert f_gain_se > 0 or float(r["kl"]) <= 0  # a tiny policy may read KL < 0: the frontier at 0
+        assert f_gain_se > 0 or f_gain == 0  # at or below the frontier's first point (KL <= 0 here) no gain, no error
         assert float(r["frac_frontier_se"]) == pytest.approx(gain_fraction_se(g, g_se, f_gain, f_gain_se), nan_ok=True)
 
 
@@ -156,7 +156,9 @@ def test_study_resumes_only_missing_runs(study, config, tiny_base, monkeypatch):
     monkeypatch.setattr(rho_mod, "sample_with_logprobs", lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
     evaluated: list[int] = []
     real_eval = study_mod.evaluate_policy
-    monkeypatch.setattr(study_mod, "evaluate_policy", lambda *a, **k: evaluated.append(1) or real_eval(*a, **k))
+    counted_eval = (lambda *a, **k: evaluated.append(1) or real_eval(*a, **k))
+    monkeypatch.setattr(study_mod, "evaluate_policy", counted_eval)  # a run's evaluation
+    monkeypatch.setattr(rho_mod, "evaluate_policy", counted_eval)  # rho's (rho_eval.json), were it not read back
     labels_file = (out / "labels_s1.jsonl.gz").read_bytes()
     study_main(argv=_tiny_args(config, tiny_base, out, *STUDY_ARGS))
     assert ran == ["rm16_s1"]
@@ -358,7 +360,7 @@ def test_report_for_study_and_pipeline_run_and_cli(study, config, tiny_base, tmp
     out, _ = study
     text = write_report(out).read_text()
     assert "![kl_vs_reward](kl_vs_reward.png)" in text and "![reward_vs_labels](reward_vs_labels.png)" in text
-    assert "## Study summary (mean ± SE over seeds)" in text and text.count("| rm | 8 | 2 |") == 1
+    assert "## Study summary (mean ± SE over seeds" in text and text.count("| rm | 8 | 2 |") == 1
     assert "| run | seed | labels |" in text and text.count("| rm |") >= 4 and "## Last PPO update" in text
 
     from hf_prefs.pipeline import main
@@ -472,6 +474,18 @@ def test_an_interrupted_chunk_of_rhos_samples_keeps_its_finished_queries(tiny_ba
     resumed = rho_mod.draw_rho_samples(base, spec, queries, 4, known, seed=5, with_logp=False, cache_dir=str(out))
     assert drawn == queries[1:] and torch.equal(resumed.known, whole.known)
     assert sorted(p.name for p in out.iterdir()) == ["rho_rewards.csv"]
+    (out / "rho_rewards.csv.partial").write_text("stale")  # left by a draw stopped between its last two writes
+    rho_mod.draw_rho_samples(base, spec, queries, 4, known, seed=5, with_logp=False, cache_dir=str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["rho_rewards.csv"] and drawn == queries[1:]
+    other = tmp_path / "c"  # a partial written under another key (another seed) is not taken for this draw's
+    other.mkdir()
+    rho_mod.write_rho_rewards(str(other / "rho_rewards.csv.partial"),
+                              (out / "rho_rewards.csv").read_text().splitlines()[0][7:].replace('"seed": 5', '"seed": 6'),
+                              torch.zeros(8))
+    drawn.clear()
+    assert torch.equal(rho_mod.draw_rho_samples(base, spec, queries, 4, known, seed=5, with_logp=False,
+                                                cache_dir=str(other)).known, whole.known)
+    assert drawn == queries
 
 def test_rhos_caches_follow_the_known_reward_and_move_between_machines(tiny_base, gpt2_tokenizer, tmp_path):
     """The caches hold known rewards: another known reward draws them again. The offline SmolLM2 asset is keyed by its

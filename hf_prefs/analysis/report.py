@@ -82,7 +82,8 @@ def _study_summary(path: Path) -> list[str]:
 
     header = ["run", "labels", "seeds", *keys, "frontier_qualified_runs"]
     body = [[r["run"], r["labels"], r["seeds"], *[cell(r, k) for k in keys], r["frontier_qualified_runs"]] for r in rows]
-    return ["## Study summary (mean ± SE over seeds)", "", *_table(header, body)]
+    return ["## Study summary (mean ± SE over seeds; frac_frontier's SE also holds the frontier's own error)", "",
+            *_table(header, body)]
 
 
 def _num(v: str) -> Any:

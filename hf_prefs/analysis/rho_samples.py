@@ -85,7 +85,7 @@ def same_key(stored: dict[str, Any], key: dict[str, Any]) -> bool:
 
 
 def cached_rho_eval(base: Base, spec: RolloutSpec, eval_q: list[str], known: Any, batch_size: int, seed: int,
-              cache: str, known_name: str) -> list[float]:
+                    cache: str, known_name: str) -> list[float]:
     """rho's known reward on each held-out query (the pairing of every run's gain), sampled as every run's evaluation
     is (same queries, batch size and seed). Cached as JSON in ``cache`` with what it depends on, so a resumed study
     does not sample it again (minutes on a CPU); committed with the study."""
@@ -126,7 +126,8 @@ def read_rho_rewards(path: str, key: str) -> torch.Tensor | None:
 
 
 def draw_rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int, with_logp: bool,
-                 cache_dir: str | None = None, known_name: str = "vader", chunk: int = RHO_REWARDS_CHUNK) -> RhoSamples:
+                     cache_dir: str | None = None, known_name: str = "vader", chunk: int = RHO_REWARDS_CHUNK
+                     ) -> RhoSamples:
     """``m`` samples of rho per query with their known rewards (and log rho when ``with_logp``: the pooled frontier
     needs it). Cached in ``cache_dir`` (tens of thousands of samples take tens of minutes on a CPU; a resumed study reads
     them back when the queries, the count, the seed, the model, its dtype and the response rule are the same). Without
@@ -136,8 +137,8 @@ def draw_rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, 
     change the random stream but not the distribution, are not part of the key (unlike ``rho_eval.json``, whose
     samples must be the very ones every run's paired evaluation draws). The rewards are drawn and cached ``chunk``
     samples per query at a time (each chunk its own file and seed, the first ``rho_rewards.csv``, the next
-    ``rho_rewards.part<c>.csv``), so a larger ``m`` adds chunks to those already drawn and an interrupted draw loses at
-    most one chunk."""
+    ``rho_rewards.part<c>.csv``), so a larger ``m`` adds chunks to those already drawn; within a chunk each query's
+    samples are kept when drawn, so an interrupted draw loses at most one query's."""
     if not with_logp:
         return draw_rho_rewards(base, spec, queries, m, known, seed, cache_dir, known_name, chunk)
     key = json.dumps(rho_cache_key(base, spec, queries, known_name, m=m, seed=seed, with_logp=with_logp))
@@ -173,6 +174,8 @@ def draw_rho_rewards(base: Base, spec: RolloutSpec, queries: list[str], m: int, 
         rewards = read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
         if rewards is None:
             rewards = _draw_rho_chunk(base, spec, queries, size, known, chunk_seed, cache, key)
+        elif os.path.exists(cache + ".partial"):  # type: ignore[operator]
+            os.remove(cache + ".partial")  # type: ignore[operator]  # left by a draw stopped as it finished
         blocks.append(rewards.view(len(queries), size))
     rewards = torch.cat(blocks, 1).reshape(-1)  # query-major: (Q * m,)
     n = len(rewards)  # no token ids or log rho: the rewards suffice
@@ -187,8 +190,11 @@ def _draw_rho_chunk(base: Base, spec: RolloutSpec, queries: list[str], size: int
     ``<cache>.partial`` (the cache's format and key, whole queries only; ~6 minutes of sampling each at 1 thread on the
     AVX2 VM) and read back by a draw under the same key; it is removed once the chunk's file is written."""
     partial = None if cache is None else cache + ".partial"
-    done = read_rho_rewards(partial, key) if partial is not None and os.path.exists(partial) else None
-    blocks = [] if done is None else list(done[: len(done) // size * size].view(-1, size))
+    try:
+        done = read_rho_rewards(partial, key) if partial is not None and os.path.exists(partial) else None
+    except ValueError:  # a partial cut short (the write is atomic, so only by hand): drawn again
+        done = None
+    blocks = [] if done is None else list(done[: len(done) // size * size].view(-1, size))[: len(queries)]
     for q in range(len(blocks), len(queries)):
         gen = torch.Generator(device=model_device(base.rho)).manual_seed(chunk_seed + 104729 * (q + 1))
         ids = sample_texts(base.rho, base.tokenizer, [queries[q]], spec, size, FRONTIER_SAMPLING_ROWS, gen)

@@ -375,9 +375,9 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
     known_name = known_reward_name(pa)
     rho_eval = cached_rho_eval(base, spec, eval_q, known, pa.sampling_batch_size, cfg.seed + 2,
-                         os.path.join(output_dir, RHO_EVAL_CACHE), known_name)
+                               os.path.join(output_dir, RHO_EVAL_CACHE), known_name)
     rho_samples = draw_rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100,
-                               with_logp=sa.policy_samples > 0, cache_dir=output_dir, known_name=known_name)
+                                   with_logp=sa.policy_samples > 0, cache_dir=output_dir, known_name=known_name)
     q, m = len(rho_samples.queries), rho_samples.per_query
     rho_frontier = optimal_frontier(rho_samples.known.view(q, m).numpy(), list(betas), n_bootstrap=100, seed=cfg.seed,
                                     resample_queries=True)

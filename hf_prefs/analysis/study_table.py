@@ -19,7 +19,14 @@ except ImportError:  # pragma: no cover - Windows: no lock
 
 import torch
 
-from ..core.frontier import FrontierPoint, best_frontier, frontier_at_kl, frontier_ess_at_kl, frontier_gain_se_at_kl
+from ..core.frontier import (
+    FrontierPoint,
+    best_frontier,
+    frontier_at_kl,
+    frontier_ess_at_kl,
+    frontier_gain_se_at_kl,
+    frontier_rho_reward,
+)
 from ..core.stats import mean_and_se
 
 __all__ = ["STUDY_FIELDS", "append_row", "frontier_read", "frontier_share_error", "gain_fraction", "gain_fraction_se", "read_done", "read_frontier",
@@ -54,14 +61,14 @@ def frontier_read(frontiers: dict[str, list[FrontierPoint]], kl: float, gain: fl
     """A run's frontier columns, from the estimate (of those given by name: rho's; rho's pooled with a policy's) with
     the largest mean ESS at the run's KL (:func:`best_frontier`): its reward and ESS there (the mean over the
     frontier's queries, and the least-sampled query's), whether that read qualifies (mean ESS >= ``min_ess`` and the
-    KL inside the grid), its name (``frontier_source``), the frontier's gain over rho there ``R_frontier(KL) -
-    R_frontier(0)`` with its bootstrap SE, and ``frac_frontier = gain / (R_frontier(KL) - R_frontier(0))`` with its SE
-    from the run's ``gain_se`` and the frontier's (:func:`gain_fraction_se`)."""
+    KL inside the grid), its name (``frontier_source``), the frontier's gain over rho there ``G = R_frontier(KL) -
+    R_rho`` (rho's reward on that estimate: :func:`frontier_rho_reward`) with its bootstrap SE at that KL, and
+    ``frac_frontier = gain / G`` with its SE from the run's ``gain_se`` and the frontier's (:func:`gain_fraction_se`)."""
     names = list(frontiers)
     source = names[best_frontier([frontiers[n] for n in names], max(kl, 0.0))]
     frontier = frontiers[source]
     f_reward, f_se, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
-    f_gain, f_gain_se = f_reward - frontier_at_kl(frontier, 0.0)[0], frontier_gain_se_at_kl(frontier, max(kl, 0.0))
+    f_gain, f_gain_se = f_reward - frontier_rho_reward(frontier), frontier_gain_se_at_kl(frontier, max(kl, 0.0))
     return {"frontier_reward_at_kl": f_reward, "frontier_reward_se_at_kl": f_se, "frontier_gain_at_kl": f_gain,
             "frontier_gain_se_at_kl": f_gain_se, "frontier_ess_at_kl": f_ess,
             "frontier_min_ess_at_kl": frontier_ess_at_kl(frontier, max(kl, 0.0))[1],
@@ -176,12 +183,15 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the fractions (``frac_frontier`` over the runs whose frontier read is ESS-qualified and whose share is defined: a
     run at KL <= 0 has no frontier gain to divide by; ``frontier_qualified_runs`` counts the runs in that mean).
 
-    ``frac_frontier``'s SE holds two errors: the spread across seeds (SE_seeds, which holds each run's own evaluation
-    error) and the frontier's, which every seed shares (all read the same estimate, so it does not average out over
-    seeds): SE_frontier = mean over the runs of f_i SE(G_i) / G_i (:func:`frontier_share_error`; taken as fully
-    correlated across the runs' KLs, an upper bound), and SE = sqrt(SE_seeds^2 + SE_frontier^2)
+    ``frac_frontier``'s SE holds two errors: the spread across seeds (SE_seeds: the seeds' labels, reward models,
+    PPO and policy samples) and the frontier's, which every seed shares when all read one estimate (rho's; so it does
+    not average out over seeds): SE_frontier = mean over the runs of f_i SE(G_i) / G_i (:func:`frontier_share_error`;
+    taken as fully correlated across the runs' KLs, an upper bound), and SE = sqrt(SE_seeds^2 + SE_frontier^2)
     (``frac_frontier_se``; ``frac_frontier_se_frontier`` is SE_frontier alone; rows without the frontier's gain SE,
-    from an older study.csv, give SE_seeds alone)."""
+    from an older study.csv, give SE_seeds alone). Not in it: rho's held-out samples, the same for every run's paired
+    gain (an error shared like the frontier's, not part of SE_seeds). Conservative where runs read estimates of their
+    own (``policy_samples`` > 0: their errors partly average out) and because the frontier's queries are some of the
+    held-out ones (G and g err together, and their ratio less)."""
     points: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         points.setdefault((r["run"], int(r["labels"])), []).append(r)

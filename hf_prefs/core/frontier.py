@@ -8,9 +8,12 @@ With samples y_1..y_N ~ rho and self-normalised importance weights p_i = softmax
 
 computed with log-sum-exp so large r/beta never overflows. Per-query estimates are averaged over queries.
 The estimate's own sampling error is reported as the Kish effective sample size 1 / sum_i p_i^2 (small
-ESS: the frontier at that beta rests on a few samples) and as bootstrap standard errors: of the reward, and of the
-gain over rho, E_pi*[r] - E_rho[r], from the same resamples (a query's offset, shared by all its samples, moves both
-terms alike: the gain's error is what a share of the frontier's gain over rho divides by).
+ESS: the frontier at that beta rests on a few samples) and as bootstrap standard errors. ``reward_se`` and ``kl_se``
+are a point's at fixed beta (what a closed form at that beta is checked against). A resample's point also slides along
+the curve (its KL moves), so the curve's error at a given KL — what reading the frontier at a run's KL needs — is
+``gain_se``: the SE of the gain over rho, R - E_rho[r], at the point's KL, each resample's curve read there to first
+order (its slope is dR/dKL = beta: R_b - beta (KL_b - KL) - E_rho,b[r]), paired with rho's mean on the same resample
+(a query's offset moves both terms alike).
 
 Samples from another policy q (e.g. a policy PPO trained, which sits near pi* at high KL, where samples of rho are
 too few to reach) enter by importance sampling: with ``log_ratio_i = log rho(y_i) - log q(y_i)`` the weights are
@@ -35,6 +38,7 @@ __all__ = [
     "frontier_at_kl",
     "frontier_ess_at_kl",
     "frontier_gain_se_at_kl",
+    "frontier_rho_reward",
     "mixture_log_ratio",
     "best_frontier",
 ]
@@ -85,7 +89,8 @@ class FrontierPoint:
     kl_se: float
     min_ess: float
     mean_ess: float
-    #: bootstrap SE of the gain over rho, reward - E_rho[r] (NaN: a file written before it was kept)
+    #: bootstrap SE of the gain over rho, reward - E_rho[r], at this point's KL (0 at beta = inf; NaN: a file written
+    #: before it was kept)
     gain_se: float = math.nan
 
 
@@ -120,17 +125,23 @@ def optimal_frontier(
     boot_idx = [np.concatenate([rng.integers(a, b, size=(q, b - a)) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
                 for _ in range(n_bootstrap)]
     boot_q = [rng.integers(0, q, size=q) if resample_queries else np.arange(q) for _ in range(n_bootstrap)]
-    resampled = [(np.take_along_axis(r[qi], i, 1), np.take_along_axis(lr[qi], i, 1)) for qi, i in zip(boot_q, boot_idx)]
-    rho_boot = np.array([optimal_policy_stats(rb, math.inf, lb)[0].mean() for rb, lb in resampled])  # E_rho[r] each
+    betas = [float(b) for b in betas]
+    # per resample: E_rho[r] (beta = inf) and (reward, KL) at every beta -> (n_bootstrap,), (n_bootstrap, len(betas), 2)
+    rho_boot, boots = np.zeros(n_bootstrap), np.zeros((n_bootstrap, len(betas), 2))
+    for b, (qi, i) in enumerate(zip(boot_q, boot_idx)):
+        rb, lb = np.take_along_axis(r[qi], i, 1), np.take_along_axis(lr[qi], i, 1)
+        rho_boot[b] = optimal_policy_stats(rb, math.inf, lb)[0].mean()
+        for j, beta in enumerate(betas):
+            boots[b, j] = [m.mean() for m in optimal_policy_stats(rb, beta, lb)[:2]]
     points = []
-    for beta in betas:
-        reward, kl, ess = optimal_policy_stats(r, float(beta), lr)
+    for j, beta in enumerate(betas):
+        reward, kl, ess = optimal_policy_stats(r, beta, lr)
         r_se = kl_se = g_se = 0.0
         if n_bootstrap:
-            boots = np.array([[m.mean() for m in optimal_policy_stats(rb, float(beta), lb)[:2]] for rb, lb in resampled])
-            r_se, kl_se = boots.std(axis=0, ddof=1)  # boots: (n_bootstrap, 2)
-            g_se = (boots[:, 0] - rho_boot).std(ddof=1)
-        points.append(FrontierPoint(float(beta), float(reward.mean()), float(kl.mean()), float(r_se), float(kl_se),
+            r_se, kl_se = boots[:, j].std(axis=0, ddof=1)
+            if math.isfinite(beta):  # the resample's curve at this point's KL: its point slid back along slope beta
+                g_se = (boots[:, j, 0] - beta * (boots[:, j, 1] - kl.mean()) - rho_boot).std(ddof=1)
+        points.append(FrontierPoint(beta, float(reward.mean()), float(kl.mean()), float(r_se), float(kl_se),
                                     float(ess.min()), float(ess.mean()), float(g_se)))
     return sorted(points, key=lambda p: p.kl)
 
@@ -148,6 +159,13 @@ def frontier_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float, flo
     kls = np.array([frontier[i].kl for i in order])
     reward, reward_se = (np.interp(kl, kls, [getattr(frontier[i], key) for i in order]) for key in ("reward", "reward_se"))
     return float(reward), float(reward_se), frontier_ess_at_kl(frontier, kl)[0]
+
+
+def frontier_rho_reward(frontier: list[FrontierPoint]) -> float:
+    """rho's own reward on this estimate, what the frontier's gain is measured from (and ``gain_se`` against): the
+    beta = inf point's; without one in the grid, the lowest-KL point's."""
+    at_inf = [p.reward for p in frontier if math.isinf(p.beta)]
+    return at_inf[0] if at_inf else min(frontier, key=lambda p: p.kl).reward
 
 
 def frontier_gain_se_at_kl(frontier: list[FrontierPoint], kl: float) -> float:
