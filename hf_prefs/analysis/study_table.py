@@ -188,8 +188,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     not average out over seeds): SE_frontier = mean over the runs of f_i SE(G_i) / G_i (:func:`frontier_share_error`;
     taken as fully correlated across the runs' KLs, an upper bound), and SE = sqrt(SE_seeds^2 + SE_frontier^2)
     (``frac_frontier_se``; ``frac_frontier_se_frontier`` is SE_frontier alone; rows without the frontier's gain SE,
-    from an older study.csv, give SE_seeds alone). Not in it: rho's held-out samples, the same for every run's paired
-    gain (an error shared like the frontier's, not part of SE_seeds). Conservative where runs read estimates of their
+    from an older study.csv, give SE_seeds alone). Not in it: the error of the held-out queries and of rho's samples
+    on them, the same for every run's paired gain (each row's ``gain_se`` is mostly that; it moves all runs alike, so
+    SE_seeds, over seeds on fixed queries, can be far smaller). Conservative where runs read estimates of their
     own (``policy_samples`` > 0: their errors partly average out) and because the frontier's queries are some of the
     held-out ones (G and g err together, and their ratio less)."""
     points: dict[tuple[str, int], list[dict[str, Any]]] = {}
