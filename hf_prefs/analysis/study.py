@@ -430,7 +430,8 @@ def run_study(
         writer = csv.DictWriter(f, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
-    plot_study(summary, rows, output_dir, pooled=next((name for name in frontier_files or {} if name != "rho"), None))
+    plot_study(summary, rows, output_dir, pooled=next((name for name in frontier_files or {} if name != "rho"), None),
+               min_ess=sa.min_ess)
     return summary
 
 

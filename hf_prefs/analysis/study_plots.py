@@ -5,7 +5,6 @@ alone."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -16,16 +15,22 @@ from .study_table import read_frontier
 __all__ = ["plot_study"]
 
 
-def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: str, pooled: str | None = None) -> None:
-    """Fig. 3 style (KL vs known reward, each point mean +- SE over seeds, with rho's frontier and, named ``pooled``,
-    the pooled one) and Fig. 2 style (known reward vs labels, with direct RL's band)."""
-    frontier = [asdict(p) for p in read_frontier(os.path.join(out, "frontier_rho.csv"))]
+def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: str, pooled: str | None = None,
+               min_ess: float = 30.0) -> None:
+    """Fig. 3 style (KL vs known reward, each point mean +- SE over seeds, with rho's frontier — solid where its mean
+    ESS is >= ``min_ess``, dotted past that — and, named ``pooled``, the pooled one) and Fig. 2 style (known reward vs
+    labels, with direct RL's band)."""
+    frontier = sorted(read_frontier(os.path.join(out, "frontier_rho.csv")), key=lambda p: p.kl)
     direct = next((s for s in summary if s["run"] == "direct"), None)
     rm = [s for s in summary if s["run"] == "rm"]
     rho = float(rows[0]["rho_known_reward"])
     fig = Figure(figsize=(6.4, 4.4))  # no pyplot: the caller's matplotlib backend is left alone
     ax = fig.subplots()
-    ax.plot([p["kl"] for p in frontier], [p["reward"] for p in frontier], "-", color="black", label="optimal frontier (rho samples)")
+    cut = next((i for i, p in enumerate(frontier) if p.mean_ess < min_ess), len(frontier))  # first untrusted point
+    trusted, beyond = frontier[:cut], frontier[max(cut - 1, 0):]  # the dotted part starts at the last trusted point
+    ax.plot([p.kl for p in trusted], [p.reward for p in trusted], "-", color="black",
+            label=f"optimal frontier (rho samples, ESS >= {min_ess:g})")
+    ax.plot([p.kl for p in beyond], [p.reward for p in beyond], ":", color="black", label=f"(ESS < {min_ess:g})")
     if pooled:
         other = read_frontier(os.path.join(out, POOLED_FRONTIER))
         ax.plot([p.kl for p in other], [p.reward for p in other], "--", color="black", label=f"optimal frontier ({pooled} samples)")
@@ -33,13 +38,7 @@ def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: s
         ax.errorbar([s["kl"]], [s["known_reward"]], xerr=[s["kl_se"]], yerr=[s["known_reward_se"]], fmt=style, ms=8,
                     capsize=3, label=f"{name} ({s['seeds']} seeds)")
     ax.axhline(rho, color="tab:gray", ls=":", lw=1, label="rho")
-    ax.set_xlabel("KL(pi, rho) [nats]")
-    ax.set_ylabel("known reward (held-out)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("KL vs known reward (mean +- SE over seeds)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "kl_vs_reward.png"), dpi=110)
+    _save(fig, ax, "KL(pi, rho) [nats]", "KL vs known reward", 7, os.path.join(out, "kl_vs_reward.png"))
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
     if rm:
@@ -53,10 +52,15 @@ def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: s
                    color="tab:red", alpha=0.2)
         ax.axhline(direct["known_reward"], color="tab:red", ls="--", label="direct RL on the known reward")
     ax.axhline(rho, color="tab:gray", ls=":", label="rho")
-    ax.set_xlabel("labels N")
+    _save(fig, ax, "labels N", "Known reward vs number of labels", 8, os.path.join(out, "reward_vs_labels.png"))
+
+
+def _save(fig: Figure, ax: Any, xlabel: str, title: str, legend_size: int, path: str) -> None:
+    """Both figures' common finish: the known reward on y, a grid, the legend, the title (mean +- SE over seeds)."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("known reward (held-out)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Known reward vs number of labels (mean +- SE over seeds)")
+    ax.legend(fontsize=legend_size)
+    ax.set_title(f"{title} (mean +- SE over seeds)")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "reward_vs_labels.png"), dpi=110)
+    fig.savefig(path, dpi=110)
