@@ -23,7 +23,7 @@ from hf_prefs.analysis.report import write_report
 from hf_prefs.analysis.study import STUDY_FIELDS, gain_fraction, study_main
 from hf_prefs.analysis.study_table import gain_fraction_se, read_frontier
 from hf_prefs.cli import main as cli_main
-from hf_prefs.core.frontier import FrontierPoint, frontier_at_kl
+from hf_prefs.core.frontier import FrontierPoint, frontier_at_kl, frontier_rho_reward
 
 # A tiny study end to end: minutes. One xdist worker runs the whole module (`--dist loadgroup`), so each module
 # fixture (a study) runs once.
@@ -101,8 +101,8 @@ def test_study_rows_follow_their_definitions(study):
         assert float(r["frontier_reward_at_kl"]) == pytest.approx(f_reward)
         assert float(r["frontier_ess_at_kl"]) == pytest.approx(f_ess)
         assert (r["frontier_qualified"] == "True") == (f_ess >= 2 and kl <= max(p.kl for p in frontier))
-        rho_f = frontier_at_kl(frontier, 0.0)[0]
-        assert float(r["frac_frontier"]) == pytest.approx(gain_fraction(float(r["gain"]), f_reward - rho_f), nan_ok=True)
+        f_gain = 0.0 if kl <= min(p.kl for p in frontier) else f_reward - frontier_rho_reward(frontier)
+        assert float(r["frac_frontier"]) == pytest.approx(gain_fraction(float(r["gain"]), f_gain), nan_ok=True)
         assert float(r["frac_direct"]) == pytest.approx(float(r["gain"]) / direct[int(r["seed"])])
         # the frontier pools rho's samples with the policy's: KL grows along it, and at KL 0 it is rho's mean
         assert [p.kl for p in frontier] == sorted(p.kl for p in frontier) and math.isinf(frontier[0].beta)

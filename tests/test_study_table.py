@@ -35,3 +35,20 @@ def test_share_of_the_frontier_carries_the_frontiers_own_error():
     assert s["frac_frontier"] == pytest.approx(0.5)
     assert s["frac_frontier_se_frontier"] == pytest.approx(frontier_se)
     assert s["frac_frontier_se"] == pytest.approx(math.hypot(seeds_se, frontier_se))
+
+
+def test_frontier_read_measures_the_gain_from_rhos_point_and_none_below_it():
+    """The frontier's gain at a run's KL is read against the estimate's beta = inf point (rho itself), which an
+    importance-sampled estimate may put at a KL above 0; a run at or below that point's KL has no frontier gain to
+    share (NaN), not a ratio of two noises."""
+    from hf_prefs.analysis.study_table import frontier_read
+    from hf_prefs.core.frontier import FrontierPoint
+
+    front = [FrontierPoint(math.inf, 1.0, 0.01, 0.1, 0.0, 50.0, 50.0, 0.0),
+             FrontierPoint(1.0, 2.0, 0.51, 0.1, 0.1, 40.0, 45.0, 0.2)]
+    below = frontier_read({"rho": front}, 0.005, 0.1, 0.05, 30.0)
+    assert below["frontier_gain_at_kl"] == 0.0 and math.isnan(below["frac_frontier"])
+    at = frontier_read({"rho": front}, 0.51, 0.5, 0.05, 30.0)
+    assert at["frontier_gain_at_kl"] == pytest.approx(1.0) and at["frac_frontier"] == pytest.approx(0.5)
+    assert at["frac_frontier_se"] == pytest.approx(gain_fraction_se(0.5, 0.05, 1.0, 0.2))
+    assert at["frontier_qualified"] and at["frontier_source"] == "rho"

@@ -68,7 +68,10 @@ def frontier_read(frontiers: dict[str, list[FrontierPoint]], kl: float, gain: fl
     source = names[best_frontier([frontiers[n] for n in names], max(kl, 0.0))]
     frontier = frontiers[source]
     f_reward, f_se, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
-    f_gain, f_gain_se = f_reward - frontier_rho_reward(frontier), frontier_gain_se_at_kl(frontier, max(kl, 0.0))
+    # at or below the estimate's first point (KL 0, or an importance-sampled estimate's small KL at beta = inf) the
+    # frontier has nothing over rho to share
+    f_gain = 0.0 if kl <= min(p.kl for p in frontier) else f_reward - frontier_rho_reward(frontier)
+    f_gain_se = frontier_gain_se_at_kl(frontier, max(kl, 0.0))
     return {"frontier_reward_at_kl": f_reward, "frontier_reward_se_at_kl": f_se, "frontier_gain_at_kl": f_gain,
             "frontier_gain_se_at_kl": f_gain_se, "frontier_ess_at_kl": f_ess,
             "frontier_min_ess_at_kl": frontier_ess_at_kl(frontier, max(kl, 0.0))[1],
