@@ -174,8 +174,8 @@ def draw_rho_rewards(base: Base, spec: RolloutSpec, queries: list[str], m: int, 
         rewards = read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
         if rewards is None:
             rewards = _draw_rho_chunk(base, spec, queries, size, known, chunk_seed, cache, key)
-        elif os.path.exists(cache + ".partial"):  # type: ignore[operator]
-            os.remove(cache + ".partial")  # type: ignore[operator]  # left by a draw stopped as it finished
+        if cache is not None and os.path.exists(cache + ".partial"):  # drawn, or left by a draw stopped as it ended
+            os.remove(cache + ".partial")
         blocks.append(rewards.view(len(queries), size))
     rewards = torch.cat(blocks, 1).reshape(-1)  # query-major: (Q * m,)
     n = len(rewards)  # no token ids or log rho: the rewards suffice
@@ -188,7 +188,8 @@ def _draw_rho_chunk(base: Base, spec: RolloutSpec, queries: list[str], size: int
     query, query ``q`` from its own generator (seed ``chunk_seed + 104729 (q + 1)``), so a draw resumed after query
     ``q`` gives what an uninterrupted one does. With ``cache``, the queries done so far are kept in
     ``<cache>.partial`` (the cache's format and key, whole queries only; ~6 minutes of sampling each at 1 thread on the
-    AVX2 VM) and read back by a draw under the same key; it is removed once the chunk's file is written."""
+    AVX2 VM) and read back by a draw under the same key; :func:`draw_rho_rewards` removes it once the chunk's file
+    is there."""
     partial = None if cache is None else cache + ".partial"
     try:
         done = read_rho_rewards(partial, key) if partial is not None and os.path.exists(partial) else None
@@ -204,8 +205,6 @@ def _draw_rho_chunk(base: Base, spec: RolloutSpec, queries: list[str], size: int
     rewards = torch.cat(blocks)
     if cache is not None:
         write_rho_rewards(cache, key, rewards)
-        if os.path.exists(partial):  # type: ignore[arg-type]
-            os.remove(partial)  # type: ignore[arg-type]
     return rewards
 
 

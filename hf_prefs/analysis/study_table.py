@@ -29,8 +29,9 @@ from ..core.frontier import (
 )
 from ..core.stats import mean_and_se
 
-__all__ = ["STUDY_FIELDS", "append_row", "frontier_read", "frontier_share_error", "gain_fraction", "gain_fraction_se", "read_done", "read_frontier",
-           "recompute_columns", "reread_rows", "study_csv_lock", "summarize", "write_frontier", "write_rows"]
+__all__ = ["STUDY_FIELDS", "append_row", "frontier_read", "frontier_share_error", "gain_fraction", "gain_fraction_se",
+           "read_done", "read_frontier", "recompute_columns", "reread_rows", "study_csv_lock", "summarize",
+           "write_frontier", "write_rows"]
 
 STUDY_FIELDS = ["run", "seed", "labels", "known_reward", "kl", "gain", "gain_se", "frontier_reward_at_kl",
                 "frontier_reward_se_at_kl", "frontier_gain_at_kl", "frontier_gain_se_at_kl", "frontier_ess_at_kl",
@@ -64,17 +65,17 @@ def frontier_read(frontiers: dict[str, list[FrontierPoint]], kl: float, gain: fl
     KL inside the grid), its name (``frontier_source``), the frontier's gain over rho there ``G = R_frontier(KL) -
     R_rho`` (rho's reward on that estimate: :func:`frontier_rho_reward`) with its bootstrap SE at that KL, and
     ``frac_frontier = gain / G`` with its SE from the run's ``gain_se`` and the frontier's (:func:`gain_fraction_se`)."""
-    names = list(frontiers)
-    source = names[best_frontier([frontiers[n] for n in names], max(kl, 0.0))]
+    names, at = list(frontiers), max(kl, 0.0)
+    source = names[best_frontier([frontiers[n] for n in names], at)]
     frontier = frontiers[source]
-    f_reward, f_se, f_ess = frontier_at_kl(frontier, max(kl, 0.0))
+    f_reward, f_se, _ = frontier_at_kl(frontier, at)
+    f_ess, f_min_ess = frontier_ess_at_kl(frontier, at)
     # at or below the estimate's first point (KL 0, or an importance-sampled estimate's small KL at beta = inf) the
     # frontier has nothing over rho to share
     f_gain = 0.0 if kl <= min(p.kl for p in frontier) else f_reward - frontier_rho_reward(frontier)
-    f_gain_se = frontier_gain_se_at_kl(frontier, max(kl, 0.0))
+    f_gain_se = frontier_gain_se_at_kl(frontier, at)
     return {"frontier_reward_at_kl": f_reward, "frontier_reward_se_at_kl": f_se, "frontier_gain_at_kl": f_gain,
-            "frontier_gain_se_at_kl": f_gain_se, "frontier_ess_at_kl": f_ess,
-            "frontier_min_ess_at_kl": frontier_ess_at_kl(frontier, max(kl, 0.0))[1],
+            "frontier_gain_se_at_kl": f_gain_se, "frontier_ess_at_kl": f_ess, "frontier_min_ess_at_kl": f_min_ess,
             "frontier_qualified": bool(f_ess >= min_ess and kl <= max(p.kl for p in frontier)),
             "frontier_source": source, "frac_frontier": gain_fraction(gain, f_gain),
             "frac_frontier_se": gain_fraction_se(gain, gain_se, f_gain, f_gain_se)}

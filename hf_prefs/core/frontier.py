@@ -155,10 +155,15 @@ def frontier_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float, flo
     """``(reward, reward_se, mean_ess)`` of the frontier at ``kl``: reward and SE linearly interpolated, the ESS as
     :func:`frontier_ess_at_kl` (all clamped to the grid's ends; past its largest KL the ESS read is that of the end
     point, so a caller can see the end is unreliable)."""
+    reward, reward_se = (_along_kl(frontier, kl, [getattr(p, key) for p in frontier]) for key in ("reward", "reward_se"))
+    return reward, reward_se, frontier_ess_at_kl(frontier, kl)[0]
+
+
+def _along_kl(frontier: list[FrontierPoint], kl: float, values: list[float]) -> float:
+    """``values`` (one per point of ``frontier``) read at ``kl`` by linear interpolation over the points' KLs, clamped
+    to the grid's ends: how every quantity of the frontier is read between its points."""
     order = np.argsort([p.kl for p in frontier])
-    kls = np.array([frontier[i].kl for i in order])
-    reward, reward_se = (np.interp(kl, kls, [getattr(frontier[i], key) for i in order]) for key in ("reward", "reward_se"))
-    return float(reward), float(reward_se), frontier_ess_at_kl(frontier, kl)[0]
+    return float(np.interp(kl, [frontier[i].kl for i in order], [values[i] for i in order]))
 
 
 def frontier_rho_reward(frontier: list[FrontierPoint]) -> float:
@@ -171,17 +176,14 @@ def frontier_rho_reward(frontier: list[FrontierPoint]) -> float:
 def frontier_gain_se_at_kl(frontier: list[FrontierPoint], kl: float) -> float:
     """The bootstrap SE of the frontier's gain over rho at ``kl`` (linearly interpolated, clamped to the grid's
     ends; NaN for a frontier read from a file without it)."""
-    order = np.argsort([p.kl for p in frontier])
-    return float(np.interp(kl, [frontier[i].kl for i in order], [frontier[i].gain_se for i in order]))
+    return _along_kl(frontier, kl, [p.gain_se for p in frontier])
 
 
 def frontier_ess_at_kl(frontier: list[FrontierPoint], kl: float) -> tuple[float, float]:
     """``(mean_ess, min_ess)`` over the queries at ``kl``, interpolated linearly in log ESS between grid points: the
     ESS falls about geometrically with the KL, so a straight line between two points would overstate it (clamped to
     the grid's ends)."""
-    order = np.argsort([p.kl for p in frontier])
-    kls = np.array([frontier[i].kl for i in order])
-    return tuple(float(np.exp(np.interp(kl, kls, [math.log(getattr(frontier[i], key)) for i in order])))
+    return tuple(float(np.exp(_along_kl(frontier, kl, [math.log(getattr(p, key)) for p in frontier])))
                  for key in ("mean_ess", "min_ess"))  # type: ignore[return-value]
 
 
