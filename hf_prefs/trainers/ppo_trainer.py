@@ -61,6 +61,7 @@ from ..core.kl import AdaptiveKLController, FixedKLController
 from ..core.optim import TF1Adam, set_group_learning_rate
 from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
 from ..core.rollout import RolloutSpec, left_pad
+from ..models.adapter_inputs import adapter_inputs_in_autocast_dtype
 from ..models.attention import training_attention
 from ..models.generation import ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import load_reward_model
@@ -414,6 +415,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
             generation_model(self.model_wrapped, self.accelerator, gather) as wrapper,
             self.reference_context() if reference else nullcontext(wrapper.policy) as lm,
             self.accelerator.autocast(),
+            adapter_inputs_in_autocast_dtype(lm, self.accelerator.device.type),
         ):
             step = a.generation_chunk_size
             for i in range(0, query_ids.shape[0], step):
@@ -497,7 +499,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         ``local_rollout_forward_batch_size``."""
         model, step = self._unwrapped(), self.args.local_rollout_forward_batch_size
         logprobs, values, entropies = [], [], []
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), adapter_inputs_in_autocast_dtype(model, self.accelerator.device.type):
             for i in range(0, query_ids.shape[0], step):
                 sl = slice(i, i + step)
                 logprob, v, entropy = self._forward(model, query_ids[sl], query_mask[sl], response_ids[sl], True)
@@ -707,7 +709,11 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
                         set_sync_gradients(self.accelerator, last)
                     with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
                         length = batch["query_ids"].shape[1] + batch["response_ids"].shape[1]
-                        with self.accelerator.autocast(), training_attention(self.accelerator.device, length):
+                        with (
+                            self.accelerator.autocast(),
+                            adapter_inputs_in_autocast_dtype(model, self.accelerator.device.type),
+                            training_attention(self.accelerator.device, length),
+                        ):
                             loss, micro_stats = self.compute_ppo_loss(model, batch)
                         self.accelerator.backward(loss / n_micro, **backward_kwargs)
                     for key, value in micro_stats.items():
