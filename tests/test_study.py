@@ -38,9 +38,10 @@ REQUIRED = ["run", "seed", "labels", "known_reward", "kl", "frontier_reward_at_k
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> str:
     """The offline config without truncation: a random tiny GPT-2 never samples ".", so with it every score would be
-    the constant penalty and all runs would train identically."""
+    the constant penalty and all runs would train identically. Float32 on every CPU (the offline config's bf16 would
+    run bf16 on CPUs with bf16 units and fall back to float32 on the others: the tests read the rows' precision)."""
     cfg = yaml.safe_load(Path(OFFLINE).read_text())
-    cfg["truncate_token"] = None
+    cfg.update(truncate_token=None, dtype="float32", bf16=False)
     path = tmp_path_factory.mktemp("cfg") / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

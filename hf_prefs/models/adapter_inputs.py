@@ -1,14 +1,17 @@
-"""LoRA layers' inputs under autocast: left in the autocast dtype instead of a round trip through float32.
+"""Plain LoRA layers' inputs under autocast: left in the autocast dtype instead of a round trip through float32.
 
 A PEFT LoRA layer computes ``base(x) + B(A(dropout(x))) * scaling``. Its adapter weights stay float32 (trained weights),
 so before ``A`` it casts ``x`` to float32; under bf16 autocast, ``A``'s matmul then casts it back to bf16. For bf16 ``x``
-the round trip bf16 -> float32 -> bf16 is exact: the two copies of every adapted layer's input (7 of them per SmolLM2
-block in the offline default) change no value and cost memory bandwidth — on a 2-core Xeon with AMX a PPO micro-batch's
-forward + backward is bound by such element-wise passes, not by its matmuls (benchmarks/README.md).
-:func:`adapter_inputs_in_autocast_dtype` skips the cast while autocast is on (``peft.helpers.disable_input_dtype_casting``):
-outputs and gradients are bit-identical when LoRA dropout is 0; with dropout > 0 the dropout runs on the bf16 input,
-so the result differs by bf16 rounding. Without autocast (float32 runs) or on a PEFT without the helper, it changes
-nothing.
+the round trip bf16 -> float32 -> bf16 is exact: the two copies of every adapted layer's input (7 per SmolLM2 block in
+the offline default) change no value and cost memory bandwidth — on a 2-core Xeon with AMX a PPO micro-batch's forward
++ backward is bound by element-wise passes, not by its matmuls (benchmarks/README.md).
+
+:func:`adapter_inputs_in_autocast_dtype` skips that cast (PEFT's ``cast_input_dtype_enabled`` switch, the one
+``peft.helpers.disable_input_dtype_casting`` sets) only where it is exact: LoRA layers whose active adapters are plain
+LoRA (no variant such as DoRA, which computes its weight norm in the input's dtype) without dropout (``nn.Identity``:
+dropout on bf16 instead of float32 would round differently, and activation checkpointing would recompute it in
+another dtype). There, outputs and gradients are bit-identical. Other PEFT layers, and everything without autocast
+(float32 runs) or on a PEFT without the switch, are left as they are.
 """
 
 from __future__ import annotations
@@ -19,21 +22,43 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-try:  # public in recent PEFT; older ones always cast (pyproject's floor is 0.13)
-    from peft.helpers import disable_input_dtype_casting
-except ImportError:  # pragma: no cover - depends on the installed PEFT
-    disable_input_dtype_casting = None
+try:  # PEFT's LoRA layers (always installed with hf_prefs)
+    from peft.tuners.lora import LoraLayer
+except ImportError:  # pragma: no cover
+    LoraLayer = None
 
-__all__ = ["adapter_inputs_in_autocast_dtype"]
+__all__ = ["adapter_inputs_in_autocast_dtype", "uncastable_lora_layers"]
+
+
+def uncastable_lora_layers(model: nn.Module) -> list[nn.Module]:
+    """``model``'s LoRA layers whose input cast can be skipped exactly: every active adapter plain LoRA (no
+    ``lora_variant``, no DoRA) with ``nn.Identity`` dropout. Empty on a PEFT whose layers always cast (no
+    ``_cast_input_dtype``: PEFT < 0.15)."""
+    if LoraLayer is None or not hasattr(LoraLayer, "_cast_input_dtype"):
+        return []
+    layers = []
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        active = [a for a in module.active_adapters if a in module.lora_A]
+        variants = getattr(module, "lora_variant", {})
+        plain = all(a not in variants and not module.use_dora.get(a, False) for a in active)
+        if active and plain and all(isinstance(module.lora_dropout[a], nn.Identity) for a in active):
+            layers.append(module)
+    return layers
 
 
 @contextmanager
 def adapter_inputs_in_autocast_dtype(model: nn.Module, device_type: str) -> Iterator[None]:
-    """Inside: ``model``'s LoRA layers do not cast their input to the adapter's dtype, if autocast is on for
-    ``device_type`` when the context is entered (every forward inside must then run under that autocast: a bf16 input
-    would meet a float32 adapter weight outside it). Elsewhere a no-op."""
-    if disable_input_dtype_casting is None or not torch.is_autocast_enabled(device_type):
+    """Inside: ``model``'s :func:`uncastable_lora_layers` do not cast their input to the adapter's dtype, if autocast
+    is on for ``device_type`` when the context is entered (every forward inside must then run under that autocast: a
+    bf16 input would meet a float32 adapter weight outside it). Elsewhere a no-op."""
+    layers = uncastable_lora_layers(model) if torch.is_autocast_enabled(device_type) else []
+    before = [getattr(m, "cast_input_dtype_enabled", True) for m in layers]
+    for m in layers:
+        m.cast_input_dtype_enabled = False
+    try:
         yield
-        return
-    with disable_input_dtype_casting(model):
-        yield
+    finally:
+        for m, value in zip(layers, before):
+            m.cast_input_dtype_enabled = value
