@@ -588,3 +588,28 @@ def test_the_ppo_state_is_in_a_checkpoint_before_older_checkpoints_are_deleted(t
     (out / "checkpoint-4" / "ppo_state.json").write_text(json.dumps(state))
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
     assert last_complete_checkpoint(str(tmp_path / "none")) is None
+
+
+def test_activation_checkpointing_trains_exactly_as_without_it(tmp_path, gpt2_tokenizer):
+    """``gradient_checkpointing``: the backward recomputes each block's forward under the forward's attention kernel
+    and LoRA input rule (before, the recomputation ran under PyTorch's default kernel: CheckpointError on CPU); the
+    run is the same as without it, bf16 LoRA as in the offline default."""
+    from peft import LoraConfig
+
+    def run(out: str, **overrides) -> tuple[list[float], list[float], list[torch.Tensor]]:
+        trainer = PPOTrainer(
+            model=make_policy().to(torch.bfloat16),
+            reward_model=length_reward,
+            args=make_config(tmp_path / out, bf16=True, use_cpu=True, **overrides),
+            train_dataset=Dataset.from_dict({"query": QUERIES * 2}),
+            processing_class=gpt2_tokenizer,
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], lora_dropout=0.0, task_type="CAUSAL_LM"),
+        )
+        trainer.train()
+        weights = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
+        return logged(trainer, "loss/policy_avg"), logged(trainer, "objective/kl"), weights
+
+    losses, kls, weights = run("checkpointed", gradient_checkpointing=True)
+    plain_losses, plain_kls, plain_weights = run("plain")
+    assert len(losses) == 2 and losses == plain_losses and kls == plain_kls and kls[1] != 0
+    assert all(torch.equal(a, b) for a, b in zip(weights, plain_weights, strict=True))

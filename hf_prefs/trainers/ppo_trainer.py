@@ -36,7 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -708,14 +708,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
                     if self.is_deepspeed_enabled:  # its engine reads the accumulation boundary from accelerate
                         set_sync_gradients(self.accelerator, last)
                     with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
-                        length = batch["query_ids"].shape[1] + batch["response_ids"].shape[1]
-                        with (
-                            self.accelerator.autocast(),
-                            adapter_inputs_in_autocast_dtype(model, self.accelerator.device.type),
-                            training_attention(self.accelerator.device, length),
-                        ):
-                            loss, micro_stats = self.compute_ppo_loss(model, batch)
-                        self.accelerator.backward(loss / n_micro, **backward_kwargs)
+                        micro_stats = self.micro_batch_step(model, batch, n_micro, backward_kwargs)
                     for key, value in micro_stats.items():
                         stats.setdefault(key, []).append(value)
                 self.optimizer_step(model)
@@ -723,6 +716,24 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         out = {key: torch.stack(values) for key, values in stats.items()}
         out["returns"] = first_returns
         return out
+
+    def micro_batch_step(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], n_micro: int, backward_kwargs: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """Forward (under autocast) and backward of ``loss / n_micro`` on one micro-batch; returns its statistics.
+
+        The attention kernel (:func:`training_attention`) and the LoRA layers' uncast inputs
+        (:func:`adapter_inputs_in_autocast_dtype`) stay in force over the backward: activation checkpointing recomputes
+        the forward there and must compute what the forward did (another attention kernel saves other tensors:
+        ``CheckpointError``)."""
+        length = batch["query_ids"].shape[1] + batch["response_ids"].shape[1]
+        with ExitStack() as kept:
+            kept.enter_context(training_attention(self.accelerator.device, length))
+            with self.accelerator.autocast():
+                kept.enter_context(adapter_inputs_in_autocast_dtype(model, self.accelerator.device.type))
+                loss, stats = self.compute_ppo_loss(model, batch)
+            self.accelerator.backward(loss / n_micro, **backward_kwargs)
+        return stats
 
     def update_kl_controller(self, rollout: Rollout) -> tuple[float, float]:
         """beta <- controller(KL, n) with KL = mean over all processes' episodes of sum_t kl_t, n = batch_size.
