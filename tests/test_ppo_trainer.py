@@ -606,6 +606,8 @@ def test_activation_checkpointing_trains_exactly_as_without_it(tmp_path, gpt2_to
             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], lora_dropout=0.0, task_type="CAUSAL_LM"),
         )
         trainer.train()
+        checkpointing = [m.gradient_checkpointing for m in trainer.model.modules() if hasattr(m, "gradient_checkpointing")]
+        assert checkpointing and all(checkpointing) == ("gradient_checkpointing" in overrides)
         weights = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
         return logged(trainer, "loss/policy_avg"), logged(trainer, "objective/kl"), weights
 

@@ -17,7 +17,8 @@ tags, ``push_to_hub``, callbacks, ``report_to``, checkpointing and ``accelerate 
           compute_rewards        -beta * kl_t at every token, the score added at the last token
         ppo_epochs             num_ppo_epochs x num_mini_batches optimizer steps:
           compute_advantages     whiten rewards (paper) -> GAE -> whiten advantages, per minibatch
-          compute_ppo_loss       clipped policy loss + vf_coef * clipped value loss
+          micro_batch_step       forward + backward of one micro-batch (PPO's training_step):
+            compute_ppo_loss       clipped policy loss + vf_coef * clipped value loss
         update_kl_controller   beta <- controller(mean KL over all processes, batch size)
         log_step / log_samples metrics (TRL names), samples table
         checkpoint             policy + value head + optimizer + scheduler + RNG + beta (resume continues)
@@ -676,9 +677,6 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         ones = torch.ones_like(rollout.values, dtype=torch.bool)
         token_mask = rollout.token_mask if rollout.token_mask is not None else ones  # (B, Lr)
         value_mask = rollout.value_mask if rollout.value_mask is not None else ones  # (B, Lr)
-        # DeepSpeed's engine divides every loss by ITS gradient_accumulation_steps; here the loss is already divided
-        # by the micro-batches of one minibatch (n_micro = gradient_accumulation_steps / num_mini_batches)
-        backward_kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
         for epoch in range(a.num_ppo_epochs):
             order = torch.randperm(len(rollout), generator=self.shuffle_generator).to(rollout.values.device)
             for start in range(0, len(rollout), a.local_mini_batch_size):
@@ -708,7 +706,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
                     if self.is_deepspeed_enabled:  # its engine reads the accumulation boundary from accelerate
                         set_sync_gradients(self.accelerator, last)
                     with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
-                        micro_stats = self.micro_batch_step(model, batch, n_micro, backward_kwargs)
+                        micro_stats = self.micro_batch_step(model, batch, n_micro)
                     for key, value in micro_stats.items():
                         stats.setdefault(key, []).append(value)
                 self.optimizer_step(model)
@@ -717,15 +715,19 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         out["returns"] = first_returns
         return out
 
-    def micro_batch_step(
-        self, model: nn.Module, batch: dict[str, torch.Tensor], n_micro: int, backward_kwargs: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
-        """Forward (under autocast) and backward of ``loss / n_micro`` on one micro-batch; returns its statistics.
+    def micro_batch_step(self, model: nn.Module, batch: dict[str, torch.Tensor], n_micro: int) -> dict[str, torch.Tensor]:
+        """Forward (under autocast) and backward of ``compute_ppo_loss / n_micro`` on one micro-batch; returns its
+        statistics. PPO's counterpart of ``Trainer.training_step`` (which PPO never calls): :meth:`ppo_epochs` runs it
+        inside DDP's ``no_sync`` but on a minibatch's last micro-batch, and under DeepSpeed the engine's backward steps
+        there.
 
         The attention kernel (:func:`training_attention`) and the LoRA layers' uncast inputs
-        (:func:`adapter_inputs_in_autocast_dtype`) stay in force over the backward: activation checkpointing recomputes
-        the forward there and must compute what the forward did (another attention kernel saves other tensors:
-        ``CheckpointError``)."""
+        (:func:`adapter_inputs_in_autocast_dtype`) stay in force over the backward, where activation checkpointing
+        recomputes the forward: another attention kernel would save other tensors (``CheckpointError``); the LoRA rule
+        is kept so that the recomputation skips the casts too (with them it would compute the same values)."""
+        # DeepSpeed's engine divides every loss by ITS gradient_accumulation_steps; here the loss is already divided
+        # by the micro-batches of one minibatch (n_micro = gradient_accumulation_steps / num_mini_batches)
+        backward_kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
         length = batch["query_ids"].shape[1] + batch["response_ids"].shape[1]
         with ExitStack() as kept:
             kept.enter_context(training_attention(self.accelerator.device, length))
