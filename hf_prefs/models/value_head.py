@@ -142,15 +142,17 @@ class PolicyWithValueHead(nn.Module):
         if hasattr(self.policy, "add_model_tags"):
             self.policy.add_model_tags(tags)
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
-        """Activation (gradient) checkpointing on the policy trunk and the value model, if any."""
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **layers: Any) -> None:
+        """Activation (gradient) checkpointing on the policy trunk and the value model, if any.
+        ``activation_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``; ``layers`` (transformers'
+        ``every_n_layers``, ``offload``: which layers, where their activations live) to the models' own method."""
         for model in (self.policy, self.value_model):
             if model is None:
                 continue
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **layers)
             else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs, **layers)
         if self.is_peft_model and hasattr(self.policy, "enable_input_require_grads"):
             self.policy.enable_input_require_grads()
 

@@ -754,8 +754,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         a = self.args
         if resume_from_checkpoint is not None and not self.is_deepspeed_enabled:
             self._load_from_checkpoint(resume_from_checkpoint)  # weights before prepare(); DeepSpeed: its checkpoint after
-        if a.activation_checkpointing:
-            self._unwrapped().activation_checkpointing_enable(a.activation_checkpointing_kwargs)
+        if a.activation_checkpointing:  # as transformers' Trainer: two keys choose layers, the rest go to checkpoint()
+            kwargs = dict(a.activation_checkpointing_kwargs or {})
+            layers = {key: kwargs.pop(key) for key in ("every_n_layers", "offload") if key in kwargs}
+            self._unwrapped().activation_checkpointing_enable(kwargs or None, **layers)
         if not self._prepared:
             match_partitioned_dtype(self.model)  # ZeRO-3 + zero.Init in bf16/fp16: the value head / LoRA too
             self.create_optimizer()
