@@ -677,40 +677,45 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         ones = torch.ones_like(rollout.values, dtype=torch.bool)
         token_mask = rollout.token_mask if rollout.token_mask is not None else ones  # (B, Lr)
         value_mask = rollout.value_mask if rollout.value_mask is not None else ones  # (B, Lr)
-        for epoch in range(a.num_ppo_epochs):
-            order = torch.randperm(len(rollout), generator=self.shuffle_generator).to(rollout.values.device)
-            for start in range(0, len(rollout), a.local_mini_batch_size):
-                mb = order[start : start + a.local_mini_batch_size]  # (b,)
-                advantages, returns = self.compute_advantages(  # (b, Lr) x 2
-                    rollout.rewards[mb], rollout.values[mb], token_mask[mb], value_mask[mb]
-                )
-                if epoch == 0:
-                    first_returns[mb] = returns
-                by_length = torch.argsort(rollout.query_mask[mb].sum(1), stable=True)  # (b,)
-                mb, advantages, returns = mb[by_length], advantages[by_length], returns[by_length]
-                for k in range(n_micro):
-                    sl = slice(k * a.per_device_train_batch_size, (k + 1) * a.per_device_train_batch_size)
-                    idx = mb[sl]
-                    batch = {
-                        "query_ids": rollout.query_ids[idx],
-                        "query_mask": rollout.query_mask[idx],
-                        "response_ids": rollout.response_ids[idx],
-                        "logprobs": rollout.logprobs[idx],
-                        "values": rollout.values[idx],
-                        "advantages": advantages[sl],
-                        "returns": returns[sl],
-                        "token_mask": token_mask[idx],
-                        "value_mask": value_mask[idx],
-                    }
-                    last = k == n_micro - 1
-                    if self.is_deepspeed_enabled:  # its engine reads the accumulation boundary from accelerate
-                        set_sync_gradients(self.accelerator, last)
-                    with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
-                        micro_stats = self.micro_batch_step(model, batch, n_micro)
-                    for key, value in micro_stats.items():
-                        stats.setdefault(key, []).append(value)
-                self.optimizer_step(model)
-            release_free_memory(collect_garbage=False)  # each epoch starts from what is live
+        # the LoRA input rule, decided once under the autocast every micro-batch's forward runs in, holds over the phase
+        # (its backward passes, and the forwards activation checkpointing recomputes under that autocast, included)
+        with ExitStack() as uncast:
+            with self.accelerator.autocast():
+                uncast.enter_context(adapter_inputs_in_autocast_dtype(model, self.accelerator.device.type))
+            for epoch in range(a.num_ppo_epochs):
+                order = torch.randperm(len(rollout), generator=self.shuffle_generator).to(rollout.values.device)
+                for start in range(0, len(rollout), a.local_mini_batch_size):
+                    mb = order[start : start + a.local_mini_batch_size]  # (b,)
+                    advantages, returns = self.compute_advantages(  # (b, Lr) x 2
+                        rollout.rewards[mb], rollout.values[mb], token_mask[mb], value_mask[mb]
+                    )
+                    if epoch == 0:
+                        first_returns[mb] = returns
+                    by_length = torch.argsort(rollout.query_mask[mb].sum(1), stable=True)  # (b,)
+                    mb, advantages, returns = mb[by_length], advantages[by_length], returns[by_length]
+                    for k in range(n_micro):
+                        sl = slice(k * a.per_device_train_batch_size, (k + 1) * a.per_device_train_batch_size)
+                        idx = mb[sl]
+                        batch = {
+                            "query_ids": rollout.query_ids[idx],
+                            "query_mask": rollout.query_mask[idx],
+                            "response_ids": rollout.response_ids[idx],
+                            "logprobs": rollout.logprobs[idx],
+                            "values": rollout.values[idx],
+                            "advantages": advantages[sl],
+                            "returns": returns[sl],
+                            "token_mask": token_mask[idx],
+                            "value_mask": value_mask[idx],
+                        }
+                        last = k == n_micro - 1
+                        if self.is_deepspeed_enabled:  # its engine reads the accumulation boundary from accelerate
+                            set_sync_gradients(self.accelerator, last)
+                        with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
+                            micro_stats = self.micro_batch_step(model, batch, n_micro)
+                        for key, value in micro_stats.items():
+                            stats.setdefault(key, []).append(value)
+                    self.optimizer_step(model)
+                release_free_memory(collect_garbage=False)  # each epoch starts from what is live
         out = {key: torch.stack(values) for key, values in stats.items()}
         out["returns"] = first_returns
         return out
@@ -721,18 +726,16 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         inside DDP's ``no_sync`` but on a minibatch's last micro-batch, and under DeepSpeed the engine's backward steps
         there.
 
-        The attention kernel (:func:`training_attention`) and the LoRA layers' uncast inputs
-        (:func:`adapter_inputs_in_autocast_dtype`) stay in force over the backward, where activation checkpointing
-        recomputes the forward: another attention kernel would save other tensors (``CheckpointError``); the LoRA rule
-        is kept so that the recomputation skips the casts too (with them it would compute the same values)."""
+        The attention kernel (:func:`training_attention`) stays in force over the backward, where activation
+        checkpointing recomputes the forward: another kernel would save other tensors (``CheckpointError``). The LoRA
+        layers' uncast inputs (:func:`adapter_inputs_in_autocast_dtype`) are set once for the whole phase by
+        :meth:`ppo_epochs` (finding the layers walks the model: ~5 ms, too much per micro-batch)."""
         # DeepSpeed's engine divides every loss by ITS gradient_accumulation_steps; here the loss is already divided
         # by the micro-batches of one minibatch (n_micro = gradient_accumulation_steps / num_mini_batches)
         backward_kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
         length = batch["query_ids"].shape[1] + batch["response_ids"].shape[1]
-        with ExitStack() as kept:
-            kept.enter_context(training_attention(self.accelerator.device, length))
+        with training_attention(self.accelerator.device, length):
             with self.accelerator.autocast():
-                kept.enter_context(adapter_inputs_in_autocast_dtype(model, self.accelerator.device.type))
                 loss, stats = self.compute_ppo_loss(model, batch)
             self.accelerator.backward(loss / n_micro, **backward_kwargs)
         return stats
