@@ -20,12 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
-
-try:  # PEFT's LoRA layers (always installed with hf_prefs)
-    from peft.tuners.lora import LoraLayer
-except ImportError:  # pragma: no cover
-    LoraLayer = None
 
 __all__ = ["adapter_inputs_in_autocast_dtype", "uncastable_lora_layers"]
 
@@ -34,7 +30,7 @@ def uncastable_lora_layers(model: nn.Module) -> list[nn.Module]:
     """``model``'s LoRA layers whose input cast can be skipped exactly: every active adapter plain LoRA (no
     ``lora_variant``, no DoRA) with ``nn.Identity`` dropout. Empty on a PEFT whose layers always cast (no
     ``_cast_input_dtype``: PEFT < 0.15)."""
-    if LoraLayer is None or not hasattr(LoraLayer, "_cast_input_dtype"):
+    if not hasattr(LoraLayer, "_cast_input_dtype"):
         return []
     layers = []
     for module in model.modules():
