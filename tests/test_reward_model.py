@@ -13,7 +13,15 @@ from transformers import (
 )
 
 from hf_prefs.core.packing import pack_shared_prefix, pad_right, shared_prefix_attention_mask
-from hf_prefs.models.reward_model import last_token_index, last_token_rewards, packed_rewards, score_head
+from hf_prefs.models.reward_model import (
+    get_reward_normalization,
+    last_token_index,
+    last_token_rewards,
+    packed_rewards,
+    score_head,
+    set_reward_normalization,
+    unwrap_model,
+)
 
 
 def _gpt2() -> GPT2ForSequenceClassification:
@@ -49,6 +57,30 @@ def test_score_head_requires_a_sequence_classification_model():
     assert score_head(_gpt2()) is not None
     with pytest.raises(TypeError, match="no `score` head"):
         score_head(GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=1)))
+
+
+class _EngineLike(torch.nn.Module):
+    """A wrapper as DeepSpeed's engine is one: the model in ``.module`` and a ``config`` of its own (not a
+    transformers config)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.config = {"zero_optimization": {"stage": 2}}
+
+
+def test_gain_and_bias_go_through_a_wrapper_with_a_config_of_its_own():
+    # DeepSpeed's engine has `config`: the K-way loss read gain 1, bias 0 through it during training (unnormalized
+    # rewards under DeepSpeed) and the normalization was set on DeepSpeed's config, not the model's
+    model = _gpt2()
+    wrapped = torch.nn.parallel.DistributedDataParallel.__new__(torch.nn.parallel.DistributedDataParallel)
+    torch.nn.Module.__init__(wrapped)
+    wrapped.module = _EngineLike(model)  # DDP-style wrapper around an engine-style one
+    assert unwrap_model(wrapped) is model and unwrap_model(_EngineLike(model)) is model
+    set_reward_normalization(_EngineLike(model), 2.5, -0.5)
+    assert get_reward_normalization(model) == (2.5, -0.5)
+    assert get_reward_normalization(wrapped) == (2.5, -0.5)
+    assert score_head(_EngineLike(model)) is model.score
 
 
 def test_shared_prefix_mask_structure():

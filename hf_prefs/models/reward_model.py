@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from ..core.normalization import reward_normalization
 from ..core.packing import pad_right, shared_prefix_attention_mask
@@ -61,8 +62,9 @@ ResponseSource = Callable[[list[str]], Sequence[str]]
 
 
 def unwrap_distributed(model: Any) -> Any:
-    """The module inside DDP/accelerate wrappers (a PEFT model stays one)."""
-    while hasattr(model, "module") and not hasattr(model, "config"):
+    """The module inside DDP/accelerate/DeepSpeed wrappers (a PEFT model stays one). A DeepSpeed engine has a
+    ``config`` of its own (DeepSpeed's): only a transformers config marks the model."""
+    while hasattr(model, "module") and not isinstance(getattr(model, "config", None), PretrainedConfig):
         model = model.module
     return model
 
