@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 import torch
-
+from accelerate.state import AcceleratorState
 from transformers import Trainer, TrainingArguments
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -47,6 +47,7 @@ __all__ = [
     "output_cache",
     "count_reward_trainer_tokens",
     "cpu_bf16_supported",
+    "accelerator_state_exists",
 ]
 
 #: Package -> (oldest tested, newest tested). The oldest are the floors declared in pyproject.toml.
@@ -66,7 +67,8 @@ TrlBaseConfig = _BaseConfig
 
 #: Private methods of the base classes that hf_prefs' trainers override (called by the base classes' loops).
 OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
-    Trainer: ("_save", "_load_from_checkpoint", "_save_checkpoint", "_issue_warnings_after_load"),
+    Trainer: ("_save", "_load_from_checkpoint", "_save_checkpoint", "_issue_warnings_after_load",
+              "_build_accelerator_args"),
     RewardTrainer: ("_prepare_dataset", "_set_signature_columns_if_needed"),
 }
 
@@ -102,6 +104,12 @@ def restore_trainer_checkpoint(trainer: Trainer, checkpoint: str) -> None:
 def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
     """The folder ``Trainer._save_checkpoint`` writes for the current global step."""
     return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+
+
+def accelerator_state_exists() -> bool:
+    """Whether an Accelerator already set up this process's ``AcceleratorState`` (accelerate keeps that state in the
+    private class attribute ``AcceleratorState._shared_state``; ``AcceleratorState()`` would create it)."""
+    return bool(AcceleratorState._shared_state)
 
 
 def set_sync_gradients(accelerator: Any, sync: bool) -> None:

@@ -147,7 +147,8 @@ def test_overridden_private_hooks_still_exist_on_the_base_classes():
     from hf_prefs.trainers import PPOTrainer, PreferenceRewardTrainer
 
     ours = {"_save": PPOTrainer, "_load_from_checkpoint": PPOTrainer, "_save_checkpoint": PPOTrainer,
-            "_issue_warnings_after_load": PPOTrainer, "_prepare_dataset": PreferenceRewardTrainer,
+            "_issue_warnings_after_load": PPOTrainer, "_build_accelerator_args": PPOTrainer,
+            "_prepare_dataset": PreferenceRewardTrainer,
             "_set_signature_columns_if_needed": PreferenceRewardTrainer}
     for base, hooks in OVERRIDDEN_HOOKS.items():
         for hook in hooks:

@@ -305,3 +305,16 @@ def test_resumed_run_takes_the_labels_and_reward_model_it_saved(tiny_base, tmp_p
     for when in ("before", "after"):
         assert resumed[when]["known_reward"] == pytest.approx(full[when]["known_reward"], rel=1e-4, abs=1e-5)
         assert resumed[when]["kl"] == pytest.approx(full[when]["kl"], rel=1e-4, abs=1e-5)
+
+
+def test_rho_is_placed_on_the_process_device(tiny_base, monkeypatch):
+    """rho samples the labels, the normalization samples and the evaluation before any trainer places a model: it is
+    loaded onto the process's device (a GPU run sampled all of that on the CPU: 2,048 label samples of GPT-2 took
+    minutes on the H200 machine's CPU cores). A stand-in device, as no GPU is here: the meta device."""
+    from types import SimpleNamespace
+
+    import hf_prefs.pipeline.setup as setup
+
+    monkeypatch.setattr(setup, "PartialState", lambda: SimpleNamespace(device=torch.device("meta")))
+    base = setup.load_base(SimpleNamespace(model_name_or_path=tiny_base, dtype="float32"))
+    assert {p.device.type for p in base.rho.parameters()} == {"meta"} and not base.rho.training

@@ -3,6 +3,8 @@
 Without DeepSpeed every function here is the plain operation (``copy.deepcopy``, ``.to(device)``,
 ``accelerator.unwrap_model``). ``deepspeed`` is imported only when a run uses it.
 
+- :func:`whole_weights_at_load`: models loaded inside keep whole weights where ZeRO-3's ``zero3_init_flag`` would
+  partition them as they load (rho samples labels before any DeepSpeed engine exists).
 - :func:`copy_module`: a copy of a model, also of one that ZeRO-3 partitioned when it was loaded (``zero3_init_flag``:
   its parameters are then empty shards on each process, so ``copy.deepcopy`` would copy the shards).
 - :func:`match_partitioned_dtype`: parameters created after such a load (value head, LoRA) in the shards' dtype.
@@ -22,8 +24,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 
-__all__ = ["zero_stage", "is_partitioned", "match_partitioned_dtype", "copy_module", "prepare_frozen", "generation_model"]
+__all__ = ["zero_stage", "is_partitioned", "whole_weights_at_load", "match_partitioned_dtype", "copy_module", "prepare_frozen", "generation_model"]
 
 
 def zero_stage(accelerator: Any) -> int | None:
@@ -35,6 +38,24 @@ def zero_stage(accelerator: Any) -> int | None:
 def is_partitioned(module: nn.Module) -> bool:
     """Whether ZeRO-3 holds ``module``'s parameters as shards (``deepspeed.zero.Init`` or a ZeRO-3 engine)."""
     return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+@contextmanager
+def whole_weights_at_load(args: Any) -> Iterator[None]:
+    """Inside, ``from_pretrained`` loads whole weights on every process even under ZeRO-3 with ``zero3_init_flag``
+    (which loads under ``deepspeed.zero.Init``: empty shards that no module can run before an engine holds them).
+    For a frozen model used before any engine exists (rho samples the labels and the normalization samples; PPO's
+    engine shards it later as the reference). ``args``: the run's TrainingArguments (its ``deepspeed_plugin``
+    re-arms transformers' ZeRO-3 check on exit). A no-op without ZeRO-3."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def match_partitioned_dtype(module: nn.Module) -> None:

@@ -17,6 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from ..core.rollout import RolloutSpec
 from ..models.frozen_features import freeze_bottom_layers
 from ..models.generation import ResponseSampler
+from ..models.loading import load_reward_model
 from ..models.reward_model import init_score_head
 from ..trainers.reward_config import PreferenceRewardConfig
 from ..trainers.reward_trainer import PreferenceRewardTrainer
@@ -77,6 +78,12 @@ def train_reward_model(
             for name in os.listdir(training_dir):
                 if name.startswith(PREFIX_CHECKPOINT_DIR):
                     shutil.rmtree(os.path.join(training_dir, name))
+    if trainer.is_deepspeed_enabled:
+        # the trained module keeps the engine's hooks (ZeRO-3: and its shards), which PPO's own engine cannot take
+        # over: the next stages get the model as saved (loaded the way a later run loads it)
+        trainer.accelerator.wait_for_everyone()
+        model, _ = load_reward_model(os.path.join(output_dir, "reward_model"))
+        return model, metrics
     return trainer.model, metrics
 
 

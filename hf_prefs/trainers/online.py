@@ -54,6 +54,7 @@ from ..labels.sources import as_label_source
 from ..models.loading import load_reward_model
 from ..models.reward_model import get_reward_normalization
 from ..models.sharding import zero_stage
+from .deepspeed_plugins import select_plugin
 from .main_process import result_from_main_process
 
 __all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "check_round_sampling", "RewardTrainFn", "ONLINE_LABEL_FEATURES", "ONLINE_STATE_FILE"]
@@ -272,6 +273,8 @@ class OnlinePreferenceLoop(TrainerCallback):
                 # the current reward model (None before the first round: that one starts from the trunk)
                 train_on, init = Dataset.from_list(new, features=ONLINE_LABEL_FEATURES), self.reward_model
             out = self.train_reward_model(train_on, init, r)
+            if self.trainer is not None:  # PPO goes on: its DeepSpeed plugin is the selected one again
+                select_plugin(getattr(self.trainer.args, "deepspeed_plugin", None))
             model, metrics = out if isinstance(out, tuple) else (out, {})
             self.reward_model, self.rm_metrics = model, dict(metrics)
             self.labels_in_reward_model = len(self.rows)

@@ -70,6 +70,7 @@ from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
+from .deepspeed_plugins import plugin_for_new_accelerator
 from .launch import check_launch, check_ppo_sharding
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig
@@ -210,6 +211,14 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     # =========================================================================================================
     # construction, in named parts
     # =========================================================================================================
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        """Trainer's, with this trainer's DeepSpeed plugin added to the process's state when an Accelerator exists
+        already (the reward model's, trained first in the same process): see
+        :func:`~hf_prefs.trainers.deepspeed_plugins.plugin_for_new_accelerator`."""
+        args = super()._build_accelerator_args(**kwargs)
+        args["deepspeed_plugin"] = plugin_for_new_accelerator(args.get("deepspeed_plugin"))
+        return args
+
     @staticmethod
     def _check_args(model: str | nn.Module, args: PPOConfig | None, train_dataset: Dataset | None) -> PPOConfig:
         """``args`` (default: ``PPOConfig(output_dir="<model name>-PPO")``), checked; a train dataset is required."""
@@ -617,7 +626,13 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
         )
         vf_loss, vf_clipfrac = ppo_value_loss(values, batch["values"], batch["returns"], a.cliprange_value, value_mask)
         loss = a.vf_coef * vf_loss if self.in_critic_warmup() else pg_loss + a.vf_coef * vf_loss
-        self._check_finite(loss.detach(), "the PPO loss")
+        if not bool(torch.isfinite(loss.detach()).all()):  # name what went non-finite first
+            parts = {"the forward's log-probabilities": logprobs, "the forward's values": values,
+                     "the rollout's log-probabilities": batch["logprobs"], "the rollout's values": batch["values"],
+                     "advantages": batch["advantages"], "returns": batch["returns"], "policy loss": pg_loss,
+                     "value loss": vf_loss}
+            bad = [name for name, t in parts.items() if not bool(torch.isfinite(t.detach()).all())]
+            raise NonFiniteError(self.state.global_step + 1, "the PPO loss", f" (non-finite: {', '.join(bad)})")
         with torch.no_grad():
             stats = {
                 "loss/policy_avg": pg_loss.detach(),

@@ -46,6 +46,7 @@ from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
 from ..models.generation import input_pad_id
+from ..models.sharding import generation_model
 from ..models.loading import load_reward_normalization, save_reward_normalization
 from ..models.reward_model import (
     BIAS_KEY,
@@ -56,6 +57,7 @@ from ..models.reward_model import (
     packed_rewards,
     set_reward_normalization,
 )
+from .deepspeed_plugins import plugin_for_new_accelerator
 from .launch import check_launch
 from .reward_config import PreferenceRewardConfig
 
@@ -201,6 +203,13 @@ class PreferenceRewardTrainer(RewardTrainer):
             )
 
     # ------------------------------------------------------------------ data
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        """Trainer's, with this trainer's DeepSpeed plugin added to the process's state when an Accelerator exists
+        already (PPO's, in online mode): :func:`~hf_prefs.trainers.deepspeed_plugins.plugin_for_new_accelerator`."""
+        args = super()._build_accelerator_args(**kwargs)
+        args["deepspeed_plugin"] = plugin_for_new_accelerator(args.get("deepspeed_plugin"))
+        return args
+
     @staticmethod
     def _check_normalization_samples(samples: Any, args: PreferenceRewardConfig) -> None:
         if samples is None:
@@ -317,16 +326,17 @@ class PreferenceRewardTrainer(RewardTrainer):
         Every process scores the samples; the main process's gain/bias are broadcast so all ranks agree.
         """
         queries, responses = self._normalization_texts()
-        model = self.accelerator.unwrap_model(self.model)
-        gain, bias = normalize_reward_model(
-            model,
-            self.processing_class,
-            queries,
-            responses,
-            target_mean=self.args.target_mean if stage == "before" else 0.0,
-            target_std=self.args.target_std if stage == "before" else 1.0,
-            batch_size=self.args.per_device_eval_batch_size,
-        )
+        # under ZeRO-3 the weights are gathered for the scoring (before train() no engine holds the shards)
+        with generation_model(self.model_wrapped, self.accelerator) as model:
+            gain, bias = normalize_reward_model(
+                model,
+                self.processing_class,
+                queries,
+                responses,
+                target_mean=self.args.target_mean if stage == "before" else 0.0,
+                target_std=self.args.target_std if stage == "before" else 1.0,
+                batch_size=self.args.per_device_eval_batch_size,
+            )
         gain, bias = broadcast_object_list([gain, bias], from_process=0)
         set_reward_normalization(model, gain, bias)
         logs = {f"reward_gain_{stage}": gain, f"reward_bias_{stage}": bias}
