@@ -258,6 +258,17 @@ def test_non_finite_logits_stop_training(tmp_path, gpt2_tokenizer):
         trainer.train()
 
 
+def test_non_finite_ppo_loss_names_what_went_non_finite(tmp_path, gpt2_tokenizer):
+    # the shape of a failure seen on a GPU (bf16, full fine-tuning): a finite rollout, then a NaN loss in the first
+    # PPO micro-batch; the error says which of the loss's inputs is non-finite
+    policy = make_policy()
+    policy.lm_head.register_forward_hook(lambda _m, _i, out: out * float("nan") if torch.is_grad_enabled() else out)
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, model=policy)
+    with pytest.raises(NonFiniteError, match=r"step 1: .*the PPO loss \(non-finite: the forward's log-probabilities, "
+                                             r"policy loss\)"):
+        trainer.train()
+
+
 def test_saves_policy_value_head_and_model_card(tmp_path, gpt2_tokenizer):
     trainer = make_trainer(tmp_path, gpt2_tokenizer, save_strategy="steps", save_steps=2)
     trainer.train()
