@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -118,3 +119,18 @@ def test_value_function_tiny():
     out = run(str(BENCH / "value_function.py"), "--tiny", "--updates", "2", "--variants", "baseline", "head_lr_x10")
     assert re.search(r"^baseline\s+-?[0-9.]+\s+-?[0-9.]+\s+-?[0-9.]+", out, re.M)
     assert re.search(r"^head_lr_x10\s+", out, re.M)
+
+
+def test_random_model_tiny(tmp_path):
+    """gpu_check.sh's model where no Hub is reachable: a seeded random GPT-2 with the real GPT-2 tokenizer that
+    transformers loads back (same seed, same weights)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shape = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2"]
+    for name in ("a", "b"):
+        out = run(str(BENCH / "random_model.py"), str(tmp_path / name), *shape)
+        assert re.search(r"random GPT-2 \(\d+\.\dM parameters\) written to", out)
+    a, b = (AutoModelForCausalLM.from_pretrained(tmp_path / name) for name in ("a", "b"))
+    assert a.config.n_layer == 2 and a.config.vocab_size == 50257
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert AutoTokenizer.from_pretrained(tmp_path / "a").encode("Hello world") == [15496, 995]  # GPT-2's ids
