@@ -24,7 +24,7 @@ LIMIT=${HF_PREFS_GPU_CHECK_TIMEOUT:-0}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_HUB_DISABLE_TELEMETRY=1
 # transformers >= 5.2x loads Hub kernels for CUDA layers by default (`kernels` installed); offline they cannot be
 # fetched and from_pretrained raises, so they are off unless the Hub is reachable
-[[ $HF_HUB_OFFLINE == 1 ]] && export USE_HUB_KERNELS=${USE_HUB_KERNELS:-0}
+[[ ${HF_HUB_OFFLINE,,} =~ ^(1|true|yes|on)$ ]] && export USE_HUB_KERNELS=${USE_HUB_KERNELS:-0}
 mkdir -p "$OUT"
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), 'torch', torch.__version__)" || exit 1
 CONFIG=recipes/configs/sentiment.yaml

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from accelerate.state import AcceleratorState
 from transformers import Trainer, TrainingArguments
+from transformers.integrations import deepspeed as hf_deepspeed
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -48,6 +49,7 @@ __all__ = [
     "count_reward_trainer_tokens",
     "cpu_bf16_supported",
     "accelerator_state_exists",
+    "active_hf_deepspeed_config",
 ]
 
 #: Package -> (oldest tested, newest tested). The oldest are the floors declared in pyproject.toml.
@@ -110,6 +112,14 @@ def accelerator_state_exists() -> bool:
     """Whether an Accelerator already set up this process's ``AcceleratorState`` (accelerate keeps that state in the
     private class attribute ``AcceleratorState._shared_state``; ``AcceleratorState()`` would create it)."""
     return bool(AcceleratorState._shared_state)
+
+
+def active_hf_deepspeed_config() -> Any:
+    """The ``HfDeepSpeedConfig`` transformers' ZeRO-3 checks read now (``from_pretrained`` loads under
+    ``deepspeed.zero.Init`` when it is ZeRO-3), or None (private: the weak reference
+    ``transformers.integrations.deepspeed._hf_deepspeed_config_weak_ref``)."""
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    return ref() if ref is not None else None
 
 
 def set_sync_gradients(accelerator: Any, sync: bool) -> None:

@@ -44,7 +44,7 @@ def main(task="sentiment", argv=None):
     ################
     # Base model (rho), the rollout rule, queries
     ################
-    base = load_base(model_args, training_args)  # SmolLM2-135M offline unless --model_name_or_path
+    base = load_base(model_args)  # SmolLM2-135M offline unless --model_name_or_path
     spec = RolloutSpec.from_config(training_args, base.tokenizer)  # what a response is: length, T, cut, penalty
     queries = split_queries(script_args, training_args, base.tokenizer)  # held-out / label / PPO queries
     # the mock labeler's reward (VADER log-odds, or a classifier's positive-class log-odds); None: none

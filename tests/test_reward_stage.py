@@ -102,3 +102,19 @@ def test_a_killed_reward_model_training_resumes_to_the_uninterrupted_model(tiny_
         assert checkpoints() == []  # removed once the model was saved
         assert os.path.isfile(os.path.join(out, "rm_metrics.jsonl"))
         assert os.path.isfile(os.path.join(out, "reward_model", "config.json"))
+
+
+def test_zero3_without_gathered_weights_on_save_is_refused_before_training():
+    """PPO loads the reward model as saved; under ZeRO-3 only gathered 16-bit weights make a loadable folder."""
+    from types import SimpleNamespace
+
+    from hf_prefs.pipeline.reward import _check_zero3_saves_whole_weights
+
+    def plugin(stage: int, gather: bool) -> SimpleNamespace:
+        zero = {"stage": stage, "stage3_gather_16bit_weights_on_model_save": gather}
+        return SimpleNamespace(deepspeed_config={"zero_optimization": zero})
+
+    with pytest.raises(ValueError, match="zero3_save_16bit_model: true"):
+        _check_zero3_saves_whole_weights(plugin(3, False))
+    _check_zero3_saves_whole_weights(plugin(3, True))
+    _check_zero3_saves_whole_weights(plugin(2, False))

@@ -230,6 +230,33 @@ def test_online_recipe_under_zero2_trains_reward_models_between_ppo_updates(deep
     assert summary["ppo_updates"] == 3 and len((out / "labels.jsonl").read_text().splitlines()) == 24
 
 
+def test_online_continue_under_zero3_is_refused_before_anything_runs(deepspeed, tiny_base, tmp_path):
+    out = tmp_path / "run"
+    proc = launch(zero_config(3), str(RECIPE), *recipe_args(tiny_base, out), "--label_mode", "online", "--online_rounds",
+                  "2", "--online_rm_init", "continue", check=False)
+    assert proc.returncode != 0 and "online_rm_init: 'continue' is not supported under DeepSpeed ZeRO-3" in proc.stderr
+    assert not out.exists()
+
+
+def test_whole_weights_at_load_under_zero3_and_the_config_put_back(deepspeed, tiny_base):
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    from hf_prefs._compat import active_hf_deepspeed_config
+    from hf_prefs.models.sharding import is_partitioned, whole_weights_at_load
+
+    config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        assert active_hf_deepspeed_config() is config and is_deepspeed_zero3_enabled()
+        with whole_weights_at_load():
+            assert not is_deepspeed_zero3_enabled()
+            model = AutoModelForCausalLM.from_pretrained(tiny_base)
+        assert active_hf_deepspeed_config() is config and not is_partitioned(model)
+    finally:
+        unset_hf_deepspeed_config()
+
+
 def test_zero3_bf16_with_lora_trains(deepspeed, tiny_base, tmp_path):
     """The recipes' precision: zero.Init loads the weights as bf16 shards; LoRA adapters and the value head, created
     afterwards in fp32, must join them in one dtype."""

@@ -366,7 +366,7 @@ def _pooled_frontier(ctx: StudyContext, run: str) -> list[FrontierPoint] | None:
 # ---------------------------------------------------------------------------------------------------------------------
 def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyArguments, output_dir: str,
              betas: Sequence[float]) -> tuple[StudyContext, list[str]]:
-    base = load_base(model_args, cfg)
+    base = load_base(model_args)
     try:
         eval_q, label_q, ppo_q, _ = split_queries(pa, cfg, base.tokenizer)
     except ValueError as err:

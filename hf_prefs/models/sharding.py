@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+from .._compat import active_hf_deepspeed_config
 
 __all__ = ["zero_stage", "is_partitioned", "whole_weights_at_load", "match_partitioned_dtype", "copy_module", "prepare_frozen", "generation_model"]
 
@@ -41,21 +43,21 @@ def is_partitioned(module: nn.Module) -> bool:
 
 
 @contextmanager
-def whole_weights_at_load(args: Any) -> Iterator[None]:
+def whole_weights_at_load() -> Iterator[None]:
     """Inside, ``from_pretrained`` loads whole weights on every process even under ZeRO-3 with ``zero3_init_flag``
     (which loads under ``deepspeed.zero.Init``: empty shards that no module can run before an engine holds them).
     For a frozen model used before any engine exists (rho samples the labels and the normalization samples; PPO's
-    engine shards it later as the reference). ``args``: the run's TrainingArguments (its ``deepspeed_plugin``
-    re-arms transformers' ZeRO-3 check on exit). A no-op without ZeRO-3."""
-    plugin = getattr(args, "deepspeed_plugin", None)
-    if plugin is None or not is_deepspeed_zero3_enabled():
+    engine shards it later as the reference). transformers' DeepSpeed config is put back exactly as it was on exit.
+    A no-op without ZeRO-3."""
+    config = active_hf_deepspeed_config()
+    if config is None or not config.is_zero3():
         yield
         return
     unset_hf_deepspeed_config()
     try:
         yield
     finally:
-        plugin.set_deepspeed_weakref()
+        set_hf_deepspeed_config(config)
 
 
 def match_partitioned_dtype(module: nn.Module) -> None:

@@ -63,6 +63,8 @@ def train_reward_model(
         model=init_model, args=rm_args, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer,
         normalization_samples=sampler,
     )
+    if trainer.is_deepspeed_enabled:
+        _check_zero3_saves_whole_weights(trainer.accelerator.state.deepspeed_plugin)
     last = get_last_checkpoint(training_dir) if resumable and os.path.isdir(training_dir) else None
     trainer.train(resume_from_checkpoint=last)
     metrics = {k: v for log in trainer.state.log_history for k, v in log.items() if isinstance(v, (int, float))}
@@ -83,8 +85,22 @@ def train_reward_model(
         # over: the next stages get the model as saved (loaded the way a later run loads it)
         trainer.accelerator.wait_for_everyone()
         model, _ = load_reward_model(os.path.join(output_dir, "reward_model"))
+        trained = dict(trainer.model.named_parameters())  # frozen layers stay frozen (online ``continue`` trains it on)
+        for name, param in model.named_parameters():
+            param.requires_grad_(trained[name].requires_grad if name in trained else param.requires_grad)
         return model, metrics
     return trainer.model, metrics
+
+
+def _check_zero3_saves_whole_weights(plugin: Any) -> None:
+    """Under ZeRO-3 the next stages load the reward model as saved, which needs its weights gathered on saving."""
+    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+        raise ValueError(
+            "zero3_save_16bit_model: under ZeRO-3 the reward model is saved and loaded back for PPO, which needs "
+            "`zero3_save_16bit_model: true` in the accelerate DeepSpeed config (recipes/accelerate_configs/"
+            "deepspeed_zero3.yaml sets it); without it only a DeepSpeed checkpoint would be written"
+        )
 
 
 def _fresh_reward_model(pa: PipelineArguments, cfg: Any, trunk: str, tokenizer: Any) -> torch.nn.Module:

@@ -38,7 +38,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     resume = resume_checkpoint(cfg)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    base = load_base(model_args, cfg)
+    base = load_base(model_args)
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
     queries = split_queries(pa, cfg, base.tokenizer)
 

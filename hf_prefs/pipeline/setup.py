@@ -35,20 +35,20 @@ class QuerySplit(NamedTuple):
     eval_references: list[str] | None
 
 
-def load_base(model_args: Any, args: Any = None) -> Base:
+def load_base(model_args: Any) -> Base:
     """rho and its tokenizer from ``ModelConfig.model_name_or_path`` or, unset, the offline SmolLM2 asset.
 
     The tokenizer pads on the left (padding is always masked explicitly, never pooled on; a missing pad token is set
     to EOS); rho is in eval mode, in ``ModelConfig.dtype`` (rho is never trained: bfloat16 makes sampling ~2.5x
     faster on CPUs with bf16 units), on this process's device (the GPU of a GPU run: labels, the normalization
-    samples and the evaluation sample from rho before any trainer places a model). ``args``: the run's
-    TrainingArguments; under DeepSpeed ZeRO-3 rho is loaded whole all the same (:func:`whole_weights_at_load`).
+    samples and the evaluation sample from rho before any trainer places a model); under DeepSpeed ZeRO-3 whole all
+    the same (:func:`~hf_prefs.models.sharding.whole_weights_at_load`).
     """
     name = base_model_name(model_args)
     tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    with whole_weights_at_load(args):
+    with whole_weights_at_load():
         rho = AutoModelForCausalLM.from_pretrained(name, dtype=model_dtype(model_args))
     rho = rho.eval().to(PartialState().device)
     return Base(name, tokenizer, rho)
