@@ -118,3 +118,5 @@ def test_zero3_without_gathered_weights_on_save_is_refused_before_training():
         _check_zero3_saves_whole_weights(plugin(3, False))
     _check_zero3_saves_whole_weights(plugin(3, True))
     _check_zero3_saves_whole_weights(plugin(2, False))
+    old_name = {"zero_optimization": {"stage": 3, "stage3_gather_fp16_weights_on_model_save": True}}
+    _check_zero3_saves_whole_weights(SimpleNamespace(deepspeed_config=old_name))

@@ -233,11 +233,11 @@ def test_online_recipe_under_zero2_trains_reward_models_between_ppo_updates(deep
     assert summary["ppo_updates"] == 3 and len((out / "labels.jsonl").read_text().splitlines()) == 24
 
 
-def test_online_continue_under_zero3_is_refused_before_anything_runs(deepspeed, tiny_base, tmp_path):
+def test_online_labels_under_zero3_are_refused_before_anything_runs(deepspeed, tiny_base, tmp_path):
     out = tmp_path / "run"
     proc = launch(zero_config(3), str(RECIPE), *recipe_args(tiny_base, out), "--label_mode", "online", "--online_rounds",
-                  "2", "--online_rm_init", "continue", check=False)
-    assert proc.returncode != 0 and "online_rm_init: 'continue' is not supported under DeepSpeed ZeRO-3" in proc.stderr
+                  "2", check=False)
+    assert proc.returncode != 0 and "label_mode: online labels are not supported under DeepSpeed ZeRO-3" in proc.stderr
     assert not out.exists()
 
 

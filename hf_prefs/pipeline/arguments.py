@@ -228,10 +228,11 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         if pa.online_rm_init not in ("fresh", "continue"):
             raise ValueError(f"online_rm_init: {pa.online_rm_init!r} is not 'fresh' or 'continue'")
         plugin = getattr(cfg, "deepspeed_plugin", None)
-        if pa.online_rm_init == "continue" and plugin is not None and int(plugin.zero_stage) == 3:
-            # PPO's engine holds the shards of the round's reward model; a reward trainer cannot take them over
-            raise ValueError("online_rm_init: 'continue' is not supported under DeepSpeed ZeRO-3 (PPO's engine holds "
-                             "the reward model's shards); use 'fresh', or ZeRO-2 / DDP")
+        if plugin is not None and int(plugin.zero_stage) == 3:
+            # a round's reward model would be sharded by its trainer, hooked by PPO's engine, saved into PPO's
+            # checkpoints by the main process alone (empty shards) and, with 'continue', trained on by a second engine
+            raise ValueError("label_mode: online labels are not supported under DeepSpeed ZeRO-3 (the rounds' reward "
+                             "models are sharded); use ZeRO-2 or DDP, or offline labels")
         schedule = online_schedule(pa)
         if cfg.total_episodes is not None:
             batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size

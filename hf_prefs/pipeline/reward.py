@@ -95,7 +95,9 @@ def train_reward_model(
 def _check_zero3_saves_whole_weights(plugin: Any) -> None:
     """Under ZeRO-3 the next stages load the reward model as saved, which needs its weights gathered on saving."""
     zero = plugin.deepspeed_config.get("zero_optimization", {})
-    if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+    names = ("stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save",
+             "stage3_gather_fp16_weights_on_model_save")  # DeepSpeed's names for it, old ones included
+    if zero.get("stage") == 3 and not any(zero.get(name, False) for name in names):
         raise ValueError(
             "zero3_save_16bit_model: under ZeRO-3 the reward model is saved and loaded back for PPO, which needs "
             "`zero3_save_16bit_model: true` in the accelerate DeepSpeed config (recipes/accelerate_configs/"

@@ -53,7 +53,7 @@ from ..labels.schema import LABEL_COLUMNS
 from ..labels.sources import as_label_source
 from ..models.loading import load_reward_model
 from ..models.reward_model import get_reward_normalization
-from ..models.sharding import copy_module, is_partitioned, zero_stage
+from ..models.sharding import zero_stage
 from .deepspeed_plugins import select_plugin
 from .main_process import result_from_main_process
 
@@ -361,16 +361,11 @@ class OnlinePreferenceLoop(TrainerCallback):
     # ------------------------------------------------------------------ plumbing
     @staticmethod
     def _install(trainer: Any, model: Any) -> None:
-        """Make ``model`` the reward of ``trainer``'s next rollouts (eval mode, dropout off, on its device). A model
-        that ZeRO-3 partitioned at load is placed as PPO places its frozen models (an engine that fetches the
-        shards), as a copy: the loop keeps the unplaced one, which ``online_rm_init=continue`` trains further."""
+        """Make ``model`` the reward of ``trainer``'s next rollouts (eval mode, dropout off, on its device)."""
         if isinstance(model, nn.Module):
             disable_dropout_in_model(model)
             model.eval()
-            if is_partitioned(model) and hasattr(trainer, "_place_frozen"):
-                model = trainer._place_frozen(copy_module(model))
-            else:
-                model.to(trainer.accelerator.device)
+            model.to(trainer.accelerator.device)
         trainer.reward_model = model
 
     def _current_policy(self) -> nn.Module:
