@@ -81,15 +81,20 @@ def train_reward_model(
                 if name.startswith(PREFIX_CHECKPOINT_DIR):
                     shutil.rmtree(os.path.join(training_dir, name))
     if trainer.is_deepspeed_enabled:
-        # the trained module keeps the engine's hooks (ZeRO-3: and its shards), which PPO's own engine cannot take
-        # over: the next stages get the model as saved (loaded the way a later run loads it)
-        trainer.accelerator.wait_for_everyone()
-        model, _ = load_reward_model(os.path.join(output_dir, "reward_model"))
-        trained = dict(trainer.model.named_parameters())  # frozen layers stay frozen (online ``continue`` trains it on)
-        for name, param in model.named_parameters():
-            param.requires_grad_(trained[name].requires_grad if name in trained else param.requires_grad)
-        return model, metrics
+        return _as_saved(trainer, os.path.join(output_dir, "reward_model")), metrics
     return trainer.model, metrics
+
+
+def _as_saved(trainer: PreferenceRewardTrainer, model_dir: str) -> torch.nn.Module:
+    """The trained reward model loaded back from ``model_dir`` (once every process is past saving), with the trained
+    module's frozen layers frozen (online ``continue`` trains it on). Under DeepSpeed the trained module keeps the
+    engine's hooks (ZeRO-3: and its shards), which PPO's own engine cannot take over."""
+    trainer.accelerator.wait_for_everyone()
+    model, _ = load_reward_model(model_dir)
+    trained = dict(trainer.model.named_parameters())
+    for name, param in model.named_parameters():
+        param.requires_grad_(trained[name].requires_grad if name in trained else param.requires_grad)
+    return model
 
 
 def _check_zero3_saves_whole_weights(plugin: Any) -> None:

@@ -20,7 +20,7 @@ from accelerate.utils import DistributedType
 
 from .._compat import accelerator_state_exists
 
-__all__ = ["plugin_for_new_accelerator", "select_plugin"]
+__all__ = ["DeepSpeedPluginMixin", "plugin_for_new_accelerator", "select_plugin"]
 
 
 def _deepspeed_state() -> AcceleratorState | None:
@@ -70,3 +70,16 @@ def select_plugin(plugin: Any) -> None:
     name = _name_of(state, plugin)
     if name is not None:
         state.select_deepspeed_plugin(name)
+
+
+class DeepSpeedPluginMixin:
+    """For a ``transformers.Trainer`` subclass: its Accelerator is created with
+    :func:`plugin_for_new_accelerator` (so the reward model's and PPO's trainers can follow each other in one
+    process). Put it before the Trainer base class."""
+
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        """Trainer's, with this trainer's DeepSpeed plugin added to the process's state when an Accelerator exists
+        already."""
+        args = super()._build_accelerator_args(**kwargs)
+        args["deepspeed_plugin"] = plugin_for_new_accelerator(args.get("deepspeed_plugin"))
+        return args

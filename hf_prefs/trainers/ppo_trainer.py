@@ -70,7 +70,7 @@ from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
-from .deepspeed_plugins import plugin_for_new_accelerator
+from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_launch, check_ppo_sharding
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig
@@ -126,7 +126,7 @@ def query_width(longest: int, padded: int) -> int:
     return min(padded, -(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)
 
 
-class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
+class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, TrlBaseTrainer):
     """The paper's PPO: fixed-length sampling at T, per-token KL penalty, adaptive beta, value head on the trunk.
 
     Args:
@@ -211,14 +211,6 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, TrlBaseTrainer):
     # =========================================================================================================
     # construction, in named parts
     # =========================================================================================================
-    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
-        """Trainer's, with this trainer's DeepSpeed plugin added to the process's state when an Accelerator exists
-        already (the reward model's, trained first in the same process): see
-        :func:`~hf_prefs.trainers.deepspeed_plugins.plugin_for_new_accelerator`."""
-        args = super()._build_accelerator_args(**kwargs)
-        args["deepspeed_plugin"] = plugin_for_new_accelerator(args.get("deepspeed_plugin"))
-        return args
-
     @staticmethod
     def _check_args(model: str | nn.Module, args: PPOConfig | None, train_dataset: Dataset | None) -> PPOConfig:
         """``args`` (default: ``PPOConfig(output_dir="<model name>-PPO")``), checked; a train dataset is required."""

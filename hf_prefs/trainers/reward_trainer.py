@@ -57,7 +57,7 @@ from ..models.reward_model import (
     packed_rewards,
     set_reward_normalization,
 )
-from .deepspeed_plugins import plugin_for_new_accelerator
+from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_launch
 from .reward_config import PreferenceRewardConfig
 
@@ -125,7 +125,7 @@ class _LogPendingOnTrainBegin(TrainerCallback):
             self.trainer.log(logs)
 
 
-class PreferenceRewardTrainer(RewardTrainer):
+class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
     """``trl.RewardTrainer`` on best-of-K labels (query, samples[K], best) with the K-way softmax loss.
 
     Args (beyond ``trl.RewardTrainer``'s):
@@ -203,13 +203,6 @@ class PreferenceRewardTrainer(RewardTrainer):
             )
 
     # ------------------------------------------------------------------ data
-    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
-        """Trainer's, with this trainer's DeepSpeed plugin added to the process's state when an Accelerator exists
-        already (PPO's, in online mode): :func:`~hf_prefs.trainers.deepspeed_plugins.plugin_for_new_accelerator`."""
-        args = super()._build_accelerator_args(**kwargs)
-        args["deepspeed_plugin"] = plugin_for_new_accelerator(args.get("deepspeed_plugin"))
-        return args
-
     @staticmethod
     def _check_normalization_samples(samples: Any, args: PreferenceRewardConfig) -> None:
         if samples is None:
