@@ -1,4 +1,5 @@
-"""The attention kernel of a differentiated CPU forward: the math backend for short sequences, the same gradients."""
+"""The attention kernel of a differentiated CPU forward (the math backend for short sequences, the same gradients),
+and the SDPA mask of left-padded rows (no empty query row, the real tokens unchanged)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_prefs.models.attention import MATH_ATTENTION_MAX_LENGTH, training_attention
+from hf_prefs.models.attention import (
+    MATH_ATTENTION_MAX_LENGTH,
+    attention_mask_for,
+    causal_mask_without_empty_rows,
+    training_attention,
+)
+from hf_prefs.models.logprobs import forward_last, token_logprobs
 
 
 def _attention_ops(context) -> set[str]:
@@ -46,3 +53,93 @@ def test_math_backend_gives_the_same_loss_and_gradients():
     assert torch.allclose(math_loss, flash_loss, atol=1e-6)
     for name, grad in flash_grads.items():
         assert torch.allclose(math_grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+# --- left padding under SDPA: no empty query row --------------------------------------------------------------------
+
+
+def _tiny_llama(attn_implementation: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        attn_implementation=attn_implementation))
+
+
+def _left_padded() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[2, :1] = 0
+    return ids, mask
+
+
+def test_mask_without_empty_rows_by_hand():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    allowed = causal_mask_without_empty_rows(mask)
+    assert allowed.shape == (2, 1, 4, 4) and allowed.dtype == torch.bool
+    expected0 = torch.tensor([[1, 0, 0, 0],   # pad: itself only
+                              [0, 1, 0, 0],   # pad: itself only
+                              [0, 0, 1, 0],   # first token: itself
+                              [0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(allowed[0, 0], expected0)
+    assert torch.equal(allowed[1, 0], torch.ones(4, 4, dtype=torch.bool).tril())
+    assert bool(allowed.any(-1).all())  # no empty row
+
+
+def test_attention_mask_for_only_changes_left_padded_sdpa():
+    ids, mask = _left_padded()
+    assert attention_mask_for({"sdpa"}, mask).shape == (3, 1, 10, 10)
+    for other in ({"eager"}, {"flash_attention_2"}, {"sdpa", "eager"}, {None}):
+        assert attention_mask_for(other, mask) is mask
+    unpadded = torch.ones_like(mask)
+    assert attention_mask_for({"sdpa"}, unpadded) is unpadded  # transformers keeps its is_causal fast path
+
+
+def test_real_tokens_are_unchanged_by_the_diagonal():
+    """forward_last's mask gives the real positions the same logits as transformers' own mask (both kernels)."""
+    model = _tiny_llama()
+    ids, mask = _left_padded()
+    real = mask.bool()
+    for context in (nullcontext(), training_attention("cpu", 10)):
+        with torch.no_grad(), context:
+            ours = forward_last(model, ids, mask, 10).logits
+            theirs = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        assert torch.equal(ours[real], theirs[real])
+
+
+def test_a_kernel_that_gives_nan_on_empty_rows_no_longer_poisons_the_gradients(monkeypatch):
+    """A stand-in for a fused kernel whose fully masked rows come out NaN: with transformers' 2D-built mask the PPO
+    forward's log-probs and every gradient turn NaN (0 x NaN); with forward_last's mask they stay finite and equal
+    to the plain kernel's."""
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def nan_on_empty_rows(q, k, v, attn_mask=None, *args, **kwargs):
+        out = real_sdpa(q, k, v, attn_mask, *args, **kwargs)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            empty = ~attn_mask.any(-1, keepdim=True)  # (B, 1|H, L, 1)
+            out = out.masked_fill(empty.expand(-1, out.shape[1], -1, -1)[..., :1].expand_as(out), float("nan"))
+        return out
+
+    ids, mask = _left_padded()
+    response = ids[:, -3:]
+
+    def loss_and_grads(model, plain_2d_mask: bool):
+        model.zero_grad()
+        if plain_2d_mask:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                        logits_to_keep=torch.arange(6, 9))
+        else:
+            out = forward_last(model, ids, mask, 3, skip_last=1)
+        logprobs, _ = token_logprobs(out.logits, response, 1.0, False)
+        logprobs.sum().backward()
+        return logprobs.detach(), [p.grad.clone() for p in model.parameters()]
+
+    model = _tiny_llama()
+    reference, reference_grads = loss_and_grads(model, plain_2d_mask=False)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", nan_on_empty_rows)
+    broken, broken_grads = loss_and_grads(model, plain_2d_mask=True)
+    assert torch.isnan(broken).any() and any(bool(torch.isnan(g).any()) for g in broken_grads)
+    fixed, fixed_grads = loss_and_grads(model, plain_2d_mask=False)
+    assert torch.equal(fixed, reference)
+    for grad, ref in zip(fixed_grads, reference_grads):
+        assert torch.isfinite(grad).all() and torch.allclose(grad, ref, atol=1e-6)

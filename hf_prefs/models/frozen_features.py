@@ -42,7 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .reward_model import unwrap_distributed, unwrap_model
+from .reward_model import unwrap_model
+from .wrappers import unwrap_distributed
 
 __all__ = ["transformer_blocks", "freeze_bottom_layers", "frozen_prefix_length", "FrozenFeatureCache", "CHECKPOINTING"]
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from ..core.rollout import position_ids
+from .attention import attention_mask_for
+from .wrappers import attention_implementations
 
 __all__ = ["token_logprobs", "last_positions", "forward_last", "DEFAULT_CHUNK_ROWS"]
 
@@ -47,9 +49,11 @@ def forward_last(
 ) -> Any:
     """``model(...)`` on left-padded ``(B, L)`` tokens with the LM head on ``k`` positions only — the last ones, or
     those before the last ``skip_last`` (``logits`` ``(B, k, V)``, asked for by :func:`last_positions`) — and position
-    ids counted from each row's first real token; ``kwargs`` go to the model (e.g. ``use_cache``)."""
+    ids counted from each row's first real token; ``kwargs`` go to the model (e.g. ``use_cache``). Under SDPA the
+    padding becomes a mask without empty rows (:func:`hf_prefs.models.attention.attention_mask_for`)."""
     keep = last_positions(input_ids.shape[1], k, input_ids.device, skip_last)
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+    mask = attention_mask_for(attention_implementations(model), attention_mask)
+    return model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(attention_mask),
                  logits_to_keep=keep, **kwargs)
 
 

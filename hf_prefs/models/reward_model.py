@@ -27,16 +27,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 
 from ..core.normalization import reward_normalization
 from ..core.packing import pad_right, shared_prefix_attention_mask
 from .generation import ensure_pad_token_id, input_pad_id, model_device
+from .wrappers import unwrap_distributed
 
 __all__ = [
     "GAIN_KEY",
     "BIAS_KEY",
-    "unwrap_distributed",
     "unwrap_model",
     "score_head",
     "init_score_head",
@@ -59,14 +58,6 @@ BIAS_KEY = "hf_prefs_reward_bias"
 
 #: A source of responses from rho for given queries: ``sampler(queries) -> responses`` (one per query).
 ResponseSource = Callable[[list[str]], Sequence[str]]
-
-
-def unwrap_distributed(model: Any) -> Any:
-    """The module inside DDP/accelerate/DeepSpeed wrappers (a PEFT model stays one). A DeepSpeed engine has a
-    ``config`` of its own (DeepSpeed's): only a transformers config marks the model."""
-    while hasattr(model, "module") and not isinstance(getattr(model, "config", None), PretrainedConfig):
-        model = model.module
-    return model
 
 
 def unwrap_model(model: Any) -> Any:

@@ -1,0 +1,25 @@
+"""What sits inside the wrappers a model is run through (DDP, accelerate, DeepSpeed; PEFT stays a model)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+__all__ = ["unwrap_distributed", "attention_implementations"]
+
+
+def unwrap_distributed(model: Any) -> Any:
+    """The module inside DDP/accelerate/DeepSpeed wrappers (a PEFT model stays one). A DeepSpeed engine has a
+    ``config`` of its own (DeepSpeed's): only a transformers config marks the model."""
+    while hasattr(model, "module") and not isinstance(getattr(model, "config", None), PretrainedConfig):
+        model = model.module
+    return model
+
+
+def attention_implementations(model: Any) -> set[str | None]:
+    """The attention implementations (``config._attn_implementation``) a forward of ``model`` runs through: the
+    model's own and, for a policy with a separate value model (``value_model``), that model's."""
+    inner = unwrap_distributed(model)
+    configs = [getattr(inner, "config", None), getattr(getattr(inner, "value_model", None), "config", None)]
+    return {getattr(c, "_attn_implementation", None) for c in configs if c is not None}
