@@ -269,6 +269,21 @@ def test_non_finite_ppo_loss_names_what_went_non_finite(tmp_path, gpt2_tokenizer
         trainer.train()
 
 
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0])  # each gradient checked / the clipped norm read
+def test_non_finite_gradients_stop_before_the_optimizer_step(tmp_path, gpt2_tokenizer, max_grad_norm):
+    # a finite loss whose backward turns NaN (as a fused attention kernel's backward can): the step is not taken,
+    # so no weight is written with NaN, and the error names the parameters
+    policy = make_policy()
+    policy.lm_head.weight.register_hook(lambda grad: grad * float("nan"))
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, model=policy, max_grad_norm=max_grad_norm)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    with pytest.raises(NonFiniteError, match=r"step 1: .*the gradients \(1 parameters, first: policy\.transformer\.wte\.weight\); "
+                                             r"stopped before the optimizer step"):
+        trainer.train()
+    for name, p in trainer.model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+
+
 def test_saves_policy_value_head_and_model_card(tmp_path, gpt2_tokenizer):
     trainer = make_trainer(tmp_path, gpt2_tokenizer, save_strategy="steps", save_steps=2)
     trainer.train()

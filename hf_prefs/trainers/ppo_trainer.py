@@ -661,12 +661,31 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
             for p in model.parameters():
                 if id(p) not in keep:
                     p.grad = None
+        self._check_gradients(model)
         if self.args.max_grad_norm and self.args.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
         self.control = self.callback_handler.on_pre_optimizer_step(self.args, self.state, self.control)
         self.optimizer.step()
         self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _check_gradients(self, model: nn.Module) -> None:
+        """Stop before clipping and the optimizer step when a gradient is NaN/inf: the step would write NaN into the
+        trained weights (clipping by a NaN norm spreads it to every gradient first), and the next forward would fail
+        far from the cause. One flag per gradient, one sync. Not with a loss scaler (fp16), whose skipped steps expect
+        inf gradients; under DeepSpeed the engine holds the gradients (none to read here). The error names the
+        parameters whose gradients are non-finite."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if self.accelerator.scaler is not None or not grads:
+            return
+        finite = bool(torch.stack([torch.isfinite(g).all().to(grads[0].device) for g in grads]).all())
+        if finite:
+            return
+        bad = [name for name, p in self._unwrapped().named_parameters()
+               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        raise NonFiniteError(self.state.global_step + 1, "the gradients",
+                             f" ({len(bad)} parameters, first: {', '.join(bad[:3]) or 'none on this process'}); "
+                             "stopped before the optimizer step")
 
     def ppo_epochs(self, rollout: Rollout) -> dict[str, torch.Tensor]:
         """``num_ppo_epochs`` passes over the batch in shuffled minibatches; one optimizer step per minibatch.
