@@ -27,6 +27,8 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_HUB_DISABLE_TELEMETRY=1
 [[ ${HF_HUB_OFFLINE,,} =~ ^(1|true|yes|on)$ ]] && export USE_HUB_KERNELS=${USE_HUB_KERNELS:-0}
 mkdir -p "$OUT"
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), 'torch', torch.__version__)" || exit 1
+# first, in seconds: which SDPA kernels give NaN on a fully masked query row (the lead on the NaN of the first run)
+"$PY" benchmarks/sdpa_empty_rows.py || echo "sdpa_empty_rows.py failed (exit $?)"
 CONFIG=recipes/configs/sentiment.yaml
 if [[ $MODEL == random-gpt2 ]]; then
   "$PY" benchmarks/random_model.py "$OUT/random-gpt2" || exit 1

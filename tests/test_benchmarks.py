@@ -134,3 +134,13 @@ def test_random_model_tiny(tmp_path):
     assert a.config.n_layer == 2 and a.config.vocab_size == 50257
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert AutoTokenizer.from_pretrained(tmp_path / "a").encode("Hello world") == [15496, 995]  # GPT-2's ids
+
+
+def test_sdpa_empty_rows_probe_on_cpu():
+    """gpu_check.sh's first step: per kernel and dtype, finite or not on a fully masked row; on CPU both kernels
+    are finite and the project's mask leaves the real rows equal to the math kernel's."""
+    out = run(str(BENCH / "sdpa_empty_rows.py"), "--length", "12", "--pad", "5")
+    lines = [line for line in out.splitlines() if "empty rows ->" in line]
+    assert len(lines) == 4  # float32 and bf16 x math and flash
+    for line in lines:
+        assert "NaN" not in line and "equal to math" in line, line
