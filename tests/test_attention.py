@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_prefs.models.attention import (
     MATH_ATTENTION_MAX_LENGTH,
+    PLAIN_CAUSAL_MODEL_TYPES,
     attention_mask_for,
     causal_mask_without_empty_rows,
     training_attention,
@@ -86,13 +88,56 @@ def test_mask_without_empty_rows_by_hand():
     assert bool(allowed.any(-1).all())  # no empty row
 
 
-def test_attention_mask_for_only_changes_left_padded_sdpa():
-    ids, mask = _left_padded()
-    assert attention_mask_for({"sdpa"}, mask).shape == (3, 1, 10, 10)
-    for other in ({"eager"}, {"flash_attention_2"}, {"sdpa", "eager"}, {None}):
-        assert attention_mask_for(other, mask) is mask
+def test_attention_mask_for_only_changes_left_padded_plain_causal_sdpa():
+    from transformers import AutoConfig, MistralConfig, Qwen2Config
+
+    ids, mask = _left_padded()  # 10 tokens
+    sdpa, eager = _tiny_llama().config, _tiny_llama("eager").config
+    assert attention_mask_for([sdpa], mask).shape == (3, 1, 10, 10)
+    assert attention_mask_for([sdpa, sdpa], mask).shape == (3, 1, 10, 10)  # policy + separate value model
+    for configs in ([eager], [sdpa, eager], []):
+        assert attention_mask_for(configs, mask) is mask
     unpadded = torch.ones_like(mask)
-    assert attention_mask_for({"sdpa"}, unpadded) is unpadded  # transformers keeps its is_causal fast path
+    assert attention_mask_for([sdpa], unpadded) is unpadded  # transformers keeps its is_causal fast path
+    # a sliding window shorter than the rows would be replaced by plain causal attention: transformers' mask stays
+    for window, changed in ((16, True), (10, True), (4, False)):
+        mistral = MistralConfig(sliding_window=window, attn_implementation="sdpa")
+        assert (attention_mask_for([mistral], mask) is not mask) == changed, window
+    qwen = Qwen2Config(use_sliding_window=False, attn_implementation="sdpa")  # all layers full attention
+    assert attention_mask_for([qwen], mask) is not mask
+    chunked = LlamaConfig(attn_implementation="sdpa")
+    chunked.layer_types = ["full_attention", "chunked_attention"]
+    assert attention_mask_for([chunked], mask) is mask
+    hybrid = AutoConfig.for_model("lfm2", attn_implementation="sdpa")  # conv layers: not a listed model type
+    assert attention_mask_for([hybrid], mask) is mask
+
+
+def _tiny(model_type: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    sizes = {"gpt2": dict(n_embd=32, n_layer=2, n_head=4, vocab_size=64),
+             "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              vocab_size=64)}
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, pad_token_id=0)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, **sizes.get(model_type, common), attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("model_type", sorted(PLAIN_CAUSAL_MODEL_TYPES))
+def test_listed_model_types_get_the_same_real_token_logits(model_type):
+    """For the listed model types the mask without empty rows is used, and the real tokens' logits equal those
+    with transformers' own mask (float32, CPU, both SDPA kernels)."""
+    model = _tiny(model_type)
+    ids, mask = _left_padded()
+    assert attention_mask_for([model.config], mask) is not mask
+    real = mask.bool()
+    for context in (nullcontext(), training_attention("cpu", 10)):
+        with torch.no_grad(), context:
+            ours = forward_last(model, ids, mask, 10).logits
+            theirs = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        assert torch.allclose(ours[real], theirs[real], atol=1e-6, rtol=0), model_type
 
 
 def test_real_tokens_are_unchanged_by_the_diagonal():
@@ -110,7 +155,7 @@ def test_real_tokens_are_unchanged_by_the_diagonal():
 def test_a_kernel_that_gives_nan_on_empty_rows_no_longer_poisons_the_gradients(monkeypatch):
     """A stand-in for a fused kernel whose fully masked rows come out NaN: with transformers' 2D-built mask the PPO
     forward's log-probs and every gradient turn NaN (0 x NaN); with forward_last's mask they stay finite and equal
-    to the plain kernel's."""
+    to those of transformers' mask under the real kernel."""
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def nan_on_empty_rows(q, k, v, attn_mask=None, *args, **kwargs):
@@ -135,11 +180,11 @@ def test_a_kernel_that_gives_nan_on_empty_rows_no_longer_poisons_the_gradients(m
         return logprobs.detach(), [p.grad.clone() for p in model.parameters()]
 
     model = _tiny_llama()
-    reference, reference_grads = loss_and_grads(model, plain_2d_mask=False)
+    reference, reference_grads = loss_and_grads(model, plain_2d_mask=True)  # transformers' mask, the real kernel
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", nan_on_empty_rows)
     broken, broken_grads = loss_and_grads(model, plain_2d_mask=True)
     assert torch.isnan(broken).any() and any(bool(torch.isnan(g).any()) for g in broken_grads)
     fixed, fixed_grads = loss_and_grads(model, plain_2d_mask=False)
-    assert torch.equal(fixed, reference)
+    assert torch.allclose(fixed, reference, atol=1e-6, rtol=0)
     for grad, ref in zip(fixed_grads, reference_grads):
         assert torch.isfinite(grad).all() and torch.allclose(grad, ref, atol=1e-6)

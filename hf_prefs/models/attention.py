@@ -11,19 +11,22 @@ tokens runs under the math backend; everything else keeps PyTorch's choice.
 Left-padded rows (PPO's ``query + response``) also get their own SDPA mask (:func:`attention_mask_for`): in the mask
 transformers builds from a 2D padding mask, a leading pad token's query row allows no key at all. PyTorch's math
 kernel returns zeros there, but a kernel that does not (a fused CUDA kernel's backward reads a log-sum-exp of -inf
-on such a row) gives NaN, and 0 x NaN carries it into every gradient. Here each pad token attends to itself: the
-real tokens' rows are unchanged (they never see a pad key), and no row is empty.
+on such a row) gives NaN, and 0 x NaN carries it into every gradient. Here, for models whose layers all take a plain
+causal padding mask (:func:`takes_plain_causal_mask`), each pad token attends to itself: the real tokens' rows are
+unchanged (they never see a pad key), and no row is empty. Other models keep transformers' mask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["MATH_ATTENTION_MAX_LENGTH", "training_attention", "causal_mask_without_empty_rows", "attention_mask_for"]
+__all__ = ["MATH_ATTENTION_MAX_LENGTH", "training_attention", "causal_mask_without_empty_rows",
+           "PLAIN_CAUSAL_MODEL_TYPES", "takes_plain_causal_mask", "attention_mask_for"]
 
 #: Longest sequence (tokens) whose differentiated CPU forward uses the math backend (measured crossover ~256).
 MATH_ATTENTION_MAX_LENGTH = 128
@@ -51,12 +54,43 @@ def causal_mask_without_empty_rows(attention_mask: torch.Tensor) -> torch.Tensor
     return allowed[:, None]  # (B, 1, L, L)
 
 
-def attention_mask_for(implementations: Iterable[str | None], attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mask to pass for padding mask ``attention_mask`` ``(B, L)`` to a model whose forward runs through the
-    attention ``implementations``: :func:`causal_mask_without_empty_rows` if all of them are ``sdpa`` and some
-    row starts with padding (where an empty row would appear), else ``attention_mask`` itself (eager attention adds
-    a finite minimum and has no empty row; flash-attention and other kernels take the 2D mask; without leading
-    padding transformers skips the mask for SDPA's causal flag)."""
-    if set(implementations) != {"sdpa"} or bool(attention_mask[:, 0].all()):
+#: Model types whose every layer is causal self-attention over a mask transformers builds from the 2-D padding mask
+#: with ``create_causal_mask`` (or ``create_sliding_window_causal_mask``, see :func:`takes_plain_causal_mask`). A
+#: custom 4-D mask replaces whatever transformers would build, so models not listed here (hybrid recurrent/conv
+#: layers, chunked or bidirectional attention, or simply not checked) keep transformers' own mask.
+PLAIN_CAUSAL_MODEL_TYPES = frozenset({
+    "gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
+    "gemma3_text", "phi3", "olmo2", "gpt_neox", "smollm3",
+})
+
+
+def takes_plain_causal_mask(config: Any, length: int) -> bool:
+    """Whether a model with ``config`` runs SDPA over ``length`` tokens with a plain causal padding mask in every
+    layer, so that :func:`causal_mask_without_empty_rows` stands in for it exactly: ``sdpa`` attention, a model type
+    in :data:`PLAIN_CAUSAL_MODEL_TYPES`, and every layer full attention or a sliding window of at least ``length``
+    tokens (a shorter window would be replaced by plain causal attention)."""
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "model_type", None) not in PLAIN_CAUSAL_MODEL_TYPES:
+        return False
+    kinds = set(getattr(text, "layer_types", None) or [])
+    if not kinds <= {"full_attention", "sliding_attention"}:
+        return False
+    if kinds == {"full_attention"}:  # a sliding_window the config may still carry is unused
+        return True
+    window = getattr(text, "sliding_window", None)
+    return not window or length <= int(window)
+
+
+def attention_mask_for(configs: Iterable[Any], attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mask to pass for padding mask ``attention_mask`` ``(B, L)`` to a model whose forward runs through
+    models with ``configs``: :func:`causal_mask_without_empty_rows` where some row starts with padding (where an empty
+    row would appear) and every config :func:`takes_plain_causal_mask`; else ``attention_mask`` itself (eager
+    attention adds a finite minimum and has no empty row; flash-attention and other kernels take the 2D mask; without
+    leading padding no row can be empty; other models and mask patterns keep transformers' own)."""
+    configs = list(configs)
+    length = attention_mask.shape[1]
+    if not configs or bool(attention_mask[:, 0].all()) or not all(takes_plain_causal_mask(c, length) for c in configs):
         return attention_mask
     return causal_mask_without_empty_rows(attention_mask)

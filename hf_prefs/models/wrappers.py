@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-__all__ = ["unwrap_distributed", "attention_implementations"]
+__all__ = ["unwrap_distributed", "model_configs"]
 
 
 def unwrap_distributed(model: Any) -> Any:
@@ -17,9 +17,9 @@ def unwrap_distributed(model: Any) -> Any:
     return model
 
 
-def attention_implementations(model: Any) -> set[str | None]:
-    """The attention implementations (``config._attn_implementation``) a forward of ``model`` runs through: the
-    model's own and, for a policy with a separate value model (``value_model``), that model's."""
+def model_configs(model: Any) -> list[PretrainedConfig]:
+    """The transformers configs a forward of ``model`` runs through: the model's own and, for a policy with a
+    separate value model (``value_model``), that model's."""
     inner = unwrap_distributed(model)
     configs = [getattr(inner, "config", None), getattr(getattr(inner, "value_model", None), "config", None)]
-    return {getattr(c, "_attn_implementation", None) for c in configs if c is not None}
+    return [c for c in configs if isinstance(c, PretrainedConfig)]

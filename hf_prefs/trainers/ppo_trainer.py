@@ -673,8 +673,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         """Stop before clipping and the optimizer step when a gradient is NaN/inf: the step would write NaN into the
         trained weights (clipping by a NaN norm spreads it to every gradient first), and the next forward would fail
         far from the cause. One flag per gradient, one sync. Not with a loss scaler (fp16), whose skipped steps expect
-        inf gradients; under DeepSpeed the engine holds the gradients (none to read here). The error names the
-        parameters whose gradients are non-finite."""
+        inf gradients. Not under DeepSpeed either: its engine steps inside the last micro-batch's backward
+        (accelerate's wrapper), before this runs, and holds the gradients itself. The error names the parameters whose
+        gradients are non-finite."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if self.accelerator.scaler is not None or not grads:
             return
