@@ -224,6 +224,21 @@ def test_rounds_filled_from_a_label_file_and_continue_mode(tiny_base, tmp_path, 
     assert trainer.reward_model(["x"], ["y"]).tolist() == [2.0]
 
 
+def test_a_label_file_loop_built_without_the_recipes_refuses_zero3(tiny_base, tmp_path, monkeypatch):
+    """The loop's own check (not only the recipes' config check): a label-file source samples nothing, but its rounds'
+    reward models would still be sharded under ZeRO-3; it stops before any round trains one."""
+    tok = _tokenizer(tiny_base)
+    cfg, trainer = _trainer(tiny_base, tmp_path, tok)
+    file_labels = Dataset.from_list([{"query": f"q{i}", "samples": [f"a{i}", f"b{i}"], "best": 0} for i in range(4)])
+    calls = []
+    loop = OnlinePreferenceLoop(OnlineLabelSchedule(2, [2, 2]), file_labels, _rm_stub(calls), [], tok, args=cfg,
+                                num_candidates=2)
+    monkeypatch.setattr(online, "zero_stage", lambda accelerator: 3)
+    with pytest.raises(NotImplementedError, match="ZeRO-3"):
+        loop.train(trainer)
+    assert calls == [] and trainer.state.global_step == 0
+
+
 def test_rounds_during_rl_only_start_from_the_trainers_reward(tiny_base, tmp_path):
     """first_round_before_rl=False: PPO starts with the reward the trainer was built with; 2 rounds at episodes
     8 and 16 (24 / 3) replace it before updates 2 and 4."""
@@ -465,24 +480,26 @@ def test_summarization_tasks_refuse_another_query_dataset(tmp_path):
                                                        query_dataset="my/texts"), cfg)
 
 
-def test_online_rounds_that_sample_the_policy_refuse_zero3_and_ppo_refuses_fsdp():
-    """Checks that stop a run before it would hang or crash: later online rounds sample the policy on the main process
-    alone (a ZeRO-3 forward needs every process); PPO's rollout bypasses an FSDP root module."""
+def test_online_loop_refuses_zero3_and_ppo_refuses_fsdp(tmp_path):
+    """Checks that stop a run before it would hang or crash: online rounds under ZeRO-3 (later rounds sample the policy
+    on the main process alone; the rounds' reward models would be sharded) — in the loop itself, whatever its label
+    source, so a script that builds the loop without the recipes is stopped too; PPO's rollout bypasses an FSDP root
+    module."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
     from hf_prefs.trainers.launch import check_ppo_sharding
-    from hf_prefs.trainers.online import check_round_sampling
+    from hf_prefs.trainers.online import check_online_zero_stage
 
     def acc(stage=None, kind=DistributedType.MULTI_GPU):
         plugin = None if stage is None else SimpleNamespace(zero_stage=stage)
         return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), distributed_type=kind)
 
     with pytest.raises(NotImplementedError, match="ZeRO-3"):
-        check_round_sampling(acc(3), rounds_on_policy=1, samples_from_policy=True)
-    for ok in [(acc(3), 0, True), (acc(3), 2, False), (acc(2), 2, True), (acc(None), 2, True)]:
-        check_round_sampling(*ok)  # no round on the policy (rho only), a label file, ZeRO-2, DDP
+        check_online_zero_stage(3)
+    for ok in (None, 0, 1, 2):
+        check_online_zero_stage(ok)
     with pytest.raises(NotImplementedError, match="FSDP"):
         check_ppo_sharding(acc(kind=DistributedType.FSDP))
     check_ppo_sharding(acc(3, DistributedType.DEEPSPEED))

@@ -17,6 +17,7 @@ from ..core.online_schedule import OnlineLabelSchedule
 from ..labels.schema import load_label_file
 from ..tasks.specs import get_task
 from ..tasks.summarization import HUB_SOURCES
+from ..trainers.online import check_online_zero_stage
 from ..trainers.ppo_config import PPOConfig
 
 __all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype",
@@ -228,11 +229,7 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         if pa.online_rm_init not in ("fresh", "continue"):
             raise ValueError(f"online_rm_init: {pa.online_rm_init!r} is not 'fresh' or 'continue'")
         plugin = getattr(cfg, "deepspeed_plugin", None)
-        if plugin is not None and int(plugin.zero_stage) == 3:
-            # a round's reward model would be sharded by its trainer, hooked by PPO's engine, saved into PPO's
-            # checkpoints by the main process alone (empty shards) and, with 'continue', trained on by a second engine
-            raise ValueError("label_mode: online labels are not supported under DeepSpeed ZeRO-3 (the rounds' reward "
-                             "models are sharded); use ZeRO-2 or DDP, or offline labels")
+        check_online_zero_stage(None if plugin is None else int(plugin.zero_stage))
         schedule = online_schedule(pa)
         if cfg.total_episodes is not None:
             batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size

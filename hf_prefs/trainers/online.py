@@ -57,7 +57,7 @@ from ..models.sharding import zero_stage
 from .deepspeed_plugins import select_plugin
 from .main_process import result_from_main_process
 
-__all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "check_round_sampling", "RewardTrainFn", "ONLINE_LABEL_FEATURES", "ONLINE_STATE_FILE"]
+__all__ = ["OnlineLabelSchedule", "OnlinePreferenceLoop", "check_online_zero_stage", "RewardTrainFn", "ONLINE_LABEL_FEATURES", "ONLINE_STATE_FILE"]
 
 #: The loop's state in a PPO checkpoint; the reward model of the last round sits next to it in ONLINE_REWARD_MODEL_DIR.
 ONLINE_STATE_FILE = "online_state.json"
@@ -83,15 +83,18 @@ RewardTrainFn = Callable[[Dataset, "nn.Module | None", int], Any]
 # ----------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------
-def check_round_sampling(accelerator: Any, rounds_on_policy: int, samples_from_policy: bool) -> None:
-    """Stop an online run with rounds that would sample the trainer's policy under DeepSpeed ZeRO-3
-    (``rounds_on_policy``: all rounds but one that runs on rho before RL): the main process samples alone while the
-    others wait, and a ZeRO-3 forward gathers the sharded weights from every process, so it would wait forever."""
-    if rounds_on_policy > 0 and samples_from_policy and zero_stage(accelerator) == 3:
+def check_online_zero_stage(stage: int | None) -> None:
+    """Stop an online label loop under DeepSpeed ZeRO-3 (``stage``: the run's ZeRO stage, None without DeepSpeed),
+    before anything runs: the rounds after the first sample the current policy on the main process alone while the
+    others wait, and a ZeRO-3 forward gathers the sharded weights from every process (it would wait forever); and
+    every round's reward model would be sharded by its trainer, hooked by PPO's engine and saved into PPO's
+    checkpoints by the main process as empty shards (with ``online_rm_init=continue``, trained on by a second
+    engine). The recipes call it on their config; :meth:`OnlinePreferenceLoop.train` on its trainer."""
+    if stage == 3:
         raise NotImplementedError(
-            "online label rounds sample the current policy on the main process only, which deadlocks under DeepSpeed "
-            "ZeRO-3: use ZeRO-2 or DDP for label_mode=online, or offline labels (or a label source that does not "
-            "sample, e.g. a label file)"
+            "label_mode: online labels are not supported under DeepSpeed ZeRO-3 (later rounds sample the policy on "
+            "the main process alone, and the rounds' reward models would be sharded); use ZeRO-2 or DDP, or offline "
+            "labels"
         )
 
 
@@ -230,8 +233,7 @@ class OnlinePreferenceLoop(TrainerCallback):
             if self.restored_from != resume_from_checkpoint:
                 self.restore(resume_from_checkpoint)
             train_kwargs["resume_from_checkpoint"] = resume_from_checkpoint
-        on_policy = self.schedule.rounds - (1 if self.schedule.first_round_before_rl else 0)
-        check_round_sampling(trainer.accelerator, on_policy, self.source.samples_from_policy)
+        check_online_zero_stage(zero_stage(trainer.accelerator))
         a = trainer.args
         self._update_boundaries = self.schedule.update_boundaries(a.total_episodes, a.batch_size)
         self.trainer = trainer
