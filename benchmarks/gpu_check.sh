@@ -37,8 +37,8 @@ if [[ $MODEL == random-gpt2 ]]; then
   sed 's/^truncate_token: .*/truncate_token: null   # random weights never write "."/' recipes/configs/sentiment.yaml > "$CONFIG"
 fi
 for cfg in single_gpu deepspeed_zero2 deepspeed_zero3; do
-  if [[ $cfg == deepspeed* ]] && ! "$PY" -c "import deepspeed" 2>/dev/null; then
-    echo "$cfg: skipped (deepspeed is not installed)"; continue
+  if [[ $cfg == deepspeed* ]] && ! err=$("$PY" -c "import deepspeed" 2>&1); then
+    echo "$cfg: skipped (import deepspeed failed: $(tail -n 1 <<< "$err"))"; continue
   fi
   run="$OUT/$cfg"
   rm -rf "$run"

@@ -237,6 +237,13 @@ def test_a_label_file_loop_built_without_the_recipes_refuses_zero3(tiny_base, tm
     with pytest.raises(NotImplementedError, match="ZeRO-3"):
         loop.train(trainer)
     assert calls == [] and trainer.state.global_step == 0
+    # and at construction, from args carrying a ZeRO-3 plugin: before round 0 (first_round) samples or trains
+    from types import SimpleNamespace
+
+    zero3_args = SimpleNamespace(**{**vars(cfg), "deepspeed_plugin": SimpleNamespace(zero_stage=3)})
+    with pytest.raises(NotImplementedError, match="ZeRO-3"):
+        OnlinePreferenceLoop(OnlineLabelSchedule(2, [2, 2]), file_labels, _rm_stub(calls), [], tok, args=zero3_args,
+                             num_candidates=2)
 
 
 def test_rounds_during_rl_only_start_from_the_trainers_reward(tiny_base, tmp_path):

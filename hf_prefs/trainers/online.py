@@ -89,7 +89,8 @@ def check_online_zero_stage(stage: int | None) -> None:
     others wait, and a ZeRO-3 forward gathers the sharded weights from every process (it would wait forever); and
     every round's reward model would be sharded by its trainer, hooked by PPO's engine and saved into PPO's
     checkpoints by the main process as empty shards (with ``online_rm_init=continue``, trained on by a second
-    engine). The recipes call it on their config; :meth:`OnlinePreferenceLoop.train` on its trainer."""
+    engine). The recipes call it on their config, :class:`OnlinePreferenceLoop` on its ``args`` (before round 0) and
+    :meth:`OnlinePreferenceLoop.train` on its trainer (before a resume touches the label files)."""
     if stage == 3:
         raise NotImplementedError(
             "label_mode: online labels are not supported under DeepSpeed ZeRO-3 (later rounds sample the policy on "
@@ -164,6 +165,8 @@ class OnlinePreferenceLoop(TrainerCallback):
             raise ValueError(f"rm_init must be 'fresh' or 'continue', got {rm_init!r}")
         if num_candidates < 2:
             raise ValueError(f"num_candidates must be >= 2, got {num_candidates}")
+        plugin = getattr(args, "deepspeed_plugin", None)  # before round 0 (first_round) samples or trains anything
+        check_online_zero_stage(None if plugin is None else int(plugin.zero_stage))
         self.schedule = schedule
         self.source = as_label_source(label_source)
         self.train_reward_model = train_reward_model
@@ -229,11 +232,11 @@ class OnlinePreferenceLoop(TrainerCallback):
         """Run PPO with ``trainer`` (one ``train()`` call) and the schedule's rounds at their updates; with
         ``resume_from_checkpoint`` (a checkpoint folder of this run) the loop's state and reward model are restored
         from it first and PPO continues from it."""
+        check_online_zero_stage(zero_stage(trainer.accelerator))  # before a restore rewrites the label files
         if resume_from_checkpoint:
             if self.restored_from != resume_from_checkpoint:
                 self.restore(resume_from_checkpoint)
             train_kwargs["resume_from_checkpoint"] = resume_from_checkpoint
-        check_online_zero_stage(zero_stage(trainer.accelerator))
         a = trainer.args
         self._update_boundaries = self.schedule.update_boundaries(a.total_episodes, a.batch_size)
         self.trainer = trainer
