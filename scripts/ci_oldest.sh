@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 FLOORED="trl transformers accelerate peft datasets"
 TESTS="tests/test_public_api.py tests/test_architecture.py tests/test_rollout.py tests/test_rollout_consistency.py
-       tests/test_reward_trainer.py tests/test_ppo_trainer.py tests/test_online.py"
+       tests/test_reward_trainer.py tests/test_ppo_trainer.py tests/test_online.py tests/test_attention.py"
 
 # name==floor for each of $FLOORED, from pyproject.toml's [project] dependencies (fails if one has no `>=` floor).
 pins=$("$PY" - $FLOORED <<'EOF'
