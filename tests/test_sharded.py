@@ -111,6 +111,16 @@ def test_zero_update_equals_one_process(deepspeed, tiny_base, tmp_path, global_r
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+def test_zero_non_finite_gradients_stop_the_run(deepspeed, tiny_base, tmp_path, global_rollout, stage):
+    """A NaN gradient under DeepSpeed (fp32: its overflow check skips the step): PPO stops at the first minibatch
+    and says what DeepSpeed did, instead of training on or failing later."""
+    proc = launch(zero_config(stage), "ppo_run.py", "update", "--base", tiny_base, "--out", str(tmp_path / "two"),
+                  "--per_device", "4", "--rollout", str(global_rollout), "--nan_grad", check=False)
+    assert proc.returncode != 0
+    assert "PPO update step 1: non-finite values (NaN/inf) in the gradients (DeepSpeed" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
 def test_zero_gradient_accumulation_scales_the_loss_once(deepspeed, tiny_base, tmp_path, global_rollout, stage):
     """2 micro-batches per step: DeepSpeed must not divide the (already averaged) loss by its accumulation steps
     again. SGD, so that a wrong gradient scale shows in the parameters (Adam would hide it)."""

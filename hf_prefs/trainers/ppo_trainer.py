@@ -673,9 +673,12 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         """Stop before clipping and the optimizer step when a gradient is NaN/inf: the step would write NaN into the
         trained weights (clipping by a NaN norm spreads it to every gradient first), and the next forward would fail
         far from the cause. One flag per gradient, one sync. Not with a loss scaler (fp16), whose skipped steps expect
-        inf gradients. Not under DeepSpeed either: its engine steps inside the last micro-batch's backward
-        (accelerate's wrapper), before this runs, and holds the gradients itself. The error names the parameters whose
-        gradients are non-finite."""
+        inf gradients. Under DeepSpeed the engine has already stepped inside the last micro-batch's backward
+        (accelerate's wrapper) and holds the gradients itself: :meth:`_check_deepspeed_step` reads what it did.
+        The error names the parameters whose gradients are non-finite."""
+        if self.is_deepspeed_enabled:
+            self._check_deepspeed_step(model)
+            return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if self.accelerator.scaler is not None or not grads:
             return
@@ -687,6 +690,23 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         raise NonFiniteError(self.state.global_step + 1, "the gradients",
                              f" ({len(bad)} parameters, first: {', '.join(bad[:3]) or 'none on this process'}); "
                              "stopped before the optimizer step")
+
+    def _check_deepspeed_step(self, engine: Any) -> None:
+        """Stop after a DeepSpeed optimizer step that met NaN/inf gradients (without fp16, whose loss scaling skips
+        such steps by design): the engine either skipped the step (its overflow check; fp32 ZeRO does this) or
+        applied it with a non-finite global gradient norm (DeepSpeed reports inf/NaN norms as -1; bf16 ZeRO without
+        an overflow check steps on). Either way the run cannot go on, and the next forward would fail far from the
+        cause."""
+        if self.args.fp16 or not hasattr(engine, "was_step_applied"):
+            return
+        norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+        norm = None if norm is None else float(norm)
+        skipped = not engine.was_step_applied()
+        if not skipped and (norm is None or (math.isfinite(norm) and norm >= 0)):
+            return
+        what = "skipped its optimizer step" if skipped else "applied its optimizer step"
+        raise NonFiniteError(self.state.global_step + 1, "the gradients",
+                             f" (DeepSpeed {what}; global gradient norm {norm}: inf/NaN gradients)")
 
     def ppo_epochs(self, rollout: Rollout) -> dict[str, torch.Tensor]:
         """``num_ppo_epochs`` passes over the batch in shuffled minibatches; one optimizer step per minibatch.

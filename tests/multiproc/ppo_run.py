@@ -1,7 +1,8 @@
 """PPO on tiny GPT-2, run in-process by the tests (1 process) or under `accelerate launch` with
 recipes/accelerate_configs/multi_cpu.yaml (2 processes), so that their results can be compared.
 
-    update: one PPO update on given episodes (a saved Rollout of the GLOBAL batch; process r takes its r-th share)
+    update: one PPO update on given episodes (a saved Rollout of the GLOBAL batch; process r takes its r-th share);
+            with --nan_grad the LM head's gradient turns NaN (the non-finite-gradient check)
     train:  `steps` real updates (sampling differs by process by design), checkpoints every update, optionally
             stopping early or resuming from a checkpoint.
 Writes `out/result_<rank>.json` (world size, beta per update, KL per update, train: the process's queries per
@@ -111,11 +112,14 @@ def main(argv=None) -> None:
     p.add_argument("--stop_at", type=int)
     p.add_argument("--resume")
     p.add_argument("--set", nargs="*", default=[], help="PPOConfig overrides key=json_value")
+    p.add_argument("--nan_grad", action="store_true", help="update: the LM head's gradient turns NaN in every backward")
     a = p.parse_args(argv)
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
     out = Path(a.out)
     if a.mode == "update":
         trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, **overrides)
+        if a.nan_grad:  # a finite loss whose backward turns NaN (as a fused attention kernel's backward can)
+            trainer.model.policy.get_output_embeddings().weight.register_hook(lambda grad: grad * float("nan"))
         write(trainer, out, run_update(trainer, torch.load(a.rollout, weights_only=False)))
         return
     trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, a.steps, save=True, **overrides)
