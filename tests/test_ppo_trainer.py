@@ -284,6 +284,29 @@ def test_non_finite_gradients_stop_before_the_optimizer_step(tmp_path, gpt2_toke
         assert torch.equal(p.detach(), before[name]), name
 
 
+def test_deepspeed_step_check_reads_what_the_engine_did(tmp_path, gpt2_tokenizer):
+    """Under DeepSpeed the engine steps inside the backward: a skipped step or an inf/NaN global norm stops PPO, except
+    where DeepSpeed scales an fp16 loss (skips are its loss scaler's routine); a norm it does not report passes."""
+    from types import SimpleNamespace
+
+    trainer = make_trainer(tmp_path, gpt2_tokenizer)
+
+    def engine(applied=True, norm=0.5, fp16=False, autocast16=False):
+        return SimpleNamespace(was_step_applied=lambda: applied, get_global_grad_norm=lambda: norm,
+                               fp16_enabled=lambda: fp16, torch_autocast_enabled=lambda: autocast16,
+                               torch_autocast_dtype=lambda: torch.float16)
+
+    for fine in (engine(), engine(norm=None), engine(norm=torch.tensor(2.0)), engine(applied=False, fp16=True),
+                 engine(norm=float("inf"), autocast16=True)):
+        trainer._check_deepspeed_step(fine)
+    with pytest.raises(NonFiniteError, match=r"DeepSpeed skipped its optimizer step; global gradient norm None"):
+        trainer._check_deepspeed_step(engine(applied=False, norm=None))
+    with pytest.raises(NonFiniteError, match=r"DeepSpeed applied its optimizer step; global gradient norm inf"):
+        trainer._check_deepspeed_step(engine(norm=torch.tensor(float("inf"))))
+    with pytest.raises(NonFiniteError, match="global gradient norm -1.0"):
+        trainer._check_deepspeed_step(engine(norm=-1.0))
+
+
 def test_saves_policy_value_head_and_model_card(tmp_path, gpt2_tokenizer):
     trainer = make_trainer(tmp_path, gpt2_tokenizer, save_strategy="steps", save_steps=2)
     trainer.train()

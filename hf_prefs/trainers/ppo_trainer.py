@@ -692,12 +692,17 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
                              "stopped before the optimizer step")
 
     def _check_deepspeed_step(self, engine: Any) -> None:
-        """Stop after a DeepSpeed optimizer step that met NaN/inf gradients (without fp16, whose loss scaling skips
-        such steps by design): the engine either skipped the step (its overflow check; fp32 ZeRO does this) or
-        applied it with a non-finite global gradient norm (DeepSpeed reports inf/NaN norms as -1; bf16 ZeRO without
-        an overflow check steps on). Either way the run cannot go on, and the next forward would fail far from the
-        cause."""
-        if self.args.fp16 or not hasattr(engine, "was_step_applied"):
+        """Stop after a DeepSpeed optimizer step that met NaN/inf gradients: the engine either skipped the step (the
+        overflow check of ZeRO-1/2/3 and of its bf16 optimizer) or applied it with a non-finite global gradient norm
+        (ZeRO-1/2 bf16 with ``check_grad_overflow: false``). Not where DeepSpeed scales an fp16 loss (``fp16`` in its
+        config, from accelerate's ``mixed_precision: fp16`` too, or fp16 ``torch_autocast``): skipped steps are its
+        loss scaler's routine there. Where DeepSpeed reports neither (stage 0 in fp32, ``compute_grad_norm: false``),
+        nothing is seen here; the next forward's loss check remains."""
+        fp16 = bool(getattr(engine, "fp16_enabled", lambda: False)()) or self.args.fp16 or (
+            bool(getattr(engine, "torch_autocast_enabled", lambda: False)())
+            and getattr(engine, "torch_autocast_dtype", lambda: None)() == torch.float16
+        )
+        if fp16 or not hasattr(engine, "was_step_applied"):
             return
         norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
         norm = None if norm is None else float(norm)
