@@ -496,7 +496,7 @@ def test_online_loop_refuses_zero3_and_ppo_refuses_fsdp(tmp_path):
 
     from accelerate.utils import DistributedType
 
-    from hf_prefs.trainers.launch import check_ppo_sharding
+    from hf_prefs.trainers.launch import check_critic_warmup, check_ppo_sharding
     from hf_prefs.trainers.online import check_online_zero_stage
 
     def acc(stage=None, kind=DistributedType.MULTI_GPU):
@@ -510,3 +510,8 @@ def test_online_loop_refuses_zero3_and_ppo_refuses_fsdp(tmp_path):
     with pytest.raises(NotImplementedError, match="FSDP"):
         check_ppo_sharding(acc(kind=DistributedType.FSDP))
     check_ppo_sharding(acc(3, DistributedType.DEEPSPEED))
+    # the critic warm-up drops the policy's gradients before the step, which DeepSpeed takes inside the backward
+    with pytest.raises(NotImplementedError, match="critic_warmup_updates"):
+        check_critic_warmup(acc(2, DistributedType.DEEPSPEED), 1)
+    for ok in [(acc(2, DistributedType.DEEPSPEED), 0), (acc(None), 3)]:
+        check_critic_warmup(*ok)

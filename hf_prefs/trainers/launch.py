@@ -11,7 +11,8 @@ import accelerate
 import torch.distributed as dist
 from accelerate.utils import DistributedType
 
-__all__ = ["check_launch", "check_process_count", "check_sharding_active", "check_ppo_sharding", "destroy_process_group_at_exit"]
+__all__ = ["check_launch", "check_process_count", "check_sharding_active", "check_ppo_sharding", "check_critic_warmup",
+           "destroy_process_group_at_exit"]
 
 
 def check_process_count(accelerator: Any) -> None:
@@ -55,6 +56,17 @@ def check_ppo_sharding(accelerator: Any) -> None:
         raise NotImplementedError(
             "PPOTrainer does not run under FSDP (its rollout's forward passes bypass the FSDP root module): use "
             "DeepSpeed ZeRO-2/3 (recipes/accelerate_configs/deepspeed_zero3.yaml) or DDP"
+        )
+
+
+def check_critic_warmup(accelerator: Any, critic_warmup_updates: int) -> None:
+    """Stop a critic warm-up under DeepSpeed: the warm-up drops the policy's gradients before the optimizer step, but
+    DeepSpeed's engine steps inside the last micro-batch's backward (accelerate's wrapper), so the value loss would
+    move a shared trunk and the policy would not be frozen as ``critic_warmup_updates`` says."""
+    if critic_warmup_updates > 0 and getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        raise NotImplementedError(
+            "critic_warmup_updates: the critic warm-up is not supported under DeepSpeed (its engine steps inside the "
+            "backward, before the policy's gradients can be dropped); use DDP or critic_warmup_updates 0"
         )
 
 

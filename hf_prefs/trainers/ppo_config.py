@@ -95,7 +95,7 @@ class PPOConfig(TrlBaseConfig):
         tf1_adam (`bool`, defaults to False): TF1's Adam, as the paper's code (epsilon before the bias correction).
         value_learning_rate (`float` or `None`, defaults to None): the value function's own parameters' learning rate
             (None: ``learning_rate``).
-        critic_warmup_updates (`int`, defaults to 0): value-function-only updates at the start.
+        critic_warmup_updates (`int`, defaults to 0): value-function-only updates at the start (not under DeepSpeed).
 
     `max_grad_norm` defaults to 0 (no clipping; TRL 1.12 never clipped, whatever its value) and `logging_steps` to 1
     (TRL 1.12 logged every update). `bf16` defaults to True only on a CUDA device that supports it (False on CPU).
@@ -211,7 +211,7 @@ class PPOConfig(TrlBaseConfig):
     critic_warmup_updates: int = field(
         default=0,
         metadata={"help": "The first N updates train only the value function (policy loss off, policy weights "
-                  "unchanged), as OpenRLHF's critic freezing steps / verl's critic_warmup."},
+                  "unchanged), as OpenRLHF's critic freezing steps / verl's critic_warmup. Not under DeepSpeed."},
     )
 
     def __post_init__(self) -> None:

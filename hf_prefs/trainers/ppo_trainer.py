@@ -71,7 +71,7 @@ from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
 from .deepspeed_plugins import DeepSpeedPluginMixin
-from .launch import check_launch, check_ppo_sharding
+from .launch import check_critic_warmup, check_launch, check_ppo_sharding
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig
 from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
@@ -312,6 +312,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         """KL controller, the query stream, the sampling / shuffling generators (per process) and model placement."""
         check_launch(self.accelerator)
         check_ppo_sharding(self.accelerator)
+        check_critic_warmup(self.accelerator, self.args.critic_warmup_updates)
         self.args.warn_if_cpu_lacks_bf16()
         a = self.args
         if kl_controller is None:
