@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["pad_right", "pack_shared_prefix", "shared_prefix_attention_mask"]
+__all__ = ["pad_right", "pack_shared_prefix", "shared_prefix_allowed", "shared_prefix_attention_mask"]
 
 
 def pad_right(
@@ -84,17 +84,25 @@ def pack_shared_prefix(
     }
 
 
-def shared_prefix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Additive 4D mask ``(B, 1, L, L)`` for packed rows: 0 where attending is allowed, ``finfo(dtype).min`` elsewhere.
+def shared_prefix_allowed(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(B, L, L)``: whether token i may attend to token j in rows with ``segment_ids`` ``(B, L)`` (0 for the
+    query, k+1 for response k, -1 for padding).
 
     Token i attends to token j iff ``j <= i`` and (j is a query token, ``segment 0``, or i and j lie in the same
-    response). A padding token (segment -1) attends to itself only, so no row is fully masked (no NaNs).
-    """
+    response). A padding token (segment -1) attends to itself only, so no row is empty (no NaNs). With segments 0
+    and -1 only (``attention_mask - 1``) this is the causal padding mask plus the diagonal."""
     width = segment_ids.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()  # (L, L): j <= i
     si, sj = segment_ids[:, :, None], segment_ids[:, None, :]  # (B, L, 1), (B, 1, L)
     allowed = causal & (si >= 0) & (sj >= 0) & ((sj == 0) | (si == sj))
     allowed |= torch.eye(width, dtype=torch.bool, device=segment_ids.device)
+    return allowed
+
+
+def shared_prefix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive 4D mask ``(B, 1, L, L)`` for packed rows: 0 where :func:`shared_prefix_allowed` allows attending,
+    ``finfo(dtype).min`` elsewhere."""
+    allowed = shared_prefix_allowed(segment_ids)
     additive = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     additive.masked_fill_(~allowed, torch.finfo(dtype).min)
     return additive[:, None]  # (B, 1, L, L)

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..core.packing import shared_prefix_allowed
+
 __all__ = ["MATH_ATTENTION_MAX_LENGTH", "training_attention", "causal_mask_without_empty_rows",
            "PLAIN_CAUSAL_MODEL_TYPES", "takes_plain_causal_mask", "attention_mask_for"]
 
@@ -46,12 +48,10 @@ def causal_mask_without_empty_rows(attention_mask: torch.Tensor) -> torch.Tensor
         allowed[b, i, j] = (j <= i and attention_mask[b, j] = 1) or j = i
 
     the causal padding mask transformers builds, plus the diagonal, so a pad token attends to itself and no query
-    row is empty. A real token's row is the same as without the diagonal (it never attends to a pad token)."""
-    width = attention_mask.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=attention_mask.device).tril()  # (L, L): j <= i
-    allowed = causal & attention_mask.bool()[:, None, :]  # (B, L, L)
-    allowed |= torch.eye(width, dtype=torch.bool, device=attention_mask.device)
-    return allowed[:, None]  # (B, 1, L, L)
+    row is empty. A real token's row is the same as without the diagonal (it never attends to a pad token). The
+    packing rule with the query as segment 0 and padding as -1 (:func:`hf_prefs.core.packing.shared_prefix_allowed`)."""
+    segments = attention_mask.bool().long() - 1  # (B, L): 0 for a token, -1 for padding
+    return shared_prefix_allowed(segments)[:, None]  # (B, 1, L, L)
 
 
 #: Model types whose every layer is causal self-attention over a mask transformers builds from the 2-D padding mask
