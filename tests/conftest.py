@@ -111,6 +111,20 @@ def fake_hub(monkeypatch, tmp_path):
     assert hub.auth_failures == [], f"requests without the token: {hub.auth_failures}"
 
 
+def short_recipe_args(base: str, out: Path) -> list[str]:
+    """Command-line arguments of the shortened offline sentiment recipe on tiny ``base`` (full fine-tuning, 16 label
+    queries, 24 PPO episodes of 4 per process, 1 PPO epoch, 6 evaluation queries, no checkpoints); a test appends
+    its own flags after them (the last value of a flag wins)."""
+    return [
+        "--config", str(RECIPES / "configs" / "sentiment_offline.yaml"), "--model_name_or_path", base,
+        "--output_dir", str(out), "--use_peft", "false", "--rm_freeze_layers", "0", "--num_label_queries", "16",
+        "--num_eval_queries", "6", "--num_ppo_queries", "40", "--rm_normalize_samples", "8", "--rm_batch_size", "4",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--total_episodes", "24",
+        "--num_ppo_epochs", "1", "--sampling_batch_size", "16", "--kl_horizon", "100", "--disable_tqdm", "true",
+        "--save_strategy", "no",
+    ]
+
+
 def load_recipe(name: str):
     """The module ``recipes/<name>.py`` (its ``main(task, argv)`` runs the recipe in-process)."""
     if str(RECIPES) not in sys.path:

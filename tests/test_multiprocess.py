@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import RECIPES
+from conftest import RECIPES, short_recipe_args
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_CPU = ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"
@@ -146,13 +146,8 @@ def test_multi_cpu_config_really_starts_two_processes_and_the_recipe_runs_online
     """The shortened recipe with online labels on 2 processes: files written once, labels as scheduled."""
     out = tmp_path / "run"
     args = [
-        "--config", str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml"), "--model_name_or_path", tiny_base,
-        "--output_dir", str(out), "--use_peft", "false", "--rm_freeze_layers", "0", "--num_label_queries", "24",
-        "--num_eval_queries", "6", "--num_ppo_queries", "40", "--rm_normalize_samples", "8", "--rm_batch_size", "4",
-        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--total_episodes", "24",
-        "--num_ppo_epochs", "1", "--sampling_batch_size", "16", "--kl_horizon", "100", "--disable_tqdm", "true",
-        "--label_mode", "online", "--online_rounds", "2", "--rm_eval_fraction", "0", "--save_strategy", "steps",
-        "--save_steps", "1",
+        *short_recipe_args(tiny_base, out), "--num_label_queries", "24", "--label_mode", "online", "--online_rounds",
+        "2", "--rm_eval_fraction", "0", "--save_strategy", "steps", "--save_steps", "1",
     ]
     launch(str(RECIPES / "sentiment.py"), *args)
     summary = json.loads((out / "summary.json").read_text())

@@ -39,6 +39,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import ppo_run  # noqa: E402
 import sharded_run  # noqa: E402
+from conftest import short_recipe_args  # noqa: E402
 
 pytestmark = pytest.mark.multiprocess
 
@@ -181,14 +182,7 @@ RECIPE = ROOT / "recipes" / "sentiment.py"
 def recipe_args(base: str, out: Path) -> list[str]:
     """The shortened offline recipe, full fine-tuning, float32: labels from rho, reward model, 3 PPO updates on 2
     processes, evaluation."""
-    return [
-        "--config", str(ROOT / "recipes" / "configs" / "sentiment_offline.yaml"), "--model_name_or_path", base,
-        "--output_dir", str(out), "--use_peft", "false", "--rm_freeze_layers", "0", "--num_label_queries", "16",
-        "--num_eval_queries", "6", "--num_ppo_queries", "40", "--rm_normalize_samples", "8", "--rm_batch_size", "4",
-        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--total_episodes", "24",
-        "--num_ppo_epochs", "1", "--sampling_batch_size", "16", "--kl_horizon", "100", "--disable_tqdm", "true",
-        "--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--save_strategy", "no",
-    ]
+    return [*short_recipe_args(base, out), "--dtype", "float32", "--bf16", "false", "--use_cpu", "true"]
 
 
 @pytest.fixture(scope="module")
