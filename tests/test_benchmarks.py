@@ -144,3 +144,40 @@ def test_sdpa_empty_rows_probe_on_cpu():
     assert len(lines) == 4  # float32 and bf16 x math and flash
     for line in lines:
         assert "NaN" not in line and "equal to math" in line, line
+
+
+def test_ppo_frontier_convergence_tiny(tmp_path, tiny_base):
+    flags = ["--variants", "0.45", "adaptive", "--updates", "3", "--eval_every", "2", "--output-dir", str(tmp_path),
+             "--model_name_or_path", tiny_base, "--use_peft", "false", "--dtype", "float32", "--bf16", "false",
+             "--num_ppo_queries", "64", "--num_label_queries", "16", "--num_eval_queries", "8",
+             "--sampling_batch_size", "16", "--num_ppo_epochs", "1", "--per_device_train_batch_size", "4",
+             "--gradient_accumulation_steps", "2", "--num_sample_generations", "0"]
+    out = run(str(BENCH / "ppo_frontier_convergence.py"), *flags)
+    rho = json.loads((tmp_path / "rho_eval.json").read_text())
+    assert rho["key"]["model"] == tiny_base and len(rho["known_rewards"]) == 8  # not the study's cache: another model
+    frontier = {}
+    with open(ROOT / "docs" / "study" / "frontier_rho.csv", newline="") as f:
+        frontier = {float(r["kl"]): float(r["reward"]) for r in csv.DictReader(f)}
+    for variant, beta in (("0.45", 0.45), ("adaptive", None)):
+        with open(tmp_path / f"{variant}_s0" / "trajectory.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["update"]) for r in rows] == [2, 3]  # every 2 updates and after the last
+        assert (tmp_path / f"{variant}_s0" / "metrics.csv").is_file()
+        for r in rows:
+            assert float(r["known_reward"]) - statistics.fmean(rho["known_rewards"]) == pytest.approx(float(r["gain"]))
+            g = float(r["frontier_gain_at_kl"])
+            assert 0 <= g <= max(frontier.values()) - frontier[0.0]
+            if g > 0:
+                assert float(r["frac_frontier"]) == pytest.approx(float(r["gain"]) / g)
+        if beta is not None:
+            assert {float(r["kl_coef"]) for r in rows} == {beta}  # fixed
+        else:
+            # the config's controller (target 6, horizon 10000) after 2 updates of 8 episodes at KL < 4.8: clipped at -0.2
+            assert float(rows[0]["kl_coef"]) == pytest.approx(0.15 * (1 - 0.2 * 8 / 10000) ** 2, rel=1e-9)
+    rerun = run(str(BENCH / "ppo_frontier_convergence.py"), *flags)  # complete trajectories are read back
+    assert [line for line in rerun.splitlines() if " update " in line] == [line for line in out.splitlines() if " update " in line]
+    with pytest.raises(ValueError, match="neither 'adaptive' nor a beta"):
+        sys.path.insert(0, str(BENCH))
+        import ppo_frontier_convergence
+
+        ppo_frontier_convergence.variant_overrides("fixed")
