@@ -671,3 +671,39 @@ def test_activation_checkpointing_trains_exactly_as_without_it(tmp_path, gpt2_to
     plain_losses, plain_kls, plain_weights = run("plain")
     assert len(losses) == 2 and losses == plain_losses and kls == plain_kls and kls[1] != 0
     assert all(torch.equal(a, b) for a, b in zip(weights, plain_weights, strict=True))
+
+
+def test_a_pad_token_added_to_the_tokenizer_only_leaves_saved_llama_models_loadable(tmp_path, gpt2_tokenizer):
+    """TRL's PPO scripts add "[PAD]" to the tokenizer without resizing the models: its id (50257) lies outside their
+    embedding. The pad id the trainer gives a reward/value model without one is saved in its config, and a Llama-like
+    model built with padding_idx outside its embedding refuses to load; so it gets an id it can embed (EOS)."""
+    from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from hf_prefs.models.generation import ensure_pad_token_id
+
+    tok = gpt2_tokenizer.__class__.from_pretrained(gpt2_tokenizer.name_or_path, padding_side="left")
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    assert tok.pad_token_id == 50257
+    cfg = dict(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, eos_token_id=50256, bos_token_id=50256, pad_token_id=None)
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(LlamaConfig(**cfg))
+    value = LlamaForSequenceClassification(LlamaConfig(**cfg, num_labels=1))
+    reward = LlamaForSequenceClassification(LlamaConfig(**cfg, num_labels=1))
+    trainer = PPOTrainer(args=make_config(tmp_path, total_episodes=8), processing_class=tok, model=policy,
+                         reward_model=reward, value_model=value, train_dataset=Dataset.from_dict({"query": QUERIES * 2}))
+    assert value.config.pad_token_id == reward.config.pad_token_id == 50256  # EOS: the tokenizer's pad is unembeddable
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    reloaded = PolicyWithValueHead.from_pretrained(tmp_path / "final")  # raised "Padding_idx must be within num_embeddings"
+    ids = torch.tensor([tok.encode("The sun rose")])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).values, trainer.model(ids).values, atol=1e-6)
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "final" / "value_model").config.pad_token_id == 50256
+    # a pad id the model can embed is kept; without a tokenizer the config's (first) EOS
+    wide = LlamaForSequenceClassification(LlamaConfig(**{**cfg, "vocab_size": 50258}, num_labels=1))
+    ensure_pad_token_id(wide, tok)
+    assert wide.config.pad_token_id == 50257
+    listed = LlamaForSequenceClassification(LlamaConfig(**{**cfg, "eos_token_id": [50256, 7]}, num_labels=1))
+    ensure_pad_token_id(listed)
+    assert listed.config.pad_token_id == 50256

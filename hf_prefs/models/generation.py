@@ -52,13 +52,21 @@ def input_pad_id(model: torch.nn.Module, tokenizer: Any) -> int:
     return int(eos) if eos is not None and eos < rows else 0
 
 
-def ensure_pad_token_id(model: torch.nn.Module, tokenizer: Any) -> None:
+def ensure_pad_token_id(model: torch.nn.Module, tokenizer: Any = None) -> None:
     """Give a ``*ForSequenceClassification`` model a ``config.pad_token_id`` when it has none (its pooling refuses
-    batches without one; hf_prefs reads rewards at explicit indices, so the value only has to exist): the
-    tokenizer's pad id, as TRL's PPOTrainer assumed."""
+    batches without one; hf_prefs reads rewards and values at explicit indices, so the value only has to exist): the
+    tokenizer's pad id where the model can embed it (:func:`input_pad_id`: else its EOS id, or 0), as TRL's
+    PPOTrainer assumed; without a tokenizer, the config's EOS id (the first, where it lists several), or 0. An id
+    outside the embedding would be saved with the model and stop it loading (``padding_idx`` of Llama-like models)."""
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    if getattr(config, "pad_token_id", None) is None:
-        config.pad_token_id = pad_token_id_of(tokenizer)
+    if getattr(config, "pad_token_id", None) is not None:
+        return
+    if tokenizer is not None:
+        config.pad_token_id = input_pad_id(model, tokenizer)
+        return
+    eos = getattr(config, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    config.pad_token_id = int(eos) if isinstance(eos, int) else 0
 
 
 def sample_categorical(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:

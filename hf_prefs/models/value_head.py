@@ -29,6 +29,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from transformers.trainer_utils import load_sharded_checkpoint
 
+from .generation import ensure_pad_token_id
 from .reward_model import per_token_scores, score_head
 from .sharding import copy_module
 
@@ -55,13 +56,6 @@ def _hidden_size(model: Any) -> int:
         if getattr(config, name, None):
             return int(getattr(config, name))
     raise ValueError(f"cannot find the hidden size in {type(config).__name__}; pass a model with config.hidden_size")
-
-
-def _ensure_pad_token_id(model: nn.Module) -> None:
-    """``*ForSequenceClassification`` refuses batches without ``config.pad_token_id``; its pad pooling is unused here."""
-    config = model.config
-    if getattr(config, "pad_token_id", None) is None:
-        config.pad_token_id = config.eos_token_id if getattr(config, "eos_token_id", None) is not None else 0
 
 
 class ValueHead(nn.Module):
@@ -96,7 +90,7 @@ def value_model_from_reward_model(reward_model: nn.Module) -> nn.Module:
     if hasattr(value_model, "merge_and_unload"):
         value_model = value_model.merge_and_unload()
     score_head(value_model)  # raises a clear error if this is not a *ForSequenceClassification model
-    _ensure_pad_token_id(value_model)
+    ensure_pad_token_id(value_model)
     for p in value_model.parameters():
         p.requires_grad_(True)
     return value_model
@@ -118,7 +112,7 @@ class PolicyWithValueHead(nn.Module):
         self.value_model = value_model
         self.v_head = ValueHead(_hidden_size(policy)) if value_model is None else None
         if value_model is not None:
-            _ensure_pad_token_id(value_model)
+            ensure_pad_token_id(value_model)
 
     # --- what Trainer / TRL read from `model` -------------------------------------------------------------------
     @property
