@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GPT2LMHeadModel, TrainerCallback
 
 from hf_prefs.trainers.ppo_config import PPOConfig
 from hf_prefs.trainers.ppo_trainer import NonFiniteError, PPOTrainer
@@ -707,3 +707,28 @@ def test_a_pad_token_added_to_the_tokenizer_only_leaves_saved_llama_models_loada
     listed = LlamaForSequenceClassification(LlamaConfig(**{**cfg, "eos_token_id": [50256, 7]}, num_labels=1))
     ensure_pad_token_id(listed)
     assert listed.config.pad_token_id == 50256
+
+
+def test_minibatches_smaller_than_a_micro_batch_run_as_in_trl(tmp_path, gpt2_tokenizer):
+    """TRL 1.12 accepted num_mini_batches > gradient_accumulation_steps (a minibatch then is one micro-batch of fewer
+    rows than per_device_train_batch_size): 4 episodes per update in minibatches of 2 must train exactly as the same
+    split written with per_device_train_batch_size 2 — one optimizer step per minibatch of 2."""
+    from hf_prefs.trainers.ppo_config import minibatch_split
+
+    assert minibatch_split(4, 1, 2) == (2, 2) and minibatch_split(4, 4, 2) == (8, 4) and minibatch_split(2, 2, 2) == (2, 2)
+    with pytest.raises(ValueError, match=r"a minibatch of 6 episodes .* per_device_train_batch_size \(4\)"):
+        make_config(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=3, num_mini_batches=2)
+    with pytest.raises(ValueError, match=r"4 \* 1 = 4 episodes .* multiple of num_mini_batches \(3\)"):
+        make_config(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1, num_mini_batches=3)
+    runs = {}
+    for per_device, accumulation in ((4, 1), (2, 2)):
+        steps = []
+        trainer = make_trainer(tmp_path / f"{per_device}", gpt2_tokenizer, per_device_train_batch_size=per_device,
+                               gradient_accumulation_steps=accumulation, num_mini_batches=2, total_episodes=8,
+                               num_ppo_epochs=2)
+        trainer.add_callback(type("Count", (TrainerCallback,), {"on_optimizer_step": lambda self, *a, **k: steps.append(1)})())
+        trainer.train()
+        assert trainer.args.local_mini_batch_size == 2 and len(steps) == 2 * 2 * 2  # updates x epochs x minibatches
+        runs[per_device] = [{k: v for k, v in h.items() if not k.startswith(("time/", "memory/", "objective/tokens", "eps"))}
+                            for h in trainer.state.log_history if "objective/kl" in h]
+    assert runs[4] == runs[2] and runs[4][1]["objective/kl"] != 0

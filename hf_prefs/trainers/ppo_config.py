@@ -17,7 +17,7 @@ import torch
 from .._compat import TrlBaseConfig, cpu_bf16_supported, default_world_size
 from ..core.rollout import check_truncate_after
 
-__all__ = ["PPOConfig", "PAPER_SETTINGS"]
+__all__ = ["PPOConfig", "PAPER_SETTINGS", "minibatch_split"]
 
 #: The paper's settings per task family (its Section 3 and code): what ``PPOConfig.paper(task)`` sets.
 PAPER_SETTINGS: dict[str, dict[str, Any]] = {
@@ -49,7 +49,8 @@ class PPOConfig(TrlBaseConfig):
     Every field of TRL 1.12's `PPOConfig` is here with TRL's meaning and default. Batch sizes (TRL's definitions): one
     PPO update ("step") collects `batch_size = per_device_train_batch_size * gradient_accumulation_steps * world_size`
     episodes, split into `num_mini_batches` minibatches; each minibatch is one optimizer step, accumulated over
-    micro-batches of `per_device_train_batch_size`, and the batch is visited `num_ppo_epochs` times.
+    micro-batches of `per_device_train_batch_size` (a minibatch smaller than that is one micro-batch, as in TRL:
+    :func:`minibatch_split`), and the batch is visited `num_ppo_epochs` times.
 
     Parameters (TRL 1.12 names and defaults):
         total_episodes (`int`, *optional*): episodes to train on; `None` = `num_train_epochs * len(train_dataset)`.
@@ -280,15 +281,34 @@ class PPOConfig(TrlBaseConfig):
         check_truncate_after(self.truncate_after, self.response_length, truncating)
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise ValueError(f"PPOConfig.missing_eos_penalty must be >= 0 (it is subtracted), got {self.missing_eos_penalty}")
-        if self.gradient_accumulation_steps % self.num_mini_batches != 0:
-            raise ValueError(
-                f"PPOConfig: gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a multiple of "
-                f"num_mini_batches ({self.num_mini_batches}): each minibatch is a whole number of micro-batches"
-            )
+        minibatch_split(self.per_device_train_batch_size, self.gradient_accumulation_steps, self.num_mini_batches)
         if self.critic_warmup_updates < 0:
             raise ValueError(f"PPOConfig.critic_warmup_updates must be >= 0, got {self.critic_warmup_updates}")
         if self.total_episodes is not None and self.total_episodes < 1:
             raise ValueError(f"PPOConfig.total_episodes must be >= 1, got {self.total_episodes}")
+
+
+def minibatch_split(per_device_train_batch_size: int, gradient_accumulation_steps: int, num_mini_batches: int
+                    ) -> tuple[int, int]:
+    """A process's minibatch and micro-batch rows: ``local_batch_size = per_device_train_batch_size *
+    gradient_accumulation_steps`` episodes are split into ``num_mini_batches`` minibatches of ``local_batch_size /
+    num_mini_batches`` (TRL's exact division), each run in micro-batches of ``min(per_device_train_batch_size,
+    minibatch)`` rows (a minibatch smaller than a micro-batch is one, as TRL 1.12 sliced it); the minibatch must be
+    a whole number of them (its gradient is their mean). Errors name the fields."""
+    local = per_device_train_batch_size * gradient_accumulation_steps
+    if num_mini_batches < 1 or local % num_mini_batches:
+        raise ValueError(
+            f"PPOConfig: per_device_train_batch_size * gradient_accumulation_steps ({per_device_train_batch_size} * "
+            f"{gradient_accumulation_steps} = {local} episodes per process and update) must be a multiple of "
+            f"num_mini_batches ({num_mini_batches})")
+    mini = local // num_mini_batches
+    micro = min(per_device_train_batch_size, mini)
+    if mini % micro:
+        raise ValueError(
+            f"PPOConfig: a minibatch of {mini} episodes ({local} / num_mini_batches {num_mini_batches}) is not a whole "
+            f"number of micro-batches of per_device_train_batch_size ({per_device_train_batch_size}): make "
+            f"gradient_accumulation_steps a multiple of num_mini_batches")
+    return mini, micro
 
 
 def _get_world_size(self: PPOConfig) -> int:

@@ -73,7 +73,7 @@ from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_mo
 from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_critic_warmup, check_launch, check_ppo_sharding
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
-from .ppo_config import PPOConfig
+from .ppo_config import PPOConfig, minibatch_split
 from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
 from .ppo_reporting import PPOReportingMixin
 
@@ -299,7 +299,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         a.micro_batch_size = a.per_device_train_batch_size * world_size
         a.local_batch_size = a.per_device_train_batch_size * a.gradient_accumulation_steps
         a.batch_size = a.local_batch_size * world_size
-        a.local_mini_batch_size = a.local_batch_size // a.num_mini_batches
+        a.local_mini_batch_size, self.micro_rows = minibatch_split(
+            a.per_device_train_batch_size, a.gradient_accumulation_steps, a.num_mini_batches)
         a.mini_batch_size = a.local_mini_batch_size * world_size
         if a.total_episodes is None:
             a.total_episodes = int(a.num_train_epochs * len(self.train_dataset))
@@ -724,7 +725,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         a = self.args
         model = self.model_wrapped
         model.train()
-        n_micro = a.local_mini_batch_size // a.per_device_train_batch_size
+        n_micro, rows = a.local_mini_batch_size // self.micro_rows, self.micro_rows
         stats: dict[str, list[torch.Tensor]] = {}
         first_returns = torch.zeros_like(rollout.values)
         ones = torch.ones_like(rollout.values, dtype=torch.bool)
@@ -747,7 +748,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
                     by_length = torch.argsort(rollout.query_mask[mb].sum(1), stable=True)  # (b,)
                     mb, advantages, returns = mb[by_length], advantages[by_length], returns[by_length]
                     for k in range(n_micro):
-                        sl = slice(k * a.per_device_train_batch_size, (k + 1) * a.per_device_train_batch_size)
+                        sl = slice(k * rows, (k + 1) * rows)
                         idx = mb[sl]
                         batch = {
                             "query_ids": rollout.query_ids[idx],
