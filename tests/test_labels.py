@@ -239,3 +239,35 @@ def test_from_openai_json_bad_records_name_row_and_field(gpt2_tokenizer):
     with pytest.raises(LabelValidationError) as info:
         from_openai_json([only_pad], gpt2_tokenizer)
     assert (info.value.row, info.value.field) == (0, "samples[3]")
+
+
+def test_a_missing_local_label_file_is_named_as_such_and_hub_ids_are_not_taken_for_paths(tmp_path, monkeypatch):
+    from hf_prefs.labels.schema import names_a_local_file
+    from hf_prefs import PPOConfig
+    from hf_prefs.pipeline.arguments import PipelineArguments, validate_pipeline_config
+
+    for spec in ("nope.jsonl", "./labels", "../x", "~/labels.csv", "/abs/labels", "data/2024/labels", str(tmp_path / "a")):
+        assert names_a_local_file(spec), spec
+    for spec in ("imdb", "trl-lib/ultrafeedback_binarized", "openai/summarize_from_feedback"):
+        assert not names_a_local_file(spec), spec
+    with pytest.raises(FileNotFoundError, match="label file nope.jsonl: no such file"):
+        load_label_file("nope.jsonl")  # was the Hub's "Couldn't reach 'nope.jsonl'"
+    # a Hub id with a namespace passes the config check (it was refused as a missing local path); it is loaded later
+    validate_pipeline_config(PipelineArguments(task="sentiment", label_source="file",
+                                               label_file="trl-lib/ultrafeedback_binarized"), PPOConfig(output_dir=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="label_file: data/2024/labels.jsonl does not exist"):
+        validate_pipeline_config(PipelineArguments(task="sentiment", label_source="file", label_file="data/2024/labels.jsonl"),
+                                 PPOConfig(output_dir=str(tmp_path)))
+    # a file under ~ is read
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "labels.jsonl").write_text(json.dumps({"query": "q", "samples": ["a", "b"], "best": 1}) + "\n")
+    monkeypatch.setenv("HOME", str(home))
+    assert load_label_file("~/labels.jsonl")[0]["best"] == 1
+
+
+def test_half_a_pairwise_row_names_the_missing_column():
+    with pytest.raises(LabelValidationError, match="needs both 'chosen' and 'rejected': no 'rejected' column"):
+        validate_labels(Dataset.from_dict({"prompt": ["p"], "chosen": ["c"]}))
+    with pytest.raises(LabelValidationError, match="no 'chosen' column"):
+        validate_labels(Dataset.from_dict({"rejected": ["r"]}))

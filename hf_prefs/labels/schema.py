@@ -101,7 +101,11 @@ def to_canonical(dataset: Dataset) -> Dataset:
     flat = _flat_sample_columns(cols)
     if not flat:
         hint = ""
-        if is_pairwise(cols):
+        half = [c for c in ("chosen", "rejected") if c in cols]
+        if len(half) == 1:
+            missing = "rejected" if half == ["chosen"] else "chosen"
+            hint = f" — TRL's pairwise preference format needs both 'chosen' and 'rejected': no '{missing}' column"
+        elif is_pairwise(cols):
             hint = (" — this is TRL's pairwise preference format: PreferenceRewardTrainer takes it as it is, or convert it "
                     "with hf_prefs.from_pairwise (K = 2 labels; conversational rows: from_pairwise(dataset, tokenizer))")
         raise LabelValidationError(
@@ -238,6 +242,18 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     raise LabelValidationError(f"unsupported file type {suffix!r} for {path}: use .jsonl, .json, .parquet, .csv or a dataset folder")
 
 
+#: file suffixes :func:`load_label_file` reads (besides folders and the paper's token-id JSON, a ``.json`` too)
+LABEL_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet", ".csv")
+
+
+def names_a_local_file(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` can only be a local path, not a Hub dataset id (``name`` or ``namespace/name``): an absolute,
+    ``./``, ``../`` or ``~`` path, more than one folder separator, or a label file suffix."""
+    text = str(spec)
+    return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
+            or (os.sep != "/" and os.sep in text) or Path(text).suffix in LABEL_FILE_SUFFIXES)
+
+
 def load_label_file(
     spec: str | os.PathLike, k: int | None = None, limit: int | None = None, processing_class: Any | None = None
 ) -> Dataset:
@@ -248,7 +264,10 @@ def load_label_file(
     Rows in TRL's pairwise format (``chosen``/``rejected``, explicit or implicit prompt) become K = 2 labels through
     :func:`from_pairwise` without an EOS appended (the samples are scored as the policy's responses are, as text);
     conversational rows are rendered with ``processing_class``'s chat template."""
-    path = Path(spec)
+    path = Path(spec).expanduser()
+    if not path.exists() and names_a_local_file(spec):
+        raise FileNotFoundError(f"label file {spec}: no such file or folder (a Hub dataset id is 'name' or "
+                                f"'namespace/name', without a file suffix)")
     if path.exists():
         rows = _read_file(path)
         if not rows:
@@ -284,7 +303,7 @@ def pairwise_label(
     if conversational:
         if processing_class is None:
             raise LabelValidationError(
-                "is conversational (lists of messages): pass the tokenizer, from_pairwise(dataset, tokenizer), "
+                "is conversational (lists of messages): pass the tokenizer (processing_class=tokenizer), "
                 "so its chat template renders the rows to text", idx, "chosen")
         try:
             row = maybe_apply_chat_template(row, processing_class)

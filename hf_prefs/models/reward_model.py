@@ -224,6 +224,8 @@ def score_texts(
 
     ``normalized=True`` (default) applies the gain/bias stored with the model, so a model saved after
     normalization scores the same after :func:`load_reward_model`. The model is put in eval mode for the call.
+    The texts are scored as given: nothing (no EOS) is appended — a model trained on TRL's pairwise text rows, to
+    which the trainer appends EOS as ``trl.RewardTrainer`` does, reads its trained position on ``response + eos_token``.
     """
     queries, responses = list(queries), list(responses)
     if len(queries) != len(responses):

@@ -4,7 +4,6 @@ and the checks that name a bad field before any model is loaded."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from transformers import AutoTokenizer
 
 from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
-from ..labels.schema import load_label_file
+from ..labels.schema import load_label_file, names_a_local_file
 from ..tasks.specs import get_task
 from ..tasks.summarization import HUB_SOURCES
 from ..trainers.online import check_online_zero_stage
@@ -183,10 +182,6 @@ def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:
                          f"rounds: {err} (set num_label_queries, or online_labels_per_round)") from None
 
 
-def _looks_like_path(spec: str) -> bool:
-    return os.path.sep in spec or spec.startswith(".") or Path(spec).suffix in {".json", ".jsonl", ".parquet", ".csv"}
-
-
 def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> None:
     """Fail fast, naming the field: unknown task, label source or mode, a missing label file or one with a bad row or
     the wrong K, a human run without a queue folder, a simulated labeler without a known reward, online rounds that do not fit the PPO updates, a
@@ -214,9 +209,9 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     if pa.label_source == "file":
         if not pa.label_file:
             raise ValueError("label_file: label_source=file needs a label file or a Hub dataset id")
-        if _looks_like_path(pa.label_file) and not Path(pa.label_file).exists():
+        if names_a_local_file(pa.label_file) and not Path(pa.label_file).expanduser().exists():
             raise FileNotFoundError(f"label_file: {pa.label_file} does not exist")
-        if Path(pa.label_file).exists():  # every row and K checked now, not after the models are loaded
+        if Path(pa.label_file).expanduser().exists():  # every row and K checked now, not after the models are loaded
             tokenizer = AutoTokenizer.from_pretrained(base_model_name(model_args))  # renders conversational pairs
             load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
     if pa.label_source == "human" and not pa.label_queue_dir:
