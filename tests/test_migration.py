@@ -207,11 +207,15 @@ def test_trl_positional_order_and_defaults_from_the_config_paths(local_hub, tmp_
     rm = AutoModelForSequenceClassification.from_pretrained(local_hub["rm"], num_labels=1)
     trainer = PPOTrainer(training_args, tok, policy, None, rm, ds, None)
     assert trainer.model.policy is policy and trainer.reward_model is rm and trainer.train_dataset["query"][0]
+    # TRL 1.12's attribute names
+    assert trainer.policy_model is policy and trainer.value_model is None and trainer.train_dataset_len == 4
+    assert trainer.stop_token_id is None  # no TRL stop token set
     # TRL's positional order with TRL's keywords after it: each binds to its own TRL parameter
     vm = AutoModelForSequenceClassification.from_pretrained(local_hub["rm"], num_labels=1)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
     mixed = PPOTrainer(training_args, tok, policy, None, rm, ds, value_model=vm, optimizers=(optimizer, None))
     assert mixed.model.value_model is vm and mixed.optimizer is optimizer and mixed.reward_model is rm
+    assert mixed.value_model is vm
     with pytest.raises(TypeError, match="multiple values for reward_model"):
         PPOTrainer(training_args, tok, policy, None, rm, ds, reward_model=rm)
     by_path = PPOTrainer(args=training_args, processing_class=tok, train_dataset=ds)
@@ -253,6 +257,8 @@ def test_trl_ppo_tldr_flow_with_the_import_changed(local_hub, tmp_path, use_peft
     )
     # TRL's stop token: responses end after the first EOS; what follows is masked out of KL and losses
     assert trainer.rollout_spec.truncate_token_id == tokenizer.eos_token_id and trainer.rollout_spec.mask_after_cut
+    assert trainer.stop_token_id == tokenizer.eos_token_id and trainer.value_model is value_model  # TRL's attributes
+    assert trainer.policy_model is (trainer.model.policy if use_peft else policy)
     trainer.train()
     _check_trained_and_saved(trainer, training_args, n_updates=2)
     assert len(trainer.generate_completions()) == len(eval_dataset)

@@ -292,6 +292,29 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
                 p.requires_grad_(False)
         self.ref_model = ref_model
 
+    # --- TRL 1.12's attribute names (its scripts and callbacks read them) ------------------------------------------
+    @property
+    def policy_model(self) -> nn.Module:
+        """TRL 1.12's ``trainer.policy_model``: the policy's causal LM (PEFT-wrapped under LoRA)."""
+        return self.accelerator.unwrap_model(self.model).policy
+
+    @property
+    def value_model(self) -> nn.Module | None:
+        """TRL 1.12's ``trainer.value_model``: the separate value model; None with the paper's value head on the
+        policy's trunk (``trainer.model.v_head``)."""
+        return self.accelerator.unwrap_model(self.model).value_model
+
+    @property
+    def stop_token_id(self) -> int | None:
+        """TRL 1.12's ``trainer.stop_token_id``: the id a response stops at under TRL's ``stop_token="eos"`` (EOS) or
+        ``stop_token_id``; None otherwise (the paper's ``truncate_token`` is ``rollout_spec.truncate_token_id``)."""
+        return self.rollout_spec.truncate_token_id if self.rollout_spec.mask_after_cut else None
+
+    @property
+    def train_dataset_len(self) -> int:
+        """TRL 1.12's ``trainer.train_dataset_len``: the number of training queries."""
+        return len(self.train_dataset)
+
     def _set_batch_sizes(self) -> None:
         """TRL's derived sizes: episodes per update (``batch_size``), per process, per minibatch; number of updates."""
         a = self.args
