@@ -362,6 +362,9 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):
     with pytest.raises(ValueError, match=r"`query` .*rows \[1\]"):
         PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"query": ["a", ""]}),
                    processing_class=gpt2_tokenizer)
+    with pytest.raises(ValueError, match=r"train_dataset row 1: input_ids holds token id 50257, outside the policy's embedding of 50257"):
+        PPOTrainer(make_policy(), length_reward, make_config(tmp_path),  # TRL's [PAD] (added to the tokenizer only)
+                   Dataset.from_dict({"input_ids": [[464, 4252], [50257, 464, 4252]]}), processing_class=gpt2_tokenizer)
     with pytest.raises(ValueError, match="has \\['text'\\]"):
         PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"text": ["a"]}),
                    processing_class=gpt2_tokenizer)

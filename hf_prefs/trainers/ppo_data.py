@@ -134,6 +134,14 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
     empty = [i for i, n in enumerate(lengths) if n == 0]
     if empty:
         raise ValueError(f"{name}: rows {empty[:10]} tokenize to no tokens")
+    embeddings = policy.get_input_embeddings() if hasattr(policy, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    if vocab is not None:  # an id the policy cannot embed fails deep in its forward otherwise (a tokenizer's added pad)
+        for i, ids in enumerate(dataset["input_ids"]):
+            if ids and (max(ids) >= vocab or min(ids) < 0):
+                raise ValueError(f"{name} row {i}: input_ids holds token id {max(ids) if max(ids) >= vocab else min(ids)}, "
+                                 f"outside the policy's embedding of {vocab} tokens (a token added to the tokenizer "
+                                 f"only, such as TRL's [PAD], must not be in the queries)")
     config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
     max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if max_positions is not None:
