@@ -682,11 +682,13 @@ def test_a_pad_token_added_to_the_tokenizer_only_leaves_saved_llama_models_loada
     model built with padding_idx outside its embedding refuses to load; so it gets an id it can embed (EOS)."""
     from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from hf_prefs.models.generation import ensure_pad_token_id
+    from hf_prefs.models.generation import embeddable_pad_id, ensure_pad_token_id
 
     tok = gpt2_tokenizer.__class__.from_pretrained(gpt2_tokenizer.name_or_path, padding_side="left")
     tok.add_special_tokens({"pad_token": "[PAD]"})
     assert tok.pad_token_id == 50257
+    # the rule (also what a fresh reward model's config gets before it is built: pipeline.reward)
+    assert (embeddable_pad_id(tok, 50257), embeddable_pad_id(tok, 50258), embeddable_pad_id(tok, None)) == (50256, 50257, 50257)
     cfg = dict(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                num_key_value_heads=1, eos_token_id=50256, bos_token_id=50256, pad_token_id=None)
     torch.manual_seed(0)
@@ -703,6 +705,16 @@ def test_a_pad_token_added_to_the_tokenizer_only_leaves_saved_llama_models_loada
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).values, trainer.model(ids).values, atol=1e-6)
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "final" / "value_model").config.pad_token_id == 50256
+    # a reward model read back by path (load_reward_model) the same: a value model copied from it saves loadable
+    saved = LlamaForSequenceClassification(LlamaConfig(**cfg, num_labels=1))
+    saved.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    by_path = PPOTrainer(args=make_config(tmp_path, total_episodes=4, value_model="separate"), processing_class=tok,
+                         model=LlamaForCausalLM(LlamaConfig(**cfg)), reward_model=str(tmp_path / "rm"),
+                         train_dataset=Dataset.from_dict({"query": QUERIES * 2}))
+    assert by_path.reward_model.config.pad_token_id == by_path.value_model.config.pad_token_id == 50256
+    by_path.save_model(str(tmp_path / "by_path"))
+    PolicyWithValueHead.from_pretrained(tmp_path / "by_path")
     # a pad id the model can embed is kept; without a tokenizer the config's (first) EOS
     wide = LlamaForSequenceClassification(LlamaConfig(**{**cfg, "vocab_size": 50258}, num_labels=1))
     ensure_pad_token_id(wide, tok)

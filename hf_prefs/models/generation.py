@@ -30,6 +30,7 @@ __all__ = [
     "ResponseSampler",
     "model_device",
     "input_pad_id",
+    "embeddable_pad_id",
     "ensure_pad_token_id",
 ]
 
@@ -39,17 +40,22 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def input_pad_id(model: torch.nn.Module, tokenizer: Any) -> int:
-    """The id to pad ``model``'s inputs with (always under a 0 attention mask): the tokenizer's pad id, or, when that
-    id lies outside the model's embedding (a pad token added to the tokenizer only, as TRL's PPO scripts do), its EOS
-    id or 0. The model never attends to it; it must only be embeddable."""
+def embeddable_pad_id(tokenizer: Any, rows: int | None) -> int:
+    """The id to pad with for a model of ``rows`` embedding rows (None: unknown): the tokenizer's pad id, or, when
+    that id lies outside the embedding (a pad token added to the tokenizer only, as TRL's PPO scripts do), its EOS id
+    or 0."""
     pad = pad_token_id_of(tokenizer)
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    rows = getattr(embeddings, "num_embeddings", None)
     if rows is None or pad < rows:
         return pad
     eos = getattr(tokenizer, "eos_token_id", None)
     return int(eos) if eos is not None and eos < rows else 0
+
+
+def input_pad_id(model: torch.nn.Module, tokenizer: Any) -> int:
+    """The id to pad ``model``'s inputs with (always under a 0 attention mask): :func:`embeddable_pad_id` for its
+    input embedding. The model never attends to it; it must only be embeddable."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return embeddable_pad_id(tokenizer, getattr(embeddings, "num_embeddings", None))
 
 
 def ensure_pad_token_id(model: torch.nn.Module, tokenizer: Any = None) -> None:

@@ -18,7 +18,8 @@ from huggingface_hub.errors import EntryNotFoundError
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .reward_model import get_reward_normalization, set_reward_normalization, unwrap_model
+from .generation import ensure_pad_token_id
+from .reward_model import get_reward_normalization, set_reward_normalization
 
 __all__ = ["NORMALIZATION_FILE", "save_reward_normalization", "load_reward_normalization", "load_reward_model"]
 
@@ -103,8 +104,6 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple
         tokenizer = AutoTokenizer.from_pretrained(peft_config.base_model_name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cfg = unwrap_model(model).config
-    if getattr(cfg, "pad_token_id", None) is None:
-        cfg.pad_token_id = tokenizer.pad_token_id  # the model's own pooling (unused here) refuses batches without it
+    ensure_pad_token_id(model, tokenizer)  # the model's own pooling (unused here) refuses batches without it
     model.eval()
     return model, tokenizer

@@ -16,7 +16,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..core.rollout import RolloutSpec
 from ..models.frozen_features import freeze_bottom_layers
-from ..models.generation import ResponseSampler
+from ..models.generation import ResponseSampler, embeddable_pad_id
 from ..models.loading import load_reward_model
 from ..models.reward_model import init_score_head
 from ..trainers.reward_config import PreferenceRewardConfig
@@ -115,8 +115,8 @@ def _fresh_reward_model(pa: PipelineArguments, cfg: Any, trunk: str, tokenizer: 
     seed, not what ran before in the process), its bottom ``rm_freeze_layers`` blocks frozen."""
     config = AutoConfig.from_pretrained(trunk)
     config.num_labels = 1
-    if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id
+    if config.pad_token_id is None:  # set before the model is built (its padding_idx): one it can embed
+        config.pad_token_id = embeddable_pad_id(tokenizer, getattr(config.get_text_config(), "vocab_size", None))
     torch.manual_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(trunk, config=config, dtype=torch.float32)
     freeze_bottom_layers(model, pa.rm_freeze_layers)
