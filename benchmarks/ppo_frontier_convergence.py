@@ -15,8 +15,8 @@ The queries are split as the study splits them (``--num_label_queries 5000`` by 
 the PPO queries and the 160 held-out queries are the study's), rho's held-out rewards are sampled once per output
 folder (``rho_eval.json``; a copy of ``docs/study/rho_eval.json`` is used when its key matches: the same dtype, as
 with ``--dtype float32 --bf16 false``). Each variant and seed writes ``<output-dir>/<variant>_s<seed>/trajectory.csv``
-and ``metrics.csv``; a variant whose trajectory is complete is read back, not run again. Any other flag is the
-recipe's (``recipes/configs/sentiment_offline.yaml`` is the base config).
+and ``metrics.csv`` (its settings in ``run.json``); a variant whose trajectory is complete is read back, not run
+again (with other settings in the same folder: an error). It runs as one process. Any other flag is the recipe's (``recipes/configs/sentiment_offline.yaml`` is the base config).
 
     python benchmarks/ppo_frontier_convergence.py --variants 0.45 --updates 60 --eval_every 10
     python benchmarks/ppo_frontier_convergence.py --variants 0.45 adaptive --updates 40 --dtype float32 --bf16 false
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import sys
@@ -38,6 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from trl import ModelConfig, TrlParser  # noqa: E402
 
@@ -124,8 +126,13 @@ def run_variant(variant: str, seed: int, updates: int, every: int, shared: dict[
     name = f"{variant}_s{seed}"
     folder = out / name
     path = folder / "trajectory.csv"
-    if path.is_file():
-        rows = read_trajectory(str(path))
+    settings = {"variant": variant, "seed": seed, "updates": updates, "eval_every": every, "flags": shared["flags"]}
+    if (folder / "run.json").is_file():
+        stored = json.loads((folder / "run.json").read_text())
+        if stored != settings:
+            raise ValueError(f"{folder} holds a run with other settings ({stored}); this one is {settings}: use "
+                             f"another --output-dir")
+        rows = read_trajectory(str(path)) if path.is_file() else []
         if rows and int(rows[-1]["update"]) == updates:
             for row in rows:
                 print(format_row(name, row))
@@ -133,6 +140,7 @@ def run_variant(variant: str, seed: int, updates: int, every: int, shared: dict[
     if folder.exists():  # an interrupted run starts over (its trajectory rows depend on the whole run before them)
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(settings))
     base_cfg = shared["cfg"]
     episodes = updates * base_cfg.per_device_train_batch_size * base_cfg.gradient_accumulation_steps  # one process
     cfg = replace(base_cfg, seed=seed, output_dir=str(folder), save_strategy="no", total_episodes=episodes,
@@ -160,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--min_ess", type=float, default=30.0)
     p.add_argument("--output-dir", default="runs/ppo_frontier")
     a, rest = p.parse_known_args(argv)
+    if PartialState().num_processes > 1:
+        raise SystemExit("ppo_frontier_convergence.py runs as one process (python benchmarks/...), not under a launcher")
     for v in a.variants:
         variant_overrides(v)  # bad names fail before anything loads
     if a.updates < 1 or a.eval_every < 1:
@@ -188,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     run = {"tokenizer": base.tokenizer, "eval_q": eval_q, "spec": spec, "rho": base.rho, "known": known,
            "batch_size": pa.sampling_batch_size, "eval_seed": cfg.seed + 2, "rho_eval": rho_eval, "frontier": frontier,
            "min_ess": a.min_ess}
-    shared = {"cfg": cfg, "model_args": model_args, "base": base, "known": known, "ppo_q": ppo_q, "run": run}
+    shared = {"cfg": cfg, "model_args": model_args, "base": base, "known": known, "ppo_q": ppo_q, "run": run,
+              "flags": rest}
     return {f"{v}_s{s}": run_variant(v, s, a.updates, a.eval_every, shared, out) for v in a.variants for s in a.seeds}
 
 

@@ -122,11 +122,16 @@ def active_hf_deepspeed_config() -> Any:
     return ref() if ref is not None else None
 
 
-def set_sync_gradients(accelerator: Any, sync: bool) -> None:
+def set_sync_gradients(accelerator: Any, sync: bool, engine: Any = None) -> None:
     """Tell accelerate whether this backward ends an accumulation (``GradientState._set_sync_gradients``), as
-    ``transformers.Trainer``'s own loop does: DeepSpeed's engine reads it; the Trainer builds its Accelerator with
-    ``num_steps=1``, so the public ``accelerator.accumulate`` cannot mark PPO's micro-batch boundaries."""
+    ``transformers.Trainer``'s own loop does; the Trainer builds its Accelerator with ``num_steps=1``, so the public
+    ``accelerator.accumulate`` cannot mark PPO's micro-batch boundaries. Given DeepSpeed's ``engine``, tell it too
+    (``set_gradient_accumulation_boundary``): recent accelerate passes the flag on in its DeepSpeed backward, older
+    releases did not, and the engine then stepped by its own count of its config's ``gradient_accumulation_steps``,
+    not at PPO's minibatch ends."""
     accelerator.gradient_state._set_sync_gradients(sync)
+    if engine is not None and hasattr(engine, "set_gradient_accumulation_boundary"):
+        engine.set_gradient_accumulation_boundary(sync)
 
 
 def reward_trainer_metrics(trainer: RewardTrainer, mode: str) -> dict[str, list[float]]:

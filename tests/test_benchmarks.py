@@ -27,6 +27,14 @@ def run(*args: str, timeout: int = 900) -> str:
     return proc.stdout
 
 
+def run_fails(*args: str, timeout: int = 900) -> str:
+    """A benchmark run that must fail; its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    return proc.stderr
+
+
 def test_ppo_throughput_against_trl_112(tmp_path):
     """TRL 1.12 is installed into a folder of its own (no venv from a base interpreter without torch)."""
     out = run(str(BENCH / "ppo_throughput.py"), "--updates", "2", "--batch", "8", "--micro-batch", "4",
@@ -176,8 +184,7 @@ def test_ppo_frontier_convergence_tiny(tmp_path, tiny_base):
             assert float(rows[0]["kl_coef"]) == pytest.approx(0.15 * (1 - 0.2 * 8 / 10000) ** 2, rel=1e-9)
     rerun = run(str(BENCH / "ppo_frontier_convergence.py"), *flags)  # complete trajectories are read back
     assert [line for line in rerun.splitlines() if " update " in line] == [line for line in out.splitlines() if " update " in line]
-    with pytest.raises(ValueError, match="neither 'adaptive' nor a beta"):
-        sys.path.insert(0, str(BENCH))
-        import ppo_frontier_convergence
-
-        ppo_frontier_convergence.variant_overrides("fixed")
+    other = run_fails(str(BENCH / "ppo_frontier_convergence.py"), *flags, "--learning_rate", "1e-3")
+    assert "holds a run with other settings" in other  # nothing of the finished run is dropped
+    assert [int(r["update"]) for r in csv.DictReader(open(tmp_path / "0.45_s0" / "trajectory.csv"))] == [2, 3]
+    assert "neither 'adaptive' nor a beta" in run_fails(str(BENCH / "ppo_frontier_convergence.py"), "--variants", "fixed")

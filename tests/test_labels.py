@@ -246,16 +246,19 @@ def test_a_missing_local_label_file_is_named_as_such_and_hub_ids_are_not_taken_f
     from hf_prefs import PPOConfig
     from hf_prefs.pipeline.arguments import PipelineArguments, validate_pipeline_config
 
-    for spec in ("nope.jsonl", "./labels", "../x", "~/labels.csv", "/abs/labels", "data/2024/labels", str(tmp_path / "a")):
+    for spec in ("nope.jsonl", "NOPE.JSONL", "./labels", "../x", "~/labels.csv", "/abs/labels", "data/2024/labels", str(tmp_path / "a")):
         assert names_a_local_file(spec), spec
     for spec in ("imdb", "trl-lib/ultrafeedback_binarized", "openai/summarize_from_feedback"):
         assert not names_a_local_file(spec), spec
-    with pytest.raises(FileNotFoundError, match="label file nope.jsonl: no such file"):
+    with pytest.raises(FileNotFoundError, match="label_file nope.jsonl: no such file"):
         load_label_file("nope.jsonl")  # was the Hub's "Couldn't reach 'nope.jsonl'"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing one-slash folder reads as a Hub id: both are said
+    with pytest.raises(FileNotFoundError, match="label_file runs/labels: no local file or folder .* Hub dataset id"):
+        load_label_file("runs/labels")
     # a Hub id with a namespace passes the config check (it was refused as a missing local path); it is loaded later
     validate_pipeline_config(PipelineArguments(task="sentiment", label_source="file",
                                                label_file="trl-lib/ultrafeedback_binarized"), PPOConfig(output_dir=str(tmp_path)))
-    with pytest.raises(FileNotFoundError, match="label_file: data/2024/labels.jsonl does not exist"):
+    with pytest.raises(FileNotFoundError, match="label_file data/2024/labels.jsonl: no such file"):
         validate_pipeline_config(PipelineArguments(task="sentiment", label_source="file", label_file="data/2024/labels.jsonl"),
                                  PPOConfig(output_dir=str(tmp_path)))
     # a file under ~ is read

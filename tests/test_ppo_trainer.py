@@ -733,6 +733,9 @@ def test_minibatches_smaller_than_a_micro_batch_run_as_in_trl(tmp_path, gpt2_tok
     assert minibatch_split(4, 1, 2) == (2, 2) and minibatch_split(4, 4, 2) == (8, 4) and minibatch_split(2, 2, 2) == (2, 2)
     with pytest.raises(ValueError, match=r"a minibatch of 6 episodes .* per_device_train_batch_size \(4\)"):
         make_config(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=3, num_mini_batches=2)
+    for field in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_mini_batches"):
+        with pytest.raises(ValueError, match=f"PPOConfig.{field} must be > 0, got 0"):
+            make_config(tmp_path, **{field: 0})
     with pytest.raises(ValueError, match=r"4 \* 1 = 4 episodes .* multiple of num_mini_batches \(3\)"):
         make_config(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1, num_mini_batches=3)
     runs = {}

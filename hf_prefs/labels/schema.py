@@ -208,6 +208,10 @@ def load_rows(source: Any) -> list[dict[str, Any]]:
     return rows
 
 
+#: the file types :func:`load_label_file` reads (besides a saved dataset folder; the paper's token-id files are ``.json``)
+LABEL_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet", ".csv")
+
+
 def _read_file(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -239,11 +243,8 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         return Dataset.from_parquet(str(path)).to_list()
     if suffix == ".csv":
         return Dataset.from_csv(str(path)).to_list()
-    raise LabelValidationError(f"unsupported file type {suffix!r} for {path}: use .jsonl, .json, .parquet, .csv or a dataset folder")
-
-
-#: file suffixes :func:`load_label_file` reads (besides folders and the paper's token-id JSON, a ``.json`` too)
-LABEL_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet", ".csv")
+    raise LabelValidationError(f"unsupported file type {suffix!r} for {path}: use {', '.join(LABEL_FILE_SUFFIXES)} or a "
+                               f"dataset folder")
 
 
 def names_a_local_file(spec: str | os.PathLike) -> bool:
@@ -251,7 +252,13 @@ def names_a_local_file(spec: str | os.PathLike) -> bool:
     ``./``, ``../`` or ``~`` path, more than one folder separator, or a label file suffix."""
     text = str(spec)
     return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
-            or (os.sep != "/" and os.sep in text) or Path(text).suffix in LABEL_FILE_SUFFIXES)
+            or (os.sep != "/" and os.sep in text) or Path(text).suffix.lower() in LABEL_FILE_SUFFIXES)
+
+
+def missing_label_file(spec: str | os.PathLike) -> FileNotFoundError:
+    """The error for a label file ``spec`` that names a local file (:func:`names_a_local_file`) that is not there."""
+    return FileNotFoundError(f"label_file {spec}: no such file or folder (a Hub dataset id is 'name' or "
+                             f"'namespace/name', without a file suffix)")
 
 
 def load_label_file(
@@ -266,8 +273,7 @@ def load_label_file(
     conversational rows are rendered with ``processing_class``'s chat template."""
     path = Path(spec).expanduser()
     if not path.exists() and names_a_local_file(spec):
-        raise FileNotFoundError(f"label file {spec}: no such file or folder (a Hub dataset id is 'name' or "
-                                f"'namespace/name', without a file suffix)")
+        raise missing_label_file(spec)
     if path.exists():
         rows = _read_file(path)
         if not rows:
@@ -278,7 +284,11 @@ def load_label_file(
         else:
             labels = Dataset.from_list(rows)
     else:
-        labels = load_dataset(str(spec), split="train")
+        try:
+            labels = load_dataset(str(spec), split="train")
+        except Exception as err:  # 'runs/labels' may have been meant as a local folder: say both
+            raise FileNotFoundError(f"label_file {spec}: no local file or folder of that name, and not loadable as a "
+                                    f"Hub dataset id ({type(err).__name__}: {err})") from err
         if limit is not None:
             labels = labels.select(range(min(limit, len(labels))))
     pairwise = is_pairwise(labels.column_names)

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
-from ..labels.schema import load_label_file, names_a_local_file
+from ..labels.schema import load_label_file, missing_label_file, names_a_local_file
 from ..tasks.specs import get_task
 from ..tasks.summarization import HUB_SOURCES
 from ..trainers.online import check_online_zero_stage
@@ -210,7 +210,7 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         if not pa.label_file:
             raise ValueError("label_file: label_source=file needs a label file or a Hub dataset id")
         if names_a_local_file(pa.label_file) and not Path(pa.label_file).expanduser().exists():
-            raise FileNotFoundError(f"label_file: {pa.label_file} does not exist")
+            raise missing_label_file(pa.label_file)
         if Path(pa.label_file).expanduser().exists():  # every row and K checked now, not after the models are loaded
             tokenizer = AutoTokenizer.from_pretrained(base_model_name(model_args))  # renders conversational pairs
             load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)

@@ -179,5 +179,4 @@ def learned_reward(trainer: PPOTrainer) -> Callable[[list[str], list[str]], torc
 
 def trained_policy(trainer: PPOTrainer) -> nn.Module:
     """The trained causal LM (PEFT or full) inside the trainer's policy-with-value-head wrapper."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    return model.policy if hasattr(model, "policy") else model
+    return trainer.policy_model

@@ -255,7 +255,8 @@ class PPOConfig(TrlBaseConfig):
 
     def _validate_ppo_fields(self) -> None:
         for name in ("temperature", "response_length", "num_ppo_epochs", "num_mini_batches", "kl_target", "kl_horizon",
-                     "local_rollout_forward_batch_size", "normalize_samples"):
+                     "local_rollout_forward_batch_size", "normalize_samples", "per_device_train_batch_size",
+                     "gradient_accumulation_steps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.local_rollout_generation_batch_size is not None and self.local_rollout_generation_batch_size < 1:
@@ -294,9 +295,10 @@ def minibatch_split(per_device_train_batch_size: int, gradient_accumulation_step
     gradient_accumulation_steps`` episodes are split into ``num_mini_batches`` minibatches of ``local_batch_size /
     num_mini_batches`` (TRL's exact division), each run in micro-batches of ``min(per_device_train_batch_size,
     minibatch)`` rows (a minibatch smaller than a micro-batch is one, as TRL 1.12 sliced it); the minibatch must be
-    a whole number of them (its gradient is their mean). Errors name the fields."""
+    a whole number of them (its gradient is their mean). Errors name the fields; the three sizes are >= 1 (PPOConfig
+    checks them first)."""
     local = per_device_train_batch_size * gradient_accumulation_steps
-    if num_mini_batches < 1 or local % num_mini_batches:
+    if local % num_mini_batches:
         raise ValueError(
             f"PPOConfig: per_device_train_batch_size * gradient_accumulation_steps ({per_device_train_batch_size} * "
             f"{gradient_accumulation_steps} = {local} episodes per process and update) must be a multiple of "

@@ -130,14 +130,15 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
         )
     else:
         raise ValueError(f"{name} needs a `query` (text) or `input_ids` column; it has {columns}")
-    lengths = [len(ids) for ids in dataset["input_ids"]]
+    all_ids = dataset["input_ids"]
+    lengths = [len(ids) for ids in all_ids]
     empty = [i for i, n in enumerate(lengths) if n == 0]
     if empty:
         raise ValueError(f"{name}: rows {empty[:10]} tokenize to no tokens")
     embeddings = policy.get_input_embeddings() if hasattr(policy, "get_input_embeddings") else None
     vocab = getattr(embeddings, "num_embeddings", None)
     if vocab is not None:  # an id the policy cannot embed fails deep in its forward otherwise (a tokenizer's added pad)
-        for i, ids in enumerate(dataset["input_ids"]):
+        for i, ids in enumerate(all_ids):
             if ids and (max(ids) >= vocab or min(ids) < 0):
                 raise ValueError(f"{name} row {i}: input_ids holds token id {max(ids) if max(ids) >= vocab else min(ids)}, "
                                  f"outside the policy's embedding of {vocab} tokens (a token added to the tokenizer "

@@ -786,7 +786,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
                         }
                         last = k == n_micro - 1
                         if self.is_deepspeed_enabled:  # its engine reads the accumulation boundary from accelerate
-                            set_sync_gradients(self.accelerator, last)
+                            set_sync_gradients(self.accelerator, last, engine=model)
                         with nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
                             micro_stats = self.micro_batch_step(model, batch, n_micro)
                         for key, value in micro_stats.items():
@@ -808,7 +808,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         layers' uncast inputs (:func:`adapter_inputs_in_autocast_dtype`) are set once for the whole phase by
         :meth:`ppo_epochs` (finding the layers walks the model: ~5 ms, too much per micro-batch)."""
         # DeepSpeed's engine divides every loss by ITS gradient_accumulation_steps; here the loss is already divided
-        # by the micro-batches of one minibatch (n_micro = gradient_accumulation_steps / num_mini_batches)
+        # by the micro-batches of one minibatch (n_micro = local_mini_batch_size / micro_rows: ppo_config.minibatch_split)
         backward_kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
         length = batch["query_ids"].shape[1] + batch["response_ids"].shape[1]
         with training_attention(self.accelerator.device, length):
