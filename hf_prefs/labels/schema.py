@@ -255,10 +255,16 @@ def names_a_local_file(spec: str | os.PathLike) -> bool:
             or (os.sep != "/" and os.sep in text) or Path(text).suffix.lower() in LABEL_FILE_SUFFIXES)
 
 
-def missing_label_file(spec: str | os.PathLike) -> FileNotFoundError:
-    """The error for a label file ``spec`` that names a local file (:func:`names_a_local_file`) that is not there."""
-    return FileNotFoundError(f"label_file {spec}: no such file or folder (a Hub dataset id is 'name' or "
-                             f"'namespace/name', without a file suffix)")
+def local_label_path(spec: str | os.PathLike) -> Path | None:
+    """The local file or folder a label file ``spec`` names (``~`` expanded), or None for a Hub dataset id; raises
+    ``FileNotFoundError`` where ``spec`` can only be a local path (:func:`names_a_local_file`) and nothing is there."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if names_a_local_file(spec):
+        raise FileNotFoundError(f"label_file {spec}: no such file or folder (a Hub dataset id is 'name' or "
+                                f"'namespace/name', without a file suffix)")
+    return None
 
 
 def load_label_file(
@@ -271,10 +277,8 @@ def load_label_file(
     Rows in TRL's pairwise format (``chosen``/``rejected``, explicit or implicit prompt) become K = 2 labels through
     :func:`from_pairwise` without an EOS appended (the samples are scored as the policy's responses are, as text);
     conversational rows are rendered with ``processing_class``'s chat template."""
-    path = Path(spec).expanduser()
-    if not path.exists() and names_a_local_file(spec):
-        raise missing_label_file(spec)
-    if path.exists():
+    path = local_label_path(spec)
+    if path is not None:
         rows = _read_file(path)
         if not rows:
             raise LabelValidationError(f"the label file {spec} holds no rows")

@@ -31,6 +31,7 @@ __all__ = [
     "model_device",
     "input_pad_id",
     "embeddable_pad_id",
+    "embedding_rows",
     "ensure_pad_token_id",
 ]
 
@@ -51,11 +52,16 @@ def embeddable_pad_id(tokenizer: Any, rows: int | None) -> int:
     return int(eos) if eos is not None and eos < rows else 0
 
 
+def embedding_rows(model: torch.nn.Module) -> int | None:
+    """The number of token ids ``model``'s input embedding holds (None where it has none to ask)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return getattr(embeddings, "num_embeddings", None)
+
+
 def input_pad_id(model: torch.nn.Module, tokenizer: Any) -> int:
     """The id to pad ``model``'s inputs with (always under a 0 attention mask): :func:`embeddable_pad_id` for its
     input embedding. The model never attends to it; it must only be embeddable."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return embeddable_pad_id(tokenizer, getattr(embeddings, "num_embeddings", None))
+    return embeddable_pad_id(tokenizer, embedding_rows(model))
 
 
 def ensure_pad_token_id(model: torch.nn.Module, tokenizer: Any = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +12,7 @@ from transformers import AutoTokenizer
 
 from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
-from ..labels.schema import load_label_file, missing_label_file, names_a_local_file
+from ..labels.schema import load_label_file, local_label_path
 from ..tasks.specs import get_task
 from ..tasks.summarization import HUB_SOURCES
 from ..trainers.online import check_online_zero_stage
@@ -209,9 +208,7 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     if pa.label_source == "file":
         if not pa.label_file:
             raise ValueError("label_file: label_source=file needs a label file or a Hub dataset id")
-        if names_a_local_file(pa.label_file) and not Path(pa.label_file).expanduser().exists():
-            raise missing_label_file(pa.label_file)
-        if Path(pa.label_file).expanduser().exists():  # every row and K checked now, not after the models are loaded
+        if local_label_path(pa.label_file) is not None:  # every row and K checked now, not after the models are loaded
             tokenizer = AutoTokenizer.from_pretrained(base_model_name(model_args))  # renders conversational pairs
             load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
     if pa.label_source == "human" and not pa.label_queue_dir:

@@ -17,6 +17,8 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from ..models.generation import embedding_rows
+
 __all__ = ["NonFiniteError", "Rollout", "QueryStream", "deal_by_length", "prepare_query_dataset"]
 
 
@@ -135,8 +137,7 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
     empty = [i for i, n in enumerate(lengths) if n == 0]
     if empty:
         raise ValueError(f"{name}: rows {empty[:10]} tokenize to no tokens")
-    embeddings = policy.get_input_embeddings() if hasattr(policy, "get_input_embeddings") else None
-    vocab = getattr(embeddings, "num_embeddings", None)
+    vocab = embedding_rows(policy)
     if vocab is not None:  # an id the policy cannot embed fails deep in its forward otherwise (a tokenizer's added pad)
         for i, ids in enumerate(all_ids):
             if ids and (max(ids) >= vocab or min(ids) < 0):
