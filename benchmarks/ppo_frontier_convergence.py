@@ -16,7 +16,11 @@ the PPO queries and the 160 held-out queries are the study's), rho's held-out re
 folder (``rho_eval.json``; a copy of ``docs/study/rho_eval.json`` is used when its key matches: the same dtype, as
 with ``--dtype float32 --bf16 false``). Each variant and seed writes ``<output-dir>/<variant>_s<seed>/trajectory.csv``
 and ``metrics.csv`` (its settings in ``run.json``); a variant whose trajectory is complete is read back, not run
-again (with other settings in the same folder: an error). It runs as one process. Any other flag is the recipe's (``recipes/configs/sentiment_offline.yaml`` is the base config).
+again (with other settings in the same folder: an error). A run saves a checkpoint at every evaluation (the last
+two are kept: ``checkpoint-N``, the policy's adapter or weights with the optimizer, scheduler, beta and generators),
+so an interrupted variant resumes from its last one, dropping the trajectory rows written after it; the PPO trainer
+resumes exactly and the evaluation samples from its own generator, so the rows equal an uninterrupted run's. It runs
+as one process. Any other flag is the recipe's (``recipes/configs/sentiment_offline.yaml`` is the base config).
 
     python benchmarks/ppo_frontier_convergence.py --variants 0.45 --updates 60 --eval_every 10
     python benchmarks/ppo_frontier_convergence.py --variants 0.45 adaptive --updates 40 --dtype float32 --bf16 false
@@ -54,6 +58,7 @@ from hf_prefs.pipeline.policy import make_ppo_trainer, trained_policy  # noqa: E
 from hf_prefs.pipeline.results import write_metrics  # noqa: E402
 from hf_prefs.pipeline.setup import load_base, split_queries  # noqa: E402
 from hf_prefs.tasks.known_rewards import make_known_reward  # noqa: E402
+from hf_prefs.trainers.ppo_checkpoints import last_complete_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "configs" / "sentiment_offline.yaml"
@@ -78,10 +83,13 @@ class HeldOutTrajectory(TrainerCallback):
     """Every ``every`` updates (and after the last), the policy on the held-out queries, read against the frontier;
     one row per evaluation appended to ``path`` (written as it goes)."""
 
-    def __init__(self, run: dict[str, Any], every: int, path: str) -> None:
+    def __init__(self, run: dict[str, Any], every: int, path: str, rows: list[dict[str, str]] = ()) -> None:
+        """``rows``: the trajectory so far (a resumed run's), written back before the new ones."""
         self.run, self.every, self.path, self.trainer = run, every, path, None
         with open(path, "w", newline="") as f:
-            csv.DictWriter(f, fieldnames=FIELDS).writeheader()
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         step = state.global_step
@@ -137,21 +145,30 @@ def run_variant(variant: str, seed: int, updates: int, every: int, shared: dict[
             for row in rows:
                 print(format_row(name, row))
             return rows
-    if folder.exists():  # an interrupted run starts over (its trajectory rows depend on the whole run before them)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps(settings))
+        resume = last_complete_checkpoint(str(folder))
+    else:
+        resume = None
+    if resume is None:  # nothing to resume from: start over (the rows depend on the whole run before them)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps(settings))
+        rows = []
+    else:
+        done = int(Path(resume).name.removeprefix("checkpoint-"))
+        rows = [row for row in rows if int(row["update"]) <= done]  # rows written after the checkpoint are made again
+        print(f"{name}: resuming from update {done} ({resume})", flush=True)
     base_cfg = shared["cfg"]
     episodes = updates * base_cfg.per_device_train_batch_size * base_cfg.gradient_accumulation_steps  # one process
-    cfg = replace(base_cfg, seed=seed, output_dir=str(folder), save_strategy="no", total_episodes=episodes,
-                  **variant_overrides(variant))
+    cfg = replace(base_cfg, seed=seed, output_dir=str(folder), save_strategy="steps", save_steps=every,
+                  save_total_limit=2, total_episodes=episodes, **variant_overrides(variant))
     torch.manual_seed(seed)
     trainer = make_ppo_trainer(cfg, shared["model_args"], shared["base"], lambda q, r: shared["known"](list(r)),
                                shared["ppo_q"], known_reward=shared["known"], output_dir=str(folder))
-    probe = HeldOutTrajectory({**shared["run"], "name": name}, every, str(path))
+    probe = HeldOutTrajectory({**shared["run"], "name": name}, every, str(path), rows)
     probe.trainer = trainer
     trainer.add_callback(probe)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     write_metrics(trainer.state.log_history, str(folder))
     return read_trajectory(str(path))
 

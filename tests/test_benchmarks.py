@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -184,6 +185,17 @@ def test_ppo_frontier_convergence_tiny(tmp_path, tiny_base):
             assert float(rows[0]["kl_coef"]) == pytest.approx(0.15 * (1 - 0.2 * 8 / 10000) ** 2, rel=1e-9)
     rerun = run(str(BENCH / "ppo_frontier_convergence.py"), *flags)  # complete trajectories are read back
     assert [line for line in rerun.splitlines() if " update " in line] == [line for line in out.splitlines() if " update " in line]
+    # interrupted during update 3: resumed from checkpoint-2 (a checkpoint at every evaluation and the last update)
+    folder = tmp_path / "0.45_s0"
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    whole = (folder / "trajectory.csv").read_text()
+    shutil.rmtree(folder / "checkpoint-3")
+    (folder / "trajectory.csv").write_text("".join(whole.splitlines(keepends=True)[:-1]))  # header and row 2
+    (folder / "metrics.csv").unlink()
+    resumed = run(str(BENCH / "ppo_frontier_convergence.py"), *flags)
+    assert "0.45_s0: resuming from update 2" in resumed and "adaptive_s0: resuming" not in resumed
+    assert (folder / "trajectory.csv").read_text() == whole  # the same rows as the uninterrupted run, to the digit
+    assert [int(r["step"]) for r in csv.DictReader(open(folder / "metrics.csv"))] == [1, 2, 3]
     other = run_fails(str(BENCH / "ppo_frontier_convergence.py"), *flags, "--learning_rate", "1e-3")
     assert "holds a run with other settings" in other  # nothing of the finished run is dropped
     assert [int(r["update"]) for r in csv.DictReader(open(tmp_path / "0.45_s0" / "trajectory.csv"))] == [2, 3]
