@@ -200,3 +200,24 @@ def test_ppo_frontier_convergence_tiny(tmp_path, tiny_base):
     assert "holds a run with other settings" in other  # nothing of the finished run is dropped
     assert [int(r["update"]) for r in csv.DictReader(open(tmp_path / "0.45_s0" / "trajectory.csv"))] == [2, 3]
     assert "neither 'adaptive' nor a beta" in run_fails(str(BENCH / "ppo_frontier_convergence.py"), "--variants", "fixed")
+
+
+def test_best_of_n_frontier_on_the_studys_samples(tmp_path):
+    out = run(str(BENCH / "best_of_n_frontier.py"), "--n", "2", "8", "64")
+    assert "10 queries x 8192 samples of rho" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(r[0]) for r in rows] == [2, 8, 64]
+    gains = [float(r[2]) for r in rows]
+    shares = [float(r[5].split()[0]) for r in rows]
+    assert gains == sorted(gains) and all(0 < s < 1 for s in shares)  # the frontier is the best any policy does at a KL
+    for r in rows:  # the share is best-of-n's gain over the frontier's at the KL bound
+        assert float(r[5].split()[0]) == pytest.approx(float(r[2]) / float(r[3].split("±")[0]), abs=2e-3)
+    # a frontier made from other samples is refused, not read
+    other = tmp_path / "frontier.csv"
+    lines = (ROOT / "docs" / "study" / "frontier_rho.csv").read_text().splitlines()
+    cols = lines[0].split(",")
+    first = lines[1].split(",")
+    first[cols.index("reward")] = "0.9"
+    other.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    assert "the frontier was not made from these samples" in run_fails(str(BENCH / "best_of_n_frontier.py"),
+                                                                         "--frontier", str(other))

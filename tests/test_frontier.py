@@ -195,3 +195,43 @@ def test_one_stratum_bootstrap_is_the_plain_bootstrap():
     rng = np.random.default_rng(5)
     r = rng.normal(size=(3, 32))
     assert optimal_frontier(r, [0.5, 2.0], n_bootstrap=30, seed=1) == optimal_frontier(r, [0.5, 2.0], n_bootstrap=30, seed=1, strata=[32])
+
+
+def test_best_of_n_reward_is_the_mean_of_the_best_of_every_n_draws():
+    import itertools
+
+    from hf_prefs.core.frontier import best_of_n_reward
+
+    rows = np.array([[3.0, 1.0, 2.0, 2.0], [0.5, -1.0, 4.0, 0.0]])
+    for n in (1, 2, 3):
+        enumerated = [np.mean([max(draw) for draw in itertools.product(row, repeat=n)]) for row in rows]
+        assert best_of_n_reward(rows, n) == pytest.approx(enumerated, abs=1e-12)
+    assert best_of_n_reward(rows, 1) == pytest.approx(rows.mean(axis=1))
+    grid = (np.arange(20000) + 0.5) / 20000  # ~ Uniform(0, 1): E[max of n] = n / (n + 1)
+    assert best_of_n_reward(grid, 4)[0] == pytest.approx(4 / 5, abs=1e-4)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        best_of_n_reward(rows, 0)
+
+
+def test_best_of_n_kl_bound_is_reached_by_fine_distributions_and_exceeds_coarse_ones():
+    from hf_prefs.core.frontier import best_of_n_kl_bound
+
+    assert best_of_n_kl_bound(1) == 0.0
+    for n in (2, 4, 16):
+        for outcomes in (20000, 4):  # equiprobable outcomes with distinct rewards: the exact KL of best-of-n
+            k = np.arange(1, outcomes + 1)
+            p_best = (k / outcomes) ** n - ((k - 1) / outcomes) ** n
+            gap = best_of_n_kl_bound(n) - float(np.sum(p_best * np.log(p_best * outcomes)))
+            assert 0 <= gap < 1e-6 if outcomes > 4 else gap > 0.01
+
+
+def test_best_of_n_lies_under_the_frontier_of_the_same_samples():
+    from hf_prefs.core.frontier import best_of_n_kl_bound, best_of_n_reward
+
+    r = np.random.default_rng(3).normal(size=(4, 4000))
+    frontier = optimal_frontier(r, [math.inf, 8, 4, 2, 1.5, 1, 0.7, 0.5, 0.35], n_bootstrap=0)
+    rho = r.mean()
+    for n in (2, 4, 8, 16):
+        bon = best_of_n_reward(r, n).mean() - rho
+        best = frontier_reward_at_kl(frontier, best_of_n_kl_bound(n)) - rho
+        assert 0.8 * best < bon < best  # close under, never over (here the frontier is read on a grid: conservative)

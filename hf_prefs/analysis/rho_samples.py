@@ -24,8 +24,9 @@ from .study_files import texts_digest
 
 __all__ = [
     "FRONTIER_SAMPLING_ROWS", "RHO_EVAL_CACHE", "RHO_REWARDS_CACHE", "RHO_REWARDS_CHUNK", "RHO_SAMPLES_CACHE", "RhoSamples",
-    "cached_rho_eval", "draw_rho_rewards", "draw_rho_samples", "known_reward_name", "read_rho_rewards", "rho_cache_key",
-    "run_frontier", "same_key", "write_rho_rewards",
+    "cached_rho_eval", "draw_rho_rewards", "draw_rho_samples", "known_reward_name", "read_rho_rewards",
+    "read_rho_rewards_file", "rho_cache_key",
+    "run_frontier", "same_key", "current_key", "write_rho_rewards",
 ]
 
 
@@ -75,13 +76,16 @@ def model_id(name: str) -> str:
     return f"hf_prefs asset {asset}" if os.path.isabs(name) and os.path.basename(os.path.normpath(name)) == asset else name
 
 
+def current_key(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored cache key as it would be written now: keys written before the model was named by :func:`model_id`
+    (a path) and before the known reward was in the key (VADER's: the only known reward the studies that wrote them
+    used) get both."""
+    return {"known_reward": "vader", **stored, "model": model_id(str(stored.get("model", "")))}
+
+
 def same_key(stored: dict[str, Any], key: dict[str, Any]) -> bool:
-    """Whether a cache written under ``stored`` serves ``key``. Keys written before the model was named by
-    :func:`model_id` (a path) and before the known reward was in the key (VADER's: the only known reward the
-    studies that wrote them used) are read as they would be written now."""
-    stored = {**stored, "model": model_id(str(stored.get("model", "")))}
-    stored.setdefault("known_reward", "vader")
-    return stored == key
+    """Whether a cache written under ``stored`` serves ``key`` (both read as now: :func:`current_key`)."""
+    return current_key(stored) == key
 
 
 def cached_rho_eval(base: Base, spec: RolloutSpec, eval_q: list[str], known: Any, batch_size: int, seed: int,
@@ -116,13 +120,21 @@ def write_rho_rewards(path: str, key: str, rewards: torch.Tensor) -> None:
 def read_rho_rewards(path: str, key: str) -> torch.Tensor | None:
     """The rewards of :func:`write_rho_rewards` when the file's key serves ``key`` (:func:`same_key`); None
     otherwise."""
+    stored, rewards = read_rho_rewards_file(path)
+    return rewards if stored is not None and same_key(stored, json.loads(key)) else None
+
+
+def read_rho_rewards_file(path: str) -> tuple[dict[str, Any] | None, torch.Tensor | None]:
+    """A :func:`write_rho_rewards` file as it is: its key (as written) and rewards; ``(None, None)`` for a file
+    without a key line."""
     with open(path) as f:
         first = f.readline().rstrip("\n")
-        if not first.startswith("# key: ") or not same_key(json.loads(first.removeprefix("# key: ")), json.loads(key)):
-            return None
+        if not first.startswith("# key: "):
+            return None, None
         if f.readline().strip() != "known":
             raise ValueError(f"{path}: line 2 must be the header 'known'")
-        return torch.tensor([float(line) for line in f if line.strip()], dtype=torch.float32)
+        return json.loads(first.removeprefix("# key: ")), torch.tensor([float(line) for line in f if line.strip()],
+                                                                         dtype=torch.float32)
 
 
 def draw_rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int, with_logp: bool,

@@ -20,6 +20,13 @@ too few to reach) enter by importance sampling: with ``log_ratio_i = log rho(y_i
 w_i = exp(log_ratio_i + r_i / beta) and the same formulas hold (Z = E_rho[exp(r/beta)] = E_q[(rho/q) exp(r/beta)]).
 With samples of several proposals, ``log_ratio_i = log rho(y_i) - log q_mix(y_i)`` for the mixture
 q_mix = sum_j (n_j/n) q_j (multiple importance sampling, balance heuristic).
+
+Best-of-n (the reference policy the frontier is usually compared with: draw n samples of rho, keep the highest
+reward) from the same samples: with a query's N rewards sorted, x_(1) <= ... <= x_(N), the best of n draws (with
+replacement) is x_(k) with probability (k/N)^n - ((k-1)/N)^n, so E[max] = sum_k x_(k) ((k/N)^n - ((k-1)/N)^n)
+exactly on those samples; its KL from rho is at most log n - (n-1)/n (Beirami et al. 2024: the value for a continuous
+reward distribution; outcomes of non-vanishing probability, or ties in the reward, make it smaller), so a best-of-n
+point read against the frontier at that KL is conservative.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "best_of_n_kl_bound",
+    "best_of_n_reward",
     "optimal_policy_stats",
     "optimal_frontier",
     "FrontierPoint",
@@ -76,6 +85,26 @@ def optimal_policy_stats(
     kl = expected / beta - log_mean_w
     ess = 1.0 / (p**2).sum(axis=1)
     return expected, np.maximum(kl, 0.0), ess
+
+
+def best_of_n_reward(rewards: np.ndarray, n: int) -> np.ndarray:
+    """Expected reward of best-of-``n`` for each row of ``rewards`` (``(Q, N)`` samples of rho, or ``(N,)``): the mean
+    of the largest of ``n`` draws with replacement from the row's samples, exactly,
+    ``sum_k x_(k) ((k/N)^n - ((k-1)/N)^n)`` over the sorted row. Shape ``(Q,)``."""
+    if n < 1:
+        raise ValueError(f"best_of_n_reward: n must be >= 1, got {n}")
+    r = np.sort(np.atleast_2d(np.asarray(rewards, dtype=np.float64)), axis=1)
+    cdf = np.arange(r.shape[1] + 1, dtype=np.float64) / r.shape[1]  # k/N for k = 0..N
+    p_max = np.diff(cdf**n)  # P(max of n draws is the k-th smallest sample)
+    return r @ p_max
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """``KL(best-of-n, rho) <= log n - (n - 1) / n``: the value when every outcome has vanishing probability and no two
+    share a reward (a continuous reward distribution), an upper bound otherwise."""
+    if n < 1:
+        raise ValueError(f"best_of_n_kl_bound: n must be >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""Best-of-n against the optimal KL-reward frontier, both from the same samples of rho.
+
+The study (``docs/study/``) reads its PPO runs against the frontier pi*_b ∝ rho · exp(r / b), estimated from rho's
+samples on its frontier queries (``rho_rewards.csv`` and its ``.partNNN`` chunks: 8,192 known rewards per query).
+Best-of-n — draw n samples of rho, keep the one with the highest reward — is the policy the frontier is usually
+compared with; this script reads it on the same samples: its expected gain over rho (exact on the samples,
+:func:`hf_prefs.core.frontier.best_of_n_reward`), at its KL bound log n − (n−1)/n
+(:func:`~hf_prefs.core.frontier.best_of_n_kl_bound`; the true KL is at most that, so each share is a lower bound),
+against the frontier's gain there (``frontier_rho.csv``, ± its bootstrap SE, with its mean and least ESS). No model
+runs: numpy on the committed files, a second.
+
+    python benchmarks/best_of_n_frontier.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+import numpy as np
+
+from hf_prefs.analysis.rho_samples import current_key, read_rho_rewards_file
+from hf_prefs.analysis.study_table import read_frontier
+from hf_prefs.core.frontier import (best_of_n_kl_bound, best_of_n_reward, frontier_at_kl, frontier_ess_at_kl,
+                                    frontier_gain_se_at_kl, frontier_rho_reward)
+
+STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "study")
+
+
+def rho_reward_matrix(paths: list[str]) -> np.ndarray:
+    """``(Q, M)`` rewards: each file's ``Q × m`` (query-major) chunk side by side. The files must be chunks of one
+    draw: the same queries, model, spec and known reward; only the seed differs."""
+    blocks, common = [], None
+    for path in paths:
+        key, rewards = read_rho_rewards_file(path)
+        if key is None:
+            raise ValueError(f"{path}: not a file of rho's rewards (no '# key:' line)")
+        rest = {k: v for k, v in current_key(key).items() if k != "seed"}
+        if common is not None and rest != common:
+            raise ValueError(f"{path}: another draw than {paths[0]} ({rest} against {common})")
+        common = rest
+        blocks.append(rewards.numpy().astype(np.float64).reshape(-1, int(key["m"])))
+    return np.concatenate(blocks, axis=1)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rho_rewards", nargs="+", default=None,
+                   help="rho's reward files (default: the study's rho_rewards.csv and its .partNNN chunks)")
+    p.add_argument("--frontier", default=os.path.join(STUDY, "frontier_rho.csv"))
+    p.add_argument("--n", nargs="+", type=int, default=[2, 4, 8, 16, 32, 64, 128, 256])
+    p.add_argument("--min_ess", type=float, default=30.0)
+    a = p.parse_args(argv)
+    paths = a.rho_rewards or [os.path.join(STUDY, "rho_rewards.csv"),
+                              *sorted(glob.glob(os.path.join(STUDY, "rho_rewards.part*.csv")))]
+    rewards = rho_reward_matrix(paths)
+    frontier = read_frontier(a.frontier)
+    rho = frontier_rho_reward(frontier)
+    if not np.isclose(rewards.mean(), rho, rtol=0, atol=1e-6):
+        raise ValueError(f"rho's mean reward on these files ({rewards.mean():.6f}) is not the frontier's at beta = inf "
+                         f"({rho:.6f}): the frontier was not made from these samples")
+    print(f"{rewards.shape[0]} queries x {rewards.shape[1]} samples of rho; rho's reward {rho:.3f}")
+    print("| n | KL bound | best-of-n gain | frontier's gain there ± SE | ESS mean / min | share of the frontier's gain |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for n in a.n:
+        kl = best_of_n_kl_bound(n)
+        gain = float(best_of_n_reward(rewards, n).mean()) - rho
+        f_gain = frontier_at_kl(frontier, kl)[0] - rho
+        f_se = frontier_gain_se_at_kl(frontier, kl)
+        ess, min_ess = frontier_ess_at_kl(frontier, kl)
+        share = gain / f_gain if f_gain > 0 else float("nan")
+        mark = "" if ess >= a.min_ess and kl <= max(pt.kl for pt in frontier) else " (frontier not qualified)"
+        print(f"| {n} | {kl:.2f} | +{gain:.3f} | +{f_gain:.3f} ± {f_se:.3f} | {ess:.0f} / {min_ess:.1f} | "
+              f"{share:.3f}{mark} |")
+        rows.append({"n": n, "kl": kl, "gain": gain, "frontier_gain": f_gain, "frontier_gain_se": f_se,
+                     "ess": ess, "min_ess": min_ess, "share": share})
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
