@@ -3,11 +3,12 @@
 The study (``docs/study/``) reads its PPO runs against the frontier pi*_b ∝ rho · exp(r / b), estimated from rho's
 samples on its frontier queries (``rho_rewards.csv`` and its ``.partNNN`` chunks: 8,192 known rewards per query).
 Best-of-n — draw n samples of rho, keep the one with the highest reward — is the policy the frontier is usually
-compared with; this script reads it on the same samples: its expected gain over rho (exact on the samples,
-:func:`hf_prefs.core.frontier.best_of_n_reward`), at its KL bound log n − (n−1)/n
-(:func:`~hf_prefs.core.frontier.best_of_n_kl_bound`; the true KL is at most that, so each share is a lower bound),
-against the frontier's gain there (``frontier_rho.csv``, ± its bootstrap SE, with its mean and least ESS). No model
-runs: numpy on the committed files, a second.
+compared with; this script reads it on the same samples, as the frontier is read: its expected gain over rho and its
+KL, both exact on the samples as the distribution (:func:`hf_prefs.core.frontier.best_of_n_reward`,
+:func:`~hf_prefs.core.frontier.best_of_n_kl`: VADER gives many samples the same reward, so the KL lies below the
+continuous bound log n − (n−1)/n, also printed), against the frontier's gain at that KL (``frontier_rho.csv``, ± its
+bootstrap SE, with its mean and least ESS) and, more conservatively, at the bound. No model runs: numpy on the
+committed files, a second.
 
     python benchmarks/best_of_n_frontier.py
 """
@@ -23,8 +24,8 @@ import numpy as np
 
 from hf_prefs.analysis.rho_samples import current_key, read_rho_rewards_file
 from hf_prefs.analysis.study_table import read_frontier
-from hf_prefs.core.frontier import (best_of_n_kl_bound, best_of_n_reward, frontier_at_kl, frontier_ess_at_kl,
-                                    frontier_gain_se_at_kl, frontier_rho_reward)
+from hf_prefs.core.frontier import (best_of_n_kl, best_of_n_kl_bound, best_of_n_reward, frontier_at_kl,
+                                    frontier_ess_at_kl, frontier_gain_se_at_kl, frontier_rho_reward)
 
 STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "study")
 
@@ -62,21 +63,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         raise ValueError(f"rho's mean reward on these files ({rewards.mean():.6f}) is not the frontier's at beta = inf "
                          f"({rho:.6f}): the frontier was not made from these samples")
     print(f"{rewards.shape[0]} queries x {rewards.shape[1]} samples of rho; rho's reward {rho:.3f}")
-    print("| n | KL bound | best-of-n gain | frontier's gain there ± SE | ESS mean / min | share of the frontier's gain |")
+    print("| n | KL (bound) | best-of-n gain | frontier's gain at that KL ± SE | ESS mean / min | share of the frontier's "
+          "gain (at the bound) |")
     print("|---|---|---|---|---|---|")
     rows = []
     for n in a.n:
-        kl = best_of_n_kl_bound(n)
+        kl, bound = float(best_of_n_kl(rewards, n).mean()), best_of_n_kl_bound(n)
         gain = float(best_of_n_reward(rewards, n).mean()) - rho
-        f_gain = frontier_at_kl(frontier, kl)[0] - rho
+        f_gain, f_gain_bound = (frontier_at_kl(frontier, k)[0] - rho for k in (kl, bound))
         f_se = frontier_gain_se_at_kl(frontier, kl)
         ess, min_ess = frontier_ess_at_kl(frontier, kl)
         share = gain / f_gain if f_gain > 0 else float("nan")
+        share_bound = gain / f_gain_bound if f_gain_bound > 0 else float("nan")
         mark = "" if ess >= a.min_ess and kl <= max(pt.kl for pt in frontier) else " (frontier not qualified)"
-        print(f"| {n} | {kl:.2f} | +{gain:.3f} | +{f_gain:.3f} ± {f_se:.3f} | {ess:.0f} / {min_ess:.1f} | "
-              f"{share:.3f}{mark} |")
-        rows.append({"n": n, "kl": kl, "gain": gain, "frontier_gain": f_gain, "frontier_gain_se": f_se,
-                     "ess": ess, "min_ess": min_ess, "share": share})
+        print(f"| {n} | {kl:.2f} ({bound:.2f}) | +{gain:.3f} | +{f_gain:.3f} ± {f_se:.3f} | {ess:.0f} / {min_ess:.1f} | "
+              f"{share:.3f} ({share_bound:.3f}){mark} |")
+        rows.append({"n": n, "kl": kl, "kl_bound": bound, "gain": gain, "frontier_gain": f_gain,
+                     "frontier_gain_se": f_se, "ess": ess, "min_ess": min_ess, "share": share,
+                     "share_at_bound": share_bound})
     return rows
 
 

@@ -71,6 +71,7 @@ _EXPORTS: dict[str, str] = {
     "optimal_policy_stats": "hf_prefs.core.frontier",
     "best_of_n_reward": "hf_prefs.core.frontier",
     "best_of_n_kl_bound": "hf_prefs.core.frontier",
+    "best_of_n_kl": "hf_prefs.core.frontier",
     "evaluate_policy": "hf_prefs.pipeline.evaluate",
     "run_study": "hf_prefs.analysis.study",
     "rouge": "hf_prefs.tasks.rouge",

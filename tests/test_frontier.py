@@ -214,7 +214,7 @@ def test_best_of_n_reward_is_the_mean_of_the_best_of_every_n_draws():
 
 
 def test_best_of_n_kl_bound_is_reached_by_fine_distributions_and_exceeds_coarse_ones():
-    from hf_prefs.core.frontier import best_of_n_kl_bound
+    from hf_prefs.core.frontier import best_of_n_kl, best_of_n_kl_bound
 
     assert best_of_n_kl_bound(1) == 0.0
     for n in (2, 4, 16):
@@ -223,6 +223,16 @@ def test_best_of_n_kl_bound_is_reached_by_fine_distributions_and_exceeds_coarse_
             p_best = (k / outcomes) ** n - ((k - 1) / outcomes) ** n
             gap = best_of_n_kl_bound(n) - float(np.sum(p_best * np.log(p_best * outcomes)))
             assert 0 <= gap < 1e-6 if outcomes > 4 else gap > 0.01
+            rewards = np.random.default_rng(n).permutation(outcomes).astype(float)  # distinct, unsorted
+            assert best_of_n_kl(rewards, n)[0] == pytest.approx(best_of_n_kl_bound(n) - gap, abs=1e-9)
+    # ties: two outcomes of four share the top reward, so best-of-2 puts 1 - (1/2)^2 = 3/4 on them (rho: 1/2), 1/4 on
+    # the other two; between the tied ones rho's odds stay
+    tied = np.array([[0.0, 1.0, 2.0, 2.0]])
+    expected = 0.75 * math.log(0.75 / 0.5) + (0.25 - 1 / 16) * math.log((0.25 - 1 / 16) / 0.25) + (1 / 16) * math.log(
+        (1 / 16) / 0.25)
+    assert best_of_n_kl(tied, 2) == pytest.approx([expected], abs=1e-12)
+    assert best_of_n_kl(tied, 2)[0] < best_of_n_kl_bound(2)
+    assert best_of_n_kl(tied, 1) == pytest.approx([0.0], abs=1e-12)
 
 
 def test_best_of_n_lies_under_the_frontier_of_the_same_samples():

@@ -24,9 +24,11 @@ q_mix = sum_j (n_j/n) q_j (multiple importance sampling, balance heuristic).
 Best-of-n (the reference policy the frontier is usually compared with: draw n samples of rho, keep the highest
 reward) from the same samples: with a query's N rewards sorted, x_(1) <= ... <= x_(N), the best of n draws (with
 replacement) is x_(k) with probability (k/N)^n - ((k-1)/N)^n, so E[max] = sum_k x_(k) ((k/N)^n - ((k-1)/N)^n)
-exactly on those samples; its KL from rho is at most log n - (n-1)/n (Beirami et al. 2024: the value for a continuous
-reward distribution; outcomes of non-vanishing probability, or ties in the reward, make it smaller), so a best-of-n
-point read against the frontier at that KL is conservative.
+exactly on those samples. Its KL from rho is at most log n - (n-1)/n (Beirami et al. 2024: the value for a continuous
+reward distribution; outcomes of non-vanishing probability, or ties in the reward, make it smaller). On the samples
+themselves — the distribution the frontier above is the exact tilt of — samples of one reward value form a group g of
+probability rho_g = c_g/N (best-of-n with its ties broken at random keeps rho's odds within a group), best-of-n puts
+P_g = F_g^n - F_(g-1)^n on it (F: the groups' cumulative probability), and KL = sum_g P_g log(P_g / rho_g) exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "best_of_n_kl",
     "best_of_n_kl_bound",
     "best_of_n_reward",
     "optimal_policy_stats",
@@ -97,6 +100,23 @@ def best_of_n_reward(rewards: np.ndarray, n: int) -> np.ndarray:
     cdf = np.arange(r.shape[1] + 1, dtype=np.float64) / r.shape[1]  # k/N for k = 0..N
     p_max = np.diff(cdf**n)  # P(max of n draws is the k-th smallest sample)
     return r @ p_max
+
+
+def best_of_n_kl(rewards: np.ndarray, n: int) -> np.ndarray:
+    """``KL(best-of-n, rho)`` for each row of ``rewards`` (``(Q, N)`` or ``(N,)``), exactly on the row's samples as
+    the distribution: ``sum_g P_g log(P_g / rho_g)`` over the groups of equal reward (module docstring). At most
+    :func:`best_of_n_kl_bound`, below it where rewards tie. Shape ``(Q,)``."""
+    if n < 1:
+        raise ValueError(f"best_of_n_kl: n must be >= 1, got {n}")
+    out = []
+    for row in np.atleast_2d(np.asarray(rewards, dtype=np.float64)):
+        counts = np.unique(row, return_counts=True)[1]
+        rho_g = counts / len(row)
+        cdf = np.concatenate([[0.0], np.cumsum(counts) / len(row)])
+        p_g = np.diff(np.minimum(cdf, 1.0) ** n)
+        keep = p_g > 0
+        out.append(float(np.sum(p_g[keep] * np.log(p_g[keep] / rho_g[keep]))))
+    return np.maximum(np.array(out), 0.0)
 
 
 def best_of_n_kl_bound(n: int) -> float:
