@@ -16,34 +16,17 @@ committed files, a second.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 
 import numpy as np
 
-from hf_prefs.analysis.rho_samples import current_key, read_rho_rewards_file
+from hf_prefs.analysis.rho_samples import rho_reward_files, rho_reward_matrix
 from hf_prefs.analysis.study_table import read_frontier
 from hf_prefs.core.frontier import (best_of_n_kl, best_of_n_kl_bound, best_of_n_reward, frontier_at_kl,
                                     frontier_ess_at_kl, frontier_gain_se_at_kl, frontier_rho_reward)
 
 STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "study")
-
-
-def rho_reward_matrix(paths: list[str]) -> np.ndarray:
-    """``(Q, M)`` rewards: each file's ``Q × m`` (query-major) chunk side by side. The files must be chunks of one
-    draw: the same queries, model, spec and known reward; only the seed differs."""
-    blocks, common = [], None
-    for path in paths:
-        key, rewards = read_rho_rewards_file(path)
-        if key is None:
-            raise ValueError(f"{path}: not a file of rho's rewards (no '# key:' line)")
-        rest = {k: v for k, v in current_key(key).items() if k != "seed"}
-        if common is not None and rest != common:
-            raise ValueError(f"{path}: another draw than {paths[0]} ({rest} against {common})")
-        common = rest
-        blocks.append(rewards.numpy().astype(np.float64).reshape(-1, int(key["m"])))
-    return np.concatenate(blocks, axis=1)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
@@ -54,8 +37,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     p.add_argument("--n", nargs="+", type=int, default=[2, 4, 8, 16, 32, 64, 128, 256])
     p.add_argument("--min_ess", type=float, default=30.0)
     a = p.parse_args(argv)
-    paths = a.rho_rewards or [os.path.join(STUDY, "rho_rewards.csv"),
-                              *sorted(glob.glob(os.path.join(STUDY, "rho_rewards.part*.csv")))]
+    paths = a.rho_rewards or rho_reward_files(STUDY)
     rewards = rho_reward_matrix(paths)
     frontier = read_frontier(a.frontier)
     rho = frontier_rho_reward(frontier)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..assets import asset_dir
@@ -25,7 +26,7 @@ from .study_files import texts_digest
 __all__ = [
     "FRONTIER_SAMPLING_ROWS", "RHO_EVAL_CACHE", "RHO_REWARDS_CACHE", "RHO_REWARDS_CHUNK", "RHO_SAMPLES_CACHE", "RhoSamples",
     "cached_rho_eval", "draw_rho_rewards", "draw_rho_samples", "known_reward_name", "read_rho_rewards",
-    "read_rho_rewards_file", "rho_cache_key",
+    "read_rho_rewards_file", "rho_cache_key", "rho_reward_files", "rho_reward_matrix",
     "run_frontier", "same_key", "current_key", "write_rho_rewards",
 ]
 
@@ -135,6 +136,36 @@ def read_rho_rewards_file(path: str) -> tuple[dict[str, Any] | None, torch.Tenso
             raise ValueError(f"{path}: line 2 must be the header 'known'")
         return json.loads(first.removeprefix("# key: ")), torch.tensor([float(line) for line in f if line.strip()],
                                                                          dtype=torch.float32)
+
+
+def rho_reward_files(folder: str) -> list[str]:
+    """The chunk files of rho's cached rewards in ``folder`` (:func:`draw_rho_rewards`: ``rho_rewards.csv``, then
+    ``rho_rewards.part001.csv``, ...), in chunk order, as far as they run without a gap; empty if there are none."""
+    paths, c = [], 0
+    while os.path.isfile(path := os.path.join(folder, RHO_REWARDS_CACHE if c == 0 else
+                                              RHO_REWARDS_CACHE.replace(".csv", f".part{c:03d}.csv"))):
+        paths.append(path)
+        c += 1
+    return paths
+
+
+def rho_reward_matrix(paths: Sequence[str]) -> np.ndarray:
+    """``(Q, M)`` rewards from chunk files of one draw (:func:`rho_reward_files`): each file's ``Q x m`` (query-major)
+    block side by side. Files of other draws — other queries, model, spec, dtype or known reward; only the seed may
+    differ — are an error naming the file."""
+    blocks, common = [], None
+    for path in paths:
+        key, rewards = read_rho_rewards_file(path)
+        if key is None:
+            raise ValueError(f"{path}: not a file of rho's rewards (no '# key:' line)")
+        rest = {k: v for k, v in current_key(key).items() if k != "seed"}
+        if common is not None and rest != common:
+            raise ValueError(f"{path}: another draw than {paths[0]} ({rest} against {common})")
+        common = rest
+        blocks.append(rewards.numpy().astype(np.float64).reshape(-1, int(key["m"])))
+    if not blocks:
+        raise ValueError("rho_reward_matrix: no file given")
+    return np.concatenate(blocks, axis=1)
 
 
 def draw_rho_samples(base: Base, spec: RolloutSpec, queries: list[str], m: int, known: Any, seed: int, with_logp: bool,

@@ -1,6 +1,6 @@
-"""The study's figures: Fig. 3 style (KL vs known reward, with the frontier) and Fig. 2 style (known reward vs
-labels, with direct RL's band), each point mean +- SE over seeds. No pyplot: the caller's matplotlib backend is left
-alone."""
+"""The study's figures: Fig. 3 style (KL vs known reward, with the frontier and, where rho's cached rewards are in the
+folder, best-of-n on the same samples) and Fig. 2 style (known reward vs labels, with direct RL's band), each point
+mean +- SE over seeds. No pyplot: the caller's matplotlib backend is left alone."""
 
 from __future__ import annotations
 
@@ -9,17 +9,33 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ..core.frontier import best_of_n_kl, best_of_n_reward
 from .pooled_frontier import POOLED_FRONTIER
+from .rho_samples import rho_reward_files, rho_reward_matrix
 from .study_table import read_frontier
 
-__all__ = ["plot_study"]
+__all__ = ["BEST_OF_N", "best_of_n_points", "plot_study"]
+
+#: The n of the best-of-n points drawn beside the frontier.
+BEST_OF_N = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def best_of_n_points(folder: str, ns: tuple[int, ...] = BEST_OF_N) -> list[tuple[int, float, float]]:
+    """``(n, KL, reward)`` of best-of-n for each ``n``, on rho's cached rewards in ``folder`` (the samples the frontier
+    of ``frontier_rho.csv`` is made of, when it was made from rewards alone: :func:`rho_reward_files`), averaged over
+    the queries as the frontier is; empty without such files."""
+    files = rho_reward_files(folder)
+    if not files:
+        return []
+    r = rho_reward_matrix(files)
+    return [(n, float(best_of_n_kl(r, n).mean()), float(best_of_n_reward(r, n).mean())) for n in ns]
 
 
 def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: str, pooled: str | None = None,
                min_ess: float = 30.0) -> None:
     """Fig. 3 style (KL vs known reward, each point mean +- SE over seeds, with rho's frontier — solid where its mean
-    ESS is >= ``min_ess``, dotted past that — and, named ``pooled``, the pooled one) and Fig. 2 style (known reward vs
-    labels, with direct RL's band)."""
+    ESS is >= ``min_ess``, dotted past that —, best-of-n (:func:`best_of_n_points`) and, named ``pooled``, the pooled
+    frontier) and Fig. 2 style (known reward vs labels, with direct RL's band)."""
     frontier = sorted(read_frontier(os.path.join(out, "frontier_rho.csv")), key=lambda p: p.kl)
     direct = next((s for s in summary if s["run"] == "direct"), None)
     rm = [s for s in summary if s["run"] == "rm"]
@@ -31,6 +47,10 @@ def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: s
     ax.plot([p.kl for p in trusted], [p.reward for p in trusted], "-", color="black",
             label=f"optimal frontier (rho samples, ESS >= {min_ess:g})")
     ax.plot([p.kl for p in beyond], [p.reward for p in beyond], ":", color="black", label=f"(ESS < {min_ess:g})")
+    bon = best_of_n_points(out)
+    if bon:
+        ax.plot([kl for _, kl, _ in bon], [r for _, _, r in bon], "x", color="tab:gray",
+                label=f"best-of-n, n = {bon[0][0]}..{bon[-1][0]} (rho samples)")
     if pooled:
         other = read_frontier(os.path.join(out, POOLED_FRONTIER))
         ax.plot([p.kl for p in other], [p.reward for p in other], "--", color="black", label=f"optimal frontier ({pooled} samples)")
