@@ -15,12 +15,13 @@ The queries are split as the study splits them (``--num_label_queries 5000`` by 
 the PPO queries and the 160 held-out queries are the study's), rho's held-out rewards are sampled once per output
 folder (``rho_eval.json``; a copy of ``docs/study/rho_eval.json`` is used when its key matches: the same dtype, as
 with ``--dtype float32 --bf16 false``). Each variant and seed writes ``<output-dir>/<variant>_s<seed>/trajectory.csv``
-and ``metrics.csv`` (its settings in ``run.json``); a variant whose trajectory is complete is read back, not run
-again (with other settings in the same folder: an error). A run saves a checkpoint at every evaluation (the last
-two are kept: ``checkpoint-N``, the policy's adapter or weights with the optimizer, scheduler, beta and generators),
-so an interrupted variant resumes from its last one, dropping the trajectory rows written after it; the PPO trainer
-resumes exactly and the evaluation samples from its own generator, so the rows equal an uninterrupted run's. It runs
-as one process. Any other flag is the recipe's (``recipes/configs/sentiment_offline.yaml`` is the base config).
+and ``metrics.csv`` (its settings in ``run.json``); a variant whose trajectory and metrics are written is read back,
+not run again (with other settings in the same folder: an error). A run saves a checkpoint at every evaluation and
+after its last update (the last two are kept: ``checkpoint-N``, the policy's adapter or weights with the optimizer,
+scheduler, beta and generators; git-ignored), so an interrupted variant resumes from its last one, dropping the
+trajectory rows written after it (an evaluation's row is written just before its checkpoint); the PPO trainer resumes
+exactly and the evaluation samples from its own generator, so the rows equal an uninterrupted run's. It runs as one
+process. Any other flag is the recipe's (``recipes/configs/sentiment_offline.yaml`` is the base config).
 
     python benchmarks/ppo_frontier_convergence.py --variants 0.45 --updates 60 --eval_every 10
     python benchmarks/ppo_frontier_convergence.py --variants 0.45 adaptive --updates 40 --dtype float32 --bf16 false
@@ -141,11 +142,11 @@ def run_variant(variant: str, seed: int, updates: int, every: int, shared: dict[
             raise ValueError(f"{folder} holds a run with other settings ({stored}); this one is {settings}: use "
                              f"another --output-dir")
         rows = read_trajectory(str(path)) if path.is_file() else []
-        if rows and int(rows[-1]["update"]) == updates:
+        if rows and int(rows[-1]["update"]) == updates and (folder / "metrics.csv").is_file():  # metrics: written last
             for row in rows:
                 print(format_row(name, row))
             return rows
-        resume = last_complete_checkpoint(str(folder))
+        resume = last_complete_checkpoint(str(folder))  # the last update's own: nothing left to train, metrics written
     else:
         resume = None
     if resume is None:  # nothing to resume from: start over (the rows depend on the whole run before them)

@@ -185,16 +185,24 @@ def test_ppo_frontier_convergence_tiny(tmp_path, tiny_base):
             assert float(rows[0]["kl_coef"]) == pytest.approx(0.15 * (1 - 0.2 * 8 / 10000) ** 2, rel=1e-9)
     rerun = run(str(BENCH / "ppo_frontier_convergence.py"), *flags)  # complete trajectories are read back
     assert [line for line in rerun.splitlines() if " update " in line] == [line for line in out.splitlines() if " update " in line]
-    # interrupted during update 3: resumed from checkpoint-2 (a checkpoint at every evaluation and the last update)
+    # cut after update 3's row, before its checkpoint and the metrics: resumed from checkpoint-2, row 3 dropped and made
+    # again; the other variant is complete and only read back
     folder = tmp_path / "0.45_s0"
     assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     whole = (folder / "trajectory.csv").read_text()
     shutil.rmtree(folder / "checkpoint-3")
-    (folder / "trajectory.csv").write_text("".join(whole.splitlines(keepends=True)[:-1]))  # header and row 2
     (folder / "metrics.csv").unlink()
+    lines = whole.splitlines(keepends=True)
+    (folder / "trajectory.csv").write_text("".join(lines[:-1]) + lines[-1].replace(",0.45", ",9.99"))  # a row to drop
     resumed = run(str(BENCH / "ppo_frontier_convergence.py"), *flags)
     assert "0.45_s0: resuming from update 2" in resumed and "adaptive_s0: resuming" not in resumed
     assert (folder / "trajectory.csv").read_text() == whole  # the same rows as the uninterrupted run, to the digit
+    assert [int(r["step"]) for r in csv.DictReader(open(folder / "metrics.csv"))] == [1, 2, 3]
+    # cut after the last checkpoint, before the metrics: nothing trained again, the metrics written
+    (folder / "metrics.csv").unlink()
+    resumed = run(str(BENCH / "ppo_frontier_convergence.py"), *flags)
+    assert "0.45_s0: resuming from update 3" in resumed
+    assert (folder / "trajectory.csv").read_text() == whole
     assert [int(r["step"]) for r in csv.DictReader(open(folder / "metrics.csv"))] == [1, 2, 3]
     other = run_fails(str(BENCH / "ppo_frontier_convergence.py"), *flags, "--learning_rate", "1e-3")
     assert "holds a run with other settings" in other  # nothing of the finished run is dropped

@@ -1,6 +1,7 @@
 """The optimal frontier against the closed form on a discrete toy rho."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -247,27 +248,37 @@ def test_best_of_n_lies_under_the_frontier_of_the_same_samples():
         assert 0.8 * best < bon < best  # close under, never over (here the frontier is read on a grid: conservative)
 
 
-def test_best_of_n_points_read_rhos_reward_chunks(tmp_path):
+def test_rho_reward_matrix_puts_chunks_side_by_side_and_best_of_n_points_read_it(tmp_path):
     import json
 
     import torch
 
-    from hf_prefs.analysis.rho_samples import write_rho_rewards
+    from hf_prefs.analysis.rho_samples import rho_reward_files, rho_reward_matrix, write_rho_rewards
     from hf_prefs.analysis.study_plots import best_of_n_points
     from hf_prefs.core.frontier import best_of_n_kl, best_of_n_reward
 
-    assert best_of_n_points(str(tmp_path)) == []
+    assert rho_reward_files(str(tmp_path)) == []
     rng = np.random.default_rng(0)
     chunks = [rng.normal(size=(3, 16)).round(2) for _ in range(2)]  # 3 queries, 16 samples per chunk, ties from rounding
     key = {"queries_sha256": "abc", "m": 16, "model": "m", "dtype": "float32", "spec": "s", "known_reward": "vader"}
     for c, (name, block) in enumerate(zip(["rho_rewards.csv", "rho_rewards.part001.csv"], chunks)):
         write_rho_rewards(str(tmp_path / name), json.dumps({**key, "seed": 100 + c}), torch.tensor(block.reshape(-1)))
+    files = rho_reward_files(str(tmp_path))
+    assert [os.path.basename(f) for f in files] == ["rho_rewards.csv", "rho_rewards.part001.csv"]
     whole = np.concatenate([c.astype(np.float32).astype(np.float64) for c in chunks], axis=1)  # (3, 32), per query
-    points = best_of_n_points(str(tmp_path), (2, 8))
+    assert np.array_equal(rho_reward_matrix(files), whole)
+    points = best_of_n_points(whole, (2, 8))
     assert [n for n, _, _ in points] == [2, 8]
     for n, kl, reward in points:
         assert kl == pytest.approx(best_of_n_kl(whole, n).mean()) and reward == pytest.approx(best_of_n_reward(whole, n).mean())
-    write_rho_rewards(str(tmp_path / "rho_rewards.part002.csv"), json.dumps({**key, "queries_sha256": "other", "seed": 1}),
-                      torch.zeros(48))
+    other = tmp_path / "rho_rewards.part002.csv"
+    write_rho_rewards(str(other), json.dumps({**key, "queries_sha256": "other", "seed": 1}), torch.zeros(48))
     with pytest.raises(ValueError, match=r"rho_rewards\.part002\.csv: another draw"):
-        best_of_n_points(str(tmp_path))
+        rho_reward_matrix(rho_reward_files(str(tmp_path)))
+    write_rho_rewards(str(other), json.dumps({**key, "seed": 1}), torch.zeros(40))  # not whole queries
+    with pytest.raises(ValueError, match=r"part002\.csv: 40 rewards, not whole queries of 16"):
+        rho_reward_matrix(rho_reward_files(str(tmp_path)))
+    with_nan = np.array([[0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, np.nan]])
+    for f in (best_of_n_kl, best_of_n_reward):
+        with pytest.raises(ValueError, match="query 1, sample 3 is nan"):
+            f(with_nan, 2)

@@ -97,7 +97,8 @@ def test_rows_another_process_wrote_are_skipped_before_each_seed(tmp_path, monke
         if seed == 0:  # meanwhile, another process finished seed 1's direct run
             table_mod.append_row(str(out), {"run": "direct", "seed": 1, "labels": 0}, {})
 
-    monkeypatch.setattr(study_mod, "_context", lambda *a, **k: (SimpleNamespace(), []))
+    monkeypatch.setattr(study_mod, "_context", lambda *a, **k: (SimpleNamespace(rho_samples=SimpleNamespace(
+        reward_matrix=lambda: None)), []))
     monkeypatch.setattr(study_mod, "_seed_runs", fake_seed_runs)
     for name in ("validate_pipeline_config", "resolve_cpu_precision", "reread_rows", "plot_study"):
         monkeypatch.setattr(study_mod, name, lambda *a, **k: None)
@@ -118,7 +119,8 @@ def test_the_summary_holds_every_seed_in_study_csv(tmp_path, monkeypatch):
         for run, labels in (("direct", 0), ("rm", 4)):
             table_mod.append_row(str(out), {"run": run, "seed": seed, "labels": labels}, {})
     summarized = []
-    monkeypatch.setattr(study_mod, "_context", lambda *a, **k: (SimpleNamespace(), []))
+    monkeypatch.setattr(study_mod, "_context", lambda *a, **k: (SimpleNamespace(rho_samples=SimpleNamespace(
+        reward_matrix=lambda: None)), []))
     for name in ("validate_pipeline_config", "resolve_cpu_precision", "reread_rows", "plot_study"):
         monkeypatch.setattr(study_mod, name, lambda *a, **k: None)
     monkeypatch.setattr(study_mod, "summarize", lambda rows: summarized.extend(rows) or [{"run": "direct"}])

@@ -41,6 +41,10 @@ class RhoSamples:
     known: torch.Tensor
     logp: torch.Tensor
 
+    def reward_matrix(self) -> np.ndarray:
+        """The known rewards as ``(Q, M)``: a row per query, the array the frontier is computed from."""
+        return self.known.view(len(self.queries), self.per_query).numpy()
+
 
 RHO_SAMPLES_CACHE = "rho_samples.pt"
 RHO_REWARDS_CACHE = "rho_rewards.csv"
@@ -120,22 +124,29 @@ def write_rho_rewards(path: str, key: str, rewards: torch.Tensor) -> None:
 
 def read_rho_rewards(path: str, key: str) -> torch.Tensor | None:
     """The rewards of :func:`write_rho_rewards` when the file's key serves ``key`` (:func:`same_key`); None
-    otherwise."""
-    stored, rewards = read_rho_rewards_file(path)
-    return rewards if stored is not None and same_key(stored, json.loads(key)) else None
+    otherwise (the rest of such a file is not read)."""
+    with open(path) as f:
+        stored = _key_line(f)
+        return _rewards_after_key(f, path) if stored is not None and same_key(stored, json.loads(key)) else None
 
 
 def read_rho_rewards_file(path: str) -> tuple[dict[str, Any] | None, torch.Tensor | None]:
     """A :func:`write_rho_rewards` file as it is: its key (as written) and rewards; ``(None, None)`` for a file
     without a key line."""
     with open(path) as f:
-        first = f.readline().rstrip("\n")
-        if not first.startswith("# key: "):
-            return None, None
-        if f.readline().strip() != "known":
-            raise ValueError(f"{path}: line 2 must be the header 'known'")
-        return json.loads(first.removeprefix("# key: ")), torch.tensor([float(line) for line in f if line.strip()],
-                                                                         dtype=torch.float32)
+        stored = _key_line(f)
+        return (None, None) if stored is None else (stored, _rewards_after_key(f, path))
+
+
+def _key_line(f: Any) -> dict[str, Any] | None:
+    first = f.readline().rstrip("\n")
+    return json.loads(first.removeprefix("# key: ")) if first.startswith("# key: ") else None
+
+
+def _rewards_after_key(f: Any, path: str) -> torch.Tensor:
+    if f.readline().strip() != "known":
+        raise ValueError(f"{path}: line 2 must be the header 'known'")
+    return torch.tensor([float(line) for line in f if line.strip()], dtype=torch.float32)
 
 
 def rho_reward_files(folder: str) -> list[str]:
@@ -162,7 +173,11 @@ def rho_reward_matrix(paths: Sequence[str]) -> np.ndarray:
         if common is not None and rest != common:
             raise ValueError(f"{path}: another draw than {paths[0]} ({rest} against {common})")
         common = rest
-        blocks.append(rewards.numpy().astype(np.float64).reshape(-1, int(key["m"])))
+        m = int(key["m"])
+        if len(rewards) % m or (blocks and len(rewards) != blocks[0].size):
+            raise ValueError(f"{path}: {len(rewards)} rewards, not whole queries of {m} samples"
+                             + (f" for the {blocks[0].shape[0]} queries of {paths[0]}" if blocks else ""))
+        blocks.append(rewards.numpy().astype(np.float64).reshape(-1, m))
     if not blocks:
         raise ValueError("rho_reward_matrix: no file given")
     return np.concatenate(blocks, axis=1)

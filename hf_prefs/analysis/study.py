@@ -378,8 +378,7 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
                                os.path.join(output_dir, RHO_EVAL_CACHE), known_name)
     rho_samples = draw_rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100,
                                    with_logp=sa.policy_samples > 0, cache_dir=output_dir, known_name=known_name)
-    q, m = len(rho_samples.queries), rho_samples.per_query
-    rho_frontier = optimal_frontier(rho_samples.known.view(q, m).numpy(), list(betas), n_bootstrap=100, seed=cfg.seed,
+    rho_frontier = optimal_frontier(rho_samples.reward_matrix(), list(betas), n_bootstrap=100, seed=cfg.seed,
                                     resample_queries=True)
     write_frontier(os.path.join(output_dir, "frontier_rho.csv"), rho_frontier)
     ctx = StudyContext(pa, cfg, model_args, sa, base, spec, eval_q, ppo_q, known, rho_eval, rho_samples,
@@ -431,7 +430,7 @@ def run_study(
         writer.writeheader()
         writer.writerows(summary)
     plot_study(summary, rows, output_dir, pooled=next((name for name in frontier_files or {} if name != "rho"), None),
-               min_ess=sa.min_ess)
+               min_ess=sa.min_ess, rho_rewards=ctx.rho_samples.reward_matrix())  # what frontier_rho.csv is made of
     return summary
 
 

@@ -1,5 +1,5 @@
-"""The study's figures: Fig. 3 style (KL vs known reward, with the frontier and, where rho's cached rewards are in the
-folder, best-of-n on the same samples) and Fig. 2 style (known reward vs labels, with direct RL's band), each point
+"""The study's figures: Fig. 3 style (KL vs known reward, with the frontier and best-of-n on the samples of rho the
+frontier is made of) and Fig. 2 style (known reward vs labels, with direct RL's band), each point
 mean +- SE over seeds. No pyplot: the caller's matplotlib backend is left alone."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from ..core.frontier import best_of_n_kl, best_of_n_reward
 from .pooled_frontier import POOLED_FRONTIER
-from .rho_samples import rho_reward_files, rho_reward_matrix
 from .study_table import read_frontier
 
 __all__ = ["BEST_OF_N", "best_of_n_points", "plot_study"]
@@ -20,22 +20,19 @@ __all__ = ["BEST_OF_N", "best_of_n_points", "plot_study"]
 BEST_OF_N = (2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def best_of_n_points(folder: str, ns: tuple[int, ...] = BEST_OF_N) -> list[tuple[int, float, float]]:
-    """``(n, KL, reward)`` of best-of-n for each ``n``, on rho's cached rewards in ``folder`` (the samples the frontier
-    of ``frontier_rho.csv`` is made of, when it was made from rewards alone: :func:`rho_reward_files`), averaged over
-    the queries as the frontier is; empty without such files."""
-    files = rho_reward_files(folder)
-    if not files:
-        return []
-    r = rho_reward_matrix(files)
-    return [(n, float(best_of_n_kl(r, n).mean()), float(best_of_n_reward(r, n).mean())) for n in ns]
+def best_of_n_points(rewards: np.ndarray, ns: tuple[int, ...] = BEST_OF_N) -> list[tuple[int, float, float]]:
+    """``(n, KL, reward)`` of best-of-n for each ``n`` on ``rewards`` (``(Q, M)`` samples of rho per query, those the
+    frontier is made of: :func:`~hf_prefs.core.frontier.best_of_n_reward`, :func:`~hf_prefs.core.frontier.best_of_n_kl`),
+    averaged over the queries as the frontier is."""
+    return [(n, float(best_of_n_kl(rewards, n).mean()), float(best_of_n_reward(rewards, n).mean())) for n in ns]
 
 
 def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: str, pooled: str | None = None,
-               min_ess: float = 30.0) -> None:
+               min_ess: float = 30.0, rho_rewards: np.ndarray | None = None) -> None:
     """Fig. 3 style (KL vs known reward, each point mean +- SE over seeds, with rho's frontier — solid where its mean
-    ESS is >= ``min_ess``, dotted past that —, best-of-n (:func:`best_of_n_points`) and, named ``pooled``, the pooled
-    frontier) and Fig. 2 style (known reward vs labels, with direct RL's band)."""
+    ESS is >= ``min_ess``, dotted past that —, best-of-n on ``rho_rewards`` (the ``(Q, M)`` rewards the frontier of
+    ``frontier_rho.csv`` is made of: :func:`best_of_n_points`) and, named ``pooled``, the pooled frontier) and Fig. 2
+    style (known reward vs labels, with direct RL's band)."""
     frontier = sorted(read_frontier(os.path.join(out, "frontier_rho.csv")), key=lambda p: p.kl)
     direct = next((s for s in summary if s["run"] == "direct"), None)
     rm = [s for s in summary if s["run"] == "rm"]
@@ -47,8 +44,8 @@ def plot_study(summary: list[dict[str, Any]], rows: list[dict[str, Any]], out: s
     ax.plot([p.kl for p in trusted], [p.reward for p in trusted], "-", color="black",
             label=f"optimal frontier (rho samples, ESS >= {min_ess:g})")
     ax.plot([p.kl for p in beyond], [p.reward for p in beyond], ":", color="black", label=f"(ESS < {min_ess:g})")
-    bon = best_of_n_points(out)
-    if bon:
+    if rho_rewards is not None:
+        bon = best_of_n_points(rho_rewards)
         ax.plot([kl for _, kl, _ in bon], [r for _, _, r in bon], "x", color="tab:gray",
                 label=f"best-of-n, n = {bon[0][0]}..{bon[-1][0]} (rho samples)")
     if pooled:

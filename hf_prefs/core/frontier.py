@@ -90,13 +90,22 @@ def optimal_policy_stats(
     return expected, np.maximum(kl, 0.0), ess
 
 
+def _finite_rows(rewards: np.ndarray, caller: str) -> np.ndarray:
+    """``rewards`` as a float64 ``(Q, N)`` array; a non-finite reward is an error naming its query and sample."""
+    r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
+    if not np.all(np.isfinite(r)):
+        bad = np.argwhere(~np.isfinite(r))[0]
+        raise ValueError(f"{caller}: rewards must be finite; query {bad[0]}, sample {bad[-1]} is {r[tuple(bad)]}")
+    return r
+
+
 def best_of_n_reward(rewards: np.ndarray, n: int) -> np.ndarray:
     """Expected reward of best-of-``n`` for each row of ``rewards`` (``(Q, N)`` samples of rho, or ``(N,)``): the mean
     of the largest of ``n`` draws with replacement from the row's samples, exactly,
     ``sum_k x_(k) ((k/N)^n - ((k-1)/N)^n)`` over the sorted row. Shape ``(Q,)``."""
     if n < 1:
         raise ValueError(f"best_of_n_reward: n must be >= 1, got {n}")
-    r = np.sort(np.atleast_2d(np.asarray(rewards, dtype=np.float64)), axis=1)
+    r = np.sort(_finite_rows(rewards, "best_of_n_reward"), axis=1)
     cdf = np.arange(r.shape[1] + 1, dtype=np.float64) / r.shape[1]  # k/N for k = 0..N
     p_max = np.diff(cdf**n)  # P(max of n draws is the k-th smallest sample)
     return r @ p_max
@@ -104,12 +113,13 @@ def best_of_n_reward(rewards: np.ndarray, n: int) -> np.ndarray:
 
 def best_of_n_kl(rewards: np.ndarray, n: int) -> np.ndarray:
     """``KL(best-of-n, rho)`` for each row of ``rewards`` (``(Q, N)`` or ``(N,)``), exactly on the row's samples as
-    the distribution: ``sum_g P_g log(P_g / rho_g)`` over the groups of equal reward (module docstring). At most
-    :func:`best_of_n_kl_bound`, below it where rewards tie. Shape ``(Q,)``."""
+    the distribution: ``sum_g P_g log(P_g / rho_g)`` over the groups of equal reward (module docstring). Under
+    :func:`best_of_n_kl_bound` (equal to it only in the continuous limit), far under where many samples tie. Shape
+    ``(Q,)``."""
     if n < 1:
         raise ValueError(f"best_of_n_kl: n must be >= 1, got {n}")
     out = []
-    for row in np.atleast_2d(np.asarray(rewards, dtype=np.float64)):
+    for row in _finite_rows(rewards, "best_of_n_kl"):
         counts = np.unique(row, return_counts=True)[1]
         rho_g = counts / len(row)
         cdf = np.concatenate([[0.0], np.cumsum(counts) / len(row)])
