@@ -8,7 +8,7 @@ KL, both exact on the samples as the distribution (:func:`hf_prefs.core.frontier
 :func:`~hf_prefs.core.frontier.best_of_n_kl`: VADER gives many samples the same reward, so the KL lies below the
 continuous bound log n − (n−1)/n, also printed), against the frontier's gain at that KL (``frontier_rho.csv``, ± its
 bootstrap SE, with its mean and least ESS) and, more conservatively, at the bound. No model runs: numpy on the
-committed files, a second.
+committed files.
 
     python benchmarks/best_of_n_frontier.py
 """
