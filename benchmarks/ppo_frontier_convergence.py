@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ class HeldOutTrajectory(TrainerCallback):
     """Every ``every`` updates (and after the last), the policy on the held-out queries, read against the frontier;
     one row per evaluation appended to ``path`` (written as it goes)."""
 
-    def __init__(self, run: dict[str, Any], every: int, path: str, rows: list[dict[str, str]] = ()) -> None:
+    def __init__(self, run: dict[str, Any], every: int, path: str, rows: Sequence[dict[str, str]] = ()) -> None:
         """``rows``: the trajectory so far (a resumed run's), written back before the new ones."""
         self.run, self.every, self.path, self.trainer = run, every, path, None
         with open(path, "w", newline="") as f:
