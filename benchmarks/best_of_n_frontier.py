@@ -22,9 +22,8 @@ import sys
 import numpy as np
 
 from hf_prefs.analysis.rho_samples import rho_reward_files, rho_reward_matrix
-from hf_prefs.analysis.study_table import read_frontier
-from hf_prefs.core.frontier import (best_of_n_kl, best_of_n_kl_bound, best_of_n_reward, frontier_at_kl,
-                                    frontier_ess_at_kl, frontier_gain_se_at_kl, frontier_rho_reward)
+from hf_prefs.analysis.study_table import frontier_read, read_frontier
+from hf_prefs.core.frontier import best_of_n_kl, best_of_n_kl_bound, best_of_n_reward, frontier_rho_reward
 
 STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "study")
 
@@ -52,17 +51,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     for n in a.n:
         kl, bound = float(best_of_n_kl(rewards, n).mean()), best_of_n_kl_bound(n)
         gain = float(best_of_n_reward(rewards, n).mean()) - rho
-        f_gain, f_gain_bound = (frontier_at_kl(frontier, k)[0] - rho for k in (kl, bound))
-        f_se = frontier_gain_se_at_kl(frontier, kl)
-        ess, min_ess = frontier_ess_at_kl(frontier, kl)
-        share = gain / f_gain if f_gain > 0 else float("nan")
-        share_bound = gain / f_gain_bound if f_gain_bound > 0 else float("nan")
-        mark = "" if ess >= a.min_ess and kl <= max(pt.kl for pt in frontier) else " (frontier not qualified)"
-        print(f"| {n} | {kl:.2f} ({bound:.2f}) | +{gain:.3f} | +{f_gain:.3f} ± {f_se:.3f} | {ess:.0f} / {min_ess:.1f} | "
-              f"{share:.3f} ({share_bound:.3f}){mark} |")
-        rows.append({"n": n, "kl": kl, "kl_bound": bound, "gain": gain, "frontier_gain": f_gain,
-                     "frontier_gain_se": f_se, "ess": ess, "min_ess": min_ess, "share": share,
-                     "share_at_bound": share_bound})
+        # the study's read of a run's KL against the frontier (best-of-n's own gain is exact on the samples: SE 0)
+        at, at_bound = (frontier_read({"rho": frontier}, k, gain, 0.0, a.min_ess) for k in (kl, bound))
+        mark = "" if at["frontier_qualified"] else " (frontier not qualified)"
+        print(f"| {n} | {kl:.2f} ({bound:.2f}) | +{gain:.3f} | +{at['frontier_gain_at_kl']:.3f} ± "
+              f"{at['frontier_gain_se_at_kl']:.3f} | {at['frontier_ess_at_kl']:.0f} / {at['frontier_min_ess_at_kl']:.1f} | "
+              f"{at['frac_frontier']:.3f} ({at_bound['frac_frontier']:.3f}){mark} |")
+        rows.append({"n": n, "kl": kl, "kl_bound": bound, "gain": gain, "frontier_gain": at["frontier_gain_at_kl"],
+                     "frontier_gain_se": at["frontier_gain_se_at_kl"], "ess": at["frontier_ess_at_kl"],
+                     "min_ess": at["frontier_min_ess_at_kl"], "share": at["frac_frontier"],
+                     "share_at_bound": at_bound["frac_frontier"]})
     return rows
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "FRONTIER_SAMPLING_ROWS", "RHO_EVAL_CACHE", "RHO_REWARDS_CACHE", "RHO_REWARDS_CHUNK", "RHO_SAMPLES_CACHE", "RhoSamples",
     "cached_rho_eval", "draw_rho_rewards", "draw_rho_samples", "known_reward_name", "read_rho_rewards",
     "read_rho_rewards_file", "rho_cache_key", "rho_reward_files", "rho_reward_matrix",
+    "rho_rewards_chunk_name",
     "run_frontier", "same_key", "current_key", "write_rho_rewards",
 ]
 
@@ -152,12 +153,16 @@ def _rewards_after_key(f: Any, path: str) -> torch.Tensor:
 def rho_reward_files(folder: str) -> list[str]:
     """The chunk files of rho's cached rewards in ``folder`` (:func:`draw_rho_rewards`: ``rho_rewards.csv``, then
     ``rho_rewards.part001.csv``, ...), in chunk order, as far as they run without a gap; empty if there are none."""
-    paths, c = [], 0
-    while os.path.isfile(path := os.path.join(folder, RHO_REWARDS_CACHE if c == 0 else
-                                              RHO_REWARDS_CACHE.replace(".csv", f".part{c:03d}.csv"))):
+    paths: list[str] = []
+    while os.path.isfile(path := os.path.join(folder, rho_rewards_chunk_name(len(paths)))):
         paths.append(path)
-        c += 1
     return paths
+
+
+def rho_rewards_chunk_name(c: int) -> str:
+    """The file name of chunk ``c`` of rho's cached rewards: ``rho_rewards.csv`` (chunk 0, what a single draw wrote
+    before chunks existed), then ``rho_rewards.part001.csv``, ..."""
+    return RHO_REWARDS_CACHE if c == 0 else RHO_REWARDS_CACHE.replace(".csv", f".part{c:03d}.csv")
 
 
 def rho_reward_matrix(paths: Sequence[str]) -> np.ndarray:
@@ -227,8 +232,7 @@ def draw_rho_rewards(base: Base, spec: RolloutSpec, queries: list[str], m: int, 
     for c in range(m // size):
         chunk_seed = seed + 7919 * c
         key = json.dumps(rho_cache_key(base, spec, queries, known_name, m=size, seed=chunk_seed, with_logp=False))
-        name = RHO_REWARDS_CACHE if c == 0 else RHO_REWARDS_CACHE.replace(".csv", f".part{c:03d}.csv")
-        cache = None if cache_dir is None else os.path.join(cache_dir, name)
+        cache = None if cache_dir is None else os.path.join(cache_dir, rho_rewards_chunk_name(c))
         rewards = read_rho_rewards(cache, key) if cache is not None and os.path.exists(cache) else None
         if rewards is None:
             rewards = _draw_rho_chunk(base, spec, queries, size, known, chunk_seed, cache, key)

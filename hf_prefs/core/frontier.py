@@ -56,6 +56,15 @@ __all__ = [
 ]
 
 
+def _finite_rows(rewards: np.ndarray) -> np.ndarray:
+    """``rewards`` as a float64 ``(Q, N)`` array; a non-finite reward is an error naming its query and sample."""
+    r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
+    if not np.all(np.isfinite(r)):
+        bad = np.argwhere(~np.isfinite(r))[0]
+        raise ValueError(f"rewards must be finite; query {bad[0]}, sample {bad[-1]} is {r[tuple(bad)]}")
+    return r
+
+
 def optimal_policy_stats(
     rewards: np.ndarray, beta: float, log_ratio: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,10 +79,7 @@ def optimal_policy_stats(
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
-    if not np.all(np.isfinite(r)):
-        bad = np.argwhere(~np.isfinite(r))[0]
-        raise ValueError(f"rewards must be finite; query {bad[0]}, sample {bad[-1]} is {r[tuple(bad)]}")
+    r = _finite_rows(rewards)
     z = r / beta  # (Q, N)
     if log_ratio is not None:
         lr = np.atleast_2d(np.asarray(log_ratio, dtype=np.float64))
@@ -90,22 +96,13 @@ def optimal_policy_stats(
     return expected, np.maximum(kl, 0.0), ess
 
 
-def _finite_rows(rewards: np.ndarray, caller: str) -> np.ndarray:
-    """``rewards`` as a float64 ``(Q, N)`` array; a non-finite reward is an error naming its query and sample."""
-    r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
-    if not np.all(np.isfinite(r)):
-        bad = np.argwhere(~np.isfinite(r))[0]
-        raise ValueError(f"{caller}: rewards must be finite; query {bad[0]}, sample {bad[-1]} is {r[tuple(bad)]}")
-    return r
-
-
 def best_of_n_reward(rewards: np.ndarray, n: int) -> np.ndarray:
     """Expected reward of best-of-``n`` for each row of ``rewards`` (``(Q, N)`` samples of rho, or ``(N,)``): the mean
     of the largest of ``n`` draws with replacement from the row's samples, exactly,
     ``sum_k x_(k) ((k/N)^n - ((k-1)/N)^n)`` over the sorted row. Shape ``(Q,)``."""
     if n < 1:
         raise ValueError(f"best_of_n_reward: n must be >= 1, got {n}")
-    r = np.sort(_finite_rows(rewards, "best_of_n_reward"), axis=1)
+    r = np.sort(_finite_rows(rewards), axis=1)
     cdf = np.arange(r.shape[1] + 1, dtype=np.float64) / r.shape[1]  # k/N for k = 0..N
     p_max = np.diff(cdf**n)  # P(max of n draws is the k-th smallest sample)
     return r @ p_max
@@ -119,7 +116,7 @@ def best_of_n_kl(rewards: np.ndarray, n: int) -> np.ndarray:
     if n < 1:
         raise ValueError(f"best_of_n_kl: n must be >= 1, got {n}")
     out = []
-    for row in _finite_rows(rewards, "best_of_n_kl"):
+    for row in _finite_rows(rewards):
         counts = np.unique(row, return_counts=True)[1]
         rho_g = counts / len(row)
         cdf = np.concatenate([[0.0], np.cumsum(counts) / len(row)])
