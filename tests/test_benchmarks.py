@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -231,3 +233,62 @@ def test_best_of_n_frontier_on_the_studys_samples(tmp_path):
     other.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
     assert "the frontier was not made from these samples" in run_fails(str(BENCH / "best_of_n_frontier.py"),
                                                                          "--frontier", str(other))
+
+
+def _bench_module(name: str):
+    """A benchmark script imported as a module (its functions, not its command line)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _binary_kl(q: float, p: float) -> float:
+    return q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p))
+
+
+def test_ppo_toy_frontier_reads_the_exact_optimum():
+    """The toy's frontier and optimum against the tilted Bernoulli by hand; a policy at the optimum reads 1 of the
+    frontier and of the objective, one off it reads beta·KL(pi, pi*) from the optimum; rho read against itself."""
+    toy = _bench_module("ppo_toy_frontier")
+    p, beta = np.array([0.03, 0.2]), 0.7
+    tilt = np.exp(toy.REWARD / beta)
+    q_star = p * tilt / (1 + p * (tilt - 1))
+    kl_star = np.array([_binary_kl(q, pp) for q, pp in zip(q_star, p)])
+    frontier = toy.exact_frontier(p, [math.inf, beta, 2 * beta])
+    at_beta = next(pt for pt in frontier if pt.beta == beta)
+    assert at_beta.reward == pytest.approx(toy.REWARD * q_star.mean(), rel=1e-12)
+    assert at_beta.kl == pytest.approx(kl_star.mean(), rel=1e-12)
+    assert toy.optimum_objective(p, beta) == pytest.approx(toy.REWARD * q_star - beta * kl_star, rel=1e-12)
+
+    at_optimum = toy.frontier_row(toy.PolicyRead(q_star, kl_star, np.zeros(2)), p, frontier, beta)
+    assert at_optimum["frac_frontier"] == pytest.approx(1.0, abs=1e-9)
+    assert at_optimum["frac_objective"] == pytest.approx(1.0, abs=1e-9)
+    assert at_optimum["kl_to_optimum"] == pytest.approx(0.0, abs=1e-12)
+    q = np.minimum(3 * p, 0.9)  # reweights the two outcomes only: J* - J = beta·KL(Bern(q), Bern(q*))
+    kl = np.array([_binary_kl(a, b) for a, b in zip(q, p)])
+    off = toy.frontier_row(toy.PolicyRead(q, kl, np.zeros(2)), p, toy.exact_frontier(p, [math.inf, beta]), beta)
+    assert off["kl_to_optimum"] == pytest.approx(np.mean([_binary_kl(a, b) for a, b in zip(q, q_star)]), rel=1e-9)
+
+    torch.manual_seed(0)
+    rho = toy.toy_rho(0, 10.0)
+    ids = [[464, 6193, 373], [40, 716]]
+    read = toy.read_policy(rho, rho, ids, [(toy.THE, toy.THE)] * 2, 8, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for x, q_read in zip(ids, read.q):
+            lp = torch.log_softmax(rho(input_ids=torch.tensor([x + [toy.THE, toy.THE]])).logits[0], -1)
+            assert q_read == pytest.approx(float((lp[len(x) - 1, toy.THE] + lp[len(x), toy.THE]).exp()), rel=1e-5)
+    assert np.all(np.abs(read.kl) < 1e-6) and np.all(read.kl_se < 1e-6)
+
+
+def test_ppo_toy_frontier_tiny():
+    out = run(str(BENCH / "ppo_toy_frontier.py"), "--updates", "3", "--eval_every", "2", "--kl_samples", "16",
+              "--queries", "3", "--beta", "0.5")
+    assert "rho: p(target)" in out and "beta 0.5: optimum J*" in out
+    rows = [dict(zip(line.split()[::2], line.split()[1::2])) for line in out.splitlines() if line.startswith("update ")]
+    assert [int(r["update"]) for r in rows] == [2, 3]
+    for r in rows:
+        assert float(r["kl"]) > 0 and float(r["kl_to_optimum"]) >= 0 and float(r["frontier_gain_at_kl"]) > 0
+    assert "--beta" in run_fails(str(BENCH / "ppo_toy_frontier.py"), "--updates", "1", "--adaptive_kl", "true")
