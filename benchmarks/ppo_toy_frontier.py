@@ -5,7 +5,10 @@ On the sentiment task PPO reads at about half of the frontier's gain over rho at
 (``best_of_n_frontier.py``). This benchmark separates the algorithm from the task: is PPO's fixed point biased (the
 per-token KL penalty, reward whitening, GAE, the value head), or does it reach the optimum where the task is small?
 The task: the 2-token continuation of a few Austen-like queries, sampled at temperature 1, with reward 2 when it is
-the query's target pair (a, b), else 0 (the response's text compared with the pair's). ``--model smollm2``: rho is
+the query's target pair (a, b), else 0 (the response's text compared with the pair's). ``--response_length n`` > 2
+samples n tokens and rewards the first two alone (their re-encoded text), so the optimum and its frontier are the
+same while PPO also has n − 2 tokens on which every nat of KL is wasted: how the share of the frontier falls with the
+response's length. ``--model smollm2``: rho is
 SmolLM2-135M-Instruct (the offline default's) and each query's target is rho's ``--target_rank``-th most likely first
 token followed by rho's most likely next one; the policy trains LoRA adapters as the offline default does (r 16, every
 projection; ``--lora_r 0``: full fine-tuning). ``--model tiny``: rho is a tiny random GPT-2 (2 layers, 64 wide, the
@@ -22,12 +25,14 @@ how far PPO is from its own optimum, in nats.
 PPO (``hf_prefs.PPOTrainer``, fixed beta, the paper's rules: whitened rewards, 4 epochs, gamma 1, lambda 0.95, a value
 head on the trunk; 64 episodes per update) trains on the queries; after every ``--eval_every`` updates the policy is
 read exactly where it can be: q(x) = pi(a | x) · pi(b | x, a), the reward 2q, the first token's KL in full, and the
-second token's KL in full for each of ``--kl_samples`` first tokens drawn from pi (so the KL has a small Monte-Carlo
-error, printed as its SE). Printed per evaluation: the gain over rho, KL, the frontier's gain at that KL and the share
+second token's KL in full for each of ``--kl_samples`` first tokens drawn from pi (longer responses: the sum of every
+position's KL in full along ``--kl_samples`` responses drawn from pi), so the KL has a small Monte-Carlo error,
+printed as its SE. Printed per evaluation: the gain over rho, KL, the frontier's gain at that KL and the share
 of it, the objective's share (J − J_rho) / (J* − J_rho), and KL(pi, pi*) = (J* − J) / beta. Any PPOConfig field may be
 passed (``--learning_rate 1e-4``, ``--whiten_rewards false``, ``--num_ppo_epochs 1``, ...).
 
     python benchmarks/ppo_toy_frontier.py --model smollm2 --beta 0.5 --updates 60 --eval_every 10 --threads 2 --learning_rate 3e-4
+    python benchmarks/ppo_toy_frontier.py --model smollm2 --beta 0.2 --updates 40 --eval_every 10 --threads 2 --learning_rate 3e-4 --response_length 8 --kl_samples 128
     python benchmarks/ppo_toy_frontier.py --model tiny --beta 2.0 --updates 60 --eval_every 20 --learning_rate 1e-4
 """
 
@@ -51,6 +56,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, HfAr
 from hf_prefs import PPOConfig, PPOTrainer, optimal_frontier
 from hf_prefs.assets import load_gpt2_tokenizer, load_smollm2_tokenizer, smollm2_path
 from hf_prefs.core.frontier import frontier_reward_at_kl, frontier_rho_reward
+from hf_prefs.core.rollout import RolloutSpec
+from hf_prefs.models.generation import sample_texts
 
 THE = 262  # GPT-2 " the"
 REWARD = 2.0
@@ -69,7 +76,7 @@ TOY_PPO = dict(
     kl_coef=1.0, adaptive_kl=False, whiten_rewards=True, adam_epsilon=1e-5, learning_rate=1e-3,
     lr_scheduler_type="constant", per_device_train_batch_size=16, gradient_accumulation_steps=4, num_mini_batches=1,
     num_ppo_epochs=4, response_length=2, temperature=1.0, truncate_token=None, report_to=[], save_strategy="no",
-    num_sample_generations=0, disable_tqdm=True, seed=0, output_dir="",
+    num_sample_generations=0, disable_tqdm=True, seed=0, output_dir="", logging_steps=1,
 )
 
 
@@ -98,23 +105,47 @@ def smollm2_targets(rho: torch.nn.Module, query_ids: list[list[int]], rank: int)
     return targets
 
 
-def pair_reward(tokenizer, queries: list[str], targets: list[tuple[int, int]]):
+def check_targets(tokenizer, targets: list[tuple[int, int]]) -> None:
+    """The reward compares texts, so the frontier is exact only where a target's text is that pair's alone: no single
+    token decodes to it (it could be followed by a special token that decodes to nothing) and no other two tokens do."""
+    by_text: dict[str, list[int]] = {}
+    for i in range(len(tokenizer)):
+        by_text.setdefault(tokenizer.decode([i]), []).append(i)
+    for a, b in set(targets):
+        text = tokenizer.decode([a, b])
+        splits = [(x, y) for k in range(1, len(text)) for x in by_text.get(text[:k], []) for y in by_text.get(text[k:], [])]
+        if by_text.get(text) or splits != [(a, b)]:
+            raise ValueError(f"the target {text!r} is also the text of {by_text.get(text) or splits}: pick another "
+                             "--target_rank")
+
+
+def pair_reward(tokenizer, queries: list[str], targets: list[tuple[int, int]], response_length: int = 2):
     """The reward function PPO gets (texts in, one score per response): 2 when the response is its query's target
-    pair, else 0 (the response text compared with the target's decoded text)."""
+    pair, else 0. It reads the text: a 2-token response must be the pair's text; a longer one must re-encode to tokens
+    that begin with the pair (so a response whose later text merges into the pair's second token scores as its
+    re-encoding does — rare, and the reason ``check_targets`` exists for the 2-token case)."""
     wanted = {q: tokenizer.decode(list(t)) for q, t in zip(queries, targets)}
+    pairs = dict(zip(queries, [list(t) for t in targets]))
+
+    def hit(query: str, response: str) -> bool:
+        if response_length == 2:
+            return response == wanted[query]
+        return tokenizer.encode(response)[:2] == pairs[query]
 
     def reward(queries: list[str], responses: list[str]) -> torch.Tensor:
         missing = [q for q in queries if q not in wanted]
         if missing:
             raise KeyError(f"the toy reward has no target for the query {missing[0]!r}")
-        return torch.tensor([REWARD if r == wanted[q] else 0.0 for q, r in zip(queries, responses)])
+        return torch.tensor([REWARD if hit(q, r) else 0.0 for q, r in zip(queries, responses)])
     return reward
 
 
 @torch.no_grad()
 def _last_logprobs(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """log-softmax of the next token after each row of ``ids`` (no padding: the rows have one length)."""
-    return torch.log_softmax(model(input_ids=ids).logits[:, -1].float(), dim=-1)
+    """log-softmax of the next token after each row of ``ids`` (no padding: the rows have one length), in float32 on
+    the CPU whatever the model's device."""
+    device = next(model.parameters()).device
+    return torch.log_softmax(model(input_ids=ids.to(device)).logits[:, -1].float(), dim=-1).cpu()
 
 
 def _kl_next(policy: torch.nn.Module, rho: torch.nn.Module, ids: torch.Tensor) -> np.ndarray:
@@ -132,29 +163,65 @@ class PolicyRead:
     kl_se: np.ndarray  # (Q,) its Monte-Carlo standard error
 
 
-def read_policy(policy: torch.nn.Module, rho: torch.nn.Module, query_ids: list[list[int]],
-                targets: list[tuple[int, int]], kl_samples: int, generator: torch.Generator,
-                chunk_rows: int = 64) -> PolicyRead:
-    """q(x) = pi(a | x)·pi(b | x, a) for the query's target pair (a, b) exactly; KL(pi, rho) = the first token's KL
-    (exact) + E_{y1~pi}[the second token's KL | y1] (exact for each of ``kl_samples`` first tokens drawn from pi; each
-    distinct token computed once)."""
+def read_policy(policy: torch.nn.Module, rho: torch.nn.Module, tokenizer: Any, queries: list[str],
+                targets: list[tuple[int, int]], kl_samples: int, generator: torch.Generator, response_length: int = 2,
+                chunk_rows: int = 32) -> PolicyRead:
+    """q(x) = pi(a | x)·pi(b | x, a) for the query's target pair (a, b) exactly, and KL(pi, rho) over the response.
+    2 tokens: the first token's KL (exact) + E_{y1~pi}[the second token's KL | y1] (exact for each of ``kl_samples``
+    first tokens drawn from pi; each distinct token computed once). Longer: E_{y~pi}[sum over positions t of
+    KL(pi(.|x, y<t), rho(.|x, y<t))] over ``kl_samples`` responses drawn from pi with the library's sampler (each
+    position's KL exact given the sampled prefix)."""
     was_training = policy.training
     policy.eval()
     qs, kls, ses = [], [], []
-    for ids, (a, b) in zip(query_ids, targets):
+    for query, (a, b) in zip(queries, targets):
+        ids = tokenizer.encode(query)
         x = torch.tensor([ids])
         lp_pi, lp_rho = _last_logprobs(policy, x)[0], _last_logprobs(rho, x)[0]
-        kl1 = float((lp_pi.exp() * (lp_pi - lp_rho)).sum())
         xa = torch.cat([x, torch.tensor([[a]])], dim=1)
         qs.append(float(lp_pi[a].exp() * _last_logprobs(policy, xa)[0, b].exp()))
-        y1 = torch.multinomial(lp_pi.exp(), kl_samples, replacement=True, generator=generator)
-        tokens, inverse = y1.unique(return_inverse=True)
-        xs = torch.cat([x.expand(len(tokens), -1), tokens[:, None]], dim=1)
-        kl2 = np.concatenate([_kl_next(policy, rho, chunk) for chunk in xs.split(chunk_rows)])[inverse.numpy()]
-        kls.append(kl1 + float(kl2.mean()))
-        ses.append(float(kl2.std(ddof=1) / math.sqrt(kl_samples)))
+        if response_length == 2:
+            per_sample = _kl_two_tokens(policy, rho, x, lp_pi, lp_rho, kl_samples, generator, chunk_rows)
+        else:
+            per_sample = _kl_sampled(policy, rho, tokenizer, query, response_length, kl_samples, generator, chunk_rows)
+        kls.append(float(per_sample.mean()))
+        ses.append(float(per_sample.std(ddof=1) / math.sqrt(kl_samples)))
     policy.train(was_training)
     return PolicyRead(np.array(qs), np.array(kls), np.array(ses))
+
+
+def _kl_two_tokens(policy: torch.nn.Module, rho: torch.nn.Module, x: torch.Tensor, lp_pi: torch.Tensor,
+                   lp_rho: torch.Tensor, n: int, generator: torch.Generator, chunk_rows: int) -> np.ndarray:
+    """Per drawn first token y1 (``n`` from pi): the first token's KL (exact, the same for all) + the second token's
+    KL given y1 (exact; each distinct y1 computed once)."""
+    kl1 = float((lp_pi.exp() * (lp_pi - lp_rho)).sum())
+    y1 = torch.multinomial(lp_pi.exp(), n, replacement=True, generator=generator)
+    tokens, inverse = y1.unique(return_inverse=True)
+    xs = torch.cat([x.expand(len(tokens), -1), tokens[:, None]], dim=1)
+    return kl1 + np.concatenate([_kl_next(policy, rho, c) for c in xs.split(chunk_rows)])[inverse.numpy()]
+
+
+def _kl_sampled(policy: torch.nn.Module, rho: torch.nn.Module, tokenizer: Any, query: str, length: int, n: int,
+                generator: torch.Generator, chunk_rows: int) -> np.ndarray:
+    """Per response drawn from pi (``n`` of ``length`` tokens, the library's sampler at temperature 1): the sum over
+    its positions of KL(pi, rho) of the next token given the sampled prefix."""
+    ids = tokenizer.encode(query)
+    ys = sample_texts(policy, tokenizer, [query], RolloutSpec(response_length=length, temperature=1.0), n,
+                      min(n, 64), generator)
+    rows = torch.cat([torch.tensor([ids]).expand(len(ys), -1), ys], dim=1)
+    return np.concatenate([_kl_positions(policy, rho, c, len(ids), length) for c in rows.split(chunk_rows)])
+
+
+@torch.no_grad()
+def _kl_positions(policy: torch.nn.Module, rho: torch.nn.Module, rows: torch.Tensor, start: int, n: int) -> np.ndarray:
+    """Sum over the ``n`` response positions (tokens ``start..start+n-1`` of each row) of KL(pi, rho) of the token
+    there given the row's prefix."""
+    def logprobs(model: torch.nn.Module) -> torch.Tensor:
+        logits = model(input_ids=rows.to(next(model.parameters()).device)).logits[:, start - 1 : start - 1 + n]
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+    lp_pi, lp_rho = logprobs(policy), logprobs(rho)
+    return (lp_pi.exp() * (lp_pi - lp_rho)).sum(-1).sum(-1).double().numpy()
 
 
 def exact_frontier(p: np.ndarray, betas: list[float]) -> list:
@@ -206,7 +273,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, PPOConfig]
     ap.add_argument("--eval_every", type=int, default=10)
     ap.add_argument("--boost", type=float, default=10.0, help="added to `` the``'s logit in rho")
     ap.add_argument("--queries", type=int, default=len(QUERIES), help=f"how many of the {len(QUERIES)} toy queries")
-    ap.add_argument("--kl_samples", type=int, default=512, help="first tokens drawn per query for the KL's second token")
+    ap.add_argument("--kl_samples", type=int, default=512,
+                    help="first tokens (2-token responses) or responses drawn from pi per query for its KL")
     ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
                     help="tiny: the random GPT-2 toy; smollm2: SmolLM2-135M-Instruct (the offline default's rho)")
     ap.add_argument("--target_rank", type=int, default=2,
@@ -214,16 +282,26 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, PPOConfig]
     ap.add_argument("--lora_r", type=int, default=None,
                     help="LoRA rank on every block's projections (0: full fine-tuning; default 0 tiny, 16 smollm2)")
     ap.add_argument("--freeze_embeddings", action="store_true",
-                    help="full fine-tuning with the (tied) token and position embeddings frozen")
+                    help="full fine-tuning with the token embedding (tied to the output layer) frozen")
     ap.add_argument("--model_seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the tiny model's ops are small)")
-    ap.add_argument("--output", default=None, help="also write the rows to this CSV")
+    ap.add_argument("--output", default=None, help="also write the rows to this CSV (each as it is read)")
     args, rest = ap.parse_known_args(argv)
     parser = HfArgumentParser(PPOConfig)
     parser.set_defaults(**{**TOY_PPO, "kl_coef": args.beta})
     (config,) = parser.parse_args_into_dataclasses(args=rest)
     if config.kl_coef != args.beta or config.adaptive_kl:
         raise SystemExit("set the KL coefficient with --beta (fixed): this benchmark reads PPO against the optimum at it")
+    if config.response_length < 2:
+        raise SystemExit(f"--response_length {config.response_length}: the reward is on the first 2 tokens")
+    fixed = {"temperature": 1.0, "truncate_token": None, "stop_token": None,
+             "stop_token_id": None, "missing_eos_penalty": None, "logging_steps": 1}
+    changed = [f"--{k} {getattr(config, k)}" for k, v in fixed.items() if getattr(config, k) != v]
+    if changed:
+        raise SystemExit(f"{', '.join(changed)}: the exact reads assume responses sampled at temperature 1, uncut and "
+                         "unpenalized, read after every update")
+    if args.kl_samples < 2 or args.eval_every < 1:
+        raise SystemExit("--kl_samples must be >= 2 and --eval_every >= 1")
     return args, config
 
 
@@ -239,6 +317,7 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, LoraConfig | 
         rho = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
         targets = smollm2_targets(rho, [tok.encode(q) for q in QUERIES[: args.queries]], args.target_rank)
         modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    check_targets(tok, targets)
     peft_config = None
     if lora_r:
         peft_config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=modules,
@@ -250,14 +329,13 @@ def run(args: argparse.Namespace, config: PPOConfig) -> list[dict[str, float]]:
     torch.set_num_threads(args.threads)
     rho, tok, peft_config, targets = build(args)
     queries = QUERIES[: args.queries]
-    query_ids = [tok.encode(q) for q in queries]
     policy = copy.deepcopy(rho)
     if args.freeze_embeddings:
         if peft_config is not None:
             raise SystemExit("--freeze_embeddings is for full fine-tuning (--lora_r 0)")
         for param in policy.get_input_embeddings().parameters():
             param.requires_grad_(False)
-    p = read_policy(rho, rho, query_ids, targets, 2, torch.Generator().manual_seed(0)).q
+    p = read_policy(rho, rho, tok, queries, targets, 2, torch.Generator().manual_seed(0)).q
     betas = [math.inf, *np.geomspace(0.02, 100.0, 600).tolist()]
     frontier = exact_frontier(p, betas)
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
@@ -270,15 +348,22 @@ def run(args: argparse.Namespace, config: PPOConfig) -> list[dict[str, float]]:
 
         def read(update: int, logs: dict[str, float]) -> dict[str, float]:
             trainer = holder["trainer"]
-            row = frontier_row(read_policy(trainer.policy_model, rho, query_ids, targets, args.kl_samples, generator),
-                               p, frontier, args.beta)
+            row = frontier_row(read_policy(trainer.policy_model, rho, tok, queries, targets, args.kl_samples, generator,
+                                           config.response_length), p, frontier, args.beta)
             row = {"update": update, "episodes": update * batch, **row, "rollout_kl": logs["objective/kl"]}
             print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+            if args.output:  # written as it goes: a run stopped early keeps its rows
+                with open(args.output, "a" if reader.rows else "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(row))
+                    if not reader.rows:
+                        w.writeheader()
+                    w.writerow(row)
             return row
 
         reader = _Reader(read, args.eval_every)
         n_rep = -(-config.total_episodes // len(queries))
-        trainer = PPOTrainer(model=policy, reward_model=pair_reward(tok, queries, targets), args=config,
+        trainer = PPOTrainer(model=policy, reward_model=pair_reward(tok, queries, targets, config.response_length),
+                             args=config,
                              ref_model=None if peft_config else rho, peft_config=peft_config,
                              train_dataset=Dataset.from_dict({"query": queries * n_rep}), processing_class=tok,
                              callbacks=[reader])
@@ -295,11 +380,8 @@ def run(args: argparse.Namespace, config: PPOConfig) -> list[dict[str, float]]:
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     args, config = parse(argv)
     rows = run(args, config)
-    if args.output:
-        with open(args.output, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    if not rows:
+        raise SystemExit("no update was read (--updates 0?)")
     return rows
 
 

@@ -272,23 +272,67 @@ def test_ppo_toy_frontier_reads_the_exact_optimum():
     off = toy.frontier_row(toy.PolicyRead(q, kl, np.zeros(2)), p, toy.exact_frontier(p, [math.inf, beta]), beta)
     assert off["kl_to_optimum"] == pytest.approx(np.mean([_binary_kl(a, b) for a, b in zip(q, q_star)]), rel=1e-9)
 
-    torch.manual_seed(0)
-    rho = toy.toy_rho(0, 10.0)
-    ids = [[464, 6193, 373], [40, 716]]
-    read = toy.read_policy(rho, rho, ids, [(toy.THE, toy.THE)] * 2, 8, torch.Generator().manual_seed(0))
+
+
+def test_ppo_toy_frontier_policy_reads(gpt2_tokenizer):
+    """q against the model's own log-probs of the pair; rho read against itself has KL 0; a policy that differs from
+    rho gets the same KL from the 2-token read (first token exact) and from sampled responses, within their SEs."""
+    toy = _bench_module("ppo_toy_frontier")
+    rho, other = toy.toy_rho(0, 10.0), toy.toy_rho(0, 11.0)
+    queries = ["The weather was fine, and", "Mr. Darcy said"]
+    targets = [(toy.THE, toy.THE)] * 2
+    read = toy.read_policy(rho, rho, gpt2_tokenizer, queries, targets, 8, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        for x, q_read in zip(ids, read.q):
+        for q, q_read in zip(queries, read.q):
+            x = gpt2_tokenizer.encode(q)
             lp = torch.log_softmax(rho(input_ids=torch.tensor([x + [toy.THE, toy.THE]])).logits[0], -1)
             assert q_read == pytest.approx(float((lp[len(x) - 1, toy.THE] + lp[len(x), toy.THE]).exp()), rel=1e-5)
     assert np.all(np.abs(read.kl) < 1e-6) and np.all(read.kl_se < 1e-6)
+    longer = toy.read_policy(rho, rho, gpt2_tokenizer, queries, targets, 4, torch.Generator().manual_seed(0), 4)
+    assert np.all(np.abs(longer.kl) < 1e-6) and np.allclose(longer.q, read.q)
+
+    two = toy.read_policy(other, rho, gpt2_tokenizer, queries, targets, 256, torch.Generator().manual_seed(0))
+    sampled = toy._kl_sampled(other, rho, gpt2_tokenizer, queries[0], 2, 256, torch.Generator().manual_seed(1), 32)
+    assert two.kl[0] > 0.05
+    se = math.hypot(two.kl_se[0], sampled.std(ddof=1) / 16)
+    assert abs(sampled.mean() - two.kl[0]) < 4 * se + 1e-3
 
 
-def test_ppo_toy_frontier_tiny():
+def test_ppo_toy_frontier_reward_is_the_target_pair(gpt2_tokenizer):
+    """The reward PPO gets scores the target pair's decoded response 2 and any other 0, per query; a target whose
+    text other tokens also spell is refused."""
+    from hf_prefs.core.rollout import RolloutSpec
+
+    toy = _bench_module("ppo_toy_frontier")
+    comma = gpt2_tokenizer.encode(",")[0]
+    reward = toy.pair_reward(gpt2_tokenizer, ["a", "b"], [(toy.THE, toy.THE), (toy.THE, comma)])
+    spec = RolloutSpec(response_length=2)
+    ids = torch.tensor([[toy.THE, toy.THE], [toy.THE, comma], [toy.THE, comma], [comma, toy.THE]])
+    texts = spec.texts(gpt2_tokenizer, ids, torch.tensor([2, 2, 2, 2]))
+    assert reward(["a", "a", "b", "b"], texts).tolist() == [2.0, 0.0, 2.0, 0.0]
+    with pytest.raises(KeyError, match="no target for the query 'c'"):
+        reward(["c"], texts[:1])
+    toy.check_targets(gpt2_tokenizer, [(toy.THE, toy.THE)])
+    thee = gpt2_tokenizer.encode(" thee")  # " thee" is one token, so " th" + "ee" is not its text alone
+    th, ee = gpt2_tokenizer.encode(" th")[0], gpt2_tokenizer.encode("ee")[0]
+    assert len(thee) == 1
+    with pytest.raises(ValueError, match="is also the text of"):
+        toy.check_targets(gpt2_tokenizer, [(th, ee)])
+
+
+@pytest.mark.parametrize("extra", [[], ["--lora_r", "8", "--learning_rate", "1e-3"], ["--response_length", "3"]],
+                         ids=["full", "lora", "3_tokens"])
+def test_ppo_toy_frontier_tiny(extra, tmp_path):
     out = run(str(BENCH / "ppo_toy_frontier.py"), "--updates", "3", "--eval_every", "2", "--kl_samples", "16",
-              "--queries", "3", "--beta", "0.5")
+              "--queries", "3", "--beta", "0.5", "--output", str(tmp_path / "rows.csv"), *extra)
     assert "rho: p(target)" in out and "beta 0.5: optimum J*" in out
     rows = [dict(zip(line.split()[::2], line.split()[1::2])) for line in out.splitlines() if line.startswith("update ")]
     assert [int(r["update"]) for r in rows] == [2, 3]
     for r in rows:
         assert float(r["kl"]) > 0 and float(r["kl_to_optimum"]) >= 0 and float(r["frontier_gain_at_kl"]) > 0
-    assert "--beta" in run_fails(str(BENCH / "ppo_toy_frontier.py"), "--updates", "1", "--adaptive_kl", "true")
+    written = list(csv.DictReader(open(tmp_path / "rows.csv")))
+    assert [(int(w["update"]), float(w["kl"])) for w in written] == [(int(r["update"]), pytest.approx(float(r["kl"]), rel=1e-3))
+                                                                      for r in rows]
+    if not extra:
+        assert "--beta" in run_fails(str(BENCH / "ppo_toy_frontier.py"), "--updates", "1", "--adaptive_kl", "true")
+        assert "--temperature 0.7" in run_fails(str(BENCH / "ppo_toy_frontier.py"), "--temperature", "0.7")
