@@ -8,10 +8,9 @@ The task: the 2-token continuation of a few Austen-like queries, sampled at temp
 the query's target pair (a, b), else 0 (the response's text compared with the pair's). ``--response_length n`` > 2
 samples n tokens and rewards the first two alone (their re-encoded text), so the optimum and its frontier are the
 same while PPO also has n − 2 tokens on which every nat of KL is wasted: how the share of the frontier falls with the
-response's length. ``--model smollm2``: rho is
-SmolLM2-135M-Instruct (the offline default's) and each query's target is rho's ``--target_rank``-th most likely first
-token followed by rho's most likely next one; the policy trains LoRA adapters as the offline default does (r 16, every
-projection; ``--lora_r 0``: full fine-tuning). ``--model tiny``: rho is a tiny random GPT-2 (2 layers, 64 wide, the
+response's length. ``--model smollm2``: rho is SmolLM2-135M-Instruct (the offline default's) and each query's target
+is rho's ``--target_rank``-th most likely first token followed by rho's most likely next one; the policy trains LoRA
+adapters as the offline default does (r 16, every projection; ``--lora_r 0``: full fine-tuning). ``--model tiny``: rho is a tiny random GPT-2 (2 layers, 64 wide, the
 real GPT-2 vocabulary) with `` the``'s logit raised by ``--boost``, every query's target is `` the the``, and the
 whole model is fine-tuned (``--freeze_embeddings``: all but the tied embedding; ``--lora_r 8``: LoRA).
 
