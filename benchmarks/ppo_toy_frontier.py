@@ -98,8 +98,8 @@ def smollm2_targets(rho: torch.nn.Module, query_ids: list[list[int]], rank: int)
     rho's most likely token after it."""
     targets = []
     for ids in query_ids:
-        a = int(_last_logprobs(rho, torch.tensor([ids]))[0].topk(rank).indices[-1])
-        b = int(_last_logprobs(rho, torch.tensor([ids + [a]]))[0].argmax())
+        a = int(_next_logprobs(rho, torch.tensor([ids]))[0].topk(rank).indices[-1])
+        b = int(_next_logprobs(rho, torch.tensor([ids + [a]]))[0].argmax())
         targets.append((a, b))
     return targets
 
@@ -140,25 +140,40 @@ def pair_reward(tokenizer, queries: list[str], targets: list[tuple[int, int]], r
 
 
 @torch.no_grad()
-def _last_logprobs(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """log-softmax of the next token after each row of ``ids`` (no padding: the rows have one length), in float32 on
-    the CPU whatever the model's device."""
-    device = next(model.parameters()).device
-    return torch.log_softmax(model(input_ids=ids.to(device)).logits[:, -1].float(), dim=-1).cpu()
+def _logprobs_at(model: torch.nn.Module, rows: torch.Tensor, start: int, n: int) -> torch.Tensor:
+    """``(B, n, V)`` log-softmax of the tokens at positions ``start..start+n-1`` of each row given the ones before
+    (the rows have one length, no padding), in float32 on the CPU whatever the model's device."""
+    logits = model(input_ids=rows.to(next(model.parameters()).device)).logits[:, start - 1 : start - 1 + n]
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def _kl_next(policy: torch.nn.Module, rho: torch.nn.Module, ids: torch.Tensor) -> np.ndarray:
-    """KL(pi, rho) of the next token after each row of ``ids``."""
-    lp_pi, lp_rho = _last_logprobs(policy, ids), _last_logprobs(rho, ids)
-    return (lp_pi.exp() * (lp_pi - lp_rho)).sum(-1).double().numpy()
+def _next_logprobs(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """``(B, V)`` log-softmax of the token after each row."""
+    return _logprobs_at(model, rows, rows.shape[1], 1)[:, 0]
+
+
+def _kl(lp_pi: torch.Tensor, lp_rho: torch.Tensor) -> torch.Tensor:
+    """KL(pi, rho) = sum_v pi(v)·(log pi(v) − log rho(v)) over the last dimension of two log-probability tensors."""
+    return (lp_pi.exp() * (lp_pi - lp_rho)).sum(-1)
+
+
+def _kl_positions(policy: torch.nn.Module, rho: torch.nn.Module, rows: torch.Tensor, start: int, n: int) -> np.ndarray:
+    """Per row: the sum over positions ``start..start+n-1`` of KL(pi, rho) of the token there given the prefix."""
+    return _kl(_logprobs_at(policy, rows, start, n), _logprobs_at(rho, rows, start, n)).sum(-1).double().numpy()
+
+
+def target_probability(model: torch.nn.Module, ids: list[int], a: int, b: int) -> float:
+    """model(a | x)·model(b | x, a) for the query's tokens ``ids`` = x, exactly (one forward of x, a)."""
+    lp = _logprobs_at(model, torch.tensor([ids + [a]]), len(ids), 2)[0]
+    return float((lp[0, a] + lp[1, b]).exp())
 
 
 @dataclass
 class PolicyRead:
-    """The exact (or, for the KL's second token, Monte-Carlo) quantities of a policy on each query."""
+    """The exact (or, for the KL past the first token, Monte-Carlo) quantities of a policy on each query."""
 
     q: np.ndarray  # (Q,) pi(a, b | x): the query's target pair
-    kl: np.ndarray  # (Q,) KL(pi(.|x), rho(.|x)) over the 2 tokens
+    kl: np.ndarray  # (Q,) KL(pi(.|x), rho(.|x)) over the response
     kl_se: np.ndarray  # (Q,) its Monte-Carlo standard error
 
 
@@ -175,52 +190,40 @@ def read_policy(policy: torch.nn.Module, rho: torch.nn.Module, tokenizer: Any, q
     qs, kls, ses = [], [], []
     for query, (a, b) in zip(queries, targets):
         ids = tokenizer.encode(query)
-        x = torch.tensor([ids])
-        lp_pi, lp_rho = _last_logprobs(policy, x)[0], _last_logprobs(rho, x)[0]
-        xa = torch.cat([x, torch.tensor([[a]])], dim=1)
-        qs.append(float(lp_pi[a].exp() * _last_logprobs(policy, xa)[0, b].exp()))
+        qs.append(target_probability(policy, ids, a, b))
         if response_length == 2:
-            per_sample = _kl_two_tokens(policy, rho, x, lp_pi, lp_rho, kl_samples, generator, chunk_rows)
+            per_sample = _kl_two_tokens(policy, rho, ids, kl_samples, generator, chunk_rows)
         else:
-            per_sample = _kl_sampled(policy, rho, tokenizer, query, response_length, kl_samples, generator, chunk_rows)
+            per_sample = _kl_sampled(policy, rho, tokenizer, query, ids, response_length, kl_samples, generator,
+                                     chunk_rows)
         kls.append(float(per_sample.mean()))
         ses.append(float(per_sample.std(ddof=1) / math.sqrt(kl_samples)))
     policy.train(was_training)
     return PolicyRead(np.array(qs), np.array(kls), np.array(ses))
 
 
-def _kl_two_tokens(policy: torch.nn.Module, rho: torch.nn.Module, x: torch.Tensor, lp_pi: torch.Tensor,
-                   lp_rho: torch.Tensor, n: int, generator: torch.Generator, chunk_rows: int) -> np.ndarray:
+def _kl_two_tokens(policy: torch.nn.Module, rho: torch.nn.Module, ids: list[int], n: int, generator: torch.Generator,
+                   chunk_rows: int) -> np.ndarray:
     """Per drawn first token y1 (``n`` from pi): the first token's KL (exact, the same for all) + the second token's
     KL given y1 (exact; each distinct y1 computed once)."""
-    kl1 = float((lp_pi.exp() * (lp_pi - lp_rho)).sum())
+    x = torch.tensor([ids])
+    lp_pi = _next_logprobs(policy, x)[0]
+    kl1 = float(_kl(lp_pi, _next_logprobs(rho, x)[0]))
     y1 = torch.multinomial(lp_pi.exp(), n, replacement=True, generator=generator)
     tokens, inverse = y1.unique(return_inverse=True)
     xs = torch.cat([x.expand(len(tokens), -1), tokens[:, None]], dim=1)
-    return kl1 + np.concatenate([_kl_next(policy, rho, c) for c in xs.split(chunk_rows)])[inverse.numpy()]
+    kl2 = np.concatenate([_kl_positions(policy, rho, c, c.shape[1], 1) for c in xs.split(chunk_rows)])
+    return kl1 + kl2[inverse.numpy()]
 
 
-def _kl_sampled(policy: torch.nn.Module, rho: torch.nn.Module, tokenizer: Any, query: str, length: int, n: int,
-                generator: torch.Generator, chunk_rows: int) -> np.ndarray:
-    """Per response drawn from pi (``n`` of ``length`` tokens, the library's sampler at temperature 1): the sum over
-    its positions of KL(pi, rho) of the next token given the sampled prefix."""
-    ids = tokenizer.encode(query)
+def _kl_sampled(policy: torch.nn.Module, rho: torch.nn.Module, tokenizer: Any, query: str, ids: list[int], length: int,
+                n: int, generator: torch.Generator, chunk_rows: int) -> np.ndarray:
+    """Per response drawn from pi (``n`` of ``length`` tokens after ``query``, whose tokens are ``ids``, the library's
+    sampler at temperature 1): the sum over its positions of KL(pi, rho) of the token there given the sampled prefix."""
     ys = sample_texts(policy, tokenizer, [query], RolloutSpec(response_length=length, temperature=1.0), n,
                       min(n, 64), generator)
     rows = torch.cat([torch.tensor([ids]).expand(len(ys), -1), ys], dim=1)
     return np.concatenate([_kl_positions(policy, rho, c, len(ids), length) for c in rows.split(chunk_rows)])
-
-
-@torch.no_grad()
-def _kl_positions(policy: torch.nn.Module, rho: torch.nn.Module, rows: torch.Tensor, start: int, n: int) -> np.ndarray:
-    """Sum over the ``n`` response positions (tokens ``start..start+n-1`` of each row) of KL(pi, rho) of the token
-    there given the row's prefix."""
-    def logprobs(model: torch.nn.Module) -> torch.Tensor:
-        logits = model(input_ids=rows.to(next(model.parameters()).device)).logits[:, start - 1 : start - 1 + n]
-        return torch.log_softmax(logits.float(), dim=-1).cpu()
-
-    lp_pi, lp_rho = logprobs(policy), logprobs(rho)
-    return (lp_pi.exp() * (lp_pi - lp_rho)).sum(-1).sum(-1).double().numpy()
 
 
 def exact_frontier(p: np.ndarray, betas: list[float]) -> list:
@@ -334,7 +337,7 @@ def run(args: argparse.Namespace, config: PPOConfig) -> list[dict[str, float]]:
             raise SystemExit("--freeze_embeddings is for full fine-tuning (--lora_r 0)")
         for param in policy.get_input_embeddings().parameters():
             param.requires_grad_(False)
-    p = read_policy(rho, rho, tok, queries, targets, 2, torch.Generator().manual_seed(0)).q
+    p = np.array([target_probability(rho, tok.encode(q), a, b) for q, (a, b) in zip(queries, targets)])
     betas = [math.inf, *np.geomspace(0.02, 100.0, 600).tolist()]
     frontier = exact_frontier(p, betas)
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps

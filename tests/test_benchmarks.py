@@ -292,7 +292,8 @@ def test_ppo_toy_frontier_policy_reads(gpt2_tokenizer):
     assert np.all(np.abs(longer.kl) < 1e-6) and np.allclose(longer.q, read.q)
 
     two = toy.read_policy(other, rho, gpt2_tokenizer, queries, targets, 256, torch.Generator().manual_seed(0))
-    sampled = toy._kl_sampled(other, rho, gpt2_tokenizer, queries[0], 2, 256, torch.Generator().manual_seed(1), 32)
+    sampled = toy._kl_sampled(other, rho, gpt2_tokenizer, queries[0], gpt2_tokenizer.encode(queries[0]), 2, 256,
+                              torch.Generator().manual_seed(1), 32)
     assert two.kl[0] > 0.05
     se = math.hypot(two.kl_se[0], sampled.std(ddof=1) / 16)
     assert abs(sampled.mean() - two.kl[0]) < 4 * se + 1e-3
