@@ -158,8 +158,8 @@ def _kl(lp_pi: torch.Tensor, lp_rho: torch.Tensor) -> torch.Tensor:
 
 
 def _kl_positions(policy: torch.nn.Module, rho: torch.nn.Module, rows: torch.Tensor, start: int, n: int) -> np.ndarray:
-    """Per row: the sum over positions ``start..start+n-1`` of KL(pi, rho) of the token there given the prefix."""
-    return _kl(_logprobs_at(policy, rows, start, n), _logprobs_at(rho, rows, start, n)).sum(-1).double().numpy()
+    """``(B, n)``: per row, KL(pi, rho) of the token at each position ``start..start+n-1`` given the prefix."""
+    return _kl(_logprobs_at(policy, rows, start, n), _logprobs_at(rho, rows, start, n)).double().numpy()
 
 
 def target_probability(model: torch.nn.Module, ids: list[int], a: int, b: int) -> float:
@@ -175,6 +175,7 @@ class PolicyRead:
     q: np.ndarray  # (Q,) pi(a, b | x): the query's target pair
     kl: np.ndarray  # (Q,) KL(pi(.|x), rho(.|x)) over the response
     kl_se: np.ndarray  # (Q,) its Monte-Carlo standard error
+    kl_free: np.ndarray | None = None  # (Q,) the part of kl on the tokens after the first two (the optimum's is 0)
 
 
 def read_policy(policy: torch.nn.Module, rho: torch.nn.Module, tokenizer: Any, queries: list[str],
@@ -187,39 +188,41 @@ def read_policy(policy: torch.nn.Module, rho: torch.nn.Module, tokenizer: Any, q
     position's KL exact given the sampled prefix)."""
     was_training = policy.training
     policy.eval()
-    qs, kls, ses = [], [], []
+    qs, kls, ses, free = [], [], [], []
     for query, (a, b) in zip(queries, targets):
         ids = tokenizer.encode(query)
         qs.append(target_probability(policy, ids, a, b))
         if response_length == 2:
-            per_sample = _kl_two_tokens(policy, rho, ids, kl_samples, generator, chunk_rows)
+            per_position = _kl_two_tokens(policy, rho, ids, kl_samples, generator, chunk_rows)
         else:
-            per_sample = _kl_sampled(policy, rho, tokenizer, query, ids, response_length, kl_samples, generator,
-                                     chunk_rows)
+            per_position = _kl_sampled(policy, rho, tokenizer, query, ids, response_length, kl_samples, generator,
+                                       chunk_rows)
+        per_sample = per_position.sum(1)
         kls.append(float(per_sample.mean()))
         ses.append(float(per_sample.std(ddof=1) / math.sqrt(kl_samples)))
+        free.append(float(per_position[:, 2:].sum(1).mean()))
     policy.train(was_training)
-    return PolicyRead(np.array(qs), np.array(kls), np.array(ses))
+    return PolicyRead(np.array(qs), np.array(kls), np.array(ses), np.array(free))
 
 
 def _kl_two_tokens(policy: torch.nn.Module, rho: torch.nn.Module, ids: list[int], n: int, generator: torch.Generator,
                    chunk_rows: int) -> np.ndarray:
-    """Per drawn first token y1 (``n`` from pi): the first token's KL (exact, the same for all) + the second token's
-    KL given y1 (exact; each distinct y1 computed once)."""
+    """``(n, 2)`` per drawn first token y1 (``n`` from pi): the first token's KL (exact, the same for all) and the
+    second token's KL given y1 (exact; each distinct y1 computed once)."""
     x = torch.tensor([ids])
     lp_pi = _next_logprobs(policy, x)[0]
     kl1 = float(_kl(lp_pi, _next_logprobs(rho, x)[0]))
     y1 = torch.multinomial(lp_pi.exp(), n, replacement=True, generator=generator)
     tokens, inverse = y1.unique(return_inverse=True)
     xs = torch.cat([x.expand(len(tokens), -1), tokens[:, None]], dim=1)
-    kl2 = np.concatenate([_kl_positions(policy, rho, c, c.shape[1], 1) for c in xs.split(chunk_rows)])
-    return kl1 + kl2[inverse.numpy()]
+    kl2 = np.concatenate([_kl_positions(policy, rho, c, c.shape[1], 1)[:, 0] for c in xs.split(chunk_rows)])
+    return np.stack([np.full(n, kl1), kl2[inverse.numpy()]], axis=1)
 
 
 def _kl_sampled(policy: torch.nn.Module, rho: torch.nn.Module, tokenizer: Any, query: str, ids: list[int], length: int,
                 n: int, generator: torch.Generator, chunk_rows: int) -> np.ndarray:
-    """Per response drawn from pi (``n`` of ``length`` tokens after ``query``, whose tokens are ``ids``, the library's
-    sampler at temperature 1): the sum over its positions of KL(pi, rho) of the token there given the sampled prefix."""
+    """``(n, length)`` per response drawn from pi (``n`` of ``length`` tokens after ``query``, whose tokens are ``ids``,
+    the library's sampler at temperature 1): KL(pi, rho) of the token at each position given the sampled prefix."""
     ys = sample_texts(policy, tokenizer, [query], RolloutSpec(response_length=length, temperature=1.0), n,
                       min(n, 64), generator)
     rows = torch.cat([torch.tensor([ids]).expand(len(ys), -1), ys], dim=1)
@@ -242,13 +245,15 @@ def optimum_objective(p: np.ndarray, beta: float) -> np.ndarray:
 
 def frontier_row(read: PolicyRead, p: np.ndarray, frontier: list, beta: float) -> dict[str, float]:
     """One evaluation: gain and KL of the policy, the frontier's gain at its KL and the share, the objective's share
-    and KL(pi, pi*_beta) = (J* − J) / beta (means over queries)."""
+    and KL(pi, pi*_beta) = (J* − J) / beta (means over queries); ``kl_free``: the KL on the tokens after the
+    first two, all of it waste (the optimum's is 0)."""
     gain = float((REWARD * (read.q - p)).mean())
     kl = float(read.kl.mean())
     frontier_gain = frontier_reward_at_kl(frontier, kl) - frontier_rho_reward(frontier)
     j, j_star, j_rho = REWARD * read.q - beta * read.kl, optimum_objective(p, beta), REWARD * p
     return {
         "gain": gain, "kl": kl, "kl_se": float(np.sqrt((read.kl_se**2).sum()) / len(p)),
+        "kl_free": float(read.kl_free.mean()) if read.kl_free is not None else math.nan,
         "frontier_gain_at_kl": frontier_gain, "frac_frontier": gain / frontier_gain if frontier_gain > 0 else math.nan,
         "objective": float(j.mean()), "optimum": float(j_star.mean()),
         "frac_objective": float((j - j_rho).mean() / (j_star - j_rho).mean()),

@@ -293,10 +293,14 @@ def test_ppo_toy_frontier_policy_reads(gpt2_tokenizer):
 
     two = toy.read_policy(other, rho, gpt2_tokenizer, queries, targets, 256, torch.Generator().manual_seed(0))
     sampled = toy._kl_sampled(other, rho, gpt2_tokenizer, queries[0], gpt2_tokenizer.encode(queries[0]), 2, 256,
-                              torch.Generator().manual_seed(1), 32)
-    assert two.kl[0] > 0.05
+                              torch.Generator().manual_seed(1), 32).sum(1)
+    assert two.kl[0] > 0.05 and np.all(two.kl_free == 0)
     se = math.hypot(two.kl_se[0], sampled.std(ddof=1) / 16)
     assert abs(sampled.mean() - two.kl[0]) < 4 * se + 1e-3
+    # 4 tokens: the KL past the first two is its own part; the first two's part agrees with the 2-token read
+    four = toy.read_policy(other, rho, gpt2_tokenizer, queries[:1], targets[:1], 256, torch.Generator().manual_seed(2), 4)
+    assert 0.01 < four.kl_free[0] < four.kl[0]
+    assert abs(four.kl[0] - four.kl_free[0] - two.kl[0]) < 4 * math.hypot(four.kl_se[0], two.kl_se[0]) + 1e-3
 
 
 def test_ppo_toy_frontier_reward_is_the_target_pair(gpt2_tokenizer):
