@@ -261,6 +261,18 @@ def frontier_row(read: PolicyRead, p: np.ndarray, frontier: list, beta: float) -
     }
 
 
+class ScoreOnPair(PPOTrainer):
+    """PPO with the score on the response's second token (the last one the reward depends on) instead of its last:
+    perfect credit assignment, known here and nowhere else (a diagnostic: how much of PPO's gap is the score's way
+    back through the value function and GAE over the tokens after the pair)."""
+
+    def compute_rewards(self, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                        kl_coef: float, token_mask: torch.Tensor | None = None,
+                        score_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        on_pair = torch.ones_like(scores, dtype=torch.long)
+        return super().compute_rewards(scores, logprobs, ref_logprobs, kl_coef, token_mask, on_pair)
+
+
 class _Reader(TrainerCallback):
     """Reads the policy after every ``every``-th update (and the last) into ``rows``, once that update is logged."""
 
@@ -293,6 +305,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, PPOConfig]
     ap.add_argument("--model_seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the tiny model's ops are small)")
     ap.add_argument("--output", default=None, help="also write the rows to this CSV (each as it is read)")
+    ap.add_argument("--score_on_pair", action="store_true",
+                    help="diagnostic: the score on the second token, where the reward is decided (ScoreOnPair)")
     args, rest = ap.parse_known_args(argv)
     parser = HfArgumentParser(PPOConfig)
     parser.set_defaults(**{**TOY_PPO, "kl_coef": args.beta})
@@ -369,7 +383,8 @@ def run(args: argparse.Namespace, config: PPOConfig) -> list[dict[str, float]]:
 
         reader = _Reader(read, args.eval_every)
         n_rep = -(-config.total_episodes // len(queries))
-        trainer = PPOTrainer(model=policy, reward_model=pair_reward(tok, queries, targets, config.response_length),
+        trainer_class = ScoreOnPair if args.score_on_pair else PPOTrainer
+        trainer = trainer_class(model=policy, reward_model=pair_reward(tok, queries, targets, config.response_length),
                              args=config,
                              ref_model=None if peft_config else rho, peft_config=peft_config,
                              train_dataset=Dataset.from_dict({"query": queries * n_rep}), processing_class=tok,

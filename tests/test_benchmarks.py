@@ -325,8 +325,21 @@ def test_ppo_toy_frontier_reward_is_the_target_pair(gpt2_tokenizer):
         toy.check_targets(gpt2_tokenizer, [(th, ee)])
 
 
-@pytest.mark.parametrize("extra", [[], ["--lora_r", "8", "--learning_rate", "1e-3"], ["--response_length", "3"]],
-                         ids=["full", "lora", "3_tokens"])
+def test_ppo_toy_frontier_score_on_pair_moves_only_the_score():
+    """The diagnostic trainer puts each score on the second token and leaves the per-token KL penalty as it was."""
+    from types import SimpleNamespace
+
+    toy = _bench_module("ppo_toy_frontier")
+    trainer = object.__new__(toy.ScoreOnPair)
+    trainer.args = SimpleNamespace(kl_estimator="k1")
+    logprobs, ref = torch.tensor([[-1.0, -2.0, -0.5, -1.5]] * 2), torch.tensor([[-1.5, -1.0, -0.5, -1.0]] * 2)
+    kl, non_score, rewards = trainer.compute_rewards(torch.tensor([2.0, 0.0]), logprobs, ref, 0.5)
+    assert torch.allclose(non_score, -0.5 * (logprobs - ref))
+    assert torch.allclose(rewards - non_score, torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("extra", [[], ["--lora_r", "8", "--learning_rate", "1e-3"],
+                                   ["--response_length", "3", "--score_on_pair"]], ids=["full", "lora", "3_tokens"])
 def test_ppo_toy_frontier_tiny(extra, tmp_path):
     out = run(str(BENCH / "ppo_toy_frontier.py"), "--updates", "3", "--eval_every", "2", "--kl_samples", "16",
               "--queries", "3", "--beta", "0.5", "--output", str(tmp_path / "rows.csv"), *extra)
