@@ -26,12 +26,15 @@ head on the trunk; 64 episodes per update) trains on the queries; after every ``
 read exactly where it can be: q(x) = pi(a | x) · pi(b | x, a), the reward 2q, the first token's KL in full, and the
 second token's KL in full for each of ``--kl_samples`` first tokens drawn from pi (longer responses: the sum of every
 position's KL in full along ``--kl_samples`` responses drawn from pi), so the KL has a small Monte-Carlo error,
-printed as its SE. Printed per evaluation: the gain over rho, KL, the frontier's gain at that KL and the share
-of it, the objective's share (J − J_rho) / (J* − J_rho), and KL(pi, pi*) = (J* − J) / beta. Any PPOConfig field may be
-passed (``--learning_rate 1e-4``, ``--whiten_rewards false``, ``--num_ppo_epochs 1``, ...).
+printed as its SE. Printed per evaluation: the gain over rho, KL (``kl_free``: its part on the tokens after the first
+two, all of it waste), the frontier's gain at that KL and the share of it, the objective's share
+(J − J_rho) / (J* − J_rho), and KL(pi, pi*) = (J* − J) / beta. Any PPOConfig field may be passed
+(``--learning_rate 1e-4``, ``--whiten_rewards false``, ``--num_ppo_epochs 1``, ...). ``--score_on_pair`` puts the score
+on the second token, where the reward is decided, instead of the last (credit assignment known exactly: a diagnostic).
 
     python benchmarks/ppo_toy_frontier.py --model smollm2 --beta 0.5 --updates 60 --eval_every 10 --threads 2 --learning_rate 3e-4
     python benchmarks/ppo_toy_frontier.py --model smollm2 --beta 0.2 --updates 40 --eval_every 10 --threads 2 --learning_rate 3e-4 --response_length 8 --kl_samples 128
+    python benchmarks/ppo_toy_frontier.py --model smollm2 --beta 0.5 --updates 20 --eval_every 5 --threads 2 --learning_rate 3e-4 --response_length 8 --kl_samples 128 --score_on_pair
     python benchmarks/ppo_toy_frontier.py --model tiny --beta 2.0 --updates 60 --eval_every 20 --learning_rate 1e-4
 """
 
@@ -269,6 +272,8 @@ class ScoreOnPair(PPOTrainer):
     def compute_rewards(self, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                         kl_coef: float, token_mask: torch.Tensor | None = None,
                         score_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if score_index is not None and not bool((score_index == logprobs.shape[1] - 1).all()):
+            raise ValueError("--score_on_pair moves the score from the last token; this run cuts responses")
         on_pair = torch.ones_like(scores, dtype=torch.long)
         return super().compute_rewards(scores, logprobs, ref_logprobs, kl_coef, token_mask, on_pair)
 
@@ -371,7 +376,8 @@ def run(args: argparse.Namespace, config: PPOConfig) -> list[dict[str, float]]:
             trainer = holder["trainer"]
             row = frontier_row(read_policy(trainer.policy_model, rho, tok, queries, targets, args.kl_samples, generator,
                                            config.response_length), p, frontier, args.beta)
-            row = {"update": update, "episodes": update * batch, **row, "rollout_kl": logs["objective/kl"]}
+            row = {"update": update, "episodes": update * batch, **row, "rollout_kl": logs["objective/kl"],
+                   "explained_variance": logs["val/explained_variance"]}
             print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
             if args.output:  # written as it goes: a run stopped early keeps its rows
                 with open(args.output, "a" if reader.rows else "w", newline="") as f:

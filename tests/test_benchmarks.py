@@ -336,6 +336,9 @@ def test_ppo_toy_frontier_score_on_pair_moves_only_the_score():
     kl, non_score, rewards = trainer.compute_rewards(torch.tensor([2.0, 0.0]), logprobs, ref, 0.5)
     assert torch.allclose(non_score, -0.5 * (logprobs - ref))
     assert torch.allclose(rewards - non_score, torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="cuts responses"):
+        trainer.compute_rewards(torch.tensor([2.0, 0.0]), logprobs, ref, 0.5, None, torch.tensor([3, 2]))
+    assert toy.parse(["--score_on_pair"])[0].score_on_pair and not toy.parse([])[0].score_on_pair
 
 
 @pytest.mark.parametrize("extra", [[], ["--lora_r", "8", "--learning_rate", "1e-3"],
