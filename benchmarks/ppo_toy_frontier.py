@@ -266,8 +266,8 @@ def frontier_row(read: PolicyRead, p: np.ndarray, frontier: list, beta: float) -
 
 class ScoreOnPair(PPOTrainer):
     """PPO with the score on the response's second token (the last one the reward depends on) instead of its last:
-    perfect credit assignment, known here and nowhere else (a diagnostic: how much of PPO's gap is the score's way
-    back through the value function and GAE over the tokens after the pair)."""
+    perfect credit assignment, known here and nowhere else (a diagnostic: how much of PPO's gap comes from the score
+    sitting in the returns of the tokens after the pair, which the value function would have to take out)."""
 
     def compute_rewards(self, scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                         kl_coef: float, token_mask: torch.Tensor | None = None,
