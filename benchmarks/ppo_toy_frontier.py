@@ -44,6 +44,7 @@ import argparse
 import copy
 import csv
 import math
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from hf_prefs.assets import load_gpt2_tokenizer, load_smollm2_tokenizer, smollm2
 from hf_prefs.core.frontier import frontier_reward_at_kl, frontier_rho_reward
 from hf_prefs.core.rollout import RolloutSpec
 from hf_prefs.models.generation import sample_texts
+from hf_prefs.pipeline.results import write_metrics
 
 THE = 262  # GPT-2 " the"
 REWARD = 2.0
@@ -309,7 +311,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, PPOConfig]
                     help="full fine-tuning with the token embedding (tied to the output layer) frozen")
     ap.add_argument("--model_seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the tiny model's ops are small)")
-    ap.add_argument("--output", default=None, help="also write the rows to this CSV (each as it is read)")
+    ap.add_argument("--output", default=None, help="also write the rows to this CSV (each as it is read), and every "
+                    "update's training metrics to metrics.csv / metrics.jsonl in the folder <output without .csv>_metrics")
     ap.add_argument("--score_on_pair", action="store_true",
                     help="diagnostic: the score on the second token, where the reward is decided (ScoreOnPair)")
     args, rest = ap.parse_known_args(argv)
@@ -402,6 +405,10 @@ def run(args: argparse.Namespace, config: PPOConfig) -> list[dict[str, float]]:
               f"beta {args.beta}: optimum J* {j_star:.4f} at KL {opt.kl:.4f}, gain {opt.reward - REWARD * p.mean():.4f}; "
               f"{batch} episodes per update, {args.updates} updates", flush=True)
         trainer.train()
+        if args.output:
+            folder = os.path.splitext(args.output)[0] + "_metrics"
+            os.makedirs(folder, exist_ok=True)
+            write_metrics(trainer.state.log_history, folder)
     return reader.rows
 
 

@@ -351,6 +351,8 @@ def test_ppo_toy_frontier_tiny(extra, tmp_path):
     assert [int(r["update"]) for r in rows] == [2, 3]
     for r in rows:
         assert float(r["kl"]) > 0 and float(r["kl_to_optimum"]) >= 0 and float(r["frontier_gain_at_kl"]) > 0
+    metrics = list(csv.DictReader(open(tmp_path / "rows_metrics" / "metrics.csv")))
+    assert [int(float(m["episode"])) for m in metrics] == [64, 128, 192]  # one row per update
     written = list(csv.DictReader(open(tmp_path / "rows.csv")))
     assert [(int(w["update"]), float(w["kl"])) for w in written] == [(int(r["update"]), pytest.approx(float(r["kl"]), rel=1e-3))
                                                                       for r in rows]
