@@ -29,7 +29,8 @@ position's KL in full along ``--kl_samples`` responses drawn from pi), so the KL
 printed as its SE. Printed per evaluation: the gain over rho, KL (``kl_free``: its part on the tokens after the first
 two, all of it waste), the frontier's gain at that KL and the share of it, the objective's share
 (J − J_rho) / (J* − J_rho), and KL(pi, pi*) = (J* − J) / beta. Any PPOConfig field may be passed
-(``--learning_rate 1e-4``, ``--whiten_rewards false``, ``--num_ppo_epochs 1``, ...). ``--score_on_pair`` puts the score
+(``--learning_rate 1e-4``, ``--whiten_rewards false``, ``--num_ppo_epochs 1``, ``--value_model policy``: the value
+function on a copy of the policy's trunk, trained in full, ...). ``--score_on_pair`` puts the score
 on the second token, where the reward is decided, instead of the last (credit assignment known exactly: a diagnostic).
 
     python benchmarks/ppo_toy_frontier.py --model smollm2 --beta 0.5 --updates 60 --eval_every 10 --threads 2 --learning_rate 3e-4

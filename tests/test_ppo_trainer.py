@@ -16,7 +16,7 @@ from hf_prefs.trainers.ppo_config import PPOConfig
 from hf_prefs.trainers.ppo_trainer import NonFiniteError, PPOTrainer
 from hf_prefs.models.reward_model import per_token_scores, score_texts
 from hf_prefs.models.generation import response_logprobs
-from hf_prefs.models.value_head import PolicyWithValueHead
+from hf_prefs.models.value_head import PolicyWithValueHead, value_model_from_policy
 
 from conftest import tiny_gpt2_config
 
@@ -352,7 +352,55 @@ def test_separate_value_model_is_initialised_from_the_reward_model(tmp_path, gpt
     assert any(not torch.equal(a, b) for a, b in zip(value_model.parameters(), reward_model.parameters()))
 
 
+def test_policy_value_model_is_the_policy_trunk_with_a_zero_head_trained_apart(tmp_path, gpt2_tokenizer):
+    policy = make_policy(3)
+    start = {k: v.clone() for k, v in policy.transformer.state_dict().items()}
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, model=policy, value_model="policy", save_strategy="steps",
+                           save_steps=2)
+    value_model = trainer.model.value_model
+    assert isinstance(value_model, GPT2ForSequenceClassification) and trainer.model.v_head is None
+    for name, value in value_model.transformer.state_dict().items():
+        assert torch.equal(value, start[name]), name
+    assert not set(map(id, value_model.parameters())) & set(map(id, policy.parameters()))  # nothing shared
+    assert torch.count_nonzero(value_model.score.weight) == 0
+
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    assert torch.count_nonzero(rollout.values) == 0  # V = 0 everywhere before the first update, as the shared head
+
+    trainer.train()
+    trained = value_model.transformer.state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in start)  # the value model trains its own trunk
+    assert any(not torch.equal(trained[k], v) for k, v in policy.transformer.state_dict().items())
+    assert torch.count_nonzero(value_model.score.weight) > 0
+    reloaded = PolicyWithValueHead.from_pretrained(tmp_path / "out" / "checkpoint-2")
+    for name, value in reloaded.value_model.state_dict().items():
+        assert torch.equal(value, value_model.state_dict()[name]), name
+
+
+def test_policy_value_model_of_a_lora_policy_reads_the_adapted_trunk(gpt2_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    policy = get_peft_model(make_policy(), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    for name, param in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)  # an adapter that changes the trunk (B = 0 at init would not)
+    value_model = value_model_from_policy(policy)
+    ids = torch.tensor([gpt2_tokenizer.encode("It is a truth universally acknowledged")])
+    with torch.no_grad():
+        adapted = policy(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        with policy.disable_adapter():
+            base = policy(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        own = value_model.transformer(input_ids=ids).last_hidden_state
+    assert torch.allclose(own, adapted, atol=1e-5) and not torch.allclose(own, base, atol=1e-3)
+    assert hasattr(policy, "peft_config") and any("lora_B" in n for n, _ in policy.named_parameters())  # unmerged
+
+
 def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):
+    with pytest.raises(ValueError, match="needs a reward model to copy .*value_model='policy'"):
+        make_trainer(tmp_path, gpt2_tokenizer, value_model="separate")  # a callable reward has no trunk to copy
+    with pytest.raises(ValueError, match="value_model must be one of"):
+        make_config(tmp_path, value_model="critic")
     with pytest.raises(ValueError, match="truncate_token='the end'"):
         make_trainer(tmp_path, gpt2_tokenizer, truncate_token="the end")
     with pytest.raises(ValueError, match="truncate_after"):

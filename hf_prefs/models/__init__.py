@@ -13,7 +13,7 @@ from .reward_model import (
     score_texts,
     set_reward_normalization,
 )
-from .value_head import PolicyWithValueHead, ValueHead, value_model_from_reward_model
+from .value_head import PolicyWithValueHead, ValueHead, value_model_from_policy, value_model_from_reward_model
 
 __all__ = [
     "FrozenFeatureCache",
@@ -34,4 +34,5 @@ __all__ = [
     "PolicyWithValueHead",
     "ValueHead",
     "value_model_from_reward_model",
+    "value_model_from_policy",
 ]

@@ -6,6 +6,8 @@ both with ``loss = pg_loss + vf_coef * vf_loss``.
 
 TRL's last PPOTrainer used a **separate** value model (a copy of the reward model, trunk and head); that stays
 available: :func:`value_model_from_reward_model` and ``PolicyWithValueHead(policy, value_model=...)``.
+:func:`value_model_from_policy` builds a separate value model from the policy itself (its trunk, a zero head), for
+a reward that is not a model (a known reward, a callable).
 
 Works with any ``AutoModelForCausalLM`` (GPT-2, Llama/SmolLM2, ...) and with PEFT/LoRA policies (then the
 reference policy is the same model with its adapters disabled, see :mod:`hf_prefs.trainers.ppo_trainer`).
@@ -17,6 +19,7 @@ with ``AutoModelForCausalLM`` / ``PeftModel``), plus ``value_head.safetensors`` 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ __all__ = [
     "PolicyValueOutput",
     "PolicyWithValueHead",
     "value_model_from_reward_model",
+    "value_model_from_policy",
 ]
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -94,6 +98,35 @@ def value_model_from_reward_model(reward_model: nn.Module) -> nn.Module:
     for p in value_model.parameters():
         p.requires_grad_(True)
     return value_model
+
+
+def value_model_from_policy(policy: nn.Module) -> nn.Module:
+    """A trainable ``*ForSequenceClassification`` model with the policy's trunk (a PEFT policy's adapters merged into
+    a copy) and a zero-initialised scalar head, to use as value model: V(x, y<t) = w·h_t(x, y<t) + b with w = b = 0 at
+    the start, as the paper's head on the shared trunk, but on layers of its own that it trains in full.
+
+    Needs a model whose class has a sequence-classification twin with the same ``base_model_prefix`` (GPT-2, Llama,
+    ...; transformers' ``AutoModelForSequenceClassification``)."""
+    lm = copy_module(policy)  # also when ZeRO-3 partitioned it at load
+    if hasattr(lm, "merge_and_unload"):
+        lm = lm.merge_and_unload()
+    config = copy.deepcopy(lm.config)
+    config.num_labels = 1
+    dtype = next(lm.parameters()).dtype
+    try:
+        value_model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+    except ValueError as err:
+        raise ValueError(f"value_model 'policy' needs a sequence-classification class for {type(lm).__name__}: {err}") from err
+    trunk, source = getattr(value_model, value_model.base_model_prefix), getattr(lm, lm.base_model_prefix)
+    trunk.load_state_dict(source.state_dict())
+    head = score_head(value_model)
+    with torch.no_grad():
+        head.weight.zero_()
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+    for p in value_model.parameters():
+        p.requires_grad_(True)
+    return value_model.train()
 
 
 class PolicyWithValueHead(nn.Module):

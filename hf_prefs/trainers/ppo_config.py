@@ -89,8 +89,9 @@ class PPOConfig(TrlBaseConfig):
             `truncate_after`; KL, values and PPO use all sampled tokens. `stop_token`/`stop_token_id` win over them.
         penalty_reward_value (`float`, defaults to -1.0): the paper's score of responses without the truncate token
             at index >= `truncate_after` (a replacement, unlike TRL's subtracted `missing_eos_penalty`).
-        value_model (`"shared"` or `"separate"`, defaults to `"shared"`): with no `value_model=` given, a zero-init
-            value head on the policy trunk (paper) or a copy of the reward model (`"separate"`, TRL's architecture).
+        value_model (`"shared"`, `"separate"` or `"policy"`, defaults to `"shared"`): with no `value_model=` given, a
+            zero-init value head on the policy trunk (paper), a copy of the reward model (`"separate"`, TRL's
+            architecture), or a copy of the policy's trunk with a zero-init head, trained in full (`"policy"`).
         normalize_reward (`bool`, defaults to False), normalize_samples (`int`, defaults to 256): before training,
             set the reward model's gain/bias so rewards of rho's samples have mean 0 and std 1.
         tf1_adam (`bool`, defaults to False): TF1's Adam, as the paper's code (epsilon before the bias correction).
@@ -190,8 +191,9 @@ class PPOConfig(TrlBaseConfig):
     penalty_reward_value: float = field(
         default=-1.0, metadata={"help": "Score given to responses with no truncate token at index >= truncate_after."}
     )
-    value_model: Literal["shared", "separate"] = field(
-        default="shared", metadata={"help": "'shared': value head on the policy trunk (paper); 'separate': copy of the reward model."}
+    value_model: Literal["shared", "separate", "policy"] = field(
+        default="shared", metadata={"help": "'shared': value head on the policy trunk (paper); 'separate': copy of the "
+                                    "reward model; 'policy': copy of the policy's trunk with a zero head, trained in full."}
     )
     normalize_reward: bool = field(
         default=False, metadata={"help": "Normalize the reward model on rho samples (mean 0, std 1) before training."}
@@ -270,7 +272,7 @@ class PPOConfig(TrlBaseConfig):
             raise ValueError(f"PPOConfig.value_learning_rate must be > 0 or None, got {self.value_learning_rate!r}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"PPOConfig.gamma and lam must lie in [0, 1], got gamma={self.gamma}, lam={self.lam}")
-        for name, allowed in (("kl_estimator", ("k1", "k2", "k3")), ("value_model", ("shared", "separate")),
+        for name, allowed in (("kl_estimator", ("k1", "k2", "k3")), ("value_model", ("shared", "separate", "policy")),
                               ("stop_token", ("eos", None))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"PPOConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -69,7 +69,12 @@ from ..models.loading import load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
-from ..models.value_head import PolicyValueOutput, PolicyWithValueHead, value_model_from_reward_model
+from ..models.value_head import (
+    PolicyValueOutput,
+    PolicyWithValueHead,
+    value_model_from_policy,
+    value_model_from_reward_model,
+)
 from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_critic_warmup, check_launch, check_ppo_sharding
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
@@ -142,8 +147,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         ref_model: the reference rho; default: a frozen copy of the policy, or, for a PEFT policy, the policy with
             its adapters disabled (no second copy).
         value_model: a separate value model (``*ForSequenceClassification``); default: ``args.value_model`` decides
-            between a zero-initialised head on the policy trunk ("shared", paper) and a copy of the reward model
-            ("separate", TRL's last PPOTrainer).
+            between a zero-initialised head on the policy trunk ("shared", paper), a copy of the reward model
+            ("separate", TRL's last PPOTrainer) and a copy of the policy's trunk with a zero-initialised head
+            ("policy").
         reward_processing_class: the reward model's tokenizer (default: ``processing_class``).
         eval_dataset, data_collator: accepted for TRL API compatibility; not used.
         callbacks, optimizers: as for ``transformers.Trainer``.
@@ -264,16 +270,19 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | None, args: PPOConfig,
         tokenizer: Any,
     ) -> PolicyWithValueHead:
-        """The policy with its value function: a head on the trunk (paper), ``value_model``, or a copy of the reward
-        model (``value_model="separate"``, TRL's way)."""
+        """The policy with its value function: a head on the trunk (paper), ``value_model``, a copy of the reward
+        model (``value_model="separate"``, TRL's way) or of the policy's trunk (``value_model="policy"``)."""
         if wrapper is not None:
             if value_model is not None:
                 raise ValueError("value_model was given together with a PolicyWithValueHead; put it in the wrapper instead")
             return wrapper
         if value_model is None and args.value_model == "separate":
             if not isinstance(self.reward_model, nn.Module):
-                raise ValueError("PPOConfig.value_model='separate' needs a reward model to copy (or pass value_model=)")
+                raise ValueError("PPOConfig.value_model='separate' needs a reward model to copy (or pass value_model=, "
+                                 "or value_model='policy' for a copy of the policy's trunk)")
             value_model = value_model_from_reward_model(self.reward_model)
+        elif value_model is None and args.value_model == "policy":
+            value_model = value_model_from_policy(policy)
         if value_model is not None:
             ensure_pad_token_id(value_model, tokenizer)
         return PolicyWithValueHead(policy, value_model=value_model)
