@@ -67,7 +67,7 @@ def global_rollout(tiny_base, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("variant", ["full", "lora", "separate"])
+@pytest.mark.parametrize("variant", ["full", "lora", "separate", "policy"])
 def test_ppo_update_on_two_processes_equals_one_process(tiny_base, tmp_path, global_rollout, variant):
     # Adam's epsilon at 1e-3 (default 1e-8): with a tiny epsilon Adam's step is ~lr * sign(g) wherever |g| is near
     # zero, so summation-order noise in such a gradient (two halves all-reduced) flips whole steps, and a gradient

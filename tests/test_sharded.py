@@ -7,7 +7,7 @@ machine it installs from the sdist in about 30 s) and are skipped without it. Ev
 (about 20-40 s each on 2 cores: DeepSpeed's import and engine set-up dominate).
 
 What is compared (fp32):
-- one PPO update on the same saved global batch (ZeRO-2 / ZeRO-3, full / LoRA / separate value model) against one
+- one PPO update on the same saved global batch (ZeRO-2 / ZeRO-3, full / LoRA / separate value model / one from the policy) against one
   process with the whole batch: parameters within 1e-5 (float32 sums in another order, as for DDP), loss, KL, beta;
   with gradient accumulation and SGD the update size too (DeepSpeed divides the loss by its accumulation steps);
 - update 0's rollout of process 0 under ZeRO-3 against one process with process 0's queries and seed: the same tokens,
@@ -94,7 +94,7 @@ def global_rollout(tiny_base, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("stage,variant", [(2, "full"), (3, "full"), (3, "lora"), (3, "separate")])
+@pytest.mark.parametrize("stage,variant", [(2, "full"), (3, "full"), (3, "lora"), (3, "separate"), (3, "policy")])
 def test_zero_update_equals_one_process(deepspeed, tiny_base, tmp_path, global_rollout, stage, variant):
     # Adam's first step is lr * g / (|g| + eps): with eps 1e-8 a gradient near 0 turns sum-order noise of 1e-10 into
     # a parameter difference of 1e-5 (the separate value model's MLP read 1.03e-5); eps 1e-6 keeps the comparison

@@ -34,7 +34,7 @@ from transformers.trainer_utils import load_sharded_checkpoint
 
 from .generation import ensure_pad_token_id
 from .reward_model import per_token_scores, score_head
-from .sharding import copy_module
+from .sharding import copy_module, whole_weights_at_load
 
 __all__ = [
     "VALUE_HEAD_FILE",
@@ -114,7 +114,8 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
     config.num_labels = 1
     dtype = next(lm.parameters()).dtype
     try:
-        value_model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+        with whole_weights_at_load():  # plain parameters as a copied reward model's; the engine shards them later
+            value_model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
     except ValueError as err:
         raise ValueError(f"value_model 'policy' needs a sequence-classification class for {type(lm).__name__}: {err}") from err
     trunk, source = getattr(value_model, value_model.base_model_prefix), getattr(lm, lm.base_model_prefix)

@@ -55,6 +55,8 @@ def make_trainer(base: str, out: str, variant: str, per_device: int, steps: int 
         num_sample_generations=0, disable_tqdm=True, seed=0, use_cpu=True, dataloader_num_workers=0,
     )
     kwargs.update(overrides)
+    if variant == "policy":  # a separate value model built by the trainer from the policy's trunk
+        kwargs["value_model"] = "policy"
     kwargs["total_episodes"] = (steps * kwargs["per_device_train_batch_size"] * kwargs["gradient_accumulation_steps"]
                                 * int(os.environ.get("WORLD_SIZE", "1")))
     args = PPOConfig(**kwargs)
@@ -105,7 +107,7 @@ def main(argv=None) -> None:
     p.add_argument("mode", choices=["update", "train"])
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--variant", default="full", choices=["full", "lora", "separate"])
+    p.add_argument("--variant", default="full", choices=["full", "lora", "separate", "policy"])
     p.add_argument("--per_device", type=int, default=4)
     p.add_argument("--rollout")
     p.add_argument("--steps", type=int, default=3)
