@@ -212,8 +212,10 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters_under_bf16_autocast(tmp_path, 
             assert value.dtype == torch.bfloat16 and torch.equal(value, base_before[original]), name
 
 
-def test_resume_continues_step_count_beta_and_weights(tmp_path, gpt2_tokenizer):
-    overrides = dict(total_episodes=32, num_mini_batches=2, save_strategy="steps", save_steps=2, kl_target=0.05, kl_horizon=50)
+@pytest.mark.parametrize("value_model", ["shared", "policy"])
+def test_resume_continues_step_count_beta_and_weights(tmp_path, gpt2_tokenizer, value_model):
+    overrides = dict(total_episodes=32, num_mini_batches=2, save_strategy="steps", save_steps=2, kl_target=0.05,
+                     kl_horizon=50, value_model=value_model)
     full = make_trainer(tmp_path / "a", gpt2_tokenizer, **overrides)
     full.train()
     assert full.state.global_step == 4
@@ -394,6 +396,13 @@ def test_policy_value_model_of_a_lora_policy_reads_the_adapted_trunk(gpt2_tokeni
         own = value_model.transformer(input_ids=ids).last_hidden_state
     assert torch.allclose(own, adapted, atol=1e-5) and not torch.allclose(own, base, atol=1e-3)
     assert hasattr(policy, "peft_config") and any("lora_B" in n for n, _ in policy.named_parameters())  # unmerged
+
+
+def test_policy_value_model_refuses_a_trunk_it_cannot_find():
+    policy = make_policy()
+    policy.base_model_prefix = "no_such_trunk"  # the copy's trunk attribute cannot be found
+    with pytest.raises(ValueError, match="value_model 'policy': cannot build .* GPT2LMHeadModel"):
+        value_model_from_policy(policy)
 
 
 def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):

@@ -116,10 +116,11 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
     try:
         with whole_weights_at_load():  # plain parameters as a copied reward model's; the engine shards them later
             value_model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
-    except ValueError as err:
-        raise ValueError(f"value_model 'policy' needs a sequence-classification class for {type(lm).__name__}: {err}") from err
-    trunk, source = getattr(value_model, value_model.base_model_prefix), getattr(lm, lm.base_model_prefix)
-    trunk.load_state_dict(source.state_dict())
+        trunk, source = getattr(value_model, value_model.base_model_prefix), getattr(lm, lm.base_model_prefix)
+        trunk.load_state_dict(source.state_dict())  # strict: every trunk weight, nothing else
+    except (ValueError, AttributeError, RuntimeError) as err:
+        raise ValueError(f"value_model 'policy': cannot build a sequence-classification model with the trunk of "
+                         f"{type(lm).__name__}: {err}") from err
     head = score_head(value_model)
     with torch.no_grad():
         head.weight.zero_()
@@ -137,7 +138,8 @@ class PolicyWithValueHead(nn.Module):
         policy: any ``AutoModelForCausalLM`` model, or a ``peft.PeftModel`` around one.
         value_model: ``None`` (paper: a zero-initialised :class:`ValueHead` on the policy trunk) or a separate
             ``*ForSequenceClassification`` model whose per-token head output is the value (TRL's way; see
-            :func:`value_model_from_reward_model`).
+            :func:`value_model_from_reward_model`, or :func:`value_model_from_policy` for one with the policy's trunk).
+            Saved in ``value_model/`` and recorded as ``"separate"`` in ``value_head_config.json`` either way.
     """
 
     def __init__(self, policy: nn.Module, value_model: nn.Module | None = None) -> None:
