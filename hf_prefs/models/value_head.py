@@ -84,15 +84,20 @@ class PolicyValueOutput:
     values: torch.Tensor
 
 
+def _merged_copy(model: nn.Module) -> nn.Module:
+    """A plain copy of ``model`` (whole weights also when ZeRO-3 partitioned it at load) with a PEFT model's adapters
+    merged into the copy; ``model`` itself is left as it is."""
+    copied = copy_module(model)
+    return copied.merge_and_unload() if hasattr(copied, "merge_and_unload") else copied
+
+
 def value_model_from_reward_model(reward_model: nn.Module) -> nn.Module:
     """A trainable copy of a sequence-classification reward model (trunk + score head) to use as value model.
 
     This is how TRL's last PPOTrainer initialised its value model. A PEFT reward model is merged into a plain
     model first. The copy's per-token head output (before the reward normalization gain/bias) is the value.
     """
-    value_model = copy_module(reward_model)  # also when ZeRO-3 partitioned it at load
-    if hasattr(value_model, "merge_and_unload"):
-        value_model = value_model.merge_and_unload()
+    value_model = _merged_copy(reward_model)
     score_head(value_model)  # raises a clear error if this is not a *ForSequenceClassification model
     ensure_pad_token_id(value_model)
     for p in value_model.parameters():
@@ -107,9 +112,7 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
 
     Needs a model whose class has a sequence-classification twin with the same ``base_model_prefix`` (GPT-2, Llama,
     ...; transformers' ``AutoModelForSequenceClassification``)."""
-    lm = copy_module(policy)  # also when ZeRO-3 partitioned it at load
-    if hasattr(lm, "merge_and_unload"):
-        lm = lm.merge_and_unload()
+    lm = _merged_copy(policy)
     config = copy.deepcopy(lm.config)
     config.num_labels = 1
     dtype = next(lm.parameters()).dtype
