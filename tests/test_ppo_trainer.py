@@ -398,6 +398,26 @@ def test_policy_value_model_of_a_lora_policy_reads_the_adapted_trunk(gpt2_tokeni
     assert hasattr(policy, "peft_config") and any("lora_B" in n for n, _ in policy.named_parameters())  # unmerged
 
 
+def test_policy_value_model_of_a_rotary_policy_runs_as_its_trunk(gpt2_tokenizer):
+    """Llama's rotary tables are buffers outside the state dict: the value model (built on the meta device around
+    the copied trunk) has them, every tensor is real, and its trunk computes the policy's hidden states."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, num_key_value_heads=1, eos_token_id=50256))
+    value_model = value_model_from_policy(policy)
+    assert isinstance(value_model, LlamaForSequenceClassification) and value_model.config.num_labels == 1
+    assert not [n for n, t in [*value_model.named_parameters(), *value_model.named_buffers()] if t.is_meta]
+    assert value_model.model.config is value_model.config and policy.config.num_labels == 2  # the policy's untouched
+    ids = torch.tensor([gpt2_tokenizer.encode("It is a truth universally acknowledged")])
+    with torch.no_grad():
+        expected = policy(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        assert torch.equal(value_model.model(input_ids=ids).last_hidden_state, expected)
+        assert torch.count_nonzero(value_model(input_ids=ids).logits) == 0
+    assert not set(map(id, value_model.parameters())) & set(map(id, policy.parameters()))
+
+
 def test_policy_value_model_refuses_a_trunk_it_cannot_find():
     policy = make_policy()
     policy.base_model_prefix = "no_such_trunk"  # the copy's trunk attribute cannot be found

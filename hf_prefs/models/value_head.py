@@ -19,7 +19,6 @@ with ``AutoModelForCausalLM`` / ``PeftModel``), plus ``value_head.safetensors`` 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -110,21 +109,18 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
     a copy) and a zero-initialised scalar head, to use as value model: V(x, y<t) = w·h_t(x, y<t) + b with w = b = 0 at
     the start, as the paper's head on the shared trunk, but on layers of its own that it trains in full.
 
-    Needs a model whose class has a sequence-classification twin with the same ``base_model_prefix`` (GPT-2, Llama,
-    ...; transformers' ``AutoModelForSequenceClassification``)."""
+    The sequence-classification model is built on the meta device and takes the copy's trunk module itself, so the
+    only weights made are the copy's and the head's (no second, randomly initialised trunk). Needs a model whose class
+    has a sequence-classification twin with a trunk of the same class under ``base_model_prefix`` (GPT-2, Llama, ...;
+    transformers' ``AutoModelForSequenceClassification``)."""
     lm = _merged_copy(policy)
-    config = copy.deepcopy(lm.config)
-    config.num_labels = 1
-    dtype = next(lm.parameters()).dtype
     try:
-        with whole_weights_at_load():  # plain parameters as a copied reward model's; the engine shards them later
-            value_model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
-        trunk, source = getattr(value_model, value_model.base_model_prefix), getattr(lm, lm.base_model_prefix)
-        trunk.load_state_dict(source.state_dict())  # strict: every trunk weight, nothing else
-    except (ValueError, AttributeError, RuntimeError) as err:
+        value_model = _with_trunk_of(lm)
+    except (ValueError, AttributeError, RuntimeError, TypeError) as err:
         raise ValueError(f"value_model 'policy': cannot build a sequence-classification model with the trunk of "
                          f"{type(lm).__name__}: {err}") from err
     head = score_head(value_model)
+    head.to_empty(device=next(lm.parameters()).device)
     with torch.no_grad():
         head.weight.zero_()
         if getattr(head, "bias", None) is not None:
@@ -132,6 +128,33 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
     for p in value_model.parameters():
         p.requires_grad_(True)
     return value_model.train()
+
+
+def _with_trunk_of(lm: nn.Module) -> nn.Module:
+    """``AutoModelForSequenceClassification`` of ``lm``'s config (``num_labels = 1``) built on the meta device, its
+    trunk replaced by ``lm``'s trunk module (the same object: weights, buffers and config shared with ``lm``); only
+    the head is left on the meta device."""
+    trunk = getattr(lm, lm.base_model_prefix)
+    config = trunk.config
+    config.num_labels = 1
+    with torch.device("meta"), whole_weights_at_load():  # plain modules; the engine shards them later
+        value_model = AutoModelForSequenceClassification.from_config(config, dtype=next(lm.parameters()).dtype)
+    built = getattr(value_model, value_model.base_model_prefix)
+    if type(built) is not type(trunk):
+        raise TypeError(f"its trunk is a {type(trunk).__name__}, the sequence-classification model's a {type(built).__name__}")
+    setattr(value_model, value_model.base_model_prefix, trunk)
+    value_model.config = config
+    left = [name for name, t in [*value_model.named_parameters(), *value_model.named_buffers()]
+            if t.is_meta and not name.startswith(_head_prefix(value_model))]
+    if left:
+        raise RuntimeError(f"weights outside the trunk and the score head: {left}")
+    return value_model
+
+
+def _head_prefix(model: nn.Module) -> str:
+    """The name of ``score_head(model)`` inside ``model`` followed by a dot."""
+    head = score_head(model)
+    return next(name for name, module in model.named_modules() if module is head) + "."
 
 
 class PolicyWithValueHead(nn.Module):
