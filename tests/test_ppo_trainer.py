@@ -423,6 +423,11 @@ def test_policy_value_model_refuses_a_trunk_it_cannot_find():
     policy.base_model_prefix = "no_such_trunk"  # the copy's trunk attribute cannot be found
     with pytest.raises(ValueError, match="value_model 'policy': cannot build .* GPT2LMHeadModel"):
         value_model_from_policy(policy)
+    quantized = make_policy()
+    layer = quantized.transformer.h[1].mlp.c_fc
+    layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.int8), requires_grad=False)  # as a 4/8-bit base
+    with pytest.raises(ValueError, match=r"not floating point .*'transformer.h.1.mlp.c_fc.weight' \(torch.int8\).*'shared'"):
+        value_model_from_policy(quantized)
 
 
 def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):

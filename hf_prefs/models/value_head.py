@@ -112,7 +112,14 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
     The sequence-classification model is built on the meta device and takes the copy's trunk module itself, so the
     only weights made are the copy's and the head's (no second, randomly initialised trunk). Needs a model whose class
     has a sequence-classification twin with a trunk of the same class under ``base_model_prefix`` (GPT-2, Llama, ...;
-    transformers' ``AutoModelForSequenceClassification``)."""
+    transformers' ``AutoModelForSequenceClassification``), and floating-point weights: a quantized policy (QLoRA's 4-bit
+    base) has a trunk that cannot be trained in full; it raises, naming a quantized weight."""
+    quantized = [name for name, p in policy.named_parameters() if not p.is_floating_point()]
+    if quantized:
+        raise ValueError(f"value_model 'policy' trains a full copy of the policy's trunk, but {len(quantized)} of the "
+                         f"policy's weights are not floating point (quantized?), e.g. {quantized[0]!r} "
+                         f"({policy.get_parameter(quantized[0]).dtype}): use value_model='shared' (a head on the policy's "
+                         "trunk) or pass a value_model")
     lm = _merged_copy(policy)
     try:
         value_model = _with_trunk_of(lm)
