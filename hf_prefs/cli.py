@@ -67,7 +67,11 @@ def _add_assets(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from hf_prefs.analysis.report import write_report
 
-    print(write_report(args.run_dir))
+    try:
+        print(write_report(args.run_dir))
+    except FileNotFoundError as exc:
+        print(f"hf-prefs report: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

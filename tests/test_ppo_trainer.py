@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 import os
 
@@ -447,12 +448,29 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):
     with pytest.raises(ValueError, match=r"train_dataset row 1: input_ids holds token id 50257, outside the policy's embedding of 50257"):
         PPOTrainer(make_policy(), length_reward, make_config(tmp_path),  # TRL's [PAD] (added to the tokenizer only)
                    Dataset.from_dict({"input_ids": [[464, 4252], [50257, 464, 4252]]}), processing_class=gpt2_tokenizer)
+    small = lambda **kw: tiny_gpt2_config(vocab_size=1000, **kw)  # noqa: E731  (a model of another tokenizer)
+    with pytest.raises(ValueError, match=r"^reward_model: its input embedding holds 1000 token ids, but its tokenizer"):
+        make_trainer(tmp_path, gpt2_tokenizer, reward=GPT2ForSequenceClassification(small(num_labels=1)))
+    with pytest.raises(ValueError, match=r"^value_model: its input embedding holds 1000"):
+        PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"query": ["a"]}),
+                   processing_class=gpt2_tokenizer, value_model=GPT2ForSequenceClassification(small(num_labels=1)))
+    with pytest.raises(ValueError, match=r"^model \(the policy\): its input embedding holds 1000"):
+        PPOTrainer(GPT2LMHeadModel(small()), length_reward, make_config(tmp_path), Dataset.from_dict({"query": ["a"]}),
+                   processing_class=gpt2_tokenizer)
+    both = {"query": ["The sun rose", "Hello there"], "input_ids": gpt2_tokenizer(["The sun rose", "Goodbye friend"])["input_ids"]}
+    with pytest.raises(ValueError, match=r"train_dataset: rows \[1\] hold `input_ids` that are not the tokenization of their `query`"):
+        PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict(both), processing_class=gpt2_tokenizer)
+    both["query"][1] = "Goodbye friend"  # the same text twice: accepted
+    PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict(both), processing_class=gpt2_tokenizer)
     with pytest.raises(ValueError, match="has \\['text'\\]"):
         PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"text": ["a"]}),
                    processing_class=gpt2_tokenizer)
     trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=lambda q, r: torch.zeros(len(r), 2))
     with pytest.raises(ValueError, match="one score per response"):
         trainer.train()
+    for bad, shown in ((lambda q, r: None, "NoneType (None)"), (lambda q, r: ["x"] * len(r), "list (['x', ")):
+        with pytest.raises(ValueError, match=r"the reward returned " + re.escape(shown) + ".*one float score per response"):
+            make_trainer(tmp_path, gpt2_tokenizer, reward=bad).train()
 
 
 def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer):

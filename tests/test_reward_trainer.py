@@ -170,6 +170,11 @@ def test_bad_labels_and_k_mismatch_name_the_row(gpt2_tokenizer, tmp_path):
         )
     assert (info.value.row, info.value.field) == (3, "best")
 
+    small = GPT2ForSequenceClassification(tiny_gpt2_config(vocab_size=1000, num_labels=1))  # not GPT-2's 50,257 ids
+    with pytest.raises(ValueError, match=r"model \(the reward model\): its input embedding holds 1000 token ids, but "
+                                         r"its tokenizer .* has 50257"):
+        PreferenceRewardTrainer(small, make_args(tmp_path), train_dataset=toy_labels(4), processing_class=gpt2_tokenizer)
+
 
 def test_normalization_needs_samples(gpt2_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="normalization_samples"):

@@ -378,7 +378,8 @@ def test_report_for_study_and_pipeline_run_and_cli(study, config, tiny_base, tmp
     assert cli_main(["report", str(run)]) == 0 and report.is_file()
     proc = subprocess.run([sys.executable, "-m", "hf_prefs.cli", "report", str(tmp_path)], capture_output=True, text=True,
                           check=False)
-    assert proc.returncode != 0 and "summary.json" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("hf-prefs report: error: run_dir:") and "summary.json" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_rhos_cached_samples_are_drawn_again_for_rho_in_another_dtype(tiny_base, gpt2_tokenizer, tmp_path):

@@ -32,6 +32,7 @@ __all__ = [
     "input_pad_id",
     "embeddable_pad_id",
     "embedding_rows",
+    "check_vocabulary",
     "ensure_pad_token_id",
 ]
 
@@ -56,6 +57,17 @@ def embedding_rows(model: torch.nn.Module) -> int | None:
     """The number of token ids ``model``'s input embedding holds (None where it has none to ask)."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     return getattr(embeddings, "num_embeddings", None)
+
+
+def check_vocabulary(model: torch.nn.Module, tokenizer: Any, role: str) -> None:
+    """Raise a ValueError naming ``role`` when ``tokenizer``'s own vocabulary (``vocab_size``: tokens added to it
+    later, such as TRL's [PAD], not counted) has ids that ``model``'s input embedding cannot hold: a model and a
+    tokenizer that do not belong together, which would otherwise fail as an index error deep in the embedding."""
+    rows, vocab = embedding_rows(model), getattr(tokenizer, "vocab_size", None)
+    if rows is not None and isinstance(vocab, int) and vocab > rows:
+        raise ValueError(f"{role}: its input embedding holds {rows} token ids, but its tokenizer "
+                         f"({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) has {vocab}: "
+                         "the model and the tokenizer do not belong together")
 
 
 def input_pad_id(model: torch.nn.Module, tokenizer: Any) -> int:

@@ -106,7 +106,8 @@ def deal_by_length(rows: list[int], lengths: list[int], world: int, rank: int) -
 
 
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:
-    """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); check rows and lengths."""
+    """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); with both, each row's
+    ``input_ids`` must be its ``query`` tokenized. Check rows and lengths."""
     if not isinstance(dataset, Dataset):
         raise TypeError(f"{name} must be a datasets.Dataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
@@ -123,6 +124,12 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
                 num_proc=args.dataset_num_proc,
                 desc="Tokenizing queries",
             )
+        else:  # the policy samples from input_ids, the reward reads query: they must be the same text
+            differ = [i for i, (q, ids) in enumerate(zip(dataset["query"], dataset["input_ids"]))
+                      if list(tokenizer(q)["input_ids"]) != list(ids)]
+            if differ:
+                raise ValueError(f"{name}: rows {differ[:10]} hold `input_ids` that are not the tokenization of their "
+                                 "`query` (the policy samples from input_ids, the reward reads query); keep one of them")
     elif "input_ids" in columns:
         dataset = dataset.map(
             lambda batch: {"query": tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)},

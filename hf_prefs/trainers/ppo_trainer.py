@@ -64,7 +64,7 @@ from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewa
 from ..core.rollout import RolloutSpec, left_pad
 from ..models.adapter_inputs import adapter_inputs_in_autocast_dtype
 from ..models.attention import training_attention
-from ..models.generation import ensure_pad_token_id, input_pad_id, sample_responses
+from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
@@ -262,6 +262,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         if args.normalize_reward and not isinstance(reward_model, nn.Module):
             raise ValueError("PPOConfig.normalize_reward needs a reward model (nn.Module); a reward callable has no gain/bias")
         if isinstance(reward_model, nn.Module):
+            check_vocabulary(reward_model, tokenizer, "reward_model")
             ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
         self.reward_model = reward_model
         self.reward_processing_class = tokenizer
@@ -272,6 +273,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
     ) -> PolicyWithValueHead:
         """The policy with its value function: a head on the trunk (paper), ``value_model``, a copy of the reward
         model (``value_model="separate"``, TRL's way) or of the policy's trunk (``value_model="policy"``)."""
+        check_vocabulary(policy, tokenizer, "model (the policy)")
         if wrapper is not None:
             if value_model is not None:
                 raise ValueError("value_model was given together with a PolicyWithValueHead; put it in the wrapper instead")
@@ -284,6 +286,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         elif value_model is None and args.value_model == "policy":
             value_model = value_model_from_policy(policy)
         if value_model is not None:
+            check_vocabulary(value_model, tokenizer, "value_model")
             ensure_pad_token_id(value_model, tokenizer)
         return PolicyWithValueHead(policy, value_model=value_model)
 
@@ -492,7 +495,11 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
                 )
         else:
             scores = self.reward_model(list(query_texts), list(response_texts))
-        scores = torch.as_tensor(scores if not isinstance(scores, list) else [float(s) for s in scores])
+        try:
+            scores = torch.as_tensor(scores if not isinstance(scores, (list, tuple)) else [float(s) for s in scores])
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"the reward returned {type(scores).__name__} ({_preview(scores)}); expected one float score "
+                             f"per response (a list of floats or a tensor of shape ({len(query_texts)},)): {err}") from err
         if scores.dim() == 2 and scores.shape[1] == 1:
             scores = scores[:, 0]
         if scores.shape != (len(query_texts),):
@@ -955,3 +962,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
             self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
             gather=lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples],
         )
+
+
+def _preview(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (for an error message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

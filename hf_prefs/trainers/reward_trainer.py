@@ -45,7 +45,7 @@ from ..core.losses import kway_accuracy, kway_preference_loss
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
-from ..models.generation import input_pad_id
+from ..models.generation import check_vocabulary, input_pad_id
 from ..models.sharding import generation_model
 from ..models.loading import load_reward_normalization, save_reward_normalization
 from ..models.reward_model import (
@@ -192,6 +192,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             peft_config=peft_config,
         )
         check_launch(self.accelerator)
+        check_vocabulary(self.model, self.processing_class, "model (the reward model)")
         self._pending_logs: dict[str, float] | None = None
         self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
