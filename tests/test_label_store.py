@@ -549,7 +549,16 @@ def test_wait_round_times_out_then_file_labels_fill_the_round(tmp_path):
     # a whole round from a file: no matching items, so they become new items
     q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 1}], round_id="ext", labeler="team-b")
     assert q.wait_round("ext", timeout=1)["samples"] == [["a", "b"]]
+    # no round given: the one queued item showing that query and samples (round "ext"), whichever round it is in
+    q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 0}], labeler="team-c")
+    assert sorted(q.labels(round_id="ext")["labeler"]) == ["team-b", "team-c"]
+    q.put_round("ext2", [{"query": "new q", "samples": ["a", "b"]}])
     before = (tmp_path / LOG_NAME).read_bytes()
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'round': its query and samples are queued 2 times "
+                                                   r"\(rounds \['ext', 'ext2'\]\); give a round"):
+        q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 0}], labeler="team-d")
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'round': no queued item matches"):
+        q.add_labels([{"query": "never queued", "samples": ["a", "b"], "best": 0}])
     with pytest.raises(LabelValidationError, match="row 0, field 'labeler'.*already answered"):
         q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 0}], round_id="ext", labeler="team-b")
     with pytest.raises(LabelValidationError, match="row 0, field 'item_id'.*different query"):

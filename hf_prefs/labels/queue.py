@@ -296,8 +296,9 @@ class LabelQueue:
 
         Rows follow the label schema (``query``, ``samples`` or ``sample0..``, ``best``) and may carry
         ``item_id``, ``labeler`` and ``round``. A row matches a queued item by ``item_id`` (its query and
-        samples must then be equal) or else by identical query and samples within the round; rows
-        matching nothing become new items of their round (``round`` column or ``round_id``). The
+        samples must then be equal) or else by identical query and samples within the round (with no round
+        given: the one queued item of that query and samples, in whichever round); rows matching nothing
+        become new items of their round (``round`` column or ``round_id``). The
         labeler is the row's ``labeler``, else ``labeler``, else ``"file"``. Per-labeler uniqueness
         holds as for the app (an item labeled twice by one labeler is refused); files may add labels
         beyond ``labels_per_item``. All rows are checked first; one bad row writes nothing.
@@ -311,7 +312,7 @@ class LabelQueue:
 
         def build(state: QueueState) -> list[Event]:
             now, out, new_items, taken = self.clock(), [], {}, set()
-            by_content = state.items_by_content()
+            by_content, by_text = state.items_by_content(), state.item_ids_by_text()
             for i, row in enumerate(rows):
                 query, samples = row["query"], tuple(row["samples"])
                 who = row.get("labeler") or default_labeler
@@ -326,6 +327,13 @@ class LabelQueue:
                 except LabelRequestError as exc:
                     raise LabelValidationError(str(exc), i, "labeler") from None
                 item_id, item = state.match_item(item_id, rnd, query, samples, new_items, by_content)
+                if item is None and rnd is None and not item_id:  # no round given: the one queued item showing it
+                    found = by_text.get((query, samples), [])
+                    if len(found) > 1:
+                        rounds = sorted({state.items[f]["round"] for f in found})
+                        raise LabelValidationError(f"its query and samples are queued {len(found)} times (rounds {rounds}); "
+                                                   "give a round (column 'round' or round_id) or an item_id", i, "round")
+                    item_id, item = (found[0], state.items[found[0]]) if found else (None, None)
                 if item is None:
                     if rnd is None:
                         raise LabelValidationError("no queued item matches; give a round (column 'round' or round_id) for new items", i, "round")

@@ -229,6 +229,13 @@ class QueueState:
             by_content.setdefault((item["round"], item["query"], tuple(item["samples"])), item_id)
         return by_content
 
+    def item_ids_by_text(self) -> dict[tuple[str, tuple[str, ...]], list[str]]:
+        """``(query, samples) -> ids`` of the queued items showing that comparison, in any round."""
+        by_text: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        for item_id, item in self.items.items():
+            by_text.setdefault((item["query"], tuple(item["samples"])), []).append(item_id)
+        return by_text
+
     def match_item(
         self,
         item_id: str | None,
