@@ -457,6 +457,11 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):
     with pytest.raises(ValueError, match=r"^model \(the policy\): its input embedding holds 1000"):
         PPOTrainer(GPT2LMHeadModel(small()), length_reward, make_config(tmp_path), Dataset.from_dict({"query": ["a"]}),
                    processing_class=gpt2_tokenizer)
+    with pytest.raises(FileNotFoundError, match=r"^reward_model: no file or folder at './rm_missing'"):
+        make_trainer(tmp_path, gpt2_tokenizer, reward="./rm_missing")
+    with pytest.raises(FileNotFoundError, match=r"^model \(the policy\): no file or folder at '/no/such/sft'"):
+        PPOTrainer(args=make_config(tmp_path, sft_model_path="/no/such/sft"), processing_class=gpt2_tokenizer,
+                   reward_model=length_reward, train_dataset=Dataset.from_dict({"query": ["a"]}))
     both = {"query": ["The sun rose", "Hello there"], "input_ids": gpt2_tokenizer(["The sun rose", "Goodbye friend"])["input_ids"]}
     with pytest.raises(ValueError, match=r"train_dataset: rows \[1\] hold `input_ids` that are not the tokenization of their `query`"):
         PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict(both), processing_class=gpt2_tokenizer)

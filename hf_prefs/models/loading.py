@@ -21,7 +21,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from .generation import ensure_pad_token_id
 from .reward_model import get_reward_normalization, set_reward_normalization
 
-__all__ = ["NORMALIZATION_FILE", "save_reward_normalization", "load_reward_normalization", "load_reward_model"]
+__all__ = [
+    "NORMALIZATION_FILE", "save_reward_normalization", "load_reward_normalization", "load_reward_model", "check_local_path",
+]
 
 #: File written next to a PEFT adapter (whose folder holds no base-model config).
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -60,6 +62,15 @@ def _adapter_normalization(path_or_hub_id: str, revision: str | None) -> tuple[f
     return load_reward_normalization(os.path.dirname(local))
 
 
+def check_local_path(path_or_hub_id: str | os.PathLike, role: str) -> None:
+    """Raise FileNotFoundError naming ``role`` when ``path_or_hub_id`` is written as a local path (absolute, or
+    starting with ``.`` or ``~``) and nothing is there: transformers would look it up on the Hub instead and fail with
+    an error about repository ids or the network."""
+    path = os.fspath(path_or_hub_id)
+    if (os.path.isabs(path) or path.startswith((".", "~"))) and not os.path.exists(os.path.expanduser(path)):
+        raise FileNotFoundError(f"{role}: no file or folder at {path!r}")
+
+
 def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple[Any, Any]:
     """Load a saved reward model (a folder or a Hub id; full model or PEFT adapter) and its tokenizer.
 
@@ -68,6 +79,7 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple
     ``AutoModelForSequenceClassification.from_pretrained`` (``dtype`` defaults to float32, ``num_labels`` to 1).
     The model is returned in eval mode; a missing pad token is set to EOS.
     """
+    check_local_path(path_or_hub_id, "reward model")
     path = os.fspath(path_or_hub_id)
     kwargs.setdefault("dtype", torch.float32)
     revision = kwargs.get("revision")

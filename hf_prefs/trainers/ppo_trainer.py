@@ -65,7 +65,7 @@ from ..core.rollout import RolloutSpec, left_pad
 from ..models.adapter_inputs import adapter_inputs_in_autocast_dtype
 from ..models.attention import training_attention
 from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, sample_responses
-from ..models.loading import load_reward_model
+from ..models.loading import check_local_path, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
@@ -239,6 +239,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         if isinstance(model, PolicyWithValueHead):
             wrapper, policy = model, model.policy
         elif isinstance(model, str):
+            check_local_path(model, "model (the policy)")
             policy = AutoModelForCausalLM.from_pretrained(model)
         else:
             policy = model
@@ -256,6 +257,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
     def _build_reward(self, reward_model: nn.Module | str | RewardFunction, tokenizer: Any, args: PPOConfig) -> None:
         """``self.reward_model`` (a model, loaded from a path, or a callable) and its tokenizer."""
         if isinstance(reward_model, (str, os.PathLike)):
+            check_local_path(reward_model, "reward_model")
             reward_model, tokenizer = load_reward_model(reward_model)
         if not isinstance(reward_model, nn.Module) and not callable(reward_model):
             raise TypeError("reward_model must be a reward model (nn.Module), a path to one, or a callable f(queries, responses)")
