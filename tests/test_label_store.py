@@ -559,6 +559,10 @@ def test_wait_round_times_out_then_file_labels_fill_the_round(tmp_path):
         q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 0}], labeler="team-d")
     with pytest.raises(LabelValidationError, match=r"row 0, field 'round': no queued item matches"):
         q.add_labels([{"query": "never queued", "samples": ["a", "b"], "best": 0}])
+    with pytest.raises(LabelValidationError, match=r"row 2, field 'round': its query and samples are queued 2 times"):
+        q.add_labels([{"query": "q2", "samples": ["a", "b"], "best": 0, "round": "ext"},  # a new item of this file
+                      {"query": "q2", "samples": ["a", "b"], "best": 1, "round": "ext2"},
+                      {"query": "q2", "samples": ["a", "b"], "best": 1}], labeler="team-e")
     with pytest.raises(LabelValidationError, match="row 0, field 'labeler'.*already answered"):
         q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 0}], round_id="ext", labeler="team-b")
     with pytest.raises(LabelValidationError, match="row 0, field 'item_id'.*different query"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 from pathlib import Path
 import os
@@ -427,11 +428,23 @@ def test_policy_value_model_refuses_a_trunk_it_cannot_find():
     quantized = make_policy()
     layer = quantized.transformer.h[1].mlp.c_fc
     layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.int8), requires_grad=False)  # as a 4/8-bit base
-    with pytest.raises(ValueError, match=r"not floating point .*'transformer.h.1.mlp.c_fc.weight' \(torch.int8\).*'shared'"):
+    with pytest.raises(ValueError, match=r"the policy is quantized \('transformer.h.1.mlp.c_fc.weight' is torch.int8\).*'shared'"):
         value_model_from_policy(quantized)
 
+    class Quantizer:  # what transformers leaves on a model loaded with a quantization_config (GPTQ, AWQ, FP8, ...)
+        def __init__(self, method):
+            self.quantization_config = type("Config", (), {"quant_method": method})()
 
-def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):
+    gptq = make_policy()
+    gptq.hf_quantizer = Quantizer("gptq")
+    with pytest.raises(ValueError, match=r"the policy is quantized \(transformers quantizer Quantizer \(gptq\)\)"):
+        value_model_from_policy(gptq)
+    gguf = make_policy()
+    gguf.hf_quantizer = Quantizer("gguf")  # GGUF weights are plain floats once loaded: trainable
+    assert isinstance(value_model_from_policy(gguf), GPT2ForSequenceClassification)
+
+
+def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog):
     with pytest.raises(ValueError, match="needs a reward model to copy .*value_model='policy'"):
         make_trainer(tmp_path, gpt2_tokenizer, value_model="separate")  # a callable reward has no trunk to copy
     with pytest.raises(ValueError, match="value_model must be one of"):
@@ -459,14 +472,19 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer):
                    processing_class=gpt2_tokenizer)
     with pytest.raises(FileNotFoundError, match=r"^reward_model: no file or folder at './rm_missing'"):
         make_trainer(tmp_path, gpt2_tokenizer, reward="./rm_missing")
+    with pytest.raises(FileNotFoundError, match=r"^reward_model: no file or folder at '~/no_such_rm_here'"):
+        make_trainer(tmp_path, gpt2_tokenizer, reward="~/no_such_rm_here")
     with pytest.raises(FileNotFoundError, match=r"^model \(the policy\): no file or folder at '/no/such/sft'"):
         PPOTrainer(args=make_config(tmp_path, sft_model_path="/no/such/sft"), processing_class=gpt2_tokenizer,
                    reward_model=length_reward, train_dataset=Dataset.from_dict({"query": ["a"]}))
-    both = {"query": ["The sun rose", "Hello there"], "input_ids": gpt2_tokenizer(["The sun rose", "Goodbye friend"])["input_ids"]}
-    with pytest.raises(ValueError, match=r"train_dataset: rows \[1\] hold `input_ids` that are not the tokenization of their `query`"):
-        PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict(both), processing_class=gpt2_tokenizer)
-    both["query"][1] = "Goodbye friend"  # the same text twice: accepted
-    PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict(both), processing_class=gpt2_tokenizer)
+    eos = gpt2_tokenizer.eos_token
+    both = {"query": ["The sun rose", "Hello there", "A  walk"],  # TRL's input_ids beside a query for the reward
+            "input_ids": gpt2_tokenizer(["The sun rose" + eos, "Goodbye friend", "A walk"])["input_ids"]}
+    with caplog.at_level(logging.WARNING, logger="hf_prefs.trainers.ppo_data"):
+        trainer = PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict(both),
+                             processing_class=gpt2_tokenizer)
+    assert "train_dataset: rows [1] (1 of the first 3) have `input_ids` whose text is not their `query`" in caplog.text
+    assert trainer.train_dataset["query"] == both["query"] and trainer.train_dataset["input_ids"] == both["input_ids"]
     with pytest.raises(ValueError, match="has \\['text'\\]"):
         PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"text": ["a"]}),
                    processing_class=gpt2_tokenizer)

@@ -328,12 +328,12 @@ class LabelQueue:
                     raise LabelValidationError(str(exc), i, "labeler") from None
                 item_id, item = state.match_item(item_id, rnd, query, samples, new_items, by_content)
                 if item is None and rnd is None and not item_id:  # no round given: the one queued item showing it
-                    found = by_text.get((query, samples), [])
+                    found = [state.items.get(f) or new_items[f] for f in by_text.get((query, samples), [])]
                     if len(found) > 1:
-                        rounds = sorted({state.items[f]["round"] for f in found})
+                        rounds = sorted({f["round"] for f in found})
                         raise LabelValidationError(f"its query and samples are queued {len(found)} times (rounds {rounds}); "
                                                    "give a round (column 'round' or round_id) or an item_id", i, "round")
-                    item_id, item = (found[0], state.items[found[0]]) if found else (None, None)
+                    item_id, item = (found[0]["item_id"], found[0]) if found else (None, None)
                 if item is None:
                     if rnd is None:
                         raise LabelValidationError("no queued item matches; give a round (column 'round' or round_id) for new items", i, "round")
@@ -343,6 +343,7 @@ class LabelQueue:
                     item = {"type": "item", "item_id": item_id, "round": rnd, "query": query, "samples": list(samples), "t": now}
                     new_items[item_id] = item
                     by_content[(rnd, query, samples)] = item_id
+                    by_text.setdefault((query, samples), []).append(item_id)
                     out.append(item)
                 elif item["query"] != query or tuple(item["samples"]) != samples:
                     raise LabelValidationError(f"item {item_id!r} is queued with a different query/samples", i, "item_id")

@@ -55,7 +55,10 @@ def embeddable_pad_id(tokenizer: Any, rows: int | None) -> int:
 
 def embedding_rows(model: torch.nn.Module) -> int | None:
     """The number of token ids ``model``'s input embedding holds (None where it has none to ask)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:  # a model class that does not say (remote code)
+        return None
     return getattr(embeddings, "num_embeddings", None)
 
 

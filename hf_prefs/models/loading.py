@@ -62,13 +62,15 @@ def _adapter_normalization(path_or_hub_id: str, revision: str | None) -> tuple[f
     return load_reward_normalization(os.path.dirname(local))
 
 
-def check_local_path(path_or_hub_id: str | os.PathLike, role: str) -> None:
-    """Raise FileNotFoundError naming ``role`` when ``path_or_hub_id`` is written as a local path (absolute, or
-    starting with ``.`` or ``~``) and nothing is there: transformers would look it up on the Hub instead and fail with
-    an error about repository ids or the network."""
+def check_local_path(path_or_hub_id: str | os.PathLike, role: str) -> str:
+    """``path_or_hub_id`` as a string, ``~`` expanded. Raises FileNotFoundError naming ``role`` when it is written as a
+    local path (absolute, or starting with ``.`` or ``~``) and nothing is there: transformers would look it up on the
+    Hub instead and fail with an error about repository ids or the network."""
     path = os.fspath(path_or_hub_id)
-    if (os.path.isabs(path) or path.startswith((".", "~"))) and not os.path.exists(os.path.expanduser(path)):
+    local = os.path.expanduser(path)
+    if (os.path.isabs(local) or path.startswith(".")) and not os.path.exists(local):
         raise FileNotFoundError(f"{role}: no file or folder at {path!r}")
+    return local
 
 
 def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple[Any, Any]:
@@ -79,8 +81,7 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple
     ``AutoModelForSequenceClassification.from_pretrained`` (``dtype`` defaults to float32, ``num_labels`` to 1).
     The model is returned in eval mode; a missing pad token is set to EOS.
     """
-    check_local_path(path_or_hub_id, "reward model")
-    path = os.fspath(path_or_hub_id)
+    path = check_local_path(path_or_hub_id, "reward model")
     kwargs.setdefault("dtype", torch.float32)
     revision = kwargs.get("revision")
     if os.path.isdir(path):  # a local folder is an adapter iff it has adapter_config.json (no network lookup)

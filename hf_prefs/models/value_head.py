@@ -33,7 +33,7 @@ from transformers.trainer_utils import load_sharded_checkpoint
 
 from .generation import ensure_pad_token_id
 from .reward_model import per_token_scores, score_head
-from .sharding import copy_module, whole_weights_at_load
+from .sharding import copy_module, is_partitioned, whole_weights_at_load
 
 __all__ = [
     "VALUE_HEAD_FILE",
@@ -44,6 +44,7 @@ __all__ = [
     "PolicyWithValueHead",
     "value_model_from_reward_model",
     "value_model_from_policy",
+    "quantized_weights",
 ]
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -112,14 +113,13 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
     The sequence-classification model is built on the meta device and takes the copy's trunk module itself, so the
     only weights made are the copy's and the head's (no second, randomly initialised trunk). Needs a model whose class
     has a sequence-classification twin with a trunk of the same class under ``base_model_prefix`` (GPT-2, Llama, ...;
-    transformers' ``AutoModelForSequenceClassification``), and floating-point weights: a quantized policy (QLoRA's 4-bit
-    base) has a trunk that cannot be trained in full; it raises, naming a quantized weight."""
-    quantized = [name for name, p in policy.named_parameters() if not p.is_floating_point()]
+    transformers' ``AutoModelForSequenceClassification``), and a policy that is not quantized (its trunk could not be
+    trained in full): see :func:`quantized_weights`. Under ZeRO-3 the value model is returned on the CPU, whole (the
+    engine shards it), as a copied reward model is."""
+    quantized = quantized_weights(policy)
     if quantized:
-        raise ValueError(f"value_model 'policy' trains a full copy of the policy's trunk, but {len(quantized)} of the "
-                         f"policy's weights are not floating point (quantized?), e.g. {quantized[0]!r} "
-                         f"({policy.get_parameter(quantized[0]).dtype}): use value_model='shared' (a head on the policy's "
-                         "trunk) or pass a value_model")
+        raise ValueError(f"value_model 'policy' trains a full copy of the policy's trunk, but the policy is quantized "
+                         f"({quantized}): use value_model='shared' (a head on the policy's trunk) or pass a value_model")
     lm = _merged_copy(policy)
     try:
         value_model = _with_trunk_of(lm)
@@ -134,7 +134,24 @@ def value_model_from_policy(policy: nn.Module) -> nn.Module:
             head.bias.zero_()
     for p in value_model.parameters():
         p.requires_grad_(True)
+    if is_partitioned(policy):  # the gathered copy is whole on this rank's device until the engine shards it
+        value_model.to("cpu")
     return value_model.train()
+
+
+def quantized_weights(model: nn.Module) -> str:
+    """What makes ``model`` quantized, in words, or ``""``: a weight that is not floating point (bitsandbytes' 4/8-bit
+    parameters) or a transformers quantizer other than GGUF's (GPTQ/AWQ/HQQ keep integer weights in buffers, FP8 and
+    torchao in floating-point tensor types; GGUF weights are dequantized to plain floats at load)."""
+    integer = next((name for name, p in model.named_parameters() if not p.is_floating_point()), None)
+    if integer is not None:
+        return f"{integer!r} is {model.get_parameter(integer).dtype}"
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    method = str(getattr(method, "value", method)).lower() if method is not None else None
+    if quantizer is not None and method != "gguf":
+        return f"transformers quantizer {type(quantizer).__name__} ({method})"
+    return ""
 
 
 def _with_trunk_of(lm: nn.Module) -> nn.Module:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,9 @@ from torch import nn
 
 from ..models.generation import embedding_rows
 
-__all__ = ["NonFiniteError", "Rollout", "QueryStream", "deal_by_length", "prepare_query_dataset"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["NonFiniteError", "Rollout", "QueryStream", "deal_by_length", "prepare_query_dataset", "warn_if_texts_differ"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -105,9 +108,23 @@ def deal_by_length(rows: list[int], lengths: list[int], world: int, rank: int) -
     return mine
 
 
+def warn_if_texts_differ(dataset: Dataset, tokenizer: Any, name: str, rows: int = 1000) -> list[int]:
+    """With both ``query`` and ``input_ids`` the policy samples from ``input_ids`` and the reward reads ``query``
+    (TRL's column and hf_prefs' own, each kept as given). Warns, naming up to 10 rows among the first ``rows``, where
+    the text of ``input_ids`` (decoded without special tokens, whitespace collapsed) is not ``query``'s — a chat
+    template applied to one of them only, or two columns out of step. Returns those rows."""
+    head = dataset[: min(rows, len(dataset))]
+    decoded = tokenizer.batch_decode(head["input_ids"], skip_special_tokens=True)
+    differ = [i for i, (q, d) in enumerate(zip(head["query"], decoded)) if q.split() != d.split()]
+    if differ:
+        logger.warning(f"{name}: rows {differ[:10]} ({len(differ)} of the first {len(decoded)}) have `input_ids` whose "
+                       "text is not their `query`: the policy samples from input_ids, the reward reads query")
+    return differ
+
+
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:
-    """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); with both, each row's
-    ``input_ids`` must be its ``query`` tokenized. Check rows and lengths."""
+    """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); with both, keep both and warn
+    where their texts differ (:func:`warn_if_texts_differ`). Check rows and lengths."""
     if not isinstance(dataset, Dataset):
         raise TypeError(f"{name} must be a datasets.Dataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
@@ -124,12 +141,8 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
                 num_proc=args.dataset_num_proc,
                 desc="Tokenizing queries",
             )
-        else:  # the policy samples from input_ids, the reward reads query: they must be the same text
-            differ = [i for i, (q, ids) in enumerate(zip(dataset["query"], dataset["input_ids"]))
-                      if list(tokenizer(q)["input_ids"]) != list(ids)]
-            if differ:
-                raise ValueError(f"{name}: rows {differ[:10]} hold `input_ids` that are not the tokenization of their "
-                                 "`query` (the policy samples from input_ids, the reward reads query); keep one of them")
+        else:
+            warn_if_texts_differ(dataset, tokenizer, name)
     elif "input_ids" in columns:
         dataset = dataset.map(
             lambda batch: {"query": tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)},

@@ -239,7 +239,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         if isinstance(model, PolicyWithValueHead):
             wrapper, policy = model, model.policy
         elif isinstance(model, str):
-            check_local_path(model, "model (the policy)")
+            model = check_local_path(model, "model (the policy)")
             policy = AutoModelForCausalLM.from_pretrained(model)
         else:
             policy = model
@@ -257,8 +257,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
     def _build_reward(self, reward_model: nn.Module | str | RewardFunction, tokenizer: Any, args: PPOConfig) -> None:
         """``self.reward_model`` (a model, loaded from a path, or a callable) and its tokenizer."""
         if isinstance(reward_model, (str, os.PathLike)):
-            check_local_path(reward_model, "reward_model")
-            reward_model, tokenizer = load_reward_model(reward_model)
+            reward_model, tokenizer = load_reward_model(check_local_path(reward_model, "reward_model"))
         if not isinstance(reward_model, nn.Module) and not callable(reward_model):
             raise TypeError("reward_model must be a reward model (nn.Module), a path to one, or a callable f(queries, responses)")
         if args.normalize_reward and not isinstance(reward_model, nn.Module):
