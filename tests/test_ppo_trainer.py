@@ -477,6 +477,12 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
     with pytest.raises(FileNotFoundError, match=r"^model \(the policy\): no file or folder at '/no/such/sft'"):
         PPOTrainer(args=make_config(tmp_path, sft_model_path="/no/such/sft"), processing_class=gpt2_tokenizer,
                    reward_model=length_reward, train_dataset=Dataset.from_dict({"query": ["a"]}))
+    with caplog.at_level(logging.WARNING, logger="hf_prefs.trainers.ppo_trainer"):  # TRL's rule, now said
+        assert make_trainer(tmp_path, gpt2_tokenizer, total_episodes=12).args.num_total_batches == 2  # 16 episodes
+        assert "total_episodes" not in caplog.text
+        assert make_trainer(tmp_path, gpt2_tokenizer, total_episodes=3).args.num_total_batches == 1
+    assert "total_episodes 3 is fewer than one batch of 8 episodes" in caplog.text and "1 update trains 8 episodes" in caplog.text
+    caplog.clear()
     eos = gpt2_tokenizer.eos_token
     both = {"query": ["The sun rose", "Hello there", "A  walk"],  # TRL's input_ids beside a query for the reward
             "input_ids": gpt2_tokenizer(["The sun rose" + eos, "Goodbye friend", "A walk"])["input_ids"]}

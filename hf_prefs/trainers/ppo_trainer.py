@@ -341,6 +341,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         if a.total_episodes is None:
             a.total_episodes = int(a.num_train_epochs * len(self.train_dataset))
         a.num_total_batches = math.ceil(a.total_episodes / a.batch_size)
+        if a.total_episodes < a.batch_size:  # TRL's rule: whole batches only, so one batch runs in full
+            logger.warning(f"total_episodes {a.total_episodes} is fewer than one batch of {a.batch_size} episodes "
+                           f"(per_device_train_batch_size × gradient_accumulation_steps × processes): "
+                           f"1 update trains {a.batch_size} episodes")
         self.sample_generations_freq = (
             max(1, a.num_total_batches // a.num_sample_generations) if a.num_sample_generations > 0 else 0
         )
