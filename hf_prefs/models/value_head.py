@@ -168,8 +168,9 @@ def _with_trunk_of(lm: nn.Module) -> nn.Module:
         raise TypeError(f"its trunk is a {type(trunk).__name__}, the sequence-classification model's a {type(built).__name__}")
     setattr(value_model, value_model.base_model_prefix, trunk)
     value_model.config = config
+    head = _head_prefix(value_model)
     left = [name for name, t in [*value_model.named_parameters(), *value_model.named_buffers()]
-            if t.is_meta and not name.startswith(_head_prefix(value_model))]
+            if t.is_meta and not name.startswith(head)]
     if left:
         raise RuntimeError(f"weights outside the trunk and the score head: {left}")
     return value_model
