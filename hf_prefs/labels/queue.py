@@ -312,7 +312,7 @@ class LabelQueue:
 
         def build(state: QueueState) -> list[Event]:
             now, out, new_items, taken = self.clock(), [], {}, set()
-            by_content, by_text = state.items_by_content(), state.item_ids_by_text()
+            by_text = state.item_ids_by_text()
             for i, row in enumerate(rows):
                 query, samples = row["query"], tuple(row["samples"])
                 who = row.get("labeler") or default_labeler
@@ -326,14 +326,10 @@ class LabelQueue:
                     who = check_name(str(who), "labeler")
                 except LabelRequestError as exc:
                     raise LabelValidationError(str(exc), i, "labeler") from None
-                item_id, item = state.match_item(item_id, rnd, query, samples, new_items, by_content)
-                if item is None and rnd is None and not item_id:  # no round given: the one queued item showing it
-                    found = [state.items.get(f) or new_items[f] for f in by_text.get((query, samples), [])]
-                    if len(found) > 1:
-                        rounds = sorted({f["round"] for f in found})
-                        raise LabelValidationError(f"its query and samples are queued {len(found)} times (rounds {rounds}); "
-                                                   "give a round (column 'round' or round_id) or an item_id", i, "round")
-                    item_id, item = (found[0]["item_id"], found[0]) if found else (None, None)
+                try:
+                    item_id, item = state.match_item(item_id, rnd, query, samples, new_items, by_text)
+                except LabelRequestError as exc:
+                    raise LabelValidationError(str(exc), i, exc.field) from None
                 if item is None:
                     if rnd is None:
                         raise LabelValidationError("no queued item matches; give a round (column 'round' or round_id) for new items", i, "round")
@@ -342,7 +338,6 @@ class LabelQueue:
                         item_id = _new_item_id(rnd, n, state.items, new_items, explicit)
                     item = {"type": "item", "item_id": item_id, "round": rnd, "query": query, "samples": list(samples), "t": now}
                     new_items[item_id] = item
-                    by_content[(rnd, query, samples)] = item_id
                     by_text.setdefault((query, samples), []).append(item_id)
                     out.append(item)
                 elif item["query"] != query or tuple(item["samples"]) != samples:

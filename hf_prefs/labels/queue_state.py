@@ -243,18 +243,23 @@ class QueueState:
         query: str,
         samples: tuple[str, ...],
         new_items: dict[str, Event],
-        by_content: dict[tuple[str, str, tuple[str, ...]], str],
+        by_text: dict[tuple[str, tuple[str, ...]], list[str]],
     ) -> tuple[str | None, Event | None]:
         """The item a label file's row refers to, queued or among ``new_items`` (new in this import): by
-        ``item_id``, else (without an id) by identical query and samples within round ``rnd``
-        (``by_content``). Returns ``(item_id, item)``; ``item`` is ``None`` when nothing matches."""
-        item = self.items.get(item_id) if item_id else None
-        if item_id and item is None:
-            item = new_items.get(item_id)
-        if item is None and not item_id and rnd is not None:
-            item_id = by_content.get((rnd, query, samples))
-            item = (self.items.get(item_id) or new_items.get(item_id)) if item_id else None
-        return item_id, item
+        ``item_id``, else (without an id) by identical query and samples (``by_text``, the ids showing them in
+        the order they were queued): the first in round ``rnd``, or with no round the one item in any round
+        (several: :class:`LabelRequestError` naming their rounds). Returns ``(item_id, item)``; ``item`` is
+        ``None`` when nothing matches."""
+        if item_id:
+            return item_id, self.items.get(item_id) or new_items.get(item_id)
+        found = [self.items.get(f) or new_items[f] for f in by_text.get((query, samples), [])]
+        if rnd is not None:
+            found = [f for f in found if f["round"] == rnd][:1]
+        elif len(found) > 1:
+            raise LabelRequestError(f"its query and samples are queued {len(found)} times (rounds "
+                                    f"{sorted({f['round'] for f in found})}); give a round (column 'round' or "
+                                    "round_id) or an item_id", "round")
+        return (found[0]["item_id"], found[0]) if found else (None, None)
 
     def check_answer(self, labeler: str, item_id: str, is_repeat: bool) -> None:
         """Refuse (:class:`LabelRequestError`) a replay, a repeat without a first answer, and a first
