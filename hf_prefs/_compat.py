@@ -27,14 +27,13 @@ from trl import RewardTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.base_config import _BaseConfig
 from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
+from trl.trainer.utils import print_prompt_completions_sample
 
 __all__ = [
     "TESTED_VERSIONS",
     "OVERRIDDEN_HOOKS",
     "TrlBaseTrainer",
     "TrlBaseConfig",
-    "disable_dropout_in_model",
     "get_dataset_column_names",
     "print_prompt_completions_sample",
     "default_world_size",

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .dropout import DROPOUT_NAME
 from .reward_model import unwrap_model
 from .wrappers import unwrap_distributed
 
@@ -103,14 +104,15 @@ def _frozen(module: nn.Module) -> bool:
 
 
 def _active_dropout(module: nn.Module) -> str | None:
-    """Name of a dropout that is active in training inside ``module`` (an ``nn.Dropout`` with p > 0, or an
-    ``attention_dropout`` rate > 0 as Llama-style attention applies functionally), or None."""
+    """Name of a dropout that is active in training inside ``module`` (an ``nn.Dropout`` with p > 0, or a float rate
+    > 0 kept as a module attribute and applied functionally, as Llama's ``attention_dropout`` or OPT's ``dropout``),
+    or None."""
     for name, sub in module.named_modules():
         if isinstance(sub, _DROPOUTS) and sub.p > 0:
             return f"{name} (p={sub.p})"
-        rate = getattr(sub, "attention_dropout", None)
-        if isinstance(rate, float) and rate > 0:
-            return f"{name}.attention_dropout ({rate})"
+        for attr, rate in vars(sub).items():
+            if isinstance(rate, float) and rate > 0 and DROPOUT_NAME.search(attr):
+                return f"{name}.{attr} ({rate})"
     return None
 
 

@@ -45,12 +45,12 @@ from datasets import Dataset, Features, Value
 from torch import nn
 from transformers import TrainerCallback
 
-from .._compat import disable_dropout_in_model
 from ..core.online_schedule import OnlineLabelSchedule
 from ..core.rollout import RolloutSpec
 from ..labels.labelers import sample_candidates
 from ..labels.schema import LABEL_COLUMNS
 from ..labels.sources import as_label_source
+from ..models.dropout import disable_dropout
 from ..models.loading import load_reward_model
 from ..models.reward_model import get_reward_normalization
 from ..models.sharding import zero_stage
@@ -368,7 +368,7 @@ class OnlinePreferenceLoop(TrainerCallback):
     def _install(trainer: Any, model: Any) -> None:
         """Make ``model`` the reward of ``trainer``'s next rollouts (eval mode, dropout off, on its device)."""
         if isinstance(model, nn.Module):
-            disable_dropout_in_model(model)
+            disable_dropout(model)
             model.eval()
             model.to(trainer.accelerator.device)
         trainer.reward_model = model

@@ -51,7 +51,6 @@ from transformers.utils import logging
 
 from .._compat import (
     TrlBaseTrainer,
-    disable_dropout_in_model,
     restore_trainer_checkpoint,
     set_sync_gradients,
     trainer_learning_rate,
@@ -64,6 +63,7 @@ from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewa
 from ..core.rollout import RolloutSpec, left_pad
 from ..models.adapter_inputs import adapter_inputs_in_autocast_dtype
 from ..models.attention import training_attention
+from ..models.dropout import disable_dropout
 from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import check_local_path, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
@@ -192,7 +192,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         self._build_reference(policy, ref_model)
         for module in (wrapper, self.ref_model, self.reward_model if isinstance(self.reward_model, nn.Module) else None):
             if module is not None:
-                disable_dropout_in_model(module)  # dropout off everywhere (paper)
+                disable_dropout(module)  # dropout off everywhere (paper), functional rates included
         self.rollout_spec = RolloutSpec.from_config(args, processing_class)
         # the id that pads queries fed to the policy (masked out): the tokenizer's, unless it lies outside the
         # policy's embedding (TRL's scripts add a "[PAD]" token without resizing the embedding)

@@ -44,6 +44,7 @@ from ..citation import ZIEGLER_2019
 from ..core.losses import kway_accuracy, kway_preference_loss
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
+from ..models.dropout import disable_dropout
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
 from ..models.generation import check_vocabulary, input_pad_id
 from ..models.sharding import generation_model
@@ -192,6 +193,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             peft_config=peft_config,
         )
         check_launch(self.accelerator)
+        if self.args.disable_dropout:  # TRL zeroed the nn.Dropout layers; also the rates applied functionally
+            disable_dropout(self.model)
         check_vocabulary(self.model, self.processing_class, "model (the reward model)")
         self._pending_logs: dict[str, float] | None = None
         self._frozen_cache: FrozenFeatureCache | None = None

@@ -1,0 +1,62 @@
+"""Dropout off in a whole model — the paper trains the policy, value function and reward model without it.
+
+``torch.nn.Dropout`` layers are only part of it: many transformers models drop out functionally, with a rate read
+from a float attribute (``OPTAttention.dropout``, ``LlamaAttention.attention_dropout``, OPT's ``layerdrop``, ...) or
+from the config in ``forward`` (Falcon's ``attention_dropout``). TRL's ``disable_dropout_in_model`` zeroes the layers only,
+so a model whose config has such a rate above 0 kept dropping out in training mode (two forwards differ; PPO's
+ratio pi/pi_old is not 1 at a learning rate of 0)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+from transformers import PretrainedConfig
+
+__all__ = ["disable_dropout", "DROPOUT_NAME"]
+
+logger = logging.getLogger(__name__)
+
+#: names of a dropout rate, on a module or in a config: ``dropout``, ``attention_dropout``, ``resid_pdrop``,
+#: ``layerdrop``, ``hidden_dropout_prob``, ``drop_path_rate``, ...
+DROPOUT_NAME = re.compile(r"(dropout|pdrop|layerdrop|drop_prob|drop_rate|drop_path)", re.IGNORECASE)
+
+
+def _zero_rates(obj: object) -> list[str]:
+    """Set every float attribute of ``obj`` whose name is a dropout rate to 0; the names of those that were > 0."""
+    zeroed = []
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, float) and value > 0 and DROPOUT_NAME.search(name):
+            setattr(obj, name, 0.0)
+            zeroed.append(name)
+    return zeroed
+
+
+def _configs(config: PretrainedConfig) -> list[PretrainedConfig]:
+    """``config`` and the configs nested in it (a multimodal model's ``text_config``, ...)."""
+    found = [config]
+    for value in vars(config).values():
+        if isinstance(value, PretrainedConfig):
+            found += _configs(value)
+    return found
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """No dropout anywhere in ``model``, in training mode too: every ``nn.Dropout``'s ``p``, every float dropout rate
+    a module keeps as an attribute, and every dropout rate of the configs its modules read (set to 0; the config
+    saved with the model then says 0 — logged, with the fields changed)."""
+    changed: set[str] = set()
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        changed.update(_zero_rates(module))
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig):
+            for cfg in _configs(config):
+                if id(cfg) not in seen:
+                    seen.add(id(cfg))
+                    changed.update(f"config.{name}" for name in _zero_rates(cfg))
+    if changed:
+        logger.info("dropout off (the paper trains without it): set to 0: %s", ", ".join(sorted(changed)))
