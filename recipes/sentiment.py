@@ -20,8 +20,9 @@ from trl import ModelConfig, TrlParser
 from hf_prefs import PPOConfig, RolloutSpec, evaluate_policy
 from hf_prefs.pipeline import (
     PipelineArguments, StageTimer, collect_labels, learned_reward, load_base, make_ppo_trainer, online_label_loop,
-    push_results, resolve_cpu_precision, resume_checkpoint, save_labels, saved_labels, saved_reward_model,
-    split_queries, train_policy, train_reward_model, trained_policy, validate_pipeline_config, write_results,
+    push_results, resolve_cpu_precision, resume_checkpoint, resume_requested, save_labels, saved_labels,
+    saved_reward_model, split_queries, train_policy, train_reward_model, trained_policy, validate_pipeline_config,
+    write_results,
 )
 from hf_prefs.tasks import make_known_reward
 
@@ -39,6 +40,7 @@ def main(task="sentiment", argv=None):
     resolve_cpu_precision(script_args, training_args, model_args)  # float32 on a CPU without bf16 matmul units
     out, timer = training_args.output_dir, StageTimer()
     resume = resume_checkpoint(training_args)  # --resume_from_checkpoint: a checkpoint folder of this run, or None
+    reuse = resume_requested(training_args)  # and then the labels and reward model saved before PPO are taken
     torch.manual_seed(training_args.seed)
 
     ################
@@ -60,14 +62,14 @@ def main(task="sentiment", argv=None):
             online.restore(resume) if resume else online.first_round(base.rho)  # resume: labels + RM so far
             labels, label_info = online.labels_dataset(), {"source": script_args.label_source, "mode": "online"}
             save_labels(labels, out, label_info)
-        elif resume and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO
+        elif reuse and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO
             labels, label_info = saved
         else:  # best-of-K on rho's samples: simulated labeler, a label file, or people
             labels, label_info = collect_labels(script_args, training_args, base.rho, base.tokenizer, queries.label, spec)
             save_labels(labels, out, label_info)
     with timer("reward_model"):
         if online is None:  # a resumed run: the reward model it saved
-            reward_model, rm_metrics = (saved_reward_model(out) if resume else None) or train_reward_model(
+            reward_model, rm_metrics = (saved_reward_model(out) if reuse else None) or train_reward_model(
                 script_args, training_args, labels, base.rho, base.tokenizer, base.name, out, spec=spec
             )
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -128,6 +129,11 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         (["--label_source", "crowd"], "label_source"),
         (["--label_source", "human"], "label_queue_dir"),
         (["--num_ppo_queries", "1000000"], "num_ppo_queries"),
+        (["--eval_strategy", "steps", "--eval_steps", "1"], "eval_strategy"),
+        (["--push_to_hub", "true"], "hub_model_id"),
+        (["--push_to_hub", "true", "--hub_model_id", "me/run"], "push_to_hub"),  # HF_HUB_OFFLINE=1 here: no Hub
+        pytest.param(["--report_to", "wandb"], "report_to", marks=pytest.mark.skipif(
+            importlib.util.find_spec("wandb") is not None, reason="wandb is installed")),
     ],
 )
 def test_bad_configs_fail_before_training_naming_the_field(extra, field, tmp_path):
@@ -137,6 +143,34 @@ def test_bad_configs_fail_before_training_naming_the_field(extra, field, tmp_pat
         main(task="poetry" if field == "task" else "sentiment", argv=argv)
     assert field in str(err.value)
     assert not (out / "reward_model").exists()
+
+
+def test_push_to_hub_makes_the_repo_first_and_pushes_once_at_the_end(tiny_base, tmp_path, fake_hub):
+    """``--push_to_hub``: the policy's repo is made before anything runs (no network: the run stops there, see the
+    bad-config test), PPO's trainer does not push, and at the end ``policy/`` and ``reward_model/`` are pushed with
+    their cards."""
+    out = tmp_path / "run"
+    summary = main(task="sentiment", argv=_tiny_args(tiny_base, out, "--total_episodes", "8", "--push_to_hub", "true",
+                                                     "--hub_model_id", "me/tiny-run"))
+    created = [path for method, path in fake_hub.requests if method == "POST" and path == "/api/repos/create"]
+    assert len(created) == 3  # up front (the policy's), then push_results' two
+    assert set(summary["hub"]) == {"policy", "reward_model"}
+    assert "README.md" in fake_hub.repos["me/tiny-run"] and "config.json" in fake_hub.repos["me/tiny-run-reward-model"]
+    assert not any(name.startswith("checkpoint-") for name in fake_hub.repos["me/tiny-run"])
+
+
+def test_lora_targets_missing_from_the_base_model_fail_before_the_labels(tiny_base, tmp_path, monkeypatch):
+    """The offline YAML's Llama module names on a GPT-2 base: named, with the base's linear layers, right after rho is
+    loaded — not by PEFT once the labels and reward model are made."""
+    recipe = load_recipe("sentiment")
+
+    def no_labels(*args, **kwargs):
+        raise AssertionError("labels were made before the LoRA targets were checked")
+
+    monkeypatch.setattr(recipe, "collect_labels", no_labels)
+    with pytest.raises(ValueError, match=r"lora_target_modules: none of .*'q_proj'.* its linear layers are \[.*'c_attn'"):
+        recipe.main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path / "r"),
+                                            "--model_name_or_path", tiny_base])
 
 
 def test_label_k_mismatch_fails_before_any_model_is_loaded(tmp_path, monkeypatch):
@@ -301,6 +335,40 @@ def test_resumed_run_takes_the_labels_and_reward_model_it_saved(tiny_base, tmp_p
     assert resumed["labels"] == full["labels"]
     untimed = lambda rm: {k: v for k, v in rm.items() if "runtime" not in k and "per_second" not in k}  # noqa: E731
     assert untimed(resumed["reward_model"]) == untimed(full["reward_model"])
+    assert resumed["final_beta"] == pytest.approx(full["final_beta"], rel=1e-9)
+    for when in ("before", "after"):
+        assert resumed[when]["known_reward"] == pytest.approx(full[when]["known_reward"], rel=1e-4, abs=1e-5)
+        assert resumed[when]["kl"] == pytest.approx(full[when]["kl"], rel=1e-4, abs=1e-5)
+
+
+def test_a_run_stopped_before_ppo_resumes_onto_its_saved_stages(tiny_base, tmp_path, monkeypatch):
+    """A run that stops after its labels and reward model but before any PPO checkpoint (an error setting PPO up):
+    ``--resume_from_checkpoint true`` takes both back and runs PPO from update 1 — the same results as a run that
+    never stopped; with nothing saved the flag is an error naming the folder."""
+    recipe = load_recipe("sentiment")
+    out = tmp_path / "run"
+    argv = _tiny_args(tiny_base, out)
+    with pytest.raises(ValueError, match="no checkpoint, labels or reward model in"):
+        recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", "true"])
+    full = recipe.main(task="sentiment", argv=_tiny_args(tiny_base, tmp_path / "full"))
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("PPO set-up failed")
+
+    make_ppo_trainer = recipe.make_ppo_trainer
+    monkeypatch.setattr(recipe, "make_ppo_trainer", stop)
+    with pytest.raises(RuntimeError, match="PPO set-up failed"):
+        recipe.main(task="sentiment", argv=argv)
+    assert not list(out.glob("checkpoint-*"))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a resumed run made its labels or reward model again")
+
+    monkeypatch.setattr(recipe, "make_ppo_trainer", make_ppo_trainer)
+    monkeypatch.setattr(recipe, "collect_labels", boom)
+    monkeypatch.setattr(recipe, "train_reward_model", boom)
+    resumed = recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", "true"])
+    assert resumed["labels"] == full["labels"] and resumed["ppo_updates"] == full["ppo_updates"]
     assert resumed["final_beta"] == pytest.approx(full["final_beta"], rel=1e-9)
     for when in ("before", "after"):
         assert resumed[when]["known_reward"] == pytest.approx(full[when]["known_reward"], rel=1e-4, abs=1e-5)

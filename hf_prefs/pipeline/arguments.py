@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from huggingface_hub import HfApi
 from transformers import AutoTokenizer
+from transformers.integrations import get_reporting_integration_callbacks
 
 from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
@@ -19,7 +22,7 @@ from ..trainers.online import check_online_zero_stage
 from ..trainers.ppo_config import PPOConfig
 
 __all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype",
-           "base_model_name", "resolve_cpu_precision"]
+           "base_model_name", "resolve_cpu_precision", "check_hub_push"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +187,21 @@ def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:
 def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> None:
     """Fail fast, naming the field: unknown task, label source or mode, a missing label file or one with a bad row or
     the wrong K, a human run without a queue folder, a simulated labeler without a known reward, online rounds that do not fit the PPO updates, a
-    ``dtype`` that is not a floating torch dtype. (The rollout settings are checked by ``PPOConfig`` itself.)"""
+    ``dtype`` that is not a floating torch dtype, an ``eval_strategy`` (the recipes evaluate after PPO, on held-out
+    queries), a ``report_to`` integration that is not installed, and ``push_to_hub`` without a reachable Hub repo
+    (:func:`check_hub_push`) — each of which would otherwise stop the run after its labels and reward model were made.
+    (The rollout settings are checked by ``PPOConfig`` itself.)"""
     model_dtype(model_args)
+    if str(getattr(cfg.eval_strategy, "value", cfg.eval_strategy)) != "no":
+        raise ValueError(f"eval_strategy: the recipes give PPO no eval set; they evaluate rho and pi on "
+                         f"num_eval_queries held-out queries after PPO (eval.json). Leave eval_strategy at 'no', got "
+                         f"{getattr(cfg.eval_strategy, 'value', cfg.eval_strategy)!r}")
+    for callback in get_reporting_integration_callbacks(cfg.report_to):
+        try:
+            callback()  # the integrations check their package when made (WandbCallback: "requires wandb ...")
+        except (ImportError, RuntimeError) as err:
+            raise ValueError(f"report_to: {err}") from err
+    check_hub_push(cfg)
     if pa.task is None:
         raise ValueError("task: set the task (sentiment, descriptiveness, tldr or cnndm)")
     spec = get_task(pa.task)
@@ -229,3 +245,22 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
                 schedule.update_boundaries(cfg.total_episodes, batch)
             except ValueError as err:
                 raise ValueError(f"online_rounds: {err}") from None
+
+
+def check_hub_push(cfg: PPOConfig) -> None:
+    """With ``push_to_hub``: ``hub_model_id`` is set and its repo is created (or found) now, by the main process, as
+    transformers' ``Trainer`` does when it is made — so a missing id, no network or no write access stops the run
+    before anything is computed, not after its labels and reward model. The run pushes once, at its end
+    (:func:`hf_prefs.pipeline.push_results`)."""
+    if not cfg.push_to_hub:
+        return
+    if not cfg.hub_model_id:
+        raise ValueError("hub_model_id: --push_to_hub needs --hub_model_id")
+    if not PartialState().is_main_process:
+        return
+    try:
+        HfApi(token=cfg.hub_token).create_repo(cfg.hub_model_id, exist_ok=True, private=cfg.hub_private_repo)
+    except Exception as err:  # network, auth, offline mode: all stop the run the same way
+        raise ValueError(f"push_to_hub: cannot create or reach {cfg.hub_model_id!r} on the Hub before the run "
+                         f"({type(err).__name__}: {err}); log in (`hf auth login`) or pass --hub_token, or leave out "
+                         "--push_to_hub (nothing has run yet)") from err

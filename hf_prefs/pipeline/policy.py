@@ -26,6 +26,7 @@ from ..trainers.ppo_trainer import PPOTrainer
 from .arguments import PipelineArguments, model_dtype, online_schedule
 from .labels import label_source
 from .reward import train_reward_model
+from .saved_stages import has_saved_stages
 from .setup import Base
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "make_ppo_trainer",
     "online_label_loop",
     "resume_checkpoint",
+    "resume_requested",
     "share_rho_weights",
     "train_policy",
     "trained_policy",
@@ -74,11 +76,14 @@ def make_ppo_trainer(
     reference is then the policy with its adapters disabled, else rho), tracking ``known_reward``; the frozen
     weights of the policy and the reward model are rho's own tensors (:func:`share_rho_weights`).
 
-    ``output_dir`` (default: ``cfg.output_dir``) gets the trainer's checkpoints; ``cfg`` itself is not changed.
+    ``output_dir`` (default: ``cfg.output_dir``) gets the trainer's checkpoints; the trainer's copy of ``cfg`` has
+    ``push_to_hub`` off (the run pushes at its end); ``cfg`` itself is not changed.
     """
-    if output_dir is not None:
+    # the run pushes its policy/ and reward_model/ folders once, at its end (push_results): the trainer must not make
+    # the repo (or push checkpoints of the whole output folder) itself
+    if output_dir is not None or cfg.push_to_hub:
         cfg = copy.deepcopy(cfg)
-        cfg.output_dir = output_dir
+        cfg.output_dir, cfg.push_to_hub = output_dir or cfg.output_dir, False
     peft_config = get_peft_config(model_args) if getattr(model_args, "use_peft", False) else None
     # ModelConfig.dtype, as TRL's scripts: with LoRA the frozen base may be bf16 (PEFT keeps the adapters in fp32)
     policy = AutoModelForCausalLM.from_pretrained(base.name, dtype=model_dtype(model_args))
@@ -141,16 +146,28 @@ def online_label_loop(
     )
 
 
+def resume_requested(cfg: PPOConfig) -> bool:
+    """Whether ``--resume_from_checkpoint`` was given: the run then takes the labels and the reward model it saved
+    before PPO from ``output_dir`` (:mod:`hf_prefs.pipeline.saved_stages`) instead of making them again."""
+    return cfg.resume_from_checkpoint not in (None, "", False, "false", "False")
+
+
 def resume_checkpoint(cfg: PPOConfig) -> str | None:
-    """The checkpoint ``--resume_from_checkpoint`` names: a folder, or ``true``/``last`` for the newest one in
-    ``output_dir``; None without the flag."""
+    """The PPO checkpoint ``--resume_from_checkpoint`` names: a folder, or ``true``/``last`` for the newest one in
+    ``output_dir``; None without the flag, or when ``output_dir`` has no checkpoint but saved labels or a saved reward
+    model (a run stopped before its first PPO checkpoint: those are reused, PPO starts at update 1). No checkpoint
+    and nothing saved is an error."""
     spec = cfg.resume_from_checkpoint
-    if spec in (None, "", False, "false", "False"):
+    if not resume_requested(cfg):
         return None
     if spec in (True, "true", "True", "last"):
         found = last_complete_checkpoint(cfg.output_dir)
         if found is None:
-            raise ValueError(f"resume_from_checkpoint: no checkpoint in {cfg.output_dir}")
+            if has_saved_stages(cfg.output_dir):
+                print(f"[hf_prefs] resume: no PPO checkpoint in {cfg.output_dir}; the stages saved there are reused "
+                      "and PPO starts at its first update")
+                return None
+            raise ValueError(f"resume_from_checkpoint: no checkpoint, labels or reward model in {cfg.output_dir}")
         return found
     return str(spec)
 

@@ -234,7 +234,7 @@ def _summary(
         "after": a,
         "final_beta": float(trainer.kl_ctl.value),
         "ppo_updates": trainer.state.global_step,
-        "episodes": trainer.state.global_step * cfg.batch_size,
+        "episodes": trainer.state.global_step * trainer.args.batch_size,
         "precision": run_precision(trainer, cfg),
         "timings_s": timings or {},
     }

@@ -21,7 +21,9 @@ from ..trainers.ppo_config import PPOConfig
 from .arguments import PipelineArguments, resolve_cpu_precision, validate_pipeline_config
 from .evaluate import evaluate_policy
 from .labels import collect_labels
-from .policy import learned_reward, make_ppo_trainer, online_label_loop, resume_checkpoint, train_policy, trained_policy
+from .policy import (
+    learned_reward, make_ppo_trainer, online_label_loop, resume_checkpoint, resume_requested, train_policy, trained_policy,
+)
 from .results import StageTimer, push_results, write_results
 from .reward import train_reward_model
 from .saved_stages import save_labels, saved_labels, saved_reward_model
@@ -35,7 +37,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     validate_pipeline_config(pa, cfg, model_args)
     resolve_cpu_precision(pa, cfg, model_args)  # float32 on a CPU without bf16 units (cpu_bf16_fallback)
     out, timer = cfg.output_dir, StageTimer()
-    resume = resume_checkpoint(cfg)
+    resume, reuse = resume_checkpoint(cfg), resume_requested(cfg)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(cfg.seed)
     base = load_base(model_args)
@@ -49,7 +51,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
             online.restore(resume) if resume else online.first_round(base.rho)
             labels, label_info = online.labels_dataset(), {"source": pa.label_source, "mode": "online"}
             save_labels(labels, out, label_info)
-        elif resume and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO (saved_stages)
+        elif reuse and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO (saved_stages)
             labels, label_info = saved
         else:
             labels, label_info = collect_labels(pa, cfg, base.rho, base.tokenizer, queries.label, spec)
@@ -57,7 +59,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     print(f"[hf_prefs] {len(labels)} labels ({label_info['source']}) in {timer.seconds['labels_s']:.0f} s")
     with timer("reward_model"):
         if online is None:
-            reward_model, rm_metrics = (saved_reward_model(out) if resume else None) or train_reward_model(
+            reward_model, rm_metrics = (saved_reward_model(out) if reuse else None) or train_reward_model(
                 pa, cfg, labels, base.rho, base.tokenizer, base.name, out, spec=spec)
         else:
             reward_model, rm_metrics = online.reward_model, online.rm_metrics

@@ -16,10 +16,11 @@ from datasets import Dataset
 
 from ..models.loading import load_reward_model
 
-__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "save_labels", "saved_labels", "saved_reward_model"]
+__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "has_saved_stages", "save_labels", "saved_labels", "saved_reward_model"]
 
 LABELS_FILE = "labels.jsonl"
 LABELS_INFO_FILE = "labels_info.json"
+RM_METRICS_FILE = "rm_metrics.jsonl"
 
 
 def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = None) -> None:
@@ -36,6 +37,14 @@ def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = 
                 json.dump(info, f, indent=1)
 
 
+def has_saved_stages(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds labels or a reward model saved whole by an earlier run (what
+    :func:`saved_labels` and :func:`saved_reward_model` would read back)."""
+    return os.path.isfile(os.path.join(output_dir, LABELS_FILE)) and os.path.isfile(
+        os.path.join(output_dir, LABELS_INFO_FILE)) or (os.path.isfile(os.path.join(output_dir, RM_METRICS_FILE))
+                                                        and os.path.isfile(os.path.join(output_dir, "reward_model", "config.json")))
+
+
 def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
     """The labels and their info a run saved in ``output_dir`` with :func:`save_labels`; None when not saved whole."""
     path, info_path = os.path.join(output_dir, LABELS_FILE), os.path.join(output_dir, LABELS_INFO_FILE)
@@ -50,7 +59,7 @@ def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
 def saved_reward_model(output_dir: str) -> tuple[torch.nn.Module, dict[str, float]] | None:
     """The normalized reward model a run saved in ``output_dir/reward_model`` and its metrics (the numbers of
     ``rm_metrics.jsonl``, later entries over earlier ones, as the training returned them); None when not saved whole."""
-    model_dir, log_path = os.path.join(output_dir, "reward_model"), os.path.join(output_dir, "rm_metrics.jsonl")
+    model_dir, log_path = os.path.join(output_dir, "reward_model"), os.path.join(output_dir, RM_METRICS_FILE)
     if not (os.path.isfile(log_path) and os.path.isfile(os.path.join(model_dir, "config.json"))):
         return None
     with open(log_path) as f:

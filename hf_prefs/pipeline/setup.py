@@ -7,14 +7,16 @@ from typing import Any, NamedTuple
 import torch
 from accelerate import PartialState
 from datasets import Dataset
+from peft.tuners.tuners_utils import check_target_module_exists
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import get_peft_config
 
 from ..models.sharding import whole_weights_at_load
 from ..tasks.books import TooFewQueriesError
 from ..tasks.queries import load_task_queries
 from .arguments import PipelineArguments, base_model_name, model_dtype
 
-__all__ = ["Base", "QuerySplit", "load_base", "split_queries"]
+__all__ = ["Base", "QuerySplit", "check_lora_targets", "load_base", "split_queries"]
 
 
 class Base(NamedTuple):
@@ -51,7 +53,25 @@ def load_base(model_args: Any) -> Base:
     with whole_weights_at_load():
         rho = AutoModelForCausalLM.from_pretrained(name, dtype=model_dtype(model_args))
     rho = rho.eval().to(PartialState().device)
+    check_lora_targets(model_args, rho, name)
     return Base(name, tokenizer, rho)
+
+
+def check_lora_targets(model_args: Any, rho: torch.nn.Module, name: str) -> None:
+    """With ``use_peft``: some module of the base model is one of ``lora_target_modules`` (PEFT's own matching), checked
+    on rho before the labels and the reward model are made — PEFT would raise only when PPO's policy is built."""
+    if not getattr(model_args, "use_peft", False):
+        return
+    config = get_peft_config(model_args)
+    targets = getattr(config, "target_modules", None)
+    if config is None or targets is None or targets == "all-linear":  # PEFT's defaults by model type, or every linear
+        return
+    modules = dict(rho.named_modules())
+    if not any(check_target_module_exists(config, key) for key in modules):
+        linear = sorted({key.rsplit(".", 1)[-1] for key, m in modules.items()
+                         if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"})
+        raise ValueError(f"lora_target_modules: none of {sorted(targets) if isinstance(targets, (set, list)) else targets!r} "
+                         f"is a module of {name}; its linear layers are {linear} (or use 'all-linear')")
 
 
 def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit:
