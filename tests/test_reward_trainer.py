@@ -142,6 +142,23 @@ def test_training_lowers_loss_and_logs_metrics(gpt2_tokenizer, tmp_path):
     assert end["eval_std_reward"] > 0
 
 
+def test_labels_longer_than_the_model_positions_are_dropped_not_crashed_on(gpt2_tokenizer, tmp_path):
+    """A query past GPT-2's learned positions (here 256) but under max_length (1024): dropped with a warning naming the
+    model's positions, as rows over max_length are — was an IndexError inside the position embedding."""
+    model = tiny_rm(gpt2_tokenizer)
+    assert model.config.n_positions == 256
+    labels = toy_labels(8).to_dict()
+    labels["query"][3] = "word " * 300
+    with pytest.warns(UserWarning, match=r"1 of 8 train labels .* longer than the model's 256 positions and were dropped"):
+        trainer = PreferenceRewardTrainer(model, make_args(tmp_path, max_length=1024), train_dataset=Dataset.from_dict(labels),
+                                          processing_class=gpt2_tokenizer)
+    assert len(trainer.train_dataset) == 7
+    trainer.train()
+    with pytest.warns(UserWarning, match="longer than max_length=64 tokens"):  # the smaller limit is named
+        PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path, max_length=64),
+                                train_dataset=Dataset.from_dict(labels), processing_class=gpt2_tokenizer)
+
+
 def test_bad_labels_and_k_mismatch_name_the_row(gpt2_tokenizer, tmp_path):
     model = tiny_rm(gpt2_tokenizer)
     with pytest.raises(LabelValidationError) as info:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset, IterableDataset
-from transformers import TrainerCallback
+from transformers import AutoConfig, TrainerCallback
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
@@ -177,6 +177,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         self._check_normalization_samples(normalization_samples, args)
         self.normalization_samples = normalization_samples
         self.num_candidates: int | None = args.num_candidates  # read by _prepare_dataset (called in super().__init__)
+        self._max_positions = _max_positions(model)  # idem: rows longer than the model's positions are dropped too
         super().__init__(
             model=model,
             args=args,
@@ -244,7 +245,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         ``Dataset`` or a stream) becomes K = 2 labels through :func:`~hf_prefs.labels.schema.from_pairwise`, prepared
         as ``trl.RewardTrainer`` prepares it (EOS appended to text completions, chat template for conversations); the
         K = 2 loss is TRL's pairwise loss ``-log sigmoid(r_chosen - r_rejected)``. Rows longer than ``max_length``
-        are dropped, as TRL drops them."""
+        are dropped, as TRL drops them, and so are rows longer than the model's positions (``n_positions`` /
+        ``max_position_embeddings``: GPT-2's or OPT's learned positions would fail on them with an IndexError)."""
         if is_pairwise(get_dataset_column_names(dataset)):
             dataset = from_pairwise(dataset, processing_class, eos_token=getattr(processing_class, "eos_token", None))
         expected_k = args.num_candidates  # None: inferred per dataset (an eval set may use another K)
@@ -254,7 +256,13 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             dataset = _tokenize_labels(_checked_labels(dataset, expected_k), processing_class, args, dataset_name)
         if isinstance(dataset, Dataset) and len(dataset) > 0 and dataset_name == "train":
             self.num_candidates = len(dataset[0]["samples_ids"])
-        return _drop_long(dataset, args, dataset_name) if args.max_length is not None else dataset
+        limits = {f"max_length={args.max_length} tokens": args.max_length,
+                  f"the model's {self._max_positions} positions": self._max_positions}
+        limits = {why: n for why, n in limits.items() if n is not None}
+        if not limits:
+            return dataset
+        why = min(limits, key=limits.get)
+        return _drop_long(dataset, limits[why], why, args.dataset_num_proc, dataset_name)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -480,20 +488,38 @@ def _check_tokenized(dataset: Dataset | IterableDataset, k: int | None) -> None:
         k = got
 
 
-def _drop_long(dataset: Dataset | IterableDataset, args: PreferenceRewardConfig, name: str) -> Dataset | IterableDataset:
-    """Labels with a query+sample longer than ``max_length`` tokens dropped (TRL drops, does not truncate, long rows);
-    a warning counts them, an error says when none is left."""
+def _max_positions(model: Any) -> int | None:
+    """The positions a model has (``n_positions`` or ``max_position_embeddings`` of its config; ``model`` may be a
+    name or path, as ``trl.RewardTrainer`` takes), or None where the config names none."""
+    config = getattr(model, "config", None)
+    if config is None and isinstance(model, (str, os.PathLike)):
+        try:
+            config = AutoConfig.from_pretrained(model)
+        except (OSError, ValueError):  # TRL's own load will say what is wrong
+            return None
+    config = getattr(config, "get_text_config", lambda: config)()
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _drop_long(dataset: Dataset | IterableDataset, limit: int, why: str, num_proc: int | None, name: str
+               ) -> Dataset | IterableDataset:
+    """Labels with a query+sample longer than ``limit`` tokens dropped (TRL drops, does not truncate, long rows);
+    a warning counts them, naming the limit (``why``), an error says when none is left."""
 
     def fits(row: dict[str, Any]) -> bool:
-        return all(len(row["query_ids"]) + len(s) <= args.max_length for s in row["samples_ids"])
+        return all(len(row["query_ids"]) + len(s) <= limit for s in row["samples_ids"])
 
     if not isinstance(dataset, Dataset):
         return dataset.filter(fits)
     n = len(dataset)
-    dataset = dataset.filter(fits, num_proc=args.dataset_num_proc, desc=f"Filtering {name} >{args.max_length} tokens")
+    dataset = dataset.filter(fits, num_proc=num_proc, desc=f"Filtering {name} >{limit} tokens")
     if len(dataset) < n:
-        warnings.warn(f"{n - len(dataset)} of {n} {name} labels have a query+sample longer than max_length="
-                      f"{args.max_length} tokens and were dropped", stacklevel=3)
+        warnings.warn(f"{n - len(dataset)} of {n} {name} labels have a query+sample longer than {why} and were "
+                      "dropped", stacklevel=3)
     if len(dataset) == 0:
-        raise ValueError(f"no {name} label fits in max_length={args.max_length} tokens")
+        raise ValueError(f"no {name} label fits in {why}")
     return dataset
