@@ -159,6 +159,22 @@ def test_labels_longer_than_the_model_positions_are_dropped_not_crashed_on(gpt2_
                                 train_dataset=Dataset.from_dict(labels), processing_class=gpt2_tokenizer)
 
 
+def test_share_query_prefix_falls_back_on_a_model_without_position_ids(gpt2_tokenizer, tmp_path):
+    """BLOOM (ALiBi) takes no position_ids: packed rows would crash in its ALiBi bias; the trainer warns and encodes
+    each sample with its query (the recipe turns sharing on by default)."""
+    from transformers import BloomConfig, BloomForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BloomForSequenceClassification(BloomConfig(vocab_size=50257, hidden_size=32, n_layer=2, n_head=2,
+                                                       num_labels=1, pad_token_id=gpt2_tokenizer.eos_token_id))
+    with pytest.warns(UserWarning, match="share_query_prefix: BloomForSequenceClassification takes no position_ids"):
+        trainer = PreferenceRewardTrainer(model, make_args(tmp_path, share_query_prefix=True, max_steps=2),
+                                          train_dataset=toy_labels(8), processing_class=gpt2_tokenizer)
+    assert not trainer.data_collator.share_query_prefix
+    trainer.train()
+    assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+
+
 def test_bad_labels_and_k_mismatch_name_the_row(gpt2_tokenizer, tmp_path):
     model = tiny_rm(gpt2_tokenizer)
     with pytest.raises(LabelValidationError) as info:

@@ -24,6 +24,7 @@ Everything else is TRL's: model loading from a string, PEFT (``peft_config=``; u
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import warnings
@@ -57,6 +58,7 @@ from ..models.reward_model import (
     normalize_reward_model,
     packed_rewards,
     set_reward_normalization,
+    unwrap_model,
 )
 from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_launch
@@ -204,7 +206,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             self.data_collator = DataCollatorForKWayPreference(
                 pad_token_id=input_pad_id(self.model, self.processing_class),
                 pad_to_multiple_of=self.args.pad_to_multiple_of,
-                share_query_prefix=self.args.share_query_prefix,
+                share_query_prefix=self.args.share_query_prefix and _takes_position_ids(self.model),
             )
 
     # ------------------------------------------------------------------ data
@@ -486,6 +488,19 @@ def _check_tokenized(dataset: Dataset | IterableDataset, k: int | None) -> None:
         if not 0 <= int(row["best"]) < got:
             raise LabelValidationError(f"best={row['best']} is out of range [0, {got - 1}]", i, "best")
         k = got
+
+
+def _takes_position_ids(model: Any) -> bool:
+    """Whether ``model``'s forward takes ``position_ids``, which packed rows (``share_query_prefix``) need to restart
+    each sample's positions after the query; a warning where it does not (BLOOM's and MPT's ALiBi, Falcon's classifier
+    read positions from a 2D attention mask): each sample is then encoded with its query — the same loss."""
+    base = unwrap_model(model)
+    if "position_ids" in inspect.signature(base.forward).parameters:
+        return True
+    warnings.warn(f"share_query_prefix: {type(base).__name__} takes no position_ids, so rows that encode a query once "
+                  "for its K samples cannot be given their positions; each sample is encoded with its query instead "
+                  "(the same loss, the query's tokens K times)", stacklevel=3)
+    return False
 
 
 def _max_positions(model: Any) -> int | None:
