@@ -500,6 +500,14 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
     for bad, shown in ((lambda q, r: None, "NoneType (None)"), (lambda q, r: ["x"] * len(r), "list (['x', ")):
         with pytest.raises(ValueError, match=r"the reward returned " + re.escape(shown) + ".*one float score per response"):
             make_trainer(tmp_path, gpt2_tokenizer, reward=bad).train()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_prefs.trainers.ppo_trainer"):  # TRL ignored it silently
+        trainer = PPOTrainer(make_policy(), length_reward, make_config(tmp_path, eval_strategy="steps", eval_steps=1),
+                             Dataset.from_dict({"query": ["a b"] * 8}), processing_class=gpt2_tokenizer,
+                             eval_dataset=Dataset.from_dict({"query": ["c d"] * 2}))
+    assert "eval_strategy='steps': PPOTrainer runs no evaluation loop" in caplog.text
+    with pytest.raises(NotImplementedError, match="generate_completions"):  # was a padding-token error
+        trainer.evaluate()
 
 
 def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer):

@@ -151,7 +151,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
             ("separate", TRL's last PPOTrainer) and a copy of the policy's trunk with a zero-initialised head
             ("policy").
         reward_processing_class: the reward model's tokenizer (default: ``processing_class``).
-        eval_dataset, data_collator: accepted for TRL API compatibility; not used.
+        eval_dataset: queries that :meth:`generate_completions` samples and scores (and the periodic sample tables);
+            no evaluation loop runs on it (as in TRL).
+        data_collator: accepted for TRL API compatibility; not used.
         callbacks, optimizers: as for ``transformers.Trainer``.
         peft_config: a ``peft.PeftConfig``: the policy is wrapped with it (LoRA); the reference is then the policy
             with adapters disabled.
@@ -211,8 +213,18 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
             optimizers=optimizers,
         )
         self.args: PPOConfig
+        if str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no":
+            logger.warning(f"eval_strategy={getattr(args.eval_strategy, 'value', args.eval_strategy)!r}: PPOTrainer "
+                           "runs no evaluation loop (as TRL's did); eval_dataset feeds generate_completions() every "
+                           "num_sample_generations-th of the run. hf_prefs.evaluate_policy scores held-out queries.")
         self._set_batch_sizes()
         self._init_state(kl_controller)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Not available: PPO has no evaluation loss. :meth:`generate_completions` samples ``eval_dataset`` and scores it; :func:`hf_prefs.evaluate_policy` gives a
+        policy's known reward, reward-model score and KL on held-out queries."""
+        raise NotImplementedError("PPOTrainer.evaluate: PPO has no evaluation loss; use generate_completions() (samples "
+                                  "and scores of eval_dataset) or hf_prefs.evaluate_policy (held-out reward and KL)")
 
     # =========================================================================================================
     # construction, in named parts
