@@ -274,3 +274,26 @@ def test_half_a_pairwise_row_names_the_missing_column():
         validate_labels(Dataset.from_dict({"prompt": ["p"], "chosen": ["c"]}))
     with pytest.raises(LabelValidationError, match="no 'chosen' column"):
         validate_labels(Dataset.from_dict({"rejected": ["r"]}))
+
+
+def test_label_file_rows_arrow_cannot_type_and_bad_bytes_name_their_row_or_line(tmp_path):
+    """A ``best`` given as text or a bool among integer rows, or a line that is not UTF-8: the row or line is named
+    (was Arrow's ``ArrowInvalid``/``ArrowTypeError`` or a bare ``UnicodeDecodeError`` with no line)."""
+    good = {"query": "q", "samples": [" a", " b", " c", " d"], "best": 1}
+    for bad_best, shown in (("2", "'2'"), (True, "True")):
+        path = tmp_path / f"best_{type(bad_best).__name__}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in [good, good, {**good, "best": bad_best}]))
+        with pytest.raises(LabelValidationError, match=f"best must be an integer, got {shown}") as err:
+            load_label_file(path)
+        assert (err.value.row, err.value.field) == (2, "best")
+    path = tmp_path / "latin1.jsonl"
+    latin1 = json.dumps({**good, "query": "caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+    path.write_bytes(json.dumps(good).encode() + b"\n" + latin1 + b"\n")
+    with pytest.raises(LabelValidationError, match=r"latin1.jsonl:2 is not UTF-8 text"):
+        load_label_file(path)
+    path = tmp_path / "latin1.json"
+    path.write_bytes(json.dumps([good, {**good, "query": "caf\u00e9"}], ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(LabelValidationError, match=r"latin1.json is not UTF-8 text"):
+        load_label_file(path)
+    path.write_text(json.dumps([good, {**good, "best": 1.0}]))  # an integral float is still an integer
+    assert load_label_file(path)["best"] == [1, 1]

@@ -220,8 +220,13 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:  # bytes, decoded line by line: a decoding error names its line
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise LabelValidationError(f"{path}:{n} is not UTF-8 text ({exc.reason} at byte {exc.start} of "
+                                               "the line)") from None
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
@@ -231,8 +236,11 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
                         raise LabelValidationError(f"{path}:{n} is not a JSON object", len(rows) - 1)
         return rows
     if suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except UnicodeDecodeError as exc:
+            raise LabelValidationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         if not isinstance(data, list):
             raise LabelValidationError(f"{path} must hold a JSON list of objects")
         for i, row in enumerate(data):
@@ -285,8 +293,13 @@ def load_label_file(
         rows = rows[:limit] if limit is not None else rows
         if isinstance(rows[0].get("query"), list):  # the paper's token-id files
             labels = from_openai_json(rows, load_gpt2_tokenizer())
-        else:
+        elif is_pairwise(rows[0]):
             labels = Dataset.from_list(rows)
+        else:  # each row checked as Python values first: one Arrow cannot type ("best": "2") is named, not an ArrowInvalid
+            checked: list[dict[str, Any]] = []
+            for i, row in enumerate(rows):
+                checked.append(check_label_row(i, row, len(checked[0]["samples"]) if checked else None))
+            labels = Dataset.from_list(checked)
     else:
         try:
             labels = load_dataset(str(spec), split="train")
