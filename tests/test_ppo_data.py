@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -46,3 +47,37 @@ def test_deal_by_length_rejects_a_batch_it_cannot_split():
         deal_by_length([1, 2, 3], [4, 5, 6], 2, 0)
     with pytest.raises(ValueError, match="3 rows but 2 lengths"):
         deal_by_length([1, 2, 3], [4, 5], 1, 0)
+
+
+def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer):
+    """TRL's online trainers take ``prompt`` (text or conversational): text is the query; messages are rendered with
+    the chat template and its generation prompt, tokenized without special tokens added again."""
+    from types import SimpleNamespace
+
+    import torch
+    from datasets import Dataset
+    from transformers import GPT2LMHeadModel
+    from trl.data_utils import maybe_apply_chat_template
+
+    from conftest import tiny_gpt2_config
+    from hf_prefs.trainers.ppo_data import prepare_query_dataset
+
+    torch.manual_seed(0)
+    policy, args = GPT2LMHeadModel(tiny_gpt2_config()), SimpleNamespace(dataset_num_proc=None, response_length=4)
+    text = prepare_query_dataset(Dataset.from_dict({"prompt": ["The sun rose", "Hello"]}), gpt2_tokenizer, policy, args)
+    assert text["query"] == ["The sun rose", "Hello"]
+    assert text["input_ids"] == gpt2_tokenizer(["The sun rose", "Hello"])["input_ids"]
+
+    tokenizer = copy.deepcopy(gpt2_tokenizer)
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    chats = [[{"role": "user", "content": "Say something kind."}], [{"role": "system", "content": "Be brief."},
+                                                                    {"role": "user", "content": "Hi"}]]
+    conv = prepare_query_dataset(Dataset.from_dict({"prompt": chats}), tokenizer, policy, args)
+    rendered = [maybe_apply_chat_template({"prompt": c}, tokenizer)["prompt"] for c in chats]
+    assert conv["query"] == rendered and rendered[0] == "<|user|>Say something kind.\n<|assistant|>"
+    assert conv["input_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match=r"column `prompt` must hold non-empty strings or lists of chat messages; bad rows \[1\]"):
+        prepare_query_dataset(Dataset.from_dict({"prompt": ["a", ""]}), gpt2_tokenizer, policy, args)
+    with pytest.raises(ValueError, match="conversational `prompt` rows need a tokenizer with a chat template"):
+        prepare_query_dataset(Dataset.from_dict({"prompt": chats}), gpt2_tokenizer, policy, args)

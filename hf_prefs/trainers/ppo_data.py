@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import nn
+from trl.data_utils import maybe_apply_chat_template
 
 from ..models.generation import embedding_rows
 
@@ -122,14 +123,39 @@ def warn_if_texts_differ(dataset: Dataset, tokenizer: Any, name: str, rows: int 
     return differ
 
 
+def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> Dataset:
+    """A ``prompt`` column, as TRL's GRPO/RLOO datasets have it, as ``query`` and ``input_ids``: a text prompt is the
+    query; a conversational one (a list of ``{"role", "content"}`` messages) is rendered with the tokenizer's chat
+    template and the generation prompt (``trl.maybe_apply_chat_template``), and tokenized without adding special
+    tokens again (the template has them). Rows that are neither are named."""
+    bad = [i for i, p in enumerate(dataset["prompt"])
+           if not (isinstance(p, str) and p) and not (isinstance(p, list) and p and all(isinstance(m, dict) for m in p))]
+    if bad:
+        raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages; bad rows {bad[:10]}")
+
+    def render(row: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(row["prompt"], str):
+            return {"query": row["prompt"], "input_ids": tokenizer(row["prompt"])["input_ids"]}
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"{name}: conversational `prompt` rows need a tokenizer with a chat template")
+        text = maybe_apply_chat_template({"prompt": row["prompt"]}, tokenizer)["prompt"]
+        return {"query": text, "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+
+    return dataset.map(render, num_proc=args.dataset_num_proc, desc="Rendering prompts")
+
+
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:
     """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); with both, keep both and warn
-    where their texts differ (:func:`warn_if_texts_differ`). Check rows and lengths."""
+    where their texts differ (:func:`warn_if_texts_differ`); with neither, make both from TRL's ``prompt`` column
+    (:func:`_prompt_as_query`). Check rows and lengths."""
     if not isinstance(dataset, Dataset):
         raise TypeError(f"{name} must be a datasets.Dataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise ValueError(f"{name} is empty")
     columns = dataset.column_names
+    from_prompt = "query" not in columns and "input_ids" not in columns and "prompt" in columns
+    if from_prompt:
+        dataset, columns = _prompt_as_query(dataset, tokenizer, name, args), ["query", "input_ids"]
     if "query" in columns:
         bad = [i for i, q in enumerate(dataset["query"]) if not isinstance(q, str) or not q]
         if bad:
@@ -141,7 +167,7 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
                 num_proc=args.dataset_num_proc,
                 desc="Tokenizing queries",
             )
-        else:
+        elif not from_prompt:  # both made here from a prompt agree (a template's special tokens decode otherwise)
             warn_if_texts_differ(dataset, tokenizer, name)
     elif "input_ids" in columns:
         dataset = dataset.map(
@@ -151,7 +177,8 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
             desc="Decoding queries",
         )
     else:
-        raise ValueError(f"{name} needs a `query` (text) or `input_ids` column; it has {columns}")
+        raise ValueError(f"{name} needs a `query` (text), `prompt` (text or conversational, as TRL's online trainers "
+                         f"take) or `input_ids` column; it has {columns}")
     all_ids = dataset["input_ids"]
     lengths = [len(ids) for ids in all_ids]
     empty = [i for i, n in enumerate(lengths) if n == 0]
