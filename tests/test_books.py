@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from datasets import Dataset
 
 from hf_prefs.tasks.books import (
     austen_paragraphs,
@@ -114,6 +115,17 @@ def test_load_book_queries_austen_and_local_dataset(gpt2_tokenizer, tmp_path):
     ds = load_book_queries(str(folder), gpt2_tokenizer, min_tokens=16, max_tokens=48, lines_per_passage=7)
     assert len(ds) > 0 and set(ds["source"]) == {str(folder)}
     assert all(q.endswith(" .") for q in ds["query"])
+    # a file (was: "Couldn't find any data file" although it existed), a .txt file (a row per line), a saved dataset
+    for path in (folder / "train.jsonl", tmp_path / "books.txt", tmp_path / "saved"):
+        if path.suffix == ".txt":
+            path.write_text("\n".join(rows) + "\n")
+        elif path.name == "saved":
+            Dataset.from_dict({"text": rows}).save_to_disk(str(path))
+        got = load_book_queries(str(path), gpt2_tokenizer, min_tokens=16, max_tokens=48, lines_per_passage=7)
+        assert got["query"] == ds["query"], path
+    (tmp_path / "other.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"other.jsonl: no 'text' column \(it has \['body'\]\)"):
+        load_book_queries(str(tmp_path / "other.jsonl"), gpt2_tokenizer)
 
 
 def test_task_queries_from_a_sentence_per_row_dataset(gpt2_tokenizer, tmp_path):

@@ -40,8 +40,9 @@ class PipelineArguments:
     task: str | None = field(default=None, metadata={"help": "sentiment | descriptiveness | tldr | cnndm (set by the recipe)"})
     query_dataset: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset id of the task's texts (books tasks; tldr and cnndm read their own Hub "
-                  "source); unset = offline Austen passages (books tasks) or that source; 'austen' = Austen offline."},
+        metadata={"help": "The books tasks' texts: a Hub dataset id, a local .txt/.json/.jsonl/.csv/.parquet file or "
+                  "a dataset folder, with a 'text' column (tldr and cnndm read their own Hub source); unset = offline "
+                  "Austen passages (books tasks) or that source; 'austen' = Austen offline."},
     )
     query_min_tokens: int = field(default=32, metadata={"help": "Shortest book query in tokens (paper: 64 exactly)."})
     num_label_queries: int = field(default=4992, metadata={"help": "Queries sent to the labeler (paper: 4,992)."})

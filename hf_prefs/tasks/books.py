@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
@@ -164,6 +165,27 @@ def austen_queries(
     return book_queries_from_texts(texts, tokenizer, n, min_tokens, max_tokens, seed, sources, overlap)
 
 
+#: local files :func:`load_book_queries` reads, by suffix, and the ``datasets`` builder of each (.txt: a row per line)
+LOCAL_TEXT_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def _load_texts(name: str, split: str) -> datasets.Dataset:
+    """A local file (by suffix: :data:`LOCAL_TEXT_BUILDERS`), a folder saved with ``save_to_disk`` or of data files,
+    or a Hub dataset id."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        builder = LOCAL_TEXT_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"query_dataset {name}: unsupported file type {path.suffix!r} (use "
+                             f"{', '.join(LOCAL_TEXT_BUILDERS)}, a dataset folder or a Hub dataset id)")
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    if path.is_dir() and (path / "dataset_info.json").is_file():  # Dataset.save_to_disk
+        return datasets.load_from_disk(str(path))
+    if path.is_dir() and (path / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk
+        return datasets.load_from_disk(str(path))[split]
+    return datasets.load_dataset(str(path) if path.is_dir() else name, split=split)
+
+
 def load_book_queries(
     dataset_name: str | None,
     tokenizer: Any,
@@ -184,7 +206,9 @@ def load_book_queries(
     """
     if dataset_name is None:
         return austen_queries(tokenizer, n, min_tokens, max_tokens, seed)
-    ds = datasets.load_dataset(dataset_name, split=split)
+    ds = _load_texts(dataset_name, split)
+    if text_column not in ds.column_names:
+        raise ValueError(f"query_dataset {dataset_name}: no {text_column!r} column (it has {ds.column_names})")
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     rows = [" ".join(str(t).split()) for t in ds[text_column]]
