@@ -189,15 +189,17 @@ def _front_matter(
     pipeline_tag: str,
     default_tags: Sequence[str],
     tags: Iterable[str] | None,
+    is_peft: bool = False,
 ) -> tuple[str, ModelCardData]:
-    """The card's name (given, the Hub repo's name, or ``<base>-<task>-<kind>``) and its YAML front matter."""
+    """The card's name (given, the Hub repo's name, or ``<base>-<task>-<kind>``) and its YAML front matter
+    (``library_name: peft`` for an adapter, as the Hub lists adapters; else ``transformers``)."""
     if not task:
         raise ValueError("task: give the task's name (e.g. 'sentiment')")
     model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else f"{base_display}-{task}-{kind}")
     card_data = ModelCardData(
         base_model=base_id,
         datasets=_as_list(datasets),
-        library_name="transformers",
+        library_name="peft" if is_peft else "transformers",
         license=license,
         model_name=model_name,
         pipeline_tag=pipeline_tag,
@@ -250,7 +252,8 @@ def render_policy_card(
             reward model's repo.
         license: the front matter's license; set it to the base model's license.
     Returns:
-        The card's text (YAML front matter with ``library_name: transformers`` and tags ``hf-prefs, trl, ppo, rlhf``).
+        The card's text (YAML front matter with ``library_name: transformers``, ``peft`` for an adapter, and tags
+        ``hf-prefs, trl, ppo, rlhf``).
     """
     base_id, base_display = resolve_base_model(base_model, base_model_name)
     reward_gain, reward_bias, kl_final, beta_final = (
@@ -263,7 +266,8 @@ def render_policy_card(
     kl_target = None if kl_target is None else _number("kl_target", kl_target, positive=True)
     beta_initial = None if beta_initial is None else _number("beta_initial", beta_initial)
     model_name, card_data = _front_matter(
-        task, model_name, hub_model_id, base_id, base_display, "ppo", datasets, license, "text-generation", POLICY_TAGS, tags
+        task, model_name, hub_model_id, base_id, base_display, "ppo", datasets, license, "text-generation", POLICY_TAGS, tags,
+        is_peft,
     )
     return _render(
         template or template_path(POLICY_TEMPLATE),
@@ -320,7 +324,7 @@ def render_reward_model_card(
     reward_bias = _number("reward_bias", reward_bias)
     model_name, card_data = _front_matter(
         task, model_name, hub_model_id, base_id, base_display, "reward-model", datasets, license, "text-classification",
-        REWARD_MODEL_TAGS, tags,
+        REWARD_MODEL_TAGS, tags, is_peft,
     )
     return _render(
         template or template_path(REWARD_MODEL_TEMPLATE),

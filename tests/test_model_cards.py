@@ -175,4 +175,5 @@ def test_peft_policy_card_loads_the_adapter():
     text = render_policy_card(**policy_fields(is_peft=True, tags=["lora"]))
     assert 'AutoPeftModelForCausalLM.from_pretrained("alice/gpt2-sentiment")' in text
     assert front_matter(text)["tags"] == [*POLICY_TAGS, "lora"]
+    assert front_matter(text)["library_name"] == "peft"  # the Hub lists an adapter by it (base_model: gpt2)
     assert hf_prefs.__version__ in text  # framework versions list hf_prefs

@@ -40,6 +40,7 @@ def _check_run(out: Path, summary: dict, adaptive: bool, kl_target: float, horiz
                  "reward_model/config.json", "policy/value_head.safetensors"):
         assert (out / name).is_file(), name
     assert (out / "kl_vs_reward.png").stat().st_size > 5_000
+    assert not (out / "reward_model_training").exists()  # the reward trainer's output folder, empty: removed
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == summary["ppo_updates"] == 3
     for row in rows:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from accelerate.utils import DistributedType
 from datasets import Dataset
 from torch import nn
@@ -164,8 +165,9 @@ def resume_checkpoint(cfg: PPOConfig) -> str | None:
         found = last_complete_checkpoint(cfg.output_dir)
         if found is None:
             if has_saved_stages(cfg.output_dir):
-                print(f"[hf_prefs] resume: no PPO checkpoint in {cfg.output_dir}; the stages saved there are reused "
-                      "and PPO starts at its first update")
+                if PartialState().is_main_process:
+                        print(f"[hf_prefs] resume: no PPO checkpoint in {cfg.output_dir}; the stages saved there are "
+                          "reused and PPO starts at its first update")
                 return None
             raise ValueError(f"resume_from_checkpoint: no checkpoint, labels or reward model in {cfg.output_dir}")
         return found

@@ -80,6 +80,8 @@ def train_reward_model(
             for name in os.listdir(training_dir):
                 if name.startswith(PREFIX_CHECKPOINT_DIR):
                     shutil.rmtree(os.path.join(training_dir, name))
+        if os.path.isdir(training_dir) and set(os.listdir(training_dir)) <= {"README.md"}:  # the trainer's output
+            shutil.rmtree(training_dir)  # folder, left empty (or with TRL's card of the training alone)
     if trainer.is_deepspeed_enabled:
         return _as_saved(trainer, os.path.join(output_dir, "reward_model")), metrics
     return trainer.model, metrics

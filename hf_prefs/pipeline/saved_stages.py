@@ -52,7 +52,8 @@ def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
         return None
     with open(info_path) as f:
         info = json.load(f)
-    print(f"[hf_prefs] resume: the {info.get('labels', '?')} labels saved in {path}")
+    if PartialState().is_main_process:
+        print(f"[hf_prefs] resume: the {info.get('labels', '?')} labels saved in {path}")
     return Dataset.from_json(path), info
 
 
@@ -67,5 +68,6 @@ def saved_reward_model(output_dir: str) -> tuple[torch.nn.Module, dict[str, floa
     metrics = {k: v for log in logs for k, v in log.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     model, _ = load_reward_model(model_dir)
     model.requires_grad_(False)  # PPO only scores with it; frozen, its layers can share rho's tensors as a trained one's
-    print(f"[hf_prefs] resume: the reward model saved in {model_dir}")
+    if PartialState().is_main_process:
+        print(f"[hf_prefs] resume: the reward model saved in {model_dir}")
     return model, metrics
