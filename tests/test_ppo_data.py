@@ -81,3 +81,21 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer):
         prepare_query_dataset(Dataset.from_dict({"prompt": ["a", ""]}), gpt2_tokenizer, policy, args)
     with pytest.raises(ValueError, match="conversational `prompt` rows need a tokenizer with a chat template"):
         prepare_query_dataset(Dataset.from_dict({"prompt": chats}), gpt2_tokenizer, policy, args)
+
+
+def test_queries_past_the_model_positions_are_named_with_the_limit(gpt2_tokenizer):
+    from types import SimpleNamespace
+
+    import torch
+    from datasets import Dataset
+    from transformers import GPT2LMHeadModel
+
+    from conftest import tiny_gpt2_config
+    from hf_prefs.trainers.ppo_data import prepare_query_dataset
+
+    torch.manual_seed(0)
+    policy, args = GPT2LMHeadModel(tiny_gpt2_config()), SimpleNamespace(dataset_num_proc=None, response_length=4)
+    queries = ["a short one", " word" * 260, "another", " word" * 253]  # 260 and 253 tokens; 256 positions
+    with pytest.raises(ValueError, match=r"row 1: query of 260 tokens \+ response_length 4 exceeds the model's 256 "
+                                         r"positions; 2 of 4 rows do \(rows \[1, 3\]\): .* at most 252 tokens"):
+        prepare_query_dataset(Dataset.from_dict({"query": queries}), gpt2_tokenizer, policy, args)

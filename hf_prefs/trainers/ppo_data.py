@@ -196,9 +196,12 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
     if max_positions is not None:
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] + args.response_length > max_positions:
+            over = [i for i, n in enumerate(lengths) if n + args.response_length > max_positions]
             raise ValueError(
                 f"{name} row {longest}: query of {lengths[longest]} tokens + response_length "
-                f"{args.response_length} exceeds the model's {max_positions} positions"
+                f"{args.response_length} exceeds the model's {max_positions} positions; {len(over)} of {len(lengths)} "
+                f"rows do (rows {over[:10]}{', ...' if len(over) > 10 else ''}): filter the dataset to queries of at "
+                f"most {max_positions - args.response_length} tokens"
             )
     return dataset
 
