@@ -39,7 +39,7 @@ def main(task="sentiment", argv=None):
     validate_pipeline_config(script_args, training_args, model_args)  # names a bad field before any model loads
     resolve_cpu_precision(script_args, training_args, model_args)  # float32 on a CPU without bf16 matmul units
     out, timer = training_args.output_dir, StageTimer()
-    resume = resume_checkpoint(training_args)  # --resume_from_checkpoint: a checkpoint folder of this run, or None
+    resume = resume_checkpoint(training_args, script_args, model_args)  # a checkpoint folder of this run, or None
     reuse = resume_requested(training_args)  # and then the labels and reward model saved before PPO are taken
     torch.manual_seed(training_args.seed)
 

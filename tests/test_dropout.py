@@ -90,3 +90,15 @@ def test_reward_trainer_turns_functional_dropout_off(gpt2_tokenizer, tmp_path):
     ids = torch.randint(1, 1000, (2, 12))
     a, b = _two_train_forwards(trainer.model, ids)
     assert torch.equal(a, b)
+
+
+def test_dropout_layer_kin_and_per_adapter_rates_are_zeroed():
+    class LoHaLike(torch.nn.Module):  # PEFT's LoHa/LoKr keep their rank dropout per adapter in a dict
+        def __init__(self):
+            super().__init__()
+            self.rank_dropout, self.scaling = {"default": 0.2}, {"default": 2.0}
+
+    model = torch.nn.Sequential(torch.nn.Dropout2d(0.3), torch.nn.AlphaDropout(0.2), torch.nn.Dropout(0.1), LoHaLike())
+    disable_dropout(model)
+    assert [m.p for m in model[:3]] == [0.0, 0.0, 0.0]
+    assert model[3].rank_dropout == {"default": 0.0} and model[3].scaling == {"default": 2.0}

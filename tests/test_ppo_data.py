@@ -77,6 +77,17 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer):
     rendered = [maybe_apply_chat_template({"prompt": c}, tokenizer)["prompt"] for c in chats]
     assert conv["query"] == rendered and rendered[0] == "<|user|>Say something kind.\n<|assistant|>"
     assert conv["input_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    # a tokenizer that adds BOS itself and a template that writes it: the policy's ids hold one BOS, and so does what a
+    # reward model reads (it tokenizes the query text with special tokens)
+    from tokenizers.processors import TemplateProcessing
+
+    bos = copy.deepcopy(tokenizer)
+    bos._tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 50256)])
+    bos.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    assert bos("x")["input_ids"][0] == 50256
+    row = prepare_query_dataset(Dataset.from_dict({"prompt": chats[:1]}), bos, policy, args)[0]
+    assert row["input_ids"].count(50256) == 1 and row["query"] == rendered[0]
+    assert bos(row["query"])["input_ids"] == row["input_ids"]
     with pytest.raises(ValueError, match=r"column `prompt` must hold non-empty strings or lists of chat messages; bad rows \[1\]"):
         prepare_query_dataset(Dataset.from_dict({"prompt": ["a", ""]}), gpt2_tokenizer, policy, args)
     with pytest.raises(ValueError, match="conversational `prompt` rows need a tokenizer with a chat template"):

@@ -154,7 +154,7 @@ def test_push_to_hub_makes_the_repo_first_and_pushes_once_at_the_end(tiny_base, 
     summary = main(task="sentiment", argv=_tiny_args(tiny_base, out, "--total_episodes", "8", "--push_to_hub", "true",
                                                      "--hub_model_id", "me/tiny-run"))
     created = [path for method, path in fake_hub.requests if method == "POST" and path == "/api/repos/create"]
-    assert len(created) == 3  # up front (the policy's), then push_results' two
+    assert len(created) == 4  # up front (both), then push_results' two
     assert set(summary["hub"]) == {"policy", "reward_model"}
     assert "README.md" in fake_hub.repos["me/tiny-run"] and "config.json" in fake_hub.repos["me/tiny-run-reward-model"]
     assert not any(name.startswith("checkpoint-") for name in fake_hub.repos["me/tiny-run"])
@@ -206,6 +206,8 @@ def test_offline_default_shortened_with_accelerate_launch(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ppo_updates"] == 1 and summary["labels"]["labels"] == 16
     assert (out / "policy" / "adapter_model.safetensors").is_file()
+    card = (out / "policy" / "README.md").read_text()  # an adapter's card: PEFT's library name and loading snippet
+    assert "library_name: peft" in card and "AutoPeftModelForCausalLM" in card
     assert all(math.isfinite(summary[w][k]) for w in ("before", "after") for k in ("known_reward", "rm_score", "kl"))
     from hf_prefs._compat import cpu_bf16_supported
 
@@ -368,6 +370,11 @@ def test_a_run_stopped_before_ppo_resumes_onto_its_saved_stages(tiny_base, tmp_p
     monkeypatch.setattr(recipe, "make_ppo_trainer", make_ppo_trainer)
     monkeypatch.setattr(recipe, "collect_labels", boom)
     monkeypatch.setattr(recipe, "train_reward_model", boom)
+    # stages made otherwise than a run asks are not taken: the fields are named
+    with pytest.raises(ValueError, match=r"made otherwise than this run asks \(num_label_queries: saved 24, asked 20; "
+                                         r"num_candidates: saved 4, asked 3\)"):
+        recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", "true", "--num_label_queries", "20",
+                                            "--num_candidates", "3"])
     resumed = recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", "true"])
     assert resumed["labels"] == full["labels"] and resumed["ppo_updates"] == full["ppo_updates"]
     assert resumed["final_beta"] == pytest.approx(full["final_beta"], rel=1e-9)

@@ -157,6 +157,14 @@ def test_labels_longer_than_the_model_positions_are_dropped_not_crashed_on(gpt2_
     with pytest.warns(UserWarning, match="longer than max_length=64 tokens"):  # the smaller limit is named
         PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path, max_length=64),
                                 train_dataset=Dataset.from_dict(labels), processing_class=gpt2_tokenizer)
+    from transformers import LlamaConfig, LlamaForSequenceClassification  # rotary: no table to run past, rows kept
+
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64,
+                                                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                                       max_position_embeddings=256, num_labels=1, pad_token_id=50256))
+    kept = PreferenceRewardTrainer(llama, make_args(tmp_path, max_length=1024), train_dataset=Dataset.from_dict(labels),
+                                   processing_class=gpt2_tokenizer)
+    assert len(kept.train_dataset) == 8
 
 
 def test_share_query_prefix_falls_back_on_a_model_without_position_ids(gpt2_tokenizer, tmp_path):

@@ -24,11 +24,17 @@ DROPOUT_NAME = re.compile(r"(dropout|pdrop|layerdrop|drop_prob|drop_rate|drop_pa
 
 
 def _zero_rates(obj: object) -> list[str]:
-    """Set every float attribute of ``obj`` whose name is a dropout rate to 0; the names of those that were > 0."""
+    """Set every float attribute of ``obj`` whose name is a dropout rate to 0, and every float of such a dict (PEFT's
+    LoHa/LoKr ``rank_dropout``, per adapter); the names of those that were > 0."""
     zeroed = []
     for name, value in list(vars(obj).items()):
-        if isinstance(value, float) and value > 0 and DROPOUT_NAME.search(name):
+        if not DROPOUT_NAME.search(name):
+            continue
+        if isinstance(value, float) and value > 0:
             setattr(obj, name, 0.0)
+            zeroed.append(name)
+        elif isinstance(value, dict) and any(isinstance(v, float) and v > 0 for v in value.values()):
+            value.update({k: 0.0 for k, v in value.items() if isinstance(v, float)})
             zeroed.append(name)
     return zeroed
 
@@ -43,13 +49,16 @@ def _configs(config: PretrainedConfig) -> list[PretrainedConfig]:
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """No dropout anywhere in ``model``, in training mode too: every ``nn.Dropout``'s ``p``, every float dropout rate
-    a module keeps as an attribute, and every dropout rate of the configs its modules read (set to 0; the config
-    saved with the model then says 0 — logged, with the fields changed)."""
+    """No dropout in ``model``, in training mode too: the ``p`` of every dropout layer (``nn.Dropout`` and its kin,
+    PEFT's multiplicative dropout), every dropout rate a module keeps as a float attribute (or a dict of them, per
+    adapter), and every dropout rate of the configs its modules read (set to 0; the config saved with the model then
+    says 0 — logged, with the fields changed). Not covered: randomness that is not named a dropout (a router's
+    jitter)."""
     changed: set[str] = set()
     seen: set[int] = set()
     for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+        # nn.Dropout and its 1d/2d/3d/alpha kin; PEFT's OFT/BOFT MultiplicativeDropoutLayer
+        if "Dropout" in type(module).__name__ and isinstance(getattr(module, "p", None), float):
             module.p = 0.0
         changed.update(_zero_rates(module))
         config = getattr(module, "config", None)

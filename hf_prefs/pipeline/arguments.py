@@ -202,7 +202,6 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
             callback()  # the integrations check their package when made (WandbCallback: "requires wandb ...")
         except (ImportError, RuntimeError) as err:
             raise ValueError(f"report_to: {err}") from err
-    check_hub_push(cfg)
     if pa.task is None:
         raise ValueError("task: set the task (sentiment, descriptiveness, tldr or cnndm)")
     spec = get_task(pa.task)
@@ -246,22 +245,26 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
                 schedule.update_boundaries(cfg.total_episodes, batch)
             except ValueError as err:
                 raise ValueError(f"online_rounds: {err}") from None
+    check_hub_push(cfg, pa.push_reward_model_id)  # last: it makes the repos, once every other field is known good
 
 
-def check_hub_push(cfg: PPOConfig) -> None:
-    """With ``push_to_hub``: ``hub_model_id`` is set and its repo is created (or found) now, by the main process, as
-    transformers' ``Trainer`` does when it is made — so a missing id, no network or no write access stops the run
-    before anything is computed, not after its labels and reward model. The run pushes once, at its end
-    (:func:`hf_prefs.pipeline.push_results`)."""
+def check_hub_push(cfg: PPOConfig, reward_model_id: str | None = None) -> None:
+    """With ``push_to_hub``: ``hub_model_id`` is set and the policy's and the reward model's repos
+    (``reward_model_id``, default ``<hub_model_id>-reward-model``) are created (or found) now, by the main process,
+    as transformers' ``Trainer`` does when it is made — so a missing id, no network or no login stops the run before
+    anything is computed, not after its labels and reward model. (An existing repo the token may only read passes
+    here: the Hub says so at the push.) The run pushes once, at its end (:func:`hf_prefs.pipeline.push_results`)."""
     if not cfg.push_to_hub:
         return
     if not cfg.hub_model_id:
         raise ValueError("hub_model_id: --push_to_hub needs --hub_model_id")
     if not PartialState().is_main_process:
         return
-    try:
-        HfApi(token=cfg.hub_token).create_repo(cfg.hub_model_id, exist_ok=True, private=cfg.hub_private_repo)
-    except Exception as err:  # network, auth, offline mode: all stop the run the same way
-        raise ValueError(f"push_to_hub: cannot create or reach {cfg.hub_model_id!r} on the Hub before the run "
-                         f"({type(err).__name__}: {err}); log in (`hf auth login`) or pass --hub_token, or leave out "
-                         "--push_to_hub (nothing has run yet)") from err
+    api = HfApi(token=cfg.hub_token)
+    for repo_id in (cfg.hub_model_id, reward_model_id or f"{cfg.hub_model_id}-reward-model"):
+        try:
+            api.create_repo(repo_id, exist_ok=True, private=cfg.hub_private_repo)
+        except Exception as err:  # network, auth, offline mode: all stop the run the same way
+            raise ValueError(f"push_to_hub: cannot create or reach {repo_id!r} on the Hub before the run "
+                             f"({type(err).__name__}: {err}); log in (`hf auth login`) or pass --hub_token, or leave "
+                             "out --push_to_hub (nothing has run yet)") from err

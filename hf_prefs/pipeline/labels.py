@@ -75,14 +75,15 @@ def collect_labels(
     On N processes each samples its share of the queries; the main process labels them and every process gets the
     same label set.
     """
+    base = {"base_model": getattr(rho, "name_or_path", None)}  # what a resumed run checks its stages against
     if pa.label_source == "file":
         labels = _load_label_file(pa, tokenizer)
-        return labels, {"source": "file", "label_file": pa.label_file, "labels": len(labels)}
+        return labels, {"source": "file", "label_file": pa.label_file, "labels": len(labels), **base}
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
     kept, samples, stats = _sample_shards(pa, cfg, rho, tokenizer, list(queries), spec)
     # people may take longer than the process group's timeout: the others wait in short collectives
     rows, info = result_from_main_process(lambda: _label(pa, cfg, queries, kept, samples, stats))
-    return validate_labels(Dataset.from_list(rows), k=pa.num_candidates), info
+    return validate_labels(Dataset.from_list(rows), k=pa.num_candidates), {**info, **base}
 
 
 def _sample_shards(

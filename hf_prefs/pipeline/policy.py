@@ -24,10 +24,10 @@ from ..trainers.ppo_checkpoints import last_complete_checkpoint
 from ..trainers.ppo_config import PPOConfig
 from ..trainers.ppo_data import Rollout
 from ..trainers.ppo_trainer import PPOTrainer
-from .arguments import PipelineArguments, model_dtype, online_schedule
+from .arguments import PipelineArguments, base_model_name, model_dtype, online_schedule
 from .labels import label_source
 from .reward import train_reward_model
-from .saved_stages import has_saved_stages
+from .saved_stages import has_saved_stages, stale_stage_fields
 from .setup import Base
 
 __all__ = [
@@ -153,23 +153,34 @@ def resume_requested(cfg: PPOConfig) -> bool:
     return cfg.resume_from_checkpoint not in (None, "", False, "false", "False")
 
 
-def resume_checkpoint(cfg: PPOConfig) -> str | None:
+def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model_args: Any = None) -> str | None:
     """The PPO checkpoint ``--resume_from_checkpoint`` names: a folder, or ``true``/``last`` for the newest one in
-    ``output_dir``; None without the flag, or when ``output_dir`` has no checkpoint but saved labels or a saved reward
-    model (a run stopped before its first PPO checkpoint: those are reused, PPO starts at update 1). No checkpoint
-    and nothing saved is an error."""
+    ``output_dir``; None without the flag.
+
+    With the pipeline's arguments ``pa`` (and ``model_args``), the labels and reward model saved in ``output_dir``,
+    which a resumed offline run reuses, must have been made as this run asks (:func:`stale_stage_fields`: else an
+    error names the fields), and ``true`` with no checkpoint but such stages saved (a run stopped before its first
+    PPO checkpoint) gives None: the stages are reused and PPO starts at update 1. An online run resumes from a
+    checkpoint only; no checkpoint and nothing saved is an error."""
     spec = cfg.resume_from_checkpoint
     if not resume_requested(cfg):
         return None
+    reuses = pa is not None and pa.label_mode != "online"
+    if reuses and (stale := stale_stage_fields(cfg.output_dir, pa, base_model_name(model_args))):
+        raise ValueError(f"resume_from_checkpoint: the labels and reward model saved in {cfg.output_dir} were made "
+                         f"otherwise than this run asks ({'; '.join(stale)}): run in a new output_dir, or without "
+                         "--resume_from_checkpoint")
     if spec in (True, "true", "True", "last"):
         found = last_complete_checkpoint(cfg.output_dir)
         if found is None:
-            if has_saved_stages(cfg.output_dir):
+            if reuses and has_saved_stages(cfg.output_dir):
                 if PartialState().is_main_process:
-                        print(f"[hf_prefs] resume: no PPO checkpoint in {cfg.output_dir}; the stages saved there are "
+                    print(f"[hf_prefs] resume: no PPO checkpoint in {cfg.output_dir}; the stages saved there are "
                           "reused and PPO starts at its first update")
                 return None
-            raise ValueError(f"resume_from_checkpoint: no checkpoint, labels or reward model in {cfg.output_dir}")
+            what = "checkpoint, labels or reward model" if reuses else "checkpoint"
+            hint = " (an online run resumes from a PPO checkpoint only)" if pa is not None and not reuses else ""
+            raise ValueError(f"resume_from_checkpoint: no {what} in {cfg.output_dir}{hint}")
         return found
     return str(spec)
 

@@ -161,14 +161,15 @@ def _write_cards(output_dir: str, pa: PipelineArguments, cfg: Any, base_name: st
         render_policy_card(
             **common, kl_final=float(a["kl"] or 0.0), beta_final=float(trainer.kl_ctl.value), beta_initial=cfg.kl_coef,
             kl_target=cfg.kl_target if cfg.adaptive_kl else None, temperature=cfg.temperature,
-            response_length=cfg.response_length, hub_model_id=cfg.hub_model_id,
+            response_length=cfg.response_length, hub_model_id=cfg.hub_model_id, is_peft=trainer.is_peft_model,
             metrics={f"heldout/{k}_{when}": v for when, s in (("before", b), ("after", a)) for k, v in s.items()
                      if isinstance(v, (int, float))},
         ),
     )
     write_model_card(
         os.path.join(output_dir, "reward_model"),
-        render_reward_model_card(**common, metrics={k: v for k, v in rm_metrics.items() if k.startswith("eval_")}),
+        render_reward_model_card(**common, metrics={k: v for k, v in rm_metrics.items() if k.startswith("eval_")},
+                                 is_peft=getattr(trainer.reward_model, "peft_config", None) is not None),
     )
 
 

@@ -16,7 +16,7 @@ from datasets import Dataset
 
 from ..models.loading import load_reward_model
 
-__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "has_saved_stages", "save_labels", "saved_labels", "saved_reward_model"]
+__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "has_saved_stages", "stale_stage_fields", "save_labels", "saved_labels", "saved_reward_model"]
 
 LABELS_FILE = "labels.jsonl"
 LABELS_INFO_FILE = "labels_info.json"
@@ -40,9 +40,38 @@ def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = 
 def has_saved_stages(output_dir: str) -> bool:
     """Whether ``output_dir`` holds labels or a reward model saved whole by an earlier run (what
     :func:`saved_labels` and :func:`saved_reward_model` would read back)."""
-    return os.path.isfile(os.path.join(output_dir, LABELS_FILE)) and os.path.isfile(
-        os.path.join(output_dir, LABELS_INFO_FILE)) or (os.path.isfile(os.path.join(output_dir, RM_METRICS_FILE))
-                                                        and os.path.isfile(os.path.join(output_dir, "reward_model", "config.json")))
+    labels = all(os.path.isfile(os.path.join(output_dir, name)) for name in (LABELS_FILE, LABELS_INFO_FILE))
+    reward_model = all(os.path.isfile(os.path.join(output_dir, *name))
+                       for name in ((RM_METRICS_FILE,), ("reward_model", "config.json")))
+    return labels or reward_model
+
+
+def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
+    """What the labels saved in ``output_dir`` (and the reward model trained on them) were made with that this run's
+    arguments contradict, as ``"field: saved X, asked Y"`` — the label source and mode, the known reward, the label
+    file, the number of label queries, K and the base model (those ``labels_info.json`` and the labels record)."""
+    info_path = os.path.join(output_dir, LABELS_INFO_FILE)
+    if not os.path.isfile(info_path):
+        return []
+    with open(info_path) as f:
+        info = json.load(f)
+    asked = {"label_source": pa.label_source, "label_mode": pa.label_mode, "model_name_or_path": base_model}
+    saved = {"label_source": info.get("source"), "label_mode": info.get("mode", "offline"),
+             "model_name_or_path": info.get("base_model")}
+    if info.get("source") == "simulated":
+        asked["known_reward"], saved["known_reward"] = pa.known_reward, info.get("known_reward")
+    if info.get("source") in ("simulated", "human") and "queries" in info:
+        asked["num_label_queries"], saved["num_label_queries"] = pa.num_label_queries, info["queries"]
+    if info.get("source") == "file":
+        asked["label_file"], saved["label_file"] = pa.label_file, info.get("label_file")
+    labels_path = os.path.join(output_dir, LABELS_FILE)
+    if os.path.isfile(labels_path):
+        with open(labels_path) as f:
+            first = f.readline()
+        if first.strip():
+            asked["num_candidates"], saved["num_candidates"] = pa.num_candidates, len(json.loads(first)["samples"])
+    return [f"{key}: saved {saved[key]!r}, asked {asked[key]!r}" for key in asked
+            if saved[key] is not None and saved[key] != asked[key]]
 
 
 def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:

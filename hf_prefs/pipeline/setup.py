@@ -64,14 +64,18 @@ def check_lora_targets(model_args: Any, rho: torch.nn.Module, name: str) -> None
         return
     config = get_peft_config(model_args)
     targets = getattr(config, "target_modules", None)
-    if config is None or targets is None or targets == "all-linear":  # PEFT's defaults by model type, or every linear
-        return
+    if config is None or targets is None or (isinstance(targets, str) and targets.lower() == "all-linear"):
+        return  # PEFT's defaults by model type, or every linear layer
     modules = dict(rho.named_modules())
     if not any(check_target_module_exists(config, key) for key in modules):
         linear = sorted({key.rsplit(".", 1)[-1] for key, m in modules.items()
                          if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"})
-        raise ValueError(f"lora_target_modules: none of {sorted(targets) if isinstance(targets, (set, list)) else targets!r} "
-                         f"is a module of {name}; its linear layers are {linear} (or use 'all-linear')")
+        if isinstance(targets, str):  # PEFT matches one name as a regular expression over the whole module path
+            raise ValueError(f"lora_target_modules: the pattern {targets!r} matches no module path of {name} (one name "
+                             f"is a regular expression over the whole path: '.*{targets}'); its linear layers are "
+                             f"{linear} (or use 'all-linear')")
+        raise ValueError(f"lora_target_modules: none of {sorted(targets)} is a module of {name}; its linear layers are "
+                         f"{linear} (or use 'all-linear')")
 
 
 def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit:

@@ -127,21 +127,30 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
     """A ``prompt`` column, as TRL's GRPO/RLOO datasets have it, as ``query`` and ``input_ids``: a text prompt is the
     query; a conversational one (a list of ``{"role", "content"}`` messages) is rendered with the tokenizer's chat
     template and the generation prompt (``trl.maybe_apply_chat_template``), and tokenized without adding special
-    tokens again (the template has them). Rows that are neither are named."""
+    tokens again (the template has them); its ``query`` (what a reward reads, tokenized with special tokens) leaves out
+    a BOS the template wrote where the tokenizer adds one itself. Rows that are neither are named."""
     bad = [i for i, p in enumerate(dataset["prompt"])
            if not (isinstance(p, str) and p) and not (isinstance(p, list) and p and all(isinstance(m, dict) for m in p))]
     if bad:
         raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages; bad rows {bad[:10]}")
 
-    def render(row: dict[str, Any]) -> dict[str, Any]:
+    def render(row: dict[str, Any], i: int) -> dict[str, Any]:
         if isinstance(row["prompt"], str):
             return {"query": row["prompt"], "input_ids": tokenizer(row["prompt"])["input_ids"]}
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(f"{name}: conversational `prompt` rows need a tokenizer with a chat template")
-        text = maybe_apply_chat_template({"prompt": row["prompt"]}, tokenizer)["prompt"]
-        return {"query": text, "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+        try:
+            text = maybe_apply_chat_template({"prompt": row["prompt"]}, tokenizer)["prompt"]
+        except Exception as err:  # a message without a role, a template that refuses the turns, ...
+            raise ValueError(f"{name} row {i}: the chat template cannot render its `prompt` "
+                             f"({type(err).__name__}: {err})") from err
+        # the reward model tokenizes the query text with special tokens: a BOS the template wrote is left out of it
+        query = text[len(bos):] if bos and text.startswith(bos) else text
+        return {"query": query, "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
 
-    return dataset.map(render, num_proc=args.dataset_num_proc, desc="Rendering prompts")
+    bos = tokenizer.bos_token if tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] else None
+
+    return dataset.map(render, with_indices=True, num_proc=args.dataset_num_proc, desc="Rendering prompts")
 
 
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:

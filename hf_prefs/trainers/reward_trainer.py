@@ -27,15 +27,17 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset, IterableDataset
-from transformers import AutoConfig, TrainerCallback
+from transformers import TrainerCallback
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
@@ -247,8 +249,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         ``Dataset`` or a stream) becomes K = 2 labels through :func:`~hf_prefs.labels.schema.from_pairwise`, prepared
         as ``trl.RewardTrainer`` prepares it (EOS appended to text completions, chat template for conversations); the
         K = 2 loss is TRL's pairwise loss ``-log sigmoid(r_chosen - r_rejected)``. Rows longer than ``max_length``
-        are dropped, as TRL drops them, and so are rows longer than the model's positions (``n_positions`` /
-        ``max_position_embeddings``: GPT-2's or OPT's learned positions would fail on them with an IndexError)."""
+        are dropped, as TRL drops them, and so are rows longer than a learned position table (GPT-2's, OPT's: their
+        forward fails on them with an IndexError; :func:`_max_positions`)."""
         if is_pairwise(get_dataset_column_names(dataset)):
             dataset = from_pairwise(dataset, processing_class, eos_token=getattr(processing_class, "eos_token", None))
         expected_k = args.num_candidates  # None: inferred per dataset (an eval set may use another K)
@@ -504,15 +506,16 @@ def _takes_position_ids(model: Any) -> bool:
 
 
 def _max_positions(model: Any) -> int | None:
-    """The positions a model has (``n_positions`` or ``max_position_embeddings`` of its config; ``model`` may be a
-    name or path, as ``trl.RewardTrainer`` takes), or None where the config names none."""
-    config = getattr(model, "config", None)
-    if config is None and isinstance(model, (str, os.PathLike)):
-        try:
-            config = AutoConfig.from_pretrained(model)
-        except (OSError, ValueError):  # TRL's own load will say what is wrong
-            return None
-    config = getattr(config, "get_text_config", lambda: config)()
+    """The positions of a model that embeds them in a learned table (GPT-2's ``wpe``, OPT's ``embed_positions``, ...):
+    ``n_positions`` or ``max_position_embeddings`` of its config, past which its forward fails with an IndexError;
+    None for rotary/ALiBi models (longer rows still run) and for a model given by name (not loaded yet)."""
+    if not isinstance(model, nn.Module):
+        return None
+    learned = any(isinstance(m, nn.Embedding) and re.search(r"(^|\.)(wpe|embed_positions|position_embeddings)$", name)
+                  for name, m in model.named_modules())
+    if not learned:
+        return None
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     for key in ("n_positions", "max_position_embeddings"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
