@@ -295,7 +295,7 @@ def load_label_file(
             labels = from_openai_json(rows, load_gpt2_tokenizer())
         elif is_pairwise(rows[0]):
             labels = Dataset.from_list(rows)
-        else:  # each row checked as Python values first: one Arrow cannot type ("best": "2") is named, not an ArrowInvalid
+        else:  # each row checked as Python values first: one Arrow cannot type ("best": "2") is named, not ArrowInvalid
             checked: list[dict[str, Any]] = []
             for i, row in enumerate(rows):
                 checked.append(check_label_row(i, row, len(checked[0]["samples"]) if checked else None))

@@ -2,8 +2,8 @@
 
 ``torch.nn.Dropout`` layers are only part of it: many transformers models drop out functionally, with a rate read
 from a float attribute (``OPTAttention.dropout``, ``LlamaAttention.attention_dropout``, OPT's ``layerdrop``, ...) or
-from the config in ``forward`` (Falcon's ``attention_dropout``). TRL's ``disable_dropout_in_model`` zeroes the layers only,
-so a model whose config has such a rate above 0 kept dropping out in training mode (two forwards differ; PPO's
+from the config in ``forward`` (Falcon's ``attention_dropout``). TRL's ``disable_dropout_in_model`` zeroes the layers
+only, so a model whose config has such a rate above 0 kept dropping out in training mode (two forwards differ; PPO's
 ratio pi/pi_old is not 1 at a learning rate of 0)."""
 
 from __future__ import annotations

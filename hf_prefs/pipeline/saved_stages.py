@@ -16,7 +16,8 @@ from datasets import Dataset
 
 from ..models.loading import load_reward_model
 
-__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "has_saved_stages", "stale_stage_fields", "save_labels", "saved_labels", "saved_reward_model"]
+__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "has_saved_stages", "stale_stage_fields", "save_labels", "saved_labels",
+           "saved_reward_model"]
 
 LABELS_FILE = "labels.jsonl"
 LABELS_INFO_FILE = "labels_info.json"

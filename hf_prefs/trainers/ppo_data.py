@@ -132,7 +132,8 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
     bad = [i for i, p in enumerate(dataset["prompt"])
            if not (isinstance(p, str) and p) and not (isinstance(p, list) and p and all(isinstance(m, dict) for m in p))]
     if bad:
-        raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages; bad rows {bad[:10]}")
+        raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages; "
+                         f"bad rows {bad[:10]}")
 
     def render(row: dict[str, Any], i: int) -> dict[str, Any]:
         if isinstance(row["prompt"], str):

@@ -221,8 +221,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         self._init_state(kl_controller)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        """Not available: PPO has no evaluation loss. :meth:`generate_completions` samples ``eval_dataset`` and scores it; :func:`hf_prefs.evaluate_policy` gives a
-        policy's known reward, reward-model score and KL on held-out queries."""
+        """Not available: PPO has no evaluation loss. :meth:`generate_completions` samples ``eval_dataset`` and scores
+        it; :func:`hf_prefs.evaluate_policy` gives a policy's known reward, reward-model score and KL on held-out
+        queries."""
         raise NotImplementedError("PPOTrainer.evaluate: PPO has no evaluation loss; use generate_completions() (samples "
                                   "and scores of eval_dataset) or hf_prefs.evaluate_policy (held-out reward and KL)")
 
