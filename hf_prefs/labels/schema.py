@@ -295,11 +295,11 @@ def load_label_file(
             labels = from_openai_json(rows, load_gpt2_tokenizer())
         elif is_pairwise(rows[0]):
             labels = Dataset.from_list(rows)
-        else:  # each row checked as Python values first: one Arrow cannot type ("best": "2") is named, not ArrowInvalid
-            checked: list[dict[str, Any]] = []
+        else:  # each row checked as Python values first: one Arrow cannot type ("best": "2") is named, not ArrowInvalid;
+            checked: list[dict[str, Any]] = []  # canonical then, so validate_labels need not read them again
             for i, row in enumerate(rows):
                 checked.append(check_label_row(i, row, len(checked[0]["samples"]) if checked else None))
-            labels = Dataset.from_list(checked)
+            return _with_k(Dataset.from_list(checked), k, spec, pairwise=False)
     else:
         try:
             labels = load_dataset(str(spec), split="train")
@@ -310,6 +310,11 @@ def load_label_file(
             labels = labels.select(range(min(limit, len(labels))))
     pairwise = is_pairwise(labels.column_names)
     labels = from_pairwise(labels, processing_class) if pairwise else validate_labels(labels)
+    return _with_k(labels, k, spec, pairwise)
+
+
+def _with_k(labels: Dataset, k: int | None, spec: Any, pairwise: bool) -> Dataset:
+    """``labels`` when their K is ``k`` (or ``k`` is None); else an error on ``num_candidates``."""
     got = len(labels[0]["samples"])
     if k is not None and got != k:
         hint = " (TRL's pairwise rows: one chosen and one rejected sample; set num_candidates 2)" if pairwise else ""

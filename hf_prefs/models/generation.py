@@ -23,6 +23,7 @@ from ..memory import release_free_memory
 from .logprobs import forward_last
 
 __all__ = [
+    "configured_positions",
     "sample_categorical",
     "sample_responses",
     "sample_texts",
@@ -60,6 +61,12 @@ def embedding_rows(model: torch.nn.Module) -> int | None:
     except NotImplementedError:  # a model class that does not say (remote code)
         return None
     return getattr(embeddings, "num_embeddings", None)
+
+
+def configured_positions(model: torch.nn.Module) -> int | None:
+    """The positions ``model``'s (text) config names (``max_position_embeddings`` or ``n_positions``), or None."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def check_vocabulary(model: torch.nn.Module, tokenizer: Any, role: str) -> None:

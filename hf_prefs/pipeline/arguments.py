@@ -193,10 +193,10 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     (:func:`check_hub_push`) — each of which would otherwise stop the run after its labels and reward model were made.
     (The rollout settings are checked by ``PPOConfig`` itself.)"""
     model_dtype(model_args)
-    if str(getattr(cfg.eval_strategy, "value", cfg.eval_strategy)) != "no":
+    if (strategy := getattr(cfg.eval_strategy, "value", cfg.eval_strategy)) != "no":
         raise ValueError(f"eval_strategy: the recipes give PPO no eval set; they evaluate rho and pi on "
                          f"num_eval_queries held-out queries after PPO (eval.json). Leave eval_strategy at 'no', got "
-                         f"{getattr(cfg.eval_strategy, 'value', cfg.eval_strategy)!r}")
+                         f"{strategy!r}")
     for callback in get_reporting_integration_callbacks(cfg.report_to):
         try:
             callback()  # the integrations check their package when made (WandbCallback: "requires wandb ...")

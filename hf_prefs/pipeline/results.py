@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from accelerate import PartialState
+from accelerate.utils import is_peft_model
 from datasets import Dataset
 from matplotlib.figure import Figure
 
@@ -169,7 +170,7 @@ def _write_cards(output_dir: str, pa: PipelineArguments, cfg: Any, base_name: st
     write_model_card(
         os.path.join(output_dir, "reward_model"),
         render_reward_model_card(**common, metrics={k: v for k, v in rm_metrics.items() if k.startswith("eval_")},
-                                 is_peft=getattr(trainer.reward_model, "peft_config", None) is not None),
+                                 is_peft=is_peft_model(trainer.reward_model)),
     )
 
 

@@ -38,13 +38,21 @@ def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = 
                 json.dump(info, f, indent=1)
 
 
+def _labels_saved(output_dir: str) -> bool:
+    """Labels saved whole: ``labels_info.json`` is written after ``labels.jsonl``."""
+    return all(os.path.isfile(os.path.join(output_dir, name)) for name in (LABELS_FILE, LABELS_INFO_FILE))
+
+
+def _reward_model_saved(output_dir: str) -> bool:
+    """A reward model saved whole: ``rm_metrics.jsonl`` is written after ``reward_model/``."""
+    return all(os.path.isfile(os.path.join(output_dir, *name))
+               for name in ((RM_METRICS_FILE,), ("reward_model", "config.json")))
+
+
 def has_saved_stages(output_dir: str) -> bool:
     """Whether ``output_dir`` holds labels or a reward model saved whole by an earlier run (what
     :func:`saved_labels` and :func:`saved_reward_model` would read back)."""
-    labels = all(os.path.isfile(os.path.join(output_dir, name)) for name in (LABELS_FILE, LABELS_INFO_FILE))
-    reward_model = all(os.path.isfile(os.path.join(output_dir, *name))
-                       for name in ((RM_METRICS_FILE,), ("reward_model", "config.json")))
-    return labels or reward_model
+    return _labels_saved(output_dir) or _reward_model_saved(output_dir)
 
 
 def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
@@ -77,9 +85,9 @@ def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
 
 def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
     """The labels and their info a run saved in ``output_dir`` with :func:`save_labels`; None when not saved whole."""
-    path, info_path = os.path.join(output_dir, LABELS_FILE), os.path.join(output_dir, LABELS_INFO_FILE)
-    if not (os.path.isfile(path) and os.path.isfile(info_path)):
+    if not _labels_saved(output_dir):
         return None
+    path, info_path = os.path.join(output_dir, LABELS_FILE), os.path.join(output_dir, LABELS_INFO_FILE)
     with open(info_path) as f:
         info = json.load(f)
     if PartialState().is_main_process:
@@ -90,9 +98,9 @@ def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
 def saved_reward_model(output_dir: str) -> tuple[torch.nn.Module, dict[str, float]] | None:
     """The normalized reward model a run saved in ``output_dir/reward_model`` and its metrics (the numbers of
     ``rm_metrics.jsonl``, later entries over earlier ones, as the training returned them); None when not saved whole."""
-    model_dir, log_path = os.path.join(output_dir, "reward_model"), os.path.join(output_dir, RM_METRICS_FILE)
-    if not (os.path.isfile(log_path) and os.path.isfile(os.path.join(model_dir, "config.json"))):
+    if not _reward_model_saved(output_dir):
         return None
+    model_dir, log_path = os.path.join(output_dir, "reward_model"), os.path.join(output_dir, RM_METRICS_FILE)
     with open(log_path) as f:
         logs = [json.loads(line) for line in f if line.strip()]
     metrics = {k: v for log in logs for k, v in log.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

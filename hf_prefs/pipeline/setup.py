@@ -9,6 +9,7 @@ from accelerate import PartialState
 from datasets import Dataset
 from peft.tuners.tuners_utils import check_target_module_exists
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.pytorch_utils import Conv1D
 from trl import get_peft_config
 
 from ..models.sharding import whole_weights_at_load
@@ -69,7 +70,7 @@ def check_lora_targets(model_args: Any, rho: torch.nn.Module, name: str) -> None
     modules = dict(rho.named_modules())
     if not any(check_target_module_exists(config, key) for key in modules):
         linear = sorted({key.rsplit(".", 1)[-1] for key, m in modules.items()
-                         if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"})
+                         if isinstance(m, (torch.nn.Linear, Conv1D))})
         if isinstance(targets, str):  # PEFT matches one name as a regular expression over the whole module path
             raise ValueError(f"lora_target_modules: the pattern {targets!r} matches no module path of {name} (one name "
                              f"is a regular expression over the whole path: '.*{targets}'); its linear layers are "

@@ -19,7 +19,7 @@ from datasets import Dataset
 from torch import nn
 from trl.data_utils import maybe_apply_chat_template
 
-from ..models.generation import embedding_rows
+from ..models.generation import configured_positions, embedding_rows
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
         raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages; "
                          f"bad rows {bad[:10]}")
 
+    bos = tokenizer.bos_token if tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] else None  # added by it
+
     def render(row: dict[str, Any], i: int) -> dict[str, Any]:
         if isinstance(row["prompt"], str):
             return {"query": row["prompt"], "input_ids": tokenizer(row["prompt"])["input_ids"]}
@@ -148,8 +150,6 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
         # the reward model tokenizes the query text with special tokens: a BOS the template wrote is left out of it
         query = text[len(bos):] if bos and text.startswith(bos) else text
         return {"query": query, "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
-
-    bos = tokenizer.bos_token if tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] else None
 
     return dataset.map(render, with_indices=True, num_proc=args.dataset_num_proc, desc="Rendering prompts")
 
@@ -201,8 +201,7 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
                 raise ValueError(f"{name} row {i}: input_ids holds token id {max(ids) if max(ids) >= vocab else min(ids)}, "
                                  f"outside the policy's embedding of {vocab} tokens (a token added to the tokenizer "
                                  f"only, such as TRL's [PAD], must not be in the queries)")
-    config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
-    max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    max_positions = configured_positions(policy)
     if max_positions is not None:
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] + args.response_length > max_positions:

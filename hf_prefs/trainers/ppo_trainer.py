@@ -213,8 +213,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
             optimizers=optimizers,
         )
         self.args: PPOConfig
-        if str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no":
-            logger.warning(f"eval_strategy={getattr(args.eval_strategy, 'value', args.eval_strategy)!r}: PPOTrainer "
+        if (strategy := getattr(args.eval_strategy, "value", args.eval_strategy)) != "no":
+            logger.warning(f"eval_strategy={strategy!r}: PPOTrainer "
                            "runs no evaluation loop (as TRL's did); eval_dataset feeds generate_completions() every "
                            "num_sample_generations-th of the run. hf_prefs.evaluate_policy scores held-out queries.")
         self._set_batch_sizes()

@@ -49,7 +49,7 @@ from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
 from ..models.dropout import disable_dropout
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
-from ..models.generation import check_vocabulary, input_pad_id
+from ..models.generation import check_vocabulary, configured_positions, input_pad_id
 from ..models.sharding import generation_model
 from ..models.loading import load_reward_normalization, save_reward_normalization
 from ..models.reward_model import (
@@ -507,20 +507,13 @@ def _takes_position_ids(model: Any) -> bool:
 
 def _max_positions(model: Any) -> int | None:
     """The positions of a model that embeds them in a learned table (GPT-2's ``wpe``, OPT's ``embed_positions``, ...):
-    ``n_positions`` or ``max_position_embeddings`` of its config, past which its forward fails with an IndexError;
+    :func:`~hf_prefs.models.generation.configured_positions`, past which its forward fails with an IndexError;
     None for rotary/ALiBi models (longer rows still run) and for a model given by name (not loaded yet)."""
     if not isinstance(model, nn.Module):
         return None
     learned = any(isinstance(m, nn.Embedding) and re.search(r"(^|\.)(wpe|embed_positions|position_embeddings)$", name)
                   for name, m in model.named_modules())
-    if not learned:
-        return None
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return configured_positions(model) if learned else None
 
 
 def _drop_long(dataset: Dataset | IterableDataset, limit: int, why: str, num_proc: int | None, name: str
