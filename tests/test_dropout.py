@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from hf_prefs import PPOConfig, PPOTrainer
-from hf_prefs.models.dropout import DROPOUT_NAME, disable_dropout
+from hf_prefs.models.dropout import DROPOUT_NAME, active_dropout, config_dropout, disable_dropout
 from hf_prefs.trainers import PreferenceRewardConfig, PreferenceRewardTrainer
 
 VOCAB = 50272  # >= the GPT-2 tokenizer's 50,257 (OPT's own vocabulary size)
@@ -57,6 +57,31 @@ def test_functional_dropout_is_off_in_training_mode(arch, head):
     assert torch.equal(a, b)
     rates = {k: v for k, v in vars(model.config).items() if isinstance(v, float) and DROPOUT_NAME.search(k)}
     assert rates and all(v == 0.0 for v in rates.values()), rates
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_active_dropout_names_what_disable_dropout_turns_off(arch):
+    """One definition of a dropout: what `active_dropout`/`config_dropout` find is what `disable_dropout` zeroes."""
+    model = AutoModelForCausalLM.from_config(_with_dropout(CONFIGS[arch]()))
+    found = active_dropout(model)
+    assert found is not None and found.endswith("0.1)"), found
+    assert config_dropout(model.config) and all(rate == 0.1 for _, rate in config_dropout(model.config))
+    disable_dropout(model)
+    assert active_dropout(model) is None and config_dropout(model.config) == []
+    default = active_dropout(AutoModelForCausalLM.from_config(CONFIGS[arch]()))  # the config's own defaults
+    assert default == ("model.decoder.dropout (0.1)" if arch == "opt" else None)
+
+
+def test_active_dropout_reads_layers_rates_and_per_adapter_dicts():
+    seq = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.2))
+    assert active_dropout(seq) == "1 (p=0.2)"
+    seq[1].p = 0.0
+    assert active_dropout(seq) is None
+    seq[0].lora_dropout_rates = {"default": 0.0, "other": 0.3}  # a per-adapter dict (PEFT LoHa/LoKr rank_dropout)
+    assert active_dropout(seq) == "0.lora_dropout_rates (0.3)"
+    assert active_dropout(seq, recurse=False) is None  # the Sequential itself keeps no rate
+    seq.layerdrop = 0.1  # a rate the trunk keeps itself (OPT's decoder)
+    assert active_dropout(seq, recurse=False) == "layerdrop (0.1)"
 
 
 def test_ppo_ratio_is_one_at_learning_rate_zero_on_an_opt_policy(gpt2_tokenizer, tmp_path):

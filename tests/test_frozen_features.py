@@ -105,6 +105,11 @@ def test_what_cannot_be_served_from_stored_outputs(gpt2_tokenizer):
     llama.config.hidden_dropout = 0.1  # applied functionally (BLOOM/Falcon style): no module shows it
     assert frozen_prefix_length(llama) == (0, "dropout is active in the frozen part: config.hidden_dropout = 0.1")
     llama.config.hidden_dropout = 0.0
+    llama.model.layerdrop = 0.1  # a rate the trunk keeps itself (as OPT's decoder keeps its layerdrop)
+    assert frozen_prefix_length(llama) == (0, "dropout is active in the frozen part: layerdrop (0.1)")
+    llama.model.layerdrop = 0.0
+    llama.config.classifier_dropout = 0.1  # a head's rate: the head runs after the blocks
+    assert frozen_prefix_length(llama) == (2, "")
     llama.gradient_checkpointing_enable()
     n, why = frozen_prefix_length(llama)
     assert n == 0 and why.startswith("activation checkpointing is on")

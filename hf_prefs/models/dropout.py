@@ -14,7 +14,7 @@ import re
 import torch
 from transformers import PretrainedConfig
 
-__all__ = ["disable_dropout", "DROPOUT_NAME"]
+__all__ = ["disable_dropout", "active_dropout", "config_dropout", "DROPOUT_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,19 +23,58 @@ logger = logging.getLogger(__name__)
 DROPOUT_NAME = re.compile(r"(dropout|pdrop|layerdrop|drop_prob|drop_rate|drop_path)", re.IGNORECASE)
 
 
+def _is_dropout_layer(module: torch.nn.Module) -> bool:
+    """``nn.Dropout`` and its 1d/2d/3d/alpha kin, PEFT's OFT/BOFT ``MultiplicativeDropoutLayer``: a class named
+    ``*Dropout*`` with a float ``p``."""
+    return "Dropout" in type(module).__name__ and isinstance(getattr(module, "p", None), float)
+
+
+def _rates(obj: object) -> list[tuple[str, float]]:
+    """``(name, rate)`` of every dropout rate > 0 kept on ``obj``: a float attribute named as a dropout rate, or the
+    largest float of such a dict (per adapter)."""
+    found = []
+    for name, value in vars(obj).items():
+        if not DROPOUT_NAME.search(name):
+            continue
+        if isinstance(value, float) and value > 0:
+            found.append((name, value))
+        elif isinstance(value, dict):
+            rates = [v for v in value.values() if isinstance(v, float) and v > 0]
+            if rates:
+                found.append((name, max(rates)))
+    return found
+
+
+def active_dropout(module: torch.nn.Module, recurse: bool = True) -> str | None:
+    """The first dropout that is active in training mode in ``module`` (and its submodules when ``recurse``): a
+    dropout layer with p > 0 or a dropout rate > 0 kept on a module, as :func:`disable_dropout` sets them to 0;
+    ``"<path> (p=0.1)"`` / ``"<path>.<attr> (0.1)"``, or None. Rates read from the config are
+    :func:`config_dropout`'s."""
+    for name, sub in module.named_modules() if recurse else [("", module)]:
+        if _is_dropout_layer(sub) and sub.p > 0:
+            return f"{name} (p={sub.p})"
+        for attr, rate in _rates(sub):
+            return f"{name}.{attr} ({rate})" if name else f"{attr} ({rate})"
+    return None
+
+
+def config_dropout(config: PretrainedConfig) -> list[tuple[str, float]]:
+    """``(name, rate)`` of every dropout rate > 0 of ``config`` and the configs nested in it
+    (``("attention_dropout", 0.1)``); [] when there is none."""
+    return [found for cfg in _configs(config) for found in _rates(cfg)]
+
+
 def _zero_rates(obj: object) -> list[str]:
     """Set every float attribute of ``obj`` whose name is a dropout rate to 0, and every float of such a dict (PEFT's
     LoHa/LoKr ``rank_dropout``, per adapter); the names of those that were > 0."""
     zeroed = []
-    for name, value in list(vars(obj).items()):
-        if not DROPOUT_NAME.search(name):
-            continue
-        if isinstance(value, float) and value > 0:
-            setattr(obj, name, 0.0)
-            zeroed.append(name)
-        elif isinstance(value, dict) and any(isinstance(v, float) and v > 0 for v in value.values()):
+    for name, _ in _rates(obj):
+        value = getattr(obj, name)
+        if isinstance(value, dict):
             value.update({k: 0.0 for k, v in value.items() if isinstance(v, float)})
-            zeroed.append(name)
+        else:
+            setattr(obj, name, 0.0)
+        zeroed.append(name)
     return zeroed
 
 
@@ -57,8 +96,7 @@ def disable_dropout(model: torch.nn.Module) -> None:
     changed: set[str] = set()
     seen: set[int] = set()
     for module in model.modules():
-        # nn.Dropout and its 1d/2d/3d/alpha kin; PEFT's OFT/BOFT MultiplicativeDropoutLayer
-        if "Dropout" in type(module).__name__ and isinstance(getattr(module, "p", None), float):
+        if _is_dropout_layer(module):
             module.p = 0.0
         changed.update(_zero_rates(module))
         config = getattr(module, "config", None)

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .dropout import DROPOUT_NAME
+from .dropout import active_dropout, config_dropout
 from .reward_model import unwrap_model
 from .wrappers import unwrap_distributed
 
@@ -54,10 +54,10 @@ CHECKPOINTING = ("activation checkpointing is on: it recomputes the trainable bl
 
 #: Trainable modules outside the blocks that run after them (final norms): they do not stop the caching.
 _AFTER_BLOCKS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
-_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-#: Config rates of randomness applied functionally in the trunk (BLOOM/Falcon ``hidden_dropout``, MoE router jitter).
-_CONFIG_RATES = re.compile(r"^(dropout|(hidden|attention|attn|resid|embd|embed|activation|ffn|mlp)_(dropout|pdrop)|"
-                           r"router_jitter_noise)$")
+#: Randomness in training mode that is not a dropout (:mod:`.dropout` owns what is): a MoE router's jitter.
+_JITTER = "router_jitter_noise"
+#: Config dropout rates of heads, which run after the blocks (GPT-2's ``summary_first_dropout``, ``classifier_dropout``).
+_HEAD_RATE = re.compile(r"summary|classif")
 #: The tensors of a batch that are per row (``(N, L)`` or ``(N, K)``), sliced when rows are computed apart.
 ROW_KEYS = ("input_ids", "attention_mask", "position_ids", "segment_ids", "last_index")
 
@@ -103,19 +103,6 @@ def _frozen(module: nn.Module) -> bool:
     return not any(p.requires_grad for p in module.parameters())
 
 
-def _active_dropout(module: nn.Module) -> str | None:
-    """Name of a dropout that is active in training inside ``module`` (an ``nn.Dropout`` with p > 0, or a float rate
-    > 0 kept as a module attribute and applied functionally, as Llama's ``attention_dropout`` or OPT's ``dropout``),
-    or None."""
-    for name, sub in module.named_modules():
-        if isinstance(sub, _DROPOUTS) and sub.p > 0:
-            return f"{name} (p={sub.p})"
-        for attr, rate in vars(sub).items():
-            if isinstance(rate, float) and rate > 0 and DROPOUT_NAME.search(attr):
-                return f"{name}.{attr} ({rate})"
-    return None
-
-
 def frozen_prefix_length(model: Any) -> tuple[int, str]:
     """``(n, reason)``: how many bottom blocks can be served from stored outputs, and why not more.
 
@@ -142,12 +129,14 @@ def frozen_prefix_length(model: Any) -> tuple[int, str]:
         if p.requires_grad:
             return 0, f"{pname} is trainable and runs before the blocks"
     around = [m for mname, m in base.named_children() if mname != name]
-    for module in [*blocks[:n], *around]:
-        if (drop := _active_dropout(module)) is not None:
-            return 0, f"dropout is active in the frozen part: {drop}"
-    for key, rate in inner.config.to_dict().items():
-        if _CONFIG_RATES.match(key) and isinstance(rate, (int, float)) and rate > 0:
-            return 0, f"dropout is active in the frozen part: config.{key} = {rate}"
+    # the frozen blocks, the modules around them, the rates the trunk keeps itself (OPT's layerdrop), the config's
+    drops = [active_dropout(module) for module in [*blocks[:n], *around]]
+    drops.append(active_dropout(base, recurse=False))
+    drops += [f"config.{key} = {rate}" for key, rate in config_dropout(inner.config) if not _HEAD_RATE.search(key)]
+    if (jitter := getattr(inner.config, _JITTER, None)) and jitter > 0:
+        drops.append(f"config.{_JITTER} = {jitter}")
+    if drop := next((d for d in drops if d is not None), None):
+        return 0, f"dropout is active in the frozen part: {drop}"
     layer_types = getattr(inner.config, "layer_types", None)
     if layer_types and len(set(layer_types)) > 1:
         return 0, f"the layers have different attention types ({sorted(set(layer_types))})"
