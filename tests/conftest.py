@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import shutil
 import tempfile
@@ -34,11 +35,19 @@ torch.set_num_threads(1)  # tiny models gain nothing from more; and the suite st
 
 
 @pytest.fixture(scope="session")
-def gpt2_tokenizer():
-    """The real 50,257-token GPT-2 BPE (eos 50256); raises AssetMissingError naming the fetch command if absent."""
+def gpt2_tokenizer_pristine():
+    """The real 50,257-token GPT-2 BPE (eos 50256), loaded once; raises AssetMissingError naming the fetch command if
+    absent. Fixtures and tests take copies (:func:`gpt2_tokenizer`): nothing may change this one."""
     from hf_prefs.assets import load_gpt2_tokenizer
 
     return load_gpt2_tokenizer()
+
+
+@pytest.fixture
+def gpt2_tokenizer(gpt2_tokenizer_pristine):
+    """A copy of the real GPT-2 tokenizer per test: trainers set its pad token (TRL's RewardTrainer does, on the
+    tokenizer it is given), and one test's change must not reach another's."""
+    return copy.deepcopy(gpt2_tokenizer_pristine)
 
 
 def tiny_gpt2_config(**overrides) -> GPT2Config:
@@ -55,12 +64,12 @@ def tiny_gpt2():
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, gpt2_tokenizer) -> str:
+def tiny_base(tmp_path_factory, gpt2_tokenizer_pristine) -> str:
     """A tiny random GPT-2 with the real tokenizer, saved like a Hub checkpoint (a base model for the recipes)."""
     path = tmp_path_factory.mktemp("tiny_gpt2")
     torch.manual_seed(0)
     GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
+    gpt2_tokenizer_pristine.save_pretrained(path)
     return str(path)
 
 

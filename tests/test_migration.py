@@ -70,7 +70,7 @@ def test_every_trl_112_field_is_accepted_with_its_default():
 # local stand-ins for the Hub ids of TRL's scripts
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def local_hub(tmp_path_factory, gpt2_tokenizer):
+def local_hub(tmp_path_factory, gpt2_tokenizer_pristine):
     """An SFT policy (tiny GPT-2 + the real GPT-2 tokenizer), a reward model folder (GPT2ForSequenceClassification,
     num_labels=1, no pad id in its config, like TRL's) and two datasets shaped like TRL's: a 'descriptiveness' split
     with a `prompt` column, and TL;DR train/validation splits whose prompts end with "TL;DR:"."""
@@ -78,13 +78,13 @@ def local_hub(tmp_path_factory, gpt2_tokenizer):
     torch.manual_seed(0)
     sft = root / "sft"
     AutoModelForCausalLM.from_config(tiny_gpt2_config()).save_pretrained(sft)
-    gpt2_tokenizer.save_pretrained(sft)
+    gpt2_tokenizer_pristine.save_pretrained(sft)
     rm = root / "reward"
     config = tiny_gpt2_config()
     config.num_labels = 1
     assert config.pad_token_id is None
     GPT2ForSequenceClassification(config).save_pretrained(rm)
-    gpt2_tokenizer.save_pretrained(rm)
+    gpt2_tokenizer_pristine.save_pretrained(rm)
     words = "the sun rose over the quiet town and she walked to the river".split()
     prompts = [" ".join(words[i % 7 : i % 7 + 4 + i % 5]).capitalize() + "." for i in range(110)]
     desc = root / "descriptiveness-sentiment"
