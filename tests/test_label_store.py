@@ -580,7 +580,9 @@ def test_cli_add_import_export_status(tmp_path, capsys):
     items.write_text("".join(json.dumps({"query": q, "samples": s}) + "\n" for q, s in make_items(3)))
     assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(items)]) == 0
     assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(items)]) == 0  # next round: 1
-    assert "round '1'" in capsys.readouterr().out
+    assert "added 3 items to round '1'" in capsys.readouterr().out
+    assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(items), "--round", "1"]) == 0
+    assert "added 0 items to round '1'" in (said := capsys.readouterr().out) and "3 already queued" in said
     labels = tmp_path / "labels.jsonl"
     labels.write_text(json.dumps({"item_id": "0-00001", "query": "query 1", "samples": make_items(2)[1][1], "best": 3}) + "\n")
     assert label_cli.main(["label", "import", "--queue", str(qdir), "--from", str(labels), "--labeler", "ext"]) == 0

@@ -59,8 +59,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_add(args: argparse.Namespace) -> int:
     queue = _queue(args)
     round_id = args.round if args.round is not None else _next_round(queue)
+    before = queue.progress()["items"]
     ids = queue.put_round(round_id, args.source)
-    print(f"added {len(ids)} items to round {round_id!r} of {args.queue} ({ids[0]} .. {ids[-1]})")
+    added = queue.progress()["items"] - before  # a comparison the round already holds is that item, not a new one
+    again = f"; {len(ids) - added} already queued" if added < len(ids) else ""
+    print(f"added {added} items to round {round_id!r} of {args.queue} ({ids[0]} .. {ids[-1]}{again})")
     return 0
 
 
