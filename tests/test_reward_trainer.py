@@ -83,6 +83,16 @@ def test_config_defaults_are_cpu_friendly_and_paper_like(tmp_path):
         PreferenceRewardConfig(output_dir=str(tmp_path), num_candidates=1)
 
 
+def test_activation_checkpointing_on_as_in_trl_without_the_deprecated_alias(tmp_path, recwarn):
+    """TRL's default (checkpointing on) without setting `gradient_checkpointing`, which transformers >= 5.25 warns is
+    deprecated on every config; the alias still works when given."""
+    args = PreferenceRewardConfig(output_dir=str(tmp_path))
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True  # mirrored by transformers
+    assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)]
+    assert PreferenceRewardConfig(output_dir=str(tmp_path), activation_checkpointing=False).gradient_checkpointing is False
+    assert PreferenceRewardConfig(output_dir=str(tmp_path), gradient_checkpointing=False).activation_checkpointing is False
+
+
 @pytest.mark.parametrize("share_query_prefix", [False, True])
 def test_one_forward_pass_per_batch_for_all_k_candidates(gpt2_tokenizer, tmp_path, share_query_prefix):
     model = tiny_rm(gpt2_tokenizer)
