@@ -55,7 +55,7 @@ __all__ = [
 #: The oldest are checked by ``scripts/ci_oldest.sh`` (CI), the newest by the suite on the newest releases.
 TESTED_VERSIONS: dict[str, tuple[str, str]] = {
     "trl": ("1.13.0", "1.16.0"),
-    "transformers": ("5.23.0", "5.24.0"),  # 5.23: TrainingArguments.activation_checkpointing
+    "transformers": ("5.23.0", "5.25.0"),  # 5.23: TrainingArguments.activation_checkpointing
     "accelerate": ("1.7.0", "1.16.0"),
     "peft": ("0.13.0", "0.21.2"),
     "datasets": ("4.7.0", "5.2.0"),
