@@ -66,6 +66,17 @@ def test_every_trl_112_field_is_accepted_with_its_default():
     assert paper.per_device_train_batch_size * paper.gradient_accumulation_steps == 512 and paper.whiten_rewards
 
 
+@pytest.mark.parametrize("flags, on", [([], False), (["--gradient_checkpointing"], True),
+                                       (["--gradient_checkpointing", "false"], False),
+                                       (["--activation_checkpointing"], True)])
+def test_trl_checkpointing_flags_parse(flags, on):
+    """TRL scripts' spellings of the checkpointing flag (a bare `--gradient_checkpointing` is true); off by default."""
+    from trl import TrlParser
+
+    (args,) = TrlParser((PPOConfig,)).parse_args_and_config(["--output_dir", "/tmp/unused", "--use_cpu", "true", *flags])
+    assert args.activation_checkpointing is on and args.gradient_checkpointing is on
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # local stand-ins for the Hub ids of TRL's scripts
 # ---------------------------------------------------------------------------------------------------------------------

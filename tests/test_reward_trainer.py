@@ -12,6 +12,7 @@ import torch
 from conftest import tiny_gpt2_config
 from datasets import Dataset
 from transformers import GPT2ForSequenceClassification
+from trl import TrlParser
 
 from hf_prefs.labels.schema import LabelValidationError
 from hf_prefs.models.loading import NORMALIZATION_FILE
@@ -83,14 +84,19 @@ def test_config_defaults_are_cpu_friendly_and_paper_like(tmp_path):
         PreferenceRewardConfig(output_dir=str(tmp_path), num_candidates=1)
 
 
-def test_activation_checkpointing_on_as_in_trl_without_the_deprecated_alias(tmp_path, recwarn):
-    """TRL's default (checkpointing on) without setting `gradient_checkpointing`, which transformers >= 5.25 warns is
-    deprecated on every config; the alias still works when given."""
+def test_activation_checkpointing_on_as_in_trl_without_a_deprecation_warning(tmp_path, recwarn):
+    """TRL's `gradient_checkpointing` (default True) reaches transformers' `activation_checkpointing` without the
+    deprecation warning transformers >= 5.25 gives on every TRL config; both names and TRL's CLI spellings work."""
     args = PreferenceRewardConfig(output_dir=str(tmp_path))
-    assert args.activation_checkpointing is True and args.gradient_checkpointing is True  # mirrored by transformers
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
     assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)]
     assert PreferenceRewardConfig(output_dir=str(tmp_path), activation_checkpointing=False).gradient_checkpointing is False
     assert PreferenceRewardConfig(output_dir=str(tmp_path), gradient_checkpointing=False).activation_checkpointing is False
+    for flags, on in ([], True), (["--gradient_checkpointing"], True), (["--no_gradient_checkpointing"], False), (
+            ["--gradient_checkpointing", "false"], False), (["--activation_checkpointing", "false"], False):
+        (parsed,) = TrlParser((PreferenceRewardConfig,)).parse_args_and_config(
+            ["--output_dir", str(tmp_path), "--use_cpu", "true", *flags])
+        assert parsed.activation_checkpointing is on and parsed.gradient_checkpointing is on, flags
 
 
 @pytest.mark.parametrize("share_query_prefix", [False, True])

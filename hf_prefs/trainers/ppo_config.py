@@ -109,8 +109,9 @@ class PPOConfig(TrlBaseConfig):
         default=0.0, metadata={"help": "Gradient clipping norm; 0 = none (TRL 1.12 never clipped; paper: none)."}
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every X PPO updates (TRL 1.12 logged every one)."})
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Alias of `activation_checkpointing` (off by default for PPO)."}
+    gradient_checkpointing: bool | None = field(  # nargs/const: a bare `--gradient_checkpointing` means true, as in TRL
+        default=None, metadata={"help": "Alias of `activation_checkpointing` (off by default for PPO).", "nargs": "?",
+                                "const": True}
     )
     bf16: bool | None = field(
         default=None,

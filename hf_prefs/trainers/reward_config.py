@@ -49,8 +49,8 @@ class PreferenceRewardConfig(RewardConfig):
             activation checkpointing — TRL's default: set ``activation_checkpointing=False``).
 
     Differences from ``trl.RewardConfig`` defaults: ``bf16`` defaults to ``True`` only on hardware with bf16
-    (CUDA/XPU), else ``False``; activation checkpointing is on as in TRL, set as ``activation_checkpointing`` (TRL
-    sets the alias ``gradient_checkpointing``, deprecated in transformers 5.25). The paper's books-task training (one epoch, batch 32, lr 5e-5 decayed linearly
+    (CUDA/XPU), else ``False``; TRL's ``gradient_checkpointing`` (default ``True``) is passed on as
+    ``activation_checkpointing`` when that is unset, without transformers' (>= 5.25) deprecation warning. The paper's books-task training (one epoch, batch 32, lr 5e-5 decayed linearly
     to 0) is set by the recipes, not here.
     """
 
@@ -88,16 +88,13 @@ class PreferenceRewardConfig(RewardConfig):
         options at their defaults, then ``overrides``."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(args) if f.init}, **overrides)
 
-    # TRL's default (activation checkpointing on), set under transformers' name: TRL sets the alias
-    # `gradient_checkpointing=True`, which transformers >= 5.25 warns is deprecated on every config made
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing` (on by default, as in TRL)."})
-
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
             self.bf16 = False if self.use_cpu else _default_bf16()
-        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = True
+        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is not None:
+            # TRL's field (default True) resolved into transformers' name here: transformers >= 5.25 would warn that
+            # `gradient_checkpointing` is deprecated on every config made, TRL's default included
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
         if self.num_candidates is not None and self.num_candidates < 2:
             raise ValueError(f"num_candidates must be >= 2, got {self.num_candidates}")
