@@ -56,12 +56,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _round_total(queue: LabelQueue, round_id: int | str) -> int:
+    """Items in the round so far (0 for a round not yet made)."""
+    try:
+        return queue.round_status(round_id).total
+    except KeyError:
+        return 0
+
+
 def _cmd_add(args: argparse.Namespace) -> int:
     queue = _queue(args)
     round_id = args.round if args.round is not None else _next_round(queue)
-    before = queue.progress()["items"]
+    before = _round_total(queue, round_id)
     ids = queue.put_round(round_id, args.source)
-    added = queue.progress()["items"] - before  # a comparison the round already holds is that item, not a new one
+    # a comparison the round already holds is that item, not a new one (another process adding to the same round at
+    # the same time would be counted here too: at most len(ids))
+    added = min(len(ids), _round_total(queue, round_id) - before)
     again = f"; {len(ids) - added} already queued" if added < len(ids) else ""
     print(f"added {added} items to round {round_id!r} of {args.queue} ({ids[0]} .. {ids[-1]}{again})")
     return 0
