@@ -50,8 +50,8 @@ class PreferenceRewardConfig(RewardConfig):
 
     Differences from ``trl.RewardConfig`` defaults: ``bf16`` defaults to ``True`` only on hardware with bf16
     (CUDA/XPU), else ``False``; TRL's ``gradient_checkpointing`` (default ``True``) is passed on as
-    ``activation_checkpointing`` when that is unset, without transformers' (>= 5.25) deprecation warning. The paper's books-task training (one epoch, batch 32, lr 5e-5 decayed linearly
-    to 0) is set by the recipes, not here.
+    ``activation_checkpointing`` when that is unset, without transformers' (>= 5.25) deprecation warning. The paper's
+    books-task training (one epoch, batch 32, lr 5e-5 decayed linearly to 0) is set by the recipes, not here.
     """
 
     num_candidates: int | None = field(
