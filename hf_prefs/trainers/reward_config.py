@@ -91,7 +91,7 @@ class PreferenceRewardConfig(RewardConfig):
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
             self.bf16 = False if self.use_cpu else _default_bf16()
-        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is not None:
+        if self.activation_checkpointing is None and self.gradient_checkpointing is not None:
             # TRL's field (default True) resolved into transformers' name here: transformers >= 5.25 would warn that
             # `gradient_checkpointing` is deprecated on every config made, TRL's default included
             self.activation_checkpointing = self.gradient_checkpointing
