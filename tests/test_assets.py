@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,3 +230,14 @@ def test_cli_fetch_only_vader(empty_cache, capsys):
 def test_cli_rejects_unknown_asset(capsys):
     with pytest.raises(SystemExit):
         cli.main(["assets", "fetch", "--only", "gpt3"])
+
+
+def test_python_m_hf_prefs_is_the_cli(empty_cache):
+    """``python -m hf_prefs`` runs the same command line as the ``hf-prefs`` script (its name and exit code)."""
+    env = {**os.environ, "HF_PREFS_CACHE": str(empty_cache)}
+    done = subprocess.run([sys.executable, "-m", "hf_prefs", "assets", "path"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert str(empty_cache) in done.stdout and "hf-prefs assets fetch --only" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "hf_prefs", "assets", "fetch", "--only", "gpt3"], capture_output=True,
+                         text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("usage: hf-prefs")
