@@ -274,6 +274,10 @@ def test_half_a_pairwise_row_names_the_missing_column():
         validate_labels(Dataset.from_dict({"prompt": ["p"], "chosen": ["c"]}))
     with pytest.raises(LabelValidationError, match="no 'chosen' column"):
         validate_labels(Dataset.from_dict({"rejected": ["r"]}))
+    for ids in ("chosen_ids", "chosen_input_ids"):  # TRL's pre-tokenized rows (current and older column names)
+        rows = {ids: [[1, 2]], ids.replace("chosen", "rejected"): [[1, 3]]}
+        with pytest.raises(LabelValidationError, match="pre-tokenized pairwise rows: labels are text here"):
+            validate_labels(Dataset.from_dict(rows))
 
 
 def test_label_file_rows_arrow_cannot_type_and_bad_bytes_name_their_row_or_line(tmp_path):

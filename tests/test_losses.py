@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_prefs.core.losses import kway_accuracy, kway_preference_loss
+from hf_prefs.core.losses import kway_accuracy, kway_margin, kway_preference_loss, reward_centering_penalty
 
 
 def _hand_loss(rewards: list[float], best: int) -> float:
@@ -41,6 +41,26 @@ def test_kway_loss_is_shift_invariant_and_gradient_is_softmax_minus_onehot():
     assert torch.allclose(rewards.grad, p - F.one_hot(best, 3).float(), atol=1e-6)
     shifted = kway_preference_loss(rewards.detach() + 7.0, best)
     assert shifted.item() == pytest.approx(loss.item(), abs=1e-5)
+
+
+def test_centering_penalty_is_the_squared_sum_per_label_as_trl_for_k2():
+    rewards = torch.tensor([[1.0, -3.0, 0.5], [2.0, 2.0, -1.0]])
+    assert reward_centering_penalty(rewards).item() == pytest.approx(((1 - 3 + 0.5) ** 2 + (2 + 2 - 1) ** 2) / 2)
+    g = torch.Generator().manual_seed(0)
+    chosen, rejected = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    trl_term = torch.mean((chosen + rejected) ** 2)  # trl.RewardTrainer.compute_loss, center_rewards_coefficient
+    assert reward_centering_penalty(torch.stack([chosen, rejected], 1)).item() == pytest.approx(trl_term.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        reward_centering_penalty(torch.zeros(3))
+
+
+def test_margin_is_the_picked_reward_over_the_others_mean_as_trl_for_k2():
+    rewards = torch.tensor([[1.0, -3.0, 0.5], [2.0, 2.0, -1.0]])
+    assert kway_margin(rewards, torch.tensor([0, 2])).item() == pytest.approx(((1 - (-3 + 0.5) / 2) + (-1 - 2)) / 2)
+    chosen, rejected = torch.tensor([0.3, 1.0]), torch.tensor([0.1, 2.0])
+    trl_margin = (chosen - rejected).mean()  # trl.RewardTrainer's "margin" metric
+    assert kway_margin(torch.stack([chosen, rejected], 1), torch.zeros(2, dtype=torch.long)).item() == pytest.approx(
+        trl_margin.item())
 
 
 def test_k2_equals_trl_pairwise_loss():

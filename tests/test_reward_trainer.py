@@ -152,10 +152,10 @@ def test_training_lowers_loss_and_logs_metrics(gpt2_tokenizer, tmp_path):
     assert end["eval_accuracy"] > 0.9
     train_logs = [h for h in trainer.state.log_history if "loss" in h]
     assert train_logs[-1]["loss"] < train_logs[0]["loss"]
-    for key in ("loss", "accuracy", "mean_reward", "std_reward", "min_reward", "max_reward", "num_tokens"):
+    for key in ("loss", "accuracy", "margin", "mean_reward", "std_reward", "min_reward", "max_reward", "num_tokens"):
         assert key in train_logs[0], key
         assert f"eval_{key}" in end, key
-    assert end["eval_std_reward"] > 0
+    assert end["eval_std_reward"] > 0 and end["eval_margin"] > start["eval_margin"] + 1.0  # TRL's metric, K-way
 
 
 def test_labels_longer_than_the_model_positions_are_dropped_not_crashed_on(gpt2_tokenizer, tmp_path):
@@ -205,7 +205,8 @@ def test_bad_labels_and_k_mismatch_name_the_row(gpt2_tokenizer, tmp_path):
         PreferenceRewardTrainer(
             model, make_args(tmp_path, num_candidates=3), train_dataset=toy_labels(4), processing_class=gpt2_tokenizer
         )
-    assert (info.value.row, info.value.field) == (0, "samples") and "K=3" in str(info.value)
+    assert (info.value.row, info.value.field) == (0, "samples") and str(info.value) == (
+        "train dataset, row 0, field 'samples': expected K=3 samples (the K asked for: num_candidates), got 4")
 
     mixed = toy_labels(4).to_dict()
     mixed["samples"][2] = mixed["samples"][2][:3]
@@ -226,6 +227,7 @@ def test_bad_labels_and_k_mismatch_name_the_row(gpt2_tokenizer, tmp_path):
             processing_class=gpt2_tokenizer,
         )
     assert (info.value.row, info.value.field) == (3, "best")
+    assert str(info.value).startswith("eval dataset, row 3, field 'best': best=4 is out of range")
 
     small = GPT2ForSequenceClassification(tiny_gpt2_config(vocab_size=1000, num_labels=1))  # not GPT-2's 50,257 ids
     with pytest.raises(ValueError, match=r"model \(the reward model\): its input embedding holds 1000 token ids, but "
@@ -368,11 +370,11 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
     assert "hf-prefs" in card and "1909.08593" in card and "reward-trainer" in card
 
 
-@pytest.mark.parametrize("streaming", [False, True])
-def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path, streaming):
+@pytest.mark.parametrize("streaming, center", [(False, None), (True, None), (False, 10.0)])
+def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path, streaming, center):
     """A TRL reward script with the trainer's import changed: TRL's RewardConfig and pairwise rows passed straight to
     the trainer: K = 2 labels prepared as trl.RewardTrainer prepares the rows (EOS appended, reward at the last token),
-    so two steps from the same weights give TRL's losses and weights."""
+    so two steps from the same weights give TRL's losses and weights — with TRL's ``center_rewards_coefficient`` too."""
     import copy
 
     from trl import RewardConfig, RewardTrainer
@@ -394,7 +396,7 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
     # would show as an lr-sized difference
     common = dict(per_device_train_batch_size=4, optim="sgd", learning_rate=0.1, max_steps=2, logging_steps=1, report_to=[],
                   save_strategy="no", gradient_checkpointing=False, seed=0, use_cpu=True, bf16=False,
-                  disable_tqdm=True)
+                  disable_tqdm=True, center_rewards_coefficient=center)
     data = pairs.to_iterable_dataset() if streaming else pairs  # a stream: TRL's --dataset_streaming, rows in order
     trl_trainer = RewardTrainer(trl_model, RewardConfig(output_dir=str(tmp_path / "trl"), **common),
                                 train_dataset=data, processing_class=tok)

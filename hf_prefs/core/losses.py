@@ -6,7 +6,9 @@ scores r_i = r(x, y_i) the loss of one label is
     loss = -log( exp(r_b) / sum_i exp(r_i) ) = logsumexp_i(r_i) - r_b
 
 For K = 2 this is the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) that ``trl.RewardTrainer``
-uses, so a pairwise dataset is the special case K = 2.
+uses, so a pairwise dataset is the special case K = 2. The loss only sees differences of rewards; TRL's
+``center_rewards_coefficient`` adds a term pulling each label's rewards towards a zero sum
+(:func:`reward_centering_penalty`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kway_preference_loss", "kway_accuracy"]
+__all__ = ["kway_preference_loss", "kway_accuracy", "kway_margin", "reward_centering_penalty"]
 
 
 def kway_preference_loss(rewards: torch.Tensor, best: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -38,6 +40,15 @@ def kway_preference_loss(rewards: torch.Tensor, best: torch.Tensor, reduction: s
     return F.cross_entropy(rewards.float(), best, reduction=reduction)
 
 
+def reward_centering_penalty(rewards: torch.Tensor) -> torch.Tensor:
+    """``mean_b (sum_i r_bi)^2`` over the B labels of a ``(B, K)`` reward batch: TRL's ``center_rewards_coefficient``
+    term, ``mean((r_chosen + r_rejected)^2)`` (Eisenstein et al., 2023), for K = 2, and its K-way form (the sum of
+    the label's K rewards), which leaves the preference loss unchanged and fixes the free offset of the rewards."""
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must have shape (B, K), got {tuple(rewards.shape)}")
+    return rewards.float().sum(dim=1).pow(2).mean()
+
+
 def kway_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     """Fraction of labels whose highest-reward sample is the labeler's pick.
 
@@ -49,3 +60,12 @@ def kway_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     is_max = rewards == rewards.max(dim=1, keepdim=True).values  # (B, K)
     hit = is_max.gather(1, best[:, None]).squeeze(1).float()  # (B,)
     return (hit / is_max.sum(dim=1).float()).mean()
+
+
+def kway_margin(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """Mean over labels of ``r_b - mean_{i != b} r_i``: how far the picked sample's reward stands above the others'.
+    For K = 2 it is TRL's ``margin`` metric, ``mean(r_chosen - r_rejected)``."""
+    best = best.to(device=rewards.device, dtype=torch.long)
+    k = rewards.shape[1]
+    picked = rewards.gather(1, best[:, None]).squeeze(1)
+    return (picked - (rewards.sum(dim=1) - picked) / (k - 1)).float().mean()

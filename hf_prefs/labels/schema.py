@@ -105,6 +105,9 @@ def to_canonical(dataset: Dataset) -> Dataset:
         if len(half) == 1:
             missing = "rejected" if half == ["chosen"] else "chosen"
             hint = f" — TRL's pairwise preference format needs both 'chosen' and 'rejected': no '{missing}' column"
+        elif {"chosen_ids", "rejected_ids"} <= set(cols) or {"chosen_input_ids", "rejected_input_ids"} <= set(cols):
+            hint = (" — TRL's pre-tokenized pairwise rows: labels are text here (the reward model, its normalization "
+                    "and PPO read text); keep the 'chosen'/'rejected' text columns, or decode the ids with the tokenizer")
         elif is_pairwise(cols):
             hint = (" — this is TRL's pairwise preference format: PreferenceRewardTrainer takes it as it is, or convert it "
                     "with hf_prefs.from_pairwise (K = 2 labels; conversational rows: from_pairwise(dataset, tokenizer))")
@@ -123,7 +126,8 @@ def check_comparison(i: int, query: Any, samples: Any, k: int | None = None) -> 
     if len(samples) < 2:
         raise LabelValidationError(f"a comparison needs at least 2 samples, got {len(samples)}", i, "samples")
     if k is not None and len(samples) != k:
-        raise LabelValidationError(f"expected K={k} samples like the rows before it, got {len(samples)}", i, "samples")
+        asked = "like the rows before it" if i else "(the K asked for: num_candidates)"
+        raise LabelValidationError(f"expected K={k} samples {asked}, got {len(samples)}", i, "samples")
     for j, s in enumerate(samples):
         if not isinstance(s, str):
             raise LabelValidationError(f"sample {j} must be a string, got {type(s).__name__}", i, f"samples[{j}]")
@@ -250,6 +254,10 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     if suffix == ".parquet":
         return Dataset.from_parquet(str(path)).to_list()
     if suffix == ".csv":
+        with open(path, "rb") as f:  # an empty export (no labels) is a blank file, which the CSV reader refuses
+            head = f.read(1 << 16)
+        if not head.strip() and len(head) < 1 << 16:
+            return []
         return Dataset.from_csv(str(path)).to_list()
     raise LabelValidationError(f"unsupported file type {suffix!r} for {path}: use {', '.join(LABEL_FILE_SUFFIXES)} or a "
                                f"dataset folder")

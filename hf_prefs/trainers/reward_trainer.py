@@ -44,7 +44,7 @@ from trl import RewardConfig, RewardTrainer
 
 from .._compat import count_reward_trainer_tokens, get_dataset_column_names, reward_trainer_metrics
 from ..citation import ZIEGLER_2019
-from ..core.losses import kway_accuracy, kway_preference_loss
+from ..core.losses import kway_accuracy, kway_margin, kway_preference_loss, reward_centering_penalty
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
 from ..models.dropout import disable_dropout
@@ -251,13 +251,19 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         K = 2 loss is TRL's pairwise loss ``-log sigmoid(r_chosen - r_rejected)``. Rows longer than ``max_length``
         are dropped, as TRL drops them, and so are rows longer than a learned position table (GPT-2's, OPT's: their
         forward fails on them with an IndexError; :func:`_max_positions`)."""
-        if is_pairwise(get_dataset_column_names(dataset)):
-            dataset = from_pairwise(dataset, processing_class, eos_token=getattr(processing_class, "eos_token", None))
         expected_k = args.num_candidates  # None: inferred per dataset (an eval set may use another K)
-        if {"query_ids", "samples_ids", "best"} <= set(get_dataset_column_names(dataset)):
-            _check_tokenized(dataset, expected_k)
-        else:
-            dataset = _tokenize_labels(_checked_labels(dataset, expected_k), processing_class, args, dataset_name)
+        tokenized = {"query_ids", "samples_ids", "best"} <= set(get_dataset_column_names(dataset))
+        try:
+            if is_pairwise(get_dataset_column_names(dataset)):
+                dataset = from_pairwise(dataset, processing_class, eos_token=getattr(processing_class, "eos_token", None))
+            if tokenized:
+                _check_tokenized(dataset, expected_k)
+            else:
+                dataset = _checked_labels(dataset, expected_k, dataset_name)
+        except LabelValidationError as err:
+            raise _in_dataset(err, dataset_name) from None
+        if not tokenized:
+            dataset = _tokenize_labels(dataset, processing_class, args, dataset_name)
         if isinstance(dataset, Dataset) and len(dataset) > 0 and dataset_name == "train":
             self.num_candidates = len(dataset[0]["samples_ids"])
         limits = {f"max_length={args.max_length} tokens": args.max_length,
@@ -285,7 +291,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         rewards = rewards.view(best.shape[0], -1)  # (B, K)
         loss = kway_preference_loss(rewards, best)
         if self.args.center_rewards_coefficient is not None:
-            loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards**2)
+            loss = loss + self.args.center_rewards_coefficient * reward_centering_penalty(rewards)
 
         metrics = reward_trainer_metrics(self, mode)
         n_tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item() if mode == "train" else 0
@@ -294,6 +300,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             all_rewards = self.accelerator.gather_for_metrics(rewards.detach())
             all_best = self.accelerator.gather_for_metrics(best)
             metrics["accuracy"].append(kway_accuracy(all_rewards, all_best).item())
+            metrics["margin"].append(kway_margin(all_rewards, all_best).item())
             metrics["mean_reward"].append(all_rewards.mean().item())
             metrics["std_reward"].append(all_rewards.std(unbiased=False).item())
             metrics["min_reward"].append(all_rewards.min().item())
@@ -455,12 +462,26 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         return get_reward_normalization(self.model)
 
 
-def _checked_labels(dataset: Dataset | IterableDataset, k: int | None) -> Dataset | IterableDataset:
-    """Label rows checked (errors name the row and field): a ``Dataset`` at once, a stream row by row as it is read
-    (its K fixed by ``k`` only)."""
+def _in_dataset(err: LabelValidationError, name: str) -> LabelValidationError:
+    """``err`` with the dataset it is about in front (``train``, ``eval`` or an eval dict's key), row and field kept."""
+    named = LabelValidationError(f"{name} dataset, {err}")
+    named.row, named.field = err.row, err.field
+    return named
+
+
+def _checked_labels(dataset: Dataset | IterableDataset, k: int | None, name: str) -> Dataset | IterableDataset:
+    """Label rows checked (errors name the dataset, row and field): a ``Dataset`` at once, a stream row by row as it
+    is read (its K fixed by ``k`` only)."""
     if isinstance(dataset, Dataset):
         return validate_labels(dataset, k=k)
-    return dataset.map(lambda row, i: check_label_row(i, row, k), with_indices=True)
+
+    def check(row: dict[str, Any], i: int) -> dict[str, Any]:
+        try:
+            return check_label_row(i, row, k)
+        except LabelValidationError as err:
+            raise _in_dataset(err, name) from None
+
+    return dataset.map(check, with_indices=True)
 
 
 def _tokenize_labels(
