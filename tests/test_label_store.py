@@ -600,6 +600,54 @@ def test_cli_add_import_export_status(tmp_path, capsys):
     assert "row 0, field 'samples': a comparison needs at least 2 samples" in capsys.readouterr().err
 
 
+def test_cli_queue_must_be_a_folder_and_reading_commands_make_none(tmp_path, capsys):
+    """``--queue`` naming a file: a one-line error for every command; ``status``/``export`` of a folder with no queue
+    (a mistyped path) say so and leave no folder behind; an empty CSV export reads back as no items."""
+    a_file = tmp_path / "items.jsonl"
+    a_file.write_text(json.dumps({"query": "q", "samples": ["a", "b"]}) + "\n")
+    for argv in (["add", "--from", str(a_file)], ["status"], ["export", "--out", str(tmp_path / "o.jsonl")]):
+        assert label_cli.main(["label", argv[0], "--queue", str(a_file), *argv[1:]]) == 2
+        assert "a file, not a queue folder" in capsys.readouterr().err
+    typo = tmp_path / "no_such_queue"
+    for argv in (["status"], ["export", "--out", str(tmp_path / "o.jsonl")]):
+        assert label_cli.main(["label", argv[0], "--queue", str(typo), *argv[1:]]) == 2
+        assert "no label queue there" in capsys.readouterr().err
+    assert not typo.exists() and not (tmp_path / "o.jsonl").exists()
+    empty = tmp_path / "empty"
+    LabelQueue(empty)
+    assert label_cli.main(["label", "export", "--queue", str(empty), "--out", str(tmp_path / "e.csv")]) == 0
+    assert label_cli.main(["label", "add", "--queue", str(tmp_path / "q2"), "--from", str(tmp_path / "e.csv")]) == 2
+    assert "no items given" in capsys.readouterr().err
+
+
+def test_one_k_per_file_and_per_round(tmp_path):
+    """Rows entering a queue in one call have one K, and a round's items one K (a round's labels train one reward
+    model): another K is named by row, nothing is written; rounds may differ, and exporting them together is refused
+    (a label file has one K) while each round exports on its own."""
+    q = LabelQueue(tmp_path / "q")
+    log = tmp_path / "q" / LOG_NAME
+    with pytest.raises(LabelValidationError, match=r"row 1, field 'samples': expected K=4 samples like the rows before"):
+        q.put_round(0, [("q0", ["a", "b", "c", "d"]), ("q1", ["a", "b", "c"])])
+    with pytest.raises(LabelValidationError, match=r"row 1, field 'samples': expected K=2"):
+        q.add_labels([{"query": "q", "samples": ["a", "b"], "best": 0},
+                      {"query": "r", "samples": ["a", "b", "c"], "best": 0}], round_id=0)
+    assert q.progress()["items"] == 0
+    q.put_round(0, [("q0", ["a", "b", "c", "d"])])
+    before = log.read_bytes()
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'samples': expected K=4 samples as round '0'.*got 3"):
+        q.put_round(0, [("q1", ["a", "b", "c"])])
+    with pytest.raises(LabelValidationError, match=r"row 1, field 'samples': expected K=4 samples as round '0'.*got 2"):
+        q.add_labels([{"query": "x", "samples": ["a", "b"], "best": 0, "round": "pairs"},
+                      {"query": "y", "samples": ["a", "b"], "best": 0, "round": "0"}])
+    assert log.read_bytes() == before
+    q.add_labels([{"query": "x", "samples": ["a", "b"], "best": 1}], round_id="pairs")  # another round, another K
+    q.submit("alice", q.put_round(0, [("q1", ["e", "f", "g", "h"])])[0], 2)
+    with pytest.raises(ValueError, match=r"mix K = \[2, 4\].*--round"):
+        q.export(tmp_path / "all.jsonl")
+    assert not (tmp_path / "all.jsonl").exists()
+    assert q.export(tmp_path / "pairs.jsonl", round_id="pairs") == 1 and q.export(tmp_path / "k4.jsonl", round_id=0) == 1
+
+
 def test_generated_item_ids_step_over_explicit_ones(tmp_path):
     """An item given the id the next generated one would take: the generated id moves on, and the label added
     through it is kept (it was written, then dropped on replay as a duplicate item)."""

@@ -19,10 +19,18 @@ if TYPE_CHECKING:
 __all__ = ["add_label_parser", "main"]
 
 
-def _queue(args: argparse.Namespace, **kwargs) -> LabelQueue:
+def _queue(args: argparse.Namespace, existing: bool = False, **kwargs) -> LabelQueue:
+    """The queue in ``--queue`` (made if missing, unless ``existing``: reading a mistyped folder makes none)."""
+    from hf_prefs.labels.event_log import LOG_NAME
     from hf_prefs.labels.queue import LabelQueue  # lazy: `hf-prefs --help` should not import datasets (~2 s)
 
-    return LabelQueue(args.queue, **kwargs)
+    path = Path(args.queue).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--queue {args.queue}: a file, not a queue folder (the folder holds {LOG_NAME})")
+    if existing and not (path / LOG_NAME).is_file():
+        raise FileNotFoundError(f"--queue {args.queue}: no label queue there (no {LOG_NAME}; `hf-prefs label add` "
+                                "makes one)")
+    return LabelQueue(path, **kwargs)
 
 
 def _next_round(queue: LabelQueue) -> str:
@@ -85,7 +93,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    queue = _queue(args)
+    queue = _queue(args, existing=True)
     n = queue.export(args.out, round_id=args.round, include_repeats=args.include_repeats)
     print(f"wrote {n} labels to {args.out}")
     if args.push_to_hub:
@@ -118,7 +126,7 @@ def _push_export(args: argparse.Namespace, queue: LabelQueue) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    queue = _queue(args)
+    queue = _queue(args, existing=True)
     out = {
         "progress": queue.progress(),
         "agreement": queue.agreement(),
@@ -150,7 +158,7 @@ def add_label_parser(subparsers: argparse._SubParsersAction) -> None:
 
     def with_queue(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("--queue", required=True, metavar="DIR", help="queue folder (holds queue.jsonl; created if missing)")
+        p.add_argument("--queue", required=True, metavar="DIR", help="queue folder (holds queue.jsonl; serve/add/import make it if missing)")
         return p
 
     serve = with_queue("serve", help="serve the labeling page (Gradio; needs the 'label' extra)")

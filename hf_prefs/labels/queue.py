@@ -201,7 +201,7 @@ class LabelQueue:
         checked = []
         for i, row in enumerate(rows):
             row = merge_flat_samples(i, row)
-            query, samples = check_comparison(i, row.get("query"), row.get("samples"))
+            query, samples = check_comparison(i, row.get("query"), row.get("samples"), len(checked[0][2]) if checked else None)
             item_id = row.get("item_id")
             if item_id is not None:
                 try:
@@ -214,6 +214,7 @@ class LabelQueue:
         ids: list[str] = []
 
         def build(state: QueueState) -> list[Event]:
+            _check_round_k(state, key, len(checked[0][2]), 0)
             n0, now, seen, out = len(state.rounds.get(key, [])), self.clock(), set(), []
             queued = state.items_by_content()  # the same comparison put again is that item
             ids.clear()
@@ -274,6 +275,12 @@ class LabelQueue:
         """Write :meth:`labels` to ``out`` (``.jsonl``/``.json``, ``.parquet``, ``.csv`` or a dataset folder);
         returns the number of rows."""
         ds = self.labels(round_id, include_repeats=include_repeats)
+        ks = {}
+        for rnd, samples in zip(ds["round"], ds["samples"]):
+            ks.setdefault(len(samples), rnd)
+        if len(ks) > 1:  # a label file holds one K (it trains one reward model); nothing is written
+            raise ValueError(f"the labels mix K = {sorted(ks)} samples (e.g. rounds {sorted(ks.values())}): export one K "
+                             "at a time with round_id (--round)")
         out = Path(out)
         suffix = out.suffix.lower()
         if suffix == ".jsonl":
@@ -303,7 +310,9 @@ class LabelQueue:
         holds as for the app (an item labeled twice by one labeler is refused); files may add labels
         beyond ``labels_per_item``. All rows are checked first; one bad row writes nothing.
         """
-        rows = [check_label_row(i, row) for i, row in enumerate(load_rows(source))]
+        rows: list[dict[str, Any]] = []
+        for i, row in enumerate(load_rows(source)):
+            rows.append(check_label_row(i, row, len(rows[0]["samples"]) if rows else None))
         if not rows:
             raise LabelValidationError("the label source holds no rows")
         default_round = None if round_id is None else round_key(round_id)
@@ -332,7 +341,8 @@ class LabelQueue:
                     raise LabelValidationError(str(exc), i, exc.field) from None
                 if item is None:
                     if rnd is None:
-                        raise LabelValidationError("no queued item matches; give a round (column 'round' or round_id) for new items", i, "round")
+                        raise LabelValidationError("no queued item matches; give a round for new items (a 'round' column, round_id= or the CLI's --round)", i, "round")
+                    _check_round_k(state, rnd, len(samples), i)
                     if not item_id:
                         n = len(state.rounds.get(rnd, [])) + sum(r["round"] == rnd for r in new_items.values())
                         item_id = _new_item_id(rnd, n, state.items, new_items, explicit)
@@ -480,6 +490,14 @@ class LabelQueue:
         the same labeler (of ``labeler`` only, if given); ``cross_n``/``cross_agree`` count pairs of
         different labelers' first answers on the same item (pairs involving ``labeler``, if given)."""
         return self._state.agreement(labeler)
+
+
+def _check_round_k(state: QueueState, round_id: str, k: int, row: int) -> None:
+    """New items of ``round_id`` have the round's K (its queued items' number of samples), when it holds any."""
+    queued = state.num_candidates(round_id)
+    if queued is not None and k != queued:
+        raise LabelValidationError(f"expected K={queued} samples as round {round_id!r}'s items have (one K per round: "
+                                   f"its labels train one reward model), got {k}", row, "samples")
 
 
 def _new_item_id(round_id: str, n: int, *taken: Any) -> str:

@@ -222,6 +222,11 @@ class QueueState:
         recent = {r["item_id"] for r in live[max(0, len(live) - gap) :]}
         return [r["item_id"] for r in live if r["item_id"] not in recent and (r["item_id"], labeler, True) not in self.answers]
 
+    def num_candidates(self, round_id: str) -> int | None:
+        """K of the round's items (one K per round: a round's labels train one reward model); None for a new round."""
+        ids = self.rounds.get(round_id)
+        return len(self.items[ids[0]]["samples"]) if ids else None
+
     def items_by_content(self) -> dict[tuple[str, str, tuple[str, ...]], str]:
         """``(round, query, samples) -> item_id`` of every queued item (the first one where a comparison repeats)."""
         by_content: dict[tuple[str, str, tuple[str, ...]], str] = {}
