@@ -192,7 +192,8 @@ class LabelQueue:
         ``item_id``), a ``Dataset`` or a file (see :func:`~hf_prefs.labels.schema.load_rows`).
         Generated ids are ``"{round}-{n:05d}"``. A comparison (query and samples) the round already holds, given
         without an ``item_id``, is that item (its id is returned, nothing is added): a run that puts its round again
-        after a restart does not ask for its labels twice. All items are checked first; one bad row writes nothing.
+        after a restart does not ask for its labels twice. The items have one K, the round's if it holds any (a
+        round's labels train one reward model). All items are checked first; one bad row writes nothing.
         """
         key = round_key(round_id)
         rows = load_rows(items)
@@ -273,9 +274,9 @@ class LabelQueue:
 
     def export(self, out: str | os.PathLike, round_id: int | str | None = None, include_repeats: bool = False) -> int:
         """Write :meth:`labels` to ``out`` (``.jsonl``/``.json``, ``.parquet``, ``.csv`` or a dataset folder);
-        returns the number of rows."""
+        returns the number of rows. Labels of rounds with different K are refused (a label file has one K)."""
         ds = self.labels(round_id, include_repeats=include_repeats)
-        ks = {}
+        ks: dict[int, str] = {}
         for rnd, samples in zip(ds["round"], ds["samples"]):
             ks.setdefault(len(samples), rnd)
         if len(ks) > 1:  # a label file holds one K (it trains one reward model); nothing is written
@@ -308,7 +309,8 @@ class LabelQueue:
         become new items of their round (``round`` column or ``round_id``). The
         labeler is the row's ``labeler``, else ``labeler``, else ``"file"``. Per-labeler uniqueness
         holds as for the app (an item labeled twice by one labeler is refused); files may add labels
-        beyond ``labels_per_item``. All rows are checked first; one bad row writes nothing.
+        beyond ``labels_per_item``. The rows have one K, and a new item the K of its round's items. All rows are
+        checked first; one bad row writes nothing.
         """
         rows: list[dict[str, Any]] = []
         for i, row in enumerate(load_rows(source)):
