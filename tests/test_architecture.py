@@ -16,7 +16,7 @@ PKG = ROOT / "hf_prefs"
 LAYERS = {
     "assets": 0, "citation": 0, "model_cards": 0, "hub": 0, "_compat": 0, "memory": 0,
     "core": 1, "models": 2, "labels": 3, "trainers": 4, "tasks": 5, "pipeline": 6,
-    "analysis": 7, "cli": 7, "label_app": 7,
+    "analysis": 7, "cli": 7, "label_app": 7, "__main__": 8,
 }
 #: Modules that import hf_prefs lazily on purpose: the command line, so that ``hf-prefs --help`` loads no torch.
 LAZY_OK = {"hf_prefs.cli", "hf_prefs.label_app.cli"}
