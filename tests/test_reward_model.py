@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from transformers import (
@@ -143,7 +145,21 @@ def test_loading_a_local_full_model_folder_never_asks_the_hub(tmp_path, gpt2_tok
         raise ValueError("not an adapter")
 
     monkeypatch.setattr(peft.PeftConfig, "from_pretrained", record_lookup)
-    loaded, tok = load_reward_model(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a trained reward model: no warning about its head
+        loaded, tok = load_reward_model(str(tmp_path))
     assert lookups == []
     q, r = ["She opened the letter."], [" Good news!"]
     assert torch.allclose(score_texts(loaded, tok, q, r), score_texts(model, tok, q, r), atol=1e-6)
+
+
+def test_a_causal_lm_folder_loaded_as_reward_model_warns_that_its_head_is_random(tmp_path, gpt2_tokenizer):
+    """A policy's (causal LM's) folder given as the reward model: transformers makes a random score head; the warning
+    names the folder, what it holds and the missing weights (warned, not refused: TRL's demos use such a stand-in)."""
+    from conftest import tiny_gpt2_config
+    from hf_prefs import load_reward_model
+
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(tmp_path)
+    gpt2_tokenizer.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match=r"holds GPT2LMHeadModel, not a trained reward model: \['score.weight'\]"):
+        load_reward_model(str(tmp_path))

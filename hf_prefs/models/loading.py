@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -73,6 +74,17 @@ def check_local_path(path_or_hub_id: str | os.PathLike, role: str) -> str:
     return local
 
 
+def _warn_untrained_head(path: str, model: Any, missing: Any) -> None:
+    """Warn when weights a reward model reads were not in its checkpoint (a causal LM's folder loaded as a reward
+    model: its score head starts random, so PPO would optimize noise). Warned, not refused: TRL's own PPO demos use
+    a base LM's random head as a stand-in reward."""
+    if missing:
+        saved_as = ", ".join(getattr(model.config, "architectures", None) or ["?"])
+        warnings.warn(f"reward model: {path} holds {saved_as}, not a trained reward model: {sorted(missing)} were not in "
+                      "it and start random, so its scores are noise (a reward model is a *ForSequenceClassification "
+                      "checkpoint, e.g. saved by PreferenceRewardTrainer)", stacklevel=3)
+
+
 def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple[Any, Any]:
     """Load a saved reward model (a folder or a Hub id; full model or PEFT adapter) and its tokenizer.
 
@@ -105,9 +117,10 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple
         if stored is not None:
             set_reward_normalization(model, *stored)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=kwargs.pop("num_labels", 1), **kwargs
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=kwargs.pop("num_labels", 1), output_loading_info=True, **kwargs
         )
+        _warn_untrained_head(path, model, info["missing_keys"])
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)

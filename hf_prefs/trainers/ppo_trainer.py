@@ -44,7 +44,9 @@ import torch
 from datasets import Dataset
 from peft import get_peft_model
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from transformers import (
+    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback,
+)
 from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from transformers.utils import logging
@@ -81,13 +83,12 @@ from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig, minibatch_split
 from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
 from .ppo_reporting import PPOReportingMixin
+from .reward_functions import RewardFunction, reward_caller
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["PPOTrainer", "Rollout", "NonFiniteError", "RewardFunction", "PPO_STATE_FILE"]
 
-#: ``f(queries, responses) -> (B,)`` scores; receives decoded query texts and TRUNCATED response texts.
-RewardFunction = Callable[[list[str], list[str]], Any]
 
 #: TRL 1.12's ``PPOTrainer`` parameters in its positional order (``args`` first; this class takes ``model`` first).
 TRL_POSITIONAL_ORDER = ("args", "processing_class", "model", "ref_model", "reward_model", "train_dataset", "value_model",
@@ -140,13 +141,16 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         reward_model: an hf_prefs reward model (a ``*ForSequenceClassification`` model, scored with
             :func:`hf_prefs.models.reward_model.score_texts` at the last token, normalization gain/bias applied), a path to
             one (loaded with :func:`hf_prefs.models.loading.load_reward_model`), or any callable
-            ``f(queries: list[str], responses: list[str]) -> (B,)`` (known rewards, direct RL).
+            ``f(queries: list[str], responses: list[str]) -> (B,)`` (known rewards, direct RL) or in TRL's
+            reward-function form ``f(prompts=..., completions=..., **kwargs)``
+            (:mod:`hf_prefs.trainers.reward_functions`; checked here).
         args: a :class:`~hf_prefs.PPOConfig`.
         train_dataset: a ``datasets.Dataset`` with a ``query`` column (text), or TRL-style ``input_ids``.
         processing_class: the policy's tokenizer (loaded from ``model`` when omitted).
         ref_model: the reference rho; default: a frozen copy of the policy, or, for a PEFT policy, the policy with
             its adapters disabled (no second copy).
-        value_model: a separate value model (``*ForSequenceClassification``); default: ``args.value_model`` decides
+        value_model: a separate value model (``*ForSequenceClassification``, or a path to one); default:
+            ``args.value_model`` decides
             between a zero-initialised head on the policy trunk ("shared", paper), a copy of the reward model
             ("separate", TRL's last PPOTrainer) and a copy of the policy's trunk with a zero-initialised head
             ("policy").
@@ -176,7 +180,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         eval_dataset: Any = None,
         processing_class: PreTrainedTokenizerBase | None = None,
         ref_model: nn.Module | None = None,
-        value_model: nn.Module | None = None,
+        value_model: nn.Module | str | None = None,
         reward_processing_class: PreTrainedTokenizerBase | None = None,
         data_collator: Any = None,
         callbacks: list[TrainerCallback] | None = None,
@@ -278,16 +282,28 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         if isinstance(reward_model, nn.Module):
             check_vocabulary(reward_model, tokenizer, "reward_model")
             ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
+        else:  # its form (positional, or TRL's completions= keyword) checked now, not at the first update
+            self._reward_call = reward_caller(reward_model)
         self.reward_model = reward_model
         self.reward_processing_class = tokenizer
 
     def _build_value_function(
-        self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | None, args: PPOConfig,
-        tokenizer: Any,
+        self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | str | None,
+        args: PPOConfig, tokenizer: Any,
     ) -> PolicyWithValueHead:
-        """The policy with its value function: a head on the trunk (paper), ``value_model``, a copy of the reward
-        model (``value_model="separate"``, TRL's way) or of the policy's trunk (``value_model="policy"``)."""
+        """The policy with its value function: a head on the trunk (paper), ``value_model`` (a model, or a path to a
+        ``*ForSequenceClassification`` one), a copy of the reward model (``value_model="separate"``, TRL's way) or of
+        the policy's trunk (``value_model="policy"``); those kinds are ``PPOConfig.value_model``'s."""
         check_vocabulary(policy, tokenizer, "model (the policy)")
+        if isinstance(value_model, str) and value_model in ("shared", "separate", "policy"):
+            if value_model != args.value_model:
+                raise ValueError(f"value_model={value_model!r} was given to the trainer, PPOConfig.value_model is "
+                                 f"{args.value_model!r}: the kind of value function is the config's (set "
+                                 f"PPOConfig(value_model={value_model!r})); the trainer's value_model= takes a model")
+            value_model = None
+        elif isinstance(value_model, (str, os.PathLike)):  # a folder or Hub id, as model= and reward_model= take
+            value_model = AutoModelForSequenceClassification.from_pretrained(check_local_path(value_model, "value_model"),
+                                                                             num_labels=1)
         if wrapper is not None:
             if value_model is not None:
                 raise ValueError("value_model was given together with a PolicyWithValueHead; put it in the wrapper instead")
@@ -512,7 +528,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
                     batch_size=self.args.local_rollout_forward_batch_size,
                 )
         else:
-            scores = self.reward_model(list(query_texts), list(response_texts))
+            scores = self._reward_call(list(query_texts), list(response_texts))
         try:
             scores = torch.as_tensor(scores if not isinstance(scores, (list, tuple)) else [float(s) for s in scores])
         except (TypeError, ValueError, RuntimeError) as err:
