@@ -64,6 +64,12 @@ def test_every_trl_112_field_is_accepted_with_its_default():
         24, ".", 16, 0.15, True
     )
     assert paper.per_device_train_batch_size * paper.gradient_accumulation_steps == 512 and paper.whiten_rewards
+    # what report_to integrations log: the stop/truncation tokens as set (TrainingArguments masks every *_token field);
+    # a secret stays masked, and the dict rebuilds the config
+    stop = PPOConfig(output_dir="/tmp/unused", use_cpu=True, stop_token="eos", hub_token="secret")
+    assert paper.to_sanitized_dict()["truncate_token"] == "." and stop.to_dict()["stop_token"] == "eos"
+    assert stop.to_dict()["hub_token"] == "<HUB_TOKEN>"
+    assert PPOConfig(**{**stop.to_dict(), "hub_token": None}).stop_token == "eos"
 
 
 @pytest.mark.parametrize("flags, on", [([], False), (["--gradient_checkpointing"], True),

@@ -887,3 +887,9 @@ def test_minibatches_smaller_than_a_micro_batch_run_as_in_trl(tmp_path, gpt2_tok
         runs[per_device] = [{k: v for k, v in h.items() if not k.startswith(("time/", "memory/", "objective/tokens", "eps"))}
                             for h in trainer.state.log_history if "objective/kl" in h]
     assert runs[4] == runs[2] and runs[4][1]["objective/kl"] != 0
+
+
+def test_generate_completions_without_an_eval_dataset_warns(tmp_path, gpt2_tokenizer):
+    trainer = make_trainer(tmp_path, gpt2_tokenizer)
+    with pytest.warns(UserWarning, match="given no eval_dataset"):
+        assert trainer.generate_completions() is None

@@ -218,6 +218,14 @@ class PPOConfig(TrlBaseConfig):
                   "unchanged), as OpenRLHF's critic freezing steps / verl's critic_warmup. Not under DeepSpeed."},
     )
 
+    def to_dict(self) -> dict[str, Any]:
+        """``TrainingArguments.to_dict`` with ``stop_token`` and ``truncate_token`` shown: it masks every ``*_token``
+        field as a secret (``hub_token``), and these are settings the ``report_to`` integrations log."""
+        d = super().to_dict()
+        for name in ("stop_token", "truncate_token"):
+            d[name] = getattr(self, name)
+        return d
+
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = bool(

@@ -4,6 +4,7 @@ TRL's ``generate_completions`` on the evaluation set (a mixin on its TRL/Trainer
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -121,8 +122,12 @@ class PPOReportingMixin:
         """TRL 1.12's completions table on ``eval_dataset``: near-greedy responses (T = 0.01), cut by the run's rule,
         scored by the reward (no penalty); ``sampling=True`` stops after the first batch of
         ``per_device_eval_batch_size`` queries (what training shows every ``num_sample_generations``-th time).
-        Prints the first 5 rows, logs the table to wandb / trackio; returns it (None without an eval set)."""
+        Prints the first 5 rows, logs the table to wandb / trackio; returns it (None without an eval set, which a
+        direct call warns about)."""
         if self.eval_dataset is None:
+            if not sampling:
+                warnings.warn("generate_completions: the trainer was given no eval_dataset, so there are no queries to "
+                              "complete (pass eval_dataset=; hf_prefs.evaluate_policy samples any queries)", stacklevel=2)
             return None
         a, spec, device = self.args, self.rollout_spec, self.accelerator.device
         mine = list(range(len(self.eval_dataset)))[self.accelerator.process_index :: self.accelerator.num_processes]
