@@ -133,7 +133,7 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         (["--num_ppo_queries", "1000000"], "num_ppo_queries"),
         (["--eval_strategy", "steps", "--eval_steps", "1"], "eval_strategy"),
         (["--push_to_hub", "true"], "hub_model_id"),
-        (["--push_to_hub", "true", "--hub_model_id", "me/run"], "push_to_hub"),  # HF_HUB_OFFLINE=1 here: no Hub
+        (["--push_to_hub", "true", "--hub_model_id", "me/run"], "unset HF_HUB_OFFLINE"),  # HF_HUB_OFFLINE=1 here: no Hub
         pytest.param(["--report_to", "wandb"], "report_to", marks=pytest.mark.skipif(
             importlib.util.find_spec("wandb") is not None, reason="wandb is installed")),
     ],
@@ -327,6 +327,12 @@ def test_resumed_run_takes_the_labels_and_reward_model_it_saved(tiny_base, tmp_p
     full = recipe.main(task="sentiment", argv=argv)
     info = json.loads((out / "labels_info.json").read_text())
     assert info["source"] == "simulated" and info["labels"] == 24
+    # a new run there (not resuming) is told it replaces this one's labels, reward model and results
+    from hf_prefs.pipeline.saved_stages import warn_replacing_earlier_run
+
+    with pytest.warns(UserWarning, match=r"holds an earlier run's .*--resume_from_checkpoint true reuses"):
+        assert warn_replacing_earlier_run(str(out), reuse=False)
+    assert not warn_replacing_earlier_run(str(out), reuse=True) and not warn_replacing_earlier_run(str(tmp_path / "new"), False)
 
     def boom(*args, **kwargs):
         raise AssertionError("a resumed run made its labels or reward model again")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from trl import ModelConfig, TrlParser
 
 from ..core.rollout import RolloutSpec
@@ -26,7 +27,7 @@ from .policy import (
 )
 from .results import StageTimer, push_results, write_results
 from .reward import train_reward_model
-from .saved_stages import save_labels, saved_labels, saved_reward_model
+from .saved_stages import save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run
 from .setup import load_base, split_queries
 
 __all__ = ["run_pipeline", "parse_args", "main"]
@@ -38,6 +39,8 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     resolve_cpu_precision(pa, cfg, model_args)  # float32 on a CPU without bf16 units (cpu_bf16_fallback)
     out, timer = cfg.output_dir, StageTimer()
     resume, reuse = resume_checkpoint(cfg, pa, model_args), resume_requested(cfg)
+    if PartialState().is_main_process:
+        warn_replacing_earlier_run(out, reuse)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(cfg.seed)
     base = load_base(model_args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from datasets import Dataset
 from ..models.loading import load_reward_model
 
 __all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "has_saved_stages", "stale_stage_fields", "save_labels", "saved_labels",
-           "saved_reward_model"]
+           "saved_reward_model", "warn_replacing_earlier_run"]
 
 LABELS_FILE = "labels.jsonl"
 LABELS_INFO_FILE = "labels_info.json"
@@ -53,6 +54,18 @@ def has_saved_stages(output_dir: str) -> bool:
     """Whether ``output_dir`` holds labels or a reward model saved whole by an earlier run (what
     :func:`saved_labels` and :func:`saved_reward_model` would read back)."""
     return _labels_saved(output_dir) or _reward_model_saved(output_dir)
+
+
+def warn_replacing_earlier_run(output_dir: str, reuse: bool) -> bool:
+    """Warn (and return True) when a run that is not resuming starts in an ``output_dir`` holding an earlier run's
+    labels, reward model or results: they are replaced as the stages finish (nothing is removed up front)."""
+    earlier = has_saved_stages(output_dir) or os.path.isfile(os.path.join(output_dir, "summary.json"))
+    if reuse or not earlier:
+        return False
+    warnings.warn(f"output_dir {output_dir} holds an earlier run's labels, reward model or results: this run replaces "
+                  "them stage by stage (--resume_from_checkpoint true reuses its labels and reward model instead; "
+                  "another --output_dir keeps them)", stacklevel=2)
+    return True
 
 
 def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
