@@ -23,7 +23,7 @@ from hf_prefs.pipeline import (
     PipelineArguments, StageTimer, collect_labels, learned_reward, load_base, make_ppo_trainer, online_label_loop,
     push_results, resolve_cpu_precision, resume_checkpoint, resume_requested, save_labels, saved_labels,
     saved_reward_model, split_queries, train_policy, train_reward_model, trained_policy, validate_pipeline_config,
-    write_results,
+    warn_replacing_earlier_run, write_results,
 )
 from hf_prefs.tasks import make_known_reward
 
@@ -42,6 +42,7 @@ def main(task="sentiment", argv=None):
     out, timer = training_args.output_dir, StageTimer()
     resume = resume_checkpoint(training_args, script_args, model_args)  # a checkpoint folder of this run, or None
     reuse = resume_requested(training_args)  # and then the labels and reward model saved before PPO are taken
+    warn_replacing_earlier_run(out, reuse)  # not resuming: an earlier run's results there are replaced
     torch.manual_seed(training_args.seed)
 
     ################

@@ -327,18 +327,16 @@ def test_resumed_run_takes_the_labels_and_reward_model_it_saved(tiny_base, tmp_p
     full = recipe.main(task="sentiment", argv=argv)
     info = json.loads((out / "labels_info.json").read_text())
     assert info["source"] == "simulated" and info["labels"] == 24
-    # a new run there (not resuming) is told it replaces this one's labels, reward model and results
-    from hf_prefs.pipeline.saved_stages import warn_replacing_earlier_run
-
-    with pytest.warns(UserWarning, match=r"holds an earlier run's .*--resume_from_checkpoint true reuses"):
-        assert warn_replacing_earlier_run(str(out), reuse=False)
-    assert not warn_replacing_earlier_run(str(out), reuse=True) and not warn_replacing_earlier_run(str(tmp_path / "new"), False)
 
     def boom(*args, **kwargs):
         raise AssertionError("a resumed run made its labels or reward model again")
 
     monkeypatch.setattr(recipe, "collect_labels", boom)
     monkeypatch.setattr(recipe, "train_reward_model", boom)
+    # a new run there, not resuming, is told first that it replaces this one's (it would label again: boom)
+    with pytest.warns(UserWarning, match=r"holds an earlier run's .*--resume_from_checkpoint continues that run"):
+        with pytest.raises(AssertionError, match="made its labels"):
+            recipe.main(task="sentiment", argv=argv)
     labels_before = (out / "labels.jsonl").read_text()
     resumed = recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", str(out / "checkpoint-2")])
     assert (out / "labels.jsonl").read_text() == labels_before

@@ -40,6 +40,11 @@ def test_each_form_is_called_with_the_texts_where_it_takes_them():
     reward_caller(trl_named)(q, r)
     assert seen == [("positional", q, r), ("trl", ["prompts"], r), ("named", q, r)]
     assert reward_caller(Scorer())(q, r) == [1.0]
+    # a positional reward whose second parameter is named completions stays positional; TRL's keywords are used where
+    # a positional call would hand completions the queries
+    assert reward_caller(lambda queries, completions: (queries, completions))(q, r) == (q, r)
+    assert reward_caller(lambda queries, responses, completions=None: (queries, responses))(q, r) == (q, r)
+    assert reward_caller(lambda completions, prompts, **kw: (prompts, completions))(q, r) == (q, r)
     assert reward_caller(functools.partial(lambda queries, responses, k: [k], k=2.0))(q, r) == [2.0]
 
 
@@ -61,11 +66,16 @@ def test_ppo_trains_on_a_trl_style_reward_and_refuses_a_bad_one_when_built(tmp_p
         return [len(c) / 10.0 for c in completions]
 
     trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=reward_len, total_episodes=8, truncate_token=None)
+    trainer.reward_model = lambda queries, responses: [7.0] * len(responses)  # swapped, as the online loop swaps it
+    assert trainer.score(["q"], ["r"]).tolist() == [7.0]
+    trainer.reward_model = reward_len
+    assert trainer.score(["q"], ["four"]).tolist() == pytest.approx([0.4])
     trainer.train()
     scores = logged(trainer, "objective/scores")
     assert len(scores) == 1 and scores[0] > 0  # the responses' lengths / 10
     with pytest.raises(TypeError, match="cannot be called as f\\(queries, responses\\)"):
         make_trainer(tmp_path, gpt2_tokenizer, reward=lambda responses: responses)
+
 
 
 def test_value_model_as_a_kind_or_a_path(tmp_path, gpt2_tokenizer):

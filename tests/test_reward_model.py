@@ -161,5 +161,5 @@ def test_a_causal_lm_folder_loaded_as_reward_model_warns_that_its_head_is_random
 
     GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(tmp_path)
     gpt2_tokenizer.save_pretrained(tmp_path)
-    with pytest.warns(UserWarning, match=r"holds GPT2LMHeadModel, not a trained reward model: \['score.weight'\]"):
+    with pytest.warns(UserWarning, match=r"holds GPT2LMHeadModel, whose reward head \['score.weight'\] was not in it"):
         load_reward_model(str(tmp_path))

@@ -280,6 +280,9 @@ class LabelQueue:
         for rnd, samples in zip(ds["round"], ds["samples"]):
             ks.setdefault(len(samples), rnd)
         if len(ks) > 1:  # a label file holds one K (it trains one reward model); nothing is written
+            if round_id is not None:  # queued before hf_prefs kept one K per round
+                raise ValueError(f"round {round_key(round_id)!r} mixes K = {sorted(ks)} samples (queued before one K per "
+                                 "round was kept): a label file holds one K; read queue.labels(round) and split it by K")
             raise ValueError(f"the labels mix K = {sorted(ks)} samples (e.g. rounds {sorted(ks.values())}): export one K "
                              "at a time with round_id (--round)")
         out = Path(out)

@@ -78,10 +78,11 @@ def _warn_untrained_head(path: str, model: Any, missing: Any) -> None:
     """Warn when weights a reward model reads were not in its checkpoint (a causal LM's folder loaded as a reward
     model: its score head starts random, so PPO would optimize noise). Warned, not refused: TRL's own PPO demos use
     a base LM's random head as a stand-in reward."""
-    if missing:
+    head = [key for key in missing if key.split(".")[0] in ("score", "classifier")]  # the scalar head's weights
+    if head:
         saved_as = ", ".join(getattr(model.config, "architectures", None) or ["?"])
-        warnings.warn(f"reward model: {path} holds {saved_as}, not a trained reward model: {sorted(missing)} were not in "
-                      "it and start random, so its scores are noise (a reward model is a *ForSequenceClassification "
+        warnings.warn(f"reward model: {path} holds {saved_as}, whose reward head {sorted(head)} was not in it and "
+                      "starts random, so its scores are noise (a reward model is a trained *ForSequenceClassification "
                       "checkpoint, e.g. saved by PreferenceRewardTrainer)", stacklevel=3)
 
 
@@ -117,6 +118,7 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple
         if stored is not None:
             set_reward_normalization(model, *stored)
     else:
+        kwargs.pop("output_loading_info", None)  # read here; the model alone is returned
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=kwargs.pop("num_labels", 1), output_loading_info=True, **kwargs
         )

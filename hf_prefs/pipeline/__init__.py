@@ -48,7 +48,7 @@ from .results import (
     write_results,
 )
 from .reward import train_reward_model
-from .saved_stages import save_labels, saved_labels, saved_reward_model
+from .saved_stages import save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run
 from .run import main, parse_args, run_pipeline
 from .setup import Base, QuerySplit, load_base, split_queries
 
@@ -84,6 +84,7 @@ __all__ = [
     "save_labels",
     "saved_labels",
     "saved_reward_model",
+    "warn_replacing_earlier_run",
     "write_metrics",
     "write_results",
     "train_reward_model",

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from trl import ModelConfig, TrlParser
 
 from ..core.rollout import RolloutSpec
@@ -39,8 +38,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     resolve_cpu_precision(pa, cfg, model_args)  # float32 on a CPU without bf16 units (cpu_bf16_fallback)
     out, timer = cfg.output_dir, StageTimer()
     resume, reuse = resume_checkpoint(cfg, pa, model_args), resume_requested(cfg)
-    if PartialState().is_main_process:
-        warn_replacing_earlier_run(out, reuse)
+    warn_replacing_earlier_run(out, reuse)  # an earlier run's results there are replaced
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(cfg.seed)
     base = load_base(model_args)

@@ -57,14 +57,16 @@ def has_saved_stages(output_dir: str) -> bool:
 
 
 def warn_replacing_earlier_run(output_dir: str, reuse: bool) -> bool:
-    """Warn (and return True) when a run that is not resuming starts in an ``output_dir`` holding an earlier run's
-    labels, reward model or results: they are replaced as the stages finish (nothing is removed up front)."""
-    earlier = has_saved_stages(output_dir) or os.path.isfile(os.path.join(output_dir, "summary.json"))
-    if reuse or not earlier:
+    """Warn (and return True), on the main process, when a run that is not resuming starts in an ``output_dir``
+    holding an earlier run's labels, reward model, checkpoints or results: they are replaced as the stages finish
+    (nothing is removed up front)."""
+    earlier = (has_saved_stages(output_dir) or os.path.isfile(os.path.join(output_dir, "summary.json"))
+               or (os.path.isdir(output_dir) and any(n.startswith("checkpoint-") for n in os.listdir(output_dir))))
+    if reuse or not earlier or not PartialState().is_main_process:
         return False
-    warnings.warn(f"output_dir {output_dir} holds an earlier run's labels, reward model or results: this run replaces "
-                  "them stage by stage (--resume_from_checkpoint true reuses its labels and reward model instead; "
-                  "another --output_dir keeps them)", stacklevel=2)
+    warnings.warn(f"output_dir {output_dir} holds an earlier run's labels, reward model, checkpoints or results: this "
+                  "run replaces them stage by stage (--resume_from_checkpoint continues that run instead — an offline "
+                  "run also reuses its saved labels and reward model —; another --output_dir keeps them)", stacklevel=2)
     return True
 
 

@@ -283,7 +283,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
             check_vocabulary(reward_model, tokenizer, "reward_model")
             ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
         else:  # its form (positional, or TRL's completions= keyword) checked now, not at the first update
-            self._reward_call = reward_caller(reward_model)
+            reward_caller(reward_model)
         self.reward_model = reward_model
         self.reward_processing_class = tokenizer
 
@@ -295,11 +295,12 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         ``*ForSequenceClassification`` one), a copy of the reward model (``value_model="separate"``, TRL's way) or of
         the policy's trunk (``value_model="policy"``); those kinds are ``PPOConfig.value_model``'s."""
         check_vocabulary(policy, tokenizer, "model (the policy)")
-        if isinstance(value_model, str) and value_model in ("shared", "separate", "policy"):
+        if value_model in ("shared", "separate", "policy") and not os.path.isdir(value_model):
             if value_model != args.value_model:
                 raise ValueError(f"value_model={value_model!r} was given to the trainer, PPOConfig.value_model is "
                                  f"{args.value_model!r}: the kind of value function is the config's (set "
-                                 f"PPOConfig(value_model={value_model!r})); the trainer's value_model= takes a model")
+                                 f"PPOConfig(value_model={value_model!r})); the trainer's value_model= takes a model "
+                                 "or a path to one")
             value_model = None
         elif isinstance(value_model, (str, os.PathLike)):  # a folder or Hub id, as model= and reward_model= take
             value_model = AutoModelForSequenceClassification.from_pretrained(check_local_path(value_model, "value_model"),
@@ -528,7 +529,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
                     batch_size=self.args.local_rollout_forward_batch_size,
                 )
         else:
-            scores = self._reward_call(list(query_texts), list(response_texts))
+            # the form read from the function each time: reward_model may be swapped (the online loop does)
+            scores = reward_caller(self.reward_model)(list(query_texts), list(response_texts))
         try:
             scores = torch.as_tensor(scores if not isinstance(scores, (list, tuple)) else [float(s) for s in scores])
         except (TypeError, ValueError, RuntimeError) as err:
