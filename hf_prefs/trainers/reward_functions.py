@@ -8,7 +8,8 @@ Two forms are taken, told apart by the function's signature when the trainer is 
   it by name or through ``**kwargs``) where a positional call would not give ``completions`` the responses.
   Dataset columns, which TRL passes as further keywords, are not passed.
 
-Either returns one score per response. A function that fits neither is refused with its signature.
+Either gets the decoded query texts and the response texts cut by the run's rule (what the reward sees) and returns
+one score per response. A function that fits neither is refused with its signature.
 """
 
 from __future__ import annotations
