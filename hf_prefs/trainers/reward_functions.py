@@ -2,7 +2,7 @@
 
 Two forms are taken, told apart by the function's signature when the trainer is built:
 
-- ``f(queries, responses)`` — two lists of texts, positionally (hf_prefs' known rewards, TRL ≤ 1.12's callables);
+- ``f(queries, responses)`` — two lists of texts, positionally (hf_prefs' known rewards, the recipes' direct RL);
 - TRL's reward-function form (``GRPOTrainer``/``RLOOTrainer``'s ``reward_funcs``): a ``completions`` parameter, called
   with keywords ``prompts=`` and ``completions=`` (the query and response texts; each only where the function takes
   it by name or through ``**kwargs``) where a positional call would not give ``completions`` the responses.
