@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from huggingface_hub import HfApi
+from huggingface_hub.errors import OfflineModeIsEnabled
 from transformers import AutoTokenizer
 from transformers.integrations import get_reporting_integration_callbacks
 
@@ -265,7 +266,7 @@ def check_hub_push(cfg: PPOConfig, reward_model_id: str | None = None) -> None:
         try:
             api.create_repo(repo_id, exist_ok=True, private=cfg.hub_private_repo)
         except Exception as err:  # network, auth, offline mode: all stop the run the same way
-            fix = ("unset HF_HUB_OFFLINE (offline mode is on)" if type(err).__name__ == "OfflineModeIsEnabled" else
+            fix = ("unset HF_HUB_OFFLINE (offline mode is on)" if isinstance(err, OfflineModeIsEnabled) else
                    "log in (`hf auth login`) or pass --hub_token")
             raise ValueError(f"push_to_hub: cannot create or reach {repo_id!r} on the Hub before the run "
                              f"({type(err).__name__}: {err}); {fix}, or leave out --push_to_hub (nothing has run "

@@ -37,7 +37,11 @@ __all__ = [
     "write_results",
     "push_results",
     "run_precision",
+    "SUMMARY_FILE",
 ]
+
+#: the run folder's summary (what :func:`write_results` writes last)
+SUMMARY_FILE = "summary.json"
 
 
 def run_precision(trainer: Any, cfg: Any) -> dict[str, Any]:
@@ -208,7 +212,7 @@ def write_results(
     trainer.processing_class.save_pretrained(os.path.join(output_dir, "policy"))
     _write_cards(output_dir, pa, cfg, base_name, trainer, len(labels), label_info, rm_metrics, summary["before"],
                  summary["after"])
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
+    with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=1)
     print(samples_markdown(before, after, n=3))
     b, a = summary["before"], summary["after"]

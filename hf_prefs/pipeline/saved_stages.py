@@ -15,7 +15,10 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 
+from transformers.trainer_utils import get_last_checkpoint
+
 from ..models.loading import load_reward_model
+from .results import SUMMARY_FILE
 
 __all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "has_saved_stages", "stale_stage_fields", "save_labels", "saved_labels",
            "saved_reward_model", "warn_replacing_earlier_run"]
@@ -60,8 +63,8 @@ def warn_replacing_earlier_run(output_dir: str, reuse: bool) -> bool:
     """Warn (and return True), on the main process, when a run that is not resuming starts in an ``output_dir``
     holding an earlier run's labels, reward model, checkpoints or results: they are replaced as the stages finish
     (nothing is removed up front)."""
-    earlier = (has_saved_stages(output_dir) or os.path.isfile(os.path.join(output_dir, "summary.json"))
-               or (os.path.isdir(output_dir) and any(n.startswith("checkpoint-") for n in os.listdir(output_dir))))
+    earlier = (has_saved_stages(output_dir) or os.path.isfile(os.path.join(output_dir, SUMMARY_FILE))
+               or (os.path.isdir(output_dir) and get_last_checkpoint(output_dir) is not None))
     if reuse or not earlier or not PartialState().is_main_process:
         return False
     warnings.warn(f"output_dir {output_dir} holds an earlier run's labels, reward model, checkpoints or results: this "

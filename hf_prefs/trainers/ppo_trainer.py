@@ -89,7 +89,6 @@ logger = logging.get_logger(__name__)
 
 __all__ = ["PPOTrainer", "Rollout", "NonFiniteError", "RewardFunction", "PPO_STATE_FILE"]
 
-
 #: TRL 1.12's ``PPOTrainer`` parameters in its positional order (``args`` first; this class takes ``model`` first).
 TRL_POSITIONAL_ORDER = ("args", "processing_class", "model", "ref_model", "reward_model", "train_dataset", "value_model",
                         "data_collator", "eval_dataset", "optimizers", "callbacks", "peft_config")
@@ -295,7 +294,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         ``*ForSequenceClassification`` one), a copy of the reward model (``value_model="separate"``, TRL's way) or of
         the policy's trunk (``value_model="policy"``); those kinds are ``PPOConfig.value_model``'s."""
         check_vocabulary(policy, tokenizer, "model (the policy)")
-        if value_model in ("shared", "separate", "policy") and not os.path.isdir(value_model):
+        kinds = ("shared", "separate", "policy")
+        if isinstance(value_model, str) and value_model in kinds and not os.path.isdir(value_model):
             if value_model != args.value_model:
                 raise ValueError(f"value_model={value_model!r} was given to the trainer, PPOConfig.value_model is "
                                  f"{args.value_model!r}: the kind of value function is the config's (set "
