@@ -19,6 +19,11 @@ matmul units, float32 where it does not (the recipe's ``cpu_bf16_fallback``); th
     python benchmarks/ppo_mfu.py                       # ~5 minutes on 2 cores
     python benchmarks/ppo_mfu.py --tiny                # a tiny GPT-2 instead of SmolLM2 (seconds; for the tests)
     python benchmarks/ppo_mfu.py --skip-trl --profile 30   # + where the PPO epochs' CPU time goes, op by op
+    python benchmarks/ppo_mfu.py --skip-trl --updates 4 --compile eager compiled   # torch_compile=True against eager
+
+``--compile compiled`` runs the same PPO phase with ``torch_compile=True`` (the policy's blocks compiled, see
+``hf_prefs/trainers/compilation.py``); the first update pays the compilation (its PPO epochs' seconds are printed)
+and is left out of the rate, as for eager.
 """
 
 from __future__ import annotations
@@ -63,13 +68,14 @@ class TokenCounter:
 
     def __call__(self, module, args, kwargs) -> None:
         if self.active and torch.is_grad_enabled():
-            mask = kwargs["attention_mask"]
-            self.processed += mask.numel()
-            self.real += int(mask.sum())
+            self.processed += kwargs["input_ids"].numel()
+            mask = kwargs["attention_mask"]  # (B, L) padding mask, or SDPA's (B, 1, L, L) boolean mask (left padding)
+            # the last position is a real token that sees exactly the real tokens of its row (and itself)
+            self.real += int((mask[:, 0, -1, :] if mask.dim() == 4 else mask).sum())
 
 
 def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtype: torch.dtype = torch.bfloat16,
-              profile: int = 0) -> dict:
+              profile: int = 0, compile: bool = False) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainerCallback
 
@@ -100,7 +106,7 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtyp
         total_episodes=32 * updates, response_length=24, temperature=0.7, learning_rate=3e-4,
         local_rollout_forward_batch_size=8, local_rollout_generation_batch_size=32,  # as the offline default
         report_to=[], save_strategy="no", num_sample_generations=0,
-        disable_tqdm=True, use_cpu=True, bf16=dtype == torch.bfloat16, seed=0,
+        disable_tqdm=True, use_cpu=True, bf16=dtype == torch.bfloat16, seed=0, torch_compile=compile,
     )
     queries = austen_queries(tok, n=256, min_tokens=24, max_tokens=64, seed=0)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
@@ -129,6 +135,7 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtyp
         "seconds": seconds, "updates": len(steady), "processed_tokens": processed, "real_tokens": real,
         "flops_processed": 4 * trunk * processed + 4 * d * vocab * kept, "flops_real": 4 * trunk * real + 4 * d * vocab * kept,
         "flops_issue_count": 4 * total * real, "rollout_seconds": trainer.state.log_history[-1].get("time/rollout"),
+        "first_seconds": per_update[0][0],
     }
 
 
@@ -162,22 +169,26 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="trace the PPO epochs of the update after the warm-up with torch.profiler and print the ROWS "
                         "ops with the most CPU time (that update's time then includes the profiler's overhead)")
+    p.add_argument("--compile", nargs="+", choices=["eager", "compiled"], default=["eager"],
+                   help="compiled: torch_compile=True (the policy's repeated blocks, compiled once; the first update "
+                        "pays the compilation and is left out of the time); eager compiled: both in one run")
     a = p.parse_args()
     dtype = cpu_matmul_dtype() if a.dtype == "auto" else getattr(torch, a.dtype)
     name = str(dtype).removeprefix("torch.")
     # the VM's matmul rate drifts (2048^2 bf16 medians of 1.3-2.3 TFLOP/s within one hour on a 2-vCPU Xeon): measured
     # before and after the PPO phases, the faster of the two is the peak (the fractions below are then the lower ones)
     before = matmul_peak(a.threads, dtype=dtype)
-    results = [(micro, ppo_phase(a.tiny, a.updates, a.threads, micro, dtype, a.profile)) for micro in a.micro_batch]
+    results = [((micro, c), ppo_phase(a.tiny, a.updates, a.threads, micro, dtype, a.profile, c == "compiled"))
+               for micro in a.micro_batch for c in a.compile]
     after = matmul_peak(a.threads, dtype=dtype)
     peak = max(before, after)
     print(f"{name} matmul 2048^2, {a.threads} threads: {before / 1e12:.3f} TFLOP/s before the PPO phases, "
           f"{after / 1e12:.3f} after; peak {peak / 1e12:.3f} (measured in this run)")
-    for micro, r in results:
+    for (micro, c), r in results:
         print(f"PPO phase ({'tiny GPT-2' if a.tiny else f'SmolLM2-135M {name} + LoRA'}, micro-batch {micro}, {r['updates']} "
-              f"updates x 32 episodes x 4 epochs): {r['seconds']:.1f} s, {r['processed_tokens']} tokens processed "
+              f"updates x 32 episodes x 4 epochs, {c}): {r['seconds']:.1f} s, {r['processed_tokens']} tokens processed "
               f"({r['real_tokens']} real, {1 - r['real_tokens'] / r['processed_tokens']:.1%} padding); rollout "
-              f"{r['rollout_seconds']:.1f} s per update")
+              f"{r['rollout_seconds']:.1f} s per update; the first update's PPO epochs {r['first_seconds']:.1f} s")
         for count, key in (("on processed tokens", "flops_processed"), ("on real tokens", "flops_real"),
                            ("the issue's count (4 N_total per real token)", "flops_issue_count")):
             rate = r[key] / r["seconds"]
