@@ -12,7 +12,9 @@ Shapes: B = batch, Lq = query length (left padded), Lr = response length, V = vo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -119,6 +121,21 @@ def sample_categorical(logits: torch.Tensor, temperature: float, generator: torc
     return torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1)
 
 
+def run_eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with torch.compile's stance "force_eager" while it runs (torch >= 2.6): compiled modules it calls run
+    their original code. Sampling decodes with a growing cache, which would recompile compiled blocks at every step
+    (``torch_compile``: :mod:`hf_prefs.trainers.compilation`)."""
+
+    @functools.wraps(fn)
+    def eager(*args: Any, **kwargs: Any) -> Any:
+        stance = getattr(torch.compiler, "set_stance", None)
+        with stance("force_eager") if stance is not None else nullcontext():
+            return fn(*args, **kwargs)
+
+    return eager
+
+
+@run_eager
 @torch.no_grad()
 def sample_responses(
     model: torch.nn.Module,

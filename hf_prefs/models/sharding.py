@@ -10,7 +10,8 @@ Without DeepSpeed every function here is the plain operation (``copy.deepcopy``,
 - :func:`match_partitioned_dtype`: parameters created after such a load (value head, LoRA) in the shards' dtype.
 - :func:`prepare_frozen`: a frozen model (reference, reward model) placed as TRL places it: under ZeRO-3 sharded like
   the policy, under other stages whole, in the engine's precision (``trl.models.prepare_deepspeed``).
-- :func:`generation_model`: the unwrapped model to sample from; under ZeRO-3 with ``gather=True`` its weights are
+- :func:`generation_model`: the unwrapped model to sample from, never a compiled one (``torch_compile``: token by
+  token decoding with a growing cache would recompile the compiled blocks at every step); under ZeRO-3 with ``gather=True`` its weights are
   gathered ONCE for the whole block (then every forward inside runs unsharded and without collectives), with
   ``gather=False`` each forward gathers its layers (a collective: every process must run the same number of
   forwards, which fixed-length sampling does).
@@ -107,7 +108,7 @@ def generation_model(model: nn.Module, accelerator: Any, gather: bool = True) ->
     (the prepared engine) are off inside the block (``trl.models.utils.remove_hooks`` / ``add_hooks``, as TRL's
     ``unwrap_model_for_generation`` does); on exit the weights are sharded again and the hooks back. A model that
     ZeRO-3 partitioned at load but that is not prepared yet is always gathered."""
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # sampling runs eager (module docs)
     sampler = getattr(unwrapped, "policy", unwrapped)
     # before prepare() (model is not an engine yet) no ZeRO-3 hooks fetch the shards: gathering is the only way
     if zero_stage(accelerator) != 3 or not is_partitioned(sampler) or not (gather or model is unwrapped):

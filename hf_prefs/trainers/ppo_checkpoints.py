@@ -53,6 +53,16 @@ class PPOCheckpointMixin:
     def _unwrapped(self) -> PolicyWithValueHead:
         return self.accelerator.unwrap_model(self.model)
 
+    def _scoring_model(self) -> PolicyWithValueHead:
+        """The model as the PPO epochs run it, without DDP's or DeepSpeed's wrapper (``.module``): with
+        ``torch_compile`` its compiled blocks, so that the rollout's log-probs and values come from the same kernels
+        as the epochs'. (``accelerator.unwrap_model`` keeping compilation returns a DDP wrapper whose module was
+        compiled after wrapping as it is.)"""
+        model = self.model_wrapped
+        while not isinstance(model, PolicyWithValueHead) and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        return model
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the policy (full model or PEFT adapter) AND its value head / value model, plus tokenizer and args."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir

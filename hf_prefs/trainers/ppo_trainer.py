@@ -77,6 +77,7 @@ from ..models.value_head import (
     value_model_from_policy,
     value_model_from_reward_model,
 )
+from .compilation import HALF_PRECISION_COMPILE_WARNING, RegionalCompileMixin, compiled_as_policy, compiles
 from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_critic_warmup, check_launch, check_ppo_sharding
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
@@ -131,7 +132,7 @@ def query_width(longest: int, padded: int) -> int:
     return min(padded, -(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)
 
 
-class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, TrlBaseTrainer):
+class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, DeepSpeedPluginMixin, TrlBaseTrainer):
     """The paper's PPO: fixed-length sampling at T, per-token KL penalty, adaptive beta, value head on the trunk.
 
     Args:
@@ -400,6 +401,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         self.last_samples: Any = None  # the last samples table (a pandas DataFrame)
         self.timings: dict[str, float] = {}  # seconds of the parts of the last rollout
         self._frozen_engines: list[Any] = []  # DeepSpeed engines of the frozen models (their modules are used)
+        self._reference_scorer: nn.Module | None = None  # with torch_compile: the reference compiled as the policy
         if self.ref_model is not None:
             self.ref_model = self._place_frozen(self.ref_model)
         if isinstance(self.reward_model, nn.Module):
@@ -422,9 +424,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
         """Inside: the module to use as rho: the frozen reference; or, for a PEFT policy, the adapter named
         ``ref_adapter_name`` (then back to ``model_adapter_name``, TRL's rule) or the policy with adapters disabled."""
         if self.ref_model is not None:
-            yield self.ref_model
+            yield self._reference_scorer if self._reference_scorer is not None else self.ref_model
             return
-        policy = self._unwrapped().policy
+        policy = self._scoring_model().policy
         if self.args.ref_adapter_name:
             policy.set_adapter(self.args.ref_adapter_name)
             try:
@@ -576,7 +578,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(log pi_old(y_t), V_old(s_t), H(pi_old(.|s_t)))``, each ``(B, Lr)``, at temperature T, in chunks of
         ``local_rollout_forward_batch_size``."""
-        model, step = self._unwrapped(), self.args.local_rollout_forward_batch_size
+        model, step = self._scoring_model(), self.args.local_rollout_forward_batch_size
         logprobs, values, entropies = [], [], []
         with self.accelerator.autocast(), adapter_inputs_in_autocast_dtype(model, self.accelerator.device.type):
             for i in range(0, query_ids.shape[0], step):
@@ -894,6 +896,11 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, DeepSpeedPluginMixin, Tr
             match_partitioned_dtype(self.model)  # ZeRO-3 + zero.Init in bf16/fp16: the value head / LoRA too
             self.create_optimizer()
             self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            plugin = self.accelerator.state.dynamo_plugin  # the one prepare() just compiled with
+            if self.ref_model is not None:
+                self._reference_scorer = compiled_as_policy(self.ref_model, plugin)
+            if compiles(plugin) and (a.bf16 or a.fp16):
+                logger.warning(HALF_PRECISION_COMPILE_WARNING)
             if self.is_deepspeed_enabled:  # Trainer.save_model / _save_checkpoint read the engine here
                 self.deepspeed = self.model_wrapped
             self.create_scheduler(num_training_steps=a.num_total_batches)  # lr: linear to 0 over the updates
