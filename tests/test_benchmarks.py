@@ -46,16 +46,15 @@ def test_ppo_throughput_against_trl_112(tmp_path):
 
 
 def test_ppo_mfu_tiny(tmp_path):
-    out = run(str(BENCH / "ppo_mfu.py"), "--tiny", "--updates", "2", "--skip-trl", "--profile", "10",
-              "--compile", "eager", "compiled")
+    out = run(str(BENCH / "ppo_mfu.py"), "--tiny", "--updates", "2", "--skip-trl", "--profile", "10")
     assert "aten::mm" in out and "Input Shapes" in out  # the profile of the second update's PPO epochs
     assert re.search(r"(bfloat16|float32) matmul 2048\^2, \d+ threads: [0-9.]+ TFLOP/s", out)
     assert re.search(r"on processed tokens: [0-9.]+ TFLOP/s = [0-9.]+% of the matmul peak", out)
     # tokens counted from the 2-D padding or SDPA's 4-D mask (24-64-token queries + 24-token responses: ~6 % padding;
     # counting the 4-D mask's entries gave ~50 %)
     padding = [float(p) for p in re.findall(r"real, ([0-9.]+)% padding\)", out)]
-    assert len(padding) == 2 and all(p < 25 for p in padding), padding
-    assert ", eager)" in out and ", compiled)" in out
+    assert len(padding) == 1 and all(p < 25 for p in padding), padding
+    assert ", eager)" in out  # (--compile compiled: torch_compile=True, whose trainer path tests/test_compilation.py runs)
 
 
 def test_reward_kway_vs_pairwise_tiny(tmp_path):
