@@ -1,5 +1,4 @@
-"""torch_compile in hf_prefs' PPO: the repeated blocks compiled (accelerate's regional compilation), sampling on the
-uncompiled model, the rollout's log-probs and a separate reference through the same compiled kernels."""
+"""torch_compile in hf_prefs' PPO: the repeated blocks compiled (accelerate's regional compilation), sampling eager, the rollout's log-probs and a separate reference through the same compiled kernels."""
 
 from __future__ import annotations
 
@@ -55,7 +54,7 @@ def test_compiled_as_policy_leaves_an_uncompiled_run_alone():
 @pytest.mark.slow
 def test_compiled_ppo_matches_eager_in_float32(tmp_path, gpt2_tokenizer):
     """Same seeds, float32: the compiled run logs the eager run's KL and losses (inductor's kernels round
-    differently, ~1e-6); the first rollout's KL is exactly zero (the separate reference is compiled as the policy);
+    differently: within 1e-3 relative); the first rollout's KL is exactly zero (the separate reference is compiled as the policy);
     sampling runs the uncompiled model."""
     eager = make_trainer(tmp_path / "eager", gpt2_tokenizer, reward=length_reward, total_episodes=24)
     eager.train()
