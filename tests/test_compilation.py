@@ -1,4 +1,5 @@
-"""torch_compile in hf_prefs' PPO: the repeated blocks compiled (accelerate's regional compilation), sampling eager, the rollout's log-probs and a separate reference through the same compiled kernels."""
+"""torch_compile in hf_prefs' PPO: the repeated blocks compiled (accelerate's regional compilation), sampling eager,
+the rollout's log-probs and a separate reference through the same compiled kernels."""
 
 from __future__ import annotations
 
