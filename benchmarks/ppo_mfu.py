@@ -75,7 +75,7 @@ class TokenCounter:
 
 
 def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtype: torch.dtype = torch.bfloat16,
-              profile: int = 0, compile: bool = False) -> dict:
+              profile: int = 0, compiled: bool = False) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainerCallback
 
@@ -106,7 +106,7 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtyp
         total_episodes=32 * updates, response_length=24, temperature=0.7, learning_rate=3e-4,
         local_rollout_forward_batch_size=8, local_rollout_generation_batch_size=32,  # as the offline default
         report_to=[], save_strategy="no", num_sample_generations=0,
-        disable_tqdm=True, use_cpu=True, bf16=dtype == torch.bfloat16, seed=0, torch_compile=compile,
+        disable_tqdm=True, use_cpu=True, bf16=dtype == torch.bfloat16, seed=0, torch_compile=compiled,
     )
     queries = austen_queries(tok, n=256, min_tokens=24, max_tokens=64, seed=0)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")

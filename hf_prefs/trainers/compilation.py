@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 import torch
-from accelerate.utils import compile_regions
+from accelerate.utils import DynamoBackend, compile_regions
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -38,7 +38,7 @@ DEEPSPEED_COMPILE_WARNING = "torch_compile is ignored under DeepSpeed by hf_pref
 
 def compiles(dynamo_plugin: Any) -> bool:
     """Whether accelerate compiles with ``dynamo_plugin`` (a backend other than "no")."""
-    return dynamo_plugin is not None and str(getattr(dynamo_plugin.backend, "value", dynamo_plugin.backend)).lower() != "no"
+    return dynamo_plugin is not None and dynamo_plugin.backend != DynamoBackend.NO  # the test prepare() makes
 
 
 def ppo_dynamo_plugin(dynamo_plugin: Any, deepspeed: bool) -> Any:
@@ -47,7 +47,7 @@ def ppo_dynamo_plugin(dynamo_plugin: Any, deepspeed: bool) -> Any:
         return dynamo_plugin
     if deepspeed:
         logger.warning(DEEPSPEED_COMPILE_WARNING)
-        dynamo_plugin.backend = type(dynamo_plugin.backend)("NO")
+        dynamo_plugin.backend = DynamoBackend.NO
         return dynamo_plugin
     dynamo_plugin.use_regional_compilation = True
     return dynamo_plugin
