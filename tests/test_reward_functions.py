@@ -61,6 +61,59 @@ def test_a_function_of_neither_form_is_refused_with_its_signature():
         reward_caller(keyword_only)
 
 
+def test_dataset_columns_reach_a_trl_reward_by_name_and_conversational_prompts_as_trl_passes_them():
+    q, r = ["two", "three"], ["2", "four"]
+
+    def accuracy(completions, solution, **kwargs):  # TRL's GRPO example: a column read by name
+        return [float(c == s) for c, s in zip(completions, solution)]
+
+    call = reward_caller(accuracy, ["query", "solution", "completion_ids", "trainer_state"])
+    assert call(q, r, {"solution": ["2", "3"], "query": q}) == [1.0, 0.0]
+    # without the column the keywords do not bind: refused, naming it (it used to fall back to a positional call that
+    # handed `completions` the queries and `solution` the responses)
+    with pytest.raises(TypeError, match=r"accuracy\(completions, solution, \*\*kwargs\) takes TRL's completions= but "
+                                        r"cannot be called with the keywords offered \(prompts=, completions=, query=\).*"
+                                        r"'solution'"):
+        reward_caller(accuracy, ["query"])
+    # only what a function names (or **kwargs) is passed; a conversational prompt column gives TRL's message lists
+    chats = [[{"role": "user", "content": "two"}], [{"role": "user", "content": "three"}]]
+    named = reward_caller(lambda prompts, completions, answer: (prompts, completions, answer), ["prompt", "answer", "x"])
+    prompts, completions, answer = named(["rendered 2", "rendered 3"], r, {"prompt": chats, "answer": [2, 3], "x": [0, 0]})
+    assert prompts == chats and answer == [2, 3]
+    assert completions == [[{"role": "assistant", "content": "2"}], [{"role": "assistant", "content": "four"}]]
+    # a text prompt column: the texts as given (the query texts)
+    seen = reward_caller(lambda completions, **kw: sorted(kw.items()), ["prompt", "x"])(q, r, {"prompt": q, "x": [1, 2]})
+    assert seen == [("prompts", q), ("x", [1, 2])]
+
+
+def test_ppo_passes_each_rows_columns_completion_ids_and_state_to_a_trl_reward(tmp_path, gpt2_tokenizer):
+    """Each response is scored with its own row's columns (the rows PPO sampled, dealt by length), its kept token ids
+    and the trainer's state, during training and in generate_completions on eval_dataset."""
+    answers = {query: f"answer {i}" for i, query in enumerate(QUERIES)}
+    calls = []
+
+    def reward(prompts, completions, completion_ids, trainer_state, answer, **kwargs):
+        calls.append(trainer_state.global_step)
+        assert [answers[p] for p in prompts] == answer  # each row's own column value
+        assert [gpt2_tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids] == completions
+        assert sorted(kwargs) == ["input_ids", "query"] and kwargs["query"] == prompts
+        return [float(len(ids)) for ids in completion_ids]
+
+    data = Dataset.from_dict({"query": QUERIES * 2, "answer": [answers[x] for x in QUERIES * 2]})
+    args = make_config(tmp_path, total_episodes=16, per_device_eval_batch_size=4)
+    trainer = PPOTrainer(make_policy(), reward, args, data, processing_class=gpt2_tokenizer,
+                         eval_dataset=data.select(range(5)))
+    for world, rank in ((1, 0), (2, 0), (2, 1)):  # the rows behind queries_for, in its order
+        assert trainer.train_dataset[trainer.query_rows(1, world, rank)]["query"] == trainer.queries_for(1, world, rank)[2]
+    trainer.train()
+    assert calls[:2] == [0, 1]  # one call per update, then generate_completions' (num_sample_generations)
+    table = trainer.generate_completions()
+    assert len(table) == 5 and calls[-1] == 2
+    with pytest.raises(TypeError, match=r"keywords offered \(prompts=, completions=, query=, input_ids=, "
+                                        r"completion_ids=, trainer_state=\).*'answer'"):
+        PPOTrainer(make_policy(), reward, args, Dataset.from_dict({"query": QUERIES}), processing_class=gpt2_tokenizer)
+
+
 def test_ppo_trains_on_a_trl_style_reward_and_refuses_a_bad_one_when_built(tmp_path, gpt2_tokenizer):
     def reward_len(completions, **kwargs):
         return [len(c) / 10.0 for c in completions]

@@ -171,10 +171,14 @@ class RolloutSpec:
         """:func:`apply_penalty` with this spec."""
         return apply_penalty(scores, valid, self.penalty, self.penalty_value)
 
+    @staticmethod
+    def kept_ids(response_ids: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """The token ids of each cut response: row i's first ``lengths[i]``."""
+        return [ids[:n].tolist() for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
+
     def texts(self, tokenizer: Any, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """The text of each cut response (what the reward model and the labeler see)."""
-        rows = [ids[:n].tolist() for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
-        return tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return tokenizer.batch_decode(self.kept_ids(response_ids, lengths), skip_special_tokens=True)
 
     def masks(self, lengths: torch.Tensor, response_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(token_mask, value_mask, score_index)`` for PPO from the cut ``lengths`` (B,): ``(B, Lr)`` bool masks of

@@ -50,8 +50,8 @@ class KnownRewardTrackingPPOTrainer(PPOTrainer):
     known_reward: Callable[[list[str]], Sequence[float]] | None = None
     _last_known: float | None = None
 
-    def score(self, query_texts: list[str], response_texts: list[str]) -> torch.Tensor:
-        scores = super().score(query_texts, response_texts)
+    def score(self, query_texts: list[str], response_texts: list[str], extra: dict[str, list] | None = None) -> torch.Tensor:
+        scores = super().score(query_texts, response_texts, extra)
         if self.known_reward is not None:
             known = torch.tensor([float(r) for r in self.known_reward(list(response_texts))], device=scores.device)
             self._last_known = self.accelerator.gather(known).mean().item()

@@ -147,10 +147,13 @@ class PPOReportingMixin:
                         wrapper.policy, query_ids.to(device), query_mask.to(device), spec.response_length,
                         COMPLETIONS_TEMPERATURE, generator,
                     )
-                texts = self.decode_responses(responses, spec.cut(responses).lengths)
+                lengths = spec.cut(responses).lengths
+                texts = self.decode_responses(responses, lengths)
                 table["query"] += list(batch["query"])
                 table["model response"] += texts
-                table["score"] += self.score(list(batch["query"]), texts).tolist()
+                extra = self.reward_extra(batch, responses, lengths)  # the rows' columns for a reward in TRL's form
+                scores = self.score(list(batch["query"]), texts, extra) if extra else self.score(list(batch["query"]), texts)
+                table["score"] += scores.tolist()
                 if sampling:
                     break
         df = pd.DataFrame({key: gather_object(values[: len(mine)]) for key, values in table.items()})

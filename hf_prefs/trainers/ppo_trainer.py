@@ -84,7 +84,7 @@ from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig, minibatch_split
 from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
 from .ppo_reporting import PPOReportingMixin
-from .reward_functions import RewardFunction, reward_caller
+from .reward_functions import RewardFunction, reward_caller, reward_keywords
 
 logger = logging.get_logger(__name__)
 
@@ -206,6 +206,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         train_dataset = prepare_query_dataset(train_dataset, processing_class, policy, args)
         if eval_dataset is not None:
             eval_dataset = prepare_query_dataset(eval_dataset, processing_class, policy, args, name="eval_dataset")
+        if not isinstance(self.reward_model, nn.Module):  # its form checked now against the columns, not at update 1
+            for dataset in (train_dataset, eval_dataset):
+                if dataset is not None:
+                    reward_caller(self.reward_model, reward_keywords(dataset.column_names))
         super().__init__(
             model=wrapper,
             args=args,
@@ -282,8 +286,6 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         if isinstance(reward_model, nn.Module):
             check_vocabulary(reward_model, tokenizer, "reward_model")
             ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
-        else:  # its form (positional, or TRL's completions= keyword) checked now, not at the first update
-            reward_caller(reward_model)
         self.reward_model = reward_model
         self.reward_processing_class = tokenizer
 
@@ -466,13 +468,25 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         Returns:
             ``(query_ids (B, Lq), query_mask (B, Lq), query_texts)``, left-padded, on the training device.
         """
-        count = self.args.local_batch_size * world
-        batch = self.train_dataset.select_columns(["input_ids", "query"])[self.query_stream.rows(update * count, count)]
-        lengths = [len(ids) for ids in batch["input_ids"]]
-        mine = deal_by_length(list(range(count)), lengths, world, rank)
-        query_ids, query_mask = left_pad([batch["input_ids"][i] for i in mine], self.pad_token_id)
+        batch = self.train_dataset.select_columns(["input_ids", "query"])[self.query_rows(update, world, rank)]
+        query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
         device = self.accelerator.device
-        return query_ids.to(device), query_mask.to(device), [batch["query"][i] for i in mine]
+        return query_ids.to(device), query_mask.to(device), batch["query"]
+
+    def query_rows(self, update: int, world: int, rank: int) -> list[int]:
+        """The ``train_dataset`` rows of :meth:`queries_for` ``(update, world, rank)``, in its order."""
+        count = self.args.local_batch_size * world
+        rows = self.query_stream.rows(update * count, count)
+        lengths = [len(ids) for ids in self.train_dataset.select_columns(["input_ids"])[rows]["input_ids"]]
+        return [rows[i] for i in deal_by_length(list(range(count)), lengths, world, rank)]
+
+    def reward_columns(self, update: int) -> dict[str, list[Any]]:
+        """The columns of this process's queries of update ``update`` that a reward function in TRL's form gets as
+        keywords (:mod:`~hf_prefs.trainers.reward_functions`); ``{}`` for a reward model."""
+        if isinstance(self.reward_model, nn.Module):
+            return {}
+        rows = self.query_rows(update, self.accelerator.num_processes, self.accelerator.process_index)
+        return self.train_dataset[rows]
 
     @torch.no_grad()
     def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -519,8 +533,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         return self.rollout_spec.texts(self.processing_class, response_ids, lengths)
 
     @torch.no_grad()
-    def score(self, query_texts: list[str], response_texts: list[str]) -> torch.Tensor:
-        """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty."""
+    def score(self, query_texts: list[str], response_texts: list[str], extra: dict[str, list[Any]] | None = None) -> torch.Tensor:
+        """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty. ``extra``: the
+        keywords a reward function in TRL's form may take (dataset columns, ``completion_ids``; one value per
+        response); ``trainer_state`` is added here."""
         if isinstance(self.reward_model, nn.Module):
             with self.accelerator.autocast():
                 scores = score_texts(
@@ -532,7 +548,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
                 )
         else:
             # the form read from the function each time: reward_model may be swapped (the online loop does)
-            scores = reward_caller(self.reward_model)(list(query_texts), list(response_texts))
+            extra = {**(extra or {}), "trainer_state": self.state}
+            scores = reward_caller(self.reward_model, extra)(list(query_texts), list(response_texts), extra)
         try:
             scores = torch.as_tensor(scores if not isinstance(scores, (list, tuple)) else [float(s) for s in scores])
         except (TypeError, ValueError, RuntimeError) as err:
@@ -545,6 +562,15 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
                 f"the reward returned shape {tuple(scores.shape)}; expected ({len(query_texts)},): one score per response"
             )
         return scores.to(device=self.accelerator.device, dtype=torch.float32)
+
+    def reward_extra(
+        self, columns: dict[str, list[Any]] | None, response_ids: torch.Tensor, lengths: torch.Tensor
+    ) -> dict[str, list[Any]]:
+        """What :meth:`score` passes a reward function besides the texts: ``columns`` and ``completion_ids`` (each
+        response's token ids up to its cut); ``{}`` for a reward model."""
+        if isinstance(self.reward_model, nn.Module):
+            return {}
+        return {**(columns or {}), "completion_ids": self.rollout_spec.kept_ids(response_ids, lengths)}
 
     def apply_penalty(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Paper: replace the score of invalid rows by ``penalty_reward_value``; with ``missing_eos_penalty`` (TRL)
@@ -615,16 +641,21 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         return kl, non_score, rewards
 
     @torch.no_grad()
-    def make_rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor, query_texts: list[str]) -> Rollout:
+    def make_rollout(
+        self, query_ids: torch.Tensor, query_mask: torch.Tensor, query_texts: list[str],
+        reward_columns: dict[str, list[Any]] | None = None,
+    ) -> Rollout:
         """Generate, truncate, score, penalise, compute log-probs, values and per-token rewards (no gradients).
-        The seconds of each part are in ``self.timings`` (logged as ``time/<part>``)."""
+        ``reward_columns``: the queries' dataset columns, for a reward function in TRL's form
+        (:meth:`reward_columns`). The seconds of each part are in ``self.timings`` (logged as ``time/<part>``)."""
         self.model.eval()
         with self._timed("generate"):
             response_ids = self.generate(query_ids, query_mask)  # (B, Lr)
         lengths, valid = self.truncate(response_ids)  # (B,), (B,)
         response_texts = self.decode_responses(response_ids, lengths)
         with self._timed("score"):
-            raw_scores = self.score(query_texts, response_texts)  # (B,)
+            extra = self.reward_extra(reward_columns, response_ids, lengths)
+            raw_scores = self.score(query_texts, response_texts, extra) if extra else self.score(query_texts, response_texts)
         self._check_finite(raw_scores, "reward scores")
         scores = self.apply_penalty(raw_scores, valid)  # (B,)
         with self._timed("policy_forward"):
@@ -943,7 +974,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             self.control = self.callback_handler.on_step_begin(a, self.state, self.control)
             t0 = time.time()
             query_ids, query_mask, query_texts = self.sample_queries(update)
-            rollout = self.make_rollout(query_ids, query_mask, query_texts)
+            rollout = self.make_rollout(query_ids, query_mask, query_texts, self.reward_columns(update))
             release_free_memory(collect_garbage=False)  # sampling and scoring leave a fragmented heap
             t1 = time.time()
             train_stats = self.ppo_epochs(rollout)
