@@ -105,6 +105,9 @@ def test_ppo_passes_each_rows_columns_completion_ids_and_state_to_a_trl_reward(t
                          eval_dataset=data.select(range(5)))
     for world, rank in ((1, 0), (2, 0), (2, 1)):  # the rows behind queries_for, in its order
         assert trainer.train_dataset[trainer.query_rows(1, world, rank)]["query"] == trainer.queries_for(1, world, rank)[2]
+    ids, mask, texts = trainer.sample_queries(0)
+    with pytest.raises(ValueError, match="reward_columns are not the columns of these queries' rows"):
+        trainer.make_rollout(ids, mask, texts, trainer.reward_columns(1))
     trainer.train()
     assert calls[:2] == [0, 1]  # one call per update, then generate_completions' (num_sample_generations)
     table = trainer.generate_completions()

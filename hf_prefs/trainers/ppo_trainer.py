@@ -648,6 +648,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         """Generate, truncate, score, penalise, compute log-probs, values and per-token rewards (no gradients).
         ``reward_columns``: the queries' dataset columns, for a reward function in TRL's form
         (:meth:`reward_columns`). The seconds of each part are in ``self.timings`` (logged as ``time/<part>``)."""
+        if reward_columns and "query" in reward_columns and list(reward_columns["query"]) != list(query_texts):
+            raise ValueError("make_rollout: reward_columns are not the columns of these queries' rows (their `query` "
+                             "differs); a subclass choosing other queries (sample_queries) must override "
+                             "reward_columns too")
         self.model.eval()
         with self._timed("generate"):
             response_ids = self.generate(query_ids, query_mask)  # (B, Lr)
