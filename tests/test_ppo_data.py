@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import random
 
 import pytest
@@ -49,7 +50,7 @@ def test_deal_by_length_rejects_a_batch_it_cannot_split():
         deal_by_length([1, 2, 3], [4, 5], 1, 0)
 
 
-def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer):
+def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer, caplog):
     """TRL's online trainers take ``prompt`` (text or conversational): text is the query; messages are rendered with
     the chat template and its generation prompt, tokenized without special tokens added again."""
     from types import SimpleNamespace
@@ -73,7 +74,12 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer):
                                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     chats = [[{"role": "user", "content": "Say something kind."}], [{"role": "system", "content": "Be brief."},
                                                                     {"role": "user", "content": "Hi"}]]
-    conv = prepare_query_dataset(Dataset.from_dict({"prompt": chats}), tokenizer, policy, args)
+    with caplog.at_level(logging.WARNING, logger="hf_prefs.trainers.ppo_data"):
+        conv = prepare_query_dataset(Dataset.from_dict({"prompt": chats}), tokenizer, policy, args)
+        assert "conversational prompts with no stop_token" in caplog.text  # GRPO users expect a stop at EOS
+        caplog.clear()
+        prepare_query_dataset(Dataset.from_dict({"prompt": chats}), tokenizer, policy, SimpleNamespace(**vars(args), stop_token="eos"))
+        assert "stop_token" not in caplog.text
     rendered = [maybe_apply_chat_template({"prompt": c}, tokenizer)["prompt"] for c in chats]
     assert conv["query"] == rendered and rendered[0] == "<|user|>Say something kind.\n<|assistant|>"
     assert conv["input_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
@@ -88,8 +94,13 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer):
     row = prepare_query_dataset(Dataset.from_dict({"prompt": chats[:1]}), bos, policy, args)[0]
     assert row["input_ids"].count(50256) == 1 and row["query"] == rendered[0]
     assert bos(row["query"])["input_ids"] == row["input_ids"]
-    with pytest.raises(ValueError, match=r"column `prompt` must hold non-empty strings or lists of chat messages; bad rows \[1\]"):
+    with pytest.raises(ValueError, match=r"column `prompt` must hold non-empty strings or lists of chat messages.*; bad rows \[1\]"):
         prepare_query_dataset(Dataset.from_dict({"prompt": ["a", ""]}), gpt2_tokenizer, policy, args)
+    wrong_keys = [chats[0], [{"speaker": "user", "text": "hi"}]]  # not chat messages: named, not a tokenizer error
+    with pytest.raises(ValueError, match=r"\{'role': ..., 'content': ...\} dicts\); bad rows \[1\]"):
+        prepare_query_dataset(Dataset.from_dict({"prompt": wrong_keys}), tokenizer, policy, args)
+    with pytest.raises(ValueError, match=r"dicts\); bad rows \[0, 1\]"):
+        prepare_query_dataset(Dataset.from_dict({"prompt": [wrong_keys[1]] * 2}), tokenizer, policy, args)
     with pytest.raises(ValueError, match="conversational `prompt` rows need a tokenizer with a chat template"):
         prepare_query_dataset(Dataset.from_dict({"prompt": chats}), gpt2_tokenizer, policy, args)
 

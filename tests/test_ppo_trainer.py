@@ -495,10 +495,11 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
         PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"text": ["a"]}),
                    processing_class=gpt2_tokenizer)
     trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=lambda q, r: torch.zeros(len(r), 2))
-    with pytest.raises(ValueError, match="one score per response"):
+    with pytest.raises(ValueError, match=r"returned shape \(8, 2\); expected one float score per response"):
         trainer.train()
-    for bad, shown in ((lambda q, r: None, "NoneType (None)"), (lambda q, r: ["x"] * len(r), "list (['x', ")):
-        with pytest.raises(ValueError, match=r"the reward returned " + re.escape(shown) + ".*one float score per response"):
+    for bad, shown in ((lambda q, r: None, "NoneType (None)"), (lambda q, r: ["x"] * len(r), "str 'x' at row 0")):
+        with pytest.raises(ValueError, match=r"the reward function .*<lambda> returned " + re.escape(shown) +
+                           ".*one float score per response"):
             make_trainer(tmp_path, gpt2_tokenizer, reward=bad).train()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hf_prefs.trainers.ppo_trainer"):  # TRL ignored it silently

@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 
 import pytest
+import torch
 from datasets import Dataset
 from transformers import GPT2ForSequenceClassification
 
 from conftest import tiny_gpt2_config
 from hf_prefs import PPOTrainer
-from hf_prefs.trainers.reward_functions import reward_caller
+from hf_prefs.trainers.reward_functions import combined_scores, reward_caller
 from test_ppo_trainer import QUERIES, logged, make_config, make_policy, make_trainer
 
 
@@ -57,8 +58,20 @@ def test_a_function_of_neither_form_is_refused_with_its_signature():
 
     with pytest.raises(TypeError, match=r"one_argument\(responses\) cannot be called as f\(queries, responses\)"):
         reward_caller(one_argument)
-    with pytest.raises(TypeError, match=r"keyword_only\(\*, completions, solution\) takes TRL's completions= but"):
+    with pytest.raises(TypeError, match=r"keyword_only\(\*, completions, solution\) takes TRL's keywords but cannot "
+                                        r"be called with those offered \(prompts=, completions=\).*'solution'"):
         reward_caller(keyword_only)
+
+    def timed(f):  # a decorator without functools.wraps: its signature says nothing of the form
+        def wrapper(*args, **kwargs):
+            return f(*args, **kwargs)
+        return wrapper
+
+    with pytest.raises(TypeError, match=r"wrapper\(\*args, \*\*kwargs\) can be called both as f\(queries, responses\) "
+                                        r"and in TRL's keyword form.*functools.wraps"):
+        reward_caller(timed(lambda completions, **kw: completions))
+    wrapped = functools.wraps(keyword_only)(timed(keyword_only))  # with wraps the wrapped signature decides
+    assert reward_caller(wrapped, ["solution"])(["q"], ["r"], {"solution": ["s"]}) == ["r"]
 
 
 def test_dataset_columns_reach_a_trl_reward_by_name_and_conversational_prompts_as_trl_passes_them():
@@ -71,8 +84,8 @@ def test_dataset_columns_reach_a_trl_reward_by_name_and_conversational_prompts_a
     assert call(q, r, {"solution": ["2", "3"], "query": q}) == [1.0, 0.0]
     # without the column the keywords do not bind: refused, naming it (it used to fall back to a positional call that
     # handed `completions` the queries and `solution` the responses)
-    with pytest.raises(TypeError, match=r"accuracy\(completions, solution, \*\*kwargs\) takes TRL's completions= but "
-                                        r"cannot be called with the keywords offered \(prompts=, completions=, query=\).*"
+    with pytest.raises(TypeError, match=r"accuracy\(completions, solution, \*\*kwargs\) takes TRL's keywords but "
+                                        r"cannot be called with those offered \(prompts=, completions=, query=\).*"
                                         r"'solution'"):
         reward_caller(accuracy, ["query"])
     # only what a function names (or **kwargs) is passed; a conversational prompt column gives TRL's message lists
@@ -96,7 +109,7 @@ def test_ppo_passes_each_rows_columns_completion_ids_and_state_to_a_trl_reward(t
         calls.append(trainer_state.global_step)
         assert [answers[p] for p in prompts] == answer  # each row's own column value
         assert [gpt2_tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids] == completions
-        assert sorted(kwargs) == ["input_ids", "query"] and kwargs["query"] == prompts
+        assert sorted(kwargs) == ["input_ids", "log_extra", "log_metric", "query"] and kwargs["query"] == prompts
         return [float(len(ids)) for ids in completion_ids]
 
     data = Dataset.from_dict({"query": QUERIES * 2, "answer": [answers[x] for x in QUERIES * 2]})
@@ -112,9 +125,76 @@ def test_ppo_passes_each_rows_columns_completion_ids_and_state_to_a_trl_reward(t
     assert calls[:2] == [0, 1]  # one call per update, then generate_completions' (num_sample_generations)
     table = trainer.generate_completions()
     assert len(table) == 5 and calls[-1] == 2
-    with pytest.raises(TypeError, match=r"keywords offered \(prompts=, completions=, query=, input_ids=, "
-                                        r"completion_ids=, trainer_state=\).*'answer'"):
+    with pytest.raises(TypeError, match=r"^train_dataset \(columns \['query', 'input_ids'\]\): .*those offered "
+                                        r"\(prompts=, completions=, query=, input_ids=, completion_ids=, trainer_state=, "
+                                        r"log_extra=, log_metric=\).*'answer'"):
         PPOTrainer(make_policy(), reward, args, Dataset.from_dict({"query": QUERIES}), processing_class=gpt2_tokenizer)
+    with pytest.raises(TypeError, match=r"^eval_dataset \(columns \['query', 'input_ids'\]\): .*'answer'"):
+        PPOTrainer(make_policy(), reward, args, data, processing_class=gpt2_tokenizer,
+                   eval_dataset=Dataset.from_dict({"query": QUERIES}))
+
+
+def test_trl_forms_without_a_completions_parameter_and_async_functions_are_called_with_keywords():
+    from trl.rewards import get_soft_overlong_punishment
+
+    q, r, ids = ["a", "b"], ["x", "y"], [[1, 2, 3], [4] * 9]
+    extra = {"completion_ids": ids, "trainer_state": None}
+    overlong = get_soft_overlong_punishment(max_completion_len=8, soft_punish_cache=4)  # TRL's own: (completion_ids, **kw)
+    assert reward_caller(overlong, extra)(q, r, extra) == pytest.approx([0.0, -1.0])
+    assert reward_caller(lambda **kw: [len(c) for c in kw["completions"]], extra)(q, ["xy", "z"], extra) == [2, 1]
+    assert reward_caller(lambda prompts, **kw: prompts, extra)(q, r, extra) == q
+
+    async def remote(completions, **kwargs):  # GRPO awaits async reward functions
+        return [1.0 for _ in completions]
+
+    assert reward_caller(remote, extra)(q, r, extra) == [1.0, 1.0]
+
+
+def test_a_list_of_functions_is_summed_with_weights_and_none_means_no_score():
+    """Row scores by hand: Σ_i w_i·r_i over the functions that scored the row (None: not scored); a row none scored
+    gets 0 with a warning (GRPO's nansum); NaN is kept (PPO stops on it); bad outputs name their function."""
+    def first(completions, **kw):
+        return [1.0, None, None, 2.0]
+
+    def second(queries, responses):
+        return torch.tensor([[10.0], [20.0], [float("nan")], [30.0]])  # (B, 1), positional form
+
+    with pytest.warns(UserWarning, match=r"no reward function scored rows \[1\] of 2"):
+        got = combined_scores([lambda completions, **kw: [3.0, None]], None, ["q"] * 2, ["r"] * 2)
+    assert got.tolist() == [3.0, 0.0]
+    total = combined_scores([first, second], [0.5, -1.0], ["q"] * 4, ["r"] * 4)
+    assert total[[0, 1, 3]].tolist() == [0.5 * 1.0 - 10.0, -20.0, 0.5 * 2.0 - 30.0] and torch.isnan(total[2])
+    for bad, said in ((lambda q, r: ["1.0"] * len(r), r"returned str '1.0' at row 0"),
+                      (lambda q, r: [1.0], r"returned 1 scores for 4 responses"),
+                      (lambda q, r: None, r"returned NoneType \(None\)"),
+                      (lambda q, r: torch.zeros(1, 4), r"returned shape \(1, 4\)")):
+        with pytest.raises(ValueError, match=r"the reward function .*<lambda> " + said + r".*one float score per response"):
+            combined_scores([first, bad], None, ["q"] * 4, ["r"] * 4)
+
+
+def test_ppo_trains_on_weighted_reward_functions_with_logged_metrics_and_columns(tmp_path, gpt2_tokenizer):
+    def length(completions, log_metric, log_extra, **kwargs):
+        log_metric("reward/mean_length", sum(len(c) for c in completions) / len(completions))
+        log_extra("length", [len(c) for c in completions])
+        return [float(len(c)) for c in completions]
+
+    def constant(queries, responses):
+        return [1.0] * len(responses)
+
+    args = make_config(tmp_path, total_episodes=16, reward_weights=[0.1, 2.0], num_sample_generations=2, truncate_token=None)
+    trainer = PPOTrainer(make_policy(), [length, constant], args, Dataset.from_dict({"query": QUERIES * 2}),
+                         processing_class=gpt2_tokenizer)
+    trainer.train()
+    texts = trainer.last_samples["response"].tolist()
+    assert trainer.last_samples["length"].tolist() == [len(t) for t in texts]
+    assert trainer.last_samples["score"].tolist() == pytest.approx([0.1 * len(t) + 2.0 for t in texts])
+    lengths = logged(trainer, "reward/mean_length")
+    assert len(lengths) == 2 and all(v > 0 for v in lengths)
+    with pytest.raises(ValueError, match="PPOConfig.reward_weights has 2 weights for 1 reward functions"):
+        PPOTrainer(make_policy(), length, args, Dataset.from_dict({"query": QUERIES}), processing_class=gpt2_tokenizer)
+    with pytest.raises(TypeError, match="a list takes reward functions \\(callables\\), item 1 is GPT2ForSequenceClassification"):
+        PPOTrainer(make_policy(), [length, GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1))],
+                   make_config(tmp_path), Dataset.from_dict({"query": QUERIES}), processing_class=gpt2_tokenizer)
 
 
 def test_ppo_trains_on_a_trl_style_reward_and_refuses_a_bad_one_when_built(tmp_path, gpt2_tokenizer):

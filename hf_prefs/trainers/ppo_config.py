@@ -98,6 +98,8 @@ class PPOConfig(TrlBaseConfig):
         value_learning_rate (`float` or `None`, defaults to None): the value function's own parameters' learning rate
             (None: ``learning_rate``).
         critic_warmup_updates (`int`, defaults to 0): value-function-only updates at the start (not under DeepSpeed).
+        reward_weights (`list[float]` or `None`, defaults to None): GRPOConfig's: with a list of reward functions, the
+            score is their weighted sum (None: 1 each).
 
     `max_grad_norm` defaults to 0 (no clipping; TRL 1.12 never clipped, whatever its value) and `logging_steps` to 1
     (TRL 1.12 logged every update). `bf16` defaults to True only on a CUDA device that supports it (False on CPU).
@@ -216,6 +218,11 @@ class PPOConfig(TrlBaseConfig):
         default=0,
         metadata={"help": "The first N updates train only the value function (policy loss off, policy weights "
                   "unchanged), as OpenRLHF's critic freezing steps / verl's critic_warmup. Not under DeepSpeed."},
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "With a list of reward functions as reward_model (GRPOConfig's field): the weight of each in "
+                  "their sum; None: 1 each."},
     )
 
     def to_dict(self) -> dict[str, Any]:

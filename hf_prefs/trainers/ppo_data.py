@@ -129,11 +129,17 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
     template and the generation prompt (``trl.maybe_apply_chat_template``), and tokenized without adding special
     tokens again (the template has them); its ``query`` (what a reward reads, tokenized with special tokens) leaves out
     a BOS the template wrote where the tokenizer adds one itself. Rows that are neither are named."""
-    bad = [i for i, p in enumerate(dataset["prompt"])
-           if not (isinstance(p, str) and p) and not (isinstance(p, list) and p and all(isinstance(m, dict) for m in p))]
+    prompts = dataset["prompt"]
+    bad = [i for i, p in enumerate(prompts) if not (isinstance(p, str) and p) and not (
+        isinstance(p, list) and p and all(isinstance(m, dict) and isinstance(m.get("role"), str) and m.get("content") is not None for m in p))]
     if bad:
-        raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages; "
-                         f"bad rows {bad[:10]}")
+        raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages "
+                         f"({{'role': ..., 'content': ...}} dicts); bad rows {bad[:10]}")
+    stops = [getattr(args, n, None) for n in ("stop_token", "stop_token_id", "truncate_token", "truncate_token_id")]
+    if any(isinstance(p, list) for p in prompts) and all(v is None for v in stops):
+        logger.warning(f"{name}: conversational prompts with no stop_token: each response runs response_length "
+                       f"tokens, past the end of the assistant's turn (TRL 1.12's PPO did; GRPO stops at EOS): set "
+                       f"stop_token='eos' to cut responses there")
 
     bos = tokenizer.bos_token if tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] else None  # added by it
 

@@ -11,6 +11,7 @@ import pandas as pd
 import psutil
 import torch
 from accelerate.utils import gather_object
+from torch import nn
 
 from .._compat import print_prompt_completions_sample
 from ..core.ppo_math import explained_variance, masked_mean
@@ -77,7 +78,22 @@ class PPOReportingMixin:
         metrics["episode"] = episodes
         for key, value in timings.items():
             metrics[f"time/{key}"] = value
+        metrics.update(self._reward_function_metrics())
         return metrics
+
+    def _reward_function_metrics(self) -> dict[str, float]:
+        """What reward functions logged with ``log_metric`` this update: each name's mean over its values on every
+        process (TRL's), then cleared. A collective on every update where the reward is a function."""
+        pending, self.reward_metrics = self.reward_metrics, {}
+        if isinstance(self.reward_model, nn.Module):
+            return {}
+        sums = {name: (sum(values), len(values)) for name, values in pending.items()}
+        merged: dict[str, tuple[float, int]] = {}
+        for part in gather_object([sums]) if self.accelerator.num_processes > 1 else [sums]:
+            for name, (total, count) in part.items():
+                seen_total, seen_count = merged.get(name, (0.0, 0))
+                merged[name] = (seen_total + total, seen_count + count)
+        return {name: total / count for name, (total, count) in merged.items() if count}
 
     def log_samples(self, rollout: Rollout, num_samples: int = 8) -> None:
         """Print (and log to wandb / trackio when active) a table of query, truncated response and score: ``num_samples``
@@ -91,6 +107,11 @@ class PPOReportingMixin:
             "score": gather_object(rollout.scores[rows].tolist()),
             "penalized": gather_object((~rollout.valid[rows]).tolist()),
         }
+        if not isinstance(self.reward_model, nn.Module):  # reward functions' log_extra columns, one value per response
+            mine = {c: [v[i] if len(v) == len(rollout) else None for i in rows] for c, v in self.reward_log_extra.items()}
+            parts = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
+            for column in dict.fromkeys(c for part in parts for c in part):  # a process without it: None
+                table[column] = [v for part in parts for v in part.get(column, [None] * len(rows))]
         df = pd.DataFrame(table)
         self.last_samples = df
         if not self.accelerator.is_main_process:

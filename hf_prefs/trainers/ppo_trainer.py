@@ -84,7 +84,7 @@ from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig, minibatch_split
 from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
 from .ppo_reporting import PPOReportingMixin
-from .reward_functions import RewardFunction, reward_caller, reward_keywords
+from .reward_functions import RewardFunction, combined_scores, reward_caller, reward_keywords
 
 logger = logging.get_logger(__name__)
 
@@ -142,8 +142,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             :func:`hf_prefs.models.reward_model.score_texts` at the last token, normalization gain/bias applied), a path to
             one (loaded with :func:`hf_prefs.models.loading.load_reward_model`), or any callable
             ``f(queries: list[str], responses: list[str]) -> (B,)`` (known rewards, direct RL) or in TRL's
-            reward-function form ``f(prompts=..., completions=..., **kwargs)``
-            (:mod:`hf_prefs.trainers.reward_functions`; checked here).
+            reward-function form ``f(prompts=..., completions=..., **kwargs)``, or a list of such functions summed
+            with ``args.reward_weights`` (:mod:`hf_prefs.trainers.reward_functions`; checked here).
         args: a :class:`~hf_prefs.PPOConfig`.
         train_dataset: a ``datasets.Dataset`` with a ``query`` column (text), or TRL-style ``input_ids``.
         processing_class: the policy's tokenizer (loaded from ``model`` when omitted).
@@ -174,7 +174,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
     def __init__(
         self,
         model: str | nn.Module | None = None,
-        reward_model: nn.Module | str | RewardFunction | None = None,
+        reward_model: nn.Module | str | RewardFunction | list[RewardFunction] | None = None,
         args: PPOConfig | None = None,
         train_dataset: Dataset | None = None,
         eval_dataset: Any = None,
@@ -206,10 +206,13 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         train_dataset = prepare_query_dataset(train_dataset, processing_class, policy, args)
         if eval_dataset is not None:
             eval_dataset = prepare_query_dataset(eval_dataset, processing_class, policy, args, name="eval_dataset")
-        if not isinstance(self.reward_model, nn.Module):  # its form checked now against the columns, not at update 1
-            for dataset in (train_dataset, eval_dataset):
-                if dataset is not None:
-                    reward_caller(self.reward_model, reward_keywords(dataset.column_names))
+        if not isinstance(self.reward_model, nn.Module):  # their form checked now against the columns, not at update 1
+            for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+                for fn in self.reward_functions() if dataset is not None else ():
+                    try:
+                        reward_caller(fn, reward_keywords(dataset.column_names))
+                    except TypeError as err:
+                        raise TypeError(f"{name} (columns {dataset.column_names}): {err}") from err
         super().__init__(
             model=wrapper,
             args=args,
@@ -276,11 +279,25 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         return policy, wrapper, processing_class
 
     def _build_reward(self, reward_model: nn.Module | str | RewardFunction, tokenizer: Any, args: PPOConfig) -> None:
-        """``self.reward_model`` (a model, loaded from a path, or a callable) and its tokenizer."""
+        """``self.reward_model`` (a model, loaded from a path, a callable or a list of them) and its tokenizer."""
         if isinstance(reward_model, (str, os.PathLike)):
             reward_model, tokenizer = load_reward_model(check_local_path(reward_model, "reward_model"))
-        if not isinstance(reward_model, nn.Module) and not callable(reward_model):
-            raise TypeError("reward_model must be a reward model (nn.Module), a path to one, or a callable f(queries, responses)")
+        if isinstance(reward_model, (list, tuple)):  # GRPO's reward_funcs
+            bad = [i for i, f in enumerate(reward_model) if isinstance(f, (nn.Module, str, os.PathLike)) or not callable(f)]
+            if not reward_model or bad:
+                raise TypeError("reward_model: a list takes reward functions (callables), " + (
+                    f"item {bad[0]} is {type(reward_model[bad[0]]).__name__}; a reward model is given alone"
+                    if bad else "and this one is empty"))
+            reward_model = list(reward_model)
+        elif not isinstance(reward_model, nn.Module) and not callable(reward_model):
+            raise TypeError("reward_model must be a reward model (nn.Module), a path to one, a callable f(queries, "
+                            "responses) or one in TRL's reward-function form f(prompts=..., completions=..., **kwargs), "
+                            f"or a list of such functions; got {type(reward_model).__name__}")
+        functions = reward_model if isinstance(reward_model, list) else [reward_model]
+        if args.reward_weights is not None and (isinstance(reward_model, nn.Module) or len(args.reward_weights) != len(functions)):
+            raise ValueError(f"PPOConfig.reward_weights has {len(args.reward_weights)} weights for " + (
+                "a reward model (they weight a list of reward functions)" if isinstance(reward_model, nn.Module)
+                else f"{len(functions)} reward functions"))
         if args.normalize_reward and not isinstance(reward_model, nn.Module):
             raise ValueError("PPOConfig.normalize_reward needs a reward model (nn.Module); a reward callable has no gain/bias")
         if isinstance(reward_model, nn.Module):
@@ -402,6 +419,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         self._prepared = False
         self.last_samples: Any = None  # the last samples table (a pandas DataFrame)
         self.timings: dict[str, float] = {}  # seconds of the parts of the last rollout
+        self.reward_metrics: dict[str, list[float]] = {}  # reward functions' log_metric values of this update
+        self.reward_log_extra: dict[str, list[Any]] = {}  # their log_extra columns of the last score() call
         self._frozen_engines: list[Any] = []  # DeepSpeed engines of the frozen models (their modules are used)
         self._reference_scorer: nn.Module | None = None  # with torch_compile: the reference compiled as the policy
         if self.ref_model is not None:
@@ -536,7 +555,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
     def score(self, query_texts: list[str], response_texts: list[str], extra: dict[str, list[Any]] | None = None) -> torch.Tensor:
         """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty. ``extra``: the
         keywords a reward function in TRL's form may take (dataset columns, ``completion_ids``; one value per
-        response); ``trainer_state`` is added here."""
+        response); ``trainer_state``, ``log_metric`` and ``log_extra`` are added here. A list of functions is summed
+        with ``reward_weights`` (:func:`~hf_prefs.trainers.reward_functions.combined_scores`)."""
         if isinstance(self.reward_model, nn.Module):
             with self.accelerator.autocast():
                 scores = score_texts(
@@ -546,22 +566,27 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
                     response_texts,
                     batch_size=self.args.local_rollout_forward_batch_size,
                 )
-        else:
-            # the form read from the function each time: reward_model may be swapped (the online loop does)
-            extra = {**(extra or {}), "trainer_state": self.state}
-            scores = reward_caller(self.reward_model, extra)(list(query_texts), list(response_texts), extra)
-        try:
-            scores = torch.as_tensor(scores if not isinstance(scores, (list, tuple)) else [float(s) for s in scores])
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"the reward returned {type(scores).__name__} ({_preview(scores)}); expected one float score "
-                             f"per response (a list of floats or a tensor of shape ({len(query_texts)},)): {err}") from err
-        if scores.dim() == 2 and scores.shape[1] == 1:
-            scores = scores[:, 0]
-        if scores.shape != (len(query_texts),):
-            raise ValueError(
-                f"the reward returned shape {tuple(scores.shape)}; expected ({len(query_texts)},): one score per response"
-            )
+        else:  # each function's form read each time: reward_model may be swapped (the online loop does)
+            extra = {**(extra or {}), "trainer_state": self.state, "log_metric": self._log_reward_metric,
+                     "log_extra": self._log_reward_extra}
+            self.reward_log_extra = {}
+            scores = combined_scores(self.reward_functions(), self.args.reward_weights, list(query_texts),
+                                     list(response_texts), extra)
         return scores.to(device=self.accelerator.device, dtype=torch.float32)
+
+    def _log_reward_metric(self, name: str, value: float) -> None:
+        """TRL's ``log_metric`` for reward functions: ``value`` joins ``name``'s mean in this update's metrics."""
+        self.reward_metrics.setdefault(name, []).append(float(value))
+
+    def _log_reward_extra(self, column: str, values: list[Any]) -> None:
+        """TRL's ``log_extra`` for reward functions: a column (one value per response) of the sample table."""
+        self.reward_log_extra[column] = list(values)
+
+    def reward_functions(self) -> list[RewardFunction]:
+        """The reward functions :meth:`score` sums (``reward_model`` itself where it is one); ``[]`` for a model."""
+        if isinstance(self.reward_model, nn.Module):
+            return []
+        return list(self.reward_model) if isinstance(self.reward_model, list) else [self.reward_model]
 
     def reward_extra(
         self, columns: dict[str, list[Any]] | None, response_ids: torch.Tensor, lengths: torch.Tensor
@@ -1041,8 +1066,3 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             gather=lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples],
         )
 
-
-def _preview(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters (for an error message)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,43 +1,66 @@
-"""How PPO calls a reward given as a Python function.
+"""How PPO calls rewards given as Python functions, and how their outputs become one score per response.
 
 Two forms are taken, told apart by the function's signature (checked when the trainer is built, against the columns
 of its datasets):
 
 - ``f(queries, responses)`` — two lists of texts, positionally (hf_prefs' known rewards, the recipes' direct RL);
-- TRL's reward-function form (``GRPOTrainer``/``RLOOTrainer``'s ``reward_funcs``): a ``completions`` parameter, called
-  with keywords only, as TRL calls it: ``prompts=``, ``completions=``, ``completion_ids=`` (each response's token ids,
-  cut where the reward reads it), ``trainer_state=`` and one keyword per dataset column other than ``prompt``,
-  ``completion`` and ``completion_ids`` (a list, one value per response: ``f(completions, solution, **kwargs)`` reads
-  the rows' ``solution``). Each keyword is passed only where the function takes it by name or through ``**kwargs``.
-  Texts: ``prompts`` the query texts and ``completions`` the response texts; for a conversational ``prompt`` column
-  (lists of ``{"role", "content"}`` messages) ``prompts`` the rows' messages and each completion
-  ``[{"role": "assistant", "content": text}]``, as TRL passes them.
+- TRL's reward-function form (``GRPOTrainer``/``RLOOTrainer``'s ``reward_funcs``), called with keywords only, as TRL
+  calls it: ``prompts=``, ``completions=``, ``completion_ids=`` (each response's token ids, cut where the reward reads
+  it), ``trainer_state=``, ``log_metric=`` / ``log_extra=`` (:data:`TRAINER_KEYWORDS`) and one keyword per dataset
+  column other than ``prompt`` and ``completion`` (a list, one value per response: ``f(completions, solution,
+  **kwargs)`` reads the rows' ``solution``). Each keyword is passed only where the function takes it by name or
+  through ``**kwargs``. Texts: ``prompts`` the query texts and ``completions`` the response texts; for a
+  conversational ``prompt`` column (lists of ``{"role", "content"}`` messages) ``prompts`` the rows' messages and each
+  completion ``[{"role": "assistant", "content": text}]``, as TRL passes them. An ``async`` function is awaited.
 
-The keyword form is used where the keywords bind; else the positional one, unless it would hand ``completions`` the
-queries (``completions`` first: a TRL function asking for a column the dataset lacks), which is refused, as is a
-function that fits neither form.
+The keyword form is used where the keywords bind and give the function the responses (``completions`` or
+``completion_ids``, by name or through ``**kwargs``), unless the positional call binds too and the function names
+none of TRL's keywords (``wrapper(*args, **kwargs)``: refused as ambiguous — ``functools.wraps`` shows the wrapped signature); else
+the positional form, unless it would hand ``completions`` the queries (a TRL function asking for a column the dataset
+lacks), which is refused, as is a function that fits neither.
+
+Scores (:func:`combined_scores`): each function returns one score per response (a list, a ``(B,)`` or ``(B, 1)``
+tensor or array); ``None`` means "no score for this row" (TRL's convention): a row gets the weighted sum
+Σ_i w_i·r_i over the functions that scored it (GRPO's ``reward_weights``, default 1 each), and a row no function
+scored gets 0 with a warning naming it, as GRPO's ``nansum`` gives. A NaN or infinite score is not a missing one: it
+stays, and PPO stops on it (``NonFiniteError``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable, Collection, Mapping
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-__all__ = ["NOT_REWARD_KEYWORDS", "TRAINER_KEYWORDS", "RewardFunction", "reward_caller", "reward_keywords", "trl_keywords"]
+import torch
+
+__all__ = [
+    "NOT_REWARD_KEYWORDS",
+    "TRAINER_KEYWORDS",
+    "RewardFunction",
+    "combined_scores",
+    "reward_caller",
+    "reward_keywords",
+    "reward_name",
+    "trl_keywords",
+]
 
 #: a reward given as a function: ``f(queries, responses) -> scores`` (or TRL's ``f(prompts=, completions=, **kwargs)``)
 RewardFunction = Callable[..., Any]
 
 #: dataset columns not passed to a reward function as keywords (``prompt`` arrives as ``prompts``; TRL leaves out
-#: ``completion`` too); a ``completion_ids`` column is replaced by the responses' ids
+#: ``completion`` too); a column named as one of :data:`TRAINER_KEYWORDS` is replaced by the trainer's value
 NOT_REWARD_KEYWORDS = frozenset({"prompt", "completion", "prompts", "completions"})
 
-#: what the trainer passes besides the texts and the dataset's columns
-TRAINER_KEYWORDS = ("completion_ids", "trainer_state")
+#: what the trainer passes besides the texts and the dataset's columns (TRL 1.16's names)
+TRAINER_KEYWORDS = ("completion_ids", "trainer_state", "log_extra", "log_metric")
 
 _KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_RESPONSES = ("completions", "completion_ids")
+_TRL_NAMES = frozenset({"prompts", *_RESPONSES, *TRAINER_KEYWORDS})
 
 
 def reward_caller(fn: RewardFunction, keywords: Collection[str] = ()) -> Callable[..., Any]:
@@ -46,42 +69,47 @@ def reward_caller(fn: RewardFunction, keywords: Collection[str] = ()) -> Callabl
     Args:
         fn: the reward function.
         keywords: the keywords the caller offers besides ``prompts`` and ``completions`` (dataset columns,
-            ``completion_ids``, ``trainer_state``); ``extra`` maps them (and a conversational ``prompt`` column) to one
-            value per response. The form is decided with them: ``f(completions, solution, **kwargs)`` binds only where
-            ``solution`` is offered.
+            :data:`TRAINER_KEYWORDS`); ``extra`` maps them (and a conversational ``prompt`` column) to their values.
+            The form is decided with them: ``f(completions, solution, **kwargs)`` binds only where ``solution`` is
+            offered.
 
     Raises:
-        TypeError: ``fn`` binds neither form, or only the positional one with ``completions`` first; the message
-            names the signature, what binding said and the keywords offered.
+        TypeError: ``fn`` binds neither form, both ambiguously, or only the positional one with ``completions``
+            first; the message names the signature, what binding said and the keywords offered.
     """
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin without a signature: called as f(queries, responses)
         return lambda queries, responses, extra=None: fn(queries, responses)
     params = sig.parameters
+    name = f"{reward_name(fn)}{sig}"
+    any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    offered = list(dict.fromkeys(["prompts", "completions", *(k for k in keywords if k not in NOT_REWARD_KEYWORDS)]))
+    names = [n for n in offered if (n in params and params[n].kind in _KEYWORD) or any_keyword]
+    keyword_ok, keyword_err = _binds(sig, **{n: [] for n in names})
+    keyword_ok = keyword_ok and any(n in names for n in _RESPONSES)  # it gets the responses
     positional = [p.name for p in params.values() if p.kind in _POSITIONAL]
     positional_ok, positional_err = _binds(sig, [], [])
-    if "completions" in params and params["completions"].kind in _KEYWORD:
-        any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        offered = ["prompts", "completions", *(k for k in keywords if k not in NOT_REWARD_KEYWORDS)]
-        names = [n for n in dict.fromkeys(offered) if n in params or any_keyword]
-        keyword_ok, keyword_err = _binds(sig, **{n: [] for n in names})
-        if keyword_ok:
+    named_trl = any(n in params and params[n].kind in _KEYWORD for n in _TRL_NAMES)
+    if keyword_ok and not (positional_ok and not named_trl):
 
-            def call_trl(queries: list[str], responses: list[str], extra: Mapping[str, list] | None = None) -> Any:
-                given = trl_keywords(queries, responses, extra or {})
-                return fn(**{n: given[n] for n in names if n in given})
+        def call_trl(queries: list[str], responses: list[str], extra: Mapping[str, Any] | None = None) -> Any:
+            given = trl_keywords(queries, responses, extra or {})
+            return _awaited(fn(**{n: given[n] for n in names if n in given}))
 
-            return call_trl
-        if not positional_ok or positional[:1] == ["completions"]:
-            raise TypeError(f"the reward function {_name(fn)}{sig} takes TRL's completions= but cannot be called with "
-                            f"the keywords offered ({', '.join(n + '=' for n in offered)}): {keyword_err}; a "
-                            f"parameter other than TRL's must be a column of the dataset")
-    if not positional_ok:
-        raise TypeError(f"the reward function {_name(fn)}{sig} cannot be called as f(queries, responses) (two lists of "
-                        f"texts, positionally) nor in TRL's form f(prompts=..., completions=..., **kwargs): "
-                        f"{positional_err}")
-    return lambda queries, responses, extra=None: fn(queries, responses)
+        return call_trl
+    if keyword_ok:  # both bind and the signature names none of TRL's keywords
+        raise TypeError(f"the reward function {name} can be called both as f(queries, responses) and in TRL's keyword "
+                        f"form; hf_prefs cannot tell which it expects: give a wrapper functools.wraps (its wrapped "
+                        f"signature then shows) or name its parameters")
+    if positional_ok and positional[:1] != ["completions"]:
+        return lambda queries, responses, extra=None: _awaited(fn(queries, responses))
+    if named_trl or any_keyword:
+        raise TypeError(f"the reward function {name} takes TRL's keywords but cannot be called with those offered "
+                        f"({', '.join(n + '=' for n in offered)}): {keyword_err or 'it gets no completions'}; a "
+                        f"parameter other than TRL's must be a column of the dataset")
+    raise TypeError(f"the reward function {name} cannot be called as f(queries, responses) (two lists of texts, "
+                    f"positionally) nor in TRL's form f(prompts=..., completions=..., **kwargs): {positional_err}")
 
 
 def reward_keywords(columns: Collection[str]) -> list[str]:
@@ -102,6 +130,80 @@ def trl_keywords(queries: list[str], responses: list[str], extra: Mapping[str, A
     return given
 
 
+def combined_scores(
+    functions: Sequence[RewardFunction], weights: Sequence[float] | None, queries: list[str], responses: list[str],
+    extra: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """``(B,)`` float32: Σ_i w_i·r_i(x, y) over the functions that scored each row (``None``: no score); 0 with a
+    warning for a row none scored (module docstring).
+
+    Raises:
+        ValueError: a function's output is not one number (or ``None``) per response; the message names it.
+    """
+    n = len(responses)
+    extra = dict(extra or {})
+    total, scored = torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+    for i, fn in enumerate(functions):
+        values, given = _as_scores(reward_caller(fn, extra)(list(queries), list(responses), extra), n, fn)
+        weight = 1.0 if weights is None else float(weights[i])
+        total = total + torch.where(given, weight * values, torch.zeros(()))
+        scored |= given
+    if not bool(scored.all()):
+        rows = (~scored).nonzero().flatten().tolist()
+        warnings.warn(f"no reward function scored rows {rows[:10]} of {n} (each returned None): their score is 0, as "
+                      f"TRL's GRPO gives", stacklevel=2)
+    return total
+
+
+def reward_name(fn: Any) -> str:
+    """A reward function's name for messages."""
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _as_scores(out: Any, n: int, fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values (n,), given (n,) bool)`` of one function's output: ``None`` rows not given (value 0)."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"the reward function {reward_name(fn)} returned {why}; expected one float score per "
+                          f"response (a list of {n} floats, None where it gives none, or a tensor of shape ({n},))")
+
+    if isinstance(out, (list, tuple)):
+        if len(out) != n:
+            raise bad(f"{len(out)} scores for {n} responses")
+        odd = [i for i, s in enumerate(out) if s is not None and (isinstance(s, (str, bytes)) or not _is_number(s))]
+        if odd:
+            raise bad(f"{type(out[odd[0]]).__name__} {_preview(out[odd[0]])} at row {odd[0]}")
+        given = torch.tensor([s is not None for s in out], dtype=torch.bool)
+        return torch.tensor([0.0 if s is None else float(s) for s in out], dtype=torch.float32), given
+    try:
+        values = torch.as_tensor(out).detach().to(torch.float32).cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise bad(f"{type(out).__name__} ({_preview(out)}): {err}") from err
+    if values.dim() == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.shape != (n,):
+        raise bad(f"shape {tuple(values.shape)}")
+    return values, torch.ones(n, dtype=torch.bool)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _awaited(out: Any) -> Any:
+    """``out``, or what it resolves to where it is awaitable (an ``async`` reward function's coroutine)."""
+    if inspect.isawaitable(out):
+
+        async def wait() -> Any:
+            return await out
+
+        return asyncio.run(wait())
+    return out
+
+
 def _binds(sig: inspect.Signature, *args: Any, **kwargs: Any) -> tuple[bool, str]:
     """Whether ``sig`` takes these arguments, and binding's complaint if not."""
     try:
@@ -111,5 +213,6 @@ def _binds(sig: inspect.Signature, *args: Any, **kwargs: Any) -> tuple[bool, str
     return True, ""
 
 
-def _name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__name__
+def _preview(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
