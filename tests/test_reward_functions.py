@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import pytest
@@ -148,6 +149,11 @@ def test_trl_forms_without_a_completions_parameter_and_async_functions_are_calle
         return [1.0 for _ in completions]
 
     assert reward_caller(remote, extra)(q, r, extra) == [1.0, 1.0]
+
+    async def inside_a_running_loop():  # a notebook's: asyncio.run cannot nest there
+        return reward_caller(remote, extra)(q, r, extra)
+
+    assert asyncio.run(inside_a_running_loop()) == [1.0, 1.0]
 
 
 def test_a_list_of_functions_is_summed_with_weights_and_none_means_no_score():

@@ -29,6 +29,7 @@ stays, and PPO stops on it (``NonFiniteError``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -195,13 +196,18 @@ def _is_number(value: Any) -> bool:
 
 def _awaited(out: Any) -> Any:
     """``out``, or what it resolves to where it is awaitable (an ``async`` reward function's coroutine)."""
-    if inspect.isawaitable(out):
+    if not inspect.isawaitable(out):
+        return out
 
-        async def wait() -> Any:
-            return await out
+    async def wait() -> Any:
+        return await out
 
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop in this thread (a script): run one
         return asyncio.run(wait())
-    return out
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # inside a running loop (a notebook): in another thread
+        return pool.submit(asyncio.run, wait()).result()
 
 
 def _binds(sig: inspect.Signature, *args: Any, **kwargs: Any) -> tuple[bool, str]:
