@@ -60,6 +60,13 @@ def test_state_dict_roundtrip():
     fixed2 = FixedKLController(9.0)
     fixed2.load_state_dict(fixed.state_dict())
     assert fixed2.value == 0.1
+    # a run resumed with the other adaptive_kl: named, not a KeyError (adaptive <- fixed) nor silently fixed
+    before = other.value
+    with pytest.raises(ValueError, match="checkpoint's beta is fixed, this run's is adaptive: resume with adaptive_kl: false"):
+        other.load_state_dict(fixed.state_dict())
+    with pytest.raises(ValueError, match=r"checkpoint's beta is adaptive \(kl_target 6.0\), this run's is fixed"):
+        fixed2.load_state_dict(state)
+    assert (other.value, fixed2.value) == (before, 0.1)  # unchanged by a refused load
 
 
 def test_bad_target_or_horizon_raise():

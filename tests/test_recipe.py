@@ -388,6 +388,55 @@ def test_a_run_stopped_before_ppo_resumes_onto_its_saved_stages(tiny_base, tmp_p
         assert resumed[when]["kl"] == pytest.approx(full[when]["kl"], rel=1e-4, abs=1e-5)
 
 
+def test_a_new_run_in_a_used_folder_replaces_its_models_and_a_resume_skips_the_earlier_runs_checkpoints(
+    tiny_base, tmp_path, monkeypatch, capsys
+):
+    """A run into an output_dir an earlier run wrote: its policy/ and reward_model/ are replaced whole (an earlier LoRA
+    run's adapter files beside a full model's weights made policy/ load as that adapter); a resume takes only PPO
+    checkpoints of the run whose labels are saved there (labels_info.json's run id, in each checkpoint), so an
+    earlier run's checkpoints are passed over (`true`) or refused (named); a resume of another task's stages is
+    refused, naming the task."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_prefs.pipeline import resume_checkpoint
+    from hf_prefs.pipeline.run import parse_args
+    from hf_prefs.pipeline.saved_stages import RUN_FILE
+
+    recipe = load_recipe("sentiment")
+    out = tmp_path / "run"
+    for stale in ("policy/adapter_config.json", "reward_model/adapter_config.json"):  # an earlier LoRA run's
+        (out / stale).parent.mkdir(parents=True, exist_ok=True)
+        (out / stale).write_text('{"peft_type": "LORA"}')
+    argv = _tiny_args(tiny_base, out, "--save_strategy", "steps", "--save_steps", "1")
+    recipe.main(task="sentiment", argv=argv)
+    assert not (out / "policy" / "adapter_config.json").exists() and not (out / "reward_model" / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(out / "policy")  # loads: no stale adapter beside the weights
+    first_id = json.loads((out / "labels_info.json").read_text())["run_id"]
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert checkpoints and all(json.loads((c / RUN_FILE).read_text())["run_id"] == first_id for c in checkpoints)
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("PPO set-up failed")
+
+    monkeypatch.setattr(recipe, "make_ppo_trainer", stop)  # a second run, stopped after its labels and reward model
+    with pytest.warns(UserWarning, match="holds an earlier run's"), pytest.raises(RuntimeError, match="PPO set-up"):
+        recipe.main(task="sentiment", argv=[*argv, "--seed", "1"])
+    second_id = json.loads((out / "labels_info.json").read_text())["run_id"]
+    assert second_id != first_id and sorted(out.glob("checkpoint-*")) == checkpoints  # the first run's are still there
+    pa, cfg, model_args = parse_args("sentiment", [*argv, "--seed", "1", "--resume_from_checkpoint", "true"])
+    capsys.readouterr()
+    assert resume_checkpoint(cfg, pa, model_args) is None  # the second run's stages, PPO from update 1
+    assert f"{len(checkpoints)} checkpoint(s) in {out} were written by another run" in capsys.readouterr().out
+    cfg.resume_from_checkpoint = str(checkpoints[-1])
+    with pytest.raises(ValueError, match=rf"{checkpoints[-1].name} was written by another run \({first_id}\) than the "
+                                         rf"labels and reward model saved in {out} \(run {second_id}\)"):
+        resume_checkpoint(cfg, pa, model_args)
+    pa.task = "descriptiveness"  # another task's saved stages are not taken
+    cfg.resume_from_checkpoint = "true"
+    with pytest.raises(ValueError, match="task: saved 'sentiment', asked 'descriptiveness'"):
+        resume_checkpoint(cfg, pa, model_args)
+
+
 def test_rho_is_placed_on_the_process_device(tiny_base, monkeypatch):
     """rho samples the labels, the normalization samples and the evaluation before any trainer places a model: it is
     loaded onto the process's device (a GPU run sampled all of that on the CPU: 2,048 label samples of GPT-2 took

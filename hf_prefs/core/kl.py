@@ -41,6 +41,11 @@ class FixedKLController:
         return {"value": self.value}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore beta. Raises ValueError on an adaptive controller's state (a run resumed with another
+        ``adaptive_kl``)."""
+        if "target" in state:
+            raise ValueError(f"KL controller: the checkpoint's beta is adaptive (kl_target {state['target']}), this run's "
+                             "is fixed: resume with adaptive_kl: true, as the checkpoint's run")
         self.value = float(state["value"])
 
 
@@ -61,6 +66,11 @@ class AdaptiveKLController:
         return {"value": self.value, "target": self.target, "horizon": self.horizon}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore beta, the target and the horizon. Raises ValueError on a fixed controller's state (a run resumed
+        with another ``adaptive_kl``)."""
+        if "target" not in state:
+            raise ValueError("KL controller: the checkpoint's beta is fixed, this run's is adaptive: resume with "
+                             "adaptive_kl: false, as the checkpoint's run")
         self.value = float(state["value"])
         self.target = float(state["target"])
         self.horizon = int(state["horizon"])

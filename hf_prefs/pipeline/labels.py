@@ -75,7 +75,7 @@ def collect_labels(
     On N processes each samples its share of the queries; the main process labels them and every process gets the
     same label set.
     """
-    base = {"base_model": getattr(rho, "name_or_path", None)}  # what a resumed run checks its stages against
+    base = {"base_model": getattr(rho, "name_or_path", None), "task": pa.task}  # what a resumed run checks them against
     if pa.label_source == "file":
         labels = _load_label_file(pa, tokenizer)
         return labels, {"source": "file", "label_file": pa.label_file, "labels": len(labels), **base}

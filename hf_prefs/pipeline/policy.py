@@ -20,14 +20,14 @@ from ..core.rollout import RolloutSpec
 from ..models.reward_model import score_texts
 from ..models.weight_sharing import share_frozen_weights
 from ..trainers.online import OnlinePreferenceLoop
-from ..trainers.ppo_checkpoints import last_complete_checkpoint
+from ..trainers.ppo_checkpoints import complete_checkpoints
 from ..trainers.ppo_config import PPOConfig
 from ..trainers.ppo_data import Rollout
 from ..trainers.ppo_trainer import PPOTrainer
 from .arguments import PipelineArguments, base_model_name, model_dtype, online_schedule
 from .labels import label_source
 from .reward import train_reward_model
-from .saved_stages import has_saved_stages, stale_stage_fields
+from .saved_stages import RunIdCallback, checkpoint_run_id, has_saved_stages, saved_run_id, stale_stage_fields
 from .setup import Base
 
 __all__ = [
@@ -91,6 +91,7 @@ def make_ppo_trainer(
     trainer = KnownRewardTrackingPPOTrainer(
         model=policy, reward_model=reward_model, args=cfg, train_dataset=ppo_queries, processing_class=base.tokenizer,
         ref_model=None if peft_config else base.rho, peft_config=peft_config,
+        callbacks=[RunIdCallback()],  # each checkpoint names the run whose labels it trained on (resume_checkpoint)
     )
     trainer.known_reward = known_reward
     share_rho_weights(trainer, base.rho)
@@ -161,7 +162,10 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
     which a resumed offline run reuses, must have been made as this run asks (:func:`stale_stage_fields`: else an
     error names the fields), and ``true`` with no checkpoint but such stages saved (a run stopped before its first
     PPO checkpoint) gives None: the stages are reused and PPO starts at update 1. An online run resumes from a
-    checkpoint only; no checkpoint and nothing saved is an error."""
+    checkpoint only (its labels and reward model come from the checkpoint); no checkpoint and nothing saved is an
+    error. An offline run takes only checkpoints of the run whose labels it reuses (their
+    :data:`~hf_prefs.pipeline.saved_stages.RUN_FILE` holds the run id of ``labels_info.json``): an earlier run's left
+    in the same folder are passed over (``true``) or refused (a folder named)."""
     spec = cfg.resume_from_checkpoint
     if not resume_requested(cfg):
         return None
@@ -170,8 +174,14 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
         raise ValueError(f"resume_from_checkpoint: the labels and reward model saved in {cfg.output_dir} were made "
                          f"otherwise than this run asks ({'; '.join(stale)}): run in a new output_dir, or without "
                          "--resume_from_checkpoint")
+    run_id = saved_run_id(cfg.output_dir) if reuses else None  # the run whose labels and reward model are reused
     if spec in (True, "true", "True", "last"):
-        found = last_complete_checkpoint(cfg.output_dir)
+        complete = complete_checkpoints(cfg.output_dir)
+        mine = [c for c in complete if run_id is None or checkpoint_run_id(c) == run_id]
+        if len(mine) < len(complete) and PartialState().is_main_process:
+            print(f"[hf_prefs] resume: {len(complete) - len(mine)} checkpoint(s) in {cfg.output_dir} were written by "
+                  "another run than the labels saved there (an earlier run in the same folder): not resumed from")
+        found = mine[-1] if mine else None
         if found is None:
             if reuses and has_saved_stages(cfg.output_dir):
                 if PartialState().is_main_process:
@@ -182,6 +192,11 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
             hint = " (an online run resumes from a PPO checkpoint only)" if pa is not None and not reuses else ""
             raise ValueError(f"resume_from_checkpoint: no {what} in {cfg.output_dir}{hint}")
         return found
+    if run_id is not None and (written_by := checkpoint_run_id(str(spec))) != run_id:
+        raise ValueError(f"resume_from_checkpoint: {spec} was written by another run ({written_by or 'no run id'}) than "
+                         f"the labels and reward model saved in {cfg.output_dir} (run {run_id}): resuming it would "
+                         "train that run's policy on this run's reward model; resume with true (this run's newest "
+                         "checkpoint), or run in a new output_dir")
     return str(spec)
 
 

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from .arguments import PipelineArguments
 from .evaluate import PolicyEvaluation
 
 __all__ = [
+    "clear_stage_folder",
     "StageTimer",
     "peak_rss_gb",
     "write_metrics",
@@ -178,6 +180,14 @@ def _write_cards(output_dir: str, pa: PipelineArguments, cfg: Any, base_name: st
     )
 
 
+def clear_stage_folder(path: str) -> None:
+    """Remove ``path`` (a model folder an earlier run in the same ``output_dir`` wrote) before this run saves its own
+    there, on the main process: ``save_pretrained`` overwrites only the files it writes, so an earlier run's others
+    would stay beside them (a LoRA run's ``adapter_config.json`` beside a full model's weights loads as that adapter)."""
+    if PartialState().is_main_process and os.path.isdir(path):
+        shutil.rmtree(path)
+
+
 def write_results(
     output_dir: str,
     pa: PipelineArguments,
@@ -198,6 +208,7 @@ def write_results(
     cards of ``policy/`` and ``reward_model/``. The summary holds the held-out means before/after, the paired
     known-reward gain with its SE and win rate, ROUGE (when ``eval_references``), beta, episodes and ``timings``.
     Every process computes the summary; the main process writes the files and prints."""
+    clear_stage_folder(os.path.join(output_dir, "policy"))  # an earlier run's (its adapter files would stay beside ours)
     trainer.save_model(os.path.join(output_dir, "policy"))  # every process calls it (sharded setups gather)
     summary = _summary(pa, cfg, base_name, trainer, labels, label_info, rm_metrics, before, after, eval_references,
                        timings, online)

@@ -22,6 +22,7 @@ from ..models.reward_model import init_score_head
 from ..trainers.reward_config import PreferenceRewardConfig
 from ..trainers.reward_trainer import PreferenceRewardTrainer
 from .arguments import PipelineArguments
+from .results import clear_stage_folder
 
 __all__ = ["train_reward_model"]
 
@@ -70,6 +71,7 @@ def train_reward_model(
     metrics = {k: v for log in trainer.state.log_history for k, v in log.items() if isinstance(v, (int, float))}
     if held_out is not None:
         metrics.update(trainer.evaluate())
+    clear_stage_folder(os.path.join(output_dir, "reward_model"))  # an earlier run's files would stay beside ours
     trainer.save_model(os.path.join(output_dir, "reward_model"))  # every process calls it; the main one writes
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(os.path.join(output_dir, "reward_model"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import warnings
 from typing import Any
 
@@ -15,22 +16,64 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..models.loading import load_reward_model
 from .results import SUMMARY_FILE
 
-__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "has_saved_stages", "stale_stage_fields", "save_labels", "saved_labels",
-           "saved_reward_model", "warn_replacing_earlier_run"]
+__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "RUN_FILE", "RunIdCallback", "checkpoint_run_id", "has_saved_stages",
+           "new_run_id", "saved_run_id", "stale_stage_fields", "save_labels", "saved_labels", "saved_reward_model",
+           "warn_replacing_earlier_run"]
 
 LABELS_FILE = "labels.jsonl"
 LABELS_INFO_FILE = "labels_info.json"
 RM_METRICS_FILE = "rm_metrics.jsonl"
+#: in each PPO checkpoint of a pipeline run: ``{"run_id": ...}``, the id its labels_info.json holds
+RUN_FILE = "hf_prefs_run.json"
+
+
+def new_run_id() -> str:
+    """A fresh run id: a run that does not resume writes it into ``labels_info.json`` and every PPO checkpoint, so a
+    resume takes only checkpoints of the run whose labels and reward model it reuses."""
+    return uuid.uuid4().hex
+
+
+def saved_run_id(output_dir: str) -> str | None:
+    """The run id of the labels saved in ``output_dir`` (None: none saved, or saved by a version without ids)."""
+    path = os.path.join(output_dir, LABELS_INFO_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("run_id")
+
+
+def checkpoint_run_id(checkpoint: str) -> str | None:
+    """The run id a PPO checkpoint folder was written by (None: written without one)."""
+    path = os.path.join(checkpoint, RUN_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("run_id")
+
+
+class RunIdCallback(TrainerCallback):
+    """Writes ``RUN_FILE`` into each checkpoint the trainer saves (main process): the run id of the labels saved in
+    its ``output_dir`` (:func:`saved_run_id`; nothing where there is none)."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder) and (run_id := saved_run_id(args.output_dir)):
+            with open(os.path.join(folder, RUN_FILE), "w") as f:
+                json.dump({"run_id": run_id}, f)
 
 
 def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = None) -> None:
     """``output_dir/labels.jsonl``: the labels the reward model was trained on, then ``labels_info.json`` (how they
-    were made) when ``info`` is given (written by the main process)."""
+    were made) when ``info`` is given (written by the main process). An ``info`` without a ``run_id`` (a new run's
+    labels) gets a new one (:func:`new_run_id`), set in the caller's dict, so that saving it again keeps it."""
+    if info is not None:
+        info.setdefault("run_id", new_run_id())
     if PartialState().is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         info_path = os.path.join(output_dir, LABELS_INFO_FILE)
@@ -75,15 +118,16 @@ def warn_replacing_earlier_run(output_dir: str, reuse: bool) -> bool:
 
 def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
     """What the labels saved in ``output_dir`` (and the reward model trained on them) were made with that this run's
-    arguments contradict, as ``"field: saved X, asked Y"`` — the label source and mode, the known reward, the label
-    file, the number of label queries, K and the base model (those ``labels_info.json`` and the labels record)."""
+    arguments contradict, as ``"field: saved X, asked Y"`` — the task, the label source and mode, the known reward, the
+    label file, the number of label queries, K and the base model (those ``labels_info.json`` and the labels record)."""
     info_path = os.path.join(output_dir, LABELS_INFO_FILE)
     if not os.path.isfile(info_path):
         return []
     with open(info_path) as f:
         info = json.load(f)
-    asked = {"label_source": pa.label_source, "label_mode": pa.label_mode, "model_name_or_path": base_model}
-    saved = {"label_source": info.get("source"), "label_mode": info.get("mode", "offline"),
+    asked = {"task": pa.task, "label_source": pa.label_source, "label_mode": pa.label_mode,
+             "model_name_or_path": base_model}
+    saved = {"task": info.get("task"), "label_source": info.get("source"), "label_mode": info.get("mode", "offline"),
              "model_name_or_path": info.get("base_model")}
     if info.get("source") == "simulated":
         asked["known_reward"], saved["known_reward"] = pa.known_reward, info.get("known_reward")

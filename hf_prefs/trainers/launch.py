@@ -10,14 +10,29 @@ from typing import Any
 import accelerate
 import torch.distributed as dist
 from accelerate.utils import DistributedType
+from transformers.utils import logging
 
 __all__ = ["check_launch", "check_process_count", "check_sharding_active", "check_ppo_sharding", "check_critic_warmup",
            "destroy_process_group_at_exit"]
 
+logger = logging.get_logger(__name__)
+
+
+#: what MPI launchers export (accelerate's MULTI_CPU runs several processes under mpirun only)
+_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
 
 def check_process_count(accelerator: Any) -> None:
     """Stop when a launcher started N processes but each runs alone (accelerate's torchrun launcher on a CPU machine
-    without ``use_cpu``): N independent copies of the run would all write the same files."""
+    without ``use_cpu``): N independent copies of the run would all write the same files. Warn when accelerate was
+    asked for several processes but started one: its simple launcher (a ``MULTI_CPU`` config without mpirun) exports
+    ``MASTER_ADDR`` only for ``num_processes > 1``, and starts this one process."""
+    asked_several = ("MASTER_ADDR" in os.environ and "ACCELERATE_USE_CPU" in os.environ and "WORLD_SIZE" not in os.environ
+                     and not any(v in os.environ for v in _MPI_SIZE_VARS))
+    if asked_several and accelerator.num_processes == 1:
+        logger.warning("accelerate launch was asked for several processes (a MULTI_CPU config or --num_processes > 1 "
+                       "without mpirun) but started one: this run trains on a single process. For N processes on one "
+                       "machine's CPU use recipes/accelerate_configs/multi_cpu.yaml (torchrun; use_cpu: true)")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise RuntimeError(

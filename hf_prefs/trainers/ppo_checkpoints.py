@@ -22,7 +22,7 @@ from .._compat import checkpoint_folder, tied_weights_keys
 from ..models.reward_model import get_reward_normalization, set_reward_normalization
 from ..models.value_head import PolicyWithValueHead
 
-__all__ = ["PPO_STATE_FILE", "PPOCheckpointMixin", "last_complete_checkpoint"]
+__all__ = ["PPO_STATE_FILE", "PPOCheckpointMixin", "complete_checkpoints", "last_complete_checkpoint"]
 
 logger = logging.get_logger(__name__)
 
@@ -31,12 +31,12 @@ logger = logging.get_logger(__name__)
 PPO_STATE_FILE = "ppo_state.json"
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` folder of ``output_dir`` that a run can resume from: it holds the PPO state and
-    Trainer's ``trainer_state.json`` (written last before Trainer deletes older checkpoints), so a checkpoint a stopped
-    process left half-written is passed over for the one before it; None when there is none."""
+def complete_checkpoints(output_dir: str) -> list[str]:
+    """The ``checkpoint-N`` folders of ``output_dir`` that a run can resume from, oldest (lowest N) first: each holds
+    the PPO state and Trainer's ``trainer_state.json`` (written last before Trainer deletes older checkpoints), so a
+    checkpoint a stopped process left half-written is left out."""
     if not os.path.isdir(output_dir):
-        return None
+        return []
     found = []
     for name in os.listdir(output_dir):
         folder = os.path.join(output_dir, name)
@@ -44,7 +44,14 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
             files = os.listdir(folder)
             if "trainer_state.json" in files and any(f.startswith("ppo_state") for f in files):
                 found.append((int(name[len("checkpoint-"):]), folder))
-    return max(found)[1] if found else None
+    return [folder for _, folder in sorted(found)]
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest of :func:`complete_checkpoints` (a half-written one is passed over for the one before it); None
+    when there is none."""
+    found = complete_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 class PPOCheckpointMixin:
