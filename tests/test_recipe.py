@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import math
 import os
 import subprocess
@@ -291,6 +292,43 @@ def test_model_dtype_follows_trl_model_config():
     assert model_dtype(SimpleNamespace(dtype="auto")) == "auto"
     with pytest.raises(ValueError, match="dtype"):
         model_dtype(SimpleNamespace(dtype="int8"))
+
+
+def test_yaml_values_of_the_wrong_type_are_named_before_anything_runs(tmp_path):
+    """A YAML file's values reach the dataclasses unconverted (TrlParser converts command-line strings only): a float
+    or a list in an int field failed deep in a stage, after the labels were made. Named now; 8.0 means 8."""
+    import yaml
+
+    from hf_prefs.pipeline.run import parse_args
+
+    config = yaml.safe_load(open(OFFLINE))
+    for field, value, said in (("num_label_queries", 32.5, "num_label_queries: takes int, got float 32.5"),
+                               ("rm_num_train_epochs", [1, 2], "rm_num_train_epochs: takes float, got list [1, 2]"),
+                               ("num_ppo_epochs", "four", None), ("kl_estimator", "k4", "PPOConfig.kl_estimator must be one of ('k1', 'k2', 'k3')"),
+                               ("whiten_rewards", 1, "whiten_rewards: takes bool, got int 1")):
+        path = tmp_path / f"{field}.yaml"
+        path.write_text(yaml.safe_dump({**config, field: value, "output_dir": str(tmp_path / "out")}))
+        if said is None:  # a string is converted by argparse, which names the field itself
+            with pytest.raises(SystemExit):
+                parse_args("sentiment", ["--config", str(path)])
+            continue
+        with pytest.raises(ValueError, match=re.escape(said)):
+            main(task="sentiment", argv=["--config", str(path)])
+        assert not (tmp_path / "out").exists()  # nothing ran
+    afile = tmp_path / "a_file"
+    afile.write_text("mine")
+    with pytest.raises(ValueError, match=f"output_dir: {afile} is a file"):
+        main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(afile)])
+    assert afile.read_text() == "mine"
+    for flag in ("--model_name_or_path", "--reward_model_name_or_path"):  # not transformers' "Repo id must be ..."
+        with pytest.raises(ValueError, match=f"{flag[2:]}: no file or folder at '/nonexistent/model'"):
+            main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path / "o"), flag, "/nonexistent/model"])
+    path.write_text(yaml.safe_dump({**config, "rm_batch_size": 8.0}))
+    pa, cfg, model_args = parse_args("sentiment", ["--config", str(path)])
+    from hf_prefs.pipeline.field_types import check_field_types
+
+    check_field_types(pa)
+    assert pa.rm_batch_size == 8 and isinstance(pa.rm_batch_size, int)
 
 
 def test_simulated_labels_need_a_known_reward(tmp_path):

@@ -4,6 +4,7 @@ and the checks that name a bad field before any model is loaded."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +18,12 @@ from transformers.integrations import get_reporting_integration_callbacks
 from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
 from ..labels.schema import load_label_file, local_label_path
+from ..models.loading import check_local_path
 from ..tasks.specs import get_task
 from ..tasks.summarization import HUB_SOURCES
 from ..trainers.online import check_online_zero_stage
 from ..trainers.ppo_config import PPOConfig
+from .field_types import check_field_types
 
 __all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype",
            "base_model_name", "resolve_cpu_precision", "check_hub_push"]
@@ -192,7 +195,21 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     ``dtype`` that is not a floating torch dtype, an ``eval_strategy`` (the recipes evaluate after PPO, on held-out
     queries), a ``report_to`` integration that is not installed, and ``push_to_hub`` without a reachable Hub repo
     (:func:`check_hub_push`) — each of which would otherwise stop the run after its labels and reward model were made.
-    (The rollout settings are checked by ``PPOConfig`` itself.)"""
+    (The rollout settings are checked by ``PPOConfig`` itself.) Also an ``output_dir`` that is a file and a model
+    path written as a local path (absolute, ``./``, ``~``) with nothing there. First, every field of ``pa`` and PPOConfig's own
+    fields hold their declared type (:func:`~hf_prefs.pipeline.field_types.check_field_types`: a YAML value is not
+    converted)."""
+    check_field_types(pa)
+    check_field_types(cfg, vars(PPOConfig).get("__annotations__", {}))
+    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
+        raise ValueError(f"output_dir: {cfg.output_dir} is a file, not a folder")
+    for name, path in (("model_name_or_path", getattr(model_args, "model_name_or_path", None)),
+                       ("reward_model_name_or_path", pa.reward_model_name_or_path)):
+        if path:
+            try:
+                check_local_path(path, name)  # a local path with nothing there, not a Hub id
+            except FileNotFoundError as err:
+                raise ValueError(str(err)) from None
     model_dtype(model_args)
     if (strategy := getattr(cfg.eval_strategy, "value", cfg.eval_strategy)) != "no":
         raise ValueError(f"eval_strategy: the recipes give PPO no eval set; they evaluate rho and pi on "
