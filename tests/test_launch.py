@@ -9,7 +9,7 @@ import pytest
 
 from hf_prefs.trainers.launch import check_process_count
 
-LAUNCH_VARS = ("MASTER_ADDR", "ACCELERATE_USE_CPU", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 @pytest.fixture
@@ -29,6 +29,7 @@ def test_accelerate_asked_for_several_processes_but_starting_one_is_warned(launc
         check_process_count(alone)  # accelerate launch with one process
         assert caplog.text == ""
         launch_env.setenv("MASTER_ADDR", "127.0.0.1")
+        launch_env.setenv("MASTER_PORT", "29500")
         check_process_count(alone)
         assert "asked for several processes (a MULTI_CPU config" in caplog.text and "started one" in caplog.text
         caplog.clear()

@@ -107,7 +107,7 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         tiny_base, out, "--label_source", "file", "--label_file", str(first / "labels.jsonl"), "--adaptive_kl", "false"))
     _check_run(out, summary, adaptive=False, kl_target=6.0, horizon=100)
     assert summary["labels"] == {"source": "file", "label_file": str(first / "labels.jsonl"), "labels": 24,
-                                 "base_model": tiny_base}
+                                 "base_model": tiny_base, "task": "sentiment"}
     # the same labels as TRL pairwise rows (each best-of-4 label's 3 implied pairs) with K = 2
     pairs = tmp_path / "pairs.jsonl"
     to_pairwise(load_label_file(first / "labels.jsonl")).to_json(pairs)

@@ -48,6 +48,7 @@ def test_each_form_is_called_with_the_texts_where_it_takes_them():
     assert reward_caller(lambda queries, responses, completions=None: (queries, responses))(q, r) == (q, r)
     assert reward_caller(lambda completions, prompts, **kw: (prompts, completions))(q, r) == (q, r)
     assert reward_caller(functools.partial(lambda queries, responses, k: [k], k=2.0))(q, r) == [2.0]
+    assert reward_caller(lambda queries=None, responses=None, **kw: (queries, responses), ["x"])(q, r, {"x": [1]}) == (q, r)
 
 
 def test_a_function_of_neither_form_is_refused_with_its_signature():
@@ -119,11 +120,10 @@ def test_ppo_passes_each_rows_columns_completion_ids_and_state_to_a_trl_reward(t
                          eval_dataset=data.select(range(5)))
     for world, rank in ((1, 0), (2, 0), (2, 1)):  # the rows behind queries_for, in its order
         assert trainer.train_dataset[trainer.query_rows(1, world, rank)]["query"] == trainer.queries_for(1, world, rank)[2]
-    ids, mask, texts = trainer.sample_queries(0)
-    with pytest.raises(ValueError, match="reward_columns are not the columns of these queries' rows"):
-        trainer.make_rollout(ids, mask, texts, trainer.reward_columns(1))
+    trainer.make_rollout(*trainer.queries_for(1, 2, 1))  # other rows (benchmarks/scaling.py's workers): theirs
+    assert calls == [0]
     trainer.train()
-    assert calls[:2] == [0, 1]  # one call per update, then generate_completions' (num_sample_generations)
+    assert calls[1:3] == [0, 1]  # one call per update (generate_completions' calls in between)
     table = trainer.generate_completions()
     assert len(table) == 5 and calls[-1] == 2
     with pytest.raises(TypeError, match=r"^train_dataset \(columns \['query', 'input_ids'\]\): .*those offered "
@@ -234,3 +234,26 @@ def test_value_model_as_a_kind_or_a_path(tmp_path, gpt2_tokenizer):
     assert build("shared").value_model is None  # the paper's head on the policy trunk
     loaded = build(str(folder)).value_model
     assert isinstance(loaded, GPT2ForSequenceClassification) and loaded.config.num_labels == 1
+
+
+def test_subclasses_overriding_score_and_make_rollout_with_their_old_signatures_still_train(tmp_path, gpt2_tokenizer):
+    """score(q, r) and make_rollout(ids, mask, texts) keep their signatures: a TRL reward's columns reach it through
+    scoring_with, not through new parameters an override would not take."""
+    seen = []
+
+    class Tracking(PPOTrainer):
+        def score(self, query_texts, response_texts):
+            seen.append(len(response_texts))
+            return super().score(query_texts, response_texts)
+
+        def make_rollout(self, query_ids, query_mask, query_texts):
+            return super().make_rollout(query_ids, query_mask, query_texts)
+
+    def reward(completions, answer, **kwargs):
+        return [float(a == "x") for a in answer]
+
+    data = Dataset.from_dict({"query": QUERIES * 2, "answer": ["x"] * 10})
+    trainer = Tracking(make_policy(), reward, make_config(tmp_path, total_episodes=8, truncate_token=None), data,
+                       processing_class=gpt2_tokenizer)
+    trainer.train()
+    assert seen == [8] and logged(trainer, "objective/scores") == [1.0]

@@ -201,6 +201,9 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     converted)."""
     check_field_types(pa)
     check_field_types(cfg, vars(PPOConfig).get("__annotations__", {}))
+    if cfg.reward_weights is not None:
+        raise ValueError("reward_weights: the recipes' reward is a reward model; reward_weights weighs a list of reward "
+                         "functions given to PPOTrainer")
     if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
         raise ValueError(f"output_dir: {cfg.output_dir} is a file, not a folder")
     for name, path in (("model_name_or_path", getattr(model_args, "model_name_or_path", None)),

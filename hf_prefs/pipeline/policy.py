@@ -27,7 +27,9 @@ from ..trainers.ppo_trainer import PPOTrainer
 from .arguments import PipelineArguments, base_model_name, model_dtype, online_schedule
 from .labels import label_source
 from .reward import train_reward_model
-from .saved_stages import RunIdCallback, checkpoint_run_id, has_saved_stages, saved_run_id, stale_stage_fields
+from .saved_stages import (
+    RunIdCallback, checkpoint_run_id, has_saved_stages, labels_saved, saved_run_id, stale_stage_fields,
+)
 from .setup import Base
 
 __all__ = [
@@ -50,8 +52,8 @@ class KnownRewardTrackingPPOTrainer(PPOTrainer):
     known_reward: Callable[[list[str]], Sequence[float]] | None = None
     _last_known: float | None = None
 
-    def score(self, query_texts: list[str], response_texts: list[str], extra: dict[str, list] | None = None) -> torch.Tensor:
-        scores = super().score(query_texts, response_texts, extra)
+    def score(self, query_texts: list[str], response_texts: list[str]) -> torch.Tensor:
+        scores = super().score(query_texts, response_texts)
         if self.known_reward is not None:
             known = torch.tensor([float(r) for r in self.known_reward(list(response_texts))], device=scores.device)
             self._last_known = self.accelerator.gather(known).mean().item()
@@ -91,7 +93,7 @@ def make_ppo_trainer(
     trainer = KnownRewardTrackingPPOTrainer(
         model=policy, reward_model=reward_model, args=cfg, train_dataset=ppo_queries, processing_class=base.tokenizer,
         ref_model=None if peft_config else base.rho, peft_config=peft_config,
-        callbacks=[RunIdCallback()],  # each checkpoint names the run whose labels it trained on (resume_checkpoint)
+        callbacks=[RunIdCallback(cfg.output_dir)],  # each checkpoint names the run whose labels it trained on
     )
     trainer.known_reward = known_reward
     share_rho_weights(trainer, base.rho)
@@ -175,9 +177,10 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
                          f"otherwise than this run asks ({'; '.join(stale)}): run in a new output_dir, or without "
                          "--resume_from_checkpoint")
     run_id = saved_run_id(cfg.output_dir) if reuses else None  # the run whose labels and reward model are reused
+    remade = reuses and not labels_saved(cfg.output_dir)  # labels made again: no checkpoint trained on these
     if spec in (True, "true", "True", "last"):
         complete = complete_checkpoints(cfg.output_dir)
-        mine = [c for c in complete if run_id is None or checkpoint_run_id(c) == run_id]
+        mine = [c for c in complete if not remade and (run_id is None or checkpoint_run_id(c) == run_id)]
         if len(mine) < len(complete) and PartialState().is_main_process:
             print(f"[hf_prefs] resume: {len(complete) - len(mine)} checkpoint(s) in {cfg.output_dir} were written by "
                   "another run than the labels saved there (an earlier run in the same folder): not resumed from")
@@ -192,6 +195,9 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
             hint = " (an online run resumes from a PPO checkpoint only)" if pa is not None and not reuses else ""
             raise ValueError(f"resume_from_checkpoint: no {what} in {cfg.output_dir}{hint}")
         return found
+    if remade:
+        raise ValueError(f"resume_from_checkpoint: {cfg.output_dir} holds no labels saved whole (labels_info.json): "
+                         f"they are made again, and {spec} did not train on them; run without a checkpoint folder")
     if run_id is not None and (written_by := checkpoint_run_id(str(spec))) != run_id:
         raise ValueError(f"resume_from_checkpoint: {spec} was written by another run ({written_by or 'no run id'}) than "
                          f"the labels and reward model saved in {cfg.output_dir} (run {run_id}): resuming it would "

@@ -183,9 +183,12 @@ def _write_cards(output_dir: str, pa: PipelineArguments, cfg: Any, base_name: st
 def clear_stage_folder(path: str) -> None:
     """Remove ``path`` (a model folder an earlier run in the same ``output_dir`` wrote) before this run saves its own
     there, on the main process: ``save_pretrained`` overwrites only the files it writes, so an earlier run's others
-    would stay beside them (a LoRA run's ``adapter_config.json`` beside a full model's weights loads as that adapter)."""
-    if PartialState().is_main_process and os.path.isdir(path):
+    would stay beside them (a LoRA run's ``adapter_config.json`` beside a full model's weights loads as that adapter).
+    Every process calls it."""
+    state = PartialState()
+    if state.is_main_process and os.path.isdir(path):
         shutil.rmtree(path)
+    state.wait_for_everyone()  # before any process writes its part (sharded saves)
 
 
 def write_results(
@@ -245,7 +248,7 @@ def _summary(
     summary: dict[str, Any] = {
         "task": pa.task,
         "base_model": base_name,
-        "labels": {**label_info, "labels": len(labels)},
+        "labels": {**{k: v for k, v in label_info.items() if k != "run_id"}, "labels": len(labels)},  # id: labels_info
         "reward_model": {"gain": gain, "bias": bias, **{k: v for k, v in rm_metrics.items() if k.startswith("eval_")}},
         "before": b,
         "after": a,

@@ -17,13 +17,13 @@ from accelerate import PartialState
 from datasets import Dataset
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..models.loading import load_reward_model
 from .results import SUMMARY_FILE
 
 __all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "RUN_FILE", "RunIdCallback", "checkpoint_run_id", "has_saved_stages",
-           "new_run_id", "saved_run_id", "stale_stage_fields", "save_labels", "saved_labels", "saved_reward_model",
+           "labels_saved", "new_run_id", "saved_run_id", "stale_stage_fields", "save_labels", "saved_labels", "saved_reward_model",
            "warn_replacing_earlier_run"]
 
 LABELS_FILE = "labels.jsonl"
@@ -39,43 +39,52 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def saved_run_id(output_dir: str) -> str | None:
-    """The run id of the labels saved in ``output_dir`` (None: none saved, or saved by a version without ids)."""
-    path = os.path.join(output_dir, LABELS_INFO_FILE)
+def _run_id_in(path: str) -> str | None:
+    """The ``run_id`` of a JSON file (None: no file, or none in it)."""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         return json.load(f).get("run_id")
+
+
+def saved_run_id(output_dir: str) -> str | None:
+    """The run id of the labels saved in ``output_dir`` (None: none saved, or saved by a version without ids)."""
+    return _run_id_in(os.path.join(output_dir, LABELS_INFO_FILE))
 
 
 def checkpoint_run_id(checkpoint: str) -> str | None:
     """The run id a PPO checkpoint folder was written by (None: written without one)."""
-    path = os.path.join(checkpoint, RUN_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f).get("run_id")
+    return _run_id_in(os.path.join(checkpoint, RUN_FILE))
 
 
 class RunIdCallback(TrainerCallback):
-    """Writes ``RUN_FILE`` into each checkpoint the trainer saves (main process): the run id of the labels saved in
-    its ``output_dir`` (:func:`saved_run_id`; nothing where there is none)."""
+    """Writes ``RUN_FILE`` into each checkpoint the PPO trainer saves (main process), with its PPO state — before
+    ``trainer_state.json``, which makes a checkpoint complete, and before older ones are rotated away: the run id of
+    the labels saved in ``output_dir`` (:func:`saved_run_id`; nothing where there is none)."""
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(folder) and (run_id := saved_run_id(args.output_dir)):
-            with open(os.path.join(folder, RUN_FILE), "w") as f:
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = output_dir
+
+    def save_into_checkpoint(self, checkpoint: str) -> None:
+        """PPOTrainer's hook for callbacks with state of their own (called on every process)."""
+        if PartialState().is_main_process and (run_id := saved_run_id(self.output_dir)):
+            with open(os.path.join(checkpoint, RUN_FILE), "w") as f:
                 json.dump({"run_id": run_id}, f)
 
 
 def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = None) -> None:
     """``output_dir/labels.jsonl``: the labels the reward model was trained on, then ``labels_info.json`` (how they
     were made) when ``info`` is given (written by the main process). An ``info`` without a ``run_id`` (a new run's
-    labels) gets a new one (:func:`new_run_id`), set in the caller's dict, so that saving it again keeps it."""
-    if info is not None:
-        info.setdefault("run_id", new_run_id())
+    labels) gets a new one (:func:`new_run_id`), set in the caller's dict, so that saving it again keeps it; a
+    reward model saved there before is then no longer taken by a resume (its ``rm_metrics.jsonl`` is removed: it was
+    trained on other labels)."""
+    new_labels = info is not None and "run_id" not in info
+    if new_labels:
+        info["run_id"] = new_run_id()
     if PartialState().is_main_process:
         os.makedirs(output_dir, exist_ok=True)
+        if new_labels and os.path.isfile(os.path.join(output_dir, RM_METRICS_FILE)):
+            os.remove(os.path.join(output_dir, RM_METRICS_FILE))
         info_path = os.path.join(output_dir, LABELS_INFO_FILE)
         if os.path.exists(info_path):  # an older run's: the labels being written are not whole until the new one is
             os.remove(info_path)
@@ -85,7 +94,7 @@ def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = 
                 json.dump(info, f, indent=1)
 
 
-def _labels_saved(output_dir: str) -> bool:
+def labels_saved(output_dir: str) -> bool:
     """Labels saved whole: ``labels_info.json`` is written after ``labels.jsonl``."""
     return all(os.path.isfile(os.path.join(output_dir, name)) for name in (LABELS_FILE, LABELS_INFO_FILE))
 
@@ -99,7 +108,7 @@ def _reward_model_saved(output_dir: str) -> bool:
 def has_saved_stages(output_dir: str) -> bool:
     """Whether ``output_dir`` holds labels or a reward model saved whole by an earlier run (what
     :func:`saved_labels` and :func:`saved_reward_model` would read back)."""
-    return _labels_saved(output_dir) or _reward_model_saved(output_dir)
+    return labels_saved(output_dir) or _reward_model_saved(output_dir)
 
 
 def warn_replacing_earlier_run(output_dir: str, reuse: bool) -> bool:
@@ -147,7 +156,7 @@ def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
 
 def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
     """The labels and their info a run saved in ``output_dir`` with :func:`save_labels`; None when not saved whole."""
-    if not _labels_saved(output_dir):
+    if not labels_saved(output_dir):
         return None
     path, info_path = os.path.join(output_dir, LABELS_FILE), os.path.join(output_dir, LABELS_INFO_FILE)
     with open(info_path) as f:

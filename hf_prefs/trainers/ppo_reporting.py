@@ -156,7 +156,9 @@ class PPOReportingMixin:
         per_process = -(-len(self.eval_dataset) // self.accelerator.num_processes)
         rows = (mine + (mine or [0])[-1:] * per_process)[:per_process]
         table: dict[str, list[Any]] = {"query": [], "model response": [], "score": []}
-        # its own generator: showing completions never changes what training samples
+        # its own generator: showing completions never changes what training samples; nor what reward functions log
+        # (log_metric, log_extra) while they score these completions
+        training_logs, self.reward_metrics = (self.reward_metrics, self.reward_log_extra), {}
         generator = torch.Generator(device=device).manual_seed(a.seed + 17 + 1_000_003 * self.accelerator.process_index)
         self.model.eval()
         with generation_model(self.model_wrapped, self.accelerator, a.ds3_gather_for_generation) as wrapper:
@@ -172,11 +174,11 @@ class PPOReportingMixin:
                 texts = self.decode_responses(responses, lengths)
                 table["query"] += list(batch["query"])
                 table["model response"] += texts
-                extra = self.reward_extra(batch, responses, lengths)  # the rows' columns for a reward in TRL's form
-                scores = self.score(list(batch["query"]), texts, extra) if extra else self.score(list(batch["query"]), texts)
-                table["score"] += scores.tolist()
+                with self.scoring_with(batch, responses, lengths):  # the rows' columns for a reward in TRL's form
+                    table["score"] += self.score(list(batch["query"]), texts).tolist()
                 if sampling:
                     break
+        self.reward_metrics, self.reward_log_extra = training_logs
         df = pd.DataFrame({key: gather_object(values[: len(mine)]) for key, values in table.items()})
         if self.accelerator.is_main_process:
             print(df.iloc[:5].to_string())

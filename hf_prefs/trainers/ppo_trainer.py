@@ -421,6 +421,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         self.timings: dict[str, float] = {}  # seconds of the parts of the last rollout
         self.reward_metrics: dict[str, list[float]] = {}  # reward functions' log_metric values of this update
         self.reward_log_extra: dict[str, list[Any]] = {}  # their log_extra columns of the last score() call
+        self._scoring_extra: dict[str, list[Any]] = {}  # what score() passes them besides the texts (scoring_with)
         self._frozen_engines: list[Any] = []  # DeepSpeed engines of the frozen models (their modules are used)
         self._reference_scorer: nn.Module | None = None  # with torch_compile: the reference compiled as the policy
         if self.ref_model is not None:
@@ -487,7 +488,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         Returns:
             ``(query_ids (B, Lq), query_mask (B, Lq), query_texts)``, left-padded, on the training device.
         """
-        batch = self.train_dataset.select_columns(["input_ids", "query"])[self.query_rows(update, world, rank)]
+        rows = self.query_rows(update, world, rank)
+        batch = self.train_dataset.select_columns(["input_ids", "query"])[rows]
+        self._picked_rows = (rows, batch["query"])  # a reward function's dataset columns (reward_columns)
         query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
         device = self.accelerator.device
         return query_ids.to(device), query_mask.to(device), batch["query"]
@@ -499,13 +502,14 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         lengths = [len(ids) for ids in self.train_dataset.select_columns(["input_ids"])[rows]["input_ids"]]
         return [rows[i] for i in deal_by_length(list(range(count)), lengths, world, rank)]
 
-    def reward_columns(self, update: int) -> dict[str, list[Any]]:
-        """The columns of this process's queries of update ``update`` that a reward function in TRL's form gets as
-        keywords (:mod:`~hf_prefs.trainers.reward_functions`); ``{}`` for a reward model."""
-        if isinstance(self.reward_model, nn.Module):
+    def reward_columns(self, query_texts: list[str]) -> dict[str, list[Any]]:
+        """The ``train_dataset`` columns of these queries' rows, which a reward function in TRL's form gets as keywords
+        (:mod:`~hf_prefs.trainers.reward_functions`): the rows :meth:`queries_for` last picked, where those are these
+        queries (else, as for a reward model, ``{}``)."""
+        picked = getattr(self, "_picked_rows", None)
+        if isinstance(self.reward_model, nn.Module) or picked is None or list(picked[1]) != list(query_texts):
             return {}
-        rows = self.query_rows(update, self.accelerator.num_processes, self.accelerator.process_index)
-        return self.train_dataset[rows]
+        return self.train_dataset[picked[0]]
 
     @torch.no_grad()
     def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -552,11 +556,11 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         return self.rollout_spec.texts(self.processing_class, response_ids, lengths)
 
     @torch.no_grad()
-    def score(self, query_texts: list[str], response_texts: list[str], extra: dict[str, list[Any]] | None = None) -> torch.Tensor:
-        """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty. ``extra``: the
-        keywords a reward function in TRL's form may take (dataset columns, ``completion_ids``; one value per
-        response); ``trainer_state``, ``log_metric`` and ``log_extra`` are added here. A list of functions is summed
-        with ``reward_weights`` (:func:`~hf_prefs.trainers.reward_functions.combined_scores`)."""
+    def score(self, query_texts: list[str], response_texts: list[str]) -> torch.Tensor:
+        """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty. A reward
+        function in TRL's form also gets the keywords of :meth:`scoring_with` (dataset columns, ``completion_ids``)
+        and ``trainer_state``, ``log_metric``, ``log_extra``; a list of functions is summed with ``reward_weights``
+        (:func:`~hf_prefs.trainers.reward_functions.combined_scores`)."""
         if isinstance(self.reward_model, nn.Module):
             with self.accelerator.autocast():
                 scores = score_texts(
@@ -567,8 +571,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
                     batch_size=self.args.local_rollout_forward_batch_size,
                 )
         else:  # each function's form read each time: reward_model may be swapped (the online loop does)
-            extra = {**(extra or {}), "trainer_state": self.state, "log_metric": self._log_reward_metric,
-                     "log_extra": self._log_reward_extra}
+            extra = {**getattr(self, "_scoring_extra", {}), "trainer_state": self.state,
+                     "log_metric": self._log_reward_metric, "log_extra": self._log_reward_extra}
             self.reward_log_extra = {}
             scores = combined_scores(self.reward_functions(), self.args.reward_weights, list(query_texts),
                                      list(response_texts), extra)
@@ -588,14 +592,19 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             return []
         return list(self.reward_model) if isinstance(self.reward_model, list) else [self.reward_model]
 
-    def reward_extra(
-        self, columns: dict[str, list[Any]] | None, response_ids: torch.Tensor, lengths: torch.Tensor
-    ) -> dict[str, list[Any]]:
-        """What :meth:`score` passes a reward function besides the texts: ``columns`` and ``completion_ids`` (each
-        response's token ids up to its cut); ``{}`` for a reward model."""
+    @contextmanager
+    def scoring_with(self, columns: dict[str, list[Any]], response_ids: torch.Tensor, lengths: torch.Tensor):
+        """Within it, :meth:`score` passes a reward function in TRL's form ``columns`` (the queries' dataset
+        columns) and ``completion_ids`` (each response's token ids up to its cut) — a context, so that ``score(q, r)``
+        keeps its signature for subclasses."""
         if isinstance(self.reward_model, nn.Module):
-            return {}
-        return {**(columns or {}), "completion_ids": self.rollout_spec.kept_ids(response_ids, lengths)}
+            yield
+            return
+        self._scoring_extra = {**columns, "completion_ids": self.rollout_spec.kept_ids(response_ids, lengths)}
+        try:
+            yield
+        finally:
+            self._scoring_extra = {}
 
     def apply_penalty(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Paper: replace the score of invalid rows by ``penalty_reward_value``; with ``missing_eos_penalty`` (TRL)
@@ -666,25 +675,17 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         return kl, non_score, rewards
 
     @torch.no_grad()
-    def make_rollout(
-        self, query_ids: torch.Tensor, query_mask: torch.Tensor, query_texts: list[str],
-        reward_columns: dict[str, list[Any]] | None = None,
-    ) -> Rollout:
+    def make_rollout(self, query_ids: torch.Tensor, query_mask: torch.Tensor, query_texts: list[str]) -> Rollout:
         """Generate, truncate, score, penalise, compute log-probs, values and per-token rewards (no gradients).
-        ``reward_columns``: the queries' dataset columns, for a reward function in TRL's form
-        (:meth:`reward_columns`). The seconds of each part are in ``self.timings`` (logged as ``time/<part>``)."""
-        if reward_columns and "query" in reward_columns and list(reward_columns["query"]) != list(query_texts):
-            raise ValueError("make_rollout: reward_columns are not the columns of these queries' rows (their `query` "
-                             "differs); a subclass choosing other queries (sample_queries) must override "
-                             "reward_columns too")
+        The seconds of each part are in ``self.timings`` (logged as ``time/<part>``)."""
         self.model.eval()
         with self._timed("generate"):
             response_ids = self.generate(query_ids, query_mask)  # (B, Lr)
         lengths, valid = self.truncate(response_ids)  # (B,), (B,)
         response_texts = self.decode_responses(response_ids, lengths)
         with self._timed("score"):
-            extra = self.reward_extra(reward_columns, response_ids, lengths)
-            raw_scores = self.score(query_texts, response_texts, extra) if extra else self.score(query_texts, response_texts)
+            with self.scoring_with(self.reward_columns(query_texts), response_ids, lengths):
+                raw_scores = self.score(query_texts, response_texts)  # (B,)
         self._check_finite(raw_scores, "reward scores")
         scores = self.apply_penalty(raw_scores, valid)  # (B,)
         with self._timed("policy_forward"):
@@ -1003,7 +1004,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             self.control = self.callback_handler.on_step_begin(a, self.state, self.control)
             t0 = time.time()
             query_ids, query_mask, query_texts = self.sample_queries(update)
-            rollout = self.make_rollout(query_ids, query_mask, query_texts, self.reward_columns(update))
+            rollout = self.make_rollout(query_ids, query_mask, query_texts)
             release_free_memory(collect_garbage=False)  # sampling and scoring leave a fragmented heap
             t1 = time.time()
             train_stats = self.ppo_epochs(rollout)

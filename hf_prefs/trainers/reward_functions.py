@@ -13,7 +13,9 @@ of its datasets):
   conversational ``prompt`` column (lists of ``{"role", "content"}`` messages) ``prompts`` the rows' messages and each
   completion ``[{"role": "assistant", "content": text}]``, as TRL passes them. An ``async`` function is awaited.
 
-The keyword form is used where the keywords bind and give the function the responses (``completions`` or
+A function whose first two parameters are ``queries, responses`` (and that names none of TRL's keywords) is called
+positionally, even with ``**kwargs``. Otherwise the keyword form is used where the keywords bind and give the function
+the responses (``completions`` or
 ``completion_ids``, by name or through ``**kwargs``), unless the positional call binds too and the function names
 none of TRL's keywords (``wrapper(*args, **kwargs)``: refused as ambiguous — ``functools.wraps`` shows the wrapped signature); else
 the positional form, unless it would hand ``completions`` the queries (a TRL function asking for a column the dataset
@@ -92,6 +94,9 @@ def reward_caller(fn: RewardFunction, keywords: Collection[str] = ()) -> Callabl
     positional = [p.name for p in params.values() if p.kind in _POSITIONAL]
     positional_ok, positional_err = _binds(sig, [], [])
     named_trl = any(n in params and params[n].kind in _KEYWORD for n in _TRL_NAMES)
+    named_positional = positional[:2] == ["queries", "responses"]  # hf_prefs' own names: f(queries, responses, **kw)
+    if positional_ok and named_positional and not named_trl:
+        return lambda queries, responses, extra=None: _awaited(fn(queries, responses))
     if keyword_ok and not (positional_ok and not named_trl):
 
         def call_trl(queries: list[str], responses: list[str], extra: Mapping[str, Any] | None = None) -> Any:
