@@ -22,9 +22,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..models.loading import load_reward_model
 from .results import SUMMARY_FILE
 
-__all__ = ["LABELS_FILE", "LABELS_INFO_FILE", "RUN_FILE", "RunIdCallback", "checkpoint_run_id", "has_saved_stages",
-           "labels_saved", "new_run_id", "saved_run_id", "stale_stage_fields", "save_labels", "saved_labels", "saved_reward_model",
-           "warn_replacing_earlier_run"]
+__all__ = [
+    "LABELS_FILE", "LABELS_INFO_FILE", "RUN_FILE", "RunIdCallback", "checkpoint_run_id", "has_saved_stages",
+    "labels_saved", "new_run_id", "saved_run_id", "stale_stage_fields", "save_labels", "saved_labels",
+    "saved_reward_model", "warn_replacing_earlier_run",
+]
 
 LABELS_FILE = "labels.jsonl"
 LABELS_INFO_FILE = "labels_info.json"

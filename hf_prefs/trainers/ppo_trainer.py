@@ -422,6 +422,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         self.reward_metrics: dict[str, list[float]] = {}  # reward functions' log_metric values of this update
         self.reward_log_extra: dict[str, list[Any]] = {}  # their log_extra columns of the last score() call
         self._scoring_extra: dict[str, list[Any]] = {}  # what score() passes them besides the texts (scoring_with)
+        self._picked_rows: tuple[list[int], list[str]] | None = None  # the rows queries_for last picked, their queries
         self._frozen_engines: list[Any] = []  # DeepSpeed engines of the frozen models (their modules are used)
         self._reference_scorer: nn.Module | None = None  # with torch_compile: the reference compiled as the policy
         if self.ref_model is not None:
@@ -506,7 +507,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         """The ``train_dataset`` columns of these queries' rows, which a reward function in TRL's form gets as keywords
         (:mod:`~hf_prefs.trainers.reward_functions`): the rows :meth:`queries_for` last picked, where those are these
         queries (else, as for a reward model, ``{}``)."""
-        picked = getattr(self, "_picked_rows", None)
+        picked = self._picked_rows
         if isinstance(self.reward_model, nn.Module) or picked is None or list(picked[1]) != list(query_texts):
             return {}
         return self.train_dataset[picked[0]]
@@ -571,7 +572,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
                     batch_size=self.args.local_rollout_forward_batch_size,
                 )
         else:  # each function's form read each time: reward_model may be swapped (the online loop does)
-            extra = {**getattr(self, "_scoring_extra", {}), "trainer_state": self.state,
+            extra = {**self._scoring_extra, "trainer_state": self.state,
                      "log_metric": self._log_reward_metric, "log_extra": self._log_reward_extra}
             self.reward_log_extra = {}
             scores = combined_scores(self.reward_functions(), self.args.reward_weights, list(query_texts),
