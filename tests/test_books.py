@@ -123,6 +123,12 @@ def test_load_book_queries_austen_and_local_dataset(gpt2_tokenizer, tmp_path):
             Dataset.from_dict({"text": rows}).save_to_disk(str(path))
         got = load_book_queries(str(path), gpt2_tokenizer, min_tokens=16, max_tokens=48, lines_per_passage=7)
         assert got["query"] == ds["query"], path
+    blanks = tmp_path / "blanks.csv"  # blank cells are skipped, not read as the text "None"
+    blanks.write_text("text,id\n" + "".join(f'"{r}",{i}\n,{i}\n' for i, r in enumerate(rows)))
+    got = load_book_queries(str(blanks), gpt2_tokenizer, min_tokens=16, max_tokens=48, lines_per_passage=7)
+    assert got["query"] == ds["query"] and not any("None" in q for q in got["query"])
+    with pytest.raises(FileNotFoundError, match="query_dataset q/nonexistent.txt: no such file or folder"):
+        load_book_queries("q/nonexistent.txt", gpt2_tokenizer)
     (tmp_path / "other.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"other.jsonl: no 'text' column \(it has \['body'\]\)"):
         load_book_queries(str(tmp_path / "other.jsonl"), gpt2_tokenizer)

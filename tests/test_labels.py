@@ -301,3 +301,34 @@ def test_label_file_rows_arrow_cannot_type_and_bad_bytes_name_their_row_or_line(
         load_label_file(path)
     path.write_text(json.dumps([good, {**good, "best": 1.0}]))  # an integral float is still an integer
     assert load_label_file(path)["best"] == [1, 1]
+
+
+def test_own_label_files_keep_every_row_as_written(gpt2_tokenizer, tmp_path):
+    """Users' files: a column row 0 lacks is not dropped (the row is named), a wrong-typed cell is named with its row,
+    field and file, CSV cells stay the text written ("42", "NA", " 4" are samples), and an implicit prompt is cut at
+    a word boundary so that query + sample tokenize as the joined text does (what trl.RewardTrainer reads)."""
+    rows = [{"chosen": "It rained. Sad", "rejected": "It rained. Fun"},  # implicit, then explicit rows
+            {"prompt": "Q1", "chosen": " a", "rejected": " b"}]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'prompt': must be text or a list of messages, got "
+                                                   r"nothing"):
+        load_label_file(mixed, k=2)
+    typed = tmp_path / "typed.jsonl"
+    typed.write_text("".join(json.dumps(r) + "\n" for r in [rows[1], {**rows[1], "chosen": 5}]))
+    with pytest.raises(LabelValidationError, match=rf"row 1, field 'chosen': must be text .* got int \(in {typed}\)"):
+        load_label_file(typed, k=2)
+    csv_file = tmp_path / "numbers.csv"
+    csv_file.write_text('query,sample0,sample1,best\nQ,42,NA,1\n"multi\nline", 4,None,0\n')
+    assert load_label_file(csv_file, k=2).to_list() == [
+        {"query": "Q", "samples": ["42", "NA"], "best": 1}, {"query": "multi\nline", "samples": [" 4", "None"], "best": 0}]
+    implicit = tmp_path / "implicit.jsonl"
+    pairs = [("I like apples", "I like apricots"), ("Good", "Good day"), ("Yes it is ", "No it is ")]
+    implicit.write_text("".join(json.dumps({"chosen": c, "rejected": r}) + "\n" for c, r in pairs))
+    got = load_label_file(implicit, k=2).to_list()
+    assert [(g["query"], g["samples"]) for g in got] == [
+        ("I like", [" apples", " apricots"]), ("", ["Good", "Good day"]), ("", ["Yes it is ", "No it is "])]
+    for g in got:  # TRL's extract_prompt gave 'I like ap' + 'ples' (Ġap, ples against Ġapples), and for the last
+        for sample in g["samples"]:  # row an empty rejected sample
+            separate = gpt2_tokenizer(g["query"])["input_ids"] + gpt2_tokenizer(sample, add_special_tokens=False)["input_ids"]
+            assert separate == gpt2_tokenizer(g["query"] + sample)["input_ids"]

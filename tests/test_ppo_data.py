@@ -94,6 +94,18 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer, caplog):
     row = prepare_query_dataset(Dataset.from_dict({"prompt": chats[:1]}), bos, policy, args)[0]
     assert row["input_ids"].count(50256) == 1 and row["query"] == rendered[0]
     assert bos(row["query"])["input_ids"] == row["input_ids"]
+    # the same in a conversational label row (the reward model trains on what it will score)
+    from hf_prefs.labels.schema import pairwise_label
+
+    turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    label = pairwise_label({"prompt": chats[0], "chosen": turn("Yes."), "rejected": turn("No.")}, 0, bos)
+    assert not label["query"].startswith("<|endoftext|>") and bos(label["query"])["input_ids"].count(50256) == 1
+    # a dataset of chat-template ids only (TRL 1.12's scripts): the reward reads the template's special tokens too
+    ended = copy.deepcopy(tokenizer)
+    ended.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+    text = ended.apply_chat_template(chats[1], tokenize=False)
+    ids_only = prepare_query_dataset(Dataset.from_dict({"input_ids": [ended(text)["input_ids"]]}), ended, policy, args)
+    assert ids_only["query"] == [text] and text.count("<|endoftext|>") == 2  # were dropped (skip_special_tokens)
     with pytest.raises(ValueError, match=r"column `prompt` must hold non-empty strings or lists of chat messages.*; bad rows \[1\]"):
         prepare_query_dataset(Dataset.from_dict({"prompt": ["a", ""]}), gpt2_tokenizer, policy, args)
     wrong_keys = [chats[0], [{"speaker": "user", "text": "hi"}]]  # not chat messages: named, not a tokenizer error

@@ -36,6 +36,7 @@ from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_e
 
 from .._compat import get_dataset_column_names
 from ..assets import load_gpt2_tokenizer
+from ..models.reward_model import without_added_bos
 
 __all__ = [
     "LABEL_COLUMNS",
@@ -258,9 +259,42 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
             head = f.read(1 << 16)
         if not head.strip() and len(head) < 1 << 16:
             return []
-        return Dataset.from_csv(str(path)).to_list()
+        return _read_csv(path)
     raise LabelValidationError(f"unsupported file type {suffix!r} for {path}: use {', '.join(LABEL_FILE_SUFFIXES)} or a "
                                f"dataset folder")
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """A CSV file's rows with every cell as written: text stays text (``"42"``, ``"NA"``, ``" 4"`` are samples, not
+    numbers or missing values, as ``label export`` wrote them); only ``best`` is read as an integer where it is one."""
+    import pandas as pd  # datasets' own CSV reader: it types columns and parses "NA" as missing
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LabelValidationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    rows = frame.to_dict("records")
+    for row in rows:
+        best = row.get("best")
+        if isinstance(best, str) and re.fullmatch(r"\s*-?\d+\s*", best):
+            row["best"] = int(best)
+    return rows
+
+
+def _pairwise_rows(rows: list[dict[str, Any]], spec: Any) -> Dataset:
+    """TRL pairwise rows read from a file as one ``Dataset``: every row's columns kept (a column row 0 lacks is not
+    dropped: a row without the ``prompt`` others have is named, whichever comes first), ``prompt``/``chosen``/
+    ``rejected`` checked as text or messages first, so that a bad cell is named rather than an Arrow type error."""
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    for i, row in enumerate(rows):
+        for col in ("prompt", "chosen", "rejected"):
+            if col in columns and not isinstance(row.get(col), (str, list)):  # a row without the others' prompt too
+                got = type(row.get(col)).__name__ if col in row else "nothing"
+                raise LabelValidationError(f"must be text or a list of messages, got {got} (in {spec})", i, col)
+    try:
+        return Dataset.from_list([{c: row.get(c) for c in columns} for row in rows])
+    except (TypeError, ValueError) as err:  # mixed types in another column (Arrow's message)
+        raise LabelValidationError(f"{spec}: the rows' columns cannot form one table ({type(err).__name__}: {err})") from None
 
 
 def names_a_local_file(spec: str | os.PathLike) -> bool:
@@ -301,8 +335,8 @@ def load_label_file(
         rows = rows[:limit] if limit is not None else rows
         if isinstance(rows[0].get("query"), list):  # the paper's token-id files
             labels = from_openai_json(rows, load_gpt2_tokenizer())
-        elif is_pairwise(rows[0]):
-            labels = Dataset.from_list(rows)
+        elif is_pairwise(dict.fromkeys(c for row in rows for c in row)):
+            labels = _pairwise_rows(rows, spec)
         else:  # each row checked as Python values first: one Arrow cannot type ("best": "2") is named, not ArrowInvalid;
             checked: list[dict[str, Any]] = []  # canonical then, so validate_labels need not read them again
             for i, row in enumerate(rows):
@@ -338,7 +372,8 @@ def pairwise_label(
     rules: :func:`from_pairwise`). Raises :class:`LabelValidationError` naming the row and field for a row it cannot
     convert; the label's own checks (non-empty samples...) are :func:`check_label_row`'s, which :func:`from_pairwise`
     runs once per row."""
-    row = maybe_extract_prompt({c: row[c] for c in ("prompt", "chosen", "rejected") if c in row})
+    row = {c: row[c] for c in ("prompt", "chosen", "rejected") if c in row}
+    row = maybe_extract_prompt(row) if is_conversational(row) else implicit_text_prompt(row)
     conversational = is_conversational(row)
     if conversational:
         if processing_class is None:
@@ -349,6 +384,8 @@ def pairwise_label(
             row = maybe_apply_chat_template(row, processing_class)
         except (ValueError, TypeError, KeyError) as err:  # no chat template, malformed messages
             raise LabelValidationError(f"could not be rendered with the chat template: {err}", idx, "chosen") from err
+        if isinstance(row.get("prompt"), str):  # tokenized with special tokens: a BOS the template wrote is left out
+            row["prompt"] = without_added_bos(processing_class, row["prompt"])
     for col in ("prompt", "chosen", "rejected"):
         if not isinstance(row[col], str):
             raise LabelValidationError(f"must be text or a list of messages, got {type(row[col]).__name__}", idx, col)
@@ -358,14 +395,33 @@ def pairwise_label(
     return {"query": row["prompt"], "samples": samples, "best": 0}
 
 
+def implicit_text_prompt(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A text pairwise row with its prompt: the row as given where it has one (or where ``chosen``/``rejected`` are
+    not text, for the checks to name); else the longest shared beginning of ``chosen`` and ``rejected`` cut back to
+    its last whitespace, the whitespace going with the samples. So the query ends and each sample begins at a word
+    boundary, where a BPE tokenizer splits the joined text too (``"I like apples"`` / ``"I like apricots"`` →
+    ``"I like"`` + ``" apples"`` / ``" apricots"``; TRL's ``extract_prompt`` cuts mid-word there, ``"I like ap"``, and
+    TRL's reward trainer, which tokenizes the joined text, never uses it). No shared word: an empty prompt."""
+    row = dict(row)
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if "prompt" in row or not isinstance(chosen, str) or not isinstance(rejected, str):
+        return row
+    shared = len(os.path.commonprefix([chosen, rejected]))
+    cut = max((i for i in range(shared) if chosen[i].isspace()), default=0)  # the whitespace goes with the samples
+    while cut > 0 and chosen[cut - 1].isspace():  # a run of whitespace goes whole with the samples
+        cut -= 1
+    row["prompt"], row["chosen"], row["rejected"] = chosen[:cut], chosen[cut:], rejected[cut:]
+    return row
+
+
 def from_pairwise(
     dataset: Dataset | IterableDataset, processing_class: Any | None = None, eos_token: str | None = None
 ) -> Dataset | IterableDataset:
     """TRL's preference format (``prompt``/``chosen``/``rejected``) -> K = 2 labels.
 
     Rows become ``query = prompt``, ``samples = [chosen, rejected]``, ``best = 0``. Without a ``prompt`` column (TRL's
-    implicit-prompt format) TRL's ``maybe_extract_prompt`` splits off the shared beginning as the query (for text, the
-    space before the first differing character goes with the samples, as BPE tokenizers join it to the next word).
+    implicit-prompt format) the shared beginning is the query: for text cut back to a word boundary
+    (:func:`implicit_text_prompt`), for conversations TRL's ``maybe_extract_prompt`` (the shared messages).
     Conversational rows (lists of ``{"role", "content"}`` messages, explicit or implicit prompt) are rendered to text
     with TRL's ``maybe_apply_chat_template`` and ``processing_class`` (a tokenizer with a chat template): the query is
     the templated prompt (with the generation prompt), each sample the rest of the templated conversation (the

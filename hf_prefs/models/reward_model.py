@@ -46,6 +46,7 @@ __all__ = [
     "per_token_scores",
     "last_token_rewards",
     "tokenize_query_response",
+    "without_added_bos",
     "packed_rewards",
     "score_texts",
     "normalize_reward_model",
@@ -180,6 +181,16 @@ def last_token_rewards(
     index = last_index.to(scores.device).reshape(scores.shape[0], -1)  # (N, K)
     raw = scores.gather(1, index).reshape(-1).float()  # (N·K,)
     return apply_reward_normalization(raw, model) if normalized else raw
+
+
+def without_added_bos(tokenizer: Any, text: str) -> str:
+    """``text`` without a leading BOS token text where the tokenizer adds BOS itself (a chat template that writes
+    ``{{ bos_token }}``, or ids decoded with their special tokens): the query is tokenized with special tokens
+    (:func:`tokenize_query_response`), which would give it two."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        return text[len(bos):]
+    return text
 
 
 def tokenize_query_response(tokenizer: Any, query: str, response: str) -> tuple[list[int], list[int]]:

@@ -173,6 +173,9 @@ def _load_texts(name: str, split: str) -> datasets.Dataset:
     """A local file (by suffix: :data:`LOCAL_TEXT_BUILDERS`), a folder saved with ``save_to_disk`` or of data files,
     or a Hub dataset id."""
     path = Path(name).expanduser()
+    local = name.startswith((".", "/", "~")) or path.suffix.lower() in LOCAL_TEXT_BUILDERS or path.suffix.lower() == ".tsv"
+    if local and not path.exists():  # not a Hub id: say so, not "Couldn't reach ... on the Hub"
+        raise FileNotFoundError(f"query_dataset {name}: no such file or folder")
     if path.is_file():
         builder = LOCAL_TEXT_BUILDERS.get(path.suffix.lower())
         if builder is None:
@@ -211,6 +214,6 @@ def load_book_queries(
         raise ValueError(f"query_dataset {dataset_name}: no {text_column!r} column (it has {ds.column_names})")
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
-    rows = [" ".join(str(t).split()) for t in ds[text_column]]
+    rows = [" ".join(t.split()) for t in ds[text_column] if isinstance(t, str) and t.strip()]  # blank cells: None, ""
     passages = [" ".join(rows[k : k + lines_per_passage]) for k in range(0, len(rows), lines_per_passage)]
     return book_queries_from_texts(passages, tokenizer, n, min_tokens, max_tokens, seed, dataset_name)

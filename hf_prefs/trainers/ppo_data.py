@@ -20,6 +20,7 @@ from torch import nn
 from trl.data_utils import maybe_apply_chat_template
 
 from ..models.generation import configured_positions, embedding_rows
+from ..models.reward_model import without_added_bos
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +142,6 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
                        f"tokens, past the end of the assistant's turn (TRL 1.12's PPO did; GRPO stops at EOS): set "
                        f"stop_token='eos' to cut responses there")
 
-    bos = tokenizer.bos_token if tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] else None  # added by it
-
     def render(row: dict[str, Any], i: int) -> dict[str, Any]:
         if isinstance(row["prompt"], str):
             return {"query": row["prompt"], "input_ids": tokenizer(row["prompt"])["input_ids"]}
@@ -154,10 +153,17 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
             raise ValueError(f"{name} row {i}: the chat template cannot render its `prompt` "
                              f"({type(err).__name__}: {err})") from err
         # the reward model tokenizes the query text with special tokens: a BOS the template wrote is left out of it
-        query = text[len(bos):] if bos and text.startswith(bos) else text
-        return {"query": query, "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+        return {"query": without_added_bos(tokenizer, text),
+                "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
 
     return dataset.map(render, with_indices=True, num_proc=args.dataset_num_proc, desc="Rendering prompts")
+
+
+def decoded_query(tokenizer: Any, ids: list[int]) -> str:
+    """The text of a query given as token ids, as a reward model should read it: special tokens kept (a chat
+    template's ``<|im_start|>``/``<|im_end|>`` are part of what it was trained on; TRL 1.12 scored the ids as they
+    are), and a BOS the tokenizer adds itself left out (:func:`~hf_prefs.models.reward_model.without_added_bos`)."""
+    return without_added_bos(tokenizer, tokenizer.decode(ids, skip_special_tokens=False))
 
 
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:
@@ -185,9 +191,9 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
             )
         elif not from_prompt:  # both made here from a prompt agree (a template's special tokens decode otherwise)
             warn_if_texts_differ(dataset, tokenizer, name)
-    elif "input_ids" in columns:
+    elif "input_ids" in columns:  # decoded with the special tokens (a chat template's), a BOS the tokenizer adds left out
         dataset = dataset.map(
-            lambda batch: {"query": tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)},
+            lambda batch: {"query": [decoded_query(tokenizer, ids) for ids in batch["input_ids"]]},
             batched=True,
             num_proc=args.dataset_num_proc,
             desc="Decoding queries",
