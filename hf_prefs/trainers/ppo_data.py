@@ -131,8 +131,11 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
     tokens again (the template has them); its ``query`` (what a reward reads, tokenized with special tokens) leaves out
     a BOS the template wrote where the tokenizer adds one itself. Rows that are neither are named."""
     prompts = dataset["prompt"]
-    bad = [i for i, p in enumerate(prompts) if not (isinstance(p, str) and p) and not (
-        isinstance(p, list) and p and all(isinstance(m, dict) and isinstance(m.get("role"), str) and m.get("content") is not None for m in p))]
+    def is_message(m: Any) -> bool:
+        return isinstance(m, dict) and isinstance(m.get("role"), str) and m.get("content") is not None
+
+    bad = [i for i, p in enumerate(prompts)
+           if not (isinstance(p, str) and p) and not (isinstance(p, list) and p and all(is_message(m) for m in p))]
     if bad:
         raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages "
                          f"({{'role': ..., 'content': ...}} dicts); bad rows {bad[:10]}")
@@ -162,8 +165,11 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
 def decoded_query(tokenizer: Any, ids: list[int]) -> str:
     """The text of a query given as token ids, as a reward model should read it: special tokens kept (a chat
     template's ``<|im_start|>``/``<|im_end|>`` are part of what it was trained on; TRL 1.12 scored the ids as they
-    are), and a BOS the tokenizer adds itself left out (:func:`~hf_prefs.models.reward_model.without_added_bos`)."""
-    return without_added_bos(tokenizer, tokenizer.decode(ids, skip_special_tokens=False))
+    are), and a leading BOS the tokenizer adds itself left out (the reward model's tokenizer adds it again)."""
+    bos = tokenizer.bos_token_id
+    if bos is not None and list(ids[:1]) == [bos] and tokenizer("x")["input_ids"][:1] == [bos]:
+        ids = ids[1:]  # the id, not its text: a SentencePiece decode of "<s>" + "▁Hi" would leave " Hi"
+    return tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:
