@@ -332,3 +332,15 @@ def test_own_label_files_keep_every_row_as_written(gpt2_tokenizer, tmp_path):
         for sample in g["samples"]:  # row an empty rejected sample
             separate = gpt2_tokenizer(g["query"])["input_ids"] + gpt2_tokenizer(sample, add_special_tokens=False)["input_ids"]
             assert separate == gpt2_tokenizer(g["query"] + sample)["input_ids"]
+
+
+def test_an_empty_pairwise_sample_and_a_pairwise_row_given_as_k_way_are_named():
+    """An empty chosen is refused before TRL's EOS is appended (with it the sample was not empty and trained); a
+    chosen/rejected row where K-way rows are read says how to convert it."""
+    from hf_prefs.labels.schema import merge_flat_samples, pairwise_label
+
+    with pytest.raises(LabelValidationError, match=r"row 3, field 'chosen': is empty"):
+        pairwise_label({"prompt": "Q", "chosen": "  ", "rejected": " no"}, 3, eos_token="<|endoftext|>")
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'samples': .*TRL's pairwise chosen/rejected rows: "
+                                                   r"hf_prefs.labels.from_pairwise"):
+        merge_flat_samples(0, {"prompt": "Q", "chosen": " a", "rejected": " b"})

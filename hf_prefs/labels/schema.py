@@ -154,7 +154,9 @@ def merge_flat_samples(i: int, row: Mapping[str, Any]) -> dict[str, Any]:
     if row.get("samples") is None:
         flat = sorted((int(m.group(1)), key) for key in row if (m := _SAMPLE_COLUMN.match(key)))
         if not flat:
-            raise LabelValidationError("a row needs 'samples' or 'sample0..sample{K-1}'", i, "samples")
+            hint = (" (TRL's pairwise chosen/rejected rows: hf_prefs.labels.from_pairwise, or a recipe's "
+                    "--label_file, converts them)" if {"chosen", "rejected"} <= set(row) else "")
+            raise LabelValidationError(f"a row needs 'samples' or 'sample0..sample{{K-1}}'{hint}", i, "samples")
         if [n for n, _ in flat] != list(range(len(flat))):
             raise LabelValidationError(
                 f"flat sample columns must be sample0..sample{{K-1}} without gaps, got {[k for _, k in flat]}", i, "samples"
@@ -390,6 +392,9 @@ def pairwise_label(
         if not isinstance(row[col], str):
             raise LabelValidationError(f"must be text or a list of messages, got {type(row[col]).__name__}", idx, col)
     samples = [row["chosen"], row["rejected"]]
+    for col, sample in zip(("chosen", "rejected"), samples):  # before an EOS is appended, which is not text
+        if not sample.strip():
+            raise LabelValidationError("is empty", idx, col)
     if eos_token and not conversational:
         samples = [s if s.endswith(eos_token) else s + eos_token for s in samples]
     return {"query": row["prompt"], "samples": samples, "best": 0}
