@@ -598,6 +598,9 @@ def test_cli_add_import_export_status(tmp_path, capsys):
     bad.write_text(json.dumps({"query": "q", "samples": ["only one"]}) + "\n")
     assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(bad)]) == 2
     assert "row 0, field 'samples': a comparison needs at least 2 samples" in capsys.readouterr().err
+    for command in ("add", "import"):  # a missing file: named, and no queue folder made for it
+        assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(tmp_path / "no.jsonl")]) == 2
+        assert "no.jsonl: no such file or folder" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
 
 
 def test_cli_queue_must_be_a_folder_and_reading_commands_make_none(tmp_path, capsys):

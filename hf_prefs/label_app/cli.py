@@ -72,7 +72,15 @@ def _round_total(queue: LabelQueue, round_id: int | str) -> int:
         return 0
 
 
+def _check_source(args: argparse.Namespace) -> None:
+    """A ``--from`` that can only be a local file and is not there: named before the queue folder is made."""
+    from hf_prefs.labels.schema import local_label_path  # lazy, as _queue
+
+    local_label_path(args.source)
+
+
 def _cmd_add(args: argparse.Namespace) -> int:
+    _check_source(args)
     queue = _queue(args)
     round_id = args.round if args.round is not None else _next_round(queue)
     before = _round_total(queue, round_id)
@@ -86,6 +94,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    _check_source(args)
     queue = _queue(args)
     ids = queue.add_labels(args.source, round_id=args.round, labeler=args.labeler)
     print(f"imported {len(ids)} labels into {args.queue}")
