@@ -46,6 +46,7 @@ __all__ = [
     "per_token_scores",
     "last_token_rewards",
     "tokenize_query_response",
+    "adds_bos",
     "without_added_bos",
     "packed_rewards",
     "score_texts",
@@ -183,12 +184,18 @@ def last_token_rewards(
     return apply_reward_normalization(raw, model) if normalized else raw
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts its BOS token in front of a text it tokenizes with special tokens."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    return bos_id is not None and tokenizer("x")["input_ids"][:1] == [bos_id]
+
+
 def without_added_bos(tokenizer: Any, text: str) -> str:
-    """``text`` without a leading BOS token text where the tokenizer adds BOS itself (a chat template that writes
-    ``{{ bos_token }}``, or ids decoded with their special tokens): the query is tokenized with special tokens
+    """``text`` without a leading BOS token text where the tokenizer adds BOS itself (:func:`adds_bos`; a chat
+    template that writes ``{{ bos_token }}``): the query is tokenized with special tokens
     (:func:`tokenize_query_response`), which would give it two."""
     bos = getattr(tokenizer, "bos_token", None)
-    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+    if bos and text.startswith(bos) and adds_bos(tokenizer):
         return text[len(bos):]
     return text
 

@@ -20,7 +20,7 @@ from torch import nn
 from trl.data_utils import maybe_apply_chat_template
 
 from ..models.generation import configured_positions, embedding_rows
-from ..models.reward_model import without_added_bos
+from ..models.reward_model import adds_bos, without_added_bos
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +166,7 @@ def decoded_query(tokenizer: Any, ids: list[int]) -> str:
     """The text of a query given as token ids, as a reward model should read it: special tokens kept (a chat
     template's ``<|im_start|>``/``<|im_end|>`` are part of what it was trained on; TRL 1.12 scored the ids as they
     are), and a leading BOS the tokenizer adds itself left out (the reward model's tokenizer adds it again)."""
-    bos = tokenizer.bos_token_id
-    if bos is not None and list(ids[:1]) == [bos] and tokenizer("x")["input_ids"][:1] == [bos]:
+    if list(ids[:1]) == [tokenizer.bos_token_id] and adds_bos(tokenizer):
         ids = ids[1:]  # the id, not its text: a SentencePiece decode of "<s>" + "▁Hi" would leave " Hi"
     return tokenizer.decode(ids, skip_special_tokens=False)
 
