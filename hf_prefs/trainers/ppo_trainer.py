@@ -489,19 +489,23 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         Returns:
             ``(query_ids (B, Lq), query_mask (B, Lq), query_texts)``, left-padded, on the training device.
         """
-        rows = self.query_rows(update, world, rank)
-        batch = self.train_dataset.select_columns(["input_ids", "query"])[rows]
-        self._picked_rows = (rows, batch["query"])  # a reward function's dataset columns (reward_columns)
-        query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
+        rows, ids, texts = self._dealt(update, world, rank)
+        self._picked_rows = (rows, texts)  # a reward function's dataset columns (reward_columns)
+        query_ids, query_mask = left_pad(ids, self.pad_token_id)
         device = self.accelerator.device
-        return query_ids.to(device), query_mask.to(device), batch["query"]
+        return query_ids.to(device), query_mask.to(device), texts
 
     def query_rows(self, update: int, world: int, rank: int) -> list[int]:
         """The ``train_dataset`` rows of :meth:`queries_for` ``(update, world, rank)``, in its order."""
+        return self._dealt(update, world, rank)[0]
+
+    def _dealt(self, update: int, world: int, rank: int) -> tuple[list[int], list[list[int]], list[str]]:
+        """``(rows, input_ids, queries)`` of process ``rank``'s share of the update's queries, read once."""
         count = self.args.local_batch_size * world
         rows = self.query_stream.rows(update * count, count)
-        lengths = [len(ids) for ids in self.train_dataset.select_columns(["input_ids"])[rows]["input_ids"]]
-        return [rows[i] for i in deal_by_length(list(range(count)), lengths, world, rank)]
+        batch = self.train_dataset.select_columns(["input_ids", "query"])[rows]
+        mine = deal_by_length(list(range(count)), [len(ids) for ids in batch["input_ids"]], world, rank)
+        return [rows[i] for i in mine], [batch["input_ids"][i] for i in mine], [batch["query"][i] for i in mine]
 
     def reward_columns(self, query_texts: list[str]) -> dict[str, list[Any]]:
         """The ``train_dataset`` columns of these queries' rows, which a reward function in TRL's form gets as keywords
