@@ -283,11 +283,11 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _pairwise_rows(rows: list[dict[str, Any]], spec: Any) -> Dataset:
+def _pairwise_rows(rows: list[dict[str, Any]], columns: list[str], spec: Any) -> Dataset:
     """TRL pairwise rows read from a file as one ``Dataset``: every row's columns kept (a column row 0 lacks is not
     dropped: a row without the ``prompt`` others have is named, whichever comes first), ``prompt``/``chosen``/
-    ``rejected`` checked as text or messages first, so that a bad cell is named rather than an Arrow type error."""
-    columns = list(dict.fromkeys(c for row in rows for c in row))
+    ``rejected`` checked as text or messages first, so that a bad cell is named rather than an Arrow type error.
+    ``columns``: every row's, in first-seen order."""
     for i, row in enumerate(rows):
         for col in ("prompt", "chosen", "rejected"):
             if col in columns and not isinstance(row.get(col), (str, list)):  # a row without the others' prompt too
@@ -299,12 +299,13 @@ def _pairwise_rows(rows: list[dict[str, Any]], spec: Any) -> Dataset:
         raise LabelValidationError(f"{spec}: the rows' columns cannot form one table ({type(err).__name__}: {err})") from None
 
 
-def names_a_local_file(spec: str | os.PathLike) -> bool:
+def names_a_local_file(spec: str | os.PathLike, suffixes: Iterable[str] = LABEL_FILE_SUFFIXES) -> bool:
     """Whether ``spec`` can only be a local path, not a Hub dataset id (``name`` or ``namespace/name``): an absolute,
-    ``./``, ``../`` or ``~`` path, more than one folder separator, or a label file suffix."""
+    ``./``, ``../`` or ``~`` path, more than one folder separator, or a file suffix of ``suffixes`` (default: a label
+    file's)."""
     text = str(spec)
     return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
-            or (os.sep != "/" and os.sep in text) or Path(text).suffix.lower() in LABEL_FILE_SUFFIXES)
+            or (os.sep != "/" and os.sep in text) or Path(text).suffix.lower() in tuple(suffixes))
 
 
 def local_label_path(spec: str | os.PathLike) -> Path | None:
@@ -337,8 +338,8 @@ def load_label_file(
         rows = rows[:limit] if limit is not None else rows
         if isinstance(rows[0].get("query"), list):  # the paper's token-id files
             labels = from_openai_json(rows, load_gpt2_tokenizer())
-        elif is_pairwise(dict.fromkeys(c for row in rows for c in row)):
-            labels = _pairwise_rows(rows, spec)
+        elif is_pairwise(columns := list(dict.fromkeys(c for row in rows for c in row))):
+            labels = _pairwise_rows(rows, columns, spec)
         else:  # each row checked as Python values first: one Arrow cannot type ("best": "2") is named, not ArrowInvalid;
             checked: list[dict[str, Any]] = []  # canonical then, so validate_labels need not read them again
             for i, row in enumerate(rows):

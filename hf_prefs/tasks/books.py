@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import datasets
 
 from ..assets import austen_novels
+from ..labels.schema import names_a_local_file
 
 #: Words whose trailing '.' is not a sentence end.
 ABBREVIATIONS = frozenset(
@@ -173,8 +174,8 @@ def _load_texts(name: str, split: str) -> datasets.Dataset:
     """A local file (by suffix: :data:`LOCAL_TEXT_BUILDERS`), a folder saved with ``save_to_disk`` or of data files,
     or a Hub dataset id."""
     path = Path(name).expanduser()
-    local = name.startswith((".", "/", "~")) or path.suffix.lower() in LOCAL_TEXT_BUILDERS or path.suffix.lower() == ".tsv"
-    if local and not path.exists():  # not a Hub id: say so, not "Couldn't reach ... on the Hub"
+    if names_a_local_file(name, (*LOCAL_TEXT_BUILDERS, ".tsv")) and not path.exists():  # not "Couldn't reach it on
+        # the Hub": a path that cannot be a Hub id
         raise FileNotFoundError(f"query_dataset {name}: no such file or folder")
     if path.is_file():
         builder = LOCAL_TEXT_BUILDERS.get(path.suffix.lower())
