@@ -80,10 +80,13 @@ def reward_caller(fn: RewardFunction, keywords: Collection[str] = ()) -> Callabl
         TypeError: ``fn`` binds neither form, both ambiguously, or only the positional one with ``completions``
             first; the message names the signature, what binding said and the keywords offered.
     """
+    def call_positional(queries: list[str], responses: list[str], extra: Mapping[str, Any] | None = None) -> Any:
+        return _awaited(fn(queries, responses))
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin without a signature: called as f(queries, responses)
-        return lambda queries, responses, extra=None: fn(queries, responses)
+        return call_positional
     params = sig.parameters
     name = f"{reward_name(fn)}{sig}"
     any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -96,7 +99,7 @@ def reward_caller(fn: RewardFunction, keywords: Collection[str] = ()) -> Callabl
     named_trl = any(n in params and params[n].kind in _KEYWORD for n in _TRL_NAMES)
     named_positional = positional[:2] == ["queries", "responses"]  # hf_prefs' own names: f(queries, responses, **kw)
     if positional_ok and named_positional and not named_trl:
-        return lambda queries, responses, extra=None: _awaited(fn(queries, responses))
+        return call_positional
     if keyword_ok and not (positional_ok and not named_trl):
 
         def call_trl(queries: list[str], responses: list[str], extra: Mapping[str, Any] | None = None) -> Any:
@@ -109,7 +112,7 @@ def reward_caller(fn: RewardFunction, keywords: Collection[str] = ()) -> Callabl
                         f"form; hf_prefs cannot tell which it expects: give a wrapper functools.wraps (its wrapped "
                         f"signature then shows) or name its parameters")
     if positional_ok and positional[:1] != ["completions"]:
-        return lambda queries, responses, extra=None: _awaited(fn(queries, responses))
+        return call_positional
     if named_trl or any_keyword:
         raise TypeError(f"the reward function {name} takes TRL's keywords but cannot be called with those offered "
                         f"({', '.join(n + '=' for n in offered)}): {keyword_err or 'it gets no completions'}; a "
