@@ -189,16 +189,11 @@ def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:
                          f"rounds: {err} (set num_label_queries, or online_labels_per_round)") from None
 
 
-def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> None:
-    """Fail fast, naming the field: unknown task, label source or mode, a missing label file or one with a bad row or
-    the wrong K, a human run without a queue folder, a simulated labeler without a known reward, online rounds that do not fit the PPO updates, a
-    ``dtype`` that is not a floating torch dtype, an ``eval_strategy`` (the recipes evaluate after PPO, on held-out
-    queries), a ``report_to`` integration that is not installed, and ``push_to_hub`` without a reachable Hub repo
-    (:func:`check_hub_push`) — each of which would otherwise stop the run after its labels and reward model were made.
-    (The rollout settings are checked by ``PPOConfig`` itself.) Also an ``output_dir`` that is a file and a model
-    path written as a local path (absolute, ``./``, ``~``) with nothing there. First, every field of ``pa`` and PPOConfig's own
-    fields hold their declared type (:func:`~hf_prefs.pipeline.field_types.check_field_types`: a YAML value is not
-    converted)."""
+def _check_inputs(pa: PipelineArguments, cfg: PPOConfig, model_args: Any) -> None:
+    """Every field of ``pa`` and PPOConfig's own fields hold their declared type
+    (:func:`~hf_prefs.pipeline.field_types.check_field_types`: a YAML value is not converted); no ``reward_weights``
+    (the recipes' reward is a model); an ``output_dir`` that is not a file; model paths written as local paths
+    (absolute, ``./``, ``~``) with something there."""
     check_field_types(pa)
     check_field_types(cfg, vars(PPOConfig).get("__annotations__", {}))
     if cfg.reward_weights is not None:
@@ -213,6 +208,17 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
                 check_local_path(path, name)  # a local path with nothing there, not a Hub id
             except FileNotFoundError as err:
                 raise ValueError(str(err)) from None
+
+
+def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> None:
+    """Fail fast, naming the field: unknown task, label source or mode, a missing label file or one with a bad row or
+    the wrong K, a human run without a queue folder, a simulated labeler without a known reward, online rounds that do not fit the PPO updates, a
+    ``dtype`` that is not a floating torch dtype, an ``eval_strategy`` (the recipes evaluate after PPO, on held-out
+    queries), a ``report_to`` integration that is not installed, and ``push_to_hub`` without a reachable Hub repo
+    (:func:`check_hub_push`) — each of which would otherwise stop the run after its labels and reward model were made.
+    (The rollout settings are checked by ``PPOConfig`` itself.) First :func:`_check_inputs`: the fields' types, the
+    output folder and the model paths."""
+    _check_inputs(pa, cfg, model_args)
     model_dtype(model_args)
     if (strategy := getattr(cfg.eval_strategy, "value", cfg.eval_strategy)) != "no":
         raise ValueError(f"eval_strategy: the recipes give PPO no eval set; they evaluate rho and pi on "

@@ -30,9 +30,9 @@ def check_process_count(accelerator: Any) -> None:
     asked_several = (all(v in os.environ for v in ("MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU"))
                      and "WORLD_SIZE" not in os.environ and not any(v in os.environ for v in _MPI_SIZE_VARS))
     if asked_several and accelerator.num_processes == 1:
-        logger.warning_once("accelerate launch was asked for several processes (a MULTI_CPU config or --num_processes > 1 "
-                       "without mpirun) but started one: this run trains on a single process. For N processes on one "
-                       "machine's CPU use recipes/accelerate_configs/multi_cpu.yaml (torchrun; use_cpu: true)")
+        logger.warning_once("accelerate launch was asked for several processes (a MULTI_CPU config or --num_processes "
+                            "> 1 without mpirun) but started one: this run trains on a single process. For N processes "
+                            "on one machine's CPU use recipes/accelerate_configs/multi_cpu.yaml (torchrun; use_cpu: true)")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise RuntimeError(
