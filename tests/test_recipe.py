@@ -305,7 +305,10 @@ def test_yaml_values_of_the_wrong_type_are_named_before_anything_runs(tmp_path):
     for field, value, said in (("num_label_queries", 32.5, "num_label_queries: takes int, got float 32.5"),
                                ("rm_num_train_epochs", [1, 2], "rm_num_train_epochs: takes float, got list [1, 2]"),
                                ("num_ppo_epochs", "four", None), ("kl_estimator", "k4", "PPOConfig.kl_estimator must be one of ('k1', 'k2', 'k3')"),
-                               ("whiten_rewards", 1, "whiten_rewards: takes bool, got int 1")):
+                               ("whiten_rewards", 1, "whiten_rewards: takes bool, got int 1"),
+                               # TrainingArguments' and ModelConfig's numbers (were taken: 4.5 rows per micro-batch)
+                               ("per_device_train_batch_size", 4.5, "per_device_train_batch_size: takes int, got float 4.5"),
+                               ("lora_r", 8.5, "lora_r: takes int, got float 8.5")):
         path = tmp_path / f"{field}.yaml"
         path.write_text(yaml.safe_dump({**config, field: value, "output_dir": str(tmp_path / "out")}))
         if said is None:  # a string is converted by argparse, which names the field itself

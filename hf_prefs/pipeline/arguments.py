@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any
 
 import torch
@@ -190,12 +190,15 @@ def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:
 
 
 def _check_inputs(pa: PipelineArguments, cfg: PPOConfig, model_args: Any) -> None:
-    """Every field of ``pa`` and PPOConfig's own fields hold their declared type
-    (:func:`~hf_prefs.pipeline.field_types.check_field_types`: a YAML value is not converted); no ``reward_weights``
+    """Every field of ``pa``, PPOConfig's own fields and the numeric and bool fields of its TrainingArguments and of
+    ``model_args`` (ModelConfig) hold their declared type (:func:`~hf_prefs.pipeline.field_types.check_field_types`:
+    a YAML value is not converted); no ``reward_weights``
     (the recipes' reward is a model); an ``output_dir`` that is not a file; model paths written as local paths
     (absolute, ``./``, ``~``) with something there."""
     check_field_types(pa)
-    check_field_types(cfg, vars(PPOConfig).get("__annotations__", {}))
+    check_field_types(cfg, vars(PPOConfig).get("__annotations__", {}), numbers_elsewhere=True)
+    if is_dataclass(model_args):
+        check_field_types(model_args, (), numbers_elsewhere=True)
     if cfg.reward_weights is not None:
         raise ValueError("reward_weights: the recipes' reward is a reward model; reward_weights weighs a list of reward "
                          "functions given to PPOTrainer")

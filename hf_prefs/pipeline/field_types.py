@@ -16,18 +16,22 @@ from typing import Any, Literal, Union
 __all__ = ["check_field_types"]
 
 
-def check_field_types(args: Any, names: Collection[str] | None = None) -> None:
+def check_field_types(args: Any, names: Collection[str] | None = None, *, numbers_elsewhere: bool = False) -> None:
     """Check that each dataclass field of ``args`` (or only ``names``) holds its annotated type: ``int`` (a float
     with an integral value is set to that int, a bool or another float is refused), ``float`` (an int is taken),
     ``bool``, ``str``, ``None`` where the field is optional, ``Literal`` values, ``list[...]`` items. Other
-    annotations are not checked.
+    annotations are not checked. With ``numbers_elsewhere``, the fields outside ``names`` are checked too where
+    their annotation is only numbers and bools (``int``, ``float``, ``bool``, optional or not): a library's own
+    config (TrainingArguments, ModelConfig) whose other fields its ``__post_init__`` has already converted to types
+    their annotations do not name.
 
     Raises:
         ValueError: naming the field, the type it takes and the value it got.
     """
     hints = typing.get_type_hints(type(args))
     for f in dataclasses.fields(args):
-        if f.name not in hints or (names is not None and f.name not in names):
+        if f.name not in hints or (names is not None and f.name not in names
+                                   and not (numbers_elsewhere and _only_numbers(hints[f.name]))):
             continue
         value, expected = getattr(args, f.name), hints[f.name]
         if _is_int(expected) and isinstance(value, float) and value.is_integer():
@@ -38,6 +42,11 @@ def check_field_types(args: Any, names: Collection[str] | None = None) -> None:
 
 def _is_int(tp: Any) -> bool:
     return tp is int or (_is_union(tp) and int in typing.get_args(tp))
+
+
+def _only_numbers(tp: Any) -> bool:
+    kinds = set(typing.get_args(tp)) if _is_union(tp) else {tp}
+    return bool(kinds - {type(None)}) and kinds <= {int, float, bool, type(None)}
 
 
 def _is_union(tp: Any) -> bool:
