@@ -563,8 +563,12 @@ def test_wait_round_times_out_then_file_labels_fill_the_round(tmp_path):
         q.add_labels([{"query": "q2", "samples": ["a", "b"], "best": 0, "round": "ext"},  # a new item of this file
                       {"query": "q2", "samples": ["a", "b"], "best": 1, "round": "ext2"},
                       {"query": "q2", "samples": ["a", "b"], "best": 1}], labeler="team-e")
-    with pytest.raises(LabelValidationError, match="row 0, field 'labeler'.*already answered"):
+    with pytest.raises(LabelValidationError, match="row 0, field 'labeler'.*already answered item .* with best=1"):
         q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 0}], round_id="ext", labeler="team-b")
+    with pytest.raises(LabelValidationError, match="row 1, field 'labeler'.*already answered item .* in this file"):
+        q.add_labels([{"query": "q3", "samples": ["a", "b"], "best": 0}] * 2, round_id="ext", labeler="team-b")
+    # the same label again (a file imported twice) is that label: nothing added, nothing refused
+    assert q.add_labels([{"query": "new q", "samples": ["a", "b"], "best": 1}], round_id="ext", labeler="team-b") == []
     with pytest.raises(LabelValidationError, match="row 0, field 'item_id'.*different query"):
         q.add_labels([{"item_id": ids[0], "query": "other", "samples": ["a", "b"], "best": 0}])
     with pytest.raises(LabelValidationError, match="row 0, field 'best'"):

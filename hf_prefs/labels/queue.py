@@ -311,7 +311,8 @@ class LabelQueue:
         given: the one queued item of that query and samples, in whichever round); rows matching nothing
         become new items of their round (``round`` column or ``round_id``). The
         labeler is the row's ``labeler``, else ``labeler``, else ``"file"``. Per-labeler uniqueness
-        holds as for the app (an item labeled twice by one labeler is refused); files may add labels
+        holds as for the app (an item labeled twice by one labeler is refused; a row whose labeler already gave that
+        item the same ``best`` is that label, skipped: importing a file again adds nothing); files may add labels
         beyond ``labels_per_item``. The rows have one K, and a new item the K of its round's items. All rows are
         checked first; one bad row writes nothing.
         """
@@ -357,8 +358,14 @@ class LabelQueue:
                     out.append(item)
                 elif item["query"] != query or tuple(item["samples"]) != samples:
                     raise LabelValidationError(f"item {item_id!r} is queued with a different query/samples", i, "item_id")
-                if (item_id, who, False) in state.answers or (item_id, who) in taken:
-                    raise LabelValidationError(f"labeler {who!r} already answered item {item_id!r}", i, "labeler")
+                answered = state.answers.get((item_id, who, False))
+                if answered is not None and (item_id, who) not in taken:
+                    if int(state.labels[answered]["best"]) == int(row["best"]):
+                        continue  # this label is in the queue already (a file imported again): nothing to add
+                    raise LabelValidationError(f"labeler {who!r} already answered item {item_id!r} with best="
+                                               f"{state.labels[answered]['best']}", i, "labeler")
+                if (item_id, who) in taken:
+                    raise LabelValidationError(f"labeler {who!r} already answered item {item_id!r} in this file", i, "labeler")
                 taken.add((item_id, who))
                 out.append(
                     {"type": "label", "label_id": uuid.uuid4().hex, "item_id": item_id, "labeler": who, "best": int(row["best"]),
