@@ -20,10 +20,10 @@ from trl import ModelConfig, TrlParser
 
 from hf_prefs import PPOConfig, RolloutSpec, evaluate_policy
 from hf_prefs.pipeline import (
-    PipelineArguments, StageTimer, collect_labels, learned_reward, load_base, make_ppo_trainer, online_label_loop,
-    push_results, resolve_cpu_precision, resume_checkpoint, resume_requested, save_labels, saved_labels,
-    saved_reward_model, split_queries, train_policy, train_reward_model, trained_policy, validate_pipeline_config,
-    warn_replacing_earlier_run, write_results,
+    PipelineArguments, StageTimer, collect_labels, learned_reward, load_base, make_ppo_trainer, online_label_info,
+    online_label_loop, push_results, resolve_cpu_precision, resume_checkpoint, resume_requested, save_labels,
+    saved_labels, saved_reward_model, split_queries, train_policy, train_reward_model, trained_policy,
+    validate_pipeline_config, warn_replacing_earlier_run, write_results,
 )
 from hf_prefs.tasks import make_known_reward
 
@@ -62,7 +62,7 @@ def main(task="sentiment", argv=None):
         if script_args.label_mode == "online":  # round 0 now, the other rounds inside PPO
             online = online_label_loop(script_args, training_args, base, queries.label, out)
             online.restore(resume) if resume else online.first_round(base.rho)  # resume: labels + RM so far
-            labels, label_info = online.labels_dataset(), {"source": script_args.label_source, "mode": "online"}
+            labels, label_info = online.labels_dataset(), online_label_info(script_args.label_source, resume)
             save_labels(labels, out, label_info)
         elif reuse and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO
             labels, label_info = saved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import threading
 from pathlib import Path
 
@@ -378,6 +379,35 @@ def test_recipe_label_mode_online(tiny_base, tmp_path):
     assert summary["final_beta"] == pytest.approx(beta, rel=1e-9)
     assert (out / "reward_model" / "config.json").is_file() and summary["reward_model"]["gain"] == pytest.approx(
         records[-1]["reward_gain"])
+
+
+def test_online_resume_keeps_the_run_id_and_passes_over_an_earlier_runs_checkpoints(tiny_base, tmp_path, capsys):
+    """An online run's checkpoints carry the run id of labels_info.json (written after round 0); resumed, the run
+    keeps that id, so its new checkpoints do too; ``--resume_from_checkpoint true`` then passes over a checkpoint an
+    earlier run left in the same folder (it took the highest-numbered one, whichever run wrote it)."""
+    from hf_prefs.pipeline import resume_checkpoint
+    from hf_prefs.pipeline.run import parse_args
+    from hf_prefs.pipeline.saved_stages import RUN_FILE
+
+    out = tmp_path / "run"
+    argv = _recipe_args(tiny_base, out, "--save_strategy", "steps", "--save_steps", "1")
+    main(task="sentiment", argv=argv)
+    run_id = json.loads((out / "labels_info.json").read_text())["run_id"]
+    ids = lambda: {c.name: json.loads((c / RUN_FILE).read_text())["run_id"] for c in out.glob("checkpoint-*")}
+    assert ids() == {"checkpoint-1": run_id, "checkpoint-2": run_id, "checkpoint-3": run_id}
+    shutil.rmtree(out / "checkpoint-3")
+    main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", str(out / "checkpoint-2")])
+    assert json.loads((out / "labels_info.json").read_text())["run_id"] == run_id  # the same run, resumed
+    assert ids()["checkpoint-3"] == run_id
+    earlier = out / "checkpoint-9"  # an earlier run's, left in the folder
+    shutil.copytree(out / "checkpoint-3", earlier)
+    (earlier / RUN_FILE).write_text(json.dumps({"run_id": "an-earlier-run"}))
+    capsys.readouterr()
+    pa, cfg, model_args = parse_args("sentiment", [*argv, "--resume_from_checkpoint", "true"])
+    assert resume_checkpoint(cfg, pa, model_args) == str(out / "checkpoint-3")
+    assert "1 checkpoint(s) in" in capsys.readouterr().out
+    cfg.resume_from_checkpoint = str(earlier)  # named: an online checkpoint holds its own labels and reward model
+    assert resume_checkpoint(cfg, pa, model_args) == str(earlier)
 
 
 @pytest.mark.parametrize(

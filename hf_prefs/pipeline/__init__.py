@@ -48,7 +48,7 @@ from .results import (
     write_results,
 )
 from .reward import train_reward_model
-from .saved_stages import save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run
+from .saved_stages import online_label_info, save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run
 from .run import main, parse_args, run_pipeline
 from .setup import Base, QuerySplit, load_base, split_queries
 
@@ -69,6 +69,7 @@ __all__ = [
     "KnownRewardTrackingPPOTrainer",
     "learned_reward",
     "make_ppo_trainer",
+    "online_label_info",
     "online_label_loop",
     "resume_checkpoint",
     "resume_requested",

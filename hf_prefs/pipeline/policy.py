@@ -165,9 +165,11 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
     error names the fields), and ``true`` with no checkpoint but such stages saved (a run stopped before its first
     PPO checkpoint) gives None: the stages are reused and PPO starts at update 1. An online run resumes from a
     checkpoint only (its labels and reward model come from the checkpoint); no checkpoint and nothing saved is an
-    error. An offline run takes only checkpoints of the run whose labels it reuses (their
-    :data:`~hf_prefs.pipeline.saved_stages.RUN_FILE` holds the run id of ``labels_info.json``): an earlier run's left
-    in the same folder are passed over (``true``) or refused (a folder named)."""
+    error. ``true`` takes only checkpoints of the run whose labels are saved in ``output_dir`` (their
+    :data:`~hf_prefs.pipeline.saved_stages.RUN_FILE` holds the run id of ``labels_info.json``, which an online run
+    writes after its first round and keeps over resumes): an earlier run's left in the same folder are passed over.
+    An offline run refuses a named checkpoint folder of another run (it would train that run's policy on this run's
+    reward model); an online run's checkpoint holds its own labels and reward model."""
     spec = cfg.resume_from_checkpoint
     if not resume_requested(cfg):
         return None
@@ -176,7 +178,7 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
         raise ValueError(f"resume_from_checkpoint: the labels and reward model saved in {cfg.output_dir} were made "
                          f"otherwise than this run asks ({'; '.join(stale)}): run in a new output_dir, or without "
                          "--resume_from_checkpoint")
-    run_id = saved_run_id(cfg.output_dir) if reuses else None  # the run whose labels and reward model are reused
+    run_id = saved_run_id(cfg.output_dir) if pa is not None else None  # the run whose labels were saved last there
     remade = reuses and not labels_saved(cfg.output_dir)  # labels made again: no checkpoint trained on these
     if spec in (True, "true", "True", "last"):
         complete = complete_checkpoints(cfg.output_dir)
@@ -198,7 +200,7 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
     if remade:
         raise ValueError(f"resume_from_checkpoint: {cfg.output_dir} holds no labels saved whole (labels_info.json): "
                          f"they are made again, and {spec} did not train on them; run without a checkpoint folder")
-    if run_id is not None and (written_by := checkpoint_run_id(str(spec))) != run_id:
+    if reuses and run_id is not None and (written_by := checkpoint_run_id(str(spec))) != run_id:
         raise ValueError(f"resume_from_checkpoint: {spec} was written by another run ({written_by or 'no run id'}) than "
                          f"the labels and reward model saved in {cfg.output_dir} (run {run_id}): resuming it would "
                          "train that run's policy on this run's reward model; resume with true (this run's newest "

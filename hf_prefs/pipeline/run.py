@@ -26,7 +26,9 @@ from .policy import (
 )
 from .results import StageTimer, push_results, write_results
 from .reward import train_reward_model
-from .saved_stages import save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run
+from .saved_stages import (
+    online_label_info, save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run,
+)
 from .setup import load_base, split_queries
 
 __all__ = ["run_pipeline", "parse_args", "main"]
@@ -50,7 +52,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
         if pa.label_mode == "online":  # round 0 on rho now; the other rounds run inside PPO
             online = online_label_loop(pa, cfg, base, queries.label, out)
             online.restore(resume) if resume else online.first_round(base.rho)
-            labels, label_info = online.labels_dataset(), {"source": pa.label_source, "mode": "online"}
+            labels, label_info = online.labels_dataset(), online_label_info(pa.label_source, resume)
             save_labels(labels, out, label_info)
         elif reuse and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO (saved_stages)
             labels, label_info = saved

@@ -24,7 +24,7 @@ from .results import SUMMARY_FILE
 
 __all__ = [
     "LABELS_FILE", "LABELS_INFO_FILE", "RUN_FILE", "RunIdCallback", "checkpoint_run_id", "has_saved_stages",
-    "labels_saved", "new_run_id", "saved_run_id", "stale_stage_fields", "save_labels", "saved_labels",
+    "labels_saved", "new_run_id", "online_label_info", "saved_run_id", "stale_stage_fields", "save_labels", "saved_labels",
     "saved_reward_model", "warn_replacing_earlier_run",
 ]
 
@@ -72,6 +72,16 @@ class RunIdCallback(TrainerCallback):
         if PartialState().is_main_process and (run_id := saved_run_id(self.output_dir)):
             with open(os.path.join(checkpoint, RUN_FILE), "w") as f:
                 json.dump({"run_id": run_id}, f)
+
+
+def online_label_info(source: str, resumed_from: str | None) -> dict[str, Any]:
+    """``labels_info.json`` of an online run: its label source and mode, and, resumed, the run id of the checkpoint it
+    resumes (:func:`checkpoint_run_id`; where it has one): the same run goes on, so its new checkpoints keep the id
+    and a later ``--resume_from_checkpoint true`` takes them. A new run gets a new id from :func:`save_labels`."""
+    info: dict[str, Any] = {"source": source, "mode": "online"}
+    if resumed_from and (run_id := checkpoint_run_id(resumed_from)):
+        info["run_id"] = run_id
+    return info
 
 
 def save_labels(labels: Dataset, output_dir: str, info: dict[str, Any] | None = None) -> None:
