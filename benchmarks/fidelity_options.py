@@ -5,7 +5,9 @@ recipes/configs/sentiment_offline.yaml``) per variant, the same seed, each in ``
 whose ``summary.json`` is already there is not run again (resumable: each variant's ``summary.json``,
 ``metrics.csv`` and ``eval.json`` — its queries by digest, :mod:`hf_prefs.analysis.study_files` — are committed
 under ``docs/fidelity/``, the rest of its run folder is ignored by git, so a set of variants can be finished across
-sessions). ``results.csv`` there has one row per variant measured. Variants:
+sessions). ``results.csv`` there has one row per variant measured, with its share of rho's frontier gain at its KL
+(``--frontier``: the study's committed ``docs/study/frontier_rho.csv`` by default;
+:func:`hf_prefs.analysis.study_table.frontier_read`, qualified where the frontier's ESS there is >= 30). Variants:
 
 - ``baseline``:      the offline default as committed;
 - ``tf1_adam``:      ``--tf1_adam true`` (TF1's Adam: epsilon added to sqrt(v) before the bias correction);
@@ -34,10 +36,13 @@ import sys
 from pathlib import Path
 
 from hf_prefs.analysis.study_files import eval_without_query_text, query_digests
+from hf_prefs.analysis.study_table import frontier_read, read_frontier
 from hf_prefs.core.stats import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "configs" / "sentiment_offline.yaml"
+FRONTIER = ROOT / "docs" / "study" / "frontier_rho.csv"
+MIN_ESS = 30.0
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
     "tf1_adam": ["--tf1_adam", "true"],
@@ -70,20 +75,35 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default=str(ROOT / "docs" / "fidelity"))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--frontier", default=str(FRONTIER), help="rho's frontier file (the study's frontier_rho.csv) to read "
+                   "each variant's share of the frontier's gain at its KL; 'none': no share")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more recipe flags for every variant (last)")
     a = p.parse_args(argv)
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    print(f"{'variant':<15}{'known reward gain':>22}{'KL (nats)':>11}{'final beta':>12}{'RM eval acc':>13}{'wall s':>8}")
+    frontier = read_frontier(a.frontier) if a.frontier != "none" and os.path.isfile(a.frontier) else None
+    print(f"{'variant':<15}{'known reward gain':>22}{'KL (nats)':>11}{'final beta':>12}{'RM eval acc':>13}{'wall s':>8}"
+          f"{'share of frontier gain (ESS)':>32}")
     for name in a.variants:
         s = results[name] = run(name, out, a.extra)
         gain = s["known_reward_gain"]
         acc = s["reward_model"].get("eval_accuracy")
+        share = frontier_share(frontier, s)
+        shown = "" if share is None else f"{share['frac_frontier']:.2f} ± {share['frac_frontier_se']:.2f} ({share['frontier_ess_at_kl']:.0f}" + ("" if share["frontier_qualified"] else f": < {MIN_ESS:.0f}") + ")"
         print(f"{name:<15}{gain['mean']:>+14.3f} ± {gain['se']:.3f}{s['after']['kl']:>11.2f}{s['final_beta']:>12.4f}"
-              f"{'-' if acc is None else f'{acc:.3f}':>13}{s['timings_s']['total_s']:>8.0f}", flush=True)
-    write_results(out, results)
+              f"{'-' if acc is None else f'{acc:.3f}':>13}{s['timings_s']['total_s']:>8.0f}{shown:>32}", flush=True)
+    write_results(out, results, frontier)
     return results
+
+
+def frontier_share(frontier: list | None, summary: dict) -> dict | None:
+    """The run's share of rho's frontier gain at its KL (:func:`~hf_prefs.analysis.study_table.frontier_read` with the
+    run's paired gain and SE); None without a frontier."""
+    if frontier is None:
+        return None
+    gain = summary["known_reward_gain"]
+    return frontier_read({"rho": frontier}, summary["after"]["kl"], gain["mean"], gain["se"], MIN_ESS)
 
 
 def vs_baseline(out: Path, name: str) -> tuple[float, float]:
@@ -100,10 +120,12 @@ def vs_baseline(out: Path, name: str) -> tuple[float, float]:
     return paired_difference(var["after"]["known_rewards"], base["after"]["known_rewards"])
 
 
-def write_results(out: Path, results: dict[str, dict]) -> None:
+def write_results(out: Path, results: dict[str, dict], frontier: list | None = None) -> None:
     """``results.csv``: one row per variant in ``out`` with a ``summary.json`` (this call's and earlier ones'), with the
-    value function's explained variance over the last half of the run's updates (from its ``metrics.csv``) and the
-    paired difference from the baseline (:func:`vs_baseline`). The caller's ``results`` is left as it was."""
+    value function's explained variance over the last half of the run's updates (from its ``metrics.csv``), the
+    paired difference from the baseline (:func:`vs_baseline`) and, given rho's ``frontier``, the share of its gain at
+    the run's KL with SE and the frontier's ESS there (:func:`frontier_share`). The caller's ``results`` is left as
+    it was."""
     results = dict(results)
     for folder in sorted(out.iterdir()):
         if folder.name in VARIANTS and folder.name not in results and (folder / "summary.json").is_file():
@@ -121,6 +143,8 @@ def write_results(out: Path, results: dict[str, dict]) -> None:
                      "gain_se": s["known_reward_gain"]["se"], "kl": s["after"]["kl"], "final_beta": s["final_beta"],
                      "rm_eval_accuracy": s["reward_model"].get("eval_accuracy"), "explained_variance_last_half": ev,
                      "vs_baseline": diff, "vs_baseline_se": diff_se, "wall_s": s["timings_s"]["total_s"]})
+        if (share := frontier_share(frontier, s)) is not None:
+            rows[-1].update({k: share[k] for k in ("frac_frontier", "frac_frontier_se", "frontier_ess_at_kl")})
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -83,7 +83,8 @@ def test_rm_frozen_cache_tiny():
 
 @pytest.mark.multiprocess
 def test_scaling_tiny():
-    out = run(str(BENCH / "scaling.py"), "--model", "tiny", "--episodes", "8", "--updates", "2", "--labels", "48", "--repeats", "1")
+    out = run(str(BENCH / "scaling.py"), "--model", "tiny", "--episodes", "8", "--updates", "2", "--labels", "48", "--repeats", "1",
+              "--hardware-seconds", "1")
     assert re.search(r"ppo\s+episodes_per_s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
     assert re.search(r"rm\s+labels_per_s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
     assert re.search(r"rm\s+\+ set-up, /s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+x", out)
@@ -129,6 +130,15 @@ def test_fidelity_options_tiny(tmp_path, tiny_base):
     assert float(rows[1]["vs_baseline"]) == pytest.approx(sum(diffs) / len(diffs))  # paired by query, by hand
     assert float(rows[1]["vs_baseline_se"]) == pytest.approx(statistics.stdev(diffs) / len(diffs) ** 0.5)
     assert rows[0]["vs_baseline"] == "nan"
+    # each run's share of the committed study's rho frontier gain at its KL, by hand: gain / (F(KL) - F(0))
+    from hf_prefs.analysis.study_table import read_frontier
+    from hf_prefs.core.frontier import frontier_at_kl
+
+    frontier = read_frontier(str(ROOT / "docs" / "study" / "frontier_rho.csv"))
+    for row in rows:
+        kl, gain = float(row["kl"]), float(row["gain"])
+        if kl > 0:
+            assert float(row["frac_frontier"]) == pytest.approx(gain / (frontier_at_kl(frontier, kl)[0] - frontier[0].reward))
 
 
 def test_value_function_tiny():
