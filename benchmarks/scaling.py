@@ -201,13 +201,13 @@ def _worker_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
-def _hardware(work: Path, dtype: str) -> dict[str, tuple[float, float]]:
+def _hardware(work: Path, dtype: str, seconds: float) -> dict[str, tuple[float, float]]:
     """Per kind of :func:`_hardware_worker` (``matmul``: TFLOP/s, ``memory``: GB/s), ``(one, two)``: 1 process alone,
-    and the sum of 2 processes running at once."""
+    and the sum of 2 processes running at once, each measuring for ``seconds``."""
     env, out = _worker_env(), {}
     for kind in HARDWARE_UNITS:
         cmd = lambda i: [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--dtype", dtype, "--result",
-                          str(work / f"{kind}{i}.json")]
+                          str(work / f"{kind}{i}.json"), "--hardware-seconds", str(seconds)]
         subprocess.run(cmd(0), env=env, check=True)
         one = json.loads((work / f"{kind}0.json").read_text())["rate"]
         procs = [subprocess.Popen(cmd(i), env=env) for i in (1, 2)]
@@ -256,6 +256,7 @@ def main() -> None:
     p.add_argument("--labels", type=int, default=160, help="labels for the reward-model timing (16 per step; the first "
                    "step is a warm-up)")
     p.add_argument("--repeats", type=int, default=2, help="measurements per side (alternating order); mean reported")
+    p.add_argument("--hardware-seconds", type=float, default=8.0, help="seconds each matmul / memory measurement runs")
     p.add_argument("--worker", choices=["ppo", "rm", *HARDWARE_UNITS], help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -267,7 +268,7 @@ def main() -> None:
 
         torch.set_num_threads(1)
         if a.worker in HARDWARE_UNITS:
-            result = _hardware_worker(a.worker, a.dtype)
+            result = _hardware_worker(a.worker, a.dtype, a.hardware_seconds)
         else:
             result = _ppo_worker(a.base, a.dtype, a.episodes, a.updates, a.share) if a.worker == "ppo" else _rm_worker(a.base, a.labels, a.dtype)
         if int(os.environ.get("RANK", "0")) == 0:
@@ -282,7 +283,7 @@ def main() -> None:
     hardware: dict[str, dict[int, list[float]]] = {kind: {1: [], 2: []} for kind in HARDWARE_UNITS}
     apart: list[dict] = []  # PPO as two independent processes on half the batch each: the ceiling of the 2-process run
     for r in range(a.repeats):  # the VM's speed drifts: alternate which side runs first, report the mean and each
-        for kind, (one, two) in _hardware(work, dtype).items():
+        for kind, (one, two) in _hardware(work, dtype, a.hardware_seconds).items():
             hardware[kind][1].append(one)
             hardware[kind][2].append(two)
             print(f"repeat {r + 1}: {kind} {HARDWARE_UNITS[kind]} 1 process {one:.3f}, 2 at once {two:.3f}", flush=True)
