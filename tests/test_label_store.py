@@ -605,6 +605,9 @@ def test_cli_add_import_export_status(tmp_path, capsys):
     for command in ("add", "import"):  # a missing file: named, and no queue folder made for it
         assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(tmp_path / "no.jsonl")]) == 2
         assert "no.jsonl: no such file or folder" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
+        # without a file suffix too (it made queue.jsonl before reading the file)
+        assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(tmp_path / "no_file")]) == 2
+        assert "no such file or folder" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
 
 
 def test_cli_queue_must_be_a_folder_and_reading_commands_make_none(tmp_path, capsys):

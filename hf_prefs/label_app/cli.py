@@ -72,19 +72,20 @@ def _round_total(queue: LabelQueue, round_id: int | str) -> int:
         return 0
 
 
-def _check_source(args: argparse.Namespace) -> None:
-    """A ``--from`` that can only be a local file and is not there: named before the queue folder is made."""
-    from hf_prefs.labels.schema import local_label_path  # lazy, as _queue
+def _source_rows(args: argparse.Namespace) -> list[dict]:
+    """The rows of ``--from``, read before the queue folder is made (a missing or unreadable file leaves none)."""
+    from hf_prefs.labels.schema import load_rows, local_label_path  # lazy, as _queue
 
-    local_label_path(args.source)
+    local_label_path(args.source)  # a path that can only be a local file: named with the file types it may have
+    return load_rows(args.source)
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    _check_source(args)
+    rows = _source_rows(args)
     queue = _queue(args)
     round_id = args.round if args.round is not None else _next_round(queue)
     before = _round_total(queue, round_id)
-    ids = queue.put_round(round_id, args.source)
+    ids = queue.put_round(round_id, rows)
     # a comparison the round already holds is that item, not a new one (another process adding to the same round at
     # the same time would be counted here too: at most len(ids))
     added = min(len(ids), _round_total(queue, round_id) - before)
@@ -94,9 +95,9 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    _check_source(args)
+    rows = _source_rows(args)
     queue = _queue(args)
-    ids = queue.add_labels(args.source, round_id=args.round, labeler=args.labeler)
+    ids = queue.add_labels(rows, round_id=args.round, labeler=args.labeler)
     print(f"imported {len(ids)} labels into {args.queue}")
     return 0
 
