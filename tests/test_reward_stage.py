@@ -120,3 +120,23 @@ def test_zero3_without_gathered_weights_on_save_is_refused_before_training():
     _check_zero3_saves_whole_weights(plugin(2, False))
     old_name = {"zero_optimization": {"stage": 3, "stage3_gather_fp16_weights_on_model_save": True}}
     _check_zero3_saves_whole_weights(SimpleNamespace(deepspeed_config=old_name))
+
+
+def test_held_out_labels_share_no_comparison_with_the_training_labels():
+    """The same comparison labeled twice (two labelers, or a row repeated in a file) never falls on both sides of the
+    held-out split: the held-out accuracy measures comparisons the reward model did not train on. All-different rows
+    split as datasets' seeded train_test_split does."""
+    from hf_prefs.pipeline.reward import split_held_out
+
+    distinct = _labels(40)
+    train, held = split_held_out(distinct, 0.25, seed=3)
+    plain = distinct.train_test_split(test_size=0.25, seed=3)
+    assert train.to_list() == plain["train"].to_list() and held.to_list() == plain["test"].to_list()
+    twice = Dataset.from_list(distinct.to_list() + [{**r, "best": 1 - r["best"]} for r in distinct.to_list()[:20]])
+    train, held = split_held_out(twice, 0.25, seed=3)
+    key = lambda ds: {(q, tuple(s)) for q, s in zip(ds["query"], ds["samples"])}
+    assert held is not None and not key(train) & key(held)
+    assert len(train) + len(held) == 60 and sorted(map(str, train.to_list() + held.to_list())) == sorted(map(str, twice.to_list()))
+    before = twice.train_test_split(test_size=0.25, seed=3)
+    assert key(before["train"]) & key(before["test"])  # what the plain split gave
+    assert split_held_out(twice, 0.0, seed=3) == (twice, None)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -24,7 +24,28 @@ from ..trainers.reward_trainer import PreferenceRewardTrainer
 from .arguments import PipelineArguments
 from .results import clear_stage_folder
 
-__all__ = ["train_reward_model"]
+__all__ = ["split_held_out", "train_reward_model"]
+
+
+def split_held_out(labels: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """``(train, held_out)``: ``datasets``' seeded ``train_test_split`` of ``fraction`` of the label rows (None held out
+    at 0), after which a held-out row showing a comparison (query and samples) that a training row also shows — the
+    same item labeled by two labelers, or a row repeated in a file — moves to training: the held-out accuracy then
+    measures comparisons the reward model did not train on. Rows that are all different split as
+    ``train_test_split`` alone splits them."""
+    if fraction <= 0:
+        return labels, None
+    split = labels.train_test_split(test_size=fraction, seed=seed)
+    train, held_out = split["train"], split["test"]
+    if not {"query", "samples"} <= set(labels.column_names):
+        return train, held_out
+    seen = {(q, tuple(s)) for q, s in zip(train["query"], train["samples"])}
+    shared = [i for i, (q, s) in enumerate(zip(held_out["query"], held_out["samples"])) if (q, tuple(s)) in seen]
+    if not shared:
+        return train, held_out
+    moved = held_out.select(shared)
+    kept = held_out.select(sorted(set(range(len(held_out))) - set(shared)))
+    return concatenate_datasets([train, moved]), kept if len(kept) else None
 
 
 def train_reward_model(
@@ -51,8 +72,7 @@ def train_reward_model(
     removed once the reward model and its log are saved."""
     if init_model is None:
         init_model = _fresh_reward_model(pa, cfg, pa.reward_model_name_or_path or base_model, tokenizer)
-    split = labels.train_test_split(test_size=pa.rm_eval_fraction, seed=cfg.seed) if pa.rm_eval_fraction > 0 else None
-    train, held_out = (split["train"], split["test"]) if split else (labels, None)
+    train, held_out = split_held_out(labels, pa.rm_eval_fraction, cfg.seed)
     training_dir = os.path.join(output_dir, "reward_model_training")
     rm_args = _reward_config(pa, cfg, training_dir, len(train), resumable)
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
