@@ -17,7 +17,7 @@ from transformers.integrations import get_reporting_integration_callbacks
 
 from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
-from ..labels.schema import load_label_file, local_label_path
+from ..labels.schema import LabelValidationError, load_label_file, local_label_path
 from ..models.loading import check_local_path
 from ..tasks.specs import get_task
 from ..tasks.summarization import HUB_SOURCES
@@ -256,7 +256,11 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
             raise ValueError("label_file: label_source=file needs a label file or a Hub dataset id")
         if local_label_path(pa.label_file) is not None:  # every row and K checked now, not after the models are loaded
             tokenizer = AutoTokenizer.from_pretrained(base_model_name(model_args))  # renders conversational pairs
-            load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
+            try:
+                load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
+            except LabelValidationError as err:  # the row and field, and which file
+                named = str(err) if pa.label_file in str(err) else f"{pa.label_file}: {err}"
+                raise LabelValidationError(f"label_file {named}") from None
     if pa.label_source == "human" and not pa.label_queue_dir:
         raise ValueError("label_queue_dir: label_source=human needs the labeling queue's folder")
     if pa.label_source == "simulated" and pa.known_reward in (None, "", "none"):
