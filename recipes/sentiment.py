@@ -1,7 +1,7 @@
 """Sentiment (Ziegler et al. 2019, §3.1.1): continue book passages with positive sentiment, from best-of-4 labels.
 
 Offline default (README command 1): SmolLM2-135M as rho, Austen passages as queries, a simulated labeler that picks
-the continuation VADER finds most positive, a LoRA policy, on 2 CPU cores in 11-26 minutes with bf16 units (~55
+the continuation VADER finds most positive, a LoRA policy, on 2 CPU cores in 11-26 minutes with bf16 units (~40
 without them; README: measured):
 
     accelerate launch --config_file recipes/accelerate_configs/cpu.yaml recipes/sentiment.py \
