@@ -136,7 +136,9 @@ def test_held_out_labels_share_no_comparison_with_the_training_labels():
     train, held = split_held_out(twice, 0.25, seed=3)
     key = lambda ds: {(q, tuple(s)) for q, s in zip(ds["query"], ds["samples"])}
     assert held is not None and not key(train) & key(held)
-    assert len(train) + len(held) == 60 and sorted(map(str, train.to_list() + held.to_list())) == sorted(map(str, twice.to_list()))
+    assert len(key(held)) == 10  # a quarter of the 40 comparisons, each with all its rows
+    assert sorted(map(str, train.to_list() + held.to_list())) == sorted(map(str, twice.to_list()))
     before = twice.train_test_split(test_size=0.25, seed=3)
     assert key(before["train"]) & key(before["test"])  # what the plain split gave
     assert split_held_out(twice, 0.0, seed=3) == (twice, None)
+    assert split_held_out(Dataset.from_list(distinct.to_list()[:1] * 8), 0.25, seed=3)[1] is None  # 1 comparison

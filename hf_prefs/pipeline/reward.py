@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -26,26 +27,32 @@ from .results import clear_stage_folder
 
 __all__ = ["split_held_out", "train_reward_model"]
 
+logger = logging.getLogger(__name__)
+
 
 def split_held_out(labels: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
-    """``(train, held_out)``: ``datasets``' seeded ``train_test_split`` of ``fraction`` of the label rows (None held out
-    at 0), after which a held-out row showing a comparison (query and samples) that a training row also shows — the
-    same item labeled by two labelers, or a row repeated in a file — moves to training: the held-out accuracy then
-    measures comparisons the reward model did not train on. Rows that are all different split as
-    ``train_test_split`` alone splits them."""
+    """``(train, held_out)``: ``fraction`` of the label set's comparisons (query and samples) held out by ``datasets``'
+    seeded ``train_test_split`` over the distinct comparisons, each with all its rows — the same item labeled by two
+    labelers, or a row repeated in a file, is never on both sides, so the held-out accuracy measures comparisons the
+    reward model did not train on. Where every row is its own comparison (the offline default) this is
+    ``train_test_split`` of the rows. None held out at ``fraction`` 0, or (with a warning) where ``fraction`` of the
+    comparisons is under one."""
     if fraction <= 0:
         return labels, None
-    split = labels.train_test_split(test_size=fraction, seed=seed)
-    train, held_out = split["train"], split["test"]
     if not {"query", "samples"} <= set(labels.column_names):
-        return train, held_out
-    seen = {(q, tuple(s)) for q, s in zip(train["query"], train["samples"])}
-    shared = [i for i, (q, s) in enumerate(zip(held_out["query"], held_out["samples"])) if (q, tuple(s)) in seen]
-    if not shared:
-        return train, held_out
-    moved = held_out.select(shared)
-    kept = held_out.select(sorted(set(range(len(held_out))) - set(shared)))
-    return concatenate_datasets([train, moved]), kept if len(kept) else None
+        split = labels.train_test_split(test_size=fraction, seed=seed)
+        return split["train"], split["test"]
+    rows_of: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    for i, (q, s) in enumerate(zip(labels["query"], labels["samples"])):
+        rows_of.setdefault((q, tuple(s)), []).append(i)
+    groups = list(rows_of.values())  # in first-seen order: group g is row g where all rows differ
+    if len(groups) * fraction < 1:
+        logger.warning(f"rm_eval_fraction {fraction}: {len(groups)} distinct comparisons hold none out; the reward "
+                       "model is trained on all labels, with no held-out accuracy")
+        return labels, None
+    split = Dataset.from_dict({"group": list(range(len(groups)))}).train_test_split(test_size=fraction, seed=seed)
+    pick = lambda part: labels.select([i for g in split[part]["group"] for i in groups[g]])
+    return pick("train"), pick("test")
 
 
 def train_reward_model(
