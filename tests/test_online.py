@@ -384,7 +384,8 @@ def test_recipe_label_mode_online(tiny_base, tmp_path):
 def test_online_resume_keeps_the_run_id_and_passes_over_an_earlier_runs_checkpoints(tiny_base, tmp_path, capsys):
     """An online run's checkpoints carry the run id of labels_info.json (written after round 0); resumed, the run
     keeps that id, so its new checkpoints do too; ``--resume_from_checkpoint true`` then passes over a checkpoint an
-    earlier run left in the same folder (it took the highest-numbered one, whichever run wrote it)."""
+    earlier run left in the same folder (it took the highest-numbered one, whichever run wrote it). A checkpoint folder
+    written again is replaced whole."""
     from hf_prefs.pipeline import resume_checkpoint
     from hf_prefs.pipeline.run import parse_args
     from hf_prefs.pipeline.saved_stages import RUN_FILE
@@ -407,6 +408,15 @@ def test_online_resume_keeps_the_run_id_and_passes_over_an_earlier_runs_checkpoi
     assert resume_checkpoint(cfg, pa, model_args) == str(out / "checkpoint-3")
     assert "1 checkpoint(s) in" in capsys.readouterr().out
     cfg.resume_from_checkpoint = str(earlier)  # named: an online checkpoint holds its own labels and reward model
+    assert resume_checkpoint(cfg, pa, model_args) == str(earlier)
+    # a checkpoint written before run ids (no RUN_FILE), resumed: the run has none either, and true takes the newest
+    # as before; the checkpoint folders it writes again are replaced whole (a stray file of the earlier one is gone)
+    (out / "checkpoint-1" / RUN_FILE).unlink()
+    (out / "checkpoint-2" / "stray.txt").write_text("an earlier run's")
+    main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", str(out / "checkpoint-1")])
+    assert json.loads((out / "labels_info.json").read_text())["run_id"] is None
+    assert not (out / "checkpoint-2" / "stray.txt").exists() and not (out / "checkpoint-2" / RUN_FILE).exists()
+    cfg.resume_from_checkpoint = "true"
     assert resume_checkpoint(cfg, pa, model_args) == str(earlier)
 
 

@@ -76,11 +76,13 @@ class RunIdCallback(TrainerCallback):
 
 def online_label_info(source: str, resumed_from: str | None) -> dict[str, Any]:
     """``labels_info.json`` of an online run: its label source and mode, and, resumed, the run id of the checkpoint it
-    resumes (:func:`checkpoint_run_id`; where it has one): the same run goes on, so its new checkpoints keep the id
-    and a later ``--resume_from_checkpoint true`` takes them. A new run gets a new id from :func:`save_labels`."""
+    resumes (:func:`checkpoint_run_id`): the same run goes on, so its new checkpoints keep the id and a later
+    ``--resume_from_checkpoint true`` takes them. A checkpoint written before run ids has none: then neither has the
+    resumed run (``null``: its checkpoints carry none, and ``true`` takes the newest as before run ids). A new run
+    gets a new id from :func:`save_labels`."""
     info: dict[str, Any] = {"source": source, "mode": "online"}
-    if resumed_from and (run_id := checkpoint_run_id(resumed_from)):
-        info["run_id"] = run_id
+    if resumed_from:
+        info["run_id"] = checkpoint_run_id(resumed_from)
     return info
 
 

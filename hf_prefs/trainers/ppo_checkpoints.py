@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,17 @@ class PPOCheckpointMixin:
         rounds and reward model) + model card + Trainer checkpoint (weights, optimizer, scheduler, RNG, trainer
         state), so that resuming continues with the same step count and beta. The PPO state of every process is
         written first: Trainer deletes the older checkpoints (``save_total_limit``) once it has written its own
-        files, and a process stopped before the PPO state was there left a newest checkpoint that could not resume."""
+        files, and a process stopped before the PPO state was there left a newest checkpoint that could not resume.
+        A folder of that name already there (an earlier run's, passed over by a resume, or this run's own from before
+        the checkpoint it resumed) is removed first: its files would stay beside the new ones."""
         checkpoint = checkpoint_folder(self, trial)
+        stale = os.path.isdir(checkpoint)
+        self.accelerator.wait_for_everyone()  # every process looked before the main one removes it (unconditional:
+        if stale and self.accelerator.is_main_process:  # processes that disagree must not wait in different places)
+            logger.warning(f"{checkpoint} exists (an earlier run's, or this run's from before the checkpoint it "
+                           "resumed): replaced")
+            shutil.rmtree(checkpoint)
+        self.accelerator.wait_for_everyone()  # removed before any process writes into it
         os.makedirs(checkpoint, exist_ok=True)
         state = {
             "kl_controller": self.kl_ctl.state_dict(),
