@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+    if a.frontier not in ("none", str(FRONTIER)) and not os.path.isfile(a.frontier):
+        p.error(f"--frontier {a.frontier}: no such file")
     frontier = read_frontier(a.frontier) if a.frontier != "none" and os.path.isfile(a.frontier) else None
     print(f"{'variant':<15}{'known reward gain':>22}{'KL (nats)':>11}{'final beta':>12}{'RM eval acc':>13}{'wall s':>8}"
           f"{'share of frontier gain (ESS)':>32}")
@@ -90,11 +92,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         gain = s["known_reward_gain"]
         acc = s["reward_model"].get("eval_accuracy")
         share = frontier_share(frontier, s)
-        shown = "" if share is None else f"{share['frac_frontier']:.2f} ± {share['frac_frontier_se']:.2f} ({share['frontier_ess_at_kl']:.0f}" + ("" if share["frontier_qualified"] else f": < {MIN_ESS:.0f}") + ")"
+        shown = "" if share is None else (f"{share['frac_frontier']:.2f} ± {share['frac_frontier_se']:.2f} "
+                                          f"({share['frontier_ess_at_kl']:.0f}{_unqualified(share)})")
         print(f"{name:<15}{gain['mean']:>+14.3f} ± {gain['se']:.3f}{s['after']['kl']:>11.2f}{s['final_beta']:>12.4f}"
               f"{'-' if acc is None else f'{acc:.3f}':>13}{s['timings_s']['total_s']:>8.0f}{shown:>32}", flush=True)
     write_results(out, results, frontier)
     return results
+
+
+def _unqualified(share: dict) -> str:
+    """Why a share is not read off the frontier (empty where it is): the ESS there under MIN_ESS, or a KL past the
+    frontier's last point."""
+    if share["frontier_qualified"]:
+        return ""
+    return f": < {MIN_ESS:.0f}" if share["frontier_ess_at_kl"] < MIN_ESS else ": KL past the frontier's grid"
 
 
 def frontier_share(frontier: list | None, summary: dict) -> dict | None:

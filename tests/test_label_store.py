@@ -578,7 +578,7 @@ def test_wait_round_times_out_then_file_labels_fill_the_round(tmp_path):
     assert (tmp_path / LOG_NAME).read_bytes() == before
 
 
-def test_cli_add_import_export_status(tmp_path, capsys):
+def test_cli_add_import_export_status(tmp_path, capsys, monkeypatch):
     qdir = tmp_path / "q"
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps({"query": q, "samples": s}) + "\n" for q, s in make_items(3)))
@@ -605,9 +605,10 @@ def test_cli_add_import_export_status(tmp_path, capsys):
     for command in ("add", "import"):  # a missing file: named, and no queue folder made for it
         assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(tmp_path / "no.jsonl")]) == 2
         assert "no.jsonl: no such file or folder" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
-        # without a file suffix too (it made queue.jsonl before reading the file)
-        assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(tmp_path / "no_file")]) == 2
-        assert "no such file or folder" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
+    monkeypatch.chdir(tmp_path)
+    for command in ("add", "import"):  # a bare name, which could be a Hub id: it made queue.jsonl before reading
+        assert label_cli.main(["label", command, "--queue", "new_q", "--from", "no_file"]) == 2
+        assert "no such file or folder: no_file" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
 
 
 def test_cli_queue_must_be_a_folder_and_reading_commands_make_none(tmp_path, capsys):

@@ -358,15 +358,15 @@ class LabelQueue:
                     out.append(item)
                 elif item["query"] != query or tuple(item["samples"]) != samples:
                     raise LabelValidationError(f"item {item_id!r} is queued with a different query/samples", i, "item_id")
+                if (item_id, who) in taken:
+                    raise LabelValidationError(f"labeler {who!r} already answered item {item_id!r} in this file", i, "labeler")
+                taken.add((item_id, who))
                 answered = state.answers.get((item_id, who, False))
-                if answered is not None and (item_id, who) not in taken:
+                if answered is not None:
                     if int(state.labels[answered]["best"]) == int(row["best"]):
                         continue  # this label is in the queue already (a file imported again): nothing to add
                     raise LabelValidationError(f"labeler {who!r} already answered item {item_id!r} with best="
                                                f"{state.labels[answered]['best']}", i, "labeler")
-                if (item_id, who) in taken:
-                    raise LabelValidationError(f"labeler {who!r} already answered item {item_id!r} in this file", i, "labeler")
-                taken.add((item_id, who))
                 out.append(
                     {"type": "label", "label_id": uuid.uuid4().hex, "item_id": item_id, "labeler": who, "best": int(row["best"]),
                      "repeat": False, "source": "file", "shown_order": None, "shown_at": None, "t": now}

@@ -259,8 +259,9 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
             try:
                 load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
             except LabelValidationError as err:  # the row and field, and which file
-                named = str(err) if pa.label_file in str(err) else f"{pa.label_file}: {err}"
-                raise LabelValidationError(f"label_file {named}") from None
+                named = LabelValidationError(f"label_file {pa.label_file}: {err}")
+                named.row, named.field = err.row, err.field
+                raise named from None
     if pa.label_source == "human" and not pa.label_queue_dir:
         raise ValueError("label_queue_dir: label_source=human needs the labeling queue's folder")
     if pa.label_source == "simulated" and pa.known_reward in (None, "", "none"):
