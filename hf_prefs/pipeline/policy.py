@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -137,10 +136,8 @@ def online_label_loop(
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
 
     def train_rm(labels: Dataset, init_model: nn.Module | None, round: int) -> tuple[nn.Module, dict[str, float]]:
-        run_pa = pa
-        if pa.rm_eval_fraction > 0 and len(labels) * pa.rm_eval_fraction < 1:  # too few to hold any out
-            run_pa = dataclasses.replace(pa, rm_eval_fraction=0.0)
-        return train_reward_model(run_pa, cfg, labels.select_columns(["query", "samples", "best"]), base.rho,
+        # an early round with too few labels to hold any out trains on all of them (split_held_out)
+        return train_reward_model(pa, cfg, labels.select_columns(["query", "samples", "best"]), base.rho,
                                   base.tokenizer, base.name, output_dir, init_model=init_model, spec=spec)
 
     return OnlinePreferenceLoop(

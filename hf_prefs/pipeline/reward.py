@@ -39,9 +39,6 @@ def split_held_out(labels: Dataset, fraction: float, seed: int) -> tuple[Dataset
     comparisons is under one."""
     if fraction <= 0:
         return labels, None
-    if not {"query", "samples"} <= set(labels.column_names):
-        split = labels.train_test_split(test_size=fraction, seed=seed)
-        return split["train"], split["test"]
     rows_of: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for i, (q, s) in enumerate(zip(labels["query"], labels["samples"])):
         rows_of.setdefault((q, tuple(s)), []).append(i)
