@@ -493,3 +493,54 @@ def test_rho_is_placed_on_the_process_device(tiny_base, monkeypatch):
     monkeypatch.setattr(setup, "PartialState", lambda: SimpleNamespace(device=torch.device("meta")))
     base = setup.load_base(SimpleNamespace(model_name_or_path=tiny_base, dtype="float32"))
     assert {p.device.type for p in base.rho.parameters()} == {"meta"} and not base.rho.training
+
+
+def test_metrics_of_a_run_that_stops_during_ppo_are_on_disk(tiny_base, tmp_path, monkeypatch):
+    """metrics.jsonl grows as PPO updates are logged: a run stopped after its second update keeps both rows, as the
+    trainer logged them, though no results were written; its resume from the checkpoint of update 1 drops the row of
+    the update it redoes and ends with one row per update."""
+    from transformers import TrainerCallback
+
+    recipe = load_recipe("sentiment")
+    out = tmp_path / "run"
+    argv = _tiny_args(tiny_base, out, "--save_strategy", "steps", "--save_steps", "2")
+    make_ppo_trainer = recipe.make_ppo_trainer
+    logged = []
+
+    class Stop(TrainerCallback):  # a crash (or a kill) right after update 3 is logged, before its checkpoint
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append(dict(state.log_history[-1]))
+            if state.global_step == 3:
+                raise RuntimeError("killed")
+
+    def stopping(*args, **kwargs):
+        trainer = make_ppo_trainer(*args, **kwargs)
+        trainer.add_callback(Stop())
+        return trainer
+
+    monkeypatch.setattr(recipe, "make_ppo_trainer", stopping)
+    with pytest.raises(RuntimeError, match="killed"):
+        recipe.main(task="sentiment", argv=[*argv, "--total_episodes", "32"])  # 4 updates of 8
+    assert not (out / "summary.json").exists() and not (out / "metrics.csv").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows == logged
+    assert [c.name for c in out.glob("checkpoint-*")] == ["checkpoint-2"]
+
+    monkeypatch.setattr(recipe, "make_ppo_trainer", make_ppo_trainer)
+    seen_at_resume = []
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # after MetricsFileCallback's
+            seen_at_resume.append([json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()])
+
+    def probing(*args, **kwargs):
+        trainer = make_ppo_trainer(*args, **kwargs)
+        trainer.add_callback(Probe())
+        return trainer
+
+    monkeypatch.setattr(recipe, "make_ppo_trainer", probing)
+    summary = recipe.main(task="sentiment", argv=[*argv, "--total_episodes", "32", "--resume_from_checkpoint", "true"])
+    assert seen_at_resume == [[1, 2]]  # update 3 is redone: its row from the stopped run is gone
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] == list(range(1, summary["ppo_updates"] + 1))
+    assert rows[:2] == logged[:2]  # the checkpoint's history, as logged before the stop

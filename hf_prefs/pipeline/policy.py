@@ -25,6 +25,7 @@ from ..trainers.ppo_data import Rollout
 from ..trainers.ppo_trainer import PPOTrainer
 from .arguments import PipelineArguments, base_model_name, model_dtype, online_schedule
 from .labels import label_source
+from .results import MetricsFileCallback
 from .reward import train_reward_model
 from .saved_stages import (
     RunIdCallback, checkpoint_run_id, has_saved_stages, labels_saved, saved_run_id, stale_stage_fields,
@@ -78,8 +79,9 @@ def make_ppo_trainer(
     reference is then the policy with its adapters disabled, else rho), tracking ``known_reward``; the frozen
     weights of the policy and the reward model are rho's own tensors (:func:`share_rho_weights`).
 
-    ``output_dir`` (default: ``cfg.output_dir``) gets the trainer's checkpoints; the trainer's copy of ``cfg`` has
-    ``push_to_hub`` off (the run pushes at its end); ``cfg`` itself is not changed.
+    ``output_dir`` (default: ``cfg.output_dir``) gets the trainer's checkpoints and ``metrics.jsonl``, written as
+    the updates are logged (:class:`~hf_prefs.pipeline.results.MetricsFileCallback`); the trainer's copy of ``cfg``
+    has ``push_to_hub`` off (the run pushes at its end); ``cfg`` itself is not changed.
     """
     # the run pushes its policy/ and reward_model/ folders once, at its end (push_results): the trainer must not make
     # the repo (or push checkpoints of the whole output folder) itself
@@ -92,7 +94,8 @@ def make_ppo_trainer(
     trainer = KnownRewardTrackingPPOTrainer(
         model=policy, reward_model=reward_model, args=cfg, train_dataset=ppo_queries, processing_class=base.tokenizer,
         ref_model=None if peft_config else base.rho, peft_config=peft_config,
-        callbacks=[RunIdCallback(cfg.output_dir)],  # each checkpoint names the run whose labels it trained on
+        # each checkpoint names the run whose labels it trained on; metrics.jsonl grows as the updates are logged
+        callbacks=[RunIdCallback(cfg.output_dir), MetricsFileCallback(cfg.output_dir)],
     )
     trainer.known_reward = known_reward
     share_rho_weights(trainer, base.rho)

@@ -17,6 +17,7 @@ from accelerate import PartialState
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from matplotlib.figure import Figure
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..core.stats import paired_difference, win_rate
 from ..hub import push_run_to_hub
@@ -33,6 +34,7 @@ __all__ = [
     "StageTimer",
     "peak_rss_gb",
     "write_metrics",
+    "MetricsFileCallback",
     "plot_kl_vs_reward",
     "samples_markdown",
     "rouge_before_after",
@@ -87,10 +89,19 @@ def peak_rss_gb() -> float:
     return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
+#: one row per logged PPO update, in the run folder (``metrics.csv`` beside it at the end)
+METRICS_FILE = "metrics.jsonl"
+
+
+def update_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The log history's PPO update rows (those with ``objective/kl``; not the trainer's own end-of-train row)."""
+    return [log for log in log_history if "objective/kl" in log]
+
+
 def write_metrics(log_history: list[dict[str, Any]], output_dir: str) -> list[dict[str, Any]]:
     """The PPO update rows of the log history as ``metrics.jsonl`` and ``metrics.csv``; returns them."""
-    rows = [log for log in log_history if "objective/kl" in log]
-    with open(os.path.join(output_dir, "metrics.jsonl"), "w") as f:
+    rows = update_rows(log_history)
+    with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     keys = sorted({k for row in rows for k in row})
@@ -99,6 +110,30 @@ def write_metrics(log_history: list[dict[str, Any]], output_dir: str) -> list[di
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+class MetricsFileCallback(TrainerCallback):
+    """``output_dir/metrics.jsonl`` while PPO runs (main process): rewritten from the trainer's log history when
+    training begins (empty for a new run; a resumed run's rows up to its checkpoint, so rows of updates it will redo
+    are dropped), then each update's row appended as it is logged — a run that stops or is killed keeps the metrics of
+    the updates it made. :func:`write_results` writes the file whole again at the end, with ``metrics.csv``."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.path = os.path.join(output_dir, METRICS_FILE)
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in update_rows(state.log_history))
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        # the row as the trainer keeps it (with its step), appended to the history just before this call
+        if state.is_world_process_zero and state.log_history and update_rows(state.log_history[-1:]):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(state.log_history[-1]) + "\n")
 
 
 def plot_kl_vs_reward(rows: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any], path: str) -> None:
