@@ -38,6 +38,7 @@ from .policy import (
     trained_policy,
 )
 from .results import (
+    MetricsFileCallback,
     StageTimer,
     plot_kl_vs_reward,
     push_results,
@@ -76,6 +77,7 @@ __all__ = [
     "share_rho_weights",
     "train_policy",
     "trained_policy",
+    "MetricsFileCallback",
     "StageTimer",
     "plot_kl_vs_reward",
     "run_precision",
