@@ -181,6 +181,7 @@ def test_a_list_of_functions_is_summed_with_weights_and_none_means_no_score():
 def test_ppo_trains_on_weighted_reward_functions_with_logged_metrics_and_columns(tmp_path, gpt2_tokenizer):
     def length(completions, log_metric, log_extra, **kwargs):
         log_metric("reward/mean_length", sum(len(c) for c in completions) / len(completions))
+        log_metric("objective/kl", -1.0)  # a built-in metric's name: logged beside it, not over it
         log_extra("length", [len(c) for c in completions])
         return [float(len(c)) for c in completions]
 
@@ -190,7 +191,11 @@ def test_ppo_trains_on_weighted_reward_functions_with_logged_metrics_and_columns
     args = make_config(tmp_path, total_episodes=16, reward_weights=[0.1, 2.0], num_sample_generations=2, truncate_token=None)
     trainer = PPOTrainer(make_policy(), [length, constant], args, Dataset.from_dict({"query": QUERIES * 2}),
                          processing_class=gpt2_tokenizer)
-    trainer.train()
+    with pytest.warns(UserWarning, match=r"log_metric\('objective/kl', ...\) of a reward function names one of "
+                                         r"PPOTrainer's own metrics: logged as 'reward_fn/objective/kl'"):
+        trainer.train()
+    assert logged(trainer, "reward_fn/objective/kl") == [-1.0, -1.0]
+    assert len(logged(trainer, "objective/kl")) == 2 and -1.0 not in logged(trainer, "objective/kl")
     texts = trainer.last_samples["response"].tolist()
     assert trainer.last_samples["length"].tolist() == [len(t) for t in texts]
     assert trainer.last_samples["score"].tolist() == pytest.approx([0.1 * len(t) + 2.0 for t in texts])

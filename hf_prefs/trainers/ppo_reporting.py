@@ -78,7 +78,12 @@ class PPOReportingMixin:
         metrics["episode"] = episodes
         for key, value in timings.items():
             metrics[f"time/{key}"] = value
-        metrics.update(self._reward_function_metrics())
+        for name, value in self._reward_function_metrics().items():
+            if name in metrics:  # a built-in metric keeps its name: the function's value goes beside it
+                warnings.warn(f"log_metric({name!r}, ...) of a reward function names one of PPOTrainer's own "
+                              f"metrics: logged as {'reward_fn/' + name!r}", stacklevel=2)
+                name = f"reward_fn/{name}"
+            metrics[name] = value
         return metrics
 
     def _reward_function_metrics(self) -> dict[str, float]:

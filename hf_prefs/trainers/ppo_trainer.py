@@ -584,7 +584,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         return scores.to(device=self.accelerator.device, dtype=torch.float32)
 
     def _log_reward_metric(self, name: str, value: float) -> None:
-        """TRL's ``log_metric`` for reward functions: ``value`` joins ``name``'s mean in this update's metrics."""
+        """TRL's ``log_metric`` for reward functions: ``value`` joins ``name``'s mean in this update's metrics (as
+        ``reward_fn/<name>`` where ``name`` is one of the trainer's own metrics, with a warning)."""
         self.reward_metrics.setdefault(name, []).append(float(value))
 
     def _log_reward_extra(self, column: str, values: list[Any]) -> None:
