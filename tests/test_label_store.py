@@ -602,9 +602,10 @@ def test_cli_add_import_export_status(tmp_path, capsys, monkeypatch):
     bad.write_text(json.dumps({"query": "q", "samples": ["only one"]}) + "\n")
     assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(bad)]) == 2
     assert "row 0, field 'samples': a comparison needs at least 2 samples" in capsys.readouterr().err
-    for command in ("add", "import"):  # a missing file: named, and no queue folder made for it
+    for command in ("add", "import"):  # a missing file: named by the command's flag, and no queue folder made for it
         assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(tmp_path / "no.jsonl")]) == 2
-        assert "no.jsonl: no such file or folder" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
+        assert f"--from {tmp_path / 'no.jsonl'}: no such file or folder" in capsys.readouterr().err
+        assert not (tmp_path / "new_q").exists()
     monkeypatch.chdir(tmp_path)
     for command in ("add", "import"):  # a bare name, which could be a Hub id: it made queue.jsonl before reading
         assert label_cli.main(["label", command, "--queue", "new_q", "--from", "no_file"]) == 2
@@ -627,8 +628,35 @@ def test_cli_queue_must_be_a_folder_and_reading_commands_make_none(tmp_path, cap
     empty = tmp_path / "empty"
     LabelQueue(empty)
     assert label_cli.main(["label", "export", "--queue", str(empty), "--out", str(tmp_path / "e.csv")]) == 0
-    assert label_cli.main(["label", "add", "--queue", str(tmp_path / "q2"), "--from", str(tmp_path / "e.csv")]) == 2
-    assert "no items given" in capsys.readouterr().err
+    for command in ("add", "import"):  # no rows: said, and no queue folder made for them
+        assert label_cli.main(["label", command, "--queue", str(tmp_path / "q2"), "--from", str(tmp_path / "e.csv")]) == 2
+        assert f"--from {tmp_path / 'e.csv'}: no rows in it" in capsys.readouterr().err and not (tmp_path / "q2").exists()
+
+
+def test_cli_export_of_a_round_the_queue_lacks_or_a_push_that_cannot_connect_is_one_line(tmp_path, capsys, monkeypatch):
+    """``export --round`` with a round the queue does not hold (a typo) is an error naming its rounds, and the file
+    at ``--out`` is left as it was (it was overwritten with 0 labels, rc 0); a push the network refuses is one line
+    naming the repo and the error, rc 2 (it was a traceback)."""
+    import httpx
+
+    import hf_prefs.labels.hub as label_hub
+
+    qdir, out = tmp_path / "q", tmp_path / "labels.jsonl"
+    LabelQueue(qdir).add_labels([{"query": "x", "samples": ["a", "b"], "best": 1}], round_id=0)
+    out.write_text("an earlier export\n")
+    assert label_cli.main(["label", "export", "--queue", str(qdir), "--out", str(out), "--round", "9"]) == 2
+    assert f"no round '9' in this queue (its rounds: ['0']); nothing written to {out}" in capsys.readouterr().err
+    assert out.read_text() == "an earlier export\n"
+
+    def refused(*args, **kwargs):
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(label_hub, "push_labels_to_hub", refused)
+    argv = ["label", "export", "--queue", str(qdir), "--out", str(out), "--push_to_hub", "me/labels"]
+    assert label_cli.main(argv) == 2
+    err = capsys.readouterr().err  # (after datasets' progress bar of the export)
+    assert err.strip().splitlines()[-1] == "hf-prefs label export: error: pushing to me/labels failed: ConnectError: [Errno 111] Connection refused"
+    assert len(out.read_text().splitlines()) == 1  # the export itself was written first
 
 
 def test_one_k_per_file_and_per_round(tmp_path):

@@ -235,6 +235,11 @@ def test_from_openai_json_bad_records_name_row_and_field(gpt2_tokenizer):
     with pytest.raises(LabelValidationError) as info:
         from_openai_json([good, missing], gpt2_tokenizer)
     assert (info.value.row, info.value.field) == (1, "sample2")
+    extra = dict(good, sample4=good["sample0"])  # K from record 0: a fifth sample was dropped silently
+    with pytest.raises(LabelValidationError, match=r"expected K=4 samples \(sample0..sample3\) like record 0, got "
+                                                   r"\['sample0', 'sample1', 'sample2', 'sample3', 'sample4'\]") as info:
+        from_openai_json([good, extra], gpt2_tokenizer)
+    assert (info.value.row, info.value.field) == (1, "samples")
     only_pad = dict(good, sample3=[OPENAI_PAD_ID] * 24)
     with pytest.raises(LabelValidationError) as info:
         from_openai_json([only_pad], gpt2_tokenizer)
@@ -344,3 +349,26 @@ def test_an_empty_pairwise_sample_and_a_pairwise_row_given_as_k_way_are_named():
     with pytest.raises(LabelValidationError, match=r"row 0, field 'samples': .*TRL's pairwise chosen/rejected rows: "
                                                    r"hf_prefs.labels.from_pairwise"):
         merge_flat_samples(0, {"prompt": "Q", "chosen": " a", "rejected": " b"})
+
+
+def test_k_way_files_keep_columns_row_0_lacks_and_name_a_mixed_column_and_a_bad_limit(tmp_path):
+    """A K-way label file: an optional column the first row lacks is kept (null there; Dataset.from_list took row
+    0's columns only), a column Arrow cannot type (ints, then a str) is named with the row that breaks it (was a bare
+    ArrowInvalid), and ``limit`` (the recipes' label_limit) below 1 is refused naming the field (0 was an
+    IndexError, -1 dropped the last row)."""
+    rows = [{"query": f"q{i}", "samples": ["a", "b", "c"], "best": i % 3, **({"labeler": "ann"} if i else {})}
+            for i in range(4)]
+    path = tmp_path / "kway.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = load_label_file(path, k=3)
+    assert got.column_names == ["query", "samples", "best", "labeler"] and got["labeler"] == [None, "ann", "ann", "ann"]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({**r, "query_id": i if i < 2 else f"q{i}"}) + "\n" for i, r in enumerate(rows)))
+    with pytest.raises(LabelValidationError, match=r"row 2, field 'query_id': .*mixed.jsonl: a str where the rows "
+                                                   r"before hold other types \(ArrowInvalid"):
+        load_label_file(mixed)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(LabelValidationError, match=rf"field 'label_limit': label_limit must be a whole number of "
+                                                       rf"rows >= 1 \(or null for all\), got {bad}"):
+            load_label_file(path, limit=bad)
+    assert len(load_label_file(path, limit=3)) == 3

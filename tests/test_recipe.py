@@ -129,6 +129,7 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         (["--response_length", "16", "--truncate_token", ".", "--truncate_after", "16"], "truncate_after"),
         (["--label_source", "file", "--label_file", "/nonexistent/labels.jsonl"], "label_file"),
         (["--label_source", "file"], "label_file"),
+        (["--label_limit", "0"], "label_limit"),
         (["--label_source", "crowd"], "label_source"),
         (["--label_source", "human"], "label_queue_dir"),
         (["--num_ppo_queries", "1000000"], "num_ppo_queries"),

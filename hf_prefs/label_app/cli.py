@@ -76,8 +76,14 @@ def _source_rows(args: argparse.Namespace) -> list[dict]:
     """The rows of ``--from``, read before the queue folder is made (a missing or unreadable file leaves none)."""
     from hf_prefs.labels.schema import load_rows, local_label_path  # lazy, as _queue
 
-    local_label_path(args.source)  # a path that can only be a local file: named with the file types it may have
-    return load_rows(args.source)
+    try:
+        local_label_path(args.source)  # a path that can only be a local file: named with the file types it may have
+    except FileNotFoundError as err:  # said as this command's flag (the reader names the recipes' label_file)
+        raise FileNotFoundError(f"--from {str(err).removeprefix('label_file ')}") from None
+    rows = load_rows(args.source)
+    if not rows:  # before the queue folder is made
+        raise ValueError(f"--from {args.source}: no rows in it")
+    return rows
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
@@ -130,6 +136,10 @@ def _push_export(args: argparse.Namespace, queue: LabelQueue) -> int:
         )
     except (HfHubHTTPError, RuntimeError) as exc:  # Hub refusals, offline mode
         print(f"hf-prefs label export: error: pushing to {args.push_to_hub} failed: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the network (httpx's ConnectError, timeouts, ...): said in one line, as above
+        print(f"hf-prefs label export: error: pushing to {args.push_to_hub} failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
         return 2
     print(f"pushed {len(labels)} labels to the dataset repo {args.push_to_hub}: {url}")
     return 0

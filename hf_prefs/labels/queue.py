@@ -274,7 +274,10 @@ class LabelQueue:
 
     def export(self, out: str | os.PathLike, round_id: int | str | None = None, include_repeats: bool = False) -> int:
         """Write :meth:`labels` to ``out`` (``.jsonl``/``.json``, ``.parquet``, ``.csv`` or a dataset folder);
-        returns the number of rows. Labels of rounds with different K are refused (a label file has one K)."""
+        returns the number of rows. Labels of rounds with different K are refused (a label file has one K), and a
+        ``round_id`` the queue does not hold (``ValueError`` naming its rounds): ``out`` is then left as it was."""
+        if round_id is not None and round_key(round_id) not in (known := self.rounds()):  # a typo: nothing written
+            raise ValueError(f"no round {round_key(round_id)!r} in this queue (its rounds: {known}); nothing written to {out}")
         ds = self.labels(round_id, include_repeats=include_repeats)
         ks: dict[int, str] = {}
         for rnd, samples in zip(ds["round"], ds["samples"]):

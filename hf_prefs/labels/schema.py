@@ -293,10 +293,36 @@ def _pairwise_rows(rows: list[dict[str, Any]], columns: list[str], spec: Any) ->
             if col in columns and not isinstance(row.get(col), (str, list)):  # a row without the others' prompt too
                 got = type(row.get(col)).__name__ if col in row else "nothing"
                 raise LabelValidationError(f"must be text or a list of messages, got {got} (in {spec})", i, col)
+    return _one_table(rows, columns, spec)
+
+
+def _one_table(rows: list[dict[str, Any]], columns: list[str], spec: Any) -> Dataset:
+    """``rows`` as one ``Dataset`` with ``columns`` (every row's, in first-seen order; None where a row lacks one).
+    A column whose values cannot share one Arrow type is named with the first row that breaks it (Arrow's own
+    message names neither)."""
     try:
         return Dataset.from_list([{c: row.get(c) for c in columns} for row in rows])
-    except (TypeError, ValueError) as err:  # mixed types in another column (Arrow's message)
+    except (TypeError, ValueError) as err:  # pyarrow's ArrowInvalid / ArrowTypeError subclass these
+        for col in columns:
+            values = [row.get(col) for row in rows]
+            if _arrow_typed(values):
+                continue
+            lo, hi = 1, len(values)  # the shortest prefix Arrow cannot type ends at the row to name
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if not _arrow_typed(values[:mid]) else (mid + 1, hi)
+            raise LabelValidationError(f"{spec}: a {type(values[lo - 1]).__name__} where the rows before hold other "
+                                       f"types ({type(err).__name__}: {err})", lo - 1, col) from None
         raise LabelValidationError(f"{spec}: the rows' columns cannot form one table ({type(err).__name__}: {err})") from None
+
+
+def _arrow_typed(values: list[Any]) -> bool:
+    """Whether Arrow gives ``values`` one type (as ``Dataset.from_list`` does for a column)."""
+    try:
+        Dataset.from_dict({"c": values})
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def names_a_local_file(spec: str | os.PathLike, suffixes: Iterable[str] = LABEL_FILE_SUFFIXES) -> bool:
@@ -330,6 +356,9 @@ def load_label_file(
     Rows in TRL's pairwise format (``chosen``/``rejected``, explicit or implicit prompt) become K = 2 labels through
     :func:`from_pairwise` without an EOS appended (the samples are scored as the policy's responses are, as text);
     conversational rows are rendered with ``processing_class``'s chat template."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise LabelValidationError(f"label_limit must be a whole number of rows >= 1 (or null for all), got {limit!r}",
+                                   field="label_limit")
     path = local_label_path(spec)
     if path is not None:
         rows = _read_file(path)
@@ -344,7 +373,9 @@ def load_label_file(
             checked: list[dict[str, Any]] = []  # canonical then, so validate_labels need not read them again
             for i, row in enumerate(rows):
                 checked.append(check_label_row(i, row, len(checked[0]["samples"]) if checked else None))
-            return _with_k(Dataset.from_list(checked), k, spec, pairwise=False)
+            # every row's columns (from_list would take row 0's only: an optional column it lacks was dropped)
+            columns = list(dict.fromkeys(c for row in checked for c in row))
+            return _with_k(_one_table(checked, columns, spec), k, spec, pairwise=False)
     else:
         try:
             labels = load_dataset(str(spec), split="train")
@@ -508,6 +539,13 @@ def from_openai_json(
         for field in ["query", "best", *flat]:
             if field not in rec:
                 raise LabelValidationError("missing in the record", i, field)
+        try:
+            theirs = _flat_sample_columns(list(rec.keys()))
+        except LabelValidationError as err:  # a gap: named with its record
+            raise LabelValidationError(str(err), i, "samples") from None
+        if len(theirs) != len(flat):  # a sample the first record lacks
+            raise LabelValidationError(f"expected K={len(flat)} samples (sample0..sample{len(flat) - 1}) like record "
+                                       f"0, got {theirs}", i, "samples")
         rows["query"].append(tokenizer.decode(_strip_pad(rec["query"], vocab_size, pad_id)))
         rows["samples"].append([tokenizer.decode(_strip_pad(rec[c], vocab_size, pad_id)) for c in flat])
         rows["best"].append(rec["best"])

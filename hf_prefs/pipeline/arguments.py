@@ -251,6 +251,9 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         raise ValueError(f"rm_head_init: {pa.rm_head_init!r} is not 'default' or 'paper'")
     if not 0 <= pa.rm_eval_fraction < 1:
         raise ValueError(f"rm_eval_fraction: must lie in [0, 1), got {pa.rm_eval_fraction}")
+    if pa.label_limit is not None and pa.label_limit < 1:
+        raise ValueError(f"label_limit: the number of a label file's first rows to use must be >= 1 (null: all), got "
+                         f"{pa.label_limit}")
     if pa.label_source == "file":
         if not pa.label_file:
             raise ValueError("label_file: label_source=file needs a label file or a Hub dataset id")
