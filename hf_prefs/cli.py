@@ -69,7 +69,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     try:
         print(write_report(args.run_dir))
-    except OSError as exc:  # no such folder, or not a folder
+    except (OSError, ValueError) as exc:  # no such folder, not a folder, a summary.json that is not one
         print(f"hf-prefs report: error: {exc}", file=sys.stderr)
         return 2
     return 0

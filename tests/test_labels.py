@@ -324,7 +324,7 @@ def test_own_label_files_keep_every_row_as_written(gpt2_tokenizer, tmp_path):
     with pytest.raises(LabelValidationError, match=rf"row 1, field 'chosen': must be text .* got int \(in {typed}\)"):
         load_label_file(typed, k=2)
     csv_file = tmp_path / "numbers.csv"
-    csv_file.write_text('query,sample0,sample1,best\nQ,42,NA,1\n"multi\nline", 4,None,0\n')
+    csv_file.write_text('query,sample0,sample1,best\nQ,42,NA,1.0\n"multi\nline", 4,None,0\n')  # 1.0 as JSON's 1.0
     assert load_label_file(csv_file, k=2).to_list() == [
         {"query": "Q", "samples": ["42", "NA"], "best": 1}, {"query": "multi\nline", "samples": [" 4", "None"], "best": 0}]
     implicit = tmp_path / "implicit.jsonl"

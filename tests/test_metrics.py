@@ -68,6 +68,8 @@ def test_win_rate_by_hand():
     assert se == pytest.approx(float(outcomes.std()) / 2)
     with pytest.raises(ValueError, match="scores_b"):
         win_rate([1, 2], [1])
+    for a, b in (([float("nan"), 1.0], [0.0, 0.0]), ([1.0, 1.0], [0.0, float("nan")])):  # not counted as a loss
+        assert all(math.isnan(v) for v in win_rate(a, b)) and math.isnan(paired_difference(a, b)[0])
 
 
 def test_paired_difference_by_hand():

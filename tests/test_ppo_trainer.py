@@ -507,6 +507,12 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
                              Dataset.from_dict({"query": ["a b"] * 8}), processing_class=gpt2_tokenizer,
                              eval_dataset=Dataset.from_dict({"query": ["c d"] * 2}))
     assert "eval_strategy='steps': PPOTrainer runs no evaluation loop" in caplog.text
+    assert "max_steps" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_prefs.trainers.ppo_trainer"):  # TRL ignored it silently too
+        PPOTrainer(make_policy(), length_reward, make_config(tmp_path, max_steps=1), Dataset.from_dict({"query": ["a b"] * 8}),
+                   processing_class=gpt2_tokenizer)
+    assert "max_steps=1: PPOTrainer runs total_episodes" in caplog.text
     with pytest.raises(NotImplementedError, match="generate_completions"):  # was a padding-token error
         trainer.evaluate()
 

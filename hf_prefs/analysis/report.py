@@ -27,13 +27,31 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _last_update(metrics: Path) -> dict[str, Any]:
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
+    """The last whole row of ``metrics.jsonl`` (a run killed while appending one can leave it cut); {} if none."""
+    for line in reversed(metrics.read_text().splitlines() if metrics.is_file() else []):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            return row
+    return {}
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A pipeline run's ``summary.json``; a ValueError naming the file where it is not one."""
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(summary, dict) or not all(isinstance(summary.get(k), dict) for k in ("before", "after")):
+        raise ValueError(f"{path} is not an hf_prefs run summary (it needs the 'before' and 'after' evaluations)")
+    return summary
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.md`` and return its path; raises FileNotFoundError if the folder holds neither
-    ``summary.json`` nor ``study.csv``."""
+    ``summary.json`` nor ``study.csv``, ValueError naming a ``summary.json`` that is not a run's summary."""
     run = Path(run_dir)
     lines = [f"# Report: {run.name}", ""]
     last: dict[str, dict[str, Any]] = {}
@@ -46,7 +64,7 @@ def write_report(run_dir: str | Path) -> Path:
         for d in sorted((run / "runs").glob("*/metrics.jsonl")):
             last[d.parent.name] = _last_update(d)
     elif (run / "summary.json").is_file():
-        s = json.loads((run / "summary.json").read_text())
+        s = _read_summary(run / "summary.json")
         lines += ["## Summary (held-out queries)", ""]
         keys = ["known_reward", "rm_score", "kl", "penalized_frac", "n"]
         lines += _table(["", *keys], [[w, *[s.get(w, {}).get(k) for k in keys]] for w in ("before", "after")])

@@ -39,8 +39,11 @@ def mean_and_se(x: torch.Tensor) -> tuple[float, float]:
 
 
 def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> tuple[float, float]:
-    """Paired win rate of A over B, ties counted half, and its standard error (see the module docstring)."""
+    """Paired win rate of A over B, ties counted half, and its standard error (see the module docstring); NaN for
+    both where a score is NaN (a comparison with NaN is false: it counted as a loss), as the paired difference is."""
     a, b = _paired(scores_a, scores_b, "scores_b")
+    if torch.isnan(a).any() or torch.isnan(b).any():
+        return float("nan"), float("nan")
     return mean_and_se((a > b).double() + 0.5 * (a == b).double())
 
 

@@ -268,7 +268,8 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     """A CSV file's rows with every cell as written: text stays text (``"42"``, ``"NA"``, ``" 4"`` are samples, not
-    numbers or missing values, as ``label export`` wrote them); only ``best`` is read as an integer where it is one."""
+    numbers or missing values, as ``label export`` wrote them); only ``best`` is read as an integer where it is one
+    (``2`` or ``2.0``, as a JSON file's integral float is)."""
     import pandas as pd  # datasets' own CSV reader: it types columns and parses "NA" as missing
 
     try:
@@ -278,8 +279,8 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     rows = frame.to_dict("records")
     for row in rows:
         best = row.get("best")
-        if isinstance(best, str) and re.fullmatch(r"\s*-?\d+\s*", best):
-            row["best"] = int(best)
+        if isinstance(best, str) and re.fullmatch(r"\s*-?\d+(?:\.0*)?\s*", best):  # "2", and "2.0" as JSON's 2.0
+            row["best"] = int(float(best))
     return rows
 
 

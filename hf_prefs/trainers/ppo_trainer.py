@@ -228,6 +228,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             logger.warning(f"eval_strategy={strategy!r}: PPOTrainer "
                            "runs no evaluation loop (as TRL's did); eval_dataset feeds generate_completions() every "
                            "num_sample_generations-th of the run. hf_prefs.evaluate_policy scores held-out queries.")
+        if args.max_steps > 0:  # TrainingArguments' field, which TRL's PPOTrainer ignored too, silently
+            logger.warning(f"max_steps={args.max_steps}: PPOTrainer runs total_episodes (or num_train_epochs × the "
+                           f"dataset's queries when it is None), as TRL's did; max_steps is not used. For "
+                           f"{args.max_steps} updates set total_episodes to {args.max_steps} × the episodes per update.")
         self._set_batch_sizes()
         self._init_state(kl_controller)
 
