@@ -182,6 +182,7 @@ def test_ppo_trains_on_weighted_reward_functions_with_logged_metrics_and_columns
     def length(completions, log_metric, log_extra, **kwargs):
         log_metric("reward/mean_length", sum(len(c) for c in completions) / len(completions))
         log_metric("objective/kl", -1.0)  # a built-in metric's name: logged beside it, not over it
+        log_metric("step", -2.0)  # one Trainer.log adds after log_step
         log_extra("length", [len(c) for c in completions])
         return [float(len(c)) for c in completions]
 
@@ -192,9 +193,10 @@ def test_ppo_trains_on_weighted_reward_functions_with_logged_metrics_and_columns
     trainer = PPOTrainer(make_policy(), [length, constant], args, Dataset.from_dict({"query": QUERIES * 2}),
                          processing_class=gpt2_tokenizer)
     with pytest.warns(UserWarning, match=r"log_metric\('objective/kl', ...\) of a reward function names one of "
-                                         r"PPOTrainer's own metrics: logged as 'reward_fn/objective/kl'"):
+                                         r"PPOTrainer's own metrics or groups: logged as 'reward_fn/objective/kl'"):
         trainer.train()
-    assert logged(trainer, "reward_fn/objective/kl") == [-1.0, -1.0]
+    assert logged(trainer, "reward_fn/objective/kl") == [-1.0, -1.0] and logged(trainer, "reward_fn/step") == [-2.0, -2.0]
+    assert logged(trainer, "step") == [1, 2]
     assert len(logged(trainer, "objective/kl")) == 2 and -1.0 not in logged(trainer, "objective/kl")
     texts = trainer.last_samples["response"].tolist()
     assert trainer.last_samples["length"].tolist() == [len(t) for t in texts]

@@ -137,7 +137,8 @@ def _push_export(args: argparse.Namespace, queue: LabelQueue) -> int:
     except (HfHubHTTPError, RuntimeError) as exc:  # Hub refusals, offline mode
         print(f"hf-prefs label export: error: pushing to {args.push_to_hub} failed: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the network (httpx's ConnectError, timeouts, ...): said in one line, as above
+    except Exception as exc:  # anything else the push raised — mostly the network (huggingface_hub's HTTP client's
+        # ConnectError, timeouts; which client depends on its version): one line naming the error's type, rc 2
         print(f"hf-prefs label export: error: pushing to {args.push_to_hub} failed: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 2

@@ -312,8 +312,9 @@ def _one_table(rows: list[dict[str, Any]], columns: list[str], spec: Any) -> Dat
             while lo < hi:
                 mid = (lo + hi) // 2
                 lo, hi = (lo, mid) if not _arrow_typed(values[:mid]) else (mid + 1, hi)
-            raise LabelValidationError(f"{spec}: a {type(values[lo - 1]).__name__} where the rows before hold other "
-                                       f"types ({type(err).__name__}: {err})", lo - 1, col) from None
+            said = "where the rows before hold other types" if lo > 1 else "that Arrow cannot type"
+            raise LabelValidationError(f"{spec}: a {type(values[lo - 1]).__name__} {said} ({type(err).__name__}: {err})",
+                                       lo - 1, col) from None
         raise LabelValidationError(f"{spec}: the rows' columns cannot form one table ({type(err).__name__}: {err})") from None
 
 

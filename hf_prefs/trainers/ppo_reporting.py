@@ -20,10 +20,16 @@ from ..models.generation import sample_responses
 from ..models.sharding import generation_model
 from .ppo_data import Rollout
 
-__all__ = ["PPOReportingMixin", "COMPLETIONS_TEMPERATURE"]
+__all__ = ["PPOReportingMixin", "COMPLETIONS_TEMPERATURE", "RESERVED_METRIC_GROUPS", "RESERVED_METRIC_NAMES"]
 
 #: TRL 1.12's generate_completions samples at T = 0.01 (near-greedy).
 COMPLETIONS_TEMPERATURE = 0.01
+
+#: the metric groups and names a PPO row holds besides a reward function's ``log_metric`` values: this trainer's
+#: (``log_step``), its subclasses' (``objective/known_reward``), the online loop's (``online/...``) and
+#: ``Trainer.log``'s (``epoch``, ``step``, ``num_input_tokens_seen``)
+RESERVED_METRIC_GROUPS = ("objective/", "policy/", "loss/", "val/", "time/", "memory/", "online/")
+RESERVED_METRIC_NAMES = ("eps", "lr", "episode", "epoch", "step", "num_input_tokens_seen")
 
 
 class PPOReportingMixin:
@@ -79,9 +85,10 @@ class PPOReportingMixin:
         for key, value in timings.items():
             metrics[f"time/{key}"] = value
         for name, value in self._reward_function_metrics().items():
-            if name in metrics:  # a built-in metric keeps its name: the function's value goes beside it
+            if name in metrics or name in RESERVED_METRIC_NAMES or name.startswith(RESERVED_METRIC_GROUPS):
+                # the trainer's own metric keeps its name: the function's value goes beside it
                 warnings.warn(f"log_metric({name!r}, ...) of a reward function names one of PPOTrainer's own "
-                              f"metrics: logged as {'reward_fn/' + name!r}", stacklevel=2)
+                              f"metrics or groups: logged as {'reward_fn/' + name!r}", stacklevel=2)
                 name = f"reward_fn/{name}"
             metrics[name] = value
         return metrics
