@@ -1,5 +1,6 @@
 """``hf-prefs report`` on folders users hand it: a summary.json that is not a run's is named (was a JSONDecodeError
-traceback, or a report of None cells), and a metrics.jsonl whose last row a killed run cut reports the row before."""
+traceback, or a report of None cells), a metrics.jsonl whose last row a killed run cut reports the row before, and a
+folder with metrics.jsonl alone (a run that has not finished) reports its last update."""
 
 from __future__ import annotations
 
@@ -28,3 +29,8 @@ def test_report_names_a_summary_that_is_not_one_and_reads_past_a_cut_metrics_row
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "objective/k')
     text = write_report(run).read_text()
     assert "| after | 0.5 | 0.1 | 2.5 | 0 | 4 |" in text and "| objective/kl | 1.5 |" in text and "| step | 2 |" in text
+    (run / "summary.json").unlink()  # a run killed during PPO: its metrics so far
+    assert cli_main(["report", str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert "No `summary.json`: the run has not finished" in text and "holds is step 2." in text
+    assert "| objective/kl | 1.5 |" in text and "## Summary" not in text

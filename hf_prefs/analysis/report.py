@@ -1,4 +1,5 @@
-"""``report.md`` for a run folder: a pipeline run (``summary.json``, ``metrics.jsonl``) or a study (``study.csv``).
+"""``report.md`` for a run folder: a pipeline run (``summary.json``, ``metrics.jsonl``; ``metrics.jsonl`` alone while
+it runs or after it stopped) or a study (``study.csv``).
 
 The report has a summary table (for a study: each point's mean ± SE over seeds, then one row per run), links to the folder's PNG plots and the metrics of the last PPO update
 (one column per run for a study).
@@ -50,8 +51,9 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.md`` and return its path; raises FileNotFoundError if the folder holds neither
-    ``summary.json`` nor ``study.csv``, ValueError naming a ``summary.json`` that is not a run's summary."""
+    """Write ``run_dir/report.md`` and return its path: a study's, a finished run's, or the last logged update of a
+    run that has not finished (``metrics.jsonl`` without ``summary.json``); raises FileNotFoundError if the folder
+    holds none of them, ValueError naming a ``summary.json`` that is not a run's summary."""
     run = Path(run_dir)
     lines = [f"# Report: {run.name}", ""]
     last: dict[str, dict[str, Any]] = {}
@@ -72,8 +74,13 @@ def write_report(run_dir: str | Path) -> Path:
                   f"- labels: {s.get('labels', {}).get('labels')} ({s.get('labels', {}).get('source')})",
                   f"- PPO updates: {s.get('ppo_updates')}, final beta: {_fmt(s.get('final_beta'))}"]
         last["run"] = _last_update(run / "metrics.jsonl")
+    elif (run / "metrics.jsonl").is_file():  # PPO running, or stopped before the results were written
+        last["run"] = _last_update(run / "metrics.jsonl")
+        lines += ["No `summary.json`: the run has not finished (it is running, or it stopped); the last PPO update its "
+                  f"`metrics.jsonl` holds is step {last['run'].get('step', '?')}."]
     else:
-        raise FileNotFoundError(f"run_dir: {run} has neither summary.json (pipeline run) nor study.csv (study)")
+        raise FileNotFoundError(f"run_dir: {run} has neither summary.json (pipeline run), metrics.jsonl (a run that has "
+                                "not finished) nor study.csv (study)")
     pngs = sorted(run.glob("*.png"))
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
