@@ -76,10 +76,7 @@ def _source_rows(args: argparse.Namespace) -> list[dict]:
     """The rows of ``--from``, read before the queue folder is made (a missing or unreadable file leaves none)."""
     from hf_prefs.labels.schema import load_rows, local_label_path  # lazy, as _queue
 
-    try:
-        local_label_path(args.source)  # a path that can only be a local file: named with the file types it may have
-    except FileNotFoundError as err:  # said as this command's flag (the reader names the recipes' label_file)
-        raise FileNotFoundError(f"--from {str(err).removeprefix('label_file ')}") from None
+    local_label_path(args.source, name="--from")  # a path that can only be a local file: named with its flag
     rows = load_rows(args.source)
     if not rows:  # before the queue folder is made
         raise ValueError(f"--from {args.source}: no rows in it")

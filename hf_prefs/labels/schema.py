@@ -336,16 +336,24 @@ def names_a_local_file(spec: str | os.PathLike, suffixes: Iterable[str] = LABEL_
             or (os.sep != "/" and os.sep in text) or Path(text).suffix.lower() in tuple(suffixes))
 
 
-def local_label_path(spec: str | os.PathLike) -> Path | None:
+def local_label_path(spec: str | os.PathLike, name: str = "label_file") -> Path | None:
     """The local file or folder a label file ``spec`` names (``~`` expanded), or None for a Hub dataset id; raises
-    ``FileNotFoundError`` where ``spec`` can only be a local path (:func:`names_a_local_file`) and nothing is there."""
+    ``FileNotFoundError`` where ``spec`` can only be a local path (:func:`names_a_local_file`) and nothing is there,
+    naming it as ``name`` (the argument or flag it came from)."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
     if names_a_local_file(spec):
-        raise FileNotFoundError(f"label_file {spec}: no such file or folder (a Hub dataset id is 'name' or "
+        raise FileNotFoundError(f"{name} {spec}: no such file or folder (a Hub dataset id is 'name' or "
                                 f"'namespace/name', without a file suffix)")
     return None
+
+
+def check_label_limit(limit: Any) -> None:
+    """``label_limit`` (a label file's first rows to use): None (all) or a whole number >= 1, else an error naming it."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise LabelValidationError(f"label_limit must be a whole number of rows >= 1 (or null for all), got {limit!r}",
+                                   field="label_limit")
 
 
 def load_label_file(
@@ -358,9 +366,7 @@ def load_label_file(
     Rows in TRL's pairwise format (``chosen``/``rejected``, explicit or implicit prompt) become K = 2 labels through
     :func:`from_pairwise` without an EOS appended (the samples are scored as the policy's responses are, as text);
     conversational rows are rendered with ``processing_class``'s chat template."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise LabelValidationError(f"label_limit must be a whole number of rows >= 1 (or null for all), got {limit!r}",
-                                   field="label_limit")
+    check_label_limit(limit)
     path = local_label_path(spec)
     if path is not None:
         rows = _read_file(path)

@@ -17,7 +17,7 @@ from transformers.integrations import get_reporting_integration_callbacks
 
 from ..assets import smollm2_path
 from ..core.online_schedule import OnlineLabelSchedule
-from ..labels.schema import LabelValidationError, load_label_file, local_label_path
+from ..labels.schema import LabelValidationError, check_label_limit, load_label_file, local_label_path
 from ..models.loading import check_local_path
 from ..tasks.specs import get_task
 from ..tasks.summarization import HUB_SOURCES
@@ -251,9 +251,7 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         raise ValueError(f"rm_head_init: {pa.rm_head_init!r} is not 'default' or 'paper'")
     if not 0 <= pa.rm_eval_fraction < 1:
         raise ValueError(f"rm_eval_fraction: must lie in [0, 1), got {pa.rm_eval_fraction}")
-    if pa.label_limit is not None and pa.label_limit < 1:
-        raise ValueError(f"label_limit: the number of a label file's first rows to use must be >= 1 (null: all), got "
-                         f"{pa.label_limit}")
+    check_label_limit(pa.label_limit)  # also for a Hub label file, which is not read here
     if pa.label_source == "file":
         if not pa.label_file:
             raise ValueError("label_file: label_source=file needs a label file or a Hub dataset id")

@@ -98,12 +98,16 @@ def update_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [log for log in log_history if "objective/kl" in log]
 
 
+def _write_rows(path: str, rows: list[dict[str, Any]], mode: str = "w") -> None:
+    """``rows`` as JSON lines into ``path`` (``mode`` "a" appends)."""
+    with open(path, mode) as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
 def write_metrics(log_history: list[dict[str, Any]], output_dir: str) -> list[dict[str, Any]]:
     """The PPO update rows of the log history as ``metrics.jsonl`` and ``metrics.csv``; returns them."""
     rows = update_rows(log_history)
-    with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    _write_rows(os.path.join(output_dir, METRICS_FILE), rows)
     keys = sorted({k for row in rows for k in row})
     with open(os.path.join(output_dir, "metrics.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -125,15 +129,13 @@ class MetricsFileCallback(TrainerCallback):
                        **kwargs: Any) -> None:
         if state.is_world_process_zero:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(row) + "\n" for row in update_rows(state.log_history))
+            _write_rows(self.path, update_rows(state.log_history))
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         # the row as the trainer keeps it (with its step), appended to the history just before this call
-        if state.is_world_process_zero and state.log_history and update_rows(state.log_history[-1:]):
-            with open(self.path, "a") as f:
-                f.write(json.dumps(state.log_history[-1]) + "\n")
+        if state.is_world_process_zero and (rows := update_rows(state.log_history[-1:])):
+            _write_rows(self.path, rows, mode="a")
 
 
 def plot_kl_vs_reward(rows: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any], path: str) -> None:
