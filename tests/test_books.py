@@ -65,6 +65,23 @@ def test_queries_from_texts_window_boundaries_and_determinism(gpt2_tokenizer):
     assert first["query"] == ds["query"][:5]
 
 
+class _WordsPlusOne:
+    """A tokenizer whose count of a text over 3 words is one more than its words: sentences' counts add up to one
+    less than their text's, so a window the estimate fits can be one token too long."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        counts = [len(t.split()) + (len(t.split()) > 3) for t in texts]
+        return {"input_ids": [[0] * n for n in counts]}
+
+
+def test_a_window_the_estimate_fits_but_is_too_long_loses_its_last_sentence():
+    text = "Start. One two. Three four. Five six. Seven eight nine ten eleven."
+    ds = book_queries_from_texts([text, "No sentence end", ""], _WordsPlusOne(), min_tokens=1, max_tokens=6)
+    # estimated 6 for the first three sentences, counted 7: cut to two (5); the next window starts where the
+    # estimate ended it (its third sentence is in no query); the 5-word sentence alone counts 6
+    assert sorted(ds["query"]) == ["One two. Three four.", "Seven eight nine ten eleven."]
+
+
 def test_queries_never_start_after_a_title(gpt2_tokenizer):
     ds = book_queries_from_texts(_passages(), gpt2_tokenizer, min_tokens=8, max_tokens=64)
     assert all(not q.startswith("Knightley") for q in ds["query"])

@@ -207,5 +207,8 @@ def test_sample_categorical_matches_the_softmax_at_temperature():
     # a zero-probability token is never drawn; NaN logits raise like torch.multinomial does
     masked = torch.tensor([[0.0, float("-inf"), 0.0]]).repeat(5000, 1)
     assert (sample_categorical(masked, 1.0) != 1).all()
+    for bad in (float("nan"), float("inf")):  # in the last row, not the first; a row of -inf only has no distribution
+        with pytest.raises(RuntimeError, match="probability tensor contains"):
+            sample_categorical(torch.tensor([[0.0, 1.0, 2.0], [0.0, bad, 1.0]]), 1.0)
     with pytest.raises(RuntimeError, match="probability tensor contains"):
-        sample_categorical(torch.tensor([[0.0, float("nan")]]), 1.0)
+        sample_categorical(torch.tensor([[0.0, 1.0], [float("-inf"), float("-inf")]]), 1.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+import string
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +31,7 @@ ABBREVIATIONS = frozenset(
 )
 
 _BOUNDARY = re.compile(r"\.(?=\s|$)")
-_WORD_BEFORE = re.compile(r"([A-Za-z]+)$")
+_ASCII_LETTERS = frozenset(string.ascii_letters)
 
 
 def paragraphs_from_lines(lines: Sequence[str]) -> list[str]:
@@ -49,8 +50,11 @@ def sentence_boundaries(text: str) -> list[int]:
     """Character offsets just after each sentence-ending '.' in ``text``."""
     ends = []
     for match in _BOUNDARY.finditer(text):
-        word = _WORD_BEFORE.search(text, 0, match.start())
-        if word and (word.group(1).lower() in ABBREVIATIONS or (len(word.group(1)) == 1 and word.group(1).isupper())):
+        start = first = match.start()
+        while first > 0 and text[first - 1] in _ASCII_LETTERS:  # the run of letters just before the '.'
+            first -= 1
+        word = text[first:start]
+        if word and (word.lower() in ABBREVIATIONS or (len(word) == 1 and word.isupper())):
             continue
         ends.append(match.end())
     return ends
@@ -81,21 +85,30 @@ def _windows(piece_lens: list[int], bounds: list[int], max_tokens: int, overlap:
     return out
 
 
-def _cut_passage(text: str, tokenizer: Any, min_tokens: int, max_tokens: int, overlap: bool = False) -> list[str]:
-    """All queries of one passage (see the module docstring)."""
-    bounds = sentence_boundaries(text)
-    pieces = [text[bounds[k] : bounds[k + 1]] for k in range(len(bounds) - 1)]
+def _cut_passages(texts: Sequence[str], tokenizer: Any, min_tokens: int, max_tokens: int, overlap: bool = False
+                  ) -> list[list[str]]:
+    """The queries of each passage (see the module docstring). Tokenizes in two batches over all passages (every
+    sentence, then every window) and one text at a time only where a window's estimate was low."""
+    bounds = [sentence_boundaries(text) for text in texts]
+    pieces = [text[b[k] : b[k + 1]] for text, b in zip(texts, bounds) for k in range(len(b) - 1)]
     piece_lens = _n_tokens(tokenizer, pieces)  # BPE counts of space-led pieces add up (checked below)
-    queries = []
-    for i, j in _windows(piece_lens, bounds, max_tokens, overlap):
-        while j > i:  # verify the real token count; drop trailing sentences if the estimate was low
-            query = text[bounds[i] : bounds[j]].strip()
-            n = _n_tokens(tokenizer, [query])[0]
-            if n <= max_tokens:
-                break
+    windows, first = [], 0  # (passage, start boundary index, end boundary index)
+    for p, b in enumerate(bounds):
+        lens, first = piece_lens[first : first + max(len(b) - 1, 0)], first + max(len(b) - 1, 0)
+        windows += [(p, i, j) for i, j in _windows(lens, b, max_tokens, overlap)]
+    counts = _n_tokens(tokenizer, [texts[p][bounds[p][i] : bounds[p][j]].strip() for p, i, j in windows])
+    queries: list[list[str]] = [[] for _ in texts]
+    for (p, i, j), n in zip(windows, counts):
+        text, b = texts[p], bounds[p]
+        query = text[b[i] : b[j]].strip()
+        while n > max_tokens:  # verify the real token count; drop trailing sentences if the estimate was low
             j -= 1
+            if j == i:
+                break
+            query = text[b[i] : b[j]].strip()
+            n = _n_tokens(tokenizer, [query])[0]
         if j > i and min_tokens <= n <= max_tokens:
-            queries.append(query)
+            queries[p].append(query)
     return queries
 
 
@@ -131,7 +144,8 @@ def book_queries_from_texts(
     names = [sources] * len(texts) if isinstance(sources, str) else list(sources)
     if len(names) != len(texts):
         raise ValueError("sources must be a string or have one entry per text")
-    rows = [(q, src) for text, src in zip(texts, names) for q in _cut_passage(text, tokenizer, min_tokens, max_tokens, overlap)]
+    cut = _cut_passages(texts, tokenizer, min_tokens, max_tokens, overlap)
+    rows = [(q, src) for queries, src in zip(cut, names) for q in queries]
     random.Random(seed).shuffle(rows)
     if n is not None:
         if n > len(rows):
