@@ -585,8 +585,8 @@ def test_smollm2_lora_vader_on_austen_queries(tmp_path):
     dataset = austen_queries(tokenizer, n=64, min_tokens=16, max_tokens=32, seed=0)
     args = PPOConfig.paper(  # the paper's books settings: 24 tokens, "." after 16, adaptive beta from 0.15
         "books", output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, gradient_accumulation_steps=2,
-        total_episodes=16 * 4, learning_rate=3e-4, report_to=[], save_strategy="steps", save_steps=4,
-        num_sample_generations=1, disable_tqdm=True, seed=0,
+        total_episodes=16 * 3, learning_rate=3e-4, report_to=[], save_strategy="steps", save_steps=3,
+        num_sample_generations=1, disable_tqdm=True, seed=0, num_ppo_epochs=2,  # 2 of the paper's 4: CI time
     )
     trainer = PPOTrainer(
         model=model, reward_model=lambda q, r: torch.tensor(vader_log_odds(r)), args=args, train_dataset=dataset,
@@ -605,13 +605,13 @@ def test_smollm2_lora_vader_on_austen_queries(tmp_path):
     trainer.train()
     scores, kls, betas = logged(trainer, "objective/scores"), logged(trainer, "objective/kl"), logged(trainer, "objective/kl_coef")
     print(f"SmolLM2 + VADER: scores {scores}, penalized {logged(trainer, 'objective/penalized_frac')}, KL {kls}")
-    assert kls[0] == 0.0 and len(scores) == 4
+    assert kls[0] == 0.0 and len(scores) == 3
     for h in trainer.state.log_history:
         assert all(v == v for v in h.values() if isinstance(v, float)), h  # no NaN in any metric
-    for k in range(3):
+    for k in range(2):
         assert betas[k + 1] == pytest.approx(betas[k] * (1 + min(max(kls[k] / 6.0 - 1, -0.2), 0.2) * 16 / 10_000))
     assert trainer.last_samples is not None and len(trainer.last_samples) == 8
-    files = set(os.listdir(tmp_path / "out" / "checkpoint-4"))
+    files = set(os.listdir(tmp_path / "out" / "checkpoint-3"))
     assert {"adapter_model.safetensors", "value_head.safetensors", "ppo_state.json"} <= files
 
 

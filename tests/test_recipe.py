@@ -205,8 +205,9 @@ def test_offline_default_shortened_with_accelerate_launch(tmp_path):
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         str(ROOT / "recipes" / "accelerate_configs" / "cpu.yaml"), str(ROOT / "recipes" / "sentiment.py"),
         "--config", OFFLINE, "--output_dir", str(out), "--num_label_queries", "16", "--num_eval_queries", "8",
-        "--total_episodes", "32", "--rm_normalize_samples", "16", "--rm_num_train_epochs", "1", "--num_ppo_epochs", "1",
-    ]  # one PPO update of the offline default's 32 episodes (other tests cover many updates, resume and 2 processes)
+        "--total_episodes", "8", "--gradient_accumulation_steps", "2", "--rm_normalize_samples", "8",
+        "--rm_num_train_epochs", "1", "--num_ppo_epochs", "1",
+    ]  # one PPO update of 8 episodes (other tests cover many updates, resume and 2 processes)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

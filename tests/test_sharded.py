@@ -192,6 +192,7 @@ def ddp_recipe_run(tiny_base, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.xdist_group("ddp_recipe_run")  # both stages on one worker: the DDP run they compare with is made once
 @pytest.mark.parametrize("stage", [2, 3])
 def test_recipe_under_zero_equals_the_ddp_run(deepspeed, tiny_base, tmp_path, ddp_recipe_run, stage):
     """The whole recipe (labels sampled from rho, the K-way reward model trained and normalized, PPO, evaluation of
