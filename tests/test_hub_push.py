@@ -208,3 +208,33 @@ def test_trainer_push_to_hub_then_load_reward_model_from_the_hub(fake_hub, tmp_p
     torch.testing.assert_close(score_texts(loaded, tokenizer, queries, responses),
                                score_texts(trainer.model.eval(), gpt2_tokenizer, queries, responses))
     assert ("GET", f"/alice/rm/resolve/{fake_hub.heads['alice/rm']}/model.safetensors") in fake_hub.called()
+
+
+def test_a_failed_push_at_the_end_of_a_run_says_the_results_are_saved_and_how_to_push_them(tmp_path, monkeypatch):
+    """push_results (the recipes' last step): a network error names the run folder and a command that pushes it again
+    (run here against a stand-in for push_run_to_hub: the same folder and repo ids)."""
+    import re
+    from types import SimpleNamespace
+
+    import hf_prefs
+    import hf_prefs.hub
+    import hf_prefs.pipeline.results as results
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(results, "push_run_to_hub", unreachable)
+    cfg = SimpleNamespace(hub_model_id="me/run", hub_token=None, hub_private_repo=None)
+    out = tmp_path / "run"
+    for reward_id, expected in ((None, None), ("me/rm", "me/rm")):
+        with pytest.raises(RuntimeError) as err:
+            results.push_results(str(out), cfg, SimpleNamespace(push_reward_model_id=reward_id))
+        message = str(err.value)
+        assert "ConnectionError: [Errno 101] Network is unreachable" in message
+        assert f"results are saved in {out}" in message and isinstance(err.value.__cause__, ConnectionError)
+        calls = []
+        record = lambda *a, **k: calls.append((a, k))  # noqa: E731
+        monkeypatch.setattr(hf_prefs.hub, "push_run_to_hub", record)
+        monkeypatch.setattr(hf_prefs, "push_run_to_hub", record, raising=False)  # where hf_prefs cached its export
+        exec(re.search(r'python -c "(.+)"$', message)[1], {})
+        assert calls == [((str(out), "me/run"), {} if expected is None else {"reward_model_id": expected})]

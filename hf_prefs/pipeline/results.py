@@ -309,10 +309,18 @@ def _summary(
 
 def push_results(output_dir: str, cfg: Any, pa: PipelineArguments) -> dict[str, str]:
     """Push ``policy/`` to ``cfg.hub_model_id`` and ``reward_model/`` to ``pa.push_reward_model_id`` (default: the
-    policy's id + ``-reward-model``), each with its card (from the main process)."""
+    policy's id + ``-reward-model``), each with its card (from the main process). A push that fails (the network, the
+    Hub, a token) raises a RuntimeError that says the run's results are saved and how to push them again."""
     if not cfg.hub_model_id:
         raise ValueError("hub_model_id: --push_to_hub needs --hub_model_id")
     if not PartialState().is_main_process:
         return {}
-    return push_run_to_hub(output_dir, cfg.hub_model_id, reward_model_id=pa.push_reward_model_id, token=cfg.hub_token,
-                           private=cfg.hub_private_repo)
+    try:
+        return push_run_to_hub(output_dir, cfg.hub_model_id, reward_model_id=pa.push_reward_model_id,
+                               token=cfg.hub_token, private=cfg.hub_private_repo)
+    except Exception as err:  # the HTTP client's errors differ across huggingface_hub versions
+        again = (f"from hf_prefs import push_run_to_hub; push_run_to_hub({str(output_dir)!r}, {cfg.hub_model_id!r}"
+                 + (f", reward_model_id={pa.push_reward_model_id!r}" if pa.push_reward_model_id else "") + ")")
+        raise RuntimeError(f"push_to_hub: pushing {output_dir} to {cfg.hub_model_id} failed ({type(err).__name__}: "
+                           f"{err}). The run finished and its results are saved in {output_dir}; push them again "
+                           f"with: python -c \"{again}\"") from err
