@@ -211,9 +211,10 @@ def test_trainer_push_to_hub_then_load_reward_model_from_the_hub(fake_hub, tmp_p
 
 
 def test_a_failed_push_at_the_end_of_a_run_says_the_results_are_saved_and_how_to_push_them(tmp_path, monkeypatch):
-    """push_results (the recipes' last step): a network error names the run folder and a command that pushes it again
-    (run here against a stand-in for push_run_to_hub: the same folder and repo ids)."""
-    import re
+    """push_results (the recipes' last step): a network error names the run folder and a shell command that pushes
+    it again (split as a shell would, then run here against a stand-in for push_run_to_hub: the same folder, repo ids
+    and privacy); a missing folder is raised as it is (pushing again would fail the same way)."""
+    import shlex
     from types import SimpleNamespace
 
     import hf_prefs
@@ -224,17 +225,28 @@ def test_a_failed_push_at_the_end_of_a_run_says_the_results_are_saved_and_how_to
         raise ConnectionError("[Errno 101] Network is unreachable")
 
     monkeypatch.setattr(results, "push_run_to_hub", unreachable)
-    cfg = SimpleNamespace(hub_model_id="me/run", hub_token=None, hub_private_repo=None)
-    out = tmp_path / "run"
-    for reward_id, expected in ((None, None), ("me/rm", "me/rm")):
+    out = tmp_path / "it's a $HOME run"  # a quote, a space and a $ reach Python as they are
+    cases = [(None, False, None, {}), ("me/rm", True, "hf_x", {"reward_model_id": "me/rm", "private": True})]
+    for reward_id, private, token, expected in cases:
+        cfg = SimpleNamespace(hub_model_id="me/run", hub_token=token, hub_private_repo=private)
         with pytest.raises(RuntimeError) as err:
             results.push_results(str(out), cfg, SimpleNamespace(push_reward_model_id=reward_id))
         message = str(err.value)
         assert "ConnectionError: [Errno 101] Network is unreachable" in message
         assert f"results are saved in {out}" in message and isinstance(err.value.__cause__, ConnectionError)
+        assert ("HF_TOKEN" in message) == (token is not None) and "hf_x" not in message  # the token is not printed
+        argv = shlex.split(message.split("push them again with: ", 1)[1].split(" (add token")[0])
+        assert argv[:2] == ["python", "-c"] and len(argv) == 3
         calls = []
         record = lambda *a, **k: calls.append((a, k))  # noqa: E731
         monkeypatch.setattr(hf_prefs.hub, "push_run_to_hub", record)
         monkeypatch.setattr(hf_prefs, "push_run_to_hub", record, raising=False)  # where hf_prefs cached its export
-        exec(re.search(r'python -c "(.+)"$', message)[1], {})
-        assert calls == [((str(out), "me/run"), {} if expected is None else {"reward_model_id": expected})]
+        exec(argv[2], {})
+        assert calls == [((str(out), "me/run"), expected)]
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("output_dir: no policy/")
+
+    monkeypatch.setattr(results, "push_run_to_hub", missing)
+    with pytest.raises(FileNotFoundError, match="no policy/"):
+        results.push_results(str(out), cfg, SimpleNamespace(push_reward_model_id=None))

@@ -573,7 +573,8 @@ def test_learning_a_known_reward_with_kl_near_the_adaptive_target(tmp_path, gpt2
 @pytest.mark.slow
 def test_smollm2_lora_vader_on_austen_queries(tmp_path):
     """The paper's setup at small scale on a real pretrained Llama-family model: SmolLM2-135M + LoRA, Austen queries,
-    VADER log-odds as the known sentiment reward, 24-token responses cut after '.' at index >= 16, adaptive beta."""
+    VADER log-odds as the known sentiment reward, 24-token responses cut after '.' at index >= 16, adaptive beta
+    (2 PPO epochs per update, not the paper's 4, to keep CI short)."""
     from peft import LoraConfig
 
     from hf_prefs.assets import load_smollm2_tokenizer, smollm2_path

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import resource
+import shlex
 import shutil
 import sys
 import time
@@ -318,9 +319,14 @@ def push_results(output_dir: str, cfg: Any, pa: PipelineArguments) -> dict[str, 
     try:
         return push_run_to_hub(output_dir, cfg.hub_model_id, reward_model_id=pa.push_reward_model_id,
                                token=cfg.hub_token, private=cfg.hub_private_repo)
-    except Exception as err:  # the HTTP client's errors differ across huggingface_hub versions
-        again = (f"from hf_prefs import push_run_to_hub; push_run_to_hub({str(output_dir)!r}, {cfg.hub_model_id!r}"
-                 + (f", reward_model_id={pa.push_reward_model_id!r}" if pa.push_reward_model_id else "") + ")")
+    except (FileNotFoundError, ValueError):  # the folders or the ids: pushing again would fail the same way
+        raise
+    except Exception as err:  # the network, the Hub, a token (the HTTP client's errors differ across versions)
+        folder = os.path.abspath(output_dir)
+        options = (f", reward_model_id={pa.push_reward_model_id!r}" if pa.push_reward_model_id else "") + (
+            ", private=True" if cfg.hub_private_repo else "")
+        again = f"from hf_prefs import push_run_to_hub; push_run_to_hub({folder!r}, {cfg.hub_model_id!r}{options})"
+        token = " (add token=... or set HF_TOKEN: the run's --hub_token is not repeated here)" if cfg.hub_token else ""
         raise RuntimeError(f"push_to_hub: pushing {output_dir} to {cfg.hub_model_id} failed ({type(err).__name__}: "
-                           f"{err}). The run finished and its results are saved in {output_dir}; push them again "
-                           f"with: python -c \"{again}\"") from err
+                           f"{err}). The run finished and its results are saved in {folder}; push them again with: "
+                           f"python -c {shlex.quote(again)}{token}") from err
