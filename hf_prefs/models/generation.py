@@ -116,7 +116,7 @@ def sample_categorical(logits: torch.Tensor, temperature: float, generator: torc
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V); -inf logits give probability 0
     cdf = probs.cumsum(-1)
     # NaN or +inf logits (or a row of -inf only) make the row's probabilities NaN, and a NaN reaches its last cumulative
-    # sum: checking B totals, not B·V probabilities (~4 % of a decode step at V = 49k). torch.multinomial's message.
+    # sum: checking B totals, not B·V probabilities (2-4 % of a decode step at V = 49k). torch.multinomial's message.
     if not torch.isfinite(cdf[:, -1]).all():
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
     u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device, dtype=cdf.dtype) * cdf[:, -1:]
