@@ -92,15 +92,15 @@ def _cut_passages(texts: Sequence[str], tokenizer: Any, min_tokens: int, max_tok
     bounds = [sentence_boundaries(text) for text in texts]
     pieces = [text[b[k] : b[k + 1]] for text, b in zip(texts, bounds) for k in range(len(b) - 1)]
     piece_lens = _n_tokens(tokenizer, pieces)  # BPE counts of space-led pieces add up (checked below)
-    windows, first = [], 0  # (passage, start boundary index, end boundary index)
+    windows, start = [], 0  # (passage, start boundary index, end boundary index); passage p's pieces from start
     for p, b in enumerate(bounds):
-        lens, first = piece_lens[first : first + max(len(b) - 1, 0)], first + max(len(b) - 1, 0)
-        windows += [(p, i, j) for i, j in _windows(lens, b, max_tokens, overlap)]
-    counts = _n_tokens(tokenizer, [texts[p][bounds[p][i] : bounds[p][j]].strip() for p, i, j in windows])
+        end = start + max(len(b) - 1, 0)
+        windows += [(p, i, j) for i, j in _windows(piece_lens[start:end], b, max_tokens, overlap)]
+        start = end
+    candidates = [texts[p][bounds[p][i] : bounds[p][j]].strip() for p, i, j in windows]
     queries: list[list[str]] = [[] for _ in texts]
-    for (p, i, j), n in zip(windows, counts):
+    for (p, i, j), query, n in zip(windows, candidates, _n_tokens(tokenizer, candidates)):
         text, b = texts[p], bounds[p]
-        query = text[b[i] : b[j]].strip()
         while n > max_tokens:  # verify the real token count; drop trailing sentences if the estimate was low
             j -= 1
             if j == i:
