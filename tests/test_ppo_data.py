@@ -133,3 +133,47 @@ def test_queries_past_the_model_positions_are_named_with_the_limit(gpt2_tokenize
     with pytest.raises(ValueError, match=r"row 1: query of 260 tokens \+ response_length 4 exceeds the model's 256 "
                                          r"positions; 2 of 4 rows do \(rows \[1, 3\]\): .* at most 252 tokens"):
         prepare_query_dataset(Dataset.from_dict({"query": queries}), gpt2_tokenizer, policy, args)
+
+
+def test_input_ids_padded_by_the_tokenizer_or_in_torch_format_are_the_queries_tokens(gpt2_tokenizer, caplog):
+    """TRL 1.12's users tokenized with padding (an ``attention_mask`` column) and often ``set_format("torch")``: the
+    queries are the attended tokens only (TRL 1.12 masked the pad tokens), whatever the dataset's format; a bad row
+    is named."""
+    from types import SimpleNamespace
+
+    import torch
+    from datasets import Dataset
+    from transformers import GPT2LMHeadModel
+
+    from conftest import tiny_gpt2_config
+    from hf_prefs.trainers.ppo_data import prepare_query_dataset
+
+    torch.manual_seed(0)
+    policy, args = GPT2LMHeadModel(tiny_gpt2_config()), SimpleNamespace(dataset_num_proc=None, response_length=4)
+    texts = ["The sun rose", "She walked to the river", "Hello"]
+    plain = gpt2_tokenizer(texts)["input_ids"]
+    tokenizer = copy.deepcopy(gpt2_tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token  # TRL's scripts: pad = EOS
+    for side in ("left", "right"):
+        tokenizer.padding_side = side
+        enc = tokenizer(texts, padding="max_length", max_length=8)
+        assert any(m.count(0) for m in enc["attention_mask"])
+        out = prepare_query_dataset(Dataset.from_dict(dict(enc)), tokenizer, policy, args)
+        assert out["input_ids"] == plain and out["query"] == texts and "attention_mask" not in out.column_names
+        torch_format = Dataset.from_dict(dict(enc)).with_format("torch")
+        assert prepare_query_dataset(torch_format, tokenizer, policy, args)["input_ids"] == plain
+    for fmt in ("torch", "numpy"):  # unpadded rows of different lengths too
+        out = prepare_query_dataset(Dataset.from_dict({"input_ids": plain}).with_format(fmt), tokenizer, policy, args)
+        assert out["input_ids"] == plain and out["query"] == texts
+    # a pad token of its own (not EOS) is never a query token: its runs at the ends are dropped without a mask too
+    padded = copy.deepcopy(gpt2_tokenizer)
+    padded.pad_token = "!"  # id 0: inside the embedding, not EOS
+    ids = [[0, 0] + plain[0], plain[1], plain[2] + [0]]
+    with caplog.at_level(logging.INFO, logger="hf_prefs.trainers.ppo_data"):
+        out = prepare_query_dataset(Dataset.from_dict({"input_ids": ids}), padded, policy, args)
+    assert out["input_ids"] == plain and "2 of 3 rows" in caplog.text
+    with pytest.raises(ValueError, match=r"train_dataset row 1: `input_ids` must be a list of token ids, got None"):
+        prepare_query_dataset(Dataset.from_dict({"input_ids": [plain[0], None]}), tokenizer, policy, args)
+    bad_mask = {"input_ids": [plain[0], plain[1]], "attention_mask": [[1] * len(plain[0]), [1]]}
+    with pytest.raises(ValueError, match=r"train_dataset row 1: `attention_mask` has 1 entries for 5 `input_ids`"):
+        prepare_query_dataset(Dataset.from_dict(bad_mask), tokenizer, policy, args)

@@ -24,7 +24,8 @@ from ..models.reward_model import adds_bos, without_added_bos
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteError", "Rollout", "QueryStream", "deal_by_length", "prepare_query_dataset", "warn_if_texts_differ"]
+__all__ = ["NonFiniteError", "Rollout", "QueryStream", "deal_by_length", "prepare_query_dataset", "unpadded_input_ids",
+           "warn_if_texts_differ"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -171,6 +172,47 @@ def decoded_query(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def unpadded_input_ids(dataset: Dataset, tokenizer: Any, name: str = "train_dataset") -> Dataset:
+    """``input_ids`` rows as the query tokens alone, as TRL 1.12's PPO read them (it masked the pad tokens): with an
+    ``attention_mask`` column (a tokenizer's padding) the attended tokens, and the column dropped; without one, runs of
+    a pad token that is not EOS at either end of a row (a pad of its own is never a text token; a pad that is EOS
+    may be one, so it is kept). A row that is not a list of ids, or whose mask does not match it, is named."""
+    rows = dataset["input_ids"]
+    for i, ids in enumerate(rows):
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            shown = None if ids is None else type(ids).__name__
+            raise ValueError(f"{name} row {i}: `input_ids` must be a list of token ids, got {shown}")
+    masks = dataset["attention_mask"] if "attention_mask" in dataset.column_names else None
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if masks is not None:
+        for i, (ids, mask) in enumerate(zip(rows, masks)):
+            if not isinstance(mask, list) or len(mask) != len(ids):
+                count = len(mask) if isinstance(mask, list) else None
+                raise ValueError(f"{name} row {i}: `attention_mask` has {count} entries for {len(ids)} `input_ids`")
+        kept = [[t for t, m in zip(ids, mask) if m] for ids, mask in zip(rows, masks)]
+        why = "the `attention_mask` column's padding"
+    elif pad is not None and pad != getattr(tokenizer, "eos_token_id", None):
+        kept = [_strip(ids, pad) for ids in rows]
+        why = f"the pad token {tokenizer.pad_token!r} at the rows' ends"
+    else:
+        return dataset
+    changed = sum(len(a) != len(b) for a, b in zip(kept, rows))
+    if changed:
+        logger.info(f"{name}: {changed} of {len(rows)} rows lose {why}: the queries are their other tokens")
+    drop = ["attention_mask"] if masks is not None else []
+    return dataset.map(lambda _, i: {"input_ids": kept[i]}, with_indices=True, remove_columns=drop,
+                       desc="Unpadding input_ids")
+
+
+def _strip(ids: list[int], pad: int) -> list[int]:
+    start, end = 0, len(ids)
+    while start < end and ids[start] == pad:
+        start += 1
+    while end > start and ids[end - 1] == pad:
+        end -= 1
+    return ids[start:end]
+
+
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:
     """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); with both, keep both and warn
     where their texts differ (:func:`warn_if_texts_differ`); with neither, make both from TRL's ``prompt`` column
@@ -179,6 +221,9 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
         raise TypeError(f"{name} must be a datasets.Dataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise ValueError(f"{name} is empty")
+    dataset = dataset.with_format(None)  # torch/numpy rows (TRL 1.12's users often set_format("torch")) as lists
+    if "input_ids" in dataset.column_names:
+        dataset = unpadded_input_ids(dataset, tokenizer, name)
     columns = dataset.column_names
     from_prompt = "query" not in columns and "input_ids" not in columns and "prompt" in columns
     if from_prompt:
