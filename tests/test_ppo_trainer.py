@@ -901,3 +901,34 @@ def test_generate_completions_without_an_eval_dataset_warns(tmp_path, gpt2_token
     trainer = make_trainer(tmp_path, gpt2_tokenizer)
     with pytest.warns(UserWarning, match="given no eval_dataset"):
         assert trainer.generate_completions() is None
+
+
+def test_a_reward_model_folder_without_a_tokenizer_scores_with_the_policys(tmp_path, gpt2_tokenizer, caplog):
+    """A reward model saved without its tokenizer (built from a config, then ``save_pretrained``): transformers would
+    build an empty tokenizer from the folder (every text no tokens); TRL 1.12 scored with the policy's tokenizer, and
+    so does PPO here. A ``reward_processing_class`` given is the one used, folder or not; ``load_reward_model`` names
+    the folder; a classifier of two labels is refused when the trainer is built."""
+    from hf_prefs.models.loading import load_reward_model
+
+    torch.manual_seed(0)
+    reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1)).eval()
+    bare = tmp_path / "rm_bare"
+    reward.save_pretrained(bare)
+    with caplog.at_level(logging.INFO, logger="hf_prefs.trainers.ppo_trainer"):
+        trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=str(bare))
+    assert "holds no tokenizer; scoring with the policy's" in caplog.text
+    assert trainer.reward_processing_class is gpt2_tokenizer
+    queries, responses = ["The sun rose"], [" and the day began."]
+    expected = score_texts(reward, gpt2_tokenizer, queries, responses)
+    assert torch.equal(score_texts(trainer.reward_model, trainer.reward_processing_class, queries, responses), expected)
+    with pytest.raises(ValueError, match=r"reward model: .*rm_bare holds no tokenizer files \(tokenizer.json.*pass the tokenizer"):
+        load_reward_model(str(bare))
+    model, tokenizer = load_reward_model(str(bare), tokenizer=gpt2_tokenizer)
+    assert tokenizer is gpt2_tokenizer and torch.equal(score_texts(model, tokenizer, queries, responses), expected)
+    other = type(gpt2_tokenizer).from_pretrained(gpt2_tokenizer.name_or_path)  # given: used, with a tokenizer there too
+    gpt2_tokenizer.save_pretrained(bare)
+    trainer = PPOTrainer(make_policy(), str(bare), make_config(tmp_path), Dataset.from_dict({"query": QUERIES}),
+                         processing_class=gpt2_tokenizer, reward_processing_class=other)
+    assert trainer.reward_processing_class is other
+    with pytest.raises(ValueError, match=r"^reward_model: its score head has num_labels=2; a reward model outputs one"):
+        make_trainer(tmp_path, gpt2_tokenizer, reward=GPT2ForSequenceClassification(tiny_gpt2_config()))

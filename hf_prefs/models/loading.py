@@ -23,7 +23,8 @@ from .generation import ensure_pad_token_id
 from .reward_model import get_reward_normalization, set_reward_normalization
 
 __all__ = [
-    "NORMALIZATION_FILE", "save_reward_normalization", "load_reward_normalization", "load_reward_model", "check_local_path",
+    "NORMALIZATION_FILE", "TOKENIZER_FILES", "save_reward_normalization", "load_reward_normalization", "load_reward_model",
+    "check_local_path", "has_tokenizer_files",
 ]
 
 #: File written next to a PEFT adapter (whose folder holds no base-model config).
@@ -86,13 +87,38 @@ def _warn_untrained_head(path: str, model: Any, missing: Any) -> None:
                       "checkpoint, e.g. saved by PreferenceRewardTrainer)", stacklevel=3)
 
 
-def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple[Any, Any]:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def has_tokenizer_files(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding a tokenizer's files (:data:`TOKENIZER_FILES`). transformers builds a
+    tokenizer with an empty vocabulary from a model folder that has none (a model saved without its tokenizer), which
+    turns every text into no tokens; hf_prefs checks first."""
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES)
+
+
+def _tokenizer_source(path: str, base: str | None) -> str:
+    """Where the reward model's tokenizer is read from: its folder (or Hub id), else an adapter's base model; a
+    ValueError names the folder when no local candidate holds a tokenizer."""
+    for source in [path] + ([base] if base else []):
+        if not os.path.isdir(source) or has_tokenizer_files(source):
+            return source
+    raise ValueError(f"reward model: {path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)"
+                     + (f" and neither does its base model {base}" if base else "")
+                     + ": pass the tokenizer it was trained with (load_reward_model(path, tokenizer=...), "
+                       "PPOTrainer(reward_processing_class=...)) or save it there (tokenizer.save_pretrained)")
+
+
+def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, **kwargs: Any) -> tuple[Any, Any]:
     """Load a saved reward model (a folder or a Hub id; full model or PEFT adapter) and its tokenizer.
 
     The gain/bias saved with it (``config.json`` for full models, ``reward_normalization.json`` for adapters) are
-    restored, so :func:`score_texts` gives the same normalized rewards as before saving. ``kwargs`` go to
-    ``AutoModelForSequenceClassification.from_pretrained`` (``dtype`` defaults to float32, ``num_labels`` to 1).
-    The model is returned in eval mode; a missing pad token is set to EOS.
+    restored, so :func:`score_texts` gives the same normalized rewards as before saving. ``tokenizer``: the one to
+    use (default: the folder's, else an adapter's base model's; a ValueError when a local folder has none).
+    ``kwargs`` go to ``AutoModelForSequenceClassification.from_pretrained`` (``dtype`` defaults to float32,
+    ``num_labels`` to 1). The model is returned in eval mode; a missing pad token is set to EOS (on the tokenizer
+    returned, which is ``tokenizer`` itself when given).
     """
     path = check_local_path(path_or_hub_id, "reward model")
     kwargs.setdefault("dtype", torch.float32)
@@ -106,14 +132,15 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple
         except Exception:  # not an adapter repo (peft raises ValueError or a hub error)
             peft_config = None
 
+    base_id = peft_config.base_model_name_or_path if peft_config is not None else None
+    if peft_config is not None and base_id is None:
+        raise ValueError(f"the adapter at {path} does not name its base model (base_model_name_or_path)")
+    source = _tokenizer_source(path, base_id) if tokenizer is None else None  # before the weights: fails fast
     if peft_config is not None:
-        base_id = peft_config.base_model_name_or_path
-        if base_id is None:
-            raise ValueError(f"the adapter at {path} does not name its base model (base_model_name_or_path)")
-        base = AutoModelForSequenceClassification.from_pretrained(
+        base_model = AutoModelForSequenceClassification.from_pretrained(
             base_id, num_labels=kwargs.pop("num_labels", 1), **kwargs
         )
-        model = PeftModel.from_pretrained(base, path, revision=revision)
+        model = PeftModel.from_pretrained(base_model, path, revision=revision)
         stored = _adapter_normalization(path, revision)
         if stored is not None:
             set_reward_normalization(model, *stored)
@@ -124,12 +151,13 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, **kwargs: Any) -> tuple
         )
         _warn_untrained_head(path, model, info["missing_keys"])
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    except Exception:
-        if peft_config is None:
-            raise
-        tokenizer = AutoTokenizer.from_pretrained(peft_config.base_model_name_or_path)
+    if source is not None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision if source == path else None)
+        except Exception:
+            if base_id is None or source == base_id:
+                raise
+            tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(base_id, None))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     ensure_pad_token_id(model, tokenizer)  # the model's own pooling (unused here) refuses batches without it

@@ -38,6 +38,7 @@ __all__ = [
     "BIAS_KEY",
     "unwrap_model",
     "score_head",
+    "check_scalar_head",
     "init_score_head",
     "last_token_index",
     "get_reward_normalization",
@@ -80,6 +81,16 @@ def score_head(model: Any) -> nn.Module:
             "causal LM (e.g. GPT2ForSequenceClassification, LlamaForSequenceClassification) with num_labels=1"
         )
     return head
+
+
+def check_scalar_head(model: Any, role: str) -> None:
+    """Raise naming ``role`` unless ``model`` is a reward model: a ``score`` head (:func:`score_head`) of one output
+    (``config.num_labels == 1``; a classifier with 2 labels reads no single reward)."""
+    score_head(model)
+    labels = getattr(getattr(unwrap_model(model), "config", None), "num_labels", 1)
+    if labels != 1:
+        raise ValueError(f"{role}: its score head has num_labels={labels}; a reward model outputs one score "
+                         "(load it with num_labels=1)")
 
 
 def init_score_head(model: Any, std: float | None = None) -> float:

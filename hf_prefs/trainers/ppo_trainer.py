@@ -67,9 +67,9 @@ from ..models.adapter_inputs import adapter_inputs_in_autocast_dtype
 from ..models.attention import training_attention
 from ..models.dropout import disable_dropout
 from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, sample_responses
-from ..models.loading import check_local_path, load_reward_model
+from ..models.loading import check_local_path, has_tokenizer_files, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
-from ..models.reward_model import normalize_reward_model, score_texts
+from ..models.reward_model import check_scalar_head, normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import (
     PolicyValueOutput,
@@ -193,7 +193,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             model if model is not None else args.sft_model_path, processing_class, peft_config
         )
         self._build_reward(reward_model if reward_model is not None else args.reward_model_path,
-                           reward_processing_class or processing_class, args)
+                           reward_processing_class, processing_class, args)
         wrapper = self._build_value_function(policy, wrapper, value_model, args, processing_class)
         self._build_reference(policy, ref_model)
         for module in (wrapper, self.ref_model, self.reward_model if isinstance(self.reward_model, nn.Module) else None):
@@ -282,10 +282,19 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             policy = get_peft_model(policy, peft_config)
         return policy, wrapper, processing_class
 
-    def _build_reward(self, reward_model: nn.Module | str | RewardFunction, tokenizer: Any, args: PPOConfig) -> None:
-        """``self.reward_model`` (a model, loaded from a path, a callable or a list of them) and its tokenizer."""
+    def _build_reward(self, reward_model: nn.Module | str | RewardFunction, reward_tokenizer: Any, policy_tokenizer: Any,
+                      args: PPOConfig) -> None:
+        """``self.reward_model`` (a model, loaded from a path, a callable or a list of them) and its tokenizer:
+        ``reward_processing_class`` when given, else a reward model folder's own, else the policy's (as TRL 1.12's
+        PPO used for every model: a folder saved without its tokenizer)."""
+        tokenizer = reward_tokenizer or policy_tokenizer
         if isinstance(reward_model, (str, os.PathLike)):
-            reward_model, tokenizer = load_reward_model(check_local_path(reward_model, "reward_model"))
+            path = check_local_path(reward_model, "reward_model")
+            adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))  # its base model's folder may hold one
+            if reward_tokenizer is None and os.path.isdir(path) and not adapter and not has_tokenizer_files(path):
+                logger.info(f"reward_model: {path} holds no tokenizer; scoring with the policy's (processing_class)")
+                reward_tokenizer = policy_tokenizer
+            reward_model, tokenizer = load_reward_model(path, tokenizer=reward_tokenizer)
         if isinstance(reward_model, (list, tuple)):  # GRPO's reward_funcs
             bad = [i for i, f in enumerate(reward_model) if isinstance(f, (nn.Module, str, os.PathLike)) or not callable(f)]
             if not reward_model or bad:
@@ -305,6 +314,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         if args.normalize_reward and not isinstance(reward_model, nn.Module):
             raise ValueError("PPOConfig.normalize_reward needs a reward model (nn.Module); a reward callable has no gain/bias")
         if isinstance(reward_model, nn.Module):
+            check_scalar_head(reward_model, "reward_model")
             check_vocabulary(reward_model, tokenizer, "reward_model")
             ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
         self.reward_model = reward_model
