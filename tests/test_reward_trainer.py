@@ -170,6 +170,11 @@ def test_labels_longer_than_the_model_positions_are_dropped_not_crashed_on(gpt2_
                                           processing_class=gpt2_tokenizer)
     assert len(trainer.train_dataset) == 7
     trainer.train()
+    model.save_pretrained(tmp_path / "by_name")  # given by name, as TRL takes it: TRL loads it after the datasets
+    with pytest.warns(UserWarning, match=r"1 of 8 train labels .* longer than the model's 256 positions"):
+        by_name = PreferenceRewardTrainer(str(tmp_path / "by_name"), make_args(tmp_path, max_length=1024),
+                                          train_dataset=Dataset.from_dict(labels), processing_class=gpt2_tokenizer)
+    assert len(by_name.train_dataset) == 7
     with pytest.warns(UserWarning, match="longer than max_length=64 tokens"):  # the smaller limit is named
         PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path, max_length=64),
                                 train_dataset=Dataset.from_dict(labels), processing_class=gpt2_tokenizer)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset, IterableDataset
-from transformers import TrainerCallback
+from transformers import AutoConfig, AutoModelForSequenceClassification, TrainerCallback
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
@@ -181,7 +181,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         self._check_normalization_samples(normalization_samples, args)
         self.normalization_samples = normalization_samples
         self.num_candidates: int | None = args.num_candidates  # read by _prepare_dataset (called in super().__init__)
-        self._max_positions = _max_positions(model)  # idem: rows longer than the model's positions are dropped too
+        self._max_positions = _max_positions(model, args.model_init_kwargs)  # idem: rows longer than the model's positions are dropped too
         super().__init__(
             model=model,
             args=args,
@@ -526,10 +526,20 @@ def _takes_position_ids(model: Any) -> bool:
     return False
 
 
-def _max_positions(model: Any) -> int | None:
+def _max_positions(model: Any, init_kwargs: dict[str, Any] | None = None) -> int | None:
     """The positions of a model that embeds them in a learned table (GPT-2's ``wpe``, OPT's ``embed_positions``, ...):
     :func:`~hf_prefs.models.generation.configured_positions`, past which its forward fails with an IndexError;
-    None for rotary/ALiBi models (longer rows still run) and for a model given by name (not loaded yet)."""
+    None for rotary/ALiBi models (longer rows still run). A model given by name (TRL loads it after the datasets are
+    prepared) is built from its config on the meta device, without weights; None where that fails (TRL's own load
+    then says why)."""
+    if isinstance(model, str):
+        kwargs = {k: v for k, v in (init_kwargs or {}).items() if k in ("revision", "trust_remote_code")}
+        try:
+            config = AutoConfig.from_pretrained(model, **kwargs)
+            with torch.device("meta"):
+                model = AutoModelForSequenceClassification.from_config(config, **kwargs)
+        except Exception:  # a bad name, a config transformers cannot build: TRL's load raises its own error
+            return None
     if not isinstance(model, nn.Module):
         return None
     learned = any(isinstance(m, nn.Embedding) and re.search(r"(^|\.)(wpe|embed_positions|position_embeddings)$", name)
