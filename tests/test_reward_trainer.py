@@ -375,19 +375,24 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
     assert "hf-prefs" in card and "1909.08593" in card and "reward-trainer" in card
 
 
-@pytest.mark.parametrize("streaming, center", [(False, None), (True, None), (False, 10.0)])
-def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path, streaming, center):
+@pytest.mark.parametrize("streaming, center, pad", [(False, None, "[PAD]"), (True, None, "[PAD]"), (False, 10.0, "[PAD]"),
+                                                   (False, None, None)])
+def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path, streaming, center, pad):
     """A TRL reward script with the trainer's import changed: TRL's RewardConfig and pairwise rows passed straight to
     the trainer: K = 2 labels prepared as trl.RewardTrainer prepares the rows (EOS appended, reward at the last token),
-    so two steps from the same weights give TRL's losses and weights — with TRL's ``center_rewards_coefficient`` too."""
+    so two steps from the same weights give TRL's losses and weights — with TRL's ``center_rewards_coefficient`` too.
+    A tokenizer without a pad token (``pad`` None: TRL pads with EOS, and the sequence classifier reads the last token
+    that is not the pad, the one before the EOS TRL appends): no EOS is appended, the same losses, and the saved
+    model's own forward scores ``completion + EOS`` as hf_prefs scores ``completion``."""
     import copy
 
     from trl import RewardConfig, RewardTrainer
 
     tok = copy.deepcopy(gpt2_tokenizer)
-    tok.add_special_tokens({"pad_token": "[PAD]"})  # pad != eos: GPT-2's head reads the last non-pad token
+    if pad is not None:
+        tok.add_special_tokens({"pad_token": pad})  # pad != eos: GPT-2's head reads the last non-pad token
     cfg = tiny_gpt2_config()
-    cfg.num_labels, cfg.vocab_size, cfg.pad_token_id = 1, len(tok), tok.pad_token_id
+    cfg.num_labels, cfg.vocab_size, cfg.pad_token_id = 1, len(tok), tok.pad_token_id  # None: TRL sets EOS's
     torch.manual_seed(0)
     ours_model = GPT2ForSequenceClassification(cfg)
     trl_model, initial = copy.deepcopy(ours_model), copy.deepcopy(ours_model)
@@ -411,8 +416,9 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
     assert not ours.args.normalize_before and not ours.args.normalize_after  # TRL's config: no rho samples, no normalization
     row, trl_row = next(iter(ours.train_dataset)), next(iter(trl_trainer.train_dataset))
     assert len(row["samples_ids"]) == 2 and row["best"] == 0
-    assert row["query_ids"] + row["samples_ids"][0] == trl_row["chosen_ids"]  # same tokens
-    assert row["query_ids"] + row["samples_ids"][1] == trl_row["rejected_ids"]
+    appended = -1 if pad is None else None  # with pad = EOS, TRL's appended EOS is the token its model never reads
+    assert row["query_ids"] + row["samples_ids"][0] == trl_row["chosen_ids"][:appended]  # same tokens
+    assert row["query_ids"] + row["samples_ids"][1] == trl_row["rejected_ids"][:appended]
     trl_trainer.train()
     ours.train()
     trl_losses = [h["loss"] for h in trl_trainer.state.log_history if "loss" in h]
@@ -422,6 +428,13 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
     diff = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), trl_model.parameters()))
     print(f"max |ours - TRL| after 2 steps: {diff:.2e} (weights moved up to {moved:.2e})")
     assert diff < 1e-6 and moved > 1e-3
+    if pad is None:
+        ours.save_model(str(tmp_path / "saved"))
+        saved, _ = load_reward_model(str(tmp_path / "saved"))
+        assert saved.config.pad_token_id == tok.eos_token_id
+        query, completion = pairs[0]["prompt"], pairs[0]["chosen"]
+        own = saved(**tok(query + completion + tok.eos_token, return_tensors="pt")).logits[0, 0]
+        assert score_texts(saved, tok, [query], [completion])[0].item() == pytest.approx(own.item(), abs=1e-6)
     if streaming:  # a bad row of a stream is named when it is read
         bad = Dataset.from_dict({"prompt": ["q", "q"], "chosen": [" a", None], "rejected": [" b", " c"]}).to_iterable_dataset()
         stream = PreferenceRewardTrainer(copy.deepcopy(initial), RewardConfig(output_dir=str(tmp_path / "bad"), **common),

@@ -255,7 +255,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         tokenized = {"query_ids", "samples_ids", "best"} <= set(get_dataset_column_names(dataset))
         try:
             if is_pairwise(get_dataset_column_names(dataset)):
-                dataset = from_pairwise(dataset, processing_class, eos_token=getattr(processing_class, "eos_token", None))
+                dataset = from_pairwise(dataset, processing_class, eos_token=_readable_eos(processing_class))
             if tokenized:
                 _check_tokenized(dataset, expected_k)
             else:
@@ -524,6 +524,16 @@ def _takes_position_ids(model: Any) -> bool:
                   "for its K samples cannot be given their positions; each sample is encoded with its query instead "
                   "(the same loss, the query's tokens K times)", stacklevel=3)
     return False
+
+
+def _readable_eos(processing_class: Any) -> str | None:
+    """The EOS that ``trl.RewardTrainer`` appends to text completions, where the reward model reads it: a sequence
+    classifier reads the last token that is not the pad, so with pad = EOS (TRL's padding for a tokenizer without a
+    pad token, set before the datasets are prepared) it reads the token before that EOS — the completion's last,
+    which is where hf_prefs reads a completion without one (:func:`~hf_prefs.models.reward_model.score_texts`, PPO).
+    None there: no EOS appended, the same loss as TRL's and the same score from the saved model's own forward."""
+    eos = getattr(processing_class, "eos_token", None)
+    return eos if eos is not None and getattr(processing_class, "pad_token", None) != eos else None
 
 
 def _max_positions(model: Any, init_kwargs: dict[str, Any] | None = None) -> int | None:
