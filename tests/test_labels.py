@@ -153,6 +153,17 @@ def test_from_pairwise_renders_conversational_rows_as_trl_does(gpt2_tokenizer):
         from_pairwise(explicit)
     with pytest.raises(LabelValidationError, match="row 0, field 'chosen': could not be rendered.*chat_template is not set"):
         from_pairwise(explicit, gpt2_tokenizer)  # GPT-2's tokenizer has no chat template
+    no_content = Dataset.from_dict({"prompt": [user, user], "chosen": [good, [{"role": "assistant"}]], "rejected": [bad, bad]})
+    with pytest.raises(LabelValidationError, match=r"row 1, field 'chosen': message 0 has no content"):
+        from_pairwise(no_content, tok)  # Arrow gives it content None: rendered as "None" by a template, or jinja's error
+    raising = copy.deepcopy(tok)
+    raising.chat_template = "{{ raise_exception('no turns') }}"
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'chosen': could not be rendered with the chat template "
+                                                   r"\(TemplateError: no turns\)"):  # any template error, its row named
+        from_pairwise(explicit, raising)
+    mixed = Dataset.from_dict({"prompt": ["Is the sky blue?"], "chosen": [good], "rejected": [bad]})
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'chosen': is a list of messages while 'prompt' is text"):
+        from_pairwise(mixed, tok)  # was an IndexError inside TRL's template code
 
 
 def test_load_label_file_takes_trl_pairwise_files(gpt2_tokenizer, tmp_path):

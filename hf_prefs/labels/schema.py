@@ -415,6 +415,15 @@ def pairwise_label(
     convert; the label's own checks (non-empty samples...) are :func:`check_label_row`'s, which :func:`from_pairwise`
     runs once per row."""
     row = {c: row[c] for c in ("prompt", "chosen", "rejected") if c in row}
+    text = [c for c, v in row.items() if isinstance(v, str)]
+    messages = [c for c, v in row.items() if isinstance(v, list)]
+    if text and messages:
+        raise LabelValidationError(f"is a list of messages while {text[0]!r} is text: give prompt, chosen and rejected "
+                                   f"all as text or all as messages", idx, messages[0])
+    for col in messages:  # a message without content (Arrow fills a missing key with None) is not rendered as "None"
+        empty = [j for j, m in enumerate(row[col]) if not isinstance(m, Mapping) or m.get("content") is None]
+        if empty:
+            raise LabelValidationError(f"message {empty[0]} has no content", idx, col)
     row = maybe_extract_prompt(row) if is_conversational(row) else implicit_text_prompt(row)
     conversational = is_conversational(row)
     if conversational:
@@ -424,8 +433,9 @@ def pairwise_label(
                 "so its chat template renders the rows to text", idx, "chosen")
         try:
             row = maybe_apply_chat_template(row, processing_class)
-        except (ValueError, TypeError, KeyError) as err:  # no chat template, malformed messages
-            raise LabelValidationError(f"could not be rendered with the chat template: {err}", idx, "chosen") from err
+        except Exception as err:  # no chat template, malformed messages (jinja's UndefinedError for a missing content)
+            raise LabelValidationError(f"could not be rendered with the chat template ({type(err).__name__}: {err})",
+                                       idx, "chosen") from err
         if isinstance(row.get("prompt"), str):  # tokenized with special tokens: a BOS the template wrote is left out
             row["prompt"] = without_added_bos(processing_class, row["prompt"])
     for col in ("prompt", "chosen", "rejected"):
