@@ -172,6 +172,8 @@ def test_input_ids_padded_by_the_tokenizer_or_in_torch_format_are_the_queries_to
     with caplog.at_level(logging.INFO, logger="hf_prefs.trainers.ppo_data"):
         out = prepare_query_dataset(Dataset.from_dict({"input_ids": ids}), padded, policy, args)
     assert out["input_ids"] == plain and "2 of 3 rows" in caplog.text
+    ended = [plain[0] + [tokenizer.eos_token_id]]  # pad = EOS (= BOS for GPT-2) without a mask: may be the query's own
+    assert prepare_query_dataset(Dataset.from_dict({"input_ids": ended}), tokenizer, policy, args)["input_ids"] == ended
     with pytest.raises(ValueError, match=r"train_dataset row 1: `input_ids` must be a list of token ids, got None"):
         prepare_query_dataset(Dataset.from_dict({"input_ids": [plain[0], None]}), tokenizer, policy, args)
     bad_mask = {"input_ids": [plain[0], plain[1]], "attention_mask": [[1] * len(plain[0]), [1]]}

@@ -175,8 +175,8 @@ def decoded_query(tokenizer: Any, ids: list[int]) -> str:
 def unpadded_input_ids(dataset: Dataset, tokenizer: Any, name: str = "train_dataset") -> Dataset:
     """``input_ids`` rows as the query tokens alone, as TRL 1.12's PPO read them (it masked the pad tokens): with an
     ``attention_mask`` column (a tokenizer's padding) the attended tokens, and the column dropped; without one, runs of
-    a pad token that is not EOS at either end of a row (a pad of its own is never a text token; a pad that is EOS
-    may be one, so it is kept). A row that is not a list of ids, or whose mask does not match it, is named."""
+    a pad token of its own at either end of a row (never a text token; a pad that is EOS or BOS may be a query's own
+    token, so it is kept). A row that is not a list of ids, or whose mask does not match it, is named."""
     rows = dataset["input_ids"]
     for i, ids in enumerate(rows):
         if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
@@ -191,7 +191,7 @@ def unpadded_input_ids(dataset: Dataset, tokenizer: Any, name: str = "train_data
                 raise ValueError(f"{name} row {i}: `attention_mask` has {count} entries for {len(ids)} `input_ids`")
         kept = [[t for t, m in zip(ids, mask) if m] for ids, mask in zip(rows, masks)]
         why = "the `attention_mask` column's padding"
-    elif pad is not None and pad != getattr(tokenizer, "eos_token_id", None):
+    elif pad is not None and pad not in (getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "bos_token_id", None)):
         kept = [_strip(ids, pad) for ids in rows]
         why = f"the pad token {tokenizer.pad_token!r} at the rows' ends"
     else:
