@@ -315,10 +315,10 @@ def test_trl_reward_script_with_the_import_changed(local_hub, tmp_path):
 
     from hf_prefs import load_reward_model, score_texts
 
-    def margin(path: str) -> float:  # mean r(chosen) - r(rejected), EOS appended as TRL's trainer appends it
-        model, tok = load_reward_model(path)
+    def margin(path: str) -> float:  # mean r(chosen) - r(rejected), each read where the model was trained (with
+        model, tok = load_reward_model(path)  # its response suffix: none here, whose tokenizer pads with EOS)
         prompts = [c.split(" She")[0] for c in rows["chosen"]]
-        chosen, rejected = ([t[len(p):] + tok.eos_token for t, p in zip(rows[col], prompts)] for col in ("chosen", "rejected"))
+        chosen, rejected = ([t[len(p):] for t, p in zip(rows[col], prompts)] for col in ("chosen", "rejected"))
         return float((torch.as_tensor(score_texts(model, tok, prompts, chosen))
                       - torch.as_tensor(score_texts(model, tok, prompts, rejected))).mean())
 

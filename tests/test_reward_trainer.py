@@ -463,3 +463,48 @@ def test_trl_reward_config_is_taken_field_for_field(gpt2_tokenizer, tmp_path, mo
     assert not default.args.normalize_before and default.args.output_dir.endswith("-Reward")
     with pytest.raises(TypeError, match="PreferenceRewardConfig or trl.RewardConfig, got dict"):
         PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), {"output_dir": str(tmp_path)}, train_dataset=toy_labels(8))
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_a_model_trained_on_trl_text_pairs_is_read_at_the_eos_it_was_trained_on(gpt2_tokenizer, tmp_path, peft):
+    """TRL's pairwise text rows with a pad token of its own: the trainer appends EOS (as trl.RewardTrainer) and the
+    model learns at it; the model keeps that EOS as its response suffix (config, or the adapter's normalization file),
+    so score_texts — hence the normalization and PPO — reads ``response + EOS``: the score the model's own forward
+    gives on that text, before and after saving. K-way labels and chats keep no suffix."""
+    import copy
+
+    from peft import LoraConfig
+
+    from hf_prefs.models.reward_model import get_response_suffix
+
+    tok = copy.deepcopy(gpt2_tokenizer)
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    cfg = tiny_gpt2_config()
+    cfg.num_labels, cfg.vocab_size, cfg.pad_token_id = 1, len(tok), tok.pad_token_id
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(cfg).save_pretrained(tmp_path / "base")
+    pairs = Dataset.from_dict({"prompt": ["After the ball she felt"] * 8, "chosen": [" happy all day."] * 8,
+                               "rejected": [" sad for a week."] * 8})
+    rho = rho_samples(8)
+    args = make_args(tmp_path, max_steps=2, normalize_before=True, normalize_after=True, normalize_samples=8)
+    trainer = PreferenceRewardTrainer(GPT2ForSequenceClassification.from_pretrained(tmp_path / "base"), args,
+                                      train_dataset=pairs, processing_class=tok, normalization_samples=rho,
+                                      peft_config=LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["c_attn"]) if peft else None)
+    assert get_response_suffix(trainer.model) == tok.eos_token  # set before normalize_before scores rho
+    trainer.train()
+    model = trainer.model
+    query, response = "After the ball she felt", " happy all day."
+    raw = score_texts(model, tok, [query], [response], normalized=False)[0].item()
+    own = model(**tok(query + response + tok.eos_token, return_tensors="pt")).logits[0, 0].item()
+    assert raw == pytest.approx(own, abs=1e-5)  # read at the EOS, the trained position
+    assert score_texts(model, tok, [query], [response + tok.eos_token])[0] == score_texts(model, tok, [query], [response])[0]
+    # the normalization was fitted on what PPO reads: rho's samples scored with the EOS, mean 0 and std 1
+    normalized = score_texts(model, tok, rho["query"], rho["response"])
+    assert normalized.mean().item() == pytest.approx(0.0, abs=1e-4) and normalized.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded, _ = load_reward_model(str(tmp_path / "saved"))
+    assert get_response_suffix(loaded) == tok.eos_token
+    assert torch.allclose(score_texts(loaded, tok, rho["query"], rho["response"]), normalized, atol=1e-5)
+    kway = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(8),
+                                   processing_class=gpt2_tokenizer)
+    assert get_response_suffix(kway.model) == ""

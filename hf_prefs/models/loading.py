@@ -20,11 +20,11 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .generation import ensure_pad_token_id
-from .reward_model import get_reward_normalization, set_reward_normalization
+from .reward_model import get_response_suffix, get_reward_normalization, set_reward_normalization, set_response_suffix
 
 __all__ = [
     "NORMALIZATION_FILE", "TOKENIZER_FILES", "save_reward_normalization", "load_reward_normalization", "load_reward_model",
-    "check_local_path", "has_tokenizer_files",
+    "check_local_path", "has_tokenizer_files", "load_response_suffix",
 ]
 
 #: File written next to a PEFT adapter (whose folder holds no base-model config).
@@ -36,8 +36,11 @@ def save_reward_normalization(model: Any, directory: str | os.PathLike) -> str:
     gain, bias = get_reward_normalization(model)
     path = os.path.join(directory, NORMALIZATION_FILE)
     os.makedirs(directory, exist_ok=True)
+    stored: dict[str, Any] = {"gain": gain, "bias": bias}
+    if get_response_suffix(model):  # the base model's config, where it lives, is not in an adapter folder
+        stored["response_suffix"] = get_response_suffix(model)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"gain": gain, "bias": bias}, f, indent=2)
+        json.dump(stored, f, indent=2)
     return path
 
 
@@ -54,14 +57,27 @@ def load_reward_normalization(directory: str | os.PathLike) -> tuple[float, floa
         raise ValueError(f"{path} must hold numbers 'gain' and 'bias', got {data!r}") from err
 
 
-def _adapter_normalization(path_or_hub_id: str, revision: str | None) -> tuple[float, float] | None:
+def _adapter_normalization_folder(path_or_hub_id: str, revision: str | None) -> str | None:
+    """The local folder holding an adapter's ``reward_normalization.json`` (downloaded from the Hub), or None."""
     if os.path.isdir(path_or_hub_id):
-        return load_reward_normalization(path_or_hub_id)
+        return path_or_hub_id
     try:
         local = hf_hub_download(path_or_hub_id, NORMALIZATION_FILE, revision=revision)
     except EntryNotFoundError:
         return None
-    return load_reward_normalization(os.path.dirname(local))
+    return os.path.dirname(local)
+
+
+def load_response_suffix(directory: str | os.PathLike) -> str | None:
+    """The ``response_suffix`` of ``directory/reward_normalization.json`` (:func:`save_reward_normalization`), or None."""
+    path = os.path.join(directory, NORMALIZATION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        suffix = json.load(f).get("response_suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise ValueError(f"{path}: 'response_suffix' must be text, got {suffix!r}")
+    return suffix
 
 
 def check_local_path(path_or_hub_id: str | os.PathLike, role: str) -> str:
@@ -141,9 +157,11 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
             base_id, num_labels=kwargs.pop("num_labels", 1), **kwargs
         )
         model = PeftModel.from_pretrained(base_model, path, revision=revision)
-        stored = _adapter_normalization(path, revision)
+        folder = _adapter_normalization_folder(path, revision)
+        stored = load_reward_normalization(folder) if folder is not None else None
         if stored is not None:
             set_reward_normalization(model, *stored)
+            set_response_suffix(model, load_response_suffix(folder))
     else:
         kwargs.pop("output_loading_info", None)  # read here; the model alone is returned
         model, info = AutoModelForSequenceClassification.from_pretrained(

@@ -36,6 +36,10 @@ from .wrappers import unwrap_distributed
 __all__ = [
     "GAIN_KEY",
     "BIAS_KEY",
+    "SUFFIX_KEY",
+    "get_response_suffix",
+    "set_response_suffix",
+    "with_response_suffix",
     "unwrap_model",
     "score_head",
     "check_scalar_head",
@@ -58,6 +62,8 @@ __all__ = [
 GAIN_KEY = "hf_prefs_reward_gain"
 #: Config attribute holding the bias.
 BIAS_KEY = "hf_prefs_reward_bias"
+#: Config key of the text a reward model reads after each response (:func:`set_response_suffix`).
+SUFFIX_KEY = "hf_prefs_response_suffix"
 
 #: A source of responses from rho for given queries: ``sampler(queries) -> responses`` (one per query).
 ResponseSource = Callable[[list[str]], Sequence[str]]
@@ -115,6 +121,27 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
         raise ValueError("a row of the attention mask has no attended token")
     idx = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (idx * (attention_mask != 0)).argmax(dim=-1)
+
+
+def get_response_suffix(model: Any) -> str:
+    """The text ``model`` was trained to read after each response ("" if none): :func:`score_texts` appends it."""
+    return getattr(unwrap_model(model).config, SUFFIX_KEY, None) or ""
+
+
+def set_response_suffix(model: Any, suffix: str | None) -> None:
+    """Store on ``model``'s config (saved with it) the text it reads after each response: the EOS that
+    :class:`~hf_prefs.trainers.reward_trainer.PreferenceRewardTrainer` appends to TRL's pairwise text completions, as
+    ``trl.RewardTrainer`` does, where the model reads it (a pad token that is not EOS). ``None``/"" clears it."""
+    config = unwrap_model(model).config
+    if suffix:
+        setattr(config, SUFFIX_KEY, suffix)
+    elif hasattr(config, SUFFIX_KEY):
+        delattr(config, SUFFIX_KEY)
+
+
+def with_response_suffix(response: str, suffix: str) -> str:
+    """``response`` + ``suffix``, unless it already ends with it (a response that kept its EOS)."""
+    return response if not suffix or response.endswith(suffix) else response + suffix
 
 
 def get_reward_normalization(model: Any) -> tuple[float, float]:
@@ -253,8 +280,9 @@ def score_texts(
 
     ``normalized=True`` (default) applies the gain/bias stored with the model, so a model saved after
     normalization scores the same after :func:`load_reward_model`. The model is put in eval mode for the call.
-    The texts are scored as given: nothing (no EOS) is appended — a model trained on TRL's pairwise text rows, to
-    which the trainer appends EOS as ``trl.RewardTrainer`` does, reads its trained position on ``response + eos_token``.
+    Each response is read with the model's response suffix (:func:`get_response_suffix`): nothing for the paper's
+    K-way labels; the EOS for a model trained on TRL's pairwise text rows, to which the trainer appended it as
+    ``trl.RewardTrainer`` does — so it is read where it was trained (PPO and the normalization score through here).
     """
     queries, responses = list(queries), list(responses)
     if len(queries) != len(responses):
@@ -263,6 +291,8 @@ def score_texts(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pad_id, device = input_pad_id(model, tokenizer), model_device(model)
     ensure_pad_token_id(model, tokenizer)
+    suffix = get_response_suffix(model)
+    responses = [with_response_suffix(r, suffix) for r in responses]
     was_training = model.training
     model.eval()
     out = []

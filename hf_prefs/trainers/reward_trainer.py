@@ -41,6 +41,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Trainer
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
+from trl.data_utils import is_conversational
 
 from .._compat import count_reward_trainer_tokens, get_dataset_column_names, reward_trainer_metrics
 from ..citation import ZIEGLER_2019
@@ -60,6 +61,7 @@ from ..models.reward_model import (
     normalize_reward_model,
     packed_rewards,
     set_reward_normalization,
+    set_response_suffix,
     unwrap_model,
 )
 from .deepspeed_plugins import DeepSpeedPluginMixin
@@ -182,6 +184,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         self.normalization_samples = normalization_samples
         self.num_candidates: int | None = args.num_candidates  # read by _prepare_dataset (called in super().__init__)
         self._max_positions = _max_positions(model, args.model_init_kwargs)  # idem: rows longer than the model's positions are dropped too
+        self._response_suffix: str | None = None  # idem: the EOS appended to TRL's pairwise text training rows
         super().__init__(
             model=model,
             args=args,
@@ -201,6 +204,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         if self.args.disable_dropout:  # TRL zeroed the nn.Dropout layers; also the rates applied functionally
             disable_dropout(self.model)
         check_vocabulary(self.model, self.processing_class, "model (the reward model)")
+        if self._response_suffix:  # read where it was trained: by score_texts, the normalization and PPO, once saved too
+            set_response_suffix(self.model, self._response_suffix)
         self._pending_logs: dict[str, float] | None = None
         self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
@@ -255,7 +260,10 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         tokenized = {"query_ids", "samples_ids", "best"} <= set(get_dataset_column_names(dataset))
         try:
             if is_pairwise(get_dataset_column_names(dataset)):
-                dataset = from_pairwise(dataset, processing_class, eos_token=_readable_eos(processing_class))
+                eos = _readable_eos(processing_class)
+                if dataset_name == "train" and eos and not _first_row_conversational(dataset):
+                    self._response_suffix = eos  # appended to the text completions below (not to rendered chats)
+                dataset = from_pairwise(dataset, processing_class, eos_token=eos)
             if tokenized:
                 _check_tokenized(dataset, expected_k)
             else:
@@ -524,6 +532,12 @@ def _takes_position_ids(model: Any) -> bool:
                   "for its K samples cannot be given their positions; each sample is encoded with its query instead "
                   "(the same loss, the query's tokens K times)", stacklevel=3)
     return False
+
+
+def _first_row_conversational(dataset: Dataset | IterableDataset) -> bool:
+    """Whether a pairwise dataset holds chats (TRL's ``is_conversational`` of its first row; a column has one type)."""
+    first = (dataset[0] if len(dataset) else None) if isinstance(dataset, Dataset) else next(iter(dataset), None)
+    return first is not None and is_conversational(first)
 
 
 def _readable_eos(processing_class: Any) -> str | None:
