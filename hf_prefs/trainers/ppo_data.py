@@ -197,9 +197,10 @@ def unpadded_input_ids(dataset: Dataset, tokenizer: Any, name: str = "train_data
     else:
         return dataset
     changed = sum(len(a) != len(b) for a, b in zip(kept, rows))
-    if changed:
-        logger.info(f"{name}: {changed} of {len(rows)} rows lose {why}: the queries are their other tokens")
     drop = ["attention_mask"] if masks is not None else []
+    if not changed:
+        return dataset.remove_columns(drop)
+    logger.info(f"{name}: {changed} of {len(rows)} rows lose {why}: the queries are their other tokens")
     return dataset.map(lambda _, i: {"input_ids": kept[i]}, with_indices=True, remove_columns=drop,
                        desc="Unpadding input_ids")
 

@@ -287,7 +287,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         """``self.reward_model`` (a model, loaded from a path, a callable or a list of them) and its tokenizer:
         ``reward_processing_class`` when given, else a reward model folder's own, else the policy's (as TRL 1.12's
         PPO used for every model: a folder saved without its tokenizer)."""
-        tokenizer = reward_tokenizer or policy_tokenizer
+        tokenizer = reward_tokenizer if reward_tokenizer is not None else policy_tokenizer
         if isinstance(reward_model, (str, os.PathLike)):
             path = check_local_path(reward_model, "reward_model")
             adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))  # its base model's folder may hold one

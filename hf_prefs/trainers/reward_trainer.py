@@ -561,7 +561,8 @@ def _max_positions(model: Any, init_kwargs: dict[str, Any] | None = None) -> int
         try:
             config = AutoConfig.from_pretrained(model, **kwargs)
             with torch.device("meta"):
-                model = AutoModelForSequenceClassification.from_config(config, **kwargs)
+                model = AutoModelForSequenceClassification.from_config(
+                    config, trust_remote_code=kwargs.get("trust_remote_code", False))
         except Exception:  # a bad name, a config transformers cannot build: TRL's load raises its own error
             return None
     if not isinstance(model, nn.Module):
