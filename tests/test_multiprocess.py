@@ -32,13 +32,14 @@ import rm_run  # noqa: E402
 pytestmark = pytest.mark.multiprocess
 
 
-def launch(script: str, *args: str, processes: int = 2, must_pass: bool = True) -> subprocess.CompletedProcess:
+def launch(script: str, *args: str, processes: int = 2, must_pass: bool = True, timeout: float = 900
+           ) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file multi_cpu.yaml` with `processes` processes; fails the test on an error unless
-    ``must_pass`` is False."""
+    ``must_pass`` is False (and on a run longer than ``timeout`` seconds)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU), "--num_processes",
            str(processes), str(SCRIPTS / script), *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0 or not must_pass, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -190,6 +191,12 @@ def test_processes_end_their_process_group_at_a_normal_exit_and_leave_it_after_a
     assert proc.returncode != 0 and "rank 1 fails on purpose" in proc.stderr
     # the failed rank skipped the barrier (its peer may be inside a collective): its group was left as it was
     assert json.loads((tmp_path / "fail" / "exit_1.json").read_text()) == {"world": 2, "initialized": True}
+    # a training error caught by the script, then sys.exit(1) (no sys.excepthook): the barrier is skipped too — both
+    # processes hung there (the peer inside a step's all-reduce), now both end when the failed one exits
+    (tmp_path / "caught").mkdir()
+    proc = launch("exit_run.py", "--out", str(tmp_path / "caught"), "--catch_rank", "1", must_pass=False, timeout=120)
+    assert proc.returncode != 0 and "caught: rank 1 fails in training" in proc.stdout
+    assert json.loads((tmp_path / "caught" / "exit_1.json").read_text()) == {"world": 2, "initialized": True}
 
 
 def test_main_process_work_longer_than_the_group_timeout_reaches_every_process(tmp_path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import accelerate
@@ -12,7 +14,7 @@ import torch.distributed as dist
 from accelerate.utils import DistributedType
 from transformers.utils import logging
 
-__all__ = ["check_launch", "check_process_count", "check_sharding_active", "check_ppo_sharding", "check_critic_warmup",
+__all__ = ["check_launch", "marks_failure", "check_process_count", "check_sharding_active", "check_ppo_sharding", "check_critic_warmup",
            "destroy_process_group_at_exit"]
 
 logger = logging.get_logger(__name__)
@@ -120,6 +122,23 @@ def destroy_process_group_at_exit() -> None:
     sys.excepthook = note_failure
     atexit.register(_end_process_group)
     _EXIT["registered"] = True
+
+
+def marks_failure(train: Callable[..., Any]) -> Callable[..., Any]:
+    """A trainer's ``train`` that notes an exception leaving it, so that the exit hook skips its barrier on this rank
+    even where the caller catches the exception and exits by ``sys.exit(1)`` or normally (neither reaches
+    ``sys.excepthook``): the other ranks may be inside a training collective, which ends when this process exits and
+    its sockets close, but never reaches the barrier — both processes hung there."""
+
+    @functools.wraps(train)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return train(*args, **kwargs)
+        except BaseException:
+            _EXIT["failed"] = True
+            raise
+
+    return wrapped
 
 
 def check_launch(accelerator: Any) -> None:

@@ -79,7 +79,7 @@ from ..models.value_head import (
 )
 from .compilation import HALF_PRECISION_COMPILE_WARNING, RegionalCompileMixin, compiled_as_policy, compiles
 from .deepspeed_plugins import DeepSpeedPluginMixin
-from .launch import check_critic_warmup, check_launch, check_ppo_sharding
+from .launch import check_critic_warmup, check_launch, check_ppo_sharding, marks_failure
 from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
 from .ppo_config import PPOConfig, minibatch_split
 from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
@@ -1002,6 +1002,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         for attr in ("model", "optimizer", "lr_scheduler"):
             setattr(self.callback_handler, attr, getattr(self, attr))
 
+    @marks_failure
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> TrainOutput:
         """Run ``num_total_batches`` PPO updates (or the remaining ones when resuming from a checkpoint)."""
         a = self.args

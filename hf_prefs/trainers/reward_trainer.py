@@ -65,7 +65,7 @@ from ..models.reward_model import (
     unwrap_model,
 )
 from .deepspeed_plugins import DeepSpeedPluginMixin
-from .launch import check_launch
+from .launch import check_launch, marks_failure
 from .reward_config import PreferenceRewardConfig
 
 __all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorForKWayPreference"]
@@ -370,6 +370,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             self.log(logs)
         return gain, bias
 
+    @marks_failure
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """TRL's training loop between the paper's normalizations.
 
