@@ -163,19 +163,23 @@ class PPOReportingMixin:
                               "complete (pass eval_dataset=; hf_prefs.evaluate_policy samples any queries)", stacklevel=2)
             return None
         a, spec, device = self.args, self.rollout_spec, self.accelerator.device
-        mine = list(range(len(self.eval_dataset)))[self.accelerator.process_index :: self.accelerator.num_processes]
-        # every process runs as many batches (sharded forwards are collectives): short ones repeat a row, dropped below
-        per_process = -(-len(self.eval_dataset) // self.accelerator.num_processes)
-        rows = (mine + (mine or [0])[-1:] * per_process)[:per_process]
-        table: dict[str, list[Any]] = {"query": [], "model response": [], "score": []}
+        world, n, size = self.accelerator.num_processes, len(self.eval_dataset), a.per_device_eval_batch_size
+        # batches of the eval set dealt in turn, as TRL 1.12's sharded dataloader did (a sampled table shows the first
+        # world x batch rows); every process runs as many batches (sharded forwards are collectives): a short one
+        # repeats a batch, dropped below; the rows are put back in the eval set's order after the gather
+        batches = [list(range(start, min(start + size, n))) for start in range(0, n, size)]
+        mine = batches[self.accelerator.process_index :: world]
+        rounds = 1 if sampling else -(-len(batches) // world)
+        runs = (mine + [(mine or batches)[-1]] * rounds)[:rounds]
+        table: dict[str, list[Any]] = {"row": [], "query": [], "model response": [], "score": []}
         # its own generator: showing completions never changes what training samples; nor what reward functions log
         # (log_metric, log_extra) while they score these completions
         training_logs, self.reward_metrics = (self.reward_metrics, self.reward_log_extra), {}
         generator = torch.Generator(device=device).manual_seed(a.seed + 17 + 1_000_003 * self.accelerator.process_index)
         self.model.eval()
         with generation_model(self.model_wrapped, self.accelerator, a.ds3_gather_for_generation) as wrapper:
-            for start in range(0, len(rows), a.per_device_eval_batch_size):
-                batch = self.eval_dataset[rows[start : start + a.per_device_eval_batch_size]]
+            for i, rows in enumerate(runs):
+                batch = self.eval_dataset[rows]
                 query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
                 with self.accelerator.autocast():
                     responses = sample_responses(
@@ -184,14 +188,17 @@ class PPOReportingMixin:
                     )
                 lengths = spec.cut(responses).lengths
                 texts = self.decode_responses(responses, lengths)
-                table["query"] += list(batch["query"])
-                table["model response"] += texts
                 with self.scoring_with(batch, responses, lengths):  # the rows' columns for a reward in TRL's form
-                    table["score"] += self.score(list(batch["query"]), texts).tolist()
-                if sampling:
-                    break
+                    scores = self.score(list(batch["query"]), texts).tolist()
+                if i < len(mine):
+                    table["row"] += rows
+                    table["query"] += list(batch["query"])
+                    table["model response"] += texts
+                    table["score"] += scores
         self.reward_metrics, self.reward_log_extra = training_logs
-        df = pd.DataFrame({key: gather_object(values[: len(mine)]) for key, values in table.items()})
+        gathered = {key: gather_object(values) for key, values in table.items()}
+        order = sorted(range(len(gathered["row"])), key=gathered.pop("row").__getitem__)
+        df = pd.DataFrame({key: [values[i] for i in order] for key, values in gathered.items()})
         if self.accelerator.is_main_process:
             print(df.iloc[:5].to_string())
             self._log_table("completions", df)
