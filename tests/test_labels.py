@@ -156,6 +156,11 @@ def test_from_pairwise_renders_conversational_rows_as_trl_does(gpt2_tokenizer):
     no_content = Dataset.from_dict({"prompt": [user, user], "chosen": [good, [{"role": "assistant"}]], "rejected": [bad, bad]})
     with pytest.raises(LabelValidationError, match=r"row 1, field 'chosen': message 0 has no content"):
         from_pairwise(no_content, tok)  # Arrow gives it content None: rendered as "None" by a template, or jinja's error
+    call = [{"role": "assistant", "content": None, "tool_calls": [{"name": "lookup"}]}]  # a tool call: no content, fine
+    tool_tok = copy.deepcopy(tok)
+    tool_tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] or m['tool_calls'] }}{% endfor %}"
+    row = from_pairwise(Dataset.from_list([{"prompt": user, "chosen": call, "rejected": call}]), tool_tok)[0]
+    assert row["samples"][0].startswith("<|assistant|>")
     raising = copy.deepcopy(tok)
     raising.chat_template = "{{ raise_exception('no turns') }}"
     with pytest.raises(LabelValidationError, match=r"row 0, field 'chosen': could not be rendered with the chat template "

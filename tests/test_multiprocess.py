@@ -237,7 +237,8 @@ def test_evaluation_runs_equal_forward_passes_on_every_process(tiny_base, gpt2_t
     """3 held-out queries on 2 processes (shares of 2 and 1): each process runs the same number of forward passes
     (under ZeRO-3 a forward needs every process; the shorter share is padded), and the merged evaluation is each
     share's own evaluation, the padding dropped. ``generate_completions``' table holds the eval set's rows in its
-    order on every process (it was rank 0's rows, then rank 1's: queries 0, 2, 1)."""
+    order on every process (it was rank 0's rows, then rank 1's: 0, 2, 4, 1, 3), each process scoring batches of as
+    many rows."""
     from transformers import AutoModelForCausalLM
 
     import eval_run
@@ -248,7 +249,8 @@ def test_evaluation_runs_equal_forward_passes_on_every_process(tiny_base, gpt2_t
     got = [json.loads((tmp_path / f"eval_{r}.json").read_text()) for r in range(2)]
     assert got[0]["forwards"] == got[1]["forwards"] > 0 and got[0]["eval"] == got[1]["eval"]
     table = got[0]["completions"]
-    assert table["query"] == eval_run.QUERIES and got[1]["completions"] == table
+    assert table["query"] == eval_run.COMPLETION_QUERIES and got[1]["completions"] == table
+    assert got[0]["scored"] == got[1]["scored"] == [2, 2]
     assert table["score"] == [float(len(r)) for r in table["response"]]  # each row's response stays with its query
     merged = got[0]["eval"]
     assert merged["queries"] == eval_run.QUERIES and len(merged["known_rewards"]) == len(merged["responses"]) == 3

@@ -252,6 +252,13 @@ def test_non_finite_reward_stops_training_and_names_the_step(tmp_path, gpt2_toke
         trainer.train()
     assert isinstance(err.value, FloatingPointError) and err.value.step == 2
     assert trainer.state.global_step == 1
+    # the run is marked failed for the exit hook (a script that catches this and exits must not wait at its barrier
+    # for ranks inside a collective); a later run that finishes clears it
+    from hf_prefs.trainers import launch
+
+    assert launch._EXIT["failed"] is True
+    make_trainer(tmp_path, gpt2_tokenizer, total_episodes=8).train()
+    assert launch._EXIT["failed"] is False
 
 
 def test_non_finite_logits_stop_training(tmp_path, gpt2_tokenizer):
@@ -914,10 +921,11 @@ def test_a_reward_model_folder_without_a_tokenizer_scores_with_the_policys(tmp_p
     reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1)).eval()
     bare = tmp_path / "rm_bare"
     reward.save_pretrained(bare)
+    pad = gpt2_tokenizer.pad_token
     with caplog.at_level(logging.INFO, logger="hf_prefs.trainers.ppo_trainer"):
         trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=str(bare))
     assert "holds no tokenizer; scoring with the policy's" in caplog.text
-    assert trainer.reward_processing_class is gpt2_tokenizer
+    assert trainer.reward_processing_class is gpt2_tokenizer and gpt2_tokenizer.pad_token == pad  # not changed
     queries, responses = ["The sun rose"], [" and the day began."]
     expected = score_texts(reward, gpt2_tokenizer, queries, responses)
     assert torch.equal(score_texts(trainer.reward_model, trainer.reward_processing_class, queries, responses), expected)

@@ -256,6 +256,15 @@ def test_normalization_needs_samples(gpt2_tokenizer, tmp_path):
             processing_class=gpt2_tokenizer,
             normalization_samples=Dataset.from_dict({"query": ["a", "b"]}),
         )
+    from hf_prefs.trainers import launch  # an error leaving train() marks the run failed for the exit hook
+
+    trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(4),
+                                      processing_class=gpt2_tokenizer)
+    with pytest.raises(ValueError, match="no checkpoint found"):
+        trainer.train(resume_from_checkpoint=True)
+    assert launch._EXIT["failed"] is True
+    trainer.train()
+    assert launch._EXIT["failed"] is False
 
 
 @pytest.mark.parametrize("targets", [(0.0, 1.0), (2.0, 0.5)])
@@ -475,7 +484,7 @@ def test_a_model_trained_on_trl_text_pairs_is_read_at_the_eos_it_was_trained_on(
 
     from peft import LoraConfig
 
-    from hf_prefs.models.reward_model import get_response_suffix
+    from hf_prefs.models.reward_model import get_response_suffix, set_response_suffix
 
     tok = copy.deepcopy(gpt2_tokenizer)
     tok.add_special_tokens({"pad_token": "[PAD]"})
@@ -508,3 +517,13 @@ def test_a_model_trained_on_trl_text_pairs_is_read_at_the_eos_it_was_trained_on(
     kway = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(8),
                                    processing_class=gpt2_tokenizer)
     assert get_response_suffix(kway.model) == ""
+    if not peft:  # a model that had one, trained on K-way labels or chats: read as those are (the suffix cleared)
+        again = PreferenceRewardTrainer(loaded, make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
+        assert get_response_suffix(again.model) == ""
+        tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        turn = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+        chats = Dataset.from_dict({"prompt": [turn("user", "Hi")] * 2, "chosen": [turn("assistant", "Hello.")] * 2,
+                                   "rejected": [turn("assistant", "Go.")] * 2})
+        set_response_suffix(loaded, tok.eos_token)
+        assert get_response_suffix(PreferenceRewardTrainer(loaded, make_args(tmp_path), train_dataset=chats,
+                                                           processing_class=tok).model) == ""

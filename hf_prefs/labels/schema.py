@@ -421,7 +421,8 @@ def pairwise_label(
         raise LabelValidationError(f"is a list of messages while {text[0]!r} is text: give prompt, chosen and rejected "
                                    f"all as text or all as messages", idx, messages[0])
     for col in messages:  # a message without content (Arrow fills a missing key with None) is not rendered as "None"
-        empty = [j for j, m in enumerate(row[col]) if not isinstance(m, Mapping) or m.get("content") is None]
+        empty = [j for j, m in enumerate(row[col]) if not isinstance(m, Mapping)
+                 or (m.get("content") is None and m.get("tool_calls") is None)]  # a tool call may have no content
         if empty:
             raise LabelValidationError(f"message {empty[0]} has no content", idx, col)
     row = maybe_extract_prompt(row) if is_conversational(row) else implicit_text_prompt(row)

@@ -133,8 +133,8 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
     restored, so :func:`score_texts` gives the same normalized rewards as before saving. ``tokenizer``: the one to
     use (default: the folder's, else an adapter's base model's; a ValueError when a local folder has none).
     ``kwargs`` go to ``AutoModelForSequenceClassification.from_pretrained`` (``dtype`` defaults to float32,
-    ``num_labels`` to 1). The model is returned in eval mode; a missing pad token is set to EOS (on the tokenizer
-    returned, which is ``tokenizer`` itself when given).
+    ``num_labels`` to 1). The model is returned in eval mode; a loaded tokenizer's missing pad token is set to EOS
+    (a tokenizer given is returned as it is: scoring pads with :func:`~hf_prefs.models.generation.input_pad_id`).
     """
     path = check_local_path(path_or_hub_id, "reward model")
     kwargs.setdefault("dtype", torch.float32)
@@ -176,8 +176,8 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
             if base_id is None or source == base_id:
                 raise
             tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(base_id, None))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.pad_token is None:  # on the one loaded here only: a tokenizer given (the policy's) is not changed
+            tokenizer.pad_token = tokenizer.eos_token
     ensure_pad_token_id(model, tokenizer)  # the model's own pooling (unused here) refuses batches without it
     model.eval()
     return model, tokenizer

@@ -133,10 +133,15 @@ def marks_failure(train: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(train)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
-            return train(*args, **kwargs)
+            result = train(*args, **kwargs)
+        except SystemExit as stop:  # a callback's sys.exit(0) ends the run cleanly: every rank reaches the barrier
+            _EXIT["failed"] = stop.code not in (0, None)
+            raise
         except BaseException:
             _EXIT["failed"] = True
             raise
+        _EXIT["failed"] = False  # a caught failure, then a finished run: the ranks end together again
+        return result
 
     return wrapped
 

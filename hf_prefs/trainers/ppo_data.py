@@ -180,8 +180,10 @@ def unpadded_input_ids(dataset: Dataset, tokenizer: Any, name: str = "train_data
     rows = dataset["input_ids"]
     for i, ids in enumerate(rows):
         if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-            shown = None if ids is None else type(ids).__name__
-            raise ValueError(f"{name} row {i}: `input_ids` must be a list of token ids, got {shown}")
+            bad = next((t for t in ids if not isinstance(t, int)), None) if isinstance(ids, list) else None
+            shown = f"a list holding {type(bad).__name__} {bad!r}" if isinstance(ids, list) else (
+                None if ids is None else type(ids).__name__)
+            raise ValueError(f"{name} row {i}: `input_ids` must be a list of token ids (ints), got {shown}")
     masks = dataset["attention_mask"] if "attention_mask" in dataset.column_names else None
     pad = getattr(tokenizer, "pad_token_id", None)
     if masks is not None:

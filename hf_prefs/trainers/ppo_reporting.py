@@ -165,12 +165,15 @@ class PPOReportingMixin:
         a, spec, device = self.args, self.rollout_spec, self.accelerator.device
         world, n, size = self.accelerator.num_processes, len(self.eval_dataset), a.per_device_eval_batch_size
         # batches of the eval set dealt in turn, as TRL 1.12's sharded dataloader did (a sampled table shows the first
-        # world x batch rows); every process runs as many batches (sharded forwards are collectives): a short one
-        # repeats a batch, dropped below; the rows are put back in the eval set's order after the gather
+        # world x batch rows); on several processes every one runs as many batches of as many rows (sharded forwards
+        # are collectives, and scoring chunks rows): a short batch repeats its last row and a missing one a batch,
+        # dropped below; the rows are put back in the eval set's order after the gather
         batches = [list(range(start, min(start + size, n))) for start in range(0, n, size)]
         mine = batches[self.accelerator.process_index :: world]
         rounds = 1 if sampling else -(-len(batches) // world)
         runs = (mine + [(mine or batches)[-1]] * rounds)[:rounds]
+        if world > 1:
+            runs = [rows + rows[-1:] * (size - len(rows)) for rows in runs]
         table: dict[str, list[Any]] = {"row": [], "query": [], "model response": [], "score": []}
         # its own generator: showing completions never changes what training samples; nor what reward functions log
         # (log_metric, log_extra) while they score these completions
@@ -191,10 +194,11 @@ class PPOReportingMixin:
                 with self.scoring_with(batch, responses, lengths):  # the rows' columns for a reward in TRL's form
                     scores = self.score(list(batch["query"]), texts).tolist()
                 if i < len(mine):
-                    table["row"] += rows
-                    table["query"] += list(batch["query"])
-                    table["model response"] += texts
-                    table["score"] += scores
+                    real = len(mine[i])
+                    table["row"] += rows[:real]
+                    table["query"] += list(batch["query"])[:real]
+                    table["model response"] += texts[:real]
+                    table["score"] += scores[:real]
         self.reward_metrics, self.reward_log_extra = training_logs
         gathered = {key: gather_object(values) for key, values in table.items()}
         order = sorted(range(len(gathered["row"])), key=gathered.pop("row").__getitem__)

@@ -139,7 +139,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         model: the policy: a model id/path or an ``AutoModelForCausalLM`` model (a ``PeftModel`` works too), or a
             :class:`~hf_prefs.models.value_head.PolicyWithValueHead`.
         reward_model: an hf_prefs reward model (a ``*ForSequenceClassification`` model, scored with
-            :func:`hf_prefs.models.reward_model.score_texts` at the last token, normalization gain/bias applied), a path to
+            :func:`hf_prefs.models.reward_model.score_texts` at the last token, after the response suffix it was
+            trained with, normalization gain/bias applied), a path to
             one (loaded with :func:`hf_prefs.models.loading.load_reward_model`), or any callable
             ``f(queries: list[str], responses: list[str]) -> (B,)`` (known rewards, direct RL) or in TRL's
             reward-function form ``f(prompts=..., completions=..., **kwargs)``, or a list of such functions summed
@@ -154,7 +155,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             between a zero-initialised head on the policy trunk ("shared", paper), a copy of the reward model
             ("separate", TRL's last PPOTrainer) and a copy of the policy's trunk with a zero-initialised head
             ("policy").
-        reward_processing_class: the reward model's tokenizer (default: ``processing_class``).
+        reward_processing_class: the reward model's tokenizer (default: a reward model folder's own, else
+            ``processing_class``).
         eval_dataset: queries that :meth:`generate_completions` samples and scores (and the periodic sample tables);
             no evaluation loop runs on it (as in TRL).
         data_collator: accepted for TRL API compatibility; not used.

@@ -185,6 +185,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         self.num_candidates: int | None = args.num_candidates  # read by _prepare_dataset (called in super().__init__)
         self._max_positions = _max_positions(model, args.model_init_kwargs)  # idem: rows longer than the model's positions are dropped too
         self._response_suffix: str | None = None  # idem: the EOS appended to TRL's pairwise text training rows
+        self._trains_on_text = False  # idem: a train dataset of text labels was prepared (its suffix is known)
         super().__init__(
             model=model,
             args=args,
@@ -204,8 +205,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         if self.args.disable_dropout:  # TRL zeroed the nn.Dropout layers; also the rates applied functionally
             disable_dropout(self.model)
         check_vocabulary(self.model, self.processing_class, "model (the reward model)")
-        if self._response_suffix:  # read where it was trained: by score_texts, the normalization and PPO, once saved too
-            set_response_suffix(self.model, self._response_suffix)
+        if self._trains_on_text:  # read where it is trained: by score_texts, the normalization and PPO, once saved too
+            set_response_suffix(self.model, self._response_suffix)  # None clears one a loaded model had
         self._pending_logs: dict[str, float] | None = None
         self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
@@ -264,6 +265,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
                 if dataset_name == "train" and eos and not _first_row_conversational(dataset):
                     self._response_suffix = eos  # appended to the text completions below (not to rendered chats)
                 dataset = from_pairwise(dataset, processing_class, eos_token=eos)
+            if dataset_name == "train" and not tokenized:
+                self._trains_on_text = True
             if tokenized:
                 _check_tokenized(dataset, expected_k)
             else:
