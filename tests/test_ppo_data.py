@@ -174,8 +174,10 @@ def test_input_ids_padded_by_the_tokenizer_or_in_torch_format_are_the_queries_to
     assert out["input_ids"] == plain and "2 of 3 rows" in caplog.text
     ended = [plain[0] + [tokenizer.eos_token_id]]  # pad = EOS (= BOS for GPT-2) without a mask: may be the query's own
     assert prepare_query_dataset(Dataset.from_dict({"input_ids": ended}), tokenizer, policy, args)["input_ids"] == ended
-    with pytest.raises(ValueError, match=r"train_dataset row 1: `input_ids` must be a list of token ids, got None"):
+    with pytest.raises(ValueError, match=r"train_dataset row 1: `input_ids` must be a list of token ids \(ints\), got None"):
         prepare_query_dataset(Dataset.from_dict({"input_ids": [plain[0], None]}), tokenizer, policy, args)
+    with pytest.raises(ValueError, match=r"row 0: `input_ids` must be .*got a list holding float 464.0"):  # pandas' floats
+        prepare_query_dataset(Dataset.from_dict({"input_ids": [[464.0, 4252.0]]}), tokenizer, policy, args)
     bad_mask = {"input_ids": [plain[0], plain[1]], "attention_mask": [[1] * len(plain[0]), [1]]}
     with pytest.raises(ValueError, match=r"train_dataset row 1: `attention_mask` has 1 entries for 5 `input_ids`"):
         prepare_query_dataset(Dataset.from_dict(bad_mask), tokenizer, policy, args)
