@@ -922,9 +922,9 @@ def test_a_reward_model_folder_without_a_tokenizer_scores_with_the_policys(tmp_p
     bare = tmp_path / "rm_bare"
     reward.save_pretrained(bare)
     pad = gpt2_tokenizer.pad_token
-    with caplog.at_level(logging.INFO, logger="hf_prefs.trainers.ppo_trainer"):
+    with caplog.at_level(logging.INFO, logger="hf_prefs.models.loading"):
         trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=str(bare))
-    assert "holds no tokenizer; scoring with the policy's" in caplog.text
+    assert "rm_bare holds no tokenizer; scoring with the fallback tokenizer (the policy's)" in caplog.text
     assert trainer.reward_processing_class is gpt2_tokenizer and gpt2_tokenizer.pad_token == pad  # not changed
     queries, responses = ["The sun rose"], [" and the day began."]
     expected = score_texts(reward, gpt2_tokenizer, queries, responses)
@@ -933,6 +933,16 @@ def test_a_reward_model_folder_without_a_tokenizer_scores_with_the_policys(tmp_p
         load_reward_model(str(bare))
     model, tokenizer = load_reward_model(str(bare), tokenizer=gpt2_tokenizer)
     assert tokenizer is gpt2_tokenizer and torch.equal(score_texts(model, tokenizer, queries, responses), expected)
+    # a LoRA adapter whose base model folder has no tokenizer either: the same rule (named, or the fallback)
+    from peft import LoraConfig, get_peft_model
+
+    adapter = tmp_path / "rm_adapter"
+    get_peft_model(GPT2ForSequenceClassification.from_pretrained(bare),
+                   LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True, task_type="SEQ_CLS")).save_pretrained(adapter)
+    with pytest.raises(ValueError, match=r"rm_adapter holds no tokenizer files .* and neither does its base model .*rm_bare"):
+        load_reward_model(str(adapter))
+    model, tokenizer = load_reward_model(str(adapter), fallback_tokenizer=gpt2_tokenizer)
+    assert tokenizer is gpt2_tokenizer and torch.allclose(score_texts(model, tokenizer, queries, responses), expected)
     other = type(gpt2_tokenizer).from_pretrained(gpt2_tokenizer.name_or_path)  # given: used, with a tokenizer there too
     gpt2_tokenizer.save_pretrained(bare)
     trainer = PPOTrainer(make_policy(), str(bare), make_config(tmp_path), Dataset.from_dict({"query": QUERIES}),

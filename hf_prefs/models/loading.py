@@ -9,6 +9,7 @@ reads either, from a folder or the Hub.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = [
     "NORMALIZATION_FILE", "TOKENIZER_FILES", "save_reward_normalization", "load_reward_normalization", "load_reward_model",
     "check_local_path", "has_tokenizer_files", "load_response_suffix",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: File written next to a PEFT adapter (whose folder holds no base-model config).
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -126,12 +129,15 @@ def _tokenizer_source(path: str, base: str | None) -> str:
                        "PPOTrainer(reward_processing_class=...)) or save it there (tokenizer.save_pretrained)")
 
 
-def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, fallback_tokenizer: Any = None,
+                      **kwargs: Any) -> tuple[Any, Any]:
     """Load a saved reward model (a folder or a Hub id; full model or PEFT adapter) and its tokenizer.
 
     The gain/bias saved with it (``config.json`` for full models, ``reward_normalization.json`` for adapters) are
     restored, so :func:`score_texts` gives the same normalized rewards as before saving. ``tokenizer``: the one to
-    use (default: the folder's, else an adapter's base model's; a ValueError when a local folder has none).
+    use (default: the folder's, else an adapter's base model's). When no local candidate holds a tokenizer's files,
+    ``fallback_tokenizer`` is used (PPO passes the policy's, as TRL 1.12 scored every model with it), else a
+    ValueError names the folder.
     ``kwargs`` go to ``AutoModelForSequenceClassification.from_pretrained`` (``dtype`` defaults to float32,
     ``num_labels`` to 1). The model is returned in eval mode; a loaded tokenizer's missing pad token is set to EOS
     (a tokenizer given is returned as it is: scoring pads with :func:`~hf_prefs.models.generation.input_pad_id`).
@@ -151,7 +157,15 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
     base_id = peft_config.base_model_name_or_path if peft_config is not None else None
     if peft_config is not None and base_id is None:
         raise ValueError(f"the adapter at {path} does not name its base model (base_model_name_or_path)")
-    source = _tokenizer_source(path, base_id) if tokenizer is None else None  # before the weights: fails fast
+    source = None
+    if tokenizer is None:  # before the weights: fails fast
+        try:
+            source = _tokenizer_source(path, base_id)
+        except ValueError:
+            if fallback_tokenizer is None:
+                raise
+            logger.info(f"reward model: {path} holds no tokenizer; scoring with the fallback tokenizer (the policy's)")
+            tokenizer = fallback_tokenizer
     if peft_config is not None:
         base_model = AutoModelForSequenceClassification.from_pretrained(
             base_id, num_labels=kwargs.pop("num_labels", 1), **kwargs

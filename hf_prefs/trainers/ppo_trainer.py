@@ -67,7 +67,7 @@ from ..models.adapter_inputs import adapter_inputs_in_autocast_dtype
 from ..models.attention import training_attention
 from ..models.dropout import disable_dropout
 from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, sample_responses
-from ..models.loading import check_local_path, has_tokenizer_files, load_reward_model
+from ..models.loading import check_local_path, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import check_scalar_head, normalize_reward_model, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
@@ -291,12 +291,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         PPO used for every model: a folder saved without its tokenizer)."""
         tokenizer = reward_tokenizer if reward_tokenizer is not None else policy_tokenizer
         if isinstance(reward_model, (str, os.PathLike)):
-            path = check_local_path(reward_model, "reward_model")
-            adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))  # its base model's folder may hold one
-            if reward_tokenizer is None and os.path.isdir(path) and not adapter and not has_tokenizer_files(path):
-                logger.info(f"reward_model: {path} holds no tokenizer; scoring with the policy's (processing_class)")
-                reward_tokenizer = policy_tokenizer
-            reward_model, tokenizer = load_reward_model(path, tokenizer=reward_tokenizer)
+            reward_model, tokenizer = load_reward_model(check_local_path(reward_model, "reward_model"),
+                                                        tokenizer=reward_tokenizer, fallback_tokenizer=policy_tokenizer)
         if isinstance(reward_model, (list, tuple)):  # GRPO's reward_funcs
             bad = [i for i, f in enumerate(reward_model) if isinstance(f, (nn.Module, str, os.PathLike)) or not callable(f)]
             if not reward_model or bad:
