@@ -904,6 +904,30 @@ def test_minibatches_smaller_than_a_micro_batch_run_as_in_trl(tmp_path, gpt2_tok
     assert runs[4] == runs[2] and runs[4][1]["objective/kl"] != 0
 
 
+def test_a_lora_policy_saved_with_an_added_pad_token_reloads_with_its_own_vocabulary(tmp_path, gpt2_tokenizer):
+    """TRL's scripts add ``[PAD]`` to the tokenizer only. peft's AutoPeftModelForCausalLM grows the base model's
+    embedding to the saved tokenizer, a row drawn at random that the trained policy never had (and the reloaded one
+    could sample); ``PolicyWithValueHead.from_pretrained`` grows it only to what the adapter saved: none, a whole
+    embedding (the base resized before training), or a LoRA embedding's rows."""
+    from peft import LoraConfig, get_peft_model
+
+    gpt2_tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    torch.manual_seed(0)
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(tmp_path / "base")
+    ids = torch.tensor([gpt2_tokenizer.encode("The sun rose")])
+    for name, rows, targets in [("plain", None, ["c_attn"]), ("resized", 50258, ["c_attn"]), ("lora_wte", 50258, ["c_attn", "wte"])]:
+        base = GPT2LMHeadModel.from_pretrained(tmp_path / "base")
+        if rows:
+            base.resize_token_embeddings(rows)
+        policy = get_peft_model(base, LoraConfig(r=2, target_modules=targets, fan_in_fan_out=True, task_type="CAUSAL_LM"))
+        PolicyWithValueHead(policy).save_pretrained(tmp_path / name)
+        gpt2_tokenizer.save_pretrained(tmp_path / name)
+        reloaded = PolicyWithValueHead.from_pretrained(tmp_path / name)
+        assert reloaded.policy.get_input_embeddings().weight.shape[0] == (rows or 50257), name  # plain: was 50258
+        with torch.no_grad():
+            assert torch.allclose(reloaded.policy(ids).logits, policy(ids).logits, atol=1e-6), name
+
+
 def test_generate_completions_without_an_eval_dataset_warns(tmp_path, gpt2_tokenizer):
     trainer = make_trainer(tmp_path, gpt2_tokenizer)
     with pytest.warns(UserWarning, match="given no eval_dataset"):

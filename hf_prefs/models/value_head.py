@@ -26,7 +26,8 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from peft import AutoPeftModelForCausalLM
+from peft import PeftConfig, PeftModel
+from peft.utils import load_peft_weights
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from transformers.trainer_utils import load_sharded_checkpoint
@@ -74,6 +75,36 @@ class ValueHead(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``(B, L, H)`` hidden states -> ``(B, L)`` float32 values."""
         return self.summary(hidden_states.to(self.summary.weight.dtype)).squeeze(-1).float()
+
+
+def saved_embedding_rows(adapter_weights: dict[str, torch.Tensor], base: nn.Module) -> int | None:
+    """How many token rows an adapter's weights give ``base``'s input embedding: the rows of a saved embedding
+    (``save_embedding_layers``, ``modules_to_save``) or the columns of a LoRA embedding's ``lora_embedding_A``
+    (r × rows); None when the adapter holds none (the base's own embedding is used as it is)."""
+    embedding = base.get_input_embeddings()
+    name = next(n for n, m in base.named_modules() if m is embedding)
+    for key, tensor in adapter_weights.items():
+        if f"{name}." not in key or tensor.ndim != 2:
+            continue
+        if key.endswith("lora_embedding_A"):
+            return int(tensor.shape[1])
+        if key.endswith(f"{name}.weight"):
+            return int(tensor.shape[0])
+    return None
+
+
+def load_policy_adapter(path: str, is_trainable: bool = True, **kwargs: Any) -> nn.Module:
+    """A PEFT causal-LM adapter on its base model, whose embedding is grown only to the rows the adapter saved.
+
+    peft's ``AutoPeftModelForCausalLM`` grows it to the folder's tokenizer: a pad token added to the tokenizer only
+    (``[PAD]``, as TRL's scripts do) gets a new row drawn at random, which the trained policy never had and the
+    reloaded one could sample. ``kwargs`` go to the base model's ``from_pretrained``."""
+    config = PeftConfig.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path, **kwargs)
+    rows = saved_embedding_rows(load_peft_weights(path, device="cpu"), base)
+    if rows is not None and rows != base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(rows, mean_resizing=False)  # the rows are then loaded from the adapter
+    return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
 
 
 @dataclass
@@ -334,7 +365,7 @@ class PolicyWithValueHead(nn.Module):
         """
         path = os.fspath(path)
         if os.path.isfile(os.path.join(path, "adapter_config.json")):
-            policy = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=is_trainable, **kwargs)
+            policy = load_policy_adapter(path, is_trainable=is_trainable, **kwargs)
         else:
             policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         value_model = None
