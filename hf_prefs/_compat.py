@@ -7,6 +7,7 @@ only through this module, so an upgrade that moves a name breaks here, loudly, a
 Tested with (CI runs the suite on the newest releases and a quick job on the oldest declared in pyproject.toml):
 :data:`TESTED_VERSIONS`. Private methods that hf_prefs *overrides* (hooks the base classes call) are listed in
 :data:`OVERRIDDEN_HOOKS`; ``tests/test_architecture.py`` checks that they still exist with the same parameters.
+datasets' ``Dataset._fingerprint`` is read here too (:func:`dataset_fingerprint`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "cpu_bf16_supported",
     "accelerator_state_exists",
     "active_hf_deepspeed_config",
+    "dataset_fingerprint",
 ]
 
 #: Package -> (oldest tested, newest tested). The oldest are the floors declared in pyproject.toml.
@@ -77,6 +79,12 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
 def default_world_size(args: Any) -> int:
     """``TrainingArguments.world_size`` (the number of processes), for a config that shadows it with TRL's field."""
     return TrainingArguments.world_size.fget(args)
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """The fingerprint datasets gives a ``Dataset`` (``Dataset._fingerprint``: what its transforms' fingerprints and
+    cache files are derived from)."""
+    return dataset._fingerprint
 
 
 def tied_weights_keys(model: Any) -> set[str]:

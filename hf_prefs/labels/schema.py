@@ -20,7 +20,6 @@ Converters: :func:`from_pairwise` (TRL's ``prompt``/``chosen``/``rejected`` pref
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
@@ -37,6 +36,7 @@ from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_e
 from .._compat import get_dataset_column_names
 from ..assets import load_gpt2_tokenizer
 from ..models.reward_model import without_added_bos
+from ..tokenizer_maps import map_with_tokenizer
 
 __all__ = [
     "LABEL_COLUMNS",
@@ -494,8 +494,11 @@ def from_pairwise(
                                    "with trl.RewardTrainer, whose loss uses it", field="margin")
     drop = [c for c in ("prompt", "chosen", "rejected") if c in columns]
     if isinstance(dataset, Dataset):  # converted, then every row checked at once (validate_labels)
-        convert = functools.partial(pairwise_label, processing_class=processing_class, eos_token=eos_token)
-        return validate_labels(dataset.map(convert, with_indices=True, remove_columns=drop), k=2)
+        def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
+            return pairwise_label(row, idx, processing_class, eos_token)
+
+        return validate_labels(map_with_tokenizer(dataset, convert, processing_class, reads=(eos_token,),
+                                                  with_indices=True, remove_columns=drop), k=2)
 
     def convert_and_check(row: dict[str, Any], idx: int) -> dict[str, Any]:  # a stream: each row as it is read
         return check_label_row(idx, pairwise_label(row, idx, processing_class, eos_token), k=2)

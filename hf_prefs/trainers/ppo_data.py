@@ -20,6 +20,7 @@ from torch import nn
 from trl.data_utils import maybe_apply_chat_template
 
 from ..models.generation import configured_positions, embedding_rows
+from ..tokenizer_maps import map_with_tokenizer
 from ..models.reward_model import adds_bos, without_added_bos
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
         return {"query": without_added_bos(tokenizer, text),
                 "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
 
-    return dataset.map(render, with_indices=True, num_proc=args.dataset_num_proc, desc="Rendering prompts")
+    return map_with_tokenizer(dataset, render, tokenizer, reads=(name,), with_indices=True,
+                              num_proc=args.dataset_num_proc, desc="Rendering prompts")
 
 
 def decoded_query(tokenizer: Any, ids: list[int]) -> str:
@@ -236,8 +238,10 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
         if bad:
             raise ValueError(f"{name}: column `query` must hold non-empty strings; bad rows {bad[:10]}")
         if "input_ids" not in columns:
-            dataset = dataset.map(
+            dataset = map_with_tokenizer(
+                dataset,
                 lambda batch: {"input_ids": tokenizer(batch["query"])["input_ids"]},
+                tokenizer,
                 batched=True,
                 num_proc=args.dataset_num_proc,
                 desc="Tokenizing queries",
@@ -245,8 +249,10 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
         elif not from_prompt:  # both made here from a prompt agree (a template's special tokens decode otherwise)
             warn_if_texts_differ(dataset, tokenizer, name)
     elif "input_ids" in columns:  # decoded with the special tokens (a chat template's), a BOS the tokenizer adds left out
-        dataset = dataset.map(
+        dataset = map_with_tokenizer(
+            dataset,
             lambda batch: {"query": [decoded_query(tokenizer, ids) for ids in batch["input_ids"]]},
+            tokenizer,
             batched=True,
             num_proc=args.dataset_num_proc,
             desc="Decoding queries",

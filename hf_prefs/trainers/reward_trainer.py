@@ -45,6 +45,7 @@ from trl.data_utils import is_conversational
 
 from .._compat import count_reward_trainer_tokens, get_dataset_column_names, reward_trainer_metrics
 from ..citation import ZIEGLER_2019
+from ..tokenizer_maps import map_with_tokenizer
 from ..core.losses import kway_accuracy, kway_margin, kway_preference_loss, reward_centering_penalty
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
@@ -508,7 +509,8 @@ def _tokenize_labels(
         }
 
     if isinstance(dataset, Dataset):
-        return dataset.map(tokenize, num_proc=args.dataset_num_proc, desc=f"Tokenizing {name} labels")
+        return map_with_tokenizer(dataset, tokenize, processing_class, num_proc=args.dataset_num_proc,
+                                  desc=f"Tokenizing {name} labels")
     return dataset.map(tokenize)
 
 
