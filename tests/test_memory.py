@@ -29,18 +29,19 @@ def test_release_returns_fragmented_heap_pages(collect_garbage):
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_a_ppo_update_leaves_no_reference_cycles_holding_tensors(tmp_path, gpt2_tokenizer, monkeypatch, lora):
+def test_a_ppo_update_leaves_no_reference_cycles_holding_tensors(tmp_path, gpt2_tokenizer, lora):
     """PPOTrainer returns an update's heap with the trim alone (no full ``gc.collect()`` each update, 0.1-0.3 s in a
-    large process): that is only right while nothing an update makes is freed by the cycle collector alone. After
-    each update, the garbage a collection finds (``gc.DEBUG_SAVEALL``) holds no tensor."""
+    large process): that is only right while nothing an update makes is freed by the cycle collector alone. At the
+    end of each update and after training, the garbage a collection finds (``gc.DEBUG_SAVEALL``) holds no tensor."""
     import gc
 
-    import hf_prefs.trainers.ppo_trainer as ppo_trainer
+    from transformers import TrainerCallback
+
     from test_ppo_trainer import make_policy, make_trainer
 
     cyclic_tensors = []
 
-    def probe(collect_garbage: bool = True) -> bool:
+    def probe() -> None:
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
             gc.collect()
@@ -48,15 +49,15 @@ def test_a_ppo_update_leaves_no_reference_cycles_holding_tensors(tmp_path, gpt2_
             gc.set_debug(0)
         cyclic_tensors.append(sum(isinstance(o, torch.Tensor) for o in gc.garbage))
         gc.garbage.clear()
-        return True
 
     policy = make_policy()
     if lora:
         from peft import LoraConfig, get_peft_model
 
         policy = get_peft_model(policy, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM"))
-    trainer = make_trainer(tmp_path, gpt2_tokenizer, model=policy, total_episodes=24)
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, model=policy, total_episodes=16)
+    trainer.add_callback(type("Probe", (TrainerCallback,), {"on_step_end": lambda self, *a, **k: probe()})())
     gc.collect()  # what building the trainer left
-    monkeypatch.setattr(ppo_trainer, "release_free_memory", probe)
     trainer.train()
-    assert trainer.state.global_step == 3 and len(cyclic_tensors) > 3 and not any(cyclic_tensors), cyclic_tensors
+    probe()
+    assert trainer.state.global_step == 2 and cyclic_tensors == [0, 0, 0], cyclic_tensors
