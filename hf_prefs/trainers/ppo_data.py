@@ -20,8 +20,8 @@ from torch import nn
 from trl.data_utils import maybe_apply_chat_template
 
 from ..models.generation import configured_positions, embedding_rows
-from ..tokenizer_maps import map_with_tokenizer
 from ..models.reward_model import adds_bos, without_added_bos
+from ..tokenizer_maps import map_with_tokenizer
 
 logger = logging.getLogger(__name__)
 
