@@ -915,12 +915,22 @@ def test_a_lora_policy_saved_with_an_added_pad_token_reloads_with_its_own_vocabu
     torch.manual_seed(0)
     GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(tmp_path / "base")
     ids = torch.tensor([gpt2_tokenizer.encode("The sun rose")])
-    for name, rows, targets in [("plain", None, ["c_attn"]), ("resized", 50258, ["c_attn"]), ("lora_wte", 50258, ["c_attn", "wte"])]:
-        base = GPT2LMHeadModel.from_pretrained(tmp_path / "base")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "llama")
+    cases = [("plain", "base", None, dict(target_modules=["c_attn"])),
+             ("resized", "base", 50258, dict(target_modules=["c_attn"])),
+             ("lora_wte", "base", 50258, dict(target_modules=["c_attn", "wte"])),
+             # untied: only the LM head saved (modules_to_save), the embedding's new row not
+             ("lm_head", "llama", 50258, dict(target_modules=["q_proj"], modules_to_save=["lm_head"], save_embedding_layers=False))]
+    for name, base_name, rows, lora in cases:
+        save_embedding_layers = lora.pop("save_embedding_layers", "auto")
+        base = AutoModelForCausalLM.from_pretrained(tmp_path / base_name)
         if rows:
             base.resize_token_embeddings(rows)
-        policy = get_peft_model(base, LoraConfig(r=2, target_modules=targets, fan_in_fan_out=True, task_type="CAUSAL_LM"))
-        PolicyWithValueHead(policy).save_pretrained(tmp_path / name)
+        policy = get_peft_model(base, LoraConfig(r=2, fan_in_fan_out=base_name == "base", task_type="CAUSAL_LM", **lora))
+        PolicyWithValueHead(policy).save_pretrained(tmp_path / name, save_embedding_layers=save_embedding_layers)
         gpt2_tokenizer.save_pretrained(tmp_path / name)
         reloaded = PolicyWithValueHead.from_pretrained(tmp_path / name)
         assert reloaded.policy.get_input_embeddings().weight.shape[0] == (rows or 50257), name  # plain: was 50258
@@ -948,7 +958,7 @@ def test_a_reward_model_folder_without_a_tokenizer_scores_with_the_policys(tmp_p
     pad = gpt2_tokenizer.pad_token
     with caplog.at_level(logging.INFO, logger="hf_prefs.models.loading"):
         trainer = make_trainer(tmp_path, gpt2_tokenizer, reward=str(bare))
-    assert "rm_bare holds no tokenizer; scoring with the fallback tokenizer (the policy's)" in caplog.text
+    assert "rm_bare holds no tokenizer; scoring with the fallback tokenizer given" in caplog.text
     assert trainer.reward_processing_class is gpt2_tokenizer and gpt2_tokenizer.pad_token == pad  # not changed
     queries, responses = ["The sun rose"], [" and the day began."]
     expected = score_texts(reward, gpt2_tokenizer, queries, responses)

@@ -497,8 +497,8 @@ def from_pairwise(
         def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
             return pairwise_label(row, idx, processing_class, eos_token)
 
-        return validate_labels(map_with_tokenizer(dataset, convert, processing_class, reads=(eos_token,),
-                                                  with_indices=True, remove_columns=drop), k=2)
+        return validate_labels(map_with_tokenizer(dataset, convert, processing_class, with_indices=True,
+                                                  remove_columns=drop), k=2)
 
     def convert_and_check(row: dict[str, Any], idx: int) -> dict[str, Any]:  # a stream: each row as it is read
         return check_label_row(idx, pairwise_label(row, idx, processing_class, eos_token), k=2)

@@ -117,12 +117,16 @@ def has_tokenizer_files(path: str | os.PathLike) -> bool:
     return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES)
 
 
-def _tokenizer_source(path: str, base: str | None) -> str:
-    """Where the reward model's tokenizer is read from: its folder (or Hub id), else an adapter's base model; a
-    ValueError names the folder when no local candidate holds a tokenizer."""
+def _tokenizer_source(path: str, base: str | None, fallback: bool = False) -> str | None:
+    """Where the reward model's tokenizer is read from: its folder (or Hub id), else an adapter's base model. When no
+    local candidate holds a tokenizer: None with ``fallback`` (the caller's fallback tokenizer is used, logged), else
+    a ValueError naming the folder."""
     for source in [path] + ([base] if base else []):
         if not os.path.isdir(source) or has_tokenizer_files(source):
             return source
+    if fallback:
+        logger.info(f"reward model: {path} holds no tokenizer; scoring with the fallback tokenizer given")
+        return None
     raise ValueError(f"reward model: {path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)"
                      + (f" and neither does its base model {base}" if base else "")
                      + ": pass the tokenizer it was trained with (load_reward_model(path, tokenizer=...), "
@@ -159,12 +163,8 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
         raise ValueError(f"the adapter at {path} does not name its base model (base_model_name_or_path)")
     source = None
     if tokenizer is None:  # before the weights: fails fast
-        try:
-            source = _tokenizer_source(path, base_id)
-        except ValueError:
-            if fallback_tokenizer is None:
-                raise
-            logger.info(f"reward model: {path} holds no tokenizer; scoring with the fallback tokenizer (the policy's)")
+        source = _tokenizer_source(path, base_id, fallback_tokenizer is not None)
+        if source is None:
             tokenizer = fallback_tokenizer
     if peft_config is not None:
         base_model = AutoModelForSequenceClassification.from_pretrained(
@@ -186,12 +186,13 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
     if source is not None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision if source == path else None)
-        except Exception:
+        except Exception:  # a Hub adapter without tokenizer files: its base model's
             if base_id is None or source == base_id:
                 raise
-            tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(base_id, None))
-        if tokenizer.pad_token is None:  # on the one loaded here only: a tokenizer given (the policy's) is not changed
-            tokenizer.pad_token = tokenizer.eos_token
+            base_source = _tokenizer_source(base_id, None, fallback_tokenizer is not None)
+            tokenizer = AutoTokenizer.from_pretrained(base_source) if base_source else fallback_tokenizer
+        if tokenizer is not fallback_tokenizer and tokenizer.pad_token is None:  # on one loaded here only: a
+            tokenizer.pad_token = tokenizer.eos_token  # tokenizer given (the policy's) is not changed
     ensure_pad_token_id(model, tokenizer)  # the model's own pooling (unused here) refuses batches without it
     model.eval()
     return model, tokenizer

@@ -77,31 +77,49 @@ class ValueHead(nn.Module):
         return self.summary(hidden_states.to(self.summary.weight.dtype)).squeeze(-1).float()
 
 
-def saved_embedding_rows(adapter_weights: dict[str, torch.Tensor], base: nn.Module) -> int | None:
-    """How many token rows an adapter's weights give ``base``'s input embedding: the rows of a saved embedding
-    (``save_embedding_layers``, ``modules_to_save``) or the columns of a LoRA embedding's ``lora_embedding_A``
-    (r × rows); None when the adapter holds none (the base's own embedding is used as it is)."""
-    embedding = base.get_input_embeddings()
-    name = next(n for n, m in base.named_modules() if m is embedding)
-    for key, tensor in adapter_weights.items():
-        if f"{name}." not in key or tensor.ndim != 2:
+def _adapter_weight_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """The shape of each weight saved in a local PEFT adapter folder, read from the safetensors header (nothing
+    loaded), or from ``adapter_model.bin`` (loaded)."""
+    file = os.path.join(path, "adapter_model.safetensors")
+    if os.path.isfile(file):
+        with safetensors.safe_open(file, framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    return {key: tuple(t.shape) for key, t in load_peft_weights(path, device="cpu").items()}
+
+
+def saved_embedding_rows(shapes: dict[str, tuple[int, ...]], base: nn.Module) -> int | None:
+    """How many token rows an adapter's saved weights (name -> shape) give ``base``'s input or output embedding: the
+    rows of a saved embedding or LM head (``save_embedding_layers``, ``modules_to_save``, a LoRA layer's
+    ``base_layer``) or the columns of a LoRA embedding's ``lora_embedding_A`` (r × rows), the largest found; None
+    when the adapter holds none (the base's own rows are kept)."""
+    modules = {m: n for n, m in base.named_modules()}
+    names = [modules[m] + "." for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m in modules]
+    rows = []
+    for key, shape in shapes.items():
+        key = key.removeprefix("base_model.model.")
+        if len(shape) != 2 or not any(key.startswith(name) for name in names):
             continue
         if key.endswith("lora_embedding_A"):
-            return int(tensor.shape[1])
-        if key.endswith(f"{name}.weight"):
-            return int(tensor.shape[0])
-    return None
+            rows.append(shape[1])
+        elif key.endswith("weight"):
+            rows.append(shape[0])
+    return max(rows) if rows else None
 
 
 def load_policy_adapter(path: str, is_trainable: bool = True, **kwargs: Any) -> nn.Module:
-    """A PEFT causal-LM adapter on its base model, whose embedding is grown only to the rows the adapter saved.
+    """A local PEFT causal-LM adapter folder on its base model (at the adapter's ``revision``), whose token rows are
+    grown only to what the adapter saved. Trainable by default (PPO resumes from it; peft's default is frozen).
 
-    peft's ``AutoPeftModelForCausalLM`` grows it to the folder's tokenizer: a pad token added to the tokenizer only
-    (``[PAD]``, as TRL's scripts do) gets a new row drawn at random, which the trained policy never had and the
-    reloaded one could sample. ``kwargs`` go to the base model's ``from_pretrained``."""
+    peft's ``AutoPeftModelForCausalLM`` grows the embedding to the folder's tokenizer: a pad token added to the
+    tokenizer only (``[PAD]``, as TRL's scripts do) gets a new row drawn at random, which the trained policy never
+    had and the reloaded one could sample. ``kwargs`` go to the base model's ``from_pretrained``."""
     config = PeftConfig.from_pretrained(path)
+    if config.task_type not in (None, "CAUSAL_LM"):
+        raise ValueError(f"{path} holds a {config.task_type} adapter; a policy is a CAUSAL_LM one")
+    if config.revision is not None:
+        kwargs.setdefault("revision", config.revision)
     base = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path, **kwargs)
-    rows = saved_embedding_rows(load_peft_weights(path, device="cpu"), base)
+    rows = saved_embedding_rows(_adapter_weight_shapes(path), base)
     if rows is not None and rows != base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(rows, mean_resizing=False)  # the rows are then loaded from the adapter
     return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)

@@ -161,7 +161,7 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
         return {"query": without_added_bos(tokenizer, text),
                 "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
 
-    return map_with_tokenizer(dataset, render, tokenizer, reads=(name,), with_indices=True,
+    return map_with_tokenizer(dataset, render, tokenizer, with_indices=True,
                               num_proc=args.dataset_num_proc, desc="Rendering prompts")
 
 

@@ -45,7 +45,6 @@ from trl.data_utils import is_conversational
 
 from .._compat import count_reward_trainer_tokens, get_dataset_column_names, reward_trainer_metrics
 from ..citation import ZIEGLER_2019
-from ..tokenizer_maps import map_with_tokenizer
 from ..core.losses import kway_accuracy, kway_margin, kway_preference_loss, reward_centering_penalty
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
@@ -65,6 +64,7 @@ from ..models.reward_model import (
     set_response_suffix,
     unwrap_model,
 )
+from ..tokenizer_maps import map_with_tokenizer
 from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_launch, marks_failure
 from .reward_config import PreferenceRewardConfig
