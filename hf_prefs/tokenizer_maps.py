@@ -73,8 +73,10 @@ def _without_tokenizer(function: Callable[..., Any], tokenizer: Any, digest: str
     if code is None or not isinstance(function, types.FunctionType):
         return None
     cells = tuple(types.CellType(digest if cell.cell_contents is tokenizer else cell.cell_contents)
-                  for cell in function.__closure__ or ())
-    return types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__, cells or None)
+                  for cell in function.__closure__ or ())  # (an empty cell raises ValueError: the caller's fallback)
+    rebuilt = types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__, cells or None)
+    rebuilt.__kwdefaults__ = function.__kwdefaults__
+    return rebuilt
 
 
 def map_with_tokenizer(
@@ -86,12 +88,13 @@ def map_with_tokenizer(
     the rows). An ``IterableDataset`` (no fingerprint; its ``map`` takes neither) is mapped without those two."""
     if not isinstance(dataset, Dataset):
         return dataset.map(function, **{k: v for k, v in map_kwargs.items() if k not in _NOT_ROWS})
-    digest = tokenizer_digest(tokenizer)
-    hashed = _without_tokenizer(function, tokenizer, digest) if digest is not None else None
-    if hashed is not None and "new_fingerprint" not in map_kwargs:
+    digest = tokenizer_digest(tokenizer) if "new_fingerprint" not in map_kwargs else None
+    if digest is not None:
         arguments = {k: v for k, v in map_kwargs.items() if k not in _NOT_ROWS}
         try:
-            map_kwargs["new_fingerprint"] = Hasher.hash((dataset_fingerprint(dataset), hashed, arguments))
+            hashed = _without_tokenizer(function, tokenizer, digest)
+            if hashed is not None:
+                map_kwargs["new_fingerprint"] = Hasher.hash((dataset_fingerprint(dataset), hashed, arguments))
         except Exception:  # something else it closes over cannot be pickled: datasets decides, as without this
             pass
     return dataset.map(function, **map_kwargs)

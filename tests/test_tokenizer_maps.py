@@ -68,7 +68,14 @@ def test_map_gives_datasets_rows_and_a_fingerprint_that_follows_the_function(gpt
     fingerprints.add(map_with_tokenizer(data, with_default, gpt2_tokenizer, batched=True)._fingerprint)
     with_default.__defaults__ = (2,)
     fingerprints.add(map_with_tokenizer(data, with_default, gpt2_tokenizer, batched=True)._fingerprint)
-    assert len(fingerprints) == 7
+
+    def with_keyword(batch, *, limit=1):  # a keyword-only default
+        return {"input_ids": [ids[:limit] for ids in gpt2_tokenizer(batch["text"])["input_ids"]]}
+
+    fingerprints.add(map_with_tokenizer(data, with_keyword, gpt2_tokenizer, batched=True)._fingerprint)
+    with_keyword.__kwdefaults__ = {"limit": 3}
+    fingerprints.add(map_with_tokenizer(data, with_keyword, gpt2_tokenizer, batched=True)._fingerprint)
+    assert len(fingerprints) == 9
     # a callable that is not a plain function: datasets' own hashing, the same rows
     partial = functools.partial(lambda batch, tokenizer: {"input_ids": tokenizer(batch["text"])["input_ids"]},
                                 tokenizer=gpt2_tokenizer)
