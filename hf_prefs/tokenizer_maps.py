@@ -5,7 +5,7 @@ dataset read from disk), which pickles every object the function closes over. Fo
 vocabulary and merge list as Python objects: 0.5 s per map for GPT-2's in a fresh process, 2–3 s in a process with
 a large heap (a test session, where the pickling's allocations trigger full garbage collections), while the map
 itself takes milliseconds on a few hundred rows. :func:`map_with_tokenizer` passes ``new_fingerprint`` instead:
-datasets' own hash of the function (code, defaults, closure, globals) with the tokenizer in its closure replaced by
+datasets' own hash of the function (code, defaults, closure, globals; keyword-only defaults added) with the tokenizer in its closure replaced by
 :func:`tokenizer_digest` (~50 ms), the dataset's fingerprint and the map's arguments. Where that cannot be done (a
 tokenizer without a Rust backend, a callable that is not a plain function) datasets hashes as before.
 """
@@ -74,9 +74,7 @@ def _without_tokenizer(function: Callable[..., Any], tokenizer: Any, digest: str
         return None
     cells = tuple(types.CellType(digest if cell.cell_contents is tokenizer else cell.cell_contents)
                   for cell in function.__closure__ or ())  # (an empty cell raises ValueError: the caller's fallback)
-    rebuilt = types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__, cells or None)
-    rebuilt.__kwdefaults__ = function.__kwdefaults__
-    return rebuilt
+    return types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__, cells or None)
 
 
 def map_with_tokenizer(
@@ -94,7 +92,8 @@ def map_with_tokenizer(
         try:
             hashed = _without_tokenizer(function, tokenizer, digest)
             if hashed is not None:
-                map_kwargs["new_fingerprint"] = Hasher.hash((dataset_fingerprint(dataset), hashed, arguments))
+                map_kwargs["new_fingerprint"] = Hasher.hash(  # (datasets' hash leaves keyword-only defaults out)
+                    (dataset_fingerprint(dataset), hashed, function.__kwdefaults__, arguments))
         except Exception:  # something else it closes over cannot be pickled: datasets decides, as without this
             pass
     return dataset.map(function, **map_kwargs)
