@@ -508,10 +508,9 @@ def _tokenize_labels(
             "samples_ids": [processing_class(s, add_special_tokens=False)["input_ids"] for s in row["samples"]],
         }
 
-    if isinstance(dataset, Dataset):
-        return map_with_tokenizer(dataset, tokenize, processing_class, num_proc=args.dataset_num_proc,
-                                  desc=f"Tokenizing {name} labels")
-    return dataset.map(tokenize)
+    # (a stream is mapped as it is read: map_with_tokenizer leaves out num_proc and desc, which its map does not take)
+    return map_with_tokenizer(dataset, tokenize, processing_class, num_proc=args.dataset_num_proc,
+                              desc=f"Tokenizing {name} labels")
 
 
 def _check_tokenized(dataset: Dataset | IterableDataset, k: int | None) -> None:
