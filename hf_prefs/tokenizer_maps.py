@@ -69,12 +69,11 @@ def _without_call_state(serialized: str) -> str:
 def _without_tokenizer(function: Callable[..., Any], tokenizer: Any, digest: str) -> Callable[..., Any] | None:
     """``function`` rebuilt with every closure cell holding ``tokenizer`` holding ``digest`` instead (for hashing
     only), or None when it is not a plain function."""
-    code = getattr(function, "__code__", None)
-    if code is None or not isinstance(function, types.FunctionType):
+    if not isinstance(function, types.FunctionType):
         return None
     cells = tuple(types.CellType(digest if cell.cell_contents is tokenizer else cell.cell_contents)
                   for cell in function.__closure__ or ())  # (an empty cell raises ValueError: the caller's fallback)
-    return types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__, cells or None)
+    return types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__, cells or None)
 
 
 def map_with_tokenizer(
