@@ -32,7 +32,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from transformers.trainer_utils import load_sharded_checkpoint
 
-from .generation import ensure_pad_token_id
+from .generation import embedding_rows, ensure_pad_token_id
 from .reward_model import per_token_scores, score_head
 from .sharding import copy_module, is_partitioned, whole_weights_at_load
 
@@ -120,7 +120,7 @@ def load_policy_adapter(path: str, is_trainable: bool = True, **kwargs: Any) -> 
         kwargs.setdefault("revision", config.revision)
     base = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path, **kwargs)
     rows = saved_embedding_rows(_adapter_weight_shapes(path), base)
-    if rows is not None and rows != base.get_input_embeddings().weight.shape[0]:
+    if rows is not None and rows != embedding_rows(base):
         base.resize_token_embeddings(rows, mean_resizing=False)  # the rows are then loaded from the adapter
     return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
 
