@@ -232,6 +232,7 @@ def render_policy_card(
     license: str = "apache-2.0",
     tags: Iterable[str] | None = None,
     is_peft: bool = False,
+    embedding_rows: int | None = None,
     template: str | os.PathLike | None = None,
 ) -> str:
     """The policy's README.md (front matter + body) from a finished PPO run.
@@ -251,6 +252,10 @@ def render_policy_card(
         hub_model_id: the repo the card will live in (used in the loading snippet); ``reward_model_id`` links the
             reward model's repo.
         license: the front matter's license; set it to the base model's license.
+        is_peft, embedding_rows: an adapter's card loads the base model at the adapter's revision, then the adapter
+            (``PeftModel``); ``embedding_rows`` (the trained policy's input-embedding rows) sizes the base's embedding
+            first. peft's ``AutoPeftModelForCausalLM`` is not used: it grows the embedding to the tokenizer's length, a
+            random row for a pad token added to the tokenizer alone.
     Returns:
         The card's text (YAML front matter with ``library_name: transformers``, ``peft`` for an adapter, and tags
         ``hf-prefs, trl, ppo, rlhf``).
@@ -265,6 +270,9 @@ def render_policy_card(
         raise ValueError(f"response_length: expected an int >= 1, got {response_length!r}")
     kl_target = None if kl_target is None else _number("kl_target", kl_target, positive=True)
     beta_initial = None if beta_initial is None else _number("beta_initial", beta_initial)
+    if embedding_rows is not None and (isinstance(embedding_rows, bool) or not isinstance(embedding_rows, int)
+                                       or embedding_rows < 1):
+        raise ValueError(f"embedding_rows: expected an int >= 1 (the policy's input-embedding rows), got {embedding_rows!r}")
     model_name, card_data = _front_matter(
         task, model_name, hub_model_id, base_id, base_display, "ppo", datasets, license, "text-generation", POLICY_TAGS, tags,
         is_peft,
@@ -285,7 +293,7 @@ def render_policy_card(
         beta_final=_fmt(beta_final), kl_final=_fmt(kl_final),
         metrics=_table("metrics", metrics), hyperparameters=_table("hyperparameters", hyperparameters),
         repo_ref=hub_model_id or f"./{model_name}", temperature=_fmt(temperature), response_length=response_length,
-        is_peft=is_peft, framework_versions=_framework_versions(),
+        is_peft=is_peft, embedding_rows=embedding_rows, framework_versions=_framework_versions(),
     )
 
 

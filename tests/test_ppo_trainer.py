@@ -14,6 +14,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GPT2LMHeadModel, TrainerCallback
 
+from hf_prefs.model_cards import render_policy_card
 from hf_prefs.trainers.ppo_config import PPOConfig
 from hf_prefs.trainers.ppo_trainer import NonFiniteError, PPOTrainer
 from hf_prefs.models.reward_model import per_token_scores, score_texts
@@ -908,7 +909,8 @@ def test_a_lora_policy_saved_with_an_added_pad_token_reloads_with_its_own_vocabu
     """TRL's scripts add ``[PAD]`` to the tokenizer only. peft's AutoPeftModelForCausalLM grows the base model's
     embedding to the saved tokenizer, a row drawn at random that the trained policy never had (and the reloaded one
     could sample); ``PolicyWithValueHead.from_pretrained`` grows it only to what the adapter saved: none, a whole
-    embedding (the base resized before training), or a LoRA embedding's rows."""
+    embedding (the base resized before training), or a LoRA embedding's rows. The policy card's snippet (plain
+    transformers + peft) sizes the base's embedding to the trained policy's rows."""
     from peft import LoraConfig, get_peft_model
 
     gpt2_tokenizer.add_special_tokens({"pad_token": "[PAD]"})
@@ -934,8 +936,16 @@ def test_a_lora_policy_saved_with_an_added_pad_token_reloads_with_its_own_vocabu
         gpt2_tokenizer.save_pretrained(tmp_path / name)
         reloaded = PolicyWithValueHead.from_pretrained(tmp_path / name)
         assert reloaded.policy.get_input_embeddings().weight.shape[0] == (rows or 50257), name  # plain: was 50258
+        # the model card's loading snippet (run as written, the folder as its repo) loads the same policy
+        card = render_policy_card(base_model="gpt2", task="sentiment", num_labels=8, reward_gain=1.0, reward_bias=0.0,
+                                  kl_final=0.1, beta_final=0.05, temperature=0.7, response_length=8, known_reward="VADER",
+                                  hub_model_id=str(tmp_path / name), is_peft=True, embedding_rows=rows or 50257)
+        snippet = card.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        scope: dict = {}
+        exec(snippet, scope)
         with torch.no_grad():
             assert torch.allclose(reloaded.policy(ids).logits, policy(ids).logits, atol=1e-6), name
+            assert torch.allclose(scope["model"](ids).logits, policy(ids).logits, atol=1e-6), name
 
 
 def test_generate_completions_without_an_eval_dataset_warns(tmp_path, gpt2_tokenizer):

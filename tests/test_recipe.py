@@ -215,7 +215,7 @@ def test_offline_default_shortened_with_accelerate_launch(tmp_path):
     assert summary["ppo_updates"] == 1 and summary["labels"]["labels"] == 16
     assert (out / "policy" / "adapter_model.safetensors").is_file()
     card = (out / "policy" / "README.md").read_text()  # an adapter's card: PEFT's library name and loading snippet
-    assert "library_name: peft" in card and "AutoPeftModelForCausalLM" in card
+    assert "library_name: peft" in card and "base.resize_token_embeddings(49152)\nmodel = PeftModel.from_pretrained" in card
     assert all(math.isfinite(summary[w][k]) for w in ("before", "after") for k in ("known_reward", "rm_score", "kl"))
     from hf_prefs._compat import cpu_bf16_supported
 

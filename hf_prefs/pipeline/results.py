@@ -24,6 +24,7 @@ from ..core.stats import paired_difference, win_rate
 from ..hub import push_run_to_hub
 from ..model_cards import render_policy_card, render_reward_model_card, write_model_card
 from ..memory import release_free_memory
+from ..models.generation import embedding_rows
 from ..models.reward_model import get_reward_normalization
 from ..tasks.rouge import rouge
 from ..trainers.ppo_trainer import PPOTrainer
@@ -207,6 +208,7 @@ def _write_cards(output_dir: str, pa: PipelineArguments, cfg: Any, base_name: st
             **common, kl_final=float(a["kl"] or 0.0), beta_final=float(trainer.kl_ctl.value), beta_initial=cfg.kl_coef,
             kl_target=cfg.kl_target if cfg.adaptive_kl else None, temperature=cfg.temperature,
             response_length=cfg.response_length, hub_model_id=cfg.hub_model_id, is_peft=trainer.is_peft_model,
+            embedding_rows=embedding_rows(trainer.policy_model),
             metrics={f"heldout/{k}_{when}": v for when, s in (("before", b), ("after", a)) for k, v in s.items()
                      if isinstance(v, (int, float))},
         ),
