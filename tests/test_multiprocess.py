@@ -68,17 +68,29 @@ def global_rollout(tiny_base, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("variant", ["full", "lora", "separate", "policy"])
-def test_ppo_update_on_two_processes_equals_one_process(tiny_base, tmp_path, global_rollout, variant):
-    # Adam's epsilon at 1e-3 (default 1e-8): with a tiny epsilon Adam's step is ~lr * sign(g) wherever |g| is near
-    # zero, so summation-order noise in such a gradient (two halves all-reduced) flips whole steps, and a gradient
-    # scaled by a constant (e.g. summed instead of averaged over processes) leaves the step unchanged; with epsilon
-    # above the small gradients the step follows g itself: order noise stays noise and a scale error shows.
+# Adam's epsilon at 1e-3 (default 1e-8): with a tiny epsilon Adam's step is ~lr * sign(g) wherever |g| is near zero, so
+# summation-order noise in such a gradient (two halves all-reduced) flips whole steps, and a gradient scaled by a
+# constant (e.g. summed instead of averaged over processes) leaves the step unchanged; with epsilon above the small
+# gradients the step follows g itself: order noise stays noise and a scale error shows.
+VARIANTS = ("full", "lora", "separate", "policy")
+
+
+@pytest.fixture(scope="module")
+def two_process_updates(tiny_base, global_rollout, tmp_path_factory) -> Path:
+    """One launch: one PPO update per variant on 2 processes x 4 episodes (a trainer of its own each), in out/<variant>."""
+    out = tmp_path_factory.mktemp("two")
+    cases = {v: {"variant": v, "per_device": 4, "set": {"adam_epsilon": 1e-3}} for v in VARIANTS}
+    launch("ppo_run.py", "update", "--base", tiny_base, "--out", str(out), "--rollout", str(global_rollout),
+           "--cases", json.dumps(cases))
+    return out
+
+
+@pytest.mark.xdist_group("two_process_updates")  # on one worker: the variants' launch is made once
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ppo_update_on_two_processes_equals_one_process(tiny_base, tmp_path, global_rollout, two_process_updates, variant):
     one = ppo_run.make_trainer(tiny_base, str(tmp_path / "one"), variant, per_device=8, adam_epsilon=1e-3)
     single = ppo_run.run_update(one, torch.load(global_rollout, weights_only=False))
-    launch("ppo_run.py", "update", "--base", tiny_base, "--out", str(tmp_path / "two"), "--variant", variant,
-           "--per_device", "4", "--rollout", str(global_rollout), "--set", "adam_epsilon=0.001")
-    ranks = results(tmp_path / "two")
+    ranks = results(two_process_updates / variant)
     assert [r["world"] for r in ranks] == [2, 2]  # really two processes
     for r in ranks:  # every process saw the global batch's mean KL and moved beta by the global batch size
         assert r["kl"] == pytest.approx(single["kl"], rel=1e-6) and r["beta"] == pytest.approx(single["beta"], rel=1e-6)
@@ -86,13 +98,22 @@ def test_ppo_update_on_two_processes_equals_one_process(tiny_base, tmp_path, glo
     single_params = {k: v.detach() for k, v in one.accelerator.unwrap_model(one.model).state_dict().items()}
     # 2 PPO epochs of Adam at lr 1e-3; allowed: 0.1 % of one step's bound (lr). With epsilon 1e-8 the largest
     # difference reached 1.03e-5 (AMX VM) and 2.26e-5 (AVX2 VM), in 'separate', from near-zero gradients.
-    worst = assert_same_params(single_params, torch.load(tmp_path / "two" / "params.pt"), atol=1e-6)
+    worst = assert_same_params(single_params, torch.load(two_process_updates / variant / "params.pt"), atol=1e-6)
     print(f"{variant}: max |param difference| after one update = {worst:.2e}")
 
 
-def test_two_process_training_keeps_beta_identical_on_all_processes(tiny_base, tmp_path):
-    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "run"), "--steps", "3")
-    ranks = results(tmp_path / "run")
+@pytest.fixture(scope="module")
+def three_updates_on_two_processes(tiny_base, tmp_path_factory) -> Path:
+    """`ppo_run.py train --steps 3` on 2 processes (a checkpoint each update): the beta test's run and the
+    uninterrupted run the resume test compares with."""
+    out = tmp_path_factory.mktemp("three_updates")
+    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(out), "--steps", "3")
+    return out
+
+
+@pytest.mark.xdist_group("three_updates_on_two_processes")
+def test_two_process_training_keeps_beta_identical_on_all_processes(tiny_base, tmp_path, three_updates_on_two_processes):
+    ranks = results(three_updates_on_two_processes)
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["batch_size"] == 8
     # the processes split each update's global batch (the one process of the same batch size draws) between them,
     # dealt by length: each process the share queries_for computes for it
@@ -128,17 +149,18 @@ def test_two_process_compiled_lora_run_equals_the_eager_one(tiny_base, tmp_path)
     print(f"compiled vs eager on 2 processes: max |param difference| = {worst:.2e}")
 
 
-def test_two_process_resume_equals_an_uninterrupted_two_process_run(tiny_base, tmp_path):
-    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "full"), "--steps", "3")
+@pytest.mark.xdist_group("three_updates_on_two_processes")
+def test_two_process_resume_equals_an_uninterrupted_two_process_run(tiny_base, tmp_path, three_updates_on_two_processes):
     launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "cut"), "--steps", "3", "--stop_at", "2")
     checkpoint = tmp_path / "cut" / "ppo" / "checkpoint-2"
     assert {"ppo_state_0.json", "ppo_state_1.json"} <= {p.name for p in checkpoint.iterdir()}
     launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "cut"), "--steps", "3",
            "--resume", str(checkpoint))
-    full, resumed = results(tmp_path / "full"), results(tmp_path / "cut")
+    full, resumed = results(three_updates_on_two_processes), results(tmp_path / "cut")
     assert resumed[0]["steps"] == full[0]["steps"] == 3
     assert resumed[0]["beta"][-1] == pytest.approx(full[0]["beta"][-1], rel=1e-6)
-    worst = assert_same_params(torch.load(tmp_path / "full" / "params.pt"), torch.load(tmp_path / "cut" / "params.pt"))
+    worst = assert_same_params(torch.load(three_updates_on_two_processes / "params.pt"),
+                               torch.load(tmp_path / "cut" / "params.pt"))
     print(f"resume on 2 processes: max |param difference| vs uninterrupted = {worst:.2e}")
 
 

@@ -94,19 +94,52 @@ def global_rollout(tiny_base, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("stage,variant", [(2, "full"), (3, "full"), (3, "lora"), (3, "separate"), (3, "policy")])
-def test_zero_update_equals_one_process(deepspeed, tiny_base, tmp_path, global_rollout, stage, variant):
-    # Adam's first step is lr * g / (|g| + eps): with eps 1e-8 a gradient near 0 turns sum-order noise of 1e-10 into
-    # a parameter difference of 1e-5 (the separate value model's MLP read 1.03e-5); eps 1e-6 keeps the comparison
-    # about the distributed update, not about Adam's amplification of rounding
-    single, single_params = one_process_update(tiny_base, tmp_path / "one", global_rollout, variant, adam_epsilon=1e-6)
-    launch(zero_config(stage), "ppo_run.py", "update", "--base", tiny_base, "--out", str(tmp_path / "two"),
-           "--variant", variant, "--per_device", "4", "--rollout", str(global_rollout), "--set", "adam_epsilon=1e-6")
-    for r in results(tmp_path / "two"):
+# Adam's first step is lr * g / (|g| + eps): with eps 1e-8 a gradient near 0 turns sum-order noise of 1e-10 into a
+# parameter difference of 1e-5 (the separate value model's MLP read 1.03e-5); eps 1e-6 keeps the comparison about the
+# distributed update, not about Adam's amplification of rounding
+ADAM = {"adam_epsilon": 1e-6}
+# 2 micro-batches per step: DeepSpeed must not divide the (already averaged) loss by its accumulation steps again. SGD,
+# so that a wrong gradient scale shows in the parameters (Adam would hide it)
+SGD = {"optim": "sgd", "learning_rate": 0.5}
+UPDATE_CASES = {
+    2: {"full": {"variant": "full", "per_device": 4, "set": ADAM},
+        "accumulation": {"per_device": 2, "set": {**SGD, "gradient_accumulation_steps": 2}}},
+    3: {**{v: {"variant": v, "per_device": 4, "set": ADAM} for v in ("full", "lora", "separate", "policy")},
+        "accumulation": {"per_device": 2, "set": {**SGD, "gradient_accumulation_steps": 2}}},
+}
+
+
+@pytest.fixture(scope="module")
+def zero_updates(deepspeed, tiny_base, global_rollout, tmp_path_factory):
+    """``stage -> folder``: one launch per ZeRO stage runs every case of UPDATE_CASES[stage] (a trainer of its own
+    each, one after another in the same processes), the first time a test asks for that stage."""
+    runs: dict[int, Path] = {}
+
+    def run(stage: int) -> Path:
+        if stage not in runs:
+            out = tmp_path_factory.mktemp(f"zero{stage}_updates")
+            launch(zero_config(stage), "ppo_run.py", "update", "--base", tiny_base, "--out", str(out),
+                   "--rollout", str(global_rollout), "--cases", json.dumps(UPDATE_CASES[stage]))
+            runs[stage] = out
+        return runs[stage]
+
+    return run
+
+
+def by_stage(*cases: tuple) -> list:
+    """Parameters grouped on one xdist worker per stage, so that each stage's cases are launched once."""
+    return [pytest.param(*case, marks=pytest.mark.xdist_group(f"zero{case[0]}_updates")) for case in cases]
+
+
+@pytest.mark.parametrize("stage,variant", by_stage((2, "full"), (3, "full"), (3, "lora"), (3, "separate"), (3, "policy")))
+def test_zero_update_equals_one_process(zero_updates, tiny_base, tmp_path, global_rollout, stage, variant):
+    single, single_params = one_process_update(tiny_base, tmp_path / "one", global_rollout, variant, **ADAM)
+    two = zero_updates(stage) / variant
+    for r in results(two):
         assert r["world"] == 2
         assert r["kl"] == pytest.approx(single["kl"], rel=1e-6) and r["beta"] == pytest.approx(single["beta"], rel=1e-6)
         assert r["loss"] == pytest.approx(single["loss"], rel=1e-5, abs=1e-6)
-    worst = max_param_difference(single_params, torch.load(tmp_path / "two" / "params.pt"))
+    worst = max_param_difference(single_params, torch.load(two / "params.pt"))
     print(f"ZeRO-{stage} {variant}: max |param difference| after one update = {worst:.2e}")
     assert worst <= PARAM_ATOL
 
@@ -121,16 +154,13 @@ def test_zero_non_finite_gradients_stop_the_run(deepspeed, tiny_base, tmp_path, 
     assert "PPO update step 1: non-finite values (NaN/inf) in the gradients (DeepSpeed" in proc.stderr, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_gradient_accumulation_scales_the_loss_once(deepspeed, tiny_base, tmp_path, global_rollout, stage):
-    """2 micro-batches per step: DeepSpeed must not divide the (already averaged) loss by its accumulation steps
-    again. SGD, so that a wrong gradient scale shows in the parameters (Adam would hide it)."""
-    sgd = {"optim": "sgd", "learning_rate": 0.5}
-    _, single_params = one_process_update(tiny_base, tmp_path / "one", global_rollout, **sgd)
-    launch(zero_config(stage), "ppo_run.py", "update", "--base", tiny_base, "--out", str(tmp_path / "two"),
-           "--per_device", "2", "--rollout", str(global_rollout),
-           "--set", 'optim="sgd"', "learning_rate=0.5", "gradient_accumulation_steps=2")
-    worst = max_param_difference(single_params, torch.load(tmp_path / "two" / "params.pt"))
+@pytest.mark.parametrize("stage", by_stage((2,), (3,)))
+def test_zero_gradient_accumulation_scales_the_loss_once(zero_updates, tiny_base, tmp_path, global_rollout, stage):
+    """2 micro-batches of 2 per process and step (SGD; see UPDATE_CASES) against one process with the whole batch."""
+    _, single_params = one_process_update(tiny_base, tmp_path / "one", global_rollout, **SGD)
+    two = zero_updates(stage) / "accumulation"
+    assert [r["world"] for r in results(two)] == [2, 2]
+    worst = max_param_difference(single_params, torch.load(two / "params.pt"))
     print(f"ZeRO-{stage}, 2 micro-batches, SGD: max |param difference| = {worst:.2e}")
     assert worst <= PARAM_ATOL
 

@@ -2,7 +2,10 @@
 recipes/accelerate_configs/multi_cpu.yaml (2 processes), so that their results can be compared.
 
     update: one PPO update on given episodes (a saved Rollout of the GLOBAL batch; process r takes its r-th share);
-            with --nan_grad the LM head's gradient turns NaN (the non-finite-gradient check)
+            with --nan_grad the LM head's gradient turns NaN (the non-finite-gradient check); with --cases
+            (JSON {name: {"variant": ..., "per_device": ..., "set": {PPOConfig overrides}}}) one update per case, each
+            with a trainer of its own built after the last one's update, written to out/<name>/ (one launch for
+            many comparisons: a launch's start-up, ~10 s of imports per process, is most of a tiny update's time)
     train:  `steps` real updates (sampling differs by process by design), checkpoints every update, optionally
             stopping early or resuming from a checkpoint.
 Writes `out/result_<rank>.json` (world size, beta per update, KL per update, train: the process's queries per
@@ -115,9 +118,18 @@ def main(argv=None) -> None:
     p.add_argument("--resume")
     p.add_argument("--set", nargs="*", default=[], help="PPOConfig overrides key=json_value")
     p.add_argument("--nan_grad", action="store_true", help="update: the LM head's gradient turns NaN in every backward")
+    p.add_argument("--cases", type=json.loads, help="update: JSON {name: {variant, per_device, set}}, one update each")
     a = p.parse_args(argv)
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
     out = Path(a.out)
+    if a.mode == "update" and a.cases:
+        rollout = torch.load(a.rollout, weights_only=False)
+        for name, case in a.cases.items():
+            trainer = make_trainer(a.base, str(out / name / "ppo"), case.get("variant", "full"), case["per_device"],
+                                   **case.get("set", {}))
+            write(trainer, out / name, run_update(trainer, rollout))
+            del trainer
+        return
     if a.mode == "update":
         trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, **overrides)
         if a.nan_grad:  # a finite loss whose backward turns NaN (as a fused attention kernel's backward can)
