@@ -151,16 +151,17 @@ def test_two_process_compiled_lora_run_equals_the_eager_one(tiny_base, tmp_path)
 
 @pytest.mark.xdist_group("three_updates_on_two_processes")
 def test_two_process_resume_equals_an_uninterrupted_two_process_run(tiny_base, tmp_path, three_updates_on_two_processes):
-    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "cut"), "--steps", "3", "--stop_at", "2")
-    checkpoint = tmp_path / "cut" / "ppo" / "checkpoint-2"
+    """A new 2-process run resumed from the 2nd update's checkpoint of the 3-update run (what a run killed after it
+    would have left) ends where that run ended."""
+    checkpoint = three_updates_on_two_processes / "ppo" / "checkpoint-2"
     assert {"ppo_state_0.json", "ppo_state_1.json"} <= {p.name for p in checkpoint.iterdir()}
-    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "cut"), "--steps", "3",
+    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "resumed"), "--steps", "3",
            "--resume", str(checkpoint))
-    full, resumed = results(three_updates_on_two_processes), results(tmp_path / "cut")
+    full, resumed = results(three_updates_on_two_processes), results(tmp_path / "resumed")
     assert resumed[0]["steps"] == full[0]["steps"] == 3
     assert resumed[0]["beta"][-1] == pytest.approx(full[0]["beta"][-1], rel=1e-6)
     worst = assert_same_params(torch.load(three_updates_on_two_processes / "params.pt"),
-                               torch.load(tmp_path / "cut" / "params.pt"))
+                               torch.load(tmp_path / "resumed" / "params.pt"))
     print(f"resume on 2 processes: max |param difference| vs uninterrupted = {worst:.2e}")
 
 

@@ -13,8 +13,8 @@ What is compared (fp32):
 - update 0's rollout of process 0 under ZeRO-3 against one process with process 0's queries and seed: the same tokens,
   scores, log-probs, reference log-probs and values; with `ds3_gather_for_generation=True` the weights are gathered
   in ONE block per `generate` call and no forward inside gathers again, with False every forward gathers;
-- 3 updates against a run stopped after 2 and resumed from its checkpoint (optimizer state from DeepSpeed's own
-  checkpoint): identical parameters and beta;
+- 3 updates against a run resumed from the 2nd update's checkpoint of that run (optimizer state from DeepSpeed's
+  own checkpoint): identical parameters and beta;
 - bf16 ZeRO-3 (the recipes' precision) with LoRA: the adapters and value head created after the sharded load train;
 - the whole sentiment recipe (labels, reward model, PPO, evaluation) under ZeRO-2/3 against the same run under DDP,
   and with online labels under ZeRO-2 (a reward-model trainer started between PPO updates).
@@ -190,18 +190,19 @@ def test_zero3_rollout_equals_one_process_and_gathers_once_per_generate(deepspee
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_resume_equals_an_uninterrupted_run(deepspeed, tiny_base, tmp_path, stage):
+    """3 updates (a checkpoint after each) against a new run resumed from the 2nd update's checkpoint of that run (what
+    a run killed after it would have left)."""
     common = ["--base", tiny_base, "--steps", "3"]
     launch(zero_config(stage), "ppo_run.py", "train", *common, "--out", str(tmp_path / "full"))
-    launch(zero_config(stage), "ppo_run.py", "train", *common, "--out", str(tmp_path / "cut"), "--stop_at", "2")
-    checkpoint = tmp_path / "cut" / "ppo" / "checkpoint-2"
+    checkpoint = tmp_path / "full" / "ppo" / "checkpoint-2"
     names = {p.name for p in checkpoint.iterdir()}
     assert {"model.safetensors", "value_head.safetensors", "ppo_state_0.json", "ppo_state_1.json"} <= names
     assert any(name.startswith("global_step") for name in names)  # DeepSpeed's engine checkpoint (optimizer)
-    launch(zero_config(stage), "ppo_run.py", "train", *common, "--out", str(tmp_path / "cut"), "--resume", str(checkpoint))
-    full, resumed = results(tmp_path / "full"), results(tmp_path / "cut")
+    launch(zero_config(stage), "ppo_run.py", "train", *common, "--out", str(tmp_path / "resumed"), "--resume", str(checkpoint))
+    full, resumed = results(tmp_path / "full"), results(tmp_path / "resumed")
     assert resumed[0]["steps"] == full[0]["steps"] == 3
     assert resumed[0]["beta"][-1] == pytest.approx(full[0]["beta"][-1], rel=1e-6)
-    worst = max_param_difference(torch.load(tmp_path / "full" / "params.pt"), torch.load(tmp_path / "cut" / "params.pt"))
+    worst = max_param_difference(torch.load(tmp_path / "full" / "params.pt"), torch.load(tmp_path / "resumed" / "params.pt"))
     print(f"ZeRO-{stage} resume: max |param difference| vs uninterrupted = {worst:.2e}")
     assert worst <= PARAM_ATOL
 

@@ -7,7 +7,7 @@ recipes/accelerate_configs/multi_cpu.yaml (2 processes), so that their results c
             with a trainer of its own built after the last one's update, written to out/<name>/ (one launch for
             many comparisons: a launch's start-up, ~10 s of imports per process, is most of a tiny update's time)
     train:  `steps` real updates (sampling differs by process by design), checkpoints every update, optionally
-            stopping early or resuming from a checkpoint.
+            resuming from a checkpoint.
 Writes `out/result_<rank>.json` (world size, beta per update, KL per update, train: the process's queries per
 update) and, on the main process,
 `out/params.pt` (the policy-with-value-head state dict).
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_prefs import PPOConfig, PPOTrainer
 from hf_prefs.trainers.ppo_data import Rollout
@@ -35,15 +35,6 @@ QUERIES = [f"Chapter {i}. The weather in the village was {w} that day." for i, w
 
 def length_reward(queries, responses):
     return torch.tensor([len(r) / 10.0 for r in responses])
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def make_trainer(base: str, out: str, variant: str, per_device: int, steps: int = 1, save: bool = False,
@@ -114,7 +105,6 @@ def main(argv=None) -> None:
     p.add_argument("--per_device", type=int, default=4)
     p.add_argument("--rollout")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--stop_at", type=int)
     p.add_argument("--resume")
     p.add_argument("--set", nargs="*", default=[], help="PPOConfig overrides key=json_value")
     p.add_argument("--nan_grad", action="store_true", help="update: the LM head's gradient turns NaN in every backward")
@@ -137,8 +127,6 @@ def main(argv=None) -> None:
         write(trainer, out, run_update(trainer, torch.load(a.rollout, weights_only=False)))
         return
     trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, a.steps, save=True, **overrides)
-    if a.stop_at:
-        trainer.add_callback(StopAt(a.stop_at))
     trainer.train(resume_from_checkpoint=a.resume)
     logs = [h for h in trainer.state.log_history if "objective/kl" in h]
     write(trainer, out, {"world": trainer.accelerator.num_processes, "kl": [h["objective/kl"] for h in logs],
