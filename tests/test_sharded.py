@@ -165,21 +165,32 @@ def test_zero_gradient_accumulation_scales_the_loss_once(zero_updates, tiny_base
     assert worst <= PARAM_ATOL
 
 
+@pytest.fixture(scope="module")
+def zero3_rollouts(deepspeed, tiny_base, tmp_path_factory) -> tuple[Path, Path]:
+    """``(one, two)``: process 0's share of update 0 sampled by one process, and by a ZeRO-3 launch that samples it
+    once with ``ds3_gather_for_generation`` true and once false (in two/gather_true, two/gather_false)."""
+    one, two = tmp_path_factory.mktemp("rollout_one"), tmp_path_factory.mktemp("rollout_two")
+    sharded_run.run_rollout(ppo_run.make_trainer(tiny_base, str(one), "full", per_device=4, reward_model=True), one,
+                            share=(2, 0))
+    launch(zero_config(3), "sharded_run.py", "rollout", "--base", tiny_base, "--out", str(two), "--per_device", "4",
+           "--reward_model", "--gathers", "true", "false")
+    return one, two
+
+
+@pytest.mark.xdist_group("zero3_rollouts")  # on one worker: the launch is made once
 @pytest.mark.parametrize("gather", [True, False])
-def test_zero3_rollout_equals_one_process_and_gathers_once_per_generate(deepspeed, tiny_base, tmp_path, gather):
+def test_zero3_rollout_equals_one_process_and_gathers_once_per_generate(zero3_rollouts, gather):
     """Process 0 samples the same queries with the same seed as one process with 4 episodes given process 0's share
     (queries_for(0, 2, 0)); a reward MODEL (sharded too under ZeRO-3) scores them."""
-    one = ppo_run.make_trainer(tiny_base, str(tmp_path / "one"), "full", per_device=4, reward_model=True)
-    sharded_run.run_rollout(one, tmp_path / "one", share=(2, 0))
-    launch(zero_config(3), "sharded_run.py", "rollout", "--base", tiny_base, "--out", str(tmp_path / "two"),
-           "--per_device", "4", "--reward_model", "--set", f"ds3_gather_for_generation={json.dumps(gather)}")
-    expected = torch.load(tmp_path / "one" / "rollout_0.pt", weights_only=False)
-    got = torch.load(tmp_path / "two" / "rollout_0.pt", weights_only=False)
+    one, two = zero3_rollouts
+    two = two / f"gather_{json.dumps(gather)}"
+    expected = torch.load(one / "rollout_0.pt", weights_only=False)
+    got = torch.load(two / "rollout_0.pt", weights_only=False)
     assert torch.equal(got.response_ids, expected.response_ids) and got.response_texts == expected.response_texts
     for field in ("scores", "logprobs", "ref_logprobs", "values", "kl", "rewards"):
         torch.testing.assert_close(getattr(got, field), getattr(expected, field), atol=1e-5, rtol=1e-5, msg=field)
-    for r in results(tmp_path / "two"):
-        assert r["world"] == 2 and r["zero_stage"] == 3
+    for r in results(two):
+        assert r["world"] == 2 and r["zero_stage"] == 3 and r["gather"] is gather
         (calls,) = r["generate_calls"]  # one generate call per rollout
         print(f"ds3_gather_for_generation={gather}: {calls}")
         if gather:  # one gathered block; every all-gather is made on entering it, none by the sampling forwards

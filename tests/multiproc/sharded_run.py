@@ -4,7 +4,8 @@ often ZeRO-3 gathers weights while the policy samples.
     rollout: update 0's rollout of this process (generation, scores, policy log-probs/values, reference log-probs),
              saved as out/rollout_<rank>.pt, and in out/result_<rank>.json the world size, the ZeRO stage and, per
              `trainer.generate` call, the number of `deepspeed.zero.GatheredParameters` blocks, of DeepSpeed
-             all-gather collectives in all, and of those made on entering the blocks.
+             all-gather collectives in all, and of those made on entering the blocks. With --gathers true false:
+             one rollout per value of ds3_gather_for_generation (a trainer of its own each), in out/gather_<value>/.
 Other modes: see ppo_run.py (update / train), which this script forwards to.
 """
 
@@ -91,11 +92,16 @@ def main(argv=None) -> None:
     p.add_argument("--per_device", type=int, default=4)
     p.add_argument("--reward_model", action="store_true", help="score with a (random) reward model, not a callable")
     p.add_argument("--set", nargs="*", default=[], help="PPOConfig overrides key=json_value")
+    p.add_argument("--gathers", nargs="*", type=json.loads, help="one rollout per ds3_gather_for_generation value")
     a = p.parse_args(argv)
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
-    trainer = ppo_run.make_trainer(a.base, str(Path(a.out) / "ppo"), a.variant, a.per_device,
-                                   reward_model=a.reward_model, **overrides)
-    run_rollout(trainer, Path(a.out))
+    for gather in a.gathers or [None]:
+        out = Path(a.out) if gather is None else Path(a.out) / f"gather_{json.dumps(gather)}"
+        case = overrides if gather is None else {**overrides, "ds3_gather_for_generation": gather}
+        trainer = ppo_run.make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, reward_model=a.reward_model,
+                                       **case)
+        run_rollout(trainer, out)
+        del trainer
 
 
 if __name__ == "__main__":
