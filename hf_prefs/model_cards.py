@@ -100,6 +100,12 @@ def _number(field: str, value: Any, *, positive: bool = False) -> float:
     return float(value)
 
 
+def _positive_int(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field}: expected an int >= 1, got {value!r}")
+    return value
+
+
 def _fmt(value: Any) -> str:
     """Numbers with 6 significant digits (ints as ints), anything else as text."""
     if isinstance(value, bool):
@@ -249,13 +255,10 @@ def render_policy_card(
         temperature, response_length: sampling temperature and response tokens, used in the loading snippet.
         metrics: final metrics (name -> value), rendered as a table in the given order.
         hyperparameters: optional training settings table.
-        hub_model_id: the repo the card will live in (used in the loading snippet); ``reward_model_id`` links the
-            reward model's repo.
+        hub_model_id: the repo the card will live in (the loading snippet's); ``reward_model_id`` links the reward model's.
         license: the front matter's license; set it to the base model's license.
-        is_peft, embedding_rows: an adapter's card loads the base model at the adapter's revision, then the adapter
-            (``PeftModel``); ``embedding_rows`` (the trained policy's input-embedding rows) sizes the base's embedding
-            first. peft's ``AutoPeftModelForCausalLM`` is not used: it grows the embedding to the tokenizer's length, a
-            random row for a pad token added to the tokenizer alone.
+        is_peft, embedding_rows: an adapter's card loads the base at the adapter's revision, sized to ``embedding_rows``
+            (the trained policy's), then the adapter (peft's AutoPeftModel would size it by the tokenizer).
     Returns:
         The card's text (YAML front matter with ``library_name: transformers``, ``peft`` for an adapter, and tags
         ``hf-prefs, trl, ppo, rlhf``).
@@ -266,13 +269,8 @@ def render_policy_card(
         (("reward_gain", reward_gain), ("reward_bias", reward_bias), ("kl_final", kl_final), ("beta_final", beta_final))
     )
     temperature = _number("temperature", temperature, positive=True)
-    if isinstance(response_length, bool) or not isinstance(response_length, int) or response_length < 1:
-        raise ValueError(f"response_length: expected an int >= 1, got {response_length!r}")
     kl_target = None if kl_target is None else _number("kl_target", kl_target, positive=True)
     beta_initial = None if beta_initial is None else _number("beta_initial", beta_initial)
-    if embedding_rows is not None and (isinstance(embedding_rows, bool) or not isinstance(embedding_rows, int)
-                                       or embedding_rows < 1):
-        raise ValueError(f"embedding_rows: expected an int >= 1 (the policy's input-embedding rows), got {embedding_rows!r}")
     model_name, card_data = _front_matter(
         task, model_name, hub_model_id, base_id, base_display, "ppo", datasets, license, "text-generation", POLICY_TAGS, tags,
         is_peft,
@@ -292,8 +290,10 @@ def render_policy_card(
         beta_initial=_fmt(beta_initial) if beta_initial is not None else "not recorded",
         beta_final=_fmt(beta_final), kl_final=_fmt(kl_final),
         metrics=_table("metrics", metrics), hyperparameters=_table("hyperparameters", hyperparameters),
-        repo_ref=hub_model_id or f"./{model_name}", temperature=_fmt(temperature), response_length=response_length,
-        is_peft=is_peft, embedding_rows=embedding_rows, framework_versions=_framework_versions(),
+        repo_ref=hub_model_id or f"./{model_name}", temperature=_fmt(temperature),
+        response_length=_positive_int("response_length", response_length), is_peft=is_peft,
+        embedding_rows=None if embedding_rows is None else _positive_int("embedding_rows", embedding_rows),
+        framework_versions=_framework_versions(),
     )
 
 
