@@ -134,9 +134,9 @@ def test_two_process_training_keeps_beta_identical_on_all_processes(tiny_base, t
 def test_two_process_compiled_lora_run_equals_the_eager_one(tiny_base, tmp_path):
     """torch_compile=True under DDP with LoRA (the reference is the compiled policy with adapters off, reached
     through DDP's module): the same KL, beta and weights as the eager 2-process run (float32)."""
-    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "eager"), "--steps", "2", "--variant", "lora")
-    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path / "compiled"), "--steps", "2",
-           "--variant", "lora", "--set", "torch_compile=true")
+    cases = {"eager": {"variant": "lora", "per_device": 4}, "compiled": {"variant": "lora", "per_device": 4,
+                                                                       "set": {"torch_compile": True}}}
+    launch("ppo_run.py", "train", "--base", tiny_base, "--out", str(tmp_path), "--steps", "2", "--cases", json.dumps(cases))
     eager, compiled = results(tmp_path / "eager"), results(tmp_path / "compiled")
     assert [r["world"] for r in compiled] == [2, 2] and compiled[0]["kl"][0] == 0.0
     assert compiled[0]["kl"] == pytest.approx(eager[0]["kl"], rel=1e-3, abs=1e-6)

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GP
 from hf_prefs.model_cards import render_policy_card
 from hf_prefs.trainers.ppo_config import PPOConfig
 from hf_prefs.trainers.ppo_trainer import NonFiniteError, PPOTrainer
-from hf_prefs.models.reward_model import per_token_scores, score_texts
+from hf_prefs.models.reward_model import per_token_scores, score_texts, set_reward_normalization
 from hf_prefs.models.generation import response_logprobs
 from hf_prefs.models.value_head import PolicyWithValueHead, value_model_from_policy
 
@@ -541,6 +541,43 @@ def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer):
         assert int(rollout.response_lengths[i]) == (row.index(eos) + 1 if has_eos else 6)
         expected = rollout.raw_scores[i].item() - (0.0 if has_eos else 2.0)  # TRL: subtract, not replace
         assert rollout.scores[i].item() == pytest.approx(expected)
+
+
+def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_tokenizer):
+    """TRL 1.12 scored the response's ids through the stop token, read at the last that is not the pad. With
+    ``stop_token="eos"`` and a reward model whose pad is its own (``[PAD]``, as TRL's scripts add) that is the EOS —
+    where a model trained by ``trl.RewardTrainer`` (it appends EOS) learned its reward; with pad = EOS, the token
+    before it. hf_prefs decoded the EOS away and read the token before it in both cases. A reward model trained here
+    (a normalization stored) is read as its labels' texts were, without the EOS."""
+    import copy
+
+    policy = make_policy()
+    eos = gpt2_tokenizer.eos_token_id
+    boost_token(policy, eos, 6.0)
+    padded = copy.deepcopy(gpt2_tokenizer)
+    padded.add_special_tokens({"pad_token": "[PAD]"})
+    torch.manual_seed(3)
+    reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, vocab_size=len(padded))).eval()
+    reward.config.pad_token_id = padded.pad_token_id
+    trained_here = copy.deepcopy(reward)  # normalized by hf_prefs: read as its labels' texts were (no EOS)
+    set_reward_normalization(trained_here, 1.0, 0.0)
+    for model, tokenizer, reads_eos in ((reward, padded, True), (reward, gpt2_tokenizer, False),  # no pad: EOS pads
+                                        (trained_here, padded, False)):
+        trainer = PPOTrainer(policy, model, make_config(tmp_path, stop_token="eos", truncate_after=0, total_episodes=8),
+                             Dataset.from_dict({"query": QUERIES * 2}), processing_class=gpt2_tokenizer,
+                             reward_processing_class=tokenizer)
+        rollout = trainer.make_rollout(*trainer.sample_queries(0))
+        ends = [eos in row.tolist() for row in rollout.response_ids]
+        assert any(ends) and not all(ends)
+        for q, text, raw, end in zip(rollout.query_texts, rollout.response_texts, rollout.raw_scores, ends):
+            assert "<|endoftext|>" not in text  # what the labeler and reward functions see is unchanged
+            shown = text + ("<|endoftext|>" if end and reads_eos else "")
+            assert raw.item() == pytest.approx(score_texts(model, tokenizer, [q], [shown]).item(), abs=1e-5)
+            if end and reads_eos:  # the model's own forward on the text's tokens and the EOS id, at the EOS
+                ids = torch.tensor([tokenizer(q + text, add_special_tokens=False)["input_ids"] + [eos]])
+                with torch.no_grad():
+                    assert raw.item() == pytest.approx(reward(ids).logits[0, -1].item(), abs=1e-5)
+                assert raw.item() != pytest.approx(score_texts(reward, tokenizer, [q], [text]).item(), abs=1e-3)
 
 
 def test_learning_a_known_reward_with_kl_near_the_adaptive_target(tmp_path, gpt2_tokenizer):

@@ -83,6 +83,29 @@ def test_no_truncate_token_keeps_everything_valid():
     assert valid.tolist() == [True, True]
 
 
+def test_a_reward_model_reads_a_special_stop_token_only_under_trls_stop_token(gpt2_tokenizer):
+    """RolloutSpec.model_texts by hand: the EOS text after the rows cut at TRL's EOS stop token, for a reader whose
+    pad is not EOS; nothing for a reader padding with EOS (or without a pad: TRL pads with EOS), a stop token that
+    decoding keeps ("."), or the paper's truncate token."""
+    import copy
+
+    eos, dot = gpt2_tokenizer.eos_token_id, 13
+    ids = torch.tensor([[464, eos, 318, 318], [464, 318, 318, 318], [464, dot, 318, 318]])
+    padded = copy.deepcopy(gpt2_tokenizer)
+    padded.add_special_tokens({"pad_token": "[PAD]"})
+    spec = RolloutSpec.build(gpt2_tokenizer, response_length=4, stop_token="eos")
+    lengths = spec.cut(ids).lengths
+    texts = spec.texts(gpt2_tokenizer, ids, lengths)
+    assert lengths.tolist() == [2, 4, 4] and texts[0] == "The"
+    assert spec.model_texts(gpt2_tokenizer, texts, ids, lengths, padded) == ["The<|endoftext|>", texts[1], texts[2]]
+    assert spec.model_texts(gpt2_tokenizer, texts, ids, lengths, gpt2_tokenizer) == texts  # no pad: EOS pads
+    for other in (RolloutSpec.build(gpt2_tokenizer, response_length=4, stop_token_id=dot),
+                  RolloutSpec.build(gpt2_tokenizer, response_length=4, truncate_token_id=eos)):
+        cut = other.cut(ids).lengths
+        assert other.model_texts(gpt2_tokenizer, other.texts(gpt2_tokenizer, ids, cut), ids, cut, padded) == \
+            other.texts(gpt2_tokenizer, ids, cut)
+
+
 def test_penalty_replaces_the_score():
     scores = torch.tensor([3.0, -0.5, 2.0, -7.0])
     valid = torch.tensor([True, False, False, True])

@@ -14,7 +14,9 @@ at the same place everywhere.
   token without ``missing_eos_penalty``: none (every row valid, as in TRL).
 - The penalty of an invalid row: ``"replace"`` its score by ``penalty_value`` (paper: -1) or ``"subtract"``
   ``penalty_value`` from it (TRL's ``missing_eos_penalty``).
-- Text: the kept tokens decoded with ``skip_special_tokens=True`` (a sampled EOS is not shown to the reward).
+- Text: the kept tokens decoded with ``skip_special_tokens=True`` (a sampled EOS is not shown to the labeler or a
+  reward function). A reward *model* under TRL's stop token reads the stop token too (:meth:`RolloutSpec.model_texts`),
+  as TRL gave it the ids through the stop token.
 - What PPO learns from (:meth:`RolloutSpec.masks`): the paper's cut is for the reward only — KL, values and the PPO
   losses use every sampled token and the score sits on the last one. TRL's stop token ends the episode
   (``mask_after_cut``): tokens after it are masked out of the KL and the policy loss, the value mask reaches one
@@ -179,6 +181,24 @@ class RolloutSpec:
     def texts(self, tokenizer: Any, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """The text of each cut response (what the reward model and the labeler see)."""
         return tokenizer.batch_decode(self.kept_ids(response_ids, lengths), skip_special_tokens=True)
+
+    def model_texts(self, tokenizer: Any, texts: list[str], response_ids: torch.Tensor, lengths: torch.Tensor,
+                    reader: Any) -> list[str]:
+        """What a reward *model* reads of each cut response: ``texts`` (:meth:`texts`), and under TRL's stop token
+        (``mask_after_cut``) the stop token's text after the rows cut at it where decoding dropped it (a special token:
+        EOS). TRL 1.12 scored the ids through the stop token, read at the last one that is not the pad, so a reward
+        model trained by ``trl.RewardTrainer`` (which appends EOS) is read at the EOS it learned at. Not appended
+        where the stop token is the pad of the reward model's tokenizer ``reader`` (its EOS where it has no pad, as
+        TRL pads): TRL's read, and a sequence classifier's, is then the token before it — the text's last."""
+        stop = self.truncate_token_id
+        if not self.mask_after_cut or stop is None or stop not in getattr(tokenizer, "all_special_ids", ()):
+            return list(texts)
+        stop_text = tokenizer.decode([stop])
+        pad = getattr(reader, "pad_token", None)
+        if stop_text == (pad if pad is not None else getattr(reader, "eos_token", None)):
+            return list(texts)
+        ends = [n > 0 and int(ids[n - 1]) == stop for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
+        return [text + stop_text if end else text for text, end in zip(texts, ends)]
 
     def masks(self, lengths: torch.Tensor, response_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(token_mask, value_mask, score_index)`` for PPO from the cut ``lengths`` (B,): ``(B, Lr)`` bool masks of

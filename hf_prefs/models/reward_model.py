@@ -38,6 +38,7 @@ __all__ = [
     "BIAS_KEY",
     "SUFFIX_KEY",
     "get_response_suffix",
+    "reads_as_trained_here",
     "set_response_suffix",
     "with_response_suffix",
     "unwrap_model",
@@ -137,6 +138,15 @@ def set_response_suffix(model: Any, suffix: str | None) -> None:
         setattr(config, SUFFIX_KEY, suffix)
     elif hasattr(config, SUFFIX_KEY):
         delattr(config, SUFFIX_KEY)
+
+
+def reads_as_trained_here(model: Any) -> bool:
+    """Whether ``model`` carries a reading hf_prefs stored (a normalization or a response suffix from its reward
+    trainers or :func:`normalize_reward_model`): it is then read as it was trained here, the response text as given
+    plus its suffix; a reward model from elsewhere is read where TRL read it (a stop token included; see
+    :meth:`~hf_prefs.core.rollout.RolloutSpec.model_texts`)."""
+    config = unwrap_model(model).config
+    return any(hasattr(config, key) for key in (GAIN_KEY, BIAS_KEY, SUFFIX_KEY))
 
 
 def with_response_suffix(response: str, suffix: str) -> str:

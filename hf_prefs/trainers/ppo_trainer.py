@@ -69,7 +69,7 @@ from ..models.dropout import disable_dropout
 from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import check_local_path, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
-from ..models.reward_model import check_scalar_head, normalize_reward_model, score_texts
+from ..models.reward_model import check_scalar_head, normalize_reward_model, reads_as_trained_here, score_texts
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import (
     PolicyValueOutput,
@@ -317,6 +317,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
         self.reward_model = reward_model
         self.reward_processing_class = tokenizer
+        # a reward model from elsewhere (TRL's) reads TRL's stop token as TRL gave it; one trained here (by the
+        # labels' texts, without it) as it was trained — decided now, before PPO may normalize it
+        self.reward_reads_stop_token = isinstance(reward_model, nn.Module) and not reads_as_trained_here(reward_model)
 
     def _build_value_function(
         self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | str | None,
@@ -433,7 +436,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         self.timings: dict[str, float] = {}  # seconds of the parts of the last rollout
         self.reward_metrics: dict[str, list[float]] = {}  # reward functions' log_metric values of this update
         self.reward_log_extra: dict[str, list[Any]] = {}  # their log_extra columns of the last score() call
-        self._scoring_extra: dict[str, list[Any]] = {}  # what score() passes them besides the texts (scoring_with)
+        self._scoring_extra: dict[str, Any] = {}  # what score() passes them besides the texts (scoring_with)
         self._picked_rows: tuple[list[int], list[str]] | None = None  # the rows queries_for last picked, their queries
         self._frozen_engines: list[Any] = []  # DeepSpeed engines of the frozen models (their modules are used)
         self._reference_scorer: nn.Module | None = None  # with torch_compile: the reference compiled as the policy
@@ -577,8 +580,13 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty. A reward
         function in TRL's form also gets the keywords of :meth:`scoring_with` (dataset columns, ``completion_ids``)
         and ``trainer_state``, ``log_metric``, ``log_extra``; a list of functions is summed with ``reward_weights``
-        (:func:`~hf_prefs.trainers.reward_functions.combined_scores`)."""
+        (:func:`~hf_prefs.trainers.reward_functions.combined_scores`). A reward model not trained here reads, within
+        :meth:`scoring_with`, TRL's stop token after the rows cut at it (:meth:`RolloutSpec.model_texts`)."""
         if isinstance(self.reward_model, nn.Module):
+            if self.reward_reads_stop_token and "response_ids" in self._scoring_extra:  # within scoring_with
+                response_texts = self.rollout_spec.model_texts(
+                    self.processing_class, list(response_texts), self._scoring_extra["response_ids"],
+                    self._scoring_extra["lengths"], self.reward_processing_class)
             with self.accelerator.autocast():
                 scores = score_texts(
                     self.reward_model,
@@ -613,10 +621,15 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
     @contextmanager
     def scoring_with(self, columns: dict[str, list[Any]], response_ids: torch.Tensor, lengths: torch.Tensor):
         """Within it, :meth:`score` passes a reward function in TRL's form ``columns`` (the queries' dataset
-        columns) and ``completion_ids`` (each response's token ids up to its cut) — a context, so that ``score(q, r)``
-        keeps its signature for subclasses."""
-        if isinstance(self.reward_model, nn.Module):
-            yield
+        columns) and ``completion_ids`` (each response's token ids up to its cut), and gives a reward model the stop
+        token where TRL did (:meth:`RolloutSpec.model_texts`) — a context, so that ``score(q, r)`` keeps its
+        signature for subclasses."""
+        if isinstance(self.reward_model, nn.Module):  # a model reads the stop token too (RolloutSpec.model_texts)
+            self._scoring_extra = {"response_ids": response_ids, "lengths": lengths}
+            try:
+                yield
+            finally:
+                self._scoring_extra = {}
             return
         self._scoring_extra = {**columns, "completion_ids": self.rollout_spec.kept_ids(response_ids, lengths)}
         try:

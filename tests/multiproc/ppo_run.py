@@ -2,12 +2,12 @@
 recipes/accelerate_configs/multi_cpu.yaml (2 processes), so that their results can be compared.
 
     update: one PPO update on given episodes (a saved Rollout of the GLOBAL batch; process r takes its r-th share);
-            with --nan_grad the LM head's gradient turns NaN (the non-finite-gradient check); with --cases
-            (JSON {name: {"variant": ..., "per_device": ..., "set": {PPOConfig overrides}}}) one update per case, each
-            with a trainer of its own built after the last one's update, written to out/<name>/ (one launch for
-            many comparisons: a launch's start-up, ~10 s of imports per process, is most of a tiny update's time)
+            with --nan_grad the LM head's gradient turns NaN (the non-finite-gradient check)
     train:  `steps` real updates (sampling differs by process by design), checkpoints every update, optionally
             resuming from a checkpoint.
+With --cases (JSON {name: {"variant": ..., "per_device": ..., "set": {PPOConfig overrides}}}) one run per case, each
+with a trainer of its own built after the last one's run, in out/<name>/ (one launch for many comparisons: a launch's
+start-up, ~10 s of imports per process, is most of a tiny run's time).
 Writes `out/result_<rank>.json` (world size, beta per update, KL per update, train: the process's queries per
 update) and, on the main process,
 `out/params.pt` (the policy-with-value-head state dict).
@@ -108,32 +108,28 @@ def main(argv=None) -> None:
     p.add_argument("--resume")
     p.add_argument("--set", nargs="*", default=[], help="PPOConfig overrides key=json_value")
     p.add_argument("--nan_grad", action="store_true", help="update: the LM head's gradient turns NaN in every backward")
-    p.add_argument("--cases", type=json.loads, help="update: JSON {name: {variant, per_device, set}}, one update each")
+    p.add_argument("--cases", type=json.loads, help="JSON {name: {variant, per_device, set}}: one run each, in out/<name>")
     a = p.parse_args(argv)
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
-    out = Path(a.out)
-    if a.mode == "update" and a.cases:
-        rollout = torch.load(a.rollout, weights_only=False)
-        for name, case in a.cases.items():
-            trainer = make_trainer(a.base, str(out / name / "ppo"), case.get("variant", "full"), case["per_device"],
-                                   **case.get("set", {}))
-            write(trainer, out / name, run_update(trainer, rollout))
-            del trainer
-        return
-    if a.mode == "update":
-        trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, **overrides)
-        if a.nan_grad:  # a finite loss whose backward turns NaN (as a fused attention kernel's backward can)
-            trainer.model.policy.get_output_embeddings().weight.register_hook(lambda grad: grad * float("nan"))
-        write(trainer, out, run_update(trainer, torch.load(a.rollout, weights_only=False)))
-        return
-    trainer = make_trainer(a.base, str(out / "ppo"), a.variant, a.per_device, a.steps, save=True, **overrides)
-    trainer.train(resume_from_checkpoint=a.resume)
-    logs = [h for h in trainer.state.log_history if "objective/kl" in h]
-    write(trainer, out, {"world": trainer.accelerator.num_processes, "kl": [h["objective/kl"] for h in logs],
-                         "beta": [h["objective/kl_coef"] for h in logs] + [trainer.kl_ctl.value],
-                         "batch_size": trainer.args.batch_size, "steps": trainer.state.global_step,
-                         "queries": [trainer.sample_queries(u)[2] for u in range(a.steps)]})  # this process's share
-
+    cases = a.cases or {"": {"variant": a.variant, "per_device": a.per_device, "set": overrides}}
+    rollout = torch.load(a.rollout, weights_only=False) if a.mode == "update" else None
+    for name, case in cases.items():  # one after another, a trainer of its own each
+        out = Path(a.out) / name
+        variant, per_device, settings = case.get("variant", "full"), case["per_device"], case.get("set", {})
+        if a.mode == "update":
+            trainer = make_trainer(a.base, str(out / "ppo"), variant, per_device, **settings)
+            if a.nan_grad:  # a finite loss whose backward turns NaN (as a fused attention kernel's backward can)
+                trainer.model.policy.get_output_embeddings().weight.register_hook(lambda grad: grad * float("nan"))
+            write(trainer, out, run_update(trainer, rollout))
+            continue
+        trainer = make_trainer(a.base, str(out / "ppo"), variant, per_device, a.steps, save=True, **settings)
+        trainer.train(resume_from_checkpoint=a.resume)
+        logs = [h for h in trainer.state.log_history if "objective/kl" in h]
+        write(trainer, out, {"world": trainer.accelerator.num_processes, "kl": [h["objective/kl"] for h in logs],
+                             "beta": [h["objective/kl_coef"] for h in logs] + [trainer.kl_ctl.value],
+                             "batch_size": trainer.args.batch_size, "steps": trainer.state.global_step,
+                             "queries": [trainer.sample_queries(u)[2] for u in range(a.steps)]})  # this process's share
+        del trainer
 
 if __name__ == "__main__":
     main(sys.argv[1:])
