@@ -68,6 +68,11 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer, caplog):
     text = prepare_query_dataset(Dataset.from_dict({"prompt": ["The sun rose", "Hello"]}), gpt2_tokenizer, policy, args)
     assert text["query"] == ["The sun rose", "Hello"]
     assert text["input_ids"] == gpt2_tokenizer(["The sun rose", "Hello"])["input_ids"]
+    with caplog.at_level(logging.WARNING, logger="hf_prefs.trainers.ppo_data"):  # beside `query`: not read, said so
+        both = prepare_query_dataset(Dataset.from_dict({"prompt": ["The sun rose"], "query": ["id-17"]}), gpt2_tokenizer,
+                                     policy, args)
+    assert both["query"] == ["id-17"] and "from its `query` column; its `prompt` column is not read" in caplog.text
+    caplog.clear()
 
     tokenizer = copy.deepcopy(gpt2_tokenizer)
     tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
