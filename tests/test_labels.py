@@ -169,6 +169,20 @@ def test_from_pairwise_renders_conversational_rows_as_trl_does(gpt2_tokenizer):
     mixed = Dataset.from_dict({"prompt": ["Is the sky blue?"], "chosen": [good], "rejected": [bad]})
     with pytest.raises(LabelValidationError, match=r"row 0, field 'chosen': is a list of messages while 'prompt' is text"):
         from_pairwise(mixed, tok)  # was an IndexError inside TRL's template code
+    # a row's tools and chat_template_kwargs (TRL's columns) reach the template, as in trl.RewardTrainer (were dropped)
+    kw_tok = copy.deepcopy(tok)
+    kw_tok.chat_template = ("{% if think is defined and not think %}[no-think]{% endif %}{% if tools %}TOOLS: "
+                            "{{ tools | map(attribute='name') | join(',') }}\n{% endif %}" + _CHATML)
+    schema = {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {}}}
+    rows = [{"prompt": user, "chosen": good, "rejected": bad, "tools": json.dumps([schema]),
+             "chat_template_kwargs": {"think": False}},
+            {"prompt": user, "chosen": good, "rejected": bad, "tools": None, "chat_template_kwargs": None}]
+    got = from_pairwise(Dataset.from_list(rows), kw_tok)
+    assert got[0]["query"] == "[no-think]TOOLS: get_weather\n<|user|>Is the sky blue?<|end|><|assistant|>"
+    assert got[1]["query"] == "<|user|>Is the sky blue?<|end|><|assistant|>" and "tools" not in got.column_names
+    trl_row = maybe_apply_chat_template({"prompt": user, "chosen": good, "rejected": bad,
+                                         "chat_template_kwargs": {"think": False}}, kw_tok, tools=[schema])
+    assert got[0]["query"] == trl_row["prompt"] and got[0]["samples"] == [trl_row["chosen"], trl_row["rejected"]]
 
 
 def test_load_label_file_takes_trl_pairwise_files(gpt2_tokenizer, tmp_path):

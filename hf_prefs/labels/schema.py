@@ -414,6 +414,7 @@ def pairwise_label(
     rules: :func:`from_pairwise`). Raises :class:`LabelValidationError` naming the row and field for a row it cannot
     convert; the label's own checks (non-empty samples...) are :func:`check_label_row`'s, which :func:`from_pairwise`
     runs once per row."""
+    tools, template_kwargs = row.get("tools"), row.get("chat_template_kwargs") or {}  # rendered as TRL renders them
     row = {c: row[c] for c in ("prompt", "chosen", "rejected") if c in row}
     text = [c for c, v in row.items() if isinstance(v, str)]
     messages = [c for c, v in row.items() if isinstance(v, list)]
@@ -433,7 +434,8 @@ def pairwise_label(
                 "is conversational (lists of messages): pass the tokenizer (processing_class=tokenizer), "
                 "so its chat template renders the rows to text", idx, "chosen")
         try:
-            row = maybe_apply_chat_template(row, processing_class)
+            tools = json.loads(tools) if isinstance(tools, str) else tools  # TRL's JSON text or a list of schemas
+            row = maybe_apply_chat_template({**row, "chat_template_kwargs": template_kwargs}, processing_class, tools=tools)
         except Exception as err:  # no chat template, malformed messages (jinja's UndefinedError for a missing content)
             raise LabelValidationError(f"could not be rendered with the chat template ({type(err).__name__}: {err})",
                                        idx, "chosen") from err
@@ -481,7 +483,8 @@ def from_pairwise(
     Conversational rows (lists of ``{"role", "content"}`` messages, explicit or implicit prompt) are rendered to text
     with TRL's ``maybe_apply_chat_template`` and ``processing_class`` (a tokenizer with a chat template): the query is
     the templated prompt (with the generation prompt), each sample the rest of the templated conversation (the
-    assistant turn after the generation prompt). ``eos_token``: appended to text samples that do not end with it, as
+    assistant turn after the generation prompt); a row's ``tools`` (schemas, or their JSON text) and
+    ``chat_template_kwargs`` go to the template, as TRL passes them. ``eos_token``: appended to text samples that do not end with it, as
     ``trl.RewardTrainer`` appends the tokenizer's to text (not conversational) completions. An ``IterableDataset`` is
     converted as it streams (a bad row raises when it is read).
     """
@@ -492,7 +495,7 @@ def from_pairwise(
     if "margin" in columns:
         raise LabelValidationError("TRL's per-pair margin has no place in the best-of-K loss: drop the column, or train "
                                    "with trl.RewardTrainer, whose loss uses it", field="margin")
-    drop = [c for c in ("prompt", "chosen", "rejected") if c in columns]
+    drop = [c for c in ("prompt", "chosen", "rejected", "tools", "chat_template_kwargs") if c in columns]
     if isinstance(dataset, Dataset):  # converted, then every row checked at once (validate_labels)
         def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
             return pairwise_label(row, idx, processing_class, eos_token)
