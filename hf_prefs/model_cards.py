@@ -258,7 +258,7 @@ def render_policy_card(
         hub_model_id: the repo the card will live in (the loading snippet's); ``reward_model_id`` links the reward model's.
         license: the front matter's license; set it to the base model's license.
         is_peft, embedding_rows: an adapter's card loads the base at the adapter's revision, sized to ``embedding_rows``
-            (the trained policy's), then the adapter (peft's AutoPeftModel would size it by the tokenizer).
+            (the trained policy's), then the adapter; without the rows, with peft's AutoPeftModel (sized by the tokenizer).
     Returns:
         The card's text (YAML front matter with ``library_name: transformers``, ``peft`` for an adapter, and tags
         ``hf-prefs, trl, ppo, rlhf``).

@@ -172,11 +172,11 @@ def test_write_model_card_round_trips_and_rejects_bad_front_matter(tmp_path):
 
 
 def test_peft_policy_card_loads_the_adapter():
-    text = render_policy_card(**policy_fields(is_peft=True, tags=["lora"]))
-    assert 'PeftModel.from_pretrained(base, "alice/gpt2-sentiment")' in text and "AutoPeftModel" not in text.split("```")[1]
-    assert "resize_token_embeddings" not in text  # no rows given: the base's own
+    text = render_policy_card(**policy_fields(is_peft=True, tags=["lora"]))  # no rows given: peft's loader
+    assert 'AutoPeftModelForCausalLM.from_pretrained("alice/gpt2-sentiment")' in text and "resize_token" not in text
     sized = render_policy_card(**policy_fields(is_peft=True, embedding_rows=50257))
-    assert "base.resize_token_embeddings(50257)\nmodel = PeftModel" in sized and "with the 50257 token rows" in sized
+    assert "base.resize_token_embeddings(50257)\nmodel = PeftModel.from_pretrained(base, \"alice/gpt2-sentiment\")" in sized
+    assert "with the 50257 token rows" in sized and "AutoPeftModelForCausalLM.from_pretrained" not in sized
     with pytest.raises(ValueError, match="embedding_rows: expected an int >= 1"):
         render_policy_card(**policy_fields(is_peft=True, embedding_rows=0))
     assert front_matter(text)["tags"] == [*POLICY_TAGS, "lora"]

@@ -71,7 +71,7 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer, caplog):
     with caplog.at_level(logging.WARNING, logger="hf_prefs.trainers.ppo_data"):  # beside `query`: not read, said so
         both = prepare_query_dataset(Dataset.from_dict({"prompt": ["The sun rose"], "query": ["id-17"]}), gpt2_tokenizer,
                                      policy, args)
-    assert both["query"] == ["id-17"] and "from its `query` column; its `prompt` column is not read" in caplog.text
+    assert both["query"] == ["id-17"] and "samples from its `query` column, not from its `prompt` column" in caplog.text
     caplog.clear()
 
     tokenizer = copy.deepcopy(gpt2_tokenizer)

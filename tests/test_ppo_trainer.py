@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GP
 from hf_prefs.model_cards import render_policy_card
 from hf_prefs.trainers.ppo_config import PPOConfig
 from hf_prefs.trainers.ppo_trainer import NonFiniteError, PPOTrainer
-from hf_prefs.models.reward_model import per_token_scores, score_texts, set_reward_normalization
-from hf_prefs.models.generation import response_logprobs
+from hf_prefs.models.reward_model import per_token_scores, score_texts, set_response_suffix, set_reward_normalization
+from hf_prefs.models.generation import embedding_rows, response_logprobs
 from hf_prefs.models.value_head import PolicyWithValueHead, value_model_from_policy
 
 from conftest import tiny_gpt2_config
@@ -548,7 +548,7 @@ def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_t
     ``stop_token="eos"`` and a reward model whose pad is its own (``[PAD]``, as TRL's scripts add) that is the EOS —
     where a model trained by ``trl.RewardTrainer`` (it appends EOS) learned its reward; with pad = EOS, the token
     before it. hf_prefs decoded the EOS away and read the token before it in both cases. A reward model trained here
-    (a normalization stored) is read as its labels' texts were, without the EOS."""
+    (its reading stored by the reward trainers) is read as its labels' texts were, without the EOS."""
     import copy
 
     policy = make_policy()
@@ -559,10 +559,12 @@ def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_t
     torch.manual_seed(3)
     reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, vocab_size=len(padded))).eval()
     reward.config.pad_token_id = padded.pad_token_id
-    trained_here = copy.deepcopy(reward)  # normalized by hf_prefs: read as its labels' texts were (no EOS)
-    set_reward_normalization(trained_here, 1.0, 0.0)
+    trained_here = copy.deepcopy(reward)  # its reading set by hf_prefs's reward trainers: as its labels' texts (no EOS)
+    set_response_suffix(trained_here, None)
+    normalized = copy.deepcopy(reward)  # a normalization alone (PPO's normalize_reward, say) leaves it TRL's
+    set_reward_normalization(normalized, 1.0, 0.0)
     for model, tokenizer, reads_eos in ((reward, padded, True), (reward, gpt2_tokenizer, False),  # no pad: EOS pads
-                                        (trained_here, padded, False)):
+                                        (trained_here, padded, False), (normalized, padded, True)):
         trainer = PPOTrainer(policy, model, make_config(tmp_path, stop_token="eos", truncate_after=0, total_episodes=8),
                              Dataset.from_dict({"query": QUERIES * 2}), processing_class=gpt2_tokenizer,
                              reward_processing_class=tokenizer)
@@ -576,8 +578,8 @@ def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_t
             if end and reads_eos:  # the model's own forward on the text's tokens and the EOS id, at the EOS
                 ids = torch.tensor([tokenizer(q + text, add_special_tokens=False)["input_ids"] + [eos]])
                 with torch.no_grad():
-                    assert raw.item() == pytest.approx(reward(ids).logits[0, -1].item(), abs=1e-5)
-                assert raw.item() != pytest.approx(score_texts(reward, tokenizer, [q], [text]).item(), abs=1e-3)
+                    assert raw.item() == pytest.approx(model(ids).logits[0, -1].item(), abs=1e-5)
+                assert raw.item() != pytest.approx(score_texts(model, tokenizer, [q], [text]).item(), abs=1e-3)
 
 
 def test_learning_a_known_reward_with_kl_near_the_adaptive_target(tmp_path, gpt2_tokenizer):
@@ -973,10 +975,11 @@ def test_a_lora_policy_saved_with_an_added_pad_token_reloads_with_its_own_vocabu
         gpt2_tokenizer.save_pretrained(tmp_path / name)
         reloaded = PolicyWithValueHead.from_pretrained(tmp_path / name)
         assert reloaded.policy.get_input_embeddings().weight.shape[0] == (rows or 50257), name  # plain: was 50258
+        assert embedding_rows(policy) == (rows or 50257), name  # LoRA on the embedding too (lora_wte: its base layer's)
         # the model card's loading snippet (run as written, the folder as its repo) loads the same policy
         card = render_policy_card(base_model="gpt2", task="sentiment", num_labels=8, reward_gain=1.0, reward_bias=0.0,
                                   kl_final=0.1, beta_final=0.05, temperature=0.7, response_length=8, known_reward="VADER",
-                                  hub_model_id=str(tmp_path / name), is_peft=True, embedding_rows=rows or 50257)
+                                  hub_model_id=str(tmp_path / name), is_peft=True, embedding_rows=embedding_rows(policy))
         snippet = card.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
         scope: dict = {}
         exec(snippet, scope)

@@ -484,7 +484,7 @@ def test_a_model_trained_on_trl_text_pairs_is_read_at_the_eos_it_was_trained_on(
 
     from peft import LoraConfig
 
-    from hf_prefs.models.reward_model import get_response_suffix, set_response_suffix
+    from hf_prefs.models.reward_model import get_response_suffix, reads_as_trained_here, set_response_suffix
 
     tok = copy.deepcopy(gpt2_tokenizer)
     tok.add_special_tokens({"pad_token": "[PAD]"})
@@ -512,11 +512,12 @@ def test_a_model_trained_on_trl_text_pairs_is_read_at_the_eos_it_was_trained_on(
     assert normalized.mean().item() == pytest.approx(0.0, abs=1e-4) and normalized.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
     trainer.save_model(str(tmp_path / "saved"))
     loaded, _ = load_reward_model(str(tmp_path / "saved"))
-    assert get_response_suffix(loaded) == tok.eos_token
+    assert get_response_suffix(loaded) == tok.eos_token and reads_as_trained_here(loaded)  # the mark saved too
     assert torch.allclose(score_texts(loaded, tok, rho["query"], rho["response"]), normalized, atol=1e-5)
     kway = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(8),
                                    processing_class=gpt2_tokenizer)
-    assert get_response_suffix(kway.model) == ""
+    assert get_response_suffix(kway.model) == "" and reads_as_trained_here(kway.model)  # marked: PPO reads it as given
+    assert not reads_as_trained_here(tiny_rm(gpt2_tokenizer))
     if not peft:  # a model that had one, trained on K-way labels or chats: read as those are (the suffix cleared)
         again = PreferenceRewardTrainer(loaded, make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
         assert get_response_suffix(again.model) == ""

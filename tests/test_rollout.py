@@ -99,6 +99,15 @@ def test_a_reward_model_reads_a_special_stop_token_only_under_trls_stop_token(gp
     assert lengths.tolist() == [2, 4, 4] and texts[0] == "The"
     assert spec.model_texts(gpt2_tokenizer, texts, ids, lengths, padded) == ["The<|endoftext|>", texts[1], texts[2]]
     assert spec.model_texts(gpt2_tokenizer, texts, ids, lengths, gpt2_tokenizer) == texts  # no pad: EOS pads
+    chatml = copy.deepcopy(padded)  # a reader without the policy's stop token as a special token: nothing appended
+    chatml.add_special_tokens({"eos_token": "<|im_end|>"})
+    other_eos = RolloutSpec.build(chatml, response_length=4, stop_token="eos")
+    im_end = chatml.eos_token_id
+    ids2 = torch.tensor([[464, im_end, 318, 318]])
+    cut2 = other_eos.cut(ids2).lengths
+    texts2 = other_eos.texts(chatml, ids2, cut2)
+    assert other_eos.model_texts(chatml, texts2, ids2, cut2, padded) == texts2 == ["The"]
+    assert other_eos.model_texts(chatml, texts2, ids2, cut2, chatml) == ["The<|im_end|>"]
     for other in (RolloutSpec.build(gpt2_tokenizer, response_length=4, stop_token_id=dot),
                   RolloutSpec.build(gpt2_tokenizer, response_length=4, truncate_token_id=eos)):
         cut = other.cut(ids).lengths

@@ -179,7 +179,8 @@ class RolloutSpec:
         return [ids[:n].tolist() for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
 
     def texts(self, tokenizer: Any, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """The text of each cut response (what the reward model and the labeler see)."""
+        """The text of each cut response (what the labeler, reward functions and a reward model trained here see; a
+        reward model from elsewhere under TRL's stop token reads :meth:`model_texts`)."""
         return tokenizer.batch_decode(self.kept_ids(response_ids, lengths), skip_special_tokens=True)
 
     def model_texts(self, tokenizer: Any, texts: list[str], response_ids: torch.Tensor, lengths: torch.Tensor,
@@ -187,15 +188,17 @@ class RolloutSpec:
         """What a reward *model* reads of each cut response: ``texts`` (:meth:`texts`), and under TRL's stop token
         (``mask_after_cut``) the stop token's text after the rows cut at it where decoding dropped it (a special token:
         EOS). TRL 1.12 scored the ids through the stop token, read at the last one that is not the pad, so a reward
-        model trained by ``trl.RewardTrainer`` (which appends EOS) is read at the EOS it learned at. Not appended
-        where the stop token is the pad of the reward model's tokenizer ``reader`` (its EOS where it has no pad, as
-        TRL pads): TRL's read, and a sequence classifier's, is then the token before it — the text's last."""
+        model trained by ``trl.RewardTrainer`` on text rows (it appends EOS) is read at the EOS it learned at. Not
+        appended where the reward model's tokenizer ``reader`` does not hold the token as a special token, or pads with
+        it (its EOS where it has no pad, as TRL's RewardTrainer pads): TRL's read, and a sequence classifier's, is then
+        the token before it — the text's last."""
         stop = self.truncate_token_id
         if not self.mask_after_cut or stop is None or stop not in getattr(tokenizer, "all_special_ids", ()):
             return list(texts)
         stop_text = tokenizer.decode([stop])
         pad = getattr(reader, "pad_token", None)
-        if stop_text == (pad if pad is not None else getattr(reader, "eos_token", None)):
+        if (stop_text not in getattr(reader, "all_special_tokens", ())  # a reader without the token: its text is junk
+                or stop_text == (pad if pad is not None else getattr(reader, "eos_token", None))):
             return list(texts)
         ends = [n > 0 and int(ids[n - 1]) == stop for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
         return [text + stop_text if end else text for text, end in zip(texts, ends)]

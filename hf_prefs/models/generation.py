@@ -57,12 +57,14 @@ def embeddable_pad_id(tokenizer: Any, rows: int | None) -> int:
 
 
 def embedding_rows(model: torch.nn.Module) -> int | None:
-    """The number of token ids ``model``'s input embedding holds (None where it has none to ask)."""
+    """The number of token ids ``model``'s input embedding holds (None where it has none to ask; a LoRA-wrapped
+    embedding answers through its base layer)."""
     try:
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     except NotImplementedError:  # a model class that does not say (remote code)
         return None
-    return getattr(embeddings, "num_embeddings", None)
+    return getattr(embeddings, "num_embeddings", None) or getattr(getattr(embeddings, "base_layer", None),
+                                                                  "num_embeddings", None)
 
 
 def configured_positions(model: torch.nn.Module) -> int | None:

@@ -21,7 +21,8 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .generation import ensure_pad_token_id
-from .reward_model import get_response_suffix, get_reward_normalization, set_reward_normalization, set_response_suffix
+from .reward_model import (get_response_suffix, get_reward_normalization, reads_as_trained_here, set_response_suffix,
+                           set_reward_normalization)
 
 __all__ = [
     "NORMALIZATION_FILE", "TOKENIZER_FILES", "save_reward_normalization", "load_reward_normalization", "load_reward_model",
@@ -40,7 +41,7 @@ def save_reward_normalization(model: Any, directory: str | os.PathLike) -> str:
     path = os.path.join(directory, NORMALIZATION_FILE)
     os.makedirs(directory, exist_ok=True)
     stored: dict[str, Any] = {"gain": gain, "bias": bias}
-    if get_response_suffix(model):  # the base model's config, where it lives, is not in an adapter folder
+    if reads_as_trained_here(model):  # the base model's config, where it lives, is not in an adapter folder
         stored["response_suffix"] = get_response_suffix(model)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(stored, f, indent=2)
@@ -175,7 +176,9 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
         stored = load_reward_normalization(folder) if folder is not None else None
         if stored is not None:
             set_reward_normalization(model, *stored)
-            set_response_suffix(model, load_response_suffix(folder))
+            suffix = load_response_suffix(folder)
+            if suffix is not None:  # saved by a model hf_prefs's reward trainers trained (its reading marked)
+                set_response_suffix(model, suffix)
     else:
         kwargs.pop("output_loading_info", None)  # read here; the model alone is returned
         model, info = AutoModelForSequenceClassification.from_pretrained(

@@ -132,21 +132,17 @@ def get_response_suffix(model: Any) -> str:
 def set_response_suffix(model: Any, suffix: str | None) -> None:
     """Store on ``model``'s config (saved with it) the text it reads after each response: the EOS that
     :class:`~hf_prefs.trainers.reward_trainer.PreferenceRewardTrainer` appends to TRL's pairwise text completions, as
-    ``trl.RewardTrainer`` does, where the model reads it (a pad token that is not EOS). ``None``/"" clears it."""
-    config = unwrap_model(model).config
-    if suffix:
-        setattr(config, SUFFIX_KEY, suffix)
-    elif hasattr(config, SUFFIX_KEY):
-        delattr(config, SUFFIX_KEY)
+    ``trl.RewardTrainer`` does, where the model reads it (a pad token that is not EOS); ``None``/"" stores "" (the
+    responses as given). Either way the key marks the reading as set by hf_prefs's reward trainers
+    (:func:`reads_as_trained_here`)."""
+    setattr(unwrap_model(model).config, SUFFIX_KEY, suffix or "")
 
 
 def reads_as_trained_here(model: Any) -> bool:
-    """Whether ``model`` carries a reading hf_prefs stored (a normalization or a response suffix from its reward
-    trainers or :func:`normalize_reward_model`): it is then read as it was trained here, the response text as given
-    plus its suffix; a reward model from elsewhere is read where TRL read it (a stop token included; see
-    :meth:`~hf_prefs.core.rollout.RolloutSpec.model_texts`)."""
-    config = unwrap_model(model).config
-    return any(hasattr(config, key) for key in (GAIN_KEY, BIAS_KEY, SUFFIX_KEY))
+    """Whether hf_prefs's reward trainers set ``model``'s reading (:func:`set_response_suffix`; a normalization alone
+    does not): it is then read as it was trained, the response text as given plus its suffix; a reward model from
+    elsewhere is read where TRL read it (a stop token included: :meth:`~hf_prefs.core.rollout.RolloutSpec.model_texts`)."""
+    return hasattr(unwrap_model(model).config, SUFFIX_KEY)
 
 
 def with_response_suffix(response: str, suffix: str) -> str:

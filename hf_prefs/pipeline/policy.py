@@ -221,7 +221,9 @@ def train_policy(
 
 def learned_reward(trainer: PPOTrainer) -> Callable[[list[str], list[str]], torch.Tensor]:
     """``f(queries, responses)``: the trainer's reward model scored as PPO scores it — under the trainer's autocast,
-    which a reward model sharing rho's bf16 weights needs (:func:`share_rho_weights`) — for evaluation."""
+    which a reward model sharing rho's bf16 weights needs (:func:`share_rho_weights`) — for evaluation. On the
+    responses' text: a reward model from elsewhere under TRL's stop token, which PPO gives the stop token too
+    (:meth:`~hf_prefs.core.rollout.RolloutSpec.model_texts`), is read here without it."""
 
     def reward(queries: list[str], responses: list[str]) -> torch.Tensor:
         with trainer.accelerator.autocast():

@@ -221,7 +221,7 @@ def _strip(ids: list[int], pad: int) -> list[int]:
 def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, args: Any, name: str = "train_dataset") -> Dataset:
     """Add ``input_ids`` (tokenized ``query``) or ``query`` (decoded ``input_ids``); with both, keep both and warn
     where their texts differ (:func:`warn_if_texts_differ`); with neither, make both from TRL's ``prompt`` column
-    (:func:`_prompt_as_query`; beside either, ``prompt`` is not read, with a warning). Check rows and lengths."""
+    (:func:`_prompt_as_query`; beside either, ``prompt`` is not sampled from, with a warning). Check rows and lengths."""
     if not isinstance(dataset, Dataset):
         raise TypeError(f"{name} must be a datasets.Dataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
@@ -233,10 +233,10 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
     from_prompt = "query" not in columns and "input_ids" not in columns and "prompt" in columns
     if from_prompt:
         dataset, columns = _prompt_as_query(dataset, tokenizer, name, args), ["query", "input_ids"]
-    elif "prompt" in columns:  # e.g. a metadata column named query beside TRL's prompt: say which one is read
-        used = "query" if "query" in columns else "input_ids"
-        logger.warning("%s: the queries come from its `%s` column; its `prompt` column is not read (drop or rename one "
-                       "to choose)", name, used)
+    elif "prompt" in columns:  # e.g. a metadata column named query beside TRL's prompt: say which one is sampled from
+        used = "input_ids" if "input_ids" in columns else "query"
+        logger.warning("%s: the policy samples from its `%s` column, not from its `prompt` column (reward functions in "
+                       "TRL's form still get `prompt` as `prompts`; drop or rename a column to choose)", name, used)
     if "query" in columns:
         bad = [i for i, q in enumerate(dataset["query"]) if not isinstance(q, str) or not q]
         if bad:

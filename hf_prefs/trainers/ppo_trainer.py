@@ -317,9 +317,6 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
         self.reward_model = reward_model
         self.reward_processing_class = tokenizer
-        # a reward model from elsewhere (TRL's) reads TRL's stop token as TRL gave it; one trained here (by the
-        # labels' texts, without it) as it was trained — decided now, before PPO may normalize it
-        self.reward_reads_stop_token = isinstance(reward_model, nn.Module) and not reads_as_trained_here(reward_model)
 
     def _build_value_function(
         self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | str | None,
@@ -572,7 +569,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         return self.rollout_spec.cut(response_ids)
 
     def decode_responses(self, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """Text of each cut response, as the reward sees it (:meth:`RolloutSpec.texts`)."""
+        """Text of each cut response (:meth:`RolloutSpec.texts`), as the labeler and reward functions see it; a reward
+        model from elsewhere reads TRL's stop token too (:meth:`score`)."""
         return self.rollout_spec.texts(self.processing_class, response_ids, lengths)
 
     @torch.no_grad()
@@ -583,7 +581,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         (:func:`~hf_prefs.trainers.reward_functions.combined_scores`). A reward model not trained here reads, within
         :meth:`scoring_with`, TRL's stop token after the rows cut at it (:meth:`RolloutSpec.model_texts`)."""
         if isinstance(self.reward_model, nn.Module):
-            if self.reward_reads_stop_token and "response_ids" in self._scoring_extra:  # within scoring_with
+            # within scoring_with, a model from elsewhere (TRL's) reads TRL's stop token as TRL gave it; one trained
+            # here (read as its labels' texts, without it) as it was trained; asked each time (the online loop swaps)
+            if "response_ids" in self._scoring_extra and not reads_as_trained_here(self.reward_model):
                 response_texts = self.rollout_spec.model_texts(
                     self.processing_class, list(response_texts), self._scoring_extra["response_ids"],
                     self._scoring_extra["lengths"], self.reward_processing_class)

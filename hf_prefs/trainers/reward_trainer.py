@@ -56,12 +56,13 @@ from ..models.loading import load_reward_normalization, save_reward_normalizatio
 from ..models.reward_model import (
     BIAS_KEY,
     GAIN_KEY,
+    get_response_suffix,
     get_reward_normalization,
     last_token_rewards,
     normalize_reward_model,
     packed_rewards,
-    set_reward_normalization,
     set_response_suffix,
+    set_reward_normalization,
     unwrap_model,
 )
 from ..tokenizer_maps import map_with_tokenizer
@@ -206,8 +207,9 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         if self.args.disable_dropout:  # TRL zeroed the nn.Dropout layers; also the rates applied functionally
             disable_dropout(self.model)
         check_vocabulary(self.model, self.processing_class, "model (the reward model)")
-        if self._trains_on_text:  # read where it is trained: by score_texts, the normalization and PPO, once saved too
-            set_response_suffix(self.model, self._response_suffix)  # None clears one a loaded model had
+        # read where it is trained: by score_texts, the normalization and PPO, once saved too (a loaded model's suffix
+        # is replaced by the text labels' own, kept for token-id labels); the key marks the model as trained here
+        set_response_suffix(self.model, self._response_suffix if self._trains_on_text else get_response_suffix(self.model))
         self._pending_logs: dict[str, float] | None = None
         self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))

@@ -121,6 +121,7 @@ def main(argv=None) -> None:
             if a.nan_grad:  # a finite loss whose backward turns NaN (as a fused attention kernel's backward can)
                 trainer.model.policy.get_output_embeddings().weight.register_hook(lambda grad: grad * float("nan"))
             write(trainer, out, run_update(trainer, rollout))
+            del trainer  # before the next case's (one DeepSpeed engine at a time)
             continue
         trainer = make_trainer(a.base, str(out / "ppo"), variant, per_device, a.steps, save=True, **settings)
         trainer.train(resume_from_checkpoint=a.resume)
@@ -130,6 +131,7 @@ def main(argv=None) -> None:
                              "batch_size": trainer.args.batch_size, "steps": trainer.state.global_step,
                              "queries": [trainer.sample_queries(u)[2] for u in range(a.steps)]})  # this process's share
         del trainer
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])
