@@ -525,6 +525,32 @@ def test_repeats_and_agreement_counts(tmp_path):
 
 
 # --------------------------------------------------------------------------- rounds and files
+def test_a_runs_human_labels_are_its_own_items_of_round_0(tmp_path):
+    """The recipe's human labels (``pipeline.labels._label``) put the run's comparisons in round 0, which ``hf-prefs
+    label add``/``import`` fill by default too: the run waits for and trains on its own items alone (it took the whole
+    round: another run's or the user's items, and waited for them)."""
+    from types import SimpleNamespace
+
+    from hf_prefs.labels import LabelSamplingStats
+    from hf_prefs.pipeline.labels import _label
+
+    q = LabelQueue(tmp_path)
+    foreign = q.put_round(0, [("another run's query", ["a", "b"]), ("unlabeled", ["c", "d"])])
+    q.submit("bob", foreign[0], 1)
+    mine = q.put_round(0, [("q1", ["x", "y"]), ("q2", ["z", "w"])])  # labeled before the run asks (a restart)
+    q.submit("alice", mine[0], 0)
+    q.submit("alice", mine[1], 1)
+    with pytest.raises(TimeoutError, match=r"round '0': 3/4 items labeled"):
+        q.wait_round(0, timeout=0.05, poll_s=0.01)  # the whole round: the foreign item is unlabeled
+    assert q.wait_round(0, timeout=0.05, poll_s=0.01, item_ids=mine)["item_id"] == mine
+    with pytest.raises(KeyError, match="round '0' holds no item 'nope'"):
+        q.round_status(0, ["nope"])
+    pa = SimpleNamespace(label_source="human", label_queue_dir=str(tmp_path), label_timeout=0.05)
+    rows, info = _label(pa, SimpleNamespace(seed=0), ["q1", "q2"], [0, 1], [["x", "y"], ["z", "w"]],
+                        LabelSamplingStats(queries=2, labels=2, dropped_no_truncation=0, dropped_empty=0))
+    assert [(r["query"], r["best"]) for r in rows] == [("q1", 0), ("q2", 1)] and info["source"] == "human"
+
+
 def test_wait_round_times_out_then_file_labels_fill_the_round(tmp_path):
     q = LabelQueue(tmp_path)
     ids = q.put_round(3, make_items(3, tag="r"))

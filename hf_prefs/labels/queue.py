@@ -241,33 +241,41 @@ class LabelQueue:
         return list(self._state.rounds)
 
     @_reads_state
-    def round_status(self, round_id: int | str) -> RoundStatus:
-        """Progress of one round (``KeyError`` naming the known rounds if it has no items)."""
-        return self._state.round_status(round_key(round_id), self.clock())
+    def round_status(self, round_id: int | str, item_ids: Sequence[str] | None = None) -> RoundStatus:
+        """Progress of one round, or of its items ``item_ids`` (``KeyError`` naming the known rounds if it has no
+        items)."""
+        return self._state.round_status(round_key(round_id), self.clock(), item_ids)
 
-    def wait_round(self, round_id: int | str, timeout: float | None = None, poll_s: float = 0.5) -> Dataset:
-        """Block until every item of the round has ``labels_per_item`` labels; return the round's labels.
+    def wait_round(self, round_id: int | str, timeout: float | None = None, poll_s: float = 0.5,
+                   item_ids: Sequence[str] | None = None) -> Dataset:
+        """Block until every item of the round (or its items ``item_ids``: a run's own, as :meth:`put_round` returned
+        them, where others may share the round) has ``labels_per_item`` labels; return their labels.
 
         Raises ``TimeoutError`` (with the progress) after ``timeout`` seconds, so a training loop can
         decide to continue with its current reward model.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            status = self.round_status(round_id)
+            status = self.round_status(round_id, item_ids)
             if status.complete:
-                return self.labels(round_id)
+                return self.labels(round_id, item_ids=item_ids)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"round {status.round!r}: {status.done}/{status.total} items labeled after {timeout} s")
             time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
 
     @_reads_state
-    def labels(self, round_id: int | str | None = None, include_repeats: bool = False) -> Dataset:
-        """Live (not undone) labels in the project's label schema, in the order they were given.
+    def labels(self, round_id: int | str | None = None, include_repeats: bool = False,
+               item_ids: Sequence[str] | None = None) -> Dataset:
+        """Live (not undone) labels in the project's label schema, in the order they were given (of the items
+        ``item_ids`` alone, when given).
 
         Columns: :data:`LABEL_FEATURES`. Agreement-check repeats are left out unless ``include_repeats``.
         """
         key = None if round_id is None else round_key(round_id)
         rows = self._state.label_rows(key, include_repeats)
+        if item_ids is not None:
+            wanted = set(item_ids)
+            rows = [row for row in rows if row["item_id"] in wanted]
         if not rows:
             return Dataset.from_dict({name: [] for name in LABEL_FEATURES}, features=LABEL_FEATURES)
         return Dataset.from_list(rows, features=LABEL_FEATURES)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .schema import check_comparison
@@ -284,11 +284,15 @@ class QueueState:
                 "item_id",
             )
 
-    def round_status(self, key: str, now: float) -> RoundStatus:
-        """Progress of round ``key`` (``KeyError`` naming the known rounds if it has no items)."""
+    def round_status(self, key: str, now: float, item_ids: Sequence[str] | None = None) -> RoundStatus:
+        """Progress of round ``key``, or of its items ``item_ids`` (``KeyError`` naming the known rounds if it has no
+        items, or the first item it does not hold)."""
         if key not in self.rounds:
             raise KeyError(f"round {key!r} has no items; known rounds: {list(self.rounds)}")
-        ids = self.rounds[key]
+        ids = self.rounds[key] if item_ids is None else list(item_ids)
+        missing = [i for i in ids if self.items.get(i, {}).get("round") != key]
+        if missing:
+            raise KeyError(f"round {key!r} holds no item {missing[0]!r}")
         return RoundStatus(
             round=key,
             total=len(ids),

@@ -121,7 +121,7 @@ def _label(
                 for q, s, r, i in zip(kept_q, samples, known, kept)]
         return rows, {"source": "simulated", "known_reward": pa.known_reward, **asdict(stats)}
     queue = LabelQueue(pa.label_queue_dir)
-    queue.put_round(0, list(zip(kept_q, samples)))
+    mine = queue.put_round(0, list(zip(kept_q, samples)))  # this run's items: others may be in round 0 too
     print(f"Waiting for human labels: serve the page with `hf-prefs label serve --queue {pa.label_queue_dir}`")
-    labels = queue.wait_round(0, timeout=pa.label_timeout)
+    labels = queue.wait_round(0, timeout=pa.label_timeout, item_ids=mine)
     return labels.to_list(), {"source": "human", "queue": pa.label_queue_dir, **asdict(stats)}
