@@ -61,6 +61,20 @@ def test_score_head_requires_a_sequence_classification_model():
         score_head(GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=1)))
 
 
+def test_score_texts_refuses_a_string_for_a_list(gpt2_tokenizer):
+    """One pair given as two strings was scored character by character (list() of a string), with no error."""
+    from hf_prefs.models.reward_model import score_texts
+
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=50257, n_positions=64, n_embd=16, n_layer=1, n_head=1,
+                                                     num_labels=1))
+    with pytest.raises(TypeError, match=r"queries must be a list of texts, got one string .*\[query\], \[response\]"):
+        score_texts(model, gpt2_tokenizer, "abc", "xyz")
+    with pytest.raises(TypeError, match="responses must be a list of texts"):
+        score_texts(model, gpt2_tokenizer, ["abc"], "xyz")
+    assert score_texts(model, gpt2_tokenizer, ["abc"], [" xyz"]).shape == (1,)
+
+
 class _EngineLike(torch.nn.Module):
     """A wrapper as DeepSpeed's engine is one: the model in ``.module`` and a ``config`` of its own (not a
     transformers config)."""

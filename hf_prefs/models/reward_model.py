@@ -290,6 +290,10 @@ def score_texts(
     K-way labels; the EOS for a model trained on TRL's pairwise text rows, to which the trainer appended it as
     ``trl.RewardTrainer`` does — so it is read where it was trained (PPO and the normalization score through here).
     """
+    for name, texts in (("queries", queries), ("responses", responses)):
+        if isinstance(texts, str):  # list() of a string is its characters: one score per character
+            raise TypeError(f"score_texts: {name} must be a list of texts, got one string (score one pair as "
+                            f"score_texts(model, tokenizer, [query], [response]))")
     queries, responses = list(queries), list(responses)
     if len(queries) != len(responses):
         raise ValueError(f"got {len(queries)} queries but {len(responses)} responses")
