@@ -133,8 +133,7 @@ def _table(field: str, rows: Mapping[str, Any] | None) -> list[tuple[str, str]]:
 
 def _labels_sentence(num_labels: Any, samples_per_label: Any, labeler: str, known_reward: str | None,
                      labels_file: str | None) -> str:
-    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-        raise ValueError(f"num_labels: expected an int >= 1, got {num_labels!r}")
+    _positive_int("num_labels", num_labels)
     if isinstance(samples_per_label, bool) or not isinstance(samples_per_label, int) or samples_per_label < 2:
         raise ValueError(f"samples_per_label: expected an int >= 2, got {samples_per_label!r}")
     if labeler not in LABELERS:

@@ -626,12 +626,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         signature for subclasses."""
         if isinstance(self.reward_model, nn.Module):  # a model reads the stop token too (RolloutSpec.model_texts)
             self._scoring_extra = {"response_ids": response_ids, "lengths": lengths}
-            try:
-                yield
-            finally:
-                self._scoring_extra = {}
-            return
-        self._scoring_extra = {**columns, "completion_ids": self.rollout_spec.kept_ids(response_ids, lengths)}
+        else:
+            self._scoring_extra = {**columns, "completion_ids": self.rollout_spec.kept_ids(response_ids, lengths)}
         try:
             yield
         finally:
