@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 import os
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -525,13 +526,17 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
         trainer.evaluate()
 
 
-def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer):
+@pytest.mark.parametrize("stop_token", ["eos", None])
+def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer, stop_token):
+    """TRL's episode ends at the first EOS, whose absence costs ``missing_eos_penalty``; without ``stop_token`` too
+    (TRL 1.12's ``generate()`` ended each row at the model's EOS), which hf_prefs's fixed-length sampling did not."""
     policy = make_policy()
     boost_token(policy, gpt2_tokenizer.eos_token_id, 6.0)
     trainer = make_trainer(
-        tmp_path, gpt2_tokenizer, model=policy, stop_token="eos", truncate_after=0, missing_eos_penalty=2.0, total_episodes=8
+        tmp_path, gpt2_tokenizer, model=policy, stop_token=stop_token, truncate_token=None, truncate_after=0,
+        missing_eos_penalty=2.0, total_episodes=8,
     )
-    assert trainer.rollout_spec.truncate_token_id == gpt2_tokenizer.eos_token_id
+    assert trainer.rollout_spec.truncate_token_id == gpt2_tokenizer.eos_token_id and trainer.rollout_spec.mask_after_cut
     rollout = trainer.make_rollout(*trainer.sample_queries(0))
     eos = gpt2_tokenizer.eos_token_id
     assert rollout.response_ids.shape[1] == 6  # generation does not stop at EOS
@@ -914,6 +919,21 @@ def test_a_pad_token_added_to_the_tokenizer_only_leaves_saved_llama_models_loada
     listed = LlamaForSequenceClassification(LlamaConfig(**{**cfg, "eos_token_id": [50256, 7]}, num_labels=1))
     ensure_pad_token_id(listed)
     assert listed.config.pad_token_id == 50256
+
+
+def test_ppo_config_refuses_a_non_number_naming_the_field(tmp_path):
+    """A YAML ``null``, a quoted number or a fractional count is refused at construction with the field's name (they
+    raised a bare TypeError from a comparison, or a fractional response_length failed in the first rollout); a whole
+    float count is TRL 1.12's ``total_episodes=1e4`` and is kept as an int."""
+    for field, value, kind in (("kl_target", None, "a number"), ("temperature", None, "a number"),
+                               ("kl_coef", "0.1", "a number"), ("response_length", 24.5, "a whole number"),
+                               ("num_ppo_epochs", True, "a whole number"), ("total_episodes", "64", "a whole number or None"),
+                               ("missing_eos_penalty", "1", "a number or None")):
+        with pytest.raises(TypeError, match=rf"PPOConfig\.{field} must be {kind}, got {value!r}".replace("(", r"\(")):
+            make_config(tmp_path, **{field: value})
+    config = make_config(tmp_path, total_episodes=1e4, response_length=8.0, kl_horizon=np.int64(100))
+    assert (config.total_episodes, config.response_length, config.kl_horizon) == (10_000, 8, 100)
+    assert all(type(v) is int for v in (config.total_episodes, config.response_length, config.kl_horizon))
 
 
 def test_minibatches_smaller_than_a_micro_batch_run_as_in_trl(tmp_path, gpt2_tokenizer):

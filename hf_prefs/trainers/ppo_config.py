@@ -8,6 +8,7 @@ migration table says otherwise and why. The paper's settings (Ziegler et al. 201
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,7 +68,8 @@ class PPOConfig(TrlBaseConfig):
         stop_token (`"eos"`, optional), stop_token_id (`int`, optional): responses end after the first stop token;
             what follows is masked out of the KL, the values and the losses, and the score is placed after it (TRL).
         temperature (`float`, defaults to 0.7): sampling temperature T; both pi and rho score tokens at T.
-        missing_eos_penalty (`float`, optional): *subtracted* from the score of responses without EOS (TRL).
+        missing_eos_penalty (`float`, optional): *subtracted* from the score of responses without EOS (TRL). Set
+            without a stop or truncate token, responses end at the first EOS as with `stop_token="eos"` (TRL's did).
         sft_model_path, reward_model_path (`str`, defaults to `"EleutherAI/pythia-160m"`): where TRL's scripts load
             the policy/reference and the reward/value models from; `PPOTrainer(model=None)` / `reward_model=None`
             load them.
@@ -139,7 +141,8 @@ class PPOConfig(TrlBaseConfig):
     stop_token_id: int | None = field(default=None, metadata={"help": "Responses end after the first such token (TRL)."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (also applied to pi and rho log-probs)."})
     missing_eos_penalty: float | None = field(
-        default=None, metadata={"help": "Subtracted from the score of responses without EOS (TRL)."}
+        default=None, metadata={"help": "Subtracted from the score of responses without EOS (TRL); without a stop or "
+                                          "truncate token, responses end at EOS as with stop_token='eos'."}
     )
     sft_model_path: str = field(
         default="EleutherAI/pythia-160m", metadata={"help": "Policy / reference model path (TRL's scripts)."}
@@ -272,6 +275,7 @@ class PPOConfig(TrlBaseConfig):
         return self.local_rollout_generation_batch_size or self.local_rollout_forward_batch_size
 
     def _validate_ppo_fields(self) -> None:
+        _check_numbers(self)
         for name in ("temperature", "response_length", "num_ppo_epochs", "num_mini_batches", "kl_target", "kl_horizon",
                      "local_rollout_forward_batch_size", "normalize_samples", "per_device_train_batch_size",
                      "gradient_accumulation_steps"):
@@ -305,6 +309,38 @@ class PPOConfig(TrlBaseConfig):
             raise ValueError(f"PPOConfig.critic_warmup_updates must be >= 0, got {self.critic_warmup_updates}")
         if self.total_episodes is not None and self.total_episodes < 1:
             raise ValueError(f"PPOConfig.total_episodes must be >= 1, got {self.total_episodes}")
+
+
+_INT_FIELDS = ("response_length", "num_ppo_epochs", "num_mini_batches", "kl_horizon", "local_rollout_forward_batch_size",
+               "normalize_samples", "truncate_after", "critic_warmup_updates")
+_FLOAT_FIELDS = ("temperature", "kl_coef", "kl_target", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam",
+                 "penalty_reward_value")
+_OPTIONAL_INT_FIELDS = ("total_episodes", "local_rollout_generation_batch_size", "stop_token_id", "truncate_token_id")
+_OPTIONAL_FLOAT_FIELDS = ("missing_eos_penalty", "value_learning_rate")
+
+
+def _check_numbers(config: PPOConfig) -> None:
+    """Each PPO count is a whole number and each PPO rate a real number (``None`` only where the field is optional),
+    so that a YAML ``null``, a quoted number or a fractional count is refused here, naming the field, not deep in a
+    rollout. A whole float count (``total_episodes=1e4``, which TRL 1.12 took) is stored as an ``int``; ``bool`` is
+    not a number here."""
+    for names, optional in ((_INT_FIELDS, False), (_OPTIONAL_INT_FIELDS, True)):
+        for name in names:
+            value = getattr(config, name)
+            if optional and value is None:
+                continue
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+                setattr(config, name, int(value))
+                continue
+            raise TypeError(f"PPOConfig.{name} must be a whole number{' or None' if optional else ''}, "
+                            f"got {value!r} ({type(value).__name__})")
+    for names, optional in ((_FLOAT_FIELDS, False), (_OPTIONAL_FLOAT_FIELDS, True)):
+        for name in names:
+            value = getattr(config, name)
+            if (optional and value is None) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+                continue
+            raise TypeError(f"PPOConfig.{name} must be a number{' or None' if optional else ''}, "
+                            f"got {value!r} ({type(value).__name__})")
 
 
 def minibatch_split(per_device_train_batch_size: int, gradient_accumulation_steps: int, num_mini_batches: int
