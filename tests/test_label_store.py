@@ -551,6 +551,36 @@ def test_a_runs_human_labels_are_its_own_items_of_round_0(tmp_path):
     assert [(r["query"], r["best"]) for r in rows] == [("q1", 0), ("q2", 1)] and info["source"] == "human"
 
 
+def test_an_online_loop_waits_for_and_takes_its_own_items_of_a_shared_round_name(tmp_path):
+    """Two online runs on one queue both queue round ``online-0``: each waits for and trains on its own items (a file
+    answering them included), not the other's (it took every label of the round and waited for the other's items);
+    its item ids survive a resume."""
+    from hf_prefs.labels.sources import QueueLabelSource
+
+    mine, other = QueueLabelSource(LabelQueue(tmp_path), poll_s=0.01), QueueLabelSource(LabelQueue(tmp_path), poll_s=0.01)
+    mine.request(0, 2, ["q1", "q2"], [["x", "y"], ["z", "w"]])
+    other.request(0, 2, ["o1", "o2"], [["a", "b"], ["c", "d"]])
+    q = LabelQueue(tmp_path)
+    ids = dict(zip(["q1", "q2"], mine._items["online-0"])) | dict(zip(["o1", "o2"], other._items["online-0"]))
+    q.submit("bob", ids["o1"], 1)  # the other run's item: not this loop's label
+    q.submit("alice", ids["q1"], 0)
+    path = tmp_path / "answers.jsonl"  # q2 answered from a file, matched to the queued item by its text
+    path.write_text(json.dumps({"query": "q2", "samples": ["z", "w"], "best": 1, "round": "online-0"}) + "\n")
+    q.add_labels(path)
+    got = mine.collect(0, block=True, timeout=5)  # the other run's o2 is unlabeled: no wait for it
+    assert [(r["query"], r["best"], r["round"]) for r in got] == [("q1", 0, 0), ("q2", 1, 0)]
+    assert mine.collect(0, block=False) == []  # handed over once
+    resumed = QueueLabelSource(LabelQueue(tmp_path), poll_s=0.01)
+    resumed.load_state_dict(json.loads(json.dumps(mine.state_dict())))
+    late = tmp_path / "late.jsonl"  # a late second label of its own item joins; the other run's never
+    late.write_text("".join(json.dumps({"item_id": ids[k], "query": k, "samples": s, "best": 1, "labeler": "carol"}) + "\n"
+                            for k, s in (("q1", ["x", "y"]), ("o1", ["a", "b"]))))
+    q.add_labels(late)
+    assert [(r["query"], r["best"]) for r in resumed.collect(0, block=False)] == [("q1", 1)]
+    with pytest.raises(TimeoutError, match="1/2 items"):
+        other.queue.wait_round("online-0", timeout=0.05, poll_s=0.01, item_ids=other._items["online-0"])
+
+
 def test_wait_round_times_out_then_file_labels_fill_the_round(tmp_path):
     q = LabelQueue(tmp_path)
     ids = q.put_round(3, make_items(3, tag="r"))

@@ -78,8 +78,10 @@ class QueueLabelSource:
     """Human labels through a :class:`~hf_prefs.labels.queue.LabelQueue`.
 
     ``request`` enqueues the round's comparisons under the queue round ``round_format.format(round=r)``; ``collect``
-    returns every live label of this loop's rounds not returned before (labels that arrive late, or are added from
-    a file with ``LabelQueue.add_labels`` / ``hf-prefs label import``, are picked up at the next round). A round of
+    waits for and returns the live labels of this loop's own items (the ids ``put_round`` gave it) not returned
+    before. Labels that arrive late, or answer its items from a file (``LabelQueue.add_labels`` / ``hf-prefs label
+    import`` match a row to a queued item by its query and samples), are picked up at the next round; another run's
+    items in a round of the same name, and imported rows that match none of this loop's items, are not. A round of
     n comparisons yields n · ``labels_per_item`` labels once complete.
     """
 
@@ -88,6 +90,7 @@ class QueueLabelSource:
     def __init__(self, queue: Any, round_format: str = "online-{round}", poll_s: float = 0.5):
         self.queue, self.round_format, self.poll_s = queue, round_format, poll_s
         self._rounds: dict[str, int] = {}
+        self._items: dict[str, list[str]] = {}  # queue round -> this loop's item ids in it
         self._seen: set[str] = set()
 
     def _key(self, round: int) -> str:
@@ -96,30 +99,35 @@ class QueueLabelSource:
     def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]:
         key = self._key(round)
         self._rounds[key] = round
-        self.queue.put_round(key, list(zip(queries, samples)))
+        self._items.setdefault(key, []).extend(self.queue.put_round(key, list(zip(queries, samples))))
         print(f"[hf_prefs] round {round}: {n} comparisons queued as {key!r} in {self.queue.path}")
         return {"queue_round": key}
 
     def collect(self, round: int, block: bool, timeout: float | None = None) -> list[dict[str, Any]]:
+        key = self._key(round)
         if block:
             try:
-                self.queue.wait_round(self._key(round), timeout=timeout, poll_s=self.poll_s)
+                self.queue.wait_round(key, timeout=timeout, poll_s=self.poll_s, item_ids=self._items.get(key))
             except TimeoutError as err:
                 logger.warning("%s; continuing with the labels given so far", err)
+        mine = {item for items in self._items.values() for item in items}
         out = []
         for row in self.queue.labels():
-            if row["round"] in self._rounds and row["label_id"] not in self._seen:
+            if (row["round"] in self._rounds and row["label_id"] not in self._seen
+                    and (row["item_id"] in mine or row["round"] not in self._items)):  # a state saved before item ids
                 self._seen.add(row["label_id"])
                 out.append({"query": row["query"], "samples": list(row["samples"]), "best": int(row["best"]),
                             "round": self._rounds[row["round"]]})
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs: this loop's queue rounds and the labels already handed over."""
-        return {"rounds": dict(self._rounds), "seen": sorted(self._seen)}
+        """What a resumed run needs: this loop's queue rounds, its items and the labels already handed over."""
+        return {"rounds": dict(self._rounds), "items": {k: list(v) for k, v in self._items.items()},
+                "seen": sorted(self._seen)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._rounds, self._seen = dict(state["rounds"]), set(state["seen"])
+        self._items = {k: list(v) for k, v in state.get("items", {}).items()}
 
 
 class FileLabelSource:
