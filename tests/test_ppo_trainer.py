@@ -587,6 +587,51 @@ def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_t
                 assert raw.item() != pytest.approx(score_texts(model, tokenizer, [q], [text]).item(), abs=1e-3)
 
 
+def test_normalize_reward_reads_rhos_responses_as_ppo_scores_them(tmp_path, gpt2_tokenizer, monkeypatch):
+    """``normalize_reward`` fits the gain and bias on rho's samples: uncut without TRL's stop token (the paper), and
+    under it cut at the stop token and read as PPO's scoring reads a reward model from elsewhere (the EOS text after
+    the rows cut there) — it scored the uncut text past the EOS, which PPO never scores then."""
+    import copy
+
+    import hf_prefs.trainers.ppo_trainer as module
+
+    seen: list[list[str]] = []
+    queries: list[list[str]] = []
+    real = module.normalize_reward_model
+
+    def capture(model, tok, qs, texts, **kw):
+        queries.append(list(qs))
+        seen.append(list(texts))
+        return real(model, tok, qs, texts, **kw)
+
+    monkeypatch.setattr(module, "normalize_reward_model", capture)
+    policy = make_policy()
+    eos, eos_text = gpt2_tokenizer.eos_token_id, gpt2_tokenizer.eos_token
+    boost_token(policy, eos, 6.0)
+    padded = copy.deepcopy(gpt2_tokenizer)
+    padded.add_special_tokens({"pad_token": "[PAD]"})
+    torch.manual_seed(3)
+    reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, vocab_size=len(padded))).eval()
+    reward.config.pad_token_id = padded.pad_token_id
+    for stop_token in ("eos", None):
+        config = make_config(tmp_path, stop_token=stop_token, truncate_token=None, truncate_after=0, total_episodes=8,
+                             normalize_reward=True, normalize_samples=16)
+        trainer = PPOTrainer(policy, copy.deepcopy(reward), config, Dataset.from_dict({"query": QUERIES * 2}),
+                             processing_class=gpt2_tokenizer, reward_processing_class=padded)
+        gain, bias = trainer.normalize_reward_model()
+        texts = seen[-1]
+        assert len(texts) == 16 and not all(eos_text in t for t in texts)
+        if stop_token == "eos":  # cut at the EOS, which the reward model reads: TRL's scoring
+            assert any(t.endswith(eos_text) for t in texts)
+            assert all(t.count(eos_text) <= 1 and (eos_text not in t or t.endswith(eos_text)) for t in texts)
+        else:  # the paper: the whole sample, its sampled EOS decoded away
+            assert all(eos_text not in t for t in texts)
+            assert sum(len(gpt2_tokenizer.encode(t)) for t in texts) > 16 * (config.response_length - 2)
+        scores = score_texts(trainer.reward_model, padded, queries[-1], texts)  # the normalized reward on them
+        assert (gain, bias) != (1.0, 0.0) and scores.mean().item() == pytest.approx(0.0, abs=1e-4)
+        assert scores.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+
 def test_learning_a_known_reward_with_kl_near_the_adaptive_target(tmp_path, gpt2_tokenizer):
     """Direct RL on a known reward: the number of " the" tokens in the 8-token response.
 

@@ -1080,8 +1080,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         """Set the reward model's gain/bias so rewards of raw rho samples have mean 0 and std 1 (paper), with
         :func:`hf_prefs.models.reward_model.normalize_reward_model`.
 
-        ``normalize_samples`` queries, split over processes, are answered by rho at temperature T, uncut; the raw
-        scores of all processes give the same ``(gain, bias)`` everywhere.
+        ``normalize_samples`` queries, split over processes, are answered by rho at temperature T, uncut (the
+        paper's truncate token is for the reward of PPO's samples); the raw scores of all processes give the same
+        ``(gain, bias)`` everywhere. Under TRL's stop token an episode ends at it, so rho's responses are cut there
+        and a reward model from elsewhere reads them as PPO's scoring does (:meth:`RolloutSpec.model_texts`).
         """
         a, n = self.args, len(self.train_dataset)
         per_process = math.ceil(a.normalize_samples / self.accelerator.num_processes)
@@ -1090,8 +1092,12 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         batch = self.train_dataset[[int(order[i % n]) for i in range(start, start + per_process)]]
         query_ids, query_mask = left_pad(batch["input_ids"], self.pad_token_id)
         device = self.accelerator.device
-        responses = self.generate(query_ids.to(device), query_mask.to(device), reference=True)  # (b, Lr), uncut
-        texts = self.decode_responses(responses, torch.full((len(responses),), responses.shape[1]))
+        responses = self.generate(query_ids.to(device), query_mask.to(device), reference=True)  # (b, Lr)
+        spec = self.rollout_spec
+        lengths = self.truncate(responses)[0] if spec.mask_after_cut else torch.full((len(responses),), responses.shape[1])
+        texts = self.decode_responses(responses, lengths)
+        if spec.mask_after_cut and not reads_as_trained_here(self.reward_model):
+            texts = spec.model_texts(self.processing_class, texts, responses, lengths, self.reward_processing_class)
         return normalize_reward_model(
             self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
             gather=lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples],
