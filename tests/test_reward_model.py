@@ -73,6 +73,9 @@ def test_score_texts_refuses_a_string_for_a_list(gpt2_tokenizer):
     with pytest.raises(TypeError, match="responses must be a list of texts"):
         score_texts(model, gpt2_tokenizer, ["abc"], "xyz")
     assert score_texts(model, gpt2_tokenizer, ["abc"], [" xyz"]).shape == (1,)
+    # a row past the model's 64 learned positions: named (a bare IndexError from the position table before)
+    with pytest.raises(ValueError, match=r"row 2 is 71 tokens \(query \+ response\), more than the reward model's 64"):
+        score_texts(model, gpt2_tokenizer, ["a", "b", "c"], [" x", " y", " z" * 70], batch_size=2)
 
 
 class _EngineLike(torch.nn.Module):

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..core.normalization import reward_normalization
 from ..core.packing import pad_right, shared_prefix_attention_mask
-from .generation import ensure_pad_token_id, input_pad_id, model_device
+from .generation import configured_positions, ensure_pad_token_id, input_pad_id, model_device
 from .wrappers import unwrap_distributed
 
 __all__ = [
@@ -313,11 +313,25 @@ def score_texts(
                 q_ids, r_ids = tokenize_query_response(tokenizer, q, r)
                 seqs.append(q_ids + r_ids)
             ids, mask = pad_right(seqs, pad_id)
-            out.append(last_token_rewards(model, ids.to(device), mask.to(device), normalized=normalized).cpu())
+            try:
+                out.append(last_token_rewards(model, ids.to(device), mask.to(device), normalized=normalized).cpu())
+            except IndexError as err:  # a learned position table (GPT-2's wpe) shorter than a row
+                _raise_if_too_long(model, seqs, start, err)
+                raise
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
+
+def _raise_if_too_long(model: Any, seqs: list[list[int]], start: int, err: IndexError) -> None:
+    """A ``ValueError`` naming the longest (query, response) row of a batch beginning at row ``start`` when it holds
+    more tokens than ``model``'s positions (the forward's IndexError said nothing of which row)."""
+    positions = configured_positions(unwrap_distributed(model))
+    longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
+    if positions is not None and len(seqs[longest]) > positions:
+        raise ValueError(
+            f"score_texts: row {start + longest} is {len(seqs[longest])} tokens (query + response), more than the "
+            f"reward model's {positions} positions; shorten the query or the response") from err
 
 
 def normalize_reward_model(
