@@ -4,6 +4,7 @@ concurrent writers, bad requests, restart, leases, undo, agreement, rounds fille
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import queue as queue_mod
 import random
@@ -658,6 +659,15 @@ def test_cli_add_import_export_status(tmp_path, capsys, monkeypatch):
     bad.write_text(json.dumps({"query": "q", "samples": ["only one"]}) + "\n")
     assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(bad)]) == 2
     assert "row 0, field 'samples': a comparison needs at least 2 samples" in capsys.readouterr().err
+    for command, row in (("add", {"query": "q", "samples": ["a", ""]}),  # a bad row: named, and no queue folder made
+                         ("import", {"query": "q", "samples": ["a", "b"], "best": 2})):
+        bad.write_text(json.dumps(row) + "\n")
+        assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 2
+        assert "row 0, field '" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
+    bad.write_text(json.dumps({"query": "q9", "samples": ["a", "b"], "best": 1}) + "\n")  # labels given to `add`: said
+    assert label_cli.main(["label", "add", "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 0
+    assert "has a 'best' column; `add` queues comparisons to label" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "new_q")
     for command in ("add", "import"):  # a missing file: named by the command's flag, and no queue folder made for it
         assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(tmp_path / "no.jsonl")]) == 2
         assert f"--from {tmp_path / 'no.jsonl'}: no such file or folder" in capsys.readouterr().err

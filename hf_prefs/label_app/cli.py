@@ -72,19 +72,31 @@ def _round_total(queue: LabelQueue, round_id: int | str) -> int:
         return 0
 
 
-def _source_rows(args: argparse.Namespace) -> list[dict]:
-    """The rows of ``--from``, read before the queue folder is made (a missing or unreadable file leaves none)."""
-    from hf_prefs.labels.schema import load_rows, local_label_path  # lazy, as _queue
+def _source_rows(args: argparse.Namespace, labels: bool) -> list[dict]:
+    """The rows of ``--from``, read and checked (as comparisons, or as ``labels``) before the queue folder is made: a
+    missing, unreadable or bad file leaves none behind."""
+    from hf_prefs.labels.schema import (check_comparison, check_label_row, load_rows, local_label_path,  # lazy, as _queue
+                                        merge_flat_samples)
 
     local_label_path(args.source, name="--from")  # a path that can only be a local file: named with its flag
     rows = load_rows(args.source)
     if not rows:  # before the queue folder is made
         raise ValueError(f"--from {args.source}: no rows in it")
+    k = None
+    for i, row in enumerate(rows):  # the queue checks them again; a bad row is named here, before any folder is made
+        if labels:
+            k = len(check_label_row(i, dict(row), k)["samples"])
+        else:
+            row = merge_flat_samples(i, dict(row))
+            k = len(check_comparison(i, row.get("query"), row.get("samples"), k)[1])
+    if not labels and any(row.get("best") not in (None, "") and row.get("best") == row.get("best") for row in rows):  # NaN: none
+        print(f"hf-prefs label add: note: --from {args.source} has a 'best' column; `add` queues comparisons to label "
+              "and does not read it (`hf-prefs label import` adds labels)", file=sys.stderr)
     return rows
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    rows = _source_rows(args)
+    rows = _source_rows(args, labels=False)
     queue = _queue(args)
     round_id = args.round if args.round is not None else _next_round(queue)
     before = _round_total(queue, round_id)
@@ -98,7 +110,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    rows = _source_rows(args)
+    rows = _source_rows(args, labels=True)
     queue = _queue(args)
     ids = queue.add_labels(rows, round_id=args.round, labeler=args.labeler)
     print(f"imported {len(ids)} labels into {args.queue}")
