@@ -165,3 +165,28 @@ def test_task_queries_from_a_sentence_per_row_dataset(gpt2_tokenizer, tmp_path):
     (plain / "train.jsonl").write_text("\n".join(json.dumps({"text": r.replace(".", "")}) for r in rows) + "\n")
     with pytest.raises(ValueError, match="query_dataset: no passage"):
         load_task_queries("sentiment", gpt2_tokenizer, query_dataset=str(plain), min_tokens=16)
+
+
+def test_too_few_queries_says_how_many_fit_once(gpt2_tokenizer, monkeypatch):
+    """The recipe's error for too few queries said the count twice ("= 62 queries, but asked for 62 queries but only
+    5 fit"): it now reads the error's numbers."""
+    from types import SimpleNamespace
+
+    import hf_prefs.pipeline.setup as setup
+    from hf_prefs.tasks.books import TooFewQueriesError
+
+    with pytest.raises(TooFewQueriesError) as info:
+        book_queries_from_texts(["One two three four five six seven. " * 3], gpt2_tokenizer, n=50, min_tokens=4, max_tokens=8)
+    assert (info.value.asked, info.value.fit) == (50, "4-8 tokens") and 0 < info.value.available < 50
+    assert str(info.value) == f"asked for 50 queries but only {info.value.available} fit 4-8 tokens"
+
+    def too_few(*args, **kwargs):
+        raise TooFewQueriesError(62, 5, "32-64 tokens")
+
+    monkeypatch.setattr(setup, "load_task_queries", too_few)
+    pa = SimpleNamespace(num_label_queries=20, num_eval_queries=10, num_ppo_queries=32, task="sentiment",
+                         query_dataset=None, query_min_tokens=32)
+    with pytest.raises(ValueError) as err:
+        setup.split_queries(pa, SimpleNamespace(seed=0), gpt2_tokenizer)
+    assert str(err.value) == ("num_ppo_queries: num_eval_queries 10 + num_label_queries 20 + num_ppo_queries 32 = 62 "
+                              "queries, but only 5 of the task's queries fit 32-64 tokens")

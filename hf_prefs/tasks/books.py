@@ -113,7 +113,11 @@ def _cut_passages(texts: Sequence[str], tokenizer: Any, min_tokens: int, max_tok
 
 
 class TooFewQueriesError(ValueError):
-    """The texts hold fewer queries than were asked for."""
+    """The texts hold fewer queries than were asked for: ``asked``, ``available`` and what they had to ``fit``."""
+
+    def __init__(self, asked: int, available: int, fit: str) -> None:
+        super().__init__(f"asked for {asked} queries but only {available} fit {fit}")
+        self.asked, self.available, self.fit = asked, available, fit
 
 
 def book_queries_from_texts(
@@ -149,7 +153,7 @@ def book_queries_from_texts(
     random.Random(seed).shuffle(rows)
     if n is not None:
         if n > len(rows):
-            raise TooFewQueriesError(f"asked for {n} queries but only {len(rows)} fit {min_tokens}-{max_tokens} tokens")
+            raise TooFewQueriesError(n, len(rows), f"{min_tokens}-{max_tokens} tokens")
         rows = rows[:n]
     return datasets.Dataset.from_dict({"query": [q for q, _ in rows], "source": [s for _, s in rows]})
 
