@@ -550,6 +550,13 @@ def test_a_runs_human_labels_are_its_own_items_of_round_0(tmp_path):
     rows, info = _label(pa, SimpleNamespace(seed=0), ["q1", "q2"], [0, 1], [["x", "y"], ["z", "w"]],
                         LabelSamplingStats(queries=2, labels=2, dropped_no_truncation=0, dropped_empty=0))
     assert [(r["query"], r["best"]) for r in rows] == [("q1", 0), ("q2", 1)] and info["source"] == "human"
+    # past label_timeout: said with what to do; run again, the same comparisons are the run's items with their labels
+    args = (pa, SimpleNamespace(seed=0), ["q1", "q3"], [0, 1], [["x", "y"], ["u", "v"]],
+            LabelSamplingStats(queries=2, labels=2, dropped_no_truncation=0, dropped_empty=0))
+    with pytest.raises(TimeoutError, match=r"1/2 items labeled .* label the rest \(`hf-prefs label serve --queue "):
+        _label(*args)
+    q.submit("alice", q.put_round(0, [("q3", ["u", "v"])])[0], 1)
+    assert [(r["query"], r["best"]) for r in _label(*args)[0]] == [("q1", 0), ("q3", 1)]
 
 
 def test_an_online_loop_waits_for_and_takes_its_own_items_of_a_shared_round_name(tmp_path):

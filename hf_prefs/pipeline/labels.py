@@ -123,5 +123,11 @@ def _label(
     queue = LabelQueue(pa.label_queue_dir)
     mine = queue.put_round(0, list(zip(kept_q, samples)))  # this run's items: others may be in round 0 too
     print(f"Waiting for human labels: serve the page with `hf-prefs label serve --queue {pa.label_queue_dir}`")
-    labels = queue.wait_round(0, timeout=pa.label_timeout, item_ids=mine)
+    try:
+        labels = queue.wait_round(0, timeout=pa.label_timeout, item_ids=mine)
+    except TimeoutError as err:  # said with what to do; the queued items and their labels stay in the queue
+        raise TimeoutError(
+            f"label_timeout {pa.label_timeout} s: {err}. The items and the labels given stay in {pa.label_queue_dir}: "
+            f"label the rest (`hf-prefs label serve --queue {pa.label_queue_dir}`) and run the same command again (the "
+            "same seed samples the same comparisons, which find their labels), or raise label_timeout") from err
     return labels.to_list(), {"source": "human", "queue": pa.label_queue_dir, **asdict(stats)}
