@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 
@@ -87,6 +88,18 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer, caplog):
         assert "stop_token" not in caplog.text
     rendered = [maybe_apply_chat_template({"prompt": c}, tokenizer)["prompt"] for c in chats]
     assert conv["query"] == rendered and rendered[0] == "<|user|>Say something kind.\n<|assistant|>"
+    # a row's tools and chat_template_kwargs (TRL's columns) reach the template, as TRL renders them (were dropped)
+    kw_tok = copy.deepcopy(tokenizer)
+    kw_tok.chat_template = ("{% if think is defined and not think %}[no-think]{% endif %}{% if tools %}TOOLS: "
+                            "{{ tools | map(attribute='name') | join(',') }}\n{% endif %}" + tokenizer.chat_template)
+    schema = {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {}}}
+    rows = Dataset.from_list([{"prompt": chats[0], "tools": json.dumps([schema]), "chat_template_kwargs": {"think": False}},
+                              {"prompt": chats[0], "tools": None, "chat_template_kwargs": None}])
+    tooled = prepare_query_dataset(rows, kw_tok, policy, args)
+    assert tooled["query"] == ["[no-think]TOOLS: get_weather\n" + rendered[0], rendered[0]]
+    assert tooled["query"][0] == maybe_apply_chat_template({"prompt": chats[0], "chat_template_kwargs": {"think": False}},
+                                                           kw_tok, tools=[schema])["prompt"]
+    assert tooled["input_ids"] == kw_tok(list(tooled["query"]), add_special_tokens=False)["input_ids"]
     assert conv["input_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
     # a tokenizer that adds BOS itself and a template that writes it: the policy's ids hold one BOS, and so does what a
     # reward model reads (it tokenizes the query text with special tokens)

@@ -31,10 +31,11 @@ from typing import Any
 from pathlib import Path
 
 from datasets import Dataset, IterableDataset, Value, load_dataset, load_from_disk
-from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_extract_prompt
+from trl.data_utils import is_conversational, maybe_extract_prompt
 
 from .._compat import get_dataset_column_names
 from ..assets import load_gpt2_tokenizer
+from ..chat_templates import render_row_chat
 from ..models.reward_model import without_added_bos
 from ..tokenizer_maps import map_with_tokenizer
 
@@ -414,8 +415,7 @@ def pairwise_label(
     rules: :func:`from_pairwise`). Raises :class:`LabelValidationError` naming the row and field for a row it cannot
     convert; the label's own checks (non-empty samples...) are :func:`check_label_row`'s, which :func:`from_pairwise`
     runs once per row."""
-    tools, template_kwargs = row.get("tools"), row.get("chat_template_kwargs") or {}  # rendered as TRL renders them
-    row = {c: row[c] for c in ("prompt", "chosen", "rejected") if c in row}
+    source, row = row, {c: row[c] for c in ("prompt", "chosen", "rejected") if c in row}
     text = [c for c, v in row.items() if isinstance(v, str)]
     messages = [c for c, v in row.items() if isinstance(v, list)]
     if text and messages:
@@ -434,8 +434,7 @@ def pairwise_label(
                 "is conversational (lists of messages): pass the tokenizer (processing_class=tokenizer), "
                 "so its chat template renders the rows to text", idx, "chosen")
         try:
-            tools = json.loads(tools) if isinstance(tools, str) else tools  # TRL's JSON text or a list of schemas
-            row = maybe_apply_chat_template({**row, "chat_template_kwargs": template_kwargs}, processing_class, tools=tools)
+            row = render_row_chat(row, processing_class, source)  # with the row's tools and chat_template_kwargs
         except Exception as err:  # no chat template, malformed messages (jinja's UndefinedError for a missing content)
             raise LabelValidationError(f"could not be rendered with the chat template ({type(err).__name__}: {err})",
                                        idx, "chosen") from err

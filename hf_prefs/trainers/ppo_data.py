@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import nn
-from trl.data_utils import maybe_apply_chat_template
 
+from ..chat_templates import render_row_chat
 from ..models.generation import configured_positions, embedding_rows
 from ..models.reward_model import adds_bos, without_added_bos
 from ..tokenizer_maps import map_with_tokenizer
@@ -129,9 +129,10 @@ def warn_if_texts_differ(dataset: Dataset, tokenizer: Any, name: str, rows: int 
 def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> Dataset:
     """A ``prompt`` column, as TRL's GRPO/RLOO datasets have it, as ``query`` and ``input_ids``: a text prompt is the
     query; a conversational one (a list of ``{"role", "content"}`` messages) is rendered with the tokenizer's chat
-    template and the generation prompt (``trl.maybe_apply_chat_template``), and tokenized without adding special
-    tokens again (the template has them); its ``query`` (what a reward reads, tokenized with special tokens) leaves out
-    a BOS the template wrote where the tokenizer adds one itself. Rows that are neither are named."""
+    template and the generation prompt, with the row's ``tools`` and ``chat_template_kwargs`` as TRL passes them
+    (:func:`~hf_prefs.chat_templates.render_row_chat`), and tokenized without adding special tokens again (the
+    template has them); its ``query`` (what a reward reads, tokenized with special tokens) leaves out a BOS the
+    template wrote where the tokenizer adds one itself. Rows that are neither are named."""
     prompts = dataset["prompt"]
     def is_message(m: Any) -> bool:
         return isinstance(m, dict) and isinstance(m.get("role"), str) and m.get("content") is not None
@@ -153,7 +154,7 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(f"{name}: conversational `prompt` rows need a tokenizer with a chat template")
         try:
-            text = maybe_apply_chat_template({"prompt": row["prompt"]}, tokenizer)["prompt"]
+            text = render_row_chat({"prompt": row["prompt"]}, tokenizer, row)["prompt"]  # tools, template kwargs
         except Exception as err:  # a message without a role, a template that refuses the turns, ...
             raise ValueError(f"{name} row {i}: the chat template cannot render its `prompt` "
                              f"({type(err).__name__}: {err})") from err
