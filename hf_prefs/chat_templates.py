@@ -25,7 +25,7 @@ def row_template_inputs(row: Mapping[str, Any]) -> tuple[list[Any] | None, dict[
 
 
 def render_row_chat(example: dict[str, Any], tokenizer: Any, row: Mapping[str, Any]) -> dict[str, Any]:
-    """``trl.maybe_apply_chat_template`` of ``example`` (its ``prompt``/``chosen``/``rejected``) with ``row``'s tools and
-    chat_template_kwargs (:func:`row_template_inputs`), as TRL renders the row."""
+    """``trl.maybe_apply_chat_template`` of ``example`` (its ``prompt``/``chosen``/``rejected``) with ``row``'s tools
+    and chat_template_kwargs (:func:`row_template_inputs`), as TRL renders the row."""
     tools, kwargs = row_template_inputs(row)
     return maybe_apply_chat_template({**example, "chat_template_kwargs": kwargs}, tokenizer, tools=tools)

@@ -8,10 +8,8 @@ and there is no known reward to track (known_reward: none).
     accelerate launch recipes/descriptiveness.py --config recipes/configs/descriptiveness.yaml [--any_field value ...]
 """
 
-import logging
-
-from sentiment import main  # the flow, stage by stage: recipes/sentiment.py
+from sentiment import configure_logging, main  # the flow, stage by stage: recipes/sentiment.py
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()  # INFO on the main process, warnings on the others
     main(task="descriptiveness")

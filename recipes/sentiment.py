@@ -13,16 +13,14 @@ Edit the stages below to change the flow; each is a function of hf_prefs.pipelin
 (descriptiveness.py, tldr.py, cnndm.py) run this same flow on their own data and config.
 """
 
-import logging
-
 import torch
 from trl import ModelConfig, TrlParser
 
 from hf_prefs import PPOConfig, RolloutSpec, evaluate_policy
 from hf_prefs.pipeline import (
-    PipelineArguments, StageTimer, collect_labels, learned_reward, load_base, make_ppo_trainer, online_label_info,
-    online_label_loop, push_results, resolve_cpu_precision, resume_checkpoint, resume_requested, save_labels,
-    saved_labels, saved_reward_model, split_queries, train_policy, train_reward_model, trained_policy,
+    PipelineArguments, StageTimer, collect_labels, configure_logging, learned_reward, load_base, make_ppo_trainer,
+    online_label_info, online_label_loop, push_results, resolve_cpu_precision, resume_checkpoint, resume_requested,
+    save_labels, saved_labels, saved_reward_model, split_queries, train_policy, train_reward_model, trained_policy,
     validate_pipeline_config, warn_replacing_earlier_run, write_results,
 )
 from hf_prefs.tasks import make_known_reward
@@ -108,5 +106,5 @@ def main(task="sentiment", argv=None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()  # INFO on the main process, warnings on the others
     main()

@@ -9,10 +9,8 @@ or --label_source human, offline or with --label_mode online.
     accelerate launch recipes/tldr.py --config recipes/configs/tldr.yaml [--any_field value ...]
 """
 
-import logging
-
-from sentiment import main  # the flow, stage by stage: recipes/sentiment.py
+from sentiment import configure_logging, main  # the flow, stage by stage: recipes/sentiment.py
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()  # INFO on the main process, warnings on the others
     main(task="tldr")

@@ -546,3 +546,22 @@ def test_metrics_of_a_run_that_stops_during_ppo_are_on_disk(tiny_base, tmp_path,
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] == list(range(1, summary["ppo_updates"] + 1))
     assert rows[:2] == logged[:2]  # the checkpoint's history, as logged before the stop
+
+
+def test_recipe_logging_says_things_once_on_several_processes():
+    """A 2-process launch printed hf_prefs's INFO lines (dropout off, the float32 fallback) and datasets' progress bars
+    once per process: :func:`configure_logging` keeps INFO on each machine's main process, warnings on the others."""
+    import subprocess
+    import sys
+
+    code = ("import logging, datasets; from hf_prefs.pipeline import configure_logging; configure_logging(); "
+            "log = logging.getLogger('hf_prefs.x'); log.info('INFO-LINE'); log.warning('WARN-LINE'); "
+            "print('bars', datasets.is_progress_bar_enabled())")
+    seen = {}
+    for rank in ("0", "1"):
+        env = {**os.environ, "LOCAL_RANK": rank}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        seen[rank] = done.stdout + done.stderr
+    assert "INFO-LINE" in seen["0"] and "WARN-LINE" in seen["0"] and "bars True" in seen["0"]
+    assert "INFO-LINE" not in seen["1"] and "WARN-LINE" in seen["1"] and "bars False" in seen["1"]

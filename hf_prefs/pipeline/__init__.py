@@ -50,7 +50,7 @@ from .results import (
 )
 from .reward import train_reward_model
 from .saved_stages import online_label_info, save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run
-from .run import main, parse_args, run_pipeline
+from .run import configure_logging, main, parse_args, run_pipeline
 from .setup import Base, QuerySplit, load_base, split_queries
 
 __all__ = [
@@ -91,6 +91,7 @@ __all__ = [
     "write_metrics",
     "write_results",
     "train_reward_model",
+    "configure_logging",
     "main",
     "parse_args",
     "run_pipeline",

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import datasets
 import torch
 from trl import ModelConfig, TrlParser
 
@@ -31,7 +32,7 @@ from .saved_stages import (
 )
 from .setup import load_base, split_queries
 
-__all__ = ["run_pipeline", "parse_args", "main"]
+__all__ = ["configure_logging", "run_pipeline", "parse_args", "main"]
 
 
 def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> dict[str, Any]:
@@ -100,8 +101,18 @@ def parse_args(task: str | None = None, argv: Sequence[str] | None = None) -> tu
     return pa, cfg, model_args
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """The recipes' logging: ``level`` on each machine's main process; on the other processes of a launch (their
+    ``LOCAL_RANK`` > 0) warnings only and no datasets progress bars, as transformers' ``log_level_replica`` does for its
+    own logs — a 2-process run says each thing once."""
+    replica = int(os.environ.get("LOCAL_RANK", "0") or 0) > 0
+    logging.basicConfig(level=logging.WARNING if replica else level, format="%(asctime)s %(name)s: %(message)s")
+    if replica:
+        datasets.disable_progress_bars()
+
+
 def main(task: str | None = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse the command line (:func:`parse_args`) and :func:`run_pipeline`."""
     pa, cfg, model_args = parse_args(task, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging()
     return run_pipeline(pa, cfg, model_args)
