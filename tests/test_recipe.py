@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -107,7 +108,8 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         tiny_base, out, "--label_source", "file", "--label_file", str(first / "labels.jsonl"), "--adaptive_kl", "false"))
     _check_run(out, summary, adaptive=False, kl_target=6.0, horizon=100)
     assert summary["labels"] == {"source": "file", "label_file": str(first / "labels.jsonl"), "labels": 24,
-                                 "base_model": tiny_base, "task": "sentiment"}
+                                 "base_model": tiny_base, "task": "sentiment",
+                                 "label_file_sha256": hashlib.sha256((first / "labels.jsonl").read_bytes()).hexdigest()}
     # the same labels as TRL pairwise rows (each best-of-4 label's 3 implied pairs) with K = 2
     pairs = tmp_path / "pairs.jsonl"
     to_pairwise(load_label_file(first / "labels.jsonl")).to_json(pairs)
@@ -565,3 +567,34 @@ def test_recipe_logging_says_things_once_on_several_processes():
         seen[rank] = done.stdout + done.stderr
     assert "INFO-LINE" in seen["0"] and "WARN-LINE" in seen["0"] and "bars True" in seen["0"]
     assert "INFO-LINE" not in seen["1"] and "WARN-LINE" in seen["1"] and "bars False" in seen["1"]
+
+
+def test_a_resume_refuses_labels_from_a_label_file_edited_since(tmp_path):
+    """A resumed offline run reuses the labels and reward model saved from ``label_file``: after the file was edited
+    (labels fixed) that was silent — only the path was compared — and the run went on with the old labels."""
+    from types import SimpleNamespace
+
+    from hf_prefs.labels.schema import label_file_digest
+    from hf_prefs.pipeline.saved_stages import LABELS_INFO_FILE, stale_stage_fields
+
+    labels = tmp_path / "data" / "fixed.jsonl"
+    labels.parent.mkdir()
+    labels.write_text(json.dumps({"query": "q", "samples": ["a", "b"], "best": 0}) + "\n")
+    (tmp_path / LABELS_INFO_FILE).write_text(json.dumps({
+        "source": "file", "label_file": str(labels), "label_file_sha256": label_file_digest(labels), "task": "sentiment",
+        "base_model": "m"}))
+    pa = SimpleNamespace(task="sentiment", label_source="file", label_mode="offline", label_file=str(labels),
+                         num_candidates=2)
+    assert stale_stage_fields(str(tmp_path), pa, "m") == []
+    before = label_file_digest(labels)
+    labels.write_text(json.dumps({"query": "q", "samples": ["a", "b"], "best": 1}) + "\n")
+    assert stale_stage_fields(str(tmp_path), pa, "m") == [
+        f"label_file contents (sha256): saved {before!r}, asked {label_file_digest(labels)!r}"]
+    labels.unlink()  # the file gone: the saved labels are all there is, and they are taken
+    assert stale_stage_fields(str(tmp_path), pa, "m") == []
+    folder = tmp_path / "folder"  # a label folder: every file counts
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("x")
+    one = label_file_digest(folder)
+    (folder / "b.jsonl").write_text("")
+    assert one != label_file_digest(folder) and label_file_digest("someone/labels") is None  # a Hub id: not compared

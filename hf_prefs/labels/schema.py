@@ -20,6 +20,7 @@ Converters: :func:`from_pairwise` (TRL's ``prompt``/``chosen``/``rejected`` pref
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -51,6 +52,7 @@ __all__ = [
     "validate_labels",
     "load_rows",
     "load_label_file",
+    "label_file_digest",
     "pairwise_label",
     "from_pairwise",
     "to_pairwise",
@@ -355,6 +357,24 @@ def check_label_limit(limit: Any) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise LabelValidationError(f"label_limit must be a whole number of rows >= 1 (or null for all), got {limit!r}",
                                    field="label_limit")
+
+
+def label_file_digest(spec: str | os.PathLike) -> str | None:
+    """SHA-256 of what a local label file (or every file of a label folder, with its path in it) holds; None for a
+    Hub dataset id or a path that is not there. A resumed run compares it with its saved labels' (an edited file)."""
+    try:
+        path = local_label_path(spec)
+    except FileNotFoundError:
+        return None
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def load_label_file(

@@ -16,7 +16,7 @@ from datasets import Dataset
 from ..core.rollout import RolloutSpec
 from ..labels.labelers import LabelSamplingStats, SimulatedLabeler, check_some_kept, draw_candidates
 from ..labels.queue import LabelQueue
-from ..labels.schema import load_label_file, validate_labels
+from ..labels.schema import label_file_digest, load_label_file, validate_labels
 from ..tasks.known_rewards import make_known_reward
 from ..tasks.specs import get_task
 from ..trainers.main_process import result_from_main_process
@@ -78,7 +78,8 @@ def collect_labels(
     base = {"base_model": getattr(rho, "name_or_path", None), "task": pa.task}  # what a resumed run checks them against
     if pa.label_source == "file":
         labels = _load_label_file(pa, tokenizer)
-        return labels, {"source": "file", "label_file": pa.label_file, "labels": len(labels), **base}
+        return labels, {"source": "file", "label_file": pa.label_file, "label_file_sha256": label_file_digest(pa.label_file),
+                        "labels": len(labels), **base}
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
     kept, samples, stats = _sample_shards(pa, cfg, rho, tokenizer, list(queries), spec)
     # people may take longer than the process group's timeout: the others wait in short collectives

@@ -19,6 +19,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..labels.schema import label_file_digest
 from ..models.loading import load_reward_model
 from .results import SUMMARY_FILE
 
@@ -142,7 +143,8 @@ def warn_replacing_earlier_run(output_dir: str, reuse: bool) -> bool:
 def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
     """What the labels saved in ``output_dir`` (and the reward model trained on them) were made with that this run's
     arguments contradict, as ``"field: saved X, asked Y"`` — the task, the label source and mode, the known reward, the
-    label file, the number of label queries, K and the base model (those ``labels_info.json`` and the labels record)."""
+    label file and what it holds, the number of label queries, K and the base model (those ``labels_info.json`` and the
+    labels record)."""
     info_path = os.path.join(output_dir, LABELS_INFO_FILE)
     if not os.path.isfile(info_path):
         return []
@@ -158,6 +160,9 @@ def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
         asked["num_label_queries"], saved["num_label_queries"] = pa.num_label_queries, info["queries"]
     if info.get("source") == "file":
         asked["label_file"], saved["label_file"] = pa.label_file, info.get("label_file")
+        now = label_file_digest(pa.label_file) if pa.label_file == info.get("label_file") else None
+        if now is not None:  # the same file, edited since (a file gone, or a Hub id: not compared)
+            asked["label_file contents (sha256)"], saved["label_file contents (sha256)"] = now, info.get("label_file_sha256")
     labels_path = os.path.join(output_dir, LABELS_FILE)
     if os.path.isfile(labels_path):
         with open(labels_path) as f:
