@@ -179,6 +179,11 @@ def test_too_few_queries_says_how_many_fit_once(gpt2_tokenizer, monkeypatch):
         book_queries_from_texts(["One two three four five six seven. " * 3], gpt2_tokenizer, n=50, min_tokens=4, max_tokens=8)
     assert (info.value.asked, info.value.fit) == (50, "4-8 tokens") and 0 < info.value.available < 50
     assert str(info.value) == f"asked for 50 queries but only {info.value.available} fit 4-8 tokens"
+    import copy
+    import pickle
+
+    for again in (pickle.loads(pickle.dumps(info.value)), copy.copy(info.value)):
+        assert str(again) == str(info.value) and again.available == info.value.available
 
     def too_few(*args, **kwargs):
         raise TooFewQueriesError(62, 5, "32-64 tokens")
@@ -189,4 +194,4 @@ def test_too_few_queries_says_how_many_fit_once(gpt2_tokenizer, monkeypatch):
     with pytest.raises(ValueError) as err:
         setup.split_queries(pa, SimpleNamespace(seed=0), gpt2_tokenizer)
     assert str(err.value) == ("num_ppo_queries: num_eval_queries 10 + num_label_queries 20 + num_ppo_queries 32 = 62 "
-                              "queries, but only 5 of the task's queries fit 32-64 tokens")
+                              "queries, but only 5 queries fit 32-64 tokens")

@@ -667,7 +667,9 @@ def test_cli_add_import_export_status(tmp_path, capsys, monkeypatch):
     assert label_cli.main(["label", "add", "--queue", str(qdir), "--from", str(bad)]) == 2
     assert "row 0, field 'samples': a comparison needs at least 2 samples" in capsys.readouterr().err
     for command, row in (("add", {"query": "q", "samples": ["a", ""]}),  # a bad row: named, and no queue folder made
-                         ("import", {"query": "q", "samples": ["a", "b"], "best": 2})):
+                         ("import", {"query": "q", "samples": ["a", "b"], "best": 2}),
+                         ("add", {"query": "q", "samples": ["a", "b"], "item_id": "x" * 201}),
+                         ("import", {"query": "q", "samples": ["a", "b"], "best": 0, "labeler": "tab\there"})):
         bad.write_text(json.dumps(row) + "\n")
         assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 2
         assert "row 0, field '" in capsys.readouterr().err and not (tmp_path / "new_q").exists()

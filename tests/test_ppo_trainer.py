@@ -530,6 +530,8 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
 def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer, stop_token):
     """TRL's episode ends at the first EOS, whose absence costs ``missing_eos_penalty``; without ``stop_token`` too
     (TRL 1.12's ``generate()`` ended each row at the model's EOS), which hf_prefs's fixed-length sampling did not."""
+    with pytest.raises(ValueError, match=r"truncate_after: must lie in \[0, response_length=6\)"):  # at the config
+        make_config(tmp_path, stop_token=stop_token, truncate_token=None, missing_eos_penalty=2.0, truncate_after=6)
     policy = make_policy()
     boost_token(policy, gpt2_tokenizer.eos_token_id, 6.0)
     trainer = make_trainer(

@@ -596,5 +596,8 @@ def test_a_resume_refuses_labels_from_a_label_file_edited_since(tmp_path):
     folder.mkdir()
     (folder / "a.jsonl").write_text("x")
     one = label_file_digest(folder)
+    (folder / ".hidden").write_text("y")
+    (folder / "cache-123.arrow").write_text("z")
+    assert label_file_digest(folder) == one  # what a `.map` or an editor leaves there is not an edit
     (folder / "b.jsonl").write_text("")
     assert one != label_file_digest(folder) and label_file_digest("someone/labels") is None  # a Hub id: not compared

@@ -76,6 +76,7 @@ def test_score_texts_refuses_a_string_for_a_list(gpt2_tokenizer):
     # a row past the model's 64 learned positions: named (a bare IndexError from the position table before)
     with pytest.raises(ValueError, match=r"row 2 is 71 tokens \(query \+ response\), more than the reward model's 64"):
         score_texts(model, gpt2_tokenizer, ["a", "b", "c"], [" x", " y", " z" * 70], batch_size=2)
+    assert score_texts(model, gpt2_tokenizer, ["a"], [" z" * 63]).shape == (1,)  # 64 tokens: the table's last position
 
 
 class _EngineLike(torch.nn.Module):

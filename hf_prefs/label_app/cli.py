@@ -75,8 +75,9 @@ def _round_total(queue: LabelQueue, round_id: int | str) -> int:
 def _source_rows(args: argparse.Namespace, labels: bool) -> list[dict]:
     """The rows of ``--from``, read and checked (as comparisons, or as ``labels``) before the queue folder is made: a
     missing, unreadable or bad file leaves none behind."""
-    from hf_prefs.labels.schema import (check_comparison, check_label_row, load_rows, local_label_path,  # lazy, as _queue
-                                        merge_flat_samples)
+    from hf_prefs.labels.queue_state import LabelRequestError, check_name  # lazy, as _queue
+    from hf_prefs.labels.schema import (LabelValidationError, check_comparison, check_label_row, load_rows,
+                                        local_label_path, merge_flat_samples)
 
     local_label_path(args.source, name="--from")  # a path that can only be a local file: named with its flag
     rows = load_rows(args.source)
@@ -84,6 +85,12 @@ def _source_rows(args: argparse.Namespace, labels: bool) -> list[dict]:
         raise ValueError(f"--from {args.source}: no rows in it")
     k = None
     for i, row in enumerate(rows):  # the queue checks them again; a bad row is named here, before any folder is made
+        for name in ("item_id", "labeler") if labels else ("item_id",):
+            if row.get(name) not in (None, ""):
+                try:
+                    check_name(str(row[name]) if labels else row[name], name)  # as add_labels / put_round read it
+                except LabelRequestError as exc:
+                    raise LabelValidationError(str(exc), i, name) from None
         if labels:
             k = len(check_label_row(i, dict(row), k)["samples"])
         else:

@@ -360,8 +360,8 @@ def check_label_limit(limit: Any) -> None:
 
 
 def label_file_digest(spec: str | os.PathLike) -> str | None:
-    """SHA-256 of what a local label file (or every file of a label folder, with its path in it) holds; None for a
-    Hub dataset id or a path that is not there. A resumed run compares it with its saved labels' (an edited file)."""
+    """SHA-256 of what a local label file (or every data file of a label folder, with its path in it; hidden files and
+    datasets' ``cache-*`` files left out) holds; None for a Hub dataset id or a path that is not there. A resumed run compares it with its saved labels' (an edited file)."""
     try:
         path = local_label_path(spec)
     except FileNotFoundError:
@@ -369,7 +369,11 @@ def label_file_digest(spec: str | os.PathLike) -> str | None:
     if path is None:
         return None
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+    def data(p: Path) -> bool:  # not a hidden file or a cache a `.map` on the loaded dataset writes there
+        return p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts) \
+            and not p.name.startswith("cache-")
+
+    for file in sorted(p for p in path.rglob("*") if data(p)) if path.is_dir() else [path]:
         digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

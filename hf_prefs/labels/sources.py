@@ -99,7 +99,8 @@ class QueueLabelSource:
     def request(self, round: int, n: int, queries: list[str] | None, samples: list[list[str]] | None) -> dict[str, Any]:
         key = self._key(round)
         self._rounds[key] = round
-        self._items.setdefault(key, []).extend(self.queue.put_round(key, list(zip(queries, samples))))
+        items = self._items.setdefault(key, [])  # a round put again (a restart) returns the same ids: kept once
+        items.extend(i for i in self.queue.put_round(key, list(zip(queries, samples))) if i not in items)
         print(f"[hf_prefs] round {round}: {n} comparisons queued as {key!r} in {self.queue.path}")
         return {"queue_round": key}
 

@@ -13,6 +13,7 @@ Shapes: B = batch, Lq = query length (left padded), Lr = response length, V = vo
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -26,6 +27,7 @@ from .logprobs import forward_last
 
 __all__ = [
     "configured_positions",
+    "learned_positions",
     "sample_categorical",
     "sample_responses",
     "sample_texts",
@@ -71,6 +73,15 @@ def configured_positions(model: torch.nn.Module) -> int | None:
     """The positions ``model``'s (text) config names (``max_position_embeddings`` or ``n_positions``), or None."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def learned_positions(model: torch.nn.Module) -> int | None:
+    """The positions of a model that embeds them in a learned table (GPT-2's ``wpe``, OPT's ``embed_positions``, ...):
+    :func:`configured_positions`, past which its forward fails (an IndexError on the CPU); None for rotary/ALiBi models
+    (longer rows still run)."""
+    learned = any(isinstance(m, torch.nn.Embedding) and re.search(r"(^|\.)(wpe|embed_positions|position_embeddings)$", name)
+                  for name, m in model.named_modules())
+    return configured_positions(model) if learned else None
 
 
 def check_vocabulary(model: torch.nn.Module, tokenizer: Any, role: str) -> None:

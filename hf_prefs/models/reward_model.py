@@ -30,7 +30,7 @@ from torch import nn
 
 from ..core.normalization import reward_normalization
 from ..core.packing import pad_right, shared_prefix_attention_mask
-from .generation import configured_positions, ensure_pad_token_id, input_pad_id, model_device
+from .generation import ensure_pad_token_id, input_pad_id, learned_positions, model_device
 from .wrappers import unwrap_distributed
 
 __all__ = [
@@ -301,7 +301,7 @@ def score_texts(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pad_id, device = input_pad_id(model, tokenizer), model_device(model)
     ensure_pad_token_id(model, tokenizer)
-    suffix = get_response_suffix(model)
+    suffix, positions = get_response_suffix(model), learned_positions(unwrap_distributed(model))
     responses = [with_response_suffix(r, suffix) for r in responses]
     was_training = model.training
     model.eval()
@@ -312,26 +312,24 @@ def score_texts(
             for q, r in zip(queries[start : start + batch_size], responses[start : start + batch_size]):
                 q_ids, r_ids = tokenize_query_response(tokenizer, q, r)
                 seqs.append(q_ids + r_ids)
+            _check_positions(seqs, start, positions)
             ids, mask = pad_right(seqs, pad_id)
-            try:
-                out.append(last_token_rewards(model, ids.to(device), mask.to(device), normalized=normalized).cpu())
-            except IndexError as err:  # a learned position table (GPT-2's wpe) shorter than a row
-                _raise_if_too_long(model, seqs, start, err)
-                raise
+            out.append(last_token_rewards(model, ids.to(device), mask.to(device), normalized=normalized).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _raise_if_too_long(model: Any, seqs: list[list[int]], start: int, err: IndexError) -> None:
-    """A ``ValueError`` naming the longest (query, response) row of a batch beginning at row ``start`` when it holds
-    more tokens than ``model``'s positions (the forward's IndexError said nothing of which row)."""
-    positions = configured_positions(unwrap_distributed(model))
-    longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
-    if positions is not None and len(seqs[longest]) > positions:
-        raise ValueError(
-            f"score_texts: row {start + longest} is {len(seqs[longest])} tokens (query + response), more than the "
-            f"reward model's {positions} positions; shorten the query or the response") from err
+def _check_positions(seqs: list[list[int]], start: int, positions: int | None) -> None:
+    """A ``ValueError`` naming the first (query, response) row of a batch beginning at row ``start`` that holds more
+    tokens than a learned position table's ``positions`` (the forward failed with a bare IndexError on the CPU, a
+    device-side assert on a GPU)."""
+    if positions is None:
+        return
+    for i, seq in enumerate(seqs):
+        if len(seq) > positions:
+            raise ValueError(f"score_texts: row {start + i} is {len(seq)} tokens (query + response), more than the "
+                             f"reward model's {positions} positions; shorten the query or the response")
 
 
 def normalize_reward_model(

@@ -128,7 +128,7 @@ def _label(
         labels = queue.wait_round(0, timeout=pa.label_timeout, item_ids=mine)
     except TimeoutError as err:  # said with what to do; the queued items and their labels stay in the queue
         raise TimeoutError(
-            f"label_timeout {pa.label_timeout} s: {err}. The items and the labels given stay in {pa.label_queue_dir}: "
-            f"label the rest (`hf-prefs label serve --queue {pa.label_queue_dir}`) and run the same command again (the "
-            "same seed samples the same comparisons, which find their labels), or raise label_timeout") from err
+            f"label_timeout: {err}. The items and the labels given stay in {pa.label_queue_dir}: label the rest "
+            f"(`hf-prefs label serve --queue {pa.label_queue_dir}`) and run the same command again (the same seed, "
+            "processes and hardware sample the same comparisons, which find their labels), or raise label_timeout") from err
     return labels.to_list(), {"source": "human", "queue": pa.label_queue_dir, **asdict(stats)}

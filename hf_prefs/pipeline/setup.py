@@ -91,7 +91,7 @@ def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit
     except TooFewQueriesError as e:
         raise ValueError(f"num_ppo_queries: num_eval_queries {pa.num_eval_queries} + num_label_queries "
                          f"{pa.num_label_queries} + num_ppo_queries {pa.num_ppo_queries} = {n_total} queries, but only "
-                         f"{e.available} of the task's queries fit {e.fit}") from e
+                         f"{e.available} queries fit {e.fit}") from e
     if len(queries) < pa.num_label_queries + pa.num_eval_queries + 1:
         raise ValueError(
             f"num_label_queries: {pa.num_label_queries} + num_eval_queries {pa.num_eval_queries} exceed the "

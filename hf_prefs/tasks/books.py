@@ -119,6 +119,9 @@ class TooFewQueriesError(ValueError):
         super().__init__(f"asked for {asked} queries but only {available} fit {fit}")
         self.asked, self.available, self.fit = asked, available, fit
 
+    def __reduce__(self) -> tuple[type, tuple[int, int, str]]:  # pickled and copied with its own arguments
+        return type(self), (self.asked, self.available, self.fit)
+
 
 def book_queries_from_texts(
     texts: Sequence[str],

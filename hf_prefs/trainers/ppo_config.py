@@ -298,8 +298,9 @@ class PPOConfig(TrlBaseConfig):
                 raise ValueError(f"PPOConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.stop_token is not None and self.stop_token_id is not None:
             raise ValueError("PPOConfig: set either stop_token or stop_token_id, not both")
-        truncating = any(
-            v is not None for v in (self.truncate_token, self.truncate_token_id, self.stop_token, self.stop_token_id)
+        truncating = any(  # missing_eos_penalty alone cuts at EOS (RolloutSpec.build)
+            v is not None for v in (self.truncate_token, self.truncate_token_id, self.stop_token, self.stop_token_id,
+                                    self.missing_eos_penalty)
         )
         check_truncate_after(self.truncate_after, self.response_length, truncating)
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:

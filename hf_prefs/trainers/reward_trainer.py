@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
 from ..models.dropout import disable_dropout
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
-from ..models.generation import check_vocabulary, configured_positions, input_pad_id
+from ..models.generation import check_vocabulary, input_pad_id, learned_positions
 from ..models.sharding import generation_model
 from ..models.loading import load_reward_normalization, save_reward_normalization
 from ..models.reward_model import (
@@ -558,9 +557,7 @@ def _readable_eos(processing_class: Any) -> str | None:
 
 
 def _max_positions(model: Any, init_kwargs: dict[str, Any] | None = None) -> int | None:
-    """The positions of a model that embeds them in a learned table (GPT-2's ``wpe``, OPT's ``embed_positions``, ...):
-    :func:`~hf_prefs.models.generation.configured_positions`, past which its forward fails with an IndexError;
-    None for rotary/ALiBi models (longer rows still run). A model given by name (TRL loads it after the datasets are
+    """:func:`~hf_prefs.models.generation.learned_positions` of ``model``. A model given by name (TRL loads it after the datasets are
     prepared) is built from its config on the meta device, without weights; None where that fails (TRL's own load
     then says why)."""
     if isinstance(model, str):
@@ -572,11 +569,7 @@ def _max_positions(model: Any, init_kwargs: dict[str, Any] | None = None) -> int
                     config, trust_remote_code=kwargs.get("trust_remote_code", False))
         except Exception:  # a bad name, a config transformers cannot build: TRL's load raises its own error
             return None
-    if not isinstance(model, nn.Module):
-        return None
-    learned = any(isinstance(m, nn.Embedding) and re.search(r"(^|\.)(wpe|embed_positions|position_embeddings)$", name)
-                  for name, m in model.named_modules())
-    return configured_positions(model) if learned else None
+    return learned_positions(model) if isinstance(model, nn.Module) else None
 
 
 def _drop_long(dataset: Dataset | IterableDataset, limit: int, why: str, num_proc: int | None, name: str
