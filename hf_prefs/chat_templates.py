@@ -14,7 +14,7 @@ from typing import Any
 
 from trl.data_utils import maybe_apply_chat_template
 
-__all__ = ["render_row_chat", "row_template_inputs"]
+__all__ = ["assistant_turn_end", "render_row_chat", "row_template_inputs"]
 
 
 def row_template_inputs(row: Mapping[str, Any]) -> tuple[list[Any] | None, dict[str, Any]]:
@@ -29,3 +29,16 @@ def render_row_chat(example: dict[str, Any], tokenizer: Any, row: Mapping[str, A
     and chat_template_kwargs (:func:`row_template_inputs`), as TRL renders the row."""
     tools, kwargs = row_template_inputs(row)
     return maybe_apply_chat_template({**example, "chat_template_kwargs": kwargs}, tokenizer, tools=tools)
+
+
+def assistant_turn_end(tokenizer: Any) -> str:
+    """The text ``tokenizer``'s chat template writes after an assistant message's content (ChatML's
+    ``"<|im_end|>\\n"``): how every rendered completion of a chat preference row ends. ``""`` where the template
+    cannot render a user and an assistant turn, or writes the content otherwise than as given."""
+    marker = "hf-prefs-turn-end-marker"
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # no template, or one that refuses these turns: no end known
+        return ""
+    return text[text.index(marker) + len(marker):] if isinstance(text, str) and text.count(marker) == 1 else ""

@@ -589,6 +589,41 @@ def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_t
                 assert raw.item() != pytest.approx(score_texts(model, tokenizer, [q], [text]).item(), abs=1e-3)
 
 
+def test_a_chat_reward_model_trained_here_reads_the_end_of_turn_it_was_trained_on(tmp_path, gpt2_tokenizer):
+    """A reward model trained here on chat pairs saw every completion end with the template's end of turn (ChatML's
+    ``<|im_end|>\\n``; here ``<|endoftext|>\\n``). Under TRL's stop token a response that ended at that token is read
+    with the end of turn after it, as trained; one that ran to its length (an unfinished turn) as it is. It was read
+    at the response's last content token, a position it never learned at."""
+    import copy
+
+    from hf_prefs.models.reward_model import get_turn_end, set_turn_end
+
+    policy = make_policy()
+    eos = gpt2_tokenizer.eos_token_id
+    boost_token(policy, eos, 6.0)
+    torch.manual_seed(3)
+    reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1)).eval()
+    set_response_suffix(reward, None)
+    set_turn_end(reward, "<|endoftext|>\n")
+    config = make_config(tmp_path, stop_token="eos", truncate_after=0, total_episodes=8)
+    trainer = PPOTrainer(policy, reward, config, Dataset.from_dict({"query": QUERIES * 2}),
+                         processing_class=gpt2_tokenizer)
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    ends = [eos in row.tolist() for row in rollout.response_ids]
+    assert any(ends) and not all(ends) and get_turn_end(reward) == "<|endoftext|>\n"
+    for q, text, raw, end in zip(rollout.query_texts, rollout.response_texts, rollout.raw_scores, ends):
+        shown = text + ("<|endoftext|>\n" if end else "")
+        assert raw.item() == pytest.approx(score_texts(reward, gpt2_tokenizer, [q], [shown]).item(), abs=1e-5)
+        if end:
+            assert raw.item() != pytest.approx(score_texts(reward, gpt2_tokenizer, [q], [text]).item(), abs=1e-3)
+    # without TRL's stop token nothing ends a turn: the text as it is
+    plain = PPOTrainer(policy, copy.deepcopy(reward), make_config(tmp_path, truncate_token=None, total_episodes=8),
+                       Dataset.from_dict({"query": QUERIES * 2}), processing_class=gpt2_tokenizer)
+    rollout = plain.make_rollout(*plain.sample_queries(0))
+    for q, text, raw in zip(rollout.query_texts, rollout.response_texts, rollout.raw_scores):
+        assert raw.item() == pytest.approx(score_texts(plain.reward_model, gpt2_tokenizer, [q], [text]).item(), abs=1e-5)
+
+
 def test_normalize_reward_reads_rhos_responses_as_ppo_scores_them(tmp_path, gpt2_tokenizer, monkeypatch):
     """``normalize_reward`` fits the gain and bias on rho's samples: uncut without TRL's stop token (the paper), and
     under it cut at the stop token and read as PPO's scoring reads a reward model from elsewhere (the EOS text after

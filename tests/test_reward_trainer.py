@@ -528,3 +528,37 @@ def test_a_model_trained_on_trl_text_pairs_is_read_at_the_eos_it_was_trained_on(
         set_response_suffix(loaded, tok.eos_token)
         assert get_response_suffix(PreferenceRewardTrainer(loaded, make_args(tmp_path), train_dataset=chats,
                                                            processing_class=tok).model) == ""
+
+
+def test_a_model_trained_on_chat_pairs_stores_the_end_of_turn_its_samples_ended_with(gpt2_tokenizer, tmp_path):
+    """Chat pairs are rendered with the template, so each completion ends with its end of an assistant turn; the
+    trainer stores it with the model (saved whole or as an adapter), for PPO to read a response that ended its turn
+    at TRL's stop token as these samples ended (``RolloutSpec.turn_texts``)."""
+    import copy
+
+    from peft import LoraConfig
+
+    from hf_prefs.chat_templates import assistant_turn_end
+    from hf_prefs.models.reward_model import get_turn_end
+
+    tok = copy.deepcopy(gpt2_tokenizer)
+    assert assistant_turn_end(tok) == ""  # no template: no end known
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    assert assistant_turn_end(tok) == "<|endoftext|>\n"
+    turn = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+    chats = Dataset.from_dict({"prompt": [turn("user", "Hi")] * 4, "chosen": [turn("assistant", "Hello.")] * 4,
+                               "rejected": [turn("assistant", "Go.")] * 4})
+    tiny_rm(tok).save_pretrained(tmp_path / "base")  # an adapter names its base model
+    for peft_config in (None, LoraConfig(r=2, target_modules=["c_attn"], task_type="SEQ_CLS")):
+        trainer = PreferenceRewardTrainer(GPT2ForSequenceClassification.from_pretrained(tmp_path / "base"),
+                                          make_args(tmp_path), train_dataset=chats, processing_class=tok,
+                                          peft_config=peft_config)
+        sample = tok.decode(trainer.train_dataset[0]["samples_ids"][0])
+        assert sample.endswith(get_turn_end(trainer.model)) and get_turn_end(trainer.model) == "<|endoftext|>\n"
+        folder = tmp_path / f"saved-{peft_config is not None}"
+        trainer.save_model(str(folder))
+        loaded, _ = load_reward_model(str(folder))
+        assert get_turn_end(loaded) == "<|endoftext|>\n"
+    again = PreferenceRewardTrainer(loaded, make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
+    assert get_turn_end(again.model) == ""  # trained on text labels now: no end of turn read

@@ -205,8 +205,28 @@ class RolloutSpec:
         if (stop_text not in getattr(reader, "all_special_tokens", ())  # a reader without the token: its text is junk
                 or stop_text == (pad if pad is not None else getattr(reader, "eos_token", None))):
             return list(texts)
-        ends = [n > 0 and int(ids[n - 1]) == stop for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
-        return [text + stop_text if end else text for text, end in zip(texts, ends)]
+        return [text + stop_text if end else text for text, end in zip(texts, self.stop_ended(response_ids, lengths))]
+
+    def stop_ended(self, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[bool]:
+        """Whether each cut response ends at TRL's stop token (``mask_after_cut``: its episode ended there); all False
+        without one."""
+        stop = self.truncate_token_id
+        if not self.mask_after_cut or stop is None:
+            return [False] * len(lengths)
+        return [n > 0 and int(ids[n - 1]) == stop for ids, n in zip(response_ids.cpu(), lengths.cpu().tolist())]
+
+    def turn_texts(self, tokenizer: Any, texts: list[str], response_ids: torch.Tensor, lengths: torch.Tensor,
+                   turn_end: str) -> list[str]:
+        """What a reward model trained here on chats reads of each cut response: ``texts``, and ``turn_end`` (the text
+        its chat template writes after an assistant message, e.g. ``"<|im_end|>\\n"``: every sample it was trained on
+        ended so) after the rows that end at TRL's stop token when that token's text is in ``turn_end`` (the turn
+        ended there; decoding dropped the token). A response that ran to its length is an unfinished turn, read as
+        it is."""
+        stop = self.truncate_token_id
+        if (not turn_end or stop is None or stop not in getattr(tokenizer, "all_special_ids", ())  # decoding kept it
+                or tokenizer.decode([stop]) not in turn_end):
+            return list(texts)
+        return [text + turn_end if end else text for text, end in zip(texts, self.stop_ended(response_ids, lengths))]
 
     def masks(self, lengths: torch.Tensor, response_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(token_mask, value_mask, score_index)`` for PPO from the cut ``lengths`` (B,): ``(B, Lr)`` bool masks of

@@ -21,8 +21,8 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .generation import ensure_pad_token_id
-from .reward_model import (get_response_suffix, get_reward_normalization, reads_as_trained_here, set_response_suffix,
-                           set_reward_normalization)
+from .reward_model import (get_response_suffix, get_reward_normalization, get_turn_end, reads_as_trained_here,
+                           set_response_suffix, set_reward_normalization, set_turn_end)
 
 __all__ = [
     "NORMALIZATION_FILE", "TOKENIZER_FILES", "save_reward_normalization", "load_reward_normalization", "load_reward_model",
@@ -43,6 +43,8 @@ def save_reward_normalization(model: Any, directory: str | os.PathLike) -> str:
     stored: dict[str, Any] = {"gain": gain, "bias": bias}
     if reads_as_trained_here(model):  # the base model's config, where it lives, is not in an adapter folder
         stored["response_suffix"] = get_response_suffix(model)
+        if get_turn_end(model):
+            stored["turn_end"] = get_turn_end(model)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(stored, f, indent=2)
     return path
@@ -72,15 +74,16 @@ def _adapter_normalization_folder(path_or_hub_id: str, revision: str | None) -> 
     return os.path.dirname(local)
 
 
-def load_response_suffix(directory: str | os.PathLike) -> str | None:
-    """The ``response_suffix`` of ``directory/reward_normalization.json`` (:func:`save_reward_normalization`), or None."""
+def load_response_suffix(directory: str | os.PathLike, key: str = "response_suffix") -> str | None:
+    """The ``response_suffix`` (or another text ``key``: ``turn_end``) of ``directory/reward_normalization.json``
+    (:func:`save_reward_normalization`), or None."""
     path = os.path.join(directory, NORMALIZATION_FILE)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
-        suffix = json.load(f).get("response_suffix")
+        suffix = json.load(f).get(key)
     if suffix is not None and not isinstance(suffix, str):
-        raise ValueError(f"{path}: 'response_suffix' must be text, got {suffix!r}")
+        raise ValueError(f"{path}: {key!r} must be text, got {suffix!r}")
     return suffix
 
 
@@ -179,6 +182,7 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
             suffix = load_response_suffix(folder)
             if suffix is not None:  # saved by a model hf_prefs's reward trainers trained (its reading marked)
                 set_response_suffix(model, suffix)
+                set_turn_end(model, load_response_suffix(folder, "turn_end"))
     else:
         kwargs.pop("output_loading_info", None)  # read here; the model alone is returned
         model, info = AutoModelForSequenceClassification.from_pretrained(

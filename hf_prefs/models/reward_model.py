@@ -38,8 +38,10 @@ __all__ = [
     "BIAS_KEY",
     "SUFFIX_KEY",
     "get_response_suffix",
+    "get_turn_end",
     "reads_as_trained_here",
     "set_response_suffix",
+    "set_turn_end",
     "with_response_suffix",
     "unwrap_model",
     "score_head",
@@ -65,6 +67,8 @@ GAIN_KEY = "hf_prefs_reward_gain"
 BIAS_KEY = "hf_prefs_reward_bias"
 #: Config key of the text a reward model reads after each response (:func:`set_response_suffix`).
 SUFFIX_KEY = "hf_prefs_response_suffix"
+#: Config key of the chat template's end of an assistant turn a reward model trained on chats read (:func:`set_turn_end`).
+TURN_END_KEY = "hf_prefs_turn_end"
 
 #: A source of responses from rho for given queries: ``sampler(queries) -> responses`` (one per query).
 ResponseSource = Callable[[list[str]], Sequence[str]]
@@ -136,6 +140,23 @@ def set_response_suffix(model: Any, suffix: str | None) -> None:
     responses as given). Either way the key marks the reading as set by hf_prefs's reward trainers
     (:func:`reads_as_trained_here`)."""
     setattr(unwrap_model(model).config, SUFFIX_KEY, suffix or "")
+
+
+def get_turn_end(model: Any) -> str:
+    """The end of an assistant turn that ``model``'s chat training samples ended with ("" if none: not trained on
+    chats here): PPO appends it to a response that ended at TRL's stop token
+    (:meth:`~hf_prefs.core.rollout.RolloutSpec.turn_texts`)."""
+    return getattr(unwrap_model(model).config, TURN_END_KEY, None) or ""
+
+
+def set_turn_end(model: Any, turn_end: str | None) -> None:
+    """Store on ``model``'s config (saved with it) the chat template's end of an assistant turn
+    (:func:`~hf_prefs.chat_templates.assistant_turn_end`) its chat samples ended with; ``None``/"" removes it."""
+    config = unwrap_model(model).config
+    if turn_end:
+        setattr(config, TURN_END_KEY, turn_end)
+    elif hasattr(config, TURN_END_KEY):
+        delattr(config, TURN_END_KEY)
 
 
 def reads_as_trained_here(model: Any) -> bool:

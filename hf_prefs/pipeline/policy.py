@@ -222,8 +222,8 @@ def train_policy(
 def learned_reward(trainer: PPOTrainer) -> Callable[[list[str], list[str]], torch.Tensor]:
     """``f(queries, responses)``: the trainer's reward model scored as PPO scores it — under the trainer's autocast,
     which a reward model sharing rho's bf16 weights needs (:func:`share_rho_weights`) — for evaluation. On the
-    responses' text: a reward model from elsewhere under TRL's stop token, which PPO gives the stop token too
-    (:meth:`~hf_prefs.core.rollout.RolloutSpec.model_texts`), is read here without it."""
+    responses' text: under TRL's stop token, where PPO gives a reward model the stop token or a chat model its end of
+    turn too (:meth:`~hf_prefs.trainers.ppo_trainer.PPOTrainer.reward_model_texts`), it is read here without them."""
 
     def reward(queries: list[str], responses: list[str]) -> torch.Tensor:
         with trainer.accelerator.autocast():

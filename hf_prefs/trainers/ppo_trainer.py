@@ -69,7 +69,8 @@ from ..models.dropout import disable_dropout
 from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, sample_responses
 from ..models.loading import check_local_path, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
-from ..models.reward_model import check_scalar_head, normalize_reward_model, reads_as_trained_here, score_texts
+from ..models.reward_model import (check_scalar_head, get_turn_end, normalize_reward_model, reads_as_trained_here,
+                                    score_texts)
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import (
     PolicyValueOutput,
@@ -578,15 +579,14 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         """``(B,)`` float32 scores r(x, y) of the (truncated) responses, before the truncation penalty. A reward
         function in TRL's form also gets the keywords of :meth:`scoring_with` (dataset columns, ``completion_ids``)
         and ``trainer_state``, ``log_metric``, ``log_extra``; a list of functions is summed with ``reward_weights``
-        (:func:`~hf_prefs.trainers.reward_functions.combined_scores`). A reward model not trained here reads, within
-        :meth:`scoring_with`, TRL's stop token after the rows cut at it (:meth:`RolloutSpec.model_texts`)."""
+        (:func:`~hf_prefs.trainers.reward_functions.combined_scores`). A reward model reads, within :meth:`scoring_with`,
+        :meth:`reward_model_texts` (TRL's stop token where TRL gave it one)."""
         if isinstance(self.reward_model, nn.Module):
-            # within scoring_with, a model from elsewhere (TRL's) reads TRL's stop token as TRL gave it; one trained
-            # here (read as its labels' texts, without it) as it was trained; asked each time (the online loop swaps)
-            if "response_ids" in self._scoring_extra and not reads_as_trained_here(self.reward_model):
-                response_texts = self.rollout_spec.model_texts(
-                    self.processing_class, list(response_texts), self._scoring_extra["response_ids"],
-                    self._scoring_extra["lengths"], self.reward_processing_class)
+            # within scoring_with: a model from elsewhere (TRL's) reads TRL's stop token as TRL gave it; one trained
+            # here as its labels' texts were
+            if "response_ids" in self._scoring_extra:
+                response_texts = self.reward_model_texts(list(response_texts), self._scoring_extra["response_ids"],
+                                                         self._scoring_extra["lengths"])
             with self.accelerator.autocast():
                 scores = score_texts(
                     self.reward_model,
@@ -602,6 +602,16 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             scores = combined_scores(self.reward_functions(), self.args.reward_weights, list(query_texts),
                                      list(response_texts), extra)
         return scores.to(device=self.accelerator.device, dtype=torch.float32)
+
+    def reward_model_texts(self, texts: list[str], response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """What the reward model reads of the cut responses ``texts``, asked each time (the online loop swaps models):
+        one from elsewhere TRL's stop token after the rows cut at it, as TRL gave it
+        (:meth:`RolloutSpec.model_texts`); one trained here on chats the template's end of turn after them, as its
+        samples ended (:meth:`RolloutSpec.turn_texts`); one trained here on text, ``texts`` (as its labels' texts)."""
+        spec, model = self.rollout_spec, self.reward_model
+        if not reads_as_trained_here(model):
+            return spec.model_texts(self.processing_class, texts, response_ids, lengths, self.reward_processing_class)
+        return spec.turn_texts(self.processing_class, texts, response_ids, lengths, get_turn_end(model))
 
     def _log_reward_metric(self, name: str, value: float) -> None:
         """TRL's ``log_metric`` for reward functions: ``value`` joins ``name``'s mean in this update's metrics (as
@@ -1083,7 +1093,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         ``normalize_samples`` queries, split over processes, are answered by rho at temperature T, uncut (the
         paper's truncate token is for the reward of PPO's samples); the raw scores of all processes give the same
         ``(gain, bias)`` everywhere. Under TRL's stop token an episode ends at it, so rho's responses are cut there
-        and a reward model from elsewhere reads them as PPO's scoring does (:meth:`RolloutSpec.model_texts`).
+        and the reward model reads them as PPO's scoring does (:meth:`reward_model_texts`).
         """
         a, n = self.args, len(self.train_dataset)
         per_process = math.ceil(a.normalize_samples / self.accelerator.num_processes)
@@ -1096,8 +1106,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         spec = self.rollout_spec
         lengths = self.truncate(responses)[0] if spec.mask_after_cut else torch.full((len(responses),), responses.shape[1])
         texts = self.decode_responses(responses, lengths)
-        if spec.mask_after_cut and not reads_as_trained_here(self.reward_model):
-            texts = spec.model_texts(self.processing_class, texts, responses, lengths, self.reward_processing_class)
+        if spec.mask_after_cut:
+            texts = self.reward_model_texts(texts, responses, lengths)
         return normalize_reward_model(
             self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
             gather=lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples],

@@ -47,6 +47,7 @@ from ..citation import ZIEGLER_2019
 from ..core.losses import kway_accuracy, kway_margin, kway_preference_loss, reward_centering_penalty
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
+from ..chat_templates import assistant_turn_end
 from ..models.dropout import disable_dropout
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
 from ..models.generation import check_vocabulary, input_pad_id, learned_positions
@@ -57,11 +58,13 @@ from ..models.reward_model import (
     GAIN_KEY,
     get_response_suffix,
     get_reward_normalization,
+    get_turn_end,
     last_token_rewards,
     normalize_reward_model,
     packed_rewards,
     set_response_suffix,
     set_reward_normalization,
+    set_turn_end,
     unwrap_model,
 )
 from ..tokenizer_maps import map_with_tokenizer
@@ -187,6 +190,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         self._max_positions = _max_positions(model, args.model_init_kwargs)  # idem: rows longer than the model's positions are dropped too
         self._response_suffix: str | None = None  # idem: the EOS appended to TRL's pairwise text training rows
         self._trains_on_text = False  # idem: a train dataset of text labels was prepared (its suffix is known)
+        self._turn_end = ""  # idem: the chat template's end of an assistant turn, when it trains on chats
         super().__init__(
             model=model,
             args=args,
@@ -209,6 +213,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         # read where it is trained: by score_texts, the normalization and PPO, once saved too (a loaded model's suffix
         # is replaced by the text labels' own, kept for token-id labels); the key marks the model as trained here
         set_response_suffix(self.model, self._response_suffix if self._trains_on_text else get_response_suffix(self.model))
+        set_turn_end(self.model, self._turn_end if self._trains_on_text else get_turn_end(self.model))
         self._pending_logs: dict[str, float] | None = None
         self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
@@ -264,8 +269,11 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         try:
             if is_pairwise(get_dataset_column_names(dataset)):
                 eos = _readable_eos(processing_class)
-                if dataset_name == "train" and eos and not _first_row_conversational(dataset):
+                chats = _first_row_conversational(dataset)
+                if dataset_name == "train" and eos and not chats:
                     self._response_suffix = eos  # appended to the text completions below (not to rendered chats)
+                if dataset_name == "train" and chats:  # each rendered completion ends with the template's end of turn
+                    self._turn_end = assistant_turn_end(processing_class)
                 dataset = from_pairwise(dataset, processing_class, eos_token=eos)
             if dataset_name == "train" and not tokenized:
                 self._trains_on_text = True
