@@ -113,6 +113,15 @@ def test_a_reward_model_reads_a_special_stop_token_only_under_trls_stop_token(gp
         cut = other.cut(ids).lengths
         assert other.model_texts(gpt2_tokenizer, other.texts(gpt2_tokenizer, ids, cut), ids, cut, padded) == \
             other.texts(gpt2_tokenizer, ids, cut)
+    # a chat reward model trained here: the template's end of turn after the rows that ended their turn at the stop
+    # token; not where the end of turn does not hold that token, nor for a stop token decoding keeps, nor the paper's
+    assert spec.turn_texts(gpt2_tokenizer, texts, ids, lengths, "<|endoftext|>\n") == ["The<|endoftext|>\n", *texts[1:]]
+    assert spec.turn_texts(gpt2_tokenizer, texts, ids, lengths, "\n") == texts
+    for other in (RolloutSpec.build(gpt2_tokenizer, response_length=4, stop_token_id=dot),
+                  RolloutSpec.build(gpt2_tokenizer, response_length=4, truncate_token_id=eos)):
+        cut = other.cut(ids).lengths
+        kept = other.texts(gpt2_tokenizer, ids, cut)
+        assert other.turn_texts(gpt2_tokenizer, kept, ids, cut, ".<|endoftext|>\n") == kept
 
 
 def test_penalty_replaces_the_score():
