@@ -550,6 +550,21 @@ def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer, stop_t
         assert rollout.scores[i].item() == pytest.approx(expected)
 
 
+def eos_policy_and_padded_reward(tokenizer):
+    """A policy that samples EOS often, and a reward model whose tokenizer (returned) has a pad of its own (``[PAD]``,
+    as TRL's scripts add): TRL 1.12 read such a model at the EOS."""
+    import copy
+
+    policy = make_policy()
+    boost_token(policy, tokenizer.eos_token_id, 6.0)
+    padded = copy.deepcopy(tokenizer)
+    padded.add_special_tokens({"pad_token": "[PAD]"})
+    torch.manual_seed(3)
+    reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, vocab_size=len(padded))).eval()
+    reward.config.pad_token_id = padded.pad_token_id
+    return policy, reward, padded
+
+
 def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_tokenizer):
     """TRL 1.12 scored the response's ids through the stop token, read at the last that is not the pad. With
     ``stop_token="eos"`` and a reward model whose pad is its own (``[PAD]``, as TRL's scripts add) that is the EOS —
@@ -558,14 +573,8 @@ def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_t
     (its reading stored by the reward trainers) is read as its labels' texts were, without the EOS."""
     import copy
 
-    policy = make_policy()
     eos = gpt2_tokenizer.eos_token_id
-    boost_token(policy, eos, 6.0)
-    padded = copy.deepcopy(gpt2_tokenizer)
-    padded.add_special_tokens({"pad_token": "[PAD]"})
-    torch.manual_seed(3)
-    reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, vocab_size=len(padded))).eval()
-    reward.config.pad_token_id = padded.pad_token_id
+    policy, reward, padded = eos_policy_and_padded_reward(gpt2_tokenizer)
     trained_here = copy.deepcopy(reward)  # its reading set by hf_prefs's reward trainers: as its labels' texts (no EOS)
     set_response_suffix(trained_here, None)
     normalized = copy.deepcopy(reward)  # a normalization alone (PPO's normalize_reward, say) leaves it TRL's
@@ -642,14 +651,8 @@ def test_normalize_reward_reads_rhos_responses_as_ppo_scores_them(tmp_path, gpt2
         return real(model, tok, qs, texts, **kw)
 
     monkeypatch.setattr(module, "normalize_reward_model", capture)
-    policy = make_policy()
-    eos, eos_text = gpt2_tokenizer.eos_token_id, gpt2_tokenizer.eos_token
-    boost_token(policy, eos, 6.0)
-    padded = copy.deepcopy(gpt2_tokenizer)
-    padded.add_special_tokens({"pad_token": "[PAD]"})
-    torch.manual_seed(3)
-    reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, vocab_size=len(padded))).eval()
-    reward.config.pad_token_id = padded.pad_token_id
+    eos_text = gpt2_tokenizer.eos_token
+    policy, reward, padded = eos_policy_and_padded_reward(gpt2_tokenizer)
     for stop_token in ("eos", None):
         config = make_config(tmp_path, stop_token=stop_token, truncate_token=None, truncate_after=0, total_episodes=8,
                              normalize_reward=True, normalize_samples=16)
