@@ -384,9 +384,11 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
     assert "hf-prefs" in card and "1909.08593" in card and "reward-trainer" in card
 
 
-@pytest.mark.parametrize("streaming, center, pad", [(False, None, "[PAD]"), (True, None, "[PAD]"), (False, 10.0, "[PAD]"),
-                                                   (False, None, None)])
-def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path, streaming, center, pad):
+@pytest.mark.parametrize("streaming, center, pad, eos_in_text", [
+    (False, None, "[PAD]", False), (True, None, "[PAD]", False), (False, 10.0, "[PAD]", False), (False, None, None, False),
+    (False, None, None, True), (False, None, "[PAD]", True)])
+def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenizer, tmp_path, streaming, center, pad,
+                                                                   eos_in_text):
     """A TRL reward script with the trainer's import changed: TRL's RewardConfig and pairwise rows passed straight to
     the trainer: K = 2 labels prepared as trl.RewardTrainer prepares the rows (EOS appended, reward at the last token),
     so two steps from the same weights give TRL's losses and weights — with TRL's ``center_rewards_coefficient`` too.
@@ -411,6 +413,8 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
         "chosen": [rng.choice(GOOD) + " all day." for _ in range(8)],
         "rejected": [rng.choice(BAD) + " for a" * rng.randrange(1, 4) + " week." for _ in range(8)],
     })
+    if eos_in_text:  # completions that end in the EOS already: with pad = EOS read at the token before it, as TRL
+        pairs = pairs.map(lambda row: {"chosen": row["chosen"] + tok.eos_token, "rejected": row["rejected"] + tok.eos_token})
     # plain SGD: Adam's first steps move every weight by ~lr whatever its gradient, so float noise in a ~0 gradient
     # would show as an lr-sized difference
     common = dict(per_device_train_batch_size=4, optim="sgd", learning_rate=0.1, max_steps=2, logging_steps=1, report_to=[],
@@ -441,9 +445,11 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
         ours.save_model(str(tmp_path / "saved"))
         saved, _ = load_reward_model(str(tmp_path / "saved"))
         assert saved.config.pad_token_id == tok.eos_token_id
-        query, completion = pairs[0]["prompt"], pairs[0]["chosen"]
+        query, completion = pairs[0]["prompt"], pairs[0]["chosen"].removesuffix(tok.eos_token)
         own = saved(**tok(query + completion + tok.eos_token, return_tensors="pt")).logits[0, 0]
         assert score_texts(saved, tok, [query], [completion])[0].item() == pytest.approx(own.item(), abs=1e-6)
+        # a response that ends in the EOS (the pad) is read where the model's own forward reads it, before the EOS
+        assert score_texts(saved, tok, [query], [completion + tok.eos_token])[0].item() == pytest.approx(own.item(), abs=1e-6)
     if streaming:  # a bad row of a stream is named when it is read
         bad = Dataset.from_dict({"prompt": ["q", "q"], "chosen": [" a", None], "rejected": [" b", " c"]}).to_iterable_dataset()
         stream = PreferenceRewardTrainer(copy.deepcopy(initial), RewardConfig(output_dir=str(tmp_path / "bad"), **common),

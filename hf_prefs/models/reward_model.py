@@ -57,6 +57,7 @@ __all__ = [
     "adds_bos",
     "without_added_bos",
     "packed_rewards",
+    "without_trailing_pad",
     "score_texts",
     "normalize_reward_model",
 ]
@@ -278,6 +279,17 @@ def tokenize_query_response(tokenizer: Any, query: str, response: str) -> tuple[
     return q, r
 
 
+def without_trailing_pad(ids: Sequence[int], pad_id: int | None) -> list[int]:
+    """``ids`` without the pad tokens at their end. A sequence classifier reads a row at its last token that is not the
+    pad (transformers' own forward, ``trl.RewardTrainer``), so a response ending in a token that is the pad (the EOS,
+    where the tokenizer pads with it) is read at the token before it; without those tokens every mask reads it there
+    too, with the same score (a causal model's later tokens do not change an earlier position)."""
+    ids = list(ids)
+    while pad_id is not None and ids and ids[-1] == pad_id:
+        ids.pop()
+    return ids
+
+
 def packed_rewards(model: Any, packed: dict[str, torch.Tensor], normalized: bool = True) -> torch.Tensor:
     """Rewards ``(B·K,)`` of rows made by :func:`pack_shared_prefix` (one forward), row-major by label."""
     dtype = next(model.parameters()).dtype
@@ -332,7 +344,7 @@ def score_texts(
             seqs = []
             for q, r in zip(queries[start : start + batch_size], responses[start : start + batch_size]):
                 q_ids, r_ids = tokenize_query_response(tokenizer, q, r)
-                seqs.append(q_ids + r_ids)
+                seqs.append(q_ids + without_trailing_pad(r_ids, pad_id))  # read where the model's own forward reads
             _check_positions(seqs, start, positions)
             ids, mask = pad_right(seqs, pad_id)
             out.append(last_token_rewards(model, ids.to(device), mask.to(device), normalized=normalized).cpu())

@@ -66,6 +66,7 @@ from ..models.reward_model import (
     set_reward_normalization,
     set_turn_end,
     unwrap_model,
+    without_trailing_pad,
 )
 from ..tokenizer_maps import map_with_tokenizer
 from .deepspeed_plugins import DeepSpeedPluginMixin
@@ -509,12 +510,17 @@ def _checked_labels(dataset: Dataset | IterableDataset, k: int | None, name: str
 def _tokenize_labels(
     dataset: Dataset | IterableDataset, processing_class: Any, args: PreferenceRewardConfig, name: str
 ) -> Dataset | IterableDataset:
-    """``query_ids`` (the tokenizer's special tokens included) and ``samples_ids`` (K lists, none added) of each row."""
+    """``query_ids`` (the tokenizer's special tokens included) and ``samples_ids`` (K lists, none added) of each row;
+    a sample's trailing pad tokens (an EOS its text ends with, where the tokenizer pads with it) left out, so it is
+    read where the model's own forward and TRL read it (:func:`~hf_prefs.models.reward_model.without_trailing_pad`;
+    TRL set the pad before the datasets are prepared)."""
+    pad_id = processing_class.pad_token_id
 
     def tokenize(row: dict[str, Any]) -> dict[str, Any]:
         return {
             "query_ids": processing_class(row["query"])["input_ids"],
-            "samples_ids": [processing_class(s, add_special_tokens=False)["input_ids"] for s in row["samples"]],
+            "samples_ids": [without_trailing_pad(processing_class(s, add_special_tokens=False)["input_ids"], pad_id)
+                            for s in row["samples"]],
         }
 
     # (a stream is mapped as it is read: map_with_tokenizer leaves out num_proc and desc, which its map does not take)
