@@ -73,6 +73,7 @@ def test_a_trl_prompt_column_becomes_the_queries(gpt2_tokenizer, caplog):
         both = prepare_query_dataset(Dataset.from_dict({"prompt": ["The sun rose"], "query": ["id-17"]}), gpt2_tokenizer,
                                      policy, args)
     assert both["query"] == ["id-17"] and "samples from its `query` column, not from its `prompt` column" in caplog.text
+    assert "get those queries as `prompts`, and no `prompt`" in caplog.text  # as reward_functions.trl_keywords passes them
     caplog.clear()
 
     tokenizer = copy.deepcopy(gpt2_tokenizer)

@@ -238,7 +238,8 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
     elif "prompt" in columns:  # e.g. a metadata column named query beside TRL's prompt: say which one is sampled from
         used = "input_ids" if "input_ids" in columns else "query"
         logger.warning("%s: the policy samples from its `%s` column, not from its `prompt` column (reward functions in "
-                       "TRL's form still get `prompt` as `prompts`; drop or rename a column to choose)", name, used)
+                       "TRL's form get those queries as `prompts`, and no `prompt`; drop or rename a column to choose)",
+                       name, used)
     if "query" in columns:
         bad = [i for i, q in enumerate(dataset["query"]) if not isinstance(q, str) or not q]
         if bad:
