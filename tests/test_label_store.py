@@ -673,7 +673,11 @@ def test_cli_add_import_export_status(tmp_path, capsys, monkeypatch):
         bad.write_text(json.dumps(row) + "\n")
         assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 2
         assert "row 0, field '" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
-    bad.write_text(json.dumps({"query": "q9", "samples": ["a", "b"], "best": 1}) + "\n")  # labels given to `add`: said
+    bad.write_text(json.dumps({"query": "q9", "samples": ["a", "b"], "best": 1}) + "\n")
+    assert label_cli.main(["label", "import", "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 2
+    assert "holds no queue yet, so row 0 (no 'round') matches no queued item: give --round" in capsys.readouterr().err
+    assert not (tmp_path / "new_q").exists()  # was left behind, and `export` then read it as an empty queue
+    # labels given to `add`: said
     assert label_cli.main(["label", "add", "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 0
     assert "has a 'best' column; `add` queues comparisons to label" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "new_q")

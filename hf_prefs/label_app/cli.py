@@ -117,7 +117,13 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from hf_prefs.labels.event_log import LOG_NAME  # lazy, as _queue
+
     rows = _source_rows(args, labels=True)
+    unplaced = [i for i, row in enumerate(rows) if row.get("round") in (None, "")]
+    if args.round is None and unplaced and not (Path(args.queue).expanduser() / LOG_NAME).is_file():
+        raise ValueError(f"--queue {args.queue} holds no queue yet, so row {unplaced[0]} (no 'round') matches no queued "
+                         "item: give --round (the round its labels go to) or a 'round' column")
     queue = _queue(args)
     ids = queue.add_labels(rows, round_id=args.round, labeler=args.labeler)
     print(f"imported {len(ids)} labels into {args.queue}")
