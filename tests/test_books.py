@@ -54,7 +54,7 @@ def test_sentence_boundaries_skip_titles_and_initials():
 def test_queries_from_texts_window_boundaries_and_determinism(gpt2_tokenizer):
     texts = _passages()
     ds = book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=16, max_tokens=40, seed=3)
-    assert ds.column_names == ["query", "source"] and len(ds) > 12
+    assert ds.column_names == ["query", "source"] and len(set(ds["query"])) == len(ds) > 3  # 3 passages, repeated
     assert set(ds["source"]) == {"text"}
     _assert_valid(ds, texts, gpt2_tokenizer, 16, 40)
     again = book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=16, max_tokens=40, seed=3)
@@ -195,3 +195,18 @@ def test_too_few_queries_says_how_many_fit_once(gpt2_tokenizer, monkeypatch):
         setup.split_queries(pa, SimpleNamespace(seed=0), gpt2_tokenizer)
     assert str(err.value) == ("num_ppo_queries: num_eval_queries 10 + num_label_queries 20 + num_ppo_queries 32 = 62 "
                               "queries, but only 5 queries fit 32-64 tokens")
+
+
+def test_a_repeated_passage_gives_its_query_once(gpt2_tokenizer, caplog):
+    """A user's text file concatenated twice gave each query twice, so a held-out query was also a label or PPO
+    query: each query text is kept once (where it first came), said in a warning."""
+    import logging
+
+    texts = [f"Passage {i} tells of walk {i} by the river. She saw {i} ducks and the mill. It was day {i} of the fair."
+             for i in range(12)]
+    once = book_queries_from_texts(texts, gpt2_tokenizer, min_tokens=8, max_tokens=40, seed=3)
+    with caplog.at_level(logging.WARNING, logger="hf_prefs.tasks.books"):
+        twice = book_queries_from_texts(texts + texts, gpt2_tokenizer, min_tokens=8, max_tokens=40, seed=3)
+    assert len(set(twice["query"])) == len(twice) == len(once) > 0
+    assert sorted(twice["query"]) == sorted(once["query"])
+    assert f"{len(once)} of {2 * len(once)} queries repeat an earlier one" in caplog.text

@@ -402,3 +402,32 @@ def test_k_way_files_keep_columns_row_0_lacks_and_name_a_mixed_column_and_a_bad_
                                                        rf"rows >= 1 \(or null for all\), got {bad}"):
             load_label_file(path, limit=bad)
     assert len(load_label_file(path, limit=3)) == 3
+
+
+def test_label_files_as_users_write_them_are_read_or_named(tmp_path):
+    """A DatasetDict saved to disk (its train split) and a folder of data files are label files; a row with both
+    ``samples`` and ``sample0..`` (which may disagree), a best-of-K row whose query is a chat or a list of texts (taken
+    for the paper's token ids: a TypeError deep in decoding), and a file without a ``best`` column are named."""
+    from datasets import DatasetDict
+
+    rows = [{"query": "q1", "samples": ["a", "b"], "best": 1}, {"query": "q2", "samples": ["c", "d"], "best": 0}]
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:1])}).save_to_disk(tmp_path / "dict")
+    (tmp_path / "files").mkdir()
+    Dataset.from_list(rows).to_parquet(tmp_path / "files" / "train.parquet")
+    for folder in ("dict", "files"):
+        assert load_label_file(tmp_path / folder).to_list() == rows
+    both = tmp_path / "both.jsonl"
+    both.write_text(json.dumps({**rows[0], "sample0": "x", "sample1": "y"}) + "\n")
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'samples': has both 'samples' and \['sample0', 'sample1'\]"):
+        load_label_file(both)
+    with pytest.raises(LabelValidationError, match=r"has both a 'samples' column and \['sample0', 'sample1'\]"):
+        validate_labels(Dataset.from_list([{**rows[0], "sample0": "x", "sample1": "y"}]))
+    for query in ([{"role": "user", "content": "Hi"}], ["one", "two"]):
+        listed = tmp_path / "listed.jsonl"
+        listed.write_text(json.dumps({"query": query, "samples": ["a", "b"], "best": 0}) + "\n")
+        with pytest.raises(LabelValidationError, match=r"row 0, field 'query': query must be a string, got list"):
+            load_label_file(listed)
+    choice = tmp_path / "choice.jsonl"
+    choice.write_text(json.dumps({"query": "q", "samples": ["a", "b"], "choice": 1}) + "\n")
+    with pytest.raises(LabelValidationError, match=r"has no 'best' column .* its columns: \['query', 'samples', 'choice'\]"):
+        load_label_file(choice)

@@ -31,11 +31,12 @@ from typing import Any
 
 from pathlib import Path
 
-from datasets import Dataset, IterableDataset, Value, load_dataset, load_from_disk
+from datasets import Dataset, IterableDataset, Value, load_dataset
 from trl.data_utils import is_conversational, maybe_extract_prompt
 
 from .._compat import get_dataset_column_names
 from ..assets import load_gpt2_tokenizer
+from ..dataset_folders import load_dataset_folder
 from ..chat_templates import render_row_chat
 from ..models.reward_model import without_added_bos
 from ..tokenizer_maps import map_with_tokenizer
@@ -100,9 +101,11 @@ def is_pairwise(column_names: Iterable[str]) -> bool:
 def to_canonical(dataset: Dataset) -> Dataset:
     """Return ``dataset`` with a ``samples`` list column (merging ``sample0..sample{K-1}`` if needed)."""
     cols = dataset.column_names
-    if "samples" in cols:
-        return dataset
     flat = _flat_sample_columns(cols)
+    if "samples" in cols:
+        if flat:  # two sources of the samples that may disagree: which one is meant is the user's to say
+            raise LabelValidationError(f"a label dataset has both a 'samples' column and {flat}: keep one of them")
+        return dataset
     if not flat:
         hint = ""
         half = [c for c in ("chosen", "rejected") if c in cols]
@@ -154,8 +157,10 @@ def check_best(i: int, best: Any, k: int) -> int:
 def merge_flat_samples(i: int, row: Mapping[str, Any]) -> dict[str, Any]:
     """The paper's flat ``sample0..sample{K-1}`` fields merged into ``samples`` (other rows unchanged)."""
     row = dict(row)
+    flat = sorted((int(m.group(1)), key) for key in row if (m := _SAMPLE_COLUMN.match(key)))
+    if row.get("samples") is not None and any(row[key] is not None for _, key in flat):
+        raise LabelValidationError(f"has both 'samples' and {[key for _, key in flat]}: keep one of them", i, "samples")
     if row.get("samples") is None:
-        flat = sorted((int(m.group(1)), key) for key in row if (m := _SAMPLE_COLUMN.match(key)))
         if not flat:
             hint = (" (TRL's pairwise chosen/rejected rows: hf_prefs.labels.from_pairwise, or a recipe's "
                     "--label_file, converts them)" if {"chosen", "rejected"} <= set(row) else "")
@@ -225,8 +230,8 @@ LABEL_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet", ".csv")
 def _read_file(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
-    if path.is_dir():
-        return load_from_disk(str(path)).to_list()
+    if path.is_dir():  # saved with save_to_disk (a DatasetDict: its train split), or of data files
+        return load_dataset_folder(path).to_list()
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
@@ -398,11 +403,15 @@ def load_label_file(
         if not rows:
             raise LabelValidationError(f"the label file {spec} holds no rows")
         rows = rows[:limit] if limit is not None else rows
-        if isinstance(rows[0].get("query"), list):  # the paper's token-id files
+        query = rows[0].get("query")
+        if isinstance(query, list) and query and all(isinstance(t, int) for t in query):  # the paper's token-id files
             labels = from_openai_json(rows, load_gpt2_tokenizer())
         elif is_pairwise(columns := list(dict.fromkeys(c for row in rows for c in row))):
             labels = _pairwise_rows(rows, columns, spec)
         else:  # each row checked as Python values first: one Arrow cannot type ("best": "2") is named, not ArrowInvalid;
+            if not any("best" in row for row in rows):  # a column named otherwise ("choice"): as validate_labels says
+                raise LabelValidationError(f"the label file {spec} has no 'best' column (the index of the chosen "
+                                           f"sample); its columns: {columns}")
             checked: list[dict[str, Any]] = []  # canonical then, so validate_labels need not read them again
             for i, row in enumerate(rows):
                 checked.append(check_label_row(i, row, len(checked[0]["samples"]) if checked else None))

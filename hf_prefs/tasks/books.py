@@ -14,6 +14,7 @@ whole sentences that fits ``max_tokens``; by default the windows of a passage do
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import string
@@ -23,7 +24,10 @@ from typing import Any, Sequence
 import datasets
 
 from ..assets import austen_novels
+from ..dataset_folders import load_dataset_folder
 from ..labels.schema import names_a_local_file
+
+logger = logging.getLogger(__name__)
 
 #: Words whose trailing '.' is not a sentence end.
 ABBREVIATIONS = frozenset(
@@ -153,6 +157,12 @@ def book_queries_from_texts(
         raise ValueError("sources must be a string or have one entry per text")
     cut = _cut_passages(texts, tokenizer, min_tokens, max_tokens, overlap)
     rows = [(q, src) for queries, src in zip(cut, names) for q in queries]
+    seen: set[str] = set()
+    distinct = [(q, src) for q, src in rows if not (q in seen or seen.add(q))]  # each text once, where it first came
+    if len(distinct) < len(rows):  # a repeated passage: its query would be held out and trained on at once
+        logger.warning("book queries: %d of %d queries repeat an earlier one (repeated passages); each is kept once",
+                       len(rows) - len(distinct), len(rows))
+        rows = distinct
     random.Random(seed).shuffle(rows)
     if n is not None:
         if n > len(rows):
@@ -204,11 +214,9 @@ def _load_texts(name: str, split: str) -> datasets.Dataset:
             raise ValueError(f"query_dataset {name}: unsupported file type {path.suffix!r} (use "
                              f"{', '.join(LOCAL_TEXT_BUILDERS)}, a dataset folder or a Hub dataset id)")
         return datasets.load_dataset(builder, data_files=str(path), split="train")
-    if path.is_dir() and (path / "dataset_info.json").is_file():  # Dataset.save_to_disk
-        return datasets.load_from_disk(str(path))
-    if path.is_dir() and (path / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk
-        return datasets.load_from_disk(str(path))[split]
-    return datasets.load_dataset(str(path) if path.is_dir() else name, split=split)
+    if path.is_dir():  # saved with save_to_disk, or of data files
+        return load_dataset_folder(path, split)
+    return datasets.load_dataset(name, split=split)
 
 
 def load_book_queries(
