@@ -568,3 +568,28 @@ def test_a_model_trained_on_chat_pairs_stores_the_end_of_turn_its_samples_ended_
         assert get_turn_end(loaded) == "<|endoftext|>\n"
     again = PreferenceRewardTrainer(loaded, make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
     assert get_turn_end(again.model) == ""  # trained on text labels now: no end of turn read
+
+
+@pytest.mark.parametrize("pad", [None, "[PAD]"])
+def test_max_length_keeps_the_rows_trl_keeps(gpt2_tokenizer, tmp_path, pad):
+    """TRL's max_length counts the EOS it appends to pairwise text rows; where it pads with EOS hf_prefs appends none
+    (the model reads the token before it), and it kept rows one token too long for TRL."""
+    import copy
+
+    from trl import RewardConfig, RewardTrainer
+
+    tok = copy.deepcopy(gpt2_tokenizer)
+    if pad is not None:
+        tok.add_special_tokens({"pad_token": pad})
+    cfg = tiny_gpt2_config()
+    cfg.num_labels, cfg.vocab_size, cfg.pad_token_id = 1, len(tok), tok.pad_token_id
+    pairs = Dataset.from_dict({"prompt": ["She felt"] * 6, "chosen": [" happy" * n for n in range(1, 7)],
+                               "rejected": [" sad"] * 6})
+    common = dict(max_length=6, report_to=[], use_cpu=True, bf16=False, disable_tqdm=True, save_strategy="no")
+    trl_rows = RewardTrainer(GPT2ForSequenceClassification(cfg), RewardConfig(output_dir=str(tmp_path / "trl"), **common),
+                             train_dataset=pairs, processing_class=tok).train_dataset
+    with pytest.warns(UserWarning, match="longer than max_length=6 tokens"):
+        ours = PreferenceRewardTrainer(GPT2ForSequenceClassification(cfg),
+                                       RewardConfig(output_dir=str(tmp_path / "ours"), **common),
+                                       train_dataset=pairs, processing_class=tok).train_dataset
+    assert len(ours) == len(trl_rows) and 0 < len(ours) < 6

@@ -267,10 +267,12 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         forward fails on them with an IndexError; :func:`_max_positions`)."""
         expected_k = args.num_candidates  # None: inferred per dataset (an eval set may use another K)
         tokenized = {"query_ids", "samples_ids", "best"} <= set(get_dataset_column_names(dataset))
+        unread_eos = 0  # TRL's EOS on pairwise text rows where it pads with EOS: counted by its max_length, not kept here
         try:
             if is_pairwise(get_dataset_column_names(dataset)):
                 eos = _readable_eos(processing_class)
                 chats = _first_row_conversational(dataset)
+                unread_eos = int(not chats and eos is None and getattr(processing_class, "eos_token", None) is not None)
                 if dataset_name == "train" and eos and not chats:
                     self._response_suffix = eos  # appended to the text completions below (not to rendered chats)
                 if dataset_name == "train" and chats:  # each rendered completion ends with the template's end of turn
@@ -288,7 +290,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             dataset = _tokenize_labels(dataset, processing_class, args, dataset_name)
         if isinstance(dataset, Dataset) and len(dataset) > 0 and dataset_name == "train":
             self.num_candidates = len(dataset[0]["samples_ids"])
-        limits = {f"max_length={args.max_length} tokens": args.max_length,
+        eos_note = " (with the EOS trl.RewardTrainer appends)" if unread_eos else ""
+        limits = {f"max_length={args.max_length} tokens{eos_note}": args.max_length and args.max_length - unread_eos,
                   f"the model's {self._max_positions} positions": self._max_positions}
         limits = {why: n for why, n in limits.items() if n is not None}
         if not limits:
