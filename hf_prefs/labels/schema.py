@@ -366,7 +366,8 @@ def check_label_limit(limit: Any) -> None:
 
 def label_file_digest(spec: str | os.PathLike) -> str | None:
     """SHA-256 of what a local label file (or every data file of a label folder, with its path in it; hidden files and
-    datasets' ``cache-*`` files left out) holds; None for a Hub dataset id or a path that is not there. A resumed run compares it with its saved labels' (an edited file)."""
+    datasets' ``cache-*`` files left out) holds; None for a Hub dataset id or a path that is not there. A resumed run
+    compares it with its saved labels' (an edited file)."""
     try:
         path = local_label_path(spec)
     except FileNotFoundError:

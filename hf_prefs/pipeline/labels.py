@@ -78,8 +78,9 @@ def collect_labels(
     base = {"base_model": getattr(rho, "name_or_path", None), "task": pa.task}  # what a resumed run checks them against
     if pa.label_source == "file":
         labels = _load_label_file(pa, tokenizer)
-        return labels, {"source": "file", "label_file": pa.label_file, "label_file_sha256": label_file_digest(pa.label_file),
-                        "labels": len(labels), **base}
+        digest = label_file_digest(pa.label_file)  # what a resumed run checks the file against
+        return labels, {"source": "file", "label_file": pa.label_file, "label_file_sha256": digest, "labels": len(labels),
+                        **base}
     spec = spec if spec is not None else RolloutSpec.from_config(cfg, tokenizer)
     kept, samples, stats = _sample_shards(pa, cfg, rho, tokenizer, list(queries), spec)
     # people may take longer than the process group's timeout: the others wait in short collectives
@@ -130,5 +131,6 @@ def _label(
         raise TimeoutError(
             f"label_timeout: {err}. The items and the labels given stay in {pa.label_queue_dir}: label the rest "
             f"(`hf-prefs label serve --queue {pa.label_queue_dir}`) and run the same command again (the same seed, "
-            "processes and hardware sample the same comparisons, which find their labels), or raise label_timeout") from err
+            "processes and hardware sample the same comparisons, which find their labels), or raise label_timeout"
+        ) from err
     return labels.to_list(), {"source": "human", "queue": pa.label_queue_dir, **asdict(stats)}
