@@ -41,3 +41,36 @@ def test_accelerate_asked_for_several_processes_but_starting_one_is_warned(launc
         assert caplog.text == ""
     with pytest.raises(RuntimeError, match="2 processes were launched .* set use_cpu: true"):
         check_process_count(alone)  # torchrun's processes that do not see each other
+
+
+def test_a_launch_whose_processes_run_alone_stops_before_the_recipe_labels(launch_env, tmp_path):
+    """torchrun's 2 processes on a CPU launch without use_cpu each ran the whole labels stage alone, both writing
+    labels.jsonl, and stopped at the reward model: the recipe's config check stops them first."""
+    from hf_prefs import PPOConfig
+    from hf_prefs.pipeline import PipelineArguments, validate_pipeline_config
+
+    cfg = PPOConfig(output_dir=str(tmp_path / "run"), report_to="none")
+    pa = PipelineArguments(task="sentiment", label_source="human", label_queue_dir=str(tmp_path / "q"))
+    validate_pipeline_config(pa, cfg)
+    launch_env.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="2 processes were launched .* set use_cpu: true"):
+        validate_pipeline_config(pa, cfg)
+
+
+def test_labels_that_do_not_fill_the_processes_last_batch_are_said():
+    """On 2 processes the reward trainer's last batch of an epoch is filled with repeated labels (accelerate's
+    even_batches): the run departs there from one process's (20 labels, batches of 4: its third step trained on 8)."""
+    import warnings
+
+    from datasets import Dataset
+
+    from hf_prefs.trainers.reward_trainer import _warn_uneven_batches
+
+    labels = Dataset.from_dict({"best": [0] * 20})
+    with pytest.warns(UserWarning, match=r"20 train labels on 2 processes: the last batch of each epoch holds 4 of "
+                                         r"per_device_train_batch_size x processes = 8, and accelerate fills it with 4"):
+        _warn_uneven_batches(labels, 4, 2, drop_last=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for per_device, processes, drop_last in ((5, 2, False), (4, 1, False), (4, 2, True)):
+            _warn_uneven_batches(labels, per_device, processes, drop_last)

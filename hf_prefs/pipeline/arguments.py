@@ -21,6 +21,7 @@ from ..labels.schema import LabelValidationError, check_label_limit, load_label_
 from ..models.loading import check_local_path
 from ..tasks.specs import get_task
 from ..tasks.summarization import HUB_SOURCES
+from ..trainers.launch import check_process_count
 from ..trainers.online import check_online_zero_stage
 from ..trainers.ppo_config import PPOConfig
 from .field_types import check_field_types
@@ -217,7 +218,8 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     """Fail fast, naming the field: unknown task, label source or mode, a missing label file or one with a bad row or
     the wrong K, a human run without a queue folder, a simulated labeler without a known reward, online rounds that do not fit the PPO updates, a
     ``dtype`` that is not a floating torch dtype, an ``eval_strategy`` (the recipes evaluate after PPO, on held-out
-    queries), a ``report_to`` integration that is not installed, and ``push_to_hub`` without a reachable Hub repo
+    queries), a ``report_to`` integration that is not installed, a launch whose processes each run alone
+    (:func:`~hf_prefs.trainers.launch.check_process_count`), and ``push_to_hub`` without a reachable Hub repo
     (:func:`check_hub_push`) — each of which would otherwise stop the run after its labels and reward model were made.
     (The rollout settings are checked by ``PPOConfig`` itself.) First :func:`_check_inputs`: the fields' types, the
     output folder and the model paths."""
@@ -281,6 +283,7 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
                 schedule.update_boundaries(cfg.total_episodes, batch)
             except ValueError as err:
                 raise ValueError(f"online_rounds: {err}") from None
+    check_process_count(PartialState())  # a launch whose processes each run alone: stopped now, not after labeling twice
     check_hub_push(cfg, pa.push_reward_model_id)  # last: it makes the repos, once every other field is known good
 
 

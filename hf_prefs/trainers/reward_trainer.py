@@ -208,6 +208,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             peft_config=peft_config,
         )
         check_launch(self.accelerator)
+        _warn_uneven_batches(self.train_dataset, self.args.per_device_train_batch_size, self.accelerator.num_processes,
+                             self.args.dataloader_drop_last)
         if self.args.disable_dropout:  # TRL zeroed the nn.Dropout layers; also the rates applied functionally
             disable_dropout(self.model)
         check_vocabulary(self.model, self.processing_class, "model (the reward model)")
@@ -555,6 +557,21 @@ def _takes_position_ids(model: Any) -> bool:
                   "for its K samples cannot be given their positions; each sample is encoded with its query instead "
                   "(the same loss, the query's tokens K times)", stacklevel=3)
     return False
+
+
+def _warn_uneven_batches(dataset: Any, per_device: int, processes: int, drop_last: bool) -> None:
+    """Warn when ``processes`` > 1 share labels that do not fill their last batch: accelerate (``even_batches``, as
+    transformers' Trainer prepares the loader) fills it with labels repeated from the epoch's start, so that step
+    trains on more labels, some twice, than one process's partial batch — the 2-process run departs from the
+    1-process one there."""
+    if processes <= 1 or drop_last or not isinstance(dataset, Dataset):
+        return
+    step, left = per_device * processes, len(dataset) % (per_device * processes)
+    if left:
+        warnings.warn(f"{len(dataset)} train labels on {processes} processes: the last batch of each epoch holds "
+                      f"{left} of per_device_train_batch_size x processes = {step}, and accelerate fills it with "
+                      f"{step - left} labels repeated from the start, so training departs there from one process's "
+                      f"(use a label count that is a multiple of {step}, or dataloader_drop_last)", stacklevel=3)
 
 
 def _first_row_conversational(dataset: Dataset | IterableDataset) -> bool:
