@@ -147,22 +147,24 @@ def _manual_last_token_score(model, ids: list[int]) -> float:
         return model.score(hidden[0, -1]).item()
 
 
-def test_reward_is_read_at_last_real_token_even_if_it_is_eos(gpt2_tokenizer):
+def test_reward_is_read_where_the_models_own_forward_reads_it_past_an_eos(gpt2_tokenizer):
+    """pad == EOS here (GPT-2 without a pad token): a response with an EOS inside is read at its last token; one that
+    ends in the EOS at the token before it, where the model's own forward (the last token that is not the pad) and
+    ``trl.RewardTrainer`` read it, so a saved model scores as it was trained (hf_prefs read that EOS itself, and its
+    saved models scored otherwise than it had, until 2026-12-07)."""
     rm = _tiny_rm(gpt2_tokenizer)
-    eos = gpt2_tokenizer.eos_token  # pad == eos here, the pitfall
+    eos, eos_id = gpt2_tokenizer.eos_token, gpt2_tokenizer.eos_token_id
     queries = [QUERIES[0], QUERIES[1], QUERIES[2]]
     responses = [" and then" + eos, " she ran" + eos + " away", " short"]
     ours = score_texts(rm, gpt2_tokenizer, queries, responses)
     for q, r, got in zip(queries, responses, ours.tolist()):
         ids = gpt2_tokenizer(q)["input_ids"] + gpt2_tokenizer(r, add_special_tokens=False)["input_ids"]
-        assert got == pytest.approx(_manual_last_token_score(rm, ids), abs=1e-5)
-    # the stock pooling reads the token before a final EOS: a different number
-    ids = gpt2_tokenizer(queries[0] + responses[0])["input_ids"]
-    assert ids[-1] == gpt2_tokenizer.eos_token_id
-    with torch.no_grad():
-        stock = rm(torch.tensor([ids])).logits.item()
-    assert stock != pytest.approx(ours[0].item(), abs=1e-4)
-    assert stock == pytest.approx(_manual_last_token_score(rm, ids[:-1]), abs=1e-5)
+        read = ids[:-1] if ids[-1] == eos_id else ids
+        assert got == pytest.approx(_manual_last_token_score(rm, read), abs=1e-5)
+        with torch.no_grad():
+            assert got == pytest.approx(rm(torch.tensor([ids])).logits.item(), abs=1e-5)  # the stock pooling
+    assert ours[0].item() != pytest.approx(_manual_last_token_score(rm, gpt2_tokenizer(queries[0] + responses[0])["input_ids"]),
+                                           abs=1e-4)  # not at the EOS
 
 
 def test_batched_scores_do_not_depend_on_padding(gpt2_tokenizer):

@@ -3,11 +3,12 @@
 The paper's reward model is an LM trunk plus a scalar head read at the **last token** of query+response,
 then ``r = gain · out + bias`` (see :mod:`hf_prefs.core.normalization`). Two details matter:
 
-- **Explicit last-token index.** ``*ForSequenceClassification`` models pool at "the rightmost token that is not
-  the pad token". With pad == eos (GPT-2, many Llama tokenizers) and sampled responses that may contain EOS, that
-  silently reads the wrong token. Here the score head's per-token output is captured while the model runs its
-  ordinary forward (so PEFT, accelerate/DDP wrappers and gradient checkpointing behave as usual) and the reward is
-  gathered at an explicit index: the last attended token of each row.
+- **Explicit last-token index.** The score head's per-token output is captured while the model runs its ordinary
+  forward (so PEFT, accelerate/DDP wrappers, gradient checkpointing and packed rows behave as usual) and the reward is
+  gathered at an explicit index: the last attended token of each row. A response is tokenized without its trailing
+  pad tokens (:func:`without_trailing_pad`: with pad == EOS, an EOS it ends with), so that index is where
+  ``*ForSequenceClassification``'s own pooling ("the rightmost token that is not the pad") and ``trl.RewardTrainer``
+  read it — a saved model scores as it was trained.
 - **Query-prefix sharing (optional).** :func:`packed_rewards` scores rows packed by
   :func:`hf_prefs.core.packing.pack_shared_prefix` (each query encoded once for its K responses).
 - **Normalization.** ``r = gain · out + bias`` (:mod:`hf_prefs.core.normalization`). GPT-2 / Llama score heads have
