@@ -396,6 +396,15 @@ def test_resumed_run_takes_the_labels_and_reward_model_it_saved(tiny_base, tmp_p
     for when in ("before", "after"):
         assert resumed[when]["known_reward"] == pytest.approx(full[when]["known_reward"], rel=1e-4, abs=1e-5)
         assert resumed[when]["kl"] == pytest.approx(full[when]["kl"], rel=1e-4, abs=1e-5)
+    # a checkpoint saved by 2 processes is refused on 1 before anything is loaded (it used to be after the labels,
+    # the reward model and the PPO trainer), named or found by true (the newest, checkpoint-3)
+    for folder in out.glob("checkpoint-*"):
+        state = json.loads((folder / "ppo_state.json").read_text())
+        (folder / "ppo_state.json").write_text(json.dumps({**state, "num_processes": 2}))
+    monkeypatch.setattr(recipe, "load_base", boom)
+    for spec, name in ((str(out / "checkpoint-2"), "checkpoint-2"), ("true", "checkpoint-3")):
+        with pytest.raises(ValueError, match=rf"{name} was saved by 2 process\(es\) and is resumed on 1"):
+            recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", spec])
 
 
 def test_a_run_stopped_before_ppo_resumes_onto_its_saved_stages(tiny_base, tmp_path, monkeypatch):

@@ -23,7 +23,13 @@ from .._compat import checkpoint_folder, tied_weights_keys
 from ..models.reward_model import get_reward_normalization, set_reward_normalization
 from ..models.value_head import PolicyWithValueHead
 
-__all__ = ["PPO_STATE_FILE", "PPOCheckpointMixin", "complete_checkpoints", "last_complete_checkpoint"]
+__all__ = [
+    "PPO_STATE_FILE",
+    "PPOCheckpointMixin",
+    "check_process_count",
+    "complete_checkpoints",
+    "last_complete_checkpoint",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -53,6 +59,30 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     when there is none."""
     found = complete_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def _ppo_state_files(checkpoint: str) -> list[str]:
+    """The PPO state files in ``checkpoint``: ``ppo_state.json`` (one process) or ``ppo_state_<rank>.json``."""
+    if not os.path.isdir(checkpoint):
+        return []
+    return sorted(f for f in os.listdir(checkpoint) if f.startswith("ppo_state") and f.endswith(".json"))
+
+
+def check_process_count(checkpoint: str, num_processes: int) -> None:
+    """Refuse to resume ``checkpoint`` on another process count than it was saved by (each process's sampling
+    generator and data share are saved with it): one process writes ``ppo_state.json`` (its ``num_processes``, 1 in
+    older files), N write ``ppo_state_<rank>.json`` each. A folder without PPO state passes (loading it says what is
+    missing)."""
+    written = _ppo_state_files(checkpoint)
+    if not written:
+        return
+    saved_on = len(written)
+    if PPO_STATE_FILE in written:
+        with open(os.path.join(checkpoint, PPO_STATE_FILE), encoding="utf-8") as f:
+            saved_on = json.load(f).get("num_processes", 1)
+    if saved_on != num_processes:
+        raise ValueError(f"{checkpoint} was saved by {saved_on} process(es) and is resumed on {num_processes}: "
+                         "resume with the process count it was saved with")
 
 
 class PPOCheckpointMixin:
@@ -141,20 +171,12 @@ class PPOCheckpointMixin:
         super()._save_checkpoint(model, trial)
 
     def _load_ppo_state(self, checkpoint: str) -> None:
+        check_process_count(checkpoint, self.accelerator.num_processes)  # every process checks: all stop
         path = self._ppo_state_path(checkpoint)
         if not os.path.isfile(path):
-            written = sorted(f for f in os.listdir(checkpoint) if f.startswith("ppo_state")) if os.path.isdir(checkpoint) else []
-            if written:  # ppo_state.json on one process, ppo_state_<rank>.json on N
-                n = len(written) if written != [PPO_STATE_FILE] else 1
-                raise ValueError(f"{checkpoint} was saved by {n} process(es) and is resumed on "
-                                 f"{self.accelerator.num_processes}: resume with the process count it was saved with")
             raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
-        saved_on = state.get("num_processes", 1 if path.endswith(PPO_STATE_FILE) else None)
-        if saved_on is not None and saved_on != self.accelerator.num_processes:  # every process checks: all stop
-            raise ValueError(f"{checkpoint} was saved by {saved_on} process(es) and is resumed on "
-                             f"{self.accelerator.num_processes}: resume with the process count it was saved with")
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.sampling_generator.set_state(torch.tensor(state["sampling_generator"], dtype=torch.uint8))
         self.shuffle_generator.set_state(torch.tensor(state["shuffle_generator"], dtype=torch.uint8))
