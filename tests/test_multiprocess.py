@@ -243,13 +243,17 @@ def test_main_process_work_longer_than_the_group_timeout_reaches_every_process(t
 
 def test_label_stage_on_two_processes_with_an_empty_or_fully_dropped_share(tiny_base, tmp_path):
     """One label query on 2 processes (one process samples nothing): both get the query's label row (before: that
-    process raised "all 0 queries were dropped" alone). Every query dropped: both raise the same error."""
+    process raised "all 0 queries were dropped" alone), and log the stage's counts. Every query dropped: both raise the
+    same error."""
     one, dropped = tmp_path / "one", tmp_path / "dropped"
     one.mkdir(), dropped.mkdir()
     launch("labels_run.py", "--base", tiny_base, "--out", str(one), "--case", "one_query")
     got = [json.loads((one / f"labels_{r}.json").read_text()) for r in range(2)]
     assert got[0] == got[1] and got[0]["queries"] == 1 and len(got[0]["rows"]) == 1
     assert got[0]["rows"][0]["query_index"] == 0 and len(got[0]["rows"][0]["samples"]) == 4
+    # the counts logged are the whole stage's (were each process's share: "0 of 0 queries kept" on one of them)
+    assert got[0]["kept_logged"] == got[1]["kept_logged"] == [
+        "1 of 1 queries kept; dropped 0 with an invalid sample (no truncate token at index >= 0) and 0 with a blank sample"]
     proc = launch("labels_run.py", "--base", tiny_base, "--out", str(dropped), "--case", "all_dropped", must_pass=False)
     assert proc.returncode != 0
     errors = [json.loads((dropped / f"labels_{r}.json").read_text())["error"] for r in range(2)]

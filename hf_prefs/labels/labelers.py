@@ -170,8 +170,9 @@ def draw_candidates(
     require_kept: bool = True,
 ) -> tuple[list[int], list[list[str]], LabelSamplingStats]:
     """``(kept_indices, samples, stats)``: the positions in ``queries`` of the kept queries, their K cut samples, and
-    the counts (see :func:`sample_candidates`). ``require_kept``: raise when no query is kept (one process of
-    several passes False and checks the total of all processes with :func:`check_some_kept`)."""
+    the counts (see :func:`sample_candidates`). ``require_kept``: log the counts and raise when no query is kept
+    (one process of several passes False and logs and checks the total of all processes with
+    :func:`check_some_kept`)."""
     if k < 2:
         raise ValueError(f"k must be >= 2, got {k}")
     if not queries and not require_kept:  # a process with no share of the queries
@@ -194,17 +195,19 @@ def draw_candidates(
     stats = LabelSamplingStats(
         queries=len(queries), labels=len(kept_idx), dropped_no_truncation=no_trunc, dropped_empty=empty
     )
-    logger.info(
-        "%d of %d queries kept; dropped %d with an invalid sample (no truncate token at index >= %d) and %d with a "
-        "blank sample", stats.labels, stats.queries, no_trunc, spec.truncate_after, empty,
-    )
-    if require_kept:
+    if require_kept:  # else one process's share of several: the caller logs and checks their total
         check_some_kept(stats, spec)
     return kept_idx, kept_samples, stats
 
 
 def check_some_kept(stats: LabelSamplingStats, spec: RolloutSpec) -> None:
-    """Raise when every query was dropped (``stats``: the counts of one process, or the sum over all of them)."""
+    """Log the counts kept and dropped, and raise when every query was dropped (``stats``: the counts of one process,
+    or the sum over all of them)."""
+    logger.info(
+        "%d of %d queries kept; dropped %d with an invalid sample (no truncate token at index >= %d) and %d with a "
+        "blank sample", stats.labels, stats.queries, stats.dropped_no_truncation, spec.truncate_after,
+        stats.dropped_empty,
+    )
     if not stats.labels:
         raise ValueError(
             f"all {stats.queries} queries were dropped ({stats.dropped_no_truncation} had a sample without the truncate "

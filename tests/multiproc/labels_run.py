@@ -1,13 +1,14 @@
 """The offline label stage (``collect_labels``, simulated labeler) on the processes it is launched with, on a tiny base.
 
 ``--case one_query``: a single query, so one process's share is empty; ``--case all_dropped``: no sample reaches the
-truncate token, so every query is dropped. Each rank writes ``labels_<rank>.json``: the label rows it got, or the
-error it raised."""
+truncate token, so every query is dropped. Each rank writes ``labels_<rank>.json``: the label rows it got and the
+counts it logged, or the error it raised."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,9 +35,16 @@ def main() -> None:
         spec = RolloutSpec(response_length=6, truncate_token_id=13, penalty_token_id=13, truncate_after=5, pad_token_id=tok.eos_token_id)
     pa = PipelineArguments(task="sentiment", sampling_batch_size=8, label_drop_untruncated=True)
     out = Path(a.out) / f"labels_{rank}.json"
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = logging.getLogger("hf_prefs.labels")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         labels, info = collect_labels(pa, SimpleNamespace(seed=0), rho, tok, queries, spec)
-        out.write_text(json.dumps({"rows": labels.to_list(), "queries": info["queries"]}))
+        kept = [m for m in logged if "queries kept" in m]
+        out.write_text(json.dumps({"rows": labels.to_list(), "queries": info["queries"], "kept_logged": kept}))
     except Exception as e:  # noqa: BLE001 - recorded for the test
         out.write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         raise
