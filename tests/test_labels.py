@@ -431,3 +431,20 @@ def test_label_files_as_users_write_them_are_read_or_named(tmp_path):
     choice.write_text(json.dumps({"query": "q", "samples": ["a", "b"], "choice": 1}) + "\n")
     with pytest.raises(LabelValidationError, match=r"has no 'best' column .* its columns: \['query', 'samples', 'choice'\]"):
         load_label_file(choice)
+
+
+def test_a_json_label_file_of_one_object_per_line_is_read_as_datasets_writes_it(tmp_path):
+    """``Dataset.to_json("labels.json")`` writes one object per line under a ``.json`` name, which datasets reads back;
+    it stopped at ``json.load``'s "Extra data: line 2 column 1". A list of objects still reads; a broken file is named."""
+    rows = [{"query": "q1", "samples": ["a", "b"], "best": 1}, {"query": "q2", "samples": ["c", "d"], "best": 0}]
+    Dataset.from_list(rows).to_json(tmp_path / "lines.json")
+    assert len((tmp_path / "lines.json").read_text().splitlines()) == 2
+    assert load_label_file(tmp_path / "lines.json").to_list() == rows
+    (tmp_path / "list.json").write_text(json.dumps(rows))
+    assert load_label_file(tmp_path / "list.json").to_list() == rows
+    (tmp_path / "broken.json").write_text(json.dumps(rows[0]) + "\n{\"query\": \n")
+    with pytest.raises(LabelValidationError, match=r"broken.json:2 is not valid JSON"):
+        load_label_file(tmp_path / "broken.json")
+    (tmp_path / "bad.json").write_text("[{\"query\": 'q'}]")
+    with pytest.raises(LabelValidationError, match=r"bad.json is not valid JSON \(Expecting value: line 1 column 12"):
+        load_label_file(tmp_path / "bad.json")

@@ -206,8 +206,8 @@ def validate_labels(dataset: Dataset, k: int | None = None) -> Dataset:
 
 def load_rows(source: Any) -> list[dict[str, Any]]:
     """Rows of query+samples (and maybe labels), unchecked, from a ``Dataset``, a list of dicts or ``(query, samples)``
-    pairs, or a file: ``.jsonl`` / ``.json`` (a list of objects) / ``.parquet`` / ``.csv`` or a folder written by
-    ``Dataset.save_to_disk``."""
+    pairs, or a file: ``.jsonl`` / ``.json`` (a list of objects, or one per line as ``Dataset.to_json`` writes) /
+    ``.parquet`` / ``.csv`` or a folder written by ``Dataset.save_to_disk``."""
     if isinstance(source, Dataset):
         return source.to_list()
     if isinstance(source, (str, os.PathLike)):
@@ -227,6 +227,26 @@ def load_rows(source: Any) -> list[dict[str, Any]]:
 LABEL_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet", ".csv")
 
 
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one per line (blank lines skipped); an error names the line."""
+    rows = []
+    with open(path, "rb") as f:  # bytes, decoded line by line: a decoding error names its line
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise LabelValidationError(f"{path}:{n} is not UTF-8 text ({exc.reason} at byte {exc.start} of "
+                                           "the line)") from None
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    raise LabelValidationError(f"{path}:{n} is not valid JSON ({exc})") from None
+                if not isinstance(rows[-1], dict):
+                    raise LabelValidationError(f"{path}:{n} is not a JSON object", len(rows) - 1)
+    return rows
+
+
 def _read_file(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -234,30 +254,19 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         return load_dataset_folder(path).to_list()
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        with open(path, "rb") as f:  # bytes, decoded line by line: a decoding error names its line
-            for n, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise LabelValidationError(f"{path}:{n} is not UTF-8 text ({exc.reason} at byte {exc.start} of "
-                                               "the line)") from None
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError as exc:
-                        raise LabelValidationError(f"{path}:{n} is not valid JSON ({exc})") from None
-                    if not isinstance(rows[-1], dict):
-                        raise LabelValidationError(f"{path}:{n} is not a JSON object", len(rows) - 1)
-        return rows
+        return _json_lines(path)
     if suffix == ".json":
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except UnicodeDecodeError as exc:
             raise LabelValidationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            if exc.msg != "Extra data":  # a first document that does not parse: the file is broken, say where
+                raise LabelValidationError(f"{path} is not valid JSON ({exc})") from None
+            return _json_lines(path)  # one object per line under a .json name (what Dataset.to_json writes)
         if not isinstance(data, list):
-            raise LabelValidationError(f"{path} must hold a JSON list of objects")
+            raise LabelValidationError(f"{path} must hold a JSON list of objects, or one JSON object per line")
         for i, row in enumerate(data):
             if not isinstance(row, dict):
                 raise LabelValidationError(f"{path} must hold a JSON list of objects, got {type(row).__name__}", i)
