@@ -274,6 +274,16 @@ def test_from_openai_json_bad_records_name_row_and_field(gpt2_tokenizer):
     with pytest.raises(LabelValidationError) as info:
         from_openai_json([only_pad], gpt2_tokenizer)
     assert (info.value.row, info.value.field) == (0, "samples[3]")
+    # a "samples" list of token-id lists is the same record (it said "a comparison needs at least 2 samples, got 0")
+    listed = {"query": good["query"], "samples": [good[f"sample{j}"] for j in range(4)], "best": good["best"]}
+    assert from_openai_json([listed], gpt2_tokenizer).to_list() == from_openai_json([good], gpt2_tokenizer).to_list()
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'samples': has both 'samples' and \['sample0'"):
+        from_openai_json([dict(good, samples=listed["samples"])], gpt2_tokenizer)
+    texts = dict(listed, samples=[" a.", " b."])  # token-id query, text samples: named, not a TypeError in decoding
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'samples\[0\]': a sample of a token-id record .* got str"):
+        from_openai_json([texts], gpt2_tokenizer)
+    with pytest.raises(LabelValidationError, match=r"row 0, field 'samples': a token-id record needs sample0"):
+        from_openai_json([{"query": good["query"], "best": 0}], gpt2_tokenizer)
 
 
 def test_a_missing_local_label_file_is_named_as_such_and_hub_ids_are_not_taken_for_paths(tmp_path, monkeypatch):

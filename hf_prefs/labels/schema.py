@@ -586,7 +586,7 @@ def from_openai_json(
     """The paper's released label files (e.g. ``sentiment/offline_5k.json``) -> the label schema.
 
     Each record holds GPT-2 token ids: ``query`` (padded), ``sample0..sample3`` (cut at the period and
-    padded with ``pad_id`` = 50259, outside GPT-2's vocab) and ``best``. Pad and out-of-vocab ids are
+    padded with ``pad_id`` = 50259, outside GPT-2's vocab; or a ``samples`` list of such lists) and ``best``. Pad and out-of-vocab ids are
     dropped and the rest decoded with ``tokenizer`` (GPT-2's). ``limit`` keeps the first rows (the paper
     used the first 4,992 of 6,264).
     """
@@ -600,23 +600,33 @@ def from_openai_json(
     if not records:
         raise LabelValidationError("the label file holds no records")
     flat = _flat_sample_columns(list(records[0].keys()))
+    if not flat and not isinstance(records[0].get("samples"), list):
+        raise LabelValidationError("a token-id record needs sample0..sample{K-1} or a 'samples' list of token-id lists",
+                                   0, "samples")
     vocab_size = len(tokenizer)
     rows: dict[str, list[Any]] = {"query": [], "samples": [], "best": []}
     for i, rec in enumerate(records):
-        for field in ["query", "best", *flat]:
+        for field in ["query", "best", *(flat or ["samples"])]:
             if field not in rec:
                 raise LabelValidationError("missing in the record", i, field)
         try:
             theirs = _flat_sample_columns(list(rec.keys()))
         except LabelValidationError as err:  # a gap: named with its record
             raise LabelValidationError(str(err), i, "samples") from None
+        if theirs and "samples" in rec:
+            raise LabelValidationError(f"has both 'samples' and {theirs}: keep one of them", i, "samples")
         if len(theirs) != len(flat):  # a sample the first record lacks
             raise LabelValidationError(f"expected K={len(flat)} samples (sample0..sample{len(flat) - 1}) like record "
                                        f"0, got {theirs}", i, "samples")
+        samples = [rec[c] for c in flat] if flat else rec["samples"]
+        for j, ids in enumerate(samples if isinstance(samples, list) else [samples]):
+            if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise LabelValidationError(f"a sample of a token-id record (its query is token ids) must be a list of "
+                                           f"token ids, got {type(ids).__name__}", i, flat[j] if flat else f"samples[{j}]")
         rows["query"].append(tokenizer.decode(_strip_pad(rec["query"], vocab_size, pad_id)))
-        rows["samples"].append([tokenizer.decode(_strip_pad(rec[c], vocab_size, pad_id)) for c in flat])
+        rows["samples"].append([tokenizer.decode(_strip_pad(ids, vocab_size, pad_id)) for ids in samples])
         rows["best"].append(rec["best"])
-    return validate_labels(Dataset.from_dict(rows), k=len(flat))
+    return validate_labels(Dataset.from_dict(rows), k=len(flat) or len(records[0]["samples"]))
 
 
 def all_pairs(k: int) -> list[tuple[int, int]]:
