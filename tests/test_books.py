@@ -149,6 +149,9 @@ def test_load_book_queries_austen_and_local_dataset(gpt2_tokenizer, tmp_path):
     (tmp_path / "other.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"other.jsonl: no 'text' column \(it has \['body'\]\)"):
         load_book_queries(str(tmp_path / "other.jsonl"), gpt2_tokenizer)
+    (tmp_path / "columns.json").write_text(json.dumps({"text": rows}))  # by columns: one row holding a list
+    with pytest.raises(ValueError, match=r"columns.json: row 0 of the 'text' column holds a list, not text \(a JSON "):
+        load_book_queries(str(tmp_path / "columns.json"), gpt2_tokenizer)
 
 
 def test_task_queries_from_a_sentence_per_row_dataset(gpt2_tokenizer, tmp_path):

@@ -244,6 +244,12 @@ def load_book_queries(
         raise ValueError(f"query_dataset {dataset_name}: no {text_column!r} column (it has {ds.column_names})")
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
-    rows = [" ".join(t.split()) for t in ds[text_column] if isinstance(t, str) and t.strip()]  # blank cells: None, ""
+    values = ds[text_column]
+    if (bad := next(((i, t) for i, t in enumerate(values) if t is not None and not isinstance(t, str)), None)):
+        hint = (" (a JSON file written by columns, {\"text\": [...]}? write one object per line, {\"text\": \"...\"}, "
+                "or a list of such objects)" if isinstance(bad[1], list) else "")
+        raise ValueError(f"query_dataset {dataset_name}: row {bad[0]} of the {text_column!r} column holds a "
+                         f"{type(bad[1]).__name__}, not text{hint}")
+    rows = [" ".join(t.split()) for t in values if isinstance(t, str) and t.strip()]  # blank cells: None, ""
     passages = [" ".join(rows[k : k + lines_per_passage]) for k in range(0, len(rows), lines_per_passage)]
     return book_queries_from_texts(passages, tokenizer, n, min_tokens, max_tokens, seed, dataset_name)
