@@ -586,9 +586,9 @@ def from_openai_json(
     """The paper's released label files (e.g. ``sentiment/offline_5k.json``) -> the label schema.
 
     Each record holds GPT-2 token ids: ``query`` (padded), ``sample0..sample3`` (cut at the period and
-    padded with ``pad_id`` = 50259, outside GPT-2's vocab; or a ``samples`` list of such lists) and ``best``. Pad and out-of-vocab ids are
-    dropped and the rest decoded with ``tokenizer`` (GPT-2's). ``limit`` keeps the first rows (the paper
-    used the first 4,992 of 6,264).
+    padded with ``pad_id`` = 50259, outside GPT-2's vocab; or a ``samples`` list of such lists) and ``best``.
+    Pad and out-of-vocab ids are dropped and the rest decoded with ``tokenizer`` (GPT-2's). ``limit`` keeps the
+    first rows (the paper used the first 4,992 of 6,264).
     """
     if isinstance(source, (str, os.PathLike)):
         with open(source, encoding="utf-8") as f:
