@@ -251,7 +251,7 @@ def test_label_stage_on_two_processes_with_an_empty_or_fully_dropped_share(tiny_
     got = [json.loads((one / f"labels_{r}.json").read_text()) for r in range(2)]
     assert got[0] == got[1] and got[0]["queries"] == 1 and len(got[0]["rows"]) == 1
     assert got[0]["rows"][0]["query_index"] == 0 and len(got[0]["rows"][0]["samples"]) == 4
-    # the counts logged are the whole stage's (were each process's share: "0 of 0 queries kept" on one of them)
+    # the counts logged are the whole stage's (each process logged its own share: the empty one nothing)
     assert got[0]["kept_logged"] == got[1]["kept_logged"] == [
         "1 of 1 queries kept; dropped 0 with an invalid sample (no truncate token at index >= 0) and 0 with a blank sample"]
     proc = launch("labels_run.py", "--base", tiny_base, "--out", str(dropped), "--case", "all_dropped", must_pass=False)
