@@ -19,7 +19,7 @@ from ..core.rollout import RolloutSpec
 from ..models.reward_model import score_texts
 from ..models.weight_sharing import share_frozen_weights
 from ..trainers.online import OnlinePreferenceLoop
-from ..trainers.ppo_checkpoints import check_process_count, complete_checkpoints
+from ..trainers.ppo_checkpoints import check_checkpoint_process_count, complete_checkpoints
 from ..trainers.ppo_config import PPOConfig
 from ..trainers.ppo_data import Rollout
 from ..trainers.ppo_trainer import PPOTrainer
@@ -188,7 +188,7 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
                   "another run than the labels saved there (an earlier run in the same folder): not resumed from")
         found = mine[-1] if mine else None
         if found is not None:  # before the stages are read back and the trainer is built
-            check_process_count(found, PartialState().num_processes)
+            check_checkpoint_process_count(found, PartialState().num_processes)
         if found is None:
             if reuses and has_saved_stages(cfg.output_dir):
                 if PartialState().is_main_process:
@@ -207,7 +207,7 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
                          f"the labels and reward model saved in {cfg.output_dir} (run {run_id}): resuming it would "
                          "train that run's policy on this run's reward model; resume with true (this run's newest "
                          "checkpoint), or run in a new output_dir")
-    check_process_count(str(spec), PartialState().num_processes)
+    check_checkpoint_process_count(str(spec), PartialState().num_processes)
     return str(spec)
 
 

@@ -26,7 +26,7 @@ from ..models.value_head import PolicyWithValueHead
 __all__ = [
     "PPO_STATE_FILE",
     "PPOCheckpointMixin",
-    "check_process_count",
+    "check_checkpoint_process_count",
     "complete_checkpoints",
     "last_complete_checkpoint",
 ]
@@ -68,7 +68,7 @@ def _ppo_state_files(checkpoint: str) -> list[str]:
     return sorted(f for f in os.listdir(checkpoint) if f.startswith("ppo_state") and f.endswith(".json"))
 
 
-def check_process_count(checkpoint: str, num_processes: int) -> None:
+def check_checkpoint_process_count(checkpoint: str, num_processes: int) -> None:
     """Refuse to resume ``checkpoint`` on another process count than it was saved by (each process's sampling
     generator and data share are saved with it): one process writes ``ppo_state.json`` (its ``num_processes``, 1 in
     older files), N write ``ppo_state_<rank>.json`` each. A folder without PPO state passes (loading it says what is
@@ -171,7 +171,7 @@ class PPOCheckpointMixin:
         super()._save_checkpoint(model, trial)
 
     def _load_ppo_state(self, checkpoint: str) -> None:
-        check_process_count(checkpoint, self.accelerator.num_processes)  # every process checks: all stop
+        check_checkpoint_process_count(checkpoint, self.accelerator.num_processes)  # every process checks: all stop
         path = self._ppo_state_path(checkpoint)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
