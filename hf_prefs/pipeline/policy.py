@@ -187,8 +187,6 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
             print(f"[hf_prefs] resume: {len(complete) - len(mine)} checkpoint(s) in {cfg.output_dir} were written by "
                   "another run than the labels saved there (an earlier run in the same folder): not resumed from")
         found = mine[-1] if mine else None
-        if found is not None:  # before the stages are read back and the trainer is built
-            check_checkpoint_process_count(found, PartialState().num_processes)
         if found is None:
             if reuses and has_saved_stages(cfg.output_dir):
                 if PartialState().is_main_process:
@@ -198,6 +196,7 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
             what = "checkpoint, labels or reward model" if reuses else "checkpoint"
             hint = " (an online run resumes from a PPO checkpoint only)" if pa is not None and not reuses else ""
             raise ValueError(f"resume_from_checkpoint: no {what} in {cfg.output_dir}{hint}")
+        check_checkpoint_process_count(found, PartialState().num_processes)  # before the stages and trainer load
         return found
     if remade:
         raise ValueError(f"resume_from_checkpoint: {cfg.output_dir} holds no labels saved whole (labels_info.json): "
