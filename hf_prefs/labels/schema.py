@@ -619,7 +619,10 @@ def from_openai_json(
             raise LabelValidationError(f"expected K={len(flat)} samples (sample0..sample{len(flat) - 1}) like record "
                                        f"0, got {theirs}", i, "samples")
         samples = [rec[c] for c in flat] if flat else rec["samples"]
-        for j, ids in enumerate(samples if isinstance(samples, list) else [samples]):
+        if not isinstance(samples, list):
+            raise LabelValidationError(f"samples must be a list of token-id lists, got {type(samples).__name__}", i,
+                                       "samples")
+        for j, ids in enumerate(samples):
             if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
                 raise LabelValidationError(f"a sample of a token-id record (its query is token ids) must be a list of "
                                            f"token ids, got {type(ids).__name__}", i, flat[j] if flat else f"samples[{j}]")
