@@ -528,8 +528,9 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
 
 @pytest.mark.parametrize("stop_token", ["eos", None])
 def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer, stop_token):
-    """TRL's episode ends at the first EOS, whose absence costs ``missing_eos_penalty``; without ``stop_token`` too
-    (TRL 1.12's ``generate()`` ended each row at the model's EOS), which hf_prefs's fixed-length sampling did not."""
+    """With ``stop_token="eos"`` TRL's episode ends at the first EOS; without a stop token TRL 1.12 generated past
+    EOS (it set the policy's ``generation_config.eos_token_id`` to None), so the episode is the whole response, as
+    here. Either way a response without EOS costs ``missing_eos_penalty``, subtracted."""
     with pytest.raises(ValueError, match=r"truncate_after: must lie in \[0, response_length=6\)"):  # at the config
         make_config(tmp_path, stop_token=stop_token, truncate_token=None, missing_eos_penalty=2.0, truncate_after=6)
     policy = make_policy()
@@ -538,14 +539,16 @@ def test_trl_stop_token_and_missing_eos_penalty(tmp_path, gpt2_tokenizer, stop_t
         tmp_path, gpt2_tokenizer, model=policy, stop_token=stop_token, truncate_token=None, truncate_after=0,
         missing_eos_penalty=2.0, total_episodes=8,
     )
-    assert trainer.rollout_spec.truncate_token_id == gpt2_tokenizer.eos_token_id and trainer.rollout_spec.mask_after_cut
+    eos, stops = gpt2_tokenizer.eos_token_id, stop_token is not None
+    assert trainer.rollout_spec.mask_after_cut == stops
+    assert trainer.stop_token_id == trainer.rollout_spec.truncate_token_id == (eos if stops else None)  # TRL's
     rollout = trainer.make_rollout(*trainer.sample_queries(0))
-    eos = gpt2_tokenizer.eos_token_id
     assert rollout.response_ids.shape[1] == 6  # generation does not stop at EOS
-    for i in range(8):
-        row = rollout.response_ids[i].tolist()
+    rows = [rollout.response_ids[i].tolist() for i in range(8)]
+    assert any(eos in row[:-1] for row in rows) and any(eos not in row for row in rows)  # both cases are met
+    for i, row in enumerate(rows):
         has_eos = eos in row
-        assert int(rollout.response_lengths[i]) == (row.index(eos) + 1 if has_eos else 6)
+        assert int(rollout.response_lengths[i]) == (row.index(eos) + 1 if has_eos and stops else 6)
         expected = rollout.raw_scores[i].item() - (0.0 if has_eos else 2.0)  # TRL: subtract, not replace
         assert rollout.scores[i].item() == pytest.approx(expected)
 

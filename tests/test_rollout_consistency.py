@@ -98,7 +98,9 @@ def test_all_five_users_cut_the_same_sample_at_the_same_place(tmp_path, gpt2_tok
         ({"stop_token_id": 13, "truncate_after": 4, "response_length": 7}, 7, True),  # no "." at index >= 4: whole;
         # TRL's stop token penalizes nothing without missing_eos_penalty (TRL 1.12 applies no penalty then)
         ({"truncate_token_id": 13, "truncate_after": 4, "response_length": 7}, 7, False),  # the paper's: penalized
-        ({"truncate_token": None, "missing_eos_penalty": 1.0}, 5, True),  # TRL: rows end at EOS; it is there: no penalty
+        # TRL 1.12 without a stop token generated past EOS: no cut; an EOS anywhere spares the penalty
+        ({"truncate_token": None, "missing_eos_penalty": 1.0}, 8, True),
+        ({"truncate_token": None, "missing_eos_penalty": 1.0, "truncate_after": 5}, 8, False),  # none at index >= 5
     ],
 )
 def test_the_spec_resolves_trl_and_paper_names_once(gpt2_tokenizer, settings, cut, valid):

@@ -9,7 +9,8 @@ at the same place everywhere.
 - The cut: a response keeps its tokens up to and including the first ``truncate_token_id`` at index >=
   ``truncate_after``; only the reward (and the labeler) sees the cut text. No such token: the row is kept whole.
   The token is the paper's ``truncate_token`` (books: ".") or TRL's ``stop_token``/``stop_token_id`` ("eos" or an id).
-  TRL's ``missing_eos_penalty`` without any of them cuts at EOS as ``stop_token="eos"`` (TRL's rows ended there).
+  TRL's ``missing_eos_penalty`` alone cuts nothing: TRL 1.12 set the policy's ``generation_config.eos_token_id`` to
+  the stop token, None without one, so its rows ran past a sampled EOS to the full length, as here.
 - Validity: a row is valid when its kept part holds ``penalty_token_id`` at index >= ``truncate_after``. Paper:
   the penalty token is the truncate token (valid = "was cut"); TRL's ``missing_eos_penalty``: it is EOS; TRL's stop
   token without ``missing_eos_penalty``: none (every row valid, as in TRL).
@@ -116,9 +117,9 @@ class RolloutSpec:
         """Resolve the paper's and TRL's names into one spec.
 
         The cut token, first match wins: ``stop_token="eos"`` (TRL) -> the tokenizer's EOS; ``stop_token_id`` (TRL);
-        ``truncate_token_id``; ``truncate_token`` (one token of text, paper "."). None of them: no cut — except with
-        ``missing_eos_penalty``, a TRL field: TRL 1.12's ``generate()`` ended each row at the model's EOS with or
-        without a stop token, so its episodes ended there, and so they do here (as ``stop_token="eos"``).
+        ``truncate_token_id``; ``truncate_token`` (one token of text, paper "."). None of them: no cut, with
+        ``missing_eos_penalty`` too (TRL 1.12 generated past EOS without a stop token: it set the policy's
+        ``generation_config.eos_token_id`` to None, so its rows ran the full length and were scored whole).
         The penalty: ``missing_eos_penalty`` set (TRL) -> subtract it from rows without EOS; else with TRL's stop
         token none (TRL applies none without ``missing_eos_penalty``); else the paper's rule, replace the score of
         rows without the cut token by ``penalty_reward_value``.
@@ -144,8 +145,6 @@ class RolloutSpec:
                 raise ValueError(f"missing_eos_penalty: must be >= 0 (it is subtracted), got {missing_eos_penalty}")
             if eos is None:
                 raise ValueError("missing_eos_penalty: the tokenizer has no eos token")
-            if cut_id is None:  # TRL's generate ended each row at EOS, stop token or not: its episode ends there
-                cut_id, stop = int(eos), True
             penalty: PenaltyMode = "subtract"
             penalty_token, value = int(eos), float(missing_eos_penalty)
         else:  # TRL's stop token alone penalizes nothing; the paper's truncate token replaces

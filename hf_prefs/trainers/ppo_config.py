@@ -69,7 +69,8 @@ class PPOConfig(TrlBaseConfig):
             what follows is masked out of the KL, the values and the losses, and the score is placed after it (TRL).
         temperature (`float`, defaults to 0.7): sampling temperature T; both pi and rho score tokens at T.
         missing_eos_penalty (`float`, optional): *subtracted* from the score of responses without EOS (TRL). Set
-            without a stop or truncate token, responses end at the first EOS as with `stop_token="eos"` (TRL's did).
+            without a stop or truncate token it cuts nothing: responses run their full length past any EOS, as
+            TRL 1.12's did then (its generation stopped at the stop token only).
         sft_model_path, reward_model_path (`str`, defaults to `"EleutherAI/pythia-160m"`): where TRL's scripts load
             the policy/reference and the reward/value models from; `PPOTrainer(model=None)` / `reward_model=None`
             load them.
@@ -141,8 +142,8 @@ class PPOConfig(TrlBaseConfig):
     stop_token_id: int | None = field(default=None, metadata={"help": "Responses end after the first such token (TRL)."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (also applied to pi and rho log-probs)."})
     missing_eos_penalty: float | None = field(
-        default=None, metadata={"help": "Subtracted from the score of responses without EOS (TRL); without a stop or "
-                                          "truncate token, responses end at EOS as with stop_token='eos'."}
+        default=None, metadata={"help": "Subtracted from the score of responses without EOS (TRL); it cuts nothing: "
+                                          "without a stop or truncate token responses run past EOS, as TRL 1.12's."}
     )
     sft_model_path: str = field(
         default="EleutherAI/pythia-160m", metadata={"help": "Policy / reference model path (TRL's scripts)."}
@@ -298,7 +299,7 @@ class PPOConfig(TrlBaseConfig):
                 raise ValueError(f"PPOConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.stop_token is not None and self.stop_token_id is not None:
             raise ValueError("PPOConfig: set either stop_token or stop_token_id, not both")
-        truncating = any(  # missing_eos_penalty alone cuts at EOS (RolloutSpec.build)
+        truncating = any(  # missing_eos_penalty alone cuts nothing, but a row needs its EOS at index >= truncate_after
             v is not None for v in (self.truncate_token, self.truncate_token_id, self.stop_token, self.stop_token_id,
                                     self.missing_eos_penalty)
         )

@@ -142,12 +142,11 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
     if bad:
         raise ValueError(f"{name}: column `prompt` must hold non-empty strings or lists of chat messages "
                          f"({{'role': ..., 'content': ...}} dicts); bad rows {bad[:10]}")
-    stops = [getattr(args, n, None) for n in ("stop_token", "stop_token_id", "truncate_token", "truncate_token_id",
-                                              "missing_eos_penalty")]  # the last cuts at EOS (RolloutSpec.build)
+    stops = [getattr(args, n, None) for n in ("stop_token", "stop_token_id", "truncate_token", "truncate_token_id")]
     if any(isinstance(p, list) for p in prompts) and all(v is None for v in stops):
         logger.warning(f"{name}: conversational prompts with no stop_token: each response runs response_length "
-                       f"tokens, past the end of the assistant's turn (TRL's generate() and GRPO stop at EOS): set "
-                       f"stop_token='eos' to cut responses there")
+                       f"tokens, past the end of the assistant's turn (as in TRL 1.12's PPO without a stop token; "
+                       f"GRPO stops at EOS): set stop_token='eos' to cut responses there")
 
     def render(row: dict[str, Any], i: int) -> dict[str, Any]:
         if isinstance(row["prompt"], str):
