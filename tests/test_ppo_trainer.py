@@ -214,6 +214,14 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters_under_bf16_autocast(tmp_path, 
         if "lora_" not in name:
             original = name.replace(".base_layer", "")
             assert value.dtype == torch.bfloat16 and torch.equal(value, base_before[original]), name
+    policy, ids = trainer.model.policy, torch.tensor([gpt2_tokenizer.encode(QUERIES[0])])
+    with torch.no_grad():
+        trained = policy(input_ids=ids).logits
+        with trainer.null_ref_context():  # TRL 1.12's name: the PEFT policy with its adapters off is rho
+            rho = policy(input_ids=ids).logits
+        with policy.disable_adapter():
+            assert torch.equal(rho, policy(input_ids=ids).logits) and not torch.equal(rho, trained)
+        assert torch.equal(policy(input_ids=ids).logits, trained)  # adapters back on after it
 
 
 @pytest.mark.parametrize("value_model", ["shared", "policy"])
@@ -221,15 +229,20 @@ def test_resume_continues_step_count_beta_and_weights(tmp_path, gpt2_tokenizer, 
     overrides = dict(total_episodes=32, num_mini_batches=2, save_strategy="steps", save_steps=2, kl_target=0.05,
                      kl_horizon=50, value_model=value_model)
     full = make_trainer(tmp_path / "a", gpt2_tokenizer, **overrides)
+    assert full.state.episode == 0  # TRL's OnlineTrainerState, from the start
+    episodes = []
+    full.add_callback(type("Episodes", (TrainerCallback,), {
+        "on_step_begin": lambda self, args, state, control, **kw: episodes.append(state.episode)})())
     full.train()
-    assert full.state.global_step == 4
+    assert full.state.global_step == 4 and episodes == [8, 16, 24, 32] and full.state.episode == 32  # 8 per update
     checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
     with open(checkpoint / "ppo_state.json") as f:
         assert json.load(f)["kl_controller"]["value"] == pytest.approx(logged(full, "objective/kl_coef")[2])
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["episode"] == 16
 
     resumed = make_trainer(tmp_path / "b", gpt2_tokenizer, **overrides)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed.state.global_step == 4
+    assert resumed.state.global_step == 4 and resumed.state.episode == 32
     assert [h["step"] for h in resumed.state.log_history if "objective/kl" in h] == [1, 2, 3, 4]
     assert resumed.kl_ctl.value == pytest.approx(full.kl_ctl.value, rel=1e-12)
     for key in ("objective/kl", "objective/kl_coef", "objective/scores", "loss/policy_avg"):
@@ -524,6 +537,25 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
     assert "max_steps=1: PPOTrainer runs total_episodes" in caplog.text
     with pytest.raises(NotImplementedError, match="generate_completions"):  # was a padding-token error
         trainer.evaluate()
+
+
+def test_val_ratio_var_is_trls_variance_of_the_micro_batches_mean_ratios(tmp_path, gpt2_tokenizer):
+    """TRL 1.12 logged ``val/ratio_var``: the (unbiased) variance over the update's micro-batches of their mean
+    probability ratio pi/pi_old (4 epochs x 2 micro-batches here)."""
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=16)
+    seen, log_step = [], trainer.log_step
+
+    def spy(rollout, train_stats, timings, learning_rate):
+        seen.append(train_stats["val/ratio"].detach().double().clone())
+        return log_step(rollout, train_stats, timings, learning_rate)
+
+    trainer.log_step = spy
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "val/ratio_var" in h]
+    assert len(logs) == len(seen) == 2
+    for h, ratios in zip(logs, seen):
+        assert ratios.numel() == 8 and h["val/ratio_var"] == pytest.approx(ratios.var().item(), rel=1e-4)
+    assert all(h["val/ratio_var"] > 0 for h in logs)  # the first epoch's ratios are 1, the later ones not
 
 
 @pytest.mark.parametrize("stop_token", ["eos", None])

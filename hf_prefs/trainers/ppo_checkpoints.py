@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import TrainerState
 from transformers.utils import logging
 
 from .._compat import checkpoint_folder, tied_weights_keys
@@ -25,6 +27,7 @@ from ..models.value_head import PolicyWithValueHead
 
 __all__ = [
     "PPO_STATE_FILE",
+    "OnlineTrainerState",
     "PPOCheckpointMixin",
     "check_checkpoint_process_count",
     "complete_checkpoints",
@@ -36,6 +39,14 @@ logger = logging.get_logger(__name__)
 #: Per-checkpoint PPO state: the KL controller (beta), the sampling / shuffling generators and, with
 #: ``normalize_reward``, the reward model's gain/bias.
 PPO_STATE_FILE = "ppo_state.json"
+
+
+@dataclass
+class OnlineTrainerState(TrainerState):
+    """TRL 1.12's trainer state of its PPOTrainer: ``TrainerState`` with ``episode``, the episodes of the updates
+    begun so far (``batch_size`` more at the start of each update), saved in ``trainer_state.json`` with the rest."""
+
+    episode: int = 0
 
 
 def complete_checkpoints(output_dir: str) -> list[str]:

@@ -77,6 +77,8 @@ class PPOReportingMixin:
         }
         for key, value in train_stats.items():
             metrics[key] = self._mean(value)
+        if "val/ratio" in train_stats:  # TRL's: the variance of the micro-batches' mean ratios, over all processes
+            metrics["val/ratio_var"] = gather(train_stats["val/ratio"].detach().float().reshape(-1)).var().item()
         metrics["lr"] = learning_rate
         metrics["memory/rss_gb"] = psutil.Process().memory_info().rss / 2**30  # this process, now
         if torch.cuda.is_available():  # this process's peak since the start

@@ -47,7 +47,7 @@ from torch import nn
 from transformers import (
     AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback,
 )
-from transformers.trainer_callback import ExportableState, TrainerState
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from transformers.utils import logging
 
@@ -81,7 +81,7 @@ from ..models.value_head import (
 from .compilation import HALF_PRECISION_COMPILE_WARNING, RegionalCompileMixin, compiled_as_policy, compiles
 from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_critic_warmup, check_launch, check_ppo_sharding, marks_failure
-from .ppo_checkpoints import PPO_STATE_FILE, PPOCheckpointMixin
+from .ppo_checkpoints import PPO_STATE_FILE, OnlineTrainerState, PPOCheckpointMixin
 from .ppo_config import PPOConfig, minibatch_split
 from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
 from .ppo_reporting import PPOReportingMixin
@@ -227,6 +227,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             optimizers=optimizers,
         )
         self.args: PPOConfig
+        self.state = OnlineTrainerState(  # TRL's state, with `episode`, from the start as TRL's was
+            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero(),
+            stateful_callbacks=[cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)],
+        )
         if (strategy := getattr(args.eval_strategy, "value", args.eval_strategy)) != "no":
             logger.warning(f"eval_strategy={strategy!r}: PPOTrainer "
                            "runs no evaluation loop (as TRL's did); eval_dataset feeds generate_completions() every "
@@ -454,6 +458,13 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         if engine is not None:
             self._frozen_engines.append(engine)
         return module
+
+    @contextmanager
+    def null_ref_context(self):
+        """TRL 1.12's name: inside, a PEFT policy scores as rho (its adapters off, or ``ref_adapter_name`` active);
+        nothing changes with a separate ``ref_model``. :meth:`reference_context` also yields the module to use."""
+        with self.reference_context():
+            yield
 
     @contextmanager
     def reference_context(self):
@@ -1004,7 +1015,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             self.create_scheduler(num_training_steps=a.num_total_batches)  # lr: linear to 0 over the updates
             self._prepared = True
 
-        self.state = TrainerState(
+        self.state = OnlineTrainerState(
             stateful_callbacks=[
                 cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)
             ]
@@ -1012,7 +1023,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         self.state.train_batch_size = a.per_device_train_batch_size
         self.state.compute_steps(a, a.num_total_batches)
         if resume_from_checkpoint is not None:
-            self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+            self.state = OnlineTrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+            self.state.episode = self.state.global_step * a.batch_size  # a checkpoint written before it was saved: 0
             restore_trainer_checkpoint(self, resume_from_checkpoint)  # optimizer, scheduler, global RNGs, callbacks
             self._load_ppo_state(resume_from_checkpoint)  # beta and the sampling / shuffling generators
         self.state.init_training_references(self, a.num_total_batches, a.total_episodes / len(self.train_dataset), None)
@@ -1039,6 +1051,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         losses = []
         self.control = self.callback_handler.on_train_begin(a, self.state, self.control)
         for update in range(self.state.global_step, a.num_total_batches):
+            self.state.episode += a.batch_size  # TRL's: counted when the update begins
             self.control = self.callback_handler.on_step_begin(a, self.state, self.control)
             t0 = time.time()
             query_ids, query_mask, query_texts = self.sample_queries(update)
