@@ -253,6 +253,11 @@ def test_from_openai_json_decodes_gpt2_ids_and_drops_pad_50259(gpt2_tokenizer, t
     assert ds["samples"] == [texts1, texts2]
     assert ds["best"] == [0, 3]
     assert len(from_openai_json(records, gpt2_tokenizer, limit=1)) == 1
+    lines = tmp_path / "lines.json"  # one record per line (Dataset.to_json), or one record: read as any label file
+    lines.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert from_openai_json(lines, gpt2_tokenizer).to_list() == ds.to_list()  # was json's "Extra data"
+    (tmp_path / "one.json").write_text(json.dumps(records[0]))
+    assert from_openai_json(tmp_path / "one.json", gpt2_tokenizer).to_list() == ds.to_list()[:1]  # was KeyError: 0
 
 
 def test_from_openai_json_bad_records_name_row_and_field(gpt2_tokenizer):
@@ -284,6 +289,13 @@ def test_from_openai_json_bad_records_name_row_and_field(gpt2_tokenizer):
         from_openai_json([texts], gpt2_tokenizer)
     with pytest.raises(LabelValidationError, match=r"row 0, field 'samples': a token-id record needs sample0"):
         from_openai_json([{"query": good["query"], "best": 0}], gpt2_tokenizer)
+    # a bad query or best was an Arrow, int() or iteration error naming neither; a float id was truncated silently
+    for field, value, message in (("best", "2", r"best must be an integer, got '2'"), ("best", True, "got True"),
+                                  ("query", "Hello there", r"must be a list of token ids, got str 'Hello there'"),
+                                  ("query", None, "got NoneType None"), ("query", [1.5, 2], "a list holding 1.5")):
+        with pytest.raises(LabelValidationError, match=message) as info:
+            from_openai_json([good, dict(good, **{field: value})], gpt2_tokenizer)
+        assert (info.value.row, info.value.field) == (1, field)
 
 
 def test_a_missing_local_label_file_is_named_as_such_and_hub_ids_are_not_taken_for_paths(tmp_path, monkeypatch):
@@ -458,3 +470,39 @@ def test_a_json_label_file_of_one_object_per_line_is_read_as_datasets_writes_it(
     (tmp_path / "bad.json").write_text("[{\"query\": 'q'}]")
     with pytest.raises(LabelValidationError, match=r"bad.json is not valid JSON \(Expecting value: line 1 column 12"):
         load_label_file(tmp_path / "bad.json")
+
+
+def test_csv_and_json_label_files_as_spreadsheets_and_editors_write_them_are_read_or_named(tmp_path):
+    """A CSV row with more fields than the header was read shifted (pandas took the extra first field for the row's
+    index: the query lost, a sample read as the query); a trailing comma was read as a blank ``best``; a header naming
+    a column twice moved a sample out of ``samples`` (pandas renamed it ``sample1.1``). A byte-order mark (Notepad,
+    Excel) and a one-label ``Dataset.to_json`` file (one object) were refused; pandas' by-column JSON is named."""
+    rows = [{"query": "q1", "samples": ["a", "b"], "best": 1}, {"query": "q2", "samples": ["c", "d"], "best": 0}]
+    cases = {
+        "shifted.csv": ("query,sample0,sample1,best\nWhat is 2+2?,4,5,four,1\n", r"shifted.csv:2 has 5 fields where "
+                        r"the header has 4 \(query, sample0, sample1, best\): a comma inside a cell needs", 0),
+        "trailing.csv": ("query,sample0,sample1,best\nq1,a,b,1\nq2,c,d,0,\n", r"trailing.csv:3 has 5 fields", 1),
+        "short.csv": ("query,sample0,sample1,best\nq1,a,b\n", r"short.csv:2 has 3 fields", 0),
+        "twice.csv": ("query,sample0,sample1,sample1,best\nq1,a,b,c,1\n", r"the header names \['sample1'\] more than once",
+                      None),
+    }
+    for name, (text, message, row) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(LabelValidationError, match=message) as info:
+            load_label_file(tmp_path / name)
+        assert info.value.row == row, name
+    quoted = tmp_path / "quoted.csv"  # a comma inside a quoted cell, a blank line, text that looks like numbers or NA
+    quoted.write_text('query,sample0,sample1,best\n"Well, then",42,NA,1\n\nq2," c, d",7,0\n')
+    assert load_label_file(quoted).to_list() == [{"query": "Well, then", "samples": ["42", "NA"], "best": 1},
+                                                 {"query": "q2", "samples": [" c, d", "7"], "best": 0}]
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "bom.jsonl").write_bytes(bom + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    (tmp_path / "bom.json").write_bytes(bom + json.dumps(rows).encode())
+    (tmp_path / "bom.csv").write_bytes(bom + b"query,sample0,sample1,best\nq1,a,b,1\nq2,c,d,0\n")
+    for name in ("bom.jsonl", "bom.json", "bom.csv"):
+        assert load_label_file(tmp_path / name).to_list() == rows, name
+    Dataset.from_list(rows[:1]).to_json(tmp_path / "one.json")  # one line: '{"query":"q1",...}'
+    assert load_label_file(tmp_path / "one.json").to_list() == rows[:1]
+    (tmp_path / "columns.json").write_text(json.dumps({"query": {"0": "q1"}, "samples": {"0": ["a", "b"]}, "best": {"0": 1}}))
+    with pytest.raises(LabelValidationError, match=r"holds its rows by column .* to_json\(orient='records', lines=True\)"):
+        load_label_file(tmp_path / "columns.json")

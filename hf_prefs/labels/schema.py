@@ -20,6 +20,7 @@ Converters: :func:`from_pairwise` (TRL's ``prompt``/``chosen``/``rejected`` pref
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -233,7 +234,7 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
     with open(path, "rb") as f:  # bytes, decoded line by line: a decoding error names its line
         for n, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark (Notepad, Excel) opens line 1
             except UnicodeDecodeError as exc:
                 raise LabelValidationError(f"{path}:{n} is not UTF-8 text ({exc.reason} at byte {exc.start} of "
                                            "the line)") from None
@@ -257,7 +258,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         return _json_lines(path)
     if suffix == ".json":
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # a byte-order mark may open the file
                 data = json.load(f)
         except UnicodeDecodeError as exc:
             raise LabelValidationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -265,6 +266,11 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
             if exc.msg != "Extra data":  # a first document that does not parse: the file is broken, say where
                 raise LabelValidationError(f"{path} is not valid JSON ({exc})") from None
             return _json_lines(path)  # one object per line under a .json name (what Dataset.to_json writes)
+        if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+            raise LabelValidationError(f"{path} holds its rows by column ({{column: {{index: value}}}}, pandas' default "
+                                       "to_json): write one object per row, e.g. to_json(orient='records', lines=True)")
+        if isinstance(data, dict):  # one row: what Dataset.to_json writes for a one-label dataset
+            data = [data]
         if not isinstance(data, list):
             raise LabelValidationError(f"{path} must hold a JSON list of objects, or one JSON object per line")
         for i, row in enumerate(data):
@@ -286,14 +292,31 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     """A CSV file's rows with every cell as written: text stays text (``"42"``, ``"NA"``, ``" 4"`` are samples, not
     numbers or missing values, as ``label export`` wrote them); only ``best`` is read as an integer where it is one
-    (``2`` or ``2.0``, as a JSON file's integral float is)."""
-    import pandas as pd  # datasets' own CSV reader: it types columns and parses "NA" as missing
-
+    (``2`` or ``2.0``, as a JSON file's integral float is). A row with more or fewer fields than the header, and a
+    header naming a column twice, are errors that name them (a reader that shifts or renames columns would move a
+    sample into the query or out of ``samples``); blank lines are skipped."""
+    rows: list[dict[str, Any]] = []
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel) may open the file
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return rows
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:
+                raise LabelValidationError(f"{path}: the header names {twice} more than once")
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue
+                if len(values) != len(header):
+                    raise LabelValidationError(
+                        f"{path}:{reader.line_num} has {len(values)} fields where the header has {len(header)} "
+                        f"({', '.join(header)}): a comma inside a cell needs the cell in double quotes", len(rows))
+                rows.append(dict(zip(header, values)))
     except UnicodeDecodeError as exc:
         raise LabelValidationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    rows = frame.to_dict("records")
+    except csv.Error as exc:
+        raise LabelValidationError(f"{path} is not valid CSV ({exc})") from None
     for row in rows:
         best = row.get("best")
         if isinstance(best, str) and re.fullmatch(r"\s*-?\d+(?:\.0*)?\s*", best):  # "2", and "2.0" as JSON's 2.0
@@ -590,9 +613,8 @@ def from_openai_json(
     Pad and out-of-vocab ids are dropped and the rest decoded with ``tokenizer`` (GPT-2's). ``limit`` keeps the
     first rows (the paper used the first 4,992 of 6,264).
     """
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, encoding="utf-8") as f:
-            records = json.load(f)
+    if isinstance(source, (str, os.PathLike)):  # a list of records, or one per line; read as every label file is
+        records = _read_file(Path(source))
     else:
         records = list(source)
     if limit is not None:
@@ -618,18 +640,35 @@ def from_openai_json(
         if len(theirs) != len(flat):  # a sample the first record lacks
             raise LabelValidationError(f"expected K={len(flat)} samples (sample0..sample{len(flat) - 1}) like record "
                                        f"0, got {theirs}", i, "samples")
+        if not _token_ids(rec["query"]):
+            raise LabelValidationError(f"the query of a token-id record must be a list of token ids, got "
+                                       f"{_kind(rec['query'])}", i, "query")
         samples = [rec[c] for c in flat] if flat else rec["samples"]
         if not isinstance(samples, list):
             raise LabelValidationError(f"samples must be a list of token-id lists, got {type(samples).__name__}", i,
                                        "samples")
         for j, ids in enumerate(samples):
-            if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            if not _token_ids(ids):
                 raise LabelValidationError(f"a sample of a token-id record (its query is token ids) must be a list of "
-                                           f"token ids, got {type(ids).__name__}", i, flat[j] if flat else f"samples[{j}]")
+                                           f"token ids, got {_kind(ids)}", i, flat[j] if flat else f"samples[{j}]")
+        best = check_best(i, rec["best"], len(samples))  # an int in range, named here before Arrow types the column
         rows["query"].append(tokenizer.decode(_strip_pad(rec["query"], vocab_size, pad_id)))
         rows["samples"].append([tokenizer.decode(_strip_pad(ids, vocab_size, pad_id)) for ids in samples])
-        rows["best"].append(rec["best"])
+        rows["best"].append(best)
     return validate_labels(Dataset.from_dict(rows), k=len(flat) or len(records[0]["samples"]))
+
+
+def _token_ids(value: Any) -> bool:
+    """Whether ``value`` is a list of token ids (ints; a bool or a float is none)."""
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _kind(value: Any) -> str:
+    """What a value that should be token ids is, for an error: its type, or the first element that is not an id."""
+    if isinstance(value, list):
+        bad = next(t for t in value if not (isinstance(t, int) and not isinstance(t, bool)))
+        return f"a list holding {bad!r}"
+    return f"{type(value).__name__} {value!r}"[:80]
 
 
 def all_pairs(k: int) -> list[tuple[int, int]]:
