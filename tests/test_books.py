@@ -152,6 +152,14 @@ def test_load_book_queries_austen_and_local_dataset(gpt2_tokenizer, tmp_path):
     (tmp_path / "columns.json").write_text(json.dumps({"text": rows}))  # by columns: one row holding a list
     with pytest.raises(ValueError, match=r"columns.json: row 0 of the 'text' column holds a list, not text \(a JSON "):
         load_book_queries(str(tmp_path / "columns.json"), gpt2_tokenizer)
+    # an empty file was a bare StopIteration (.jsonl) or a DatasetGenerationError naming no line (.csv); so was a bad line
+    for name in ("empty.jsonl", "empty.csv"):
+        (tmp_path / name).write_text("\n")
+        with pytest.raises(ValueError, match=rf"query_dataset {tmp_path / name}: the file is empty"):
+            load_book_queries(str(tmp_path / name), gpt2_tokenizer)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": rows[0]}) + "\n{text: 1}\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl: not readable as json \(ArrowInvalid: JSON parse error: .* in row 1\)"):
+        load_book_queries(str(tmp_path / "bad.jsonl"), gpt2_tokenizer)
 
 
 def test_task_queries_from_a_sentence_per_row_dataset(gpt2_tokenizer, tmp_path):

@@ -213,7 +213,15 @@ def _load_texts(name: str, split: str) -> datasets.Dataset:
         if builder is None:
             raise ValueError(f"query_dataset {name}: unsupported file type {path.suffix!r} (use "
                              f"{', '.join(LOCAL_TEXT_BUILDERS)}, a dataset folder or a Hub dataset id)")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if not head.strip() and len(head) < 1 << 16:  # (an empty .jsonl was a bare StopIteration)
+            raise ValueError(f"query_dataset {name}: the file is empty")
+        try:
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as err:  # datasets' DatasetGenerationError names no line; the error it wraps does
+            cause = err.__cause__ or err
+            raise ValueError(f"query_dataset {name}: not readable as {builder} ({type(cause).__name__}: {cause})") from err
     if path.is_dir():  # saved with save_to_disk, or of data files
         return load_dataset_folder(path, split)
     return datasets.load_dataset(name, split=split)
