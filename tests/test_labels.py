@@ -444,6 +444,11 @@ def test_label_files_as_users_write_them_are_read_or_named(tmp_path):
         load_label_file(both)
     with pytest.raises(LabelValidationError, match=r"has both a 'samples' column and \['sample0', 'sample1'\]"):
         validate_labels(Dataset.from_list([{**rows[0], "sample0": "x", "sample1": "y"}]))
+    mixed = tmp_path / "mixed.jsonl"  # both layouts, the other's cells null (a concatenated table): one 'samples'
+    mixed.write_text(json.dumps({**rows[0], "sample0": None, "sample1": None}) + "\n"
+                     + json.dumps({"query": "q2", "samples": None, "sample0": "c", "sample1": "d", "best": 0}) + "\n")
+    loaded = load_label_file(mixed)
+    assert loaded.to_list() == rows and validate_labels(loaded).to_list() == rows  # validate_labels refused it
     for query in ([{"role": "user", "content": "Hi"}], ["one", "two"]):
         listed = tmp_path / "listed.jsonl"
         listed.write_text(json.dumps({"query": query, "samples": ["a", "b"], "best": 0}) + "\n")

@@ -171,6 +171,8 @@ def merge_flat_samples(i: int, row: Mapping[str, Any]) -> dict[str, Any]:
                 f"flat sample columns must be sample0..sample{{K-1}} without gaps, got {[k for _, k in flat]}", i, "samples"
             )
         row["samples"] = [row.pop(key) for _, key in flat]
+    for _, key in flat:  # beside 'samples', all None (checked above): what a table of both layouts holds
+        row.pop(key, None)
     return row
 
 
