@@ -506,6 +506,15 @@ def test_csv_and_json_label_files_as_spreadsheets_and_editors_write_them_are_rea
     (tmp_path / "bom.csv").write_bytes(bom + b"query,sample0,sample1,best\nq1,a,b,1\nq2,c,d,0\n")
     for name in ("bom.jsonl", "bom.json", "bom.csv"):
         assert load_label_file(tmp_path / name).to_list() == rows, name
+    folder = tmp_path / "folder"  # a folder of data files reads as its files alone do (datasets typed "42" as an int
+    folder.mkdir()  # and "NA" as missing; a JSONL "best": "0" after integer rows was cast silently)
+    (folder / "train.csv").write_text('query,sample0,sample1,best\n"Well, then",42,NA,1\n')
+    (folder / "test.csv").write_text("query,sample0,sample1,best\nheld,out,row,0\n")  # another split: not read
+    assert load_label_file(folder).to_list() == [{"query": "Well, then", "samples": ["42", "NA"], "best": 1}]
+    (folder / "train.csv").unlink()
+    (folder / "train.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "best": "0"}) + "\n")
+    with pytest.raises(LabelValidationError, match=r"row 1, field 'best': best must be an integer, got '0'"):
+        load_label_file(folder)
     Dataset.from_list(rows[:1]).to_json(tmp_path / "one.json")  # one line: '{"query":"q1",...}'
     assert load_label_file(tmp_path / "one.json").to_list() == rows[:1]
     (tmp_path / "columns.json").write_text(json.dumps({"query": {"0": "q1"}, "samples": {"0": ["a", "b"]}, "best": {"0": 1}}))

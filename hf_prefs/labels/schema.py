@@ -33,6 +33,7 @@ from typing import Any
 from pathlib import Path
 
 from datasets import Dataset, IterableDataset, Value, load_dataset
+from datasets.data_files import DataFilesDict, get_data_patterns
 from trl.data_utils import is_conversational, maybe_extract_prompt
 
 from .._compat import get_dataset_column_names
@@ -250,10 +251,27 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _train_label_files(folder: Path) -> list[str] | None:
+    """The data files ``load_dataset(folder)`` takes for its train split (``datasets``' own split patterns), when the
+    folder is no saved dataset and each is a label file type; else None, for ``datasets`` to read."""
+    if (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file():
+        return None
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder)).get("train")
+    except (FileNotFoundError, ValueError):  # no data files (datasets' EmptyDatasetError is a FileNotFoundError)
+        return None
+    if not files or any(Path(f).suffix.lower() not in LABEL_FILE_SUFFIXES for f in files):
+        return None
+    return list(files)
+
+
 def _read_file(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.is_dir():  # saved with save_to_disk (a DatasetDict: its train split), or of data files
+        files = _train_label_files(path)
+        if files is not None:  # read as the same file alone is ("42" and "NA" stay text; a bad cell is named)
+            return [row for file in files for row in _read_file(Path(file))]
         return load_dataset_folder(path).to_list()
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
