@@ -19,6 +19,7 @@ matmul units, float32 where it does not (the recipe's ``cpu_bf16_fallback``); th
     python benchmarks/ppo_mfu.py                       # ~5 minutes on 2 cores
     python benchmarks/ppo_mfu.py --tiny                # a tiny GPT-2 instead of SmolLM2 (seconds; for the tests)
     python benchmarks/ppo_mfu.py --skip-trl --profile 30   # + where the PPO epochs' CPU time goes, op by op
+    python benchmarks/ppo_mfu.py --skip-trl --onednn       # + the seconds oneDNN's matmuls themselves take, by shape
     python benchmarks/ppo_mfu.py --skip-trl --updates 4 --compile eager compiled   # torch_compile=True against eager
 
 ``--compile compiled`` runs the same PPO phase with ``torch_compile=True`` (the policy's blocks compiled, see
@@ -29,6 +30,7 @@ and is left out of the rate, as for eager.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -75,7 +77,7 @@ class TokenCounter:
 
 
 def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtype: torch.dtype = torch.bfloat16,
-              profile: int = 0, compiled: bool = False) -> dict:
+              profile: int = 0, compiled: bool = False, onednn: bool = False) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, TrainerCallback
 
@@ -125,6 +127,8 @@ def ppo_phase(tiny: bool, updates: int, threads: int, micro_batch: int = 8, dtyp
     counter.active = True
     if profile:
         trainer.ppo_epochs = profiled(trainer.ppo_epochs, lambda: len(per_update) == 1, profile)
+    if onednn:
+        trainer.ppo_epochs = onednn_timed(trainer.ppo_epochs, lambda: len(per_update) == 1)
     trainer.train()
     steady = per_update[1:] or per_update
     seconds = sum(s for s, _, _ in steady)
@@ -156,6 +160,62 @@ def profiled(ppo_epochs, now, rows: int):
     return run
 
 
+def onednn_timed(ppo_epochs, now):
+    """``ppo_epochs`` with oneDNN's verbose log on when ``now()`` (the update after the warm-up): the log (written by
+    oneDNN to file descriptor 1) goes to a temporary file while Python's own output still reaches the terminal, and
+    :func:`onednn_matmul_summary` of it is printed beside the update's seconds. What ``--profile``'s per-op times add
+    (the profiler's own cost per op, ~50k matmul calls per update) is not in these: they are oneDNN's execution
+    times of the matmul primitives alone."""
+
+    def run(rollout):
+        if not now():
+            return ppo_epochs(rollout)
+        sys.stdout.flush()
+        saved, python_stdout = os.dup(1), sys.stdout
+        with tempfile.TemporaryFile(mode="w+") as log, os.fdopen(os.dup(saved), "w", buffering=1) as terminal:
+            os.dup2(log.fileno(), 1)
+            sys.stdout = terminal
+            start = time.perf_counter()
+            try:
+                with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                    out = ppo_epochs(rollout)
+            finally:
+                seconds = time.perf_counter() - start
+                sys.stdout = python_stdout
+                os.dup2(saved, 1)
+                os.close(saved)
+            log.seek(0)
+            summary = onednn_matmul_summary(log)
+        print(f"oneDNN matmuls in this update's PPO epochs ({seconds:.1f} s with the log on): {summary['calls']} calls, "
+              f"{summary['seconds']:.2f} s = {summary['seconds'] / seconds:.1%} of the time, {summary['flops'] / 1e9:.0f} "
+              f"GFLOP at {summary['flops'] / max(summary['seconds'], 1e-9) / 1e12:.3f} TFLOP/s", flush=True)
+        for shape, (calls, sec, flops) in summary["by_shape"][:12]:
+            print(f"  {shape:<26} {calls:>6} calls {sec:8.3f} s  {flops / max(sec, 1e-9) / 1e12:.3f} TFLOP/s", flush=True)
+        return out
+
+    return run
+
+
+def onednn_matmul_summary(lines) -> dict:
+    """oneDNN verbose ``exec`` lines of matmul primitives summed: calls, seconds and FLOPs (2·batch·M·K·N from the
+    problem's ``[batch x]MxK:[batch x]KxN`` dims), in all and by shape (most seconds first)."""
+    by_shape: dict[str, list[float]] = {}
+    for line in lines:
+        fields = line.strip().split(",")
+        if "exec" not in fields or "matmul" not in fields:
+            continue
+        dims, ms = fields[-2], float(fields[-1])
+        src, wei = [[int(d) for d in part.split("x")] for part in dims.split(":")[:2]]
+        batch = math.prod(src[:-2])
+        entry = by_shape.setdefault(dims, [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] += ms / 1e3
+        entry[2] += 2 * batch * src[-2] * src[-1] * wei[-1]
+    shapes = sorted(((k, (int(c), s, f)) for k, (c, s, f) in by_shape.items()), key=lambda kv: -kv[1][1])
+    return {"calls": sum(c for _, (c, _, _) in shapes), "seconds": sum(s for _, (_, s, _) in shapes),
+            "flops": sum(f for _, (_, _, f) in shapes), "by_shape": shapes}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="a tiny GPT-2 (for the tests)")
@@ -169,6 +229,9 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="trace the PPO epochs of the update after the warm-up with torch.profiler and print the ROWS "
                         "ops with the most CPU time (that update's time then includes the profiler's overhead)")
+    p.add_argument("--onednn", action="store_true",
+                   help="log oneDNN's matmuls in the PPO epochs of the update after the warm-up: their seconds and "
+                        "rate by shape (bf16 matmuls run there on CPU; float32 ones may not)")
     p.add_argument("--compile", nargs="+", choices=["eager", "compiled"], default=["eager"],
                    help="compiled: torch_compile=True (the policy's repeated blocks, compiled once; the first update "
                         "pays the compilation and is left out of the time); eager compiled: both in one run")
@@ -178,7 +241,8 @@ def main() -> None:
     # the VM's matmul rate drifts (2048^2 bf16 medians of 1.3-2.3 TFLOP/s within one hour on a 2-vCPU Xeon): measured
     # before and after the PPO phases, the faster of the two is the peak (the fractions below are then the lower ones)
     before = matmul_peak(a.threads, dtype=dtype)
-    results = [((micro, c), ppo_phase(a.tiny, a.updates, a.threads, micro, dtype, a.profile, c == "compiled"))
+    results = [((micro, c), ppo_phase(a.tiny, a.updates, a.threads, micro, dtype, a.profile, c == "compiled",
+                                               a.onednn))
                for micro in a.micro_batch for c in a.compile]
     after = matmul_peak(a.threads, dtype=dtype)
     peak = max(before, after)

@@ -46,8 +46,10 @@ def test_ppo_throughput_against_trl_112(tmp_path):
 
 
 def test_ppo_mfu_tiny(tmp_path):
-    out = run(str(BENCH / "ppo_mfu.py"), "--tiny", "--updates", "2", "--skip-trl", "--profile", "10")
+    out = run(str(BENCH / "ppo_mfu.py"), "--tiny", "--updates", "2", "--skip-trl", "--profile", "10", "--onednn")
     assert "aten::mm" in out and "Input Shapes" in out  # the profile of the second update's PPO epochs
+    # oneDNN's log of that update read back (the tiny model runs float32: its matmuls may not go through oneDNN)
+    assert re.search(r"oneDNN matmuls in this update's PPO epochs \([0-9.]+ s with the log on\): \d+ calls", out)
     assert re.search(r"(bfloat16|float32) matmul 2048\^2, \d+ threads: [0-9.]+ TFLOP/s", out)
     assert re.search(r"on processed tokens: [0-9.]+ TFLOP/s = [0-9.]+% of the matmul peak", out)
     # tokens counted from the 2-D padding or SDPA's 4-D mask (24-64-token queries + 24-token responses: ~6 % padding;
@@ -374,3 +376,22 @@ def test_ppo_toy_frontier_tiny(extra, tmp_path):
     if not extra:
         assert "--beta" in run_fails(str(BENCH / "ppo_toy_frontier.py"), "--updates", "1", "--adaptive_kl", "true")
         assert "--temperature 0.7" in run_fails(str(BENCH / "ppo_toy_frontier.py"), "--temperature", "0.7")
+
+
+def test_onednn_matmul_summary_sums_exec_lines_by_shape():
+    """--onednn's reading of oneDNN's verbose log: exec lines of matmuls only (not their creation, not other
+    primitives), FLOPs 2·batch·M·K·N from the problem's dims, shapes by seconds."""
+    onednn_matmul_summary = _bench_module("ppo_mfu").onednn_matmul_summary
+    head = "onednn_verbose,v1,primitive"
+    mds = "brg_matmul:avx512_core_bf16,undef,src:bf16::blocked:ab::f0 wei:bf16::blocked:ba::f0,attr-scratchpad:user,"
+    lines = [f"{head},exec,cpu,matmul,{mds},352x576:576x1536,2.0\n",
+             f"{head},create:cache_hit,cpu,matmul,{mds},352x576:576x1536,0.01\n",
+             f"{head},exec,cpu,matmul,{mds},352x576:576x1536,1.0\n",
+             f"{head},exec,cpu,matmul,{mds},4x25x576:4x576x49152,5.0\n",
+             f"{head},exec,cpu,reorder,simple:any,undef,src:f32 dst:bf16,,,352x576,0.5\n", "some other output\n"]
+    got = onednn_matmul_summary(lines)
+    assert got["calls"] == 3 and got["seconds"] == pytest.approx(0.008)
+    big, lm = 2 * 352 * 576 * 1536, 2 * 4 * 25 * 576 * 49152
+    assert got["flops"] == 2 * big + lm
+    assert got["by_shape"] == [("4x25x576:4x576x49152", (1, pytest.approx(0.005), lm)),
+                               ("352x576:576x1536", (2, pytest.approx(0.003), 2 * big))]
