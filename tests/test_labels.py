@@ -258,6 +258,8 @@ def test_from_openai_json_decodes_gpt2_ids_and_drops_pad_50259(gpt2_tokenizer, t
     assert from_openai_json(lines, gpt2_tokenizer).to_list() == ds.to_list()  # was json's "Extra data"
     (tmp_path / "one.json").write_text(json.dumps(records[0]))
     assert from_openai_json(tmp_path / "one.json", gpt2_tokenizer).to_list() == ds.to_list()[:1]  # was KeyError: 0
+    (tmp_path / "no_suffix").write_text(json.dumps(records))  # JSON whatever the file's name
+    assert from_openai_json(tmp_path / "no_suffix", gpt2_tokenizer).to_list() == ds.to_list()
 
 
 def test_from_openai_json_bad_records_name_row_and_field(gpt2_tokenizer):
@@ -500,6 +502,11 @@ def test_csv_and_json_label_files_as_spreadsheets_and_editors_write_them_are_rea
     quoted.write_text('query,sample0,sample1,best\n"Well, then",42,NA,1\n\nq2," c, d",7,0\n')
     assert load_label_file(quoted).to_list() == [{"query": "Well, then", "samples": ["42", "NA"], "best": 1},
                                                  {"query": "q2", "samples": [" c, d", "7"], "best": 0}]
+    export = tmp_path / "export.csv"  # a spreadsheet's export: blank lines first, unnamed empty columns, a long cell
+    long = "word " * 40_000  # 200,000 characters: over the csv module's default limit of 131,072 per cell
+    export.write_text(f"\n\nquery,sample0,sample1,best,,\nq1,a,{long},1,,\n")
+    assert [(r["query"], r["samples"][0], len(r["samples"][1]), r["best"]) for r in load_label_file(export).to_list()] \
+        == [("q1", "a", len(long), 1)]
     bom = b"\xef\xbb\xbf"
     (tmp_path / "bom.jsonl").write_bytes(bom + "".join(json.dumps(r) + "\n" for r in rows).encode())
     (tmp_path / "bom.json").write_bytes(bom + json.dumps(rows).encode())
@@ -515,6 +522,13 @@ def test_csv_and_json_label_files_as_spreadsheets_and_editors_write_them_are_rea
     (folder / "train.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "best": "0"}) + "\n")
     with pytest.raises(LabelValidationError, match=r"row 1, field 'best': best must be an integer, got '0'"):
         load_label_file(folder)
+    carded = tmp_path / "carded"  # a dataset card's configs name the train files: datasets reads the folder by them
+    (carded / "mine").mkdir(parents=True)
+    (carded / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                      "    path: mine/*.jsonl\n---\n")
+    (carded / "mine" / "part.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (carded / "train.jsonl").write_text(json.dumps(rows[1]) + "\n")  # the default pattern's file: not the card's
+    assert load_label_file(carded).to_list() == rows[:1]
     Dataset.from_list(rows[:1]).to_json(tmp_path / "one.json")  # one line: '{"query":"q1",...}'
     assert load_label_file(tmp_path / "one.json").to_list() == rows[:1]
     (tmp_path / "columns.json").write_text(json.dumps({"query": {"0": "q1"}, "samples": {"0": ["a", "b"]}, "best": {"0": 1}}))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from datasets import Dataset, IterableDataset, Value, load_dataset
 from datasets.data_files import DataFilesDict, get_data_patterns
+from huggingface_hub import DatasetCard
 from trl.data_utils import is_conversational, maybe_extract_prompt
 
 from .._compat import get_dataset_column_names
@@ -256,6 +257,12 @@ def _train_label_files(folder: Path) -> list[str] | None:
     folder is no saved dataset and each is a label file type; else None, for ``datasets`` to read."""
     if (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file():
         return None
+    if (folder / "README.md").is_file():  # a dataset card's `configs` may map the splits to other files
+        try:
+            if DatasetCard.load(folder / "README.md").data.to_dict().get("configs"):
+                return None
+        except Exception:  # a card whose header does not parse: datasets reads the folder, as before
+            return None
     try:
         files = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder)).get("train")
     except (FileNotFoundError, ValueError):  # no data files (datasets' EmptyDatasetError is a FileNotFoundError)
@@ -263,6 +270,30 @@ def _train_label_files(folder: Path) -> list[str] | None:
     if not files or any(Path(f).suffix.lower() not in LABEL_FILE_SUFFIXES for f in files):
         return None
     return list(files)
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    """A JSON file's rows: a list of objects, one object, or one object per line (what ``Dataset.to_json`` writes)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark may open the file
+            data = json.load(f)
+    except UnicodeDecodeError as exc:
+        raise LabelValidationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":  # a first document that does not parse: the file is broken, say where
+            raise LabelValidationError(f"{path} is not valid JSON ({exc})") from None
+        return _json_lines(path)  # one object per line under a .json name (what Dataset.to_json writes)
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        raise LabelValidationError(f"{path} holds its rows by column ({{column: {{index: value}}}}, pandas' default "
+                                   "to_json): write one object per row, e.g. to_json(orient='records', lines=True)")
+    if isinstance(data, dict):  # one row: what Dataset.to_json writes for a one-label dataset
+        data = [data]
+    if not isinstance(data, list):
+        raise LabelValidationError(f"{path} must hold a JSON list of objects, or one JSON object per line")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise LabelValidationError(f"{path} must hold a JSON list of objects, got {type(row).__name__}", i)
+    return data
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
@@ -277,26 +308,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     if suffix == ".jsonl":
         return _json_lines(path)
     if suffix == ".json":
-        try:
-            with open(path, encoding="utf-8-sig") as f:  # a byte-order mark may open the file
-                data = json.load(f)
-        except UnicodeDecodeError as exc:
-            raise LabelValidationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            if exc.msg != "Extra data":  # a first document that does not parse: the file is broken, say where
-                raise LabelValidationError(f"{path} is not valid JSON ({exc})") from None
-            return _json_lines(path)  # one object per line under a .json name (what Dataset.to_json writes)
-        if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-            raise LabelValidationError(f"{path} holds its rows by column ({{column: {{index: value}}}}, pandas' default "
-                                       "to_json): write one object per row, e.g. to_json(orient='records', lines=True)")
-        if isinstance(data, dict):  # one row: what Dataset.to_json writes for a one-label dataset
-            data = [data]
-        if not isinstance(data, list):
-            raise LabelValidationError(f"{path} must hold a JSON list of objects, or one JSON object per line")
-        for i, row in enumerate(data):
-            if not isinstance(row, dict):
-                raise LabelValidationError(f"{path} must hold a JSON list of objects, got {type(row).__name__}", i)
-        return data
+        return _read_json(path)
     if suffix == ".parquet":
         return Dataset.from_parquet(str(path)).to_list()
     if suffix == ".csv":
@@ -316,12 +328,15 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     header naming a column twice, are errors that name them (a reader that shifts or renames columns would move a
     sample into the query or out of ``samples``); blank lines are skipped."""
     rows: list[dict[str, Any]] = []
+    csv.field_size_limit(2**31 - 1)  # the module's default stops at a 131,072-character cell; pandas had no limit
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel) may open the file
             reader = csv.reader(f)
-            header = next(reader, None)
+            header = next((r for r in reader if any(v.strip() for v in r)), None)  # blank lines before it skipped
             if header is None:
                 return rows
+            # unnamed columns (a spreadsheet's trailing empty ones) named as pandas names them
+            header = [c if c.strip() else f"Unnamed: {i}" for i, c in enumerate(header)]
             twice = sorted({c for c in header if header.count(c) > 1})
             if twice:
                 raise LabelValidationError(f"{path}: the header names {twice} more than once")
@@ -634,7 +649,8 @@ def from_openai_json(
     first rows (the paper used the first 4,992 of 6,264).
     """
     if isinstance(source, (str, os.PathLike)):  # a list of records, or one per line; read as every label file is
-        records = _read_file(Path(source))
+        path = Path(source)
+        records = _json_lines(path) if path.suffix.lower() == ".jsonl" else _read_json(path)
     else:
         records = list(source)
     if limit is not None:
