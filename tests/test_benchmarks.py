@@ -395,3 +395,23 @@ def test_onednn_matmul_summary_sums_exec_lines_by_shape():
     assert got["flops"] == 2 * big + lm
     assert got["by_shape"] == [("4x25x576:4x576x49152", (1, pytest.approx(0.005), lm)),
                                ("352x576:576x1536", (2, pytest.approx(0.003), 2 * big))]
+
+
+def test_onednn_timed_reads_the_log_of_the_call_it_wraps(capfd):
+    """--onednn's wrapper: oneDNN's log of the wrapped call is read back from fd 1 while Python's output still
+    reaches it; a bf16 matmul runs through oneDNN where the CPU has bf16 units (elsewhere it may not)."""
+    mfu = _bench_module("ppo_mfu")
+    x = torch.randn(64, 64, dtype=torch.bfloat16)
+
+    def step(a):
+        print("python output inside")
+        return a @ a
+
+    out = mfu.onednn_timed(step, lambda: True)(x)
+    assert torch.equal(out, x @ x)
+    printed = capfd.readouterr().out
+    assert "python output inside" in printed and "onednn_verbose" not in printed  # the log went to its file
+    said = re.search(r"oneDNN matmuls in this update's PPO epochs \([0-9.]+ s with the log on\): (\d+) calls", printed)
+    assert said
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert said.group(1) == "1" and "64x64:64x64" in printed
