@@ -1,5 +1,6 @@
 """A local dataset folder as users have them: one ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` wrote, or a
-folder of data files (``datasets``' folder builder). One reader for the recipes' ``query_dataset`` and label files."""
+folder of data files (``datasets``' folder builder). One reader for the recipes' ``query_dataset`` and label files, and
+the rule both use for a data file that holds nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 
 import datasets
 
-__all__ = ["load_dataset_folder"]
+__all__ = ["is_blank_file", "load_dataset_folder"]
 
 
 def load_dataset_folder(path: str | os.PathLike, split: str = "train") -> datasets.Dataset:
@@ -25,3 +26,11 @@ def load_dataset_folder(path: str | os.PathLike, split: str = "train") -> datase
             return next(iter(splits.values()))
         raise ValueError(f"{folder}: a DatasetDict without a {split!r} split; its splits are {sorted(splits)}")
     return datasets.load_dataset(folder, split=split)
+
+
+def is_blank_file(path: str | os.PathLike) -> bool:
+    """Whether the file holds only whitespace (an empty export), judged from its first 64 KiB: a longer file is
+    never blank by this rule, so a large file is not read twice."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return not head.strip() and len(head) < 1 << 16

@@ -39,7 +39,7 @@ from trl.data_utils import is_conversational, maybe_extract_prompt
 
 from .._compat import get_dataset_column_names
 from ..assets import load_gpt2_tokenizer
-from ..dataset_folders import load_dataset_folder
+from ..dataset_folders import is_blank_file, load_dataset_folder
 from ..chat_templates import render_row_chat
 from ..models.reward_model import without_added_bos
 from ..tokenizer_maps import map_with_tokenizer
@@ -312,9 +312,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     if suffix == ".parquet":
         return Dataset.from_parquet(str(path)).to_list()
     if suffix == ".csv":
-        with open(path, "rb") as f:  # an empty export (no labels) is a blank file, which the CSV reader refuses
-            head = f.read(1 << 16)
-        if not head.strip() and len(head) < 1 << 16:
+        if is_blank_file(path):  # an empty export (no labels)
             return []
         return _read_csv(path)
     raise LabelValidationError(f"unsupported file type {suffix!r} for {path}: use {', '.join(LABEL_FILE_SUFFIXES)} or a "
@@ -694,16 +692,20 @@ def from_openai_json(
     return validate_labels(Dataset.from_dict(rows), k=len(flat) or len(records[0]["samples"]))
 
 
+def _is_token_id(t: Any) -> bool:
+    """An int (a bool or a float is no token id)."""
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
 def _token_ids(value: Any) -> bool:
-    """Whether ``value`` is a list of token ids (ints; a bool or a float is none)."""
-    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    """Whether ``value`` is a list of token ids."""
+    return isinstance(value, list) and all(_is_token_id(t) for t in value)
 
 
 def _kind(value: Any) -> str:
     """What a value that should be token ids is, for an error: its type, or the first element that is not an id."""
     if isinstance(value, list):
-        bad = next(t for t in value if not (isinstance(t, int) and not isinstance(t, bool)))
-        return f"a list holding {bad!r}"
+        return f"a list holding {next(t for t in value if not _is_token_id(t))!r}"
     return f"{type(value).__name__} {value!r}"[:80]
 
 

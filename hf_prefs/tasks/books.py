@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import datasets
 
 from ..assets import austen_novels
-from ..dataset_folders import load_dataset_folder
+from ..dataset_folders import is_blank_file, load_dataset_folder
 from ..labels.schema import names_a_local_file
 
 logger = logging.getLogger(__name__)
@@ -213,9 +213,7 @@ def _load_texts(name: str, split: str) -> datasets.Dataset:
         if builder is None:
             raise ValueError(f"query_dataset {name}: unsupported file type {path.suffix!r} (use "
                              f"{', '.join(LOCAL_TEXT_BUILDERS)}, a dataset folder or a Hub dataset id)")
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-        if not head.strip() and len(head) < 1 << 16:  # (an empty .jsonl was a bare StopIteration)
+        if is_blank_file(path):  # (an empty .jsonl was a bare StopIteration)
             raise ValueError(f"query_dataset {name}: the file is empty")
         try:
             return datasets.load_dataset(builder, data_files=str(path), split="train")

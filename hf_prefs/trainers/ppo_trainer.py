@@ -227,10 +227,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             optimizers=optimizers,
         )
         self.args: PPOConfig
-        self.state = OnlineTrainerState(  # TRL's state, with `episode`, from the start as TRL's was
-            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero(),
-            stateful_callbacks=[cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)],
-        )
+        self.state = self._new_state()  # TRL's state, with `episode`, from the start as TRL's was
         if (strategy := getattr(args.eval_strategy, "value", args.eval_strategy)) != "no":
             logger.warning(f"eval_strategy={strategy!r}: PPOTrainer "
                            "runs no evaluation loop (as TRL's did); eval_dataset feeds generate_completions() every "
@@ -458,6 +455,13 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         if engine is not None:
             self._frozen_engines.append(engine)
         return module
+
+    def _new_state(self) -> OnlineTrainerState:
+        """A fresh trainer state (``episode`` 0) holding the callbacks whose state a checkpoint saves."""
+        return OnlineTrainerState(
+            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero(),
+            stateful_callbacks=[cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)],
+        )
 
     @contextmanager
     def null_ref_context(self):
@@ -1015,11 +1019,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             self.create_scheduler(num_training_steps=a.num_total_batches)  # lr: linear to 0 over the updates
             self._prepared = True
 
-        self.state = OnlineTrainerState(
-            stateful_callbacks=[
-                cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)
-            ]
-        )
+        self.state = self._new_state()
         self.state.train_batch_size = a.per_device_train_batch_size
         self.state.compute_steps(a, a.num_total_batches)
         if resume_from_checkpoint is not None:
