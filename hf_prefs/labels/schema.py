@@ -363,11 +363,18 @@ def _pairwise_rows(rows: list[dict[str, Any]], columns: list[str], spec: Any) ->
     ``rejected`` checked as text or messages first, so that a bad cell is named rather than an Arrow type error.
     ``columns``: every row's, in first-seen order."""
     for i, row in enumerate(rows):
-        for col in ("prompt", "chosen", "rejected"):
-            if col in columns and not isinstance(row.get(col), (str, list)):  # a row without the others' prompt too
-                got = type(row.get(col)).__name__ if col in row else "nothing"
-                raise LabelValidationError(f"must be text or a list of messages, got {got} (in {spec})", i, col)
+        check_pairwise_cells(row, i, columns, f" (in {spec})")  # a row without the others' prompt too
     return _one_table(rows, columns, spec)
+
+
+def check_pairwise_cells(row: Mapping[str, Any], idx: int, columns: Iterable[str], where: str = "") -> None:
+    """Raise a :class:`LabelValidationError` naming row ``idx`` and the field where one of ``prompt``/``chosen``/
+    ``rejected`` among ``columns`` is neither text nor a list of messages (a cell the row lacks: "got nothing")."""
+    columns = set(columns)
+    for col in ("prompt", "chosen", "rejected"):
+        if col in columns and not isinstance(row.get(col), (str, list)):
+            got = type(row.get(col)).__name__ if col in row else "nothing"
+            raise LabelValidationError(f"must be text or a list of messages, got {got}{where}", idx, col)
 
 
 def _one_table(rows: list[dict[str, Any]], columns: list[str], spec: Any) -> Dataset:
@@ -515,6 +522,7 @@ def pairwise_label(
     convert; the label's own checks (non-empty samples...) are :func:`check_label_row`'s, which :func:`from_pairwise`
     runs once per row."""
     source, row = row, {c: row[c] for c in ("prompt", "chosen", "rejected") if c in row}
+    check_pairwise_cells(row, idx, ["chosen", "rejected", *row])  # before a prompt is derived from them
     text = [c for c, v in row.items() if isinstance(v, str)]
     messages = [c for c, v in row.items() if isinstance(v, list)]
     if text and messages:
