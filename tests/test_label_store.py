@@ -710,6 +710,17 @@ def test_cli_queue_must_be_a_folder_and_reading_commands_make_none(tmp_path, cap
     for command in ("add", "import"):  # no rows: said, and no queue folder made for them
         assert label_cli.main(["label", command, "--queue", str(tmp_path / "q2"), "--from", str(tmp_path / "e.csv")]) == 2
         assert f"--from {tmp_path / 'e.csv'}: no rows in it" in capsys.readouterr().err and not (tmp_path / "q2").exists()
+    twice = tmp_path / "twice.jsonl"  # refused by the queue itself (one labeler, one item, two answers)
+    twice.write_text("".join(json.dumps({"query": "Q", "samples": [" a", " b"], "best": b}) + "\n" for b in (1, 0)))
+    for queue in (tmp_path / "q3", empty):  # a queue the import made is removed; one that was there is kept
+        made = not queue.exists()
+        before = sorted(p.name for p in queue.iterdir()) if not made else None
+        argv = ["label", "import", "--queue", str(queue), "--from", str(twice), "--round", "0"]
+        assert label_cli.main(argv) == 2
+        assert "row 1, field 'labeler'" in capsys.readouterr().err
+        assert not queue.exists() if made else sorted(p.name for p in queue.iterdir()) == before
+        if not made:
+            assert label_cli.main(["label", "status", "--queue", str(queue)]) == 0
 
 
 def test_cli_export_of_a_round_the_queue_lacks_or_a_push_that_cannot_connect_is_one_line(tmp_path, capsys, monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,8 +125,17 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if args.round is None and unplaced and not (Path(args.queue).expanduser() / LOG_NAME).is_file():
         raise ValueError(f"--queue {args.queue} holds no queue yet, so row {unplaced[0]} (no 'round') matches no queued "
                          "item: give --round (the round its labels go to) or a 'round' column")
+    path = Path(args.queue).expanduser()
+    made_folder, made_log = not path.exists(), not (path / LOG_NAME).is_file()
     queue = _queue(args)
-    ids = queue.add_labels(rows, round_id=args.round, labeler=args.labeler)
+    try:
+        ids = queue.add_labels(rows, round_id=args.round, labeler=args.labeler)
+    except Exception:  # refused as a whole (a row the queue names): a queue this command made is not left behind
+        if made_folder:
+            shutil.rmtree(path, ignore_errors=True)
+        elif made_log and (path / LOG_NAME).is_file() and (path / LOG_NAME).stat().st_size == 0:
+            (path / LOG_NAME).unlink()
+        raise
     print(f"imported {len(ids)} labels into {args.queue}")
     return 0
 
