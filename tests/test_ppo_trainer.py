@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, GPT2LMHeadModel, TrainerCallback
 
+from hf_prefs.core.rollout import pad_token_id_of
 from hf_prefs.model_cards import render_policy_card
 from hf_prefs.trainers.ppo_config import PPOConfig
 from hf_prefs.trainers.ppo_trainer import NonFiniteError, PPOTrainer
@@ -364,7 +365,8 @@ def test_separate_value_model_is_initialised_from_the_reward_model(tmp_path, gpt
         assert torch.equal(a, b), name
 
     rollout = trainer.make_rollout(*trainer.sample_queries(0))
-    expected_scores = score_texts(reward_model, gpt2_tokenizer, rollout.query_texts, rollout.response_texts)
+    expected_scores = trl_get_reward(reward_model, rollout.query_ids, rollout.query_mask, rollout.response_ids,
+                                     rollout.response_lengths, pad_token_id_of(gpt2_tokenizer))  # TRL's reading
     assert torch.allclose(rollout.raw_scores, expected_scores, atol=1e-5)
     ids = torch.cat([rollout.query_ids, rollout.response_ids], 1)
     mask = torch.cat([rollout.query_mask, torch.ones_like(rollout.response_ids)], 1)
@@ -598,6 +600,79 @@ def eos_policy_and_padded_reward(tokenizer):
     reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1, vocab_size=len(padded))).eval()
     reward.config.pad_token_id = padded.pad_token_id
     return policy, reward, padded
+
+
+def trl_get_reward(model, query_ids, query_mask, response_ids, lengths, pad_id) -> torch.Tensor:
+    """TRL 1.12's PPO scoring written out (its ``truncate_response`` and ``get_reward``): the query padded with the
+    tokenizer's pad, the response after its cut filled with it, attention on ``ids != pad``, positions by the exclusive
+    cumsum, pad ids fed as 0, the backbone's last hidden state through the score head, read at the response's first
+    pad - 1."""
+    query = query_ids.masked_fill(query_mask == 0, pad_id)
+    kept = torch.arange(response_ids.shape[1])[None] < lengths[:, None]
+    post = response_ids.masked_fill(~kept, pad_id)
+    ids = torch.cat([query, post], 1)
+    mask = ids != pad_id
+    with torch.no_grad():
+        hidden = getattr(model, model.base_model_prefix)(input_ids=ids.masked_fill(~mask, 0), attention_mask=mask.long(),
+                                                         position_ids=mask.long().cumsum(1) - mask.long()).last_hidden_state
+        logits = model.score(hidden)[..., 0]  # (B, L)
+    is_pad = post == pad_id
+    first = torch.where(is_pad.any(1), is_pad.int().argmax(1), torch.full_like(lengths, post.shape[1]))
+    return logits[torch.arange(len(ids)), query.shape[1] + first - 1]
+
+
+def test_a_reward_model_from_elsewhere_reads_the_sampled_ids_as_trl_did(tmp_path, gpt2_tokenizer, monkeypatch):
+    """TRL 1.12 fed a reward model the query's and the response's token ids (one tokenizer for every model). hf_prefs
+    decoded the response and tokenized query + text again, which splits a sampled non-canonical pair (" m" + "at")
+    as " mat" and a query built from pieces otherwise than its dataset ids, and, with TRL's "[PAD]" (outside the
+    embedding) and ``stop_token="eos"``, read a response that ended at EOS at the token before it. A reward model from
+    elsewhere sharing the policy's tokenizer now reads the ids as TRL's ``get_reward`` (written out here) did: with
+    "[PAD]" at the EOS, with pad = EOS the token before it; ``normalize_reward`` reads rho's samples the same way."""
+    import copy
+
+    import hf_prefs.trainers.ppo_trainer as module
+
+    eos = gpt2_tokenizer.eos_token_id
+    policy, reward, _ = eos_policy_and_padded_reward(gpt2_tokenizer)
+    reward = GPT2ForSequenceClassification(tiny_gpt2_config(num_labels=1)).eval()  # TRL's: no [PAD] row
+    padded = copy.deepcopy(gpt2_tokenizer)
+    padded.add_special_tokens({"pad_token": "[PAD]"})
+    pieces = [gpt2_tokenizer(" The cat")["input_ids"] + gpt2_tokenizer("s sat")["input_ids"]] * 8  # not " cats"
+    for tokenizer, stop in ((padded, "eos"), (gpt2_tokenizer, "eos"), (padded, None)):
+        trainer = PPOTrainer(policy, reward, make_config(tmp_path, stop_token=stop, truncate_after=0, total_episodes=8,
+                                                         truncate_token=None),
+                             Dataset.from_dict({"input_ids": pieces}), processing_class=tokenizer)
+        assert trainer.reward_reads_token_ids()
+        rollout = trainer.make_rollout(*trainer.sample_queries(0))
+        expected = trl_get_reward(reward, rollout.query_ids, rollout.query_mask, rollout.response_ids,
+                                  rollout.response_lengths, pad_token_id_of(tokenizer))
+        assert torch.allclose(rollout.raw_scores, expected, atol=1e-5)
+        ends = [eos in row[:n].tolist() for row, n in zip(rollout.response_ids, rollout.response_lengths)]
+        assert any(ends) and not all(ends)
+        texts = score_texts(reward, tokenizer, rollout.query_texts, rollout.response_texts)
+        assert not torch.allclose(rollout.raw_scores, texts, atol=1e-3)  # the text reading is another one
+    seen = []
+    real = module.score_token_ids
+    monkeypatch.setattr(module, "score_token_ids", lambda *a, **k: seen.append(a) or real(*a, **k))
+    config = make_config(tmp_path, stop_token="eos", truncate_after=0, total_episodes=8, truncate_token=None,
+                         normalize_reward=True, normalize_samples=16)
+    trainer = PPOTrainer(policy, copy.deepcopy(reward), config, Dataset.from_dict({"input_ids": pieces}),
+                         processing_class=padded)
+    gain, bias = trainer.normalize_reward_model()  # rho's 16 samples, cut at the EOS, read as PPO reads them
+    _, query_ids, query_mask, responses, lengths, pad = seen[-1]
+    assert len(responses) == 16 and pad == padded.pad_token_id and int(lengths.min()) < responses.shape[1]
+    normalized = gain * trl_get_reward(reward, query_ids, query_mask, responses, lengths, pad) + bias
+    assert normalized.mean().item() == pytest.approx(0.0, abs=1e-4)
+    assert normalized.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    # a reward model trained here, or one with a tokenizer of its own, still reads text
+    trainer = PPOTrainer(policy, reward, make_config(tmp_path, total_episodes=8), Dataset.from_dict({"input_ids": pieces}),
+                         processing_class=gpt2_tokenizer, reward_processing_class=padded)
+    assert not trainer.reward_reads_token_ids()
+    trained_here = copy.deepcopy(reward)
+    set_response_suffix(trained_here, None)
+    trainer = PPOTrainer(policy, trained_here, make_config(tmp_path, total_episodes=8),
+                         Dataset.from_dict({"input_ids": pieces}), processing_class=gpt2_tokenizer)
+    assert not trainer.reward_reads_token_ids()
 
 
 def test_a_reward_model_reads_trls_stop_token_where_trl_read_it(tmp_path, gpt2_tokenizer):
@@ -1174,3 +1249,18 @@ def test_a_reward_model_folder_without_a_tokenizer_scores_with_the_policys(tmp_p
     assert trainer.reward_processing_class is other
     with pytest.raises(ValueError, match=r"^reward_model: its score head has num_labels=2; a reward model outputs one"):
         make_trainer(tmp_path, gpt2_tokenizer, reward=GPT2ForSequenceClassification(tiny_gpt2_config()))
+
+
+def test_trls_stop_token_ends_the_saved_policys_generation_there(tmp_path, gpt2_tokenizer):
+    """TRL 1.12 set the policy's ``generation_config.eos_token_id`` to its stop token, so ``generate()`` on the trained
+    policy, saved with it, stops where the episodes ended; without a stop token the model's own is kept here."""
+    from transformers import GenerationConfig
+
+    for overrides, expected in (({"stop_token_id": 13}, 13), ({"stop_token": "eos"}, gpt2_tokenizer.eos_token_id),
+                                ({}, 7)):
+        policy = make_policy()
+        policy.generation_config.eos_token_id = 7
+        trainer = make_trainer(tmp_path, gpt2_tokenizer, model=policy, truncate_token=None, **overrides)
+        assert policy.generation_config.eos_token_id == expected
+        trainer.save_model(str(tmp_path / "saved"))
+        assert GenerationConfig.from_pretrained(tmp_path / "saved").eos_token_id == expected

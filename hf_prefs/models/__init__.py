@@ -11,6 +11,7 @@ from .reward_model import (
     last_token_rewards,
     normalize_reward_model,
     score_texts,
+    score_token_ids,
     set_reward_normalization,
 )
 from .value_head import PolicyWithValueHead, ValueHead, value_model_from_policy, value_model_from_reward_model
@@ -30,6 +31,7 @@ __all__ = [
     "last_token_rewards",
     "normalize_reward_model",
     "score_texts",
+    "score_token_ids",
     "set_reward_normalization",
     "PolicyWithValueHead",
     "ValueHead",

@@ -60,7 +60,9 @@ __all__ = [
     "packed_rewards",
     "without_trailing_pad",
     "score_texts",
+    "score_token_ids",
     "normalize_reward_model",
+    "normalize_to",
 ]
 
 #: Config attribute holding the gain.
@@ -354,6 +356,59 @@ def score_texts(
     return torch.cat(out) if out else torch.zeros(0)
 
 
+
+@torch.no_grad()
+def score_token_ids(
+    model: Any,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    pad_token_id: int,
+    batch_size: int = 32,
+    normalized: bool = True,
+) -> torch.Tensor:
+    """Rewards ``(B,)`` (float32, on the model's device) of query + cut response *token ids*, read as TRL 1.12's
+    ``PPOTrainer`` read a reward model (its ``get_reward``; no decoding and re-tokenizing in between):
+
+        kept_i  = response_i[:lengths_i]                  (TRL filled the rest with the pad)
+        n_i     = index of the first ``pad_token_id`` in kept_i, else lengths_i
+        r_i     = model(query_i + kept_i[:n_i]) at its last token (the query's last where n_i = 0)
+
+    with the tokens whose id is ``pad_token_id`` left out of the attention (TRL's mask ``ids != pad``; the query's
+    padding by ``query_mask``) and positions counting the attended tokens. ``pad_token_id`` is the tokenizer's own
+    (TRL's ``processing_class.pad_token_id``: a ``[PAD]`` outside the embedding is never sampled, so a response
+    ending at its EOS is read at the EOS; a tokenizer padding with EOS reads the token before it). The ids the
+    model does not attend are fed as 0, as TRL fed them.
+
+    Args:
+        query_ids, query_mask: ``(B, Lq)`` left-padded queries and their 0/1 mask.
+        response_ids: ``(B, Lr)`` sampled responses; lengths: ``(B,)`` where each is cut (its kept tokens).
+    """
+    device = model_device(model)
+    width = response_ids.shape[1]
+    kept = torch.arange(width, device=lengths.device)[None] < lengths[:, None]  # (B, Lr)
+    pads = (response_ids.to(lengths.device) == pad_token_id) & kept
+    read = torch.where(pads.any(1), pads.int().argmax(1), lengths)  # (B,) response tokens read
+    response_mask = torch.arange(width, device=lengths.device)[None] < read[:, None]
+    mask = torch.cat([query_mask.bool().to(lengths.device) & (query_ids.to(lengths.device) != pad_token_id),
+                      response_mask], 1)  # (B, Lq + Lr)
+    ids = torch.cat([query_ids.to(lengths.device), response_ids.to(lengths.device)], 1).masked_fill(~mask, 0)
+    positions = mask.long().cumsum(1) - mask.long()  # TRL's: the attended tokens before each position
+    last = query_ids.shape[1] + read - 1  # (B,)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, ids.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            out.append(last_token_rewards(model, ids[rows].to(device), mask[rows].long().to(device),
+                                          last_index=last[rows].to(device), position_ids=positions[rows].to(device),
+                                          normalized=normalized))
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, device=device)
+
 def _check_positions(seqs: list[list[int]], start: int, positions: int | None) -> None:
     """A ``ValueError`` naming the first (query, response) row of a batch beginning at row ``start`` that holds more
     tokens than a learned position table's ``positions`` (the forward failed with a bare IndexError on the CPU, a
@@ -399,8 +454,12 @@ def normalize_reward_model(
     if len(responses) != len(queries):
         raise ValueError(f"got {len(queries)} queries but {len(responses)} responses; need one response per query")
     raw = score_texts(model, tokenizer, queries, responses, batch_size=batch_size, normalized=False)
-    if gather is not None:
-        raw = gather(raw)
+    return normalize_to(model, gather(raw) if gather is not None else raw, target_mean, target_std)
+
+
+def normalize_to(model: Any, raw: torch.Tensor, target_mean: float = 0.0, target_std: float = 1.0) -> tuple[float, float]:
+    """Store on ``model`` the gain/bias that map its raw scores ``raw`` (of rho's samples, read without gain/bias)
+    to mean ``target_mean`` and population std ``target_std``; returns them."""
     gain, bias = reward_normalization(raw.cpu(), target_mean=target_mean, target_std=target_std)
     set_reward_normalization(model, gain, bias)
     return gain, bias

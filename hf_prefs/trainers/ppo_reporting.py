@@ -193,7 +193,7 @@ class PPOReportingMixin:
                     )
                 lengths = spec.cut(responses).lengths
                 texts = self.decode_responses(responses, lengths)
-                with self.scoring_with(batch, responses, lengths):  # the rows' columns for a reward in TRL's form
+                with self.scoring_with(batch, responses, lengths, query_ids.to(device), query_mask.to(device)):  # as TRL
                     scores = self.score(list(batch["query"]), texts).tolist()
                 if i < len(mine):
                     real = len(mine[i])

@@ -62,15 +62,15 @@ from ..memory import release_free_memory
 from ..core.kl import AdaptiveKLController, FixedKLController
 from ..core.optim import TF1Adam, set_group_learning_rate
 from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
-from ..core.rollout import RolloutSpec, left_pad
+from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of
 from ..models.adapter_inputs import adapter_inputs_in_autocast_dtype
 from ..models.attention import training_attention
 from ..models.dropout import disable_dropout
-from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, sample_responses
+from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, same_token_ids, sample_responses
 from ..models.loading import check_local_path, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
-from ..models.reward_model import (check_scalar_head, get_turn_end, normalize_reward_model, reads_as_trained_here,
-                                    score_texts)
+from ..models.reward_model import (check_scalar_head, get_turn_end, normalize_reward_model, normalize_to,
+                                    reads_as_trained_here, score_texts, score_token_ids)
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import (
     PolicyValueOutput,
@@ -133,15 +133,26 @@ def query_width(longest: int, padded: int) -> int:
     return min(padded, -(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)
 
 
+
+def stop_generation_at(policy: nn.Module, stop_token_id: int | None) -> None:
+    """With TRL's stop token (``stop_token="eos"`` or ``stop_token_id``), the policy's ``generation_config`` ends
+    generation there (its ``eos_token_id``), as TRL 1.12 set it: ``generate()`` on the trained policy, and the
+    policy saved with it, stop where its episodes ended. Without one the model's own is kept (TRL set None: a
+    saved policy then never stopped at its EOS)."""
+    config = getattr(policy, "generation_config", None)
+    if stop_token_id is not None and config is not None:
+        config.eos_token_id = stop_token_id
+
 class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, DeepSpeedPluginMixin, TrlBaseTrainer):
     """The paper's PPO: fixed-length sampling at T, per-token KL penalty, adaptive beta, value head on the trunk.
 
     Args:
         model: the policy: a model id/path or an ``AutoModelForCausalLM`` model (a ``PeftModel`` works too), or a
             :class:`~hf_prefs.models.value_head.PolicyWithValueHead`.
-        reward_model: an hf_prefs reward model (a ``*ForSequenceClassification`` model, scored with
+        reward_model: a reward model (a ``*ForSequenceClassification`` model: one trained by hf_prefs scored with
             :func:`hf_prefs.models.reward_model.score_texts` at the last token, after the response suffix it was
-            trained with, normalization gain/bias applied), a path to
+            trained with; one from elsewhere sharing the policy's tokenizer on the sampled ids as TRL did,
+            :func:`~hf_prefs.models.reward_model.score_token_ids`; normalization gain/bias applied), a path to
             one (loaded with :func:`hf_prefs.models.loading.load_reward_model`), or any callable
             ``f(queries: list[str], responses: list[str]) -> (B,)`` (known rewards, direct RL) or in TRL's
             reward-function form ``f(prompts=..., completions=..., **kwargs)``, or a list of such functions summed
@@ -203,6 +214,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             if module is not None:
                 disable_dropout(module)  # dropout off everywhere (paper), functional rates included
         self.rollout_spec = RolloutSpec.from_config(args, processing_class)
+        stop_generation_at(policy, self.stop_token_id)
         # the id that pads queries fed to the policy (masked out): the tokenizer's, unless it lies outside the
         # policy's embedding (TRL's scripts add a "[PAD]" token without resizing the embedding)
         self.pad_token_id = input_pad_id(policy, processing_class)
@@ -595,11 +607,20 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         function in TRL's form also gets the keywords of :meth:`scoring_with` (dataset columns, ``completion_ids``)
         and ``trainer_state``, ``log_metric``, ``log_extra``; a list of functions is summed with ``reward_weights``
         (:func:`~hf_prefs.trainers.reward_functions.combined_scores`). A reward model reads, within :meth:`scoring_with`,
-        :meth:`reward_model_texts` (TRL's stop token where TRL gave it one)."""
+        the sampled ids where :meth:`reward_reads_token_ids` (as TRL), else :meth:`reward_model_texts` (TRL's stop
+        token where TRL gave it one)."""
         if isinstance(self.reward_model, nn.Module):
+            extra = self._scoring_extra
+            if "query_ids" in extra and self.reward_reads_token_ids():  # TRL's reading of the sampled ids themselves
+                with self.accelerator.autocast():
+                    scores = score_token_ids(self.reward_model, extra["query_ids"], extra["query_mask"],
+                                             extra["response_ids"], extra["lengths"],
+                                             pad_token_id_of(self.processing_class),
+                                             batch_size=self.args.local_rollout_forward_batch_size)
+                return scores.to(device=self.accelerator.device, dtype=torch.float32)
             # within scoring_with: a model from elsewhere (TRL's) reads TRL's stop token as TRL gave it; one trained
             # here as its labels' texts were
-            if "response_ids" in self._scoring_extra:
+            if "response_ids" in extra:
                 response_texts = self.reward_model_texts(list(response_texts), self._scoring_extra["response_ids"],
                                                          self._scoring_extra["lengths"])
             with self.accelerator.autocast():
@@ -617,6 +638,18 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             scores = combined_scores(self.reward_functions(), self.args.reward_weights, list(query_texts),
                                      list(response_texts), extra)
         return scores.to(device=self.accelerator.device, dtype=torch.float32)
+
+    def reward_reads_token_ids(self) -> bool:
+        """Whether the reward model reads the sampled token ids themselves, as TRL 1.12 fed them
+        (:func:`~hf_prefs.models.reward_model.score_token_ids`): a model from elsewhere (not trained by hf_prefs's
+        reward trainers) whose tokenizer gives every token the policy's id — TRL's setting, one tokenizer for all
+        models. Asked each time (the online loop swaps models); the tokenizers' comparison is kept."""
+        if reads_as_trained_here(self.reward_model):
+            return False
+        pair = (self.reward_processing_class, self.processing_class)
+        if getattr(self, "_compared_tokenizers", (None, None, None))[:2] != pair:
+            self._compared_tokenizers = (*pair, same_token_ids(*pair))
+        return self._compared_tokenizers[2]
 
     def reward_model_texts(self, texts: list[str], response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """What the reward model reads of the cut responses ``texts``, asked each time (the online loop swaps models):
@@ -644,13 +677,17 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         return list(self.reward_model) if isinstance(self.reward_model, list) else [self.reward_model]
 
     @contextmanager
-    def scoring_with(self, columns: dict[str, list[Any]], response_ids: torch.Tensor, lengths: torch.Tensor):
+    def scoring_with(self, columns: dict[str, list[Any]], response_ids: torch.Tensor, lengths: torch.Tensor,
+                     query_ids: torch.Tensor | None = None, query_mask: torch.Tensor | None = None):
         """Within it, :meth:`score` passes a reward function in TRL's form ``columns`` (the queries' dataset
-        columns) and ``completion_ids`` (each response's token ids up to its cut), and gives a reward model the stop
-        token where TRL did (:meth:`RolloutSpec.model_texts`) — a context, so that ``score(q, r)`` keeps its
-        signature for subclasses."""
+        columns) and ``completion_ids`` (each response's token ids up to its cut), and gives a reward model the
+        queries' ids (``query_ids``/``query_mask``, left-padded) and the responses' to read as TRL did where it shares
+        the policy's tokenizer (:meth:`reward_reads_token_ids`), else the stop token where TRL gave it one
+        (:meth:`RolloutSpec.model_texts`) — a context, so that ``score(q, r)`` keeps its signature for subclasses."""
         if isinstance(self.reward_model, nn.Module):  # a model reads the stop token too (RolloutSpec.model_texts)
             self._scoring_extra = {"response_ids": response_ids, "lengths": lengths}
+            if query_ids is not None and query_mask is not None:
+                self._scoring_extra.update(query_ids=query_ids, query_mask=query_mask)
         else:
             self._scoring_extra = {**columns, "completion_ids": self.rollout_spec.kept_ids(response_ids, lengths)}
         try:
@@ -736,7 +773,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         lengths, valid = self.truncate(response_ids)  # (B,), (B,)
         response_texts = self.decode_responses(response_ids, lengths)
         with self._timed("score"):
-            with self.scoring_with(self.reward_columns(query_texts), response_ids, lengths):
+            with self.scoring_with(self.reward_columns(query_texts), response_ids, lengths, query_ids, query_mask):
                 raw_scores = self.score(query_texts, response_texts)  # (B,)
         self._check_finite(raw_scores, "reward scores")
         scores = self.apply_penalty(raw_scores, valid)  # (B,)
@@ -1106,7 +1143,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         ``normalize_samples`` queries, split over processes, are answered by rho at temperature T, uncut (the
         paper's truncate token is for the reward of PPO's samples); the raw scores of all processes give the same
         ``(gain, bias)`` everywhere. Under TRL's stop token an episode ends at it, so rho's responses are cut there
-        and the reward model reads them as PPO's scoring does (:meth:`reward_model_texts`).
+        and the reward model reads them as PPO's scoring does (its ids where :meth:`reward_reads_token_ids`, else
+        :meth:`reward_model_texts`).
         """
         a, n = self.args, len(self.train_dataset)
         per_process = math.ceil(a.normalize_samples / self.accelerator.num_processes)
@@ -1118,11 +1156,15 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         responses = self.generate(query_ids.to(device), query_mask.to(device), reference=True)  # (b, Lr)
         spec = self.rollout_spec
         lengths = self.truncate(responses)[0] if spec.mask_after_cut else torch.full((len(responses),), responses.shape[1])
+        gather = lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples]  # noqa: E731
+        if self.reward_reads_token_ids():  # read as PPO's scoring reads it: the ids, as TRL
+            raw = score_token_ids(self.reward_model, query_ids, query_mask, responses.cpu(), lengths.cpu(),
+                                  pad_token_id_of(self.processing_class),
+                                  batch_size=self.args.local_rollout_forward_batch_size, normalized=False)
+            return normalize_to(self.reward_model, gather(raw))
         texts = self.decode_responses(responses, lengths)
         if spec.mask_after_cut:
             texts = self.reward_model_texts(texts, responses, lengths)
-        return normalize_reward_model(
-            self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
-            gather=lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples],
-        )
+        return normalize_reward_model(self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
+                                      gather=gather)
 
