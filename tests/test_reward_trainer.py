@@ -593,3 +593,82 @@ def test_max_length_keeps_the_rows_trl_keeps(gpt2_tokenizer, tmp_path, pad):
                                        RewardConfig(output_dir=str(tmp_path / "ours"), **common),
                                        train_dataset=pairs, processing_class=tok).train_dataset
     assert len(ours) == len(trl_rows) and 0 < len(ours) < 6
+
+
+def tiny_bert_and_wordpiece(tmp_path):
+    """A tiny random BERT classifier (num_labels=1, no dropout) and a WordPiece tokenizer written here: ``[CLS] text
+    [SEP]``, as BERT's and DeBERTa's tokenizers encode a text (``[SEP]`` is also its EOS, as DeBERTa's)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = sorted({w.strip() for w in GOOD + BAD} | {"chapter", "after", "the", "ball", "she", "felt", "all", "day",
+                                                     "for", "a", "week", "."} | {str(i) for i in range(8)})
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(vocab), eos_token="[SEP]")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0, num_labels=1,
+        pad_token_id=tok.pad_token_id))
+    return model, tok
+
+
+def test_an_encoder_reward_model_trains_as_trl_reward_trainer_trains_it(tmp_path):
+    """``trl.RewardTrainer`` trains encoder classifiers too (BERT, DeBERTa: a pooled reward per row, no score head at
+    every position); hf_prefs refused them (``has no `score` head``). Now their reward is the model's own output, the
+    query and each sample hold the tokens of the joined text (``[CLS] prompt completion [SEP]``: the ``[SEP]`` that
+    closes a text goes after the sample, not between), and two SGD steps give TRL's losses and weights; K-way labels
+    train too, and ``score_texts`` reads the saved model as its own forward does. Packed rows and the frozen-feature
+    cache, which need a reward at every position, are left out with a warning."""
+    import copy
+
+    from trl import RewardConfig, RewardTrainer
+
+    ours_model, tok = tiny_bert_and_wordpiece(tmp_path)
+    trl_model, initial = copy.deepcopy(ours_model), copy.deepcopy(ours_model)
+    rng = random.Random(0)
+    pairs = Dataset.from_dict({
+        "prompt": [f"Chapter {i}. After the ball she felt" for i in range(8)],
+        "chosen": [rng.choice(GOOD) + " all day." for _ in range(8)],
+        "rejected": [rng.choice(BAD) + " for a" * rng.randrange(1, 4) + " week." for _ in range(8)],
+    })
+    common = dict(per_device_train_batch_size=4, optim="sgd", learning_rate=10.0, max_steps=2, logging_steps=1,
+                  report_to=[], save_strategy="no", gradient_checkpointing=False, seed=0, use_cpu=True, bf16=False,
+                  disable_tqdm=True)
+    trl_trainer = RewardTrainer(trl_model, RewardConfig(output_dir=str(tmp_path / "trl"), **common),
+                                train_dataset=pairs, processing_class=tok)
+    ours = PreferenceRewardTrainer(ours_model, RewardConfig(output_dir=str(tmp_path / "ours"), **common),
+                                   train_dataset=pairs, processing_class=tok)
+    row, trl_row = ours.train_dataset[0], trl_trainer.train_dataset[0]
+    assert row["query_ids"][0] == tok.cls_token_id and row["samples_ids"][0][-1] == tok.sep_token_id
+    assert row["query_ids"] + row["samples_ids"][0] == trl_row["chosen_ids"]  # TRL's tokens of the joined text
+    assert row["query_ids"] + row["samples_ids"][1] == trl_row["rejected_ids"]
+    trl_trainer.train()
+    ours.train()
+    trl_losses = [h["loss"] for h in trl_trainer.state.log_history if "loss" in h]
+    our_losses = [h["loss"] for h in ours.state.log_history if "loss" in h]
+    assert len(our_losses) == 2 and our_losses == pytest.approx(trl_losses, abs=1e-5)
+    moved = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), initial.parameters()))
+    diff = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), trl_model.parameters()))
+    assert diff < 1e-6 and moved > 1e-3  # (a tiny BERT's gradients are small: lr 10)
+    ours.save_model(str(tmp_path / "saved"))
+    saved, saved_tok = load_reward_model(str(tmp_path / "saved"))
+    query, completion = pairs[0]["prompt"], pairs[0]["chosen"]
+    with torch.no_grad():
+        own = saved(**saved_tok(query + completion + tok.eos_token, return_tensors="pt")).logits[0, 0].item()
+    assert score_texts(saved, saved_tok, [query], [completion])[0].item() == pytest.approx(own, abs=1e-5)
+
+    labels = Dataset.from_dict({"query": pairs["prompt"], "best": [0] * 8,
+                                "samples": [[c, r, " the day."] for c, r in zip(pairs["chosen"], pairs["rejected"])]})
+    args = PreferenceRewardConfig(output_dir=str(tmp_path / "kway"), share_query_prefix=True,
+                                  cache_frozen_features=True, normalize_before=False, normalize_after=False,
+                                  **{**common, "max_steps": 6, "per_device_train_batch_size": 8, "optim": "adamw_torch",
+                                     "learning_rate": 0.01})
+    model, _ = tiny_bert_and_wordpiece(tmp_path)
+    for param in model.bert.embeddings.parameters():
+        param.requires_grad_(False)
+    with pytest.warns(UserWarning, match="one pooled reward per row"):
+        kway = PreferenceRewardTrainer(model, args, train_dataset=labels, processing_class=tok)
+        kway.train()
+    losses = [h["loss"] for h in kway.state.log_history if "loss" in h]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.05 and losses[0] == pytest.approx(math.log(3), abs=0.05)

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .dropout import active_dropout, config_dropout
-from .reward_model import unwrap_model
+from .reward_model import reads_every_position, unwrap_model
 from .wrappers import unwrap_distributed
 
 __all__ = ["transformer_blocks", "freeze_bottom_layers", "frozen_prefix_length", "FrozenFeatureCache", "CHECKPOINTING"]
@@ -115,6 +115,8 @@ def frozen_prefix_length(model: Any) -> tuple[int, str]:
         base, name, blocks = transformer_blocks(model)
     except ValueError as err:
         return 0, str(err)
+    if not reads_every_position(model):
+        return 0, "the reward model reads one pooled reward per row (no score head at every position to serve)"
     inner = unwrap_model(model)
     if getattr(inner, "is_activation_checkpointing", False):
         return 0, CHECKPOINTING

@@ -47,6 +47,8 @@ __all__ = [
     "unwrap_model",
     "score_head",
     "check_scalar_head",
+    "reads_every_position",
+    "pooled_rewards",
     "init_score_head",
     "last_token_index",
     "get_reward_normalization",
@@ -55,6 +57,7 @@ __all__ = [
     "per_token_scores",
     "last_token_rewards",
     "tokenize_query_response",
+    "query_ids_and_suffix",
     "adds_bos",
     "without_added_bos",
     "packed_rewards",
@@ -92,16 +95,37 @@ def score_head(model: Any) -> nn.Module:
     head = getattr(base, "score", None)
     if not isinstance(head, nn.Module):
         raise TypeError(
-            f"{type(base).__name__} has no `score` head; a reward model must be an `*ForSequenceClassification` "
-            "causal LM (e.g. GPT2ForSequenceClassification, LlamaForSequenceClassification) with num_labels=1"
+            f"{type(base).__name__} has no `score` head read at every position: this needs an "
+            "`*ForSequenceClassification` causal LM (e.g. GPT2ForSequenceClassification, LlamaForSequenceClassification) "
+            "with num_labels=1"
         )
     return head
 
 
+def reads_every_position(model: Any) -> bool:
+    """Whether ``model`` has a scalar head applied at every position (``score``: transformers' causal-LM
+    classifiers), so a reward can be read at any token (packed rows, a value function). Otherwise (an encoder
+    classifier: BERT's or DeBERTa's pooler and ``classifier``) its reward is its own output, one per row
+    (:func:`pooled_rewards`), as ``trl.RewardTrainer`` reads every model."""
+    return isinstance(getattr(unwrap_model(model), "score", None), nn.Module)
+
+
+def pooled_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` the model's own output ``model(input_ids, attention_mask).logits[:, 0]`` (its pooling: an encoder's
+    first token), for a reward model without a per-position head (:func:`reads_every_position`)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    if logits.dim() != 2 or logits.shape[-1] != 1:
+        raise ValueError(f"a reward model must output one score per row (num_labels=1), got logits of shape "
+                         f"{tuple(logits.shape)}")
+    return logits[:, 0]
+
+
 def check_scalar_head(model: Any, role: str) -> None:
-    """Raise naming ``role`` unless ``model`` is a reward model: a ``score`` head (:func:`score_head`) of one output
+    """Raise naming ``role`` unless ``model`` is a reward model: an ``*ForSequenceClassification`` model (a ``score``
+    head read at every position, :func:`score_head`, or an encoder's pooled classifier) of one output
     (``config.num_labels == 1``; a classifier with 2 labels reads no single reward)."""
-    score_head(model)
+    if not type(unwrap_model(model)).__name__.endswith("ForSequenceClassification"):
+        score_head(model)  # a causal LM classifier by another name still has its `score`
     labels = getattr(getattr(unwrap_model(model), "config", None), "num_labels", 1)
     if labels != 1:
         raise ValueError(f"{role}: its score head has num_labels={labels}; a reward model outputs one score "
@@ -242,6 +266,12 @@ def last_token_rewards(
     Returns:
         ``(N,)`` or ``(N·K,)`` rewards (row-major: row 0's K rewards first), float32.
     """
+    if not reads_every_position(model):  # an encoder classifier: its own pooled output, one per row
+        if attention_mask.dim() != 2 or position_ids is not None:
+            raise ValueError(f"{type(unwrap_model(model)).__name__} reads one pooled reward per row (no `score` head "
+                             "at every position): rows that pack several samples need a causal-LM reward model")
+        raw = pooled_rewards(model, input_ids, attention_mask).float()
+        return apply_reward_normalization(raw, model) if normalized else raw
     if last_index is None:
         last_index = last_token_index(attention_mask)
     inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -269,14 +299,32 @@ def without_added_bos(tokenizer: Any, text: str) -> str:
     return text
 
 
+def query_ids_and_suffix(tokenizer: Any, query: str) -> tuple[list[int], list[int]]:
+    """``query`` tokenized with the tokenizer's special tokens, split where its text ends: ``(ids up to the text's
+    end, the special tokens after it)``. The suffix (BERT's ``[SEP]``, an EOS a tokenizer adds itself) closes the
+    whole text, so it goes after each response (:func:`tokenize_query_response`): query + response then hold the
+    tokens of their joined text, which ``trl.RewardTrainer`` reads. GPT-2's and Llama's tokenizers add none after."""
+    ids = list(tokenizer(query)["input_ids"])
+    if not ids or ids[-1] not in set(getattr(tokenizer, "all_special_ids", ()) or ()):
+        return ids, []
+    plain = list(tokenizer(query, add_special_tokens=False)["input_ids"])
+    if not plain:  # nothing to find the text's end by
+        return ids, []
+    for start in range(len(ids) - len(plain) + 1):
+        if ids[start : start + len(plain)] == plain:
+            return ids[: start + len(plain)], ids[start + len(plain) :]
+    return ids, []
+
+
 def tokenize_query_response(tokenizer: Any, query: str, response: str) -> tuple[list[int], list[int]]:
-    """Token ids of the query (with the tokenizer's special tokens, e.g. BOS) and of the response (without).
+    """Token ids of the query (with the tokenizer's special tokens before it, e.g. BOS or ``[CLS]``) and of the
+    response (without, but for the ones that close a text, e.g. ``[SEP]``: :func:`query_ids_and_suffix`).
 
     The two are tokenized separately, as the paper works on query tokens followed by response tokens; the K
     responses of one label then share identical query ids.
     """
-    q = list(tokenizer(query)["input_ids"])
-    r = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+    q, suffix = query_ids_and_suffix(tokenizer, query)
+    r = list(tokenizer(response, add_special_tokens=False)["input_ids"]) + suffix
     if not q and not r:
         raise ValueError("query and response are both empty")
     return q, r

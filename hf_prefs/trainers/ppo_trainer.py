@@ -70,7 +70,7 @@ from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad
 from ..models.loading import check_local_path, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import (check_scalar_head, get_turn_end, normalize_reward_model, normalize_to,
-                                    reads_as_trained_here, score_texts, score_token_ids)
+                                    reads_as_trained_here, reads_every_position, score_texts, score_token_ids)
 from ..models.sharding import copy_module, generation_model, match_partitioned_dtype, prepare_frozen
 from ..models.value_head import (
     PolicyValueOutput,
@@ -644,8 +644,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         (:func:`~hf_prefs.models.reward_model.score_token_ids`): a model from elsewhere (not trained by hf_prefs's
         reward trainers) whose tokenizer gives every token the policy's id — TRL's setting, one tokenizer for all
         models. Asked each time (the online loop swaps models); the tokenizers' comparison is kept."""
-        if reads_as_trained_here(self.reward_model):
-            return False
+        if reads_as_trained_here(self.reward_model) or not reads_every_position(self.reward_model):
+            return False  # (TRL read its reward model's `score` head at an index: an encoder reads its text)
         pair = (self.reward_processing_class, self.processing_class)
         if getattr(self, "_compared_tokenizers", (None, None, None))[:2] != pair:
             self._compared_tokenizers = (*pair, same_token_ids(*pair))

@@ -62,6 +62,8 @@ from ..models.reward_model import (
     last_token_rewards,
     normalize_reward_model,
     packed_rewards,
+    query_ids_and_suffix,
+    reads_every_position,
     set_response_suffix,
     set_reward_normalization,
     set_turn_end,
@@ -224,7 +226,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             self.data_collator = DataCollatorForKWayPreference(
                 pad_token_id=input_pad_id(self.model, self.processing_class),
                 pad_to_multiple_of=self.args.pad_to_multiple_of,
-                share_query_prefix=self.args.share_query_prefix and _takes_position_ids(self.model),
+                share_query_prefix=self.args.share_query_prefix and _can_pack(self.model),
             )
 
     # ------------------------------------------------------------------ data
@@ -515,17 +517,19 @@ def _checked_labels(dataset: Dataset | IterableDataset, k: int | None, name: str
 def _tokenize_labels(
     dataset: Dataset | IterableDataset, processing_class: Any, args: PreferenceRewardConfig, name: str
 ) -> Dataset | IterableDataset:
-    """``query_ids`` (the tokenizer's special tokens included) and ``samples_ids`` (K lists, none added) of each row;
+    """``query_ids`` (the tokenizer's special tokens before the text) and ``samples_ids`` (K lists, with the special
+    tokens that close a text, :func:`~hf_prefs.models.reward_model.query_ids_and_suffix`) of each row;
     a sample's trailing pad tokens (an EOS its text ends with, where the tokenizer pads with it) left out, so it is
     read where the model's own forward and TRL read it (:func:`~hf_prefs.models.reward_model.without_trailing_pad`;
     TRL set the pad before the datasets are prepared)."""
     pad_id = processing_class.pad_token_id
 
     def tokenize(row: dict[str, Any]) -> dict[str, Any]:
+        query_ids, suffix = query_ids_and_suffix(processing_class, row["query"])  # BERT's [SEP] after each sample
         return {
-            "query_ids": processing_class(row["query"])["input_ids"],
-            "samples_ids": [without_trailing_pad(processing_class(s, add_special_tokens=False)["input_ids"], pad_id)
-                            for s in row["samples"]],
+            "query_ids": query_ids,
+            "samples_ids": [without_trailing_pad(processing_class(s, add_special_tokens=False)["input_ids"] + suffix,
+                                                 pad_id) for s in row["samples"]],
         }
 
     # (a stream is mapped as it is read: map_with_tokenizer leaves out num_proc and desc, which its map does not take)
@@ -546,16 +550,21 @@ def _check_tokenized(dataset: Dataset | IterableDataset, k: int | None) -> None:
         k = got
 
 
-def _takes_position_ids(model: Any) -> bool:
-    """Whether ``model``'s forward takes ``position_ids``, which packed rows (``share_query_prefix``) need to restart
-    each sample's positions after the query; a warning where it does not (BLOOM's and MPT's ALiBi, Falcon's classifier
-    read positions from a 2D attention mask): each sample is then encoded with its query — the same loss."""
+def _can_pack(model: Any) -> bool:
+    """Whether ``model`` can read packed rows (``share_query_prefix``): a score head at every position (an encoder
+    classifier reads one pooled reward per row) and a forward that takes ``position_ids``, to restart each sample's
+    positions after the query; a warning where not (BLOOM's and MPT's ALiBi, Falcon's classifier read positions from a
+    2D attention mask; BERT, DeBERTa): each sample is then encoded with its query — the same loss."""
     base = unwrap_model(model)
-    if "position_ids" in inspect.signature(base.forward).parameters:
+    if not reads_every_position(model):
+        why = "reads one pooled reward per row (no score head at every position)"
+    elif "position_ids" not in inspect.signature(base.forward).parameters:
+        why = "takes no position_ids"
+    else:
         return True
-    warnings.warn(f"share_query_prefix: {type(base).__name__} takes no position_ids, so rows that encode a query once "
-                  "for its K samples cannot be given their positions; each sample is encoded with its query instead "
-                  "(the same loss, the query's tokens K times)", stacklevel=3)
+    warnings.warn(f"share_query_prefix: {type(base).__name__} {why}, so rows that encode a query once for its K samples "
+                  "cannot be read; each sample is encoded with its query instead (the same loss, the query's tokens K "
+                  "times)", stacklevel=3)
     return False
 
 
