@@ -1264,3 +1264,23 @@ def test_trls_stop_token_ends_the_saved_policys_generation_there(tmp_path, gpt2_
         assert policy.generation_config.eos_token_id == expected
         trainer.save_model(str(tmp_path / "saved"))
         assert GenerationConfig.from_pretrained(tmp_path / "saved").eos_token_id == expected
+
+
+def test_an_encoder_reward_model_scores_the_response_text(tmp_path, gpt2_tokenizer):
+    """An encoder classifier (BERT; its own tokenizer) as the reward model: it reads the decoded response text through
+    its own pooled output (``score_texts``), not ids (TRL read a ``score`` head at an index); as a value model it is
+    refused by name."""
+    from test_reward_trainer import tiny_bert_and_wordpiece
+
+    bert, bert_tok = tiny_bert_and_wordpiece(tmp_path)
+    trainer = PPOTrainer(make_policy(), bert, make_config(tmp_path, total_episodes=8),
+                         Dataset.from_dict({"query": QUERIES * 2}), processing_class=gpt2_tokenizer,
+                         reward_processing_class=bert_tok)
+    assert not trainer.reward_reads_token_ids()
+    rollout = trainer.make_rollout(*trainer.sample_queries(0))
+    expected = score_texts(bert, bert_tok, rollout.query_texts, rollout.response_texts)
+    assert torch.allclose(rollout.raw_scores, expected, atol=1e-5) and expected.std() > 0
+    with pytest.raises(TypeError, match="BertForSequenceClassification has no `score` head read at every position"):
+        PPOTrainer(make_policy(), bert, make_config(tmp_path, total_episodes=8, value_model="separate"),
+                   Dataset.from_dict({"query": QUERIES * 2}), processing_class=gpt2_tokenizer,
+                   reward_processing_class=bert_tok)
