@@ -1284,3 +1284,11 @@ def test_an_encoder_reward_model_scores_the_response_text(tmp_path, gpt2_tokeniz
         PPOTrainer(make_policy(), bert, make_config(tmp_path, total_episodes=8, value_model="separate"),
                    Dataset.from_dict({"query": QUERIES * 2}), processing_class=gpt2_tokenizer,
                    reward_processing_class=bert_tok)
+
+
+def test_a_peft_config_given_as_a_dict_is_named(tmp_path, gpt2_tokenizer):
+    """TRL 1.12 refused a ``peft_config`` that is no ``peft.PeftConfig`` with a TypeError naming it; hf_prefs failed
+    with an AttributeError inside peft."""
+    with pytest.raises(TypeError, match="peft_config must be a peft.PeftConfig instance .* got dict"):
+        PPOTrainer(make_policy(), length_reward, make_config(tmp_path), Dataset.from_dict({"query": QUERIES}),
+                   processing_class=gpt2_tokenizer, peft_config={"r": 8, "target_modules": ["c_attn"]})

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import get_peft_model
+from peft import PeftConfig, get_peft_model
 from torch import nn
 from transformers import (
     AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback,
@@ -293,6 +293,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
                 raise ValueError("pass processing_class (the policy's tokenizer): it cannot be found from the model")
             processing_class = AutoTokenizer.from_pretrained(source)
         if peft_config is not None:
+            if not isinstance(peft_config, PeftConfig):  # a dict of its fields failed deep inside peft
+                raise TypeError(f"peft_config must be a peft.PeftConfig instance (e.g. peft.LoraConfig), got "
+                                f"{type(peft_config).__name__}")
             if wrapper is not None or hasattr(policy, "peft_config"):
                 raise ValueError("peft_config was given but the policy is already wrapped (PEFT or PolicyWithValueHead)")
             policy = get_peft_model(policy, peft_config)
