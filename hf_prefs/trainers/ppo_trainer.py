@@ -133,7 +133,6 @@ def query_width(longest: int, padded: int) -> int:
     return min(padded, -(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)
 
 
-
 def stop_generation_at(policy: nn.Module, stop_token_id: int | None) -> None:
     """With TRL's stop token (``stop_token="eos"`` or ``stop_token_id``), the policy's ``generation_config`` ends
     generation there (its ``eos_token_id``), as TRL 1.12 set it: ``generate()`` on the trained policy, and the
@@ -142,6 +141,7 @@ def stop_generation_at(policy: nn.Module, stop_token_id: int | None) -> None:
     config = getattr(policy, "generation_config", None)
     if stop_token_id is not None and config is not None:
         config.eos_token_id = stop_token_id
+
 
 class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, DeepSpeedPluginMixin, TrlBaseTrainer):
     """The paper's PPO: fixed-length sampling at T, per-token KL penalty, adaptive beta, value head on the trunk.
