@@ -339,7 +339,6 @@ def test_half_a_pairwise_row_names_the_missing_column():
             validate_labels(Dataset.from_dict(rows))
 
 
-
 def test_a_missing_chosen_or_rejected_cell_of_an_implicit_prompt_row_is_named(gpt2_tokenizer):
     """TRL's implicit-prompt rows (no ``prompt`` column) with a None or non-text ``chosen``/``rejected``: the row and
     field are named, as for explicit-prompt rows (was ``KeyError: 'prompt'``; conversational rows: ``TypeError``)."""
@@ -359,6 +358,7 @@ def test_a_missing_chosen_or_rejected_cell_of_an_implicit_prompt_row_is_named(gp
                 from_pairwise(Dataset.from_list(rows), gpt2_tokenizer)
         with pytest.raises(LabelValidationError, match=message):  # a stream: when the row is read
             list(from_pairwise(IterableDataset.from_generator(lambda rows=rows: iter(rows)), gpt2_tokenizer))
+
 
 def test_label_file_rows_arrow_cannot_type_and_bad_bytes_name_their_row_or_line(tmp_path):
     """A ``best`` given as text or a bool among integer rows, or a line that is not UTF-8: the row or line is named

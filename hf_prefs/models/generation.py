@@ -96,7 +96,6 @@ def check_vocabulary(model: torch.nn.Module, tokenizer: Any, role: str) -> None:
                          "the model and the tokenizer do not belong together")
 
 
-
 def same_token_ids(a: Any, b: Any) -> bool:
     """Whether tokenizers ``a`` and ``b`` map every token to the same id (the same object, or equal vocabularies with
     the tokens added to them): ids one of them wrote can be fed to a model of the other as they are."""
@@ -105,6 +104,7 @@ def same_token_ids(a: Any, b: Any) -> bool:
     if a is None or b is None or not hasattr(a, "get_vocab") or not hasattr(b, "get_vocab"):
         return False
     return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
 
 def input_pad_id(model: torch.nn.Module, tokenizer: Any) -> int:
     """The id to pad ``model``'s inputs with (always under a 0 attention mask): :func:`embeddable_pad_id` for its

@@ -215,7 +215,6 @@ def set_reward_normalization(model: Any, gain: float, bias: float) -> None:
     setattr(cfg, BIAS_KEY, bias)
 
 
-
 def apply_reward_normalization(raw: torch.Tensor, model: Any) -> torch.Tensor:
     """``gain · raw + bias`` with the gain/bias stored on ``model``'s config."""
     gain, bias = get_reward_normalization(model)
@@ -404,7 +403,6 @@ def score_texts(
     return torch.cat(out) if out else torch.zeros(0)
 
 
-
 @torch.no_grad()
 def score_token_ids(
     model: Any,
@@ -456,6 +454,7 @@ def score_token_ids(
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, device=device)
+
 
 def _check_positions(seqs: list[list[int]], start: int, positions: int | None) -> None:
     """A ``ValueError`` naming the first (query, response) row of a batch beginning at row ``start`` that holds more
