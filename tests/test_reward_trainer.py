@@ -384,6 +384,19 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
     assert "hf-prefs" in card and "1909.08593" in card and "reward-trainer" in card
 
 
+
+def assert_trains_as_trl(ours, trl_trainer, initial) -> None:
+    """Both trainers run: the same 2 logged losses (within 1e-5) and weights (within 1e-6), which moved (> 1e-3)."""
+    trl_trainer.train()
+    ours.train()
+    trl_losses = [h["loss"] for h in trl_trainer.state.log_history if "loss" in h]
+    our_losses = [h["loss"] for h in ours.state.log_history if "loss" in h]
+    assert len(our_losses) == 2 and our_losses == pytest.approx(trl_losses, abs=1e-5)
+    moved = max((a - b).abs().max().item() for a, b in zip(ours.model.parameters(), initial.parameters()))
+    diff = max((a - b).abs().max().item() for a, b in zip(ours.model.parameters(), trl_trainer.model.parameters()))
+    print(f"max |ours - TRL| after 2 steps: {diff:.2e} (weights moved up to {moved:.2e})")
+    assert diff < 1e-6 and moved > 1e-3
+
 @pytest.mark.parametrize("streaming, center, pad, eos_in_text", [
     (False, None, "[PAD]", False), (True, None, "[PAD]", False), (False, 10.0, "[PAD]", False), (False, None, None, False),
     (False, None, None, True), (False, None, "[PAD]", True)])
@@ -432,15 +445,7 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
     appended = -1 if pad is None else None  # with pad = EOS, TRL's appended EOS is the token its model never reads
     assert row["query_ids"] + row["samples_ids"][0] == trl_row["chosen_ids"][:appended]  # same tokens
     assert row["query_ids"] + row["samples_ids"][1] == trl_row["rejected_ids"][:appended]
-    trl_trainer.train()
-    ours.train()
-    trl_losses = [h["loss"] for h in trl_trainer.state.log_history if "loss" in h]
-    our_losses = [h["loss"] for h in ours.state.log_history if "loss" in h]
-    assert len(our_losses) == 2 and our_losses == pytest.approx(trl_losses, abs=1e-5)
-    moved = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), initial.parameters()))
-    diff = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), trl_model.parameters()))
-    print(f"max |ours - TRL| after 2 steps: {diff:.2e} (weights moved up to {moved:.2e})")
-    assert diff < 1e-6 and moved > 1e-3
+    assert_trains_as_trl(ours, trl_trainer, initial)
     if pad is None:
         ours.save_model(str(tmp_path / "saved"))
         saved, _ = load_reward_model(str(tmp_path / "saved"))
@@ -643,14 +648,7 @@ def test_an_encoder_reward_model_trains_as_trl_reward_trainer_trains_it(tmp_path
     assert row["query_ids"][0] == tok.cls_token_id and row["samples_ids"][0][-1] == tok.sep_token_id
     assert row["query_ids"] + row["samples_ids"][0] == trl_row["chosen_ids"]  # TRL's tokens of the joined text
     assert row["query_ids"] + row["samples_ids"][1] == trl_row["rejected_ids"]
-    trl_trainer.train()
-    ours.train()
-    trl_losses = [h["loss"] for h in trl_trainer.state.log_history if "loss" in h]
-    our_losses = [h["loss"] for h in ours.state.log_history if "loss" in h]
-    assert len(our_losses) == 2 and our_losses == pytest.approx(trl_losses, abs=1e-5)
-    moved = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), initial.parameters()))
-    diff = max((a - b).abs().max().item() for a, b in zip(ours_model.parameters(), trl_model.parameters()))
-    assert diff < 1e-6 and moved > 1e-3  # (a tiny BERT's gradients are small: lr 10)
+    assert_trains_as_trl(ours, trl_trainer, initial)  # (a tiny BERT's gradients are small: lr 10)
     ours.save_model(str(tmp_path / "saved"))
     saved, saved_tok = load_reward_model(str(tmp_path / "saved"))
     query, completion = pairs[0]["prompt"], pairs[0]["chosen"]
