@@ -385,6 +385,16 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
 
 
 
+
+def ball_pairs(n: int = 8) -> Dataset:
+    """TRL pairwise rows (explicit prompt): a happy word chosen over a sad one, seeded."""
+    rng = random.Random(0)
+    return Dataset.from_dict({
+        "prompt": [f"Chapter {i}. After the ball she felt" for i in range(n)],
+        "chosen": [rng.choice(GOOD) + " all day." for _ in range(n)],
+        "rejected": [rng.choice(BAD) + " for a" * rng.randrange(1, 4) + " week." for _ in range(n)],
+    })
+
 def assert_trains_as_trl(ours, trl_trainer, initial) -> None:
     """Both trainers run: the same 2 logged losses (within 1e-5) and weights (within 1e-6), which moved (> 1e-3)."""
     trl_trainer.train()
@@ -420,12 +430,7 @@ def test_trl_pairwise_rows_train_as_trl_reward_trainer_trains_them(gpt2_tokenize
     torch.manual_seed(0)
     ours_model = GPT2ForSequenceClassification(cfg)
     trl_model, initial = copy.deepcopy(ours_model), copy.deepcopy(ours_model)
-    rng = random.Random(0)
-    pairs = Dataset.from_dict({
-        "prompt": [f"Chapter {i}. After the ball she felt" for i in range(8)],
-        "chosen": [rng.choice(GOOD) + " all day." for _ in range(8)],
-        "rejected": [rng.choice(BAD) + " for a" * rng.randrange(1, 4) + " week." for _ in range(8)],
-    })
+    pairs = ball_pairs()
     if eos_in_text:  # completions that end in the EOS already: with pad = EOS read at the token before it, as TRL
         pairs = pairs.map(lambda row: {"chosen": row["chosen"] + tok.eos_token, "rejected": row["rejected"] + tok.eos_token})
     # plain SGD: Adam's first steps move every weight by ~lr whatever its gradient, so float noise in a ~0 gradient
@@ -631,12 +636,7 @@ def test_an_encoder_reward_model_trains_as_trl_reward_trainer_trains_it(tmp_path
 
     ours_model, tok = tiny_bert_and_wordpiece(tmp_path)
     trl_model, initial = copy.deepcopy(ours_model), copy.deepcopy(ours_model)
-    rng = random.Random(0)
-    pairs = Dataset.from_dict({
-        "prompt": [f"Chapter {i}. After the ball she felt" for i in range(8)],
-        "chosen": [rng.choice(GOOD) + " all day." for _ in range(8)],
-        "rejected": [rng.choice(BAD) + " for a" * rng.randrange(1, 4) + " week." for _ in range(8)],
-    })
+    pairs = ball_pairs()
     common = dict(per_device_train_batch_size=4, optim="sgd", learning_rate=10.0, max_steps=2, logging_steps=1,
                   report_to=[], save_strategy="no", gradient_checkpointing=False, seed=0, use_cpu=True, bf16=False,
                   disable_tqdm=True)
