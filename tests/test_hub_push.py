@@ -250,3 +250,32 @@ def test_a_failed_push_at_the_end_of_a_run_says_the_results_are_saved_and_how_to
     monkeypatch.setattr(results, "push_run_to_hub", missing)
     with pytest.raises(FileNotFoundError, match="no policy/"):
         results.push_results(str(out), cfg, SimpleNamespace(push_reward_model_id=None))
+
+
+def test_a_push_to_hub_run_that_cannot_reach_the_hub_says_what_to_do_for_that_failure(monkeypatch):
+    """check_hub_push (before a recipe runs): no network is not a login problem (it said "log in" for a DNS failure);
+    offline mode, a refused token (401/403) and another answer each get their own advice."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from hf_prefs.pipeline.arguments import check_hub_push
+
+    class Answered(Exception):
+        def __init__(self, status: int) -> None:
+            super().__init__(f"{status} Client Error")
+            self.response = SimpleNamespace(status_code=status)
+
+    cfg = SimpleNamespace(push_to_hub=True, hub_model_id="me/run", hub_token=None, hub_private_repo=None)
+    cases = [(ConnectionError("[Errno -2] Name or service not known"), "the Hub could not be reached: check the network"),
+             (OfflineModeIsEnabled("offline"), "unset HF_HUB_OFFLINE"), (Answered(401), r"log in \(`hf auth login`\)"),
+             (Answered(403), "log in"), (Answered(404), "the Hub answered 404: check --hub_model_id")]
+    for error, advice in cases:
+        def fail(self, *args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(HfApi, "create_repo", fail)
+        with pytest.raises(ValueError, match=f"cannot create or reach 'me/run' .*; {advice}") as err:
+            check_hub_push(cfg)
+        assert ("log in" in str(err.value)) == (advice.startswith("log in"))

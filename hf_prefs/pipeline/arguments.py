@@ -287,6 +287,19 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     check_hub_push(cfg, pa.push_reward_model_id)  # last: it makes the repos, once every other field is known good
 
 
+
+def hub_error_advice(err: BaseException) -> str:
+    """What to do about ``err`` from a Hub call: offline mode on; no answer from the Hub (the network, a proxy or
+    ``HF_ENDPOINT``); an answer refusing the token (401/403: log in); another answer (its status)."""
+    if isinstance(err, OfflineModeIsEnabled):
+        return "unset HF_HUB_OFFLINE (offline mode is on)"
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status is None:
+        return "the Hub could not be reached: check the network (a proxy, HF_ENDPOINT)"
+    if status in (401, 403):
+        return "log in (`hf auth login`) or pass --hub_token"
+    return f"the Hub answered {status}: check --hub_model_id and the token's rights (`hf auth login`, --hub_token)"
+
 def check_hub_push(cfg: PPOConfig, reward_model_id: str | None = None) -> None:
     """With ``push_to_hub``: ``hub_model_id`` is set and the policy's and the reward model's repos
     (``reward_model_id``, default ``<hub_model_id>-reward-model``) are created (or found) now, by the main process,
@@ -303,9 +316,8 @@ def check_hub_push(cfg: PPOConfig, reward_model_id: str | None = None) -> None:
     for repo_id in (cfg.hub_model_id, reward_model_id or f"{cfg.hub_model_id}-reward-model"):
         try:
             api.create_repo(repo_id, exist_ok=True, private=cfg.hub_private_repo)
-        except Exception as err:  # network, auth, offline mode: all stop the run the same way
-            fix = ("unset HF_HUB_OFFLINE (offline mode is on)" if isinstance(err, OfflineModeIsEnabled) else
-                   "log in (`hf auth login`) or pass --hub_token")
+        except Exception as err:  # network, auth, offline mode: all stop the run, each with its own advice
+            fix = hub_error_advice(err)
             raise ValueError(f"push_to_hub: cannot create or reach {repo_id!r} on the Hub before the run "
                              f"({type(err).__name__}: {err}); {fix}, or leave out --push_to_hub (nothing has run "
                              "yet)") from err
