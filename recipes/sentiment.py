@@ -18,7 +18,8 @@ from trl import ModelConfig, TrlParser
 
 from hf_prefs import PPOConfig, RolloutSpec, evaluate_policy
 from hf_prefs.pipeline import (
-    PipelineArguments, StageTimer, collect_labels, configure_logging, learned_reward, load_base, make_ppo_trainer,
+    PipelineArguments, StageTimer, check_stages_fit, collect_labels, configure_logging, learned_reward, load_base,
+    make_ppo_trainer,
     online_label_info, online_label_loop, push_results, resolve_cpu_precision, resume_checkpoint, resume_requested,
     save_labels, saved_labels, saved_reward_model, split_queries, train_policy, train_reward_model, trained_policy,
     validate_pipeline_config, warn_replacing_earlier_run, write_results,
@@ -49,6 +50,7 @@ def main(task="sentiment", argv=None):
     base = load_base(model_args)  # SmolLM2-135M offline unless --model_name_or_path
     spec = RolloutSpec.from_config(training_args, base.tokenizer)  # what a response is: length, T, cut, penalty
     queries = split_queries(script_args, training_args, base.tokenizer)  # held-out / label / PPO queries
+    check_stages_fit(script_args, training_args, base, queries)  # a later stage's refusal, before the labels
     # the mock labeler's reward (VADER log-odds, or a classifier's positive-class log-odds); None: none
     known_reward = make_known_reward(script_args.known_reward, script_args.known_reward_positive_label)
 

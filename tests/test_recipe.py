@@ -179,6 +179,31 @@ def test_lora_targets_missing_from_the_base_model_fail_before_the_labels(tiny_ba
                                             "--model_name_or_path", tiny_base])
 
 
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rm_freeze_layers", "28"], r"rm_freeze_layers: 28 exceeds the model's 2 layers"),
+    (["--response_length", "250"],
+     r"the held-out queries row \d+: query of \d+ tokens \+ response_length 250 exceeds the model's 256 positions")])
+def test_a_reward_model_deeper_freeze_or_queries_past_the_positions_fail_before_the_labels(
+        tiny_base, tmp_path, monkeypatch, extra, message):
+    """The offline YAML's rm_freeze_layers 28 on a 2-layer base was refused when the reward model was built, a query +
+    response longer than a learned position table failed inside rho's forward (a bare IndexError) while the labels
+    were sampled: both are named now before the labels stage, by the recipe script and by run_pipeline."""
+    recipe = load_recipe("sentiment")
+
+    def no_labels(*args, **kwargs):
+        raise AssertionError("labels were made before the check")
+
+    monkeypatch.setattr(recipe, "collect_labels", no_labels)
+    argv = [*_tiny_args(tiny_base, tmp_path / "r"), *extra]
+    with pytest.raises(ValueError, match=message):
+        recipe.main(task="sentiment", argv=argv)
+    import hf_prefs.pipeline.run as run
+
+    monkeypatch.setattr(run, "collect_labels", no_labels)
+    with pytest.raises(ValueError, match=message):
+        main(task="sentiment", argv=[*_tiny_args(tiny_base, tmp_path / "p"), *extra])
+
 def test_label_k_mismatch_fails_before_any_model_is_loaded(tmp_path, monkeypatch):
     labels = tmp_path / "k2.jsonl"
     labels.write_text(json.dumps({"query": "q", "samples": ["a", "b"], "best": 0}) + "\n")

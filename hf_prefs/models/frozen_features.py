@@ -46,7 +46,7 @@ from .dropout import active_dropout, config_dropout
 from .reward_model import reads_every_position, unwrap_model
 from .wrappers import unwrap_distributed
 
-__all__ = ["transformer_blocks", "freeze_bottom_layers", "frozen_prefix_length", "FrozenFeatureCache", "CHECKPOINTING"]
+__all__ = ["transformer_blocks", "freeze_bottom_layers", "check_freeze_layers", "frozen_prefix_length", "FrozenFeatureCache", "CHECKPOINTING"]
 
 #: Why stored outputs and activation checkpointing do not mix.
 CHECKPOINTING = ("activation checkpointing is on: it recomputes the trainable blocks in the backward pass from their "
@@ -82,17 +82,24 @@ def _before_blocks(base: nn.Module, blocks: nn.ModuleList) -> list[tuple[str, nn
             if id(p) not in in_blocks and not name.startswith(_AFTER_BLOCKS)]
 
 
-def freeze_bottom_layers(model: nn.Module, n: int) -> None:
-    """Freeze what runs before the blocks (the input embeddings, GPT-2's position embeddings) and the first ``n``
-    transformer blocks (GPT-2 ``h``, Llama ``layers``); ``n`` <= 0 leaves the model as it is."""
-    if n <= 0:
-        return
+def check_freeze_layers(model: nn.Module, n: int) -> tuple[nn.Module, nn.ModuleList]:
+    """``(base, blocks)`` of ``model`` where its bottom ``n`` > 0 blocks can be frozen; else a ``ValueError`` naming
+    ``rm_freeze_layers`` (no blocks found, or fewer than ``n``)."""
     try:
         base, _, blocks = transformer_blocks(model)
     except ValueError as err:
         raise ValueError(f"rm_freeze_layers: {err}") from err
     if n > len(blocks):
         raise ValueError(f"rm_freeze_layers: {n} exceeds the model's {len(blocks)} layers")
+    return base, blocks
+
+
+def freeze_bottom_layers(model: nn.Module, n: int) -> None:
+    """Freeze what runs before the blocks (the input embeddings, GPT-2's position embeddings) and the first ``n``
+    transformer blocks (GPT-2 ``h``, Llama ``layers``); ``n`` <= 0 leaves the model as it is."""
+    if n <= 0:
+        return
+    base, blocks = check_freeze_layers(model, n)
     for _, p in _before_blocks(base, blocks):
         p.requires_grad_(False)
     for p in blocks[:n].parameters():

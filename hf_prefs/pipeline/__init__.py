@@ -5,7 +5,7 @@ stage                             function
 ================================  =========================================================================
 arguments                         :class:`PipelineArguments`, :func:`validate_pipeline_config`,
                                   :func:`resolve_cpu_precision`
-base model, queries               :func:`load_base`, :func:`split_queries`
+base model, queries               :func:`load_base`, :func:`split_queries`, :func:`check_stages_fit`
 labels                            :func:`collect_labels` (or :func:`online_label_loop` for online rounds),
                                   :func:`save_labels`; a resumed run: :func:`saved_labels`
 reward model                      :func:`train_reward_model`; a resumed run: :func:`saved_reward_model`
@@ -51,7 +51,7 @@ from .results import (
 from .reward import train_reward_model
 from .saved_stages import online_label_info, save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run
 from .run import configure_logging, main, parse_args, run_pipeline
-from .setup import Base, QuerySplit, load_base, split_queries
+from .setup import Base, QuerySplit, check_stages_fit, load_base, split_queries
 
 __all__ = [
     "LABEL_MODES",
@@ -99,4 +99,5 @@ __all__ = [
     "QuerySplit",
     "load_base",
     "split_queries",
+    "check_stages_fit",
 ]

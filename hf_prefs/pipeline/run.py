@@ -30,7 +30,7 @@ from .reward import train_reward_model
 from .saved_stages import (
     online_label_info, save_labels, saved_labels, saved_reward_model, warn_replacing_earlier_run,
 )
-from .setup import load_base, split_queries
+from .setup import check_stages_fit, load_base, split_queries
 
 __all__ = ["configure_logging", "run_pipeline", "parse_args", "main"]
 
@@ -47,6 +47,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     base = load_base(model_args)
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
     queries = split_queries(pa, cfg, base.tokenizer)
+    check_stages_fit(pa, cfg, base, queries)  # what a later stage would refuse, refused before the labels
 
     online = None
     with timer("labels"):

@@ -8,13 +8,16 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft.tuners.tuners_utils import check_target_module_exists
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 from trl import get_peft_config
 
+from ..models.frozen_features import check_freeze_layers
+from ..models.generation import configured_positions
 from ..models.sharding import whole_weights_at_load
 from ..tasks.books import TooFewQueriesError
 from ..tasks.queries import load_task_queries
+from ..trainers.ppo_data import check_query_positions
 from .arguments import PipelineArguments, base_model_name, model_dtype
 
 __all__ = ["Base", "QuerySplit", "check_lora_targets", "load_base", "split_queries"]
@@ -57,6 +60,26 @@ def load_base(model_args: Any) -> Base:
     check_lora_targets(model_args, rho, name)
     return Base(name, tokenizer, rho)
 
+
+
+def check_stages_fit(pa: PipelineArguments, cfg: Any, base: Base, queries: QuerySplit) -> None:
+    """Before any stage: ``rm_freeze_layers`` within the reward model's blocks, and every query (with the tokenizer's
+    special tokens, as it is sampled from) + ``response_length`` within rho's positions — each refused only after the
+    labels were sampled (a query too long for a learned position table failed inside rho's forward, a bare IndexError)."""
+    if pa.rm_freeze_layers > 0:
+        if pa.reward_model_name_or_path is None:  # the reward model's trunk is rho's
+            check_freeze_layers(base.rho, pa.rm_freeze_layers)
+        else:
+            layers = getattr(AutoConfig.from_pretrained(pa.reward_model_name_or_path).get_text_config(),
+                             "num_hidden_layers", None)
+            if isinstance(layers, int) and pa.rm_freeze_layers > layers:
+                raise ValueError(f"rm_freeze_layers: {pa.rm_freeze_layers} exceeds the model's {layers} layers "
+                                 f"({pa.reward_model_name_or_path})")
+    positions = configured_positions(base.rho)
+    for name, texts in (("the held-out queries", queries.eval), ("the label queries", queries.label),
+                        ("the PPO queries", queries.ppo["query"])):
+        lengths = [len(ids) for ids in base.tokenizer(list(texts))["input_ids"]] if len(texts) else []
+        check_query_positions(lengths, cfg.response_length, positions, name)
 
 def check_lora_targets(model_args: Any, rho: torch.nn.Module, name: str) -> None:
     """With ``use_peft``: some module of the base model is one of ``lora_target_modules`` (PEFT's own matching), checked

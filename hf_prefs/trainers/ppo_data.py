@@ -26,7 +26,7 @@ from ..tokenizer_maps import map_with_tokenizer
 logger = logging.getLogger(__name__)
 
 __all__ = ["NonFiniteError", "Rollout", "QueryStream", "deal_by_length", "prepare_query_dataset", "unpadded_input_ids",
-           "warn_if_texts_differ"]
+           "warn_if_texts_differ", "check_query_positions"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -278,16 +278,22 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
                 raise ValueError(f"{name} row {i}: input_ids holds token id {max(ids) if max(ids) >= vocab else min(ids)}, "
                                  f"outside the policy's embedding of {vocab} tokens (a token added to the tokenizer "
                                  f"only, such as TRL's [PAD], must not be in the queries)")
-    max_positions = configured_positions(policy)
-    if max_positions is not None:
-        longest = max(range(len(lengths)), key=lengths.__getitem__)
-        if lengths[longest] + args.response_length > max_positions:
-            over = [i for i, n in enumerate(lengths) if n + args.response_length > max_positions]
-            raise ValueError(
-                f"{name} row {longest}: query of {lengths[longest]} tokens + response_length "
-                f"{args.response_length} exceeds the model's {max_positions} positions; {len(over)} of {len(lengths)} "
-                f"rows do (rows {over[:10]}{', ...' if len(over) > 10 else ''}): filter the dataset to queries of at "
-                f"most {max_positions - args.response_length} tokens"
-            )
+    check_query_positions(lengths, args.response_length, configured_positions(policy), name)
     return dataset
+
+
+def check_query_positions(lengths: list[int], response_length: int, max_positions: int | None, name: str) -> None:
+    """A ``ValueError`` naming ``name``'s longest row when a query of ``lengths[i]`` tokens + ``response_length`` exceed
+    the model's ``max_positions`` (None: no limit), with how many rows do and the query length that fits."""
+    if max_positions is None or not lengths:
+        return
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] + response_length > max_positions:
+        over = [i for i, n in enumerate(lengths) if n + response_length > max_positions]
+        raise ValueError(
+            f"{name} row {longest}: query of {lengths[longest]} tokens + response_length "
+            f"{response_length} exceeds the model's {max_positions} positions; {len(over)} of {len(lengths)} "
+            f"rows do (rows {over[:10]}{', ...' if len(over) > 10 else ''}): filter the dataset to queries of at "
+            f"most {max_positions - response_length} tokens"
+        )
 
