@@ -1033,6 +1033,14 @@ def test_the_ppo_state_is_in_a_checkpoint_before_older_checkpoints_are_deleted(t
     (out / "checkpoint-4" / "ppo_state.json").write_text(json.dumps(state))
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
     assert last_complete_checkpoint(str(tmp_path / "none")) is None
+    # a run of another length: the saved learning-rate schedule ends with the saved run's 3 updates (a longer run ran
+    # an update at lr 0, then restarted the schedule)
+    (out / "checkpoint-3" / "ppo_state.json").write_text(json.dumps(state))
+    (out / "checkpoint-3" / "ppo_state_0.json").unlink()
+    (out / "checkpoint-3" / "ppo_state_1.json").unlink()
+    with pytest.raises(ValueError, match=r"total_episodes: .*checkpoint-3 was saved by a run of 3 PPO updates, this one "
+                                         r"asks for 4 \(total_episodes 32\)"):
+        make_trainer(tmp_path / "d", gpt2_tokenizer, total_episodes=32).train(resume_from_checkpoint=str(out / "checkpoint-3"))
 
 
 def test_activation_checkpointing_trains_exactly_as_without_it(tmp_path, gpt2_tokenizer):

@@ -30,6 +30,7 @@ __all__ = [
     "OnlineTrainerState",
     "PPOCheckpointMixin",
     "check_checkpoint_process_count",
+    "check_checkpoint_updates",
     "complete_checkpoints",
     "last_complete_checkpoint",
 ]
@@ -78,6 +79,23 @@ def _ppo_state_files(checkpoint: str) -> list[str]:
         return []
     return sorted(f for f in os.listdir(checkpoint) if f.startswith("ppo_state") and f.endswith(".json"))
 
+
+
+def check_checkpoint_updates(checkpoint: str, num_updates: int, total_episodes: int) -> None:
+    """Refuse to resume ``checkpoint`` into a run of another number of PPO updates than the one that saved it (its
+    ``trainer_state.json``'s ``max_steps``): its learning-rate schedule decays to 0 over the saved run's updates,
+    which a longer run would pass (an update at lr 0, then the schedule's restart). A folder without a trainer state
+    passes (loading it says what is missing)."""
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f).get("max_steps")
+    if isinstance(saved, int) and saved > 0 and saved != num_updates:
+        raise ValueError(f"total_episodes: {checkpoint} was saved by a run of {saved} PPO updates, this one asks for "
+                         f"{num_updates} (total_episodes {total_episodes}): its learning-rate schedule ends with the "
+                         "saved run's updates; resume with the total_episodes (and batch sizes) it was saved with, or "
+                         "start a new run")
 
 def check_checkpoint_process_count(checkpoint: str, num_processes: int) -> None:
     """Refuse to resume ``checkpoint`` on another process count than it was saved by (each process's sampling
@@ -183,6 +201,7 @@ class PPOCheckpointMixin:
 
     def _load_ppo_state(self, checkpoint: str) -> None:
         check_checkpoint_process_count(checkpoint, self.accelerator.num_processes)  # every process checks: all stop
+        check_checkpoint_updates(checkpoint, self.args.num_total_batches, self.args.total_episodes)
         path = self._ppo_state_path(checkpoint)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
