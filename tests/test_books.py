@@ -188,8 +188,14 @@ def test_too_few_queries_says_how_many_fit_once(gpt2_tokenizer, monkeypatch):
 
     with pytest.raises(TooFewQueriesError) as info:
         book_queries_from_texts(["One two three four five six seven. " * 3], gpt2_tokenizer, n=50, min_tokens=4, max_tokens=8)
-    assert (info.value.asked, info.value.fit) == (50, "4-8 tokens") and 0 < info.value.available < 50
-    assert str(info.value) == f"asked for 50 queries but only {info.value.available} fit 4-8 tokens"
+    fit = "4-8 tokens from one sentence end to another"
+    assert (info.value.asked, info.value.fit) == (50, fit) and 0 < info.value.available < 50
+    assert str(info.value) == f"asked for 50 queries but only {info.value.available} fit {fit}"
+    # text without an ASCII '.' sentence end (Japanese "。", no punctuation) holds no query: the cause is said
+    with pytest.raises(TooFewQueriesError, match=r"only 0 fit 4-8 tokens from one sentence end to another \(a sentence "
+                                                 r"end is a '\.' followed by whitespace: 2 of 2 passages have none\)"):
+        book_queries_from_texts(["彼女は舞踏会の後で幸せだった。" * 20, "one two three four five six " * 20], gpt2_tokenizer,
+                                n=5, min_tokens=4, max_tokens=8)
     import copy
     import pickle
 

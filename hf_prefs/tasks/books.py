@@ -166,7 +166,12 @@ def book_queries_from_texts(
     random.Random(seed).shuffle(rows)
     if n is not None:
         if n > len(rows):
-            raise TooFewQueriesError(n, len(rows), f"{min_tokens}-{max_tokens} tokens")
+            ends = sum(1 for text in texts if sentence_boundaries(text))
+            fit = f"{min_tokens}-{max_tokens} tokens from one sentence end to another"
+            if ends < len(texts):  # a text in another script ("。") or without punctuation: the cause, said
+                fit += (f" (a sentence end is a '.' followed by whitespace: {len(texts) - ends} of {len(texts)} "
+                        "passages have none)")
+            raise TooFewQueriesError(n, len(rows), fit)
         rows = rows[:n]
     return datasets.Dataset.from_dict({"query": [q for q, _ in rows], "source": [s for _, s in rows]})
 
