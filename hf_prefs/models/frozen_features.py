@@ -46,7 +46,8 @@ from .dropout import active_dropout, config_dropout
 from .reward_model import reads_every_position, unwrap_model
 from .wrappers import unwrap_distributed
 
-__all__ = ["transformer_blocks", "freeze_bottom_layers", "check_freeze_layers", "frozen_prefix_length", "FrozenFeatureCache", "CHECKPOINTING"]
+__all__ = ["transformer_blocks", "freeze_bottom_layers", "check_freeze_layers", "frozen_prefix_length",
+           "FrozenFeatureCache", "CHECKPOINTING"]
 
 #: Why stored outputs and activation checkpointing do not mix.
 CHECKPOINTING = ("activation checkpointing is on: it recomputes the trainable blocks in the backward pass from their "

@@ -287,7 +287,6 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     check_hub_push(cfg, pa.push_reward_model_id)  # last: it makes the repos, once every other field is known good
 
 
-
 def hub_error_advice(err: BaseException) -> str:
     """What to do about ``err`` from a Hub call: offline mode on; no answer from the Hub (the network, a proxy or
     ``HF_ENDPOINT``); an answer refusing the token (401/403: log in); another answer (its status)."""
@@ -299,6 +298,7 @@ def hub_error_advice(err: BaseException) -> str:
     if status in (401, 403):
         return "log in (`hf auth login`) or pass --hub_token"
     return f"the Hub answered {status}: check --hub_model_id and the token's rights (`hf auth login`, --hub_token)"
+
 
 def check_hub_push(cfg: PPOConfig, reward_model_id: str | None = None) -> None:
     """With ``push_to_hub``: ``hub_model_id`` is set and the policy's and the reward model's repos

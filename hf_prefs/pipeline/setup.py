@@ -20,7 +20,7 @@ from ..tasks.queries import load_task_queries
 from ..trainers.ppo_data import check_query_positions
 from .arguments import PipelineArguments, base_model_name, model_dtype
 
-__all__ = ["Base", "QuerySplit", "check_lora_targets", "load_base", "split_queries"]
+__all__ = ["Base", "QuerySplit", "check_lora_targets", "check_stages_fit", "load_base", "split_queries"]
 
 
 class Base(NamedTuple):
@@ -61,7 +61,6 @@ def load_base(model_args: Any) -> Base:
     return Base(name, tokenizer, rho)
 
 
-
 def check_stages_fit(pa: PipelineArguments, cfg: Any, base: Base, queries: QuerySplit) -> None:
     """Before any stage: ``rm_freeze_layers`` within the reward model's blocks, and every query (with the tokenizer's
     special tokens, as it is sampled from) + ``response_length`` within rho's positions — each refused only after the
@@ -80,6 +79,7 @@ def check_stages_fit(pa: PipelineArguments, cfg: Any, base: Base, queries: Query
                         ("the PPO queries", queries.ppo["query"])):
         lengths = [len(ids) for ids in base.tokenizer(list(texts))["input_ids"]] if len(texts) else []
         check_query_positions(lengths, cfg.response_length, positions, name)
+
 
 def check_lora_targets(model_args: Any, rho: torch.nn.Module, name: str) -> None:
     """With ``use_peft``: some module of the base model is one of ``lora_target_modules`` (PEFT's own matching), checked

@@ -80,7 +80,6 @@ def _ppo_state_files(checkpoint: str) -> list[str]:
     return sorted(f for f in os.listdir(checkpoint) if f.startswith("ppo_state") and f.endswith(".json"))
 
 
-
 def check_checkpoint_updates(checkpoint: str, num_updates: int, total_episodes: int) -> None:
     """Refuse to resume ``checkpoint`` into a run of another number of PPO updates than the one that saved it (its
     ``trainer_state.json``'s ``max_steps``): its learning-rate schedule decays to 0 over the saved run's updates,
@@ -96,6 +95,7 @@ def check_checkpoint_updates(checkpoint: str, num_updates: int, total_episodes: 
                          f"{num_updates} (total_episodes {total_episodes}): its learning-rate schedule ends with the "
                          "saved run's updates; resume with the total_episodes (and batch sizes) it was saved with, or "
                          "start a new run")
+
 
 def check_checkpoint_process_count(checkpoint: str, num_processes: int) -> None:
     """Refuse to resume ``checkpoint`` on another process count than it was saved by (each process's sampling
