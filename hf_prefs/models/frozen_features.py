@@ -46,8 +46,8 @@ from .dropout import active_dropout, config_dropout
 from .reward_model import reads_every_position, unwrap_model
 from .wrappers import unwrap_distributed
 
-__all__ = ["transformer_blocks", "freeze_bottom_layers", "check_freeze_layers", "frozen_prefix_length",
-           "FrozenFeatureCache", "CHECKPOINTING"]
+__all__ = ["transformer_blocks", "freeze_bottom_layers", "check_freeze_depth", "check_freeze_layers",
+           "frozen_prefix_length", "FrozenFeatureCache", "CHECKPOINTING"]
 
 #: Why stored outputs and activation checkpointing do not mix.
 CHECKPOINTING = ("activation checkpointing is on: it recomputes the trainable blocks in the backward pass from their "
@@ -83,15 +83,21 @@ def _before_blocks(base: nn.Module, blocks: nn.ModuleList) -> list[tuple[str, nn
             if id(p) not in in_blocks and not name.startswith(_AFTER_BLOCKS)]
 
 
+def check_freeze_depth(n: int, layers: int, model_name: str = "") -> None:
+    """A ``ValueError`` naming ``rm_freeze_layers`` when ``n`` exceeds the model's ``layers`` blocks."""
+    if n > layers:
+        where = f" ({model_name})" if model_name else ""
+        raise ValueError(f"rm_freeze_layers: {n} exceeds the model's {layers} layers{where}")
+
+
 def check_freeze_layers(model: nn.Module, n: int) -> tuple[nn.Module, nn.ModuleList]:
     """``(base, blocks)`` of ``model`` where its bottom ``n`` > 0 blocks can be frozen; else a ``ValueError`` naming
-    ``rm_freeze_layers`` (no blocks found, or fewer than ``n``)."""
+    ``rm_freeze_layers`` (no blocks found, or fewer than ``n``: :func:`check_freeze_depth`)."""
     try:
         base, _, blocks = transformer_blocks(model)
     except ValueError as err:
         raise ValueError(f"rm_freeze_layers: {err}") from err
-    if n > len(blocks):
-        raise ValueError(f"rm_freeze_layers: {n} exceeds the model's {len(blocks)} layers")
+    check_freeze_depth(n, len(blocks))
     return base, blocks
 
 

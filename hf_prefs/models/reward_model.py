@@ -504,7 +504,8 @@ def normalize_reward_model(
     return normalize_to(model, gather(raw) if gather is not None else raw, target_mean, target_std)
 
 
-def normalize_to(model: Any, raw: torch.Tensor, target_mean: float = 0.0, target_std: float = 1.0) -> tuple[float, float]:
+def normalize_to(model: Any, raw: torch.Tensor, target_mean: float = 0.0,
+                 target_std: float = 1.0) -> tuple[float, float]:
     """Store on ``model`` the gain/bias that map its raw scores ``raw`` (of rho's samples, read without gain/bias)
     to mean ``target_mean`` and population std ``target_std``; returns them."""
     gain, bias = reward_normalization(raw.cpu(), target_mean=target_mean, target_std=target_std)

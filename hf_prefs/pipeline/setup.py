@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 from trl import get_peft_config
 
-from ..models.frozen_features import check_freeze_layers
+from ..models.frozen_features import check_freeze_depth, check_freeze_layers
 from ..models.generation import configured_positions
 from ..models.sharding import whole_weights_at_load
 from ..tasks.books import TooFewQueriesError
@@ -64,16 +64,16 @@ def load_base(model_args: Any) -> Base:
 def check_stages_fit(pa: PipelineArguments, cfg: Any, base: Base, queries: QuerySplit) -> None:
     """Before any stage: ``rm_freeze_layers`` within the reward model's blocks, and every query (with the tokenizer's
     special tokens, as it is sampled from) + ``response_length`` within rho's positions — each refused only after the
-    labels were sampled (a query too long for a learned position table failed inside rho's forward, a bare IndexError)."""
+    labels were sampled (a query too long for a learned position table failed inside rho's forward, a bare
+    IndexError)."""
     if pa.rm_freeze_layers > 0:
         if pa.reward_model_name_or_path is None:  # the reward model's trunk is rho's
             check_freeze_layers(base.rho, pa.rm_freeze_layers)
         else:
             layers = getattr(AutoConfig.from_pretrained(pa.reward_model_name_or_path).get_text_config(),
                              "num_hidden_layers", None)
-            if isinstance(layers, int) and pa.rm_freeze_layers > layers:
-                raise ValueError(f"rm_freeze_layers: {pa.rm_freeze_layers} exceeds the model's {layers} layers "
-                                 f"({pa.reward_model_name_or_path})")
+            if isinstance(layers, int):  # (a config without the field: the reward model's build says it)
+                check_freeze_depth(pa.rm_freeze_layers, layers, pa.reward_model_name_or_path)
     positions = configured_positions(base.rho)
     for name, texts in (("the held-out queries", queries.eval), ("the label queries", queries.label),
                         ("the PPO queries", queries.ppo["query"])):

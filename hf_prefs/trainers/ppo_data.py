@@ -134,6 +134,7 @@ def _prompt_as_query(dataset: Dataset, tokenizer: Any, name: str, args: Any) -> 
     template has them); its ``query`` (what a reward reads, tokenized with special tokens) leaves out a BOS the
     template wrote where the tokenizer adds one itself. Rows that are neither are named."""
     prompts = dataset["prompt"]
+
     def is_message(m: Any) -> bool:
         return isinstance(m, dict) and isinstance(m.get("role"), str) and m.get("content") is not None
 
@@ -296,4 +297,3 @@ def check_query_positions(lengths: list[int], response_length: int, max_position
             f"rows do (rows {over[:10]}{', ...' if len(over) > 10 else ''}): filter the dataset to queries of at "
             f"most {max_positions - response_length} tokens"
         )
-

@@ -193,7 +193,8 @@ class PPOReportingMixin:
                     )
                 lengths = spec.cut(responses).lengths
                 texts = self.decode_responses(responses, lengths)
-                with self.scoring_with(batch, responses, lengths, query_ids.to(device), query_mask.to(device)):  # as TRL
+                # the rows' columns for a reward in TRL's form; the ids for a reward model reading them as TRL
+                with self.scoring_with(batch, responses, lengths, query_ids.to(device), query_mask.to(device)):
                     scores = self.score(list(batch["query"]), texts).tolist()
                 if i < len(mine):
                     real = len(mine[i])

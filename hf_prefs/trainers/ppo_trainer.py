@@ -334,6 +334,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             ensure_pad_token_id(reward_model, tokenizer)  # TRL's scripts load it without one in its config
         self.reward_model = reward_model
         self.reward_processing_class = tokenizer
+        self._reward_shares_token_ids = same_token_ids(tokenizer, policy_tokenizer)  # (reward_reads_token_ids)
 
     def _build_value_function(
         self, policy: nn.Module, wrapper: PolicyWithValueHead | None, value_model: nn.Module | str | None,
@@ -614,26 +615,16 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         token where TRL gave it one)."""
         if isinstance(self.reward_model, nn.Module):
             extra = self._scoring_extra
-            if "query_ids" in extra and self.reward_reads_token_ids():  # TRL's reading of the sampled ids themselves
-                with self.accelerator.autocast():
-                    scores = score_token_ids(self.reward_model, extra["query_ids"], extra["query_mask"],
-                                             extra["response_ids"], extra["lengths"],
-                                             pad_token_id_of(self.processing_class),
-                                             batch_size=self.args.local_rollout_forward_batch_size)
-                return scores.to(device=self.accelerator.device, dtype=torch.float32)
-            # within scoring_with: a model from elsewhere (TRL's) reads TRL's stop token as TRL gave it; one trained
-            # here as its labels' texts were
-            if "response_ids" in extra:
-                response_texts = self.reward_model_texts(list(response_texts), self._scoring_extra["response_ids"],
-                                                         self._scoring_extra["lengths"])
             with self.accelerator.autocast():
-                scores = score_texts(
-                    self.reward_model,
-                    self.reward_processing_class,
-                    query_texts,
-                    response_texts,
-                    batch_size=self.args.local_rollout_forward_batch_size,
-                )
+                if "query_ids" in extra and self.reward_reads_token_ids():  # TRL's reading of the sampled ids
+                    scores = self._reward_of_ids(extra["query_ids"], extra["query_mask"], extra["response_ids"],
+                                                 extra["lengths"])
+                else:  # within scoring_with, the texts as the model reads them (reward_model_texts)
+                    if "response_ids" in extra:
+                        response_texts = self.reward_model_texts(list(response_texts), extra["response_ids"],
+                                                                 extra["lengths"])
+                    scores = score_texts(self.reward_model, self.reward_processing_class, query_texts, response_texts,
+                                         batch_size=self.args.local_rollout_forward_batch_size)
         else:  # each function's form read each time: reward_model may be swapped (the online loop does)
             extra = {**self._scoring_extra, "trainer_state": self.state,
                      "log_metric": self._log_reward_metric, "log_extra": self._log_reward_extra}
@@ -644,15 +635,20 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
 
     def reward_reads_token_ids(self) -> bool:
         """Whether the reward model reads the sampled token ids themselves, as TRL 1.12 fed them
-        (:func:`~hf_prefs.models.reward_model.score_token_ids`): a model from elsewhere (not trained by hf_prefs's
-        reward trainers) whose tokenizer gives every token the policy's id — TRL's setting, one tokenizer for all
-        models. Asked each time (the online loop swaps models); the tokenizers' comparison is kept."""
-        if reads_as_trained_here(self.reward_model) or not reads_every_position(self.reward_model):
-            return False  # (TRL read its reward model's `score` head at an index: an encoder reads its text)
-        pair = (self.reward_processing_class, self.processing_class)
-        if getattr(self, "_compared_tokenizers", (None, None, None))[:2] != pair:
-            self._compared_tokenizers = (*pair, same_token_ids(*pair))
-        return self._compared_tokenizers[2]
+        (:meth:`_reward_of_ids`): a model from elsewhere (not trained by hf_prefs's reward trainers) with a ``score``
+        head at every position (TRL read it at an index; an encoder reads its text) whose tokenizer gives every token
+        the policy's id — TRL's setting, one tokenizer for all models (compared once, when the reward model is
+        built). Asked each time: the online loop swaps models."""
+        return (self._reward_shares_token_ids and not reads_as_trained_here(self.reward_model)
+                and reads_every_position(self.reward_model))
+
+    def _reward_of_ids(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
+                       lengths: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+        """``(B,)`` the reward model on the queries' and cut responses' ids, read as TRL did
+        (:func:`~hf_prefs.models.reward_model.score_token_ids`, the policy tokenizer's pad)."""
+        return score_token_ids(self.reward_model, query_ids, query_mask, response_ids, lengths,
+                               pad_token_id_of(self.processing_class),
+                               batch_size=self.args.local_rollout_forward_batch_size, normalized=normalized)
 
     def reward_model_texts(self, texts: list[str], response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """What the reward model reads of the cut responses ``texts``, asked each time (the online loop swaps models):
@@ -1161,13 +1157,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         lengths = self.truncate(responses)[0] if spec.mask_after_cut else torch.full((len(responses),), responses.shape[1])
         gather = lambda raw: self.accelerator.gather(raw.to(device))[: a.normalize_samples]  # noqa: E731
         if self.reward_reads_token_ids():  # read as PPO's scoring reads it: the ids, as TRL
-            raw = score_token_ids(self.reward_model, query_ids, query_mask, responses.cpu(), lengths.cpu(),
-                                  pad_token_id_of(self.processing_class),
-                                  batch_size=self.args.local_rollout_forward_batch_size, normalized=False)
+            raw = self._reward_of_ids(query_ids, query_mask, responses.cpu(), lengths.cpu(), normalized=False)
             return normalize_to(self.reward_model, gather(raw))
         texts = self.decode_responses(responses, lengths)
         if spec.mask_after_cut:
             texts = self.reward_model_texts(texts, responses, lengths)
         return normalize_reward_model(self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
                                       gather=gather)
-
