@@ -75,6 +75,14 @@ def test_query_padding_tiny():
     assert two
 
 
+def test_decode_cache_tiny():
+    """Sampling with the cache written in place draws the same tokens as transformers' growing cache."""
+    out = run(str(BENCH / "decode_cache.py"), "--model", "tiny", "--queries", "8", "--repeats", "2")
+    assert len(re.findall(r"repeat \d, (copy    |in-place): [0-9.]+ s, [0-9.]+ ms per row", out)) == 4
+    assert re.search(r"copy / in-place = [0-9.]+x \(medians [0-9.]+ / [0-9.]+ s; each pair: [0-9.]+x, [0-9.]+x\); "
+                     r"identical tokens: True", out)
+
+
 def test_rm_frozen_cache_tiny():
     """The cache leaves the trained reward model as it is and skips the frozen block after the first epoch."""
     out = run(str(BENCH / "rm_frozen_cache.py"), "--model", "tiny", "--labels", "48", "--repeats", "1")
