@@ -99,6 +99,26 @@ def test_other_recipes_run_the_sentiment_flow_on_their_task(tiny_base, tmp_path)
         recipe.main(task="descriptiveness", argv=_tiny_args(tiny_base, tmp_path / "x", "--task", "tldr"))
 
 
+def test_the_tldr_recipe_runs_on_a_local_file_of_openai_posts(tiny_base, tmp_path):
+    """recipes/tldr.py with --query_dataset a local JSONL of OpenAI's TL;DR posts (no Hub): queries in trl-lib/tldr's
+    prompt form, the held-out posts' summaries scored with ROUGE before and after."""
+    posts = tmp_path / "train.jsonl"
+    with posts.open("w") as f:
+        for i in range(40):
+            f.write(json.dumps({"id": str(i), "subreddit": "AskReddit", "title": f"Question {i}",
+                                "post": f"I have been wondering about thing number {i} for a while. What do you think?",
+                                "summary": f"wondering about thing {i}"}) + "\n")
+    out = tmp_path / "tldr"
+    summary = load_recipe("tldr").main(task="tldr", argv=_tiny_args(
+        tiny_base, out, "--query_dataset", str(posts), "--total_episodes", "8", "--response_length", "8",
+        "--truncate_after", "4"))
+    assert summary["task"] == "tldr" and summary["ppo_updates"] == 1
+    assert set(summary["rouge"]) == {"before", "after"} and 0 <= summary["rouge"]["after"]["rouge1"] <= 1
+    queries = [json.loads(line)["query"] for line in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(queries) == 24 and all(q.startswith("SUBREDDIT: r/AskReddit\n\nTITLE: Question ") and
+                                      q.endswith("What do you think?\n\nTL;DR:") for q in queries)
+
+
 def test_label_file_source_and_reload(tiny_base, tmp_path):
     """Labels from the first run's file train the second run's reward model (label_source=file)."""
     first = tmp_path / "first"

@@ -40,6 +40,20 @@ def test_summarization_references_stay_aligned_with_their_queries(gpt2_tokenizer
         summarization_queries(["One."], gpt2_tokenizer, max_tokens=20, references=[])
 
 
+def test_a_repeated_summarization_query_is_kept_once(gpt2_tokenizer, caplog):
+    """A repost (or two texts alike up to the cut) would be held out and trained on at once: kept once, with its
+    first reference, and said."""
+    long = "word " * 40
+    texts = ["One.", "Two.", " One. ", long + "ending A", long + "ending B"]
+    with caplog.at_level("WARNING", logger="hf_prefs.tasks.summarization"):
+        ds = summarization_queries(texts, gpt2_tokenizer, max_tokens=20, references=["r1", "r2", "r1 again", "a", "b"])
+    cut = format_summarization_query(long + "ending A", gpt2_tokenizer, 20, "", "\n\nTL;DR:")
+    assert "ending" not in cut and cut == format_summarization_query(long + "ending B", gpt2_tokenizer, 20, "", "\n\nTL;DR:")
+    assert ds["query"] == ["One.\n\nTL;DR:", "Two.\n\nTL;DR:", cut]
+    assert ds["reference"] == ["r1", "r2", "a"]
+    assert "2 of 5 queries repeat an earlier one; each is kept once" in caplog.text
+
+
 def test_hub_tldr_loader_keeps_the_reference_summaries(gpt2_tokenizer, monkeypatch):
     """trl-lib/tldr rows (prompt ends with "TL;DR:", completion = the reference) -> query + reference columns."""
     import datasets
@@ -77,3 +91,58 @@ def test_label_file_queries_take_the_policys_form(tmp_path):
         pa = PipelineArguments(task=task, label_source="file", label_file=str(path))
         labels, info = collect_labels(pa, None, None, None, [])
         assert labels["query"] == [first, "Dogs.\n\nTL;DR:"] and labels["best"] == [1, 0] and info["labels"] == 2
+
+
+def test_summarization_queries_from_local_files_as_users_have_them(tmp_path, gpt2_tokenizer):
+    """TL;DR and CNN/DM read a local file or folder by its columns: OpenAI's TL;DR JSONL (subreddit, title, post,
+    summary) gives trl-lib/tldr's prompt — the same queries as its prompt/completion rows saved with save_to_disk —
+    with the summaries as references; a CNN/DM CSV (article, highlights) gets the task's prefix and suffix; a post
+    left blank is dropped with its reference."""
+    from datasets import Dataset
+
+    from hf_prefs.tasks import load_task_queries
+
+    posts = [{"id": "a", "subreddit": "relationships", "title": "Moving in?", "post": "We met a year ago and now...",
+              "summary": " Should we move in?"},
+             {"id": "b", "subreddit": "cooking", "title": "Salt", "post": "  ", "summary": "nothing"},
+             {"id": "c", "subreddit": "tifu", "title": "TIFU by baking", "post": "I used salt for sugar.",
+              "summary": "salt, not sugar"}]
+    openai = tmp_path / "train.jsonl"
+    openai.write_text("".join(json.dumps(p) + "\n" for p in posts))
+    got = load_task_queries("tldr", gpt2_tokenizer, query_dataset=str(openai))
+    assert got["query"] == ["SUBREDDIT: r/relationships\n\nTITLE: Moving in?\n\nPOST: We met a year ago and now...\n\nTL;DR:",
+                            "SUBREDDIT: r/tifu\n\nTITLE: TIFU by baking\n\nPOST: I used salt for sugar.\n\nTL;DR:"]
+    assert got["reference"] == ["Should we move in?", "salt, not sugar"]
+    # trl-lib/tldr's rows, made from the same posts as its dataset script does
+    trl_rows = {"prompt": [f"SUBREDDIT: r/{p['subreddit']}\n\nTITLE: {p['title']}\n\nPOST: {p['post']}\n\nTL;DR:"
+                           for p in posts if p["post"].strip()],
+                "completion": [" " + p["summary"] for p in posts if p["post"].strip()]}
+    Dataset.from_dict(trl_rows).save_to_disk(str(tmp_path / "saved"))
+    saved = load_task_queries("tldr", gpt2_tokenizer, query_dataset=str(tmp_path / "saved"))
+    assert saved["query"] == got["query"] and saved["reference"] == got["reference"]
+    assert load_task_queries("tldr", gpt2_tokenizer, n=1, query_dataset=str(openai))["query"] == got["query"][:1]
+
+    cnndm = tmp_path / "cnn.csv"
+    cnndm.write_text('article,highlights,id\n"(CNN) -- A long story, told ""well"".",A story.,x1\n')
+    spec = get_task("cnndm")
+    got = load_task_queries("cnndm", gpt2_tokenizer, query_dataset=str(cnndm))
+    assert got["query"] == [f'{spec.query_prefix}(CNN) -- A long story, told "well".{spec.query_suffix}']
+    assert got["reference"] == ["A story."]
+
+
+def test_a_summarization_file_it_cannot_read_is_named(tmp_path, gpt2_tokenizer):
+    """No known column layout: the columns it has; a cell that is not text: its row and column; a missing path: the
+    field and the path (not the Hub's "Couldn't reach")."""
+    from hf_prefs.tasks import load_task_queries
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"body": "x", "tl_dr": "y"}) + "\n")
+    with pytest.raises(ValueError, match=r"query_dataset .*other.jsonl: no column layout .*subreddit \+ title \+ post; "
+                                         r"article; prompt; text\); it has \['body', 'tl_dr'\]"):
+        load_task_queries("tldr", gpt2_tokenizer, query_dataset=str(other))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"article": "fine", "highlights": "h"}) + "\n" + json.dumps({"article": 7, "highlights": "h"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl: row 1 of the 'article' column holds a"):
+        load_task_queries("cnndm", gpt2_tokenizer, query_dataset=str(bad))
+    with pytest.raises(FileNotFoundError, match="query_dataset ./missing.jsonl: no such file or folder"):
+        load_task_queries("cnndm", gpt2_tokenizer, query_dataset="./missing.jsonl")

@@ -39,7 +39,7 @@ from trl.data_utils import is_conversational, maybe_extract_prompt
 
 from .._compat import get_dataset_column_names
 from ..assets import load_gpt2_tokenizer
-from ..dataset_folders import is_blank_file, load_dataset_folder
+from ..dataset_folders import is_blank_file, load_dataset_folder, names_a_local_path
 from ..chat_templates import render_row_chat
 from ..models.reward_model import without_added_bos
 from ..tokenizer_maps import map_with_tokenizer
@@ -408,12 +408,8 @@ def _arrow_typed(values: list[Any]) -> bool:
 
 
 def names_a_local_file(spec: str | os.PathLike, suffixes: Iterable[str] = LABEL_FILE_SUFFIXES) -> bool:
-    """Whether ``spec`` can only be a local path, not a Hub dataset id (``name`` or ``namespace/name``): an absolute,
-    ``./``, ``../`` or ``~`` path, more than one folder separator, or a file suffix of ``suffixes`` (default: a label
-    file's)."""
-    text = str(spec)
-    return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
-            or (os.sep != "/" and os.sep in text) or Path(text).suffix.lower() in tuple(suffixes))
+    """:func:`hf_prefs.dataset_folders.names_a_local_path` with a label file's suffixes by default."""
+    return names_a_local_path(spec, suffixes)
 
 
 def local_label_path(spec: str | os.PathLike, name: str = "label_file") -> Path | None:

@@ -45,9 +45,11 @@ class PipelineArguments:
     task: str | None = field(default=None, metadata={"help": "sentiment | descriptiveness | tldr | cnndm (set by the recipe)"})
     query_dataset: str | None = field(
         default=None,
-        metadata={"help": "The books tasks' texts: a Hub dataset id, a local .txt/.json/.jsonl/.csv/.parquet file or "
-                  "a dataset folder, with a 'text' column (tldr and cnndm read their own Hub source); unset = offline "
-                  "Austen passages (books tasks) or that source; 'austen' = Austen offline."},
+        metadata={"help": "The queries' texts: a Hub dataset id, a local .txt/.json/.jsonl/.csv/.parquet file or a "
+                  "dataset folder. Books tasks: a 'text' column. tldr/cnndm: OpenAI's TL;DR columns (subreddit, "
+                  "title, post, summary), CNN/DM's (article, highlights), prompt/completion or text (+ summary); unset "
+                  "= offline Austen passages (books tasks) or the task's Hub source (trl-lib/tldr, "
+                  "abisee/cnn_dailymail); 'austen' = Austen offline."},
     )
     query_min_tokens: int = field(default=32, metadata={"help": "Shortest book query in tokens (paper: 64 exactly)."})
     num_label_queries: int = field(default=4992, metadata={"help": "Queries sent to the labeler (paper: 4,992)."})
@@ -240,9 +242,6 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
     if pa.task not in HUB_SOURCES and not 0 < pa.query_min_tokens <= spec.query_length:
         raise ValueError(f"query_min_tokens: must lie in [1, {spec.query_length}] (the {pa.task} task's query length), "
                          f"got {pa.query_min_tokens}")
-    if pa.task in HUB_SOURCES and pa.query_dataset not in (None, "austen", HUB_SOURCES[pa.task][0]):
-        raise ValueError(f"query_dataset: {pa.task} reads its texts from {HUB_SOURCES[pa.task][0]} (or Austen's "
-                         f"novels with 'austen', offline); another dataset is not supported, got {pa.query_dataset!r}")
     if pa.label_source not in LABEL_SOURCES:
         raise ValueError(f"label_source: {pa.label_source!r} is not one of {LABEL_SOURCES}")
     if pa.num_candidates < 2:

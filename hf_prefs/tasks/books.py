@@ -18,14 +18,12 @@ import logging
 import random
 import re
 import string
-from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
 
 from ..assets import austen_novels
-from ..dataset_folders import is_blank_file, load_dataset_folder
-from ..labels.schema import names_a_local_file
+from ..dataset_folders import load_text_source
 
 logger = logging.getLogger(__name__)
 
@@ -202,34 +200,6 @@ def austen_queries(
     return book_queries_from_texts(texts, tokenizer, n, min_tokens, max_tokens, seed, sources, overlap)
 
 
-#: local files :func:`load_book_queries` reads, by suffix, and the ``datasets`` builder of each (.txt: a row per line)
-LOCAL_TEXT_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
-
-
-def _load_texts(name: str, split: str) -> datasets.Dataset:
-    """A local file (by suffix: :data:`LOCAL_TEXT_BUILDERS`), a folder saved with ``save_to_disk`` or of data files,
-    or a Hub dataset id."""
-    path = Path(name).expanduser()
-    if names_a_local_file(name, (*LOCAL_TEXT_BUILDERS, ".tsv")) and not path.exists():  # not "Couldn't reach it on
-        # the Hub": a path that cannot be a Hub id
-        raise FileNotFoundError(f"query_dataset {name}: no such file or folder")
-    if path.is_file():
-        builder = LOCAL_TEXT_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"query_dataset {name}: unsupported file type {path.suffix!r} (use "
-                             f"{', '.join(LOCAL_TEXT_BUILDERS)}, a dataset folder or a Hub dataset id)")
-        if is_blank_file(path):  # (an empty .jsonl was a bare StopIteration)
-            raise ValueError(f"query_dataset {name}: the file is empty")
-        try:
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
-        except Exception as err:  # datasets' DatasetGenerationError names no line; the error it wraps does
-            cause = err.__cause__ or err
-            raise ValueError(f"query_dataset {name}: not readable as {builder} ({type(cause).__name__}: {cause})") from err
-    if path.is_dir():  # saved with save_to_disk, or of data files
-        return load_dataset_folder(path, split)
-    return datasets.load_dataset(name, split=split)
-
-
 def load_book_queries(
     dataset_name: str | None,
     tokenizer: Any,
@@ -250,7 +220,7 @@ def load_book_queries(
     """
     if dataset_name is None:
         return austen_queries(tokenizer, n, min_tokens, max_tokens, seed)
-    ds = _load_texts(dataset_name, split)
+    ds = load_text_source(dataset_name, split)
     if text_column not in ds.column_names:
         raise ValueError(f"query_dataset {dataset_name}: no {text_column!r} column (it has {ds.column_names})")
     if max_rows is not None:

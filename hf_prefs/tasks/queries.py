@@ -26,8 +26,9 @@ def load_task_queries(
     Books tasks: passages that start after a '.' and end at a '.', ``min_tokens``..64 tokens, from
     ``query_dataset`` (a BookCorpus-style Hub id, :data:`HUB_LINES_PER_PASSAGE` rows to a passage) or, unset /
     ``"austen"``, the offline Austen novels; none found raises naming ``query_dataset``. TL;DR and
-    CNN/DM: articles from the task's Hub source cut to fit ``query_length`` with the task's prefix/suffix;
-    ``query_dataset="austen"`` uses Austen passages as offline stand-in articles.
+    CNN/DM: articles cut to fit ``query_length`` with the task's prefix/suffix, from ``query_dataset`` (a local
+    file or folder, or a Hub id, read by its columns: :func:`~hf_prefs.tasks.summarization.summarization_texts`) or,
+    unset, the task's Hub source; ``query_dataset="austen"`` uses Austen passages as offline stand-in articles.
     """
     spec = get_task(task)
     if task in ("sentiment", "descriptiveness"):
@@ -42,5 +43,6 @@ def load_task_queries(
         texts = austen_queries(tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed)["query"]
         return summarization_queries(texts, tokenizer, spec.query_length, spec.query_prefix, spec.query_suffix)
     return load_summarization_queries(
-        task, tokenizer, n=n, max_tokens=spec.query_length, prefix=spec.query_prefix, suffix=spec.query_suffix
+        task, tokenizer, n=n, max_tokens=spec.query_length, prefix=spec.query_prefix, suffix=spec.query_suffix,
+        source=query_dataset,
     )

@@ -4,25 +4,46 @@ A query is the article cut to fit ``max_tokens`` tokens *including* the task's p
 CNN/DM) and suffix ("\\n\\nTL;DR:"); the cut drops tokens from the end of the article so the suffix always
 survives. Hub paths: TL;DR posts from ``trl-lib/tldr`` (column ``prompt`` already holds subreddit, title and
 post) and CNN/DM from ``abisee/cnn_dailymail`` (config ``3.0.0``, column ``article``); their reference summaries
-(``completion``, ``highlights``) are kept in a ``reference`` column for ROUGE. Any dataset with a text column works
-through :func:`summarization_queries`.
+(``completion``, ``highlights``) are kept in a ``reference`` column for ROUGE. A local file or folder, or another Hub
+dataset, is read by its columns (:func:`summarization_texts`): OpenAI's TL;DR files (``subreddit``, ``title``,
+``post``, ``summary``), CNN/DM's (``article``, ``highlights``), prompt/completion rows (trl-lib/tldr) or ``text`` (with
+``summary``). Any list of texts works through :func:`summarization_queries`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import datasets
 from datasets import Dataset
 
-__all__ = ["format_summarization_query", "summarization_queries", "load_summarization_queries", "HUB_SOURCES"]
+from ..dataset_folders import load_text_source
 
-#: task -> (dataset id, config, split, text column, text already ends with "TL;DR:", reference-summary column)
-HUB_SOURCES: dict[str, tuple[str, str | None, str, str, bool, str]] = {
-    "tldr": ("trl-lib/tldr", None, "train", "prompt", True, "completion"),
-    "cnndm": ("abisee/cnn_dailymail", "3.0.0", "train", "article", False, "highlights"),
+logger = logging.getLogger(__name__)
+
+__all__ = ["format_summarization_query", "summarization_queries", "summarization_texts", "load_summarization_queries",
+           "HUB_SOURCES", "TLDR_POST_FORMAT"]
+
+#: task -> (dataset id, config, split); read by their columns (:data:`LAYOUTS`: prompt + completion, article +
+#: highlights)
+HUB_SOURCES: dict[str, tuple[str, str | None, str]] = {
+    "tldr": ("trl-lib/tldr", None, "train"),
+    "cnndm": ("abisee/cnn_dailymail", "3.0.0", "train"),
 }
+
+#: A Reddit post as trl-lib/tldr's prompts hold it (before their "\n\nTL;DR:"), from OpenAI's TL;DR fields.
+TLDR_POST_FORMAT = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}"
+
+#: The column layouts :func:`summarization_texts` reads, in the order it tries them: (columns it needs, reference
+#: columns it takes the first of).
+LAYOUTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("subreddit", "title", "post"), ("summary", "reference")),  # OpenAI's TL;DR
+    (("article",), ("highlights", "summary", "reference")),  # CNN/DM
+    (("prompt",), ("completion", "label", "summary", "reference")),  # trl-lib/tldr, CarperAI/openai_summarize_tldr
+    (("text",), ("summary", "reference")),
+)
 
 
 def format_summarization_query(text: str, tokenizer: Any, max_tokens: int, prefix: str = "", suffix: str = "") -> str:
@@ -48,27 +69,76 @@ def summarization_queries(
     suffix: str = "\n\nTL;DR:",
     references: Sequence[str] | None = None,
 ) -> Dataset:
-    """A ``query`` dataset from raw article texts (empty texts are dropped), with a ``reference`` column when
-    ``references`` (one reference summary per text) is given."""
+    """A ``query`` dataset from raw article texts, with a ``reference`` column when ``references`` (one reference
+    summary per text) is given. Empty texts are dropped; a query that repeats an earlier one (a repost, or two texts
+    alike in their first ``max_tokens``) is kept once, with its first reference and a warning — else a held-out query
+    could also be trained on."""
     if references is not None and len(references) != len(texts):
         raise ValueError(f"references: {len(references)} references for {len(texts)} texts")
     keep = [i for i, t in enumerate(texts) if t and t.strip()]
-    columns = {"query": [format_summarization_query(texts[i], tokenizer, max_tokens, prefix, suffix) for i in keep]}
+    queries = [format_summarization_query(texts[i], tokenizer, max_tokens, prefix, suffix) for i in keep]
+    seen: set[str] = set()
+    first = [k for k, q in enumerate(queries) if not (q in seen or seen.add(q))]
+    if len(first) < len(queries):
+        logger.warning("summarization queries: %d of %d queries repeat an earlier one; each is kept once",
+                       len(queries) - len(first), len(queries))
+    columns = {"query": [queries[k] for k in first]}
     if references is not None:
-        columns["reference"] = [str(references[i]).strip() for i in keep]
+        columns["reference"] = [str(references[keep[k]]).strip() for k in first]
     return Dataset.from_dict(columns)
 
 
+def _text_cells(ds: Dataset, column: str, source: str) -> list[str]:
+    """The column's cells, a missing one as ""; a cell that is not text is named by row."""
+    values = ds[column]
+    for row, value in enumerate(values):
+        if value is not None and not isinstance(value, str):
+            hint = (" (a JSON file written by columns? write one object per line)" if isinstance(value, list) else "")
+            raise ValueError(f"{source}: row {row} of the {column!r} column holds a {type(value).__name__}, not "
+                             f"text{hint}")
+    return ["" if v is None else v for v in values]
+
+
+def summarization_texts(ds: Dataset, source: str) -> tuple[list[str], list[str] | None]:
+    """``(texts, references)`` of a summarization dataset, by its columns (:data:`LAYOUTS`): OpenAI's TL;DR posts
+    (``subreddit``, ``title``, ``post``) formatted as trl-lib/tldr's prompts (:data:`TLDR_POST_FORMAT`); an
+    ``article``; a ``prompt`` without its closing "TL;DR:"; a ``text``. ``references``: the first reference column
+    present (``summary``, ``highlights``, ``completion``, ``label``, ``reference``), else None. ``source`` names the
+    dataset in errors (no known layout: the columns it has; a cell that is not text: its row and column). A missing
+    text is "" (:func:`summarization_queries` drops it), as a post without its ``post``."""
+    columns = set(ds.column_names)
+    layout = next(((need, refs) for need, refs in LAYOUTS if columns.issuperset(need)), None)
+    if layout is None:
+        known = "; ".join(" + ".join(need) for need, _ in LAYOUTS)
+        raise ValueError(f"{source}: no column layout of a summarization dataset ({known}); it has {ds.column_names}")
+    need, refs = layout
+    if need == ("subreddit", "title", "post"):
+        cells = {c: _text_cells(ds, c, source) for c in need}
+        texts = [TLDR_POST_FORMAT.format(subreddit=r.strip(), title=t.strip(), post=p.strip()) if p.strip() else ""
+                 for r, t, p in zip(cells["subreddit"], cells["title"], cells["post"])]
+    else:
+        texts = _text_cells(ds, need[0], source)
+        if need == ("prompt",):  # trl-lib/tldr prompts already end with "\n\nTL;DR:"
+            texts = [t.rsplit("TL;DR:", 1)[0] if t.rstrip().endswith("TL;DR:") else t for t in texts]
+    ref = next((c for c in refs if c in columns), None)
+    return texts, (None if ref is None else _text_cells(ds, ref, source))
+
+
 def load_summarization_queries(
-    task: str, tokenizer: Any, n: int | None = None, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:"
+    task: str, tokenizer: Any, n: int | None = None, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:",
+    source: str | None = None,
 ) -> Dataset:
-    """Queries for ``task`` ("tldr" or "cnndm") from the Hugging Face Hub (needs network access)."""
+    """Queries for ``task`` ("tldr" or "cnndm"): from ``source`` — a local .json/.jsonl/.csv/.parquet file, a dataset
+    folder or another Hub dataset id, read by its columns (:func:`summarization_texts`) — or, None, from the task's
+    Hub source (:data:`HUB_SOURCES`; needs network access). ``n``: the first n rows."""
     if task not in HUB_SOURCES:
         raise ValueError(f"task: no summarization source for {task!r}; known: {sorted(HUB_SOURCES)}")
-    name, config, split, column, has_suffix, ref_column = HUB_SOURCES[task]
-    ds = datasets.load_dataset(name, config, split=split if n is None else f"{split}[:{n}]")
-    texts = ds[column]
-    if has_suffix:  # trl-lib/tldr prompts already end with "\n\nTL;DR:"
-        texts = [t.rsplit("TL;DR:", 1)[0] for t in texts]
-    references = ds[ref_column] if ref_column in ds.column_names else None
+    name, config, split = HUB_SOURCES[task]
+    if source is None or source == name:
+        ds = datasets.load_dataset(name, config, split=split if n is None else f"{split}[:{n}]")
+    else:
+        ds = load_text_source(source, split)
+        if n is not None:
+            ds = ds.select(range(min(n, len(ds))))
+    texts, references = summarization_texts(ds, f"query_dataset {source or name}")
     return summarization_queries(texts, tokenizer, max_tokens, prefix, suffix, references=references)
