@@ -5,7 +5,12 @@ from .books import austen_queries, book_queries_from_texts, load_book_queries
 from .known_rewards import make_known_reward, vader_log_odds
 from .queries import load_task_queries
 from .specs import TASKS, TaskSpec, get_task
-from .summarization import format_summarization_query, load_summarization_queries, summarization_queries
+from .summarization import (
+    format_summarization_query,
+    load_summarization_queries,
+    summarization_queries,
+    summarization_texts,
+)
 
 __all__ = [
     "austen_queries",
@@ -17,6 +22,7 @@ __all__ = [
     "format_summarization_query",
     "load_summarization_queries",
     "summarization_queries",
+    "summarization_texts",
     "make_known_reward",
     "vader_log_odds",
     "load_task_queries",
