@@ -72,5 +72,8 @@ def load_text_source(name: str, split: str = "train", role: str = "query_dataset
             cause = err.__cause__ or err
             raise ValueError(f"{role} {name}: not readable as {builder} ({type(cause).__name__}: {cause})") from err
     if path.is_dir():  # saved with save_to_disk, or of data files
-        return load_dataset_folder(path, split)
+        try:
+            return load_dataset_folder(path, split)
+        except ValueError as err:  # (datasets' "Unknown split" named neither the argument nor the folder)
+            raise ValueError(f"{role} {name}: {err}") from err
     return datasets.load_dataset(name, split=split)

@@ -67,7 +67,8 @@ def main(task="sentiment", argv=None):
         elif reuse and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO
             labels, label_info = saved
         else:  # best-of-K on rho's samples: simulated labeler, a label file, or people
-            labels, label_info = collect_labels(script_args, training_args, base.rho, base.tokenizer, queries.label, spec)
+            labels, label_info = collect_labels(script_args, training_args, base.rho, base.tokenizer, queries.label, spec,
+                                                queries.eval)
             save_labels(labels, out, label_info)
     with timer("reward_model"):
         if online is None:  # a resumed run: the reward model it saved

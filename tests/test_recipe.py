@@ -113,7 +113,8 @@ def test_the_tldr_recipe_runs_on_a_local_file_of_openai_posts(tiny_base, tmp_pat
         tiny_base, out, "--query_dataset", str(posts), "--total_episodes", "8", "--response_length", "8",
         "--truncate_after", "4"))
     assert summary["task"] == "tldr" and summary["ppo_updates"] == 1
-    assert set(summary["rouge"]) == {"before", "after"} and 0 <= summary["rouge"]["after"]["rouge1"] <= 1
+    assert set(summary["rouge"]) == {"before", "after", "n"} and 0 <= summary["rouge"]["after"]["rouge1"] <= 1
+    assert summary["rouge"]["n"] == 6  # the held-out queries, each with its summary
     queries = [json.loads(line)["query"] for line in (out / "labels.jsonl").read_text().splitlines()]
     assert len(queries) == 24 and all(q.startswith("SUBREDDIT: r/AskReddit\n\nTITLE: Question ") and
                                       q.endswith("What do you think?\n\nTL;DR:") for q in queries)
@@ -392,7 +393,7 @@ def test_simulated_labels_need_a_known_reward(tmp_path):
         main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path), "--known_reward", "none"])
 
 
-def test_summarization_eval_references_and_rouge(monkeypatch):
+def test_summarization_eval_references_and_rouge(monkeypatch, caplog):
     """Held-out queries keep their reference summaries (split_queries) and the run reports ROUGE before/after."""
     from datasets import Dataset
 
@@ -409,6 +410,20 @@ def test_summarization_eval_references_and_rouge(monkeypatch):
     assert label_q == rows["query"][3:7] and len(ppo_q) == 3
     scores = rouge_before_after(["summary 0", "x", "y"], ["summary 0", "summary 1", "summary 2"], refs)
     assert scores["after"]["rouge1"] == pytest.approx(1.0) and scores["before"]["rouge1"] == pytest.approx(1 / 3)
+    assert scores["n"] == 3
+    # a held-out query without a reference would score 0 whatever the summary: left out, counted, said
+    with caplog.at_level("WARNING", logger="hf_prefs.pipeline.results"):
+        scores = rouge_before_after(["summary 0", "x", "y"], ["summary 0", "x", "summary 2"], ["summary 0", " ", "summary 2"])
+    assert scores["after"]["rouge1"] == pytest.approx(1.0) and scores["n"] == 2
+    assert "1 of 3 held-out queries have no reference summary" in caplog.text
+    assert rouge_before_after(["a"], ["b"], [""]) is None
+    # labels from a file: no queries set aside for them (their rows are the labels), said when asked for
+    file_pa = PipelineArguments(task="tldr", num_eval_queries=3, num_label_queries=4, label_source="file",
+                                label_file="x.jsonl")
+    with caplog.at_level("WARNING", logger="hf_prefs.pipeline.setup"):
+        eval_q, label_q, ppo_q, _ = split_queries(file_pa, PPOConfig(output_dir="/tmp/unused", use_cpu=True), None)
+    assert eval_q == rows["query"][:3] and label_q == [] and len(ppo_q) == 7
+    assert "num_label_queries: 4 ignored with label_source=file" in caplog.text
 
 
 def test_resumed_run_takes_the_labels_and_reward_model_it_saved(tiny_base, tmp_path, monkeypatch):

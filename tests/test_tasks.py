@@ -69,13 +69,19 @@ def test_hub_tldr_loader_keeps_the_reference_summaries(gpt2_tokenizer, monkeypat
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     ds = load_summarization_queries("tldr", gpt2_tokenizer, n=1, max_tokens=64)
-    assert calls == [("trl-lib/tldr", None, "train[:1]")]
+    assert calls == [("trl-lib/tldr", None, "train")]
     assert ds["query"] == ["SUBREDDIT: r/x\nPOST: My cat.\n\nTL;DR:"] and ds["reference"] == ["cat is nice"]
 
 
 def test_policy_query_wraps_a_raw_query_once():
-    cnndm, sentiment = get_task("cnndm"), get_task("sentiment")
+    cnndm, sentiment, tldr = get_task("cnndm"), get_task("sentiment"), get_task("tldr")
     assert cnndm.policy_query(" The article. ") == "Article:\n\nThe article.\n\nTL;DR:"
+    # a query that already ends with "TL;DR:" (CarperAI's and OpenAI's files; a raw CNN/DM article with it) gets the
+    # task's suffix once, and its missing prefix
+    carper = "SUBREDDIT: r/x\nTITLE: A title\nPOST: Second line.\nTL;DR: "
+    assert tldr.policy_query(carper) == "SUBREDDIT: r/x\nTITLE: A title\nPOST: Second line.\n\nTL;DR:"
+    assert cnndm.policy_query("(CNN) Some text.\n\nTL;DR:") == "Article:\n\n(CNN) Some text.\n\nTL;DR:"
+    assert tldr.raw_query(carper) == "SUBREDDIT: r/x\nTITLE: A title\nPOST: Second line."
     assert cnndm.policy_query("Article:\n\nThe article.\n\nTL;DR:") == "Article:\n\nThe article.\n\nTL;DR:"
     assert sentiment.policy_query("A passage.") == "A passage."
 
@@ -109,17 +115,19 @@ def test_summarization_queries_from_local_files_as_users_have_them(tmp_path, gpt
               "summary": "salt, not sugar"}]
     openai = tmp_path / "train.jsonl"
     openai.write_text("".join(json.dumps(p) + "\n" for p in posts))
-    got = load_task_queries("tldr", gpt2_tokenizer, query_dataset=str(openai))
-    assert got["query"] == ["SUBREDDIT: r/relationships\n\nTITLE: Moving in?\n\nPOST: We met a year ago and now...\n\nTL;DR:",
-                            "SUBREDDIT: r/tifu\n\nTITLE: TIFU by baking\n\nPOST: I used salt for sugar.\n\nTL;DR:"]
-    assert got["reference"] == ["Should we move in?", "salt, not sugar"]
+    got = load_task_queries("tldr", gpt2_tokenizer, query_dataset=str(openai))  # shuffled with seed 0
+    pairs = sorted(zip(got["query"], got["reference"]))
+    assert pairs == [("SUBREDDIT: r/relationships\n\nTITLE: Moving in?\n\nPOST: We met a year ago and now...\n\nTL;DR:",
+                      "Should we move in?"),
+                     ("SUBREDDIT: r/tifu\n\nTITLE: TIFU by baking\n\nPOST: I used salt for sugar.\n\nTL;DR:",
+                      "salt, not sugar")]
     # trl-lib/tldr's rows, made from the same posts as its dataset script does
     trl_rows = {"prompt": [f"SUBREDDIT: r/{p['subreddit']}\n\nTITLE: {p['title']}\n\nPOST: {p['post']}\n\nTL;DR:"
                            for p in posts if p["post"].strip()],
                 "completion": [" " + p["summary"] for p in posts if p["post"].strip()]}
     Dataset.from_dict(trl_rows).save_to_disk(str(tmp_path / "saved"))
     saved = load_task_queries("tldr", gpt2_tokenizer, query_dataset=str(tmp_path / "saved"))
-    assert saved["query"] == got["query"] and saved["reference"] == got["reference"]
+    assert sorted(zip(saved["query"], saved["reference"])) == pairs
     assert load_task_queries("tldr", gpt2_tokenizer, n=1, query_dataset=str(openai))["query"] == got["query"][:1]
 
     cnndm = tmp_path / "cnn.csv"
@@ -146,3 +154,78 @@ def test_a_summarization_file_it_cannot_read_is_named(tmp_path, gpt2_tokenizer):
         load_task_queries("cnndm", gpt2_tokenizer, query_dataset=str(bad))
     with pytest.raises(FileNotFoundError, match="query_dataset ./missing.jsonl: no such file or folder"):
         load_task_queries("cnndm", gpt2_tokenizer, query_dataset="./missing.jsonl")
+
+
+
+def test_a_cut_query_keeps_whole_characters_and_a_fitting_one_its_text(gpt2_tokenizer):
+    """The cut falls inside a multi-byte character (emoji, CJK) for some prefixes: no U+FFFD is left at the end; an
+    article that fits is kept as written."""
+    for k in range(12):
+        q = format_summarization_query("a" * k + "日本語のテキスト😀🎉" * 40, gpt2_tokenizer, 50, "", "\n\nTL;DR:")
+        assert "\ufffd" not in q and q.endswith("\n\nTL;DR:") and len(gpt2_tokenizer(q)["input_ids"]) <= 50, (k, q)
+    assert format_summarization_query("  Two  spaces kept.\nA line. ", gpt2_tokenizer, 50, "", "\n\nTL;DR:") == \
+        "Two  spaces kept.\nA line.\n\nTL;DR:"
+
+
+def test_summarization_queries_are_shuffled_by_seed_and_n_counts_distinct_queries(tmp_path, gpt2_tokenizer):
+    """The split's order is a seeded shuffle of the file (a file sorted by source would give a one-sided held-out
+    set); n is the number of distinct, non-empty queries (every post reposted, some blank), read further as needed."""
+    from hf_prefs.tasks import load_task_queries
+
+    rows = [{"article": "" if i % 7 == 3 else f"Story number {i // 2} happened.", "highlights": f"h{i // 2}"}
+            for i in range(60)]  # each story twice in a row, every 7th article blank
+    path = tmp_path / "cnn.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stories = {f"Article:\n\nStory number {j} happened.\n\nTL;DR:" for j in range(30) if any(
+        r["article"] for r in rows[2 * j : 2 * j + 2])}
+    a = load_task_queries("cnndm", gpt2_tokenizer, seed=0, query_dataset=str(path))
+    b = load_task_queries("cnndm", gpt2_tokenizer, seed=1, query_dataset=str(path))
+    assert set(a["query"]) == set(b["query"]) == stories and len(a) == len(stories)
+    assert a["query"] != b["query"]
+    assert all(q.split("number ")[1].split(" ")[0] == ref[1:] for q, ref in zip(a["query"], a["reference"]))
+    some = load_task_queries("cnndm", gpt2_tokenizer, n=20, seed=0, query_dataset=str(path))
+    assert len(set(some["query"])) == 20 and some["query"] == a["query"][:20]
+    assert len(load_task_queries("cnndm", gpt2_tokenizer, n=500, seed=0, query_dataset=str(path))) == len(stories)
+
+
+def test_label_file_queries_take_the_form_ppo_queries_have(tmp_path, gpt2_tokenizer, caplog):
+    """TL;DR label rows as users have them: a post longer than the task's 500 tokens is cut as PPO's queries are (the
+    reward model trained on the whole post, PPO scored the cut one); a query already ending with "TL;DR:" gets it
+    once; a held-out query that is also the file's is counted in a warning."""
+    from hf_prefs.pipeline import PipelineArguments, collect_labels
+
+    long_post = "SUBREDDIT: r/x\nTITLE: Long\nPOST: " + " ".join(f"Sentence {i} of a long post." for i in range(300))
+    rows = [{"query": long_post, "samples": ["a", "b"], "best": 0},
+            {"query": "SUBREDDIT: r/y\nTITLE: Short\nPOST: Short post.\nTL;DR:", "samples": ["c", "d"], "best": 1}]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pa = PipelineArguments(task="tldr", label_source="file", label_file=str(path), num_candidates=2)
+    spec = get_task("tldr")
+    held_out = ["SUBREDDIT: r/y\nTITLE: Short\nPOST: Short post.\n\nTL;DR:", "another"]
+    with caplog.at_level("WARNING", logger="hf_prefs.pipeline.labels"):
+        labels, info = collect_labels(pa, None, None, gpt2_tokenizer, [], held_out=held_out)
+    cut = format_summarization_query(spec.raw_query(long_post), gpt2_tokenizer, 500, "", "\n\nTL;DR:")
+    assert labels["query"] == [cut, held_out[0]] and info["labels"] == 2
+    assert len(gpt2_tokenizer(labels["query"][0])["input_ids"]) <= 500 < len(gpt2_tokenizer(long_post)["input_ids"])
+    assert "1 of the 2 held-out queries are queries of the label file" in caplog.text
+
+
+def test_labels_sampled_need_label_queries(tmp_path):
+    """The summarization configs set num_label_queries 0 for their label file; sampling labels with it said so (was
+    "all 0 queries were dropped ... lower truncate_after")."""
+    from hf_prefs.pipeline import PipelineArguments
+    from hf_prefs.pipeline.arguments import validate_pipeline_config
+    from hf_prefs.trainers.ppo_config import PPOConfig
+
+    cfg = PPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="num_label_queries: label_source=simulated labels samples of num_label_queries"):
+        validate_pipeline_config(PipelineArguments(task="tldr", num_label_queries=0), cfg)
+
+
+def test_samples_markdown_quotes_every_line_of_a_query():
+    from hf_prefs.pipeline.evaluate import PolicyEvaluation
+    from hf_prefs.pipeline.results import samples_markdown
+
+    ev = PolicyEvaluation(queries=["TITLE: t\n\n# not a heading\nPOST: p"], responses=["r"])
+    md = samples_markdown(ev, ev)
+    assert "> TITLE: t\n>\n> # not a heading\n> POST: p\n" in md

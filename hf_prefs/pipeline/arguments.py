@@ -246,6 +246,9 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         raise ValueError(f"label_source: {pa.label_source!r} is not one of {LABEL_SOURCES}")
     if pa.num_candidates < 2:
         raise ValueError(f"num_candidates: must be >= 2, got {pa.num_candidates}")
+    if pa.label_source != "file" and pa.num_label_queries < 1 and not pa.online_labels_per_round:
+        raise ValueError(f"num_label_queries: label_source={pa.label_source} labels samples of num_label_queries "
+                         f"queries; got {pa.num_label_queries} (the summarization configs set 0 for their label file)")
     if pa.sampling_batch_size < 1:
         raise ValueError(f"sampling_batch_size: must be >= 1, got {pa.sampling_batch_size}")
     if pa.rm_head_init not in ("default", "paper"):

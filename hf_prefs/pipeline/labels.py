@@ -19,6 +19,7 @@ from ..labels.queue import LabelQueue
 from ..labels.schema import label_file_digest, load_label_file, validate_labels
 from ..tasks.known_rewards import make_known_reward
 from ..tasks.specs import get_task
+from ..tasks.summarization import format_summarization_query
 from ..trainers.main_process import result_from_main_process
 from .arguments import PipelineArguments
 
@@ -45,17 +46,26 @@ def label_source(
 
 
 def _load_label_file(pa: PipelineArguments, tokenizer: Any) -> Dataset:
-    """The label file's rows, each query in the form the policy's queries have (:meth:`TaskSpec.policy_query`: the
-    summarization tasks wrap it in their prefix and suffix), so the reward model trains on what PPO scores."""
+    """The label file's rows, each query in the form the policy's queries have, so the reward model trains on what PPO
+    scores: the summarization tasks wrap it in their prefix and suffix (:meth:`TaskSpec.policy_query`: not twice) and
+    cut it to ``query_length`` tokens as their PPO queries are cut
+    (:func:`~hf_prefs.tasks.summarization.format_summarization_query`; without a tokenizer, wrapped only)."""
     labels = load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
     spec = get_task(pa.task)
     if not (spec.query_prefix or spec.query_suffix):
         return labels
-    wrapped = labels.map(lambda row: {"query": spec.policy_query(row["query"])})
+    if tokenizer is None:
+        form = spec.policy_query
+    else:
+        def form(query: str) -> str:
+            return format_summarization_query(spec.raw_query(query), tokenizer, spec.query_length, spec.query_prefix,
+                                              spec.query_suffix)
+    wrapped = labels.map(lambda row: {"query": form(row["query"])})
     changed = sum(a != b for a, b in zip(labels["query"], wrapped["query"]))
+    cut = sum(not q.startswith(spec.query_prefix + spec.raw_query(raw)) for raw, q in zip(labels["query"], wrapped["query"]))
     if changed:
-        logger.info("label_file: %d of %d queries wrapped in the %s task's query prefix/suffix", changed, len(labels),
-                    pa.task)
+        logger.info("label_file: %d of %d queries put in the %s task's form (%d cut to its %d tokens)", changed,
+                    len(labels), pa.task, cut, spec.query_length)
     return wrapped
 
 
@@ -66,18 +76,24 @@ def collect_labels(
     tokenizer: Any,
     queries: Sequence[str],
     spec: RolloutSpec | None = None,
+    held_out: Sequence[str] = (),
 ) -> tuple[Dataset, dict[str, Any]]:
     """Best-of-K labels and a summary of how they were made.
 
     ``simulated``/``human``: K samples per query from rho, cut by ``spec`` (default: the run's
     ``RolloutSpec.from_config(cfg, tokenizer)``, the rule PPO applies), then picked by the labeler or by people
-    through the queue (this waits for the round, up to ``label_timeout``). ``file``: the label file's rows.
+    through the queue (this waits for the round, up to ``label_timeout``). ``file``: the label file's rows; those
+    whose query is one of the ``held_out`` queries (the evaluation's) are counted in a warning.
     On N processes each samples its share of the queries; the main process labels them and every process gets the
     same label set.
     """
     base = {"base_model": getattr(rho, "name_or_path", None), "task": pa.task}  # what a resumed run checks them against
     if pa.label_source == "file":
         labels = _load_label_file(pa, tokenizer)
+        if held_out and (seen := set(held_out) & set(labels["query"])):
+            logger.warning("label_file: %d of the %d held-out queries are queries of the label file: the reward model "
+                           "trains on them, so its scores there are not held out (the known reward is)", len(seen),
+                           len(held_out))
         digest = label_file_digest(pa.label_file)  # what a resumed run checks the file against
         return labels, {"source": "file", "label_file": pa.label_file, "label_file_sha256": digest, "labels": len(labels),
                         **base}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import resource
 import shlex
@@ -30,6 +31,8 @@ from ..tasks.rouge import rouge
 from ..trainers.ppo_trainer import PPOTrainer
 from .arguments import PipelineArguments
 from .evaluate import PolicyEvaluation
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "clear_stage_folder",
@@ -168,7 +171,8 @@ def samples_markdown(before: PolicyEvaluation, after: PolicyEvaluation, n: int =
     """Markdown of the first ``n`` held-out queries with rho's and pi's continuations."""
     lines = ["# Sample continuations (held-out queries)", ""]
     for i in range(min(n, len(before.queries))):
-        lines += [f"## Query {i}", "", f"> {before.queries[i]}", ""]
+        quoted = "\n".join(f"> {line}".rstrip() for line in before.queries[i].splitlines() or [""])
+        lines += [f"## Query {i}", "", quoted, ""]
         for name, ev in (("rho (before)", before), ("pi (after)", after)):
             kr = f" — known reward {ev.known_rewards[i]:.2f}" if ev.known_rewards else ""
             lines.append(f"- **{name}**{kr}: {ev.responses[i]}")
@@ -176,10 +180,18 @@ def samples_markdown(before: PolicyEvaluation, after: PolicyEvaluation, n: int =
     return "\n".join(lines)
 
 
-def rouge_before_after(before: Sequence[str], after: Sequence[str], references: Sequence[str]) -> dict[str, dict[str, float]]:
-    """``{"before": {"rouge1": ..}, "after": {..}}``: :func:`hf_prefs.tasks.rouge.rouge` of rho's and pi's
-    responses against the same references."""
-    return {"before": rouge(before, references), "after": rouge(after, references)}
+def rouge_before_after(before: Sequence[str], after: Sequence[str], references: Sequence[str]) -> dict[str, Any] | None:
+    """``{"before": {"rouge1": ..}, "after": {..}, "n": rows scored}``: :func:`hf_prefs.tasks.rouge.rouge` of rho's
+    and pi's responses against the same references, over the rows that have one (a blank reference would score 0
+    whatever the summary; left out with a warning). None when no row has one."""
+    keep = [i for i, ref in enumerate(references) if ref and ref.strip()]
+    if len(keep) < len(references):
+        logger.warning("ROUGE: %d of %d held-out queries have no reference summary and are left out",
+                       len(references) - len(keep), len(references))
+    if not keep:
+        return None
+    refs = [references[i] for i in keep]
+    return {"before": rouge([before[i] for i in keep], refs), "after": rouge([after[i] for i in keep], refs), "n": len(keep)}
 
 
 def _fmt(x: float | None) -> str:
@@ -303,8 +315,9 @@ def _summary(
         rate, rate_se = win_rate(after.known_rewards, before.known_rewards)
         summary["known_reward_gain"] = {"mean": gain_mean, "se": gain_se, "n": len(after.known_rewards),
                                         "win_rate": rate, "win_rate_se": rate_se}
-    if eval_references is not None:  # summarization: ROUGE F1 of rho's and pi's held-out summaries
-        summary["rouge"] = rouge_before_after(before.responses, after.responses, eval_references)
+    scores = None if eval_references is None else rouge_before_after(before.responses, after.responses, eval_references)
+    if scores is not None:  # summarization: ROUGE F1 of rho's and pi's held-out summaries
+        summary["rouge"] = scores
     if online is not None:
         summary["online"] = online
     return summary

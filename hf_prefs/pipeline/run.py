@@ -59,7 +59,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
         elif reuse and (saved := saved_labels(out)):  # a resumed run: the labels it saved before PPO (saved_stages)
             labels, label_info = saved
         else:
-            labels, label_info = collect_labels(pa, cfg, base.rho, base.tokenizer, queries.label, spec)
+            labels, label_info = collect_labels(pa, cfg, base.rho, base.tokenizer, queries.label, spec, queries.eval)
             save_labels(labels, out, label_info)
     print(f"[hf_prefs] {len(labels)} labels ({label_info['source']}) in {timer.seconds['labels_s']:.0f} s")
     with timer("reward_model"):

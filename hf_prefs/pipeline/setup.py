@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import torch
@@ -19,6 +20,8 @@ from ..tasks.books import TooFewQueriesError
 from ..tasks.queries import load_task_queries
 from ..trainers.ppo_data import check_query_positions
 from .arguments import PipelineArguments, base_model_name, model_dtype
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Base", "QuerySplit", "check_lora_targets", "check_stages_fit", "load_base", "split_queries"]
 
@@ -104,8 +107,15 @@ def check_lora_targets(model_args: Any, rho: torch.nn.Module, name: str) -> None
 
 def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit:
     """The first ``num_eval_queries`` held out, the next ``num_label_queries`` for labels, the rest (or
-    ``num_ppo_queries``) for PPO; the order is the task loader's shuffle with ``cfg.seed``."""
-    n_total = pa.num_label_queries + pa.num_eval_queries + (pa.num_ppo_queries or 0)
+    ``num_ppo_queries``) for PPO; the order is the task loader's shuffle with ``cfg.seed``. With
+    ``label_source=file`` the labels are the file's rows: no query is set aside for them (a ``num_label_queries``
+    given is ignored, with a warning)."""
+    n_label = pa.num_label_queries
+    if pa.label_source == "file" and n_label:
+        logger.warning("num_label_queries: %d ignored with label_source=file (the labels are the file's rows); those "
+                       "queries go to PPO", n_label)
+        n_label = 0
+    n_total = n_label + pa.num_eval_queries + (pa.num_ppo_queries or 0)
     try:
         queries = load_task_queries(
             pa.task, tokenizer, n=n_total if pa.num_ppo_queries else None, seed=cfg.seed, query_dataset=pa.query_dataset,
@@ -113,15 +123,15 @@ def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit
         )
     except TooFewQueriesError as e:
         raise ValueError(f"num_ppo_queries: num_eval_queries {pa.num_eval_queries} + num_label_queries "
-                         f"{pa.num_label_queries} + num_ppo_queries {pa.num_ppo_queries} = {n_total} queries, but only "
+                         f"{n_label} + num_ppo_queries {pa.num_ppo_queries} = {n_total} queries, but only "
                          f"{e.available} queries fit {e.fit}") from e
-    if len(queries) < pa.num_label_queries + pa.num_eval_queries + 1:
+    if len(queries) < n_label + pa.num_eval_queries + 1:
         raise ValueError(
-            f"num_label_queries: {pa.num_label_queries} + num_eval_queries {pa.num_eval_queries} exceed the "
-            f"{len(queries)} queries available"
+            f"num_label_queries: {n_label} + num_eval_queries {pa.num_eval_queries} exceed the "
+            f"{len(queries)} distinct queries available"
         )
     held_out = queries.select(range(pa.num_eval_queries))
-    label_q = queries.select(range(pa.num_eval_queries, pa.num_eval_queries + pa.num_label_queries))["query"]
-    ppo_q = queries.select(range(pa.num_eval_queries + pa.num_label_queries, len(queries)))
+    label_q = queries.select(range(pa.num_eval_queries, pa.num_eval_queries + n_label))["query"]
+    ppo_q = queries.select(range(pa.num_eval_queries + n_label, len(queries)))
     refs = held_out["reference"] if "reference" in held_out.column_names else None
     return QuerySplit(held_out["query"], label_q, ppo_q.select_columns(["query"]), refs)

@@ -28,7 +28,8 @@ def load_task_queries(
     ``"austen"``, the offline Austen novels; none found raises naming ``query_dataset``. TL;DR and
     CNN/DM: articles cut to fit ``query_length`` with the task's prefix/suffix, from ``query_dataset`` (a local
     file or folder, or a Hub id, read by its columns: :func:`~hf_prefs.tasks.summarization.summarization_texts`) or,
-    unset, the task's Hub source; ``query_dataset="austen"`` uses Austen passages as offline stand-in articles.
+    unset, the task's Hub source, shuffled with ``seed``; ``query_dataset="austen"`` uses Austen passages as offline
+    stand-in articles.
     """
     spec = get_task(task)
     if task in ("sentiment", "descriptiveness"):
@@ -44,5 +45,5 @@ def load_task_queries(
         return summarization_queries(texts, tokenizer, spec.query_length, spec.query_prefix, spec.query_suffix)
     return load_summarization_queries(
         task, tokenizer, n=n, max_tokens=spec.query_length, prefix=spec.query_prefix, suffix=spec.query_suffix,
-        source=query_dataset,
+        source=query_dataset, seed=seed,
     )

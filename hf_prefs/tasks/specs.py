@@ -22,13 +22,25 @@ class TaskSpec:
     query_prefix: str = ""
     query_suffix: str = ""
 
+    def raw_query(self, query: str) -> str:
+        """``query`` without the task's prefix (at its start) and suffix (its text, e.g. ``TL;DR:``, at its end after
+        any whitespace), stripped: the text the prefix and suffix wrap."""
+        text = query.strip()
+        if self.query_prefix.strip() and text.startswith(self.query_prefix.strip()):
+            text = text[len(self.query_prefix.strip()):]
+        if self.query_suffix.strip() and text.endswith(self.query_suffix.strip()):
+            text = text[: -len(self.query_suffix.strip())]
+        return text.strip()
+
     def policy_query(self, query: str) -> str:
-        """``query`` as the policy and the reward model see it: ``query_prefix + query + query_suffix``, unchanged
-        when it already has them. hf_prefs' own label files hold queries in this form; the paper's released files
-        hold the raw query (its reward model read the raw query, its policy the wrapped one)."""
-        if query.startswith(self.query_prefix) and query.rstrip().endswith(self.query_suffix.rstrip()):
+        """``query`` as the policy and the reward model see it: ``query_prefix + raw + query_suffix`` with ``raw`` =
+        :meth:`raw_query` (a prefix or suffix it already has is not added twice). hf_prefs' own label files hold
+        queries in this form; the paper's released files hold the raw query (its reward model read the raw query,
+        its policy the wrapped one); CarperAI's and OpenAI's TL;DR files end theirs with "TL;DR:". The cut to
+        ``query_length`` tokens is :func:`hf_prefs.tasks.summarization.format_summarization_query`'s."""
+        if not (self.query_prefix or self.query_suffix):
             return query
-        return self.query_prefix + query.strip() + self.query_suffix
+        return self.query_prefix + self.raw_query(query) + self.query_suffix
 
 
 TASKS: dict[str, TaskSpec] = {

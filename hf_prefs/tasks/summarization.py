@@ -47,12 +47,22 @@ LAYOUTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 
 
 def format_summarization_query(text: str, tokenizer: Any, max_tokens: int, prefix: str = "", suffix: str = "") -> str:
-    """``prefix + article + suffix`` with the article cut so the whole query has at most ``max_tokens`` tokens."""
+    """``prefix + article + suffix`` with the article cut so the whole query has at most ``max_tokens`` tokens.
+
+    An article that fits is kept verbatim (not re-decoded: some tokenizers do not give their text back exactly); a cut
+    one is the decoded first tokens, without a character the cut split in two (a trailing U+FFFD)."""
     fixed = len(tokenizer(prefix + suffix, add_special_tokens=False)["input_ids"])
     budget = max_tokens - fixed
     if budget <= 0:
         raise ValueError(f"query_length={max_tokens} leaves no room for the prefix and suffix ({fixed} tokens)")
-    ids = tokenizer(text.strip(), add_special_tokens=False)["input_ids"][:budget]
+    article = text.strip()
+    all_ids = tokenizer(article, add_special_tokens=False)["input_ids"]
+    query = prefix + article + suffix
+    if len(all_ids) <= budget and len(tokenizer(query, add_special_tokens=False)["input_ids"]) <= max_tokens:
+        return query
+    ids = all_ids[:budget]
+    while ids and tokenizer.decode(ids).endswith("\ufffd"):  # a multi-byte character cut in two
+        ids = ids[:-1]
     query = prefix + tokenizer.decode(ids).strip() + suffix
     # Re-tokenising a decoded cut can merge tokens differently; trim until it fits.
     while len(tokenizer(query, add_special_tokens=False)["input_ids"]) > max_tokens and ids:
@@ -93,7 +103,13 @@ def _text_cells(ds: Dataset, column: str, source: str) -> list[str]:
     values = ds[column]
     for row, value in enumerate(values):
         if value is not None and not isinstance(value, str):
-            hint = (" (a JSON file written by columns? write one object per line)" if isinstance(value, list) else "")
+            if isinstance(value, list) and value and isinstance(value[0], dict) and "content" in value[0]:
+                hint = " (conversational messages: give the text itself)"
+            elif isinstance(value, (list, dict)):
+                hint = (" (a JSON file written by columns, as pandas' to_json by default? write one object per line: "
+                        "to_json(orient='records', lines=True))")
+            else:
+                hint = ""
             raise ValueError(f"{source}: row {row} of the {column!r} column holds a {type(value).__name__}, not "
                              f"text{hint}")
     return ["" if v is None else v for v in values]
@@ -126,19 +142,29 @@ def summarization_texts(ds: Dataset, source: str) -> tuple[list[str], list[str] 
 
 def load_summarization_queries(
     task: str, tokenizer: Any, n: int | None = None, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:",
-    source: str | None = None,
+    source: str | None = None, seed: int | None = 0,
 ) -> Dataset:
     """Queries for ``task`` ("tldr" or "cnndm"): from ``source`` — a local .json/.jsonl/.csv/.parquet file, a dataset
     folder or another Hub dataset id, read by its columns (:func:`summarization_texts`) — or, None, from the task's
-    Hub source (:data:`HUB_SOURCES`; needs network access). ``n``: the first n rows."""
+    Hub source (:data:`HUB_SOURCES`; needs network access). The rows are shuffled with ``seed`` (None: file order);
+    ``n``: the first n distinct, non-empty queries of that order (fewer only when the source has no more)."""
     if task not in HUB_SOURCES:
         raise ValueError(f"task: no summarization source for {task!r}; known: {sorted(HUB_SOURCES)}")
     name, config, split = HUB_SOURCES[task]
     if source is None or source == name:
-        ds = datasets.load_dataset(name, config, split=split if n is None else f"{split}[:{n}]")
+        ds = datasets.load_dataset(name, config, split=split)
     else:
         ds = load_text_source(source, split)
-        if n is not None:
-            ds = ds.select(range(min(n, len(ds))))
-    texts, references = summarization_texts(ds, f"query_dataset {source or name}")
-    return summarization_queries(texts, tokenizer, max_tokens, prefix, suffix, references=references)
+    if seed is not None:
+        ds = ds.shuffle(seed=seed)
+    label = f"query_dataset {source or name}"
+    if n is None:
+        texts, references = summarization_texts(ds, label)
+        return summarization_queries(texts, tokenizer, max_tokens, prefix, suffix, references=references)
+    rows = min(n, len(ds))
+    while True:  # empty texts and repeats are dropped after the cut: read more rows until n queries remain
+        texts, references = summarization_texts(ds.select(range(rows)), label)
+        queries = summarization_queries(texts, tokenizer, max_tokens, prefix, suffix, references=references)
+        if len(queries) >= n or rows == len(ds):
+            return queries.select(range(min(n, len(queries))))
+        rows = min(len(ds), max(rows + n - len(queries), 2 * rows))
