@@ -42,6 +42,17 @@ def test_peft_reference_is_the_policy_without_adapters(tiny_gpt2, gpt2_tokenizer
     assert ev.known_rewards == [float(len(x)) for x in ev.responses]
 
 
+def test_a_policy_with_its_value_head_is_evaluated_as_its_policy(tiny_gpt2, gpt2_tokenizer):
+    """``PolicyWithValueHead`` (``from_pretrained`` of a saved policy, ``trainer.model``): the same evaluation as its
+    policy (was ``forward() got an unexpected keyword argument 'use_cache'``)."""
+    from hf_prefs.models.value_head import PolicyWithValueHead
+
+    wrapped = PolicyWithValueHead(tiny_gpt2)
+    kw = dict(response_length=5, known_reward=lambda t: [float(len(x)) for x in t], seed=3)
+    got, want = evaluate_policy(wrapped, gpt2_tokenizer, QUERIES, **kw), evaluate_policy(tiny_gpt2, gpt2_tokenizer, QUERIES, **kw)
+    assert got.responses == want.responses and got.known_rewards == want.known_rewards
+
+
 def test_rm_score_gets_the_truncation_penalty(tiny_gpt2, gpt2_tokenizer):
     dot = gpt2_tokenizer.convert_tokens_to_ids(".")
     ev = evaluate_policy(

@@ -25,6 +25,8 @@ from ..core.stats import win_rate
 from ..memory import release_free_memory
 from ..models.generation import input_pad_id, model_device, sample_responses, sample_texts
 from ..models.logprobs import forward_last, token_logprobs
+from ..models.value_head import PolicyWithValueHead
+from ..models.wrappers import unwrap_distributed
 
 __all__ = ["PolicyEvaluation", "evaluate_policy", "compare_policies", "sequence_logprobs", "sample_with_logprobs"]
 
@@ -77,6 +79,13 @@ def _sequence_logprob(
     return torch.cat(out)
 
 
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM a policy argument holds: the model itself, or the policy inside a :class:`PolicyWithValueHead`
+    (``PolicyWithValueHead.from_pretrained``, ``trainer.model``) and inside DDP/accelerate wrappers."""
+    inner = unwrap_distributed(model)
+    return inner.policy if isinstance(inner, PolicyWithValueHead) else model
+
+
 @torch.no_grad()
 def evaluate_policy(
     policy: torch.nn.Module,
@@ -99,12 +108,16 @@ def evaluate_policy(
 
     Responses are sampled and cut by ``spec`` (:class:`~hf_prefs.core.rollout.RolloutSpec`, the run's rule, as PPO
     and the labelers apply it); without one, a spec is built from the keyword arguments ``response_length`` ..
-    ``penalty_reward_value`` (the paper's replace penalty). ``ref_model=None`` with a PEFT policy uses the policy
+    ``penalty_reward_value`` (the paper's replace penalty). ``policy`` (and ``ref_model``): a causal LM, or a
+    :class:`~hf_prefs.models.value_head.PolicyWithValueHead` whose policy is evaluated (:func:`causal_lm`).
+    ``ref_model=None`` with a PEFT policy uses the policy
     with its adapters disabled as rho; with a plain policy it skips the KL. ``reward_fn(queries, responses)`` is the
     learned reward (e.g. a partial of :func:`hf_prefs.score_texts`); ``known_reward(texts)`` scores the cut
     responses alone. On N processes each evaluates every N-th query (its own sampling seed) and all get the whole
     evaluation, in query order.
     """
+    policy = causal_lm(policy)
+    ref_model = None if ref_model is None else causal_lm(ref_model)
     if spec is None:
         spec = RolloutSpec(
             response_length=response_length, temperature=temperature, truncate_token_id=truncate_token_id,
@@ -241,6 +254,8 @@ def sample_with_logprobs(
     under rho (``ref_model``; None: the policy itself, or a PEFT policy with adapters disabled), all ``(Q·n,)``.
     Rows per batch: ``sampling_batch_size`` when sampling (None: ``batch_size``), ``batch_size`` in the log-prob
     passes (whose full forward holds a batch's activations over query + response)."""
+    policy = causal_lm(policy)
+    ref_model = None if ref_model is None else causal_lm(ref_model)
     gen = torch.Generator(device=model_device(policy)).manual_seed(seed)
     ids = sample_texts(policy, tokenizer, list(queries), spec, n, sampling_batch_size or batch_size, gen)
     texts = spec.texts(tokenizer, ids, spec.cut(ids).lengths)
