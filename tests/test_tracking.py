@@ -131,6 +131,8 @@ def test_ppo_report_to_tensorboard(tmp_path, gpt2_tokenizer):
 def test_ppo_report_to_trackio(tmp_path, gpt2_tokenizer, trackio_dir):
     from trackio.sqlite_storage import SQLiteStorage
 
+    from hf_prefs.trainers.ppo_data import prepare_query_dataset
+
     # num_sample_generations=1: a table of samples after the first update, logged to the trackio run too
     project = f"hf-prefs-tests-{uuid.uuid4().hex[:8]}"  # TRACKIO_DIR is one folder for the whole session
     trainer = ppo_trainer(tmp_path, gpt2_tokenizer, ["trackio"], project=project, run_name="ppo-tiny",
@@ -152,6 +154,12 @@ def test_ppo_report_to_trackio(tmp_path, gpt2_tokenizer, trackio_dir):
         assert sample["score"] == pytest.approx(len(sample["response"]) / 10.0, rel=1e-6)  # the reward of that text
     config = SQLiteStorage.get_run_config(project, "ppo-tiny")
     assert config["learning_rate"] == 1e-3 and config["response_length"] == 6  # TrackioCallback logs the arguments
+    # after training (the run finished), as TRL's flow calls it: the table is returned, nothing logged (was
+    # "Call trackio.init() before trackio.log()")
+    trainer.eval_dataset = prepare_query_dataset(Dataset.from_dict({"query": QUERIES}), gpt2_tokenizer,
+                                                 trainer.policy_model, trainer.args, name="eval_dataset")
+    after = trainer.generate_completions()
+    assert len(after) == len(QUERIES) and len([row for row in SQLiteStorage.get_logs(project, "ppo-tiny") if "samples" in row]) == 1
 
 
 def test_reward_trainer_report_to_tensorboard(tmp_path, gpt2_tokenizer, monkeypatch):

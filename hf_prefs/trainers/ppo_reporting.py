@@ -150,7 +150,9 @@ class PPOReportingMixin:
         if "trackio" in report_to:
             import trackio  # optional integration
 
-            trackio.log({name: trackio.Table(dataframe=df)})
+            run = getattr(getattr(trackio, "context_vars", None), "current_run", None)
+            if run is not None and run.get() is not None:  # no run before train() or after it (trackio.log raises)
+                trackio.log({name: trackio.Table(dataframe=df)})
 
     @torch.no_grad()
     def generate_completions(self, sampling: bool = False) -> pd.DataFrame | None:
