@@ -217,7 +217,10 @@ def test_peft_wrapped_model_scores_and_reloads_with_gain(gpt2_tokenizer, tmp_pat
     model.eval()
     queries = [QUERIES[i % 4] for i in range(8)]
     responses = [f" the {i}th reply." for i in range(8)]
-    normalize_reward_model(model, gpt2_tokenizer, queries, responses)
+    # the gain and bias live on the base model's config, which the adapter folder does not hold: said (a LoRA reward
+    # model saved with save_pretrained alone reloaded with 1 and 0, silently)
+    with pytest.warns(UserWarning, match=r"save_pretrained writes the adapter, not the gain and bias .*save_reward_norm"):
+        normalize_reward_model(model, gpt2_tokenizer, queries, responses)
     before = score_texts(model, gpt2_tokenizer, queries, responses)
     assert before.mean().item() == pytest.approx(0.0, abs=1e-5)
     adapter_dir = tmp_path / "adapter"

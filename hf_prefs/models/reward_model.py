@@ -23,6 +23,7 @@ Shapes: N = rows, L = padded length, B = labels, K = samples per label.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -477,6 +478,8 @@ def normalize_reward_model(
     target_std: float = 1.0,
     batch_size: int = 32,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    warn_peft: bool = True,
 ) -> tuple[float, float]:
     """The paper's normalization: reset gain/bias to 1/0, score rho's samples, store the gain/bias that map them to
     mean ``target_mean`` and population std ``target_std`` (:func:`hf_prefs.core.normalization.reward_normalization`).
@@ -492,10 +495,19 @@ def normalize_reward_model(
         batch_size: scoring batch size.
         gather: on several processes, each scores its share of the samples and ``gather`` maps its raw scores to all
             processes' (e.g. ``accelerator.gather``), so every process computes the same gain/bias.
+        warn_peft: warn that a PEFT model's ``save_pretrained`` does not write them (False: the caller saves them).
 
     Returns:
-        The new ``(gain, bias)``, also stored on the model's config.
+        The new ``(gain, bias)``, also stored on the model's config — the base model's for a PEFT model, which its
+        ``save_pretrained`` does not write (the adapter folder only): save them with
+        :func:`hf_prefs.save_reward_normalization` (``PreferenceRewardTrainer.save_model`` does), or
+        ``load_reward_model`` reads 1 and 0 (a warning says so here).
     """
+    if warn_peft and hasattr(unwrap_distributed(model), "peft_config"):
+        warnings.warn("normalize_reward_model: a PEFT model's save_pretrained writes the adapter, not the gain and bias "
+                      "(they are on the base model's config): save them next to it with "
+                      "hf_prefs.save_reward_normalization(model, folder), as PreferenceRewardTrainer.save_model does",
+                      stacklevel=2)
     queries = list(queries)
     responses = list(responses(queries)) if callable(responses) else list(responses)
     if len(responses) != len(queries):

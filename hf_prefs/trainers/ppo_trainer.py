@@ -1163,4 +1163,4 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         if spec.mask_after_cut:
             texts = self.reward_model_texts(texts, responses, lengths)
         return normalize_reward_model(self.reward_model, self.reward_processing_class, list(batch["query"]), texts,
-                                      gather=gather)
+                                      gather=gather, warn_peft=False)  # the run's reward, not a model to save

@@ -381,6 +381,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
                 target_mean=self.args.target_mean if stage == "before" else 0.0,
                 target_std=self.args.target_std if stage == "before" else 1.0,
                 batch_size=self.args.per_device_eval_batch_size,
+                warn_peft=False,  # save_model writes them next to an adapter
             )
         gain, bias = broadcast_object_list([gain, bias], from_process=0)
         set_reward_normalization(model, gain, bias)
