@@ -158,6 +158,26 @@ def test_training_lowers_loss_and_logs_metrics(gpt2_tokenizer, tmp_path):
     assert end["eval_std_reward"] > 0 and end["eval_margin"] > start["eval_margin"] + 1.0  # TRL's metric, K-way
 
 
+def test_eval_metrics_are_over_the_whole_eval_set(gpt2_tokenizer, tmp_path):
+    """5 eval labels in batches of 3 and 2: accuracy, mean, population std, min and max of the eval set as computed
+    from its rewards by hand (TRL's per-batch averages weighed the batch of 2 as much as the batch of 3, and averaged
+    stds); the loss as before."""
+    from hf_prefs.core.losses import kway_accuracy
+
+    labels = toy_labels(5, seed=3)
+    trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer, seed=4), make_args(tmp_path, per_device_eval_batch_size=3),
+                                      train_dataset=toy_labels(4), eval_dataset=labels, processing_class=gpt2_tokenizer)
+    metrics = trainer.evaluate()
+    rewards = torch.stack([score_texts(trainer.model, gpt2_tokenizer, [q] * 4, s, normalized=False)
+                           for q, s in zip(labels["query"], labels["samples"])])  # (5, 4)
+    best = torch.tensor(labels["best"])
+    assert metrics["eval_accuracy"] == pytest.approx(kway_accuracy(rewards, best).item(), abs=1e-6)
+    assert metrics["eval_mean_reward"] == pytest.approx(rewards.mean().item(), abs=1e-5)
+    assert metrics["eval_std_reward"] == pytest.approx(rewards.std(unbiased=False).item(), abs=1e-5)
+    assert (metrics["eval_min_reward"], metrics["eval_max_reward"]) == pytest.approx(
+        (rewards.min().item(), rewards.max().item()), abs=1e-5)
+
+
 def test_labels_longer_than_the_model_positions_are_dropped_not_crashed_on(gpt2_tokenizer, tmp_path):
     """A query past GPT-2's learned positions (here 256) but under max_length (1024): dropped with a warning naming the
     model's positions, as rows over max_length are — was an IndexError inside the position embedding."""

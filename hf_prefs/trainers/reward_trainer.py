@@ -153,8 +153,9 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
     ``normalization_samples`` are given, as with ``args=None``; a ``PreferenceRewardConfig`` normalizes by default
     (the paper's rule) and then needs them.
 
-    Logged (train and ``eval_``): ``loss``, ``accuracy`` (argmax reward = labeler's pick, ties count 1/m),
-    ``mean_reward``, ``std_reward``, ``min_reward``, ``max_reward``, ``num_tokens``; after each normalization
+    Logged (train and ``eval_``): ``loss``, ``accuracy`` (argmax reward = labeler's pick, ties count 1/m; averaged
+    over the labels since the last log, ``eval_``: the eval set's), ``mean_reward``, ``std_reward``, ``min_reward``,
+    ``max_reward`` (of all those labels' rewards), ``num_tokens``; after each normalization
     ``reward_gain_before``/``reward_bias_before`` (or ``_after``).
     """
 
@@ -220,6 +221,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         set_response_suffix(self.model, self._response_suffix if self._trains_on_text else get_response_suffix(self.model))
         set_turn_end(self.model, self._turn_end if self._trains_on_text else get_turn_end(self.model))
         self._pending_logs: dict[str, float] | None = None
+        self._logged_rewards: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}  # since the last log
         self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_LogPendingOnTrainBegin(self))
         if data_collator is None:  # TRL built its chosen/rejected collator; replace it with the K-way one
@@ -328,13 +330,25 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         with torch.no_grad():
             all_rewards = self.accelerator.gather_for_metrics(rewards.detach())
             all_best = self.accelerator.gather_for_metrics(best)
-            metrics["accuracy"].append(kway_accuracy(all_rewards, all_best).item())
-            metrics["margin"].append(kway_margin(all_rewards, all_best).item())
-            metrics["mean_reward"].append(all_rewards.mean().item())
-            metrics["std_reward"].append(all_rewards.std(unbiased=False).item())
-            metrics["min_reward"].append(all_rewards.min().item())
-            metrics["max_reward"].append(all_rewards.max().item())
+            n = all_best.shape[0]  # each label counts once in the logged average, whatever its batch's size
+            metrics["accuracy"] += [kway_accuracy(all_rewards, all_best).item()] * n
+            metrics["margin"] += [kway_margin(all_rewards, all_best).item()] * n
+            self._logged_rewards[mode].append(all_rewards.float().flatten().cpu())
         return (loss, {"logits": rewards}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log (the averages of the metric lists) with the rewards' mean, population std, min and max over all
+        the rewards since the last log — the whole eval set for ``eval_`` — not averages of per-batch values (a
+        smaller last eval batch weighed as much as a full one; a std does not average)."""
+        mode = "train" if self.model.training else "eval"
+        if self._logged_rewards[mode]:
+            r = torch.cat(self._logged_rewards[mode])
+            self._logged_rewards[mode].clear()
+            metrics = reward_trainer_metrics(self, mode)
+            for name, value in (("mean_reward", r.mean()), ("std_reward", r.std(unbiased=False)),
+                                ("min_reward", r.min()), ("max_reward", r.max())):
+                metrics[name] = [value.item()]
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------ normalization
     def _normalization_texts(self) -> tuple[list[str], list[str] | Callable]:
