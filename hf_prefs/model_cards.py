@@ -131,8 +131,16 @@ def _table(field: str, rows: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return out
 
 
-def _labels_sentence(num_labels: Any, samples_per_label: Any, labeler: str, known_reward: str | None,
+def _labels_sentence(num_labels: Any, samples_per_label: Any, labeler: str | None, known_reward: str | None,
                      labels_file: str | None) -> str:
+    """The labels behind a reward model; ``labeler=None``: not known where the card is written (a trainer given a
+    dataset or a reward model), ``num_labels`` and ``samples_per_label`` may then be None too."""
+    if labeler is None:
+        if num_labels is None:
+            return "not recorded (the reward model was given to the trainer)."
+        k = f"best-of-{samples_per_label} " if samples_per_label else ""
+        return f"{_positive_int('num_labels', num_labels):,} {k}labels of the training dataset" + (
+            f" `{labels_file}`." if labels_file else ".")
     _positive_int("num_labels", num_labels)
     if isinstance(samples_per_label, bool) or not isinstance(samples_per_label, int) or samples_per_label < 2:
         raise ValueError(f"samples_per_label: expected an int >= 2, got {samples_per_label!r}")
@@ -218,7 +226,7 @@ def render_policy_card(
     *,
     base_model: str | os.PathLike | None,
     task: str,
-    num_labels: int,
+    num_labels: int | None,
     reward_gain: float,
     reward_bias: float,
     kl_final: float,
@@ -227,11 +235,11 @@ def render_policy_card(
     response_length: int,
     kl_target: float | None = None,
     beta_initial: float | None = None,
-    labeler: str = "simulated", known_reward: str | None = None, labels_file: str | None = None,
+    labeler: str | None = "simulated", known_reward: str | None = None, labels_file: str | None = None,
     samples_per_label: int = 4,
     metrics: Mapping[str, Any] | None = None, hyperparameters: Mapping[str, Any] | None = None,
     base_model_name: str | None = None, model_name: str | None = None,
-    hub_model_id: str | None = None, reward_model_id: str | None = None,
+    hub_model_id: str | None = None, reward_model_id: str | None = None, reward_model_name: str | None = None,
     task_description: str | None = None,
     datasets: str | Sequence[str] | None = None,
     license: str = "apache-2.0",
@@ -246,7 +254,7 @@ def render_policy_card(
         base_model: Hub id or local path of the pretrained LM that π and ρ start from.
         task: task name (e.g. ``"sentiment"``); ``task_description`` adds a sentence.
         num_labels, samples_per_label, labeler, known_reward, labels_file: the labels the reward model was trained
-            on (``labeler`` is one of :data:`LABELERS`; ``known_reward`` is required for ``"simulated"``,
+            on (``labeler`` is one of :data:`LABELERS`, or None where they are not known; ``known_reward`` is required for ``"simulated"``,
             ``labels_file`` for ``"file"``).
         reward_gain, reward_bias: the reward model's normalization, ``r = gain · out + bias``.
         kl_final: KL(π, ρ) in nats at the end of training; ``kl_target`` the adaptive controller's target (``None``
@@ -254,7 +262,8 @@ def render_policy_card(
         temperature, response_length: sampling temperature and response tokens, used in the loading snippet.
         metrics: final metrics (name -> value), rendered as a table in the given order.
         hyperparameters: optional training settings table.
-        hub_model_id: the repo the card will live in (the loading snippet's); ``reward_model_id`` links the reward model's.
+        hub_model_id: the repo the card will live in (the loading snippet's); ``reward_model_id`` links the reward model's
+            (``reward_model_name``: what to say without one; default "trained in the same run").
         license: the front matter's license; set it to the base model's license.
         is_peft, embedding_rows: an adapter's card loads the base at the adapter's revision, sized to ``embedding_rows``
             (the trained policy's), then the adapter; without the rows, with peft's AutoPeftModel (sized by the tokenizer).
@@ -281,7 +290,8 @@ def render_policy_card(
         task=task,
         task_description=task_description,
         base_model_link=_link(base_id, base_display),
-        reward_model_link=_link(reward_model_id, reward_model_id) if reward_model_id else "trained in the same run",
+        reward_model_link=(_link(reward_model_id, reward_model_id) if reward_model_id
+                           else reward_model_name or "trained in the same run"),
         labels_sentence=_labels_sentence(num_labels, samples_per_label, labeler, known_reward, labels_file),
         reward_gain=_fmt(reward_gain), reward_bias=_fmt(reward_bias),
         kl_controller="adaptive" if kl_target is not None else "fixed",
@@ -300,10 +310,10 @@ def render_reward_model_card(
     *,
     base_model: str | os.PathLike | None,
     task: str,
-    num_labels: int,
+    num_labels: int | None,
     reward_gain: float,
     reward_bias: float,
-    labeler: str = "simulated",
+    labeler: str | None = "simulated",
     known_reward: str | None = None,
     labels_file: str | None = None,
     samples_per_label: int = 4,

@@ -345,9 +345,19 @@ def test_saves_policy_value_head_and_model_card(tmp_path, gpt2_tokenizer):
     )
     card = (tmp_path / "out" / "README.md").read_text()
     assert "hf-prefs" in card and "ppo" in card and "ziegler2019finetuning" in card
+    # hf_prefs' card, not TRL's generic one (a chat pipeline of model "None"): the run's β and sampling settings
+    beta = f"| β final | {trainer.kl_ctl.value:.6g} |"
+    assert "None" not in card and beta in card and "temperature=0.7, top_k=0" in card and "`length_reward`" in card
 
     final = tmp_path / "final"
     trainer.save_model(str(final))
+    card = (final / "README.md").read_text()  # written with the saved policy; its loading code runs as written
+    scope: dict = {}
+    for block in card.split("## How to load", 1)[1].split("```python\n")[1:]:
+        exec(block.split("```", 1)[0].replace('"./final"', repr(str(final))), scope)
+    with torch.no_grad():
+        ids = torch.tensor([[464, 3797, 318]])
+        assert torch.allclose(scope["model"](ids).logits, trainer.model.policy(ids).logits, atol=1e-6)
     reloaded = PolicyWithValueHead.from_pretrained(final)
     assert torch.equal(reloaded.v_head.summary.weight, head)
     plain = AutoModelForCausalLM.from_pretrained(final)  # the policy alone loads as an ordinary causal LM

@@ -402,6 +402,20 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
     trainer.create_model_card(model_name="tiny-rm")
     card = open(os.path.join(args.output_dir, "README.md")).read()
     assert "hf-prefs" in card and "1909.08593" in card and "reward-trainer" in card
+    # hf_prefs' card, not TRL's generic one (a pipeline of model "None" that printed sigmoid of the raw output): the
+    # normalized reward through load_reward_model + score_texts, its gain and bias
+    gain, bias = get_reward_normalization(trainer.model)
+    assert "None" not in card and "load_reward_model" in card and f"| gain | {gain:.6g} |" in card
+    saved = tmp_path / "saved"
+    trainer.save_model(str(saved))
+    gpt2_tokenizer.save_pretrained(saved)
+    card = (saved / "README.md").read_text()
+    snippet = card.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(snippet.replace('"./saved"', repr(str(saved))), scope)
+    want = score_texts(trainer.model, gpt2_tokenizer, ["It was a dark and stormy night."],
+                       [" The storm passed and the sun came out."])
+    assert torch.allclose(scope["rewards"], want, atol=1e-5)
 
 
 

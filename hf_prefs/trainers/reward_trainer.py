@@ -74,6 +74,7 @@ from ..tokenizer_maps import map_with_tokenizer
 from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_launch, marks_failure
 from .reward_config import PreferenceRewardConfig
+from .trainer_cards import reward_trainer_card, write_trainer_card
 
 __all__ = ["PreferenceRewardConfig", "PreferenceRewardTrainer", "DataCollatorForKWayPreference"]
 
@@ -495,11 +496,24 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
 
     # ------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """TRL/transformers saving; a PEFT adapter folder also gets ``reward_normalization.json``."""
+        """TRL/transformers saving; a PEFT adapter folder also gets ``reward_normalization.json``, and the folder
+        hf_prefs' model card (:mod:`.trainer_cards`; peft's blank template, or none, before)."""
         super()._save(output_dir, state_dict=state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save and is_peft_model(self.accelerator.unwrap_model(self.model)):
             save_reward_normalization(self.model, output_dir)
+        if self.args.should_save:
+            write_trainer_card(self, output_dir, reward_trainer_card, model_name=os.path.basename(os.path.normpath(output_dir)),
+                               tags=self._tag_names)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """hf_prefs' reward model card in ``output_dir/README.md`` (:func:`.trainer_cards.reward_trainer_card`: loads
+        the normalized reward with ``load_reward_model`` + ``score_texts``), where TRL writes its generic one (at each
+        checkpoint, before ``push_to_hub``)."""
+        tags = [*self._tag_names, *([tags] if isinstance(tags, str) else tags or [])]
+        write_trainer_card(self, self.args.output_dir, reward_trainer_card, model_name=model_name,
+                           dataset_name=dataset_name, tags=tags)
 
     @property
     def reward_normalization(self) -> tuple[float, float]:
