@@ -75,7 +75,9 @@ def push_folder_to_hub(
         ignore_patterns: glob patterns (relative to ``folder``) of files not to upload.
     Raises:
         FileNotFoundError: ``folder`` is missing or has no README.md; ``ValueError``: invalid ``repo_id``;
-        RuntimeError: offline mode is on. Hub errors propagate as huggingface_hub's ``HfHubHTTPError``.
+        RuntimeError: offline mode is on. An answer of the Hub refusing the call propagates as huggingface_hub's
+        ``HfHubHTTPError``; no answer (no network, a proxy, a wrong ``endpoint``) as the HTTP client's connection
+        error (httpx's ``ConnectError``). Nothing in ``folder`` is changed either way.
     """
     path = _check_folder(folder, "folder", require_model_card)
     validate_repo_id(repo_id)
