@@ -262,8 +262,7 @@ def render_policy_card(
         temperature, response_length: sampling temperature and response tokens, used in the loading snippet.
         metrics: final metrics (name -> value), rendered as a table in the given order.
         hyperparameters: optional training settings table.
-        hub_model_id: the repo the card will live in (the loading snippet's); ``reward_model_id`` links the reward model's
-            (``reward_model_name``: what to say without one; default "trained in the same run").
+        hub_model_id: the repo of the card (the snippet's); ``reward_model_id`` links the reward model's, else ``reward_model_name``.
         license: the front matter's license; set it to the base model's license.
         is_peft, embedding_rows: an adapter's card loads the base at the adapter's revision, sized to ``embedding_rows``
             (the trained policy's), then the adapter; without the rows, with peft's AutoPeftModel (sized by the tokenizer).
@@ -290,8 +289,7 @@ def render_policy_card(
         task=task,
         task_description=task_description,
         base_model_link=_link(base_id, base_display),
-        reward_model_link=(_link(reward_model_id, reward_model_id) if reward_model_id
-                           else reward_model_name or "trained in the same run"),
+        reward_model_link=_link(reward_model_id, reward_model_id) if reward_model_id else reward_model_name or "trained in the same run",
         labels_sentence=_labels_sentence(num_labels, samples_per_label, labeler, known_reward, labels_file),
         reward_gain=_fmt(reward_gain), reward_bias=_fmt(reward_bias),
         kl_controller="adaptive" if kl_target is not None else "fixed",
