@@ -136,11 +136,11 @@ def _labels_sentence(num_labels: Any, samples_per_label: Any, labeler: str | Non
     """The labels behind a reward model; ``labeler=None``: not known where the card is written (a trainer given a
     dataset or a reward model), ``num_labels`` and ``samples_per_label`` may then be None too."""
     if labeler is None:
-        if num_labels is None:
-            return "not recorded (the reward model was given to the trainer)."
+        count = "" if num_labels is None else f"{_positive_int('num_labels', num_labels):,} "
         k = f"best-of-{samples_per_label} " if samples_per_label else ""
-        return f"{_positive_int('num_labels', num_labels):,} {k}labels of the training dataset" + (
-            f" `{labels_file}`." if labels_file else ".")
+        if not (count or k or labels_file):
+            return "not recorded."
+        return f"{count}{k}labels of the training dataset" + (f" `{labels_file}`." if labels_file else ".")
     _positive_int("num_labels", num_labels)
     if isinstance(samples_per_label, bool) or not isinstance(samples_per_label, int) or samples_per_label < 2:
         raise ValueError(f"samples_per_label: expected an int >= 2, got {samples_per_label!r}")

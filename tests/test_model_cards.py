@@ -182,3 +182,16 @@ def test_peft_policy_card_loads_the_adapter():
     assert front_matter(text)["tags"] == [*POLICY_TAGS, "lora"]
     assert front_matter(text)["library_name"] == "peft"  # the Hub lists an adapter by it (base_model: gpt2)
     assert hf_prefs.__version__ in text  # framework versions list hf_prefs
+
+
+def test_a_trainers_card_says_what_it_does_not_know_about_the_labels():
+    """The trainers' own cards (hf_prefs.trainers.trainer_cards) know a reward trainer's dataset (its size and K when
+    it has a length), not the task's labeler; a PPO trainer knows neither."""
+    ppo = render_policy_card(**policy_fields(num_labels=None, samples_per_label=None, labeler=None,
+                                             reward_model_name="the reward function `f`, given to the trainer"))
+    assert "**Labels behind the reward model:** not recorded." in ppo
+    assert "**Reward model:** the reward function `f`, given to the trainer" in ppo
+    rm = render_reward_model_card(**rm_fields(num_labels=8, samples_per_label=4, labeler=None, labels_file="mine"))
+    assert "**Labels:** 8 best-of-4 labels of the training dataset `mine`." in rm
+    streamed = render_reward_model_card(**rm_fields(num_labels=None, samples_per_label=None, labeler=None))
+    assert "**Labels:** not recorded." in streamed and "given to the trainer" not in streamed

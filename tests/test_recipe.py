@@ -424,6 +424,12 @@ def test_summarization_eval_references_and_rouge(monkeypatch, caplog):
         eval_q, label_q, ppo_q, _ = split_queries(file_pa, PPOConfig(output_dir="/tmp/unused", use_cpu=True), None)
     assert eval_q == rows["query"][:3] and label_q == [] and len(ppo_q) == 7
     assert "num_label_queries: 4 ignored with label_source=file" in caplog.text
+    caplog.clear()  # online, it still counts the rounds' labels (online_schedule): not said to be ignored
+    online_pa = PipelineArguments(task="tldr", num_eval_queries=3, num_label_queries=4, label_source="file",
+                                  label_file="x.jsonl", label_mode="online")
+    with caplog.at_level("WARNING", logger="hf_prefs.pipeline.setup"):
+        assert split_queries(online_pa, PPOConfig(output_dir="/tmp/unused", use_cpu=True), None).label == []
+    assert "ignored" not in caplog.text
 
 
 def test_resumed_run_takes_the_labels_and_reward_model_it_saved(tiny_base, tmp_path, monkeypatch):

@@ -148,10 +148,12 @@ def test_a_summarization_file_it_cannot_read_is_named(tmp_path, gpt2_tokenizer):
     with pytest.raises(ValueError, match=r"query_dataset .*other.jsonl: no column layout .*subreddit \+ title \+ post; "
                                          r"article; prompt; text\); it has \['body', 'tl_dr'\]"):
         load_task_queries("tldr", gpt2_tokenizer, query_dataset=str(other))
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"article": "fine", "highlights": "h"}) + "\n" + json.dumps({"article": 7, "highlights": "h"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl: row 1 of the 'article' column holds a"):
-        load_task_queries("cnndm", gpt2_tokenizer, query_dataset=str(bad))
+    bad = tmp_path / "bad.jsonl"  # the bad cell in the file's row 3 of 10 (named so whatever the shuffle's seed)
+    bad.write_text("".join(json.dumps({"article": 7 if i == 3 else f"Story {i}.", "highlights": "h"}) + "\n"
+                           for i in range(10)))
+    for seed in (0, 1):
+        with pytest.raises(ValueError, match=r"bad.jsonl: row 3 of the 'article' column holds a"):
+            load_task_queries("cnndm", gpt2_tokenizer, seed=seed, query_dataset=str(bad))
     with pytest.raises(FileNotFoundError, match="query_dataset ./missing.jsonl: no such file or folder"):
         load_task_queries("cnndm", gpt2_tokenizer, query_dataset="./missing.jsonl")
 

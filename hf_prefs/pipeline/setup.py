@@ -109,11 +109,12 @@ def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit
     """The first ``num_eval_queries`` held out, the next ``num_label_queries`` for labels, the rest (or
     ``num_ppo_queries``) for PPO; the order is the task loader's shuffle with ``cfg.seed``. With
     ``label_source=file`` the labels are the file's rows: no query is set aside for them (a ``num_label_queries``
-    given is ignored, with a warning)."""
+    given is ignored, with a warning; with ``label_mode=online`` it is the rounds' number of labels)."""
     n_label = pa.num_label_queries
     if pa.label_source == "file" and n_label:
-        logger.warning("num_label_queries: %d ignored with label_source=file (the labels are the file's rows); those "
-                       "queries go to PPO", n_label)
+        if pa.label_mode != "online":  # (online, it still counts the rounds' labels: online_schedule)
+            logger.warning("num_label_queries: %d ignored with label_source=file (the labels are the file's rows); "
+                           "those queries go to PPO", n_label)
         n_label = 0
     n_total = n_label + pa.num_eval_queries + (pa.num_ppo_queries or 0)
     try:

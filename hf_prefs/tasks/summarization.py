@@ -13,6 +13,7 @@ dataset, is read by its columns (:func:`summarization_texts`): OpenAI's TL;DR fi
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import datasets
 from datasets import Dataset
 
 from ..dataset_folders import load_text_source
+from .specs import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ def summarization_texts(ds: Dataset, source: str) -> tuple[list[str], list[str] 
     else:
         texts = _text_cells(ds, need[0], source)
         if need == ("prompt",):  # trl-lib/tldr prompts already end with "\n\nTL;DR:"
-            texts = [t.rsplit("TL;DR:", 1)[0] if t.rstrip().endswith("TL;DR:") else t for t in texts]
+            texts = [TASKS["tldr"].raw_query(t) for t in texts]
     ref = next((c for c in refs if c in columns), None)
     return texts, (None if ref is None else _text_cells(ds, ref, source))
 
@@ -144,9 +146,10 @@ def load_summarization_queries(
     task: str, tokenizer: Any, n: int | None = None, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:",
     source: str | None = None, seed: int | None = 0,
 ) -> Dataset:
-    """Queries for ``task`` ("tldr" or "cnndm"): from ``source`` — a local .json/.jsonl/.csv/.parquet file, a dataset
+    """Queries for ``task`` ("tldr" or "cnndm"): from ``source`` — a local .json/.jsonl/.csv/.parquet/.txt file, a dataset
     folder or another Hub dataset id, read by its columns (:func:`summarization_texts`) — or, None, from the task's
-    Hub source (:data:`HUB_SOURCES`; needs network access). The rows are shuffled with ``seed`` (None: file order);
+    Hub source (:data:`HUB_SOURCES`; needs network access). The rows are shuffled with ``seed`` (None: file order;
+    errors name a row by its place in the file);
     ``n``: the first n distinct, non-empty queries of that order (fewer only when the source has no more)."""
     if task not in HUB_SOURCES:
         raise ValueError(f"task: no summarization source for {task!r}; known: {sorted(HUB_SOURCES)}")
@@ -155,16 +158,16 @@ def load_summarization_queries(
         ds = datasets.load_dataset(name, config, split=split)
     else:
         ds = load_text_source(source, split)
+    texts, references = summarization_texts(ds, f"query_dataset {source or name}")  # errors name the file's rows
+    order = list(range(len(texts)))
     if seed is not None:
-        ds = ds.shuffle(seed=seed)
-    label = f"query_dataset {source or name}"
-    if n is None:
-        texts, references = summarization_texts(ds, label)
-        return summarization_queries(texts, tokenizer, max_tokens, prefix, suffix, references=references)
-    rows = min(n, len(ds))
+        random.Random(seed).shuffle(order)
+    texts = [texts[i] for i in order]
+    references = None if references is None else [references[i] for i in order]
+    rows = len(texts) if n is None else min(n, len(texts))
     while True:  # empty texts and repeats are dropped after the cut: read more rows until n queries remain
-        texts, references = summarization_texts(ds.select(range(rows)), label)
-        queries = summarization_queries(texts, tokenizer, max_tokens, prefix, suffix, references=references)
-        if len(queries) >= n or rows == len(ds):
-            return queries.select(range(min(n, len(queries))))
-        rows = min(len(ds), max(rows + n - len(queries), 2 * rows))
+        queries = summarization_queries(texts[:rows], tokenizer, max_tokens, prefix, suffix,
+                                        references=None if references is None else references[:rows])
+        if n is None or len(queries) >= n or rows == len(texts):
+            return queries if n is None else queries.select(range(min(n, len(queries))))
+        rows = min(len(texts), max(rows + n - len(queries), 2 * rows))

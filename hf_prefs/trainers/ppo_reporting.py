@@ -150,8 +150,8 @@ class PPOReportingMixin:
         if "trackio" in report_to:
             import trackio  # optional integration
 
-            run = getattr(getattr(trackio, "context_vars", None), "current_run", None)
-            if run is not None and run.get() is not None:  # no run before train() or after it (trackio.log raises)
+            run = getattr(getattr(trackio, "context_vars", None), "current_run", None)  # (trackio 0.43's name)
+            if run is None or run.get() is not None:  # no run before train() or after it (trackio.log raises)
                 trackio.log({name: trackio.Table(dataframe=df)})
 
     @torch.no_grad()
