@@ -24,11 +24,12 @@ from transformers.integrations import deepspeed as hf_deepspeed
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import is_wandb_available
 from trl import RewardTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.base_config import _BaseConfig
 from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import print_prompt_completions_sample
+from trl.trainer.utils import get_comet_experiment_url, get_trackio_space_url, print_prompt_completions_sample
 
 __all__ = [
     "TESTED_VERSIONS",
@@ -192,3 +193,14 @@ def cpu_matmul_dtype() -> torch.dtype:
     the precision the offline default runs in on this CPU (its YAML asks bf16; ``cpu_bf16_fallback`` switches a CPU
     without the units to float32) and so the one its benchmarks measure."""
     return torch.bfloat16 if cpu_bf16_supported() else torch.float32
+
+
+def tracker_urls() -> dict[str, str]:
+    """The pages of the run's trackers that TRL's model cards link (``trl.trainer.utils``' URL getters and the live
+    W&B run): ``{"Weights & Biases": url, "Trackio": url, "Comet": url}`` for those active."""
+    urls = {"Trackio": get_trackio_space_url(), "Comet": get_comet_experiment_url()}
+    if is_wandb_available():
+        import wandb  # optional integration, imported only where it is installed
+
+        urls["Weights & Biases"] = wandb.run.url if wandb.run is not None else None
+    return {name: url for name, url in urls.items() if url}

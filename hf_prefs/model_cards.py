@@ -131,6 +131,11 @@ def _table(field: str, rows: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return out
 
 
+def _tracking(links: Mapping[str, str] | None) -> str:
+    """``[name](url), ...`` of the runs' tracker pages (W&B, Trackio, Comet), "" without any."""
+    return ", ".join(f"[{name}]({url})" for name, url in (links or {}).items() if url)
+
+
 def _labels_sentence(num_labels: Any, samples_per_label: Any, labeler: str | None, known_reward: str | None,
                      labels_file: str | None) -> str:
     """The labels behind a reward model; ``labeler=None``: not known where the card is written (a trainer given a
@@ -245,7 +250,7 @@ def render_policy_card(
     license: str = "apache-2.0",
     tags: Iterable[str] | None = None,
     is_peft: bool = False,
-    embedding_rows: int | None = None,
+    embedding_rows: int | None = None, tracking_links: Mapping[str, str] | None = None,
     template: str | os.PathLike | None = None,
 ) -> str:
     """The policy's README.md (front matter + body) from a finished PPO run.
@@ -261,7 +266,7 @@ def render_policy_card(
             for a fixed β); ``beta_initial`` / ``beta_final`` the KL coefficient at the start / end.
         temperature, response_length: sampling temperature and response tokens, used in the loading snippet.
         metrics: final metrics (name -> value), rendered as a table in the given order.
-        hyperparameters: optional training settings table.
+        hyperparameters: optional training settings table; ``tracking_links``: name -> URL of the run's tracker pages.
         hub_model_id: the repo of the card (the snippet's); ``reward_model_id`` links the reward model's, else ``reward_model_name``.
         license: the front matter's license; set it to the base model's license.
         is_peft, embedding_rows: an adapter's card loads the base at the adapter's revision, sized to ``embedding_rows``
@@ -300,7 +305,7 @@ def render_policy_card(
         repo_ref=hub_model_id or f"./{model_name}", temperature=_fmt(temperature),
         response_length=_positive_int("response_length", response_length), is_peft=is_peft,
         embedding_rows=None if embedding_rows is None else _positive_int("embedding_rows", embedding_rows),
-        framework_versions=_framework_versions(),
+        framework_versions=_framework_versions(), tracking=_tracking(tracking_links),
     )
 
 
@@ -326,6 +331,7 @@ def render_reward_model_card(
     license: str = "apache-2.0",
     tags: Iterable[str] | None = None,
     is_peft: bool = False,
+    tracking_links: Mapping[str, str] | None = None,
     template: str | os.PathLike | None = None,
 ) -> str:
     """The reward model's README.md (front matter + body).
@@ -357,6 +363,7 @@ def render_reward_model_card(
         repo_ref=hub_model_id or f"./{model_name}",
         is_peft=is_peft,
         framework_versions=_framework_versions(),
+        tracking=_tracking(tracking_links),
     )
 
 

@@ -195,3 +195,29 @@ def test_a_trainers_card_says_what_it_does_not_know_about_the_labels():
     assert "**Labels:** 8 best-of-4 labels of the training dataset `mine`." in rm
     streamed = render_reward_model_card(**rm_fields(num_labels=None, samples_per_label=None, labeler=None))
     assert "**Labels:** not recorded." in streamed and "given to the trainer" not in streamed
+
+
+def test_cards_link_the_runs_trackers_as_trls_did(monkeypatch):
+    """TRL's cards linked the run's W&B / Trackio / Comet pages and tagged unsloth, hf_jobs and trackio:<url>; the
+    trainers' own cards keep that."""
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    import hf_prefs.trainers.trainer_cards as trainer_cards
+
+    text = render_policy_card(**policy_fields(tracking_links={"Weights & Biases": "https://wandb.ai/a/b/runs/c"}))
+    assert "- **Training logs:** [Weights & Biases](https://wandb.ai/a/b/runs/c)\n" in text
+    assert "Training logs" not in render_policy_card(**policy_fields())
+    links = {"Trackio": "https://huggingface.co/spaces/a/t", "Comet": "https://www.comet.com/x"}
+    monkeypatch.setattr(trainer_cards, "tracker_urls", lambda: links)
+    monkeypatch.setenv("JOB_ID", "42")
+    model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=8, n_head=1, num_labels=1))
+    trainer = SimpleNamespace(
+        model=model, train_dataset=[0] * 6, num_candidates=4, state=SimpleNamespace(log_history=[{"eval_loss": 1.25}]),
+        args=SimpleNamespace(learning_rate=1e-3, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                             num_train_epochs=1, seed=0, hub_model_id=None))
+    card = trainer_cards.reward_trainer_card(trainer, model_name="rm", tags=["mine"])
+    assert "- **Training logs:** [Trackio](https://huggingface.co/spaces/a/t), [Comet](https://www.comet.com/x)\n" in card
+    assert {"mine", "hf_jobs", "trackio:https://huggingface.co/spaces/a/t"} <= set(front_matter(card)["tags"])
+    assert "6 best-of-4 labels of the training dataset." in card and "| `eval_loss` | 1.25 |" in card

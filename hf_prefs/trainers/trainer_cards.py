@@ -4,7 +4,8 @@
 TRL's generic cards load the model with a ``pipeline`` (a text-classification pipeline gives sigmoid(raw), not the
 normalized reward; a chat pipeline needs a chat template) and name the base model "None" when it is a local folder.
 These are hf_prefs' own cards (:mod:`hf_prefs.model_cards`) filled with what the trainer knows: the base model, the
-reward's gain and bias, the final KL and β, the sampling settings of the loading snippet, the last logged metrics.
+reward's gain and bias, the final KL and β, the sampling settings of the loading snippet, the last logged metrics, and
+what TRL's cards had: the trackers' pages (W&B, Trackio, Comet) and the ``unsloth``/``hf_jobs``/``trackio:`` tags.
 What it does not know (the task, who labeled) the card says it does not; the recipes write complete cards for their
 runs (``hf_prefs.pipeline.results``).
 """
@@ -12,10 +13,12 @@ runs (``hf_prefs.pipeline.results``).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from transformers.utils import logging
 
+from .._compat import tracker_urls
 from ..model_cards import render_policy_card, render_reward_model_card, write_model_card
 from ..models.generation import embedding_rows
 from ..models.reward_model import get_reward_normalization, unwrap_model
@@ -50,7 +53,7 @@ def reward_trainer_card(trainer: Any, model_name: str | None = None, dataset_nam
                         tags: Any = None) -> str:
     """The reward model's card from a ``PreferenceRewardTrainer``: load with ``load_reward_model`` + ``score_texts``
     (the normalized reward), its gain and bias, the training set's size and K, the last eval metrics."""
-    args, model = trainer.args, trainer.model
+    args, model, links = trainer.args, trainer.model, tracker_urls()
     name, display = _base(model)
     gain, bias = get_reward_normalization(model)
     train = trainer.train_dataset
@@ -63,8 +66,8 @@ def reward_trainer_card(trainer: Any, model_name: str | None = None, dataset_nam
         base_model=name, base_model_name=display, task=TASK, num_labels=num_labels,
         samples_per_label=getattr(trainer, "num_candidates", None), labeler=None, labels_file=dataset_name,
         reward_gain=gain, reward_bias=bias, metrics=metrics, hyperparameters=hyper, model_name=model_name,
-        hub_model_id=args.hub_model_id, tags=_tags(tags), is_peft=hasattr(unwrap_distributed(model), "peft_config"),
-        datasets=dataset_name,
+        hub_model_id=args.hub_model_id, tags=_tags(tags, model, links), tracking_links=links,
+        is_peft=hasattr(unwrap_distributed(model), "peft_config"), datasets=dataset_name,
     )
 
 
@@ -72,7 +75,7 @@ def ppo_trainer_card(trainer: Any, model_name: str | None = None, dataset_name: 
                      tags: Any = None) -> str:
     """The policy's card from a ``PPOTrainer``: load with transformers/peft and sample at the run's temperature and
     response length, the reward's gain and bias (1 and 0 for a reward function), the final KL and β."""
-    args, policy = trainer.args, trainer.policy_model
+    args, policy, links = trainer.args, trainer.policy_model, tracker_urls()
     name, display = _base(policy)
     reward = trainer.reward_model
     is_model = hasattr(reward, "config")
@@ -91,14 +94,23 @@ def ppo_trainer_card(trainer: Any, model_name: str | None = None, dataset_name: 
         beta_final=float(trainer.kl_ctl.value), kl_target=args.kl_target if args.adaptive_kl else None,
         beta_initial=args.kl_coef, temperature=args.temperature, response_length=args.response_length,
         metrics=metrics, hyperparameters=hyper, model_name=model_name, hub_model_id=args.hub_model_id,
-        reward_model_name=reward_name, tags=_tags(tags), is_peft=is_peft,
+        reward_model_name=reward_name, tags=_tags(tags, policy, links), tracking_links=links, is_peft=is_peft,
         embedding_rows=embedding_rows(policy) if is_peft else None,
         datasets=dataset_name,
     )
 
 
-def _tags(tags: Any) -> list[str] | None:
-    return [tags] if isinstance(tags, str) else (list(tags) if tags else None)
+def _tags(tags: Any, model: Any, links: dict[str, str]) -> list[str]:
+    """The given tags plus TRL's: ``unsloth`` for an Unsloth model, ``hf_jobs`` in a Hugging Face Job, the Trackio
+    Space as ``trackio:<url>``."""
+    out = [tags] if isinstance(tags, str) else list(tags or [])
+    if hasattr(getattr(unwrap_model(model), "config", None), "unsloth_version"):
+        out.append("unsloth")
+    if "JOB_ID" in os.environ:
+        out.append("hf_jobs")
+    if "Trackio" in links:
+        out.append(f"trackio:{links['Trackio']}")
+    return out
 
 
 def write_trainer_card(trainer: Any, folder: str, render: Any, **kwargs: Any) -> None:
