@@ -15,6 +15,7 @@ from pathlib import Path
 from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.utils import broadcast_object_list
 
+from hf_prefs.trainers.launch import destroy_process_group_at_exit
 from hf_prefs.trainers.main_process import result_from_main_process
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     a = p.parse_args()
     accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=a.timeout_s))])
     rank = accelerator.process_index
+    destroy_process_group_at_exit()  # as the trainers do: gloo aborts now and then at exit without it
 
     def work() -> dict:
         time.sleep(a.work_s)
