@@ -142,15 +142,13 @@ class PPOCheckpointMixin:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         # hf_prefs' card (peft's blank template, or none, before): loads the policy and samples as it was trained
-        write_trainer_card(self, output_dir, ppo_trainer_card, model_name=os.path.basename(os.path.normpath(output_dir)),
-                           tags=self._tag_names)
+        write_trainer_card(self, output_dir, ppo_trainer_card, model_name=os.path.basename(os.path.normpath(output_dir)))
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           tags: str | list[str] | None = None) -> None:
         """hf_prefs' policy card in ``output_dir/README.md`` (:func:`.trainer_cards.ppo_trainer_card`: loads the policy
         with transformers/peft and samples at the run's temperature), where TRL writes its generic one (at each
         checkpoint, before ``push_to_hub``)."""
-        tags = [*self._tag_names, *([tags] if isinstance(tags, str) else tags or [])]
         write_trainer_card(self, self.args.output_dir, ppo_trainer_card, model_name=model_name,
                            dataset_name=dataset_name, tags=tags)
 

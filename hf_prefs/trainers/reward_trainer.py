@@ -503,15 +503,13 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         if self.args.should_save and is_peft_model(self.accelerator.unwrap_model(self.model)):
             save_reward_normalization(self.model, output_dir)
         if self.args.should_save:
-            write_trainer_card(self, output_dir, reward_trainer_card, model_name=os.path.basename(os.path.normpath(output_dir)),
-                               tags=self._tag_names)
+            write_trainer_card(self, output_dir, reward_trainer_card, model_name=os.path.basename(os.path.normpath(output_dir)))
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           tags: str | list[str] | None = None) -> None:
         """hf_prefs' reward model card in ``output_dir/README.md`` (:func:`.trainer_cards.reward_trainer_card`: loads
         the normalized reward with ``load_reward_model`` + ``score_texts``), where TRL writes its generic one (at each
         checkpoint, before ``push_to_hub``)."""
-        tags = [*self._tag_names, *([tags] if isinstance(tags, str) else tags or [])]
         write_trainer_card(self, self.args.output_dir, reward_trainer_card, model_name=model_name,
                            dataset_name=dataset_name, tags=tags)
 

@@ -50,7 +50,7 @@ def _last_logged(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> di
 
 
 def reward_trainer_card(trainer: Any, model_name: str | None = None, dataset_name: str | None = None,
-                        tags: Any = None) -> str:
+                        tags: list[str] | None = None) -> str:
     """The reward model's card from a ``PreferenceRewardTrainer``: load with ``load_reward_model`` + ``score_texts``
     (the normalized reward), its gain and bias, the training set's size and K, the last eval metrics."""
     args, model, links = trainer.args, trainer.model, tracker_urls()
@@ -72,7 +72,7 @@ def reward_trainer_card(trainer: Any, model_name: str | None = None, dataset_nam
 
 
 def ppo_trainer_card(trainer: Any, model_name: str | None = None, dataset_name: str | None = None,
-                     tags: Any = None) -> str:
+                     tags: list[str] | None = None) -> str:
     """The policy's card from a ``PPOTrainer``: load with transformers/peft and sample at the run's temperature and
     response length, the reward's gain and bias (1 and 0 for a reward function), the final KL and β."""
     args, policy, links = trainer.args, trainer.policy_model, tracker_urls()
@@ -100,10 +100,10 @@ def ppo_trainer_card(trainer: Any, model_name: str | None = None, dataset_name: 
     )
 
 
-def _tags(tags: Any, model: Any, links: dict[str, str]) -> list[str]:
+def _tags(tags: list[str] | None, model: Any, links: dict[str, str]) -> list[str]:
     """The given tags plus TRL's: ``unsloth`` for an Unsloth model, ``hf_jobs`` in a Hugging Face Job, the Trackio
     Space as ``trackio:<url>``."""
-    out = [tags] if isinstance(tags, str) else list(tags or [])
+    out = list(tags or [])
     if hasattr(getattr(unwrap_model(model), "config", None), "unsloth_version"):
         out.append("unsloth")
     if "JOB_ID" in os.environ:
@@ -113,12 +113,14 @@ def _tags(tags: Any, model: Any, links: dict[str, str]) -> list[str]:
     return out
 
 
-def write_trainer_card(trainer: Any, folder: str, render: Any, **kwargs: Any) -> None:
-    """Write ``render(trainer, **kwargs)`` to ``folder/README.md`` on the main process; a card that cannot be rendered
-    is warned about, never stops a save."""
+def write_trainer_card(trainer: Any, folder: str, render: Any, tags: str | list[str] | None = None,
+                       **kwargs: Any) -> None:
+    """Write ``render(trainer, tags=..., **kwargs)`` to ``folder/README.md`` on the main process, the trainer's
+    ``_tag_names`` before the given ``tags``; a card that cannot be rendered is warned about, never stops a save."""
     if not trainer.is_world_process_zero():
         return
+    tags = [*trainer._tag_names, *([tags] if isinstance(tags, str) else tags or [])]
     try:
-        write_model_card(folder, render(trainer, **kwargs))
+        write_model_card(folder, render(trainer, tags=tags, **kwargs))
     except (ValueError, TypeError) as err:  # a value the card cannot show (e.g. a non-finite metric)
         logger.warning(f"no model card written to {folder}: {err}")
