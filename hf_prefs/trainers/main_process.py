@@ -17,6 +17,8 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
+from .launch import destroy_process_group_at_exit
+
 __all__ = ["result_from_main_process", "HEARTBEAT_S"]
 
 T = TypeVar("T")
@@ -31,11 +33,14 @@ def result_from_main_process(fn: Callable[[], T], heartbeat_s: float = HEARTBEAT
     On one process this is ``fn()``. On N: the main process runs ``fn`` in a thread (with the caller's grad mode) and
     broadcasts ``(done, result, error)`` every ``heartbeat_s`` seconds until it is done; the others wait for
     ``done``. An exception in ``fn`` is raised again on the main process, and the others raise ``RuntimeError``
-    naming it, so no process is left waiting in a collective.
+    naming it, so no process is left waiting in a collective. On N processes it registers the trainers' exit hook
+    (:func:`~hf_prefs.trainers.launch.destroy_process_group_at_exit`): a script that labels without a trainer
+    (``collect_labels``) ends its process group as a training script does.
     """
     state = PartialState()
     if state.num_processes == 1:
         return fn()
+    destroy_process_group_at_exit()  # gloo aborts now and then at exit without it (5 of 17 runs of wait_run.py)
     if not state.is_main_process:
         while True:
             done, result, error = broadcast_object_list([None, None, None], from_process=0)

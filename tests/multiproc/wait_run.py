@@ -2,7 +2,8 @@
 
 ``--how heartbeat``: through :func:`hf_prefs.trainers.main_process.result_from_main_process`; ``--how plain``: one
 ``broadcast_object_list`` after the work (the others time out); ``--fail``: the main process's work raises.
-Each rank writes ``wait_<rank>.json`` with the result it got, or the error it raised."""
+Each rank writes ``wait_<rank>.json`` with the result it got (and whether the exit hook is registered), or the error
+it raised."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.utils import broadcast_object_list
 
-from hf_prefs.trainers.launch import destroy_process_group_at_exit
+from hf_prefs.trainers import launch
 from hf_prefs.trainers.main_process import result_from_main_process
 
 
@@ -29,7 +30,6 @@ def main() -> None:
     a = p.parse_args()
     accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=a.timeout_s))])
     rank = accelerator.process_index
-    destroy_process_group_at_exit()  # as the trainers do: gloo aborts now and then at exit without it
 
     def work() -> dict:
         time.sleep(a.work_s)
@@ -43,7 +43,8 @@ def main() -> None:
             got = result_from_main_process(work, heartbeat_s=a.timeout_s / 3)
         else:
             got = broadcast_object_list([work() if accelerator.is_main_process else None], from_process=0)[0]
-        out.write_text(json.dumps({"result": got}))
+        # result_from_main_process registered the exit hook (the trainers' destroy_process_group_at_exit)
+        out.write_text(json.dumps({"result": got, "exit_hook": launch._EXIT["registered"]}))
     except Exception as e:  # noqa: BLE001 - recorded for the test
         out.write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         raise
