@@ -6,7 +6,9 @@ import atexit
 import copy
 import os
 import shutil
+import subprocess
 import tempfile
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -142,3 +144,28 @@ def load_recipe(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+#: what a process of a gloo group prints when it aborts while Python finalizes, its work done (SIGABRT;
+#: pytorch/pytorch#190489). hf_prefs' exit hook (a barrier, then ``destroy_process_group``) made it rare, not
+#: impossible: CI saw it once more in test_scaling_tiny's 2-process reward-model run (rank 1, the hook registered),
+#: which 110 launches here (alone, beside 2 busy processes, 4 at once) never repeated. A DDP module keeps its
+#: group's gloo worker threads running after the group is destroyed (its reducer holds the group), so they live on
+#: while Python finalizes.
+EXIT_ABORT = "terminate called without an active exception"
+
+
+def aborted_only_at_exit(proc: subprocess.CompletedProcess) -> bool:
+    """A failed ``accelerate launch`` whose only error is a rank's abort at exit: the abort's message, and no Python
+    traceback but the launcher's own (torch's ``ChildFailedError``). A test that gets one still checks the run's
+    outputs, which an abort before the work was done leaves missing."""
+    return (proc.returncode != 0 and EXIT_ABORT in proc.stderr and "ChildFailedError" in proc.stderr
+            and proc.stderr.count("Traceback (most recent call last)") == 1)
+
+
+def tolerate_exit_abort(proc: subprocess.CompletedProcess, what: str) -> bool:
+    """True (with a warning naming ``what``) where ``proc`` failed only by a rank's abort at exit."""
+    if not aborted_only_at_exit(proc):
+        return False
+    warnings.warn(f"{what}: a rank aborted at exit ({EXIT_ABORT!r}, pytorch/pytorch#190489); its outputs are checked")
+    return True

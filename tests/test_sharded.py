@@ -39,7 +39,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import ppo_run  # noqa: E402
 import sharded_run  # noqa: E402
-from conftest import short_recipe_args  # noqa: E402
+from conftest import short_recipe_args, tolerate_exit_abort  # noqa: E402
 
 pytestmark = pytest.mark.multiprocess
 
@@ -60,7 +60,7 @@ def launch(config: str, script: str, *args: str, mixed_precision: str = "no", ch
     env.pop("ACCELERATE_USE_CPU", None)  # it would make accelerate drop DeepSpeed; the scripts pass use_cpu=True
     env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed on the CPU even where a GPU is visible
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if check:
+    if check and not tolerate_exit_abort(proc, script):  # a rank's abort at exit: the test checks the outputs
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 
