@@ -210,6 +210,17 @@ def test_label_file_queries_take_the_form_ppo_queries_have(tmp_path, gpt2_tokeni
     assert labels["query"] == [cut, held_out[0]] and info["labels"] == 2
     assert len(gpt2_tokenizer(labels["query"][0])["input_ids"]) <= 500 < len(gpt2_tokenizer(long_post)["input_ids"])
     assert "1 of the 2 held-out queries are queries of the label file" in caplog.text
+    caplog.clear()  # label_mode=online: the rounds take the file's rows; the same count (was not warned)
+    from hf_prefs import PPOConfig
+    from hf_prefs.pipeline import Base, online_label_loop
+
+    online = PipelineArguments(task="tldr", label_source="file", label_file=str(path), num_candidates=2,
+                               label_mode="online", online_rounds=2, online_labels_per_round=[1, 1])
+    cfg = PPOConfig(output_dir=str(tmp_path / "out"), report_to="none")
+    with caplog.at_level("WARNING", logger="hf_prefs.pipeline.labels"):
+        loop = online_label_loop(online, cfg, Base("tiny", gpt2_tokenizer, None), [], str(tmp_path / "o"), held_out=held_out)
+    assert loop.source.labels["query"] == labels["query"]
+    assert "1 of the 2 held-out queries are queries of the label file" in caplog.text
 
 
 def test_labels_sampled_need_label_queries(tmp_path):

@@ -34,15 +34,27 @@ def make_labeler(pa: PipelineArguments, seed: int) -> SimulatedLabeler:
 
 
 def label_source(
-    pa: PipelineArguments, seed: int, file_labels: Dataset | None = None, tokenizer: Any = None
+    pa: PipelineArguments, seed: int, file_labels: Dataset | None = None, tokenizer: Any = None,
+    held_out: Sequence[str] = (),
 ) -> SimulatedLabeler | LabelQueue | Dataset:
     """What ``label_source`` names: the simulated labeler, the label file's rows (``tokenizer`` renders conversational
-    pairwise rows), or the human queue."""
+    pairwise rows; :func:`file_labels`, ``held_out`` its evaluation queries), or the human queue."""
     if pa.label_source == "simulated":
         return make_labeler(pa, seed)
     if pa.label_source == "file":
-        return file_labels if file_labels is not None else _load_label_file(pa, tokenizer)
+        return file_labels if file_labels is not None else load_file_labels(pa, tokenizer, held_out)
     return LabelQueue(pa.label_queue_dir)
+
+
+def load_file_labels(pa: PipelineArguments, tokenizer: Any, held_out: Sequence[str] = ()) -> Dataset:
+    """The label file's rows in the task's query form (:func:`_load_label_file`); those whose query is one of the
+    ``held_out`` queries (the evaluation's) are counted in a warning: the reward model trains on them."""
+    labels = _load_label_file(pa, tokenizer)
+    if held_out and (seen := set(held_out) & set(labels["query"])):
+        logger.warning("label_file: %d of the %d held-out queries are queries of the label file: the reward model "
+                       "trains on them, so its scores there are not held out (the known reward is)", len(seen),
+                       len(held_out))
+    return labels
 
 
 def _load_label_file(pa: PipelineArguments, tokenizer: Any) -> Dataset:
@@ -82,18 +94,14 @@ def collect_labels(
 
     ``simulated``/``human``: K samples per query from rho, cut by ``spec`` (default: the run's
     ``RolloutSpec.from_config(cfg, tokenizer)``, the rule PPO applies), then picked by the labeler or by people
-    through the queue (this waits for the round, up to ``label_timeout``). ``file``: the label file's rows; those
-    whose query is one of the ``held_out`` queries (the evaluation's) are counted in a warning.
+    through the queue (this waits for the round, up to ``label_timeout``). ``file``: the label file's rows (:func:`load_file_labels`:
+    those whose query is one of the ``held_out`` queries, the evaluation's, are counted in a warning).
     On N processes each samples its share of the queries; the main process labels them and every process gets the
     same label set.
     """
     base = {"base_model": getattr(rho, "name_or_path", None), "task": pa.task}  # what a resumed run checks them against
     if pa.label_source == "file":
-        labels = _load_label_file(pa, tokenizer)
-        if held_out and (seen := set(held_out) & set(labels["query"])):
-            logger.warning("label_file: %d of the %d held-out queries are queries of the label file: the reward model "
-                           "trains on them, so its scores there are not held out (the known reward is)", len(seen),
-                           len(held_out))
+        labels = load_file_labels(pa, tokenizer, held_out)
         digest = label_file_digest(pa.label_file)  # what a resumed run checks the file against
         return labels, {"source": "file", "label_file": pa.label_file, "label_file_sha256": digest, "labels": len(labels),
                         **base}

@@ -127,13 +127,15 @@ def online_label_loop(
     label_queries: Sequence[str],
     output_dir: str,
     file_labels: Dataset | None = None,
+    held_out: Sequence[str] = (),
 ) -> OnlinePreferenceLoop:
     """The loop of ``label_mode=online``: the label source of ``label_source`` (simulated labeler, label file rows
-    filling the rounds in order, or the human queue), comparisons sampled and cut by the run's
+    filling the rounds in order — a warning counts the ``held_out`` queries among them —, or the human queue),
+    comparisons sampled and cut by the run's
     :class:`~hf_prefs.core.rollout.RolloutSpec`, reward models trained by :func:`train_reward_model` (normalized on
     rho samples; the latest is saved to ``output_dir/reward_model``)."""
     schedule = online_schedule(pa)
-    source = label_source(pa, cfg.seed, file_labels, base.tokenizer)
+    source = label_source(pa, cfg.seed, file_labels, base.tokenizer, held_out)
     if isinstance(source, Dataset) and len(source) < schedule.total_labels:
         raise ValueError(f"online_labels_per_round: the rounds need {schedule.total_labels} labels, the label file has {len(source)}")
     spec = RolloutSpec.from_config(cfg, base.tokenizer)

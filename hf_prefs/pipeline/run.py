@@ -52,7 +52,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
     online = None
     with timer("labels"):
         if pa.label_mode == "online":  # round 0 on rho now; the other rounds run inside PPO
-            online = online_label_loop(pa, cfg, base, queries.label, out)
+            online = online_label_loop(pa, cfg, base, queries.label, out, held_out=queries.eval)
             online.restore(resume) if resume else online.first_round(base.rho)
             labels, label_info = online.labels_dataset(), online_label_info(pa.label_source, resume)
             save_labels(labels, out, label_info)
