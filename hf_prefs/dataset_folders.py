@@ -53,8 +53,8 @@ def names_a_local_path(spec: str | os.PathLike, suffixes: Iterable[str]) -> bool
 def load_text_source(name: str, split: str = "train", role: str = "query_dataset") -> datasets.Dataset:
     """The ``split`` of ``name``: a local file (by suffix: :data:`LOCAL_TEXT_BUILDERS`), a folder saved with
     ``save_to_disk`` or of data files, or a Hub dataset id. Errors name ``role`` (the argument it came from) and the
-    file: a path that cannot be a Hub id and is missing, an unsupported suffix, an empty file, a line the builder
-    cannot parse."""
+    file: a path that cannot be a Hub id and is missing, an unsupported suffix, an empty file or one of no rows, a line
+    the builder cannot parse."""
     path = Path(name).expanduser()
     if names_a_local_path(name, (*LOCAL_TEXT_BUILDERS, ".tsv")) and not path.exists():  # not "Couldn't reach it on
         # the Hub": a path that cannot be a Hub id
@@ -70,6 +70,8 @@ def load_text_source(name: str, split: str = "train", role: str = "query_dataset
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as err:  # datasets' DatasetGenerationError names no line; the error it wraps does
             cause = err.__cause__ or err
+            if "corresponds to no data" in str(cause):  # datasets' word for a file of no rows (a CSV header, "[]")
+                raise ValueError(f"{role} {name}: the file has no rows") from err
             raise ValueError(f"{role} {name}: not readable as {builder} ({type(cause).__name__}: {cause})") from err
     if path.is_dir():  # saved with save_to_disk, or of data files
         try:

@@ -157,6 +157,10 @@ def test_load_book_queries_austen_and_local_dataset(gpt2_tokenizer, tmp_path):
         (tmp_path / name).write_text("\n")
         with pytest.raises(ValueError, match=rf"query_dataset {tmp_path / name}: the file is empty"):
             load_book_queries(str(tmp_path / name), gpt2_tokenizer)
+    for name, text in (("header.csv", "text\n"), ("none.json", "[]")):  # was datasets' 'Instruction "train"
+        (tmp_path / name).write_text(text)                                # corresponds to no data!'
+        with pytest.raises(ValueError, match=rf"query_dataset {tmp_path / name}: the file has no rows"):
+            load_book_queries(str(tmp_path / name), gpt2_tokenizer)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": rows[0]}) + "\n{text: 1}\n")
     with pytest.raises(ValueError, match=r"bad.jsonl: not readable as json \(ArrowInvalid: JSON parse error: .* in row 1\)"):
         load_book_queries(str(tmp_path / "bad.jsonl"), gpt2_tokenizer)
