@@ -60,6 +60,8 @@ def load_text_source(name: str, split: str = "train", role: str = "query_dataset
         # the Hub": a path that cannot be a Hub id
         raise FileNotFoundError(f"{role} {name}: no such file or folder")
     if path.is_file():
+        if split != "train":  # datasets names a file's one split "train"
+            raise ValueError(f"{role}_split {split!r}: {role} {name} is a single file (its one split is 'train')")
         builder = LOCAL_TEXT_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise ValueError(f"{role} {name}: unsupported file type {path.suffix!r} (use "

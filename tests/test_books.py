@@ -211,7 +211,7 @@ def test_too_few_queries_says_how_many_fit_once(gpt2_tokenizer, monkeypatch):
 
     monkeypatch.setattr(setup, "load_task_queries", too_few)
     pa = SimpleNamespace(label_source="simulated", num_label_queries=20, num_eval_queries=10, num_ppo_queries=32, task="sentiment",
-                         query_dataset=None, query_min_tokens=32)
+                         query_dataset=None, query_min_tokens=32, query_dataset_split=None)
     with pytest.raises(ValueError) as err:
         setup.split_queries(pa, SimpleNamespace(seed=0), gpt2_tokenizer)
     assert str(err.value) == ("num_ppo_queries: num_eval_queries 10 + num_label_queries 20 + num_ppo_queries 32 = 62 "

@@ -72,6 +72,39 @@ def test_hub_tldr_loader_keeps_the_reference_summaries(gpt2_tokenizer, monkeypat
     assert calls == [("trl-lib/tldr", None, "train")]
     assert ds["query"] == ["SUBREDDIT: r/x\nPOST: My cat.\n\nTL;DR:"] and ds["reference"] == ["cat is nice"]
 
+    calls.clear()  # query_dataset_split reads another split of the Hub source (its id given)
+    load_summarization_queries("tldr", gpt2_tokenizer, n=1, max_tokens=64, source="trl-lib/tldr", split="validation")
+    assert calls == [("trl-lib/tldr", None, "validation")]
+
+
+def test_query_dataset_split_picks_a_folders_split_and_is_refused_where_there_is_none(tmp_path, gpt2_tokenizer):
+    """A saved DatasetDict's split by name (TRL's dataset_train_split); a single file has only 'train', the default
+    source takes no split: both refused naming query_dataset_split."""
+    from datasets import Dataset, DatasetDict
+
+    from hf_prefs.pipeline import split_queries
+    from hf_prefs.tasks.queries import load_task_queries
+
+    def rows(tag: str, n: int) -> Dataset:
+        return Dataset.from_dict({"article": [f"The {tag} story number {i} is told." for i in range(n)],
+                                  "highlights": [f"{tag} {i}" for i in range(n)]})
+
+    DatasetDict(train=rows("train", 6), validation=rows("valid", 4)).save_to_disk(str(tmp_path / "dd"))
+    got = load_task_queries("cnndm", gpt2_tokenizer, query_dataset=str(tmp_path / "dd"), split="validation")
+    assert sorted(got["reference"]) == [f"valid {i}" for i in range(4)]
+    assert len(load_task_queries("cnndm", gpt2_tokenizer, query_dataset=str(tmp_path / "dd"))) == 6  # train
+    pa = PipelineArguments(task="cnndm", query_dataset=str(tmp_path / "dd"), query_dataset_split="validation",
+                           num_label_queries=1, num_eval_queries=2)
+    from hf_prefs import PPOConfig
+
+    eval_q, label_q, ppo_q, refs = split_queries(pa, PPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True), gpt2_tokenizer)
+    assert len(eval_q) + len(label_q) + len(ppo_q) == 4 and all(r.startswith("valid") for r in refs)
+    rows("file", 3).to_json(str(tmp_path / "one.jsonl"))
+    with pytest.raises(ValueError, match=r"query_dataset_split 'validation': query_dataset .*one.jsonl is a single file"):
+        load_task_queries("cnndm", gpt2_tokenizer, query_dataset=str(tmp_path / "one.jsonl"), split="validation")
+    with pytest.raises(ValueError, match=r"query_dataset_split 'test': needs a query_dataset"):
+        load_task_queries("sentiment", gpt2_tokenizer, split="test")
+
 
 def test_policy_query_wraps_a_raw_query_once():
     cnndm, sentiment, tldr = get_task("cnndm"), get_task("sentiment"), get_task("tldr")

@@ -51,6 +51,11 @@ class PipelineArguments:
                   "= offline Austen passages (books tasks) or the task's Hub source (trl-lib/tldr, "
                   "abisee/cnn_dailymail); 'austen' = Austen offline."},
     )
+    query_dataset_split: str | None = field(
+        default=None,
+        metadata={"help": "The split of query_dataset the queries come from (as TRL's dataset_train_split); a dataset "
+                  "folder's or a Hub dataset's. None = 'train' (a single file has only that one)."},
+    )
     query_min_tokens: int = field(default=32, metadata={"help": "Shortest book query in tokens (paper: 64 exactly)."})
     num_label_queries: int = field(default=4992, metadata={"help": "Queries sent to the labeler (paper: 4,992)."})
     num_ppo_queries: int | None = field(default=None, metadata={"help": "Queries PPO cycles over (None: all left)."})

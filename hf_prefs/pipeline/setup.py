@@ -120,7 +120,7 @@ def split_queries(pa: PipelineArguments, cfg: Any, tokenizer: Any) -> QuerySplit
     try:
         queries = load_task_queries(
             pa.task, tokenizer, n=n_total if pa.num_ppo_queries else None, seed=cfg.seed, query_dataset=pa.query_dataset,
-            min_tokens=pa.query_min_tokens,
+            min_tokens=pa.query_min_tokens, split=pa.query_dataset_split,
         )
     except TooFewQueriesError as e:
         raise ValueError(f"num_ppo_queries: num_eval_queries {pa.num_eval_queries} + num_label_queries "

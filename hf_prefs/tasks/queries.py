@@ -19,7 +19,8 @@ HUB_LINES_PER_PASSAGE = 8
 
 
 def load_task_queries(
-    task: str, tokenizer: Any, n: int | None = None, seed: int = 0, query_dataset: str | None = None, min_tokens: int = 32
+    task: str, tokenizer: Any, n: int | None = None, seed: int = 0, query_dataset: str | None = None, min_tokens: int = 32,
+    split: str | None = None,
 ) -> Dataset:
     """The task's queries (``query`` column; ``reference`` summaries when the source has them).
 
@@ -29,13 +30,16 @@ def load_task_queries(
     CNN/DM: articles cut to fit ``query_length`` with the task's prefix/suffix, from ``query_dataset`` (a local
     file or folder, or a Hub id, read by its columns: :func:`~hf_prefs.tasks.summarization.summarization_texts`) or,
     unset, the task's Hub source, shuffled with ``seed``; ``query_dataset="austen"`` uses Austen passages as offline
-    stand-in articles.
+    stand-in articles. ``split``: the split of ``query_dataset`` (a folder's or a Hub dataset's; None: ``train``, or
+    the task's Hub source's); a single file has one, ``train``.
     """
+    if split not in (None, "train") and query_dataset in (None, "austen"):
+        raise ValueError(f"query_dataset_split {split!r}: needs a query_dataset (the default source is read whole)")
     spec = get_task(task)
     if task in ("sentiment", "descriptiveness"):
         name = None if query_dataset in (None, "austen") else query_dataset
         queries = load_book_queries(name, tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed,
-                                    lines_per_passage=HUB_LINES_PER_PASSAGE)
+                                    split=split or "train", lines_per_passage=HUB_LINES_PER_PASSAGE)
         if len(queries) == 0:
             raise ValueError(f"query_dataset: no passage of {name or 'austen'} holds a query of {min_tokens}.."
                              f"{spec.query_length} tokens between two '.' (query_min_tokens, the task's query length)")
@@ -45,5 +49,5 @@ def load_task_queries(
         return summarization_queries(texts, tokenizer, spec.query_length, spec.query_prefix, spec.query_suffix)
     return load_summarization_queries(
         task, tokenizer, n=n, max_tokens=spec.query_length, prefix=spec.query_prefix, suffix=spec.query_suffix,
-        source=query_dataset, seed=seed,
+        source=query_dataset, seed=seed, split=split,
     )

@@ -144,20 +144,21 @@ def summarization_texts(ds: Dataset, source: str) -> tuple[list[str], list[str] 
 
 def load_summarization_queries(
     task: str, tokenizer: Any, n: int | None = None, max_tokens: int = 500, prefix: str = "", suffix: str = "\n\nTL;DR:",
-    source: str | None = None, seed: int | None = 0,
+    source: str | None = None, seed: int | None = 0, split: str | None = None,
 ) -> Dataset:
     """Queries for ``task`` ("tldr" or "cnndm"): from ``source`` — a local .json/.jsonl/.csv/.parquet/.txt file, a dataset
     folder or another Hub dataset id, read by its columns (:func:`summarization_texts`) — or, None, from the task's
-    Hub source (:data:`HUB_SOURCES`; needs network access). The rows are shuffled with ``seed`` (None: file order;
+    Hub source (:data:`HUB_SOURCES`; needs network access); ``split`` of it (None: ``train``, or the Hub source's).
+    The rows are shuffled with ``seed`` (None: file order;
     errors name a row by its place in the file);
     ``n``: the first n distinct, non-empty queries of that order (fewer only when the source has no more)."""
     if task not in HUB_SOURCES:
         raise ValueError(f"task: no summarization source for {task!r}; known: {sorted(HUB_SOURCES)}")
-    name, config, split = HUB_SOURCES[task]
+    name, config, hub_split = HUB_SOURCES[task]
     if source is None or source == name:
-        ds = datasets.load_dataset(name, config, split=split)
+        ds = datasets.load_dataset(name, config, split=split or hub_split)
     else:
-        ds = load_text_source(source, split)
+        ds = load_text_source(source, split or "train")
     texts, references = summarization_texts(ds, f"query_dataset {source or name}")  # errors name the file's rows
     order = list(range(len(texts)))
     if seed is not None:
