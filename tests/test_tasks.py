@@ -72,14 +72,15 @@ def test_hub_tldr_loader_keeps_the_reference_summaries(gpt2_tokenizer, monkeypat
     assert calls == [("trl-lib/tldr", None, "train")]
     assert ds["query"] == ["SUBREDDIT: r/x\nPOST: My cat.\n\nTL;DR:"] and ds["reference"] == ["cat is nice"]
 
-    calls.clear()  # query_dataset_split reads another split of the Hub source (its id given)
+    calls.clear()  # query_dataset_split reads another split of the Hub source (named or not)
     load_summarization_queries("tldr", gpt2_tokenizer, n=1, max_tokens=64, source="trl-lib/tldr", split="validation")
-    assert calls == [("trl-lib/tldr", None, "validation")]
+    load_summarization_queries("tldr", gpt2_tokenizer, n=1, max_tokens=64, split="test")
+    assert calls == [("trl-lib/tldr", None, "validation"), ("trl-lib/tldr", None, "test")]
 
 
 def test_query_dataset_split_picks_a_folders_split_and_is_refused_where_there_is_none(tmp_path, gpt2_tokenizer):
-    """A saved DatasetDict's split by name (TRL's dataset_train_split); a single file has only 'train', the default
-    source takes no split: both refused naming query_dataset_split."""
+    """A saved DatasetDict's split by name (TRL's dataset_train_split); a single file has only 'train', Austen's
+    novels none: both refused naming query_dataset_split."""
     from datasets import Dataset, DatasetDict
 
     from hf_prefs.pipeline import split_queries
@@ -102,8 +103,9 @@ def test_query_dataset_split_picks_a_folders_split_and_is_refused_where_there_is
     rows("file", 3).to_json(str(tmp_path / "one.jsonl"))
     with pytest.raises(ValueError, match=r"query_dataset_split 'validation': query_dataset .*one.jsonl is a single file"):
         load_task_queries("cnndm", gpt2_tokenizer, query_dataset=str(tmp_path / "one.jsonl"), split="validation")
-    with pytest.raises(ValueError, match=r"query_dataset_split 'test': needs a query_dataset"):
-        load_task_queries("sentiment", gpt2_tokenizer, split="test")
+    for task, source in (("sentiment", None), ("tldr", "austen")):
+        with pytest.raises(ValueError, match=r"query_dataset_split 'test': Austen's novels have no splits"):
+            load_task_queries(task, gpt2_tokenizer, split="test", query_dataset=source)
 
 
 def test_policy_query_wraps_a_raw_query_once():

@@ -38,7 +38,7 @@ def label_source(
     held_out: Sequence[str] = (),
 ) -> SimulatedLabeler | LabelQueue | Dataset:
     """What ``label_source`` names: the simulated labeler, the label file's rows (``tokenizer`` renders conversational
-    pairwise rows; :func:`file_labels`, ``held_out`` its evaluation queries), or the human queue."""
+    pairwise rows; :func:`load_file_labels`, ``held_out`` the evaluation's queries), or the human queue."""
     if pa.label_source == "simulated":
         return make_labeler(pa, seed)
     if pa.label_source == "file":

@@ -30,14 +30,13 @@ def load_task_queries(
     CNN/DM: articles cut to fit ``query_length`` with the task's prefix/suffix, from ``query_dataset`` (a local
     file or folder, or a Hub id, read by its columns: :func:`~hf_prefs.tasks.summarization.summarization_texts`) or,
     unset, the task's Hub source, shuffled with ``seed``; ``query_dataset="austen"`` uses Austen passages as offline
-    stand-in articles. ``split``: the split of ``query_dataset`` (a folder's or a Hub dataset's; None: ``train``, or
-    the task's Hub source's); a single file has one, ``train``.
+    stand-in articles. ``split``: the split of ``query_dataset`` (a folder's or a Hub dataset's, or the task's Hub
+    source's; None: ``train``); a single file has one, ``train``, and Austen's novels none.
     """
-    if split not in (None, "train") and query_dataset in (None, "austen"):
-        raise ValueError(f"query_dataset_split {split!r}: needs a query_dataset (the default source is read whole)")
     spec = get_task(task)
     if task in ("sentiment", "descriptiveness"):
         name = None if query_dataset in (None, "austen") else query_dataset
+        _check_split_of(name, split)
         queries = load_book_queries(name, tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed,
                                     split=split or "train", lines_per_passage=HUB_LINES_PER_PASSAGE)
         if len(queries) == 0:
@@ -45,9 +44,16 @@ def load_task_queries(
                              f"{spec.query_length} tokens between two '.' (query_min_tokens, the task's query length)")
         return queries
     if query_dataset == "austen":
+        _check_split_of(None, split)
         texts = austen_queries(tokenizer, n=n, min_tokens=min_tokens, max_tokens=spec.query_length, seed=seed)["query"]
         return summarization_queries(texts, tokenizer, spec.query_length, spec.query_prefix, spec.query_suffix)
     return load_summarization_queries(
         task, tokenizer, n=n, max_tokens=spec.query_length, prefix=spec.query_prefix, suffix=spec.query_suffix,
         source=query_dataset, seed=seed, split=split,
     )
+
+
+def _check_split_of(source: str | None, split: str | None) -> None:
+    """Austen's novels (``source`` None) are read whole: a split other than ``train`` is refused by name."""
+    if source is None and split not in (None, "train"):
+        raise ValueError(f"query_dataset_split {split!r}: Austen's novels have no splits (give a query_dataset)")
