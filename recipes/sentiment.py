@@ -91,7 +91,7 @@ def main(task="sentiment", argv=None):
     ################
     # Evaluation: rho and pi on the same held-out queries, same sampling seed
     ################
-    judge = dict(known_reward=known_reward, batch_size=script_args.sampling_batch_size, seed=training_args.seed + 2,
+    judge = dict(known_reward=known_reward, batch_size=script_args.evaluation_batch_size(), seed=training_args.seed + 2,
                  reward_fn=learned_reward(trainer))
     with timer("evaluation"):
         before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)

@@ -87,3 +87,25 @@ def test_only_a_dynamic_cache_of_plain_filled_layers_is_converted():
     config = LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1)
     static = StaticCache(config=config, max_cache_len=4)
     assert preallocate(static, 6) is False and type(static.layers[0]) is not PreallocatedLayer
+
+
+def test_preallocate_releases_each_layers_prefill_cache_before_the_next_buffer(monkeypatch):
+    """Layer by layer: when a layer's buffer is allocated, the layers converted before it no longer hold their prefill
+    keys/values (converting all first held the whole prefill cache beside all the new buffers: the sampling's peak)."""
+    import weakref
+
+    cache = DynamicCache()
+    for i in range(3):
+        cache.update(torch.randn(2, 1, 4, 8), torch.randn(2, 1, 4, 8), i)
+    old = [weakref.ref(layer) for layer in cache.layers]
+    alive = []
+    init = PreallocatedLayer.__init__
+
+    def spy(self, keys, values, capacity):
+        alive.append(sum(ref() is not None for ref in old))
+        init(self, keys, values, capacity)
+
+    monkeypatch.setattr(PreallocatedLayer, "__init__", spy)
+    assert preallocate(cache, 6)
+    assert alive == [3, 2, 1] and all(ref() is None for ref in old)
+    assert all(isinstance(layer, PreallocatedLayer) and layer.keys.shape[-2] == 4 for layer in cache.layers)

@@ -75,14 +75,22 @@ def _check_run(out: Path, summary: dict, adaptive: bool, kl_target: float, horiz
     assert f"{gain:.4g}"[:4] in (out / "reward_model" / "README.md").read_text()
 
 
-def test_sentiment_recipe_tiny_end_to_end(tiny_base, tmp_path):
+def test_sentiment_recipe_tiny_end_to_end(tiny_base, tmp_path, monkeypatch):
     """recipes/sentiment.py itself (its stages top to bottom), in-process."""
     out = tmp_path / "run"
-    summary = load_recipe("sentiment").main(task="sentiment", argv=_tiny_args(tiny_base, out, "--kl_target", "0.5"))
+    extra = ("--kl_target", "0.5", "--eval_batch_size", "4")
+    summary = load_recipe("sentiment").main(task="sentiment", argv=_tiny_args(tiny_base, out, *extra))
     _check_run(out, summary, adaptive=True, kl_target=0.5, horizon=100)
     assert summary["labels"]["labels"] == 24 and summary["labels"]["source"] == "simulated"
-    # hf_prefs.run_pipeline (the same stages as one library call) gives the same run
-    lib = main(task="sentiment", argv=_tiny_args(tiny_base, tmp_path / "lib", "--kl_target", "0.5"))
+    # hf_prefs.run_pipeline (the same stages as one library call) gives the same run; the evaluation in batches of
+    # eval_batch_size (sampling_batch_size is 16)
+    import hf_prefs.pipeline.run as run
+
+    batches = []
+    evaluate = run.evaluate_policy
+    monkeypatch.setattr(run, "evaluate_policy", lambda *a, **k: batches.append(k["batch_size"]) or evaluate(*a, **k))
+    lib = main(task="sentiment", argv=_tiny_args(tiny_base, tmp_path / "lib", *extra))
+    assert batches == [4, 4]
     for key in ("before", "after", "final_beta", "ppo_updates", "known_reward_gain", "labels"):
         assert lib[key] == summary[key], key
     untimed = lambda rm: {k: v for k, v in rm.items() if "runtime" not in k and "per_second" not in k}  # noqa: E731
@@ -153,6 +161,7 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         (["--label_source", "file", "--label_file", "/nonexistent/labels.jsonl"], "label_file"),
         (["--label_source", "file"], "label_file"),
         (["--label_limit", "0"], "label_limit"),
+        (["--eval_batch_size", "0"], "eval_batch_size"),
         (["--label_source", "crowd"], "label_source"),
         (["--label_source", "human"], "label_queue_dir"),
         (["--num_ppo_queries", "1000000"], "num_ppo_queries"),

