@@ -150,8 +150,8 @@ def load_recipe(name: str):
 #: pytorch/pytorch#190489). hf_prefs' exit hook (a barrier, then ``destroy_process_group``) made it rare, not
 #: impossible: CI saw it once more in test_scaling_tiny's 2-process reward-model run (rank 1, the hook registered),
 #: which 110 launches here (alone, beside 2 busy processes, 4 at once) never repeated. A DDP module keeps its
-#: group's gloo worker threads running after the group is destroyed (its reducer holds the group), so they live on
-#: while Python finalizes.
+#: group's gloo worker threads running after the group is destroyed (seen here: they stay after the destroy, a `del`
+#: of the module and `gc.collect()`; without DDP they end at the destroy), so they live on while Python finalizes.
 EXIT_ABORT = "terminate called without an active exception"
 
 
