@@ -225,23 +225,16 @@ def _run(n: int, worker: list[str], out: Path) -> dict:
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_CPU), "--num_processes",
                str(n), *script]
+    from hf_prefs.trainers.launch import EXIT_ABORT, failed_only_at_exit
+
     out.unlink(missing_ok=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 and out.exists() and _aborted_at_exit(proc.stderr):
+    if proc.returncode != 0 and out.exists() and failed_only_at_exit(proc.stderr):
         print(f"note: a rank aborted at exit, its result written ({EXIT_ABORT!r}, pytorch/pytorch#190489)",
               file=sys.stderr)
     elif proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(out.read_text())
-
-
-#: what a gloo process prints when it aborts while Python finalizes (rare with hf_prefs' exit hook; once in CI here)
-EXIT_ABORT = "terminate called without an active exception"
-
-
-def _aborted_at_exit(stderr: str) -> bool:
-    """A launch's only error was a rank's abort at exit: its message, and no traceback but the launcher's own."""
-    return EXIT_ABORT in stderr and "ChildFailedError" in stderr and stderr.count("Traceback (most recent call last)") == 1
 
 
 def _run_apart(worker: list[str], outs: tuple[Path, Path]) -> dict:

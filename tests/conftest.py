@@ -31,6 +31,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from hf_prefs.trainers.launch import EXIT_ABORT, failed_only_at_exit
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 torch.set_num_threads(1)  # tiny models gain nothing from more; and the suite stays fast on a busy machine
@@ -146,21 +148,13 @@ def load_recipe(name: str):
     return module
 
 
-#: what a process of a gloo group prints when it aborts while Python finalizes, its work done (SIGABRT;
-#: pytorch/pytorch#190489). hf_prefs' exit hook (a barrier, then ``destroy_process_group``) made it rare, not
-#: impossible: CI saw it once more in test_scaling_tiny's 2-process reward-model run (rank 1, the hook registered),
-#: which 110 launches here (alone, beside 2 busy processes, 4 at once) never repeated. A DDP module keeps its
-#: group's gloo worker threads running after the group is destroyed (seen here: they stay after the destroy, a `del`
-#: of the module and `gc.collect()`; without DDP they end at the destroy), so they live on while Python finalizes.
-EXIT_ABORT = "terminate called without an active exception"
-
-
 def aborted_only_at_exit(proc: subprocess.CompletedProcess) -> bool:
-    """A failed ``accelerate launch`` whose only error is a rank's abort at exit: the abort's message, and no Python
-    traceback but the launcher's own (torch's ``ChildFailedError``). A test that gets one still checks the run's
-    outputs, which an abort before the work was done leaves missing."""
-    return (proc.returncode != 0 and EXIT_ABORT in proc.stderr and "ChildFailedError" in proc.stderr
-            and proc.stderr.count("Traceback (most recent call last)") == 1)
+    """A failed ``accelerate launch`` whose only error is a rank's abort at exit
+    (:func:`hf_prefs.trainers.launch.failed_only_at_exit`; CI saw one in test_scaling_tiny's 2-process reward-model run
+    with the exit hook registered, which 110 launches here — alone, beside 2 busy processes, 4 at once — never
+    repeated). A test that gets one still checks the run's outputs, which an abort before the work was done leaves
+    missing."""
+    return proc.returncode != 0 and failed_only_at_exit(proc.stderr)
 
 
 def tolerate_exit_abort(proc: subprocess.CompletedProcess, what: str) -> bool:

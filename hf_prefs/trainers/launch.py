@@ -15,7 +15,7 @@ from accelerate.utils import DistributedType
 from transformers.utils import logging
 
 __all__ = ["check_launch", "marks_failure", "check_process_count", "check_sharding_active", "check_ppo_sharding", "check_critic_warmup",
-           "destroy_process_group_at_exit"]
+           "destroy_process_group_at_exit", "EXIT_ABORT", "failed_only_at_exit"]
 
 logger = logging.get_logger(__name__)
 
@@ -122,6 +122,20 @@ def destroy_process_group_at_exit() -> None:
     sys.excepthook = note_failure
     atexit.register(_end_process_group)
     _EXIT["registered"] = True
+
+
+#: what a process of a gloo group prints when it aborts while Python finalizes, its work done (SIGABRT;
+#: pytorch/pytorch#190489): rare with :func:`destroy_process_group_at_exit`, not impossible (CI saw one with it
+#: registered; a DDP module keeps its group's gloo worker threads running after the group is destroyed)
+EXIT_ABORT = "terminate called without an active exception"
+
+
+def failed_only_at_exit(stderr: str) -> bool:
+    """Whether a failed launch's ``stderr`` holds a rank's abort at exit (:data:`EXIT_ABORT`) and no Python traceback
+    but the launcher's own (torch's ``ChildFailedError``): its processes' work raised nothing. Whether that work was
+    done, only its outputs say."""
+    return (EXIT_ABORT in stderr and "ChildFailedError" in stderr
+            and stderr.count("Traceback (most recent call last)") == 1)
 
 
 def marks_failure(train: Callable[..., Any]) -> Callable[..., Any]:
