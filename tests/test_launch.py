@@ -1,13 +1,19 @@
-"""How a run was launched: the process-count checks (hf_prefs/trainers/launch.py), without launching processes."""
+"""How a run was launched and how it ends (hf_prefs/trainers/launch.py), without launching processes: the
+process-count checks, and what a destroyed group leaves behind."""
 
 from __future__ import annotations
 
+import gc
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from hf_prefs.trainers.launch import check_process_count
+from hf_prefs.trainers.launch import check_process_count, release_destroyed_groups
 
 LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
@@ -74,3 +80,38 @@ def test_labels_that_do_not_fill_the_processes_last_batch_are_said():
         warnings.simplefilter("error")
         for per_device, processes, drop_last in ((5, 2, False), (4, 1, False), (4, 2, True)):
             _warn_uneven_batches(labels, per_device, processes, drop_last)
+
+
+def gloo_threads() -> list[str]:
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # ended while listed
+            pass
+    return sorted(name for name in names if "gloo" in name)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_a_destroyed_group_held_by_a_ddp_module_and_a_default_argument_is_freed(tmp_path):
+    """``destroy_process_group`` leaves the gloo group alive while a DDP module or a function default holds it (its
+    threads run on through interpreter finalization); releasing them frees it, and the default becomes ``None``."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(torch.nn.Linear(4, 4))
+        model(torch.ones(2, 4)).sum().backward()
+        namespace: dict = {}
+        # as a module imported after init_process_group binds it (torch.distributed.nn.functional, DeepSpeed's comm)
+        exec("def barrier(group=dist.group.WORLD, *, also=dist.group.WORLD):\n    return group, also", {"dist": dist},
+             namespace)
+        group = dist.group.WORLD
+        assert namespace["barrier"]() == (group, group)
+    finally:
+        dist.destroy_process_group()
+    assert len(gloo_threads()) == 3  # pt_gloo_runloop x2, gloo_tcp_loop: the module and the defaults hold it
+    assert release_destroyed_groups(group) == 3  # the module, the defaults, the keyword-only defaults
+    del group
+    gc.collect()
+    assert gloo_threads() == []
+    assert namespace["barrier"]() == (None, None)  # None: whichever default group there is when called
+    assert "process_group" not in vars(model) and "reducer" not in vars(model)

@@ -210,18 +210,20 @@ def test_processes_end_their_process_group_at_a_normal_exit_and_leave_it_after_a
     # test_scaling_tiny): the hook waits for all ranks and destroys the group, unless the process raised
     launch("exit_run.py", "--out", str(tmp_path))
     ends = [json.loads((tmp_path / f"exit_{r}.json").read_text()) for r in range(2)]
-    assert ends == [{"world": 2, "initialized": False}] * 2
+    # and the group is freed with it, its gloo threads joined before Python finalizes (with the DDP module alive, as
+    # a script's top-level trainer is: it held the group, as torch.distributed.nn.functional's defaults did)
+    assert ends == [{"world": 2, "initialized": False, "gloo_threads": []}] * 2
     (tmp_path / "fail").mkdir()
     proc = launch("exit_run.py", "--out", str(tmp_path / "fail"), "--fail_rank", "1", must_pass=False)
     assert proc.returncode != 0 and "rank 1 fails on purpose" in proc.stderr
     # the failed rank skipped the barrier (its peer may be inside a collective): its group was left as it was
-    assert json.loads((tmp_path / "fail" / "exit_1.json").read_text()) == {"world": 2, "initialized": True}
+    assert json.loads((tmp_path / "fail" / "exit_1.json").read_text())["initialized"] is True
     # a training error caught by the script, then sys.exit(1) (no sys.excepthook): the barrier is skipped too — both
     # processes hung there (the peer inside a step's all-reduce), now both end when the failed one exits
     (tmp_path / "caught").mkdir()
     proc = launch("exit_run.py", "--out", str(tmp_path / "caught"), "--catch_rank", "1", must_pass=False, timeout=120)
     assert proc.returncode != 0 and "caught: rank 1 fails in training" in proc.stdout
-    assert json.loads((tmp_path / "caught" / "exit_1.json").read_text()) == {"world": 2, "initialized": True}
+    assert json.loads((tmp_path / "caught" / "exit_1.json").read_text())["initialized"] is True
 
 
 def test_main_process_work_longer_than_the_group_timeout_reaches_every_process(tmp_path):
