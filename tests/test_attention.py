@@ -1,5 +1,5 @@
 """The attention kernel of a differentiated CPU forward (the math backend for short sequences, the same gradients),
-and the SDPA mask of left-padded rows (no empty query row, the real tokens unchanged)."""
+the SDPA mask of left-padded rows (no empty query row, the real tokens unchanged), and the mask of a decode step."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from hf_prefs.models.attention import (
     PLAIN_CAUSAL_MODEL_TYPES,
     attention_mask_for,
     causal_mask_without_empty_rows,
+    decode_step_mask,
     training_attention,
 )
 from hf_prefs.models.logprobs import forward_last, token_logprobs
@@ -188,3 +189,53 @@ def test_a_kernel_that_gives_nan_on_empty_rows_no_longer_poisons_the_gradients(m
     assert torch.allclose(fixed, reference, atol=1e-6, rtol=0)
     for grad, ref in zip(fixed_grads, reference_grads):
         assert torch.isfinite(grad).all() and torch.allclose(grad, ref, atol=1e-6)
+
+
+def test_decode_step_mask_only_for_grouped_query_plain_causal_models_on_cpu():
+    """A decode step's mask (B, 1, 1, L) is the padding mask itself; MHA models, other layouts and other devices keep
+    the 2-D mask."""
+    from transformers import GPT2Config, MistralConfig
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    gqa = _tiny_llama().config
+    step = decode_step_mask([gqa], mask)
+    assert step.shape == (2, 1, 1, 5) and step.dtype == torch.bool
+    assert torch.equal(step[:, 0, 0], mask.bool())
+    assert decode_step_mask([gqa], torch.ones_like(mask)).all()  # no padding: a mask all the same (SDPA's packed form)
+    mha = _tiny_llama().config
+    mha.num_key_value_heads = mha.num_attention_heads
+    for configs in ([mha], [GPT2Config(attn_implementation="sdpa")], [_tiny_llama("eager").config], [],
+                    [MistralConfig(sliding_window=4, num_key_value_heads=2, attn_implementation="sdpa")]):
+        assert decode_step_mask(configs, mask) is mask
+    on_meta = mask.to("meta")
+    assert decode_step_mask([gqa], on_meta) is on_meta
+
+
+def test_an_unpadded_batch_decodes_grouped_query_attention_in_the_packed_form(monkeypatch):
+    """Without padding, transformers gives a decode step no mask and SDPA runs it with enable_gqa (several times
+    slower on CPU: benchmarks/decode_mask.py); with the step mask every step packs each key/value head's query heads
+    as query rows. The draws are the same in float32 as with the unmasked step."""
+    import transformers.integrations.sdpa_attention as sdpa_module
+
+    import hf_prefs.models.generation as generation
+
+    model = _tiny_llama().eval()
+    ids, mask = torch.randint(0, 64, (3, 6), generator=torch.Generator().manual_seed(2)), torch.ones(3, 6, dtype=torch.long)
+    real, calls = sdpa_module.torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(query, key, value, *args, **kwargs):
+        calls.append((tuple(query.shape), bool(kwargs.get("enable_gqa", False))))
+        return real(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa_module.torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        masked = generation.sample_responses(model, ids, mask, 5, 1.0, torch.Generator().manual_seed(3), num_samples=2)
+        steps = calls[2:]  # after the prefill's two layers
+        calls.clear()
+        monkeypatch.setattr(generation, "decode_step_mask", lambda configs, step_mask: step_mask)
+        unmasked = generation.sample_responses(model, ids, mask, 5, 1.0, torch.Generator().manual_seed(3), num_samples=2)
+    assert len(steps) == 4 * 2  # 4 tokens fed back, 2 layers
+    assert set(steps) == {((6, 2, 2, 8), False)}  # 6 rows, 2 key/value heads x 2 query heads each as query rows
+    assert set(calls[2:]) == {((6, 4, 1, 8), True)}  # the unmasked step: 4 query heads of one row, enable_gqa
+    assert torch.equal(masked, unmasked)
+    assert len({tuple(r) for r in masked.tolist()}) > 1  # real draws

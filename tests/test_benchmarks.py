@@ -83,6 +83,16 @@ def test_decode_cache_tiny():
                      r"identical tokens: True", out)
 
 
+def test_decode_mask_tiny():
+    """The unpadded batch's decode with and without the step mask, both layouts."""
+    for layout in ("frontier", "fixed"):
+        out = run(str(BENCH / "decode_mask.py"), "--model", "tiny", "--layout", layout, "--rows", "8", "--repeats", "2")
+        assert len(re.findall(r"repeat \d, (unmasked|masked  ): [0-9.]+ s, [0-9.]+ ms per row", out)) == 4
+        assert re.search(rf"{layout}: {1 if layout == 'frontier' else 8} queries of (48|64) tokens x "
+                         rf"{8 if layout == 'frontier' else 1} samples .* unmasked / masked = [0-9.]+x \(medians "
+                         r"[0-9.]+ / [0-9.]+ s; each pair: [0-9.]+x, [0-9.]+x\); identical tokens: (True|False)", out)
+
+
 def test_rm_frozen_cache_tiny():
     """The cache leaves the trained reward model as it is and skips the frozen block after the first epoch."""
     out = run(str(BENCH / "rm_frozen_cache.py"), "--model", "tiny", "--labels", "48", "--repeats", "1")

@@ -23,8 +23,10 @@ import torch
 from .._compat import cache_kwargs, output_cache
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of, position_ids
 from ..memory import release_free_memory
+from .attention import decode_step_mask
 from .kv_cache import preallocate
 from .logprobs import forward_last
+from .wrappers import model_configs
 
 __all__ = [
     "configured_positions",
@@ -190,6 +192,8 @@ def sample_responses(
     fragmented by an earlier phase (a PPO epoch) those copies land in its free holes, which then stay resident, so
     the free pages are handed back after each such step (:func:`hf_prefs.memory.release_free_memory`; measured in a
     PPO run, SmolLM2, 32 rows: the heap after sampling +0.09 instead of +0.33-0.72 GiB over what is live).
+    A step's attention mask is :func:`hf_prefs.models.attention.decode_step_mask`'s: on CPU a grouped-query model's
+    steps take SDPA's packed form whether or not the batch has padding.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -205,6 +209,7 @@ def sample_responses(
         logits = logits.repeat_interleave(num_samples, dim=0)
         mask = mask.repeat_interleave(num_samples, dim=0)
     in_place = preallocate(cache, query_ids.shape[1] + response_length - 1)  # the last token is never fed back
+    configs = model_configs(model)
     tokens = []
     for step in range(response_length):
         nxt = sample_categorical(logits, temperature, generator)  # (B, 1)
@@ -213,8 +218,8 @@ def sample_responses(
             break
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         out = model(
-            input_ids=nxt, attention_mask=mask, position_ids=position_ids(mask)[:, -1:], use_cache=True,
-            **cache_kwargs(model, cache),
+            input_ids=nxt, attention_mask=decode_step_mask(configs, mask), position_ids=position_ids(mask)[:, -1:],
+            use_cache=True, **cache_kwargs(model, cache),
         )
         cache, logits = output_cache(out), out.logits[:, -1, :]
         if not in_place:
