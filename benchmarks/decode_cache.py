@@ -20,7 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,15 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--response", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3, help="pairs of runs; odd pairs run copy first, even in-place first")
     a = p.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     import hf_prefs.models.generation as generation
     from hf_prefs.core.rollout import RolloutSpec
     from hf_prefs.tasks import austen_queries
 
-    base, dtype = _base(a.model, Path(tempfile.mkdtemp()))
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).eval()
+    tok, model, dtype = load_model(a.model)
     queries = list(austen_queries(tok, n=a.queries, min_tokens=24, max_tokens=64, seed=0)["query"])
     spec = RolloutSpec(response_length=a.response, temperature=0.7, pad_token_id=tok.eos_token_id)
     in_place = generation.preallocate
@@ -61,21 +59,40 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             generation.preallocate = in_place
 
-    draw("in-place")  # warm-up (first-call allocations, oneDNN's kernel choice)
-    rows = len(queries) * a.samples
-    seconds: dict[str, list[float]] = {"copy": [], "in-place": []}
-    tokens: dict[str, torch.Tensor] = {}
-    for repeat in range(a.repeats):
-        for way in ("copy", "in-place") if repeat % 2 == 0 else ("in-place", "copy"):
-            s, tokens[way] = draw(way)
-            seconds[way].append(s)
-            print(f"repeat {repeat + 1}, {way:8s}: {s:.2f} s, {1000 * s / rows:.2f} ms per row", flush=True)
-    each = ", ".join(f"{c / i:.2f}x" for c, i in zip(seconds["copy"], seconds["in-place"]))
-    median = {way: statistics.median(s) for way, s in seconds.items()}
+    median, each, identical = alternate(draw, ("copy", "in-place"), a.repeats, len(queries) * a.samples)
     print(f"{a.model} ({dtype}), {len(queries)} queries x {a.samples} samples x {a.response} tokens, {a.batch} rows per "
           f"batch, {torch.get_num_threads()} threads: copy / in-place = {median['copy'] / median['in-place']:.2f}x "
           f"(medians {median['copy']:.2f} / {median['in-place']:.2f} s; each pair: {each}); identical tokens: "
-          f"{torch.equal(tokens['copy'], tokens['in-place'])}")
+          f"{identical}")
+
+
+def load_model(name: str) -> tuple[Any, torch.nn.Module, str]:
+    """The tokenizer, the model in eval mode and its dtype's name: SmolLM2 in the offline default's precision on this
+    CPU, or the tiny GPT-2 (``scaling._base``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, dtype = _base(name, Path(tempfile.mkdtemp()))
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).eval()
+    return AutoTokenizer.from_pretrained(base), model, dtype
+
+
+def alternate(draw: Callable[[str], tuple[float, torch.Tensor]], ways: tuple[str, str], repeats: int,
+              rows: int) -> tuple[dict[str, float], str, bool]:
+    """``repeats`` pairs of ``draw(way) -> (seconds, tokens)``, after one warm-up draw of the second way (first-call
+    allocations, oneDNN's kernel choice): odd pairs in ``ways``' order, even pairs the other way round, each run printed
+    with its seconds per row. Returns each way's median seconds, each pair's ratio first / second, and whether the
+    last draws of the two ways gave the same tokens."""
+    draw(ways[1])
+    seconds: dict[str, list[float]] = {way: [] for way in ways}
+    tokens: dict[str, torch.Tensor] = {}
+    for repeat in range(repeats):
+        for way in ways if repeat % 2 == 0 else ways[::-1]:
+            s, tokens[way] = draw(way)
+            seconds[way].append(s)
+            print(f"repeat {repeat + 1}, {way:8s}: {s:.2f} s, {1000 * s / rows:.2f} ms per row", flush=True)
+    each = ", ".join(f"{first / second:.2f}x" for first, second in zip(seconds[ways[0]], seconds[ways[1]]))
+    median = {way: statistics.median(s) for way, s in seconds.items()}
+    return median, each, torch.equal(tokens[ways[0]], tokens[ways[1]])
 
 
 if __name__ == "__main__":

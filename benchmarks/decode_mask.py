@@ -18,19 +18,14 @@ round differently in bf16, and the packed one is what padded batches always ran)
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from scaling import _base  # noqa: E402
+from decode_cache import alternate, load_model  # noqa: E402  (its import sets the offline environment)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,14 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--response", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3, help="pairs of runs; odd pairs run unmasked first")
     a = p.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     import hf_prefs.models.generation as generation
     from hf_prefs.tasks import austen_queries
 
-    base, dtype = _base(a.model, Path(tempfile.mkdtemp()))
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).eval()
+    tok, model, dtype = load_model(a.model)
     # token ids, not texts: a text's tokens need not round-trip to the same count, and one pad would bring the mask back
     texts = list(austen_queries(tok, n=max(a.rows, 1), min_tokens=64, max_tokens=64 * 4, seed=0)["query"])
     ids = [tok(t)["input_ids"][:64] for t in texts]
@@ -71,22 +62,11 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             generation.decode_step_mask = step_mask
 
-    draw("masked")  # warm-up (first-call allocations, oneDNN's kernel choice)
-    rows = query_ids.shape[0] * samples
-    seconds: dict[str, list[float]] = {"unmasked": [], "masked": []}
-    tokens: dict[str, torch.Tensor] = {}
-    for repeat in range(a.repeats):
-        for way in ("unmasked", "masked") if repeat % 2 == 0 else ("masked", "unmasked"):
-            s, tokens[way] = draw(way)
-            seconds[way].append(s)
-            print(f"repeat {repeat + 1}, {way:8s}: {s:.2f} s, {1000 * s / rows:.2f} ms per row", flush=True)
-    each = ", ".join(f"{u / m:.2f}x" for u, m in zip(seconds["unmasked"], seconds["masked"]))
-    median = {way: statistics.median(s) for way, s in seconds.items()}
-    print(f"{a.model} ({dtype}), {a.layout}: {query_ids.shape[0]} queries of {query_ids.shape[1]} tokens x {samples} samples x "
-          f"{a.response} tokens, {a.rows} rows per batch, {torch.get_num_threads()} threads: unmasked / masked = "
-          f"{median['unmasked'] / median['masked']:.2f}x (medians {median['unmasked']:.2f} / {median['masked']:.2f} s; "
-          f"each pair: {each}); identical tokens: {torch.equal(tokens['unmasked'], tokens['masked'])}")
-
+    median, each, identical = alternate(draw, ("unmasked", "masked"), a.repeats, query_ids.shape[0] * samples)
+    print(f"{a.model} ({dtype}), {a.layout}: {query_ids.shape[0]} queries of {query_ids.shape[1]} tokens x {samples} "
+          f"samples x {a.response} tokens, {a.rows} rows per batch, {torch.get_num_threads()} threads: unmasked / "
+          f"masked = {median['unmasked'] / median['masked']:.2f}x (medians {median['unmasked']:.2f} / "
+          f"{median['masked']:.2f} s; each pair: {each}); identical tokens: {identical}")
 
 if __name__ == "__main__":
     main()

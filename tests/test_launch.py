@@ -109,7 +109,9 @@ def test_a_destroyed_group_held_by_a_ddp_module_and_a_default_argument_is_freed(
     finally:
         dist.destroy_process_group()
     assert len(gloo_threads()) == 3  # pt_gloo_runloop x2, gloo_tcp_loop: the module and the defaults hold it
-    assert release_destroyed_groups(group) == 3  # the module, the defaults, the keyword-only defaults
+    assert release_destroyed_groups(None) == 1  # without a default group: only the DDP module (no None default moved)
+    assert namespace["barrier"]() == (group, group)
+    assert release_destroyed_groups(group) == 2  # the defaults, the keyword-only defaults
     del group
     gc.collect()
     assert gloo_threads() == []

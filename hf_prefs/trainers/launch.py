@@ -111,7 +111,7 @@ def release_destroyed_groups(default_group: Any) -> int:
     dropped = 0
     for obj in gc.get_objects():
         kind = type(obj)  # not isinstance: it reads __class__, which some of torch's deprecated objects warn on
-        if kind is types.FunctionType:
+        if kind is types.FunctionType and default_group is not None:
             if obj.__defaults__ and any(d is default_group for d in obj.__defaults__):
                 obj.__defaults__ = tuple(None if d is default_group else d for d in obj.__defaults__)
                 dropped += 1
