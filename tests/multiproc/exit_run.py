@@ -1,7 +1,8 @@
 """A 3-step DDP run on the processes it is launched with, then exit: records whether the default process group is
-still alive after hf_prefs' exit hook ran, and which of its gloo threads still run (``--fail_rank r``: that rank raises after training instead;
-``--catch_rank r``: that rank's training raises, as a trainer's ``train`` would, and the script catches it and calls
-``sys.exit(1)`` while the other rank trains a 4th step, inside the step's all-reduce when its peer exits)."""
+still alive after hf_prefs' exit hook ran, and which gloo threads still run then, the DDP module kept alive as a
+script's top-level trainer is (``--fail_rank r``: that rank raises after training instead; ``--catch_rank r``: that
+rank's training raises, as a trainer's ``train`` would, and the script catches it and calls ``sys.exit(1)`` while the
+other rank trains a 4th step, inside the step's all-reduce when its peer exits)."""
 
 from __future__ import annotations
 
