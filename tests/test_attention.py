@@ -239,3 +239,32 @@ def test_an_unpadded_batch_decodes_grouped_query_attention_in_the_packed_form(mo
     assert set(calls[2:]) == {((6, 4, 1, 8), True)}  # the unmasked step: 4 query heads of one row, enable_gqa
     assert torch.equal(masked, unmasked)
     assert len({tuple(r) for r in masked.tolist()}) > 1  # real draws
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_a_prompt_learning_peft_policy_keeps_the_2d_masks(method):
+    """PEFT's prompt-learning methods join their virtual tokens' mask to the 2-D mask they are given: a 4-D mask of
+    ours failed there ("Tensors must have same number of dimensions"), in the left-padded prefill and log-prob pass and
+    in every decode step. They sample padded and unpadded queries, and run the log-prob pass on left-padded rows."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    import hf_prefs.models.generation as generation
+    from hf_prefs.models.wrappers import mask_configs
+
+    config = (PromptTuningConfig if method == "prompt" else PrefixTuningConfig)(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    model = get_peft_model(_tiny_llama(), config).eval()
+    assert mask_configs(model) == [] and mask_configs(get_peft_model(_tiny_llama(), _lora())) != []
+    ids, mask = _left_padded()
+    with torch.no_grad():
+        for m in (mask, torch.ones_like(mask)):
+            drawn = generation.sample_responses(model, ids, m, 4, 1.0, torch.Generator().manual_seed(0))
+            assert drawn.shape == (3, 4)
+            logits = forward_last(model, torch.cat([ids, drawn], 1), torch.cat([m, torch.ones_like(drawn)], 1), 4,
+                                  skip_last=1).logits  # the positions that predict the 4 response tokens
+            assert logits.shape == (3, 4, 64) and torch.isfinite(logits).all()
+
+
+def _lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=2, target_modules=["q_proj"])

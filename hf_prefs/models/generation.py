@@ -26,7 +26,7 @@ from ..memory import release_free_memory
 from .attention import decode_step_mask
 from .kv_cache import preallocate
 from .logprobs import forward_last
-from .wrappers import model_configs
+from .wrappers import mask_configs
 
 __all__ = [
     "configured_positions",
@@ -209,7 +209,7 @@ def sample_responses(
         logits = logits.repeat_interleave(num_samples, dim=0)
         mask = mask.repeat_interleave(num_samples, dim=0)
     in_place = preallocate(cache, query_ids.shape[1] + response_length - 1)  # the last token is never fed back
-    configs = model_configs(model)
+    configs = mask_configs(model)
     tokens = []
     for step in range(response_length):
         nxt = sample_categorical(logits, temperature, generator)  # (B, 1)

@@ -20,7 +20,7 @@ import torch
 
 from ..core.rollout import position_ids
 from .attention import attention_mask_for
-from .wrappers import model_configs
+from .wrappers import mask_configs
 
 __all__ = ["token_logprobs", "last_positions", "forward_last", "DEFAULT_CHUNK_ROWS"]
 
@@ -52,7 +52,7 @@ def forward_last(
     ids counted from each row's first real token; ``kwargs`` go to the model (e.g. ``use_cache``). Under SDPA the
     padding becomes a mask without empty rows (:func:`hf_prefs.models.attention.attention_mask_for`)."""
     keep = last_positions(input_ids.shape[1], k, input_ids.device, skip_last)
-    mask = attention_mask_for(model_configs(model), attention_mask)
+    mask = attention_mask_for(mask_configs(model), attention_mask)
     return model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(attention_mask),
                  logits_to_keep=keep, **kwargs)
 

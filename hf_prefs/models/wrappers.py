@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-__all__ = ["unwrap_distributed", "model_configs"]
+__all__ = ["unwrap_distributed", "model_configs", "mask_configs"]
 
 
 def unwrap_distributed(model: Any) -> Any:
@@ -23,3 +23,14 @@ def model_configs(model: Any) -> list[PretrainedConfig]:
     inner = unwrap_distributed(model)
     configs = [getattr(inner, "config", None), getattr(getattr(inner, "value_model", None), "config", None)]
     return [c for c in configs if isinstance(c, PretrainedConfig)]
+
+
+def mask_configs(model: Any) -> list[PretrainedConfig]:
+    """The configs by which hf_prefs may pass ``model`` a 4-D attention mask of its own (``models.attention``):
+    :func:`model_configs`, or none where a PEFT prompt-learning method (prompt, prefix, p-tuning) wraps the model or
+    its policy: PEFT joins its virtual tokens' mask to the 2-D mask it is given (a 4-D one fails there)."""
+    inner = unwrap_distributed(model)
+    for part in (inner, getattr(inner, "policy", None), getattr(inner, "value_model", None)):
+        if getattr(getattr(part, "active_peft_config", None), "is_prompt_learning", False):
+            return []
+    return model_configs(model)
