@@ -255,6 +255,15 @@ def test_a_prompt_learning_peft_policy_keeps_the_2d_masks(method):
     model = get_peft_model(_tiny_llama(), config).eval()
     assert mask_configs(model) == [] and mask_configs(get_peft_model(_tiny_llama(), _lora())) != []
     ids, mask = _left_padded()
+    try:  # PEFT's own forward, no hf_prefs mask: some PEFT/transformers pairs cannot run prefix tuning at all
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(mask), use_cache=True)
+    except AttributeError as err:  # e.g. the oldest supported pair: its prefix cache is a tuple transformers rejects
+        import peft
+        import transformers
+
+        pytest.skip(f"{method} tuning does not run with peft {peft.__version__} and transformers "
+                    f"{transformers.__version__}: {err}")
     with torch.no_grad():
         for m in (mask, torch.ones_like(mask)):
             drawn = generation.sample_responses(model, ids, m, 4, 1.0, torch.Generator().manual_seed(0))
