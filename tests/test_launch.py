@@ -15,6 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hf_prefs.trainers.launch import check_process_count, release_destroyed_groups
 
+from multiproc.exit_run import gloo_threads  # the 2-process exit test's script reads the threads the same way
+
 LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
@@ -80,16 +82,6 @@ def test_labels_that_do_not_fill_the_processes_last_batch_are_said():
         warnings.simplefilter("error")
         for per_device, processes, drop_last in ((5, 2, False), (4, 1, False), (4, 2, True)):
             _warn_uneven_batches(labels, per_device, processes, drop_last)
-
-
-def gloo_threads() -> list[str]:
-    names = []
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            names.append((task / "comm").read_text().strip())
-        except OSError:  # ended while listed
-            pass
-    return sorted(name for name in names if "gloo" in name)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
