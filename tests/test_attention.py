@@ -241,36 +241,59 @@ def test_an_unpadded_batch_decodes_grouped_query_attention_in_the_packed_form(mo
     assert len({tuple(r) for r in masked.tolist()}) > 1  # real draws
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix"])
-def test_a_prompt_learning_peft_policy_keeps_the_2d_masks(method):
+def test_a_prefix_tuned_policy_keeps_the_2d_masks_and_is_read_at_its_own_positions():
     """PEFT's prompt-learning methods join their virtual tokens' mask to the 2-D mask they are given: a 4-D mask of
     ours failed there ("Tensors must have same number of dimensions"), in the left-padded prefill and log-prob pass and
-    in every decode step. They sample padded and unpadded queries, and run the log-prob pass on left-padded rows."""
-    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+    in every decode step. Prefix tuning (virtual keys and values) samples padded and unpadded queries, and the log-prob
+    pass reads the logits PEFT's own forward gives at the positions that predict the response."""
+    from peft import PrefixTuningConfig, get_peft_model
 
     import hf_prefs.models.generation as generation
     from hf_prefs.models.wrappers import mask_configs
 
-    config = (PromptTuningConfig if method == "prompt" else PrefixTuningConfig)(task_type="CAUSAL_LM", num_virtual_tokens=3)
-    model = get_peft_model(_tiny_llama(), config).eval()
+    model = get_peft_model(_tiny_llama(), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
     assert mask_configs(model) == [] and mask_configs(get_peft_model(_tiny_llama(), _lora())) != []
     ids, mask = _left_padded()
     try:  # PEFT's own forward, no hf_prefs mask: some PEFT/transformers pairs cannot run prefix tuning at all
         with torch.no_grad():
-            model(input_ids=ids, attention_mask=torch.ones_like(mask), use_cache=True)
+            own = model(input_ids=ids[1:2], attention_mask=torch.ones_like(ids[1:2])).logits  # an unpadded row
     except AttributeError as err:  # e.g. the oldest supported pair: its prefix cache is a tuple transformers rejects
         import peft
         import transformers
 
-        pytest.skip(f"{method} tuning does not run with peft {peft.__version__} and transformers "
+        pytest.skip(f"prefix tuning does not run with peft {peft.__version__} and transformers "
                     f"{transformers.__version__}: {err}")
     with torch.no_grad():
+        assert own.shape == (1, 10, 64)  # the input's positions: the virtual tokens are a cache
+        ours = forward_last(model, ids[1:2], torch.ones_like(ids[1:2]), 4, skip_last=1).logits
+        torch.testing.assert_close(ours, own[:, -5:-1], rtol=1e-5, atol=1e-5)
         for m in (mask, torch.ones_like(mask)):
             drawn = generation.sample_responses(model, ids, m, 4, 1.0, torch.Generator().manual_seed(0))
             assert drawn.shape == (3, 4)
             logits = forward_last(model, torch.cat([ids, drawn], 1), torch.cat([m, torch.ones_like(drawn)], 1), 4,
                                   skip_last=1).logits  # the positions that predict the 4 response tokens
             assert logits.shape == (3, 4, 64) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("method", ["PROMPT_TUNING", "P_TUNING"])
+def test_virtual_tokens_before_the_input_are_refused_where_they_would_shift_the_positions(method):
+    """Prompt tuning and p-tuning put their virtual tokens before the input: PEFT's logits then hold 3 more positions,
+    and the log-prob pass read the logits 3 positions too early (silently: the same shape), and every cached decode
+    step was handed the virtual tokens again. Both now raise, naming the method."""
+    from peft import PromptEncoderConfig, PromptTuningConfig, get_peft_model
+
+    import hf_prefs.models.generation as generation
+
+    config = (PromptTuningConfig if method == "PROMPT_TUNING" else PromptEncoderConfig)(
+        task_type="CAUSAL_LM", num_virtual_tokens=3, **({} if method == "PROMPT_TUNING" else {"encoder_hidden_size": 8}))
+    model = get_peft_model(_tiny_llama(), config).eval()
+    ids, mask = _left_padded()
+    with torch.no_grad():
+        assert model(input_ids=ids, attention_mask=mask).logits.shape == (3, 13, 64)  # 3 positions before the input
+        with pytest.raises(ValueError, match=f"PEFT {method} policy is not supported: it puts 3 virtual tokens"):
+            forward_last(model, ids, mask, 4, skip_last=1)
+        with pytest.raises(ValueError, match=method):
+            generation.sample_responses(model, ids, mask, 4, 1.0, torch.Generator().manual_seed(0))
 
 
 def _lora():

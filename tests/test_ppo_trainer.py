@@ -188,6 +188,47 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(tmp_path, gpt2_toke
             assert torch.equal(value, trained[name]), name
 
 
+def test_prompt_tuning_is_refused_and_a_prefix_tuned_policy_trains_and_reloads(tmp_path, gpt2_tokenizer, tiny_base):
+    """A policy with virtual tokens before its input (prompt tuning, given as ``peft_config`` or already wrapped) is
+    refused when the trainer is built: its log-probs were read 4 positions too early, silently. Prefix tuning trains;
+    saved, it reloads through ``PolicyWithValueHead.from_pretrained`` frozen (peft loads a saved prompt-learning
+    adapter only so: the default ``is_trainable=True`` failed there), with the trained policy's logits."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    from hf_prefs.models.logprobs import forward_last
+
+    def build(model, peft_config=None, **overrides):
+        return PPOTrainer(model=model, reward_model=length_reward, args=make_config(tmp_path, **overrides),
+                          train_dataset=Dataset.from_dict({"query": QUERIES * 2}), processing_class=gpt2_tokenizer,
+                          peft_config=peft_config)
+
+    prompt = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    for model, config in ((make_policy(), prompt), (get_peft_model(make_policy(), prompt), None)):
+        with pytest.raises(ValueError, match="PEFT PROMPT_TUNING policy is not supported: it puts 4 virtual tokens"):
+            build(model, config)
+    prefix = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base).eval(),  # saved: the adapter names it
+                            PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    ids = torch.tensor([gpt2_tokenizer("It was a dark and stormy night")["input_ids"]])
+    try:  # PEFT's own forward: some PEFT/transformers pairs cannot run prefix tuning at all
+        with torch.no_grad():
+            prefix(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except AttributeError as err:  # the oldest supported pair: its prefix cache is a tuple transformers rejects
+        pytest.skip(f"prefix tuning does not run with this peft and transformers: {err}")
+    before = prefix.prompt_encoder["default"].embedding.weight.detach().clone()
+    trainer = build(prefix, total_episodes=8)
+    trainer.train()
+    trained = trainer.model.policy.eval()
+    assert not torch.equal(trained.prompt_encoder["default"].embedding.weight, before)  # the prefix was trained
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = PolicyWithValueHead.from_pretrained(tmp_path / "saved").eval()
+    assert reloaded.policy.peft_config["default"].inference_mode  # peft's frozen load
+    with torch.no_grad():
+        torch.testing.assert_close(forward_last(reloaded.policy, ids, torch.ones_like(ids), 3).logits,
+                                   forward_last(trained, ids, torch.ones_like(ids), 3).logits)
+    with pytest.raises(ValueError, match="Cannot set a prompt learning adapter to trainable"):
+        PolicyWithValueHead.from_pretrained(tmp_path / "saved", is_trainable=True)
+
+
 def test_lora_on_a_bf16_base_trains_fp32_adapters_under_bf16_autocast(tmp_path, gpt2_tokenizer):
     """The offline default's setting (dtype bfloat16 + bf16): the frozen base stays bf16 and unchanged, the adapters and
     the value head are fp32 and move, pi = rho exactly before the first update."""

@@ -20,7 +20,7 @@ import torch
 
 from ..core.rollout import position_ids
 from .attention import attention_mask_for
-from .wrappers import mask_configs
+from .wrappers import mask_configs, reject_virtual_input_tokens
 
 __all__ = ["token_logprobs", "last_positions", "forward_last", "DEFAULT_CHUNK_ROWS"]
 
@@ -50,7 +50,9 @@ def forward_last(
     """``model(...)`` on left-padded ``(B, L)`` tokens with the LM head on ``k`` positions only — the last ones, or
     those before the last ``skip_last`` (``logits`` ``(B, k, V)``, asked for by :func:`last_positions`) — and position
     ids counted from each row's first real token; ``kwargs`` go to the model (e.g. ``use_cache``). Under SDPA the
-    padding becomes a mask without empty rows (:func:`hf_prefs.models.attention.attention_mask_for`)."""
+    padding becomes a mask without empty rows (:func:`hf_prefs.models.attention.attention_mask_for`). A model with
+    virtual tokens before its input (PEFT prompt tuning) is refused (:func:`~hf_prefs.models.wrappers.reject_virtual_input_tokens`)."""
+    reject_virtual_input_tokens(model)
     keep = last_positions(input_ids.shape[1], k, input_ids.device, skip_last)
     mask = attention_mask_for(mask_configs(model), attention_mask)
     return model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(attention_mask),

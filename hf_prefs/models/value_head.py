@@ -106,9 +106,11 @@ def saved_embedding_rows(shapes: dict[str, tuple[int, ...]], base: nn.Module) ->
     return max(rows) if rows else None
 
 
-def load_policy_adapter(path: str, is_trainable: bool = True, **kwargs: Any) -> nn.Module:
+def load_policy_adapter(path: str, is_trainable: bool | None = None, **kwargs: Any) -> nn.Module:
     """A local PEFT causal-LM adapter folder on its base model (at the adapter's ``revision``), whose token rows are
-    grown only to what the adapter saved. Trainable by default (PPO resumes from it; peft's default is frozen).
+    grown only to what the adapter saved. ``is_trainable=None``: trainable (PPO resumes from it; peft's default is
+    frozen), but a prompt-learning adapter (prefix tuning) frozen: peft loads a saved one only so (``True`` there is
+    peft's error).
 
     peft's ``AutoPeftModelForCausalLM`` grows the embedding to the folder's tokenizer: a pad token added to the
     tokenizer only (``[PAD]``, as TRL's scripts do) gets a new row drawn at random, which the trained policy never
@@ -122,6 +124,8 @@ def load_policy_adapter(path: str, is_trainable: bool = True, **kwargs: Any) -> 
     rows = saved_embedding_rows(_adapter_weight_shapes(path), base)
     if rows is not None and rows != embedding_rows(base):
         base.resize_token_embeddings(rows, mean_resizing=False)  # the rows are then loaded from the adapter
+    if is_trainable is None:
+        is_trainable = not config.is_prompt_learning
     return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
 
 
@@ -375,8 +379,10 @@ class PolicyWithValueHead(nn.Module):
                 raise FileNotFoundError(f"no {VALUE_MODEL_DIR}/ folder in {directory}: it was not saved by hf_prefs PPO")
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, is_trainable: bool = True, **kwargs: Any) -> "PolicyWithValueHead":
+    def from_pretrained(cls, path: str | os.PathLike, is_trainable: bool | None = None,
+                        **kwargs: Any) -> "PolicyWithValueHead":
         """Load a policy saved by :meth:`save_pretrained` (full model or PEFT adapter) with its value function.
+        ``is_trainable``: for an adapter, as :func:`load_policy_adapter` (None: trainable, a prefix-tuning one frozen).
 
         A folder without saved value weights (e.g. a plain pretrained LM) gets a fresh zero value head.
         ``kwargs`` go to ``from_pretrained`` of the policy (and of the value model).

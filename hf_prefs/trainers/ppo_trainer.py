@@ -78,6 +78,7 @@ from ..models.value_head import (
     value_model_from_policy,
     value_model_from_reward_model,
 )
+from ..models.wrappers import reject_virtual_input_tokens
 from .compilation import HALF_PRECISION_COMPILE_WARNING, RegionalCompileMixin, compiled_as_policy, compiles
 from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_critic_warmup, check_launch, check_ppo_sharding, marks_failure
@@ -299,6 +300,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             if wrapper is not None or hasattr(policy, "peft_config"):
                 raise ValueError("peft_config was given but the policy is already wrapped (PEFT or PolicyWithValueHead)")
             policy = get_peft_model(policy, peft_config)
+        reject_virtual_input_tokens(policy)  # before anything runs (the log-prob passes refuse it too)
         return policy, wrapper, processing_class
 
     def _build_reward(self, reward_model: nn.Module | str | RewardFunction, reward_tokenizer: Any, policy_tokenizer: Any,
