@@ -48,6 +48,8 @@ POLICY_TAGS = ("hf-prefs", "trl", "ppo", "rlhf")
 REWARD_MODEL_TAGS = ("hf-prefs", "trl", "reward-model", "rlhf")
 #: Who produced the labels: a simulated labeler (picks the sample with the highest known reward), a label file, humans.
 LABELERS = ("simulated", "file", "human")
+#: What chose a reward model's gain and bias (:func:`render_reward_model_card`'s ``normalization``).
+NORMALIZATION_STAGES = ("after", "before", "none")
 
 _FRAMEWORKS = (("hf_prefs", "hf-prefs"), ("TRL", "trl"), ("Transformers", "transformers"), ("PyTorch", "torch"),
                ("Datasets", "datasets"), ("Tokenizers", "tokenizers"))
@@ -252,6 +254,7 @@ def render_policy_card(
     is_peft: bool = False,
     embedding_rows: int | None = None, tracking_links: Mapping[str, str] | None = None,
     template: str | os.PathLike | None = None,
+    reward_normalized: bool = True,
 ) -> str:
     """The policy's README.md (front matter + body) from a finished PPO run.
 
@@ -261,7 +264,8 @@ def render_policy_card(
         num_labels, samples_per_label, labeler, known_reward, labels_file: the labels the reward model was trained
             on (``labeler`` is one of :data:`LABELERS`, or None where they are not known; ``known_reward`` is required for ``"simulated"``,
             ``labels_file`` for ``"file"``).
-        reward_gain, reward_bias: the reward model's normalization, ``r = gain · out + bias``.
+        reward_gain, reward_bias: the reward model's normalization, ``r = gain · out + bias``;
+            ``reward_normalized=False``: none was chosen (gain 1, bias 0: a reward function, or a model never normalized).
         kl_final: KL(π, ρ) in nats at the end of training; ``kl_target`` the adaptive controller's target (``None``
             for a fixed β); ``beta_initial`` / ``beta_final`` the KL coefficient at the start / end.
         temperature, response_length: sampling temperature and response tokens, used in the loading snippet.
@@ -296,7 +300,7 @@ def render_policy_card(
         base_model_link=_link(base_id, base_display),
         reward_model_link=_link(reward_model_id, reward_model_id) if reward_model_id else reward_model_name or "trained in the same run",
         labels_sentence=_labels_sentence(num_labels, samples_per_label, labeler, known_reward, labels_file),
-        reward_gain=_fmt(reward_gain), reward_bias=_fmt(reward_bias),
+        reward_gain=_fmt(reward_gain), reward_bias=_fmt(reward_bias), reward_normalized=reward_normalized,
         kl_controller="adaptive" if kl_target is not None else "fixed",
         kl_target=_fmt(kl_target) if kl_target is not None else "none (fixed β)",
         beta_initial=_fmt(beta_initial) if beta_initial is not None else "not recorded",
@@ -333,13 +337,17 @@ def render_reward_model_card(
     is_peft: bool = False,
     tracking_links: Mapping[str, str] | None = None,
     template: str | os.PathLike | None = None,
+    normalization: str = "after",
 ) -> str:
     """The reward model's README.md (front matter + body).
 
     Arguments as in :func:`render_policy_card`; ``reward_gain`` / ``reward_bias`` are the normalization stored with
-    the model, ``metrics`` e.g. the final ``eval_accuracy`` / ``eval_loss``, ``policy_model_id`` links the policy
-    trained with it. Tags: ``hf-prefs, trl, reward-model, rlhf``.
+    the model, ``normalization`` what chose them: ``"after"`` training (rewards on ρ's samples at mean 0, std 1),
+    ``"before"`` it only, or ``"none"`` (gain 1, bias 0); ``metrics`` e.g. the final ``eval_accuracy`` /
+    ``eval_loss``, ``policy_model_id`` links the policy trained with it. Tags: ``hf-prefs, trl, reward-model, rlhf``.
     """
+    if normalization not in NORMALIZATION_STAGES:
+        raise ValueError(f"normalization must be one of {NORMALIZATION_STAGES}, got {normalization!r}")
     base_id, base_display = resolve_base_model(base_model, base_model_name)
     reward_gain = _number("reward_gain", reward_gain)
     reward_bias = _number("reward_bias", reward_bias)
@@ -358,6 +366,7 @@ def render_reward_model_card(
         labels_sentence=_labels_sentence(num_labels, samples_per_label, labeler, known_reward, labels_file),
         reward_gain=_fmt(reward_gain),
         reward_bias=_fmt(reward_bias),
+        normalization=normalization,
         metrics=_table("metrics", metrics),
         hyperparameters=_table("hyperparameters", hyperparameters),
         repo_ref=hub_model_id or f"./{model_name}",

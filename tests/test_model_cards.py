@@ -184,6 +184,23 @@ def test_peft_policy_card_loads_the_adapter():
     assert hf_prefs.__version__ in text  # framework versions list hf_prefs
 
 
+def test_cards_say_whether_the_reward_was_normalized():
+    """A reward model's card tells what chose its gain and bias (after training, before it only, or nothing), and a
+    policy's whether its reward was normalized: both claimed mean 0 and standard deviation 1 whatever was done."""
+    claim = "base model have mean 0 and standard deviation 1"
+    after = render_reward_model_card(**rm_fields())
+    before = render_reward_model_card(**rm_fields(normalization="before"))
+    none = render_reward_model_card(**rm_fields(reward_gain=1.0, reward_bias=0.0, normalization="none"))
+    assert claim in after and "chosen after training" in after
+    assert claim not in before and "set before this training" in before and "`hf_prefs_reward_gain`" in before
+    assert claim not in none and "**Not normalized:**" in none and "`hf_prefs_reward_gain`" not in none
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        render_reward_model_card(**rm_fields(normalization="yes"))
+    assert "ρ's samples have mean 0 and standard deviation 1" in render_policy_card(**policy_fields())
+    raw = render_policy_card(**policy_fields(reward_gain=1.0, reward_bias=0.0, reward_normalized=False))
+    assert "standard deviation 1" not in raw and "not\nnormalized (gain 1, bias 0)" in raw
+
+
 def test_a_trainers_card_says_what_it_does_not_know_about_the_labels():
     """The trainers' own cards (hf_prefs.trainers.trainer_cards) know a reward trainer's dataset (its size and K when
     it has a length), not the task's labeler; a PPO trainer knows neither."""

@@ -389,6 +389,7 @@ def test_saves_policy_value_head_and_model_card(tmp_path, gpt2_tokenizer):
     # hf_prefs' card, not TRL's generic one (a chat pipeline of model "None"): the run's β and sampling settings
     beta = f"| β final | {trainer.kl_ctl.value:.6g} |"
     assert "None" not in card and beta in card and "temperature=0.7, top_k=0" in card and "`length_reward`" in card
+    assert "with r the reward as given: not\nnormalized" in card and "standard deviation 1" not in card  # a function
 
     final = tmp_path / "final"
     trainer.save_model(str(final))

@@ -365,6 +365,9 @@ def test_resume_restores_the_checkpoints_gain(gpt2_tokenizer, tmp_path):
     )
     second.train(resume_from_checkpoint=ckpt)
     assert get_reward_normalization(second.model) == pytest.approx(gain)
+    second.create_model_card()  # normalize_before only: chosen before training, not claimed to hold after it
+    card = open(os.path.join(args.output_dir, "README.md"), encoding="utf-8").read()
+    assert "with gain and bias set before this training" in card and "**not**" in card
 
 
 def test_peft_lora_training_saves_adapter_with_gain(gpt2_tokenizer, tmp_path):
@@ -388,6 +391,8 @@ def test_peft_lora_training_saves_adapter_with_gain(gpt2_tokenizer, tmp_path):
     trainer.save_model(str(tmp_path / "adapter"))
     assert os.path.isfile(tmp_path / "adapter" / NORMALIZATION_FILE)
     assert os.path.isfile(tmp_path / "adapter" / "adapter_config.json")
+    card = (tmp_path / "adapter" / "README.md").read_text(encoding="utf-8")
+    assert "chosen after training so that rewards\non responses sampled from the base model have mean 0" in card
     loaded, tok = load_reward_model(tmp_path / "adapter")
     assert torch.allclose(score_texts(loaded, tok, rho["query"], rho["response"]), scores, atol=1e-5)
 
@@ -406,6 +411,8 @@ def test_gradient_checkpointing_and_model_card(gpt2_tokenizer, tmp_path):
     # normalized reward through load_reward_model + score_texts, its gain and bias
     gain, bias = get_reward_normalization(trainer.model)
     assert "None" not in card and "load_reward_model" in card and f"| gain | {gain:.6g} |" in card
+    # trained without normalization (normalize_before/after off): the card says so (it claimed mean 0 and std 1)
+    assert "**Not normalized:** r is the raw head output" in card and "standard deviation 1 (so" not in card
     saved = tmp_path / "saved"
     trainer.save_model(str(saved))
     gpt2_tokenizer.save_pretrained(saved)

@@ -53,6 +53,7 @@ __all__ = [
     "init_score_head",
     "last_token_index",
     "get_reward_normalization",
+    "has_reward_normalization",
     "set_reward_normalization",
     "apply_reward_normalization",
     "per_token_scores",
@@ -204,6 +205,11 @@ def get_reward_normalization(model: Any) -> tuple[float, float]:
     """``(gain, bias)`` stored on ``model``'s config; ``(1.0, 0.0)`` if it was never normalized."""
     cfg = unwrap_model(model).config
     return float(getattr(cfg, GAIN_KEY, 1.0)), float(getattr(cfg, BIAS_KEY, 0.0))
+
+
+def has_reward_normalization(model: Any) -> bool:
+    """Whether a gain and bias were ever stored on ``model``'s config (:func:`set_reward_normalization`)."""
+    return hasattr(unwrap_model(model).config, GAIN_KEY)
 
 
 def set_reward_normalization(model: Any, gain: float, bias: float) -> None:

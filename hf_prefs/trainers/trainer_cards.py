@@ -21,7 +21,7 @@ from transformers.utils import logging
 from .._compat import tracker_urls
 from ..model_cards import render_policy_card, render_reward_model_card, write_model_card
 from ..models.generation import embedding_rows
-from ..models.reward_model import get_reward_normalization, unwrap_model
+from ..models.reward_model import get_reward_normalization, has_reward_normalization, unwrap_model
 from ..models.wrappers import unwrap_distributed
 
 logger = logging.get_logger(__name__)
@@ -56,6 +56,8 @@ def reward_trainer_card(trainer: Any, model_name: str | None = None, dataset_nam
     args, model, links = trainer.args, trainer.model, tracker_urls()
     name, display = _base(model)
     gain, bias = get_reward_normalization(model)
+    normalization = ("after" if any("reward_gain_after" in h for h in trainer.state.log_history)
+                     else "before" if has_reward_normalization(model) else "none")
     train = trainer.train_dataset
     num_labels = len(train) if hasattr(train, "__len__") and len(train) > 0 else None
     metrics = _last_logged(trainer.state.log_history, ("train_loss", "eval_loss", "eval_accuracy", "eval_margin"))
@@ -67,7 +69,7 @@ def reward_trainer_card(trainer: Any, model_name: str | None = None, dataset_nam
         samples_per_label=getattr(trainer, "num_candidates", None), labeler=None, labels_file=dataset_name,
         reward_gain=gain, reward_bias=bias, metrics=metrics, hyperparameters=hyper, model_name=model_name,
         hub_model_id=args.hub_model_id, tags=_tags(tags, model, links), tracking_links=links,
-        is_peft=hasattr(unwrap_distributed(model), "peft_config"), datasets=dataset_name,
+        is_peft=hasattr(unwrap_distributed(model), "peft_config"), datasets=dataset_name, normalization=normalization,
     )
 
 
@@ -90,7 +92,8 @@ def ppo_trainer_card(trainer: Any, model_name: str | None = None, dataset_name: 
     is_peft = hasattr(policy, "peft_config")
     return render_policy_card(
         base_model=name, base_model_name=display, task=TASK, num_labels=None, samples_per_label=None, labeler=None,
-        reward_gain=gain, reward_bias=bias, kl_final=metrics.get("objective/kl", 0.0),
+        reward_gain=gain, reward_bias=bias, reward_normalized=is_model and has_reward_normalization(reward),
+        kl_final=metrics.get("objective/kl", 0.0),
         beta_final=float(trainer.kl_ctl.value), kl_target=args.kl_target if args.adaptive_kl else None,
         beta_initial=args.kl_coef, temperature=args.temperature, response_length=args.response_length,
         metrics=metrics, hyperparameters=hyper, model_name=model_name, hub_model_id=args.hub_model_id,
