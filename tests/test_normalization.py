@@ -63,6 +63,11 @@ def test_reward_normalization_rejects_degenerate_input():
         reward_normalization([1.0, float("nan")])
     with pytest.raises(ValueError, match="at least 2"):
         reward_normalization([1.0])
+    # one text scored in three batches by a float32 model: equal but for rounding (a gain of 7e7 was returned)
+    with pytest.raises(ValueError, match=r"equal up to rounding \(mean 0\.37181265.*std 1\.4\d*e-08"):
+        reward_normalization([0.3718126416, 0.3718126416, 0.3718126714])
+    gain, bias = reward_normalization([1000.0, 1000.1])  # a real spread at a large offset is kept
+    assert gain == pytest.approx(20.0) and bias == pytest.approx(-20001.0)
 
 
 def test_gain_bias_live_in_config_and_apply_to_scores(gpt2_tokenizer):

@@ -19,7 +19,11 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["reward_normalization"]
+__all__ = ["reward_normalization", "RELATIVE_STD_FLOOR"]
+
+#: The least std of the rewards, relative to their largest magnitude, that is taken for a spread: float32 scores of
+#: one text vary by ~1e-7 of their size with the batch they are computed in (a gain of ~1e8 would then scale rounding).
+RELATIVE_STD_FLOOR = 1e-5
 
 
 def reward_normalization(
@@ -31,8 +35,9 @@ def reward_normalization(
     ``bias = target_mean - gain · m``.
 
     Raises:
-        ValueError: fewer than 2 rewards, a non-finite reward, or a zero std (a constant reward cannot be
-            rescaled), or ``target_std <= 0``.
+        ValueError: fewer than 2 rewards, a non-finite reward, a zero std (a constant reward cannot be rescaled)
+            or one under :data:`RELATIVE_STD_FLOOR` of the rewards' size (equal rewards but for float rounding),
+            or ``target_std <= 0``.
     """
     r = torch.as_tensor(raw_rewards, dtype=torch.float64).flatten()
     if r.numel() < 2:
@@ -46,6 +51,11 @@ def reward_normalization(
     s = r.std(unbiased=False)
     if not s > 0:
         raise ValueError(f"the {r.numel()} rewards are all equal ({m.item():.6g}); their std is 0, cannot normalize")
+    if not s > RELATIVE_STD_FLOOR * r.abs().max():  # the spread of a float32 model's rounding, not of its rewards
+        raise ValueError(
+            f"the {r.numel()} rewards are equal up to rounding (mean {m.item():.9g}, std {s.item():.3g}: under "
+            f"{RELATIVE_STD_FLOOR:g} of their size); a gain of {target_std / s.item():.3g} would scale that rounding, "
+            "cannot normalize")
     gain = target_std / s.item()
     bias = target_mean - gain * m.item()
     return float(gain), float(bias)
