@@ -116,6 +116,9 @@ def test_bad_requests_are_rejected_and_write_nothing(tmp_path):
         q.put_round(1, [("ok", ["a", "b"]), ("bad", ["a", " "])])
     with pytest.raises(LabelValidationError, match="row 0, field 'item_id'.*already in the queue"):
         q.put_round(1, [{"query": "x", "samples": ["a", "b"], "item_id": "0-00000"}])
+    with pytest.raises(LabelValidationError, match="row 1, field 'item_id': item_id 'y' is row 0's too, with another"):
+        q.put_round(1, [{"query": "x", "samples": ["a", "b"], "item_id": "y"}, {"query": "x", "samples": ["a", "c"],
+                                                                               "item_id": "y"}])
     assert (tmp_path / LOG_NAME).read_bytes() == before
     assert len(q.labels()) == 1 and q.rounds() == ["0"]
 
@@ -673,6 +676,19 @@ def test_cli_add_import_export_status(tmp_path, capsys, monkeypatch):
         bad.write_text(json.dumps(row) + "\n")
         assert label_cli.main(["label", command, "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 2
         assert "row 0, field '" in capsys.readouterr().err and not (tmp_path / "new_q").exists()
+    # an export with 2 labels per item lists its items twice: `add` reads it back, each item once (it said "already in
+    # the queue" of a new queue, and left that queue behind); an id given to two comparisons is still refused
+    twice = [{"item_id": "0-00000", "query": "q", "samples": ["a", "b"], "best": b, "labeler": who}
+             for b, who in ((0, "ann"), (1, "bob"))]
+    bad.write_text("".join(json.dumps(row) + "\n" for row in twice))
+    assert label_cli.main(["label", "add", "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 0
+    assert "added 1 items to round '0' of" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "new_q")
+    twice[1]["samples"] = ["a", "c"]
+    bad.write_text("".join(json.dumps(row) + "\n" for row in twice))
+    assert label_cli.main(["label", "add", "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 2
+    assert "row 1, field 'item_id': item_id '0-00000' is row 0's too" in capsys.readouterr().err
+    assert not (tmp_path / "new_q").exists()
     bad.write_text(json.dumps({"query": "q9", "samples": ["a", "b"], "best": 1}) + "\n")
     assert label_cli.main(["label", "import", "--queue", str(tmp_path / "new_q"), "--from", str(bad)]) == 2
     assert "holds no queue yet, so row 0 (no 'round') matches no queued item: give --round" in capsys.readouterr().err

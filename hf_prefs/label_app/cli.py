@@ -7,10 +7,11 @@ appending ``add_label_parser`` to ``COMMAND_GROUPS``. Standalone: ``python -m hf
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,12 +104,31 @@ def _source_rows(args: argparse.Namespace, labels: bool) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def _removed_if_refused(args: argparse.Namespace) -> Iterator[None]:
+    """A queue folder (or empty log) that this command makes in ``--queue`` is not left behind when the command is
+    refused as a whole (a row the queue names)."""
+    from hf_prefs.labels.event_log import LOG_NAME  # lazy, as _queue
+
+    path = Path(args.queue).expanduser()
+    made_folder, made_log = not path.exists(), not (path / LOG_NAME).is_file()
+    try:
+        yield
+    except Exception:
+        if made_folder:
+            shutil.rmtree(path, ignore_errors=True)
+        elif made_log and (path / LOG_NAME).is_file() and (path / LOG_NAME).stat().st_size == 0:
+            (path / LOG_NAME).unlink()
+        raise
+
+
 def _cmd_add(args: argparse.Namespace) -> int:
     rows = _source_rows(args, labels=False)
-    queue = _queue(args)
-    round_id = args.round if args.round is not None else _next_round(queue)
-    before = _round_total(queue, round_id)
-    ids = queue.put_round(round_id, rows)
+    with _removed_if_refused(args):
+        queue = _queue(args)
+        round_id = args.round if args.round is not None else _next_round(queue)
+        before = _round_total(queue, round_id)
+        ids = queue.put_round(round_id, rows)
     # a comparison the round already holds is that item, not a new one (another process adding to the same round at
     # the same time would be counted here too: at most len(ids))
     added = min(len(ids), _round_total(queue, round_id) - before)
@@ -125,17 +145,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if args.round is None and unplaced and not (Path(args.queue).expanduser() / LOG_NAME).is_file():
         raise ValueError(f"--queue {args.queue} holds no queue yet, so row {unplaced[0]} (no 'round') matches no queued "
                          "item: give --round (the round its labels go to) or a 'round' column")
-    path = Path(args.queue).expanduser()
-    made_folder, made_log = not path.exists(), not (path / LOG_NAME).is_file()
-    queue = _queue(args)
-    try:
-        ids = queue.add_labels(rows, round_id=args.round, labeler=args.labeler)
-    except Exception:  # refused as a whole (a row the queue names): a queue this command made is not left behind
-        if made_folder:
-            shutil.rmtree(path, ignore_errors=True)
-        elif made_log and (path / LOG_NAME).is_file() and (path / LOG_NAME).stat().st_size == 0:
-            (path / LOG_NAME).unlink()
-        raise
+    with _removed_if_refused(args):
+        ids = _queue(args).add_labels(rows, round_id=args.round, labeler=args.labeler)
     print(f"imported {len(ids)} labels into {args.queue}")
     return 0
 

@@ -192,7 +192,8 @@ class LabelQueue:
         ``item_id``), a ``Dataset`` or a file (see :func:`~hf_prefs.labels.schema.load_rows`).
         Generated ids are ``"{round}-{n:05d}"``. A comparison (query and samples) the round already holds, given
         without an ``item_id``, is that item (its id is returned, nothing is added): a run that puts its round again
-        after a restart does not ask for its labels twice. The items have one K, the round's if it holds any (a
+        after a restart does not ask for its labels twice; an ``item_id`` listed again with the same comparison (an
+        export with several labels per item) is that item too. The items have one K, the round's if it holds any (a
         round's labels train one reward model). All items are checked first; one bad row writes nothing.
         """
         key = round_key(round_id)
@@ -216,7 +217,8 @@ class LabelQueue:
 
         def build(state: QueueState) -> list[Event]:
             _check_round_k(state, key, len(checked[0][2]), 0)
-            n0, now, seen, out = len(state.rounds.get(key, [])), self.clock(), set(), []
+            n0, now, out = len(state.rounds.get(key, [])), self.clock(), []
+            seen: dict[str, tuple[int, str, tuple[str, ...]]] = {}  # item_id -> (its first row, query, samples)
             queued = state.items_by_content()  # the same comparison put again is that item
             ids.clear()
             for i, (item_id, query, samples) in enumerate(checked):
@@ -225,9 +227,16 @@ class LabelQueue:
                     continue
                 if item_id is None:
                     item_id = _new_item_id(key, n0 + len(out), state.items, seen, explicit)
-                if item_id in state.items or item_id in seen:
+                if item_id in seen:  # listed again in these rows (an export with several labels per item)
+                    first, *comparison = seen[item_id]
+                    if comparison != [query, tuple(samples)]:
+                        raise LabelValidationError(f"item_id {item_id!r} is row {first}'s too, with another comparison",
+                                                   i, "item_id")
+                    ids.append(item_id)
+                    continue
+                if item_id in state.items:
                     raise LabelValidationError(f"item_id {item_id!r} is already in the queue", i, "item_id")
-                seen.add(item_id)
+                seen[item_id] = (i, query, tuple(samples))
                 ids.append(item_id)
                 out.append({"type": "item", "item_id": item_id, "round": key, "query": query, "samples": list(samples), "t": now})
             return out
