@@ -147,6 +147,21 @@ def test_first_rollout_kl_is_exactly_zero_and_rewards_land_on_the_right_tokens(t
     assert trainer.kl_ctl.value == pytest.approx(0.15 * (1 - 0.2 * 8 / 100))
 
 
+def test_a_reference_given_as_a_path_is_loaded_as_the_policy_is(tmp_path, gpt2_tokenizer, tiny_base):
+    """``ref_model`` takes a path like ``model`` and ``value_model`` (it failed: "'str' object has no attribute
+    'eval'"): the same weights as the policy loaded from it, so the first rollout's KL is exactly 0; a missing local
+    path is named as the reference."""
+    def build(ref):
+        return PPOTrainer(model=tiny_base, ref_model=ref, reward_model=length_reward, args=make_config(tmp_path),
+                          train_dataset=Dataset.from_dict({"query": QUERIES * 2}), processing_class=gpt2_tokenizer)
+
+    trainer = build(tiny_base)
+    assert not any(p.requires_grad for p in trainer.ref_model.parameters())
+    assert (trainer.make_rollout(*trainer.sample_queries(0)).kl == 0).all()
+    with pytest.raises(FileNotFoundError, match="ref_model"):
+        build(str(tmp_path / "no_such_model"))
+
+
 def test_lora_reference_is_the_policy_with_adapters_disabled(tmp_path, gpt2_tokenizer):
     from peft import LoraConfig
 
@@ -373,6 +388,15 @@ def test_deepspeed_step_check_reads_what_the_engine_did(tmp_path, gpt2_tokenizer
         trainer._check_deepspeed_step(engine(norm=torch.tensor(float("inf"))))
     with pytest.raises(NonFiniteError, match="global gradient norm -1.0"):
         trainer._check_deepspeed_step(engine(norm=-1.0))
+
+
+def test_save_strategy_epoch_saves_where_a_pass_over_the_queries_ends(tmp_path, gpt2_tokenizer):
+    """``save_strategy="epoch"`` wrote no checkpoint (TRL 1.12's PPO never ended an epoch for its callbacks): 10
+    queries, 8 episodes per update, 3 updates — passes end in updates 2 (16 episodes) and 3 (24), not in 1 (8)."""
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, save_strategy="epoch", total_episodes=24)
+    assert len(trainer.train_dataset) == 10 and trainer.args.batch_size == 8
+    trainer.train()
+    assert sorted(os.listdir(tmp_path / "out")) == ["README.md", "checkpoint-2", "checkpoint-3"]
 
 
 def test_saves_policy_value_head_and_model_card(tmp_path, gpt2_tokenizer):

@@ -253,3 +253,11 @@ def test_sample_categorical_matches_the_softmax_at_temperature():
             sample_categorical(torch.tensor([[0.0, 1.0, 2.0], [0.0, bad, 1.0]]), 1.0)
     with pytest.raises(RuntimeError, match="probability tensor contains"):
         sample_categorical(torch.tensor([[0.0, 1.0], [float("-inf"), float("-inf")]]), 1.0)
+
+
+def test_a_cut_token_id_outside_the_tokenizer_is_refused(gpt2_tokenizer):
+    """``stop_token_id=99999`` was accepted: never sampled, so no response was ever cut; it is named now."""
+    for field, token in (("stop_token_id", 99999), ("truncate_token_id", 50257), ("stop_token_id", -1)):
+        with pytest.raises(ValueError, match=rf"{field}: {token} is not a token id of the tokenizer \(0 \.\. 50256\)"):
+            RolloutSpec.build(gpt2_tokenizer, response_length=4, **{field: token})
+    assert RolloutSpec.build(gpt2_tokenizer, response_length=4, stop_token_id=50256).truncate_token_id == 50256

@@ -135,9 +135,9 @@ class RolloutSpec:
                 raise ValueError("stop_token: 'eos' but the tokenizer has no eos token")
             cut_id: int | None = int(eos)
         elif stop_token_id is not None:
-            cut_id = int(stop_token_id)
+            cut_id = _token_id_in(tokenizer, stop_token_id, "stop_token_id")
         elif truncate_token_id is not None:
-            cut_id = int(truncate_token_id)
+            cut_id = _token_id_in(tokenizer, truncate_token_id, "truncate_token_id")
         else:
             cut_id = token_id_of(tokenizer, truncate_token)
         if missing_eos_penalty is not None:
@@ -283,6 +283,16 @@ def cut_responses(response_ids: torch.Tensor, spec: RolloutSpec) -> Cut:
         found, first = _first_hit(response_ids, spec.penalty_token_id, spec.truncate_after)
         valid = found & (first < lengths)
     return Cut(lengths, valid)
+
+
+def _token_id_in(tokenizer: Any, token_id: int, field: str) -> int:
+    """``token_id`` as an int, checked against the tokenizer's ids (``0 .. len(tokenizer) - 1``) where it has a length:
+    an id outside them is never sampled, so nothing would ever be cut."""
+    token_id = int(token_id)
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    if token_id < 0 or (size is not None and token_id >= size):
+        raise ValueError(f"{field}: {token_id} is not a token id of the tokenizer (0 .. {size - 1 if size else '?'})")
+    return token_id
 
 
 def apply_penalty(scores: torch.Tensor, valid: torch.Tensor, mode: PenaltyMode = "replace", value: float = -1.0) -> torch.Tensor:

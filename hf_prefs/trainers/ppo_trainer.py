@@ -161,8 +161,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         args: a :class:`~hf_prefs.PPOConfig`.
         train_dataset: a ``datasets.Dataset`` with a ``query`` column (text), or TRL-style ``input_ids``.
         processing_class: the policy's tokenizer (loaded from ``model`` when omitted).
-        ref_model: the reference rho; default: a frozen copy of the policy, or, for a PEFT policy, the policy with
-            its adapters disabled (no second copy).
+        ref_model: the reference rho (a causal LM, or a path to one); default: a frozen copy of the policy, or, for a
+            PEFT policy, the policy with its adapters disabled (no second copy).
         value_model: a separate value model (``*ForSequenceClassification``, or a path to one); default:
             ``args.value_model`` decides
             between a zero-initialised head on the policy trunk ("shared", paper), a copy of the reward model
@@ -194,7 +194,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         train_dataset: Dataset | None = None,
         eval_dataset: Any = None,
         processing_class: PreTrainedTokenizerBase | None = None,
-        ref_model: nn.Module | None = None,
+        ref_model: nn.Module | str | None = None,
         value_model: nn.Module | str | None = None,
         reward_processing_class: PreTrainedTokenizerBase | None = None,
         data_collator: Any = None,
@@ -373,9 +373,11 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             ensure_pad_token_id(value_model, tokenizer)
         return PolicyWithValueHead(policy, value_model=value_model)
 
-    def _build_reference(self, policy: nn.Module, ref_model: nn.Module | None) -> None:
-        """``self.ref_model``: the given frozen model, a frozen copy of the policy, or None for a PEFT policy (rho is
-        then the policy with its adapters disabled)."""
+    def _build_reference(self, policy: nn.Module, ref_model: nn.Module | str | None) -> None:
+        """``self.ref_model``: the given frozen model (or the one loaded from a path, as ``model`` is), a frozen copy
+        of the policy, or None for a PEFT policy (rho is then the policy with its adapters disabled)."""
+        if isinstance(ref_model, (str, os.PathLike)):
+            ref_model = AutoModelForCausalLM.from_pretrained(check_local_path(ref_model, "ref_model"))
         if ref_model is policy:
             raise ValueError("ref_model must not be the policy object itself (pass None to get a frozen copy)")
         self.is_peft_model = hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config")
@@ -1103,7 +1105,10 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             self.update_kl_controller(rollout)
 
             self.state.global_step += 1
+            passes = self.state.epoch or 0.0
             self.state.epoch = self.state.global_step * a.batch_size / len(self.train_dataset)
+            if int(self.state.epoch) > int(passes):  # a pass over the queries ended: save_strategy="epoch" saves here
+                self.control = self.callback_handler.on_epoch_end(a, self.state, self.control)
             losses.append(float(train_stats["loss/policy_avg"].mean() + a.vf_coef * train_stats["loss/value_avg"].mean()))
             self.timings.update(rollout=t1 - t0, ppo=t2 - t1)
             timings = dict(self.timings)
