@@ -276,6 +276,12 @@ def test_normalization_needs_samples(gpt2_tokenizer, tmp_path):
             processing_class=gpt2_tokenizer,
             normalization_samples=Dataset.from_dict({"query": ["a", "b"]}),
         )
+    with pytest.raises(ValueError, match=r"normalization_samples: row 1, field 'response': a text is needed, got None"):
+        PreferenceRewardTrainer(  # it failed at train(), in the tokenizer, naming no row
+            tiny_rm(gpt2_tokenizer), make_args(tmp_path, normalize_before=True), train_dataset=toy_labels(4),
+            processing_class=gpt2_tokenizer,
+            normalization_samples=Dataset.from_dict({"query": ["a", "b"], "response": [" x", None]}),
+        )
     from hf_prefs.trainers import launch  # an error leaving train() marks the run failed for the exit hook
 
     trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(4),
@@ -711,3 +717,22 @@ def test_an_encoder_reward_model_trains_as_trl_reward_trainer_trains_it(tmp_path
         kway.train()
     losses = [h["loss"] for h in kway.state.log_history if "loss" in h]
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.05 and losses[0] == pytest.approx(math.log(3), abs=0.05)
+
+
+def test_predict_takes_label_rows_and_leaves_evaluate_as_it_was(gpt2_tokenizer, tmp_path):
+    """``predict`` on untokenized label rows failed (``KeyError: 'samples_ids'``: only ``evaluate`` prepared them),
+    and the accuracy it accumulated was averaged into the next ``evaluate``'s (0.667 -> 0.5 in the report; so in stock
+    TRL). Now: the (N, K) rewards, the labels' accuracy against them by hand, and ``evaluate`` unchanged by it."""
+    from hf_prefs.core.losses import kway_accuracy
+
+    trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(8),
+                                      eval_dataset=toy_labels(6, seed=1), processing_class=gpt2_tokenizer)
+    before = trainer.evaluate()["eval_accuracy"]
+    test = toy_labels(5, seed=2)
+    out = trainer.predict(test)
+    rewards = torch.as_tensor(out.predictions)
+    assert rewards.shape == (5, 4)
+    best = torch.tensor(test["best"])
+    assert out.metrics["test_accuracy"] == pytest.approx(kway_accuracy(rewards, best).item())
+    assert "test_margin" in out.metrics and "test_loss" in out.metrics
+    assert trainer.evaluate()["eval_accuracy"] == pytest.approx(before)

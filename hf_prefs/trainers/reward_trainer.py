@@ -252,6 +252,11 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
                 )
             if len(samples) < 2:
                 raise ValueError(f"normalization_samples needs at least 2 rows, got {len(samples)}")
+            for column in ("query", "response"):  # a None or a number failed at train(), in the tokenizer, unnamed
+                bad = next((i for i, v in enumerate(samples[column]) if not isinstance(v, str)), None)
+                if bad is not None:
+                    raise ValueError(f"normalization_samples: row {bad}, field {column!r}: a text is needed, got "
+                                     f"{samples[bad][column]!r}")
         elif not callable(samples):
             raise TypeError(
                 "normalization_samples must be a datasets.Dataset with 'query'/'response' columns or a callable "
@@ -336,6 +341,25 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             metrics["margin"] += [kway_margin(all_rewards, all_best).item()] * n
             self._logged_rewards[mode].append(all_rewards.float().flatten().cpu())
         return (loss, {"logits": rewards}) if return_outputs else loss
+
+    def predict(self, test_dataset: Dataset, ignore_keys: list[str] | None = None,
+                metric_key_prefix: str = "test") -> Any:
+        """``Trainer.predict`` on label rows prepared as :meth:`evaluate` prepares them (given untokenized, it failed
+        with ``KeyError: 'samples_ids'``): ``predictions`` are the ``(N, K)`` rewards, and ``metrics`` hold the
+        labels' ``<prefix>_accuracy`` and ``<prefix>_margin`` with the loss. The metric lists it fills are emptied
+        after it (they were averaged into the next :meth:`evaluate`'s ``eval_accuracy``; so in stock TRL)."""
+        test_dataset = self._prepare_dataset(test_dataset, self.processing_class, self.args, metric_key_prefix)
+        metrics = reward_trainer_metrics(self, "eval")
+        metrics.clear()
+        try:
+            out = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            for name in ("accuracy", "margin"):
+                if metrics.get(name):
+                    out.metrics[f"{metric_key_prefix}_{name}"] = sum(metrics[name]) / len(metrics[name])
+            return out
+        finally:
+            metrics.clear()
+            self._logged_rewards["eval"].clear()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """TRL's log (the averages of the metric lists) with the rewards' mean, population std, min and max over all
