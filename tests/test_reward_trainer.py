@@ -736,3 +736,18 @@ def test_predict_takes_label_rows_and_leaves_evaluate_as_it_was(gpt2_tokenizer, 
     assert out.metrics["test_accuracy"] == pytest.approx(kway_accuracy(rewards, best).item())
     assert "test_margin" in out.metrics and "test_loss" in out.metrics
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(before)
+
+
+def test_several_eval_sets_each_log_their_own_metrics(gpt2_tokenizer, tmp_path):
+    """With ``eval_dataset`` a dict, each set's accuracy, margin and reward statistics are its own (``eval_<name>_*``,
+    as its loss is): TRL's log wrote them all as ``eval_*``, so each set overwrote the one before."""
+    sets = {"a": toy_labels(6, seed=1), "b": toy_labels(7, seed=3)}
+    trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(8),
+                                      eval_dataset=sets, processing_class=gpt2_tokenizer)
+    both = trainer.evaluate()
+    assert "eval_accuracy" not in both
+    for name, labels in sets.items():
+        alone = trainer.evaluate(eval_dataset=labels)
+        for metric in ("loss", "accuracy", "margin", "mean_reward", "std_reward"):
+            assert both[f"eval_{name}_{metric}"] == pytest.approx(alone[f"eval_{metric}"], rel=1e-6), (name, metric)
+    assert both["eval_a_accuracy"] != both["eval_b_accuracy"] or both["eval_a_margin"] != both["eval_b_margin"]

@@ -364,15 +364,22 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """TRL's log (the averages of the metric lists) with the rewards' mean, population std, min and max over all
         the rewards since the last log — the whole eval set for ``eval_`` — not averages of per-batch values (a
-        smaller last eval batch weighed as much as a full one; a std does not average)."""
+        smaller last eval batch weighed as much as a full one; a std does not average); with several eval sets, each
+        set's metrics under its own ``eval_<name>_`` prefix."""
         mode = "train" if self.model.training else "eval"
+        metrics = reward_trainer_metrics(self, mode)
         if self._logged_rewards[mode]:
             r = torch.cat(self._logged_rewards[mode])
             self._logged_rewards[mode].clear()
-            metrics = reward_trainer_metrics(self, mode)
             for name, value in (("mean_reward", r.mean()), ("std_reward", r.std(unbiased=False)),
                                 ("min_reward", r.min()), ("max_reward", r.max())):
                 metrics[name] = [value.item()]
+        # one of several eval sets (``eval_dataset`` a dict): its loss is ``eval_<name>_loss``, and its metrics take
+        # that prefix too (TRL's log writes them all as ``eval_*``: each set overwrote the one before)
+        prefix = next((k[: -len("_loss")] for k in logs if k.startswith("eval_") and k.endswith("_loss")), "eval")
+        if mode == "eval" and prefix != "eval":
+            logs.update({f"{prefix}_{name}": sum(v) / len(v) for name, v in metrics.items() if v})
+            metrics.clear()
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ normalization
