@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import logging
 import re
+import warnings
 from pathlib import Path
 import os
 
@@ -634,6 +636,12 @@ def test_val_ratio_var_is_trls_variance_of_the_micro_batches_mean_ratios(tmp_pat
     for h, ratios in zip(logs, seen):
         assert ratios.numel() == 8 and h["val/ratio_var"] == pytest.approx(ratios.var().item(), rel=1e-4)
     assert all(h["val/ratio_var"] > 0 for h in logs)  # the first epoch's ratios are 1, the later ones not
+    one = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=4, per_device_train_batch_size=4,
+                       gradient_accumulation_steps=1, num_ppo_epochs=1)
+    with warnings.catch_warnings():  # one micro-batch: NaN, as TRL's, without torch's "degrees of freedom" warning
+        warnings.filterwarnings("error", message=".*degrees of freedom")
+        one.train()
+    assert [math.isnan(h["val/ratio_var"]) for h in one.state.log_history if "val/ratio_var" in h] == [True]
 
 
 @pytest.mark.parametrize("stop_token", ["eos", None])

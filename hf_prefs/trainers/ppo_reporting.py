@@ -3,6 +3,7 @@ TRL's ``generate_completions`` on the evaluation set (a mixin on its TRL/Trainer
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Any
@@ -78,7 +79,9 @@ class PPOReportingMixin:
         for key, value in train_stats.items():
             metrics[key] = self._mean(value)
         if "val/ratio" in train_stats:  # TRL's: the variance of the micro-batches' mean ratios, over all processes
-            metrics["val/ratio_var"] = gather(train_stats["val/ratio"].detach().float().reshape(-1)).var().item()
+            ratios = gather(train_stats["val/ratio"].detach().float().reshape(-1))
+            # one micro-batch in all (1 epoch, 1 process): NaN as TRL's, without torch's warning at every update
+            metrics["val/ratio_var"] = ratios.var().item() if ratios.numel() > 1 else math.nan
         metrics["lr"] = learning_rate
         metrics["memory/rss_gb"] = psutil.Process().memory_info().rss / 2**30  # this process, now
         if torch.cuda.is_available():  # this process's peak since the start
