@@ -247,14 +247,10 @@ def render_policy_card(
     metrics: Mapping[str, Any] | None = None, hyperparameters: Mapping[str, Any] | None = None,
     base_model_name: str | None = None, model_name: str | None = None,
     hub_model_id: str | None = None, reward_model_id: str | None = None, reward_model_name: str | None = None,
-    task_description: str | None = None,
-    datasets: str | Sequence[str] | None = None,
-    license: str = "apache-2.0",
-    tags: Iterable[str] | None = None,
-    is_peft: bool = False,
+    task_description: str | None = None, datasets: str | Sequence[str] | None = None, license: str = "apache-2.0",
+    tags: Iterable[str] | None = None, is_peft: bool = False,
     embedding_rows: int | None = None, tracking_links: Mapping[str, str] | None = None,
-    template: str | os.PathLike | None = None,
-    reward_normalized: bool = True,
+    template: str | os.PathLike | None = None, reward_normalized: bool = True,
 ) -> str:
     """The policy's README.md (front matter + body) from a finished PPO run.
 

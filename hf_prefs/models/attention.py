@@ -26,6 +26,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..core.packing import shared_prefix_allowed
+from .wrappers import text_config
 
 __all__ = ["MATH_ATTENTION_MAX_LENGTH", "training_attention", "causal_mask_without_empty_rows",
            "PLAIN_CAUSAL_MODEL_TYPES", "takes_plain_causal_mask", "attention_mask_for", "decode_step_mask"]
@@ -71,7 +72,7 @@ def takes_plain_causal_mask(config: Any, length: int) -> bool:
     tokens (a shorter window would be replaced by plain causal attention)."""
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    text = _text_config(config)
+    text = text_config(config)
     if getattr(text, "model_type", None) not in PLAIN_CAUSAL_MODEL_TYPES:
         return False
     kinds = set(getattr(text, "layer_types", None) or [])
@@ -117,11 +118,6 @@ def decode_step_mask(configs: Iterable[Any], attention_mask: torch.Tensor) -> to
 
 def _grouped_query(config: Any) -> bool:
     """Whether a model with ``config`` has fewer key/value heads than query heads (grouped-query attention)."""
-    text = _text_config(config)
+    text = text_config(config)
     kv, heads = getattr(text, "num_key_value_heads", None), getattr(text, "num_attention_heads", None)
     return kv is not None and heads is not None and kv < heads
-
-
-def _text_config(config: Any) -> Any:
-    """The text model's config inside ``config`` (a multimodal model's), or ``config`` itself."""
-    return config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -26,7 +26,7 @@ from ..memory import release_free_memory
 from .attention import decode_step_mask
 from .kv_cache import preallocate
 from .logprobs import forward_last
-from .wrappers import mask_configs
+from .wrappers import mask_configs, text_config
 
 __all__ = [
     "configured_positions",
@@ -75,7 +75,7 @@ def embedding_rows(model: torch.nn.Module) -> int | None:
 
 def configured_positions(model: torch.nn.Module) -> int | None:
     """The positions ``model``'s (text) config names (``max_position_embeddings`` or ``n_positions``), or None."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 

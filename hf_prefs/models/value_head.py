@@ -35,6 +35,7 @@ from transformers.trainer_utils import load_sharded_checkpoint
 from .generation import embedding_rows, ensure_pad_token_id
 from .reward_model import per_token_scores, score_head
 from .sharding import copy_module, is_partitioned, whole_weights_at_load
+from .wrappers import text_config
 
 __all__ = [
     "VALUE_HEAD_FILE",
@@ -54,9 +55,7 @@ VALUE_CONFIG_FILE = "value_head_config.json"
 
 
 def _hidden_size(model: Any) -> int:
-    config = model.config
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
+    config = text_config(model.config)
     for name in ("hidden_size", "n_embd", "d_model"):
         if getattr(config, name, None):
             return int(getattr(config, name))

@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-__all__ = ["unwrap_distributed", "model_configs", "mask_configs", "reject_virtual_input_tokens"]
+__all__ = ["unwrap_distributed", "model_configs", "mask_configs", "reject_virtual_input_tokens", "text_config"]
 
 #: PEFT prompt-learning methods that give the model their virtual tokens as keys and values of a cache; the others
 #: (prompt tuning, p-tuning, multitask prompt tuning, ...) put them before the input as embeddings.
@@ -19,6 +19,11 @@ def unwrap_distributed(model: Any) -> Any:
     while hasattr(model, "module") and not isinstance(getattr(model, "config", None), PretrainedConfig):
         model = model.module
     return model
+
+
+def text_config(config: Any) -> Any:
+    """The text model's config inside ``config`` (a multimodal model's), or ``config`` itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def model_configs(model: Any) -> list[PretrainedConfig]:
