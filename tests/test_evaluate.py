@@ -67,3 +67,23 @@ def test_truncated_lengths_counts_positions_not_pad_ids():
     # truncate after the first 9 at index >= 2; token 0 doubles as the pad id and must still be counted
     assert cut_responses(resp, RolloutSpec(response_length=6, truncate_token_id=9, truncate_after=2)).lengths.tolist() == [3, 6, 6]
     assert cut_responses(resp, RolloutSpec(response_length=6, truncate_token_id=None, truncate_after=2)).lengths.tolist() == [6, 6, 6]
+
+
+def test_scores_one_per_text_and_queries_given_as_a_list(gpt2_tokenizer, tiny_gpt2):
+    """A known reward returning one value for 3 texts was averaged as if it were 3 (and a reward function's one value
+    spread over all), a ``(3, 1)`` tensor became a 3 x 3 list; ``sample_texts("Hi")`` sampled 2 queries, 'H' and 'i',
+    and an empty query alone failed as an IndexError."""
+    from hf_prefs.models.generation import sample_texts
+
+    short = dict(response_length=3, batch_size=8)
+    with pytest.raises(ValueError, match=r"known_reward returned \(1,\) scores for 3 texts: one per text"):
+        evaluate_policy(tiny_gpt2, gpt2_tokenizer, QUERIES, known_reward=lambda t: [1.0], **short)
+    with pytest.raises(ValueError, match=r"reward_fn returned \(1,\) scores for 3 texts"):
+        evaluate_policy(tiny_gpt2, gpt2_tokenizer, QUERIES, reward_fn=lambda q, t: [5.0], **short)
+    ev = evaluate_policy(tiny_gpt2, gpt2_tokenizer, QUERIES, reward_fn=lambda q, t: torch.arange(3.0)[:, None], **short)
+    assert ev.rm_scores == [0.0, 1.0, 2.0]
+    spec = RolloutSpec(response_length=3, temperature=1.0)
+    with pytest.raises(TypeError, match="a list of query texts is needed, got one string"):
+        sample_texts(tiny_gpt2, gpt2_tokenizer, "Hi", spec)
+    with pytest.raises(ValueError, match="query 1 is empty"):
+        sample_texts(tiny_gpt2, gpt2_tokenizer, ["Hi", ""], spec)

@@ -282,3 +282,18 @@ def test_rho_reward_matrix_puts_chunks_side_by_side_and_best_of_n_points_read_it
     for f in (best_of_n_kl, best_of_n_reward):
         with pytest.raises(ValueError, match="query 1, sample 3 is nan"):
             f(with_nan, 2)
+
+
+def test_a_bad_input_is_named_where_it_is_before_any_bootstrap_resample():
+    """With standard errors on, a NaN at query 1, sample 2 was named "query 1, sample 0" (the check ran on a
+    resample), and a log_ratio of the wrong shape failed as numpy's IndexError; n_bootstrap 1 gave NaN SEs."""
+    r = np.arange(12, dtype=float).reshape(2, 6) / 6
+    r[1, 2] = np.nan
+    with pytest.raises(ValueError, match="query 1, sample 2 is nan"):
+        optimal_frontier(r, betas=[1.0], n_bootstrap=20, seed=0)
+    good = np.arange(12, dtype=float).reshape(2, 6) / 6
+    with pytest.raises(ValueError, match=r"log_ratio must be finite with the rewards' shape \(2, 6\), got \(2, 3\)"):
+        optimal_frontier(good, betas=[1.0], log_ratio=np.zeros((2, 3)), n_bootstrap=20, seed=0)
+    for n in (1, -1):
+        with pytest.raises(ValueError, match=f"n_bootstrap must be 0 .* or >= 2 .*, got {n}"):
+            optimal_frontier(good, betas=[1.0], n_bootstrap=n)

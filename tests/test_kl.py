@@ -74,3 +74,17 @@ def test_bad_target_or_horizon_raise():
         adaptive_kl_update(0.1, 1.0, target=0.0, n_steps=1, horizon=10)
     with pytest.raises(ValueError, match="horizon"):
         adaptive_kl_update(0.1, 1.0, target=1.0, n_steps=1, horizon=0)
+
+
+def test_a_kl_that_is_not_a_finite_number_is_refused():
+    """A NaN KL went through the clip (min/max keep a NaN) and made beta NaN for every later update; a NaN target
+    passed the ``target <= 0`` check; a tensor KL gave a tensor beta."""
+    for kl in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="KL must be finite to update beta"):
+            adaptive_kl_update(0.1, kl, target=6.0, n_steps=32, horizon=10_000)
+    with pytest.raises(ValueError, match="KL target must be > 0 and finite, got nan"):
+        adaptive_kl_update(0.1, 1.0, target=float("nan"), n_steps=1, horizon=10)
+    import torch
+
+    beta = adaptive_kl_update(0.1, torch.tensor(6.3), target=6.0, n_steps=32, horizon=10_000)
+    assert type(beta) is float and beta == pytest.approx(0.1 * (1 + 0.05 * 32 / 10_000), rel=1e-6)

@@ -101,3 +101,17 @@ def test_loss_rejects_bad_shapes_and_indices():
         kway_preference_loss(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="best must lie in"):
         kway_preference_loss(torch.zeros(3, 4), torch.tensor([0, 4, 1]))
+
+
+def test_accuracy_and_margin_check_best_as_the_loss_does():
+    """``kway_accuracy`` read row 0 alone for a ``best`` of shape (1,) (accuracy 1.0 of 3 rows), failed on an index
+    out of range without naming it, and cut a float pick to an integer (1.9 -> 1) as the loss did."""
+    rewards = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    for fn in (kway_preference_loss, kway_accuracy, kway_margin):
+        with pytest.raises(ValueError, match=r"best must have shape \(3,\), got \(1,\)"):
+            fn(rewards, torch.tensor([2]))
+        with pytest.raises(ValueError, match=r"best must lie in \[0, 2\], got values \[2, 0, 3\]"):
+            fn(rewards, torch.tensor([2, 0, 3]))
+        with pytest.raises(ValueError, match="best must hold integer indices, got dtype torch.float32"):
+            fn(rewards, torch.tensor([1.9, 0.0, 1.0]))
+    assert kway_accuracy(rewards, torch.tensor([2, 0, 0])).item() == pytest.approx(2 / 3)

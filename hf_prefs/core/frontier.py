@@ -173,6 +173,9 @@ def optimal_frontier(
     """
     r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
     lr = np.zeros_like(r) if log_ratio is None else np.atleast_2d(np.asarray(log_ratio, dtype=np.float64))
+    optimal_policy_stats(r, math.inf, lr)  # the inputs' checks, naming a bad query and sample, before any resample
+    if n_bootstrap < 0 or n_bootstrap == 1:
+        raise ValueError(f"n_bootstrap must be 0 (no standard errors) or >= 2 (a spread), got {n_bootstrap}")
     rng = np.random.default_rng(seed)
     q, n = r.shape
     if strata is not None and (min(strata, default=0) < 1 or sum(strata) != n):

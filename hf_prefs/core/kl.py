@@ -12,6 +12,7 @@ KL_t is the batch mean of the per-sequence summed log-ratio.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["FixedKLController", "AdaptiveKLController", "adaptive_kl_update"]
@@ -19,10 +20,13 @@ __all__ = ["FixedKLController", "AdaptiveKLController", "adaptive_kl_update"]
 
 def adaptive_kl_update(value: float, kl: float, target: float, n_steps: int, horizon: int) -> float:
     """One step of the paper's proportional controller: ``beta * (1 + clip(kl/target - 1, ±0.2) * n/horizon)``."""
-    if target <= 0:
-        raise ValueError(f"KL target must be > 0, got {target}")
+    if not 0 < target < math.inf:
+        raise ValueError(f"KL target must be > 0 and finite, got {target}")
     if horizon <= 0:
         raise ValueError(f"KL horizon must be > 0, got {horizon}")
+    kl = float(kl)  # a tensor KL gave a tensor beta where the clip did not bind
+    if not math.isfinite(kl):  # NaN passed the clip (min/max keep it) and made beta NaN for good
+        raise ValueError(f"KL must be finite to update beta, got {kl}")
     proportional_error = min(max(kl / target - 1.0, -0.2), 0.2)
     return value * (1.0 + proportional_error * n_steps / horizon)
 

@@ -23,7 +23,7 @@ __all__ = ["reward_normalization", "RELATIVE_STD_FLOOR"]
 
 #: The least std of the rewards, relative to their largest magnitude, that is taken for a spread: float32 scores of
 #: one text vary by ~1e-7 of their size with the batch they are computed in (a gain of ~1e8 would then scale rounding).
-RELATIVE_STD_FLOOR = 1e-5
+RELATIVE_STD_FLOOR = 1e-6
 
 
 def reward_normalization(

@@ -243,8 +243,13 @@ def sample_texts(
     once was 7.4 GB resident). The model runs in eval mode."""
     if batch_size < 1 or num_samples < 1:
         raise ValueError(f"batch_size and num_samples must be >= 1, got {batch_size} and {num_samples}")
+    if isinstance(queries, str):  # a bare string was sampled as one query per character
+        raise TypeError("queries: a list of query texts is needed, got one string (wrap it: [query])")
     pad_id, device = input_pad_id(model, tokenizer), model_device(model)
     query_ids = [list(tokenizer(q)["input_ids"]) for q in queries]
+    empty = next((i for i, ids in enumerate(query_ids) if not ids), None)
+    if empty is not None:  # a batch of empty queries has no position to sample from
+        raise ValueError(f"queries: query {empty} is empty (no tokens): a response continues at least one token")
     per_batch = max(1, batch_size // num_samples)  # queries per batch
     per_call = min(num_samples, batch_size)  # samples of each query per batch
     was_training = model.training

@@ -168,9 +168,9 @@ def _evaluate(
         out.responses += texts
         out.penalized += (~valid).tolist()
         if known_reward is not None:
-            out.known_rewards += [float(r) for r in known_reward(texts)]
+            out.known_rewards += _one_per_text(known_reward(texts), len(texts), "known_reward", torch.float64).tolist()
         if reward_fn is not None:
-            scores = torch.as_tensor(reward_fn(chunk, texts), dtype=torch.float32).cpu()
+            scores = _one_per_text(reward_fn(chunk, texts), len(texts), "reward_fn")
             out.rm_scores += spec.penalize(scores, valid.cpu()).tolist()
         token_mask = spec.masks(lengths, resp.shape[1])[0]  # all tokens, or up to TRL's stop token
         ids, mask = torch.cat([q_ids, resp], 1), torch.cat([q_mask, torch.ones_like(resp)], 1)
@@ -178,6 +178,15 @@ def _evaluate(
         release_free_memory(collect_garbage=False)
     policy.train(was_training)
     return out
+
+
+def _one_per_text(scores: Any, n: int, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(n,)`` scores on the CPU from what ``name`` returned for ``n`` texts (a list, an array, a ``(n,)`` or ``(n, 1)``
+    tensor); another count is an error naming it (one value was spread over all, or half were read)."""
+    scores = torch.as_tensor(scores, dtype=dtype).cpu()
+    if scores.numel() != n or (scores.dim() > 1 and scores.shape[0] != n):
+        raise ValueError(f"{name} returned {tuple(scores.shape)} scores for {n} texts: one per text is needed")
+    return scores.reshape(n)
 
 
 def _kl(
