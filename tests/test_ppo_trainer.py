@@ -1212,10 +1212,12 @@ def test_ppo_config_refuses_a_non_number_naming_the_field(tmp_path):
     """A YAML ``null``, a quoted number or a fractional count is refused at construction with the field's name (they
     raised a bare TypeError from a comparison, or a fractional response_length failed in the first rollout); a whole
     float count is TRL 1.12's ``total_episodes=1e4`` and is kept as an int."""
-    for field, value, kind in (("kl_target", None, "a number"), ("temperature", None, "a number"),
-                               ("kl_coef", "0.1", "a number"), ("response_length", 24.5, "a whole number"),
+    for field, value, kind in (("kl_target", None, "a finite number"), ("temperature", None, "a finite number"),
+                               ("kl_coef", "0.1", "a finite number"), ("response_length", 24.5, "a whole number"),
                                ("num_ppo_epochs", True, "a whole number"), ("total_episodes", "64", "a whole number or None"),
-                               ("missing_eos_penalty", "1", "a number or None")):
+                               ("missing_eos_penalty", "1", "a finite number or None"),
+                               ("kl_coef", float("nan"), "a finite number"),  # NaN passed `< 0`, inf passed `> 0`
+                               ("temperature", float("inf"), "a finite number")):
         with pytest.raises(TypeError, match=rf"PPOConfig\.{field} must be {kind}, got {value!r}".replace("(", r"\(")):
             make_config(tmp_path, **{field: value})
     config = make_config(tmp_path, total_episodes=1e4, response_length=8.0, kl_horizon=np.int64(100))

@@ -8,6 +8,7 @@ migration table says otherwise and why. The paper's settings (Ziegler et al. 201
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -322,7 +323,7 @@ _OPTIONAL_FLOAT_FIELDS = ("missing_eos_penalty", "value_learning_rate")
 
 
 def _check_numbers(config: PPOConfig) -> None:
-    """Each PPO count is a whole number and each PPO rate a real number (``None`` only where the field is optional),
+    """Each PPO count is a whole number and each PPO rate a finite real number (``None`` only where the field is optional),
     so that a YAML ``null``, a quoted number or a fractional count is refused here, naming the field, not deep in a
     rollout. A whole float count (``total_episodes=1e4``, which TRL 1.12 took) is stored as an ``int``; ``bool`` is
     not a number here."""
@@ -339,9 +340,10 @@ def _check_numbers(config: PPOConfig) -> None:
     for names, optional in ((_FLOAT_FIELDS, False), (_OPTIONAL_FLOAT_FIELDS, True)):
         for name in names:
             value = getattr(config, name)
-            if (optional and value is None) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+            if (optional and value is None) or (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                                and math.isfinite(value)):  # NaN passed `< 0`, inf passed `> 0`
                 continue
-            raise TypeError(f"PPOConfig.{name} must be a number{' or None' if optional else ''}, "
+            raise TypeError(f"PPOConfig.{name} must be a finite number{' or None' if optional else ''}, "
                             f"got {value!r} ({type(value).__name__})")
 
 
