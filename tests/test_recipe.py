@@ -685,3 +685,21 @@ def test_a_resume_refuses_labels_from_a_label_file_edited_since(tmp_path):
     assert label_file_digest(folder) == one  # what a `.map` or an editor leaves there is not an edit
     (folder / "b.jsonl").write_text("")
     assert one != label_file_digest(folder) and label_file_digest("someone/labels") is None  # a Hub id: not compared
+
+
+def test_null_on_the_command_line_unsets_a_field_as_in_the_yaml(tmp_path, gpt2_tokenizer):
+    """``--truncate_token null`` reached the run as the one-token text "null" (every response then cut at that word,
+    or all dropped), ``--query_dataset None`` as a Hub id "None": YAML's null spellings are None where a field may be
+    None, as a YAML file's ``null`` is; a field that may not be None keeps its text."""
+    from hf_prefs.core.rollout import RolloutSpec
+    from hf_prefs.pipeline.arguments import validate_pipeline_config
+    from hf_prefs.pipeline.run import parse_args
+
+    paper = Path(OFFLINE).with_name("sentiment.yaml")
+    pa, cfg, model_args = parse_args("sentiment", ["--config", str(paper), "--output_dir", str(tmp_path / "out"),
+                                                   "--truncate_token", "null", "--query_dataset", "None",
+                                                   "--truncate_after", "0", "--known_reward", "vader"])
+    assert cfg.truncate_token == "null" and pa.query_dataset == "None"  # as the parser gives them
+    validate_pipeline_config(pa, cfg, model_args)
+    assert cfg.truncate_token is None and pa.query_dataset is None
+    assert RolloutSpec.from_config(cfg, gpt2_tokenizer).truncate_token_id is None  # no cut (was the token "null")

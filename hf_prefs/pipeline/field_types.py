@@ -3,6 +3,9 @@
 TrlParser hands a YAML file's values to the dataclasses as argparse defaults, which argparse converts only where they
 are strings: ``rm_batch_size: 8.5`` or ``rm_num_train_epochs: [1, 2]`` reach the run unconverted and fail deep in a
 stage (after the labels were made). :func:`check_field_types` names such a field before anything runs.
+
+On the command line a value is text: ``--truncate_token null`` reached the run as the token ``"null"`` (a YAML file's
+``null`` is None). :func:`unset_null_strings` reads YAML's spellings of null as None where a field may be None.
 """
 
 from __future__ import annotations
@@ -13,7 +16,25 @@ import typing
 from collections.abc import Collection
 from typing import Any, Literal, Union
 
-__all__ = ["check_field_types"]
+__all__ = ["check_field_types", "unset_null_strings", "NULL_SPELLINGS"]
+
+#: YAML's spellings of null (and Python's None), read as None for a field that may be None.
+NULL_SPELLINGS = frozenset({"null", "Null", "NULL", "~", "None"})
+
+
+def unset_null_strings(args: Any, names: Collection[str] | None = None) -> list[str]:
+    """Set to None each dataclass field of ``args`` (or only ``names``) that may be None and holds one of
+    :data:`NULL_SPELLINGS` as text (as the command line gives it); returns the names of the fields set."""
+    hints = typing.get_type_hints(type(args))
+    unset = []
+    for f in dataclasses.fields(args):
+        if f.name not in hints or (names is not None and f.name not in names):
+            continue
+        optional = _is_union(hints[f.name]) and type(None) in typing.get_args(hints[f.name])
+        if optional and isinstance(getattr(args, f.name), str) and getattr(args, f.name) in NULL_SPELLINGS:
+            setattr(args, f.name, None)
+            unset.append(f.name)
+    return unset
 
 
 def check_field_types(args: Any, names: Collection[str] | None = None, *, numbers_elsewhere: bool = False) -> None:
