@@ -5,6 +5,7 @@ folder with metrics.jsonl alone (a run that has not finished) reports its last u
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -24,9 +25,10 @@ def test_report_names_a_summary_that_is_not_one_and_reads_past_a_cut_metrics_row
         assert capsys.readouterr().err.startswith(f"hf-prefs report: error: {run / 'summary.json'} {said}")
         assert not (run / "report.md").exists()
     evaluation = {"known_reward": 0.5, "rm_score": 0.1, "kl": 1.25, "penalized_frac": 0.0, "n": 4}
-    (run / "summary.json").write_text(json.dumps({"before": evaluation, "after": {**evaluation, "kl": 2.5}}))
     rows = [{"step": 1, "objective/kl": 0.75}, {"step": 2, "objective/kl": 1.5}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "objective/k')
+    (run / "summary.json").write_text(json.dumps({"before": evaluation, "after": {**evaluation, "kl": 2.5}}))
+    os.utime(run / "metrics.jsonl", ns=(1_000_000_000, 1_000_000_000))  # a run writes its summary last
     text = write_report(run).read_text()
     assert "| after | 0.5 | 0.1 | 2.5 | 0 | 4 |" in text and "| objective/kl | 1.5 |" in text and "| step | 2 |" in text
     (run / "summary.json").unlink()  # a run killed during PPO: its metrics so far
@@ -34,3 +36,19 @@ def test_report_names_a_summary_that_is_not_one_and_reads_past_a_cut_metrics_row
     text = (run / "report.md").read_text()
     assert "No `summary.json`: the run has not finished" in text and "holds is step 2." in text
     assert "| objective/kl | 1.5 |" in text and "## Summary" not in text
+
+
+def test_an_earlier_runs_summary_beside_a_later_unfinished_run_is_not_reported_as_its_result(tmp_path):
+    """A run started in the folder of a finished one (not resumed) replaces its stages as they finish: killed during
+    PPO, it left its labels and 1 PPO update beside the earlier run's summary.json, which the report gave as this run's
+    result (its 20 updates and final beta beside the new run's step 1)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    evaluation = {"known_reward": 0.5, "rm_score": 0.1, "kl": 1.25, "penalized_frac": 0.0, "n": 4}
+    (run / "summary.json").write_text(json.dumps({"before": evaluation, "after": evaluation, "ppo_updates": 20}))
+    os.utime(run / "summary.json", ns=(1_000_000_000, 1_000_000_000))
+    (run / "labels_info.json").write_text("{}")  # the later run's, written after the summary
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "objective/kl": 0.25}) + "\n")
+    text = write_report(run).read_text()
+    assert "`summary.json` is an earlier run's (this run's `labels_info.json`, `metrics.jsonl` were written after it)" in text
+    assert "holds is step 1." in text and "PPO updates: 20" not in text and "## Summary" not in text

@@ -39,6 +39,14 @@ def _last_update(metrics: Path) -> dict[str, Any]:
     return {}
 
 
+def _written_after_summary(run: Path) -> list[str]:
+    """The stage files of ``run`` written after its ``summary.json`` (the last file a run writes): a later run in the
+    same folder that has not finished (its labels, reward model or PPO log beside an earlier run's results)."""
+    summary = (run / "summary.json").stat().st_mtime_ns
+    names = ("labels.jsonl", "labels_info.json", "rm_metrics.jsonl", "metrics.jsonl")
+    return [n for n in names if (run / n).is_file() and (run / n).stat().st_mtime_ns > summary]
+
+
 def _read_summary(path: Path) -> dict[str, Any]:
     """A pipeline run's ``summary.json``; a ValueError naming the file where it is not one."""
     try:
@@ -52,8 +60,9 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.md`` and return its path: a study's, a finished run's, or the last logged update of a
-    run that has not finished (``metrics.jsonl`` without ``summary.json``); raises FileNotFoundError if the folder
-    holds none of them, ValueError naming a ``summary.json`` that is not a run's summary."""
+    run that has not finished (``metrics.jsonl`` without ``summary.json``, or beside an earlier run's: stage files
+    written after it, :func:`_written_after_summary`); raises FileNotFoundError if the folder holds none of them,
+    ValueError naming a ``summary.json`` that is not a run's summary."""
     run = Path(run_dir)
     lines = [f"# Report: {run.name}", ""]
     last: dict[str, dict[str, Any]] = {}
@@ -65,7 +74,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += _table(list(rows[0]), [[_num(v) for v in r.values()] for r in rows]) if rows else ["(no runs)"]
         for d in sorted((run / "runs").glob("*/metrics.jsonl")):
             last[d.parent.name] = _last_update(d)
-    elif (run / "summary.json").is_file():
+    elif (run / "summary.json").is_file() and not (newer := _written_after_summary(run)):
         s = _read_summary(run / "summary.json")
         lines += ["## Summary (held-out queries)", ""]
         keys = ["known_reward", "rm_score", "kl", "penalized_frac", "n"]
@@ -74,9 +83,11 @@ def write_report(run_dir: str | Path) -> Path:
                   f"- labels: {s.get('labels', {}).get('labels')} ({s.get('labels', {}).get('source')})",
                   f"- PPO updates: {s.get('ppo_updates')}, final beta: {_fmt(s.get('final_beta'))}"]
         last["run"] = _last_update(run / "metrics.jsonl")
-    elif (run / "metrics.jsonl").is_file():  # PPO running, or stopped before the results were written
-        last["run"] = _last_update(run / "metrics.jsonl")
-        lines += ["No `summary.json`: the run has not finished (it is running, or it stopped); the last PPO update its "
+    elif (run / "metrics.jsonl").is_file() or (run / "summary.json").is_file():  # running, or stopped before the end
+        last["run"] = _last_update(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else {}
+        said = (f"`summary.json` is an earlier run's (this run's {', '.join(f'`{n}`' for n in newer)} were written "
+                "after it)" if (run / "summary.json").is_file() else "No `summary.json`")
+        lines += [f"{said}: the run has not finished (it is running, or it stopped); the last PPO update its "
                   f"`metrics.jsonl` holds is step {last['run'].get('step', '?')}."]
     else:
         raise FileNotFoundError(f"run_dir: {run} has neither summary.json (pipeline run), metrics.jsonl (a run that has "
