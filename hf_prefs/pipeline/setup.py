@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 from trl import get_peft_config
 
+from ..hub_loading import named_hub_errors
 from ..models.frozen_features import check_freeze_depth, check_freeze_layers
 from ..models.generation import configured_positions
 from ..models.sharding import whole_weights_at_load
@@ -54,10 +55,11 @@ def load_base(model_args: Any) -> Base:
     the same (:func:`~hf_prefs.models.sharding.whole_weights_at_load`).
     """
     name = base_model_name(model_args)
-    tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+    with named_hub_errors("model_name_or_path", name):
+        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    with whole_weights_at_load():
+    with whole_weights_at_load(), named_hub_errors("model_name_or_path", name):
         rho = AutoModelForCausalLM.from_pretrained(name, dtype=model_dtype(model_args))
     rho = rho.eval().to(PartialState().device)
     check_lora_targets(model_args, rho, name)

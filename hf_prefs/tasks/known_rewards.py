@@ -16,6 +16,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from ..hub_loading import named_hub_errors
+
 __all__ = ["VADER_CLIP", "vader_compound", "vader_log_odds", "VaderScorer", "HubSentimentScorer", "make_known_reward"]
 
 #: VADER compound scores are clipped to ±VADER_CLIP so that 2·atanh(c) stays finite (|r| ≤ ~14.5).
@@ -83,8 +85,9 @@ class HubSentimentScorer:
     ) -> None:
         self.device = torch.device(device) if device is not None else _default_device()
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(model_id)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_id).to(self.device).eval()
+        with named_hub_errors("known_reward", model_id):
+            self.tokenizer = AutoTokenizer.from_pretrained(model_id)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model_id).to(self.device).eval()
         self.max_length = min(max_length, self.tokenizer.model_max_length or max_length)
         if self.tokenizer.pad_token is None:
             # Scoring only: GPT-style tokenizers lack a pad token; padding with eos is harmless here

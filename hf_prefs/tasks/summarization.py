@@ -21,6 +21,7 @@ import datasets
 from datasets import Dataset
 
 from ..dataset_folders import load_text_source
+from ..hub_loading import named_hub_errors
 from .specs import TASKS
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ def load_summarization_queries(
         raise ValueError(f"task: no summarization source for {task!r}; known: {sorted(HUB_SOURCES)}")
     name, config, hub_split = HUB_SOURCES[task]
     if source is None or source == name:
-        ds = datasets.load_dataset(name, config, split=split or hub_split)
+        with named_hub_errors("query_dataset", name):
+            ds = datasets.load_dataset(name, config, split=split or hub_split)
     else:
         ds = load_text_source(source, split or "train")
     texts, references = summarization_texts(ds, f"query_dataset {source or name}")  # errors name the file's rows
