@@ -261,7 +261,8 @@ def render_policy_card(
             on (``labeler`` is one of :data:`LABELERS`, or None where they are not known; ``known_reward`` is required for ``"simulated"``,
             ``labels_file`` for ``"file"``).
         reward_gain, reward_bias: the reward model's normalization, ``r = gain · out + bias``;
-            ``reward_normalized=False``: none was chosen (gain 1, bias 0: a reward function, or a model never normalized).
+            ``reward_normalized=False``: none was chosen (gain 1, bias 0: a reward function, or a model never
+            normalized).
         kl_final: KL(π, ρ) in nats at the end of training; ``kl_target`` the adaptive controller's target (``None``
             for a fixed β); ``beta_initial`` / ``beta_final`` the KL coefficient at the start / end.
         temperature, response_length: sampling temperature and response tokens, used in the loading snippet.

@@ -51,7 +51,8 @@ def forward_last(
     those before the last ``skip_last`` (``logits`` ``(B, k, V)``, asked for by :func:`last_positions`) — and position
     ids counted from each row's first real token; ``kwargs`` go to the model (e.g. ``use_cache``). Under SDPA the
     padding becomes a mask without empty rows (:func:`hf_prefs.models.attention.attention_mask_for`). A model with
-    virtual tokens before its input (PEFT prompt tuning) is refused (:func:`~hf_prefs.models.wrappers.reject_virtual_input_tokens`)."""
+    virtual tokens before its input (PEFT prompt tuning) is refused
+    (:func:`~hf_prefs.models.wrappers.reject_virtual_input_tokens`)."""
     reject_virtual_input_tokens(model)
     keep = last_positions(input_ids.shape[1], k, input_ids.device, skip_last)
     mask = attention_mask_for(mask_configs(model), attention_mask)

@@ -207,10 +207,10 @@ def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:
 
 
 def _check_inputs(pa: PipelineArguments, cfg: PPOConfig, model_args: Any) -> None:
-    """YAML's null spellings given as text (the command line) read as None (:func:`~hf_prefs.pipeline.field_types.
-    unset_null_strings`); every field of ``pa``, PPOConfig's own fields and the numeric and bool fields of its TrainingArguments and of
-    ``model_args`` (ModelConfig) hold their declared type (:func:`~hf_prefs.pipeline.field_types.check_field_types`:
-    a YAML value is not converted); no ``reward_weights``
+    """YAML's null spellings given as text (the command line) read as None
+    (:func:`~hf_prefs.pipeline.field_types.unset_null_strings`); every field of ``pa``, PPOConfig's own fields and the
+    numeric and bool fields of its TrainingArguments and of ``model_args`` (ModelConfig) hold their declared type
+    (:func:`~hf_prefs.pipeline.field_types.check_field_types`: a YAML value is not converted); no ``reward_weights``
     (the recipes' reward is a model); an ``output_dir`` that is not a file; model paths written as local paths
     (absolute, ``./``, ``~``) with something there."""
     own = vars(PPOConfig).get("__annotations__", {})

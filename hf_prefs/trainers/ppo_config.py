@@ -323,9 +323,9 @@ _OPTIONAL_FLOAT_FIELDS = ("missing_eos_penalty", "value_learning_rate")
 
 
 def _check_numbers(config: PPOConfig) -> None:
-    """Each PPO count is a whole number and each PPO rate a finite real number (``None`` only where the field is optional),
-    so that a YAML ``null``, a quoted number or a fractional count is refused here, naming the field, not deep in a
-    rollout. A whole float count (``total_episodes=1e4``, which TRL 1.12 took) is stored as an ``int``; ``bool`` is
+    """Each PPO count is a whole number and each PPO rate a finite real number (``None`` only where the field is
+    optional), so that a YAML ``null``, a quoted number, a fractional count or a NaN is refused here, naming the
+    field, not deep in a rollout. A whole float count (``total_episodes=1e4``, which TRL 1.12 took) is stored as an ``int``; ``bool`` is
     not a number here."""
     for names, optional in ((_INT_FIELDS, False), (_OPTIONAL_INT_FIELDS, True)):
         for name in names:
