@@ -218,7 +218,7 @@ class LabelQueue:
         def build(state: QueueState) -> list[Event]:
             _check_round_k(state, key, len(checked[0][2]), 0)
             n0, now, out = len(state.rounds.get(key, [])), self.clock(), []
-            seen: dict[str, tuple[int, str, tuple[str, ...]]] = {}  # item_id -> (its first row, query, samples)
+            seen: dict[str, tuple[int, tuple[str, tuple[str, ...]]]] = {}  # item_id -> (first row, its comparison)
             queued = state.items_by_content()  # the same comparison put again is that item
             ids.clear()
             for i, (item_id, query, samples) in enumerate(checked):
@@ -228,15 +228,15 @@ class LabelQueue:
                 if item_id is None:
                     item_id = _new_item_id(key, n0 + len(out), state.items, seen, explicit)
                 if item_id in seen:  # listed again in these rows (an export with several labels per item)
-                    first, *comparison = seen[item_id]
-                    if comparison != [query, tuple(samples)]:
+                    first, comparison = seen[item_id]
+                    if comparison != (query, tuple(samples)):
                         raise LabelValidationError(f"item_id {item_id!r} is row {first}'s too, with another comparison",
                                                    i, "item_id")
                     ids.append(item_id)
                     continue
                 if item_id in state.items:
                     raise LabelValidationError(f"item_id {item_id!r} is already in the queue", i, "item_id")
-                seen[item_id] = (i, query, tuple(samples))
+                seen[item_id] = (i, (query, tuple(samples)))
                 ids.append(item_id)
                 out.append({"type": "item", "item_id": item_id, "round": key, "query": query, "samples": list(samples), "t": now})
             return out

@@ -140,6 +140,11 @@ class _LogPendingOnTrainBegin(TrainerCallback):
             self.trainer.log(logs)
 
 
+def _averages(metrics: dict[str, list[float]]) -> dict[str, float]:
+    """The mean of each non-empty metric list (what TRL's ``RewardTrainer.log`` logs for a mode)."""
+    return {name: sum(values) / len(values) for name, values in metrics.items() if values}
+
+
 class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
     """``trl.RewardTrainer`` on best-of-K labels (query, samples[K], best) with the K-way softmax loss.
 
@@ -353,9 +358,9 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         metrics.clear()
         try:
             out = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-            for name in ("accuracy", "margin"):
-                if metrics.get(name):
-                    out.metrics[f"{metric_key_prefix}_{name}"] = sum(metrics[name]) / len(metrics[name])
+            averages = _averages(metrics)
+            out.metrics.update({f"{metric_key_prefix}_{name}": averages[name] for name in ("accuracy", "margin")
+                                if name in averages})
             return out
         finally:
             metrics.clear()
@@ -378,7 +383,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         # that prefix too (TRL's log writes them all as ``eval_*``: each set overwrote the one before)
         prefix = next((k[: -len("_loss")] for k in logs if k.startswith("eval_") and k.endswith("_loss")), "eval")
         if mode == "eval" and prefix != "eval":
-            logs.update({f"{prefix}_{name}": sum(v) / len(v) for name, v in metrics.items() if v})
+            logs.update({f"{prefix}_{name}": value for name, value in _averages(metrics).items()})
             metrics.clear()
         super().log(logs, start_time)
 
