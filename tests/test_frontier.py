@@ -69,6 +69,35 @@ def test_bad_input_names_position():
         optimal_policy_stats(np.array([[0.0, 1.0, 2.0], [0.0, 1.0, np.nan]]), 1.0)
     with pytest.raises(ValueError, match="beta"):
         optimal_policy_stats(np.zeros(3), 0.0)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        optimal_policy_stats(np.zeros(3), float("nan"))  # nan <= 0 is False: it used to give NaN rewards
+    with pytest.raises(ValueError, match=r"shape \(2, 1, 3\)"):
+        optimal_policy_stats(np.zeros((2, 1, 3)), 1.0)  # summed over the wrong axis before
+    with pytest.raises(ValueError, match="at least one sample"):
+        optimal_policy_stats(np.zeros((2, 0)), 1.0)
+
+
+def test_best_of_n_refuses_a_count_that_is_not_a_whole_number():
+    from hf_prefs.core.frontier import best_of_n_kl, best_of_n_kl_bound, best_of_n_reward
+
+    r = np.array([[0.0, 1.0, 2.0]])
+    for fn in (best_of_n_reward, best_of_n_kl):
+        with pytest.raises(ValueError, match="whole number >= 1, got 2.5"):
+            fn(r, 2.5)
+        assert fn(r, np.int64(2)) == pytest.approx(fn(r, 2))
+    with pytest.raises(ValueError, match="whole number"):
+        best_of_n_kl_bound(0)
+    with pytest.raises(ValueError, match="at least one sample"):
+        best_of_n_reward(np.zeros((1, 0)), 2)
+
+
+def test_mixture_log_ratio_refuses_counts_that_do_not_match_the_proposals():
+    lp = np.log(np.full((2, 4), 0.25))
+    with pytest.raises(ValueError, match="2 proposals' log-probabilities but 1 counts"):
+        mixture_log_ratio(lp, [lp, lp], [8])  # zip used to drop the second proposal
+    with pytest.raises(ValueError, match=r"proposal 1 .* got count 4 and shape \(2, 3\)"):
+        mixture_log_ratio(lp, [lp, lp[:, :3]], [4, 4])
+    assert mixture_log_ratio(lp, [lp, lp], [4, 4]) == pytest.approx(np.zeros((2, 4)))
 
 
 def test_importance_sampling_from_another_policy_matches_the_closed_form():
@@ -210,7 +239,7 @@ def test_best_of_n_reward_is_the_mean_of_the_best_of_every_n_draws():
     assert best_of_n_reward(rows, 1) == pytest.approx(rows.mean(axis=1))
     grid = (np.arange(20000) + 0.5) / 20000  # ~ Uniform(0, 1): E[max of n] = n / (n + 1)
     assert best_of_n_reward(grid, 4)[0] == pytest.approx(4 / 5, abs=1e-4)
-    with pytest.raises(ValueError, match="n must be >= 1"):
+    with pytest.raises(ValueError, match="n must be a whole number >= 1"):
         best_of_n_reward(rows, 0)
 
 

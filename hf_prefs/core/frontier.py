@@ -59,6 +59,8 @@ __all__ = [
 def _finite_rows(rewards: np.ndarray) -> np.ndarray:
     """``rewards`` as a float64 ``(Q, N)`` array; a non-finite reward is an error naming its query and sample."""
     r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
+    if r.ndim != 2 or r.shape[1] == 0:
+        raise ValueError(f"rewards must be (queries, samples) or (samples,) with at least one sample, got shape {r.shape}")
     if not np.all(np.isfinite(r)):
         bad = np.argwhere(~np.isfinite(r))[0]
         raise ValueError(f"rewards must be finite; query {bad[0]}, sample {bad[-1]} is {r[tuple(bad)]}")
@@ -72,13 +74,13 @@ def optimal_policy_stats(
 
     Args:
         rewards: ``(Q, N)`` rewards of N samples for each of Q queries (or ``(N,)`` pooled).
-        beta: KL coefficient > 0.
+        beta: KL coefficient > 0 (``inf``: rho's own reward and KL 0).
         log_ratio: ``(Q, N)`` ``log rho(y) - log q(y)`` when the samples come from q instead of rho (None: rho).
     Returns:
         ``(reward, kl, ess)``, each of shape ``(Q,)``.
     """
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    if not beta > 0:  # NaN too (inf is rho itself)
+        raise ValueError(f"beta must be > 0 (inf: rho itself), got {beta}")
     r = _finite_rows(rewards)
     z = r / beta  # (Q, N)
     if log_ratio is not None:
@@ -96,12 +98,18 @@ def optimal_policy_stats(
     return expected, np.maximum(kl, 0.0), ess
 
 
+def _draw_count(n: int, where: str) -> int:
+    """``n`` as a whole number of draws >= 1 (``2.5`` or ``0`` is an error naming ``where``)."""
+    if isinstance(n, bool) or not float(n).is_integer() or n < 1:
+        raise ValueError(f"{where}: n must be a whole number >= 1, got {n!r}")
+    return int(n)
+
+
 def best_of_n_reward(rewards: np.ndarray, n: int) -> np.ndarray:
     """Expected reward of best-of-``n`` for each row of ``rewards`` (``(Q, N)`` samples of rho, or ``(N,)``): the mean
     of the largest of ``n`` draws with replacement from the row's samples, exactly,
     ``sum_k x_(k) ((k/N)^n - ((k-1)/N)^n)`` over the sorted row. Shape ``(Q,)``."""
-    if n < 1:
-        raise ValueError(f"best_of_n_reward: n must be >= 1, got {n}")
+    n = _draw_count(n, "best_of_n_reward")
     r = np.sort(_finite_rows(rewards), axis=1)
     cdf = np.arange(r.shape[1] + 1, dtype=np.float64) / r.shape[1]  # k/N for k = 0..N
     p_max = np.diff(cdf**n)  # P(max of n draws is the k-th smallest sample)
@@ -113,8 +121,7 @@ def best_of_n_kl(rewards: np.ndarray, n: int) -> np.ndarray:
     the distribution: ``sum_g P_g log(P_g / rho_g)`` over the groups of equal reward (module docstring). Under
     :func:`best_of_n_kl_bound` (equal to it only in the continuous limit), far under where many samples tie. Shape
     ``(Q,)``."""
-    if n < 1:
-        raise ValueError(f"best_of_n_kl: n must be >= 1, got {n}")
+    n = _draw_count(n, "best_of_n_kl")
     out = []
     for row in _finite_rows(rewards):
         counts = np.unique(row, return_counts=True)[1]
@@ -129,8 +136,7 @@ def best_of_n_kl(rewards: np.ndarray, n: int) -> np.ndarray:
 def best_of_n_kl_bound(n: int) -> float:
     """``KL(best-of-n, rho) <= log n - (n - 1) / n``: the value when every outcome has vanishing probability and no two
     share a reward (a continuous reward distribution), an upper bound otherwise."""
-    if n < 1:
-        raise ValueError(f"best_of_n_kl_bound: n must be >= 1, got {n}")
+    n = _draw_count(n, "best_of_n_kl_bound")
     return math.log(n) - (n - 1) / n
 
 
@@ -260,8 +266,17 @@ def mixture_log_ratio(log_rho: np.ndarray, log_q: list[np.ndarray], counts: list
     """``log rho(y) - log q_mix(y)`` for q_mix = sum_j (n_j / n) q_j (the balance heuristic of multiple importance
     sampling): ``log_rho`` ``(Q, N)`` and each ``log_q[j]`` ``(Q, N)`` are the log-probabilities of the same N
     pooled samples under rho and under proposal j, which drew ``counts[j]`` of them (rho itself may be a proposal)."""
+    log_rho = np.asarray(log_rho, dtype=np.float64)
+    if len(counts) != len(log_q) or not log_q:
+        raise ValueError(f"mixture_log_ratio: {len(log_q)} proposals' log-probabilities but {len(counts)} counts")
+    for j, (c, lq) in enumerate(zip(counts, log_q)):
+        if not c > 0 or np.shape(lq) != log_rho.shape:
+            raise ValueError(
+                f"mixture_log_ratio: proposal {j} needs a count > 0 and log-probabilities of shape {log_rho.shape}, "
+                f"got count {c} and shape {np.shape(lq)}"
+            )
     n = float(sum(counts))
-    stacked = np.stack([np.log(c / n) + lq for c, lq in zip(counts, log_q)])  # (J, Q, N)
+    stacked = np.stack([np.log(c / n) + np.asarray(lq, dtype=np.float64) for c, lq in zip(counts, log_q)])  # (J, Q, N)
     top = stacked.max(axis=0)
     log_mix = top + np.log(np.exp(stacked - top).sum(axis=0))
-    return np.asarray(log_rho, dtype=np.float64) - log_mix
+    return log_rho - log_mix
