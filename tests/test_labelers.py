@@ -78,8 +78,12 @@ def test_label_batch_scores_all_samples_in_one_call_and_checks_output():
     assert with_query.score(["Q"], [["a", "b"]]) == [[1.0, 1.0]]
     with pytest.raises(ValueError, match="returned 1 rewards for 2 texts"):
         SimulatedLabeler(lambda texts: [0.0]).label("q", ["a", "b"])
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="returned nan for sample 1 of query 0"):
         SimulatedLabeler(lambda texts: [0.0, float("nan")]).label("q", ["a", "b"])
+    with pytest.raises(ValueError, match="returned inf for sample 0 of query 1"):  # with noise: inf - inf = NaN weights
+        SimulatedLabeler(lambda texts: [0.0, 1.0, float("inf"), 0.0], noise=1.0).label_batch(["q", "r"], [["a", "b"]] * 2)
+    with pytest.raises(TypeError, match=r"samples\[0\] is a string"):  # was 4 one-character "samples"
+        SimulatedLabeler(lambda texts: [0.0] * len(texts)).label("q", "abcd")
     with pytest.raises(ValueError, match="noise"):
         SimulatedLabeler(_count_reward, noise=-1.0)
 

@@ -59,6 +59,8 @@ def test_rouge_bad_input_names_the_field():
         rouge(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="rouge_types"):
         rouge(["a"], ["a"], rouge_types=["bleu"])
+    with pytest.raises(TypeError, match="predictions is one string"):  # was scored character by character
+        rouge("the cat sat", "the cat sat")
 
 
 def test_win_rate_by_hand():
@@ -66,8 +68,10 @@ def test_win_rate_by_hand():
     assert rate == pytest.approx(0.625)
     outcomes = torch.tensor([1, 0.5, 0, 1], dtype=torch.float64)
     assert se == pytest.approx(float(outcomes.std()) / 2)
-    with pytest.raises(ValueError, match="scores_b"):
+    with pytest.raises(ValueError, match="scores_a, scores_b"):
         win_rate([1, 2], [1])
+    with pytest.raises(ValueError, match="scores_a, scores_b: .* got \\(0,\\) and \\(0,\\)"):
+        win_rate([], [])
     for a, b in (([float("nan"), 1.0], [0.0, 0.0]), ([1.0, 1.0], [0.0, float("nan")])):  # not counted as a loss
         assert all(math.isnan(v) for v in win_rate(a, b)) and math.isnan(paired_difference(a, b)[0])
 

@@ -30,6 +30,13 @@ def test_vader_log_odds_sign_and_math():
         assert r == pytest.approx(math.log((1 + c) / (1 - c)))
 
 
+def test_vader_refuses_a_bare_string_and_names_a_text_that_is_not_one():
+    with pytest.raises(TypeError, match="one string"):  # was one score per character
+        vader_log_odds(POSITIVE)
+    with pytest.raises(TypeError, match=r"texts\[1\] is NoneType"):
+        vader_compound([POSITIVE, None])
+
+
 def test_vader_log_odds_clipped_finite(monkeypatch):
     monkeypatch.setattr(scorers, "vader_compound", lambda texts: [1.0, -1.0, 0.0])
     top, bottom, zero = vader_log_odds(["a", "b", "c"])

@@ -22,12 +22,12 @@ import torch
 __all__ = ["win_rate", "paired_difference", "mean_and_se"]
 
 
-def _paired(a: Sequence[float], b: Sequence[float], field: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two equally long, non-empty 1-D float64 tensors, else a ValueError naming ``field``."""
+def _paired(a: Sequence[float], b: Sequence[float], fields: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two equally long, non-empty 1-D float64 tensors, else a ValueError naming the arguments ``fields``."""
     ta = torch.as_tensor(list(a), dtype=torch.float64)
     tb = torch.as_tensor(list(b), dtype=torch.float64)
     if ta.shape != tb.shape or ta.ndim != 1 or ta.numel() == 0:
-        raise ValueError(f"{field}: need two equally long non-empty lists, got {tuple(ta.shape)} and {tuple(tb.shape)}")
+        raise ValueError(f"{fields}: need two equally long non-empty lists, got {tuple(ta.shape)} and {tuple(tb.shape)}")
     return ta, tb
 
 
@@ -41,7 +41,7 @@ def mean_and_se(x: torch.Tensor) -> tuple[float, float]:
 def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> tuple[float, float]:
     """Paired win rate of A over B, ties counted half, and its standard error (see the module docstring); NaN for
     both where a score is NaN (a comparison with NaN is false: it counted as a loss), as the paired difference is."""
-    a, b = _paired(scores_a, scores_b, "scores_b")
+    a, b = _paired(scores_a, scores_b, "scores_a, scores_b")
     if torch.isnan(a).any() or torch.isnan(b).any():
         return float("nan"), float("nan")
     return mean_and_se((a > b).double() + 0.5 * (a == b).double())
@@ -49,5 +49,5 @@ def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> tuple[floa
 
 def paired_difference(after: Sequence[float], before: Sequence[float]) -> tuple[float, float]:
     """Mean per-query difference ``after − before`` and its standard error (see the module docstring)."""
-    a, b = _paired(after, before, "before")
+    a, b = _paired(after, before, "after, before")
     return mean_and_se(a - b)

@@ -69,6 +69,9 @@ class SimulatedLabeler:
         """Known rewards ``[[r(y_0), ..., r(y_{K-1})], ...]`` of each query's samples (one ``reward_fn`` call)."""
         if len(queries) != len(samples):
             raise ValueError(f"got {len(queries)} queries but {len(samples)} sample lists")
+        for j, group in enumerate(samples):
+            if isinstance(group, str):  # a bare string is a sequence of characters, not of samples
+                raise TypeError(f"samples[{j}] is a string; each query needs a list of its samples")
         texts = [(q + s) if self.score_with_query else s for q, group in zip(queries, samples) for s in group]
         flat = self.reward_fn(texts)
         flat = flat.tolist() if isinstance(flat, torch.Tensor) else [float(r) for r in flat]
@@ -77,8 +80,9 @@ class SimulatedLabeler:
         out, i = [], 0
         for j, group in enumerate(samples):
             rewards = flat[i : i + len(group)]
-            if any(math.isnan(r) for r in rewards):
-                raise ValueError(f"reward_fn returned NaN for a sample of query {j}")
+            bad = [k for k, r in enumerate(rewards) if not math.isfinite(r)]
+            if bad:
+                raise ValueError(f"reward_fn returned {rewards[bad[0]]} for sample {bad[0]} of query {j}")
             out.append(rewards)
             i += len(group)
         return out

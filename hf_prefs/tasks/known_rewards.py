@@ -31,6 +31,12 @@ def _vader() -> Any:
 
 def vader_compound(texts: Sequence[str]) -> list[float]:
     """VADER compound polarity c ∈ [−1, 1] of each text."""
+    if isinstance(texts, str):  # scored character by character otherwise
+        raise TypeError("texts is one string; pass a list of texts")
+    texts = list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, not a string")
     analyzer = _vader()
     return [float(analyzer.polarity_scores(text)["compound"]) for text in texts]
 

@@ -55,6 +55,9 @@ def rouge(
     ``per_example=True`` returns the per-example F1 lists instead. Uses ``evaluate.load("rouge")``; offline
     (``HF_HUB_OFFLINE=1`` or the Hub unreachable) the ``rouge_score`` scorer it wraps, with the same arguments.
     """
+    for name, given in (("predictions", predictions), ("references", references)):
+        if isinstance(given, str):  # scored character by character otherwise
+            raise TypeError(f"{name} is one string; pass a list of texts")
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
         raise ValueError(f"references: {len(references)} references for {len(predictions)} predictions")
