@@ -88,3 +88,12 @@ def test_a_kl_that_is_not_a_finite_number_is_refused():
 
     beta = adaptive_kl_update(0.1, torch.tensor(6.3), target=6.0, n_steps=32, horizon=10_000)
     assert type(beta) is float and beta == pytest.approx(0.1 * (1 + 0.05 * 32 / 10_000), rel=1e-6)
+
+
+def test_a_horizon_under_a_fifth_of_the_batch_is_refused():
+    """1 - 0.2 * n/horizon <= 0 once n/horizon >= 5: one step below target would make beta 0 or negative."""
+    assert adaptive_kl_update(1.0, 0.0, target=6.0, n_steps=32, horizon=7) == pytest.approx(1 - 0.2 * 32 / 7)
+    with pytest.raises(ValueError, match=r"kl_horizon must be > 0 and > batch size / 5 = 6.4 .* with 6 one"):
+        adaptive_kl_update(1.0, 0.0, target=6.0, n_steps=32, horizon=6)  # beta was 1 - 0.2 * 32/6 = -0.07
+    with pytest.raises(ValueError, match="kl_horizon must be > 0"):
+        adaptive_kl_update(1.0, 6.0, target=6.0, n_steps=32, horizon=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +116,18 @@ def test_accuracy_and_margin_check_best_as_the_loss_does():
         with pytest.raises(ValueError, match="best must hold integer indices, got dtype torch.float32"):
             fn(rewards, torch.tensor([1.9, 0.0, 1.0]))
     assert kway_accuracy(rewards, torch.tensor([2, 0, 0])).item() == pytest.approx(2 / 3)
+
+
+def test_float64_and_numpy_inputs_keep_their_precision():
+    """A hand computation in float64 (or numpy) is compared exactly: the loss was float32 (1e-8 off) and numpy failed
+    with "'numpy.ndarray' object has no attribute 'dim'"."""
+    r = np.array([[0.1, 0.7, -1.3], [2.0, 2.0 + 1e-9, 0.0]])
+    best = np.array([1, 0])
+    hand = np.mean([np.log(np.exp(row).sum()) - row[b] for row, b in zip(r, best)])
+    for rewards, picks in ((r, best), (torch.from_numpy(r), torch.from_numpy(best))):
+        loss = kway_preference_loss(rewards, picks)
+        assert loss.dtype == torch.float64 and float(loss) == pytest.approx(hand, rel=1e-15)
+    assert float(kway_preference_loss(r.tolist(), best.tolist())) == pytest.approx(hand, rel=1e-6)  # lists: float32
+    assert float(kway_margin(r, best)) == pytest.approx(((0.7 - (0.1 - 1.3) / 2) + (2.0 - (2.0 + 1e-9) / 2)) / 2, rel=1e-15)
+    assert float(kway_accuracy(r, best)) == 0.5
+    assert kway_preference_loss(torch.tensor(r, dtype=torch.bfloat16), torch.tensor(best)).dtype == torch.float32

@@ -8,6 +8,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -90,6 +91,11 @@ def test_schedule_boundaries_and_labels():
         OnlineLabelSchedule(2, [1, 0])
     with pytest.raises(ValueError, match="rounds"):
         OnlineLabelSchedule(0, 1)
+    numpy_counts = OnlineLabelSchedule(np.int64(2), np.int64(3))  # was refused: "rounds must be an int"
+    assert numpy_counts == OnlineLabelSchedule(2, 3) and type(numpy_counts.rounds) is int
+    assert OnlineLabelSchedule(2, np.array([4, 1])).labels_per_round == (4, 1)
+    with pytest.raises(ValueError, match=r"labels_per_round\[0\] must be an int >= 1, got 2.5"):
+        OnlineLabelSchedule(1, [2.5])
     with pytest.raises(ValueError, match="distinct PPO updates"):
         OnlineLabelSchedule(3, 1).update_boundaries(16, 8)  # episodes 0, 5, 10 -> updates 0, 1, 2 of only 2
     with pytest.raises(ValueError, match="do not fit"):

@@ -551,6 +551,8 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
         make_trainer(tmp_path, gpt2_tokenizer, value_model="separate")  # a callable reward has no trunk to copy
     with pytest.raises(ValueError, match="value_model must be one of"):
         make_config(tmp_path, value_model="critic")
+    with pytest.raises(ValueError, match=r"kl_horizon must be > 0 and > batch size / 5 = 1.6 \(episodes per update 8\)"):
+        make_trainer(tmp_path, gpt2_tokenizer, kl_horizon=1)  # beta went negative after the first update's rollout
     with pytest.raises(ValueError, match="truncate_token='the end'"):
         make_trainer(tmp_path, gpt2_tokenizer, truncate_token="the end")
     with pytest.raises(ValueError, match="truncate_after"):

@@ -15,15 +15,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["FixedKLController", "AdaptiveKLController", "adaptive_kl_update"]
+__all__ = ["FixedKLController", "AdaptiveKLController", "adaptive_kl_update", "check_kl_horizon"]
+
+
+def check_kl_horizon(horizon: int, n_steps: int) -> None:
+    """The update multiplies beta by ``1 + e * n/horizon`` with ``e`` down to -0.2: ``horizon`` must exceed ``n/5``
+    (episodes per update / 5), else one step can make beta 0 or negative (rewarding divergence from rho)."""
+    if not horizon > 0 or not horizon > 0.2 * n_steps:
+        raise ValueError(f"kl_horizon must be > 0 and > batch size / 5 = {0.2 * n_steps:g} (episodes per update "
+                         f"{n_steps}): with {horizon} one adaptive step can turn beta 0 or negative")
 
 
 def adaptive_kl_update(value: float, kl: float, target: float, n_steps: int, horizon: int) -> float:
     """One step of the paper's proportional controller: ``beta * (1 + clip(kl/target - 1, ±0.2) * n/horizon)``."""
     if not 0 < target < math.inf:
         raise ValueError(f"KL target must be > 0 and finite, got {target}")
-    if horizon <= 0:
-        raise ValueError(f"KL horizon must be > 0, got {horizon}")
+    check_kl_horizon(horizon, n_steps)
     kl = float(kl)  # a tensor KL gave a tensor beta where the clip did not bind
     if not math.isfinite(kl):  # NaN passed the clip (min/max keep it) and made beta NaN for good
         raise ValueError(f"KL must be finite to update beta, got {kl}")

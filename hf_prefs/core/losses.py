@@ -30,13 +30,16 @@ def kway_preference_loss(rewards: torch.Tensor, best: torch.Tensor, reduction: s
     Returns:
         ``logsumexp_i r_i - r_b`` reduced over the batch (a scalar) or per label (``(B,)``).
     """
-    best = checked_best(rewards, best)
-    return F.cross_entropy(rewards.float(), best, reduction=reduction)
+    rewards, best = checked_pair(rewards, best)
+    return F.cross_entropy(rewards, best, reduction=reduction)
 
 
-def checked_best(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """``best`` as long indices on ``rewards``' device, after checking the pair: ``rewards`` ``(B, K)`` with K >= 2,
-    ``best`` ``(B,)`` integers in ``[0, K - 1]`` (a float index was cut to an integer: 1.9 read as 1)."""
+def checked_pair(rewards: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rewards, best)`` as tensors after checking them: ``rewards`` ``(B, K)`` with K >= 2, as a float tensor of at
+    least float32 (float64 kept: a hand computation in float64 is compared exactly); ``best`` ``(B,)`` integer indices
+    in ``[0, K - 1]``, as long on ``rewards``' device (a float index was cut to an integer: 1.9 read as 1). Lists and
+    numpy arrays are taken as tensors."""
+    rewards, best = torch.as_tensor(rewards), torch.as_tensor(best)
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must have shape (B, K) with K >= 2, got {tuple(rewards.shape)}")
     if best.shape != rewards.shape[:1]:
@@ -46,7 +49,7 @@ def checked_best(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     best = best.to(device=rewards.device, dtype=torch.long)
     if best.numel() and (best.min() < 0 or best.max() >= rewards.shape[1]):
         raise ValueError(f"best must lie in [0, {rewards.shape[1] - 1}], got values {best.tolist()}")
-    return best
+    return rewards.to(torch.promote_types(rewards.dtype, torch.float32)), best
 
 
 def reward_centering_penalty(rewards: torch.Tensor) -> torch.Tensor:
@@ -65,7 +68,7 @@ def kway_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     label scores 1/m (the expected accuracy of breaking the tie at random), so a constant reward model
     has accuracy exactly 1/K.
     """
-    best = checked_best(rewards, best)
+    rewards, best = checked_pair(rewards, best)
     is_max = rewards == rewards.max(dim=1, keepdim=True).values  # (B, K)
     hit = is_max.gather(1, best[:, None]).squeeze(1).float()  # (B,)
     return (hit / is_max.sum(dim=1).float()).mean()
@@ -74,7 +77,7 @@ def kway_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
 def kway_margin(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     """Mean over labels of ``r_b - mean_{i != b} r_i``: how far the picked sample's reward stands above the others'.
     For K = 2 it is TRL's ``margin`` metric, ``mean(r_chosen - r_rejected)``."""
-    best = checked_best(rewards, best)
+    rewards, best = checked_pair(rewards, best)
     k = rewards.shape[1]
     picked = rewards.gather(1, best[:, None]).squeeze(1)
-    return (picked - (rewards.sum(dim=1) - picked) / (k - 1)).float().mean()
+    return (picked - (rewards.sum(dim=1) - picked) / (k - 1)).mean()

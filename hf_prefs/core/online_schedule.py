@@ -3,10 +3,16 @@ first before RL, the others evenly spaced over it)."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["OnlineLabelSchedule"]
+
+
+def _is_count(value: object) -> bool:
+    """An integer (numpy's too, as ``len`` or ``np.sum`` give), not a ``bool``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -31,16 +37,17 @@ class OnlineLabelSchedule:
     first_round_before_rl: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+        if not _is_count(self.rounds) or self.rounds < 1:
             raise ValueError(f"rounds must be an int >= 1, got {self.rounds!r}")
+        object.__setattr__(self, "rounds", int(self.rounds))
         per = self.labels_per_round
-        per = [per] * self.rounds if isinstance(per, int) and not isinstance(per, bool) else list(per)
+        per = [per] * self.rounds if _is_count(per) else list(per)
         if len(per) != self.rounds:
             raise ValueError(f"labels_per_round has {len(per)} entries for {self.rounds} rounds")
         for r, n in enumerate(per):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            if not _is_count(n) or n < 1:
                 raise ValueError(f"labels_per_round[{r}] must be an int >= 1, got {n!r}")
-        object.__setattr__(self, "labels_per_round", tuple(per))
+        object.__setattr__(self, "labels_per_round", tuple(int(n) for n in per))
 
     @classmethod
     def even(cls, total_labels: int, rounds: int, first_round_before_rl: bool = True) -> OnlineLabelSchedule:

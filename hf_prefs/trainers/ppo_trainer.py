@@ -59,7 +59,7 @@ from .._compat import (
 )
 from ..citation import ZIEGLER_2019
 from ..memory import release_free_memory
-from ..core.kl import AdaptiveKLController, FixedKLController
+from ..core.kl import AdaptiveKLController, FixedKLController, check_kl_horizon
 from ..core.optim import TF1Adam, set_group_learning_rate
 from ..core.ppo_math import compute_gae, kl_penalty, masked_mean, per_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
 from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of
@@ -441,6 +441,8 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         self.args.warn_if_cpu_lacks_bf16()
         a = self.args
         if kl_controller is None:
+            if a.adaptive_kl:  # refused here, not after the first update's rollout
+                check_kl_horizon(a.kl_horizon, a.batch_size)
             kl_controller = (
                 AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl else FixedKLController(a.kl_coef)
             )
