@@ -392,6 +392,23 @@ def test_deepspeed_step_check_reads_what_the_engine_did(tmp_path, gpt2_tokenizer
         trainer._check_deepspeed_step(engine(norm=-1.0))
 
 
+def test_a_second_train_call_after_the_schedule_ended_is_refused_and_a_constant_schedule_trains_on(tmp_path, gpt2_tokenizer):
+    """TRL 1.12 (and this trainer before) ran a second ``train()`` in full at learning rate 0: every batch sampled and
+    scored, the policy unchanged, the first call's log history replaced."""
+    trainer = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=8)
+    trainer.train()
+    history = list(trainer.state.log_history)
+    with pytest.raises(RuntimeError, match=r"already ran this trainer's 1 updates and its learning-rate schedule \(linear\) has reached 0"):
+        trainer.train()
+    assert trainer.state.log_history == history
+    constant = make_trainer(tmp_path, gpt2_tokenizer, total_episodes=8, lr_scheduler_type="constant")
+    constant.train()
+    before = [p.detach().clone() for p in constant.model.parameters() if p.requires_grad]
+    constant.train()
+    after = [p.detach() for p in constant.model.parameters() if p.requires_grad]
+    assert any(not torch.equal(b, a) for b, a in zip(before, after))
+
+
 def test_save_strategy_epoch_saves_where_a_pass_over_the_queries_ends(tmp_path, gpt2_tokenizer):
     """``save_strategy="epoch"`` wrote no checkpoint (TRL 1.12's PPO never ended an epoch for its callbacks): 10
     queries, 8 episodes per update, 3 updates — passes end in updates 2 (16 episodes) and 3 (24), not in 1 (8)."""

@@ -1083,6 +1083,13 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
                 raise ValueError(f"no checkpoint found in {a.output_dir}")
         elif resume_from_checkpoint is False:
             resume_from_checkpoint = None
+        if resume_from_checkpoint is None and self._prepared and trainer_learning_rate(self) == 0 < a.learning_rate:
+            raise RuntimeError(
+                f"train() already ran this trainer's {a.num_total_batches} updates and its learning-rate schedule "
+                f"({getattr(a.lr_scheduler_type, 'value', a.lr_scheduler_type)}) has reached 0: another call would sample and score {a.num_total_batches} "
+                "batches without changing the policy. To train on, build a new PPOTrainer from the saved policy (or "
+                "with a larger total_episodes and resume_from_checkpoint)"
+            )
         self.is_in_train = True
         self._setup_training(resume_from_checkpoint)
         if a.normalize_reward and resume_from_checkpoint is None:
