@@ -165,11 +165,29 @@ def test_torn_tail_and_corrupt_line_never_break_loading(tmp_path, caplog):
     q = LabelQueue(tmp_path)
     assert q.labels()["label_id"] == [first]
     assert q.bad_lines == [3] and "line 3 skipped" in caplog.text
-    second = q.submit("alice", "0-00001", 2)["label_id"]  # the next writer drops the torn tail
-    assert "dropping a torn, unconfirmed tail" in caplog.text
+    assert "dropping a torn, unconfirmed tail" in caplog.text  # opening (under the file lock) dropped it
+    second = q.submit("alice", "0-00001", 2)["label_id"]
     lines = log.read_bytes().split(b"\n")
     assert lines[-1] == b"" and b"torn" not in log.read_bytes()
     assert LabelQueue(tmp_path).labels()["label_id"] == [first, second]
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path, caplog):
+    """An editor that strips a file's final newline left a complete record as a "tail": it was unread, and the next
+    write dropped it as torn (the labels in it lost for good)."""
+    q = LabelQueue(tmp_path)
+    q.put_round(0, make_items(3))
+    first = q.submit("alice", "0-00000", 1)["label_id"]
+    last = q.submit("bob", "0-00001", 2)["label_id"]
+    q.close()
+    log = tmp_path / LOG_NAME
+    log.write_bytes(log.read_bytes().rstrip(b"\n"))
+    reader = LabelQueue(tmp_path)  # as `hf-prefs label status` opens it
+    assert reader.labels()["label_id"] == [first, last] and "had no newline; added" in caplog.text
+    assert log.read_bytes().endswith(b"}\n")
+    third = reader.submit("carol", "0-00002", 0)["label_id"]
+    assert "dropping" not in caplog.text
+    assert LabelQueue(tmp_path).labels()["label_id"] == [first, last, third]
 
 
 def test_a_round_torn_mid_write_is_all_or_nothing(tmp_path):
