@@ -853,6 +853,10 @@ def test_putting_a_round_again_reuses_its_items(tmp_path):
     more = q.put_round(0, items + make_items(1, tag="x"))
     assert more[:3] == ids and more[3] == "0-00003" and q.round_status(0).total == 4
     assert q.put_round(1, items) == ["1-00000", "1-00001", "1-00002"]  # another round: its own items
+    twice = make_items(2, tag="t")
+    got = q.put_round(2, [twice[0], twice[1], twice[0]])  # one comparison twice in one call: one item (was two)
+    assert got == ["2-00000", "2-00001", "2-00000"] and q.round_status(2).total == 2
+    assert q.put_round(2, [twice[0], twice[1], twice[0]]) == got  # and the restarted run's put agrees
 
 
 def test_bad_round_or_labeler_and_non_object_rows_name_the_row(tmp_path):

@@ -190,8 +190,8 @@ class LabelQueue:
 
         ``items``: ``(query, samples)`` pairs, dicts with ``query``/``samples`` (and optionally
         ``item_id``), a ``Dataset`` or a file (see :func:`~hf_prefs.labels.schema.load_rows`).
-        Generated ids are ``"{round}-{n:05d}"``. A comparison (query and samples) the round already holds, given
-        without an ``item_id``, is that item (its id is returned, nothing is added): a run that puts its round again
+        Generated ids are ``"{round}-{n:05d}"``. A comparison (query and samples) the round already holds — or an
+        earlier row of ``items`` gives — without an ``item_id``, is that item (its id is returned, nothing is added): a run that puts its round again
         after a restart does not ask for its labels twice; an ``item_id`` listed again with the same comparison (an
         export with several labels per item) is that item too. The items have one K, the round's if it holds any (a
         round's labels train one reward model). All items are checked first; one bad row writes nothing.
@@ -237,6 +237,7 @@ class LabelQueue:
                 if item_id in state.items:
                     raise LabelValidationError(f"item_id {item_id!r} is already in the queue", i, "item_id")
                 seen[item_id] = (i, (query, tuple(samples)))
+                queued.setdefault((key, query, tuple(samples)), item_id)  # a later row of the same comparison is it
                 ids.append(item_id)
                 out.append({"type": "item", "item_id": item_id, "round": key, "query": query, "samples": list(samples), "t": now})
             return out
