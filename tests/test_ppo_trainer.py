@@ -591,6 +591,13 @@ def test_bad_config_and_data_raise_clear_errors(tmp_path, gpt2_tokenizer, caplog
     with pytest.raises(ValueError, match=r"^model \(the policy\): its input embedding holds 1000"):
         PPOTrainer(GPT2LMHeadModel(small()), length_reward, make_config(tmp_path), Dataset.from_dict({"query": ["a"]}),
                    processing_class=gpt2_tokenizer)
+    long_query = Dataset.from_dict({"query": ["Hello there.", "word " * 40]})  # 41 tokens: the policy has 256 positions
+    for role in ("reward_model", "value_model"):  # they read the policy's ids: the first update failed with an IndexError
+        short = GPT2ForSequenceClassification(tiny_gpt2_config(n_positions=32, num_labels=1))
+        models = {"reward_model": short} if role == "reward_model" else {"reward_model": length_reward, "value_model": short}
+        with pytest.raises(ValueError, match=rf"train_dataset row 1: query of 41 tokens \+ response_length 6 exceeds the {role}'s 32 positions"):
+            PPOTrainer(make_policy(), args=make_config(tmp_path), train_dataset=long_query, processing_class=gpt2_tokenizer,
+                       **models)
     with pytest.raises(FileNotFoundError, match=r"^reward_model: no file or folder at './rm_missing'"):
         make_trainer(tmp_path, gpt2_tokenizer, reward="./rm_missing")
     with pytest.raises(FileNotFoundError, match=r"^reward_model: no file or folder at '~/no_such_rm_here'"):

@@ -283,9 +283,10 @@ def prepare_query_dataset(dataset: Dataset, tokenizer: Any, policy: nn.Module, a
     return dataset
 
 
-def check_query_positions(lengths: list[int], response_length: int, max_positions: int | None, name: str) -> None:
+def check_query_positions(lengths: list[int], response_length: int, max_positions: int | None, name: str,
+                          role: str = "model") -> None:
     """A ``ValueError`` naming ``name``'s longest row when a query of ``lengths[i]`` tokens + ``response_length`` exceed
-    the model's ``max_positions`` (None: no limit), with how many rows do and the query length that fits."""
+    the ``role`` model's ``max_positions`` (None: no limit), with how many rows do and the query length that fits."""
     if max_positions is None or not lengths:
         return
     longest = max(range(len(lengths)), key=lengths.__getitem__)
@@ -293,7 +294,7 @@ def check_query_positions(lengths: list[int], response_length: int, max_position
         over = [i for i, n in enumerate(lengths) if n + response_length > max_positions]
         raise ValueError(
             f"{name} row {longest}: query of {lengths[longest]} tokens + response_length "
-            f"{response_length} exceeds the model's {max_positions} positions; {len(over)} of {len(lengths)} "
+            f"{response_length} exceeds the {role}'s {max_positions} positions; {len(over)} of {len(lengths)} "
             f"rows do (rows {over[:10]}{', ...' if len(over) > 10 else ''}): filter the dataset to queries of at "
             f"most {max_positions - response_length} tokens"
         )

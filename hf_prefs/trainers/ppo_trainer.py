@@ -66,7 +66,8 @@ from ..core.rollout import RolloutSpec, left_pad, pad_token_id_of
 from ..models.adapter_inputs import adapter_inputs_in_autocast_dtype
 from ..models.attention import training_attention
 from ..models.dropout import disable_dropout
-from ..models.generation import check_vocabulary, ensure_pad_token_id, input_pad_id, same_token_ids, sample_responses
+from ..models.generation import (check_vocabulary, ensure_pad_token_id, input_pad_id, learned_positions, same_token_ids,
+                                 sample_responses)
 from ..models.loading import check_local_path, load_reward_model
 from ..models.logprobs import forward_last, token_logprobs
 from ..models.reward_model import (check_scalar_head, get_turn_end, normalize_reward_model, normalize_to,
@@ -84,7 +85,7 @@ from .deepspeed_plugins import DeepSpeedPluginMixin
 from .launch import check_critic_warmup, check_launch, check_ppo_sharding, marks_failure
 from .ppo_checkpoints import PPO_STATE_FILE, OnlineTrainerState, PPOCheckpointMixin
 from .ppo_config import PPOConfig, minibatch_split
-from .ppo_data import NonFiniteError, QueryStream, Rollout, deal_by_length, prepare_query_dataset
+from .ppo_data import NonFiniteError, QueryStream, Rollout, check_query_positions, deal_by_length, prepare_query_dataset
 from .ppo_reporting import PPOReportingMixin
 from .reward_functions import RewardFunction, combined_scores, reward_caller, reward_keywords
 
@@ -222,6 +223,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         train_dataset = prepare_query_dataset(train_dataset, processing_class, policy, args)
         if eval_dataset is not None:
             eval_dataset = prepare_query_dataset(eval_dataset, processing_class, policy, args, name="eval_dataset")
+        self._check_id_readers_positions(wrapper, args.response_length, train_dataset, eval_dataset)
         if not isinstance(self.reward_model, nn.Module):  # their form checked now against the columns, not at update 1
             for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
                 for fn in self.reward_functions() if dataset is not None else ():
@@ -372,6 +374,22 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             check_vocabulary(value_model, tokenizer, "value_model")
             ensure_pad_token_id(value_model, tokenizer)
         return PolicyWithValueHead(policy, value_model=value_model)
+
+    def _check_id_readers_positions(self, wrapper: PolicyWithValueHead, response_length: int,
+                                    *datasets: Dataset | None) -> None:
+        """The models that read the policy's query + response ids (a separate value model; a reward model read as
+        TRL read it, :meth:`reward_reads_token_ids`) fit them in a learned position table, as the policy is checked
+        to (else the first update fails with a bare IndexError, or a device-side assert on a GPU)."""
+        readers = [("value_model", wrapper.value_model)]
+        if isinstance(self.reward_model, nn.Module) and self.reward_reads_token_ids():
+            readers.append(("reward_model", self.reward_model))
+        for name, dataset in zip(("train_dataset", "eval_dataset"), datasets):
+            if dataset is None:
+                continue
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            for role, model in readers:
+                if model is not None:
+                    check_query_positions(lengths, response_length, learned_positions(model), name, role)
 
     def _build_reference(self, policy: nn.Module, ref_model: nn.Module | str | None) -> None:
         """``self.ref_model``: the given frozen model (or the one loaded from a path, as ``model`` is), a frozen copy
