@@ -192,7 +192,15 @@ def test_input_ids_padded_by_the_tokenizer_or_in_torch_format_are_the_queries_to
         out = prepare_query_dataset(Dataset.from_dict({"input_ids": ids}), padded, policy, args)
     assert out["input_ids"] == plain and "2 of 3 rows" in caplog.text
     ended = [plain[0] + [tokenizer.eos_token_id]]  # pad = EOS (= BOS for GPT-2) without a mask: may be the query's own
-    assert prepare_query_dataset(Dataset.from_dict({"input_ids": ended}), tokenizer, policy, args)["input_ids"] == ended
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_prefs.trainers.ppo_data"):
+        assert prepare_query_dataset(Dataset.from_dict({"input_ids": ended}), tokenizer, policy, args)["input_ids"] == ended
+        assert "run of the pad token" not in caplog.text
+        tokenizer.padding_side = "left"  # padded with EOS and the mask left behind: kept, but said (it was silent)
+        enc = tokenizer(texts, padding="max_length", max_length=8)["input_ids"]
+        assert prepare_query_dataset(Dataset.from_dict({"input_ids": enc}), tokenizer, policy, args)["input_ids"] == enc
+    assert ("train_dataset: rows [0, 1, 2] (3 of 3) start or end with a run of the pad token '<|endoftext|>'" in caplog.text
+            and "keep the tokenizer's `attention_mask` column" in caplog.text)
     with pytest.raises(ValueError, match=r"train_dataset row 1: `input_ids` must be a list of token ids \(ints\), got None"):
         prepare_query_dataset(Dataset.from_dict({"input_ids": [plain[0], None]}), tokenizer, policy, args)
     with pytest.raises(ValueError, match=r"row 0: `input_ids` must be .*got a list holding float 464.0"):  # pandas' floats

@@ -201,6 +201,7 @@ def unpadded_input_ids(dataset: Dataset, tokenizer: Any, name: str = "train_data
         kept = [_strip(ids, pad) for ids in rows]
         why = f"the pad token {tokenizer.pad_token!r} at the rows' ends"
     else:
+        _warn_if_padded_with_a_text_token(rows, tokenizer, name)
         return dataset
     changed = sum(len(a) != len(b) for a, b in zip(kept, rows))
     drop = ["attention_mask"] if masks is not None else []
@@ -209,6 +210,20 @@ def unpadded_input_ids(dataset: Dataset, tokenizer: Any, name: str = "train_data
     logger.info(f"{name}: {changed} of {len(rows)} rows lose {why}: the queries are their other tokens")
     return dataset.map(lambda _, i: {"input_ids": kept[i]}, with_indices=True, remove_columns=drop,
                        desc="Unpadding input_ids")
+
+
+def _warn_if_padded_with_a_text_token(rows: list[list[int]], tokenizer: Any, name: str) -> None:
+    """Rows that start or end with two or more of a pad token that is also EOS/BOS (kept: it may be a query's own)
+    look padded (``padding="max_length"`` with ``pad_token = eos_token``): say so, and how to mark the padding."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        return
+    padded = [i for i, ids in enumerate(rows) if len(ids) >= 2 and (ids[0] == ids[1] == pad or ids[-1] == ids[-2] == pad)]
+    if padded:
+        logger.warning(f"{name}: rows {padded[:10]}{', ...' if len(padded) > 10 else ''} ({len(padded)} of {len(rows)}) "
+                       f"start or end with a run of the pad token {tokenizer.pad_token!r}, which is also the tokenizer's "
+                       "EOS/BOS: kept as query tokens (TRL 1.12 masked every pad token). If they are padding, keep the "
+                       "tokenizer's `attention_mask` column (its zeros are dropped) or tokenize without padding")
 
 
 def _strip(ids: list[int], pad: int) -> list[int]:
