@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 from conftest import tiny_gpt2_config
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers import GPT2ForSequenceClassification
 from trl import TrlParser
 
@@ -240,6 +240,12 @@ def test_bad_labels_and_k_mismatch_name_the_row(gpt2_tokenizer, tmp_path):
             model, make_args(tmp_path), train_dataset=Dataset.from_dict(mixed), processing_class=gpt2_tokenizer
         )
     assert (info.value.row, info.value.field) == (2, "samples")
+    stream = IterableDataset.from_generator(lambda: iter(Dataset.from_dict(mixed)))  # read as training goes
+    trainer = PreferenceRewardTrainer(model, make_args(tmp_path, max_steps=1, per_device_train_batch_size=4),
+                                      train_dataset=stream, processing_class=gpt2_tokenizer)
+    with pytest.raises(LabelValidationError) as info:  # was "batch row 2 has 3 samples, row 0 has 4" (the collator)
+        trainer.train()
+    assert str(info.value) == "train dataset, row 2, field 'samples': expected K=4 samples like the rows before it, got 3"
 
     bad_eval = toy_labels(4).to_dict()
     bad_eval["best"][3] = 4

@@ -564,15 +564,18 @@ def _in_dataset(err: LabelValidationError, name: str) -> LabelValidationError:
 
 def _checked_labels(dataset: Dataset | IterableDataset, k: int | None, name: str) -> Dataset | IterableDataset:
     """Label rows checked (errors name the dataset, row and field): a ``Dataset`` at once, a stream row by row as it
-    is read (its K fixed by ``k`` only)."""
+    is read (its K fixed by ``k``, else by the first row read: a row of another K is named, not a collated batch)."""
     if isinstance(dataset, Dataset):
         return validate_labels(dataset, k=k)
+    stream_k = [k]
 
     def check(row: dict[str, Any], i: int) -> dict[str, Any]:
         try:
-            return check_label_row(i, row, k)
+            row = check_label_row(i, row, stream_k[0])
         except LabelValidationError as err:
             raise _in_dataset(err, name) from None
+        stream_k[0] = len(row["samples"])
+        return row
 
     return dataset.map(check, with_indices=True)
 
