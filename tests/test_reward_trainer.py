@@ -288,6 +288,14 @@ def test_normalization_needs_samples(gpt2_tokenizer, tmp_path):
             processing_class=gpt2_tokenizer,
             normalization_samples=Dataset.from_dict({"query": ["a", "b"], "response": [" x", None]}),
         )
+    with pytest.raises(ValueError, match=r"normalization_samples: row 2: query and response are both empty"):
+        PreferenceRewardTrainer(  # it failed at train(): "query and response are both empty", naming no row
+            tiny_rm(gpt2_tokenizer), make_args(tmp_path, normalize_before=True), train_dataset=toy_labels(4),
+            processing_class=gpt2_tokenizer,
+            normalization_samples=Dataset.from_dict({"query": ["a", "", ""], "response": [" x", " y", ""]}),
+        )
+    with pytest.raises(ValueError, match=r"score_texts: row 1: query and response are both empty"):
+        score_texts(tiny_rm(gpt2_tokenizer), gpt2_tokenizer, ["a", ""], [" x", ""])
     from hf_prefs.trainers import launch  # an error leaving train() marks the run failed for the exit hook
 
     trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(4),

@@ -399,8 +399,11 @@ def score_texts(
     try:
         for start in range(0, len(queries), batch_size):
             seqs = []
-            for q, r in zip(queries[start : start + batch_size], responses[start : start + batch_size]):
-                q_ids, r_ids = tokenize_query_response(tokenizer, q, r)
+            for i, (q, r) in enumerate(zip(queries[start : start + batch_size], responses[start : start + batch_size])):
+                try:
+                    q_ids, r_ids = tokenize_query_response(tokenizer, q, r)
+                except ValueError as err:
+                    raise ValueError(f"score_texts: row {start + i}: {err}") from None
                 seqs.append(q_ids + without_trailing_pad(r_ids, pad_id))  # read where the model's own forward reads
             _check_positions(seqs, start, positions)
             ids, mask = pad_right(seqs, pad_id)

@@ -262,6 +262,9 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
                 if bad is not None:
                     raise ValueError(f"normalization_samples: row {bad}, field {column!r}: a text is needed, got "
                                      f"{samples[bad][column]!r}")
+            empty = next((i for i, (q, r) in enumerate(zip(samples["query"], samples["response"])) if not q and not r), None)
+            if empty is not None:  # nothing to read a reward at
+                raise ValueError(f"normalization_samples: row {empty}: query and response are both empty")
         elif not callable(samples):
             raise TypeError(
                 "normalization_samples must be a datasets.Dataset with 'query'/'response' columns or a callable "
