@@ -483,7 +483,10 @@ def load_label_file(
                                            f"sample); its columns: {columns}")
             checked: list[dict[str, Any]] = []  # canonical then, so validate_labels need not read them again
             for i, row in enumerate(rows):
-                checked.append(check_label_row(i, row, len(checked[0]["samples"]) if checked else None))
+                try:
+                    checked.append(check_label_row(i, row, len(checked[0]["samples"]) if checked else None))
+                except LabelValidationError as err:
+                    raise _in_file(err, path) from None
             # every row's columns (from_list would take row 0's only: an optional column it lacks was dropped)
             columns = list(dict.fromkeys(c for row in checked for c in row))
             return _with_k(_one_table(checked, columns, spec), k, spec, pairwise=False)
@@ -498,6 +501,19 @@ def load_label_file(
     pairwise = is_pairwise(labels.column_names)
     labels = from_pairwise(labels, processing_class) if pairwise else validate_labels(labels)
     return _with_k(labels, k, spec, pairwise)
+
+
+def _in_file(err: LabelValidationError, path: Path) -> LabelValidationError:
+    """``err`` (row and field kept) with the file in front, and for JSON lines the line the row is on (blank lines
+    are skipped, so row ``i`` need not be line ``i + 1``)."""
+    where = str(path)
+    if err.row is not None and path.is_file() and path.suffix == ".jsonl":
+        with open(path, "rb") as f:
+            lines = [n for n, raw in enumerate(f, 1) if raw.strip()]
+        where += f":{lines[err.row]}" if err.row < len(lines) else ""
+    named = LabelValidationError(f"{where}: {err}")
+    named.row, named.field = err.row, err.field
+    return named
 
 
 def _with_k(labels: Dataset, k: int | None, spec: Any, pairwise: bool) -> Dataset:
