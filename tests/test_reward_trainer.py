@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import warnings
 
 import pytest
 import torch
@@ -222,6 +223,51 @@ def test_share_query_prefix_falls_back_on_a_model_without_position_ids(gpt2_toke
     assert not trainer.data_collator.share_query_prefix
     trainer.train()
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_share_query_prefix_packs_a_sliding_window_model_only_where_no_row_outgrows_its_window(gpt2_tokenizer, tmp_path):
+    """The packed rows' 4-D mask replaces the model's own, sliding window included: a Mistral with a window of 8 scored
+    its 21-30-token rows as if it had none (loss 1.58 against 3.12 unpacked). Packing is kept only where max_length
+    (or the model's positions) fits the window; the rewards then equal each sample scored alone."""
+    from transformers import MistralConfig, MistralForSequenceClassification
+
+    labels = Dataset.from_dict({"query": ["It was a dark and stormy night and the rain fell hard on the old roof."],
+                                "samples": [[" The fire was warm.", " Rain fell all night long on the hills", " He died."]],
+                                "best": [0]})
+    query = gpt2_tokenizer(labels[0]["query"])["input_ids"]
+    for window, max_length, packs in ((8, 1024, False), (64, 64, True)):
+        torch.manual_seed(0)
+        model = MistralForSequenceClassification(MistralConfig(
+            vocab_size=50257, num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, max_position_embeddings=256, sliding_window=window, num_labels=1,
+            pad_token_id=gpt2_tokenizer.eos_token_id, initializer_range=0.3)).eval()
+        args = make_args(tmp_path, share_query_prefix=True, max_length=max_length, per_device_train_batch_size=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = PreferenceRewardTrainer(model, args, train_dataset=labels, processing_class=gpt2_tokenizer)
+        said = [str(w.message) for w in caught if "window of" in str(w.message)]
+        assert trainer.data_collator.share_query_prefix is packs and bool(said) is not packs
+        if said:
+            assert "attends to a window of 8 tokens in some layers, which a query + sample of up to 1024" in said[0]
+        batch = next(iter(trainer.get_train_dataloader()))
+        with torch.no_grad():
+            rewards = trainer.compute_loss(model, batch, return_outputs=True)[1]["logits"][0]
+            alone = [model(input_ids=torch.tensor([query + gpt2_tokenizer(x, add_special_tokens=False)["input_ids"]])
+                           ).logits[0, 0] for x in labels[0]["samples"]]
+        assert rewards.tolist() == pytest.approx([float(r) for r in alone], abs=1e-5)
+
+
+def test_attention_window_reads_each_kind_of_config():
+    from transformers import Gemma3TextConfig, GPTNeoConfig, MistralConfig, Qwen2Config
+
+    from hf_prefs.models.attention import attention_window
+
+    assert attention_window(MistralConfig(sliding_window=None)) is None
+    assert attention_window(MistralConfig(sliding_window=4096)) == 4096
+    assert attention_window(Gemma3TextConfig(num_hidden_layers=6, sliding_window=512)) == 512  # 5 sliding : 1 full
+    assert attention_window(Qwen2Config(use_sliding_window=False, sliding_window=4096)) is None  # every layer full
+    assert attention_window(GPTNeoConfig(attention_types=[[["global", "local"], 1]], num_layers=2, window_size=256)) == 256
+    assert attention_window(tiny_gpt2_config()) is None
 
 
 def test_bad_labels_and_k_mismatch_name_the_row(gpt2_tokenizer, tmp_path):

@@ -29,7 +29,7 @@ from ..core.packing import shared_prefix_allowed
 from .wrappers import text_config
 
 __all__ = ["MATH_ATTENTION_MAX_LENGTH", "training_attention", "causal_mask_without_empty_rows",
-           "PLAIN_CAUSAL_MODEL_TYPES", "takes_plain_causal_mask", "attention_mask_for", "decode_step_mask"]
+           "PLAIN_CAUSAL_MODEL_TYPES", "takes_plain_causal_mask", "attention_window", "attention_mask_for", "decode_step_mask"]
 
 #: Longest sequence (tokens) whose differentiated CPU forward uses the math backend (measured crossover ~256).
 MATH_ATTENTION_MAX_LENGTH = 128
@@ -72,16 +72,27 @@ def takes_plain_causal_mask(config: Any, length: int) -> bool:
     tokens (a shorter window would be replaced by plain causal attention)."""
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    text = text_config(config)
-    if getattr(text, "model_type", None) not in PLAIN_CAUSAL_MODEL_TYPES:
+    if getattr(text_config(config), "model_type", None) not in PLAIN_CAUSAL_MODEL_TYPES:
         return False
+    window = attention_window(config)
+    return window is None or length <= window
+
+
+def attention_window(config: Any) -> int | None:
+    """The fewest earlier tokens (itself included) a layer of a model with ``config`` attends to: a sliding window
+    (``layer_types``' ``sliding_attention``, or a ``sliding_window`` without ``layer_types``: Mistral) or GPT-Neo's
+    ``local`` layers; None where every layer attends to all earlier tokens (a ``sliding_window`` the config carries
+    beside only ``full_attention`` layers is unused); 0 for a layer kind not known here (chunked, hybrid)."""
+    text = text_config(config)
+    if "local" in set(getattr(text, "attention_layers", None) or []):  # GPT-Neo
+        return int(text.window_size)
     kinds = set(getattr(text, "layer_types", None) or [])
     if not kinds <= {"full_attention", "sliding_attention"}:
-        return False
-    if kinds == {"full_attention"}:  # a sliding_window the config may still carry is unused
-        return True
+        return 0
+    if kinds == {"full_attention"}:
+        return None
     window = getattr(text, "sliding_window", None)
-    return not window or length <= int(window)
+    return int(window) if window else None
 
 
 def attention_mask_for(configs: Iterable[Any], attention_mask: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ from ..core.losses import kway_accuracy, kway_margin, kway_preference_loss, rewa
 from ..core.packing import pack_shared_prefix, pad_right
 from ..labels.schema import LabelValidationError, check_label_row, from_pairwise, is_pairwise, validate_labels
 from ..chat_templates import assistant_turn_end
+from ..models.attention import attention_window
 from ..models.dropout import disable_dropout
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
 from ..models.generation import check_vocabulary, input_pad_id, learned_positions
@@ -234,10 +235,16 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             self.data_collator = DataCollatorForKWayPreference(
                 pad_token_id=input_pad_id(self.model, self.processing_class),
                 pad_to_multiple_of=self.args.pad_to_multiple_of,
-                share_query_prefix=self.args.share_query_prefix and _can_pack(self.model),
+                share_query_prefix=self.args.share_query_prefix and _can_pack(self.model, self._row_limit()),
             )
 
     # ------------------------------------------------------------------ data
+    def _row_limit(self) -> int | None:
+        """The most tokens a query + sample may hold here (``max_length``, the model's positions; rows over it are
+        dropped), None without a limit."""
+        limits = [n for n in (self.args.max_length, self._max_positions) if n is not None]
+        return min(limits) if limits else None
+
     @staticmethod
     def _check_normalization_samples(samples: Any, args: PreferenceRewardConfig) -> None:
         if samples is None:
@@ -619,16 +626,22 @@ def _check_tokenized(dataset: Dataset | IterableDataset, k: int | None) -> None:
         k = got
 
 
-def _can_pack(model: Any) -> bool:
+def _can_pack(model: Any, row_limit: int | None) -> bool:
     """Whether ``model`` can read packed rows (``share_query_prefix``): a score head at every position (an encoder
-    classifier reads one pooled reward per row) and a forward that takes ``position_ids``, to restart each sample's
-    positions after the query; a warning where not (BLOOM's and MPT's ALiBi, Falcon's classifier read positions from a
-    2D attention mask; BERT, DeBERTa): each sample is then encoded with its query — the same loss."""
+    classifier reads one pooled reward per row), a forward that takes ``position_ids``, to restart each sample's
+    positions after the query, and no attention window a query + sample of up to ``row_limit`` tokens (None: no
+    limit) may outgrow (the packed rows' 4-D mask replaces the model's own, window included: Mistral's, Gemma 2/3's
+    sliding layers, GPT-Neo's local ones); a warning where not (BLOOM's and MPT's ALiBi, Falcon's classifier read
+    positions from a 2D attention mask; BERT, DeBERTa): each sample is then encoded with its query — the same loss."""
     base = unwrap_model(model)
+    window = attention_window(base.config)
     if not reads_every_position(model):
         why = "reads one pooled reward per row (no score head at every position)"
     elif "position_ids" not in inspect.signature(base.forward).parameters:
         why = "takes no position_ids"
+    elif window is not None and (row_limit is None or row_limit > window):
+        why = (f"attends to a window of {window} tokens in some layers, which a query + sample of up to "
+               f"{row_limit or 'any number of'} tokens outgrows (the packed rows' mask would replace it)")
     else:
         return True
     warnings.warn(f"share_query_prefix: {type(base).__name__} {why}, so rows that encode a query once for its K samples "
