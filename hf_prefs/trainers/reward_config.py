@@ -39,7 +39,9 @@ class PreferenceRewardConfig(RewardConfig):
         share_query_prefix (`bool`, defaults to `False`):
             Encode each query once and its K responses on top of it (one packed row per label with a block
             attention mask) instead of K full rows. Same rewards (to float precision), fewer tokens; needs the
-            ``eager`` or ``sdpa`` attention implementation.
+            ``eager`` or ``sdpa`` attention implementation. Models that cannot read packed rows exactly (no score
+            head at every position, no ``position_ids``, or an attention window that ``max_length`` outgrows:
+            Mistral's, Gemma 2/3's sliding layers) encode each sample with its query instead, with a warning.
         cache_frozen_features (`bool`, defaults to `False`):
             When the embeddings and the bottom blocks are frozen (e.g. to train only the top layers on a CPU),
             compute the frozen blocks' output once per label and train the top on the stored output
