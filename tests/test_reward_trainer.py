@@ -811,3 +811,39 @@ def test_several_eval_sets_each_log_their_own_metrics(gpt2_tokenizer, tmp_path):
         for metric in ("loss", "accuracy", "margin", "mean_reward", "std_reward"):
             assert both[f"eval_{name}_{metric}"] == pytest.approx(alone[f"eval_{metric}"], rel=1e-6), (name, metric)
     assert both["eval_a_accuracy"] != both["eval_b_accuracy"] or both["eval_a_margin"] != both["eval_b_margin"]
+
+
+def test_a_pad_added_to_the_tokenizer_only_trains_reads_and_reloads_as_one(gpt2_tokenizer, tmp_path):
+    """TRL's scripts add a [PAD] (id 50257) the model cannot embed. TRL set config.pad_token_id to it: a Llama-like
+    model saved so failed to load ("Padding_idx must be within num_embeddings"), and training read a pairwise row at
+    its appended EOS while score_texts (PPO, normalization, evaluation) read the token before it. The config now pads
+    with the EOS, and training, score_texts and the model's own forward read the same token."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = gpt2_tokenizer
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    pairs = Dataset.from_dict({"prompt": ["She opened the letter."] * 2, "chosen": [" It was wonderful news!"] * 2,
+                               "rejected": [" It was a bill."] * 2})
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=50257, num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, num_labels=1, initializer_range=0.3))
+    trainer = PreferenceRewardTrainer(model, make_args(tmp_path, per_device_train_batch_size=2, learning_rate=0.0),
+                                      train_dataset=pairs, processing_class=tokenizer)
+    trainer.train()  # transformers' Trainer.train aligns the config's pad with the tokenizer's (50257) again
+    assert model.config.pad_token_id == tokenizer.eos_token_id
+    model.eval()
+    with torch.no_grad():
+        trained = trainer.compute_loss(model, next(iter(trainer.get_train_dataloader())), return_outputs=True)[1]["logits"][0]
+        query = tokenizer("She opened the letter.")["input_ids"]
+        own = [model(input_ids=torch.tensor([query + tokenizer(c)["input_ids"] + [tokenizer.eos_token_id]])).logits[0, 0]
+               for c in (" It was wonderful news!", " It was a bill.")]
+    scored = score_texts(model, tokenizer, ["She opened the letter."] * 2, [" It was wonderful news!", " It was a bill."],
+                         normalized=False)
+    assert scored.tolist() == pytest.approx(trained.tolist(), abs=1e-5)
+    assert scored.tolist() == pytest.approx([float(r) for r in own], abs=1e-5)
+    trainer.save_model(str(tmp_path / "rm"))
+    tokenizer.save_pretrained(str(tmp_path / "rm"))
+    loaded, loaded_tokenizer = load_reward_model(str(tmp_path / "rm"))
+    assert score_texts(loaded, loaded_tokenizer, ["She opened the letter."], [" It was a bill."],
+                       normalized=False).tolist() == pytest.approx(scored[1:].tolist(), abs=1e-5)

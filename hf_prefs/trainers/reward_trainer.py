@@ -51,8 +51,9 @@ from ..chat_templates import assistant_turn_end
 from ..models.attention import attention_window
 from ..models.dropout import disable_dropout
 from ..models.frozen_features import CHECKPOINTING, FrozenFeatureCache, frozen_prefix_length
-from ..models.generation import check_vocabulary, input_pad_id, learned_positions
+from ..models.generation import check_vocabulary, embeddable_pad_id, embedding_rows, input_pad_id, learned_positions
 from ..models.sharding import generation_model
+from ..models.wrappers import text_config
 from ..models.loading import load_reward_normalization, save_reward_normalization
 from ..models.reward_model import (
     BIAS_KEY,
@@ -129,13 +130,16 @@ def _batch_rewards(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return last_token_rewards(model, inputs["input_ids"], inputs["attention_mask"])  # (B·K, L) rows
 
 
-class _LogPendingOnTrainBegin(TrainerCallback):
-    """Logs the gain/bias of ``normalize_before`` (computed before ``Trainer.train`` creates its state) at step 0."""
+class _OnTrainBegin(TrainerCallback):
+    """Where ``Trainer.train`` begins: the config's pad made embeddable again (``train`` aligned it with the
+    tokenizer's, :func:`_embeddable_config_pad`), and the gain/bias of ``normalize_before`` (computed before
+    ``Trainer.train`` creates its state) logged at step 0."""
 
     def __init__(self, trainer: PreferenceRewardTrainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        _embeddable_config_pad(self.trainer.model, self.trainer.processing_class)
         if self.trainer._pending_logs:
             logs, self.trainer._pending_logs = self.trainer._pending_logs, None
             self.trainer.log(logs)
@@ -198,7 +202,9 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         self._check_normalization_samples(normalization_samples, args)
         self.normalization_samples = normalization_samples
         self.num_candidates: int | None = args.num_candidates  # read by _prepare_dataset (called in super().__init__)
-        self._max_positions = _max_positions(model, args.model_init_kwargs)  # idem: rows longer than the model's positions are dropped too
+        built = _built_model(model, args.model_init_kwargs)
+        self._max_positions = built and learned_positions(built)  # idem: rows longer than the model's positions are dropped too
+        self._embedding_rows = built and embedding_rows(built)  # idem: the pad a sample's end is read past
         self._response_suffix: str | None = None  # idem: the EOS appended to TRL's pairwise text training rows
         self._trains_on_text = False  # idem: a train dataset of text labels was prepared (its suffix is known)
         self._turn_end = ""  # idem: the chat template's end of an assistant turn, when it trains on chats
@@ -223,6 +229,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         if self.args.disable_dropout:  # TRL zeroed the nn.Dropout layers; also the rates applied functionally
             disable_dropout(self.model)
         check_vocabulary(self.model, self.processing_class, "model (the reward model)")
+        _embeddable_config_pad(self.model, self.processing_class)
         # read where it is trained: by score_texts, the normalization and PPO, once saved too (a loaded model's suffix
         # is replaced by the text labels' own, kept for token-id labels); the key marks the model as trained here
         set_response_suffix(self.model, self._response_suffix if self._trains_on_text else get_response_suffix(self.model))
@@ -230,7 +237,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         self._pending_logs: dict[str, float] | None = None
         self._logged_rewards: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}  # since the last log
         self._frozen_cache: FrozenFeatureCache | None = None
-        self.add_callback(_LogPendingOnTrainBegin(self))
+        self.add_callback(_OnTrainBegin(self))
         if data_collator is None:  # TRL built its chosen/rejected collator; replace it with the K-way one
             self.data_collator = DataCollatorForKWayPreference(
                 pad_token_id=input_pad_id(self.model, self.processing_class),
@@ -314,7 +321,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         except LabelValidationError as err:
             raise _in_dataset(err, dataset_name) from None
         if not tokenized:
-            dataset = _tokenize_labels(dataset, processing_class, args, dataset_name)
+            dataset = _tokenize_labels(dataset, processing_class, args, dataset_name,
+                                       embeddable_pad_id(processing_class, self._embedding_rows))
         if isinstance(dataset, Dataset) and len(dataset) > 0 and dataset_name == "train":
             self.num_candidates = len(dataset[0]["samples_ids"])
         eos_note = " (with the EOS trl.RewardTrainer appends)" if unread_eos else ""
@@ -591,14 +599,14 @@ def _checked_labels(dataset: Dataset | IterableDataset, k: int | None, name: str
 
 
 def _tokenize_labels(
-    dataset: Dataset | IterableDataset, processing_class: Any, args: PreferenceRewardConfig, name: str
+    dataset: Dataset | IterableDataset, processing_class: Any, args: PreferenceRewardConfig, name: str, pad_id: int
 ) -> Dataset | IterableDataset:
     """``query_ids`` (the tokenizer's special tokens before the text) and ``samples_ids`` (K lists, with the special
     tokens that close a text, :func:`~hf_prefs.models.reward_model.query_ids_and_suffix`) of each row;
     a sample's trailing pad tokens (an EOS its text ends with, where the tokenizer pads with it) left out, so it is
     read where the model's own forward and TRL read it (:func:`~hf_prefs.models.reward_model.without_trailing_pad`;
-    TRL set the pad before the datasets are prepared)."""
-    pad_id = processing_class.pad_token_id
+    TRL set the pad before the datasets are prepared; ``pad_id`` is it, or where the model cannot embed it — a
+    ``[PAD]`` added to the tokenizer only — the id the model's config then pads with, :func:`_embeddable_config_pad`)."""
 
     def tokenize(row: dict[str, Any]) -> dict[str, Any]:
         query_ids, suffix = query_ids_and_suffix(processing_class, row["query"])  # BERT's [SEP] after each sample
@@ -681,10 +689,22 @@ def _readable_eos(processing_class: Any) -> str | None:
     return eos if eos is not None and getattr(processing_class, "pad_token", None) != eos else None
 
 
-def _max_positions(model: Any, init_kwargs: dict[str, Any] | None = None) -> int | None:
-    """:func:`~hf_prefs.models.generation.learned_positions` of ``model``. A model given by name (TRL loads it after the datasets are
-    prepared) is built from its config on the meta device, without weights; None where that fails (TRL's own load
-    then says why)."""
+def _embeddable_config_pad(model: nn.Module, tokenizer: Any) -> None:
+    """TRL sets the classifier's ``config.pad_token_id`` to the tokenizer's; a ``[PAD]`` added to the tokenizer only
+    (as TRL's scripts add it) lies outside the embedding, and a Llama-like model saved with it does not load again
+    (``padding_idx`` must be within the embedding). It becomes the embeddable id inputs are padded with
+    (:func:`~hf_prefs.models.generation.input_pad_id`, the EOS), whose trailing copies the labels' samples were read
+    past, as the model's own forward reads past its pad."""
+    config = text_config(unwrap_model(model).config)
+    rows = embedding_rows(model)
+    if rows is not None and getattr(config, "pad_token_id", None) is not None and config.pad_token_id >= rows:
+        config.pad_token_id = input_pad_id(model, tokenizer)
+
+
+def _built_model(model: Any, init_kwargs: dict[str, Any] | None = None) -> nn.Module | None:
+    """``model``, or for a model given by name one built from its config on the meta device, without weights (to read
+    its positions and embedding before TRL prepares the datasets); None where that fails (TRL's own load then says
+    why)."""
     if isinstance(model, str):
         kwargs = {k: v for k, v in (init_kwargs or {}).items() if k in ("revision", "trust_remote_code")}
         try:
@@ -694,7 +714,7 @@ def _max_positions(model: Any, init_kwargs: dict[str, Any] | None = None) -> int
                     config, trust_remote_code=kwargs.get("trust_remote_code", False))
         except Exception:  # a bad name, a config transformers cannot build: TRL's load raises its own error
             return None
-    return learned_positions(model) if isinstance(model, nn.Module) else None
+    return model if isinstance(model, nn.Module) else None
 
 
 def _drop_long(dataset: Dataset | IterableDataset, limit: int, why: str, num_proc: int | None, name: str
