@@ -41,6 +41,7 @@ __all__ = [
     "default_world_size",
     "tied_weights_keys",
     "trainer_learning_rate",
+    "unprepare_after_evaluation",
     "set_sync_gradients",
     "restore_trainer_checkpoint",
     "checkpoint_folder",
@@ -92,6 +93,24 @@ def tied_weights_keys(model: Any) -> set[str]:
     """The parameter names a transformers model ties to others (``PreTrainedModel._tied_weights_keys``)."""
     keys = getattr(model, "_tied_weights_keys", None) or []
     return set(keys) if not isinstance(keys, dict) else set(keys)
+
+
+def unprepare_after_evaluation(trainer: Trainer) -> None:
+    """Undo what ``Trainer.evaluate``/``predict`` before ``train`` left on a multi-process (DDP) run: the evaluation
+    loop prepares the bare model in accelerate's evaluation mode (no ``DistributedDataParallel``) and marks it
+    prepared (accelerate's private ``_is_accelerate_prepared``); ``train``'s ``prepare`` then returns it unwrapped,
+    and every process trains its own copy on its own half of each batch (transformers 5.25, accelerate 1.16). The mark,
+    the autocast ``forward`` that preparing added and the model's entry in the accelerator are removed, so ``train``
+    wraps it."""
+    model, accelerator = trainer.model, trainer.accelerator
+    if (accelerator.num_processes <= 1 or not getattr(model, "_is_accelerate_prepared", False)
+            or trainer.model_wrapped is not model or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        return
+    if "_original_forward" in vars(model):
+        model.forward = model._original_forward
+        del model._original_forward
+    model._is_accelerate_prepared = False
+    accelerator._models[:] = [m for m in accelerator._models if m is not model]
 
 
 def trainer_learning_rate(trainer: Trainer) -> float:

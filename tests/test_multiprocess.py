@@ -167,12 +167,14 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tiny_base, t
     print(f"resume on 2 processes: max |param difference| vs uninterrupted = {worst:.2e}")
 
 
-@pytest.mark.parametrize("frozen_cache", [False, True])
-def test_reward_trainer_on_two_processes_equals_one_process(tiny_base, tmp_path, frozen_cache):
+@pytest.mark.parametrize("frozen_cache, evaluate_first", [(False, False), (True, False), (False, True)])
+def test_reward_trainer_on_two_processes_equals_one_process(tiny_base, tmp_path, frozen_cache, evaluate_first):
     """frozen_cache: the bottom block frozen, 2 epochs; 2 processes serve it from stored outputs
-    (cache_frozen_features), 1 process runs it plainly: the same parameters."""
+    (cache_frozen_features), 1 process runs it plainly: the same parameters. evaluate_first: an evaluate() before
+    train() on the 2 processes (transformers' evaluation loop left the model without DDP: each process trained its own
+    copy on its half of the batch)."""
     single = rm_run.run(tiny_base, str(tmp_path / "one"), per_device=8, frozen=frozen_cache)
-    flags = ["--frozen", "--cache"] if frozen_cache else []
+    flags = (["--frozen", "--cache"] if frozen_cache else []) + (["--evaluate_first"] if evaluate_first else [])
     launch("rm_run.py", "--base", tiny_base, "--out", str(tmp_path / "two"), "--per_device", "4", *flags)
     ranks = results(tmp_path / "two")
     assert [r["world"] for r in ranks] == [2, 2]

@@ -333,6 +333,21 @@ def test_non_finite_reward_stops_training_and_names_the_step(tmp_path, gpt2_toke
     assert launch._EXIT["failed"] is True
     make_trainer(tmp_path, gpt2_tokenizer, total_episodes=8).train()
     assert launch._EXIT["failed"] is False
+    # so is a failure caught outside train(): generate_completions' and evaluate_policy's collectives (one rank's
+    # caught error, then sys.exit(1), hung both processes at the exit barrier)
+    from hf_prefs import evaluate_policy
+
+    def broken(queries, responses):
+        raise ValueError("reward service down")
+
+    evaluating = PPOTrainer(make_policy(), broken, make_config(tmp_path), Dataset.from_dict({"query": QUERIES}),
+                            processing_class=gpt2_tokenizer, eval_dataset=Dataset.from_dict({"query": QUERIES}))
+    for call in (evaluating.generate_completions,
+                 lambda: evaluate_policy(make_policy(), gpt2_tokenizer, QUERIES, reward_fn=broken, response_length=2)):
+        with pytest.raises(ValueError, match="reward service down"):
+            call()
+        assert launch._EXIT["failed"] is True
+        launch._EXIT["failed"] = False
 
 
 def test_non_finite_logits_stop_training(tmp_path, gpt2_tokenizer):

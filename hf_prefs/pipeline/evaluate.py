@@ -27,6 +27,7 @@ from ..models.generation import input_pad_id, model_device, sample_responses, sa
 from ..models.logprobs import forward_last, token_logprobs
 from ..models.value_head import PolicyWithValueHead
 from ..models.wrappers import unwrap_distributed
+from ..trainers.launch import marks_failure
 
 __all__ = ["PolicyEvaluation", "evaluate_policy", "compare_policies", "sequence_logprobs", "sample_with_logprobs"]
 
@@ -86,6 +87,7 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return inner.policy if isinstance(inner, PolicyWithValueHead) else model
 
 
+@marks_failure
 @torch.no_grad()
 def evaluate_policy(
     policy: torch.nn.Module,

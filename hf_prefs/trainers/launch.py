@@ -178,10 +178,11 @@ def failed_only_at_exit(stderr: str) -> bool:
 
 
 def marks_failure(train: Callable[..., Any]) -> Callable[..., Any]:
-    """A trainer's ``train`` that notes an exception leaving it, so that the exit hook skips its barrier on this rank
-    even where the caller catches the exception and exits by ``sys.exit(1)`` or normally (neither reaches
-    ``sys.excepthook``): the other ranks may be inside a training collective, which ends when this process exits and
-    its sockets close, but never reaches the barrier — both processes hung there."""
+    """A function that runs collectives (a trainer's ``train``, ``evaluate``, ``predict``, the reward normalization,
+    ``generate_completions``, :func:`~hf_prefs.pipeline.evaluate.evaluate_policy`) that notes an exception leaving it,
+    so that the exit hook skips its barrier on this rank even where the caller catches the exception and exits by
+    ``sys.exit(1)`` or normally (neither reaches ``sys.excepthook``): the other ranks may be inside a collective, which
+    ends when this process exits and its sockets close, but never reaches the barrier — both processes hung there."""
 
     @functools.wraps(train)
     def wrapped(*args: Any, **kwargs: Any) -> Any:

@@ -19,6 +19,7 @@ from ..core.ppo_math import explained_variance, masked_mean
 from ..core.rollout import left_pad
 from ..models.generation import sample_responses
 from ..models.sharding import generation_model
+from .launch import marks_failure
 from .ppo_data import Rollout
 
 __all__ = ["PPOReportingMixin", "COMPLETIONS_TEMPERATURE", "RESERVED_METRIC_GROUPS", "RESERVED_METRIC_NAMES"]
@@ -157,6 +158,7 @@ class PPOReportingMixin:
             if run is None or run.get() is not None:  # no run before train() or after it (trackio.log raises)
                 trackio.log({name: trackio.Table(dataframe=df)})
 
+    @marks_failure
     @torch.no_grad()
     def generate_completions(self, sampling: bool = False) -> pd.DataFrame | None:
         """TRL 1.12's completions table on ``eval_dataset``: near-greedy responses (T = 0.01), cut by the run's rule,

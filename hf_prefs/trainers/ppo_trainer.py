@@ -1168,6 +1168,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         else:
             self.log_samples(rollout)
 
+    @marks_failure
     @torch.no_grad()
     def normalize_reward_model(self) -> tuple[float, float]:
         """Set the reward model's gain/bias so rewards of raw rho samples have mean 0 and std 1 (paper), with

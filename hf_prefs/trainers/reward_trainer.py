@@ -42,7 +42,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
 from trl.data_utils import is_conversational
 
-from .._compat import count_reward_trainer_tokens, get_dataset_column_names, reward_trainer_metrics
+from .._compat import (count_reward_trainer_tokens, get_dataset_column_names, reward_trainer_metrics,
+                       unprepare_after_evaluation)
 from ..citation import ZIEGLER_2019
 from ..core.losses import kway_accuracy, kway_margin, kway_preference_loss, reward_centering_penalty
 from ..core.packing import pack_shared_prefix, pad_right
@@ -365,6 +366,12 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             self._logged_rewards[mode].append(all_rewards.float().flatten().cpu())
         return (loss, {"logits": rewards}) if return_outputs else loss
 
+    @marks_failure
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """``trl.RewardTrainer.evaluate`` (a caught failure in it is marked for the exit hook: :func:`marks_failure`)."""
+        return super().evaluate(*args, **kwargs)
+
+    @marks_failure
     def predict(self, test_dataset: Dataset, ignore_keys: list[str] | None = None,
                 metric_key_prefix: str = "test") -> Any:
         """``Trainer.predict`` on label rows prepared as :meth:`evaluate` prepares them (given untokenized, it failed
@@ -432,6 +439,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             queries = self.processing_class.batch_decode(dataset.select(idx)["query_ids"])
         return queries, source
 
+    @marks_failure
     def normalize_reward_model(self, stage: str = "before") -> tuple[float, float]:
         """Set the model's gain/bias from rewards on ρ's samples (the paper's normalize_before/after): to mean
         ``target_mean`` and std ``target_std`` before training, to mean 0 and std 1 after it (the paper's code: the
@@ -478,6 +486,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         elif self.args.normalize_before:
             self.normalize_reward_model("before")
         self._frozen_cache = self._open_frozen_cache() if self.args.cache_frozen_features else None
+        unprepare_after_evaluation(self)  # an evaluate() before train() left the model without DDP
         try:
             output = super().train(
                 resume_from_checkpoint=resume_from_checkpoint,

@@ -1,6 +1,7 @@
 """One SGD step of the K-way reward trainer on 8 fixed best-of-4 labels with the paper's normalization after it, run
 in-process (1 process, batch 8) or under `accelerate launch` with multi_cpu.yaml (2 processes x batch 4).
 ``frozen``: the bottom block frozen and 2 epochs (2 steps), optionally with ``cache_frozen_features``.
+``evaluate_first``: ``trainer.evaluate()`` on 7 labels before ``train()`` (it left the model without DDP).
 Writes `out/result_<rank>.json` (world size, the logged loss, gain, bias, the cache's row counts) and
 `out/params.pt` (main process)."""
 
@@ -40,7 +41,8 @@ def rho_samples(n: int = 16) -> Dataset:
                               "response": ["".join(rng.choices(GOOD + BAD + [" the", " walk"], k=5)) for _ in range(n)]})
 
 
-def run(base: str, out: str, per_device: int, frozen: bool = False, cache: bool = False) -> dict:
+def run(base: str, out: str, per_device: int, frozen: bool = False, cache: bool = False,
+        evaluate_first: bool = False) -> dict:
     tok = AutoTokenizer.from_pretrained(base)
     tok.pad_token = tok.eos_token
     torch.manual_seed(0)
@@ -56,7 +58,9 @@ def run(base: str, out: str, per_device: int, frozen: bool = False, cache: bool 
         optim="sgd",  # the update is the gradient itself: Adam's first step, g / (|g| + eps), amplifies the float
     )  # noise of near-zero gradients summed in another order (seen: 1e-4 on a LayerNorm bias with AdamW)
     trainer = PreferenceRewardTrainer(model=model, args=args, train_dataset=labels(), processing_class=tok,
-                                      normalization_samples=rho_samples())
+                                      normalization_samples=rho_samples(), eval_dataset=labels(7) if evaluate_first else None)
+    if evaluate_first:
+        trainer.evaluate()
     trainer.train()
     loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     gain, bias = get_reward_normalization(trainer.model)
@@ -78,5 +82,6 @@ if __name__ == "__main__":
     p.add_argument("--per_device", type=int, default=4)
     p.add_argument("--frozen", action="store_true")
     p.add_argument("--cache", action="store_true")
+    p.add_argument("--evaluate_first", action="store_true")
     a = p.parse_args(sys.argv[1:])
-    run(a.base, a.out, a.per_device, a.frozen, a.cache)
+    run(a.base, a.out, a.per_device, a.frozen, a.cache, a.evaluate_first)
