@@ -173,7 +173,7 @@ def test_reward_trainer_on_two_processes_equals_one_process(tiny_base, tmp_path,
     (cache_frozen_features), 1 process runs it plainly: the same parameters. evaluate_first: an evaluate() before
     train() on the 2 processes (transformers' evaluation loop left the model without DDP: each process trained its own
     copy on its half of the batch)."""
-    single = rm_run.run(tiny_base, str(tmp_path / "one"), per_device=8, frozen=frozen_cache)
+    single = rm_run.run(tiny_base, str(tmp_path / "one"), per_device=8, frozen=frozen_cache, evaluate_first=evaluate_first)
     flags = (["--frozen", "--cache"] if frozen_cache else []) + (["--evaluate_first"] if evaluate_first else [])
     launch("rm_run.py", "--base", tiny_base, "--out", str(tmp_path / "two"), "--per_device", "4", *flags)
     ranks = results(tmp_path / "two")
@@ -185,6 +185,8 @@ def test_reward_trainer_on_two_processes_equals_one_process(tiny_base, tmp_path,
     for r in ranks:
         assert r["loss"] == pytest.approx(single["loss"], rel=1e-5)
         assert r["gain"] == ranks[0]["gain"] and r["bias"] == ranks[0]["bias"]  # identical on all ranks
+        # 7 labels on 2 processes: accelerate repeats one to fill the last batch; each counts once (the loss counted it)
+        assert r["eval"].keys() == single["eval"].keys() and r["eval"] == pytest.approx(single["eval"], rel=1e-6)
     worst = assert_same_params(torch.load(tmp_path / "one" / "params.pt"), torch.load(tmp_path / "two" / "params.pt"))
     print(f"reward trainer: max |param difference| after one step = {worst:.2e}")
 

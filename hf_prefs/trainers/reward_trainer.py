@@ -237,6 +237,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         set_turn_end(self.model, self._turn_end if self._trains_on_text else get_turn_end(self.model))
         self._pending_logs: dict[str, float] | None = None
         self._logged_rewards: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}  # since the last log
+        self._eval_label_losses: list[torch.Tensor] = []  # each evaluated label's loss, since the last log
         self._frozen_cache: FrozenFeatureCache | None = None
         self.add_callback(_OnTrainBegin(self))
         if data_collator is None:  # TRL built its chosen/rejected collator; replace it with the K-way one
@@ -364,7 +365,25 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             metrics["accuracy"] += [kway_accuracy(all_rewards, all_best).item()] * n
             metrics["margin"] += [kway_margin(all_rewards, all_best).item()] * n
             self._logged_rewards[mode].append(all_rewards.float().flatten().cpu())
+            if mode == "eval":  # each label's loss once (transformers' loop repeats the batch's mean, duplicates too)
+                self._eval_label_losses.append(self._label_losses(all_rewards, all_best).cpu())
         return (loss, {"logits": rewards}) if return_outputs else loss
+
+    def _label_losses(self, rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` each label's loss: :meth:`compute_loss`'s batch mean is their mean."""
+        losses = kway_preference_loss(rewards, best, reduction="none")
+        if self.args.center_rewards_coefficient is not None:
+            losses = losses + self.args.center_rewards_coefficient * rewards.float().sum(dim=1).pow(2)
+        return losses
+
+    def _eval_loss(self) -> float | None:
+        """The mean loss of the labels evaluated since the last call (None: none), each label once: on several
+        processes accelerate repeats labels to fill the last batch, and transformers' loop averaged their loss in."""
+        if not self._eval_label_losses:
+            return None
+        loss = float(torch.cat(self._eval_label_losses).mean())
+        self._eval_label_losses.clear()
+        return loss
 
     @marks_failure
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
@@ -386,10 +405,13 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             averages = _averages(metrics)
             out.metrics.update({f"{metric_key_prefix}_{name}": averages[name] for name in ("accuracy", "margin")
                                 if name in averages})
+            if (loss := self._eval_loss()) is not None and f"{metric_key_prefix}_loss" in out.metrics:
+                out.metrics[f"{metric_key_prefix}_loss"] = loss
             return out
         finally:
             metrics.clear()
             self._logged_rewards["eval"].clear()
+            self._eval_label_losses.clear()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """TRL's log (the averages of the metric lists) with the rewards' mean, population std, min and max over all
@@ -407,6 +429,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         # one of several eval sets (``eval_dataset`` a dict): its loss is ``eval_<name>_loss``, and its metrics take
         # that prefix too (TRL's log writes them all as ``eval_*``: each set overwrote the one before)
         prefix = next((k[: -len("_loss")] for k in logs if k.startswith("eval_") and k.endswith("_loss")), "eval")
+        if mode == "eval" and (loss := self._eval_loss()) is not None and f"{prefix}_loss" in logs:
+            logs[f"{prefix}_loss"] = loss
         if mode == "eval" and prefix != "eval":
             logs.update({f"{prefix}_{name}": value for name, value in _averages(metrics).items()})
             metrics.clear()

@@ -2,7 +2,7 @@
 in-process (1 process, batch 8) or under `accelerate launch` with multi_cpu.yaml (2 processes x batch 4).
 ``frozen``: the bottom block frozen and 2 epochs (2 steps), optionally with ``cache_frozen_features``.
 ``evaluate_first``: ``trainer.evaluate()`` on 7 labels before ``train()`` (it left the model without DDP).
-Writes `out/result_<rank>.json` (world size, the logged loss, gain, bias, the cache's row counts) and
+Writes `out/result_<rank>.json` (world size, the logged loss, gain, bias, the cache's row counts, the evaluation) and
 `out/params.pt` (main process)."""
 
 from __future__ import annotations
@@ -59,15 +59,15 @@ def run(base: str, out: str, per_device: int, frozen: bool = False, cache: bool 
     )  # noise of near-zero gradients summed in another order (seen: 1e-4 on a LayerNorm bias with AdamW)
     trainer = PreferenceRewardTrainer(model=model, args=args, train_dataset=labels(), processing_class=tok,
                                       normalization_samples=rho_samples(), eval_dataset=labels(7) if evaluate_first else None)
-    if evaluate_first:
-        trainer.evaluate()
+    evaluation = trainer.evaluate() if evaluate_first else {}
     trainer.train()
     loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     gain, bias = get_reward_normalization(trainer.model)
     logs = {k: v for h in trainer.state.log_history for k, v in h.items()}
     result = {"world": trainer.accelerator.num_processes, "loss": loss, "gain": gain, "bias": bias,
               "steps": trainer.state.global_step, "rows_computed": logs.get("frozen_features_rows_computed"),
-              "rows_read": logs.get("frozen_features_rows_read")}
+              "rows_read": logs.get("frozen_features_rows_read"),
+              "eval": {k: v for k, v in evaluation.items() if k in ("eval_loss", "eval_accuracy", "eval_margin")}}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"result_{trainer.accelerator.process_index}.json").write_text(json.dumps(result))
     if trainer.accelerator.is_main_process:
