@@ -247,7 +247,7 @@ def test_label_k_mismatch_fails_before_any_model_is_loaded(tmp_path, monkeypatch
         main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path / "r"),
                                      "--label_source", "file", "--label_file", str(labels)])
     labels.write_text(json.dumps({"query": "q", "samples": ["a", "b", "c", "d"], "best": 7}) + "\n")
-    with pytest.raises(ValueError, match=re.escape(f"label_file {labels}: row 0, field 'best': best=7 is out of range")):
+    with pytest.raises(ValueError, match=re.escape(f"label_file {labels}: line 1: row 0, field 'best': best=7 is out of range")):
         main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path / "r"),
                                      "--label_source", "file", "--label_file", str(labels)])
     with pytest.raises(ValueError, match="sampling_batch_size: must be >= 1, got 0"):

@@ -486,7 +486,7 @@ def load_label_file(
                 try:
                     checked.append(check_label_row(i, row, len(checked[0]["samples"]) if checked else None))
                 except LabelValidationError as err:
-                    raise _in_file(err, path) from None
+                    raise _on_line(err, path) from None
             # every row's columns (from_list would take row 0's only: an optional column it lacks was dropped)
             columns = list(dict.fromkeys(c for row in checked for c in row))
             return _with_k(_one_table(checked, columns, spec), k, spec, pairwise=False)
@@ -503,15 +503,16 @@ def load_label_file(
     return _with_k(labels, k, spec, pairwise)
 
 
-def _in_file(err: LabelValidationError, path: Path) -> LabelValidationError:
-    """``err`` (row and field kept) with the file in front, and for JSON lines the line the row is on (blank lines
-    are skipped, so row ``i`` need not be line ``i + 1``)."""
-    where = str(path)
-    if err.row is not None and path.is_file() and path.suffix == ".jsonl":
-        with open(path, "rb") as f:
-            lines = [n for n, raw in enumerate(f, 1) if raw.strip()]
-        where += f":{lines[err.row]}" if err.row < len(lines) else ""
-    named = LabelValidationError(f"{where}: {err}")
+def _on_line(err: LabelValidationError, path: Path) -> LabelValidationError:
+    """``err`` (row and field kept) with, for a JSON-lines file, the line its row is on in front (blank lines are
+    skipped, so row ``i`` need not be line ``i + 1``)."""
+    if err.row is None or not path.is_file() or path.suffix != ".jsonl":
+        return err
+    with open(path, "rb") as f:
+        lines = [n for n, raw in enumerate(f, 1) if raw.strip()]
+    if err.row >= len(lines):
+        return err
+    named = LabelValidationError(f"line {lines[err.row]}: {err}")
     named.row, named.field = err.row, err.field
     return named
 
