@@ -424,6 +424,39 @@ def test_a_second_train_call_after_the_schedule_ended_is_refused_and_a_constant_
     assert any(not torch.equal(b, a) for b, a in zip(before, after))
 
 
+def test_saved_adapter_folders_given_as_paths_train_and_a_peft_value_model_reloads(tmp_path, gpt2_tokenizer, tiny_base):
+    """A LoRA policy folder passed as ``model=`` was loaded by transformers' own adapter support, frozen: PPO trained
+    nothing (KL 0 throughout) and save_model failed; a LoRA value model was saved but did not reload (its base was
+    built with 2 labels), and one passed as a path trained only the head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from hf_prefs.models.value_head import PolicyWithValueHead
+
+    def lora(task: str) -> LoraConfig:
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type=task)
+
+    data = Dataset.from_dict({"query": QUERIES})
+    value = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1), lora("SEQ_CLS"))
+    first = PPOTrainer(AutoModelForCausalLM.from_pretrained(tiny_base), length_reward,
+                       make_config(tmp_path / "one", total_episodes=8), data, processing_class=gpt2_tokenizer,
+                       peft_config=lora("CAUSAL_LM"), value_model=value)
+    first.train()
+    first.save_model(str(tmp_path / "saved"))
+    reloaded = PolicyWithValueHead.from_pretrained(tmp_path / "saved")
+    ids = torch.tensor([gpt2_tokenizer.encode("The sun rose over the hills")])
+    with torch.no_grad():
+        assert torch.equal(reloaded.value_model(input_ids=ids).logits, first.model.value_model(input_ids=ids).logits)
+    again = PPOTrainer(str(tmp_path / "saved"), length_reward, make_config(tmp_path / "two", total_episodes=8), data,
+                       processing_class=gpt2_tokenizer, value_model=str(tmp_path / "saved" / "value_model"))
+    for module in (again.model.policy, again.model.value_model):
+        assert any("lora_" in n and p.requires_grad for n, p in module.named_parameters())
+    before = {n: p.detach().clone() for n, p in again.model.policy.named_parameters() if p.requires_grad}
+    again.train()
+    assert any(not torch.equal(before[n], p) for n, p in again.model.policy.named_parameters() if n in before)
+    again.save_model(str(tmp_path / "saved2"))
+
+
 def test_save_strategy_epoch_saves_where_a_pass_over_the_queries_ends(tmp_path, gpt2_tokenizer):
     """``save_strategy="epoch"`` wrote no checkpoint (TRL 1.12's PPO never ended an epoch for its callbacks): 10
     queries, 8 episodes per update, 3 updates — passes end in updates 2 (16 episodes) and 3 (24), not in 1 (8)."""

@@ -128,6 +128,33 @@ def load_policy_adapter(path: str, is_trainable: bool | None = None, **kwargs: A
     return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
 
 
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a local folder holding a PEFT adapter (``adapter_config.json``)."""
+    return os.path.isfile(os.path.join(path, "adapter_config.json"))
+
+
+def load_policy(path: str, **kwargs: Any) -> nn.Module:
+    """A causal LM from a folder or Hub id: a local PEFT adapter folder on its base, trainable
+    (:func:`load_policy_adapter`; transformers' own loading of one freezes the adapter: PPO then trained nothing), else
+    ``AutoModelForCausalLM.from_pretrained``."""
+    return load_policy_adapter(path, **kwargs) if is_adapter_folder(path) else AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def load_value_model(path: str, is_trainable: bool = True, **kwargs: Any) -> nn.Module:
+    """A one-output sequence classifier (a value model) from a folder or Hub id: a local PEFT adapter folder on its
+    base built with ``num_labels=1`` (trainable unless ``is_trainable=False``), else
+    ``AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)``. transformers' own loading of an
+    adapter folder built the base with 2 labels (a saved value adapter did not load) and froze the adapter."""
+    kwargs.setdefault("num_labels", 1)
+    if not is_adapter_folder(path):
+        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    config = PeftConfig.from_pretrained(path)
+    if config.revision is not None:
+        kwargs.setdefault("revision", config.revision)
+    base = AutoModelForSequenceClassification.from_pretrained(config.base_model_name_or_path, **kwargs)
+    return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
+
+
 @dataclass
 class PolicyValueOutput:
     """``logits``: ``(B, K, V)`` for the last K positions (``logits_to_keep``; all if 0); ``values``: ``(B, L)``."""
@@ -387,13 +414,14 @@ class PolicyWithValueHead(nn.Module):
         ``kwargs`` go to ``from_pretrained`` of the policy (and of the value model).
         """
         path = os.fspath(path)
-        if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        if is_adapter_folder(path):
             policy = load_policy_adapter(path, is_trainable=is_trainable, **kwargs)
         else:
             policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         value_model = None
         if os.path.isdir(os.path.join(path, VALUE_MODEL_DIR)):
-            value_model = AutoModelForSequenceClassification.from_pretrained(os.path.join(path, VALUE_MODEL_DIR), **kwargs)
+            value_model = load_value_model(os.path.join(path, VALUE_MODEL_DIR), is_trainable=is_trainable is not False,
+                                           **kwargs)
         model = cls(policy, value_model=value_model)
         if value_model is None and os.path.isfile(os.path.join(path, VALUE_HEAD_FILE)):
             model.load_value_weights(path)

@@ -45,7 +45,7 @@ from datasets import Dataset
 from peft import PeftConfig, get_peft_model
 from torch import nn
 from transformers import (
-    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback,
+    AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback,
 )
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
@@ -76,6 +76,8 @@ from ..models.sharding import copy_module, generation_model, match_partitioned_d
 from ..models.value_head import (
     PolicyValueOutput,
     PolicyWithValueHead,
+    load_policy,
+    load_value_model,
     value_model_from_policy,
     value_model_from_reward_model,
 )
@@ -150,7 +152,9 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
 
     Args:
         model: the policy: a model id/path or an ``AutoModelForCausalLM`` model (a ``PeftModel`` works too), or a
-            :class:`~hf_prefs.models.value_head.PolicyWithValueHead`.
+            :class:`~hf_prefs.models.value_head.PolicyWithValueHead`. A saved PEFT adapter folder is loaded on its base,
+            trainable; its value head is not (a fresh one: pass ``PolicyWithValueHead.from_pretrained(path)`` to keep
+            it).
         reward_model: a reward model (a ``*ForSequenceClassification`` model: one trained by hf_prefs scored with
             :func:`hf_prefs.models.reward_model.score_texts` at the last token, after the response suffix it was
             trained with; one from elsewhere sharing the policy's tokenizer on the sampled ids as TRL did,
@@ -287,7 +291,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
             wrapper, policy = model, model.policy
         elif isinstance(model, str):
             model = check_local_path(model, "model (the policy)")
-            policy = AutoModelForCausalLM.from_pretrained(model)
+            policy = load_policy(model)  # a PEFT adapter folder: on its base, trainable
         else:
             policy = model
         if processing_class is None:
@@ -357,8 +361,7 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
                                  "or a path to one")
             value_model = None
         elif isinstance(value_model, (str, os.PathLike)):  # a folder or Hub id, as model= and reward_model= take
-            value_model = AutoModelForSequenceClassification.from_pretrained(check_local_path(value_model, "value_model"),
-                                                                             num_labels=1)
+            value_model = load_value_model(check_local_path(value_model, "value_model"))
         if wrapper is not None:
             if value_model is not None:
                 raise ValueError("value_model was given together with a PolicyWithValueHead; put it in the wrapper instead")
