@@ -205,6 +205,24 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(tmp_path, gpt2_toke
             assert torch.equal(value, trained[name]), name
 
 
+def test_a_reference_adapter_without_model_adapter_name_returns_to_the_adapter_that_was_active(tmp_path, gpt2_tokenizer):
+    """TRL's rule switched back to an adapter named "default" after each reference pass: with adapters "pol" and "ref"
+    it failed (no "default"); with an SFT adapter "default" as the reference, "default" became the trained one."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM")
+    policy = get_peft_model(make_policy(), lora, adapter_name="pol")
+    policy.add_adapter("ref", lora)
+    policy.set_adapter("pol")
+    before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
+    trainer = PPOTrainer(policy, length_reward, make_config(tmp_path, ref_adapter_name="ref"),
+                         Dataset.from_dict({"query": QUERIES}), processing_class=gpt2_tokenizer)
+    trainer.train()
+    assert policy.active_adapter == "pol"
+    changed = {n.split(".")[-2] for n, p in policy.named_parameters() if n in before and not torch.equal(p, before[n])}
+    assert changed == {"pol"}
+
+
 def test_prompt_tuning_is_refused_and_a_prefix_tuned_policy_trains_and_reloads(tmp_path, gpt2_tokenizer, tiny_base):
     """A policy with virtual tokens before its input (prompt tuning, given as ``peft_config`` or already wrapped) is
     refused when the trainer is built: its log-probs were read 4 positions too early, silently. Prefix tuning trains;

@@ -516,17 +516,20 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
     @contextmanager
     def reference_context(self):
         """Inside: the module to use as rho: the frozen reference; or, for a PEFT policy, the adapter named
-        ``ref_adapter_name`` (then back to ``model_adapter_name``, TRL's rule) or the policy with adapters disabled."""
+        ``ref_adapter_name`` (then back to ``model_adapter_name``, TRL's rule, or without one to the adapter that was
+        active: TRL's "default" made a reference adapter of that name the trained one, or failed without one) or the
+        policy with adapters disabled."""
         if self.ref_model is not None:
             yield self._reference_scorer if self._reference_scorer is not None else self.ref_model
             return
         policy = self._scoring_model().policy
         if self.args.ref_adapter_name:
+            active = self.args.model_adapter_name or policy.active_adapter
             policy.set_adapter(self.args.ref_adapter_name)
             try:
                 yield policy
             finally:
-                policy.set_adapter(self.args.model_adapter_name or "default")
+                policy.set_adapter(active)
         else:
             with policy.disable_adapter():
                 yield policy
