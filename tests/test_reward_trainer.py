@@ -847,3 +847,18 @@ def test_a_pad_added_to_the_tokenizer_only_trains_reads_and_reloads_as_one(gpt2_
     loaded, loaded_tokenizer = load_reward_model(str(tmp_path / "rm"))
     assert score_texts(loaded, loaded_tokenizer, ["She opened the letter."], [" It was a bill."],
                        normalized=False).tolist() == pytest.approx(scored[1:].tolist(), abs=1e-5)
+
+
+def test_a_lora_reward_model_whose_head_would_stay_frozen_is_refused(gpt2_tokenizer, tmp_path):
+    """LoraConfig without task_type="SEQ_CLS": the score head stayed at its random init and was not saved, so each
+    reload of the adapter drew another head (scores -0.14 in memory, -0.18 and +0.52 after two loads)."""
+    from peft import LoraConfig
+
+    lora = dict(r=4, lora_alpha=8, target_modules=["c_attn"])
+    with pytest.raises(ValueError, match=r"score head \('score'\) is frozen.*task_type=\"SEQ_CLS\".*modules_to_save=\['score'\]"):
+        PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(4),
+                                processing_class=gpt2_tokenizer, peft_config=LoraConfig(**lora))
+    for config in (LoraConfig(task_type="SEQ_CLS", **lora), LoraConfig(modules_to_save=["score"], **lora)):
+        trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(4),
+                                          processing_class=gpt2_tokenizer, peft_config=config)
+        assert any(p.requires_grad for n, p in trainer.model.named_parameters() if "score" in n)

@@ -67,6 +67,7 @@ from ..models.reward_model import (
     packed_rewards,
     query_ids_and_suffix,
     reads_every_position,
+    score_head,
     set_response_suffix,
     set_reward_normalization,
     set_turn_end,
@@ -231,6 +232,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
             disable_dropout(self.model)
         check_vocabulary(self.model, self.processing_class, "model (the reward model)")
         _embeddable_config_pad(self.model, self.processing_class)
+        _check_adapter_trains_the_head(self.model)
         # read where it is trained: by score_texts, the normalization and PPO, once saved too (a loaded model's suffix
         # is replaced by the text labels' own, kept for token-id labels); the key marks the model as trained here
         set_response_suffix(self.model, self._response_suffix if self._trains_on_text else get_response_suffix(self.model))
@@ -720,6 +722,20 @@ def _readable_eos(processing_class: Any) -> str | None:
     None there: no EOS appended, the same loss as TRL's and the same score from the saved model's own forward."""
     eos = getattr(processing_class, "eos_token", None)
     return eos if eos is not None and getattr(processing_class, "pad_token", None) != eos else None
+
+
+def _check_adapter_trains_the_head(model: nn.Module) -> None:
+    """A PEFT reward model must train (and so save) its score head: a LoRA config without ``task_type="SEQ_CLS"``
+    (or ``modules_to_save`` naming the head) froze the head at its random init and left it out of the adapter, so
+    every reload drew another head and scored differently, without a word."""
+    if not is_peft_model(model):
+        return
+    head = score_head(model)
+    if not any(p.requires_grad for p in head.parameters()):
+        name = next((n for n, m in unwrap_model(model).named_modules() if m is head), "score")
+        raise ValueError(f"peft_config: the reward model's score head ({name!r}) is frozen: it would stay at its random "
+                         f"init and not be saved with the adapter (a reloaded model would score differently). Use "
+                         f"LoraConfig(task_type=\"SEQ_CLS\", ...) or modules_to_save=[{name.split('.')[-1]!r}]")
 
 
 def _embeddable_config_pad(model: nn.Module, tokenizer: Any) -> None:
