@@ -238,3 +238,13 @@ def test_cards_link_the_runs_trackers_as_trls_did(monkeypatch):
     assert "- **Training logs:** [Trackio](https://huggingface.co/spaces/a/t), [Comet](https://www.comet.com/x)\n" in card
     assert {"mine", "hf_jobs", "trackio:https://huggingface.co/spaces/a/t"} <= set(front_matter(card)["tags"])
     assert "6 best-of-4 labels of the training dataset." in card and "| `eval_loss` | 1.25 |" in card
+
+
+def test_an_adapter_reward_models_card_says_where_its_gain_is_and_how_plain_transformers_loads_it():
+    """An adapter folder has no config.json: the card said the gain/bias were stored there, and its plain-transformers
+    line failed on the folder without num_labels=1."""
+    adapter = render_reward_model_card(**rm_fields(is_peft=True))
+    full = render_reward_model_card(**rm_fields())
+    assert "stored in `reward_normalization.json` next to the adapter" in adapter and "`config.json` (" not in adapter
+    assert "`num_labels=1`" in adapter and "`num_labels=1`" not in full
+    assert "stored in `config.json` (`hf_prefs_reward_gain`, `hf_prefs_reward_bias`)" in full
