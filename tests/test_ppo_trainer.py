@@ -475,6 +475,29 @@ def test_saved_adapter_folders_given_as_paths_train_and_a_peft_value_model_reloa
     again.save_model(str(tmp_path / "saved2"))
 
 
+def test_a_policy_adapter_named_otherwise_than_default_reloads_with_its_value_head(tmp_path, gpt2_tokenizer, tiny_base):
+    """peft saves an adapter not named "default" in a sub-folder of that name: from_pretrained of the saved folder
+    failed ("Unrecognized model"), and of the sub-folder gave a zero value head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hf_prefs.models.value_head import PolicyWithValueHead
+
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                            LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM"), adapter_name="pol")
+    trainer = PPOTrainer(policy, length_reward, make_config(tmp_path, total_episodes=8),
+                         Dataset.from_dict({"query": QUERIES}), processing_class=gpt2_tokenizer)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = PolicyWithValueHead.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.tensor([gpt2_tokenizer.encode("The sun rose over the hills")])
+    trainer.model.eval()
+    with torch.no_grad():
+        ours, theirs = trainer.model(input_ids=ids), reloaded(input_ids=ids)
+    assert torch.allclose(ours.logits, theirs.logits, atol=1e-5) and torch.equal(ours.values, theirs.values)
+    assert ours.values.abs().sum() > 0
+
+
 def test_save_strategy_epoch_saves_where_a_pass_over_the_queries_ends(tmp_path, gpt2_tokenizer):
     """``save_strategy="epoch"`` wrote no checkpoint (TRL 1.12's PPO never ended an epoch for its callbacks): 10
     queries, 8 episodes per update, 3 updates — passes end in updates 2 (16 episodes) and 3 (24), not in 1 (8)."""

@@ -133,6 +133,18 @@ def is_adapter_folder(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
 
+def _policy_adapter_folder(path: str) -> str | None:
+    """The folder of the policy's adapter in a folder :meth:`PolicyWithValueHead.save_pretrained` wrote: the folder
+    itself, or the one sub-folder holding an adapter (peft saves an adapter not named ``"default"`` under its name);
+    None for a full model."""
+    if is_adapter_folder(path):
+        return path
+    if not os.path.isdir(path):
+        return None
+    named = [os.path.join(path, d) for d in sorted(os.listdir(path)) if d != VALUE_MODEL_DIR and is_adapter_folder(os.path.join(path, d))]
+    return named[0] if len(named) == 1 else None
+
+
 def load_policy(path: str, **kwargs: Any) -> nn.Module:
     """A causal LM from a folder or Hub id: a local PEFT adapter folder on its base, trainable
     (:func:`load_policy_adapter`; transformers' own loading of one freezes the adapter: PPO then trained nothing), else
@@ -414,8 +426,9 @@ class PolicyWithValueHead(nn.Module):
         ``kwargs`` go to ``from_pretrained`` of the policy (and of the value model).
         """
         path = os.fspath(path)
-        if is_adapter_folder(path):
-            policy = load_policy_adapter(path, is_trainable=is_trainable, **kwargs)
+        adapter = _policy_adapter_folder(path)
+        if adapter is not None:
+            policy = load_policy_adapter(adapter, is_trainable=is_trainable, **kwargs)
         else:
             policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         value_model = None
