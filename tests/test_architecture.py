@@ -14,7 +14,7 @@ PKG = ROOT / "hf_prefs"
 
 #: Layer of each top-level module or subpackage; a module may import only from its own layer or the ones below.
 LAYERS = {
-    "assets": 0, "citation": 0, "model_cards": 0, "hub": 0, "hub_loading": 0, "_compat": 0, "memory": 0, "tokenizer_maps": 0, "chat_templates": 0, "dataset_folders": 0,
+    "assets": 0, "citation": 0, "model_cards": 0, "hub": 0, "hub_loading": 0, "_compat": 0, "memory": 0, "tokenizer_maps": 0, "chat_templates": 0, "dataset_folders": 0, "field_types": 0,
     "core": 1, "models": 2, "labels": 3, "trainers": 4, "tasks": 5, "pipeline": 6,
     "analysis": 7, "cli": 7, "label_app": 7, "__main__": 8,
 }

@@ -391,7 +391,7 @@ def test_yaml_values_of_the_wrong_type_are_named_before_anything_runs(tmp_path):
             main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(tmp_path / "o"), flag, "/nonexistent/model"])
     path.write_text(yaml.safe_dump({**config, "rm_batch_size": 8.0}))
     pa, cfg, model_args = parse_args("sentiment", ["--config", str(path)])
-    from hf_prefs.pipeline.field_types import check_field_types
+    from hf_prefs.field_types import check_field_types
 
     check_field_types(pa)
     assert pa.rm_batch_size == 8 and isinstance(pa.rm_batch_size, int)
@@ -690,7 +690,9 @@ def test_a_resume_refuses_labels_from_a_label_file_edited_since(tmp_path):
 def test_null_on_the_command_line_unsets_a_field_as_in_the_yaml(tmp_path, gpt2_tokenizer):
     """``--truncate_token null`` reached the run as the one-token text "null" (every response then cut at that word,
     or all dropped), ``--query_dataset None`` as a Hub id "None": YAML's null spellings are None where a field may be
-    None, as a YAML file's ``null`` is; a field that may not be None keeps its text."""
+    None, as a YAML file's ``null`` is; a field that may not be None keeps its text. PPOConfig reads them so when
+    built: its checks saw the text, and refused the YAML's truncate_after 16 for a response_length of 12 (a cut at
+    "null" needs its token at index >= 16), though nothing is cut."""
     from hf_prefs.core.rollout import RolloutSpec
     from hf_prefs.pipeline.arguments import validate_pipeline_config
     from hf_prefs.pipeline.run import parse_args
@@ -698,8 +700,8 @@ def test_null_on_the_command_line_unsets_a_field_as_in_the_yaml(tmp_path, gpt2_t
     paper = Path(OFFLINE).with_name("sentiment.yaml")
     pa, cfg, model_args = parse_args("sentiment", ["--config", str(paper), "--output_dir", str(tmp_path / "out"),
                                                    "--truncate_token", "null", "--query_dataset", "None",
-                                                   "--truncate_after", "0", "--known_reward", "vader"])
-    assert cfg.truncate_token == "null" and pa.query_dataset == "None"  # as the parser gives them
+                                                   "--response_length", "12", "--known_reward", "vader"])
+    assert cfg.truncate_token is None and cfg.truncate_after == 16 and pa.query_dataset == "None"  # as parsed
     validate_pipeline_config(pa, cfg, model_args)
     assert cfg.truncate_token is None and pa.query_dataset is None
     assert RolloutSpec.from_config(cfg, gpt2_tokenizer).truncate_token_id is None  # no cut (was the token "null")

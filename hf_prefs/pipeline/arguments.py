@@ -24,7 +24,7 @@ from ..tasks.summarization import HUB_SOURCES
 from ..trainers.launch import check_process_count
 from ..trainers.online import check_online_zero_stage
 from ..trainers.ppo_config import PPOConfig
-from .field_types import check_field_types, unset_null_strings
+from ..field_types import check_field_types, unset_null_strings
 
 __all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype",
            "base_model_name", "resolve_cpu_precision", "check_hub_push"]
@@ -207,16 +207,15 @@ def online_schedule(pa: PipelineArguments) -> OnlineLabelSchedule:
 
 
 def _check_inputs(pa: PipelineArguments, cfg: PPOConfig, model_args: Any) -> None:
-    """YAML's null spellings given as text (the command line) read as None
-    (:func:`~hf_prefs.pipeline.field_types.unset_null_strings`); every field of ``pa``, PPOConfig's own fields and the
-    numeric and bool fields of its TrainingArguments and of ``model_args`` (ModelConfig) hold their declared type
-    (:func:`~hf_prefs.pipeline.field_types.check_field_types`: a YAML value is not converted); no ``reward_weights``
+    """YAML's null spellings given as text (the command line) read as None in ``pa``
+    (:func:`~hf_prefs.field_types.unset_null_strings`; PPOConfig does it for its own fields when built); every field
+    of ``pa``, PPOConfig's own fields and the numeric and bool fields of its TrainingArguments and of ``model_args``
+    (ModelConfig) hold their declared type (:func:`~hf_prefs.field_types.check_field_types`: a YAML value is not
+    converted); no ``reward_weights``
     (the recipes' reward is a model); an ``output_dir`` that is not a file; model paths written as local paths
     (absolute, ``./``, ``~``) with something there."""
     own = vars(PPOConfig).get("__annotations__", {})
     unset_null_strings(pa)  # `--query_dataset null` on the command line: None, as `null` in the YAML
-    if unset_null_strings(cfg, own):
-        cfg._validate_ppo_fields()  # its checks ran on the text
     check_field_types(pa)
     check_field_types(cfg, own, numbers_elsewhere=True)
     if is_dataclass(model_args):

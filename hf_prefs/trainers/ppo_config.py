@@ -18,6 +18,7 @@ import torch
 
 from .._compat import TrlBaseConfig, cpu_bf16_supported, default_world_size
 from ..core.rollout import check_truncate_after
+from ..field_types import unset_null_strings
 
 __all__ = ["PPOConfig", "PAPER_SETTINGS", "minibatch_split"]
 
@@ -244,6 +245,9 @@ class PPOConfig(TrlBaseConfig):
                 not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             )
         super().__post_init__()
+        # `--truncate_token null` on the command line: None, as `null` in a YAML file (checked as the text "null"
+        # before: a cut at that word, and truncate_after >= response_length refused though nothing is cut)
+        unset_null_strings(self, vars(PPOConfig).get("__annotations__", {}))
         self._validate_ppo_fields()
 
     def warn_if_cpu_lacks_bf16(self) -> None:
