@@ -166,6 +166,8 @@ def test_label_file_source_and_reload(tiny_base, tmp_path):
         (["--label_source", "human"], "label_queue_dir"),
         (["--num_ppo_queries", "1000000"], "num_ppo_queries"),
         (["--eval_strategy", "steps", "--eval_steps", "1"], "eval_strategy"),
+        (["--reward_model_path", "/my/rm"], "reward_model_path: the recipes do not read it"),  # was ignored, silently
+        (["--sft_model_path", "/my/sft"], "sft_model_path: the recipes do not read it; they use model_name_or_path"),
         (["--push_to_hub", "true"], "hub_model_id"),
         (["--push_to_hub", "true", "--hub_model_id", "me/run"], "unset HF_HUB_OFFLINE"),  # HF_HUB_OFFLINE=1 here: no Hub
         pytest.param(["--report_to", "wandb"], "report_to", marks=pytest.mark.skipif(
@@ -705,3 +707,22 @@ def test_null_on_the_command_line_unsets_a_field_as_in_the_yaml(tmp_path, gpt2_t
     validate_pipeline_config(pa, cfg, model_args)
     assert cfg.truncate_token is None and pa.query_dataset is None
     assert RolloutSpec.from_config(cfg, gpt2_tokenizer).truncate_token_id is None  # no cut (was the token "null")
+
+
+def test_a_hub_reward_model_base_offline_is_named_before_any_label_is_made(tmp_path, monkeypatch):
+    """``--reward_model_name_or_path <Hub id>`` offline failed with transformers' OSError after the labels stage had
+    run (and written its files); a local label file with the recipes' Hub base failed unnamed in the check."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match=r"^reward_model_name_or_path: 'no-such-org/no-such-rm' is not a local folder"):
+        main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(out),
+                                     "--reward_model_name_or_path", "no-such-org/no-such-rm"])
+    assert not (out / "labels.jsonl").exists()
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"query": "q", "samples": [" a", " b", " c", " d"], "best": 0}) + "\n")
+    with pytest.raises(OSError, match=r"^model_name_or_path: 'no-such-org/no-such-base' is not a local folder"):
+        main(task="sentiment", argv=["--config", OFFLINE, "--output_dir", str(out), "--label_source", "file",
+                                     "--label_file", str(labels), "--model_name_or_path", "no-such-org/no-such-base"])

@@ -12,7 +12,7 @@ import torch
 from accelerate import PartialState
 from huggingface_hub import HfApi
 from huggingface_hub.errors import OfflineModeIsEnabled
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from transformers.integrations import get_reporting_integration_callbacks
 
 from ..assets import smollm2_path
@@ -25,6 +25,7 @@ from ..trainers.launch import check_process_count
 from ..trainers.online import check_online_zero_stage
 from ..trainers.ppo_config import PPOConfig
 from ..field_types import check_field_types, unset_null_strings
+from ..hub_loading import named_hub_errors
 
 __all__ = ["PipelineArguments", "LABEL_SOURCES", "LABEL_MODES", "validate_pipeline_config", "online_schedule", "model_dtype",
            "base_model_name", "resolve_cpu_precision", "check_hub_push"]
@@ -223,6 +224,13 @@ def _check_inputs(pa: PipelineArguments, cfg: PPOConfig, model_args: Any) -> Non
     if cfg.reward_weights is not None:
         raise ValueError("reward_weights: the recipes' reward is a reward model; reward_weights weighs a list of reward "
                          "functions given to PPOTrainer")
+    defaults = PPOConfig.__dataclass_fields__
+    for name, instead in (("sft_model_path", "model_name_or_path (the base ρ that PPO starts from)"),
+                          ("reward_model_path", "the reward model the recipe trains from its labels (label_source, "
+                           "label_file; reward_model_name_or_path: the model it starts from)")):
+        if getattr(cfg, name) != defaults[name].default:  # TRL's scripts' field; the recipes ignored it, silently
+            raise ValueError(f"{name}: the recipes do not read it; they use {instead}. A trained model of your own goes "
+                             f"to PPOTrainer(model=..., reward_model=...) in a script of your own")
     if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
         raise ValueError(f"output_dir: {cfg.output_dir} is a file, not a folder")
     for name, path in (("model_name_or_path", getattr(model_args, "model_name_or_path", None)),
@@ -232,6 +240,9 @@ def _check_inputs(pa: PipelineArguments, cfg: PPOConfig, model_args: Any) -> Non
                 check_local_path(path, name)  # a local path with nothing there, not a Hub id
             except FileNotFoundError as err:
                 raise ValueError(str(err)) from None
+    if pa.reward_model_name_or_path:  # a Hub id that cannot be loaded: said now, not after the labels are made
+        with named_hub_errors("reward_model_name_or_path", pa.reward_model_name_or_path):
+            AutoConfig.from_pretrained(pa.reward_model_name_or_path)
 
 
 def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: Any = None) -> None:
@@ -280,7 +291,8 @@ def validate_pipeline_config(pa: PipelineArguments, cfg: PPOConfig, model_args: 
         if not pa.label_file:
             raise ValueError("label_file: label_source=file needs a label file or a Hub dataset id")
         if local_label_path(pa.label_file) is not None:  # every row and K checked now, not after the models are loaded
-            tokenizer = AutoTokenizer.from_pretrained(base_model_name(model_args))  # renders conversational pairs
+            with named_hub_errors("model_name_or_path", base_model_name(model_args)):  # renders conversational pairs
+                tokenizer = AutoTokenizer.from_pretrained(base_model_name(model_args))
             try:
                 load_label_file(pa.label_file, pa.num_candidates, pa.label_limit, tokenizer)
             except LabelValidationError as err:  # the row and field, and which file

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..core.rollout import RolloutSpec
+from ..hub_loading import named_hub_errors
 from ..models.frozen_features import freeze_bottom_layers
 from ..models.generation import ResponseSampler, embeddable_pad_id
 from ..models.loading import load_reward_model
@@ -141,7 +142,8 @@ def _check_zero3_saves_whole_weights(plugin: Any) -> None:
 def _fresh_reward_model(pa: PipelineArguments, cfg: Any, trunk: str, tokenizer: Any) -> torch.nn.Module:
     """The trunk with a new scalar head (its init drawn after ``torch.manual_seed(cfg.seed)``: it follows the run's
     seed, not what ran before in the process), its bottom ``rm_freeze_layers`` blocks frozen."""
-    config = AutoConfig.from_pretrained(trunk)
+    with named_hub_errors("reward_model_name_or_path" if pa.reward_model_name_or_path else "model_name_or_path", trunk):
+        config = AutoConfig.from_pretrained(trunk)
     config.num_labels = 1
     if config.pad_token_id is None:  # set before the model is built (its padding_idx): one it can embed
         config.pad_token_id = embeddable_pad_id(tokenizer, getattr(config.get_text_config(), "vocab_size", None))
