@@ -673,6 +673,7 @@ def test_a_model_trained_on_chat_pairs_stores_the_end_of_turn_its_samples_ended_
     chats = Dataset.from_dict({"prompt": [turn("user", "Hi")] * 4, "chosen": [turn("assistant", "Hello.")] * 4,
                                "rejected": [turn("assistant", "Go.")] * 4})
     tiny_rm(tok).save_pretrained(tmp_path / "base")  # an adapter names its base model
+    loaded = {}
     for peft_config in (None, LoraConfig(r=2, target_modules=["c_attn"], task_type="SEQ_CLS")):
         trainer = PreferenceRewardTrainer(GPT2ForSequenceClassification.from_pretrained(tmp_path / "base"),
                                           make_args(tmp_path), train_dataset=chats, processing_class=tok,
@@ -681,10 +682,12 @@ def test_a_model_trained_on_chat_pairs_stores_the_end_of_turn_its_samples_ended_
         assert sample.endswith(get_turn_end(trainer.model)) and get_turn_end(trainer.model) == "<|endoftext|>\n"
         folder = tmp_path / f"saved-{peft_config is not None}"
         trainer.save_model(str(folder))
-        loaded, _ = load_reward_model(str(folder))
-        assert get_turn_end(loaded) == "<|endoftext|>\n"
-    again = PreferenceRewardTrainer(loaded, make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
+        loaded[peft_config is not None] = load_reward_model(str(folder))[0]
+        assert get_turn_end(loaded[peft_config is not None]) == "<|endoftext|>\n"
+    again = PreferenceRewardTrainer(loaded[False], make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
     assert get_turn_end(again.model) == ""  # trained on text labels now: no end of turn read
+    with pytest.raises(ValueError, match="nothing trainable .* is_trainable=True"):  # it trained nothing, silently
+        PreferenceRewardTrainer(loaded[True], make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
 
 
 @pytest.mark.parametrize("pad", [None, "[PAD]"])

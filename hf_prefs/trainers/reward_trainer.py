@@ -727,9 +727,14 @@ def _readable_eos(processing_class: Any) -> str | None:
 def _check_adapter_trains_the_head(model: nn.Module) -> None:
     """A PEFT reward model must train (and so save) its score head: a LoRA config without ``task_type="SEQ_CLS"``
     (or ``modules_to_save`` naming the head) froze the head at its random init and left it out of the adapter, so
-    every reload drew another head and scored differently, without a word."""
+    every reload drew another head and scored differently, without a word. An adapter loaded for inference (nothing
+    trainable) trained nothing at all."""
     if not is_peft_model(model):
         return
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model: a PEFT reward model with nothing trainable (an adapter loaded for inference, as "
+                         "load_reward_model and peft load it): training would change nothing. Load it with "
+                         "PeftModel.from_pretrained(base, path, is_trainable=True) to train it on")
     head = score_head(model)
     if not any(p.requires_grad for p in head.parameters()):
         name = next((n for n, m in unwrap_model(model).named_modules() if m is head), "score")
