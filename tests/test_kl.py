@@ -97,3 +97,16 @@ def test_a_horizon_under_a_fifth_of_the_batch_is_refused():
         adaptive_kl_update(1.0, 0.0, target=6.0, n_steps=32, horizon=6)  # beta was 1 - 0.2 * 32/6 = -0.07
     with pytest.raises(ValueError, match="kl_horizon must be > 0"):
         adaptive_kl_update(1.0, 6.0, target=6.0, n_steps=32, horizon=0)
+
+
+def test_a_resumed_controller_whose_settings_changed_is_refused():
+    from hf_prefs.trainers.ppo_checkpoints import check_checkpoint_kl_settings
+
+    with pytest.raises(ValueError, match=r"kl_coef 0.3 in the checkpoint, 0.5 now"):  # the 0.3 was kept, silently
+        check_checkpoint_kl_settings(FixedKLController(0.3).state_dict(), FixedKLController(0.5))
+    saved = AdaptiveKLController(0.15, 6.0, 10_000)
+    saved.update(12.0, 512)  # beta moved: it is state, not a setting
+    check_checkpoint_kl_settings(saved.state_dict(), AdaptiveKLController(0.15, 6.0, 10_000))
+    with pytest.raises(ValueError, match=r"kl_horizon 10000 in the checkpoint, 5000 now"):
+        check_checkpoint_kl_settings(saved.state_dict(), AdaptiveKLController(0.15, 6.0, 5_000))
+    check_checkpoint_kl_settings(saved.state_dict(), FixedKLController(0.15))  # the kinds: load_state_dict's error

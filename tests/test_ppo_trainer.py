@@ -317,6 +317,9 @@ def test_resume_continues_step_count_beta_and_weights(tmp_path, gpt2_tokenizer, 
         assert json.load(f)["kl_controller"]["value"] == pytest.approx(logged(full, "objective/kl_coef")[2])
     assert json.loads((checkpoint / "trainer_state.json").read_text())["episode"] == 16
 
+    changed = make_trainer(tmp_path / "c", gpt2_tokenizer, **{**overrides, "kl_target": 0.1})
+    with pytest.raises(ValueError, match=r"KL controller's settings changed \(kl_target 0.05 in the checkpoint, 0.1 now\)"):
+        changed.train(resume_from_checkpoint=str(checkpoint))  # the checkpoint's target was kept, silently
     resumed = make_trainer(tmp_path / "b", gpt2_tokenizer, **overrides)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 4 and resumed.state.episode == 32

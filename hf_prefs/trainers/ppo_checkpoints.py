@@ -81,6 +81,22 @@ def _ppo_state_files(checkpoint: str) -> list[str]:
     return sorted(f for f in os.listdir(checkpoint) if f.startswith("ppo_state") and f.endswith(".json"))
 
 
+def check_checkpoint_kl_settings(saved: dict[str, Any], controller: Any) -> None:
+    """Refuse to resume a β controller whose settings this run changed: the checkpoint's were restored in silence (a
+    fixed β of 0.3 kept for ``kl_coef`` 0.5; an adaptive ``kl_target``/``kl_horizon`` replaced). ``saved``: its
+    ``state_dict``; ``controller``: this run's, as built (a fixed and an adaptive one are refused by its
+    ``load_state_dict``)."""
+    fresh = controller.state_dict()
+    if ("target" in saved) != ("target" in fresh):
+        return
+    names = {"target": "kl_target", "horizon": "kl_horizon"} if "target" in saved else {"value": "kl_coef"}
+    changed = [f"{name} {saved[key]} in the checkpoint, {fresh[key]} now" for key, name in names.items()
+               if float(saved[key]) != float(fresh[key])]
+    if changed:
+        raise ValueError(f"resume_from_checkpoint: the KL controller's settings changed ({'; '.join(changed)}): "
+                         "resume with the checkpoint's, or start a new run in another output_dir")
+
+
 def check_checkpoint_updates(checkpoint: str, num_updates: int, total_episodes: int) -> None:
     """Refuse to resume ``checkpoint`` into a run of another number of PPO updates than the one that saved it (its
     ``trainer_state.json``'s ``max_steps``): its learning-rate schedule decays to 0 over the saved run's updates,
@@ -218,6 +234,7 @@ class PPOCheckpointMixin:
             raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by hf_prefs PPOTrainer")
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
+        check_checkpoint_kl_settings(state["kl_controller"], self.kl_ctl)
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.sampling_generator.set_state(torch.tensor(state["sampling_generator"], dtype=torch.uint8))
         self.shuffle_generator.set_state(torch.tensor(state["shuffle_generator"], dtype=torch.uint8))
