@@ -52,3 +52,18 @@ def test_an_earlier_runs_summary_beside_a_later_unfinished_run_is_not_reported_a
     text = write_report(run).read_text()
     assert "`summary.json` is an earlier run's (this run's `labels_info.json`, `metrics.jsonl` were written after it)" in text
     assert "holds is step 1." in text and "PPO updates: 20" not in text and "## Summary" not in text
+    (run / "kl_vs_reward.png").write_bytes(b"png")  # the earlier run's plot: not this run's
+    os.utime(run / "kl_vs_reward.png", ns=(1_000_000_000, 1_000_000_000))
+    assert "kl_vs_reward" not in write_report(run).read_text()
+
+
+def test_a_run_stopped_before_ppo_is_reported_as_unfinished(tmp_path):
+    """Stopped while its reward model trained: labels written, no metrics.jsonl; the report refused the folder."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "labels.jsonl").write_text("{}\n")
+    (run / "labels_info.json").write_text("{}")
+    text = write_report(run).read_text()
+    assert "No `summary.json`: the run has not finished" in text and "no PPO update is logged yet" in text
+    with pytest.raises(FileNotFoundError, match="a stage's file"):
+        write_report(tmp_path)

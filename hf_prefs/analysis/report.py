@@ -43,8 +43,11 @@ def _written_after_summary(run: Path) -> list[str]:
     """The stage files of ``run`` written after its ``summary.json`` (the last file a run writes): a later run in the
     same folder that has not finished (its labels, reward model or PPO log beside an earlier run's results)."""
     summary = (run / "summary.json").stat().st_mtime_ns
-    names = ("labels.jsonl", "labels_info.json", "rm_metrics.jsonl", "metrics.jsonl")
-    return [n for n in names if (run / n).is_file() and (run / n).stat().st_mtime_ns > summary]
+    return [n for n in STAGE_FILES if (run / n).is_file() and (run / n).stat().st_mtime_ns > summary]
+
+
+#: The files a pipeline run writes before its ``summary.json``, stage by stage.
+STAGE_FILES = ("labels.jsonl", "labels_info.json", "rm_metrics.jsonl", "metrics.jsonl")
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -83,16 +86,19 @@ def write_report(run_dir: str | Path) -> Path:
                   f"- labels: {s.get('labels', {}).get('labels')} ({s.get('labels', {}).get('source')})",
                   f"- PPO updates: {s.get('ppo_updates')}, final beta: {_fmt(s.get('final_beta'))}"]
         last["run"] = _last_update(run / "metrics.jsonl")
-    elif (run / "metrics.jsonl").is_file() or (run / "summary.json").is_file():  # running, or stopped before the end
+    elif (run / "summary.json").is_file() or any((run / n).is_file() for n in STAGE_FILES):  # running, or stopped
         last["run"] = _last_update(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else {}
         said = (f"`summary.json` is an earlier run's (this run's {', '.join(f'`{n}`' for n in newer)} were written "
                 "after it)" if (run / "summary.json").is_file() else "No `summary.json`")
-        lines += [f"{said}: the run has not finished (it is running, or it stopped); the last PPO update its "
-                  f"`metrics.jsonl` holds is step {last['run'].get('step', '?')}."]
+        step = last["run"].get("step")
+        lines += [f"{said}: the run has not finished (it is running, or it stopped); " + (
+            f"the last PPO update its `metrics.jsonl` holds is step {step}." if step is not None else
+            "no PPO update is logged yet (its labels or reward model stage).")]
     else:
-        raise FileNotFoundError(f"run_dir: {run} has neither summary.json (pipeline run), metrics.jsonl (a run that has "
-                                "not finished) nor study.csv (study)")
-    pngs = sorted(run.glob("*.png"))
+        raise FileNotFoundError(f"run_dir: {run} has neither summary.json (pipeline run), a stage's file "
+                                f"({', '.join(STAGE_FILES)}: a run that has not finished) nor study.csv (study)")
+    finished = "## Summary (held-out queries)" in lines or (run / "study.csv").is_file()
+    pngs = sorted(run.glob("*.png")) if finished else []  # an unfinished run's plots would be an earlier run's
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
     last = {k: v for k, v in last.items() if v}
