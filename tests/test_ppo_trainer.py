@@ -257,6 +257,7 @@ def test_prompt_tuning_is_refused_and_a_prefix_tuned_policy_trains_and_reloads(t
     trainer.save_model(str(tmp_path / "saved"))
     reloaded = PolicyWithValueHead.from_pretrained(tmp_path / "saved").eval()
     assert reloaded.policy.peft_config["default"].inference_mode  # peft's frozen load
+    assert not any(p.requires_grad for p in reloaded.policy.parameters())  # its prompt encoder too
     with torch.no_grad():
         torch.testing.assert_close(forward_last(reloaded.policy, ids, torch.ones_like(ids), 3).logits,
                                    forward_last(trained, ids, torch.ones_like(ids), 3).logits)

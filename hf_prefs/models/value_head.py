@@ -125,7 +125,10 @@ def load_policy_adapter(path: str, is_trainable: bool | None = None, **kwargs: A
         base.resize_token_embeddings(rows, mean_resizing=False)  # the rows are then loaded from the adapter
     if is_trainable is None:
         is_trainable = not config.is_prompt_learning
-    return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
+    model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
+    if not is_trainable:  # peft's inference mode leaves a prompt-learning adapter's encoder requiring gradients
+        model.requires_grad_(False)
+    return model
 
 
 def is_adapter_folder(path: str | os.PathLike) -> bool:
