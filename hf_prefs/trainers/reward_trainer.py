@@ -205,8 +205,8 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         self.normalization_samples = normalization_samples
         self.num_candidates: int | None = args.num_candidates  # read by _prepare_dataset (called in super().__init__)
         built = _built_model(model, args.model_init_kwargs)
-        self._max_positions = built and learned_positions(built)  # idem: rows longer than the model's positions are dropped too
-        self._embedding_rows = built and embedding_rows(built)  # idem: the pad a sample's end is read past
+        self._max_positions = learned_positions(built) if built is not None else None  # idem: longer rows are dropped too
+        self._embedding_rows = embedding_rows(built) if built is not None else None  # idem: the pad a sample is read past
         self._response_suffix: str | None = None  # idem: the EOS appended to TRL's pairwise text training rows
         self._trains_on_text = False  # idem: a train dataset of text labels was prepared (its suffix is known)
         self._turn_end = ""  # idem: the chat template's end of an assistant turn, when it trains on chats
