@@ -515,6 +515,11 @@ def test_a_run_stopped_before_ppo_resumes_onto_its_saved_stages(tiny_base, tmp_p
                                          r"num_candidates: saved 4, asked 3\)"):
         recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", "true", "--num_label_queries", "20",
                                             "--num_candidates", "3"])
+    # and labels sampled otherwise (they were reused, the reward model normalized on them, in silence)
+    with pytest.raises(ValueError, match=r"made otherwise than this run asks \(temperature: saved 0.7, asked 1.0; "
+                                         r"seed: saved 0, asked 5\)"):
+        recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", "true", "--temperature", "1.0",
+                                            "--seed", "5"])
     resumed = recipe.main(task="sentiment", argv=[*argv, "--resume_from_checkpoint", "true"])
     assert resumed["labels"] == full["labels"] and resumed["ppo_updates"] == full["ppo_updates"]
     assert resumed["final_beta"] == pytest.approx(full["final_beta"], rel=1e-9)

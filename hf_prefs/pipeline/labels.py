@@ -22,6 +22,7 @@ from ..tasks.specs import get_task
 from ..tasks.summarization import format_summarization_query
 from ..trainers.main_process import result_from_main_process
 from .arguments import PipelineArguments
+from .saved_stages import sampling_settings
 
 __all__ = ["make_labeler", "label_source", "collect_labels"]
 
@@ -109,7 +110,8 @@ def collect_labels(
     kept, samples, stats = _sample_shards(pa, cfg, rho, tokenizer, list(queries), spec)
     # people may take longer than the process group's timeout: the others wait in short collectives
     rows, info = result_from_main_process(lambda: _label(pa, cfg, queries, kept, samples, stats))
-    return validate_labels(Dataset.from_list(rows), k=pa.num_candidates), {**info, **base}
+    # what they were sampled with: a resumed run that asks for other samples must not reuse them (stale_stage_fields)
+    return validate_labels(Dataset.from_list(rows), k=pa.num_candidates), {**info, **base, **sampling_settings(pa, cfg)}
 
 
 def _sample_shards(

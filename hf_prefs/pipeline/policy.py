@@ -176,7 +176,7 @@ def resume_checkpoint(cfg: PPOConfig, pa: PipelineArguments | None = None, model
     if not resume_requested(cfg):
         return None
     reuses = pa is not None and pa.label_mode != "online"
-    if reuses and (stale := stale_stage_fields(cfg.output_dir, pa, base_model_name(model_args))):
+    if reuses and (stale := stale_stage_fields(cfg.output_dir, pa, base_model_name(model_args), cfg)):
         raise ValueError(f"resume_from_checkpoint: the labels and reward model saved in {cfg.output_dir} were made "
                          f"otherwise than this run asks ({'; '.join(stale)}): run in a new output_dir, or without "
                          "--resume_from_checkpoint")

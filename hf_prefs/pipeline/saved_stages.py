@@ -140,11 +140,11 @@ def warn_replacing_earlier_run(output_dir: str, reuse: bool) -> bool:
     return True
 
 
-def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
+def stale_stage_fields(output_dir: str, pa: Any, base_model: str, cfg: Any = None) -> list[str]:
     """What the labels saved in ``output_dir`` (and the reward model trained on them) were made with that this run's
     arguments contradict, as ``"field: saved X, asked Y"`` — the task, the label source and mode, the known reward, the
-    label file and what it holds, the number of label queries, K and the base model (those ``labels_info.json`` and the
-    labels record)."""
+    label file and what it holds, the number of label queries, K and the base model, and for sampled labels the
+    queries and sampling settings (``labels_info.json`` records them since 2026-12-08; with ``cfg``, PPOConfig's)."""
     info_path = os.path.join(output_dir, LABELS_INFO_FILE)
     if not os.path.isfile(info_path):
         return []
@@ -169,8 +169,20 @@ def stale_stage_fields(output_dir: str, pa: Any, base_model: str) -> list[str]:
             first = f.readline()
         if first.strip():
             asked["num_candidates"], saved["num_candidates"] = pa.num_candidates, len(json.loads(first)["samples"])
-    return [f"{key}: saved {saved[key]!r}, asked {asked[key]!r}" for key in asked
-            if saved[key] is not None and saved[key] != asked[key]]
+    stale = [f"{key}: saved {saved[key]!r}, asked {asked[key]!r}" for key in asked
+             if saved[key] is not None and saved[key] != asked[key]]
+    if info.get("source") in ("simulated", "human") and cfg is not None:  # None is a setting here (no cut, Austen)
+        stale += [f"{key}: saved {info[key]!r}, asked {value!r}" for key, value in sampling_settings(pa, cfg).items()
+                  if key in info and info[key] != value]  # absent from an older labels_info.json: not compared
+    return stale
+
+
+def sampling_settings(pa: Any, cfg: Any) -> dict[str, Any]:
+    """What sampled labels are drawn with, as ``labels_info.json`` records it: the queries, response length,
+    temperature, cut and seed."""
+    return {"query_dataset": pa.query_dataset,
+            **{name: getattr(cfg, name) for name in ("response_length", "temperature", "truncate_token", "truncate_after",
+                                                     "seed")}}
 
 
 def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
