@@ -179,10 +179,10 @@ def stale_stage_fields(output_dir: str, pa: Any, base_model: str, cfg: Any = Non
 
 def sampling_settings(pa: Any, cfg: Any) -> dict[str, Any]:
     """What sampled labels are drawn with, as ``labels_info.json`` records it: the queries, response length,
-    temperature, cut and seed."""
+    temperature, cut and seed (None for a field ``cfg`` lacks: a caller's namespace with the seed alone)."""
     return {"query_dataset": pa.query_dataset,
-            **{name: getattr(cfg, name) for name in ("response_length", "temperature", "truncate_token", "truncate_after",
-                                                     "seed")}}
+            **{name: getattr(cfg, name, None) for name in ("response_length", "temperature", "truncate_token",
+                                                           "truncate_after", "seed")}}
 
 
 def saved_labels(output_dir: str) -> tuple[Dataset, dict[str, Any]] | None:
