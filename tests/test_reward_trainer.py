@@ -686,8 +686,11 @@ def test_a_model_trained_on_chat_pairs_stores_the_end_of_turn_its_samples_ended_
         assert get_turn_end(loaded[peft_config is not None]) == "<|endoftext|>\n"
     again = PreferenceRewardTrainer(loaded[False], make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
     assert get_turn_end(again.model) == ""  # trained on text labels now: no end of turn read
-    with pytest.raises(ValueError, match="nothing trainable .* is_trainable=True"):  # it trained nothing, silently
+    if any(p.requires_grad for p in loaded[True].parameters()):  # peft 0.13 (the floor) leaves the saved head trainable
         PreferenceRewardTrainer(loaded[True], make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
+    else:
+        with pytest.raises(ValueError, match="nothing trainable .* is_trainable=True"):  # it trained nothing, silently
+            PreferenceRewardTrainer(loaded[True], make_args(tmp_path), train_dataset=toy_labels(8), processing_class=tok)
 
 
 @pytest.mark.parametrize("pad", [None, "[PAD]"])
