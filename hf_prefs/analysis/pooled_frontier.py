@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM
 
 from ..core.frontier import FrontierPoint, mixture_log_ratio, optimal_frontier
 from ..core.rollout import RolloutSpec
+from ..models.loading import is_adapter_folder
 from ..pipeline.evaluate import sample_with_logprobs, sequence_logprobs
 
 __all__ = ["POOLED_FRONTIER", "POOLED_SAMPLES", "PooledSamples", "draw_pooled_samples", "load_saved_policy",
@@ -69,7 +70,7 @@ def load_saved_policy(rho: torch.nn.Module, policy_dir: str) -> tuple[torch.nn.M
     """``(policy, ref_model)`` from ``save_pretrained``'s folder: a LoRA adapter on a copy of ``rho`` (rho itself is
     left as it is; the reference is the policy with its adapters disabled, ``ref_model`` None) or a full model
     (``ref_model`` rho)."""
-    if os.path.exists(os.path.join(policy_dir, "adapter_config.json")):
+    if is_adapter_folder(policy_dir):
         return PeftModel.from_pretrained(copy.deepcopy(rho), policy_dir).eval(), None
     dtype = next(rho.parameters()).dtype
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype).to(next(rho.parameters()).device)

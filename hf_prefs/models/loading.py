@@ -26,7 +26,7 @@ from .reward_model import (get_response_suffix, get_reward_normalization, get_tu
 
 __all__ = [
     "NORMALIZATION_FILE", "TOKENIZER_FILES", "save_reward_normalization", "load_reward_normalization", "load_reward_model",
-    "check_local_path", "has_tokenizer_files", "load_response_suffix",
+    "check_local_path", "has_tokenizer_files", "load_response_suffix", "is_adapter_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ def load_response_suffix(directory: str | os.PathLike, key: str = "response_suff
     if suffix is not None and not isinstance(suffix, str):
         raise ValueError(f"{path}: {key!r} must be text, got {suffix!r}")
     return suffix
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a local folder holding a PEFT adapter (``adapter_config.json``; no network lookup)."""
+    return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
 
 def check_local_path(path_or_hub_id: str | os.PathLike, role: str) -> str:
@@ -153,9 +158,8 @@ def load_reward_model(path_or_hub_id: str | os.PathLike, tokenizer: Any = None, 
     path = check_local_path(path_or_hub_id, "reward model")
     kwargs.setdefault("dtype", torch.float32)
     revision = kwargs.get("revision")
-    if os.path.isdir(path):  # a local folder is an adapter iff it has adapter_config.json (no network lookup)
-        is_adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
-        peft_config = PeftConfig.from_pretrained(path) if is_adapter else None
+    if os.path.isdir(path):
+        peft_config = PeftConfig.from_pretrained(path) if is_adapter_folder(path) else None
     else:
         try:
             peft_config = PeftConfig.from_pretrained(path, revision=revision)

@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.trainer_utils import load_sharded_checkpoint
 
 from .generation import embedding_rows, ensure_pad_token_id
+from .loading import is_adapter_folder
 from .reward_model import per_token_scores, score_head
 from .sharding import copy_module, is_partitioned, whole_weights_at_load
 from .wrappers import text_config
@@ -129,11 +130,6 @@ def load_policy_adapter(path: str, is_trainable: bool | None = None, **kwargs: A
     if not is_trainable:  # peft's inference mode leaves a prompt-learning adapter's encoder requiring gradients
         model.requires_grad_(False)
     return model
-
-
-def is_adapter_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a local folder holding a PEFT adapter (``adapter_config.json``)."""
-    return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
 
 def _policy_adapter_folder(path: str) -> str | None:
