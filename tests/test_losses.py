@@ -47,6 +47,7 @@ def test_kway_loss_is_shift_invariant_and_gradient_is_softmax_minus_onehot():
 def test_centering_penalty_is_the_squared_sum_per_label_as_trl_for_k2():
     rewards = torch.tensor([[1.0, -3.0, 0.5], [2.0, 2.0, -1.0]])
     assert reward_centering_penalty(rewards).item() == pytest.approx(((1 - 3 + 0.5) ** 2 + (2 + 2 - 1) ** 2) / 2)
+    assert reward_centering_penalty(rewards, reduction="none").tolist() == pytest.approx([(1 - 3 + 0.5) ** 2, (2 + 2 - 1) ** 2])
     g = torch.Generator().manual_seed(0)
     chosen, rejected = torch.randn(16, generator=g), torch.randn(16, generator=g)
     trl_term = torch.mean((chosen + rejected) ** 2)  # trl.RewardTrainer.compute_loss, center_rewards_coefficient

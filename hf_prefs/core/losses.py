@@ -52,13 +52,17 @@ def checked_pair(rewards: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tenso
     return rewards.to(torch.promote_types(rewards.dtype, torch.float32)), best
 
 
-def reward_centering_penalty(rewards: torch.Tensor) -> torch.Tensor:
+def reward_centering_penalty(rewards: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """``mean_b (sum_i r_bi)^2`` over the B labels of a ``(B, K)`` reward batch: TRL's ``center_rewards_coefficient``
     term, ``mean((r_chosen + r_rejected)^2)`` (Eisenstein et al., 2023), for K = 2, and its K-way form (the sum of
-    the label's K rewards), which leaves the preference loss unchanged and fixes the free offset of the rewards."""
+    the label's K rewards), which leaves the preference loss unchanged and fixes the free offset of the rewards.
+    ``reduction="none"``: each label's ``(sum_i r_bi)^2``, ``(B,)``."""
     if rewards.dim() != 2:
         raise ValueError(f"rewards must have shape (B, K), got {tuple(rewards.shape)}")
-    return rewards.float().sum(dim=1).pow(2).mean()
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    per_label = rewards.float().sum(dim=1).pow(2)
+    return per_label if reduction == "none" else per_label.mean()
 
 
 def kway_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:

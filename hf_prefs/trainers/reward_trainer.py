@@ -375,7 +375,7 @@ class PreferenceRewardTrainer(DeepSpeedPluginMixin, RewardTrainer):
         """``(B,)`` each label's loss: :meth:`compute_loss`'s batch mean is their mean."""
         losses = kway_preference_loss(rewards, best, reduction="none")
         if self.args.center_rewards_coefficient is not None:
-            losses = losses + self.args.center_rewards_coefficient * rewards.float().sum(dim=1).pow(2)
+            losses = losses + self.args.center_rewards_coefficient * reward_centering_penalty(rewards, reduction="none")
         return losses
 
     def _eval_loss(self) -> float | None:
