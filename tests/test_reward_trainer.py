@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -868,3 +869,13 @@ def test_a_lora_reward_model_whose_head_would_stay_frozen_is_refused(gpt2_tokeni
         trainer = PreferenceRewardTrainer(tiny_rm(gpt2_tokenizer), make_args(tmp_path), train_dataset=toy_labels(4),
                                           processing_class=gpt2_tokenizer, peft_config=config)
         assert any(p.requires_grad for n, p in trainer.model.named_parameters() if "score" in n)
+    from transformers import BertConfig, BertForSequenceClassification  # an encoder's head is `classifier`
+
+    bert = BertForSequenceClassification(BertConfig(vocab_size=50257, hidden_size=32, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=1))
+    with pytest.raises(ValueError, match=r"score head \('classifier'\) is frozen.*modules_to_save=\['classifier'\]"):
+        PreferenceRewardTrainer(copy.deepcopy(bert), make_args(tmp_path), train_dataset=toy_labels(4),
+                                processing_class=gpt2_tokenizer, peft_config=LoraConfig(r=2, target_modules=["query"]))
+    trainer = PreferenceRewardTrainer(bert, make_args(tmp_path), train_dataset=toy_labels(4), processing_class=gpt2_tokenizer,
+                                      peft_config=LoraConfig(r=2, target_modules=["query"], task_type="SEQ_CLS"))
+    assert any(p.requires_grad for n, p in trainer.model.named_parameters() if "classifier" in n)

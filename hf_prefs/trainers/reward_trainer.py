@@ -67,7 +67,6 @@ from ..models.reward_model import (
     packed_rewards,
     query_ids_and_suffix,
     reads_every_position,
-    score_head,
     set_response_suffix,
     set_reward_normalization,
     set_turn_end,
@@ -735,12 +734,12 @@ def _check_adapter_trains_the_head(model: nn.Module) -> None:
         raise ValueError("model: a PEFT reward model with nothing trainable (an adapter loaded for inference, as "
                          "load_reward_model and peft load it): training would change nothing. Load it with "
                          "PeftModel.from_pretrained(base, path, is_trainable=True) to train it on")
-    head = score_head(model)
-    if not any(p.requires_grad for p in head.parameters()):
-        name = next((n for n, m in unwrap_model(model).named_modules() if m is head), "score")
+    base = unwrap_model(model)  # the head: a causal LM classifier's `score`, an encoder's `classifier` (BERT)
+    name = next((n for n in ("score", "classifier") if isinstance(getattr(base, n, None), nn.Module)), None)
+    if name is not None and not any(p.requires_grad for p in getattr(base, name).parameters()):
         raise ValueError(f"peft_config: the reward model's score head ({name!r}) is frozen: it would stay at its random "
                          f"init and not be saved with the adapter (a reloaded model would score differently). Use "
-                         f"LoraConfig(task_type=\"SEQ_CLS\", ...) or modules_to_save=[{name.split('.')[-1]!r}]")
+                         f"LoraConfig(task_type=\"SEQ_CLS\", ...) or modules_to_save=[{name!r}]")
 
 
 def _embeddable_config_pad(model: nn.Module, tokenizer: Any) -> None:
