@@ -386,13 +386,14 @@ class PPOTrainer(PPOReportingMixin, PPOCheckpointMixin, RegionalCompileMixin, De
         readers = [("value_model", wrapper.value_model)]
         if isinstance(self.reward_model, nn.Module) and self.reward_reads_token_ids():
             readers.append(("reward_model", self.reward_model))
+        limits = [(role, positions) for role, model in readers
+                  if model is not None and (positions := learned_positions(model)) is not None]
         for name, dataset in zip(("train_dataset", "eval_dataset"), datasets):
-            if dataset is None:
+            if dataset is None or not limits:  # the column is read only where a table could be outgrown
                 continue
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            for role, model in readers:
-                if model is not None:
-                    check_query_positions(lengths, response_length, learned_positions(model), name, role)
+            for role, positions in limits:
+                check_query_positions(lengths, response_length, positions, name, role)
 
     def _build_reference(self, policy: nn.Module, ref_model: nn.Module | str | None) -> None:
         """``self.ref_model``: the given frozen model (or the one loaded from a path, as ``model`` is), a frozen copy
